@@ -1,0 +1,18 @@
+# Vigil's offline tools (generate, features, feast apply/materialize, train, batch-score):
+# the only image with feast and xgboost together. Build context: the repo root.
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /app
+COPY requirements/constraints.txt requirements/constraints.txt
+COPY libs/contracts libs/contracts
+COPY pyproject.toml README.md ./
+COPY vigil vigil
+RUN pip install -c requirements/constraints.txt ./libs/contracts . \
+ && useradd --create-home --uid 10001 vigil \
+ && mkdir -p /app/data /app/feature_repo/data /models \
+ && chown -R vigil /app /models
+COPY --chown=vigil feature_repo/feature_store.yaml feature_repo/features.py feature_repo/
+USER vigil
+ENV VIGIL_FEATURE_REPO=/app/feature_repo
+ENTRYPOINT []
+CMD ["vigil", "--help"]

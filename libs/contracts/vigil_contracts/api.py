@@ -1,0 +1,164 @@
+"""The business API of the gateway: what a client sends and what it gets back.
+
+A transaction is validated here, once, so that the gateway, the UI and any client library agree on
+what is acceptable. Only pydantic and the standard library are imported (see ``__init__``).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    IPvAnyAddress,
+    PlainSerializer,
+    model_validator,
+)
+
+from vigil_contracts.problems import Problem
+from vigil_contracts.thresholds import Label
+
+#: How far in the future a transaction's timestamp may lie (clock skew between a terminal and us).
+MAX_FUTURE_SKEW = timedelta(days=1)
+
+Channel = Literal["pos", "ecom", "mobile"]
+CHANNELS: tuple[str, ...] = ("pos", "ecom", "mobile")
+
+# RFC 3339 section 5.6 date-time, offset required ("Z" or +hh:mm). Python's ``fromisoformat``
+# accepts much more (no offset, week dates, compact forms), so the shape is checked first.
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
+)
+
+
+def _parse_rfc3339(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, str):
+        if not _RFC3339.match(value):
+            raise ValueError(
+                "must be an RFC 3339 date-time with a UTC offset, e.g. 2024-05-01T13:45:00Z "
+                "or 2024-05-01T15:45:00+02:00"
+            )
+        text = value
+        fraction = re.search(r"\.(\d+)", text)
+        if fraction and len(fraction.group(1)) > 6:
+            # Python keeps microseconds; nanosecond clocks are legal RFC 3339.
+            text = text.replace(fraction.group(0), "." + fraction.group(1)[:6], 1)
+        try:
+            parsed = datetime.fromisoformat(text.replace("z", "Z").replace("t", "T"))
+        except ValueError as exc:
+            raise ValueError(f"is not a valid date-time ({exc})") from None
+    else:
+        raise ValueError("must be an RFC 3339 date-time string")
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        raise ValueError("must carry a UTC offset (timezone-aware), e.g. a trailing Z")
+    if parsed - datetime.now(timezone.utc) > MAX_FUTURE_SKEW:
+        raise ValueError("is more than one day in the future")
+    return parsed
+
+
+Timestamp = Annotated[
+    datetime,
+    BeforeValidator(_parse_rfc3339),
+    # Keep the payer's own offset when the transaction is echoed or hashed.
+    PlainSerializer(lambda dt: dt.isoformat().replace("+00:00", "Z"), return_type=str, when_used="json"),
+]
+TransactionId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-:.]{1,64}$", examples=["tx-2024-000123"])]
+EntityId = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class Transaction(BaseModel):
+    """One payment to score."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+    transaction_id: TransactionId = Field(
+        description="The client's id of the transaction; also the idempotency key (1-64 of A-Za-z0-9_-:.)."
+    )
+    card_id: EntityId = Field(description="Token of the paying card.")
+    merchant_id: EntityId = Field(description="Id of the acquiring merchant.")
+    amount: float = Field(
+        gt=0, le=1e9, allow_inf_nan=False, strict=True,
+        description="Amount in the currency's major unit; > 0 and at most 1e9.",
+    )
+    currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, e.g. EUR.")
+    timestamp: Timestamp = Field(
+        description="When the payment happened: RFC 3339 with an offset (the payer's local offset "
+        "if known: the hour of day is read in it)."
+    )
+    channel: Channel = Field(description="pos (card present), ecom (web) or mobile (app).")
+    ip_address: IPvAnyAddress | None = Field(default=None, description="Payer's IP address, if known.")
+    device_id: EntityId | None = Field(default=None, description="Payer's device fingerprint, if known.")
+    country: str | None = Field(
+        default=None, pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2 country of the transaction."
+    )
+
+
+class Reason(BaseModel):
+    """Why the model answered as it did, in business words."""
+
+    code: str = Field(description="Stable machine-readable code, e.g. AMOUNT_HIGH_FOR_CARD.")
+    text: str = Field(description="Human-readable explanation.")
+    feature: str | None = Field(default=None, description="The model feature behind the reason.")
+    value: float | None = Field(default=None, description="That feature's value for this transaction.")
+    contribution: float | None = Field(
+        default=None, description="The feature's contribution to the score, in log-odds."
+    )
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str | None = Field(description="None only when no model metadata was ever obtained.")
+
+
+class ScoreResponse(BaseModel):
+    """The decision about one transaction."""
+
+    transaction_id: str
+    label: Label
+    score: float | None = Field(description="Probability of fraud in [0, 1]; null when uncertain.")
+    reasons: list[Reason]
+    model: ModelRef
+    degraded: bool = Field(description="True when a dependency failed and the answer fell back.")
+    request_id: str
+    cached: bool = Field(
+        default=False, description="True when this is the stored decision of an earlier request."
+    )
+
+
+class BatchRequest(BaseModel):
+    """Many transactions; each item is validated on its own so one bad item fails only itself."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    transactions: list[Any] = Field(
+        min_length=1,
+        description="Transactions (objects of the single-score schema); the server caps the count.",
+        json_schema_extra={"items": Transaction.model_json_schema()},
+    )
+
+
+class BatchItemResult(BaseModel):
+    """The outcome for the transaction at ``index``: a decision, or the problem with that item."""
+
+    index: int = Field(ge=0)
+    status: int = Field(description="HTTP status this item would have had on its own.")
+    result: ScoreResponse | None = None
+    error: Problem | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "BatchItemResult":
+        if (self.result is None) == (self.error is None):
+            raise ValueError("exactly one of result and error must be set")
+        return self
+
+
+class BatchResponse(BaseModel):
+    request_id: str
+    results: list[BatchItemResult] = Field(description="One per input transaction, in input order.")

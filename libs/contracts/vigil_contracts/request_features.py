@@ -1,0 +1,136 @@
+"""Request-time (on-demand) features, as pure functions.
+
+Feast's on-demand feature view ``request_features`` (``feature_repo/features.py``) calls
+:func:`transform_columns` for training and for the SDK's online path; the encoder calls
+:func:`transform_row` directly so that it never has to import Feast. Both run this one body of
+code, which is what keeps training and serving from drifting apart.
+
+Missing inputs (an entity that is not in the store arrives as ``None``; offline it may arrive as
+NaN) give missing outputs (``None``), never an exception.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from collections.abc import Mapping
+from typing import Any
+
+#: Request fields the gateway sends with every row, and their Feast types.
+REQUEST_FIELDS: dict[str, str] = {
+    "amount": "Float64",
+    "txn_epoch": "Float64",
+    "txn_hour": "Int64",
+    "channel": "String",
+    "country": "String",
+    "device_present": "Int64",
+}
+
+#: Stored features (short names) the transform reads, by feature view.
+STORED_INPUTS: dict[str, tuple[str, ...]] = {
+    "card_stats": (
+        "card_amount_avg_30d",
+        "card_amount_std_30d",
+        "card_last_txn_epoch",
+        "card_home_country",
+    ),
+    "device_stats": ("device_first_seen_epoch",),
+}
+
+#: Output features, in order. All are Float64.
+OUTPUT_FEATURES: tuple[str, ...] = (
+    "txn_amount",
+    "amount_to_card_avg_30d",
+    "amount_zscore_card_30d",
+    "hour_of_day",
+    "is_night",
+    "channel_code",
+    "seconds_since_card_last_txn",
+    "device_age_days",
+    "is_new_device",
+    "country_mismatch",
+)
+
+CHANNEL_CODES: dict[str, float] = {"pos": 0.0, "ecom": 1.0, "mobile": 2.0}
+NIGHT_HOURS = range(0, 6)
+
+
+def _missing(value: Any) -> bool:
+    if value is None:
+        return True
+    try:
+        return math.isnan(value)
+    except TypeError:
+        return False
+
+
+def transform_row(row: Mapping[str, Any]) -> dict[str, float | None]:
+    """Compute the on-demand features of one row from request fields and stored inputs."""
+    amount = float(row["amount"])
+    epoch = float(row["txn_epoch"])
+    hour = int(row["txn_hour"])
+    avg = row.get("card_amount_avg_30d")
+    std = row.get("card_amount_std_30d")
+    last = row.get("card_last_txn_epoch")
+    home = row.get("card_home_country")
+    first_seen = row.get("device_first_seen_epoch")
+    device_present = int(row.get("device_present") or 0)
+
+    ratio = None if _missing(avg) or float(avg) <= 0 else amount / float(avg)
+    zscore = None
+    if not (_missing(avg) or _missing(std)) and float(std) > 0:
+        zscore = (amount - float(avg)) / float(std)
+    since_last = None if _missing(last) else max(0.0, epoch - float(last))
+    device_age = None
+    if device_present and not _missing(first_seen):
+        device_age = max(0.0, epoch - float(first_seen)) / 86400.0
+    is_new_device = 1.0 if device_present and _missing(first_seen) else 0.0
+    mismatch = None
+    if not _missing(home) and home != "":
+        mismatch = 0.0 if str(row.get("country") or "") == str(home) else 1.0
+    return {
+        "txn_amount": amount,
+        "amount_to_card_avg_30d": ratio,
+        "amount_zscore_card_30d": zscore,
+        "hour_of_day": float(hour),
+        "is_night": 1.0 if hour in NIGHT_HOURS else 0.0,
+        "channel_code": CHANNEL_CODES.get(str(row.get("channel")), -1.0),
+        "seconds_since_card_last_txn": since_last,
+        "device_age_days": device_age,
+        "is_new_device": is_new_device,
+        "country_mismatch": mismatch,
+    }
+
+
+def transform_columns(columns: Mapping[str, list[Any]]) -> dict[str, list[float | None]]:
+    """Column-wise form of :func:`transform_row` (Feast's python-mode batch shape)."""
+    needed = list(REQUEST_FIELDS) + [f for fs in STORED_INPUTS.values() for f in fs]
+    n = len(columns["amount"])
+    out: dict[str, list[float | None]] = {name: [] for name in OUTPUT_FEATURES}
+    for i in range(n):
+        row = {name: (columns[name][i] if name in columns else None) for name in needed}
+        for name, value in transform_row(row).items():
+            out[name].append(value)
+    return out
+
+
+#: Entity value used when a transaction has no device: it is never in the store, so the device
+#: features come back missing, exactly as in training.
+NO_DEVICE_ID = "__no_device__"
+
+
+def request_fields(
+    amount: float, timestamp: datetime, channel: str, country: str, device_present: bool
+) -> dict[str, float | int | str]:
+    """Business transaction -> request-time fields; the one mapping training and the gateway share.
+
+    The hour of day is read in the timestamp's own UTC offset (the payer's local time).
+    """
+    return {
+        "amount": float(amount),
+        "txn_epoch": timestamp.timestamp(),
+        "txn_hour": int(timestamp.hour),
+        "channel": channel,
+        "country": country,
+        "device_present": 1 if device_present else 0,
+    }

@@ -1,0 +1,1 @@
+"""Vigil offline tooling: world generator, feature pipeline, training, batch scoring, runner."""

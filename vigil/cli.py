@@ -1,0 +1,185 @@
+"""``vigil``: one command line for the offline steps, the local stack and the demo.
+
+    vigil generate      seeded synthetic transactions -> data/raw/transactions.parquet
+    vigil features      raw transactions -> offline feature tables (parquet) in the Feast repo
+    vigil apply         feast apply + export of the serving spec
+    vigil materialize   feast materialize-incremental up to now
+    vigil train         Feast point-in-time features -> XGBoost -> models/<name>/<version>/
+    vigil batch-score   score a parquet file of transactions with a model version
+    vigil demo          all of the above end to end, with a private redis-server
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one clear line, exit code 2."""
+
+
+def _say(msg: str) -> None:
+    print(f"[vigil] {msg}", file=sys.stderr, flush=True)
+
+
+def _parse_time(value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {value!r}") from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from vigil.world import WorldConfig, generate_world
+
+    config = WorldConfig(seed=args.seed, n_transactions=args.transactions, n_days=args.days,
+                         end=args.end)
+    out = Path(args.data_dir) / "raw" / "transactions.parquet"
+    summary = generate_world(config, out, progress=not args.quiet)
+    _say(f"wrote {summary.n_transactions:,} transactions ({summary.n_fraud:,} fraud, "
+         f"{summary.fraud_rate:.2%}) from {summary.start:%Y-%m-%d} to {summary.end:%Y-%m-%d} "
+         f"-> {summary.path}")
+
+
+def _raw_path(args: argparse.Namespace) -> Path:
+    path = Path(getattr(args, "raw", None) or Path(args.data_dir) / "raw" / "transactions.parquet")
+    if not path.is_file():
+        raise CliError(f"{path} does not exist: run `vigil generate` first")
+    return path
+
+
+def cmd_features(args: argparse.Namespace) -> None:
+    from vigil import feast_repo
+    from vigil.pipeline import write_feature_tables
+
+    repo = feast_repo.repo_dir(args.repo)
+    paths = write_feature_tables(_raw_path(args), feast_repo.offline_dir(repo), progress=not args.quiet)
+    for name, path in paths.items():
+        _say(f"{name}: {path}")
+
+
+def cmd_apply(args: argparse.Namespace) -> None:
+    from vigil import feast_repo
+
+    repo = feast_repo.repo_dir(args.repo)
+    spec = feast_repo.apply(repo)
+    for svc in spec.feature_services.values():
+        _say(f"feature service {svc.name}: {len(svc.features)} features, contract {svc.feature_contract[:19]}…")
+
+
+def cmd_materialize(args: argparse.Namespace) -> None:
+    from vigil import feast_repo
+
+    repo = feast_repo.repo_dir(args.repo)
+    end = feast_repo.materialize(repo, args.end)
+    _say(f"materialized features up to {end:%Y-%m-%dT%H:%M:%S}Z into the online store")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from vigil import feast_repo
+    from vigil.training import TrainConfig, headline, train
+    from vigil_contracts.artifact import read_metadata
+
+    config = TrainConfig(seed=args.seed, model_name=args.model_name, version=args.version,
+                         feature_service=args.feature_service)
+    model_dir = train(_raw_path(args), feast_repo.repo_dir(args.repo), Path(args.models_dir),
+                      config, progress=_say)
+    print(headline(read_metadata(model_dir)))
+
+
+def cmd_batch_score(args: argparse.Namespace) -> None:
+    from vigil import feast_repo
+    from vigil.batch import score_file
+
+    scored = score_file(Path(args.input), Path(args.output), feast_repo.repo_dir(args.repo),
+                        Path(args.models_dir), args.model_name, args.version, args.with_features)
+    counts = scored["label"].value_counts().to_dict()
+    _say(f"scored {len(scored):,} transactions with {args.model_name} "
+         f"v{scored['model_version'].iloc[0] if len(scored) else '?'} -> {args.output}; labels {counts}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from vigil.demo import run_demo
+
+    run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vigil", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=os.environ.get("VIGIL_DATA_DIR", "data"),
+                        help="where raw and scored data live (default: %(default)s)")
+    parser.add_argument("--repo", default=None,
+                        help="the Feast repo folder (default: $VIGIL_FEATURE_REPO or ./feature_repo)")
+    parser.add_argument("--models-dir", default=os.environ.get("VIGIL_MODELS_DIR", "models"),
+                        help="model artifacts root (default: %(default)s)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Callable[[argparse.Namespace], None], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=fn)
+        return p
+
+    p = add("generate", cmd_generate, "generate the seeded synthetic payments world")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--transactions", type=int, default=200_000,
+                   help="about how many transactions (default %(default)s; up to 10M)")
+    p.add_argument("--days", type=int, default=56, help="days of history (default %(default)s)")
+    p.add_argument("--end", type=_parse_time, default=None,
+                   help="exclusive end of the data (default: today 00:00 UTC)")
+
+    p = add("features", cmd_features, "compute the offline feature tables from raw transactions")
+    p.add_argument("--raw", help="raw transactions parquet (default: DATA_DIR/raw/transactions.parquet)")
+
+    add("apply", cmd_apply, "feast apply and export the serving spec")
+
+    p = add("materialize", cmd_materialize, "feast materialize-incremental up to now")
+    p.add_argument("--end", type=_parse_time, default=None, help="end time (default: now; never later)")
+
+    p = add("train", cmd_train, "train a model version from Feast point-in-time features")
+    p.add_argument("--raw", help="labelled raw transactions parquet")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--model-name", default="fraud_detector")
+    p.add_argument("--version", default=None, help="version to write (default: next number)")
+    p.add_argument("--feature-service", default="fraud_model_v1")
+
+    p = add("batch-score", cmd_batch_score, "score a parquet file of transactions offline")
+    p.add_argument("--input", required=True, help="parquet of transactions")
+    p.add_argument("--output", required=True, help="parquet to write scores and labels to")
+    p.add_argument("--model-name", default="fraud_detector")
+    p.add_argument("--version", default=None, help="model version (default: latest)")
+    p.add_argument("--with-features", action="store_true", help="also write the feature vectors")
+
+    p = add("demo", cmd_demo, "run the whole job end to end with a private redis-server")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--transactions", type=int, default=200_000)
+    p.add_argument("--days", type=int, default=56)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from vigil.errors import USER_ERRORS
+
+    try:
+        args.func(args)
+    except (CliError, *USER_ERRORS) as exc:
+        _say(f"error: {exc}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

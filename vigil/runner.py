@@ -1,0 +1,167 @@
+"""The local runner: Redis and the three services as plain processes, as docker compose runs them.
+
+Each service is started with the same command and the same environment variables as in
+``docker-compose.yml`` (a test compares the two); only hosts and ports differ, since here
+everything listens on 127.0.0.1. ``vigil serve`` starts the stack, waits for every ``/readyz``,
+prints where each service is and stops them all cleanly on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from vigil.redis_server import RedisServer, free_port
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    factory: str
+    port: int
+    env: dict[str, str] = field(default_factory=dict)
+
+    def command(self, host: str, port: int) -> list[str]:
+        """The container command (compose uses it verbatim with host 0.0.0.0)."""
+        return ["uvicorn", "--factory", self.factory, "--host", host, "--port", str(port),
+                "--no-access-log"]
+
+
+def service_specs(redis_url: str, urls: dict[str, str], models_dir: str, spec_path: str) -> list[ServiceSpec]:
+    """The stack, in start order. Compose's environment for each service must have these keys."""
+    return [
+        ServiceSpec("encoder", "vigil_encoder.app:create_app", 8001, {
+            "ENCODER_REDIS_URL": redis_url,
+            "ENCODER_SPEC_PATH": spec_path,
+        }),
+        ServiceSpec("predictor", "vigil_predictor.app:create_app", 8002, {
+            "PREDICTOR_MODELS_DIR": models_dir,
+        }),
+        ServiceSpec("gateway", "vigil_gateway.app:create_app", 8000, {
+            "GATEWAY_ENCODER_URL": urls["encoder"],
+            "GATEWAY_PREDICTOR_URL": urls["predictor"],
+            "GATEWAY_REDIS_URL": redis_url,
+            "GATEWAY_MODEL_NAME": "fraud_detector",
+        }),
+    ]
+
+
+READY_PATH = {"encoder": "/readyz", "predictor": "/v2/health/ready", "gateway": "/readyz"}
+
+
+class StackError(Exception):
+    """A service did not become ready (its log tail is in the message)."""
+
+
+@dataclass
+class RunningService:
+    spec: ServiceSpec
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+
+class LocalStack:
+    """Start with :meth:`start`, stop with :meth:`stop` (or use as a context manager)."""
+
+    def __init__(self, repo: Path, models_dir: Path, log_dir: Path, redis_url: str | None = None,
+                 ports: dict[str, int] | None = None, fixed_ports: bool = False,
+                 extra_env: dict[str, dict[str, str]] | None = None):
+        self.repo, self.models_dir, self.log_dir = repo, models_dir.resolve(), log_dir
+        self.redis_url = redis_url
+        self.redis: RedisServer | None = None
+        self.ports = ports or {}
+        self.fixed_ports = fixed_ports
+        self.extra_env = extra_env or {}
+        self.services: dict[str, RunningService] = {}
+
+    def start(self, timeout: float = 60.0) -> "LocalStack":
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.redis_url is None:
+            self.redis = RedisServer(log_path=self.log_dir / "redis.log").start()
+            self.redis_url = self.redis.url
+        planned = {name: free_port() if not self.fixed_ports else default
+                   for name, default in (("encoder", 8001), ("predictor", 8002), ("gateway", 8000))}
+        planned.update(self.ports)
+        urls = {name: f"http://127.0.0.1:{port}" for name, port in planned.items()}
+        specs = service_specs(self.redis_url, urls, str(self.models_dir),
+                              str(self.repo / "data" / "serving_spec.json"))
+        try:
+            for spec in specs:
+                self._start_one(spec, planned[spec.name])
+            for name in self.services:
+                self.wait_ready(name, timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_one(self, spec: ServiceSpec, port: int) -> None:
+        env = dict(os.environ, **spec.env, **self.extra_env.get(spec.name, {}))
+        log_path = self.log_dir / f"{spec.name}.log"
+        cmd = [sys.executable, "-m", *spec.command("127.0.0.1", port)]
+        log = open(log_path, "ab")
+        process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        log.close()
+        self.services[spec.name] = RunningService(spec, f"http://127.0.0.1:{port}", process, log_path)
+
+    def wait_ready(self, name: str, timeout: float = 60.0) -> None:
+        svc = self.services[name]
+        deadline = time.monotonic() + timeout
+        with httpx.Client(timeout=1.0) as client:
+            while time.monotonic() < deadline:
+                if svc.process.poll() is not None:
+                    raise StackError(f"{name} exited with {svc.process.returncode}:\n{self.log_tail(name)}")
+                try:
+                    if client.get(svc.url + READY_PATH[name]).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.1)
+        raise StackError(f"{name} was not ready after {timeout:.0f}s:\n{self.log_tail(name)}")
+
+    def log_tail(self, name: str, lines: int = 20) -> str:
+        path = self.services[name].log_path
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def stop_service(self, name: str) -> None:
+        svc = self.services[name]
+        if svc.process.poll() is None:
+            os.killpg(svc.process.pid, signal.SIGTERM)
+            try:
+                svc.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(svc.process.pid, signal.SIGKILL)
+                svc.process.wait()
+
+    def restart_service(self, name: str, timeout: float = 60.0) -> None:
+        svc = self.services[name]
+        self.stop_service(name)
+        port = int(svc.url.rsplit(":", 1)[1])
+        self._start_one(svc.spec, port)
+        self.wait_ready(name, timeout)
+
+    def stop(self) -> None:
+        for name in reversed(list(self.services)):
+            self.stop_service(name)
+        if self.redis:
+            self.redis.stop()
+
+    def __enter__(self) -> "LocalStack":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def describe(self) -> str:
+        rows = [f"  {name:<10} {svc.url}  (pid {svc.process.pid}, log {svc.log_path})"
+                for name, svc in self.services.items()]
+        return "\n".join([f"  {'redis':<10} {self.redis_url}", *rows])
