@@ -1,0 +1,181 @@
+"""One model version: its verified artifact and the XGBoost booster that scores with it.
+
+``load()`` says whether the version may serve; ``predict()`` takes an already-decoded FP32
+matrix and returns named output arrays. Protocol concerns (tensor names, JSON, binary) live in
+``protocol.py`` and ``dataplane.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xgboost as xgb
+from vigil_contracts.artifact import ArtifactError, verify_artifact
+
+logger = logging.getLogger(__name__)
+
+SCORE = "score"
+CONTRIBUTIONS = "contributions"
+# Objectives whose prediction is a probability of the positive class, one per row.
+PROBABILITY_OBJECTIVES = frozenset({"binary:logistic", "reg:logistic"})
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the artifact's metadata says about a version, checked at load time."""
+
+    name: str
+    version: str
+    feature_service: str
+    feature_names: list[str]
+    feature_contract: str
+    thresholds: dict[str, float]
+    serving_policy: dict[str, Any]
+    metrics: dict[str, Any]
+    booster_file: str
+
+    @property
+    def num_features(self) -> int:
+        return len(self.feature_names)
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any], *, name: str, version: str) -> ModelInfo:
+        """Validate the fields serving depends on; raise ArtifactError naming the first bad one."""
+        if meta.get("name") != name:
+            raise ArtifactError(
+                f"metadata name {meta.get('name')!r} is not the directory's {name!r}"
+            )
+        if str(meta.get("version")) != version:
+            raise ArtifactError(
+                f"metadata version {meta.get('version')!r} is not the directory's {version!r}"
+            )
+        names = meta.get("feature_names")
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise ArtifactError("feature_names must be a non-empty list of strings")
+        if len(set(names)) != len(names):
+            raise ArtifactError("feature_names has duplicates")
+        feature_service = meta.get("feature_service")
+        if not isinstance(feature_service, str) or not feature_service:
+            raise ArtifactError("feature_service must be a non-empty string")
+        thresholds = _thresholds(meta.get("thresholds"))
+        booster_file = meta.get("booster_file")
+        if not isinstance(booster_file, str) or Path(booster_file).name != booster_file:
+            raise ArtifactError(f"booster_file {booster_file!r} is not a plain file name")
+        # verify_artifact only checks the files listed; a booster outside the list is unverified.
+        if booster_file not in meta.get("files", {}):
+            raise ArtifactError(f"booster_file {booster_file!r} has no checksum in 'files'")
+        serving_policy = meta.get("serving_policy") or {}
+        metrics = meta.get("metrics") or {}
+        if not isinstance(serving_policy, dict) or not isinstance(metrics, dict):
+            raise ArtifactError("serving_policy and metrics must be objects")
+        return cls(
+            name=name,
+            version=version,
+            feature_service=feature_service,
+            feature_names=list(names),
+            feature_contract=meta["feature_contract"],
+            thresholds=thresholds,
+            serving_policy=serving_policy,
+            metrics=metrics,
+            booster_file=booster_file,
+        )
+
+
+def _thresholds(raw: Any) -> dict[str, float]:
+    if not isinstance(raw, dict):
+        raise ArtifactError("thresholds must be an object")
+    out: dict[str, float] = {}
+    for key in ("suspicious", "highly_suspicious"):
+        value = raw.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ArtifactError(f"thresholds.{key} must be a number in [0, 1]")
+        out[key] = float(value)
+    if out["suspicious"] > out["highly_suspicious"]:
+        raise ArtifactError("thresholds.suspicious is above thresholds.highly_suspicious")
+    return out
+
+
+class XGBoostRuntime:
+    """A model version that is either ready to predict or remembers why it is not."""
+
+    def __init__(self, model_dir: Path, *, name: str, version: str, nthread: int = 1) -> None:
+        self.model_dir = model_dir
+        self.name = name
+        self.version = version
+        self.nthread = nthread
+        self.info: ModelInfo | None = None
+        self.error: str | None = None
+        self._booster: xgb.Booster | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._booster is not None
+
+    def load(self) -> bool:
+        """Verify the artifact and load the booster; on any failure keep the reason and say no."""
+        try:
+            meta = verify_artifact(self.model_dir)
+            info = ModelInfo.from_metadata(meta, name=self.name, version=self.version)
+            booster = xgb.Booster()
+            booster.load_model(str(self.model_dir / info.booster_file))
+            booster.set_param({"nthread": self.nthread})
+            if booster.num_features() != info.num_features:
+                raise ArtifactError(
+                    f"booster has {booster.num_features()} features, "
+                    f"metadata names {info.num_features}"
+                )
+            objective = json.loads(booster.save_config())["learner"]["objective"]["name"]
+            if objective not in PROBABILITY_OBJECTIVES:
+                raise ArtifactError(f"objective {objective!r} does not predict a probability")
+            # One all-missing row warms the booster up and proves one score per row comes out.
+            probe = booster.inplace_predict(
+                np.full((1, info.num_features), np.nan, dtype=np.float32), missing=np.nan
+            )
+            if probe.shape != (1,):
+                raise ArtifactError(f"booster scores a row with shape {probe.shape}, not (1,)")
+        except Exception as exc:  # noqa: BLE001 - a bad version is refused, never fatal to the rest
+            self.error = f"{type(exc).__name__}: {exc}"
+            self._booster = None
+            logger.error(
+                "model version refused",
+                extra={"model": self.name, "version": self.version, "reason": self.error},
+            )
+            return False
+        self.info, self._booster, self.error = info, booster, None
+        logger.info(
+            "model version loaded",
+            extra={
+                "model": self.name,
+                "version": self.version,
+                "features": info.num_features,
+                "feature_contract": info.feature_contract,
+            },
+        )
+        return True
+
+    def unload(self) -> None:
+        self._booster = None
+
+    def predict(
+        self, features: np.ndarray, *, contributions: bool = False
+    ) -> dict[str, np.ndarray]:
+        """Score an ``[N, F]`` float32 matrix (NaN = missing); optionally explain it.
+
+        Scores are XGBoost's own probabilities for exactly this matrix; contributions are its
+        SHAP values, ``[N, F + 1]`` with the bias last, summing to the margin.
+        """
+        booster = self._booster
+        if booster is None:
+            raise RuntimeError(f"{self.name}/{self.version} is not loaded")
+        out = {SCORE: np.asarray(booster.inplace_predict(features, missing=np.nan), np.float32)}
+        if contributions:
+            matrix = xgb.DMatrix(features, missing=np.nan, nthread=self.nthread)
+            out[CONTRIBUTIONS] = np.asarray(
+                booster.predict(matrix, pred_contribs=True), dtype=np.float32
+            )
+        return out
