@@ -70,13 +70,30 @@ def historical_matrix(
     """Point-in-time features for each entity row, indexed by transaction_id, in model order."""
     service = store.get_feature_service(spec.name)
     job = store.get_historical_features(
-        entity_df=entities, features=service, full_feature_names=False
+        entity_df=_distinct_times(entities), features=service, full_feature_names=False
     )
     df = job.to_df()
     columns = [f.feature for f in spec.features]
     matrix = df.set_index("transaction_id")[columns].astype("float64")
     matrix.columns = spec.feature_names
     return matrix.reindex(entities["transaction_id"].astype(str))
+
+
+def _distinct_times(entities: pd.DataFrame) -> pd.DataFrame:
+    """Give rows that share an event time distinct times, a few nanoseconds apart.
+
+    Feast's file offline store keeps one entity row per (view join key, event time) and silently
+    drops the others, so two transactions of one merchant at the same instant would lose one.
+    Feature rows are stamped on whole microseconds (``t + 1 µs``), so nanosecond offsets below a
+    microsecond never change which feature row a transaction sees.
+    """
+    ts = pd.to_datetime(entities["event_timestamp"], utc=True).astype("datetime64[ns, UTC]")
+    rank = ts.groupby(ts).cumcount()
+    if len(rank) and rank.max() >= 1000:
+        raise DatasetError("more than 1000 transactions share one event time; split the input")
+    out = entities.copy()
+    out["event_timestamp"] = ts + pd.to_timedelta(rank.to_numpy(), unit="ns")
+    return out
 
 
 def to_float32(matrix: pd.DataFrame) -> np.ndarray:
