@@ -1,0 +1,127 @@
+"""The gateway's app factory.
+
+``uvicorn --factory vigil_gateway.app:create_app --host 0.0.0.0 --port 8000`` calls
+``create_app()`` with no arguments, which reads ``GATEWAY_*`` from the environment; tests pass
+explicit settings and, to wire the gateway to in-process apps, httpx transports. Clients and the
+decision store are opened in the lifespan, never at import or construction time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version as package_version
+
+import httpx
+from fastapi import FastAPI
+
+from vigil_gateway.decisions import DecisionStore, connect
+from vigil_gateway.deps import Services
+from vigil_gateway.downstream import build_http_client
+from vigil_gateway.encoder_client import EncoderClient
+from vigil_gateway.handlers import install_error_handlers
+from vigil_gateway.logs import configure_logging
+from vigil_gateway.metrics import GatewayMetrics
+from vigil_gateway.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from vigil_gateway.model_catalog import ModelCatalog
+from vigil_gateway.predictor_client import PredictorClient
+from vigil_gateway.rest import service_router, transactions_router, ui_router
+from vigil_gateway.scoring import ScoringService
+from vigil_gateway.settings import GatewaySettings
+from vigil_gateway.transformer import FraudTransformer
+
+logger = logging.getLogger(__name__)
+
+
+def _version() -> str:
+    try:
+        return package_version("vigil-gateway")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def create_app(
+    settings: GatewaySettings | None = None,
+    *,
+    encoder_transport: httpx.AsyncBaseTransport | None = None,
+    predictor_transport: httpx.AsyncBaseTransport | None = None,
+) -> FastAPI:
+    settings = settings or GatewaySettings()
+    configure_logging(settings.log_level)
+    metrics = GatewayMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            clients = {
+                name: await stack.enter_async_context(
+                    build_http_client(
+                        url, connect_timeout_s=settings.connect_timeout_s,
+                        max_connections=settings.max_connections, transport=transport,
+                    )
+                )
+                for name, url, transport in (
+                    ("encoder", settings.encoder_url, encoder_transport),
+                    ("predictor", settings.predictor_url, predictor_transport),
+                )
+            }
+            redis = connect(
+                settings.redis_url, timeout_s=settings.decision_store_timeout_s,
+                max_connections=settings.max_connections,
+            )
+            stack.push_async_callback(redis.aclose)
+            encoder = EncoderClient(clients["encoder"], metrics, settings.connect_timeout_s)
+            predictor = PredictorClient(clients["predictor"], metrics, settings.connect_timeout_s)
+            catalog = ModelCatalog(
+                predictor, metrics,
+                name=settings.model_name,
+                pinned_version=settings.model_version,
+                refresh_s=settings.metadata_refresh_s,
+                fetch_timeout_s=settings.readiness_timeout_s,
+            )
+            stack.push_async_callback(catalog.close)
+            store = DecisionStore(redis, metrics, ttl_s=settings.decision_ttl_s)
+            transformer = FraudTransformer(
+                encoder, predictor, catalog,
+                feature_service=settings.feature_service, max_reasons=settings.max_reasons,
+            )
+            scoring = ScoringService(transformer, store, metrics, settings)
+            refresher = asyncio.create_task(catalog.run(), name="model-metadata-refresh")
+            app.state.services = Services(scoring=scoring, catalog=catalog, encoder=encoder, store=store)
+            logger.info(
+                "gateway started",
+                extra={
+                    "environment": settings.environment,
+                    "encoder_url": settings.encoder_url,
+                    "predictor_url": settings.predictor_url,
+                    "model": settings.model_name,
+                    "pinned_version": settings.model_version,
+                },
+            )
+            try:
+                yield
+            finally:
+                app.state.services = None
+                refresher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await refresher
+
+    app = FastAPI(
+        title="Vigil gateway",
+        version=_version(),
+        description="Real-time fraud scoring of payment transactions (Vigil's business API).",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.services = None
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)  # outermost: sees every answer
+    app.include_router(transactions_router)
+    app.include_router(service_router)
+    app.include_router(ui_router)
+    return app

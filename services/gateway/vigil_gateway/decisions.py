@@ -1,0 +1,163 @@
+"""The decision store: one decision per transaction id, in Redis, for idempotent replays.
+
+A client that retries (a timeout on its side, a network blip) must get the decision it would have
+had, not a second opinion, whichever gateway replica answers. Each entry holds the decision and a
+hash of the transaction it was made for, so the same id with another payload is recognised as a
+conflict. The store is an optimisation of correctness, not a dependency of scoring: when Redis
+is slow or gone, every operation gives up quickly, is logged and counted, and scoring goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from vigil_contracts.api import ScoreResponse, Transaction
+
+from vigil_gateway.metrics import GatewayMetrics
+
+logger = logging.getLogger(__name__)
+
+KEY_PREFIX = "vigil:decision:"
+
+
+def payload_hash(transaction: Transaction) -> str:
+    """Hash of the validated transaction: equal for payloads that mean the same (key order,
+    whitespace, ``12`` vs ``12.0``), different when any field differs."""
+    canonical = orjson.dumps(transaction.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+    return "sha256:" + hashlib.sha256(canonical).hexdigest()
+
+
+@dataclass(frozen=True)
+class StoredDecision:
+    payload_hash: str
+    decision: dict[str, Any]  # a ScoreResponse without request_id and cached
+    request_id: str  # of the request that made the decision
+    stored_at: float
+
+    def replay(self, request_id: str) -> ScoreResponse:
+        return ScoreResponse(**self.decision, request_id=request_id, cached=True)
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {"payload_hash": self.payload_hash, "decision": self.decision,
+             "request_id": self.request_id, "stored_at": self.stored_at}
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "StoredDecision":
+        data = orjson.loads(raw)
+        stored = cls(
+            payload_hash=data["payload_hash"], decision=data["decision"],
+            request_id=data.get("request_id", ""), stored_at=data.get("stored_at", 0.0),
+        )
+        stored.replay("")  # an entry an older release wrote must still make an answer
+        return stored
+
+    @classmethod
+    def of(cls, response: ScoreResponse, payload: str) -> "StoredDecision":
+        return cls(
+            payload_hash=payload,
+            decision=response.model_dump(mode="json", exclude={"request_id", "cached"}),
+            request_id=response.request_id,
+            stored_at=time.time(),
+        )
+
+
+def connect(url: str, *, timeout_s: float, max_connections: int) -> aioredis.Redis:
+    """A client that fails fast: no retries, short socket timeouts (scoring must not wait).
+
+    The pool blocks (briefly) when all connections are busy instead of raising "too many
+    connections", so a burst of traffic does not silently switch idempotency off.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout_s,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=30,
+    )
+    return aioredis.Redis.from_pool(pool)
+
+
+class DecisionStore:
+    def __init__(self, client: aioredis.Redis, metrics: GatewayMetrics, *, ttl_s: int) -> None:
+        self.client = client
+        self.metrics = metrics
+        self.ttl_s = ttl_s
+
+    @staticmethod
+    def key(transaction_id: str) -> str:
+        return KEY_PREFIX + transaction_id
+
+    async def get_many(self, transaction_ids: Sequence[str]) -> dict[str, StoredDecision]:
+        """Stored decisions by id; empty (never an error) when the store is unavailable."""
+        if not transaction_ids:
+            return {}
+        try:
+            raws = await self.client.mget([self.key(t) for t in transaction_ids])
+        except (RedisError, OSError) as exc:
+            self._failed("get", exc)
+            return {}
+        found: dict[str, StoredDecision] = {}
+        unreadable: list[str] = []
+        for transaction_id, raw in zip(transaction_ids, raws):
+            if raw is None:
+                continue
+            try:
+                found[transaction_id] = StoredDecision.decode(raw)
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValidationError):
+                unreadable.append(transaction_id)
+        if unreadable:
+            # Dropped, so that the fresh decision can take its place.
+            logger.warning("unreadable stored decisions dropped", extra={"transaction_ids": unreadable[:10]})
+            try:
+                await self.client.delete(*(self.key(t) for t in unreadable))
+            except (RedisError, OSError) as exc:
+                self._failed("delete", exc)
+        return found
+
+    async def put_many(
+        self, entries: Sequence[tuple[str, StoredDecision]], *, overwrite: bool
+    ) -> dict[str, StoredDecision]:
+        """Store decisions; without ``overwrite`` the first writer wins. Returns, by id, the
+        decisions another request stored first (so that every replica answers the same)."""
+        if not entries:
+            return {}
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for transaction_id, stored in entries:
+                    pipe.set(self.key(transaction_id), stored.encode(), ex=self.ttl_s, nx=not overwrite)
+                written = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self._failed("put", exc)
+            return {}
+        self.metrics.decision_store.labels("stored").inc(sum(1 for w in written if w))
+        lost = [transaction_id for (transaction_id, _), w in zip(entries, written) if not w]
+        return await self.get_many(lost) if lost else {}
+
+    async def ping(self) -> tuple[bool, str]:
+        try:
+            await self.client.execute_command("PING")
+        except (RedisError, OSError) as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+        return True, "reachable"
+
+    def _failed(self, operation: str, exc: Exception) -> None:
+        self.metrics.decision_store.labels("error").inc()
+        logger.warning(
+            "decision store unavailable; answering without it",
+            extra={"operation": operation, "error": f"{type(exc).__name__}: {exc}"},
+        )

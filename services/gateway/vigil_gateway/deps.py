@@ -1,0 +1,59 @@
+"""Dependency aliases for routes: the objects the lifespan built, read from ``app.state``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from vigil_gateway.decisions import DecisionStore
+from vigil_gateway.encoder_client import EncoderClient
+from vigil_gateway.errors import NotReady
+from vigil_gateway.metrics import GatewayMetrics
+from vigil_gateway.middleware import request_id_of
+from vigil_gateway.model_catalog import ModelCatalog
+from vigil_gateway.scoring import ScoringService
+from vigil_gateway.settings import GatewaySettings
+
+
+@dataclass
+class Services:
+    """What the lifespan opens (and closes): clients, stores and the scoring path."""
+
+    scoring: ScoringService
+    catalog: ModelCatalog
+    encoder: EncoderClient
+    store: DecisionStore
+
+
+def _services(request: Request) -> Services:
+    services = getattr(request.app.state, "services", None)
+    if services is None:
+        raise NotReady("the gateway is starting up or shutting down")
+    return services
+
+
+def _scoring(services: Annotated[Services, Depends(_services)]) -> ScoringService:
+    return services.scoring
+
+
+def _metrics(request: Request) -> GatewayMetrics:
+    return request.app.state.metrics
+
+
+def _settings(request: Request) -> GatewaySettings:
+    return request.app.state.settings
+
+
+def _request_id(request: Request) -> str:
+    request_id = request_id_of(request.scope)
+    assert request_id is not None  # RequestContextMiddleware always sets it
+    return request_id
+
+
+ServicesDep = Annotated[Services, Depends(_services)]
+ScoringDep = Annotated[ScoringService, Depends(_scoring)]
+MetricsDep = Annotated[GatewayMetrics, Depends(_metrics)]
+SettingsDep = Annotated[GatewaySettings, Depends(_settings)]
+RequestIdDep = Annotated[str, Depends(_request_id)]

@@ -1,0 +1,86 @@
+"""Prometheus metrics, in a registry owned by one app so that apps (and tests) never collide."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+# The single-score budget is 0.4 s by default: most buckets sit below it.
+LATENCY_BUCKETS = (0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6, 1.0, 2.5, 5.0)
+# Metric label for answers given before any model metadata was known.
+UNKNOWN_VERSION = "unknown"
+
+
+class GatewayMetrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "vigil_gateway_requests",
+            "HTTP requests by route template, method and status code.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.request_latency = Histogram(
+            "vigil_gateway_request_duration_seconds",
+            "HTTP request latency by route template and method.",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.decisions = Counter(
+            "vigil_gateway_decisions",
+            "Fresh decisions (replays excluded) by label and model version.",
+            ["label", "model_version"],
+            registry=self.registry,
+        )
+        self.degraded = Counter(
+            "vigil_gateway_degraded_answers",
+            "Answers that fell back to 'uncertain', by reason code and model version.",
+            ["reason", "model_version"],
+            registry=self.registry,
+        )
+        self.downstream_errors = Counter(
+            "vigil_gateway_downstream_errors",
+            "Failed calls to a dependency, by dependency and kind of failure.",
+            ["downstream", "kind"],
+            registry=self.registry,
+        )
+        self.downstream_latency = Histogram(
+            "vigil_gateway_downstream_duration_seconds",
+            "Latency of calls to the encoder and the predictor (successful or not).",
+            ["downstream"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.decision_store = Counter(
+            "vigil_gateway_decision_store",
+            "Decision-store outcomes: hit, miss, stored, conflict, error.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "vigil_gateway_batch_size",
+            "Transactions per batch request.",
+            buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000),
+            registry=self.registry,
+        )
+        self.model_info = Gauge(
+            "vigil_gateway_model_info",
+            "1 for the model version whose metadata (thresholds, policy) the gateway currently holds.",
+            ["model", "version"],
+            registry=self.registry,
+        )
+        self.metadata_refresh_errors = Counter(
+            "vigil_gateway_metadata_refresh_errors",
+            "Failed attempts to read model metadata from the predictor.",
+            registry=self.registry,
+        )
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.request_latency.labels(route, method).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

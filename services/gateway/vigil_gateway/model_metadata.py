@@ -1,0 +1,78 @@
+"""What the gateway needs to know about a model version, as the predictor's V2 metadata says it.
+
+Thresholds, the serving policy, the feature service and the feature order travel with the model
+artifact; the gateway only ever reads them from there, never from its own configuration.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from vigil_contracts.request_features import OUTPUT_FEATURES
+
+_ON_DEMAND = frozenset(OUTPUT_FEATURES)
+
+
+class ServingPolicy(BaseModel):
+    """When a vector is too incomplete to score (the answer is then ``uncertain``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    max_missing_stored_fraction: float = Field(default=1.0, ge=0.0, le=1.0)
+    stale_is_uncertain: bool = True
+
+
+class Thresholds(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    suspicious: float = Field(ge=0.0, le=1.0)
+    highly_suspicious: float = Field(ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Thresholds":
+        if self.highly_suspicious < self.suspicious:
+            raise ValueError("highly_suspicious must be >= suspicious")
+        return self
+
+    def as_mapping(self) -> dict[str, float]:
+        return {"suspicious": self.suspicious, "highly_suspicious": self.highly_suspicious}
+
+
+class ModelMetadata(BaseModel):
+    """One model version: ``GET /v2/models/{name}[/versions/{v}]`` reduced to what matters here."""
+
+    name: str
+    version: str
+    feature_service: str
+    feature_names: list[str]
+    feature_contract: str
+    thresholds: Thresholds
+    serving_policy: ServingPolicy = ServingPolicy()
+
+    @classmethod
+    def from_v2(cls, body: dict[str, Any]) -> "ModelMetadata":
+        params = body.get("parameters") or {}
+        return cls.model_validate({
+            "name": body["name"],
+            "version": str(params["version"]),
+            "feature_service": params["feature_service"],
+            "feature_names": params["feature_names"],
+            "feature_contract": params["feature_contract"],
+            "thresholds": params["thresholds"],
+            "serving_policy": params.get("serving_policy") or {},
+        })
+
+
+def short_name(feature: str) -> str:
+    """``card_stats__card_txn_count_1h`` -> ``card_txn_count_1h``."""
+    return feature.split("__", 1)[-1]
+
+
+def is_stored(feature: str) -> bool:
+    """Stored features come from the online store; on-demand ones are computed per request.
+
+    Feature names are unique across views (see feature_repo/features.py), so the short name
+    against the shared on-demand output list decides.
+    """
+    return short_name(feature) not in _ON_DEMAND

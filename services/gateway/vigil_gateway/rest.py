@@ -1,0 +1,139 @@
+"""HTTP routes: parse the request, call the scoring service, answer. No scoring logic here.
+
+One router per resource: transactions (``/v1/transactions/...``), service health and metrics
+(``/healthz``, ``/readyz``, ``/metrics``) and the demo UI (``/ui``).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib.resources import files
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import HTMLResponse, JSONResponse
+from vigil_contracts.api import BatchRequest, BatchResponse, ScoreResponse, Transaction
+from vigil_contracts.problems import PROBLEM_MEDIA_TYPE, Problem
+
+from vigil_gateway.deps import MetricsDep, RequestIdDep, ScoringDep, ServicesDep, SettingsDep
+from vigil_gateway.errors import NotReady
+from vigil_gateway.handlers import problem_response
+from vigil_gateway.middleware import log_fields
+from vigil_gateway.readiness import readiness
+
+transactions_router = APIRouter(tags=["transactions"])
+service_router = APIRouter(tags=["service"])
+ui_router = APIRouter(tags=["ui"])
+# Paths are spelled out in full (no router prefix): the route's path is the template that labels
+# metrics and log lines.
+
+
+def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {
+        status: {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}}
+        for status in statuses
+    }
+
+
+RescoreQuery = Annotated[
+    bool, Query(description="Score again even if a decision for this transaction_id is stored.")
+]
+CacheControlHeader = Annotated[
+    str | None, Header(description="`no-cache` has the same effect as `rescore=true`.")
+]
+
+
+def wants_rescore(rescore: bool, cache_control: str | None) -> bool:
+    if rescore:
+        return True
+    directives = (cache_control or "").lower().split(",")
+    return any(d.strip() == "no-cache" for d in directives)
+
+
+@transactions_router.post(
+    "/v1/transactions/score",
+    response_model=ScoreResponse,
+    responses=_problems(409, 422),
+    summary="Score one transaction",
+)
+async def score_transaction(
+    transaction: Transaction,
+    request: Request,
+    scoring: ScoringDep,
+    request_id: RequestIdDep,
+    rescore: RescoreQuery = False,
+    cache_control: CacheControlHeader = None,
+) -> ScoreResponse:
+    answer = await scoring.score_one(
+        transaction, request_id=request_id, rescore=wants_rescore(rescore, cache_control)
+    )
+    log_fields(request.scope).update(
+        label=answer.label,
+        degraded=answer.degraded,
+        cached=answer.cached,
+        model_version=answer.model.version,
+        reason=answer.reasons[0].code if answer.degraded else None,
+    )
+    return answer
+
+
+@transactions_router.post(
+    "/v1/transactions/score-batch",
+    response_model=BatchResponse,
+    responses=_problems(413, 422),
+    summary="Score many transactions; one result per item, in order",
+)
+async def score_batch(
+    batch: BatchRequest,
+    request: Request,
+    scoring: ScoringDep,
+    request_id: RequestIdDep,
+    rescore: RescoreQuery = False,
+    cache_control: CacheControlHeader = None,
+) -> BatchResponse:
+    results = await scoring.score_batch(
+        batch.transactions,
+        request_id=request_id,
+        rescore=wants_rescore(rescore, cache_control),
+        instance=request.url.path,
+    )
+    degraded = sum(1 for r in results if r.result is not None and r.result.degraded)
+    log_fields(request.scope).update(
+        items=len(results),
+        item_errors=sum(1 for r in results if r.error is not None),
+        degraded=degraded,
+    )
+    return BatchResponse(request_id=request_id, results=results)
+
+
+@service_router.get("/healthz", summary="Liveness")
+async def healthz() -> dict[str, str]:
+    return {"status": "alive"}
+
+
+@service_router.get("/readyz", summary="Readiness: model metadata, encoder and decision store")
+async def readyz(request: Request, services: ServicesDep, settings: SettingsDep) -> Any:
+    report = await readiness(
+        services.catalog, services.encoder, services.store, timeout=settings.readiness_timeout_s
+    )
+    if not report["ready"]:
+        failing = [name for name, check in report["checks"].items() if not check["ok"]]
+        return problem_response(
+            request, NotReady("not ready: " + ", ".join(failing)), extra={"checks": report["checks"]}
+        )
+    return JSONResponse(report)
+
+
+@service_router.get("/metrics", summary="Prometheus metrics")
+async def prometheus_metrics(metrics: MetricsDep) -> Response:
+    return Response(metrics.render(), media_type=metrics.content_type)
+
+
+@lru_cache(maxsize=1)
+def _ui_page() -> str:
+    return files("vigil_gateway").joinpath("static/ui.html").read_text(encoding="utf-8")
+
+
+@ui_router.get("/ui", response_class=HTMLResponse, summary="A small page to try the API")
+async def ui() -> HTMLResponse:
+    return HTMLResponse(_ui_page(), headers={"cache-control": "no-cache"})

@@ -1,0 +1,174 @@
+"""Scoring requests: per-item validation, idempotent replays, the time budget, decision metrics.
+
+Routes hand this module what they parsed; it answers with business objects or raises a
+``GatewayError``. Single and batch scoring share one path, so a batch item is treated exactly
+like the same transaction sent alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any, TypeAlias
+
+from pydantic import ValidationError
+from vigil_contracts.api import BatchItemResult, ScoreResponse, Transaction
+
+from vigil_gateway.decisions import DecisionStore, StoredDecision, payload_hash
+from vigil_gateway.errors import BatchTooLarge, DecisionConflict, GatewayError, InvalidTransaction
+from vigil_gateway.metrics import UNKNOWN_VERSION, GatewayMetrics
+from vigil_gateway.settings import GatewaySettings, seconds_or_none
+from vigil_gateway.transformer import FraudTransformer, Limits
+from vigil_gateway.validation import invalid_params, summary
+
+logger = logging.getLogger(__name__)
+
+Outcome: TypeAlias = ScoreResponse | GatewayError
+
+
+def _conflict(transaction_id: str) -> DecisionConflict:
+    return DecisionConflict(
+        f"transaction_id {transaction_id!r} was already scored with a different payload; "
+        "a changed transaction needs a new transaction_id"
+    )
+
+
+class ScoringService:
+    def __init__(
+        self,
+        transformer: FraudTransformer,
+        store: DecisionStore,
+        metrics: GatewayMetrics,
+        settings: GatewaySettings,
+    ) -> None:
+        self.transformer = transformer
+        self.store = store
+        self.metrics = metrics
+        self.max_batch = settings.max_batch
+        self.single_limits = Limits(
+            budget=seconds_or_none(settings.total_budget_s),
+            encoder=seconds_or_none(settings.encoder_timeout_s),
+            predictor=seconds_or_none(settings.predictor_timeout_s),
+        )
+        self.batch_limits = Limits(
+            budget=seconds_or_none(settings.batch_total_budget_s),
+            encoder=seconds_or_none(settings.batch_hop_timeout_s),
+            predictor=seconds_or_none(settings.batch_hop_timeout_s),
+        )
+
+    async def score_one(self, transaction: Transaction, *, request_id: str, rescore: bool) -> ScoreResponse:
+        [outcome] = await self._score([transaction], request_id, rescore, self.single_limits)
+        if isinstance(outcome, GatewayError):
+            raise outcome
+        return outcome
+
+    async def score_batch(
+        self, items: Sequence[Any], *, request_id: str, rescore: bool, instance: str
+    ) -> list[BatchItemResult]:
+        if len(items) > self.max_batch:
+            raise BatchTooLarge(
+                f"{len(items)} transactions is more than the {self.max_batch} allowed per batch"
+            )
+        self.metrics.batch_size.observe(len(items))
+        outcomes: list[Outcome | None] = [None] * len(items)
+        unique: list[Transaction] = []
+        unique_hash: list[str] = []
+        slot_of: dict[str, int] = {}  # transaction_id -> index in unique
+        copies: list[tuple[int, int]] = []  # (item index, index in unique)
+        for i, item in enumerate(items):
+            try:
+                transaction = Transaction.model_validate(item)
+            except ValidationError as exc:
+                params = invalid_params(exc.errors(), ("transactions", i))
+                outcomes[i] = InvalidTransaction(summary(params), invalid_params=params)
+                continue
+            digest = payload_hash(transaction)
+            known = slot_of.get(transaction.transaction_id)
+            if known is None:
+                slot_of[transaction.transaction_id] = len(unique)
+                copies.append((i, len(unique)))
+                unique.append(transaction)
+                unique_hash.append(digest)
+            elif unique_hash[known] == digest:
+                copies.append((i, known))  # a repeat in the same batch is one decision
+            else:
+                outcomes[i] = _conflict(transaction.transaction_id)
+        scored = await self._score(unique, request_id, rescore, self.batch_limits, unique_hash)
+        for i, k in copies:
+            outcomes[i] = scored[k]
+        results = []
+        for i, outcome in enumerate(outcomes):
+            assert outcome is not None
+            if isinstance(outcome, GatewayError):
+                problem = outcome.problem(instance=instance, request_id=request_id)
+                results.append(BatchItemResult(index=i, status=outcome.status, error=problem))
+            else:
+                results.append(BatchItemResult(index=i, status=200, result=outcome))
+        return results
+
+    async def _score(
+        self,
+        transactions: Sequence[Transaction],
+        request_id: str,
+        rescore: bool,
+        limits: Limits,
+        hashes: Sequence[str] | None = None,
+    ) -> list[Outcome]:
+        if not transactions:
+            return []
+        loop = asyncio.get_running_loop()
+        deadline = None if limits.budget is None else loop.time() + limits.budget
+        hashes = list(hashes) if hashes is not None else [payload_hash(t) for t in transactions]
+        stored: dict[str, StoredDecision] = {}
+        try:
+            async with asyncio.timeout_at(deadline):
+                stored = await self.store.get_many([t.transaction_id for t in transactions])
+        except TimeoutError:
+            pass  # the transformer will find the budget spent and answer TIMEOUT
+
+        outcomes: list[Outcome | None] = [None] * len(transactions)
+        todo: list[int] = []
+        for i, transaction in enumerate(transactions):
+            previous = stored.get(transaction.transaction_id)
+            if previous is None:
+                self.metrics.decision_store.labels("miss").inc()
+                todo.append(i)
+            elif previous.payload_hash != hashes[i]:
+                self.metrics.decision_store.labels("conflict").inc()
+                outcomes[i] = _conflict(transaction.transaction_id)
+            elif rescore:
+                todo.append(i)
+            else:
+                self.metrics.decision_store.labels("hit").inc()
+                outcomes[i] = previous.replay(request_id)
+
+        if todo:
+            fresh = await self.transformer.score(
+                [transactions[i] for i in todo], request_id=request_id, deadline=deadline, limits=limits
+            )
+            self._count(fresh)
+            # Uncertain answers are not kept: a retry deserves a real decision.
+            keep = [
+                (transactions[i].transaction_id, StoredDecision.of(answer, hashes[i]))
+                for i, answer in zip(todo, fresh)
+                if not answer.degraded
+            ]
+            first_writers = await self.store.put_many(keep, overwrite=rescore)
+            for i, answer in zip(todo, fresh):
+                winner = first_writers.get(transactions[i].transaction_id)
+                if winner is None:
+                    outcomes[i] = answer
+                elif winner.payload_hash == hashes[i]:
+                    outcomes[i] = winner.replay(request_id)  # another replica decided first
+                else:
+                    outcomes[i] = _conflict(transactions[i].transaction_id)
+        assert all(o is not None for o in outcomes), "a transaction was left without an outcome"
+        return outcomes  # type: ignore[return-value]
+
+    def _count(self, answers: Sequence[ScoreResponse]) -> None:
+        for answer in answers:
+            version = answer.model.version or UNKNOWN_VERSION
+            self.metrics.decisions.labels(answer.label, version).inc()
+            if answer.degraded:
+                self.metrics.degraded.labels(answer.reasons[0].code, version).inc()

@@ -1,0 +1,220 @@
+"""The inference pipeline in business terms: preprocess -> predict -> postprocess.
+
+This is the KServe transformer role: it turns transactions into the encoder's keys and
+request-time fields (preprocess), has the encoder build the vectors and the predictor score them
+(predict), and turns scores and contributions into labels and reasons (postprocess). It never
+raises for a dependency's trouble: a transaction it cannot score gets ``uncertain`` with
+``degraded: true`` and a reason code saying why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from vigil_contracts.api import ModelRef, Reason, ScoreResponse, Transaction
+from vigil_contracts.encoding import EncodeResponse
+from vigil_contracts.request_features import NO_DEVICE_ID, request_fields
+from vigil_contracts.thresholds import label_for_score
+
+from vigil_gateway.encoder_client import EncoderClient
+from vigil_gateway.errors import DownstreamError, FeatureContractMismatch
+from vigil_gateway.model_catalog import ModelCatalog
+from vigil_gateway.model_metadata import ModelMetadata
+from vigil_gateway.policy import FEATURES_MISSING, FEATURES_STALE, policy_verdict, stored_mask
+from vigil_gateway.predictor_client import Inference, PredictorClient
+from vigil_gateway.reasons import explain
+
+logger = logging.getLogger(__name__)
+
+FEATURES_UNAVAILABLE = "FEATURES_UNAVAILABLE"
+MODEL_UNAVAILABLE = "MODEL_UNAVAILABLE"
+FEATURE_CONTRACT_MISMATCH = "FEATURE_CONTRACT_MISMATCH"
+TIMEOUT = "TIMEOUT"
+
+DEGRADED_TEXT = {
+    FEATURES_UNAVAILABLE: "the transaction's features could not be fetched, so it was not scored",
+    FEATURES_STALE: "some of the card, merchant or device history is out of date, so a score would not be reliable",
+    FEATURES_MISSING: "too little card, merchant or device history is available to score reliably",
+    MODEL_UNAVAILABLE: "the fraud model could not be reached, so the transaction was not scored",
+    FEATURE_CONTRACT_MISMATCH: "the model and the feature encoder disagree on the features, so the transaction was not scored",
+    TIMEOUT: "scoring did not finish within its time budget",
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Time limits of one request, in seconds; None means no limit."""
+
+    budget: float | None
+    encoder: float | None
+    predictor: float | None
+
+
+def to_encode_row(transaction: Transaction) -> dict[str, Any]:
+    """Business -> data domain: the entity keys and the request-time fields of one transaction."""
+    has_device = transaction.device_id is not None
+    return {
+        "entities": {
+            "card_id": transaction.card_id,
+            "merchant_id": transaction.merchant_id,
+            "device_id": transaction.device_id if has_device else NO_DEVICE_ID,
+        },
+        # An absent country is sent empty: like any country unlike the card's home, it counts
+        # as a mismatch (the cautious reading of a terminal that hides where it is).
+        "request": request_fields(
+            transaction.amount, transaction.timestamp, transaction.channel,
+            transaction.country or "", has_device,
+        ),
+    }
+
+
+class FraudTransformer:
+    def __init__(
+        self,
+        encoder: EncoderClient,
+        predictor: PredictorClient,
+        catalog: ModelCatalog,
+        *,
+        feature_service: str | None,
+        max_reasons: int,
+    ) -> None:
+        self.encoder = encoder
+        self.predictor = predictor
+        self.catalog = catalog
+        self.feature_service = feature_service
+        self.max_reasons = max_reasons
+
+    async def score(
+        self,
+        transactions: Sequence[Transaction],
+        *,
+        request_id: str,
+        deadline: float | None,
+        limits: Limits,
+    ) -> list[ScoreResponse]:
+        """One answer per transaction, in order; ``deadline`` is on the event loop's clock."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self._pipeline(transactions, request_id, limits)
+        except TimeoutError:
+            logger.warning(
+                "scoring budget exceeded",
+                extra={"request_id": request_id, "transactions": len(transactions), "budget_s": limits.budget},
+            )
+            return [self.degraded(t, TIMEOUT, request_id) for t in transactions]
+
+    async def _pipeline(
+        self, transactions: Sequence[Transaction], request_id: str, limits: Limits
+    ) -> list[ScoreResponse]:
+        try:
+            meta = await self.catalog.ensure_current(limits.predictor, request_id)
+        except DownstreamError as exc:
+            return self._all_degraded(transactions, MODEL_UNAVAILABLE, request_id, exc)
+        try:
+            encoded = await self.preprocess(transactions, meta, request_id, limits)
+        except DownstreamError as exc:
+            return self._all_degraded(transactions, FEATURES_UNAVAILABLE, request_id, exc)
+
+        answers: list[ScoreResponse | None] = [None] * len(transactions)
+        stored = stored_mask(encoded.feature_names)
+        todo: list[int] = []
+        for i, row in enumerate(encoded.rows):
+            verdict = policy_verdict(row, stored, meta.serving_policy)
+            if verdict is None:
+                todo.append(i)
+            else:
+                answers[i] = self.degraded(transactions[i], verdict, request_id)
+        if todo:
+            try:
+                inference, scored_by = await self.predict(encoded, todo, request_id, limits)
+            except DownstreamError as exc:
+                code = MODEL_UNAVAILABLE
+                if isinstance(exc, FeatureContractMismatch):
+                    code = FEATURE_CONTRACT_MISMATCH
+                    self.catalog.refresh_soon()  # most likely the model changed under us
+                scored = self._all_degraded([transactions[i] for i in todo], code, request_id, exc)
+            else:
+                scored = [
+                    self.postprocess(transactions[i], encoded, i, inference, k, scored_by, request_id)
+                    for k, i in enumerate(todo)
+                ]
+            for i, answer in zip(todo, scored):
+                answers[i] = answer
+        assert all(a is not None for a in answers), "a transaction was left without an answer"
+        return answers  # type: ignore[return-value]
+
+    async def preprocess(
+        self, transactions: Sequence[Transaction], meta: ModelMetadata, request_id: str, limits: Limits
+    ) -> EncodeResponse:
+        """Business -> data -> representation: keys and request fields, encoded into vectors."""
+        return await self.encoder.encode(
+            self.feature_service or meta.feature_service,
+            [to_encode_row(t) for t in transactions],
+            request_id=request_id,
+            timeout=limits.encoder,
+        )
+
+    async def predict(
+        self, encoded: EncodeResponse, rows: Sequence[int], request_id: str, limits: Limits
+    ) -> tuple[Inference, ModelMetadata]:
+        """Score the chosen rows; also the metadata of the version that scored them."""
+        inference = await self.predictor.infer(
+            self.catalog.name, self.catalog.pinned_version,
+            [encoded.rows[i].values for i in rows],
+            feature_contract=encoded.feature_contract,
+            request_id=request_id, timeout=limits.predictor,
+        )
+        scored_by = await self.catalog.for_version(inference.model_version, limits.predictor, request_id)
+        return inference, scored_by
+
+    def postprocess(
+        self,
+        transaction: Transaction,
+        encoded: EncodeResponse,
+        row: int,
+        inference: Inference,
+        k: int,
+        meta: ModelMetadata,
+        request_id: str,
+    ) -> ScoreResponse:
+        """Prediction -> business answer: label by the scoring version's thresholds, reasons."""
+        score = inference.scores[k]
+        label = label_for_score(score, meta.thresholds.as_mapping())
+        reasons = explain(
+            label, encoded.feature_names, encoded.rows[row].values, inference.contributions[k],
+            currency=transaction.currency, device_present=transaction.device_id is not None,
+            max_reasons=self.max_reasons,
+        )
+        return ScoreResponse(
+            transaction_id=transaction.transaction_id,
+            label=label,
+            score=round(score, 6),
+            reasons=reasons,
+            model=ModelRef(name=inference.model_name, version=inference.model_version),
+            degraded=False,
+            request_id=request_id,
+        )
+
+    def degraded(self, transaction: Transaction, code: str, request_id: str) -> ScoreResponse:
+        return ScoreResponse(
+            transaction_id=transaction.transaction_id,
+            label="uncertain",
+            score=None,
+            reasons=[Reason(code=code, text=DEGRADED_TEXT[code])],
+            model=self.catalog.model_ref(),
+            degraded=True,
+            request_id=request_id,
+        )
+
+    def _all_degraded(
+        self, transactions: Sequence[Transaction], code: str, request_id: str, exc: DownstreamError
+    ) -> list[ScoreResponse]:
+        logger.warning(
+            "transactions not scored",
+            extra={"request_id": request_id, "reason": code, "error": exc.detail, "kind": exc.kind},
+        )
+        return [self.degraded(t, code, request_id) for t in transactions]

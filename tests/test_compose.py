@@ -1,0 +1,80 @@
+"""docker-compose.yml and the Dockerfiles, checked statically (no Docker engine runs here):
+the file parses, services agree with the local runner, entry modules exist, images stay slim."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vigil.runner import service_specs
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+RUNNER = {s.name: s for s in service_specs("redis://x", {"encoder": "e", "predictor": "p"}, "/m", "/s")}
+DOCKERFILES = {
+    "encoder": ROOT / "services/encoder/Dockerfile",
+    "predictor": ROOT / "services/predictor/Dockerfile",
+    "gateway": ROOT / "services/gateway/Dockerfile",
+}
+
+
+def test_compose_declares_the_stack():
+    assert {"redis", "features", "train", "encoder", "predictor", "gateway"} <= set(SERVICES)
+    assert "healthcheck" in SERVICES["redis"]
+    published = {name for name, svc in SERVICES.items() if svc.get("ports")}
+    assert published == {"gateway"}, "only the gateway is public"
+
+
+@pytest.mark.parametrize("name", sorted(RUNNER))
+def test_compose_runs_the_runners_command_and_env(name):
+    svc, spec = SERVICES[name], RUNNER[name]
+    assert svc["command"] == spec.command("0.0.0.0", spec.port)
+    assert set(svc["environment"]) == set(spec.env)
+    assert "healthcheck" in svc
+    for dep, cond in svc["depends_on"].items():
+        assert dep in SERVICES
+        assert cond["condition"] in {"service_healthy", "service_completed_successfully"}
+
+
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_dockerfile_builds_only_its_service(name):
+    text = DOCKERFILES[name].read_text()
+    assert SERVICES[name]["build"]["dockerfile"] == str(DOCKERFILES[name].relative_to(ROOT))
+    assert re.search(r"^USER\s+(?!root)\S+", text, re.M), "runs as a non-root user"
+    assert "HEALTHCHECK" in text and "python:3.11-slim" in text
+    assert f"services/{name}" in text and "libs/contracts" in text
+    others = {"encoder", "predictor", "gateway"} - {name}
+    for other in others:
+        assert f"services/{other}" not in text
+    assert "constraints.txt" in text
+    factory = RUNNER[name].factory.split(":")[0]
+    assert importlib.util.find_spec(factory) is not None, f"{factory} must exist"
+    assert RUNNER[name].factory in text
+
+
+def _deps(pyproject: Path) -> str:
+    return pyproject.read_text().split("dependencies", 1)[1].split("]", 1)[0]
+
+
+def test_service_images_install_only_what_they_need():
+    gateway = _deps(ROOT / "services/gateway/pyproject.toml")
+    assert "feast" not in gateway and "xgboost" not in gateway
+    encoder = _deps(ROOT / "services/encoder/pyproject.toml")
+    assert "feast" not in encoder and "xgboost" not in encoder
+    predictor = _deps(ROOT / "services/predictor/pyproject.toml")
+    assert "feast" not in predictor and "xgboost-cpu" in predictor
+    contracts = _deps(ROOT / "libs/contracts/pyproject.toml")
+    assert contracts.count('"') == 2 and "pydantic" in contracts
+
+
+def test_one_shot_services_use_the_tools_image_and_the_cli():
+    for name in ("features", "train"):
+        svc = SERVICES[name]
+        assert svc["build"]["dockerfile"] == "docker/tools.Dockerfile"
+        assert "vigil" in " ".join(svc["command"])
+    assert SERVICES["train"]["depends_on"]["features"]["condition"] == "service_completed_successfully"

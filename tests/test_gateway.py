@@ -1,0 +1,941 @@
+"""The gateway's ASGI app end to end, with a real Redis as its decision store.
+
+The encoder and the predictor are small in-process stand-ins written here: real FastAPI apps that
+speak the encoder contract (``vigil_contracts.encoding``) and the Open Inference Protocol V2,
+reached through ``httpx.ASGITransport``. The encoder stand-in computes the request-time features
+with the shared ``request_features.transform_row``; the predictor stand-in scores with a fixed
+logistic formula whose contributions are exact, so every expected label and reason is known.
+Knobs make either one fail (503), hang past its timeout or report stale features. (Tests of the
+gateway against the real encoder and predictor processes live with the end-to-end suite.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from vigil_contracts.encoding import EncodeRequest
+from vigil_contracts.feature_contract import feature_contract_hash
+from vigil_contracts.problems import PROBLEM_MEDIA_TYPE
+from vigil_contracts.request_features import NO_DEVICE_ID, transform_row
+from vigil_contracts.thresholds import label_for_score
+
+from vigil.redis_server import free_port
+from vigil_gateway import deps
+from vigil_gateway.app import create_app
+from vigil_gateway.decisions import KEY_PREFIX
+from vigil_gateway.settings import GatewaySettings
+
+MODEL = "fraud_detector"
+SERVICE = "fraud_model_v1"
+FEATURES = [
+    "card_stats__card_txn_count_1h",
+    "card_stats__card_amount_avg_30d",
+    "merchant_stats__merchant_distinct_cards_24h",
+    "device_stats__device_distinct_cards_7d",
+    "request_features__txn_amount",
+    "request_features__amount_to_card_avg_30d",
+    "request_features__is_night",
+    "request_features__is_new_device",
+    "request_features__country_mismatch",
+]
+CONTRACT = feature_contract_hash(FEATURES)
+WEIGHTS = [0.4, 0.0, 0.05, 0.6, -0.001, 0.5, 1.0, 1.4, 1.6]
+BIAS = -4.0
+THRESHOLDS = {
+    "3": {"suspicious": 0.5, "highly_suspicious": 0.8},
+    "4": {"suspicious": 0.3, "highly_suspicious": 0.45},
+}
+POLICY = {"max_missing_stored_fraction": 0.5, "stale_is_uncertain": True}
+REDIS_DB = 7  # the session Redis's db 0 holds Feast's online store: keep out of it
+
+# Online-store contents of the encoder stand-in (stored features and the inputs the on-demand
+# transform reads).
+CARDS = {
+    "card_good": {"card_txn_count_1h": 0, "card_amount_avg_30d": 100.0, "card_amount_std_30d": 40.0,
+                  "card_last_txn_epoch": 1_717_000_000.0, "card_home_country": "DE"},
+    "card_busy": {"card_txn_count_1h": 5, "card_amount_avg_30d": 100.0, "card_amount_std_30d": 40.0,
+                  "card_last_txn_epoch": 1_717_000_000.0, "card_home_country": "DE"},
+}
+MERCHANTS = {"m_good": {"merchant_distinct_cards_24h": 3}}
+DEVICES = {"dev_known": {"device_distinct_cards_7d": 1, "device_first_seen_epoch": 1_704_067_200.0}}
+STORED_BY_VIEW: dict[str, tuple[str, dict[str, dict[str, Any]]]] = {"card_stats": ("card_id", CARDS), "merchant_stats": ("merchant_id", MERCHANTS),
+                  "device_stats": ("device_id", DEVICES)}
+
+BUDGET_S = 0.4
+HOP_S = 0.15
+MARGIN_S = 0.25  # scheduling slack on a busy CI machine
+
+
+def problem(status: int, slug: str, detail: str) -> JSONResponse:
+    return JSONResponse(
+        {"type": f"https://vigil.dev/problems/{slug}", "title": slug, "status": status, "detail": detail},
+        status_code=status, media_type=PROBLEM_MEDIA_TYPE,
+    )
+
+
+@dataclass
+class EncoderStandIn:
+    """Speaks ``POST /v1/encode`` and ``GET /readyz`` like the real encoder."""
+
+    fail_status: int | None = None
+    delay_s: float = 0.0
+    stale_cards: set[str] = field(default_factory=set)
+    ready: bool = True
+    calls: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.app = FastAPI()
+        self.app.post("/v1/encode")(self.encode)
+        self.app.get("/readyz")(self.readyz)
+
+    async def readyz(self) -> Any:
+        if not self.ready or self.fail_status:
+            return problem(503, "not-ready", "feature store unavailable")
+        return {"ready": True}
+
+    async def encode(self, body: EncodeRequest, request: Request) -> Any:
+        call: dict[str, Any] = {"request_id": request.headers.get("x-request-id"), "rows": body.rows}
+        self.calls.append(call)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.fail_status:
+            return problem(self.fail_status, "feature-store-unavailable", "redis is down")
+        if body.feature_service != SERVICE:
+            return problem(404, "unknown-feature-service", body.feature_service)
+        call["encoded"] = [self._row(row.entities, row.request) for row in body.rows]
+        return {
+            "feature_service": SERVICE,
+            "feature_names": FEATURES,
+            "feature_contract": CONTRACT,
+            "rows": call["encoded"],
+        }
+
+    def _row(self, entities: dict[str, str], request: dict[str, Any]) -> dict[str, Any]:
+        stale = entities["card_id"] in self.stale_cards
+        stored: dict[str, dict[str, Any] | None] = {}
+        for view, (key, table) in STORED_BY_VIEW.items():
+            found = table.get(entities[key])
+            stored[view] = None if found is None or (stale and view == "card_stats") else found
+        inputs = dict(request)
+        for view in ("card_stats", "device_stats"):
+            inputs.update(stored[view] or {})
+        on_demand = transform_row(inputs)
+        values, missing, stale_flags, ages = [], [], [], []
+        for name in FEATURES:
+            view, feature = name.split("__")
+            if view == "request_features":
+                value, age = on_demand[feature], 0.0
+            else:
+                value = (stored[view] or {}).get(feature)
+                age = 60.0
+            values.append(None if value is None else float(value))
+            missing.append(value is None)
+            stale_flags.append(stale and view == "card_stats")
+            ages.append(None if value is None else age)
+        return {"values": values, "missing": missing, "stale": stale_flags, "age_seconds": ages}
+
+
+@dataclass
+class PredictorStandIn:
+    """A V2 server whose model is ``sigmoid(BIAS + sum(WEIGHTS * x))`` (missing x counts 0)."""
+
+    version: str = "3"
+    fail_status: int | None = None
+    metadata_down: bool = False
+    delay_s: float = 0.0
+    contract: str = CONTRACT
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    metadata_calls: list[str | None] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.app = FastAPI()
+        self.app.get("/v2/health/ready")(self.ready)
+        self.app.get("/v2/models/{name}")(self.metadata)
+        self.app.get("/v2/models/{name}/versions/{version}")(self.metadata)
+        self.app.post("/v2/models/{name}/infer")(self.infer)
+        self.app.post("/v2/models/{name}/versions/{version}/infer")(self.infer)
+
+    async def ready(self) -> Any:
+        return problem(503, "not-ready", "down") if self.metadata_down else {"ready": True}
+
+    async def metadata(self, name: str, version: str | None = None) -> Any:
+        self.metadata_calls.append(version)
+        if self.metadata_down or self.fail_status:
+            return problem(503, "model-not-ready", "down")
+        if name != MODEL:
+            return problem(404, "model-not-found", name)
+        version = version or self.version
+        return {
+            "name": name, "versions": sorted(THRESHOLDS), "platform": "xgboost",
+            "inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, len(FEATURES)]}],
+            "outputs": [{"name": "score", "datatype": "FP32", "shape": [-1]}],
+            "parameters": {
+                "version": version, "feature_service": SERVICE, "feature_names": FEATURES,
+                "feature_contract": CONTRACT, "thresholds": THRESHOLDS[version],
+                "serving_policy": POLICY,
+            },
+        }
+
+    async def infer(self, name: str, request: Request, version: str | None = None) -> Any:
+        body = await request.json()
+        self.calls.append({"request_id": request.headers.get("x-request-id"), "body": body,
+                           "version": version})
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.fail_status:
+            return problem(self.fail_status, "model-not-ready", "down")
+        if body["parameters"]["feature_contract"] != self.contract:
+            return problem(400, "feature-contract-mismatch", "wrong order")
+        tensor = body["inputs"][0]
+        n, width = tensor["shape"]
+        assert width == len(FEATURES) and tensor["datatype"] == "FP32"
+        scores, contributions = [], []
+        for i in range(n):
+            row = tensor["data"][i * width:(i + 1) * width]
+            contrib = [w * (x if x is not None else 0.0) for w, x in zip(WEIGHTS, row)]
+            scores.append(1.0 / (1.0 + math.exp(-(BIAS + sum(contrib)))))
+            contributions.extend(contrib + [BIAS])
+        return {
+            "model_name": name, "model_version": version or self.version, "id": body.get("id"),
+            "outputs": [
+                {"name": "score", "datatype": "FP32", "shape": [n], "data": scores},
+                {"name": "contributions", "datatype": "FP32", "shape": [n, width + 1], "data": contributions},
+            ],
+        }
+
+
+def expected_score(x: dict[str, float]) -> float:
+    return 1.0 / (1.0 + math.exp(-(BIAS + sum(w * x.get(f, 0.0) for f, w in zip(FEATURES, WEIGHTS)))))
+
+
+def txn(**overrides: Any) -> dict[str, Any]:
+    """A legitimate-looking transaction with a fresh id."""
+    body = {
+        "transaction_id": f"tx-{uuid.uuid4().hex[:16]}",
+        "card_id": "card_good",
+        "merchant_id": "m_good",
+        "amount": 50.0,
+        "currency": "EUR",
+        "timestamp": "2024-06-01T14:05:00+02:00",
+        "channel": "ecom",
+        "device_id": "dev_known",
+        "country": "DE",
+        "ip_address": "203.0.113.7",
+    }
+    body.update(overrides)
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def fraud_txn(**overrides: Any) -> dict[str, Any]:
+    """8x the card's average, 5 txns in the last hour, a new device, abroad, at night."""
+    return txn(**{"card_id": "card_busy", "amount": 800.0, "country": "FR", "device_id": "dev_new",
+                  "timestamp": "2024-06-01T03:10:00+02:00", **overrides})
+
+
+def suspicious_txn(**overrides: Any) -> dict[str, Any]:
+    return txn(**{"amount": 450.0, "country": "FR", **overrides})
+
+
+@dataclass
+class Stack:
+    client: httpx.AsyncClient
+    app: FastAPI
+    encoder: EncoderStandIn
+    predictor: PredictorStandIn
+    settings: GatewaySettings
+
+    async def score(self, body: Any, **kw: Any) -> httpx.Response:
+        return await self.client.post("/v1/transactions/score", json=body, **kw)
+
+    async def wait_for_metadata(self, timeout: float = 3.0) -> None:
+        services = self.app.state.services
+        deadline = time.monotonic() + timeout
+        while services.catalog.current is None:
+            assert time.monotonic() < deadline, "model metadata never loaded"
+            await asyncio.sleep(0.01)
+
+
+@asynccontextmanager
+async def gateway(
+    redis_url: str,
+    encoder: EncoderStandIn | None = None,
+    predictor: PredictorStandIn | None = None,
+    *,
+    wire_encoder: bool = True,
+    **settings_kw: Any,
+) -> AsyncIterator[Stack]:
+    encoder = encoder or EncoderStandIn()
+    predictor = predictor or PredictorStandIn()
+    settings = GatewaySettings(**{
+        "environment": "test",
+        "redis_url": redis_url,
+        "encoder_url": f"http://127.0.0.1:{free_port()}",  # overridden by the transport when wired
+        "predictor_url": "http://predictor.test",
+        "encoder_timeout_s": HOP_S,
+        "predictor_timeout_s": HOP_S,
+        "total_budget_s": BUDGET_S,
+        "batch_hop_timeout_s": 0.5,
+        "batch_total_budget_s": 1.0,
+        "max_batch": 20,
+        **settings_kw,
+    })
+    app = create_app(
+        settings,
+        encoder_transport=httpx.ASGITransport(encoder.app) if wire_encoder else None,
+        predictor_transport=httpx.ASGITransport(predictor.app),
+    )
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
+            yield Stack(client=client, app=app, encoder=encoder, predictor=predictor, settings=settings)
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server) -> str:
+    return f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}"
+
+
+@pytest.fixture
+async def stack(redis_url) -> AsyncIterator[Stack]:
+    async with gateway(redis_url) as s:
+        await s.wait_for_metadata()
+        yield s
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM_MEDIA_TYPE)
+    body = response.json()
+    assert body["status"] == status
+    assert {"type", "title", "detail"} <= body.keys()
+    assert "Traceback" not in response.text
+    return body
+
+
+def codes(answer: dict[str, Any]) -> list[str]:
+    return [r["code"] for r in answer["reasons"]]
+
+
+# --- happy path ------------------------------------------------------------------------------
+
+
+async def test_scores_a_legitimate_transaction(stack: Stack) -> None:
+    body = txn()
+    response = await stack.score(body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    expected = expected_score({
+        "merchant_stats__merchant_distinct_cards_24h": 3, "device_stats__device_distinct_cards_7d": 1,
+        "request_features__txn_amount": 50.0, "request_features__amount_to_card_avg_30d": 0.5,
+    })
+    assert answer["transaction_id"] == body["transaction_id"]
+    assert answer["label"] == "not_fraud"
+    assert answer["score"] == pytest.approx(expected, abs=1e-5)
+    assert answer["model"] == {"name": MODEL, "version": "3"}
+    assert answer["degraded"] is False and answer["cached"] is False
+    assert answer["reasons"][0]["code"] == "NO_RISK_SIGNAL"
+    assert len(answer["reasons"]) <= 3
+    # The predictor got exactly one row in the model's feature order, with the contract.
+    [call] = stack.predictor.calls
+    assert call["body"]["parameters"]["feature_contract"] == CONTRACT
+    assert call["body"]["inputs"][0]["shape"] == [1, len(FEATURES)]
+    assert {o["name"] for o in call["body"]["outputs"]} == {"score", "contributions"}
+
+
+async def test_request_fields_and_entities_follow_the_shared_mapping(stack: Stack) -> None:
+    await stack.score(txn(device_id=None, country=None, timestamp="2024-06-01T23:30:00-05:00"))
+    [call] = stack.encoder.calls
+    row = call["rows"][0]
+    assert row.entities == {"card_id": "card_good", "merchant_id": "m_good", "device_id": NO_DEVICE_ID}
+    assert row.request["txn_hour"] == 23  # read in the payer's own offset
+    assert row.request["device_present"] == 0
+    assert row.request["txn_epoch"] == pytest.approx(1717302600.0)
+
+
+async def test_fraud_is_highly_suspicious_with_business_reasons(stack: Stack) -> None:
+    response = await stack.score(fraud_txn())
+    answer = response.json()
+    assert answer["label"] == "highly_suspicious"
+    assert answer["score"] > THRESHOLDS["3"]["highly_suspicious"]
+    reasons = answer["reasons"]
+    assert [r["code"] for r in reasons] == ["AMOUNT_HIGH_FOR_CARD", "CARD_VELOCITY_1H", "COUNTRY_MISMATCH"]
+    assert reasons[0]["text"] == "amount is 8× this card's 30-day average"
+    assert reasons[0]["feature"] == "request_features__amount_to_card_avg_30d"
+    assert reasons[0]["value"] == pytest.approx(8.0)
+    assert reasons[0]["contribution"] == pytest.approx(4.0)
+    assert reasons[1]["text"] == "5 transactions on this card in the last hour"
+    assert reasons[2]["text"] == "transaction country differs from the card's home country"
+    contributions = [r["contribution"] for r in reasons]
+    assert contributions == sorted(contributions, reverse=True)
+
+
+async def test_more_reasons_are_in_business_words(redis_url: str) -> None:
+    async with gateway(redis_url, max_reasons=6) as stack:
+        answer = (await stack.score(fraud_txn())).json()
+    texts = {r["code"]: r["text"] for r in answer["reasons"]}
+    assert texts["NEW_DEVICE"] == "first transaction from this device"
+    assert texts["NIGHT_TIME"] == "night-time transaction"
+    assert texts["MERCHANT_MANY_CARDS"] == "3 different cards used at this merchant in 24 hours"
+    assert len(answer["reasons"]) == 6  # six features pushed the score up
+
+
+async def test_labels_follow_the_model_thresholds(stack: Stack) -> None:
+    answers = [(await stack.score(b)).json() for b in (txn(), suspicious_txn(), fraud_txn())]
+    assert [a["label"] for a in answers] == ["not_fraud", "suspicious", "highly_suspicious"]
+    for a in answers:
+        assert a["label"] == label_for_score(a["score"], THRESHOLDS["3"])
+
+
+async def test_a_new_model_version_is_labelled_with_its_own_thresholds(stack: Stack) -> None:
+    before = (await stack.score(suspicious_txn())).json()
+    assert before["label"] == "suspicious" and before["model"]["version"] == "3"
+    stack.predictor.version = "4"  # the predictor's default moved on
+    after = (await stack.score(suspicious_txn())).json()
+    assert after["model"]["version"] == "4"
+    assert after["score"] == pytest.approx(before["score"])
+    assert after["label"] == "highly_suspicious"  # v4's highly_suspicious threshold is 0.45
+    assert "4" in stack.predictor.metadata_calls
+    for _ in range(100):  # the default is re-read in the background
+        if stack.app.state.services.catalog.current.version == "4":
+            break
+        await asyncio.sleep(0.01)
+    assert stack.app.state.services.catalog.current.version == "4"
+
+
+async def test_pinned_version_is_what_is_asked_for(redis_url: str) -> None:
+    async with gateway(redis_url, model_version="4") as stack:
+        answer = (await stack.score(suspicious_txn())).json()
+    assert answer["model"]["version"] == "4"
+    assert stack.predictor.calls[0]["version"] == "4"
+    assert answer["label"] == "highly_suspicious"
+
+
+# --- batch -----------------------------------------------------------------------------------
+
+
+async def test_batch_keeps_order_and_isolates_a_bad_item(stack: Stack) -> None:
+    items: list[Any] = [txn(), txn(currency="eur"), fraud_txn(), suspicious_txn(), "not an object"]
+    response = await stack.client.post("/v1/transactions/score-batch", json={"transactions": items})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    results = body["results"]
+    assert [r["index"] for r in results] == [0, 1, 2, 3, 4]
+    assert [r["status"] for r in results] == [200, 422, 200, 200, 422]
+    assert [r["result"]["label"] for r in results if r["result"]] == [
+        "not_fraud", "highly_suspicious", "suspicious"]
+    assert [r["result"]["transaction_id"] for r in results if r["result"]] == [
+        items[0]["transaction_id"], items[2]["transaction_id"], items[3]["transaction_id"]]
+    bad = results[1]["error"]
+    assert bad["status"] == 422
+    assert [p["name"] for p in bad["invalid_params"]] == ["transactions.1.currency"]
+    assert results[1]["result"] is None
+    assert results[4]["error"]["invalid_params"][0]["name"] == "transactions.4"
+    # One encoder call and one predictor call for all valid items.
+    assert len(stack.encoder.calls) == 1 and len(stack.encoder.calls[0]["rows"]) == 3
+    assert len(stack.predictor.calls) == 1
+    assert stack.predictor.calls[0]["body"]["inputs"][0]["shape"] == [3, len(FEATURES)]
+    assert body["request_id"] == response.headers["x-request-id"]
+
+
+async def test_batch_same_as_single(stack: Stack) -> None:
+    items = [fraud_txn(), txn()]
+    batch = (await stack.client.post("/v1/transactions/score-batch", json={"transactions": items})).json()
+    for item, result in zip(items, batch["results"]):
+        single = (await stack.score(item)).json()
+        assert single["cached"] is True  # the batch stored it
+        assert single["label"] == result["result"]["label"]
+        assert single["score"] == result["result"]["score"]
+        assert single["reasons"] == result["result"]["reasons"]
+
+
+async def test_batch_repeats_and_conflicts_inside_one_batch(stack: Stack) -> None:
+    first = txn()
+    conflicting = {**first, "amount": 51.0}
+    response = await stack.client.post(
+        "/v1/transactions/score-batch", json={"transactions": [first, dict(first), conflicting]})
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == [200, 200, 409]
+    assert results[0]["result"] == results[1]["result"]
+    assert results[2]["error"]["type"].endswith("transaction-id-conflict")
+    assert len(stack.encoder.calls[0]["rows"]) == 1
+
+
+async def test_batch_too_large_or_empty_or_malformed(stack: Stack) -> None:
+    too_many = [txn() for _ in range(stack.settings.max_batch + 1)]
+    body = assert_problem(
+        await stack.client.post("/v1/transactions/score-batch", json={"transactions": too_many}), 413)
+    assert str(stack.settings.max_batch) in body["detail"]
+    body = assert_problem(
+        await stack.client.post("/v1/transactions/score-batch", json={"transactions": []}), 422)
+    assert [p["name"] for p in body["invalid_params"]] == ["transactions"]
+    body = assert_problem(
+        await stack.client.post("/v1/transactions/score-batch", json={"transactions": {"a": 1}}), 422)
+    assert [p["name"] for p in body["invalid_params"]] == ["transactions"]
+    assert stack.encoder.calls == []
+
+
+async def test_batch_degrades_as_a_whole_when_the_encoder_is_down(stack: Stack) -> None:
+    stack.encoder.fail_status = 503
+    response = await stack.client.post(
+        "/v1/transactions/score-batch", json={"transactions": [txn(), fraud_txn(), txn(amount=-1)]})
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == [200, 200, 422]
+    for r in results[:2]:
+        assert r["result"]["label"] == "uncertain" and r["result"]["degraded"] is True
+        assert codes(r["result"]) == ["FEATURES_UNAVAILABLE"]
+
+
+# --- validation ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "field_name"),
+    [
+        ({"amount": -5}, "amount"),
+        ({"amount": 0}, "amount"),
+        ({"amount": "12.50"}, "amount"),
+        ({"amount": 2e9}, "amount"),
+        ({"currency": "euro"}, "currency"),
+        ({"currency": "eur"}, "currency"),
+        ({"timestamp": "2024-06-01T14:05:00"}, "timestamp"),
+        ({"timestamp": "yesterday"}, "timestamp"),
+        ({"timestamp": 1717243500}, "timestamp"),
+        ({"timestamp": "2999-01-01T00:00:00Z"}, "timestamp"),
+        ({"channel": "fax"}, "channel"),
+        ({"card_id": None}, "card_id"),
+        ({"card_id": ""}, "card_id"),
+        ({"transaction_id": "has space"}, "transaction_id"),
+        ({"transaction_id": "x" * 65}, "transaction_id"),
+        ({"ip_address": "999.1.1.1"}, "ip_address"),
+        ({"country": "Germany"}, "country"),
+        ({"ammount": 5}, "ammount"),
+    ],
+)
+async def test_malformed_transaction_is_a_422_naming_the_field(
+    stack: Stack, change: dict[str, Any], field_name: str
+) -> None:
+    body = txn()
+    body.update(change)
+    body = {k: v for k, v in body.items() if v is not None}
+    problem_body = assert_problem(await stack.score(body), 422)
+    assert [p["name"] for p in problem_body["invalid_params"]] == [field_name]
+    assert field_name in problem_body["detail"]
+    assert problem_body["request_id"]
+    assert stack.encoder.calls == []
+
+
+async def test_non_json_body_is_a_422(stack: Stack) -> None:
+    response = await stack.client.post(
+        "/v1/transactions/score", content=b"{not json", headers={"content-type": "application/json"})
+    body = assert_problem(response, 422)
+    assert body["invalid_params"][0]["name"] == "body"
+    body = assert_problem(await stack.client.post("/v1/transactions/score"), 422)
+    assert body["invalid_params"][0]["name"] == "body"
+
+
+async def test_a_body_that_is_not_declared_json_is_a_415(stack: Stack) -> None:
+    for headers in ({"content-type": "text/plain"}, {"content-type": "application/x-www-form-urlencoded"}):
+        response = await stack.client.post(
+            "/v1/transactions/score", content=json.dumps(txn()).encode(), headers=headers)
+        body = assert_problem(response, 415)
+        assert "application/json" in body["detail"]
+
+
+async def test_an_oversized_body_is_a_413(redis_url: str) -> None:
+    async with gateway(redis_url, max_body_bytes=4096) as stack:
+        big = {"transactions": [txn() for _ in range(40)]}
+        response = await stack.client.post("/v1/transactions/score-batch", json=big)
+        body = assert_problem(response, 413)
+        assert body["request_id"] == response.headers["x-request-id"]
+
+        async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: checked while streaming
+            data = json.dumps(big).encode()
+            for i in range(0, len(data), 1000):
+                yield data[i:i + 1000]
+
+        response = await stack.client.post(
+            "/v1/transactions/score-batch", content=chunks(), headers={"content-type": "application/json"})
+        assert_problem(response, 413)
+        assert stack.encoder.calls == []
+
+
+async def test_rfc3339_variants_are_accepted(stack: Stack) -> None:
+    for ts in ("2024-06-01T12:05:00Z", "2024-06-01t12:05:00.123456789z", "2024-06-01T14:05:00.5+02:00"):
+        response = await stack.score(txn(timestamp=ts))
+        assert response.status_code == 200, (ts, response.text)
+
+
+async def test_unknown_routes_and_methods_are_problems(stack: Stack) -> None:
+    body = assert_problem(await stack.client.get("/v1/nope"), 404)
+    assert body["instance"] == "/v1/nope"
+    assert_problem(await stack.client.get("/v1/transactions/score"), 405)
+
+
+async def test_unexpected_error_is_a_generic_500(stack: Stack) -> None:
+    class Broken:
+        async def score_one(self, *args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("secret internals")
+
+    stack.app.dependency_overrides[deps._scoring] = lambda: Broken()
+    response = await stack.score(txn(), headers={"x-request-id": "boom-1"})
+    body = assert_problem(response, 500)
+    assert "secret" not in response.text
+    assert body["request_id"] == "boom-1" == response.headers["x-request-id"]
+
+
+# --- idempotency -----------------------------------------------------------------------------
+
+
+async def test_replay_returns_the_stored_decision(stack: Stack) -> None:
+    body = fraud_txn()
+    first = (await stack.score(body)).json()
+    # Same transaction, keys reordered and the amount as an integer: the same payload.
+    replay_body = dict(reversed(list({**body, "amount": 800}.items())))
+    second_response = await stack.score(replay_body, headers={"x-request-id": "retry-1"})
+    second = second_response.json()
+    assert first["cached"] is False and second["cached"] is True
+    assert second["request_id"] == "retry-1"
+    for key in ("label", "score", "reasons", "model", "degraded", "transaction_id"):
+        assert second[key] == first[key]
+    assert len(stack.predictor.calls) == 1
+
+
+async def test_replays_agree_across_gateway_replicas(redis_url: str, stack: Stack) -> None:
+    body = suspicious_txn()
+    first = (await stack.score(body)).json()
+    async with gateway(redis_url) as replica:
+        second = (await replica.score(body)).json()
+        assert replica.predictor.calls == []
+    assert second["cached"] is True and second["score"] == first["score"]
+
+
+async def test_rescore_recomputes(stack: Stack) -> None:
+    body = txn()
+    await stack.score(body)
+    again = (await stack.client.post("/v1/transactions/score?rescore=true", json=body)).json()
+    assert again["cached"] is False
+    no_cache = (await stack.score(body, headers={"cache-control": "no-cache"})).json()
+    assert no_cache["cached"] is False
+    assert len(stack.predictor.calls) == 3
+    assert (await stack.score(body)).json()["cached"] is True
+
+
+async def test_same_id_with_a_different_payload_is_a_409(stack: Stack) -> None:
+    body = txn()
+    await stack.score(body)
+    changed = {**body, "amount": 51.0}
+    problem_body = assert_problem(await stack.score(changed), 409)
+    assert body["transaction_id"] in problem_body["detail"]
+    assert_problem(await stack.client.post("/v1/transactions/score?rescore=true", json=changed), 409)
+    assert (await stack.score(body)).json()["cached"] is True
+
+
+async def test_degraded_answers_are_not_stored(stack: Stack) -> None:
+    body = txn()
+    stack.encoder.fail_status = 503
+    assert (await stack.score(body)).json()["label"] == "uncertain"
+    stack.encoder.fail_status = None
+    answer = (await stack.score(body)).json()
+    assert answer["label"] == "not_fraud" and answer["cached"] is False
+
+
+async def test_decisions_live_in_redis_with_a_ttl(stack: Stack, redis_url: str) -> None:
+    body = txn()
+    await stack.score(body)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        ttl = await client.ttl(KEY_PREFIX + body["transaction_id"])
+    finally:
+        await client.aclose()
+    assert 0 < ttl <= stack.settings.decision_ttl_s
+
+
+async def test_an_unreadable_stored_decision_is_ignored(stack: Stack, redis_url: str) -> None:
+    body = txn()
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.set(KEY_PREFIX + body["transaction_id"], b'{"payload_hash": "x", "decision": {}}')
+    finally:
+        await client.aclose()
+    response = await stack.score(body)
+    assert response.status_code == 200
+    assert response.json()["cached"] is False and response.json()["label"] == "not_fraud"
+    assert (await stack.score(body)).json()["cached"] is True  # replaced by the fresh decision
+
+
+async def test_scoring_works_without_the_decision_store() -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    async with gateway(dead) as no_redis:
+        await no_redis.wait_for_metadata()
+        body = fraud_txn()
+        started = time.perf_counter()
+        first = await no_redis.score(body)
+        second = await no_redis.score(body)
+        elapsed = time.perf_counter() - started
+        assert first.status_code == second.status_code == 200
+        assert first.json()["label"] == second.json()["label"] == "highly_suspicious"
+        assert second.json()["cached"] is False
+        assert elapsed < 2 * BUDGET_S
+        metrics = (await no_redis.client.get("/metrics")).text
+        assert 'vigil_gateway_decision_store_total{outcome="error"}' in metrics
+        body = assert_problem(await no_redis.client.get("/readyz"), 503)
+        assert body["checks"]["decision_store"]["ok"] is False
+
+
+# --- degradation -----------------------------------------------------------------------------
+
+
+async def test_encoder_down_is_uncertain_not_5xx(stack: Stack) -> None:
+    stack.encoder.fail_status = 503
+    started = time.perf_counter()
+    response = await stack.score(fraud_txn())
+    elapsed = time.perf_counter() - started
+    assert response.status_code == 200
+    answer = response.json()
+    assert answer["label"] == "uncertain" and answer["score"] is None and answer["degraded"] is True
+    assert codes(answer) == ["FEATURES_UNAVAILABLE"]
+    assert answer["model"] == {"name": MODEL, "version": "3"}  # the cached metadata's
+    assert elapsed < BUDGET_S + MARGIN_S
+    assert stack.predictor.calls == []
+
+
+async def test_encoder_unreachable_is_uncertain(redis_url: str) -> None:
+    async with gateway(redis_url, wire_encoder=False) as stack:  # nothing listens on its port
+        started = time.perf_counter()
+        answer = (await stack.score(txn())).json()
+        assert time.perf_counter() - started < BUDGET_S + MARGIN_S
+    assert answer["label"] == "uncertain" and codes(answer) == ["FEATURES_UNAVAILABLE"]
+
+
+async def test_encoder_slow_is_uncertain_within_the_budget(stack: Stack) -> None:
+    stack.encoder.delay_s = 2.0
+    started = time.perf_counter()
+    answer = (await stack.score(txn())).json()
+    elapsed = time.perf_counter() - started
+    assert codes(answer) == ["FEATURES_UNAVAILABLE"]
+    assert HOP_S * 0.9 < elapsed < BUDGET_S + MARGIN_S
+
+
+async def test_predictor_down_is_model_unavailable(stack: Stack) -> None:
+    stack.predictor.fail_status = 503
+    response = await stack.score(txn())
+    assert response.status_code == 200
+    answer = response.json()
+    assert answer["label"] == "uncertain" and answer["degraded"] is True
+    assert codes(answer) == ["MODEL_UNAVAILABLE"]
+    assert answer["model"] == {"name": MODEL, "version": "3"}
+
+
+async def test_predictor_slow_answers_within_the_budget(stack: Stack) -> None:
+    stack.predictor.delay_s = 2.0
+    started = time.perf_counter()
+    response = await stack.score(fraud_txn())
+    elapsed = time.perf_counter() - started
+    assert response.status_code == 200
+    answer = response.json()
+    assert answer["label"] == "uncertain" and answer["score"] is None
+    assert codes(answer)[0] in {"MODEL_UNAVAILABLE", "TIMEOUT"}
+    assert elapsed < BUDGET_S + MARGIN_S
+
+
+async def test_total_budget_is_enforced_across_hops(redis_url: str) -> None:
+    # Each hop is within its own timeout, together they overrun the budget.
+    encoder, predictor = EncoderStandIn(delay_s=0.1), PredictorStandIn(delay_s=0.1)
+    async with gateway(redis_url, encoder, predictor, total_budget_s=0.15) as stack:
+        await stack.wait_for_metadata()
+        started = time.perf_counter()
+        answer = (await stack.score(txn())).json()
+        elapsed = time.perf_counter() - started
+        assert codes(answer) == ["TIMEOUT"] and answer["label"] == "uncertain"
+        assert elapsed < 0.15 + MARGIN_S
+        metrics = (await stack.client.get("/metrics")).text
+    assert 'vigil_gateway_degraded_answers_total{model_version="3",reason="TIMEOUT"} 1.0' in metrics
+
+
+async def test_stale_features_are_uncertain(stack: Stack) -> None:
+    stack.encoder.stale_cards.add("card_good")
+    answer = (await stack.score(txn())).json()
+    assert answer["label"] == "uncertain" and answer["degraded"] is True
+    assert codes(answer) == ["FEATURES_STALE"]
+    assert stack.predictor.calls == []
+
+
+async def test_too_many_missing_stored_features_are_uncertain(stack: Stack) -> None:
+    # Unknown card (2 stored features) and no device (1): 3 of 4 stored features missing.
+    answer = (await stack.score(txn(card_id="card_new", device_id=None))).json()
+    assert codes(answer) == ["FEATURES_MISSING"] and answer["score"] is None
+    # Unknown card with a known device: 2 of 4 missing is within the model's policy (0.5).
+    answer = (await stack.score(txn(card_id="card_new"))).json()
+    assert answer["degraded"] is False and answer["score"] is not None
+
+
+async def test_policy_applies_per_row_in_a_batch(stack: Stack) -> None:
+    stack.encoder.stale_cards.add("card_busy")
+    response = await stack.client.post(
+        "/v1/transactions/score-batch", json={"transactions": [txn(), fraud_txn(), suspicious_txn()]})
+    results = [r["result"] for r in response.json()["results"]]
+    assert [r["label"] for r in results] == ["not_fraud", "uncertain", "suspicious"]
+    assert codes(results[1]) == ["FEATURES_STALE"]
+    assert stack.predictor.calls[0]["body"]["inputs"][0]["shape"] == [2, len(FEATURES)]
+
+
+async def test_feature_contract_mismatch_is_uncertain(stack: Stack) -> None:
+    stack.predictor.contract = "sha256:another-order"
+    answer = (await stack.score(txn())).json()
+    assert answer["label"] == "uncertain" and codes(answer) == ["FEATURE_CONTRACT_MISMATCH"]
+
+
+async def test_predictor_down_at_start_then_back(redis_url: str) -> None:
+    predictor = PredictorStandIn(metadata_down=True)
+    async with gateway(redis_url, predictor=predictor) as stack:
+        answer = (await stack.score(txn())).json()
+        assert codes(answer) == ["MODEL_UNAVAILABLE"]
+        assert answer["model"] == {"name": MODEL, "version": None}
+        body = assert_problem(await stack.client.get("/readyz"), 503)
+        assert body["checks"]["model_metadata"]["ok"] is False
+        predictor.metadata_down = False
+        answer = (await stack.score(txn())).json()  # metadata read on demand
+        assert answer["label"] == "not_fraud" and answer["model"]["version"] == "3"
+
+
+# --- request ids, readiness, metrics, ui -----------------------------------------------------
+
+
+async def test_request_id_is_forwarded_and_echoed(stack: Stack) -> None:
+    response = await stack.score(txn(), headers={"x-request-id": "req-abc.123"})
+    assert response.headers["x-request-id"] == "req-abc.123"
+    assert response.json()["request_id"] == "req-abc.123"
+    assert stack.encoder.calls[0]["request_id"] == "req-abc.123"
+    assert stack.predictor.calls[0]["request_id"] == "req-abc.123"
+    assert stack.predictor.calls[0]["body"]["id"] == "req-abc.123"
+
+
+async def test_request_id_is_generated_when_absent_or_unsafe(stack: Stack) -> None:
+    for headers in ({}, {"x-request-id": "bad id\twith spaces"}):
+        response = await stack.score(txn(), headers=headers)
+        request_id = response.headers["x-request-id"]
+        assert len(request_id) == 32 and int(request_id, 16) >= 0
+        assert response.json()["request_id"] == request_id
+        assert stack.encoder.calls[-1]["request_id"] == request_id
+
+
+async def test_readyz(stack: Stack) -> None:
+    response = await stack.client.get("/readyz")
+    assert response.status_code == 200, response.text
+    checks = response.json()["checks"]
+    assert all(c["ok"] for c in checks.values())
+    assert set(checks) == {"model_metadata", "encoder", "decision_store"}
+    assert (await stack.client.get("/healthz")).json() == {"status": "alive"}
+
+    stack.encoder.ready = False
+    body = assert_problem(await stack.client.get("/readyz"), 503)
+    assert body["checks"]["encoder"]["ok"] is False
+    assert body["checks"]["model_metadata"]["ok"] is True
+    assert "encoder" in body["detail"]
+    assert (await stack.client.get("/healthz")).status_code == 200
+
+
+async def test_metrics_count_requests_decisions_and_degradations(stack: Stack) -> None:
+    await stack.score(fraud_txn())
+    await stack.score(txn())
+    await stack.score(txn(amount=-1))
+    stack.predictor.fail_status = 503
+    await stack.score(txn())
+    text = (await stack.client.get("/metrics")).text
+    assert 'vigil_gateway_decisions_total{label="highly_suspicious",model_version="3"} 1.0' in text
+    assert 'vigil_gateway_decisions_total{label="not_fraud",model_version="3"} 1.0' in text
+    assert 'vigil_gateway_decisions_total{label="uncertain",model_version="3"} 1.0' in text
+    assert ('vigil_gateway_degraded_answers_total{model_version="3",reason="MODEL_UNAVAILABLE"} 1.0'
+            in text)
+    assert ('vigil_gateway_requests_total{method="POST",route="/v1/transactions/score",status="200"} 3.0'
+            in text)
+    assert ('vigil_gateway_requests_total{method="POST",route="/v1/transactions/score",status="422"} 1.0'
+            in text)
+    assert 'vigil_gateway_downstream_errors_total{downstream="predictor",kind="server_error"} 1.0' in text
+    assert 'vigil_gateway_request_duration_seconds_bucket{le="0.4",method="POST",route="/v1/transactions/score"}' in text
+    assert 'vigil_gateway_model_info{model="fraud_detector",version="3"} 1.0' in text
+
+
+async def test_ui_is_served(stack: Stack) -> None:
+    response = await stack.client.get("/ui")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    html = response.text
+    assert "<form" in html and "/v1/transactions/score" in html and "fetch(" in html
+    assert "http://" not in html and "https://" not in html  # no CDN, nothing external
+
+
+async def test_openapi_documents_the_business_api(stack: Stack) -> None:
+    spec = (await stack.client.get("/openapi.json")).json()
+    assert {"/v1/transactions/score", "/v1/transactions/score-batch", "/readyz"} <= set(spec["paths"])
+
+
+# --- against the real predictor app ----------------------------------------------------------
+
+
+async def test_with_the_real_predictor(redis_url: str, tmp_path) -> None:
+    """The gateway speaks V2 to the real predictor app (a tiny booster trained here)."""
+    np = pytest.importorskip("numpy")
+    xgb = pytest.importorskip("xgboost")
+    from vigil.artifacts import write_artifact
+    from vigil_predictor.app import create_app as create_predictor
+    from vigil_predictor.settings import PredictorSettings
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(600, len(FEATURES))).astype(np.float32)
+    y = (x[:, 5] + x[:, 7] + x[:, 8] + rng.normal(scale=0.3, size=600) > 1.0).astype(int)
+    x[rng.random(x.shape) < 0.1] = np.nan
+    booster = xgb.train({"objective": "binary:logistic", "max_depth": 3, "eta": 0.3, "seed": 5},
+                        xgb.DMatrix(x, label=y, missing=np.nan), num_boost_round=15)
+    write_artifact(tmp_path / MODEL / "1", booster, {
+        "name": MODEL, "version": "1", "feature_service": SERVICE, "feature_names": FEATURES,
+        "thresholds": {"suspicious": 0.3, "highly_suspicious": 0.7}, "serving_policy": POLICY,
+    }, "# test model\n")
+    predictor_app = create_predictor(PredictorSettings(models_dir=tmp_path))
+    encoder = EncoderStandIn()
+    settings = GatewaySettings(environment="test", redis_url=redis_url, predictor_url="http://p.test",
+                               encoder_url="http://e.test")
+    app = create_app(settings, encoder_transport=httpx.ASGITransport(encoder.app),
+                     predictor_transport=httpx.ASGITransport(predictor_app))
+    async with predictor_app.router.lifespan_context(predictor_app), app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://g") as client:
+            ready = await client.get("/readyz")
+            for _ in range(100):
+                if ready.status_code == 200:
+                    break
+                await asyncio.sleep(0.02)
+                ready = await client.get("/readyz")
+            assert ready.status_code == 200, ready.text
+            items = [fraud_txn(), txn(), txn(device_id="dev_unknown")]
+            response = await client.post("/v1/transactions/score-batch", json={"transactions": items})
+    assert response.status_code == 200, response.text
+    answers = [r["result"] for r in response.json()["results"]]
+    vectors = np.array(
+        [[np.nan if v is None else v for v in row["values"]] for row in encoder.calls[0]["encoded"]],
+        dtype=np.float32,
+    )
+    expected = booster.inplace_predict(vectors, missing=np.nan)
+    contribs = booster.predict(xgb.DMatrix(vectors, missing=np.nan), pred_contribs=True)
+    for answer, score, row_contribs in zip(answers, expected, contribs):
+        assert answer["degraded"] is False
+        assert answer["model"] == {"name": MODEL, "version": "1"}
+        assert answer["score"] == pytest.approx(float(score), abs=1e-5)
+        assert answer["label"] == label_for_score(answer["score"], {"suspicious": 0.3, "highly_suspicious": 0.7})
+        for reason in answer["reasons"]:
+            if reason["feature"] is not None:
+                i = FEATURES.index(reason["feature"])
+                assert reason["contribution"] == pytest.approx(float(row_contribs[i]), abs=1e-3)

@@ -1,0 +1,213 @@
+"""The gateway's plain modules on their own: the business API models, settings, the serving
+policy, payload hashing and the reason sentences. No app, no network."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+from vigil_contracts.api import BatchItemResult, Transaction
+from vigil_contracts.encoding import EncodedRow
+from vigil_contracts.problems import Problem
+from vigil_contracts.request_features import OUTPUT_FEATURES
+
+from vigil_gateway.decisions import payload_hash
+from vigil_gateway.model_metadata import ServingPolicy, is_stored
+from vigil_gateway.policy import FEATURES_MISSING, FEATURES_STALE, policy_verdict, stored_mask
+from vigil_gateway.reasons import TEMPLATES, Context, describe, explain
+from vigil_gateway.settings import GatewaySettings
+
+
+def transaction(**changes: Any) -> dict[str, Any]:
+    body = {
+        "transaction_id": "tx:1.a_b-c",
+        "card_id": "c1",
+        "merchant_id": "m1",
+        "amount": 10,
+        "currency": "EUR",
+        "timestamp": "2024-06-01T10:00:00+02:00",
+        "channel": "pos",
+    }
+    body.update(changes)
+    return body
+
+
+# --- business API models ---------------------------------------------------------------------
+
+
+def test_transaction_keeps_the_payers_offset() -> None:
+    t = Transaction.model_validate(transaction())
+    assert t.timestamp.utcoffset() == timedelta(hours=2)
+    assert t.timestamp.hour == 10
+    assert t.model_dump(mode="json")["timestamp"] == "2024-06-01T10:00:00+02:00"
+    assert Transaction.model_validate(transaction(timestamp="2024-06-01T08:00:00Z")).model_dump(
+        mode="json")["timestamp"] == "2024-06-01T08:00:00Z"
+    assert isinstance(t.amount, float)
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    ["2024-06-01T10:00:00", "2024-06-01", "10:00:00Z", "2024-06-01T10:00Z", "2024-13-01T10:00:00Z",
+     "2024-W22-6T10:00:00Z", "20240601T100000Z"],
+)
+def test_timestamp_must_be_rfc3339_with_an_offset(timestamp: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        Transaction.model_validate(transaction(timestamp=timestamp))
+    assert [e["loc"] for e in info.value.errors()] == [("timestamp",)]
+
+
+def test_timestamp_may_not_be_far_in_the_future() -> None:
+    soon = (datetime.now(timezone.utc) + timedelta(hours=20)).isoformat()
+    Transaction.model_validate(transaction(timestamp=soon))
+    later = (datetime.now(timezone.utc) + timedelta(days=2)).isoformat()
+    with pytest.raises(ValidationError, match="future"):
+        Transaction.model_validate(transaction(timestamp=later))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("amount", True), ("amount", float("inf")), ("amount", 1e9 + 1), ("currency", "EURO"),
+     ("channel", "POS"), ("country", "de"), ("device_id", ""), ("merchant_id", "x" * 129),
+     ("ip_address", "1.2.3")],
+)
+def test_field_rules(field: str, value: Any) -> None:
+    with pytest.raises(ValidationError) as info:
+        Transaction.model_validate(transaction(**{field: value}))
+    assert info.value.errors()[0]["loc"] == (field,)
+
+
+def test_optional_fields_validate() -> None:
+    t = Transaction.model_validate(transaction(ip_address="2001:db8::1", country="DE", device_id="d"))
+    assert str(t.ip_address) == "2001:db8::1"
+    assert Transaction.model_validate(transaction(amount=1e9)).amount == 1e9
+
+
+def test_batch_item_has_exactly_one_of_result_and_error() -> None:
+    problem = Problem(type="t", title="x", status=422, detail="d")
+    BatchItemResult(index=0, status=422, error=problem)
+    with pytest.raises(ValidationError):
+        BatchItemResult(index=0, status=200)
+
+
+def test_payload_hash_is_about_meaning() -> None:
+    base = Transaction.model_validate(transaction())
+    same = Transaction.model_validate(dict(reversed(list(transaction(amount=10.0).items()))))
+    assert payload_hash(base) == payload_hash(same)
+    # The same instant in another offset is another hour of day for the model: another payload.
+    other = Transaction.model_validate(transaction(timestamp="2024-06-01T08:00:00Z"))
+    assert payload_hash(base) != payload_hash(other)
+    assert payload_hash(base) != payload_hash(Transaction.model_validate(transaction(amount=10.01)))
+
+
+# --- settings --------------------------------------------------------------------------------
+
+
+def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_ENCODER_URL", "http://encoder:8001")
+    monkeypatch.setenv("GATEWAY_TOTAL_BUDGET_S", "0.25")
+    monkeypatch.setenv("GATEWAY_MODEL_VERSION", "7")
+    settings = GatewaySettings()
+    assert settings.encoder_url == "http://encoder:8001"
+    assert settings.total_budget_s == 0.25
+    assert settings.model_version == "7"
+    assert settings.max_batch == 1000 and settings.decision_ttl_s == 86400
+    for name, info in GatewaySettings.model_fields.items():
+        assert info.description, f"setting {name} has no docstring"
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"total_budget_s": 0}, {"encoder_timeout_s": -1}, {"predictor_timeout_s": 0.5},
+     {"batch_hop_timeout_s": 5.0}, {"metadata_refresh_s": 0}, {"decision_store_timeout_s": 0.5}],
+)
+def test_production_refuses_unsafe_settings(changes: dict[str, Any]) -> None:
+    GatewaySettings(**changes)  # tolerated in development
+    with pytest.raises(ValidationError, match="unsafe settings for production"):
+        GatewaySettings(environment="production", **changes)
+
+
+def test_production_accepts_the_defaults() -> None:
+    GatewaySettings(environment="production")
+
+
+# --- serving policy --------------------------------------------------------------------------
+
+NAMES = ["card_stats__card_txn_count_1h", "merchant_stats__merchant_txn_count_24h",
+         "device_stats__device_txn_count_24h", "request_features__txn_amount",
+         "request_features__is_new_device"]
+
+
+def row(missing: list[bool], stale: list[bool] | None = None) -> EncodedRow:
+    return EncodedRow(
+        values=[None if m else 1.0 for m in missing], missing=missing,
+        stale=stale or [False] * len(missing), age_seconds=[None if m else 1.0 for m in missing],
+    )
+
+
+def test_stored_and_on_demand_features() -> None:
+    assert stored_mask(NAMES) == [True, True, True, False, False]
+    assert not any(is_stored(f"request_features__{name}") for name in OUTPUT_FEATURES)
+
+
+def test_policy_verdicts() -> None:
+    stored = stored_mask(NAMES)
+    policy = ServingPolicy(max_missing_stored_fraction=0.5, stale_is_uncertain=True)
+    assert policy_verdict(row([False] * 5), stored, policy) is None
+    # On-demand features missing do not count against the stored fraction.
+    assert policy_verdict(row([True, False, False, True, True]), stored, policy) is None
+    assert policy_verdict(row([True, True, False, False, False]), stored, policy) == FEATURES_MISSING
+    stale = row([True, False, False, False, False], [True, False, False, False, False])
+    assert policy_verdict(stale, stored, policy) == FEATURES_STALE
+    lenient = ServingPolicy(max_missing_stored_fraction=0.5, stale_is_uncertain=False)
+    assert policy_verdict(stale, stored, lenient) is None
+
+
+# --- reasons ---------------------------------------------------------------------------------
+
+CTX = Context(currency="EUR", device_present=True, raising=True)
+
+
+@pytest.mark.parametrize("feature", sorted(TEMPLATES))
+@pytest.mark.parametrize("value", [None, 0.0, 1.0, 2.5, 86400.0 * 3])
+def test_every_template_says_something(feature: str, value: float | None) -> None:
+    code, text = describe(f"some_view__{feature}", value, CTX)
+    assert code.isupper() and text and "{" not in text and "None" not in text
+
+
+def test_sentences() -> None:
+    assert describe("request_features__amount_to_card_avg_30d", 8.04, CTX)[1] == (
+        "amount is 8× this card's 30-day average")
+    assert describe("request_features__amount_to_card_avg_30d", 2.46, CTX)[1] == (
+        "amount is 2.5× this card's 30-day average")
+    assert describe("card_stats__card_txn_count_1h", 1.0, CTX)[1] == "1 transaction on this card in the last hour"
+    assert describe("device_stats__device_distinct_cards_7d", 4.0, CTX)[1] == "4 cards used on this device in 7 days"
+    assert describe("request_features__seconds_since_card_last_txn", 90.0, CTX) == (
+        "RAPID_SUCCESSION", "2 minutes since this card's previous transaction")
+    assert describe("request_features__txn_amount", 1234.5, CTX)[1] == "amount of 1,234.50 EUR"
+    assert describe("request_features__hour_of_day", 3.0, CTX)[0] == "NIGHT_TIME"
+    no_device = Context(currency="EUR", device_present=False, raising=True)
+    assert describe("device_stats__device_txn_count_24h", None, no_device)[0] == "NO_DEVICE"
+    assert describe("card_stats__card_txn_count_1h", None, CTX)[0] == "NO_CARD_HISTORY"
+    assert describe("new_view__brand_new_feature", 3.0, CTX) == ("MODEL_SIGNAL", "brand new feature is 3")
+
+
+def test_explain_orders_dedupes_and_caps() -> None:
+    names = ["request_features__is_new_device", "request_features__device_age_days",
+             "request_features__country_mismatch", "card_stats__card_txn_count_1h",
+             "request_features__is_night"]
+    values = [1.0, None, 1.0, 6.0, 0.0]
+    contributions = [1.0, 0.9, 0.5, 2.0, -0.3, -1.0]  # the last one is the bias
+    reasons = explain("highly_suspicious", names, values, contributions,
+                      currency="EUR", device_present=True, max_reasons=3)
+    assert [r.code for r in reasons] == ["CARD_VELOCITY_1H", "NEW_DEVICE", "COUNTRY_MISMATCH"]
+    assert reasons[0].feature == "card_stats__card_txn_count_1h" and reasons[0].value == 6.0
+
+    safe = explain("not_fraud", names, values, contributions,
+                   currency="EUR", device_present=True, max_reasons=3)
+    assert [r.code for r in safe] == ["NO_RISK_SIGNAL", "DAYTIME"]
+    assert safe[1].contribution == -0.3
+
+    flat = explain("suspicious", names, values, [0.0] * 6, currency="EUR", device_present=True, max_reasons=3)
+    assert [r.code for r in flat] == ["MODEL_BASELINE"]
