@@ -1,0 +1,70 @@
+"""The encoder's app factory.
+
+``uvicorn --factory vigil_encoder.app:create_app --host 0.0.0.0 --port 8001`` calls
+``create_app()`` with no arguments, which reads ``ENCODER_*`` from the environment; tests pass
+explicit settings. The serving spec is loaded and the Redis client opened in the lifespan, never
+at import or construction time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version as package_version
+
+from fastapi import FastAPI
+
+from vigil_encoder.dataplane import Encoder
+from vigil_encoder.handlers import install_error_handlers
+from vigil_encoder.logs import configure_logging
+from vigil_encoder.metrics import EncoderMetrics
+from vigil_encoder.middleware import RequestContextMiddleware
+from vigil_encoder.rest import encoder_router, service_router
+from vigil_encoder.settings import EncoderSettings
+from vigil_encoder.store import OnlineStore
+
+logger = logging.getLogger(__name__)
+
+
+def _version() -> str:
+    try:
+        return package_version("vigil-encoder")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def create_app(settings: EncoderSettings | None = None) -> FastAPI:
+    settings = settings or EncoderSettings()
+    configure_logging(settings.log_level)
+    metrics = EncoderMetrics()
+    store = OnlineStore(settings.redis_url, settings.redis_timeout_s, metrics)
+    encoder = Encoder(settings.spec_path, store, metrics, max_rows=settings.max_rows)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        encoder.load_spec()  # a failure leaves the encoder not ready, not crashed
+        store.open()
+        problem = await store.ping()
+        if problem is not None:
+            logger.warning("online store not reachable at startup", extra={"reason": problem})
+        try:
+            yield
+        finally:
+            await store.close()
+
+    app = FastAPI(
+        title="Vigil encoder",
+        version=_version(),
+        description="Ordered feature vectors for a Feast feature service, read from Feast's "
+        "Redis online store, with per-feature age, missing and stale flags.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.encoder = encoder
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.include_router(service_router)
+    app.include_router(encoder_router)
+    return app

@@ -1,0 +1,108 @@
+"""Decoding of the values Feast writes to Redis: ``feast.types.Value`` and ``Timestamp``.
+
+The encoder image does not install Feast (its import alone takes seconds), so the one message it
+needs is declared here as a descriptor and built by the ``protobuf`` library in a private
+descriptor pool (no clash with Feast's own classes when both live in one process, as in tests).
+Field numbers and types are Feast 0.67's ``feast/types/Value.proto``; the list, set, map and
+other composite members of the ``val`` oneof are left out because no served dtype uses them (the
+serving plan refuses such dtypes), and protobuf keeps any it meets as unknown fields.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.timestamp_pb2 import Timestamp
+
+_F = descriptor_pb2.FieldDescriptorProto
+
+# (name, number, type) of the scalar members of Value's ``val`` oneof, as in Value.proto.
+_SCALAR_FIELDS: tuple[tuple[str, int, int], ...] = (
+    ("bytes_val", 1, _F.TYPE_BYTES),
+    ("string_val", 2, _F.TYPE_STRING),
+    ("int32_val", 3, _F.TYPE_INT32),
+    ("int64_val", 4, _F.TYPE_INT64),
+    ("double_val", 5, _F.TYPE_DOUBLE),
+    ("float_val", 6, _F.TYPE_FLOAT),
+    ("bool_val", 7, _F.TYPE_BOOL),
+    ("unix_timestamp_val", 8, _F.TYPE_INT64),
+)
+_NULL_FIELD = ("null_val", 19)  # enum feast.types.Null { NULL = 0; }
+
+#: Feast dtypes (as the serving spec spells them) this module decodes to the very Python value
+#: Feast's SDK would hand out, and the Value member each is stored in. UnixTimestamp is left
+#: out: Feast turns it into a datetime, which an on-demand transform would see differently.
+SCALAR_DTYPES: dict[str, str] = {
+    "Bytes": "bytes_val",
+    "String": "string_val",
+    "Int32": "int32_val",
+    "Int64": "int64_val",
+    "Float64": "double_val",
+    "Float32": "float_val",
+    "Bool": "bool_val",
+}
+
+
+def _value_file() -> descriptor_pb2.FileDescriptorProto:
+    file = descriptor_pb2.FileDescriptorProto(
+        name="feast/types/Value.proto", package="feast.types", syntax="proto3"
+    )
+    null = file.enum_type.add(name="Null")
+    null.value.add(name="NULL", number=0)
+    value = file.message_type.add(name="Value")
+    value.oneof_decl.add(name="val")
+    for name, number, type_ in _SCALAR_FIELDS:
+        value.field.add(
+            name=name, number=number, type=type_, label=_F.LABEL_OPTIONAL, oneof_index=0
+        )
+    value.field.add(
+        name=_NULL_FIELD[0], number=_NULL_FIELD[1], type=_F.TYPE_ENUM,
+        type_name=".feast.types.Null", label=_F.LABEL_OPTIONAL, oneof_index=0,
+    )
+    return file
+
+
+_POOL = descriptor_pool.DescriptorPool()
+_POOL.Add(_value_file())
+ValueProto = message_factory.GetMessageClass(_POOL.FindMessageTypeByName("feast.types.Value"))
+
+
+def decode_values(raws: list[bytes | None], memo: dict[bytes, object] | None = None) -> list[object]:
+    """Python values of serialized ``feast.types.Value`` messages; None where a value is absent.
+
+    Absent means: no such field in the hash, an empty message (Feast writes one for a null), an
+    explicit ``null_val``, or a member this module does not declare. A NaN double stays NaN;
+    callers that need "missing" treat it as such. ``memo`` (raw bytes -> value) may be shared
+    across the calls of one batch: counts and flags repeat a lot, and a lookup is much cheaper
+    than a parse.
+    """
+    message = ValueProto()
+    if memo is None:
+        memo = {}
+    out: list[object] = []
+    for raw in raws:
+        if not raw:
+            out.append(None)
+            continue
+        value = memo.get(raw, memo)
+        if value is memo:
+            message.ParseFromString(raw)
+            which = message.WhichOneof("val")
+            value = memo[raw] = (
+                None if which is None or which == "null_val" else getattr(message, which)
+            )
+        out.append(value)
+    return out
+
+
+def decode_value(raw: bytes | None) -> object:
+    """One value; see :func:`decode_values`."""
+    return decode_values([raw])[0]
+
+
+def decode_timestamp(raw: bytes | None) -> float | None:
+    """Seconds since the epoch of a serialized ``google.protobuf.Timestamp``; None if absent."""
+    if not raw:
+        return None
+    ts = Timestamp()
+    ts.ParseFromString(raw)
+    return ts.seconds + ts.nanos / 1e9

@@ -1,0 +1,140 @@
+"""The encoder's one connection to Feast's Redis online store.
+
+A batch is one pipelined round trip: every HMGET is packed into a single write and the replies
+are read back in order. The commands are packed here rather than through redis-py's
+``Pipeline``, because for a few hundred HMGETs its per-command packing and its per-reply socket
+timeout (an ``asyncio.timeout`` for every reply) cost several times the round trip itself; a
+single deadline covers the whole batch instead.
+
+Redis failures become :class:`FeatureStoreUnavailable`, so that a lost store is a 503 the
+gateway can act on, never a stack trace. The deadline is short and there is a single immediate
+retry, on a broken connection only: it lets a pooled connection that died with a restarted
+Redis reconnect, while a Redis that is down or hung fails within one deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from redis.utils import HIREDIS_AVAILABLE
+
+from vigil_encoder.errors import FeatureStoreUnavailable
+from vigil_encoder.metrics import EncoderMetrics
+
+logger = logging.getLogger(__name__)
+
+
+class HmgetPacker:
+    """``HMGET <key> <fields...>`` in the Redis protocol, with the fixed fields packed once."""
+
+    def __init__(self, fields: Sequence[bytes]) -> None:
+        self.fields = tuple(fields)
+        self._head = b"*%d\r\n$5\r\nHMGET\r\n" % (len(self.fields) + 2)
+        self._tail = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in self.fields)
+
+    def pack(self, key: bytes) -> bytes:
+        return b"".join((self._head, b"$%d\r\n" % len(key), key, b"\r\n", self._tail))
+
+
+def _error_kind(exc: BaseException) -> str:
+    if isinstance(exc, (RedisTimeoutError, TimeoutError)):
+        return "timeout"
+    if isinstance(exc, (RedisConnectionError, OSError)):
+        return "connection"
+    return "response"
+
+
+class OnlineStore:
+    """Owns the ``redis.asyncio`` client between :meth:`open` and :meth:`close`."""
+
+    def __init__(self, url: str, timeout_s: float, metrics: EncoderMetrics) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self.metrics = metrics
+        self._client: aioredis.Redis | None = None
+
+    def open(self) -> None:
+        """Create the client (no connection is made until the first command)."""
+        if self._client is None:
+            # The hiredis parser is redis-py's default when hiredis is installed; it is in the
+            # encoder's dependencies for that reason.
+            if not HIREDIS_AVAILABLE:
+                logger.warning("hiredis is not installed; replies are parsed in pure Python")
+            # No per-read socket timeout: every operation runs under one asyncio deadline.
+            self._client = aioredis.Redis.from_url(
+                self.url,
+                socket_timeout=None,
+                socket_connect_timeout=self.timeout_s,
+                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+                decode_responses=False,
+            )
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    def _require_client(self) -> aioredis.Redis:
+        if self._client is None:
+            raise FeatureStoreUnavailable("the online store client is not open")
+        return self._client
+
+    async def _round_trip(self, payload: bytes, count: int) -> list[list[bytes | None]]:
+        pool = self._require_client().connection_pool
+        connection = await pool.get_connection()
+        done = False
+        try:
+            await connection.send_packed_command(payload, check_health=False)
+            replies = [await connection.read_response() for _ in range(count)]
+            done = True
+            return replies
+        finally:
+            if not done:
+                # Unread replies may be left on the wire: this connection cannot be reused.
+                await connection.disconnect(nowait=True)
+            await pool.release(connection)
+
+    async def hmget_many(self, commands: Sequence[bytes]) -> list[list[bytes | None]]:
+        """The reply of each packed HMGET (see :class:`HmgetPacker`), in order, in one trip."""
+        if not commands:
+            return []
+        payload = b"".join(commands)
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                try:
+                    return await self._round_trip(payload, len(commands))
+                except RedisConnectionError:
+                    # Reads are idempotent; a fresh connection gets one more try.
+                    return await self._round_trip(payload, len(commands))
+        except (RedisError, OSError, TimeoutError) as exc:
+            kind = _error_kind(exc)
+            self.metrics.redis_errors.labels(kind).inc()
+            raise FeatureStoreUnavailable(
+                f"the online store did not answer ({kind}: {type(exc).__name__})"
+            ) from exc
+        finally:
+            self.metrics.redis_latency.observe(time.perf_counter() - started)
+
+    async def ping(self) -> str | None:
+        """None when Redis answers PING within the deadline, else why not."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self._require_client().ping()
+        except FeatureStoreUnavailable as exc:
+            return exc.detail
+        except (RedisError, OSError, TimeoutError) as exc:
+            kind = _error_kind(exc)
+            self.metrics.redis_errors.labels(kind).inc()
+            return f"{kind}: {type(exc).__name__}: {exc}"
+        return None
