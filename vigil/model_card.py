@@ -37,8 +37,9 @@ def render_model_card(meta: dict[str, Any]) -> str:
         "## Data",
         f"- Source: `{tr['source']}` (synthetic, seeded), window {tr['data_window']['start']} to "
         f"{tr['data_window']['end']}.",
-        f"- Labels as known at {tr['data_window']['label_cutoff']}: a fraud counts once its "
-        "chargeback has arrived, so recent fraud is under-labelled; the last days are left out.",
+        f"- Training labels as known at {tr['data_window']['label_cutoff']}: a fraud counts once "
+        "its chargeback has arrived, so recent fraud is under-labelled and the last days are left "
+        "out. Validation and test are judged on matured labels (every chargeback in).",
         f"- Time-based split: train {tr['splits']['train'][0]} to {tr['splits']['train'][1]} "
         f"({tr['rows']['train']:,} rows), validation to {tr['splits']['valid'][1]} "
         f"({tr['rows']['valid']:,}), test to {tr['splits']['test'][1]} ({tr['rows']['test']:,}).",

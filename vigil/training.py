@@ -204,14 +204,19 @@ def train(
     if hi <= lo:
         raise TrainingError("the data window is too short for the warm-up and label maturity")
     frame = raw[(raw["event_timestamp"] >= lo) & (raw["event_timestamp"] < hi)].copy()
-    # A fraud counts as fraud only once its chargeback has arrived by the cutoff.
+    # Training sees a fraud as fraud only once its chargeback has arrived by the cutoff, as a
+    # real team would. Validation and test are scored against matured labels (every chargeback
+    # in), which a real team gets by waiting out the chargeback window before judging a model:
+    # judging against immature labels would call caught-but-not-yet-reported fraud a false alarm.
     known = frame["chargeback_timestamp"].notna() & (frame["chargeback_timestamp"] <= label_cutoff)
     frame["label"] = ((frame["is_fraud"] == 1) & known).astype(int)
+    frame["matured_label"] = (frame["is_fraud"] == 1).astype(int)
 
     progress(f"point-in-time features for {len(frame):,} transactions (Feast get_historical_features)")
     store = feast_repo.open_store(repo)
     entities = entity_frame(frame)
-    matrix = historical_matrix(store, spec, entities)
+    matrix = historical_matrix(store, spec, entities, progress=lambda done, total: progress(
+        f"  {done:,}/{total:,} rows"))
     frame = frame.set_index(frame["transaction_id"].astype(str))
 
     b1 = lo + (hi - lo) * config.split[0]
@@ -219,14 +224,15 @@ def train(
     ts = frame["event_timestamp"]
     parts = {"train": ts < b1, "valid": (ts >= b1) & (ts < b2), "test": ts >= b2}
     for name, mask in parts.items():
-        if frame.loc[mask, "label"].nunique() < 2:
+        if frame.loc[mask, "label" if name == "train" else "matured_label"].nunique() < 2:
             raise TrainingError(f"the {name} period holds a single class; generate more data")
 
-    def dmatrix(mask: pd.Series) -> xgb.DMatrix:
-        return xgb.DMatrix(to_float32(matrix[mask.to_numpy()]), label=frame.loc[mask, "label"].to_numpy(),
+    def dmatrix(mask: pd.Series, label: str = "matured_label") -> xgb.DMatrix:
+        return xgb.DMatrix(to_float32(matrix[mask.to_numpy()]), label=frame.loc[mask, label].to_numpy(),
                            missing=np.nan, feature_names=spec.feature_names, nthread=config.nthread)
 
-    dtrain, dvalid, dtest = (dmatrix(parts[p]) for p in ("train", "valid", "test"))
+    dtrain = dmatrix(parts["train"], "label")
+    dvalid, dtest = dmatrix(parts["valid"]), dmatrix(parts["test"])
     params = dict(config.params, seed=config.seed, nthread=config.nthread)
     progress(f"training XGBoost on {dtrain.num_row():,} rows, {dtrain.num_col()} features")
     booster = xgb.train(
@@ -281,6 +287,8 @@ def train(
             "best_iteration": int(booster.num_boosted_rounds()),
             "data_window": {"start": start.strftime(fmt), "end": end.strftime(fmt),
                             "label_cutoff": label_cutoff.strftime(fmt)},
+            "labels": {"train": "known at label_cutoff (chargeback arrived)",
+                       "valid_test": "matured (every chargeback arrived)"},
             "splits": {"train": [lo.strftime(fmt), b1.strftime(fmt)],
                        "valid": [b1.strftime(fmt), b2.strftime(fmt)],
                        "test": [b2.strftime(fmt), hi.strftime(fmt)]},
