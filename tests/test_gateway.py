@@ -900,7 +900,8 @@ async def test_with_the_real_predictor(redis_url: str, tmp_path) -> None:
     y = (x[:, 5] + x[:, 7] + x[:, 8] + rng.normal(scale=0.3, size=600) > 1.0).astype(int)
     x[rng.random(x.shape) < 0.1] = np.nan
     booster = xgb.train({"objective": "binary:logistic", "max_depth": 3, "eta": 0.3, "seed": 5},
-                        xgb.DMatrix(x, label=y, missing=np.nan), num_boost_round=15)
+                        xgb.DMatrix(x, label=y, missing=np.nan, feature_names=FEATURES),
+                        num_boost_round=15)
     write_artifact(tmp_path / MODEL / "1", booster, {
         "name": MODEL, "version": "1", "feature_service": SERVICE, "feature_names": FEATURES,
         "thresholds": {"suspicious": 0.3, "highly_suspicious": 0.7}, "serving_policy": POLICY,
@@ -929,7 +930,8 @@ async def test_with_the_real_predictor(redis_url: str, tmp_path) -> None:
         dtype=np.float32,
     )
     expected = booster.inplace_predict(vectors, missing=np.nan)
-    contribs = booster.predict(xgb.DMatrix(vectors, missing=np.nan), pred_contribs=True)
+    contribs = booster.predict(xgb.DMatrix(vectors, missing=np.nan, feature_names=FEATURES),
+                               pred_contribs=True)
     for answer, score, row_contribs in zip(answers, expected, contribs):
         assert answer["degraded"] is False
         assert answer["model"] == {"name": MODEL, "version": "1"}

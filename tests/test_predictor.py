@@ -43,7 +43,7 @@ def train_booster(seed: int, rounds: int = 10) -> xgb.Booster:
     x[rng.random(x.shape) < 0.1] = np.nan
     return xgb.train(
         {"objective": "binary:logistic", "max_depth": 3, "eta": 0.3, "seed": seed, "nthread": 1},
-        xgb.DMatrix(x, label=y, missing=np.nan),
+        xgb.DMatrix(x, label=y, missing=np.nan, feature_names=FEATURE_NAMES),
         num_boost_round=rounds,
     )
 
@@ -82,7 +82,7 @@ def rows(n: int, seed: int = 0, missing: float = 0.0) -> np.ndarray:
 
 
 def xgb_scores(booster: xgb.Booster, x: np.ndarray) -> np.ndarray:
-    return booster.predict(xgb.DMatrix(x, missing=np.nan))
+    return booster.predict(xgb.DMatrix(x, missing=np.nan, feature_names=FEATURE_NAMES))
 
 
 def json_request(x: np.ndarray, **extra: Any) -> dict[str, Any]:
@@ -357,7 +357,7 @@ async def test_contributions_sum_to_the_margin(client, boosters) -> None:
     body = (await client.post(INFER, json=request)).json()
     contributions = output(body, "contributions")
     assert contributions.shape == (30, N_FEATURES + 1)
-    matrix = xgb.DMatrix(x, missing=np.nan)
+    matrix = xgb.DMatrix(x, missing=np.nan, feature_names=FEATURE_NAMES)
     margin = boosters["2"].predict(matrix, output_margin=True)
     np.testing.assert_allclose(contributions.sum(axis=1), margin, atol=1e-4)
     np.testing.assert_allclose(
@@ -553,7 +553,7 @@ async def test_binary_round_trip(client, boosters) -> None:
     header = json.loads(response.content[: int(response.headers[HEADER_LENGTH])])
     assert header["id"] == "bin-1" and header["model_version"] == "2"
     out = decode_binary_response(response)
-    matrix = xgb.DMatrix(x, missing=np.nan)
+    matrix = xgb.DMatrix(x, missing=np.nan, feature_names=FEATURE_NAMES)
     np.testing.assert_allclose(out["score"], boosters["2"].predict(matrix), atol=1e-6)
     np.testing.assert_allclose(
         out["contributions"], boosters["2"].predict(matrix, pred_contribs=True), atol=1e-6

@@ -23,6 +23,7 @@ from tritonclient.utils import InferenceServerException
 
 from test_predictor import (
     CONTRACT,
+    FEATURE_NAMES,
     MODEL,
     N_FEATURES,
     build_model_repository,
@@ -101,7 +102,7 @@ def features_input(x: np.ndarray, binary: bool) -> triton.InferInput:
 
 
 def expected(booster: xgb.Booster, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    matrix = xgb.DMatrix(x, missing=np.nan)
+    matrix = xgb.DMatrix(x, missing=np.nan, feature_names=FEATURE_NAMES)
     return booster.predict(matrix), booster.predict(matrix, pred_contribs=True)
 
 

@@ -6,6 +6,7 @@
     vigil materialize   feast materialize-incremental up to now
     vigil train         Feast point-in-time features -> XGBoost -> models/<name>/<version>/
     vigil batch-score   score a parquet file of transactions with a model version
+    vigil serve         the stack (redis, encoder, predictor, gateway) as local processes
     vigil demo          all of the above end to end, with a private redis-server
 """
 
@@ -106,6 +107,34 @@ def cmd_batch_score(args: argparse.Namespace) -> None:
          f"v{scored['model_version'].iloc[0] if len(scored) else '?'} -> {args.output}; labels {counts}")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    import signal
+    import threading
+
+    from vigil import feast_repo
+    from vigil.runner import LocalStack
+
+    repo = feast_repo.repo_dir(args.repo)
+    if not feast_repo.spec_path(repo).is_file():
+        raise CliError("no serving spec: run `vigil apply` (and `vigil materialize`) first")
+    stack = LocalStack(repo, Path(args.models_dir), Path(args.data_dir) / "logs",
+                       redis_url=args.redis_url, fixed_ports=not args.free_ports)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    with stack:
+        _say("the stack is ready:\n" + stack.describe())
+        _say(f"business API: {stack.services['gateway'].url}/v1/transactions/score  "
+             f"web page: {stack.services['gateway'].url}/ui  (Ctrl-C stops everything)")
+        try:
+            while not stopping.wait(1.0):
+                for name, svc in stack.services.items():
+                    if svc.process.poll() is not None:
+                        raise CliError(f"{name} exited with {svc.process.returncode}; see {svc.log_path}")
+        except KeyboardInterrupt:
+            pass
+        _say("stopping")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from vigil.demo import run_demo
 
@@ -158,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", default="fraud_detector")
     p.add_argument("--version", default=None, help="model version (default: latest)")
     p.add_argument("--with-features", action="store_true", help="also write the feature vectors")
+
+    p = add("serve", cmd_serve, "start redis + encoder + predictor + gateway as local processes")
+    p.add_argument("--redis-url", default=None,
+                   help="use this Redis (default: start a private redis-server; it then holds "
+                        "no features until `vigil materialize` runs against it)")
+    p.add_argument("--free-ports", action="store_true",
+                   help="pick free ports instead of 8000-8002")
 
     p = add("demo", cmd_demo, "run the whole job end to end with a private redis-server")
     p.add_argument("--seed", type=int, default=7)

@@ -129,6 +129,8 @@ class XGBoostRuntime:
                     f"booster has {booster.num_features()} features, "
                     f"metadata names {info.num_features}"
                 )
+            if booster.feature_names is not None and list(booster.feature_names) != info.feature_names:
+                raise ArtifactError("the booster's feature names differ from metadata feature_names")
             objective = json.loads(booster.save_config())["learner"]["objective"]["name"]
             if objective not in PROBABILITY_OBJECTIVES:
                 raise ArtifactError(f"objective {objective!r} does not predict a probability")
@@ -174,7 +176,9 @@ class XGBoostRuntime:
             raise RuntimeError(f"{self.name}/{self.version} is not loaded")
         out = {SCORE: np.asarray(booster.inplace_predict(features, missing=np.nan), np.float32)}
         if contributions:
-            matrix = xgb.DMatrix(features, missing=np.nan, nthread=self.nthread)
+            # Named like the booster (training names its columns), else XGBoost refuses the matrix.
+            matrix = xgb.DMatrix(features, missing=np.nan, nthread=self.nthread,
+                                 feature_names=self.info.feature_names if self.info else None)
             out[CONTRIBUTIONS] = np.asarray(
                 booster.predict(matrix, pred_contribs=True), dtype=np.float32
             )
