@@ -1,0 +1,216 @@
+"""End to end: the real stack (redis-server, encoder, predictor, gateway as uvicorn processes on
+free ports, started by the local runner) with features materialized by Feast and a model trained
+from them. Checks decisions, online/offline parity, batch behaviour, and degradation when Redis
+or the predictor is stopped or hangs, and recovery when they return."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from datetime import datetime, timedelta, timezone
+
+import httpx
+import pandas as pd
+import pytest
+import redis
+
+from vigil.batch import score_frame
+from vigil.redis_server import RedisServer
+from vigil.runner import LocalStack
+from vigil.scenarios import build_scenarios
+
+pytestmark = pytest.mark.e2e
+BUDGET_S = 0.4  # the gateway's default total budget per request
+MARGIN_S = 0.6  # process scheduling on a loaded 2-core machine
+
+
+def _copy_redis(src_url: str, dst_url: str) -> int:
+    """Copy every key (Feast's online store) from one Redis to another with DUMP/RESTORE."""
+    src, dst = redis.Redis.from_url(src_url), redis.Redis.from_url(dst_url)
+    n = 0
+    for key in src.scan_iter(count=1000):
+        dst.restore(key, 0, src.dump(key), replace=True)
+        n += 1
+    return n
+
+
+@pytest.fixture(scope="module")
+def stack(feature_env, trained_model, tmp_path_factory):
+    """The stack on its own Redis (a copy of the materialized store), so stopping it here never
+    disturbs other tests."""
+    own = RedisServer().start()
+    assert _copy_redis(feature_env.redis.url, own.url) > 100
+    running = LocalStack(feature_env.repo, feature_env.models_dir,
+                         tmp_path_factory.mktemp("logs"), redis_url=own.url)
+    running.own_redis = own
+    with running:
+        yield running
+    own.stop()
+
+
+@pytest.fixture()
+def gateway(stack):
+    with httpx.Client(base_url=stack.services["gateway"].url, timeout=10.0) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def scenarios(feature_env):
+    return build_scenarios(pd.read_parquet(feature_env.raw_path), prefix="e2e")
+
+
+def _fresh(txn: dict, suffix: str) -> dict:
+    return dict(txn, transaction_id=f"{txn['transaction_id']}-{suffix}-{time.time_ns()}")
+
+
+def test_known_fraud_and_known_legit_get_the_expected_labels(gateway, scenarios):
+    assert any(s.expect_fraud for s in scenarios) and any(not s.expect_fraud for s in scenarios)
+    for sc in scenarios:
+        body = gateway.post("/v1/transactions/score", json=_fresh(sc.transaction, "label")).json()
+        assert body["degraded"] is False, body
+        assert body["model"]["name"] == "fraud_detector" and body["model"]["version"] == "1"
+        if sc.expect_fraud:
+            assert body["label"] in {"suspicious", "highly_suspicious"}, (sc.name, body)
+            assert body["reasons"] and body["reasons"][0]["code"] != "NO_RISK_SIGNAL"
+        else:
+            assert body["label"] == "not_fraud", (sc.name, body)
+
+
+def test_online_scores_equal_the_batch_scorer_for_the_same_features(gateway, scenarios, feature_env, trained_model):
+    """Scored now, a transaction's point-in-time features are the latest ones, which is what the
+    online store holds: the two paths must give the same score."""
+    now = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=1)
+    txns = []
+    for i, sc in enumerate(s for s in scenarios if s.name != "card testing probe"):
+        txns.append(_fresh(sc.transaction, "parity") | {"timestamp": (now - timedelta(seconds=i)).isoformat()})
+    online = {}
+    for t in txns:
+        body = gateway.post("/v1/transactions/score", json=t).json()
+        assert not body["degraded"], body
+        online[t["transaction_id"]] = body["score"]
+    frame = pd.DataFrame([{**t, "event_timestamp": pd.Timestamp(t["timestamp"])} for t in txns])
+    offline = score_frame(frame, feature_env.repo, trained_model).set_index("transaction_id")
+    for tid, score in online.items():
+        assert score == pytest.approx(float(offline.loc[tid, "score"]), rel=1e-5, abs=1e-6), tid
+
+
+def test_batch_keeps_order_and_isolates_a_bad_item(gateway, scenarios):
+    items = [_fresh(s.transaction, f"batch{i}") for i, s in enumerate(scenarios[:3])]
+    items.insert(1, dict(items[0], transaction_id="e2e-bad-item", amount=-3))
+    resp = gateway.post("/v1/transactions/score-batch", json={"transactions": items})
+    assert resp.status_code == 200
+    results = resp.json()["results"]
+    assert [r["index"] for r in results] == list(range(len(items)))
+    assert results[1]["error"]["status"] == 422
+    assert any(p["name"].endswith("amount") for p in results[1]["error"]["invalid_params"])
+    for i in (0, 2, 3):
+        assert results[i]["result"]["transaction_id"] == items[i]["transaction_id"]
+        assert results[i]["result"]["label"] != "uncertain"
+
+
+def test_malformed_input_gets_a_problem_naming_the_field(gateway, scenarios):
+    bad = dict(scenarios[0].transaction, currency="euro")
+    resp = gateway.post("/v1/transactions/score", json=bad)
+    assert resp.status_code == 422
+    assert resp.headers["content-type"].startswith("application/problem+json")
+    body = resp.json()
+    assert body["status"] == 422 and {"type", "title", "detail"} <= set(body)
+    assert [p["name"] for p in body["invalid_params"]] == ["currency"]
+
+
+def test_request_id_is_forwarded_on_every_hop(gateway, stack, scenarios):
+    rid = f"e2e-trace-{time.time_ns()}"
+    resp = gateway.post("/v1/transactions/score", json=_fresh(scenarios[0].transaction, "rid"),
+                        headers={"x-request-id": rid})
+    assert resp.headers["x-request-id"] == rid and resp.json()["request_id"] == rid
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if all(rid in stack.services[n].log_path.read_text() for n in ("encoder", "predictor", "gateway")):
+            return
+        time.sleep(0.1)
+    pytest.fail("the request id did not reach every service's log")
+
+
+def test_idempotent_replay_returns_the_same_decision(gateway, scenarios):
+    txn = _fresh(scenarios[-1].transaction, "idem")
+    first = gateway.post("/v1/transactions/score", json=txn).json()
+    again = gateway.post("/v1/transactions/score", json=txn).json()
+    assert again["cached"] is True and first["cached"] is False
+    assert (again["label"], again["score"]) == (first["label"], first["score"])
+    assert gateway.post("/v1/transactions/score", json=dict(txn, amount=txn["amount"] + 1)).status_code == 409
+
+
+def _degraded_within_budget(gateway, txn: dict, codes: set[str]) -> dict:
+    started = time.monotonic()
+    resp = gateway.post("/v1/transactions/score", json=txn)
+    elapsed = time.monotonic() - started
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["label"] == "uncertain" and body["score"] is None and body["degraded"] is True
+    assert {r["code"] for r in body["reasons"]} & codes, body["reasons"]
+    assert elapsed < BUDGET_S + MARGIN_S, elapsed
+    return body
+
+
+def _recovers(gateway, txn: dict, timeout: float = 20.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = gateway.post("/v1/transactions/score", json=_fresh(txn, "recover")).json()
+        if not body["degraded"]:
+            return body
+        time.sleep(0.2)
+    pytest.fail("the pipeline did not recover")
+
+
+def test_stopped_redis_degrades_then_recovers(gateway, stack, scenarios, feature_env):
+    own: RedisServer = stack.own_redis
+    txn = scenarios[0].transaction
+    own.stop()
+    try:
+        _degraded_within_budget(gateway, _fresh(txn, "noredis"), {"FEATURES_UNAVAILABLE"})
+        assert gateway.get("/readyz").status_code == 503
+    finally:
+        own.start()  # same port; the store comes back empty, so reload it as materialize would
+        _copy_redis(feature_env.redis.url, own.url)
+    assert _recovers(gateway, txn)["label"] == "not_fraud"
+
+
+def test_stopped_predictor_degrades_then_recovers(gateway, stack, scenarios):
+    txn = scenarios[0].transaction
+    stack.stop_service("predictor")
+    try:
+        _degraded_within_budget(gateway, _fresh(txn, "nopred"), {"MODEL_UNAVAILABLE"})
+    finally:
+        stack.restart_service("predictor")
+    assert _recovers(gateway, txn)["label"] == "not_fraud"
+
+
+def test_hung_predictor_degrades_within_the_budget_then_recovers(gateway, stack, scenarios):
+    txn = scenarios[0].transaction
+    pid = stack.services["predictor"].process.pid
+    os.kill(pid, signal.SIGSTOP)  # alive but silent: the slowest a dependency can be
+    try:
+        _degraded_within_budget(gateway, _fresh(txn, "slowpred"), {"MODEL_UNAVAILABLE", "TIMEOUT"})
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert _recovers(gateway, txn)["label"] == "not_fraud"
+
+
+def test_hung_redis_degrades_within_the_budget(gateway, stack, scenarios):
+    txn = scenarios[0].transaction
+    pid = stack.own_redis.process.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        _degraded_within_budget(gateway, _fresh(txn, "slowredis"), {"FEATURES_UNAVAILABLE", "TIMEOUT"})
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    _recovers(gateway, txn)
+
+
+def test_every_service_exposes_metrics(stack):
+    with httpx.Client(timeout=5) as client:
+        gw = client.get(stack.services["gateway"].url + "/metrics").text
+        assert 'model_version="1"' in gw
+        for name in ("encoder", "predictor"):
+            assert client.get(stack.services[name].url + "/metrics").status_code == 200
