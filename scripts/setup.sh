@@ -32,8 +32,14 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[setup] installing Python dependencies (pinned by requirements/constraints.txt)" >&2
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -c requirements/constraints.txt \
-    -e libs/contracts -e services/encoder -e services/predictor -e services/gateway -e ".[dev]"
+  log=$(mktemp)
+  if ! { .venv/bin/python -m pip install -q --upgrade pip &&
+         .venv/bin/python -m pip install -q -c requirements/constraints.txt \
+           -e libs/contracts -e services/encoder -e services/predictor -e services/gateway -e ".[dev]"; } >"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    echo "[setup] pip install failed (full log: $log)" >&2
+    exit 1
+  fi
+  rm -f "$log"
   echo "$want" > "$stamp"
 fi

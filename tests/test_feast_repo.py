@@ -93,3 +93,24 @@ def test_on_demand_features_agree_between_historical_and_online(feature_env, sto
             compared += 1
     assert compared == len(rows) * len(spec.features)
     assert all(online["amount_to_card_avg_30d"][i] is None for i in range(5))
+
+
+def test_the_repo_also_runs_on_the_embedded_sqlite_online_store(feature_env, tmp_path, monkeypatch):
+    """Where Redis cannot be had, the same repo materializes into Feast's SQLite store."""
+    import shutil
+
+    from conftest import copy_repo
+
+    repo = copy_repo(tmp_path / "repo")
+    shutil.copytree(feast_repo.offline_dir(feature_env.repo), feast_repo.offline_dir(repo))
+    monkeypatch.setenv("VIGIL_ONLINE_STORE", "sqlite")
+    feast_repo.apply(repo)
+    feast_repo.materialize(repo)
+    assert (repo / "data" / "online.db").is_file()
+    offline = pd.read_parquet(feast_repo.offline_dir(repo) / "merchant_stats.parquet")
+    latest = offline.sort_values("event_timestamp").groupby("merchant_id").tail(1).iloc[-1]
+    online = feast_repo.open_store(repo).get_online_features(
+        features=["merchant_stats:merchant_txn_count_7d"],
+        entity_rows=[{"merchant_id": latest["merchant_id"]}],
+    ).to_dict()
+    assert online["merchant_txn_count_7d"] == [latest["merchant_txn_count_7d"]]

@@ -105,6 +105,10 @@ class LocalStack:
 
     def _start_one(self, spec: ServiceSpec, port: int) -> None:
         env = dict(os.environ, **spec.env, **self.extra_env.get(spec.name, {}))
+        # Importing feast (the CLI, the demo, the tests) sets PROMETHEUS_MULTIPROC_DIR in this
+        # process; inherited, it would switch the services' metrics to multiprocess files.
+        if "feast.metrics" in sys.modules:
+            env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         log_path = self.log_dir / f"{spec.name}.log"
         cmd = [sys.executable, "-m", *spec.command("127.0.0.1", port)]
         log = open(log_path, "ab")
