@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -80,7 +81,7 @@ def cmd_materialize(args: argparse.Namespace) -> None:
     from vigil import feast_repo
 
     repo = feast_repo.repo_dir(args.repo)
-    end = feast_repo.materialize(repo, args.end)
+    end = feast_repo.materialize(repo, args.end, full=args.full)
     _say(f"materialized features up to {end:%Y-%m-%dT%H:%M:%S}Z into the online store")
 
 
@@ -173,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("materialize", cmd_materialize, "feast materialize-incremental up to now")
     p.add_argument("--end", type=_parse_time, default=None, help="end time (default: now; never later)")
+    p.add_argument("--full", action="store_true",
+                   help="load the whole freshness window (for an empty or new online store)")
 
     p = add("train", cmd_train, "train a model version from Feast point-in-time features")
     p.add_argument("--raw", help="labelled raw transactions parquet")
@@ -204,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # ibis (under Feast's DuckDB offline store) warns on every query about its own API.
+    warnings.filterwarnings("ignore", message=".*fetch_arrow_table", category=DeprecationWarning)
     from vigil.errors import USER_ERRORS
 
     try:

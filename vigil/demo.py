@@ -66,8 +66,8 @@ def run_demo(args: argparse.Namespace) -> None:
         for svc in spec.feature_services.values():
             print(f"feature service {svc.name}: {len(svc.features)} features", file=sys.stderr)
 
-        _step("feast materialize-incremental (up to now) into the online store")
-        feast_repo.materialize(repo)
+        _step("feast materialize (the 30-day freshness window, up to now) into the online store")
+        feast_repo.materialize(repo, full=True)
 
         _step("training from Feast point-in-time features")
         model_dir = train(raw, repo, models_dir, TrainConfig(seed=args.seed),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -109,11 +109,23 @@ def apply(repo: Path) -> ServingSpec:
     return spec
 
 
-def materialize(repo: Path, end: datetime | None = None) -> datetime:
-    """``feast materialize-incremental`` up to ``end`` (default: now, never in the future)."""
+def materialize(repo: Path, end: datetime | None = None, full: bool = False) -> datetime:
+    """``feast materialize-incremental`` up to ``end`` (default: now, never in the future).
+
+    ``full`` loads the whole freshness window (``feast materialize START END``) instead: what an
+    empty online store needs, since the incremental watermark lives in the registry and would
+    skip everything materialized before into another store.
+    """
     now = datetime.now(timezone.utc)
     end = min(end or now, now)
-    feast_cli(repo, "materialize-incremental", end.strftime("%Y-%m-%dT%H:%M:%S"))
+    stamp = "%Y-%m-%dT%H:%M:%S"
+    if full:
+        ttls = [v.ttl_seconds or 0 for s in load_serving_spec(repo).feature_services.values()
+                for v in s.views.values()]
+        start = end - timedelta(seconds=max(ttls, default=0) or 365 * 86400)
+        feast_cli(repo, "materialize", start.strftime(stamp), end.strftime(stamp))
+    else:
+        feast_cli(repo, "materialize-incremental", end.strftime(stamp))
     return end
 
 
