@@ -9,9 +9,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import prometheus_client  # noqa: F401 - before feast: see below
 import pytest
 
 from vigil.redis_server import RedisServer
+
+# Importing feast sets PROMETHEUS_MULTIPROC_DIR in os.environ. prometheus_client picks its value
+# class when first imported, so importing it first keeps the in-process service tests on the
+# ordinary single-process metrics they run with in production; the variable is dropped again
+# once Feast has been used (the runner also keeps it from the service processes).
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_SEED = 11
@@ -58,6 +64,7 @@ def feature_env(redis_server, tmp_path_factory):
     write_feature_tables(raw, feast_repo.offline_dir(repo))
     feast_repo.apply(repo)
     feast_repo.materialize(repo)
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     yield FeatureEnv(repo=repo, raw_path=raw, redis=redis_server, end=end,
                      models_dir=base / "models")
     if previous is None:
