@@ -85,9 +85,10 @@ def transform_row(row: Mapping[str, Any]) -> dict[str, float | None]:
     if device_present and not _missing(first_seen):
         device_age = max(0.0, epoch - float(first_seen)) / 86400.0
     is_new_device = 1.0 if device_present and _missing(first_seen) else 0.0
-    mismatch = None
-    if not _missing(home) and home != "":
-        mismatch = 0.0 if str(row.get("country") or "") == str(home) else 1.0
+    country = row.get("country")
+    mismatch = None  # unknown when either side is unknown, never a guess
+    if not (_missing(home) or home == "" or _missing(country) or country == ""):
+        mismatch = 0.0 if str(country) == str(home) else 1.0
     return {
         "txn_amount": amount,
         "amount_to_card_avg_30d": ratio,
