@@ -25,7 +25,7 @@ if [ ${#apt_packages[@]} -gt 0 ]; then
 fi
 
 stamp=.venv/.vigil-installed
-want=$(cat pyproject.toml libs/contracts/pyproject.toml services/*/pyproject.toml requirements/constraints.txt | sha256sum | cut -c1-16)
+want=$(cat pyproject.toml libs/*/pyproject.toml services/*/pyproject.toml requirements/constraints.txt | sha256sum | cut -c1-16)
 if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv with $($PYTHON --version)" >&2
   "$PYTHON" -m venv .venv
@@ -35,7 +35,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log=$(mktemp)
   if ! { .venv/bin/python -m pip install -q --upgrade pip &&
          .venv/bin/python -m pip install -q -c requirements/constraints.txt \
-           -e libs/contracts -e services/encoder -e services/predictor -e services/gateway -e ".[dev]"; } >"$log" 2>&1; then
+           -e libs/contracts -e libs/servicekit -e services/encoder -e services/predictor -e services/gateway -e ".[dev]"; } >"$log" 2>&1; then
     tail -n 40 "$log" >&2
     echo "[setup] pip install failed (full log: $log)" >&2
     exit 1

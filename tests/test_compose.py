@@ -48,7 +48,8 @@ def test_dockerfile_builds_only_its_service(name):
     assert SERVICES[name]["build"]["dockerfile"] == str(DOCKERFILES[name].relative_to(ROOT))
     assert re.search(r"^USER\s+(?!root)\S+", text, re.M), "runs as a non-root user"
     assert "HEALTHCHECK" in text and "python:3.11-slim" in text
-    assert f"services/{name}" in text and "libs/contracts" in text
+    assert f"services/{name}" in text
+    assert set(re.findall(r"\blibs/(\w+)", text)) == {"contracts", "servicekit"}
     others = {"encoder", "predictor", "gateway"} - {name}
     for other in others:
         assert f"services/{other}" not in text
@@ -69,6 +70,10 @@ def test_service_images_install_only_what_they_need():
     assert "feast" not in encoder and "xgboost" not in encoder
     predictor = _deps(ROOT / "services/predictor/pyproject.toml")
     assert "feast" not in predictor and "xgboost-cpu" in predictor
+    kit = _deps(ROOT / "libs/servicekit/pyproject.toml")
+    assert "feast" not in kit and "xgboost" not in kit
+    for service in ("gateway", "encoder", "predictor"):
+        assert "vigil-servicekit" in _deps(ROOT / f"services/{service}/pyproject.toml")
     contracts = _deps(ROOT / "libs/contracts/pyproject.toml")
     assert contracts.split() == ["pydantic>=2.7,<3"]
 

@@ -20,10 +20,10 @@ import xgboost as xgb
 from vigil.artifacts import write_artifact
 from vigil_contracts.feature_contract import feature_contract_hash
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE
+from vigil_servicekit.logs import JsonFormatter
 
 from vigil_predictor.app import create_app
 from vigil_predictor.deps import get_dataplane
-from vigil_predictor.logs import JsonFormatter
 from vigil_predictor.settings import PredictorSettings
 
 MODEL = "fraud-test"

@@ -14,12 +14,12 @@ from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version as package_version
 
 from fastapi import FastAPI
+from vigil_servicekit.logs import configure_logging
+from vigil_servicekit.wiring import wire
 
 from vigil_encoder.dataplane import Encoder
-from vigil_encoder.handlers import install_error_handlers
-from vigil_encoder.logs import configure_logging
+from vigil_encoder.errors import EncoderError
 from vigil_encoder.metrics import EncoderMetrics
-from vigil_encoder.middleware import RequestContextMiddleware
 from vigil_encoder.rest import encoder_router, service_router
 from vigil_encoder.settings import EncoderSettings
 from vigil_encoder.store import OnlineStore
@@ -36,7 +36,9 @@ def _version() -> str:
 
 def create_app(settings: EncoderSettings | None = None) -> FastAPI:
     settings = settings or EncoderSettings()
-    configure_logging(settings.log_level)
+    service_log = configure_logging(
+        "vigil_encoder", settings.log_level, silence_uvicorn_access=True
+    )
     metrics = EncoderMetrics()
     store = OnlineStore(settings.redis_url, settings.redis_timeout_s, metrics)
     encoder = Encoder(settings.spec_path, store, metrics, max_rows=settings.max_rows)
@@ -61,10 +63,8 @@ def create_app(settings: EncoderSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.metrics = metrics
     app.state.encoder = encoder
-    install_error_handlers(app)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    wire(app, service="encoder", error_root=EncoderError, metrics=metrics, log=service_log)
     app.include_router(service_router)
     app.include_router(encoder_router)
     return app

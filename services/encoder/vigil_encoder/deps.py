@@ -1,4 +1,7 @@
-"""Dependencies the routes ask for; tests swap them through ``app.dependency_overrides``."""
+"""Dependencies the routes ask for; tests swap them through ``app.dependency_overrides``.
+
+The metrics and the request id come from ``vigil_servicekit.deps``.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +10,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from vigil_encoder.dataplane import Encoder
-from vigil_encoder.metrics import EncoderMetrics
 
 
 def get_encoder(request: Request) -> Encoder:
     return request.app.state.encoder
 
 
-def get_metrics(request: Request) -> EncoderMetrics:
-    return request.app.state.metrics
-
-
 EncoderDep = Annotated[Encoder, Depends(get_encoder)]
-MetricsDep = Annotated[EncoderMetrics, Depends(get_metrics)]

@@ -1,47 +1,16 @@
 """The encoder's one error root; every failure a client can see is one of these.
 
-``handlers.py`` renders them as RFC 9457 problem details. The data plane raises them; it never
-builds a response itself.
+``vigil_servicekit.handlers`` renders them as RFC 9457 problem details. The data plane raises
+them; it never builds a response itself.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from vigil_contracts.problems import InvalidParam
+from vigil_servicekit.errors import ServiceError
 
 
-class EncoderError(Exception):
-    """A failure with the HTTP status, title and problem type slug it is answered with.
-
-    ``extensions`` are extra members of the problem document (RFC 9457 allows them), e.g. the
-    readiness checks that failed.
-    """
-
-    status: int = 500
-    title: str = "Internal error"
-    slug: str = "internal-error"
-
-    def __init__(
-        self,
-        detail: str,
-        *,
-        status: int | None = None,
-        title: str | None = None,
-        slug: str | None = None,
-        invalid_params: list[InvalidParam] | None = None,
-        extensions: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        if status is not None:
-            self.status = status
-        if title is not None:
-            self.title = title
-        if slug is not None:
-            self.slug = slug
-        self.invalid_params = invalid_params
-        self.extensions = extensions or {}
+class EncoderError(ServiceError):
+    """The encoder's error root (status, title, slug, ``extensions``: see ``ServiceError``)."""
 
 
 class FeatureServiceNotFound(EncoderError):

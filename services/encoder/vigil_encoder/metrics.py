@@ -1,9 +1,10 @@
-"""Prometheus metrics, in a registry owned by one app so that apps (and tests) never collide."""
+"""The encoder's Prometheus metrics: the shared request metrics (``ServiceMetrics``, in a registry
+owned by one app) plus rows encoded, view reads and Redis round trips."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import Counter, Histogram
+from vigil_servicekit.metrics import ServiceMetrics
 
 # An encode is a fraction of a millisecond to a few milliseconds; resolve that range finely.
 LATENCY_BUCKETS = (
@@ -11,30 +12,9 @@ LATENCY_BUCKETS = (
 )
 
 
-def outcome(status: int) -> str:
-    if status < 400:
-        return "success"
-    return "client_error" if status < 500 else "server_error"
-
-
-class EncoderMetrics:
-    content_type = CONTENT_TYPE_LATEST
-
+class EncoderMetrics(ServiceMetrics):
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "vigil_encoder_requests",
-            "HTTP requests by route template, method, status code and outcome.",
-            ["route", "method", "status", "outcome"],
-            registry=self.registry,
-        )
-        self.request_latency = Histogram(
-            "vigil_encoder_request_duration_seconds",
-            "HTTP request latency by route template, method and outcome.",
-            ["route", "method", "outcome"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
+        super().__init__("vigil_encoder", buckets=LATENCY_BUCKETS)
         self.rows_encoded = Counter(
             "vigil_encoder_rows_encoded",
             "Rows encoded into feature vectors, by feature service.",
@@ -61,10 +41,3 @@ class EncoderMetrics:
             registry=self.registry,
         )
 
-    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        result = outcome(status)
-        self.requests.labels(route, method, str(status), result).inc()
-        self.request_latency.labels(route, method, result).observe(seconds)
-
-    def render(self) -> bytes:
-        return generate_latest(self.registry)

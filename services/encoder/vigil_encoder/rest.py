@@ -10,8 +10,10 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from vigil_contracts.encoding import EncodeRequest, EncodeResponse
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE, Problem
+from vigil_servicekit.deps import MetricsDep
+from vigil_servicekit.request_context import log_fields
 
-from vigil_encoder.deps import EncoderDep, MetricsDep
+from vigil_encoder.deps import EncoderDep
 
 service_router = APIRouter(tags=["service"])
 encoder_router = APIRouter(tags=["encoder"])
@@ -41,8 +43,7 @@ async def prometheus_metrics(metrics: MetricsDep) -> Response:
 
 @encoder_router.post("/v1/encode", response_model=EncodeResponse, responses=_PROBLEMS)
 async def encode(body: EncodeRequest, request: Request, encoder: EncoderDep) -> Response:
-    request.state.feature_service = body.feature_service
-    request.state.rows = len(body.rows)
+    log_fields(request.scope).update(feature_service=body.feature_service, rows=len(body.rows))
     result = await encoder.encode(body)
     # Built as plain lists by the data plane and serialised directly: validating thousands of
     # floats back through EncodeResponse would cost more than the Redis round trip.

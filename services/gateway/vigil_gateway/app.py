@@ -17,15 +17,17 @@ from importlib.metadata import PackageNotFoundError, version as package_version
 
 import httpx
 from fastapi import FastAPI
+from vigil_servicekit.logs import configure_logging
+from vigil_servicekit.wiring import wire
 
+from vigil_gateway.body_limit import BodyLimitMiddleware
 from vigil_gateway.decisions import DecisionStore, connect
 from vigil_gateway.deps import Services
 from vigil_gateway.downstream import build_http_client
 from vigil_gateway.encoder_client import EncoderClient
-from vigil_gateway.handlers import install_error_handlers
-from vigil_gateway.logs import configure_logging
+from vigil_gateway.errors import GatewayError
+from vigil_gateway.framework_errors import from_http_error, from_validation_error
 from vigil_gateway.metrics import GatewayMetrics
-from vigil_gateway.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from vigil_gateway.model_catalog import ModelCatalog
 from vigil_gateway.predictor_client import PredictorClient
 from vigil_gateway.rest import service_router, transactions_router, ui_router
@@ -50,7 +52,7 @@ def create_app(
     predictor_transport: httpx.AsyncBaseTransport | None = None,
 ) -> FastAPI:
     settings = settings or GatewaySettings()
-    configure_logging(settings.log_level)
+    service_log = configure_logging("vigil_gateway", settings.log_level)
     metrics = GatewayMetrics()
 
     @asynccontextmanager
@@ -116,11 +118,13 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.metrics = metrics
     app.state.services = None
-    install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)  # outermost: sees every answer
+    # After the body limit: the request-context middleware is outermost and sees its 413 too.
+    wire(
+        app, service="gateway", error_root=GatewayError, metrics=metrics, log=service_log,
+        validation_error=from_validation_error, http_error=from_http_error,
+    )
     app.include_router(transactions_router)
     app.include_router(service_router)
     app.include_router(ui_router)

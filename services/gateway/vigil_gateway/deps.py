@@ -1,4 +1,7 @@
-"""Dependency aliases for routes: the objects the lifespan built, read from ``app.state``."""
+"""Dependency aliases for routes: the objects the lifespan built, read from ``app.state``.
+
+The metrics and the request id come from ``vigil_servicekit.deps``.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +13,6 @@ from fastapi import Depends, Request
 from vigil_gateway.decisions import DecisionStore
 from vigil_gateway.encoder_client import EncoderClient
 from vigil_gateway.errors import NotReady
-from vigil_gateway.metrics import GatewayMetrics
-from vigil_gateway.middleware import request_id_of
 from vigil_gateway.model_catalog import ModelCatalog
 from vigil_gateway.scoring import ScoringService
 from vigil_gateway.settings import GatewaySettings
@@ -38,22 +39,10 @@ def _scoring(services: Annotated[Services, Depends(_services)]) -> ScoringServic
     return services.scoring
 
 
-def _metrics(request: Request) -> GatewayMetrics:
-    return request.app.state.metrics
-
-
 def _settings(request: Request) -> GatewaySettings:
     return request.app.state.settings
 
 
-def _request_id(request: Request) -> str:
-    request_id = request_id_of(request.scope)
-    assert request_id is not None  # RequestContextMiddleware always sets it
-    return request_id
-
-
 ServicesDep = Annotated[Services, Depends(_services)]
 ScoringDep = Annotated[ScoringService, Depends(_scoring)]
-MetricsDep = Annotated[GatewayMetrics, Depends(_metrics)]
 SettingsDep = Annotated[GatewaySettings, Depends(_settings)]
-RequestIdDep = Annotated[str, Depends(_request_id)]

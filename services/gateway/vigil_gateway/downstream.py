@@ -12,10 +12,10 @@ import time
 from typing import Any
 
 import httpx
+from vigil_servicekit.request_context import REQUEST_ID_HEADER
 
 from vigil_gateway.errors import DownstreamError
 from vigil_gateway.metrics import GatewayMetrics
-from vigil_gateway.middleware import REQUEST_ID_HEADER
 
 
 def build_http_client(

@@ -1,51 +1,17 @@
 """The gateway's one error root; every failure a client can see is one of these.
 
-``handlers.py`` renders them as RFC 9457 problem details, and batch items carry the same problem
-in their slot. Downstream failures are errors too, but the scoring path turns them into degraded
-answers: they only reach a client from endpoints that are not about scoring.
+``vigil_servicekit.handlers`` renders them as RFC 9457 problem details, and batch items carry
+the same problem in their slot. Downstream failures are errors too, but the scoring path turns
+them into degraded answers: they only reach a client from endpoints that are not about scoring.
 """
 
 from __future__ import annotations
 
-from vigil_contracts.problems import InvalidParam, Problem, problem_type
+from vigil_servicekit.errors import ServiceError
 
 
-class GatewayError(Exception):
-    """A failure with the HTTP status, title and problem type slug it is answered with."""
-
-    status: int = 500
-    title: str = "Internal error"
-    slug: str = "internal-error"
-
-    def __init__(
-        self,
-        detail: str,
-        *,
-        status: int | None = None,
-        title: str | None = None,
-        slug: str | None = None,
-        invalid_params: list[InvalidParam] | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        if status is not None:
-            self.status = status
-        if title is not None:
-            self.title = title
-        if slug is not None:
-            self.slug = slug
-        self.invalid_params = invalid_params
-
-    def problem(self, *, instance: str | None = None, request_id: str | None = None) -> Problem:
-        return Problem(
-            type=problem_type(self.slug),
-            title=self.title,
-            status=self.status,
-            detail=self.detail,
-            instance=instance,
-            request_id=request_id,
-            invalid_params=self.invalid_params,
-        )
+class GatewayError(ServiceError):
+    """The gateway's error root (status, title, slug, ``problem()``: see ``ServiceError``)."""
 
 
 class InvalidTransaction(GatewayError):

@@ -1,9 +1,11 @@
-"""Prometheus metrics, in a registry owned by one app so that apps (and tests) never collide."""
+"""The gateway's Prometheus metrics: the shared request metrics (``ServiceMetrics``, in a
+registry owned by one app) plus decisions, degraded answers, downstream calls and the decision
+store."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import Counter, Gauge, Histogram
+from vigil_servicekit.metrics import ServiceMetrics
 
 # The single-score budget is 0.4 s by default: most buckets sit below it.
 LATENCY_BUCKETS = (0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6, 1.0, 2.5, 5.0)
@@ -11,23 +13,13 @@ LATENCY_BUCKETS = (0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
 UNKNOWN_VERSION = "unknown"
 
 
-class GatewayMetrics:
-    content_type = CONTENT_TYPE_LATEST
-
+class GatewayMetrics(ServiceMetrics):
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "vigil_gateway_requests",
-            "HTTP requests by route template, method and status code.",
-            ["route", "method", "status"],
-            registry=self.registry,
-        )
-        self.request_latency = Histogram(
-            "vigil_gateway_request_duration_seconds",
-            "HTTP request latency by route template and method.",
-            ["route", "method"],
+        super().__init__(
+            "vigil_gateway",
             buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            request_labels=("route", "method", "status"),
+            latency_labels=("route", "method"),
         )
         self.decisions = Counter(
             "vigil_gateway_decisions",
@@ -78,9 +70,3 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
-    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.request_latency.labels(route, method).observe(seconds)
-
-    def render(self) -> bytes:
-        return generate_latest(self.registry)

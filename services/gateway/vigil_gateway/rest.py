@@ -14,11 +14,12 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from vigil_contracts.api import BatchRequest, BatchResponse, ScoreResponse, Transaction
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE, Problem
+from vigil_servicekit.deps import MetricsDep, RequestIdDep
+from vigil_servicekit.handlers import problem_response
+from vigil_servicekit.request_context import log_fields
 
-from vigil_gateway.deps import MetricsDep, RequestIdDep, ScoringDep, ServicesDep, SettingsDep
+from vigil_gateway.deps import ScoringDep, ServicesDep, SettingsDep
 from vigil_gateway.errors import NotReady
-from vigil_gateway.handlers import problem_response
-from vigil_gateway.middleware import log_fields
 from vigil_gateway.readiness import readiness
 
 transactions_router = APIRouter(tags=["transactions"])
@@ -119,7 +120,8 @@ async def readyz(request: Request, services: ServicesDep, settings: SettingsDep)
     if not report["ready"]:
         failing = [name for name, check in report["checks"].items() if not check["ok"]]
         return problem_response(
-            request, NotReady("not ready: " + ", ".join(failing)), extra={"checks": report["checks"]}
+            request,
+            NotReady("not ready: " + ", ".join(failing), extensions={"checks": report["checks"]}),
         )
     return JSONResponse(report)
 

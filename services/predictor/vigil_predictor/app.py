@@ -13,12 +13,12 @@ from contextlib import asynccontextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI
+from vigil_servicekit.logs import configure_logging
+from vigil_servicekit.wiring import wire
 
 from vigil_predictor.dataplane import DataPlane, server_version
-from vigil_predictor.handlers import install_error_handlers
-from vigil_predictor.logs import configure_logging
+from vigil_predictor.errors import PredictorError
 from vigil_predictor.metrics import PredictorMetrics
-from vigil_predictor.middleware import RequestContextMiddleware
 from vigil_predictor.repository import ModelRepository
 from vigil_predictor.rest import models_router, server_router, service_router
 from vigil_predictor.settings import PredictorSettings
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     settings = settings or PredictorSettings()
-    configure_logging(settings.log_level)
+    service_log = configure_logging("vigil_predictor", settings.log_level)
     metrics = PredictorMetrics()
     repository = ModelRepository(
         settings.models_dir,
@@ -63,10 +63,8 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.metrics = metrics
     app.state.dataplane = dataplane
-    install_error_handlers(app)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    wire(app, service="predictor", error_root=PredictorError, metrics=metrics, log=service_log)
     app.include_router(service_router)
     app.include_router(server_router)
     app.include_router(models_router)

@@ -1,4 +1,7 @@
-"""Dependencies the routes ask for; tests swap them through ``app.dependency_overrides``."""
+"""Dependencies the routes ask for; tests swap them through ``app.dependency_overrides``.
+
+The metrics and the request id come from ``vigil_servicekit.deps``.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +10,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from vigil_predictor.dataplane import DataPlane
-from vigil_predictor.metrics import PredictorMetrics
 
 
 def get_dataplane(request: Request) -> DataPlane:
     return request.app.state.dataplane
 
 
-def get_metrics(request: Request) -> PredictorMetrics:
-    return request.app.state.metrics
-
-
 DataPlaneDep = Annotated[DataPlane, Depends(get_dataplane)]
-MetricsDep = Annotated[PredictorMetrics, Depends(get_metrics)]

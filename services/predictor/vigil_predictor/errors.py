@@ -1,39 +1,27 @@
 """The predictor's one error root; every failure a client can see is one of these.
 
-``handlers.py`` renders them as RFC 9457 problem details. The data plane raises them; it never
-builds a response itself.
+``vigil_servicekit.handlers`` renders them as RFC 9457 problem details. The data plane raises
+them; it never builds a response itself.
 """
 
 from __future__ import annotations
 
-from vigil_contracts.problems import InvalidParam
+from typing import Any
+
+from vigil_servicekit.errors import ServiceError
 
 
-class PredictorError(Exception):
-    """A failure with the HTTP status, title and problem type slug it is answered with."""
+class PredictorError(ServiceError):
+    """The predictor's error root (status, title, slug: see ``ServiceError``)."""
 
-    status: int = 500
-    title: str = "Internal error"
-    slug: str = "internal-error"
-
-    def __init__(
-        self,
-        detail: str,
-        *,
-        status: int | None = None,
-        title: str | None = None,
-        slug: str | None = None,
-        invalid_params: list[InvalidParam] | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        if status is not None:
-            self.status = status
-        if title is not None:
-            self.title = title
-        if slug is not None:
-            self.slug = slug
-        self.invalid_params = invalid_params
+    def problem_body(
+        self, *, instance: str | None = None, request_id: str | None = None
+    ) -> dict[str, Any]:
+        body = super().problem_body(instance=instance, request_id=request_id)
+        # V2 clients (tritonclient, KServe's) read the message from "error"; RFC 9457 allows
+        # extension members, so both audiences get what they look for.
+        body["error"] = self.detail
+        return body
 
 
 class ModelNotFound(PredictorError):

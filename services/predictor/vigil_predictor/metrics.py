@@ -1,37 +1,22 @@
-"""Prometheus metrics, in a registry owned by one app so that apps (and tests) never collide."""
+"""The predictor's Prometheus metrics: the shared request metrics (``ServiceMetrics``, in a
+registry owned by one app) plus rows scored, inference latency and which versions serve."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import Counter, Gauge, Histogram
+from vigil_servicekit.metrics import ServiceMetrics
 
 # Predictions are sub-millisecond; the low buckets are where the interesting movement is.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
-def outcome(status: int) -> str:
-    if status < 400:
-        return "success"
-    return "client_error" if status < 500 else "server_error"
-
-
-class PredictorMetrics:
-    content_type = CONTENT_TYPE_LATEST
-
+class PredictorMetrics(ServiceMetrics):
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "vigil_predictor_requests",
-            "HTTP requests by route template, method and status code.",
-            ["route", "method", "status"],
-            registry=self.registry,
-        )
-        self.request_latency = Histogram(
-            "vigil_predictor_request_duration_seconds",
-            "HTTP request latency by route template, method and outcome.",
-            ["route", "method", "outcome"],
+        super().__init__(
+            "vigil_predictor",
             buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            request_labels=("route", "method", "status"),
+            latency_labels=("route", "method", "outcome"),
         )
         self.inference_rows = Counter(
             "vigil_predictor_inference_rows",
@@ -53,9 +38,3 @@ class PredictorMetrics:
             registry=self.registry,
         )
 
-    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.request_latency.labels(route, method, outcome(status)).observe(seconds)
-
-    def render(self) -> bytes:
-        return generate_latest(self.registry)

@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from vigil_servicekit.deps import MetricsDep
 
-from vigil_predictor.deps import DataPlaneDep, MetricsDep
+from vigil_predictor.deps import DataPlaneDep
 from vigil_predictor.errors import RequestTooLarge, ServerNotReady
 from vigil_predictor.protocol import HEADER_LENGTH, RawInferenceRequest
 

@@ -1,4 +1,4 @@
-"""JSON log lines for the gateway's own loggers (``vigil_gateway.*``): one object per line."""
+"""JSON log lines for a service's own loggers (``vigil_<service>.*``): one object per line."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-LOGGER_NAME = "vigil_gateway"
-
 # Attributes every LogRecord has; anything else on a record came in through ``extra=``.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
 class JsonFormatter(logging.Formatter):
+    """``ts``, ``level``, ``logger``, ``msg``, every ``extra=`` field, and ``exc`` if any."""
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
@@ -32,9 +32,6 @@ class JsonFormatter(logging.Formatter):
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at emit time (pytest swaps it between tests)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-
     @property  # type: ignore[override]
     def stream(self):  # noqa: ANN201
         return sys.stderr
@@ -44,12 +41,22 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def configure_logging(level: str) -> None:
-    """Give the gateway's loggers one JSON handler on stderr (idempotent)."""
-    logger = logging.getLogger(LOGGER_NAME)
+def configure_logging(
+    name: str, level: str, *, silence_uvicorn_access: bool = False
+) -> logging.Logger:
+    """Give the logger ``name`` (and its children) one JSON handler on stderr; idempotent.
+
+    ``silence_uvicorn_access`` switches uvicorn's plain-text access log off in this process: the
+    request middleware already writes the one line per request, with the request id.
+    Returns the logger, whose children (``.getChild("access")``) the other pieces log to.
+    """
+    if silence_uvicorn_access:
+        logging.getLogger("uvicorn.access").disabled = True
+    logger = logging.getLogger(name)
     logger.setLevel(level)
     logger.propagate = False
     if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
         handler = _StderrHandler()
         handler.setFormatter(JsonFormatter())
         logger.addHandler(handler)
+    return logger

@@ -1,8 +1,8 @@
-"""Per-request bookkeeping: request id in and out, one JSON log line, request metrics.
+"""Per-request bookkeeping: request id in and out, one JSON access log line, request metrics.
 
 Plain ASGI (not BaseHTTPMiddleware) so that bodies stream through untouched and the route
-template is read from the scope after routing, keeping metric labels bounded. Routes may put
-``rows`` and ``feature_service`` on ``request.state``; they are logged, payloads never are.
+template is read from the scope after routing, keeping metric labels bounded. Handlers add
+fields (rows, label, ...) to the access line through :func:`log_fields`; payloads never go there.
 """
 
 from __future__ import annotations
@@ -11,16 +11,15 @@ import logging
 import re
 import time
 import uuid
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from vigil_encoder.metrics import EncoderMetrics
-
-logger = logging.getLogger("vigil_encoder.access")
+from vigil_servicekit.metrics import ServiceMetrics
 
 REQUEST_ID_HEADER = "x-request-id"
-_REQUEST_ID_HEADER_BYTES = REQUEST_ID_HEADER.encode()
-# A caller's id is echoed and logged, so only accept something that is plainly an id.
+_HEADER = REQUEST_ID_HEADER.encode()
+# A caller's id is echoed, logged and forwarded, so only accept something that is plainly an id.
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 UNMATCHED_ROUTE = "unmatched"
 
@@ -29,10 +28,22 @@ def request_id_of(scope: Scope) -> str | None:
     return scope.get("state", {}).get("request_id")
 
 
+def log_fields(scope: Scope) -> dict[str, Any]:
+    """Extra fields for this request's access log line (never whole payloads).
+
+    Keys must not be ``logging.LogRecord`` attributes (``name``, ``msg``, ...).
+    """
+    return scope.setdefault("state", {}).setdefault("log_fields", {})
+
+
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, metrics: EncoderMetrics) -> None:
+    """Add it last (outermost) so it sees every answer but the unexpected-error 500, which
+    FastAPI's outer error middleware renders; the problem handler sets the id on that one."""
+
+    def __init__(self, app: ASGIApp, *, metrics: ServiceMetrics, logger: logging.Logger) -> None:
         self.app = app
         self.metrics = metrics
+        self.logger = logger
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -40,12 +51,14 @@ class RequestContextMiddleware:
             return
         incoming = None
         for key, value in scope["headers"]:
-            if key == _REQUEST_ID_HEADER_BYTES:
+            if key == _HEADER:
                 incoming = value.decode("latin-1")
                 break
         request_id = incoming if incoming and _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
+        fields: dict[str, Any] = {}
+        state["log_fields"] = fields
         status = 500
         started = time.perf_counter()
 
@@ -53,9 +66,8 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = [(k, v) for k, v in message.get("headers", [])
-                           if k.lower() != _REQUEST_ID_HEADER_BYTES]
-                headers.append((_REQUEST_ID_HEADER_BYTES, request_id.encode("latin-1")))
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != _HEADER]
+                headers.append((_HEADER, request_id.encode("latin-1")))
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -69,14 +81,14 @@ class RequestContextMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or UNMATCHED_ROUTE
             self.metrics.observe_request(template, scope["method"], status, elapsed)
-            extra = {
-                "request_id": request_id,
-                "method": scope["method"],
-                "route": template,
-                "status": status,
-                "latency_ms": round(elapsed * 1000, 3),
-            }
-            for key in ("feature_service", "rows"):
-                if key in state:
-                    extra[key] = state[key]
-            logger.info("request", extra=extra)
+            self.logger.info(
+                "request",
+                extra={
+                    "request_id": request_id,
+                    "method": scope["method"],
+                    "route": template,
+                    "status": status,
+                    "latency_ms": round(elapsed * 1000, 3),
+                    **fields,
+                },
+            )

@@ -1,0 +1,81 @@
+"""Request metrics in a Prometheus registry owned by one app, so that apps (and tests) never
+collide. A service subclasses :class:`ServiceMetrics` and registers its own metrics in
+``self.registry``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+# The labels a request metric may carry, and how its help text names them.
+REQUEST_LABELS = {
+    "route": "route template",
+    "method": "method",
+    "status": "status code",
+    "outcome": "outcome",
+}
+
+
+def outcome(status: int) -> str:
+    if status < 400:
+        return "success"
+    return "client_error" if status < 500 else "server_error"
+
+
+def _phrase(labels: Sequence[str]) -> str:
+    words = [REQUEST_LABELS[label] for label in labels]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+class ServiceMetrics:
+    """``<namespace>_requests`` (counter) and ``<namespace>_request_duration_seconds``
+    (histogram), labelled by a choice of ``route`` (the template, never the raw path, so labels
+    stay bounded), ``method``, ``status`` and ``outcome``.
+
+    The label sets are parameters because they are what dashboards already query.
+    """
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(
+        self,
+        namespace: str,
+        *,
+        buckets: Sequence[float],
+        request_labels: Sequence[str] = ("route", "method", "status", "outcome"),
+        latency_labels: Sequence[str] = ("route", "method", "outcome"),
+    ) -> None:
+        unknown = set(request_labels) | set(latency_labels)
+        unknown -= set(REQUEST_LABELS)
+        if unknown:
+            raise ValueError(f"unknown request metric labels: {sorted(unknown)}")
+        self._request_labels = tuple(request_labels)
+        self._latency_labels = tuple(latency_labels)
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            f"{namespace}_requests",
+            f"HTTP requests by {_phrase(request_labels)}.",
+            self._request_labels,
+            registry=self.registry,
+        )
+        self.request_latency = Histogram(
+            f"{namespace}_request_duration_seconds",
+            f"HTTP request latency by {_phrase(latency_labels)}.",
+            self._latency_labels,
+            buckets=buckets,
+            registry=self.registry,
+        )
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        values = {
+            "route": route, "method": method, "status": str(status), "outcome": outcome(status),
+        }
+        self.requests.labels(*[values[name] for name in self._request_labels]).inc()
+        self.request_latency.labels(*[values[name] for name in self._latency_labels]).observe(
+            seconds
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
