@@ -63,8 +63,8 @@ def to_encode_row(transaction: Transaction) -> dict[str, Any]:
             "merchant_id": transaction.merchant_id,
             "device_id": transaction.device_id if has_device else NO_DEVICE_ID,
         },
-        # An absent country is sent empty: like any country unlike the card's home, it counts
-        # as a mismatch (the cautious reading of a terminal that hides where it is).
+        # An absent country is sent empty, which the shared transform reads as unknown (the
+        # country-mismatch feature is then missing, as in training), never as a mismatch.
         "request": request_fields(
             transaction.amount, transaction.timestamp, transaction.channel,
             transaction.country or "", has_device,
