@@ -1,0 +1,460 @@
+"""``docs/benchmarks.md`` from one run's results: tables, target verdicts, evidence, caveats."""
+
+from __future__ import annotations
+
+import os
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+VIGIL = ("gateway", "encoder", "predictor", "redis")
+
+
+# --------------------------------------------------------------------------------------------
+# looking results up
+
+
+def runs(results: dict[str, Any], key: str, mode: str | None = None) -> list[dict[str, Any]]:
+    case = results["cases"].get(key)
+    if not case:
+        return []
+    return [r for r in case["runs"] if mode is None or r["mode"] == mode]
+
+
+def open_run(results: dict[str, Any], key: str, rate: float) -> dict[str, Any] | None:
+    return next((r for r in runs(results, key, "open") if r["rate"] == rate), None)
+
+
+def best_closed(results: dict[str, Any], key: str) -> dict[str, Any] | None:
+    """The closed-loop run with the highest throughput (answers with errors do not count)."""
+    closed = runs(results, key, "closed")
+    return max(closed, key=lambda r: r["rows_per_s"]) if closed else None
+
+
+def common_rates(results: dict[str, Any], *keys: str) -> list[float]:
+    sets = [{r["rate"] for r in runs(results, k, "open")} for k in keys]
+    return sorted(set.intersection(*sets)) if sets else []
+
+
+def cpu_breakdown(run: dict[str, Any] | None, names: tuple[str, ...], per: int = 1) -> str:
+    """``gateway 1.20 + encoder 0.50 ... = 2.1 ms CPU per request`` (per ``per`` rows)."""
+    if not run:
+        return "n/a"
+    cpu = run.get("server_cpu_ms_per_request", {})
+    scale = per / run["rows"]
+    parts = [(n, cpu[n] * scale) for n in names if n in cpu]
+    total = sum(v for _, v in parts)
+    unit = "request" if per == 1 and run["rows"] == 1 else f"{per} rows"
+    return " + ".join(f"{n} {v:.2f}" for n, v in parts) + f" = {total:.2f} ms CPU per {unit}"
+
+
+def cpu_total(run: dict[str, Any] | None, names: tuple[str, ...]) -> float:
+    if not run:
+        return float("nan")
+    cpu = run.get("server_cpu_ms_per_request", {})
+    return sum(cpu.get(n, 0.0) for n in names)
+
+
+# --------------------------------------------------------------------------------------------
+# targets
+
+
+@dataclass
+class Verdict:
+    target: str
+    measured: str
+    ratio: float
+    limit: float
+    at_most: bool           # True: ratio must be <= limit; False: >= limit
+    why: str = ""
+
+    @property
+    def met(self) -> bool:
+        return self.ratio <= self.limit if self.at_most else self.ratio >= self.limit
+
+    def margin(self) -> str:
+        if self.ratio != self.ratio:  # NaN
+            return "not measured"
+        if self.at_most:
+            if self.met:
+                return f"met, {100 * (1 - self.ratio / self.limit):.0f} % under the limit"
+            return f"missed by {100 * (self.ratio / self.limit - 1):.0f} % (over the limit)"
+        if self.met:
+            return f"met, {100 * (self.ratio / self.limit - 1):.0f} % above the bar"
+        return f"missed by {100 * (1 - self.ratio / self.limit):.0f} % (below the bar)"
+
+
+def _nan() -> float:
+    return float("nan")
+
+
+def verdicts(results: dict[str, Any]) -> list[Verdict]:
+    out: list[Verdict] = []
+    feast_peak = best_closed(results, "feast_1")
+
+    # 1. end-to-end p99 vs feast serve p99, one row, at the same offered rate
+    rates = common_rates(results, "e2e_1", "feast_1")
+    for rate in rates:
+        e, f = open_run(results, "e2e_1", rate), open_run(results, "feast_1", rate)
+        assert e and f
+        out.append(Verdict(
+            f"end-to-end single-transaction p99 <= 0.75x feast serve p99 (1 row), at {rate:g} req/s",
+            f"{e['p99_ms']:.2f} ms vs {f['p99_ms']:.2f} ms", e["p99_ms"] / f["p99_ms"], 0.75, True,
+            why=("Vigil crosses three HTTP hops (client->gateway->encoder, ->predictor) where "
+                 "feast serve crosses one; CPU per request: Vigil "
+                 f"{cpu_breakdown(e, VIGIL)}; feast serve "
+                 f"{cpu_breakdown(f, ('feast serve', 'redis'))}.")))
+
+    # 2. end-to-end max throughput vs feast serve, one row
+    e = best_closed(results, "e2e_1")
+    if e and feast_peak:
+        out.append(Verdict(
+            "end-to-end max throughput >= 1.0x feast serve req/s (1 row)",
+            f"{e['rate_rps']:.0f} req/s (c={e['concurrency']}) vs {feast_peak['rate_rps']:.0f} "
+            f"req/s (c={feast_peak['concurrency']})",
+            e["rate_rps"] / feast_peak["rate_rps"], 1.0, False,
+            why=("On 2 cores throughput is bounded by CPU per request: Vigil "
+                 f"{cpu_breakdown(e, VIGIL)} vs feast serve "
+                 f"{cpu_breakdown(feast_peak, ('feast serve', 'redis'))}; the load "
+                 f"generator took {e['generator_cpu_pct']:.0f} % of a core.")))
+
+    # 3. predictor vs MLServer
+    p, m = best_closed(results, "predictor_1"), best_closed(results, "mlserver_1")
+    if p and m:
+        out.append(Verdict(
+            "predictor req/s >= 2x MLServer's (1 row, same booster and payload)",
+            f"{p['rate_rps']:.0f} vs {m['rate_rps']:.0f} req/s",
+            p["rate_rps"] / m["rate_rps"], 2.0, False,
+            why=(f"CPU per request: predictor {cpu_breakdown(p, ('predictor',))}, MLServer "
+                 f"{cpu_breakdown(m, ('mlserver',))}; both share the 2 cores with the load "
+                 f"generator ({p['generator_cpu_pct']:.0f} % of a core).")))
+    for rate in common_rates(results, "predictor_1", "mlserver_1"):
+        p, m = open_run(results, "predictor_1", rate), open_run(results, "mlserver_1", rate)
+        assert p and m
+        out.append(Verdict(
+            f"predictor p99 <= 0.5x MLServer's (1 row), at {rate:g} req/s",
+            f"{p['p99_ms']:.2f} ms vs {m['p99_ms']:.2f} ms", p["p99_ms"] / m["p99_ms"], 0.5, True,
+            why=("At a light load the p99 of both is mostly the HTTP hop; see the floor "
+                 "rows.")))
+
+    # 4. score-batch throughput
+    batch = [r for r in (best_closed(results, "e2e_100"), best_closed(results, "e2e_1000")) if r]
+    if batch:
+        b = max(batch, key=lambda r: r["rows_per_s"])
+        out.append(Verdict(
+            "score-batch >= 20,000 transactions/s end to end",
+            f"{b['rows_per_s']:.0f} transactions/s ({b['rows']}-transaction batches, "
+            f"c={b['concurrency']})", b["rows_per_s"], 20_000, False,
+            why=(f"CPU per 1000 transactions: {cpu_breakdown(b, VIGIL, per=1000)}; on 2 cores "
+                 f"that bounds the rate near "
+                 f"{2_000_000 / max(cpu_total(b, VIGIL) * 1000 / b['rows'], 1e-9):.0f} "
+                 "transactions/s even with no load generator.")))
+        f100 = best_closed(results, "feast_100")
+        if f100:
+            out.append(Verdict(
+                "score-batch rows/s >= 5x feast serve's rows/s on 100-row batches",
+                f"{b['rows_per_s']:.0f} vs {f100['rows_per_s']:.0f} rows/s",
+                b["rows_per_s"] / f100["rows_per_s"], 5.0, False,
+                why=(f"feast serve: {cpu_breakdown(f100, ('feast serve', 'redis'), per=1000)}; "
+                     f"Vigil: {cpu_breakdown(b, VIGIL, per=1000)}.")))
+
+    # 5. encoder vs the HTTP floor
+    for rate in common_rates(results, "encoder_1", "floor_1"):
+        e, f = open_run(results, "encoder_1", rate), open_run(results, "floor_1", rate)
+        assert e and f
+        out.append(Verdict(
+            f"encoder single-row p99 <= 2x the constant-endpoint floor p99, at {rate:g} req/s",
+            f"{e['p99_ms']:.2f} ms vs {f['p99_ms']:.2f} ms", e["p99_ms"] / f["p99_ms"], 2.0, True,
+            why=(f"CPU per request: encoder {cpu_breakdown(e, ('encoder', 'redis'))}; floor "
+                 f"{cpu_breakdown(f, ('floor',))}.")))
+
+    # 6. cold starts
+    cold = results.get("cold_start_s", {})
+    for name, limit in (("encoder", 2.0), ("predictor", 2.0), ("gateway", 1.0)):
+        values = cold.get(name)
+        if values:
+            med = statistics.median(values)
+            out.append(Verdict(f"cold start to ready: {name} <= {limit:g} s",
+                               f"median {med:.2f} s of {len(values)} (max {max(values):.2f} s)",
+                               med, limit, True,
+                               why="Python imports (FastAPI, pydantic, numpy/xgboost, redis) "
+                                   "dominate; see bench/README.md for how to break it down."))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# rendering
+
+
+def _f(v: Any, fmt: str = ".2f") -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float) and v != v:
+        return "–"
+    return format(v, fmt)
+
+
+def _load(run: dict[str, Any]) -> str:
+    return f"{run['rate']:g} req/s open" if run["mode"] == "open" else f"c={run['concurrency']} closed"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def figures_table(results: dict[str, Any]) -> str:
+    rows = []
+    for key, case in results["cases"].items():
+        for r in case["runs"]:
+            errs = str(r["errors"])
+            if r["errors"]:
+                errs += " (" + ", ".join(f"{k} {v}" for k, v in r["error_kinds"].items()) + ")"
+            rows.append([case["label"], _load(r), str(case["rows"]), _f(r.get("p50_ms")),
+                         _f(r.get("p95_ms")), _f(r.get("p99_ms")), _f(r.get("p999_ms")),
+                         _f(r.get("max_ms"), ".1f"), _f(r["rate_rps"], ".0f"),
+                         _f(r["rows_per_s"], ".0f"), errs, _f(r["generator_cpu_pct"], ".0f"),
+                         _f(r.get("loadavg_before"), ".2f")])
+    return table(["case", "load", "rows/req", "p50 ms", "p95 ms", "p99 ms", "p99.9 ms", "max ms",
+                  "req/s", "rows/s", "errors", "generator CPU %", "load avg"], rows)
+
+
+def cpu_table(results: dict[str, Any]) -> str:
+    names = ["gateway", "encoder", "predictor", "redis", "feast serve", "mlserver", "floor",
+             "floor (FastAPI)"]
+    rows = []
+    for key, case in results["cases"].items():
+        r = best_closed(results, key)
+        if not r:
+            continue
+        cpu = r.get("server_cpu_ms_per_request", {})
+        per = 1000.0 / case["rows"] if case["rows"] > 1 else 1.0
+        rows.append([case["label"], _load(r), "per request" if case["rows"] == 1 else "per 1000 rows",
+                     *[_f(cpu[n] * per) if n in cpu else "" for n in names],
+                     _f(r["generator_cpu_pct"], ".0f")])
+    return table(["case (best closed-loop run)", "load", "unit", *names, "generator CPU % of a core"],
+                 rows)
+
+
+def render(results: dict[str, Any], img_path: Path, md_path: Path) -> str:
+    m = results["machine"]
+    img_rel = os.path.relpath(img_path, md_path.parent)
+    plan = results["plan"]
+    vs = verdicts(results)
+    out: list[str] = []
+    out.append("# Benchmarks\n")
+    out.append(
+        "Vigil's stack, its parts, two peers (`feast serve`, MLServer) and two floors, measured side "
+        "by side in one run on one machine, with the same entities, features and model. "
+        "Everything here was written by the command below; rerun it rather than edit this file "
+        "(see [bench/README.md](../bench/README.md)).\n")
+    out.append("```\n" + results["command"] + "\n```\n")
+    la0, la1 = results["machine"]["loadavg_start"], results.get("loadavg_end", [float("nan")] * 3)
+    out.append(table(["machine", ""], [
+        ["date", m["date"]], ["code measured", m.get("code", "?")], ["nproc", str(m["nproc"])], ["CPU", m["cpu_model"]],
+        ["RAM", f"{m['ram_gb']:.1f} GiB"], ["Python", m["python"]], ["platform", m["platform"]],
+        ["load average (1/5/15 min) at start", " / ".join(f"{x:.2f}" for x in la0)],
+        ["load average at end", " / ".join(f"{x:.2f}" for x in la1)],
+        ["plan", f"{plan['name']}: {plan['open_s']:g} s per open-loop run, {plan['closed_s']:g} s "
+                 f"per closed-loop run, {plan['warmup_s']:g} s warm-up each"],
+        ["world", f"{results['world']['transactions']:,} transactions (seed 7), model trained on "
+                  "them with Feast point-in-time features"],
+        ["run time", f"{results['elapsed_s'] / 60:.1f} min"],
+    ]) + "\n")
+
+    out.append("## Targets\n")
+    out.append("Ratios are taken between runs of this same report (same machine, same minutes).\n")
+    out.append(table(["target", "measured", "ratio / value", "verdict"], [
+        [v.target, v.measured, _f(v.ratio, ".3g"), ("**met**" if v.met else "**missed**") +
+         " – " + v.margin()] for v in vs]) + "\n")
+    by_target: dict[str, set[bool]] = {}
+    for v in vs:
+        by_target.setdefault(v.target.split(", at ")[0], set()).add(v.met)
+    mixed = [t for t, seen in by_target.items() if len(seen) > 1]
+    if mixed:
+        out.append("Met at one rate and missed at the other: " + "; ".join(f"*{t}*" for t in mixed)
+                   + ". Such tails differ by less than this machine's noise (±30 %, more for a "
+                   "p99 of a 15-second run): read these as *not reliably met*.\n")
+    analysis = md_path.parent / "benchmarks-analysis.md"
+    if analysis.exists():
+        out.append(f"Where the time goes and what to change, with the evidence: "
+                   f"[{analysis.name}]({analysis.name}) (written by hand from a run's profiles; "
+                   "its date says which).\n")
+    missed = [v for v in vs if not v.met]
+    if missed:
+        out.append("Why the missed ones were missed (measured in this run):\n")
+        for v in missed:
+            out.append(f"- *{v.target}*: {v.why}")
+        out.append("")
+
+    out.append("## Latency and throughput\n")
+    out.append(
+        "Open loop: requests leave on a fixed schedule and latency is measured from the *intended* "
+        "send time, so a stall shows up in the tail (no coordinated omission). Closed loop: `c` "
+        "clients send back to back (maximum throughput at that concurrency). Latencies include "
+        "every answer, errors too. For the gateway, a 200 answer with `degraded: true` (a "
+        "dependency timed out or failed) is counted as an error. `rows/s` is transactions, "
+        "feature rows or model rows per second. *generator CPU %* is the load generator's own "
+        "CPU, in % of one core, taken from the same 2 cores as the servers.\n")
+    out.append(f"![latency percentiles]({img_rel})\n")
+    out.append(figures_table(results) + "\n")
+
+    out.append("## Where the CPU goes\n")
+    out.append(
+        "CPU time of each server process (psutil, children included) during the best closed-loop "
+        "run of each case, divided by the requests (or rows) answered in that run, warm-up "
+        "included: on 2 shared cores this is what bounds throughput. Redis is shared by Vigil "
+        "and feast serve; a blank cell is a process that did (next to) nothing.\n")
+    out.append(cpu_table(results) + "\n")
+
+    ip = results.get("inprocess", {})
+    if ip:
+        out.append("## In-process floors (no HTTP)\n")
+        out.append(
+            "`raw`: one pipelined redis-py HMGET per (entity, view) of exactly the keys and fields "
+            "the encoder reads + `Booster.inplace_predict` of the encoded matrix. `encoder data "
+            "plane`: Vigil's `Encoder.encode` called directly (the same round trip + decoding, "
+            "freshness, on-demand features). `predict`: the predictor's runtime (score; score + "
+            "contributions as the gateway asks). `both data planes`: encode then score + "
+            "contributions. Sequential calls, one process.\n")
+        names = [("raw_redis_predict", "raw Redis read + predict"),
+                 ("encoder_dataplane", "encoder data plane"),
+                 ("predict_score", "predict, score"),
+                 ("predict_contrib", "predict, score + contributions"),
+                 ("dataplanes", "both data planes")]
+        rows = []
+        for key, label in names:
+            for n in (1, 100, 1000):
+                r = ip.get(f"{key}_{n}")
+                if r:
+                    rows.append([label, str(n), _f(r["p50_ms"], ".3f"), _f(r["p99_ms"], ".3f"),
+                                 _f(r["max_ms"], ".2f"), _f(r["rows_per_s"], ".0f")])
+        out.append(table(["path", "rows", "p50 ms", "p99 ms", "max ms", "rows/s (one core)"],
+                         rows) + "\n")
+
+    cold = results.get("cold_start_s", {})
+    if cold:
+        out.append("## Cold start to ready\n")
+        out.append(
+            "From spawning the process to the first 200 of its readiness URL (polled every 10 ms), "
+            "with nothing else under load: `/readyz` for the encoder (serving spec loaded, Redis "
+            "answers) and the gateway (predictor metadata read, encoder ready, decision store "
+            "reachable; started against the running encoder and predictor), `/v2/health/ready` "
+            "for the predictor (booster verified and loaded), `/health` for feast serve, the "
+            "model's `/ready` for MLServer.\n")
+        out.append(table(["service", "median s", "min s", "max s", "runs"], [
+            [name, _f(statistics.median(v)), _f(min(v)), _f(max(v)), str(len(v))]
+            for name, v in cold.items()]) + "\n")
+
+    idle = results.get("rss_idle_mb", {})
+    peak: dict[str, float] = {}
+    for case in results["cases"].values():
+        for r in case["runs"]:
+            for n, mb in r.get("rss_peak_mb", {}).items():
+                peak[n] = max(peak.get(n, 0.0), mb)
+    out.append("## Resident memory\n")
+    out.append("RSS (psutil, children included: gunicorn's and MLServer's workers) after start-up "
+               "and the peak sampled every 0.25 s during the load runs.\n")
+    out.append(table(["process", "idle MB", "peak under load MB"], [
+        [n, _f(idle.get(n), ".0f"), _f(peak.get(n), ".0f")] for n in idle]) + "\n")
+
+    sz = results.get("image_sizes", {})
+    if sz:
+        out.append("## Image size (estimate)\n")
+        out.append(
+            "Each service's Dockerfile dependencies installed with `pip install --target` (the "
+            "project's constraints; MLServer with `xgboost-cpu` instead of the 470 MB-NCCL "
+            "`xgboost` wheel) and measured on disk, plus the `python:3.11-slim` base taken as "
+            "**130 MB (an assumption**: no image registry is reachable here).\n")
+        out.append(table(["image", "site-packages MB", "estimated image MB"], [
+            [n, _f(v["site_packages_mb"], ".0f"), _f(v["image_mb"], ".0f")]
+            for n, v in sz.items()]) + "\n")
+
+    prof = results.get("profile")
+    if prof:
+        out.append("## Profiles (py-spy, under load)\n")
+        out.append(
+            "py-spy `record --gil` at 200 Hz on each Vigil service while the gateway was driven "
+            "closed-loop (only samples of the thread holding the GIL: waiting is left out). "
+            "Shares of samples: by package of the running function, by function (*self*), and "
+            "the service's own functions with everything they call (*own code, inclusive*). "
+            "`event loop (uvloop, C)` is the loop's own native work (I/O, callbacks). Native code "
+            "that releases the GIL (XGBoost's predict, hiredis parsing) is *not* in these "
+            "samples: the in-process table gives its cost.\n")
+        for key, per in prof.items():
+            run = per.get("run", {})
+            out.append(f"### {key}: p50 {_f(run.get('p50_ms'))} ms, "
+                       f"{_f(run.get('rows_per_s'), '.0f')} transactions/s while profiled\n")
+            for svc in ("gateway", "encoder", "predictor"):
+                s = per.get(svc, {})
+                if "self" not in s:
+                    out.append(f"- {svc}: no profile ({s.get('error', '')})\n")
+                    continue
+                out.append(f"**{svc}** ({s['samples']} samples)\n")
+                out.append("- by package: " + ", ".join(f"{n} {p} %" for n, p in s["packages"][:10]))
+                out.append("- self: " + "; ".join(f"`{n}` {p} %" for n, p in s["self"][:8]))
+                out.append("- own code, inclusive: " + "; ".join(
+                    f"`{n}` {p} %" for n, p in s["own_inclusive"][:12]) + "\n")
+        out.append("")
+
+    out.append("## How the peers were run\n")
+    out.append(
+        "- **feast serve**: `feast -c <repo> -f <config> serve --max-requests 0 --no-access-log "
+        "-w 1 -r 3600` from the project's venv (Feast 0.67): one gunicorn worker, no restart every "
+        "1000 requests, the registry refreshed hourly so no refresh lands in a measurement. The "
+        "same registry, feature service (`fraud_model_v1`, python-mode on-demand view included) "
+        "and Redis as Vigil's encoder; the request carries the entity keys and the request-time "
+        "fields, `full_feature_names: false`.\n"
+        + mlserver_note(results) +
+        "- **floors**: `bench/floor_app.py` under the same uvicorn flags as the services: a raw ASGI "
+        "constant, and the same constant behind FastAPI.\n")
+
+    out.append("## Caveats\n")
+    out.append(
+        "- This is a shared 2-core machine: other jobs may run during a benchmark (the load "
+        "average is recorded per run in the table). Absolute figures move by **±30 %** from run to "
+        "run; compare ratios taken within one report, not across reports.\n"
+        "- The load generator runs on the same 2 cores as every server: at the highest "
+        "concurrencies it takes a good part of a core (column *generator CPU %*), which lowers "
+        "every server's maximum alike. A Python/aiohttp generator cannot offer much more than "
+        "~3–5k requests/s here.\n"
+        f"- An open-loop run of {plan['open_s']:g} s at 100 req/s holds ~{100 * plan['open_s']:.0f} "
+        "samples: p99.9 and max rest on a handful of requests and are the noisiest columns.\n"
+        "- All servers were up at once (idle ones cost next to nothing); Redis is shared.\n"
+        "- The image sizes are estimates (site-packages + an assumed base), not built images.\n")
+    return "\n".join(out)
+
+
+def mlserver_note(results: dict[str, Any]) -> str:
+    ml = results.get("mlserver", {})
+    workers, one_thread = ml.get("parallel_workers", 0), ml.get("one_thread", True)
+    text = (
+        "- **MLServer 1.7.1 + mlserver-xgboost 1.7.1** in `.bench/venv-peers`, serving the very "
+        "`model.ubj` the predictor serves, with `xgboost-cpu` 3.2.0 (the project's version), "
+        "`debug: false` (no access log), metrics on (as the predictor's), "
+        f"`parallel_workers: {workers}` (0: inference in the server process, its fastest setting "
+        "on 2 cores; MLServer's default is 1, a separate worker process). ")
+    if one_thread:
+        text += (
+            "`OMP_NUM_THREADS=1`: one XGBoost thread per prediction, as the predictor's "
+            "`nthread=1`. With MLServer's default (`XGBRegressor(n_jobs=None)`: an OpenMP team "
+            "of all cores) the OpenMP threads spin between requests on this 2-core machine and "
+            "an open-loop run at 100 req/s fell seconds behind (p50 100–440 ms, p99 1.8–4 s in "
+            "trial runs): that would not be a fair peer (`--mlserver-default-threads` measures "
+            "it). ")
+    else:
+        text += "XGBoost's default threading (`n_jobs=None`: all cores). "
+    width = results.get("feature_width", "?")
+    return text + (
+        "The predictor and MLServer get byte-identical V2 JSON bodies (`features`, FP32 "
+        f"`[N, {width}]`, missing values as `null`), asking for the default output.\n")
+
+
+def console_summary(results: dict[str, Any]) -> str:
+    lines = ["", "targets:"]
+    for v in verdicts(results):
+        lines.append(f"  [{'met' if v.met else 'MISSED'}] {v.target}: {v.measured} "
+                     f"(ratio {v.ratio:.3g}; {v.margin()})")
+    return "\n".join(lines)

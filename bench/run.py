@@ -1,0 +1,594 @@
+"""Vigil's benchmark: the stack, its parts, the peers and the floors, side by side in one run.
+
+``python -m bench.run [--quick]`` builds a world under ``.bench/work/``, starts Vigil's stack
+(``vigil.runner.LocalStack``), ``feast serve``, MLServer and the floors, measures every case with
+the load generator (``bench.loadgen``, its own process), the in-process floors, cold starts,
+memory and image sizes, and writes ``docs/benchmarks.md`` and ``docs/img/latency_percentiles.png``.
+Every process it starts is stopped before it returns, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import psutil
+
+from bench import peers, procs, sizes
+from bench.workspace import FEATURE_SERVICE, MODEL_NAME, World, build_world, sample_transactions
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / ".bench"
+WORK = BENCH / "work"
+PROJECT_PY = sys.executable
+PLACEHOLDER = "__TXID__"
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    n_transactions: int
+    warmup_s: float
+    open_s: float
+    closed_s: float
+    single_rates: tuple[int, ...]
+    single_concurrency: tuple[int, ...]
+    batch_concurrency: tuple[int, ...]
+    cold_reps: int
+    peer_cold_reps: int
+    inprocess_s: float
+    profile_s: float
+    boost_rounds: int
+
+
+# Open-loop rates stay below what the slowest single-row server (feast serve, ~180 req/s here)
+# can take, so that latencies compare servers that keep up rather than queues.
+FULL = Plan("full", 50_000, warmup_s=2.0, open_s=15.0, closed_s=8.0, single_rates=(50, 100),
+            single_concurrency=(1, 4, 16), batch_concurrency=(1, 4), cold_reps=3,
+            peer_cold_reps=2, inprocess_s=3.0, profile_s=8.0, boost_rounds=200)
+QUICK = Plan("quick", 20_000, warmup_s=1.0, open_s=4.0, closed_s=2.0, single_rates=(100,),
+             single_concurrency=(16,), batch_concurrency=(2,), cold_reps=1, peer_cold_reps=1,
+             inprocess_s=0.7, profile_s=4.0, boost_rounds=100)
+
+
+@dataclass
+class Case:
+    key: str
+    label: str
+    group: str            # vigil | peer | floor
+    url: str
+    bodies: list[str]
+    rows: int
+    rates: tuple[float, ...] = ()
+    concurrency: tuple[int, ...] = ()
+    placeholder: str | None = None
+    check_degraded: bool = False
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# workloads
+
+
+def _chunks(items: list[Any], size: int, count: int) -> list[list[Any]]:
+    """``count`` lists of ``size`` items, cycling through ``items``."""
+    return [[items[(k * size + i) % len(items)] for i in range(size)] for k in range(count)]
+
+
+def build_payloads(txs: list[dict[str, Any]], encoder_url: str) -> dict[str, Any]:
+    """Every case's bodies from the same transactions: business, encoder, Feast and V2 forms."""
+    from vigil_contracts.api import Transaction
+    from vigil_contracts.request_features import REQUEST_FIELDS
+    from vigil_gateway.transformer import to_encode_row
+
+    rows = [to_encode_row(Transaction.model_validate({**tx, "transaction_id": "probe"}))
+            for tx in txs]
+    # The vectors the predictors score are the encoder's own answers for those rows.
+    vectors: list[list[float | None]] = []
+    contract = names = None
+    with httpx.Client(timeout=30.0) as client:
+        for start in range(0, len(rows), 1000):
+            resp = client.post(f"{encoder_url}/v1/encode", json={
+                "feature_service": FEATURE_SERVICE, "rows": rows[start:start + 1000]})
+            resp.raise_for_status()
+            body = resp.json()
+            vectors += [r["values"] for r in body["rows"]]
+            contract, names = body["feature_contract"], body["feature_names"]
+    assert names is not None
+    width = len(names)
+    entity_keys = list(rows[0]["entities"])
+
+    def feast_body(chunk: list[dict[str, Any]]) -> str:
+        columns: dict[str, list[Any]] = {k: [r["entities"][k] for r in chunk] for k in entity_keys}
+        columns.update({f: [r["request"][f] for r in chunk] for f in REQUEST_FIELDS})
+        return json.dumps({"feature_service": FEATURE_SERVICE, "entities": columns,
+                           "full_feature_names": False})
+
+    def v2_body(chunk: list[list[float | None]], gateway_like: bool = False) -> str:
+        body: dict[str, Any] = {"inputs": [{
+            "name": "features", "datatype": "FP32", "shape": [len(chunk), width],
+            "data": [v for vec in chunk for v in vec]}]}
+        if gateway_like:  # what the gateway sends: contract check, score and contributions
+            body["parameters"] = {"feature_contract": contract}
+            body["outputs"] = [{"name": "score"}, {"name": "contributions"}]
+        return json.dumps(body)
+
+    def encode_body(chunk: list[dict[str, Any]]) -> str:
+        return json.dumps({"feature_service": FEATURE_SERVICE, "rows": chunk})
+
+    single = min(len(txs), 500)
+    return {
+        "rows": rows,
+        "vectors": vectors,
+        "width": width,
+        "gateway_1": [json.dumps(tx) for tx in txs[:single]],
+        "gateway_100": [json.dumps({"transactions": c}) for c in _chunks(txs, 100, 10)],
+        "gateway_1000": [json.dumps({"transactions": c}) for c in _chunks(txs, 1000, 4)],
+        "encoder_1": [encode_body([r]) for r in rows[:single]],
+        "encoder_100": [encode_body(c) for c in _chunks(rows, 100, 10)],
+        "encoder_1000": [encode_body(c) for c in _chunks(rows, 1000, 4)],
+        "feast_1": [feast_body([r]) for r in rows[:single]],
+        "feast_100": [feast_body(c) for c in _chunks(rows, 100, 10)],
+        "v2_1": [v2_body([v]) for v in vectors[:single]],
+        "v2_100": [v2_body(c) for c in _chunks(vectors, 100, 10)],
+        "v2_1000_gateway": [v2_body(c, True) for c in _chunks(vectors, 1000, 4)],
+    }
+
+
+def define_cases(plan: Plan, urls: dict[str, str], p: dict[str, Any]) -> list[Case]:
+    quick = plan.name == "quick"
+    r, c, bc = plan.single_rates, plan.single_concurrency, plan.batch_concurrency
+    gw, enc, pred = urls["gateway"], urls["encoder"], urls["predictor"]
+    v2 = "/v2/models/fraud_detector/infer"
+    cases = [
+        Case("e2e_1", "Vigil end to end: gateway /score, 1 transaction", "vigil",
+             f"{gw}/v1/transactions/score", p["gateway_1"], 1, r, c, PLACEHOLDER, True),
+        Case("e2e_100", "Vigil end to end: gateway /score-batch, 100 transactions", "vigil",
+             f"{gw}/v1/transactions/score-batch", p["gateway_100"], 100, (5,), bc,
+             PLACEHOLDER, True),
+        Case("e2e_1000", "Vigil end to end: gateway /score-batch, 1000 transactions", "vigil",
+             f"{gw}/v1/transactions/score-batch", p["gateway_1000"], 1000, () if quick else (1,),
+             bc, PLACEHOLDER, True),
+        Case("encoder_1", "Vigil encoder alone: /v1/encode, 1 row", "vigil",
+             f"{enc}/v1/encode", p["encoder_1"], 1, r, c),
+        Case("encoder_100", "Vigil encoder alone: /v1/encode, 100 rows", "vigil",
+             f"{enc}/v1/encode", p["encoder_100"], 100, (), bc[:1]),
+        Case("encoder_1000", "Vigil encoder alone: /v1/encode, 1000 rows", "vigil",
+             f"{enc}/v1/encode", p["encoder_1000"], 1000, (), bc[:1]),
+        Case("predictor_1", "Vigil predictor alone: V2 infer, 1 row", "vigil",
+             f"{pred}{v2}", p["v2_1"], 1, r, c),
+        Case("predictor_100", "Vigil predictor alone: V2 infer, 100 rows", "vigil",
+             f"{pred}{v2}", p["v2_100"], 100, (), bc),
+        Case("predictor_1000_contrib", "Vigil predictor alone: V2 infer, 1000 rows, score + "
+             "contributions (the gateway's call)", "vigil", f"{pred}{v2}",
+             p["v2_1000_gateway"], 1000, (), bc[:1]),
+        Case("feast_1", "peer: feast serve /get-online-features, 1 row", "peer",
+             f"{urls['feast serve']}/get-online-features", p["feast_1"], 1, r, c),
+        Case("feast_100", "peer: feast serve /get-online-features, 100 rows", "peer",
+             f"{urls['feast serve']}/get-online-features", p["feast_100"], 100, (5,), bc),
+        Case("mlserver_1", "peer: MLServer + mlserver-xgboost V2 infer, 1 row", "peer",
+             f"{urls['mlserver']}{v2}", p["v2_1"], 1, r, c),
+        Case("mlserver_100", "peer: MLServer + mlserver-xgboost V2 infer, 100 rows", "peer",
+             f"{urls['mlserver']}{v2}", p["v2_100"], 100, (), bc),
+        Case("floor_1", "floor: uvicorn constant (raw ASGI)", "floor",
+             f"{urls['floor']}/", p["encoder_1"], 1, r, c),
+        Case("floor_fastapi_1", "floor: uvicorn + FastAPI constant", "floor",
+             f"{urls['floor (FastAPI)']}/", p["encoder_1"], 1, r, c[-1:]),
+    ]
+    return cases
+
+
+# --------------------------------------------------------------------------------------------
+# measuring
+
+
+class Watcher:
+    """Samples the RSS of every watched process (and its children) while a run goes on."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.peak: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "Watcher":
+        self.peak = {name: procs.rss_bytes(pid) for name, pid in self.pids.items()}
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.25):
+            for name, pid in self.pids.items():
+                self.peak[name] = max(self.peak.get(name, 0), procs.rss_bytes(pid))
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+
+
+def run_loadgen(case: Case, mode: str, param: float, plan: Plan, pids: dict[str, int],
+                tag: str = "") -> dict[str, Any]:
+    duration = plan.open_s if mode == "open" else plan.closed_s
+    spec: dict[str, Any] = {
+        "url": case.url, "method": "POST", "bodies": case.bodies, "placeholder": case.placeholder,
+        "id_prefix": f"b{int(time.time())}{case.key[:3]}{mode[0]}{int(param)}{tag}-",
+        "rows": case.rows, "mode": mode, "warmup_s": plan.warmup_s,
+        "duration_s": duration,
+        "check_degraded": case.check_degraded, "timeout_s": 10.0, "drain_s": 10.0,
+    }
+    spec["rate" if mode == "open" else "concurrency"] = param
+    cases_dir = WORK / "cases"
+    cases_dir.mkdir(parents=True, exist_ok=True)
+    name = f"{case.key}-{mode}-{param:g}{tag}"
+    spec_path, out_path = cases_dir / f"{name}.json", cases_dir / f"{name}.result.json"
+    spec_path.write_text(json.dumps(spec))
+    out_path.unlink(missing_ok=True)
+    load = os.getloadavg()[0]
+    cpu0 = {n: procs.cpu_seconds(pid) for n, pid in pids.items()}
+    with Watcher(pids) as watcher:
+        proc = subprocess.run(
+            [PROJECT_PY, "-m", "bench.loadgen", "--spec", str(spec_path), "--out", str(out_path)],
+            cwd=ROOT, capture_output=True, text=True,
+            timeout=plan.warmup_s + duration + 60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"load generator failed for {name}:\n{proc.stderr[-2000:]}")
+    result = json.loads(out_path.read_text())
+    used = {n: procs.cpu_seconds(pid) - cpu0[n] for n, pid in pids.items()}
+    # The servers' CPU covers every request of the process's life, warm-up included.
+    answered = max(result.get("completed_total", result["ok"]), 1)
+    result["server_cpu_ms_per_request"] = {n: 1000.0 * s / answered for n, s in used.items()
+                                           if s > 0.05}
+    result["rss_peak_mb"] = {n: b / 1e6 for n, b in watcher.peak.items()}
+    result["loadavg_before"] = load
+    what = f"{param:g}/s open" if mode == "open" else f"c={param:g} closed"
+    log(f"{case.key:<24} {what:<12} p50 {result.get('p50_ms', 0):7.2f}  p99 "
+        f"{result.get('p99_ms', 0):7.2f}  p99.9 {result.get('p999_ms', 0):7.2f}  max "
+        f"{result.get('max_ms', 0):7.1f} ms  {result['rate_rps']:8.1f} req/s "
+        f"{result['rows_per_s']:9.0f} rows/s  err {result['errors']}  gen cpu "
+        f"{result['generator_cpu_pct']:.0f}%")
+    return result
+
+
+def measure_cases(cases: list[Case], plan: Plan, pids: dict[str, int]) -> None:
+    for case in cases:
+        for rate in case.rates:
+            case.runs.append(run_loadgen(case, "open", rate, plan, pids))
+        for conc in case.concurrency:
+            case.runs.append(run_loadgen(case, "closed", conc, plan, pids))
+
+
+def measure_inprocess(world: World, payloads: dict[str, Any], plan: Plan) -> dict[str, Any]:
+    spec = {
+        "encode_rows": payloads["rows"][:1000], "vectors": payloads["vectors"][:1000],
+        "redis_url": world.redis.url, "spec_path": str(world.repo / "data" / "serving_spec.json"),
+        "feature_service": FEATURE_SERVICE, "model_dir": str(world.model_dir),
+        "model_name": MODEL_NAME, "model_version": "1", "sizes": [1, 100, 1000],
+        "seconds_per_case": plan.inprocess_s,
+    }
+    spec_path, out_path = WORK / "inprocess.json", WORK / "inprocess.result.json"
+    spec_path.write_text(json.dumps(spec))
+    subprocess.run([PROJECT_PY, "-m", "bench.inprocess", "--spec", str(spec_path),
+                    "--out", str(out_path)], cwd=ROOT, check=True, timeout=600)
+    result = json.loads(out_path.read_text())
+    for name, r in result.items():
+        log(f"in-process {name:<26} p50 {r['p50_ms']:7.3f}  p99 {r['p99_ms']:7.3f} ms  "
+            f"{r['rows_per_s']:9.0f} rows/s")
+    return result
+
+
+def measure_cold_starts(stack: Any, world: World, venv: Path, config: Path,
+                        plan: Plan) -> dict[str, list[float]]:
+    """Spawn -> ready of a fresh instance of each service, with nothing else under load."""
+    from vigil.redis_server import free_port
+    from vigil.runner import READY_PATH, service_specs
+
+    urls = {name: svc.url for name, svc in stack.services.items()}
+    specs = service_specs(world.redis.url, urls, str(world.models_dir.resolve()),
+                          str(world.repo / "data" / "serving_spec.json"))
+    out: dict[str, list[float]] = {}
+    for spec in specs:
+        for rep in range(plan.cold_reps):
+            port = free_port()
+            m = procs.Managed(
+                name=f"cold {spec.name}", cmd=[PROJECT_PY, "-m", *spec.command("127.0.0.1", port)],
+                ready_url=f"http://127.0.0.1:{port}{READY_PATH[spec.name]}",
+                log_path=WORK / "logs" / f"cold-{spec.name}.log", env=spec.env, cwd=ROOT)
+            try:
+                m.start(timeout=60)
+            finally:
+                m.stop()
+            out.setdefault(spec.name, []).append(m.cold_start_s or float("nan"))
+    for rep in range(plan.peer_cold_reps):
+        for name, make in (("feast serve", lambda: peers.feast_serve(world.repo, config, WORK)),
+                           ("mlserver", lambda: peers.mlserver(venv, world.booster_path, WORK,
+                                                               0, one_thread=True))):
+            m = make()
+            try:
+                m.start(timeout=120)
+            finally:
+                m.stop()
+            out.setdefault(name, []).append(m.cold_start_s or float("nan"))
+    for name, values in out.items():
+        log(f"cold start {name:<12} " + ", ".join(f"{v:.2f}s" for v in values))
+    return out
+
+
+def profile(cases: dict[str, Case], plan: Plan, pids: dict[str, int], venv: Path) -> dict[str, Any]:
+    """py-spy on the three Vigil services while the gateway is driven (1 and 1000 rows)."""
+    pyspy = venv / "bin" / "py-spy"
+    out: dict[str, Any] = {}
+    prof_dir = WORK / "profiles"
+    prof_dir.mkdir(parents=True, exist_ok=True)
+    for key, conc in (("e2e_1", 16), ("e2e_1000", 2)):
+        case = cases[key]
+        recorders = {}
+        for svc in ("gateway", "encoder", "predictor"):
+            raw = prof_dir / f"{key}-{svc}.txt"
+            recorders[svc] = (raw, subprocess.Popen(
+                [str(pyspy), "record", "-p", str(pids[svc]), "-d", str(int(plan.profile_s)),
+                 "-r", "200", "--gil", "--full-filenames", "-f", "raw", "-o", str(raw)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        time.sleep(0.5)
+        run = run_loadgen(case, "closed", conc, Plan(**{**plan.__dict__,
+                                                        "closed_s": plan.profile_s - 1.5,
+                                                        "warmup_s": 0.5}), pids, tag="prof")
+        for svc, (raw, rec) in recorders.items():
+            try:
+                _, err = rec.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                rec.kill()
+                err = b""
+            if not raw.exists():
+                out.setdefault(key, {})[svc] = {"error": err.decode(errors="replace")[-300:]}
+                continue
+            out.setdefault(key, {})[svc] = summarise_profile(raw)
+        out[key]["run"] = {k: run.get(k) for k in ("p50_ms", "p99_ms", "rate_rps", "rows_per_s")}
+    return out
+
+
+def summarise_profile(raw: Path, top: int = 12) -> dict[str, Any]:
+    """Where a service's CPU went, from py-spy's collapsed stacks (``--gil``: only samples of the
+    thread holding the GIL, so waiting is left out): shares by package, by function (self), and
+    the service's own functions with what they call (inclusive)."""
+    self_count: dict[str, int] = {}
+    pkg_count: dict[str, int] = {}
+    own_count: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        frames = [f for f in stack.split(";") if f]
+        if not frames:
+            continue
+        total += n
+        leaf_name, leaf_pkg = _frame(frames[-1])
+        self_count[leaf_name] = self_count.get(leaf_name, 0) + n
+        pkg_count[leaf_pkg] = pkg_count.get(leaf_pkg, 0) + n
+        for name in {name for name, pkg in map(_frame, frames) if pkg.startswith("vigil_")}:
+            own_count[name] = own_count.get(name, 0) + n
+
+    def ranked(counts: dict[str, int], k: int = top) -> list[list[Any]]:
+        return [[name, round(100.0 * c / total, 1)]
+                for name, c in sorted(counts.items(), key=lambda kv: -kv[1])[:k]]
+    return {"samples": total, "packages": ranked(pkg_count), "self": ranked(self_count),
+            "own_inclusive": ranked(own_count, 15)}
+
+
+def _frame(frame: str) -> tuple[str, str]:
+    """``func (/path/to/pkg/module.py:123)`` -> (``func (pkg/module.py)``, package)."""
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    parts = path.split("/")
+    if "site-packages" in parts:
+        rest = parts[parts.index("site-packages") + 1:]
+    elif any(p.startswith("vigil_") for p in parts):
+        rest = parts[next(i for i, p in enumerate(parts) if p.startswith("vigil_")):]
+    elif "python3.11" in parts:
+        rest = parts[parts.index("python3.11") + 1:]
+    else:
+        rest = parts[-1:]
+    package = rest[0].removesuffix(".py") if rest else "?"
+    if name == "Runner.run" and package == "asyncio":
+        name, package = "event loop (uvloop, C)", "uvloop"
+    short = "/".join(rest[-2:]) if len(rest) > 1 else "/".join(rest)
+    return f"{name} ({short})", package
+
+
+# --------------------------------------------------------------------------------------------
+# the run
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(), "cpu_model": model,
+        "ram_gb": psutil.virtual_memory().total / 2**30,
+        "python": platform.python_version(), "platform": platform.platform(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "code": _code_state(),
+    }
+
+
+def _code_state() -> str:
+    """The commit measured, and whether the services or libs had uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "services", "libs"],
+                               cwd=ROOT, capture_output=True, text=True).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head + (f" + {len(dirty)} uncommitted changes in services/ and libs/" if dirty else "")
+
+
+def _command() -> str:
+    exe = Path(PROJECT_PY)
+    try:
+        exe_s = str(exe.relative_to(ROOT))
+    except ValueError:
+        exe_s = str(exe)
+    return shlex.join([exe_s, "-m", "bench.run", *sys.argv[1:]])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a ~3-minute smoke run")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile the Vigil services with py-spy under load")
+    parser.add_argument("--reuse-world", action="store_true",
+                        help="reuse today's world in .bench/work (skips generate/train)")
+    parser.add_argument("--mlserver-workers", type=int, default=0,
+                        help="MLServer parallel_workers (0 = inference in the server process, "
+                             "its fastest setting on 2 cores; MLServer's default is 1)")
+    parser.add_argument("--mlserver-default-threads", action="store_true",
+                        help="leave XGBoost's thread count to MLServer (all cores) instead of "
+                             "OMP_NUM_THREADS=1, the predictor's setting")
+    parser.add_argument("--render-only", action="store_true",
+                        help="measure nothing: write the report again from the last run's "
+                             ".bench/work/results.json (its command stays the one that measured)")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument("--img", default=str(ROOT / "docs" / "img" / "latency_percentiles.png"))
+    args = parser.parse_args(argv)
+    if args.render_only:
+        write_report(json.loads((WORK / "results.json").read_text()), Path(args.out),
+                     Path(args.img), BENCH / "venv-peers" / "bin" / "python")
+        return 0
+    plan = QUICK if args.quick else FULL
+    started = time.monotonic()
+    command = _command()
+    log(f"{command}  ({plan.name} plan)")
+    info = machine()
+    info["loadavg_start"] = os.getloadavg()
+    WORK.mkdir(parents=True, exist_ok=True)
+
+    # Stop cleanly on SIGTERM as on Ctrl-C: the ExitStack below stops every process.
+    signal.signal(signal.SIGTERM, _interrupt)
+
+    from vigil import feast_repo
+    from vigil.runner import LocalStack
+
+    results: dict[str, Any] = {
+        "plan": plan.__dict__, "machine": info, "command": command,
+        "mlserver": {"parallel_workers": args.mlserver_workers,
+                     "one_thread": not args.mlserver_default_threads},
+    }
+    with ExitStack() as cleanup:
+        venv = peers.peer_venv(BENCH, log)
+        world = build_world(WORK, plan.n_transactions, seed=7, reuse=args.reuse_world,
+                            boost_rounds=plan.boost_rounds, log=log)
+        cleanup.callback(world.redis.stop)
+        results["world"] = {"transactions": world.n_transactions, "timings_s": world.timings}
+
+        log("starting Vigil's stack (LocalStack), feast serve, MLServer and the floors")
+        stack = LocalStack(world.repo, world.models_dir, WORK / "logs" / "stack",
+                           redis_url=world.redis.url)
+        cleanup.callback(stack.stop)
+        stack.start(timeout=90)
+        config = feast_repo.config_path(world.repo)
+        others = {
+            "feast serve": peers.feast_serve(world.repo, config, WORK),
+            "mlserver": peers.mlserver(venv, world.booster_path, WORK, args.mlserver_workers,
+                                       one_thread=not args.mlserver_default_threads),
+            "floor": peers.floor(WORK, "bench.floor_app:create_app", "floor"),
+            "floor (FastAPI)": peers.floor(WORK, "bench.floor_app:create_fastapi_app",
+                                           "floor-fastapi"),
+        }
+        for m in others.values():
+            cleanup.callback(m.stop)
+            m.start(timeout=120)
+        urls = {name: svc.url for name, svc in stack.services.items()}
+        urls.update({name: m.base_url for name, m in others.items()})
+        pids = {name: svc.process.pid for name, svc in stack.services.items()}
+        pids["redis"] = world.redis.process.pid  # type: ignore[union-attr]
+        pids.update({name: m.pid for name, m in others.items()})
+        results["rss_idle_mb"] = {n: procs.rss_bytes(pid) / 1e6 for n, pid in pids.items()}
+
+        txs = sample_transactions(world, 2000, seed=7)
+        payloads = build_payloads(txs, urls["encoder"])
+        results["feature_width"] = payloads["width"]
+        cases = define_cases(plan, urls, payloads)
+        _check_answers(cases)
+        measure_cases(cases, plan, pids)
+        results["cases"] = {c.key: {"label": c.label, "group": c.group, "rows": c.rows,
+                                    "runs": c.runs} for c in cases}
+        if args.profile:
+            results["profile"] = profile({c.key: c for c in cases}, plan, pids, venv)
+        results["inprocess"] = measure_inprocess(world, payloads, plan)
+        for m in others.values():
+            m.stop()
+        results["cold_start_s"] = measure_cold_starts(stack, world, venv, config, plan)
+        results["loadavg_end"] = os.getloadavg()
+    results["image_sizes"] = sizes.measure(BENCH, log)
+    results["elapsed_s"] = time.monotonic() - started
+
+    (WORK / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    write_report(results, Path(args.out), Path(args.img), venv / "bin" / "python")
+    log(f"wrote {args.out} and {args.img} in {results['elapsed_s'] / 60:.1f} min")
+    print(f"\nthe report was produced by: {command}")
+    return 0
+
+
+def write_report(results: dict[str, Any], md_path: Path, img_path: Path, bench_py: Path) -> None:
+    from bench import report
+
+    md_path.parent.mkdir(parents=True, exist_ok=True)
+    md_path.write_text(report.render(results, img_path=img_path, md_path=md_path))
+    img_path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([str(bench_py), str(ROOT / "bench" / "plot.py"), str(WORK / "results.json"),
+                    str(img_path)], check=True)
+    print(report.console_summary(results))
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _check_answers(cases: list[Case]) -> None:
+    """One request per case before measuring: a case that cannot answer 200 is a bug here."""
+    with httpx.Client(timeout=30.0) as client:
+        for case in cases:
+            body = case.bodies[0].replace(PLACEHOLDER, f"check-{case.key}")
+            resp = client.post(case.url, content=body,
+                               headers={"content-type": "application/json"})
+            if resp.status_code != 200:
+                raise RuntimeError(f"{case.key}: {resp.status_code} {resp.text[:500]}")
+            if case.check_degraded and '"degraded":true' in resp.text:
+                raise RuntimeError(f"{case.key}: degraded answer {resp.text[:500]}")
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        log("interrupted; every process started was stopped")
+        sys.exit(130)
