@@ -12,7 +12,7 @@ from fastapi import Depends, Request
 from vigil_encoder.dataplane import Encoder
 
 
-def get_encoder(request: Request) -> Encoder:
+async def get_encoder(request: Request) -> Encoder:
     return request.app.state.encoder
 
 

@@ -28,18 +28,18 @@ class Services:
     store: DecisionStore
 
 
-def _services(request: Request) -> Services:
+async def _services(request: Request) -> Services:
     services = getattr(request.app.state, "services", None)
     if services is None:
         raise NotReady("the gateway is starting up or shutting down")
     return services
 
 
-def _scoring(services: Annotated[Services, Depends(_services)]) -> ScoringService:
+async def _scoring(services: Annotated[Services, Depends(_services)]) -> ScoringService:
     return services.scoring
 
 
-def _settings(request: Request) -> GatewaySettings:
+async def _settings(request: Request) -> GatewaySettings:
     return request.app.state.settings
 
 

@@ -12,7 +12,7 @@ from fastapi import Depends, Request
 from vigil_predictor.dataplane import DataPlane
 
 
-def get_dataplane(request: Request) -> DataPlane:
+async def get_dataplane(request: Request) -> DataPlane:
     return request.app.state.dataplane
 
 
