@@ -84,6 +84,7 @@ async def measure(spec: dict[str, Any]) -> dict[str, Any]:
     runtime = XGBoostRuntime(Path(spec["model_dir"]), name=spec["model_name"],
                              version=spec["model_version"], nthread=1)
     assert runtime.load(), runtime.error
+    suspicious = runtime.info.thresholds["suspicious"]  # as the gateway asks: explain flagged rows
     booster = runtime._booster  # the very booster the predictor serves
     client = redis.Redis.from_url(spec["redis_url"])
 
@@ -109,13 +110,14 @@ async def measure(spec: dict[str, Any]) -> dict[str, Any]:
         async def dataplanes() -> None:
             encoded = await encoder.encode(request)
             features = np.array([r["values"] for r in encoded["rows"]], dtype=np.float32)
-            runtime.predict(features, contributions=True)
+            runtime.predict(features, contributions=True, contributions_min_score=suspicious)
 
         out[f"raw_redis_predict_{n}"] = _time_sync(raw, n, seconds)
         out[f"encoder_dataplane_{n}"] = await _time_async(encode, n, seconds)
         out[f"predict_score_{n}"] = _time_sync(lambda: runtime.predict(matrix), n, seconds)
         out[f"predict_contrib_{n}"] = _time_sync(
-            lambda: runtime.predict(matrix, contributions=True), n, seconds)
+            lambda: runtime.predict(matrix, contributions=True,
+                                    contributions_min_score=suspicious), n, seconds)
         out[f"dataplanes_{n}"] = await _time_async(dataplanes, n, seconds)
     await store.close()
     client.close()

@@ -93,7 +93,7 @@ def _chunks(items: list[Any], size: int, count: int) -> list[list[Any]]:
     return [[items[(k * size + i) % len(items)] for i in range(size)] for k in range(count)]
 
 
-def build_payloads(txs: list[dict[str, Any]], encoder_url: str) -> dict[str, Any]:
+def build_payloads(txs: list[dict[str, Any]], encoder_url: str, predictor_url: str) -> dict[str, Any]:
     """Every case's bodies from the same transactions: business, encoder, Feast and V2 forms."""
     from vigil_contracts.api import Transaction
     from vigil_contracts.request_features import REQUEST_FIELDS
@@ -105,6 +105,9 @@ def build_payloads(txs: list[dict[str, Any]], encoder_url: str) -> dict[str, Any
     vectors: list[list[float | None]] = []
     contract = names = None
     with httpx.Client(timeout=30.0) as client:
+        meta = client.get(f"{predictor_url}/v2/models/fraud_detector")
+        meta.raise_for_status()
+        suspicious = meta.json()["parameters"]["thresholds"]["suspicious"]
         for start in range(0, len(rows), 1000):
             resp = client.post(f"{encoder_url}/v1/encode", json={
                 "feature_service": FEATURE_SERVICE, "rows": rows[start:start + 1000]})
@@ -126,8 +129,10 @@ def build_payloads(txs: list[dict[str, Any]], encoder_url: str) -> dict[str, Any
         body: dict[str, Any] = {"inputs": [{
             "name": "features", "datatype": "FP32", "shape": [len(chunk), width],
             "data": [v for vec in chunk for v in vec]}]}
-        if gateway_like:  # what the gateway sends: contract check, score and contributions
-            body["parameters"] = {"feature_contract": contract}
+        if gateway_like:  # what the gateway asks: contract check, score, contributions of
+            # the rows its thresholds will flag (it sends binary tensors; this is the JSON form)
+            body["parameters"] = {"feature_contract": contract,
+                                  "contributions_min_score": suspicious}
             body["outputs"] = [{"name": "score"}, {"name": "contributions"}]
         return json.dumps(body)
 
@@ -178,7 +183,7 @@ def define_cases(plan: Plan, urls: dict[str, str], p: dict[str, Any]) -> list[Ca
         Case("predictor_100", "Vigil predictor alone: V2 infer, 100 rows", "vigil",
              f"{pred}{v2}", p["v2_100"], 100, (), bc),
         Case("predictor_1000_contrib", "Vigil predictor alone: V2 infer, 1000 rows, score + "
-             "contributions (the gateway's call)", "vigil", f"{pred}{v2}",
+             "contributions of flagged rows (the gateway's call, in JSON)", "vigil", f"{pred}{v2}",
              p["v2_1000_gateway"], 1000, (), bc[:1]),
         Case("feast_1", "peer: feast serve /get-online-features, 1 row", "peer",
              f"{urls['feast serve']}/get-online-features", p["feast_1"], 1, r, c),
@@ -534,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         results["rss_idle_mb"] = {n: procs.rss_bytes(pid) / 1e6 for n, pid in pids.items()}
 
         txs = sample_transactions(world, 2000, seed=7)
-        payloads = build_payloads(txs, urls["encoder"])
+        payloads = build_payloads(txs, urls["encoder"], urls["predictor"])
         results["feature_width"] = payloads["width"]
         cases = define_cases(plan, urls, payloads)
         _check_answers(cases)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -24,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from vigil_contracts.encoding import EncodeRequest
 from vigil_contracts.feature_contract import feature_contract_hash
@@ -148,15 +149,29 @@ class EncoderStandIn:
         return {"values": values, "missing": missing, "stale": stale_flags, "age_seconds": ages}
 
 
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+def fp32(value: float) -> float:
+    return struct.unpack("<f", struct.pack("<f", value))[0]
+
+
 @dataclass
 class PredictorStandIn:
-    """A V2 server whose model is ``sigmoid(BIAS + sum(WEIGHTS * x))`` (missing x counts 0)."""
+    """A V2 server whose model is ``sigmoid(BIAS + sum(WEIGHTS * x))`` (missing x counts 0).
+
+    Like the real predictor it reads JSON or binary (FP32) inputs, answers each output in JSON or
+    binary as asked (``answer_json`` forces JSON) and explains only the rows scoring at least
+    ``contributions_min_score`` (NaN contributions for the others).
+    """
 
     version: str = "3"
     fail_status: int | None = None
+    fail_versioned_status: int | None = None  # fails only calls to /versions/{v}/infer
     metadata_down: bool = False
     delay_s: float = 0.0
     contract: str = CONTRACT
+    answer_json: bool = False
     calls: list[dict[str, Any]] = field(default_factory=list)
     metadata_calls: list[str | None] = field(default_factory=list)
 
@@ -190,31 +205,54 @@ class PredictorStandIn:
         }
 
     async def infer(self, name: str, request: Request, version: str | None = None) -> Any:
-        body = await request.json()
-        self.calls.append({"request_id": request.headers.get("x-request-id"), "body": body,
-                           "version": version})
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
-        if self.fail_status:
-            return problem(self.fail_status, "model-not-ready", "down")
-        if body["parameters"]["feature_contract"] != self.contract:
-            return problem(400, "feature-contract-mismatch", "wrong order")
+        content = await request.body()
+        header_length = request.headers.get(HEADER_LENGTH)
+        body = json.loads(content if header_length is None else content[:int(header_length)])
         tensor = body["inputs"][0]
         n, width = tensor["shape"]
+        if header_length is None:
+            data = tensor["data"]
+        else:
+            raw = content[int(header_length):]
+            assert tensor["parameters"]["binary_data_size"] == len(raw) == n * width * 4
+            data = [None if math.isnan(v) else v for v in struct.unpack(f"<{n * width}f", raw)]
+        self.calls.append({"request_id": request.headers.get("x-request-id"), "body": body,
+                           "data": data, "version": version})
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.fail_status or (version and self.fail_versioned_status):
+            return problem(self.fail_status or self.fail_versioned_status, "model-not-ready", "down")
+        if body["parameters"]["feature_contract"] != self.contract:
+            return problem(400, "feature-contract-mismatch", "wrong order")
         assert width == len(FEATURES) and tensor["datatype"] == "FP32"
-        scores, contributions = [], []
+        min_score = body["parameters"].get("contributions_min_score")
+        values: dict[str, list[float]] = {"score": [], "contributions": []}
         for i in range(n):
-            row = tensor["data"][i * width:(i + 1) * width]
+            row = data[i * width:(i + 1) * width]
             contrib = [w * (x if x is not None else 0.0) for w, x in zip(WEIGHTS, row)]
-            scores.append(1.0 / (1.0 + math.exp(-(BIAS + sum(contrib)))))
-            contributions.extend(contrib + [BIAS])
-        return {
-            "model_name": name, "model_version": version or self.version, "id": body.get("id"),
-            "outputs": [
-                {"name": "score", "datatype": "FP32", "shape": [n], "data": scores},
-                {"name": "contributions", "datatype": "FP32", "shape": [n, width + 1], "data": contributions},
-            ],
-        }
+            score = fp32(1.0 / (1.0 + math.exp(-(BIAS + sum(contrib)))))
+            values["score"].append(score)
+            if min_score is not None and score < min_score:
+                values["contributions"].extend([math.nan] * (width + 1))
+            else:
+                values["contributions"].extend(contrib + [BIAS])
+        shapes = {"score": [n], "contributions": [n, width + 1]}
+        outputs, chunks = [], []
+        for output in body.get("outputs") or [{"name": "score"}]:
+            out = {"name": output["name"], "datatype": "FP32", "shape": shapes[output["name"]]}
+            flat = values[output["name"]]
+            if output.get("parameters", {}).get("binary_data") and not self.answer_json:
+                chunks.append(struct.pack(f"<{len(flat)}f", *flat))
+                out["parameters"] = {"binary_data_size": len(chunks[-1])}
+            else:
+                out["data"] = [None if math.isnan(v) else v for v in flat]
+            outputs.append(out)
+        header = json.dumps({"model_name": name, "model_version": version or self.version,
+                             "id": body.get("id"), "outputs": outputs}).encode()
+        if not chunks:
+            return Response(header, media_type="application/json")
+        return Response(header + b"".join(chunks), media_type="application/octet-stream",
+                        headers={HEADER_LENGTH: str(len(header))})
 
 
 def expected_score(x: dict[str, float]) -> float:
@@ -346,13 +384,20 @@ async def test_scores_a_legitimate_transaction(stack: Stack) -> None:
     assert answer["score"] == pytest.approx(expected, abs=1e-5)
     assert answer["model"] == {"name": MODEL, "version": "3"}
     assert answer["degraded"] is False and answer["cached"] is False
-    assert answer["reasons"][0]["code"] == "NO_RISK_SIGNAL"
-    assert len(answer["reasons"]) <= 3
-    # The predictor got exactly one row in the model's feature order, with the contract.
+    # not_fraud carries "no risk signal" alone (it used to list what lowered the score too).
+    assert codes(answer) == ["NO_RISK_SIGNAL"]
+    # The predictor got exactly one row in the model's feature order, with the contract, as a
+    # binary FP32 tensor; contributions are asked for rows at or above `suspicious` only.
     [call] = stack.predictor.calls
-    assert call["body"]["parameters"]["feature_contract"] == CONTRACT
-    assert call["body"]["inputs"][0]["shape"] == [1, len(FEATURES)]
+    assert call["body"]["parameters"] == {
+        "feature_contract": CONTRACT, "contributions_min_score": THRESHOLDS["3"]["suspicious"],
+    }
+    tensor = call["body"]["inputs"][0]
+    assert tensor["shape"] == [1, len(FEATURES)] and "data" not in tensor
+    assert tensor["parameters"]["binary_data_size"] == 4 * len(FEATURES)
+    assert call["data"] == [None if v is None else pytest.approx(v) for v in stack.encoder.calls[0]["encoded"][0]["values"]]
     assert {o["name"] for o in call["body"]["outputs"]} == {"score", "contributions"}
+    assert all(o["parameters"]["binary_data"] is True for o in call["body"]["outputs"])
 
 
 async def test_request_fields_and_entities_follow_the_shared_mapping(stack: Stack) -> None:
@@ -413,6 +458,65 @@ async def test_a_new_model_version_is_labelled_with_its_own_thresholds(stack: St
             break
         await asyncio.sleep(0.01)
     assert stack.app.state.services.catalog.current.version == "4"
+
+
+def gap_txn(**overrides: Any) -> dict[str, Any]:
+    """Scores 0.4875: not_fraud by version 3's thresholds, highly_suspicious by version 4's."""
+    return txn(**{"amount": 400.0, "country": "FR", **overrides})
+
+
+async def test_only_flagged_transactions_are_explained(stack: Stack) -> None:
+    items = [txn(), fraud_txn(), suspicious_txn(), txn(amount=60.0)]
+    response = await stack.client.post("/v1/transactions/score-batch", json={"transactions": items})
+    answers = [r["result"] for r in response.json()["results"]]
+    assert [a["label"] for a in answers] == ["not_fraud", "highly_suspicious", "suspicious", "not_fraud"]
+    for answer in answers:
+        if answer["label"] == "not_fraud":
+            assert codes(answer) == ["NO_RISK_SIGNAL"]
+        else:
+            assert all(r["feature"] and r["contribution"] > 0 for r in answer["reasons"])
+    [call] = stack.predictor.calls
+    assert call["body"]["parameters"]["contributions_min_score"] == THRESHOLDS["3"]["suspicious"]
+
+
+async def test_a_version_that_flags_lower_still_explains_what_it_flags(stack: Stack) -> None:
+    before = (await stack.score(gap_txn())).json()
+    assert before["label"] == "not_fraud" and codes(before) == ["NO_RISK_SIGNAL"]
+    # The default moves to version 4 (suspicious from 0.3) while the gateway still asks with
+    # version 3's threshold (0.5): the first answer leaves this 0.49 score unexplained.
+    stack.predictor.version = "4"
+    stack.predictor.calls.clear()
+    after = (await stack.score(gap_txn())).json()
+    assert after["model"]["version"] == "4" and after["label"] == "highly_suspicious"
+    assert after["score"] == pytest.approx(before["score"])
+    first, second = stack.predictor.calls
+    assert first["version"] is None and first["body"]["parameters"]["contributions_min_score"] == 0.5
+    # ... so the gateway asks that very version to explain it.
+    assert second["version"] == "4" and "contributions_min_score" not in second["body"]["parameters"]
+    assert [(r["code"], r["contribution"]) for r in after["reasons"]] == [
+        ("AMOUNT_HIGH_FOR_CARD", 2.0), ("COUNTRY_MISMATCH", 1.6), ("DEVICE_MANY_CARDS", 0.6),
+    ]
+
+
+async def test_a_failed_explanation_keeps_the_score_and_label(stack: Stack) -> None:
+    stack.predictor.version = "4"
+    stack.predictor.fail_versioned_status = 503
+    answer = (await stack.score(gap_txn())).json()
+    assert answer["degraded"] is False
+    assert answer["label"] == "highly_suspicious" and answer["model"]["version"] == "4"
+    assert codes(answer) == ["MODEL_BASELINE"]
+    assert len(stack.predictor.calls) == 2
+
+
+async def test_json_answers_of_the_predictor_are_read_alike(stack: Stack) -> None:
+    items = [txn(), fraud_txn(), suspicious_txn()]
+    binary = (await stack.client.post("/v1/transactions/score-batch", json={"transactions": items})).json()
+    stack.predictor.answer_json = True
+    fresh = [{**item, "transaction_id": item["transaction_id"] + "-json"} for item in items]
+    as_json = (await stack.client.post("/v1/transactions/score-batch", json={"transactions": fresh})).json()
+    for a, b in zip(binary["results"], as_json["results"]):
+        for key in ("label", "score", "reasons", "model", "degraded"):
+            assert a["result"][key] == b["result"][key]
 
 
 async def test_pinned_version_is_what_is_asked_for(redis_url: str) -> None:
@@ -937,7 +1041,13 @@ async def test_with_the_real_predictor(redis_url: str, tmp_path) -> None:
         assert answer["model"] == {"name": MODEL, "version": "1"}
         assert answer["score"] == pytest.approx(float(score), abs=1e-5)
         assert answer["label"] == label_for_score(answer["score"], {"suspicious": 0.3, "highly_suspicious": 0.7})
+        if answer["label"] == "not_fraud":
+            assert codes(answer) == ["NO_RISK_SIGNAL"]
+            continue
+        # Flagged: explained by XGBoost's own contributions, the largest first.
+        assert answer["reasons"][0]["contribution"] == pytest.approx(float(max(row_contribs[:-1])), abs=1e-3)
         for reason in answer["reasons"]:
             if reason["feature"] is not None:
                 i = FEATURES.index(reason["feature"])
                 assert reason["contribution"] == pytest.approx(float(row_contribs[i]), abs=1e-3)
+    assert {a["label"] for a in answers} >= {"not_fraud", "highly_suspicious"}, answers

@@ -1,11 +1,16 @@
 """The gateway's plain modules on their own: the business API models, settings, the serving
-policy, payload hashing and the reason sentences. No app, no network."""
+policy, payload hashing, the reason sentences and the predictor's wire format. No app, no
+network."""
 
 from __future__ import annotations
 
+import json
+import math
+import struct
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import ValidationError
 from vigil_contracts.api import BatchItemResult, Transaction
@@ -14,8 +19,11 @@ from vigil_contracts.problems import Problem
 from vigil_contracts.request_features import OUTPUT_FEATURES
 
 from vigil_gateway.decisions import payload_hash
+from vigil_gateway.errors import DownstreamError
+from vigil_gateway.metrics import GatewayMetrics
 from vigil_gateway.model_metadata import ServingPolicy, is_stored
 from vigil_gateway.policy import FEATURES_MISSING, FEATURES_STALE, policy_verdict, stored_mask
+from vigil_gateway.predictor_client import PredictorClient, decode_outputs, encode_request, split_rows
 from vigil_gateway.reasons import TEMPLATES, Context, describe, explain
 from vigil_gateway.settings import GatewaySettings
 
@@ -204,10 +212,109 @@ def test_explain_orders_dedupes_and_caps() -> None:
     assert [r.code for r in reasons] == ["CARD_VELOCITY_1H", "NEW_DEVICE", "COUNTRY_MISMATCH"]
     assert reasons[0].feature == "card_stats__card_txn_count_1h" and reasons[0].value == 6.0
 
-    safe = explain("not_fraud", names, values, contributions,
-                   currency="EUR", device_present=True, max_reasons=3)
-    assert [r.code for r in safe] == ["NO_RISK_SIGNAL", "DAYTIME"]
-    assert safe[1].contribution == -0.3
+    # not_fraud is "no risk signal" alone: no contributions are fetched for it (and any that
+    # came would not be listed).
+    for given in (contributions, None):
+        safe = explain("not_fraud", names, values, given,
+                       currency="EUR", device_present=True, max_reasons=3)
+        assert [(r.code, r.feature) for r in safe] == [("NO_RISK_SIGNAL", None)]
 
     flat = explain("suspicious", names, values, [0.0] * 6, currency="EUR", device_present=True, max_reasons=3)
     assert [r.code for r in flat] == ["MODEL_BASELINE"]
+    # A flagged transaction the predictor did not explain still gets a reason.
+    unexplained = explain("suspicious", names, values, None, currency="EUR", device_present=True, max_reasons=3)
+    assert [r.code for r in unexplained] == ["MODEL_BASELINE"]
+
+
+# --- the predictor's wire format (V2 binary tensors) ------------------------------------------
+
+
+def test_features_are_sent_as_little_endian_fp32_with_nan_for_missing() -> None:
+    rows = [[1.5, None, -2.0], [0.1, 1e39, 3.0]]
+    content, headers = encode_request(rows, request_id="r-1", feature_contract="sha256:x",
+                                      contributions_min_score=0.25)
+    length = int(headers["Inference-Header-Content-Length"])
+    assert headers["content-type"] == "application/octet-stream"
+    header = json.loads(content[:length])
+    assert header["id"] == "r-1"
+    assert header["parameters"] == {"feature_contract": "sha256:x", "contributions_min_score": 0.25}
+    [tensor] = header["inputs"]
+    assert tensor["shape"] == [2, 3] and tensor["datatype"] == "FP32" and "data" not in tensor
+    assert tensor["parameters"] == {"binary_data_size": 24} == {"binary_data_size": len(content) - length}
+    assert [o["name"] for o in header["outputs"]] == ["score", "contributions"]
+    assert all(o["parameters"] == {"binary_data": True} for o in header["outputs"])
+    values = struct.unpack("<6f", content[length:])
+    assert values[0] == 1.5 and math.isnan(values[1]) and values[2] == -2.0
+    assert values[3] == struct.unpack("<f", struct.pack("<f", 0.1))[0]
+    assert values[4] == math.inf  # out of FP32 range: the predictor refuses it, as it did in JSON
+    # Without a threshold the predictor explains every row.
+    content, headers = encode_request(rows, request_id="r", feature_contract="c", contributions_min_score=None)
+    assert "contributions_min_score" not in json.loads(content[:int(headers["Inference-Header-Content-Length"])])["parameters"]
+
+
+def _binary_answer(outputs: dict[str, tuple[list[int], list[float]]]) -> tuple[bytes, str]:
+    chunks = [struct.pack(f"<{len(flat)}f", *flat) for _, flat in outputs.values()]
+    header = json.dumps({"model_name": "m", "model_version": "1", "outputs": [
+        {"name": name, "datatype": "FP32", "shape": shape, "parameters": {"binary_data_size": len(chunk)}}
+        for (name, (shape, _)), chunk in zip(outputs.items(), chunks)
+    ]}).encode()
+    return header + b"".join(chunks), str(len(header))
+
+
+def test_binary_and_json_answers_decode_alike() -> None:
+    scores = [0.25, 0.75]
+    contributions = [math.nan] * 4 + [0.5, -0.25, 1.0, -3.0]
+    content, length = _binary_answer({"score": ([2], scores), "contributions": ([2, 4], contributions)})
+    body, outputs = decode_outputs(content, length)
+    assert body["model_version"] == "1"
+    assert list(outputs["score"]) == scores
+    assert split_rows(outputs["contributions"], 2, 4) == [None, [0.5, -0.25, 1.0, -3.0]]
+    as_json = json.dumps({"model_name": "m", "model_version": "1", "outputs": [
+        {"name": "score", "datatype": "FP32", "shape": [2], "data": scores},
+        {"name": "contributions", "datatype": "FP32", "shape": [2, 4],
+         "data": [[None] * 4, [0.5, -0.25, 1.0, -3.0]]},
+    ]}).encode()
+    _, from_json = decode_outputs(as_json, None)
+    assert list(from_json["score"]) == scores
+    assert split_rows(from_json["contributions"], 2, 4) == [None, [0.5, -0.25, 1.0, -3.0]]
+
+
+@pytest.mark.parametrize("damage", ["short", "trailing", "length-beyond-body", "not-fp32"])
+def test_malformed_binary_answers_are_refused(damage: str) -> None:
+    content, length = _binary_answer({"score": ([2], [0.25, 0.75])})
+    if damage == "short":
+        content = content[:-1]
+    elif damage == "trailing":
+        content += b"\0\0\0\0"
+    elif damage == "length-beyond-body":
+        length = str(len(content) + 1)
+    else:
+        content = content.replace(b'"FP32"', b'"FP64"')
+    with pytest.raises(ValueError):
+        decode_outputs(content, length)
+
+
+def _json_answer(scores: Any, contributions: Any) -> bytes:
+    return json.dumps({"model_name": "m", "model_version": "1", "outputs": [
+        {"name": "score", "datatype": "FP32", "shape": [2], "data": scores},
+        {"name": "contributions", "datatype": "FP32", "shape": [2, 4], "data": contributions},
+    ]}).encode()
+
+
+@pytest.mark.parametrize("content,length", [
+    (b"not json", None),
+    (b'{"outputs": ["score"]}', None),
+    (b'{"model_name": "m", "model_version": "1", "outputs": []}', None),
+    (_json_answer([0.5, 1.5], [0.0] * 8), None),  # a score outside [0, 1]
+    (_json_answer([0.5, None], [0.0] * 8), None),  # a missing score
+    (_json_answer([0.5], [0.0] * 8), None),  # one score for two rows
+    (_json_answer([0.5, 0.5], [0.0] * 7), None),
+    (_binary_answer({"score": ([2], [0.5, 0.5])})[0], "9999"),
+], ids=["not-json", "outputs-not-objects", "no-outputs", "score-above-one", "score-null",
+        "too-few-scores", "too-few-contributions", "bad-header-length"])
+def test_answers_that_are_not_v2_are_invalid_responses(content: bytes, length: str | None) -> None:
+    client = PredictorClient(None, GatewayMetrics(), 1.0)  # type: ignore[arg-type]  # no HTTP here
+    headers = {} if length is None else {"Inference-Header-Content-Length": length}
+    with pytest.raises(DownstreamError) as caught:
+        client._decode(httpx.Response(200, content=content, headers=headers), 2, 3)
+    assert caught.value.kind == "invalid_response"

@@ -366,6 +366,75 @@ async def test_contributions_sum_to_the_margin(client, boosters) -> None:
     np.testing.assert_allclose(output(body, "score"), xgb_scores(boosters["2"], x), atol=1e-6)
 
 
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+async def test_contributions_only_for_rows_scoring_at_least_the_min_score(
+    client, boosters, binary: bool
+) -> None:
+    x = rows(40, seed=16, missing=0.2)
+    matrix = xgb.DMatrix(x, missing=np.nan, feature_names=FEATURE_NAMES)
+    expected_scores = boosters["2"].predict(matrix)
+    expected_contribs = boosters["2"].predict(matrix, pred_contribs=True)
+    # A threshold equal to one row's own score: ">=" must keep that row.
+    threshold = float(np.sort(expected_scores)[25])
+    parameters = {"contributions_min_score": threshold}
+    if binary:
+        flag = {"parameters": {"binary_data": True}}
+        content, headers = binary_request(
+            x, outputs=[{"name": "score", **flag}, {"name": "contributions", **flag}],
+            parameters=parameters,
+        )
+        response = await client.post(INFER, content=content, headers=headers)
+        assert response.status_code == 200, response.text
+        out = decode_binary_response(response)
+        score, contributions = out["score"], out["contributions"]
+    else:
+        request = json_request(
+            x, outputs=[{"name": "score"}, {"name": "contributions"}], parameters=parameters
+        )
+        response = await client.post(INFER, json=request)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        score, contributions = output(body, "score"), output(body, "contributions")
+        data = next(o["data"] for o in body["outputs"] if o["name"] == "contributions")
+        assert (None in data) and all(v is None or isinstance(v, float) for v in data)
+    np.testing.assert_allclose(score, expected_scores, atol=1e-6)
+    explained = score.astype(np.float64) >= threshold
+    assert explained.sum() == 15
+    assert contributions.shape == (40, N_FEATURES + 1)
+    np.testing.assert_allclose(contributions[explained], expected_contribs[explained], atol=1e-6)
+    assert np.isnan(contributions[~explained]).all()
+
+
+async def test_min_score_bounds_explain_every_row_or_none(client, boosters) -> None:
+    x = rows(6, seed=17)
+    both = [{"name": "score"}, {"name": "contributions"}]
+    body = (await client.post(
+        INFER, json=json_request(x, outputs=both, parameters={"contributions_min_score": 0})
+    )).json()
+    matrix = xgb.DMatrix(x, missing=np.nan, feature_names=FEATURE_NAMES)
+    np.testing.assert_allclose(
+        output(body, "contributions"), boosters["2"].predict(matrix, pred_contribs=True), atol=1e-6
+    )
+    body = (await client.post(
+        INFER, json=json_request(x, outputs=both, parameters={"contributions_min_score": 1.0})
+    )).json()
+    assert np.isnan(output(body, "contributions")).all()
+    np.testing.assert_allclose(output(body, "score"), xgb_scores(boosters["2"], x), atol=1e-6)
+    # Without contributions asked for, the parameter changes nothing.
+    body = (await client.post(
+        INFER, json=json_request(x, parameters={"contributions_min_score": 0.5})
+    )).json()
+    assert [o["name"] for o in body["outputs"]] == ["score"]
+
+
+async def test_json_data_is_each_float32_value_exactly(client, boosters) -> None:
+    x = rows(20, seed=18, missing=0.1)
+    body = (await client.post(INFER, json=json_request(x))).json()
+    expected = np.asarray(xgb_scores(boosters["2"], x), dtype=np.float32)
+    [score] = body["outputs"]
+    assert score["data"] == [float(v) for v in expected]
+
+
 async def test_only_contributions_when_only_they_are_asked(client) -> None:
     body = (
         await client.post(INFER, json=json_request(rows(2), outputs=[{"name": "contributions"}]))
@@ -407,6 +476,20 @@ async def test_gzip_request_body(client, boosters) -> None:
     np.testing.assert_allclose(
         output(response.json(), "score"), xgb_scores(boosters["2"], x), atol=1e-6
     )
+
+
+async def test_json_that_only_the_standard_library_reads_is_still_accepted(client, boosters) -> None:
+    # NaN literals (what Python's json.dumps writes for a NaN) mean missing, as they always did.
+    x = rows(1, seed=19)
+    x[0, 3] = np.nan
+    content = json.dumps(
+        {"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, N_FEATURES],
+                     "data": [float(v) for v in x[0]]}]}
+    ).encode()
+    assert b"NaN" in content
+    response = await client.post(INFER, content=content, headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text
+    np.testing.assert_allclose(output(response.json(), "score"), xgb_scores(boosters["2"], x), atol=1e-6)
 
 
 # the feature contract
@@ -453,6 +536,10 @@ BAD_REQUESTS = {
     "unknown-output": json_request(rows(2), outputs=[{"name": "probability"}]),
     "duplicate-output": json_request(rows(2), outputs=[{"name": "score"}, {"name": "score"}]),
     "contract-not-string": json_request(rows(2), parameters={"feature_contract": 1}),
+    "min-score-string": json_request(rows(2), parameters={"contributions_min_score": "0.5"}),
+    "min-score-bool": json_request(rows(2), parameters={"contributions_min_score": True}),
+    "min-score-above-one": json_request(rows(2), parameters={"contributions_min_score": 1.5}),
+    "min-score-negative": json_request(rows(2), parameters={"contributions_min_score": -0.1}),
 }
 
 

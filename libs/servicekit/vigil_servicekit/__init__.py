@@ -8,6 +8,7 @@
 - ``errors`` and ``handlers``: the problem+json error root and the handlers that render it (and
   framework errors, and unexpected exceptions) as RFC 9457 problem details.
 - ``deps``: dependency aliases for what the middleware and the app factory provide.
+- ``json_body``: ``OrjsonRoute``, a route class whose JSON request bodies orjson parses.
 - ``wiring``: ``wire(app, ...)``, the one call an app factory makes for the handlers, the middleware and
   the metrics dependency.
 

@@ -1,7 +1,7 @@
 """The encoder's data plane: keys + request fields in, ordered feature vectors out.
 
-Free of any HTTP framework: routes in ``rest.py`` hand it parsed requests and return what it
-gives back; every failure is an ``EncoderError``.
+Free of any HTTP framework: routes in ``rest.py`` hand it parsed requests (rows as plain dicts)
+and return what it gives back; every failure is an ``EncoderError``.
 
 One batch is one pipelined Redis round trip: an HMGET per distinct (entity, view), reading the
 fields Feast wrote for the view (the service's features and its on-demand inputs) and the view's
@@ -13,7 +13,6 @@ saw, since Feast's point-in-time join drops rows older than the TTL.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from vigil_contracts.encoding import EncodeRequest
 from vigil_encoder.errors import EncoderNotReady, FeatureServiceNotFound, SpecError, TooManyRows
 from vigil_encoder.feast_values import decode_timestamp, decode_values
 from vigil_encoder.metrics import EncoderMetrics
-from vigil_encoder.plan import ServicePlan, ViewPlan, load_plans
+from vigil_encoder.plan import ServicePlan, load_plans
 from vigil_encoder.store import OnlineStore
 from vigil_encoder.validation import check_rows
 
@@ -35,50 +34,70 @@ HIT, MISS, STALE = "hit", "miss", "stale"
 
 @dataclass(slots=True)
 class ViewRead:
-    """One (entity, view) as read, with its part of the output vector ready to concatenate.
+    """One (entity, view) as read, with its parts of the output vectors ready to concatenate.
 
-    ``values`` are all the view's decoded fields (what on-demand views read), None when the
-    entity is missing or its row is stale; the ``chunk_*`` lists are the vector entries of the
-    view's features in the service's order.
+    ``od_inputs[j]`` is what on-demand view ``j`` reads from this view, by short name (None
+    where the entity is missing or its row is stale); the ``chunk_*`` lists are the vector
+    entries of the view's features in the service's order. A row's ``missing`` flags are
+    computed from its values (missing is exactly "no value"), so they are not kept here.
     """
 
-    values: list[Any] | None
+    od_inputs: tuple[dict[str, Any], ...]
     chunk_values: list[float | None]
-    chunk_missing: list[bool]
-    chunk_stale: list[bool]
     chunk_ages: list[float | None]
+    chunk_stale: list[bool]
+    stale: bool
 
 
-def _absent(view: ViewPlan, stale: bool) -> ViewRead:
-    k = len(view.vector_positions)
-    return ViewRead(None, [None] * k, [True] * k, [stale] * k, [None] * k)
+class _Layout:
+    """What assembling rows of one plan needs, computed once per plan (not per row): the reads
+    of an absent entity, the on-demand inputs each view feeds, the all-fresh stale flags."""
+
+    def __init__(self, plan: ServicePlan) -> None:
+        self.plan = plan
+        self.width = len(plan.feature_names)
+        self.od_views = tuple(od.input_views for od in plan.on_demand)
+        self.od_pairs = tuple(
+            tuple(od.view_inputs(v) for od in plan.on_demand) for v in range(len(plan.views))
+        )
+        self.od_fresh = [False] * sum(len(od.vector_outputs) for od in plan.on_demand)
+        self.all_fresh = [False] * self.width
+        self.miss: list[ViewRead] = []
+        self.stale: list[ViewRead] = []
+        for v, view in enumerate(plan.views):
+            k = len(view.vector_positions)
+            nothing = tuple({name: None for _, name in pairs} for pairs in self.od_pairs[v])
+            self.miss.append(ViewRead(nothing, [None] * k, [None] * k, [False] * k, False))
+            self.stale.append(ViewRead(nothing, [None] * k, [None] * k, [True] * k, True))
+        self.fresh_chunks = [[False] * len(view.vector_positions) for view in plan.views]
 
 
-def _number(value: Any) -> float | None:
-    """A vector entry: a finite float, or None for missing (NaN and inf included)."""
-    if value is None:
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
-def _read(view: ViewPlan, reply: list[bytes | None], now: float,
+def _read(layout: _Layout, v: int, reply: list[bytes | None], now: float,
           memo: dict[bytes, Any]) -> tuple[ViewRead, str]:
+    view = layout.plan.views[v]
     ts = decode_timestamp(reply[-1])
     raws = reply[:-1]
     if ts is None and not any(raws):
-        return _absent(view, stale=False), MISS
+        return layout.miss[v], MISS
     age = None if ts is None else max(0.0, now - ts)
     if view.ttl_seconds is not None and age is not None and age > view.ttl_seconds:
-        return _absent(view, stale=True), STALE
+        return layout.stale[v], STALE
     values = decode_values(raws, memo)
-    chunk = [_number(values[p]) for p in view.vector_positions]
+    chunk: list[float | None] = []
+    for p in view.vector_positions:
+        # A vector entry: a finite float, or None for missing (NaN and inf included).
+        value = values[p]
+        if value is not None:
+            value = float(value)
+            if value - value != 0.0:  # NaN or inf
+                value = None
+        chunk.append(value)
     return ViewRead(
-        values,
+        tuple([{name: values[p] for p, name in pairs} for pairs in layout.od_pairs[v]]),
         chunk,
-        [v is None for v in chunk],
-        [False] * len(chunk),
-        [None if v is None else age for v in chunk],
+        [None if x is None else age for x in chunk],
+        layout.fresh_chunks[v],
+        False,
     ), HIT
 
 
@@ -91,6 +110,7 @@ class Encoder:
         self.max_rows = max_rows
         self.plans: dict[str, ServicePlan] | None = None
         self.spec_error: str | None = "not loaded yet"
+        self._layouts: dict[str, _Layout] = {}
 
     # spec
     def load_spec(self) -> bool:
@@ -153,49 +173,62 @@ class Encoder:
 
     # encoding
     async def encode(self, request: EncodeRequest) -> dict[str, Any]:
-        """The response body of ``/v1/encode`` (``vigil_contracts.encoding.EncodeResponse``)."""
-        plan = self.plan(request.feature_service)
-        rows = request.rows
+        """:meth:`encode_rows` of a validated ``EncodeRequest``."""
+        return await self.encode_rows(
+            request.feature_service,
+            [{"entities": row.entities, "request": row.request} for row in request.rows],
+        )
+
+    async def encode_rows(self, feature_service: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """The response body of ``/v1/encode`` (``vigil_contracts.encoding.EncodeResponse``)
+        for rows shaped as ``EncodeRow`` (``{"entities": {...}, "request": {...}}``)."""
+        plan = self.plan(feature_service)
         if len(rows) > self.max_rows:
             raise TooManyRows(
                 f"{len(rows)} rows is more than the {self.max_rows} allowed per request"
             )
         request_values = check_rows(plan, rows)
+        layout = self._layout(plan)
         n = len(rows)
 
         # One HMGET per distinct (entity, view); row_reads[v][i] = index of row i's read of view v.
         commands: list[bytes] = []
-        command_views: list[ViewPlan] = []
+        command_views: list[int] = []
         row_reads: list[list[int]] = []
-        for view in plan.views:
-            redis_key, pack = view.codec.redis_key, view.hmget.pack
-            seen: dict[bytes, int] = {}
+        for v, view in enumerate(plan.views):
+            codec, pack = view.codec, view.hmget.pack
+            single = codec.single_key
+            seen: dict[Any, int] = {}
             indices: list[int] = []
             for row in rows:
-                key = redis_key(row.entities)
-                index = seen.get(key)
+                entities = row["entities"]
+                # Keyed by the entity value itself where there is one join key: a repeated
+                # card or merchant is then not even serialised again.
+                ident = entities[single] if single is not None else codec.redis_key(entities)
+                index = seen.get(ident)
                 if index is None:
-                    index = seen[key] = len(commands)
+                    index = seen[ident] = len(commands)
+                    key = codec.redis_key(entities) if single is not None else ident
                     commands.append(pack(key))
-                    command_views.append(view)
+                    command_views.append(v)
                 indices.append(index)
             row_reads.append(indices)
 
         replies = await self.store.hmget_many(commands)
         now = time.time()
         reads: list[ViewRead] = []
-        tally: dict[tuple[str, str], int] = {}
+        tally: dict[tuple[int, str], int] = {}
         memo: dict[bytes, Any] = {}
-        for view, reply in zip(command_views, replies):
-            read, result = _read(view, reply, now, memo)
+        for v, reply in zip(command_views, replies):
+            read, result = _read(layout, v, reply, now, memo)
             reads.append(read)
-            tally[(view.name, result)] = tally.get((view.name, result), 0) + 1
+            tally[(v, result)] = tally.get((v, result), 0) + 1
 
-        out_rows = [_assemble(plan, request_values[i], [reads[r[i]] for r in row_reads])
+        out_rows = [_assemble(layout, request_values[i], [reads[r[i]] for r in row_reads])
                     for i in range(n)]
 
-        for (view_name, result), count in tally.items():
-            self.metrics.view_reads.labels(view_name, result).inc(count)
+        for (v, result), count in tally.items():
+            self.metrics.view_reads.labels(plan.views[v].name, result).inc(count)
         self.metrics.rows_encoded.labels(plan.name).inc(n)
         return {
             "feature_service": plan.name,
@@ -204,39 +237,51 @@ class Encoder:
             "rows": out_rows,
         }
 
+    def _layout(self, plan: ServicePlan) -> _Layout:
+        layout = self._layouts.get(plan.name)
+        if layout is None or layout.plan is not plan:
+            layout = self._layouts[plan.name] = _Layout(plan)
+        return layout
 
-def _assemble(plan: ServicePlan, request: dict[str, Any],
-              views: list[ViewRead]) -> dict[str, list[Any]]:
+
+def _assemble(layout: _Layout, request: dict[str, Any],
+              views: list[ViewRead]) -> dict[str, Any]:
     """One row's vector from its view reads and request fields, in the service's order."""
     values: list[float | None] = []
-    missing: list[bool] = []
-    stale: list[bool] = []
     ages: list[float | None] = []
+    stale_any = False
     for read in views:
         values += read.chunk_values
-        missing += read.chunk_missing
-        stale += read.chunk_stale
         ages += read.chunk_ages
-    for od in plan.on_demand:
+        stale_any = stale_any or read.stale
+    for j, od in enumerate(layout.plan.on_demand):
         inputs = dict(request)
-        for v, position, name in od.inputs:
-            stored = views[v].values
-            inputs[name] = None if stored is None else stored[position]
+        for v in layout.od_views[j]:
+            inputs.update(views[v].od_inputs[j])
         outputs = od.transform(inputs)
         for name in od.vector_outputs:
-            value = _number(outputs.get(name))
+            value = outputs.get(name)
+            if value is not None:
+                value = float(value)
+                if value - value != 0.0:  # NaN or inf: missing
+                    value = None
             values.append(value)
-            if value is None:
-                missing.append(True)
-                ages.append(None)
-            else:
-                missing.append(False)
-                ages.append(0.0)
-            stale.append(False)
-    order = plan.order
+            ages.append(None if value is None else 0.0)
+    stale: list[bool] = layout.all_fresh
+    if stale_any:
+        stale = []
+        for read in views:
+            stale += read.chunk_stale
+        stale += layout.od_fresh
+    order = layout.plan.order
     if order is not None:
         values = [values[k] for k in order]
-        missing = [missing[k] for k in order]
-        stale = [stale[k] for k in order]
         ages = [ages[k] for k in order]
-    return {"values": values, "missing": missing, "stale": stale, "age_seconds": ages}
+        if stale_any:
+            stale = [stale[k] for k in order]
+    return {
+        "values": values,
+        "missing": [value is None for value in values],
+        "stale": stale,
+        "age_seconds": ages,
+    }

@@ -27,6 +27,7 @@ _INT64 = 4
 
 _U32 = struct.Struct("<I")
 _I64 = struct.Struct("<q")
+_STRING_HEAD = struct.Struct("<II")  # value type, then length
 
 
 def field_name(view: str, feature: str) -> bytes:
@@ -43,7 +44,7 @@ def _value_bytes(value: str | int) -> bytes:
     # bool is an int to Python but has no place in an entity key.
     if isinstance(value, str):
         encoded = value.encode("utf8")
-        return _U32.pack(_STRING) + _U32.pack(len(encoded)) + encoded
+        return _STRING_HEAD.pack(_STRING, len(encoded)) + encoded
     if isinstance(value, int) and not isinstance(value, bool):
         return _U32.pack(_INT64) + _U32.pack(8) + _I64.pack(value)
     raise TypeError(f"entity key values must be str or int, not {type(value).__name__}")
@@ -67,6 +68,8 @@ class EntityKeyCodec:
             parts += [_U32.pack(_STRING), _U32.pack(len(encoded)), encoded]
         self._prefix = b"".join(parts)
         self._project = project.encode("utf-8")
+        #: The join key when there is exactly one (the common case, served by a shorter path).
+        self.single_key: str | None = self.join_keys[0] if len(self.join_keys) == 1 else None
 
     def serialize(self, values: Mapping[str, str | int]) -> bytes:
         """Feast's ``serialize_entity_key`` (version 3) of ``{join key: value}``."""
@@ -74,4 +77,6 @@ class EntityKeyCodec:
 
     def redis_key(self, values: Mapping[str, str | int]) -> bytes:
         """Feast's ``helpers._redis_key``: the serialized entity key, then the project."""
+        if self.single_key is not None:
+            return b"".join((self._prefix, _value_bytes(values[self.single_key]), self._project))
         return self.serialize(values) + self._project

@@ -75,6 +75,15 @@ class OnDemandPlan:
     vector_outputs: tuple[str, ...]
     """Outputs in the output vector, in vector order."""
 
+    @property
+    def input_views(self) -> tuple[int, ...]:
+        """Indices of the views this on-demand view reads, in the order of ``inputs``."""
+        return tuple(dict.fromkeys(v for v, _, _ in self.inputs))
+
+    def view_inputs(self, view: int) -> tuple[tuple[int, str], ...]:
+        """(position in the view's features, short name) of what it reads from ``view``."""
+        return tuple((position, name) for v, position, name in self.inputs if v == view)
+
 
 class ServicePlan:
     """A feature service, ready to encode."""

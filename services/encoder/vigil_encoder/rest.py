@@ -4,19 +4,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Body, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from vigil_contracts.encoding import EncodeRequest, EncodeResponse
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE, Problem
 from vigil_servicekit.deps import MetricsDep
+from vigil_servicekit.json_body import OrjsonRoute
 from vigil_servicekit.request_context import log_fields
 
 from vigil_encoder.deps import EncoderDep
 
 service_router = APIRouter(tags=["service"])
-encoder_router = APIRouter(tags=["encoder"])
+# FastAPI reads the body (content type, JSON errors) with orjson; its shape is checked here.
+encoder_router = APIRouter(tags=["encoder"], route_class=OrjsonRoute)
 # Paths are spelled out in full (no router prefix) because the route's own path is the template
 # that labels metrics and log lines.
 
@@ -41,10 +45,84 @@ async def prometheus_metrics(metrics: MetricsDep) -> Response:
     return Response(metrics.render(), media_type=metrics.content_type)
 
 
-@encoder_router.post("/v1/encode", response_model=EncodeResponse, responses=_PROBLEMS)
-async def encode(body: EncodeRequest, request: Request, encoder: EncoderDep) -> Response:
-    log_fields(request.scope).update(feature_service=body.feature_service, rows=len(body.rows))
-    result = await encoder.encode(body)
+_STRING = frozenset({str})
+_REQUEST_VALUE = frozenset({float, int, str, type(None)})
+
+
+def _plain_rows(body: Any) -> bool:
+    """Whether ``body`` is an ``EncodeRequest`` whose values need no conversion (what any
+    client that sends numbers as numbers sends): then it is used as parsed."""
+    if type(body) is not dict:
+        return False
+    rows = body.get("rows")
+    if type(body.get("feature_service")) is not str or type(rows) is not list or not rows:
+        return False
+    for row in rows:
+        if type(row) is not dict:
+            return False
+        entities, request = row.get("entities"), row.get("request")
+        if type(entities) is not dict or type(request) is not dict:
+            return False
+        if not (set(map(type, entities.values())) <= _STRING
+                and set(map(type, request.values())) <= _REQUEST_VALUE):
+            return False
+    return True
+
+
+def parse_encode_request(body: Any) -> tuple[str, list[dict[str, Any]]]:
+    """``(feature_service, rows)`` of an ``EncodeRequest`` body, each row a plain dict
+    (``{"entities": ..., "request": ...}``).
+
+    A body that is not plainly one is validated by ``EncodeRequest`` itself, so that what it
+    accepts, converts and refuses (and how a refusal names the fields) is exactly pydantic's;
+    pydantic models for a thousand rows would cost more than their encoding.
+    """
+    if _plain_rows(body):
+        return body["feature_service"], body["rows"]
+    try:
+        request = EncodeRequest.model_validate(body, from_attributes=True)  # as FastAPI does
+    except ValidationError as exc:
+        # As FastAPI reports a body that fails its declared model.
+        raise RequestValidationError(
+            [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+        ) from None
+    return request.feature_service, [
+        {"entities": row.entities, "request": row.request} for row in request.rows
+    ]
+
+
+def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic JSON schema with its ``$defs`` inlined (it is embedded in the OpenAPI
+    document, where ``#/$defs/...`` would not resolve)."""
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    return inline(schema)
+
+
+_ENCODE_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": _inline_refs(EncodeRequest.model_json_schema())}},
+    }
+}
+
+
+@encoder_router.post(
+    "/v1/encode", response_model=EncodeResponse, responses=_PROBLEMS, openapi_extra=_ENCODE_BODY_DOC
+)
+async def encode(body: Annotated[Any, Body()], request: Request, encoder: EncoderDep) -> Response:
+    feature_service, rows = parse_encode_request(body)
+    log_fields(request.scope).update(feature_service=feature_service, rows=len(rows))
+    result = await encoder.encode_rows(feature_service, rows)
     # Built as plain lists by the data plane and serialised directly: validating thousands of
     # floats back through EncodeResponse would cost more than the Redis round trip.
     return Response(orjson.dumps(result), media_type="application/json")

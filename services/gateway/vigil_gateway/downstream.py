@@ -3,6 +3,11 @@
 Both the httpx timeouts (per phase: connect, read, ...) and an overall ``asyncio.timeout`` bound a
 call: a server that trickles bytes beats the former but not the latter. Every failure becomes a
 :class:`DownstreamError` with a ``kind``, counted once here.
+
+Each dependency has one shared :class:`DownstreamClient` (an ``httpx.AsyncClient``). A call is
+sent straight to its transport (httpx's connection pool): what the client adds on top (cookie
+jar, redirects, auth, event hooks, merging URLs and headers) is of no use between services and
+cost about a tenth of the gateway's CPU per transaction.
 """
 
 from __future__ import annotations
@@ -14,8 +19,39 @@ from typing import Any
 import httpx
 from vigil_servicekit.request_context import REQUEST_ID_HEADER
 
+from vigil_gateway import http_transport
 from vigil_gateway.errors import DownstreamError
 from vigil_gateway.metrics import GatewayMetrics
+
+
+USER_AGENT = "vigil-gateway"
+
+
+class DownstreamClient(httpx.AsyncClient):
+    """The shared client of one dependency, keeping its transport at hand for :func:`send`."""
+
+    def __init__(self, base_url: str, *, transport: httpx.AsyncBaseTransport, connect_timeout_s: float) -> None:
+        super().__init__(
+            base_url=base_url,
+            transport=transport,
+            timeout=httpx.Timeout(5.0, connect=connect_timeout_s),
+            headers={"user-agent": USER_AGENT},
+            trust_env=False,  # calls bypass the client's proxy mounts: do not read any
+        )
+        self.transport = transport
+        self._urls: dict[str, httpx.URL] = {}
+
+    def url_for(self, path: str) -> httpx.URL:
+        """``path`` under the base URL, as the client would merge it (the base keeps its own
+        path); parsed once, the paths being a handful of routes."""
+        url = self._urls.get(path)
+        if url is None:
+            url = self.base_url.copy_with(
+                raw_path=self.base_url.raw_path + httpx.URL(path).raw_path.lstrip(b"/")
+            )
+            if len(self._urls) < 1024:
+                self._urls[path] = url
+        return url
 
 
 def build_http_client(
@@ -24,15 +60,13 @@ def build_http_client(
     connect_timeout_s: float,
     max_connections: int,
     transport: httpx.AsyncBaseTransport | None = None,
-) -> httpx.AsyncClient:
-    """The one shared client of a dependency; each call sets its own read/write budget."""
-    return httpx.AsyncClient(
-        base_url=base_url,
-        transport=transport,
-        timeout=httpx.Timeout(5.0, connect=connect_timeout_s),
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-        headers={"user-agent": "vigil-gateway"},
-    )
+) -> DownstreamClient:
+    """The one shared client of a dependency (keep-alive pool of ``max_connections``, HTTP/1.1,
+    no retries); each call sets its own read/write budget. ``transport`` replaces the network
+    (tests pass ``httpx.ASGITransport``)."""
+    if transport is None:
+        transport = http_transport.transport(base_url, max_connections=max_connections)
+    return DownstreamClient(base_url, transport=transport, connect_timeout_s=connect_timeout_s)
 
 
 def call_timeout(seconds: float | None, connect_timeout_s: float) -> httpx.Timeout:
@@ -61,10 +95,15 @@ async def send(
     started = time.perf_counter()
     try:
         async with asyncio.timeout(timeout):
-            response = await client.request(
-                method, url, content=content, headers=all_headers,
-                timeout=call_timeout(timeout, connect_timeout_s),
-            )
+            if isinstance(client, DownstreamClient):
+                response = await _send_direct(
+                    client, method, url, content, all_headers, call_timeout(timeout, connect_timeout_s)
+                )
+            else:
+                response = await client.request(
+                    method, url, content=content, headers=all_headers,
+                    timeout=call_timeout(timeout, connect_timeout_s),
+                )
     except (TimeoutError, httpx.TimeoutException) as exc:
         # Only this call's own timeout lands here: an outer budget expiring arrives as
         # cancellation and passes through untouched.
@@ -78,6 +117,27 @@ async def send(
             metrics, downstream, "server_error",
             f"answered {response.status_code}: {problem_detail(response)}",
         )
+    return response
+
+
+async def _send_direct(
+    client: DownstreamClient, method: str, path: str, content: bytes | None,
+    headers: dict[str, str], timeout: httpx.Timeout,
+) -> httpx.Response:
+    """``client.request(...)`` as the transport sees it: the same request (httpx adds Host and
+    Content-Length), the timeouts as its ``timeout`` extension, the body read and the connection
+    handed back to the pool."""
+    headers.setdefault("user-agent", USER_AGENT)
+    request = httpx.Request(
+        method, client.url_for(path), headers=headers, content=content,
+        extensions={"timeout": timeout.as_dict()},
+    )
+    response = await client.transport.handle_async_request(request)
+    response.request = request
+    try:
+        await response.aread()
+    finally:
+        await response.aclose()
     return response
 
 

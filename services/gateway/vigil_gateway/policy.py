@@ -7,13 +7,24 @@ with few missing values must not be trusted on a vector that is mostly holes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-from vigil_contracts.encoding import EncodedRow
+from itertools import compress
+from typing import Protocol
 
 from vigil_gateway.model_metadata import ServingPolicy, is_stored
 
 FEATURES_STALE = "FEATURES_STALE"
 FEATURES_MISSING = "FEATURES_MISSING"
+
+
+class EncodedRow(Protocol):
+    """What the policy reads of an encoded row (``vigil_contracts.encoding.EncodedRow`` or the
+    encoder client's ``EncodedVector``)."""
+
+    @property
+    def missing(self) -> Sequence[bool]: ...
+
+    @property
+    def stale(self) -> Sequence[bool]: ...
 
 
 def stored_mask(feature_names: Sequence[str]) -> list[bool]:
@@ -26,7 +37,7 @@ def policy_verdict(row: EncodedRow, stored: Sequence[bool], policy: ServingPolic
         return FEATURES_STALE
     n_stored = sum(stored)
     if n_stored:
-        missing = sum(1 for is_st, miss in zip(stored, row.missing) if is_st and miss)
+        missing = sum(compress(row.missing, stored))
         if missing / n_stored > policy.max_missing_stored_fraction:
             return FEATURES_MISSING
     return None

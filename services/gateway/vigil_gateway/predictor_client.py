@@ -1,12 +1,20 @@
-"""Client of the predictor, speaking the Open Inference Protocol V2 over REST (JSON tensors).
+"""Client of the predictor, speaking the Open Inference Protocol V2 over REST.
 
-A missing feature is JSON ``null`` in the tensor data (NaN to XGBoost). The request carries the
-encoder's ``feature_contract`` so the predictor can refuse a vector in the wrong order.
+Tensors travel in the V2 binary tensor extension: the features as little-endian FP32 bytes after
+a JSON header (``Inference-Header-Content-Length`` says where it ends), NaN for a missing
+feature, and ``score`` and ``contributions`` asked back the same way, so no float is written or
+parsed as text on this hop. Plain JSON outputs are read too, from any V2 server that answers so.
+The request carries the encoder's ``feature_contract`` so the predictor can refuse a vector in the
+wrong order, and ``contributions_min_score`` so it explains only the rows the gateway will give
+reasons for.
 """
 
 from __future__ import annotations
 
 import math
+import sys
+from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -24,7 +32,19 @@ NAME = "predictor"
 INPUT_NAME = "features"
 SCORE = "score"
 CONTRIBUTIONS = "contributions"
-JSON_HEADERS = {"content-type": "application/json", "accept": "application/json"}
+HEADER_LENGTH = "Inference-Header-Content-Length"
+BINARY_HEADERS = {
+    "content-type": "application/octet-stream",
+    "accept": "application/octet-stream, application/json",
+}
+_BINARY_OUTPUTS = [
+    {"name": SCORE, "parameters": {"binary_data": True}},
+    {"name": CONTRIBUTIONS, "parameters": {"binary_data": True}},
+]
+_NAN = math.nan
+_FP32 = 4  # bytes
+# V2 binary tensors are little-endian; array("f") is the machine's order.
+_SWAP = sys.byteorder != "little"
 
 
 @dataclass(frozen=True)
@@ -32,7 +52,9 @@ class Inference:
     model_name: str
     model_version: str
     scores: list[float]
-    contributions: list[list[float]]  # N rows of F + 1 (the last column is the bias)
+    # N rows of F + 1 (the last column is the bias); None for a row the predictor did not explain
+    # (its score was below the request's contributions_min_score).
+    contributions: list[list[float] | None]
 
 
 def _flatten(data: Any) -> list[Any]:
@@ -47,6 +69,89 @@ def _flatten(data: Any) -> list[Any]:
 def model_path(name: str, version: str | None) -> str:
     path = f"/v2/models/{quote(name, safe='')}"
     return f"{path}/versions/{quote(version, safe='')}" if version else path
+
+
+def encode_request(
+    rows: Sequence[Sequence[float | None]],
+    *,
+    request_id: str,
+    feature_contract: str,
+    contributions_min_score: float | None,
+) -> tuple[bytes, dict[str, str]]:
+    """A V2 binary request: the JSON header, then the ``[N, F]`` features as FP32 bytes."""
+    width = len(rows[0])
+    # A value beyond FP32's range becomes inf, which the predictor refuses (400) as it would
+    # the same number in JSON.
+    values = array("f", [_NAN if v is None else v for row in rows for v in row])
+    if _SWAP:
+        values.byteswap()
+    raw = values.tobytes()
+    parameters: dict[str, Any] = {"feature_contract": feature_contract}
+    if contributions_min_score is not None:
+        parameters["contributions_min_score"] = contributions_min_score
+    header = orjson.dumps({
+        "id": request_id,
+        "parameters": parameters,
+        "inputs": [{
+            "name": INPUT_NAME,
+            "datatype": "FP32",
+            "shape": [len(rows), width],
+            "parameters": {"binary_data_size": len(raw)},
+        }],
+        "outputs": _BINARY_OUTPUTS,
+    })
+    return header + raw, {**BINARY_HEADERS, HEADER_LENGTH: str(len(header))}
+
+
+def _fp32(buffer: bytes | memoryview) -> array[float]:
+    values = array("f")
+    values.frombytes(buffer)
+    if _SWAP:
+        values.byteswap()
+    return values
+
+
+def decode_outputs(
+    content: bytes, header_length: str | None
+) -> tuple[dict[str, Any], dict[str, Sequence[float]]]:
+    """The JSON part of a V2 answer and each output's values, flat (NaN for JSON ``null``).
+
+    Raises ValueError, KeyError, TypeError or AttributeError on anything that is not a
+    well-formed V2 answer.
+    """
+    if header_length is None:
+        body, binary = orjson.loads(content), memoryview(b"")
+    else:
+        length = int(header_length)
+        if not 0 <= length <= len(content):
+            raise ValueError(f"{HEADER_LENGTH} {length} is outside the body")
+        view = memoryview(content)
+        body, binary = orjson.loads(view[:length]), view[length:]
+    values: dict[str, Sequence[float]] = {}
+    offset = 0
+    for output in body["outputs"]:
+        size = (output.get("parameters") or {}).get("binary_data_size")
+        if size is None:
+            values[output["name"]] = [_NAN if v is None else float(v) for v in _flatten(output["data"])]
+            continue
+        if output["datatype"] != "FP32" or not isinstance(size, int) or size % _FP32:
+            raise ValueError(f"output {output['name']!r} is not FP32 binary data")
+        if offset + size > len(binary):
+            raise ValueError(f"output {output['name']!r} runs past the end of the body")
+        values[output["name"]] = _fp32(binary[offset:offset + size])
+        offset += size
+    if offset != len(binary):
+        raise ValueError(f"{len(binary) - offset} bytes after the outputs")
+    return body, values
+
+
+def split_rows(flat: Sequence[float], n: int, step: int) -> list[list[float] | None]:
+    """``n`` rows of ``step`` values; a row whose bias (last value) is NaN was not explained."""
+    out: list[list[float] | None] = []
+    for end in range(step, n * step + 1, step):
+        bias = flat[end - 1]
+        out.append(None if bias != bias else list(flat[end - step:end]))
+    return out
 
 
 class PredictorClient:
@@ -80,38 +185,32 @@ class PredictorClient:
         feature_contract: str,
         request_id: str,
         timeout: float | None,
+        contributions_min_score: float | None = None,
     ) -> Inference:
-        width = len(rows[0])
-        body = {
-            "id": request_id,
-            "parameters": {"feature_contract": feature_contract},
-            "inputs": [{
-                "name": INPUT_NAME,
-                "datatype": "FP32",
-                "shape": [len(rows), width],
-                "data": [value for row in rows for value in row],
-            }],
-            "outputs": [{"name": SCORE}, {"name": CONTRIBUTIONS}],
-        }
+        """Scores for every row; contributions for the rows scoring ``>= contributions_min_score``
+        (every row when it is None)."""
+        content, headers = encode_request(
+            rows, request_id=request_id, feature_contract=feature_contract,
+            contributions_min_score=contributions_min_score,
+        )
         response = await downstream.send(
             self.http, NAME, "POST", model_path(name, version) + "/infer", metrics=self.metrics,
             timeout=timeout, connect_timeout_s=self.connect_timeout_s, request_id=request_id,
-            content=orjson.dumps(body), headers=JSON_HEADERS,
+            content=content, headers=headers,
         )
         if response.status_code != 200:
             if downstream.problem_slug(response) == "feature-contract-mismatch":
                 raise downstream.rejected(self.metrics, NAME, response, FeatureContractMismatch)
             raise downstream.rejected(self.metrics, NAME, response)
-        return self._decode(response, len(rows), width)
+        return self._decode(response, len(rows), len(rows[0]))
 
     def _decode(self, response: httpx.Response, n: int, width: int) -> Inference:
         try:
-            body = orjson.loads(response.content)
-            outputs = {o["name"]: o for o in body["outputs"]}
-            scores = [float(s) for s in _flatten(outputs[SCORE]["data"])]
-            flat = [float(c) for c in _flatten(outputs[CONTRIBUTIONS]["data"])]
+            body, outputs = decode_outputs(response.content, response.headers.get(HEADER_LENGTH))
+            scores = list(outputs[SCORE])
+            flat = outputs[CONTRIBUTIONS]
             model_name, model_version = str(body["model_name"]), str(body["model_version"])
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise downstream.invalid_response(
                 self.metrics, NAME, f"not a V2 answer with score and contributions ({exc!r:.200})"
             ) from exc
@@ -126,7 +225,7 @@ class PredictorClient:
             model_name=model_name,
             model_version=model_version,
             scores=scores,
-            contributions=[flat[i * step:(i + 1) * step] for i in range(n)],
+            contributions=split_rows(flat, n, step),
         )
 
     async def ready(self, timeout: float) -> tuple[bool, str]:

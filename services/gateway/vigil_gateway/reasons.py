@@ -3,8 +3,9 @@
 The model's largest contributions towards its answer are turned into sentences a fraud analyst
 or a merchant can act on ("amount is 8x this card's 30-day average"), using the feature's value
 for this transaction. A flagged transaction is explained by what raised its score; a
-``not_fraud`` one by "no risk signal" and what lowered it. Features without a template get a
-plain generic sentence, so a new feature never breaks an answer.
+``not_fraud`` one says "no risk signal" and nothing more (the gateway asks the predictor for
+contributions of flagged transactions only: they are most of its cost). Features without a
+template get a plain generic sentence, so a new feature never breaks an answer.
 """
 
 from __future__ import annotations
@@ -228,46 +229,51 @@ def describe(feature: str, value: float | None, ctx: Context) -> tuple[str, str]
     return "MODEL_SIGNAL", f"{words} is {_num(value)}"
 
 
+_NO_RISK_SIGNAL = ("NO_RISK_SIGNAL", "no risk signal strong enough to flag this transaction")
+_MODEL_BASELINE = ("MODEL_BASELINE", "the model's overall risk for transactions like this one")
+
+
 def explain(
     label: Label,
     feature_names: Sequence[str],
     values: Sequence[float | None],
-    contributions: Sequence[float],
+    contributions: Sequence[float] | None,
     *,
     currency: str,
     device_present: bool,
     max_reasons: int,
 ) -> list[Reason]:
-    """Up to ``max_reasons`` reasons, strongest first, one per reason code."""
-    reasons: list[Reason] = []
+    """Up to ``max_reasons`` reasons, strongest first, one per reason code.
+
+    ``not_fraud`` is ``NO_RISK_SIGNAL`` alone, whatever the contributions. A flagged transaction
+    with no contribution worth naming, or with none at all (the predictor did not explain it),
+    gets ``MODEL_BASELINE``.
+    """
     if label == "not_fraud":
-        reasons.append(Reason(code="NO_RISK_SIGNAL", text="no risk signal strong enough to flag this transaction"))
-        ranked = sorted(
-            (i for i, c in enumerate(contributions[: len(feature_names)]) if c < -MIN_CONTRIBUTION),
-            key=lambda i: contributions[i],
-        )
-    else:
+        code, text = _NO_RISK_SIGNAL
+        return [Reason(code=code, text=text)]
+    reasons: list[Reason] = []
+    if contributions is not None:
         ranked = sorted(
             (i for i, c in enumerate(contributions[: len(feature_names)]) if c > MIN_CONTRIBUTION),
             key=lambda i: -contributions[i],
         )
-    seen = {r.code for r in reasons}
-    for i in ranked:
-        if len(reasons) >= max_reasons:
-            break
-        ctx = Context(currency=currency, device_present=device_present, raising=contributions[i] > 0)
-        code, text = describe(feature_names[i], values[i], ctx)
-        if code in seen:
-            continue
-        seen.add(code)
-        reasons.append(
-            Reason(
-                code=code, text=text, feature=feature_names[i], value=values[i],
-                contribution=round(float(contributions[i]), 4),
+        seen: set[str] = set()
+        for i in ranked:
+            if len(reasons) >= max_reasons:
+                break
+            ctx = Context(currency=currency, device_present=device_present, raising=contributions[i] > 0)
+            code, text = describe(feature_names[i], values[i], ctx)
+            if code in seen:
+                continue
+            seen.add(code)
+            reasons.append(
+                Reason(
+                    code=code, text=text, feature=feature_names[i], value=values[i],
+                    contribution=round(float(contributions[i]), 4),
+                )
             )
-        )
     if not reasons:
-        reasons.append(
-            Reason(code="MODEL_BASELINE", text="the model's overall risk for transactions like this one")
-        )
+        code, text = _MODEL_BASELINE
+        reasons.append(Reason(code=code, text=text))
     return reasons

@@ -6,27 +6,35 @@ One router per resource: transactions (``/v1/transactions/...``), service health
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from importlib.resources import files
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from vigil_contracts.api import BatchRequest, BatchResponse, ScoreResponse, Transaction
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE, Problem
 from vigil_servicekit.deps import MetricsDep, RequestIdDep
 from vigil_servicekit.handlers import problem_response
+from vigil_servicekit.json_body import OrjsonRoute
 from vigil_servicekit.request_context import log_fields
 
 from vigil_gateway.deps import ScoringDep, ServicesDep, SettingsDep
-from vigil_gateway.errors import NotReady
+from vigil_gateway.errors import GatewayError, NotReady
 from vigil_gateway.readiness import readiness
 
-transactions_router = APIRouter(tags=["transactions"])
+# Transaction bodies are parsed by orjson (validation and errors are FastAPI's as ever).
+transactions_router = APIRouter(tags=["transactions"], route_class=OrjsonRoute)
 service_router = APIRouter(tags=["service"])
 ui_router = APIRouter(tags=["ui"])
 # Paths are spelled out in full (no router prefix): the route's path is the template that labels
 # metrics and log lines.
+# Answers are serialised straight to JSON by their pydantic models (``response_model`` still
+# documents them): FastAPI's response handling would validate and convert them once more.
+_score_json = ScoreResponse.__pydantic_serializer__.to_json
+_problem_json = Problem.__pydantic_serializer__.to_json
 
 
 def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -64,7 +72,7 @@ async def score_transaction(
     request_id: RequestIdDep,
     rescore: RescoreQuery = False,
     cache_control: CacheControlHeader = None,
-) -> ScoreResponse:
+) -> Response:
     answer = await scoring.score_one(
         transaction, request_id=request_id, rescore=wants_rescore(rescore, cache_control)
     )
@@ -75,7 +83,7 @@ async def score_transaction(
         model_version=answer.model.version,
         reason=answer.reasons[0].code if answer.degraded else None,
     )
-    return answer
+    return Response(_score_json(answer), media_type="application/json")
 
 
 @transactions_router.post(
@@ -91,20 +99,36 @@ async def score_batch(
     request_id: RequestIdDep,
     rescore: RescoreQuery = False,
     cache_control: CacheControlHeader = None,
-) -> BatchResponse:
-    results = await scoring.score_batch(
-        batch.transactions,
-        request_id=request_id,
-        rescore=wants_rescore(rescore, cache_control),
-        instance=request.url.path,
+) -> Response:
+    outcomes = await scoring.score_batch(
+        batch.transactions, request_id=request_id, rescore=wants_rescore(rescore, cache_control)
     )
-    degraded = sum(1 for r in results if r.result is not None and r.result.degraded)
     log_fields(request.scope).update(
-        items=len(results),
-        item_errors=sum(1 for r in results if r.error is not None),
-        degraded=degraded,
+        items=len(outcomes),
+        item_errors=sum(1 for o in outcomes if isinstance(o, GatewayError)),
+        degraded=sum(1 for o in outcomes if not isinstance(o, GatewayError) and o.degraded),
     )
-    return BatchResponse(request_id=request_id, results=results)
+    return Response(
+        batch_response_body(outcomes, request_id=request_id, instance=request.url.path),
+        media_type="application/json",
+    )
+
+
+def batch_response_body(
+    outcomes: Sequence[ScoreResponse | GatewayError], *, request_id: str, instance: str
+) -> bytes:
+    """A ``BatchResponse`` document, each item serialised once by its own pydantic model and
+    embedded as is (building a thousand ``BatchItemResult`` models would cost more)."""
+    results = []
+    for i, outcome in enumerate(outcomes):
+        if isinstance(outcome, GatewayError):
+            problem = outcome.problem(instance=instance, request_id=request_id)
+            results.append({"index": i, "status": outcome.status, "result": None,
+                            "error": orjson.Fragment(_problem_json(problem))})
+        else:
+            results.append({"index": i, "status": 200, "result": orjson.Fragment(_score_json(outcome)),
+                            "error": None})
+    return orjson.dumps({"request_id": request_id, "results": results})
 
 
 @service_router.get("/healthz", summary="Liveness")

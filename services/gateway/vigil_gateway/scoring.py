@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any, TypeAlias
 
-from pydantic import ValidationError
-from vigil_contracts.api import BatchItemResult, ScoreResponse, Transaction
+from pydantic import TypeAdapter, ValidationError
+from vigil_contracts.api import ScoreResponse, Transaction
 
-from vigil_gateway.decisions import DecisionStore, StoredDecision, payload_hash
+from vigil_gateway.decisions import DecisionStore, StoredDecision, encode_entry, payload_hash
 from vigil_gateway.errors import BatchTooLarge, DecisionConflict, GatewayError, InvalidTransaction
 from vigil_gateway.metrics import UNKNOWN_VERSION, GatewayMetrics
 from vigil_gateway.settings import GatewaySettings, seconds_or_none
@@ -26,12 +27,37 @@ logger = logging.getLogger(__name__)
 
 Outcome: TypeAlias = ScoreResponse | GatewayError
 
+# All the items of a batch in one call; built once (a TypeAdapter compiles its validator).
+_TRANSACTIONS = TypeAdapter(list[Transaction])
+
 
 def _conflict(transaction_id: str) -> DecisionConflict:
     return DecisionConflict(
         f"transaction_id {transaction_id!r} was already scored with a different payload; "
         "a changed transaction needs a new transaction_id"
     )
+
+
+def validate_items(items: Sequence[Any]) -> list[Transaction | InvalidTransaction]:
+    """Each item as a Transaction, or the problem with it, named as in a batch
+    (``transactions.3.amount``): exactly what validating each item on its own gives."""
+    try:
+        return list(_TRANSACTIONS.validate_python(items))
+    except ValidationError as exc:
+        bad = {error["loc"][0] for error in exc.errors(include_url=False, include_input=False)}
+    out: list[Transaction | InvalidTransaction] = []
+    good = [item for i, item in enumerate(items) if i not in bad]
+    valid = iter(_TRANSACTIONS.validate_python(good))
+    for i, item in enumerate(items):
+        if i not in bad:
+            out.append(next(valid))
+            continue
+        try:
+            out.append(Transaction.model_validate(item))  # not expected to pass; kept exact
+        except ValidationError as exc:
+            params = invalid_params(exc.errors(), ("transactions", i))
+            out.append(InvalidTransaction(summary(params), invalid_params=params))
+    return out
 
 
 class ScoringService:
@@ -64,8 +90,9 @@ class ScoringService:
         return outcome
 
     async def score_batch(
-        self, items: Sequence[Any], *, request_id: str, rescore: bool, instance: str
-    ) -> list[BatchItemResult]:
+        self, items: Sequence[Any], *, request_id: str, rescore: bool
+    ) -> list[Outcome]:
+        """One outcome per item, in order: its answer, or the error it alone would have had."""
         if len(items) > self.max_batch:
             raise BatchTooLarge(
                 f"{len(items)} transactions is more than the {self.max_batch} allowed per batch"
@@ -76,12 +103,9 @@ class ScoringService:
         unique_hash: list[str] = []
         slot_of: dict[str, int] = {}  # transaction_id -> index in unique
         copies: list[tuple[int, int]] = []  # (item index, index in unique)
-        for i, item in enumerate(items):
-            try:
-                transaction = Transaction.model_validate(item)
-            except ValidationError as exc:
-                params = invalid_params(exc.errors(), ("transactions", i))
-                outcomes[i] = InvalidTransaction(summary(params), invalid_params=params)
+        for i, transaction in enumerate(validate_items(items)):
+            if isinstance(transaction, InvalidTransaction):
+                outcomes[i] = transaction
                 continue
             digest = payload_hash(transaction)
             known = slot_of.get(transaction.transaction_id)
@@ -97,15 +121,8 @@ class ScoringService:
         scored = await self._score(unique, request_id, rescore, self.batch_limits, unique_hash)
         for i, k in copies:
             outcomes[i] = scored[k]
-        results = []
-        for i, outcome in enumerate(outcomes):
-            assert outcome is not None
-            if isinstance(outcome, GatewayError):
-                problem = outcome.problem(instance=instance, request_id=request_id)
-                results.append(BatchItemResult(index=i, status=outcome.status, error=problem))
-            else:
-                results.append(BatchItemResult(index=i, status=200, result=outcome))
-        return results
+        assert all(o is not None for o in outcomes), "an item was left without an outcome"
+        return outcomes  # type: ignore[return-value]
 
     async def _score(
         self,
@@ -129,19 +146,23 @@ class ScoringService:
 
         outcomes: list[Outcome | None] = [None] * len(transactions)
         todo: list[int] = []
+        tally = {"miss": 0, "conflict": 0, "hit": 0}
         for i, transaction in enumerate(transactions):
-            previous = stored.get(transaction.transaction_id)
+            previous = stored.get(transaction.transaction_id) if stored else None
             if previous is None:
-                self.metrics.decision_store.labels("miss").inc()
+                tally["miss"] += 1
                 todo.append(i)
             elif previous.payload_hash != hashes[i]:
-                self.metrics.decision_store.labels("conflict").inc()
+                tally["conflict"] += 1
                 outcomes[i] = _conflict(transaction.transaction_id)
             elif rescore:
                 todo.append(i)
             else:
-                self.metrics.decision_store.labels("hit").inc()
+                tally["hit"] += 1
                 outcomes[i] = previous.replay(request_id)
+        for outcome, count in tally.items():
+            if count:
+                self.metrics.decision_store.labels(outcome).inc(count)
 
         if todo:
             fresh = await self.transformer.score(
@@ -150,13 +171,13 @@ class ScoringService:
             self._count(fresh)
             # Uncertain answers are not kept: a retry deserves a real decision.
             keep = [
-                (transactions[i].transaction_id, StoredDecision.of(answer, hashes[i]))
+                (transactions[i].transaction_id, encode_entry(answer, hashes[i]))
                 for i, answer in zip(todo, fresh)
                 if not answer.degraded
             ]
             first_writers = await self.store.put_many(keep, overwrite=rescore)
             for i, answer in zip(todo, fresh):
-                winner = first_writers.get(transactions[i].transaction_id)
+                winner = first_writers.get(transactions[i].transaction_id) if first_writers else None
                 if winner is None:
                     outcomes[i] = answer
                 elif winner.payload_hash == hashes[i]:
@@ -167,8 +188,14 @@ class ScoringService:
         return outcomes  # type: ignore[return-value]
 
     def _count(self, answers: Sequence[ScoreResponse]) -> None:
+        decisions: Counter[tuple[str, str]] = Counter()
+        degraded: Counter[tuple[str, str]] = Counter()
         for answer in answers:
             version = answer.model.version or UNKNOWN_VERSION
-            self.metrics.decisions.labels(answer.label, version).inc()
+            decisions[(answer.label, version)] += 1
             if answer.degraded:
-                self.metrics.degraded.labels(answer.reasons[0].code, version).inc()
+                degraded[(answer.reasons[0].code, version)] += 1
+        for labels, count in decisions.items():
+            self.metrics.decisions.labels(*labels).inc(count)
+        for labels, count in degraded.items():
+            self.metrics.degraded.labels(*labels).inc(count)

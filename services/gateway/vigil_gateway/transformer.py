@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from vigil_contracts.api import ModelRef, Reason, ScoreResponse, Transaction
@@ -161,15 +161,63 @@ class FraudTransformer:
     async def predict(
         self, encoded: EncodeResponse, rows: Sequence[int], request_id: str, limits: Limits
     ) -> tuple[Inference, ModelMetadata]:
-        """Score the chosen rows; also the metadata of the version that scored them."""
+        """Score the chosen rows; also the metadata of the version that scored them.
+
+        Reasons are given for flagged transactions only, so the predictor explains (computes
+        contributions for) only the rows at or above the current version's ``suspicious``
+        threshold: most of its cost is in those contributions.
+        """
+        vectors = [encoded.rows[i].values for i in rows]
+        current = self.catalog.current
         inference = await self.predictor.infer(
-            self.catalog.name, self.catalog.pinned_version,
-            [encoded.rows[i].values for i in rows],
+            self.catalog.name, self.catalog.pinned_version, vectors,
             feature_contract=encoded.feature_contract,
             request_id=request_id, timeout=limits.predictor,
+            contributions_min_score=current.thresholds.suspicious if current else None,
         )
         scored_by = await self.catalog.for_version(inference.model_version, limits.predictor, request_id)
+        threshold = scored_by.thresholds.suspicious
+        unexplained = [
+            k for k, (score, contributions) in enumerate(zip(inference.scores, inference.contributions))
+            if contributions is None and score >= threshold
+        ]
+        if unexplained:
+            inference = await self._explain(inference, vectors, unexplained, encoded, request_id, limits)
         return inference, scored_by
+
+    async def _explain(
+        self,
+        inference: Inference,
+        vectors: Sequence[list[float | None]],
+        unexplained: list[int],
+        encoded: EncodeResponse,
+        request_id: str,
+        limits: Limits,
+    ) -> Inference:
+        """Contributions for flagged rows the predictor was not asked to explain.
+
+        Only when the version that scored flags lower than the one the gateway asked with (the
+        default moved on, or replicas disagree during a rollout): one more call, to that very
+        version. If it fails, those transactions keep their score and label with the baseline
+        reason rather than being degraded.
+        """
+        try:
+            extra = await self.predictor.infer(
+                self.catalog.name, inference.model_version, [vectors[k] for k in unexplained],
+                feature_contract=encoded.feature_contract,
+                request_id=request_id, timeout=limits.predictor,
+            )
+        except DownstreamError as exc:
+            logger.warning(
+                "contributions of flagged transactions not fetched",
+                extra={"request_id": request_id, "transactions": len(unexplained),
+                       "error": exc.detail, "kind": exc.kind},
+            )
+            return inference
+        contributions = list(inference.contributions)
+        for k, row in zip(unexplained, extra.contributions):
+            contributions[k] = row
+        return replace(inference, contributions=contributions)
 
     def postprocess(
         self,

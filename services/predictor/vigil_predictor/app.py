@@ -65,7 +65,8 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.dataplane = dataplane
     wire(app, service="predictor", error_root=PredictorError, metrics=metrics, log=service_log)
+    # Routes are matched in order, one regex at a time: inference, the hot path, goes first.
+    app.include_router(models_router)
     app.include_router(service_router)
     app.include_router(server_router)
-    app.include_router(models_router)
     return app

@@ -39,6 +39,9 @@ PLATFORM = "xgboost"
 INPUT_NAME = "features"
 INPUT_DATATYPE = "FP32"
 OUTPUTS = (SCORE, CONTRIBUTIONS)
+# Request parameter: explain only the rows scoring at least this much (the others' contributions
+# are NaN), e.g. a client that gives reasons for flagged transactions only.
+CONTRIBUTIONS_MIN_SCORE = "contributions_min_score"
 # Bodies above this are parsed off the event loop (JSON decoding is the slow part of a request).
 INLINE_DECODE_BYTES = 256 * 1024
 
@@ -59,6 +62,7 @@ class _Plan:
     request: InferenceRequest
     rows: int
     outputs: list[tuple[str, bool]]  # (name, binary)
+    contributions_min_score: float | None = None
 
 
 class DataPlane:
@@ -160,6 +164,13 @@ class DataPlane:
                     f"the request's feature_contract {contract!r} is not model "
                     f"{runtime.name!r} version {runtime.version!r}'s {info.feature_contract!r}"
                 )
+        min_score = request.parameters.get(CONTRIBUTIONS_MIN_SCORE)
+        if min_score is not None and (
+            isinstance(min_score, bool)
+            or not isinstance(min_score, (int, float))
+            or not 0 <= min_score <= 1
+        ):
+            raise InvalidRequest(f"parameter {CONTRIBUTIONS_MIN_SCORE} must be a number in [0, 1]")
         if len(request.inputs) != 1 or request.inputs[0].name != INPUT_NAME:
             names = [tensor.name for tensor in request.inputs]
             raise InvalidTensor(f"expected exactly one input named {INPUT_NAME!r}, got {names}")
@@ -189,7 +200,13 @@ class DataPlane:
             if any(out_name == seen for seen, _ in outputs):
                 raise InvalidRequest(f"output {out_name!r} is requested twice")
             outputs.append((out_name, request.wants_binary(output)))
-        return _Plan(runtime=runtime, request=request, rows=shape[0], outputs=outputs)
+        return _Plan(
+            runtime=runtime,
+            request=request,
+            rows=shape[0],
+            outputs=outputs,
+            contributions_min_score=None if min_score is None else float(min_score),
+        )
 
     def _execute(self, plan: _Plan) -> EncodedResponse:
         """Decode the tensor, predict and encode: plain CPU work, safe to run in a thread."""
@@ -198,7 +215,11 @@ class DataPlane:
             # XGBoost refuses infinities; missing values are NaN (JSON null), never inf.
             raise InvalidTensor(f"input {INPUT_NAME!r} contains infinite values")
         wanted = {name for name, _ in plan.outputs}
-        arrays = plan.runtime.predict(features, contributions=CONTRIBUTIONS in wanted)
+        arrays = plan.runtime.predict(
+            features,
+            contributions=CONTRIBUTIONS in wanted,
+            contributions_min_score=plan.contributions_min_score,
+        )
         return encode_response(
             InferenceResponse(
                 model_name=plan.runtime.name,

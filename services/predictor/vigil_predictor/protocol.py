@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vigil_predictor.errors import InvalidRequest, InvalidTensor, RequestTooLarge
@@ -132,6 +133,20 @@ def _undo_content_encoding(body: bytes, encoding: str | None, max_bytes: int) ->
     return out
 
 
+def _load_json(text: bytes) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass
+    # orjson is the fast path; the standard library still decides what orjson refuses, so the
+    # same documents are accepted as ever (NaN literals, UTF-16, integers beyond 64 bits) and
+    # errors keep its messages.
+    try:
+        return json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequest(f"the inference header is not valid JSON: {exc}") from None
+
+
 def decode_request(raw: RawInferenceRequest, *, max_bytes: int) -> InferenceRequest:
     """Split and validate a V2 request; raw input bytes are sliced, not yet interpreted."""
     body = _undo_content_encoding(raw.body, raw.content_encoding, max_bytes)
@@ -147,10 +162,7 @@ def decode_request(raw: RawInferenceRequest, *, max_bytes: int) -> InferenceRequ
                 f"{HEADER_LENGTH} must be an integer between 0 and the body length ({len(body)})"
             )
         json_part, binary_part = body[:length], body[length:]
-    try:
-        document = json.loads(json_part)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidRequest(f"the inference header is not valid JSON: {exc}") from None
+    document = _load_json(json_part)
     try:
         header = InferenceRequestHeader.model_validate(document)
     except ValidationError as exc:
@@ -262,7 +274,11 @@ def _datatype(array: np.ndarray) -> str:
 
 
 def encode_response(response: InferenceResponse) -> EncodedResponse:
-    """JSON, or the binary extension as soon as one output is asked for in binary."""
+    """JSON, or the binary extension as soon as one output is asked for in binary.
+
+    JSON data carries each FP32 value widened to float64, so its text reads back as exactly the
+    float32 the model produced; NaN (a row left unexplained) is ``null``.
+    """
     outputs: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     for output in response.outputs:
@@ -277,7 +293,7 @@ def encode_response(response: InferenceResponse) -> EncodedResponse:
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
-            entry["data"] = output.array.ravel().tolist()
+            entry["data"] = output.array.ravel().astype(np.float64)
         outputs.append(entry)
     document: dict[str, Any] = {
         "model_name": response.model_name,
@@ -288,7 +304,7 @@ def encode_response(response: InferenceResponse) -> EncodedResponse:
     if response.parameters:
         document["parameters"] = response.parameters
     document["outputs"] = outputs
-    header = json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
+    header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
     if not chunks:
         return EncodedResponse(body=header, media_type=JSON_MEDIA_TYPE, headers={})
     return EncodedResponse(

@@ -164,22 +164,44 @@ class XGBoostRuntime:
         self._booster = None
 
     def predict(
-        self, features: np.ndarray, *, contributions: bool = False
+        self,
+        features: np.ndarray,
+        *,
+        contributions: bool = False,
+        contributions_min_score: float | None = None,
     ) -> dict[str, np.ndarray]:
         """Score an ``[N, F]`` float32 matrix (NaN = missing); optionally explain it.
 
         Scores are XGBoost's own probabilities for exactly this matrix; contributions are its
-        SHAP values, ``[N, F + 1]`` with the bias last, summing to the margin.
+        SHAP values, ``[N, F + 1]`` with the bias last, summing to the margin. With
+        ``contributions_min_score`` only rows scoring at or above it are explained (SHAP is most
+        of the cost of a request); the other rows' contributions are NaN.
         """
         booster = self._booster
         if booster is None:
             raise RuntimeError(f"{self.name}/{self.version} is not loaded")
-        out = {SCORE: np.asarray(booster.inplace_predict(features, missing=np.nan), np.float32)}
+        score = np.asarray(booster.inplace_predict(features, missing=np.nan), np.float32)
+        out = {SCORE: score}
         if contributions:
-            # Named like the booster (training names its columns), else XGBoost refuses the matrix.
-            matrix = xgb.DMatrix(features, missing=np.nan, nthread=self.nthread,
-                                 feature_names=self.info.feature_names if self.info else None)
-            out[CONTRIBUTIONS] = np.asarray(
-                booster.predict(matrix, pred_contribs=True), dtype=np.float32
-            )
+            explained = None
+            if contributions_min_score is not None:
+                # Compared in float64, as a client compares the float32 score it receives.
+                explained = np.flatnonzero(score.astype(np.float64) >= contributions_min_score)
+            if explained is None or explained.size == score.size:
+                out[CONTRIBUTIONS] = self._contributions(booster, features)
+            else:
+                values = np.full((score.size, features.shape[1] + 1), np.nan, np.float32)
+                if explained.size:
+                    values[explained] = self._contributions(booster, features[explained])
+                out[CONTRIBUTIONS] = values
         return out
+
+    def _contributions(self, booster: xgb.Booster, features: np.ndarray) -> np.ndarray:
+        # Unnamed, with feature validation off: naming a DMatrix costs more than scoring a row,
+        # and it would check nothing the score's inplace_predict of the same array does not rely
+        # on already (the width, and the order the request's feature_contract vouches for).
+        # SHAP values are per row, so a sub-matrix explains its rows exactly as the whole would.
+        matrix = xgb.DMatrix(features, missing=np.nan, nthread=self.nthread)
+        return np.asarray(
+            booster.predict(matrix, pred_contribs=True, validate_features=False), dtype=np.float32
+        )
