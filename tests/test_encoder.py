@@ -389,6 +389,31 @@ async def test_malformed_body_is_422_problem(client):
     assert_problem(response, 422, "validation-failed")
 
 
+@pytest.mark.parametrize(("content", "content_type", "name", "reason"), [
+    (b'{"feature_service": "fraud_model_v1", "rows": [{"entities": {}, "request": {}}, null]}',
+     "application/json", "rows.1", "Input should be a valid dictionary or object to extract fields from"),
+    (b'{"feature_service": "fraud_model_v1", "rows": [{"entities": {"card_id": 5}, "request": {}}]}',
+     "application/json", "rows.0.entities.card_id", "Input should be a valid string"),
+    (b'{"feature_service": "fraud_model_v1", "rows": [{"entities": {}, "request": {"amount": [1]}}]}',
+     "application/json", "rows.0.request.amount",
+     "Input should be a valid number; Input should be a valid integer; Input should be a valid string"),
+    (b'{"feature_service": 5, "rows": [{"entities": {}, "request": {}}]}', "application/json",
+     "feature_service",
+     "Input should be a valid string"),
+    (b'[1, 2]', "application/json", "body",
+     "Input should be a valid dictionary or object to extract fields from"),
+    (b'{"feature_service": "fraud_model_v1", "rows": []}', "text/plain", "body",
+     "Input should be a valid dictionary or object to extract fields from"),
+    (b"", "application/json", "body", "Field required"),
+], ids=["null-row", "entity-not-text", "field-not-scalar", "service-not-text", "not-an-object",
+        "not-json-content-type", "empty"])
+async def test_a_body_of_the_wrong_shape_names_the_field(client, content, content_type, name, reason):
+    response = await client.post("/v1/encode", content=content, headers={"content-type": content_type})
+    body = assert_problem(response, 422, "validation-failed")
+    assert body["invalid_params"][0] == {"name": name, "reason": reason}
+    assert body["detail"] == f"invalid: {name}"
+
+
 async def test_too_many_rows_is_413(feature_env):
     app = create_app(encoder_settings(feature_env, max_rows=5))
     async with app.router.lifespan_context(app):

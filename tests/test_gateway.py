@@ -781,6 +781,44 @@ async def test_an_unreadable_stored_decision_is_ignored(stack: Stack, redis_url:
     assert (await stack.score(body)).json()["cached"] is True  # replaced by the fresh decision
 
 
+async def test_decision_store_writes_many_at_once_first_writer_wins(redis_url: str) -> None:
+    """``put_many`` stores a batch in one script call (loaded again when Redis has forgotten
+    it), keeps what another request stored first and overwrites only when told to."""
+    from vigil_contracts.api import ModelRef, ScoreResponse
+
+    from vigil_gateway.decisions import DecisionStore, connect, encode_entry
+    from vigil_gateway.metrics import GatewayMetrics
+
+    def answer(tid: str, score: float) -> ScoreResponse:
+        return ScoreResponse(transaction_id=tid, label="not_fraud", score=score, reasons=[],
+                             model=ModelRef(name=MODEL, version="3"), degraded=False,
+                             request_id="req-put")
+
+    client = connect(redis_url, timeout_s=1.0, max_connections=4)
+    store = DecisionStore(client, GatewayMetrics(), ttl_s=60)
+    ids = [f"put-{uuid.uuid4().hex[:8]}-{i}" for i in range(3)]
+    try:
+        await client.script_flush()  # the first call finds no script and loads it
+        assert await store.put_many([(ids[0], encode_entry(answer(ids[0], 0.1), "h0"))],
+                                    overwrite=False) == {}
+        lost = await store.put_many(
+            [(t, encode_entry(answer(t, 0.2), f"h{i}-new")) for i, t in enumerate(ids)], overwrite=False
+        )
+        assert set(lost) == {ids[0]} and lost[ids[0]].payload_hash == "h0"
+        stored = await store.get_many(ids)
+        assert [stored[t].payload_hash for t in ids] == ["h0", "h1-new", "h2-new"]
+        assert stored[ids[1]].replay("req-2") == answer(ids[1], 0.2).model_copy(
+            update={"request_id": "req-2", "cached": True})
+        assert await store.put_many(
+            [(t, encode_entry(answer(t, 0.3), "h-rescored")) for t in ids], overwrite=True
+        ) == {}
+        assert {s.payload_hash for s in (await store.get_many(ids)).values()} == {"h-rescored"}
+        assert 0 < await client.ttl(KEY_PREFIX + ids[2]) <= 60
+    finally:
+        await client.delete(*(KEY_PREFIX + t for t in ids))
+        await client.aclose()
+
+
 async def test_scoring_works_without_the_decision_store() -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"
     async with gateway(dead) as no_redis:

@@ -267,8 +267,9 @@ def _assemble(layout: _Layout, request: dict[str, Any],
                     value = None
             values.append(value)
             ages.append(None if value is None else 0.0)
-    stale: list[bool] = layout.all_fresh
-    if stale_any:
+    if not stale_any:
+        stale = layout.all_fresh.copy()
+    else:
         stale = []
         for read in views:
             stale += read.chunk_stale

@@ -48,6 +48,11 @@ return written
 """
 _SET_ALL_SHA = hashlib.sha1(_SET_ALL.encode()).hexdigest()
 
+_CANONICAL = orjson.OPT_SORT_KEYS | orjson.OPT_UTC_Z
+# A stored decision is the answer without what belongs to the request that reads it.
+_NOT_STORED = {"request_id", "cached"}
+_dump_json = ScoreResponse.__pydantic_serializer__.to_json
+
 
 def payload_hash(transaction: Transaction) -> str:
     """Hash of the validated transaction: equal for payloads that mean the same (key order,
@@ -60,12 +65,6 @@ def payload_hash(transaction: Transaction) -> str:
     """
     canonical = orjson.dumps(transaction.__dict__, option=_CANONICAL, default=str)
     return "sha256:" + hashlib.sha256(canonical).hexdigest()
-
-
-_CANONICAL = orjson.OPT_SORT_KEYS | orjson.OPT_UTC_Z
-# A stored decision is the answer without what belongs to the request that reads it.
-_NOT_STORED = {"request_id", "cached"}
-_dump_json = ScoreResponse.__pydantic_serializer__.to_json
 
 
 @dataclass(frozen=True)

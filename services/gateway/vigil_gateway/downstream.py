@@ -23,7 +23,6 @@ from vigil_gateway import http_transport
 from vigil_gateway.errors import DownstreamError
 from vigil_gateway.metrics import GatewayMetrics
 
-
 USER_AGENT = "vigil-gateway"
 
 

@@ -50,7 +50,8 @@ _row_fields = itemgetter(*EncodedVector._fields)
 def parse_encode_response(content: bytes, n_rows: int) -> EncodedVectors:
     """The encoder's answer to ``n_rows`` rows; ValueError (or KeyError, TypeError) when it is
     not an encode response of that many rows, each as wide as the feature names, with numbers
-    (or null) for values and ages and booleans for flags.
+    (or null) for values and ages and booleans (or 0/1) for flags. Stricter than the model in
+    one way: numbers sent as text are refused, not converted (the encoder never sends them).
 
     The checks run field by field over all rows at once (``set(map(...))`` passes in C): per
     row and per value in Python they would cost as much as the parse.

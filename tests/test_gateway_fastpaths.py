@@ -1,0 +1,180 @@
+"""The gateway's cheap paths give exactly what the straightforward ones gave: batch validation in
+one call, payload hashes from field values, stored decisions and batch answers serialised without
+intermediate models, the encoder's answer read without pydantic. No app, no network."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import orjson
+import pytest
+from pydantic import ValidationError
+from vigil_contracts.api import BatchResponse, ModelRef, Reason, ScoreResponse, Transaction
+from vigil_contracts.encoding import EncodeResponse
+
+from vigil_gateway.decisions import StoredDecision, encode_entry, payload_hash
+from vigil_gateway.encoder_client import parse_encode_response
+from vigil_gateway.errors import DecisionConflict, InvalidTransaction
+from vigil_gateway.rest import batch_response_body
+from vigil_gateway.scoring import validate_items
+from vigil_gateway.validation import invalid_params, summary
+
+
+def transaction(**changes: Any) -> dict[str, Any]:
+    body = {
+        "transaction_id": "tx-1", "card_id": "c1", "merchant_id": "m1", "amount": 10,
+        "currency": "EUR", "timestamp": "2024-06-01T10:00:00+02:00", "channel": "pos",
+    }
+    body.update(changes)
+    return {k: v for k, v in body.items() if v is not None}
+
+
+VARIANTS = [
+    transaction(),
+    transaction(amount=12.5, timestamp="2024-06-01T08:00:00Z"),
+    transaction(timestamp="2024-06-01t08:00:00.123456789z", ip_address="2001:DB8::1"),
+    transaction(timestamp="2024-06-01 08:00:00.5-00:00", ip_address="10.0.0.1", country="DE"),
+    transaction(timestamp="2024-06-01T08:00:00.000001+05:30", device_id="d-1", channel="mobile"),
+    transaction(ip_address="::ffff:1.2.3.4", amount=1e9),
+]
+
+
+@pytest.mark.parametrize("body", VARIANTS, ids=range(len(VARIANTS)))
+def test_payload_hash_is_the_hash_of_the_json_dump(body: dict[str, Any]) -> None:
+    # What decisions already in the store were hashed with: they must keep matching.
+    t = Transaction.model_validate(body)
+    canonical = orjson.dumps(t.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+    assert payload_hash(t) == "sha256:" + hashlib.sha256(canonical).hexdigest()
+
+
+def test_batch_validation_equals_validating_each_item() -> None:
+    items: list[Any] = [
+        *VARIANTS, transaction(currency="eur"), "not an object", None, 5,
+        transaction(amount=-1, timestamp="yesterday"), {"transaction_id": "x"},
+        transaction(extra_field=1), transaction(amount=True),
+    ]
+    outcomes = validate_items(items)
+    assert len(outcomes) == len(items)
+    for i, (item, outcome) in enumerate(zip(items, outcomes)):
+        try:
+            expected = Transaction.model_validate(item)
+        except ValidationError as exc:
+            params = invalid_params(exc.errors(), ("transactions", i))
+            assert isinstance(outcome, InvalidTransaction), i
+            assert outcome.invalid_params == params and outcome.detail == summary(params)
+        else:
+            assert outcome == expected, i
+    assert sum(isinstance(o, Transaction) for o in outcomes) == len(VARIANTS)
+    assert all(isinstance(o, Transaction) for o in validate_items(VARIANTS))
+
+
+def _answer(tid: str, **changes: Any) -> ScoreResponse:
+    values: dict[str, Any] = dict(
+        transaction_id=tid, label="highly_suspicious", score=0.912345,
+        reasons=[Reason(code="AMOUNT_HIGH_FOR_CARD", text="amount is 8× this card's average",
+                        feature="request_features__amount_to_card_avg_30d", value=8.0,
+                        contribution=1.2345),
+                 Reason(code="NEW_DEVICE", text="first transaction from this device")],
+        model=ModelRef(name="fraud_detector", version="3"), degraded=False, request_id="req-1",
+    )
+    values.update(changes)
+    return ScoreResponse(**values)
+
+
+def test_a_stored_entry_is_what_storing_the_decision_wrote() -> None:
+    answer = _answer("tx-9")
+    entry = orjson.loads(encode_entry(answer, "sha256:abc"))
+    legacy = orjson.loads(StoredDecision.of(answer, "sha256:abc").encode())
+    assert entry.pop("stored_at") == pytest.approx(legacy.pop("stored_at"), abs=5)
+    assert entry == legacy
+    replayed = StoredDecision.decode(encode_entry(answer, "sha256:abc")).replay("req-2")
+    assert replayed == answer.model_copy(update={"request_id": "req-2", "cached": True})
+
+
+def test_the_batch_body_is_the_batch_response_model() -> None:
+    conflict = DecisionConflict("transaction_id 'tx-3' was already scored")
+    invalid = validate_items([transaction(currency="eur")])[0]
+    assert isinstance(invalid, InvalidTransaction)
+    outcomes = [_answer("tx-1"), conflict, _answer("tx-2", cached=True, score=None, label="uncertain",
+                                                     degraded=True), invalid]
+    body = batch_response_body(outcomes, request_id="req-1", instance="/v1/transactions/score-batch")
+    expected = BatchResponse(request_id="req-1", results=[
+        {"index": 0, "status": 200, "result": outcomes[0]},
+        {"index": 1, "status": 409, "error": conflict.problem(
+            instance="/v1/transactions/score-batch", request_id="req-1")},
+        {"index": 2, "status": 200, "result": outcomes[2]},
+        {"index": 3, "status": 422, "error": invalid.problem(
+            instance="/v1/transactions/score-batch", request_id="req-1")},
+    ])
+    assert json.loads(body) == json.loads(expected.model_dump_json())
+    assert BatchResponse.model_validate_json(body) == expected
+
+
+def _encoded(n: int = 2, width: int = 3) -> dict[str, Any]:
+    return {
+        "feature_service": "svc", "feature_names": [f"v__f{j}" for j in range(width)],
+        "feature_contract": "sha256:x",
+        "rows": [{"values": [1.5, None, 3] if width == 3 else [0.0] * width,
+                  "missing": [False, True, False][:width] + [False] * (width - 3),
+                  "stale": [False] * width, "age_seconds": [10.0, None, 0][:width] + [0.0] * (width - 3)}
+                 for _ in range(n)],
+    }
+
+
+def test_the_encoder_answer_reads_like_the_encode_response_model() -> None:
+    content = orjson.dumps(_encoded())
+    parsed = parse_encode_response(content, 2)
+    model = EncodeResponse.model_validate_json(content)
+    assert parsed.feature_names == model.feature_names
+    assert parsed.feature_contract == model.feature_contract
+    assert parsed.feature_service == model.feature_service
+    for ours, theirs in zip(parsed.rows, model.rows):
+        for name in ("values", "missing", "stale", "age_seconds"):
+            assert getattr(ours, name) == getattr(theirs, name)
+
+
+def _broken(change: str) -> bytes:
+    body = _encoded()
+    row = body["rows"][1]
+    if change == "not-json":
+        return b"{nope"
+    if change == "list":
+        return b"[]"
+    if change == "row-count":
+        body["rows"].pop()
+    elif change == "width":
+        row["values"].append(1.0)
+    elif change == "flags-width":
+        row["stale"] = [False]
+    elif change == "value-text":
+        row["values"][0] = "1.5"
+    elif change == "value-bool":
+        row["values"][0] = True
+    elif change == "age-text":
+        row["age_seconds"][0] = "10"
+    elif change == "flag-number":
+        row["missing"][0] = 2
+    elif change == "flag-null":
+        row["stale"][0] = None
+    elif change == "row-not-object":
+        body["rows"][1] = [1, 2]
+    elif change == "no-ages":
+        del row["age_seconds"]
+    elif change == "names":
+        body["feature_names"][0] = 7
+    elif change == "contract":
+        body["feature_contract"] = None
+    elif change == "values-not-list":
+        row["values"] = {"a": 1}
+    return orjson.dumps(body)
+
+
+@pytest.mark.parametrize("change", [
+    "not-json", "list", "row-count", "width", "flags-width", "value-text", "value-bool", "age-text",
+    "flag-number", "flag-null", "row-not-object", "no-ages", "names", "contract", "values-not-list",
+])
+def test_an_encoder_answer_that_is_not_one_is_refused(change: str) -> None:
+    with pytest.raises((ValueError, KeyError, TypeError)):
+        parse_encode_response(_broken(change), 2)
