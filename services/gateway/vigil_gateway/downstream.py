@@ -179,3 +179,20 @@ def problem_slug(response: httpx.Response) -> str | None:
     if isinstance(body, dict) and isinstance(body.get("type"), str):
         return body["type"].rstrip("/").rsplit("/", 1)[-1]
     return None
+
+
+async def probe(
+    http: httpx.AsyncClient, downstream: str, path: str, *, metrics: GatewayMetrics,
+    timeout: float, connect_timeout_s: float,
+) -> tuple[bool, str]:
+    """A dependency's readiness, for ``/readyz``: (ready, why not)."""
+    try:
+        response = await send(
+            http, downstream, "GET", path, metrics=metrics,
+            timeout=timeout, connect_timeout_s=connect_timeout_s,
+        )
+    except DownstreamError as exc:
+        return False, exc.detail
+    if response.status_code != 200:
+        return False, f"answered {response.status_code}: {problem_detail(response)}"
+    return True, "ready"

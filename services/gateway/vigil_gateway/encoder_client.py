@@ -107,13 +107,7 @@ class EncoderClient:
             ) from exc
 
     async def ready(self, timeout: float) -> tuple[bool, str]:
-        try:
-            response = await downstream.send(
-                self.http, NAME, "GET", "/readyz", metrics=self.metrics,
-                timeout=timeout, connect_timeout_s=self.connect_timeout_s,
-            )
-        except DownstreamError as exc:
-            return False, exc.detail
-        if response.status_code != 200:
-            return False, f"answered {response.status_code}: {downstream.problem_detail(response)}"
-        return True, "ready"
+        return await downstream.probe(
+            self.http, NAME, "/readyz", metrics=self.metrics,
+            timeout=timeout, connect_timeout_s=self.connect_timeout_s,
+        )

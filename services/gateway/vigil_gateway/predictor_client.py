@@ -229,13 +229,7 @@ class PredictorClient:
         )
 
     async def ready(self, timeout: float) -> tuple[bool, str]:
-        try:
-            response = await downstream.send(
-                self.http, NAME, "GET", "/v2/health/ready", metrics=self.metrics,
-                timeout=timeout, connect_timeout_s=self.connect_timeout_s,
-            )
-        except DownstreamError as exc:
-            return False, exc.detail
-        if response.status_code != 200:
-            return False, f"answered {response.status_code}"
-        return True, "ready"
+        return await downstream.probe(
+            self.http, NAME, "/v2/health/ready", metrics=self.metrics,
+            timeout=timeout, connect_timeout_s=self.connect_timeout_s,
+        )
