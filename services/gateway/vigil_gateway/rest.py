@@ -12,7 +12,7 @@ from importlib.resources import files
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from vigil_contracts.api import BatchRequest, BatchResponse, ScoreResponse, Transaction
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE, Problem
@@ -59,6 +59,13 @@ def wants_rescore(rescore: bool, cache_control: str | None) -> bool:
     return any(d.strip() == "no-cache" for d in directives)
 
 
+async def _rescore(rescore: RescoreQuery = False, cache_control: CacheControlHeader = None) -> bool:
+    return wants_rescore(rescore, cache_control)
+
+
+RescoreDep = Annotated[bool, Depends(_rescore)]
+
+
 @transactions_router.post(
     "/v1/transactions/score",
     response_model=ScoreResponse,
@@ -70,12 +77,9 @@ async def score_transaction(
     request: Request,
     scoring: ScoringDep,
     request_id: RequestIdDep,
-    rescore: RescoreQuery = False,
-    cache_control: CacheControlHeader = None,
+    rescore: RescoreDep,
 ) -> Response:
-    answer = await scoring.score_one(
-        transaction, request_id=request_id, rescore=wants_rescore(rescore, cache_control)
-    )
+    answer = await scoring.score_one(transaction, request_id=request_id, rescore=rescore)
     log_fields(request.scope).update(
         label=answer.label,
         degraded=answer.degraded,
@@ -97,12 +101,9 @@ async def score_batch(
     request: Request,
     scoring: ScoringDep,
     request_id: RequestIdDep,
-    rescore: RescoreQuery = False,
-    cache_control: CacheControlHeader = None,
+    rescore: RescoreDep,
 ) -> Response:
-    outcomes = await scoring.score_batch(
-        batch.transactions, request_id=request_id, rescore=wants_rescore(rescore, cache_control)
-    )
+    outcomes = await scoring.score_batch(batch.transactions, request_id=request_id, rescore=rescore)
     log_fields(request.scope).update(
         items=len(outcomes),
         item_errors=sum(1 for o in outcomes if isinstance(o, GatewayError)),
