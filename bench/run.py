@@ -346,7 +346,9 @@ def profile(cases: dict[str, Case], plan: Plan, pids: dict[str, int], venv: Path
     prof_dir = WORK / "profiles"
     prof_dir.mkdir(parents=True, exist_ok=True)
     for key, conc in (("e2e_1", 16), ("e2e_1000", 2)):
-        case = cases[key]
+        case = cases.get(key)
+        if case is None:
+            continue
         recorders = {}
         for svc in ("gateway", "encoder", "predictor"):
             raw = prof_dir / f"{key}-{svc}.txt"
@@ -481,6 +483,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--render-only", action="store_true",
                         help="measure nothing: write the report again from the last run's "
                              ".bench/work/results.json (its command stays the one that measured)")
+    parser.add_argument("--only", default="",
+                        help="comma-separated case keys (e.g. e2e_1,predictor_1,mlserver_1): "
+                             "measure just those, print the figures, write no report (a "
+                             "side-by-side check while optimising; results in "
+                             ".bench/work/partial.json)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     parser.add_argument("--img", default=str(ROOT / "docs" / "img" / "latency_percentiles.png"))
     args = parser.parse_args(argv)
@@ -542,12 +549,24 @@ def main(argv: list[str] | None = None) -> int:
         payloads = build_payloads(txs, urls["encoder"], urls["predictor"])
         results["feature_width"] = payloads["width"]
         cases = define_cases(plan, urls, payloads)
+        only = [k for k in args.only.split(",") if k]
+        if only:
+            unknown = sorted(set(only) - {c.key for c in cases})
+            if unknown:
+                raise SystemExit(f"--only: unknown case(s) {unknown}; "
+                                 f"known: {[c.key for c in cases]}")
+            cases = [c for c in cases if c.key in only]
         _check_answers(cases)
         measure_cases(cases, plan, pids)
         results["cases"] = {c.key: {"label": c.label, "group": c.group, "rows": c.rows,
                                     "runs": c.runs} for c in cases}
         if args.profile:
             results["profile"] = profile({c.key: c for c in cases}, plan, pids, venv)
+        if only:
+            (WORK / "partial.json").write_text(json.dumps(results, indent=1, default=str))
+            _print_partial(results)
+            print(f"\nthese figures were produced by: {command}")
+            return 0
         results["inprocess"] = measure_inprocess(world, payloads, plan)
         for m in others.values():
             m.stop()
@@ -572,6 +591,24 @@ def write_report(results: dict[str, Any], md_path: Path, img_path: Path, bench_p
     subprocess.run([str(bench_py), str(ROOT / "bench" / "plot.py"), str(WORK / "results.json"),
                     str(img_path)], check=True)
     print(report.console_summary(results))
+
+
+def _print_partial(results: dict[str, Any]) -> None:
+    """The figures of a ``--only`` run, and each service's CPU per request."""
+    for case in results["cases"].values():
+        for run in case["runs"]:
+            what = (f"{run['rate']:g}/s open" if run.get("mode") == "open"
+                    else f"c={run.get('concurrency', 0):g} closed")
+            cpu = ", ".join(f"{n} {v:.2f}" for n, v in run["server_cpu_ms_per_request"].items())
+            print(f"{case['label'][:60]:<60} {what:<12} p50 {run['p50_ms']:6.2f} p99 "
+                  f"{run['p99_ms']:6.2f} ms {run['rate_rps']:7.0f} req/s  CPU ms/req: {cpu}")
+    for key, prof in results.get("profile", {}).items():
+        for svc, summary in prof.items():
+            if svc == "run" or "self" not in summary:
+                continue
+            print(f"\n{key} {svc}: packages {summary['packages'][:6]}")
+            print(f"  self: {summary['self'][:10]}")
+            print(f"  own: {summary['own_inclusive'][:10]}")
 
 
 def _interrupt(signum: int, frame: Any) -> None:

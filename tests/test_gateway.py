@@ -718,6 +718,23 @@ async def test_replay_returns_the_stored_decision(stack: Stack) -> None:
     assert len(stack.predictor.calls) == 1
 
 
+async def test_a_stored_decision_is_replayed_while_encoder_and_predictor_fail(stack: Stack) -> None:
+    # The store is asked while the encoder works: a replay must not depend on the encoder's
+    # answer (nor wait for a slow one).
+    body = fraud_txn()
+    first = (await stack.score(body)).json()
+    stack.encoder.fail_status = 503
+    stack.predictor.fail_status = 503
+    replay = (await stack.score(body)).json()
+    assert replay["cached"] is True and replay["degraded"] is False
+    assert replay["label"] == first["label"] and replay["score"] == first["score"]
+    stack.encoder.fail_status = None
+    stack.encoder.delay_s = 5.0  # far beyond the budget: the replay must not wait for it
+    started = time.perf_counter()
+    again = (await stack.score(body)).json()
+    assert again["cached"] is True and time.perf_counter() - started < BUDGET_S
+
+
 async def test_replays_agree_across_gateway_replicas(redis_url: str, stack: Stack) -> None:
     body = suspicious_txn()
     first = (await stack.score(body)).json()

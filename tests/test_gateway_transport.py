@@ -99,11 +99,23 @@ async def client_for(url: str) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-def test_the_backend_is_used_for_http_and_not_for_https() -> None:
-    plain = http_transport.transport("http://encoder:8001", max_connections=3)
-    assert isinstance(plain._pool._network_backend, http_transport.AsyncioBackend)
-    tls = http_transport.transport("https://encoder:8001", max_connections=3)
-    assert not isinstance(tls._pool._network_backend, http_transport.AsyncioBackend)
+def test_every_dependency_url_gets_the_aiohttp_transport() -> None:
+    for url in ("http://encoder:8001", "https://encoder:8001"):
+        built = http_transport.transport(url, max_connections=3)
+        assert isinstance(built, http_transport.AiohttpTransport)
+        assert built.max_connections == 3
+
+
+async def test_the_pool_never_opens_more_than_max_connections() -> None:
+    async def slow_echo(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(0.02)
+        return await echo(seen, writer)
+
+    async with http_server(slow_echo) as server:
+        transport = http_transport.transport(server.url, max_connections=2)
+        async with httpx.AsyncClient(base_url=server.url, transport=transport) as client:
+            await asyncio.gather(*(client.get(f"/{i}") for i in range(12)))
+    assert server.connections == 2
 
 
 async def test_requests_and_bodies_go_through_on_one_kept_alive_connection() -> None:

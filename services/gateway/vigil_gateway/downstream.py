@@ -123,15 +123,22 @@ async def _send_direct(
     client: DownstreamClient, method: str, path: str, content: bytes | None,
     headers: dict[str, str], timeout: httpx.Timeout,
 ) -> httpx.Response:
-    """``client.request(...)`` as the transport sees it: the same request (httpx adds Host and
-    Content-Length), the timeouts as its ``timeout`` extension, the body read and the connection
-    handed back to the pool."""
+    """``client.request(...)`` as the transport sees it: the same request (the transport adds
+    Host and Content-Length), the timeouts as its ``timeout`` extension, the body read whole."""
     headers.setdefault("user-agent", USER_AGENT)
+    url = client.url_for(path)
+    transport = client.transport
+    if isinstance(transport, http_transport.AiohttpTransport):
+        request = httpx.Request(method, url, extensions={"timeout": timeout.as_dict()})
+        status, raw_headers, body = await transport.fetch(
+            method, str(url), headers, content,
+            connect_timeout=timeout.connect, read_timeout=timeout.read, request=request,
+        )
+        return httpx.Response(status, headers=raw_headers, content=body, request=request)
     request = httpx.Request(
-        method, client.url_for(path), headers=headers, content=content,
-        extensions={"timeout": timeout.as_dict()},
+        method, url, headers=headers, content=content, extensions={"timeout": timeout.as_dict()},
     )
-    response = await client.transport.handle_async_request(request)
+    response = await transport.handle_async_request(request)
     response.request = request
     try:
         await response.aread()

@@ -137,38 +137,48 @@ class ScoringService:
         loop = asyncio.get_running_loop()
         deadline = None if limits.budget is None else loop.time() + limits.budget
         hashes = list(hashes) if hashes is not None else [payload_hash(t) for t in transactions]
-        stored: dict[str, StoredDecision] = {}
-        try:
-            async with asyncio.timeout_at(deadline):
-                stored = await self.store.get_many([t.transaction_id for t in transactions])
-        except TimeoutError:
-            pass  # the transformer will find the budget spent and answer TIMEOUT
-
         outcomes: list[Outcome | None] = [None] * len(transactions)
-        todo: list[int] = []
-        tally = {"miss": 0, "conflict": 0, "hit": 0}
-        for i, transaction in enumerate(transactions):
-            previous = stored.get(transaction.transaction_id) if stored else None
-            if previous is None:
-                tally["miss"] += 1
-                todo.append(i)
-            elif previous.payload_hash != hashes[i]:
-                tally["conflict"] += 1
-                outcomes[i] = _conflict(transaction.transaction_id)
-            elif rescore:
-                todo.append(i)
-            else:
-                tally["hit"] += 1
-                outcomes[i] = previous.replay(request_id)
-        for outcome, count in tally.items():
-            if count:
-                self.metrics.decision_store.labels(outcome).inc(count)
 
+        async def to_score() -> list[int]:
+            """Which transactions need a decision: the store is asked while the encoder works
+            (a replay or a conflict is rare; waiting for the store first would put a Redis round
+            trip in front of every transaction)."""
+            stored: dict[str, StoredDecision] = {}
+            try:
+                async with asyncio.timeout_at(deadline):
+                    stored = await self.store.get_many([t.transaction_id for t in transactions])
+            except TimeoutError:
+                pass  # the transformer will find the budget spent and answer TIMEOUT
+            tally = {"miss": 0, "conflict": 0, "hit": 0}
+            todo: list[int] = []
+            for i, transaction in enumerate(transactions):
+                previous = stored.get(transaction.transaction_id) if stored else None
+                if previous is None:
+                    tally["miss"] += 1
+                    todo.append(i)
+                elif previous.payload_hash != hashes[i]:
+                    tally["conflict"] += 1
+                    outcomes[i] = _conflict(transaction.transaction_id)
+                elif rescore:
+                    todo.append(i)
+                else:
+                    tally["hit"] += 1
+                    outcomes[i] = previous.replay(request_id)
+            for outcome, count in tally.items():
+                if count:
+                    self.metrics.decision_store.labels(outcome).inc(count)
+            return todo
+
+        answers = await self.transformer.score(
+            transactions, request_id=request_id, deadline=deadline, limits=limits,
+            wanted=to_score(),
+        )
+        # What the store did not settle (all of it if the budget ran out before it answered).
+        todo = [i for i, outcome in enumerate(outcomes) if outcome is None]
         if todo:
-            fresh = await self.transformer.score(
-                [transactions[i] for i in todo], request_id=request_id, deadline=deadline, limits=limits
-            )
-            self._count(fresh)
+            fresh = [answers[i] for i in todo]
+            assert all(a is not None for a in fresh), "a transaction to score has no answer"
+            self._count(fresh)  # type: ignore[arg-type]
             # Uncertain answers are not kept: a retry deserves a real decision.
             keep = [
                 (transactions[i].transaction_id, encode_entry(answer, hashes[i]))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -43,6 +43,15 @@ DEGRADED_TEXT = {
     FEATURE_CONTRACT_MISMATCH: "the model and the feature encoder disagree on the features, so the transaction was not scored",
     TIMEOUT: "scoring did not finish within its time budget",
 }
+
+
+class _Unscorable(Exception):
+    """No transaction of the request can be scored: the reason code and the dependency's error."""
+
+    def __init__(self, code: str, error: DownstreamError) -> None:
+        super().__init__(code)
+        self.code = code
+        self.error = error
 
 
 @dataclass(frozen=True)
@@ -95,11 +104,16 @@ class FraudTransformer:
         request_id: str,
         deadline: float | None,
         limits: Limits,
-    ) -> list[ScoreResponse]:
-        """One answer per transaction, in order; ``deadline`` is on the event loop's clock."""
+        wanted: Awaitable[Sequence[int]] | None = None,
+    ) -> list[ScoreResponse | None]:
+        """One answer per transaction, in order; ``deadline`` is on the event loop's clock.
+
+        ``wanted`` (awaited while the encoder works) says which transactions need an answer;
+        the others get None. Without it, all do.
+        """
         try:
             async with asyncio.timeout_at(deadline):
-                return await self._pipeline(transactions, request_id, limits)
+                return await self._pipeline(transactions, request_id, limits, wanted)
         except TimeoutError:
             logger.warning(
                 "scoring budget exceeded",
@@ -107,23 +121,54 @@ class FraudTransformer:
             )
             return [self.degraded(t, TIMEOUT, request_id) for t in transactions]
 
-    async def _pipeline(
+    async def _encode(
         self, transactions: Sequence[Transaction], request_id: str, limits: Limits
-    ) -> list[ScoreResponse]:
+    ) -> tuple[ModelMetadata, EncodeResponse]:
         try:
             meta = await self.catalog.ensure_current(limits.predictor, request_id)
         except DownstreamError as exc:
-            return self._all_degraded(transactions, MODEL_UNAVAILABLE, request_id, exc)
+            raise _Unscorable(MODEL_UNAVAILABLE, exc) from exc
         try:
-            encoded = await self.preprocess(transactions, meta, request_id, limits)
+            return meta, await self.preprocess(transactions, meta, request_id, limits)
         except DownstreamError as exc:
-            return self._all_degraded(transactions, FEATURES_UNAVAILABLE, request_id, exc)
+            raise _Unscorable(FEATURES_UNAVAILABLE, exc) from exc
 
+    async def _pipeline(
+        self,
+        transactions: Sequence[Transaction],
+        request_id: str,
+        limits: Limits,
+        wanted: Awaitable[Sequence[int]] | None,
+    ) -> list[ScoreResponse | None]:
         answers: list[ScoreResponse | None] = [None] * len(transactions)
+        if wanted is None:
+            rows: Sequence[int] = range(len(transactions))
+            encoding = None
+        else:
+            encoding = asyncio.ensure_future(self._encode(transactions, request_id, limits))
+            try:
+                rows = await wanted
+            except BaseException:
+                encoding.cancel()
+                raise
+            if not rows:
+                encoding.cancel()
+                return answers
+        try:
+            meta, encoded = await (encoding or self._encode(transactions, request_id, limits))
+        except _Unscorable as exc:
+            for i, answer in zip(rows, self._all_degraded(
+                    [transactions[i] for i in rows], exc.code, request_id, exc.error)):
+                answers[i] = answer
+            return answers
+        finally:
+            if encoding is not None and not encoding.done():
+                encoding.cancel()
+
         stored = stored_mask(encoded.feature_names)
         todo: list[int] = []
-        for i, row in enumerate(encoded.rows):
-            verdict = policy_verdict(row, stored, meta.serving_policy)
+        for i in rows:
+            verdict = policy_verdict(encoded.rows[i], stored, meta.serving_policy)
             if verdict is None:
                 todo.append(i)
             else:
@@ -144,8 +189,8 @@ class FraudTransformer:
                 ]
             for i, answer in zip(todo, scored):
                 answers[i] = answer
-        assert all(a is not None for a in answers), "a transaction was left without an answer"
-        return answers  # type: ignore[return-value]
+        assert all(answers[i] is not None for i in rows), "a transaction was left without an answer"
+        return answers
 
     async def preprocess(
         self, transactions: Sequence[Transaction], meta: ModelMetadata, request_id: str, limits: Limits
