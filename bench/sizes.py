@@ -94,3 +94,9 @@ def measure(bench_dir: Path, log: Callable[[str], None]) -> dict[str, dict[str, 
         size = _du(target) / 1e6
         out[name] = {"site_packages_mb": size, "image_mb": size + BASE_IMAGE_MB}
     return out
+
+
+def image_site_packages(bench_dir: Path, service: str) -> Path | None:
+    """The folder holding what ``service``'s Dockerfile installs (after :func:`measure`), or None."""
+    target = bench_dir / "sizes" / service
+    return target if target.with_suffix(".stamp").exists() and target.is_dir() else None

@@ -65,3 +65,17 @@ def test_column_form_equals_row_form():
     out = transform_columns(cols)
     for i, row in enumerate(rows):
         assert {k: v[i] for k, v in out.items()} == transform_row(row)
+
+
+def test_missing_inputs_of_every_kind_read_as_missing():
+    import numpy as np
+
+    for gone in (None, math.nan, np.float64("nan"), np.float32("nan")):
+        out = transform_row(_row(card_amount_avg_30d=gone, card_last_txn_epoch=gone,
+                                 card_home_country=gone))
+        assert out["amount_to_card_avg_30d"] is None, gone
+        assert out["seconds_since_card_last_txn"] is None, gone
+        assert out["country_mismatch"] is None, gone
+    # numpy numbers and text are values, never missing
+    out = transform_row(_row(card_amount_avg_30d=np.float64(20.0), card_home_country="US"))
+    assert out["amount_to_card_avg_30d"] == 8.0 and out["country_mismatch"] == 0.0

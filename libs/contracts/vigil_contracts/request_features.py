@@ -56,8 +56,15 @@ NIGHT_HOURS = range(0, 6)
 
 
 def _missing(value: Any) -> bool:
+    """None or NaN. Plain floats and text are settled without ``math.isnan`` raising and
+    catching a TypeError (text is most of what the encoder checks, once per row and field)."""
     if value is None:
         return True
+    kind = type(value)
+    if kind is float:
+        return value != value
+    if kind is str:
+        return False
     try:
         return math.isnan(value)
     except TypeError:
