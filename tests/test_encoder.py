@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import pandas as pd
 import pytest
+from vigil_contracts.encoding import BINARY_HEADER_LENGTH, BINARY_MEDIA_TYPE, decode_binary
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE
 from vigil_contracts.request_features import NO_DEVICE_ID, OUTPUT_FEATURES
 
@@ -239,6 +240,41 @@ async def test_rows_older_than_ttl_are_missing_and_stale(client, store, spec):
         assert current["stale"][j] is False
         assert current["age_seconds"][j] == pytest.approx(7200.0, abs=60.0)
     assert len(OUTPUT_FEATURES) == len(od)
+
+
+async def test_the_binary_answer_carries_exactly_the_json_answer(client, store, feature_env):
+    # One expired card row among the parity rows, so that stale flags are set too.
+    store.write_to_online_store("card_stats", pd.DataFrame(
+        [_card_stats_row("c_bin_expired", datetime.now(timezone.utc) - timedelta(days=40))]))
+    rows = parity_rows(feature_env, n=200, seed=11)
+    rows[0]["entities"]["card_id"] = "c_bin_expired"
+    as_json = (await encode(client, rows)).json()
+    response = await encode(client, rows, headers={"accept": f"{BINARY_MEDIA_TYPE}, application/json"})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == BINARY_MEDIA_TYPE
+    binary = decode_binary(response.content, response.headers.get(BINARY_HEADER_LENGTH), len(rows))
+    assert binary.feature_names == as_json["feature_names"]
+    assert binary.feature_contract == as_json["feature_contract"]
+    assert binary.feature_service == as_json["feature_service"]
+    width = binary.width
+    for i, row in enumerate(as_json["rows"]):
+        part = slice(i * width, (i + 1) * width)
+        assert [None if v != v else v for v in binary.values[part]] == row["values"], i
+        assert [bool(b) for b in binary.missing[part]] == row["missing"], i
+        assert [bool(b) for b in binary.stale[part]] == row["stale"], i
+        for got, want in zip(binary.age_seconds[part], row["age_seconds"]):
+            if want is None:
+                assert got != got
+            else:  # a second request: the ages moved on a little
+                assert got == pytest.approx(want, abs=5.0)
+    assert any(binary.stale) and any(binary.missing)
+    # Asked for JSON (or anything), and for errors, the answer stays JSON.
+    assert (await encode(client, rows[:1], headers={"accept": "*/*"})).headers[
+        "content-type"].startswith("application/json")
+    refused = await encode(client, rows[:1], service="nope",
+                           headers={"accept": BINARY_MEDIA_TYPE})
+    assert refused.status_code == 404
+    assert refused.headers["content-type"].startswith(PROBLEM_MEDIA_TYPE)
 
 
 # --- API --------------------------------------------------------------------------------------

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import math
+import sys
+from array import array
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any, Iterable
+
 from pydantic import BaseModel, Field
 
 
@@ -29,3 +37,110 @@ class EncodeResponse(BaseModel):
     feature_names: list[str]
     feature_contract: str
     rows: list[EncodedRow]
+
+
+# --- the binary form of an EncodeResponse ---------------------------------------------------
+#
+# Asked with ``Accept: application/octet-stream``. As in the V2 binary tensor extension: a JSON
+# header, then the tensors' raw little-endian bytes back to back; the header's length is in the
+# ``Encode-Header-Content-Length`` response header. The header holds ``feature_service``,
+# ``feature_names``, ``feature_contract`` and ``tensors``: ``values`` (FP64 [N, F], NaN where
+# missing), ``age_seconds`` (FP64 [N, F], NaN where None), ``missing`` and ``stale`` (BOOL
+# [N, F], one byte each), in that order, each with its ``binary_data_size``. No float is written
+# or parsed as text, and the gateway hands ``values`` to the predictor without a per-value loop.
+
+BINARY_MEDIA_TYPE = "application/octet-stream"
+BINARY_HEADER_LENGTH = "Encode-Header-Content-Length"
+BINARY_TENSORS = (("values", "FP64", 8), ("age_seconds", "FP64", 8), ("missing", "BOOL", 1),
+                  ("stale", "BOOL", 1))
+_BOOL_BYTES = b"\x00\x01"
+_SWAP = sys.byteorder != "little"
+
+
+def _fp64(values: Iterable[float | None]) -> bytes:
+    nan = math.nan
+    packed = array("d", [nan if v is None else v for v in values])
+    if _SWAP:
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def encode_binary(body: dict[str, Any]) -> tuple[bytes, int]:
+    """An ``EncodeResponse`` as plain data (``rows`` of dicts) -> (binary body, header length)."""
+    rows = body["rows"]
+    names = body["feature_names"]
+    parts = [
+        _fp64(chain.from_iterable(row["values"] for row in rows)),
+        _fp64(chain.from_iterable(row["age_seconds"] for row in rows)),
+        bytes(chain.from_iterable(row["missing"] for row in rows)),
+        bytes(chain.from_iterable(row["stale"] for row in rows)),
+    ]
+    shape = [len(rows), len(names)]
+    header = json.dumps({
+        "feature_service": body["feature_service"],
+        "feature_names": names,
+        "feature_contract": body["feature_contract"],
+        "tensors": [
+            {"name": name, "datatype": datatype, "shape": shape, "binary_data_size": len(part)}
+            for (name, datatype, _), part in zip(BINARY_TENSORS, parts)
+        ],
+    }, separators=(",", ":")).encode()
+    return header + b"".join(parts), len(header)
+
+
+@dataclass(frozen=True)
+class BinaryEncoding:
+    """A decoded binary ``EncodeResponse``: flat row-major tensors of ``n_rows`` x ``width``."""
+
+    feature_service: str
+    feature_names: list[str]
+    feature_contract: str
+    n_rows: int
+    width: int
+    values: array  # FP64, NaN = missing
+    age_seconds: array  # FP64, NaN = None
+    missing: bytes  # 0 / 1
+    stale: bytes  # 0 / 1
+
+
+def decode_binary(content: bytes, header_length: str | None, n_rows: int) -> BinaryEncoding:
+    """The binary answer to ``n_rows`` rows; ValueError (or KeyError, TypeError) for anything
+    else: a header that is not one, tensors of another name, type or shape, sizes that do not
+    add up to the body, flags that are not 0 or 1."""
+    if header_length is None or not header_length.isdigit():
+        raise ValueError(f"no valid {BINARY_HEADER_LENGTH}")
+    length = int(header_length)
+    if length > len(content):
+        raise ValueError(f"{BINARY_HEADER_LENGTH} {length} is beyond the body")
+    view = memoryview(content)
+    header = json.loads(bytes(view[:length]))
+    service, names, contract = header["feature_service"], header["feature_names"], header["feature_contract"]
+    if not (isinstance(service, str) and isinstance(contract, str) and isinstance(names, list)
+            and all(isinstance(n, str) for n in names)):
+        raise TypeError("feature_service, feature_names or feature_contract is malformed")
+    width = len(names)
+    tensors = header["tensors"]
+    if not isinstance(tensors, list) or len(tensors) != len(BINARY_TENSORS):
+        raise ValueError("tensors are not values, age_seconds, missing and stale")
+    parts: list[memoryview] = []
+    offset = length
+    for tensor, (name, datatype, itemsize) in zip(tensors, BINARY_TENSORS):
+        size = n_rows * width * itemsize
+        if (tensor.get("name"), tensor.get("datatype"), tensor.get("shape"),
+                tensor.get("binary_data_size")) != (name, datatype, [n_rows, width], size):
+            raise ValueError(f"tensor {tensor.get('name')!r} is not {name} {datatype} "
+                             f"[{n_rows}, {width}] of {size} bytes")
+        parts.append(view[offset:offset + size])
+        offset += size
+    if offset != len(content):
+        raise ValueError(f"the body is {len(content)} bytes, the tensors end at {offset}")
+    values, ages = array("d"), array("d")
+    values.frombytes(parts[0])
+    ages.frombytes(parts[1])
+    if _SWAP:
+        values.byteswap()
+        ages.byteswap()
+    missing, stale = bytes(parts[2]), bytes(parts[3])
+    if missing.translate(None, _BOOL_BYTES) or stale.translate(None, _BOOL_BYTES):
+        raise ValueError("a missing or stale flag is neither 0 nor 1")
+    return BinaryEncoding(service, names, contract, n_rows, width, values, ages, missing, stale)

@@ -10,7 +10,9 @@ import orjson
 from fastapi import APIRouter, Body, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from vigil_contracts.encoding import EncodeRequest, EncodeResponse
+from vigil_contracts.encoding import (
+    BINARY_HEADER_LENGTH, BINARY_MEDIA_TYPE, EncodeRequest, EncodeResponse, encode_binary,
+)
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE, Problem
 from vigil_servicekit.deps import MetricsDep
 from vigil_servicekit.json_body import OrjsonRoute
@@ -117,15 +119,44 @@ _ENCODE_BODY_DOC: dict[str, Any] = {
 
 
 @encoder_router.post(
-    "/v1/encode", response_model=EncodeResponse, responses=_PROBLEMS, openapi_extra=_ENCODE_BODY_DOC
+    "/v1/encode", response_model=EncodeResponse, openapi_extra=_ENCODE_BODY_DOC,
+    responses={**_PROBLEMS, 200: {"content": {BINARY_MEDIA_TYPE: {"schema": {
+        "type": "string", "format": "binary",
+        "description": "With `Accept: application/octet-stream`: the same answer as a JSON header "
+                       f"(its length in `{BINARY_HEADER_LENGTH}`) followed by the tensors' bytes; "
+                       "see vigil_contracts.encoding."}}}}},
 )
 async def encode(body: Annotated[Any, Body()], request: Request, encoder: EncoderDep) -> Response:
     feature_service, rows = parse_encode_request(body)
     log_fields(request.scope).update(feature_service=feature_service, rows=len(rows))
     result = await encoder.encode_rows(feature_service, rows)
+    if wants_binary(request.headers.get("accept")):
+        body, header_length = encode_binary(result)
+        return Response(body, media_type=BINARY_MEDIA_TYPE,
+                        headers={BINARY_HEADER_LENGTH: str(header_length)})
     # Built as plain lists by the data plane and serialised directly: validating thousands of
     # floats back through EncodeResponse would cost more than the Redis round trip.
     return Response(orjson.dumps(result), media_type="application/json")
+
+
+def wants_binary(accept: str | None) -> bool:
+    """Whether ``Accept`` asks for the binary form (``application/octet-stream`` named, not
+    refused with ``q=0``); JSON otherwise, also for ``*/*``."""
+    if not accept:
+        return False
+    for item in accept.split(","):
+        media, _, params = item.strip().partition(";")
+        if media.strip().lower() != BINARY_MEDIA_TYPE:
+            continue
+        for param in params.split(";"):
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    return float(value) > 0
+                except ValueError:
+                    return False
+        return True
+    return False
 
 
 @encoder_router.get("/v1/feature-services")

@@ -8,6 +8,7 @@ thousand rows of pydantic models cost more than the rest of the hop.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import chain
 from operator import itemgetter
 from typing import Any, NamedTuple
@@ -15,12 +16,19 @@ from typing import Any, NamedTuple
 import httpx
 import orjson
 
+from vigil_contracts.encoding import (
+    BINARY_HEADER_LENGTH, BINARY_MEDIA_TYPE, BinaryEncoding, decode_binary,
+)
+
 from vigil_gateway import downstream
 from vigil_gateway.errors import DownstreamError
 from vigil_gateway.metrics import GatewayMetrics
+from vigil_gateway.predictor_client import Features
 
 NAME = "encoder"
-JSON_HEADERS = {"content-type": "application/json", "accept": "application/json"}
+# The binary answer is asked first; JSON is read too (an older encoder answers only that).
+REQUEST_HEADERS = {"content-type": "application/json",
+                   "accept": f"{BINARY_MEDIA_TYPE}, application/json"}
 
 _NUMBER = frozenset({float, int, type(None)})
 _FLAGS = frozenset({True, False})
@@ -35,13 +43,63 @@ class EncodedVector(NamedTuple):
     age_seconds: list[float | None]
 
 
+class BinaryRow:
+    """One row of a binary answer, read where it lies: ``missing`` and ``stale`` as 0/1 bytes
+    (what the serving policy counts), ``values`` and ``age_seconds`` as lists with None for
+    missing, made only when asked (for the few transactions that get reasons)."""
+
+    __slots__ = ("_batch", "_start", "_end")
+
+    def __init__(self, batch: BinaryEncoding, index: int) -> None:
+        self._batch = batch
+        self._start = index * batch.width
+        self._end = self._start + batch.width
+
+    @property
+    def missing(self) -> bytes:
+        return self._batch.missing[self._start:self._end]
+
+    @property
+    def stale(self) -> bytes:
+        return self._batch.stale[self._start:self._end]
+
+    @property
+    def values(self) -> list[float | None]:
+        return [None if v != v else v for v in self._batch.values[self._start:self._end]]
+
+    @property
+    def age_seconds(self) -> list[float | None]:
+        return [None if v != v else v for v in self._batch.age_seconds[self._start:self._end]]
+
+
 class EncodedVectors(NamedTuple):
-    """An ``EncodeResponse``: the vectors in request order, their feature names and contract."""
+    """An ``EncodeResponse``: the vectors in request order, their feature names and contract;
+    ``binary`` is the whole answer as tensors when it came in binary form."""
 
     feature_service: str
     feature_names: list[str]
     feature_contract: str
-    rows: list[EncodedVector]
+    rows: Sequence[EncodedVector | BinaryRow]
+    binary: BinaryEncoding | None = None
+
+    def features(self, rows: Sequence[int]) -> Features:
+        """The predictor's input for the given rows, in that order."""
+        binary = self.binary
+        if binary is None:
+            return Features.from_rows([self.rows[i].values for i in rows])  # type: ignore[misc]
+        everything = Features.from_fp64(binary.values, binary.n_rows, binary.width)
+        if len(rows) == binary.n_rows and all(i == k for k, i in enumerate(rows)):
+            return everything
+        return everything.take(rows)
+
+
+def parse_binary_encode_response(content: bytes, header_length: str | None, n_rows: int) -> EncodedVectors:
+    """The encoder's binary answer (``vigil_contracts.encoding.decode_binary``) to ``n_rows`` rows."""
+    binary = decode_binary(content, header_length, n_rows)
+    return EncodedVectors(
+        binary.feature_service, binary.feature_names, binary.feature_contract,
+        [BinaryRow(binary, i) for i in range(n_rows)], binary,
+    )
 
 
 _row_fields = itemgetter(*EncodedVector._fields)
@@ -95,11 +153,15 @@ class EncoderClient:
             metrics=self.metrics, timeout=timeout, connect_timeout_s=self.connect_timeout_s,
             request_id=request_id,
             content=orjson.dumps({"feature_service": feature_service, "rows": rows}),
-            headers=JSON_HEADERS,
+            headers=REQUEST_HEADERS,
         )
         if response.status_code != 200:
             raise downstream.rejected(self.metrics, NAME, response)
         try:
+            if response.headers.get("content-type", "").startswith(BINARY_MEDIA_TYPE):
+                return parse_binary_encode_response(
+                    response.content, response.headers.get(BINARY_HEADER_LENGTH), len(rows)
+                )
             return parse_encode_response(response.content, len(rows))
         except (ValueError, KeyError, TypeError) as exc:
             raise downstream.invalid_response(

@@ -16,7 +16,7 @@ import sys
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import httpx
@@ -71,21 +71,48 @@ def model_path(name: str, version: str | None) -> str:
     return f"{path}/versions/{quote(version, safe='')}" if version else path
 
 
+class Features(NamedTuple):
+    """An ``[N, F]`` feature matrix as the V2 binary extension carries it: FP32, little-endian,
+    row-major, NaN for a missing feature."""
+
+    raw: bytes
+    n_rows: int
+    width: int
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[Sequence[float | None]]) -> "Features":
+        # A value beyond FP32's range becomes inf, which the predictor refuses (400) as it
+        # would the same number in JSON.
+        values = array("f", [_NAN if v is None else v for row in rows for v in row])
+        if _SWAP:
+            values.byteswap()
+        return cls(values.tobytes(), len(rows), len(rows[0]))
+
+    @classmethod
+    def from_fp64(cls, values: array[float], n_rows: int, width: int) -> "Features":
+        """From a flat FP64 matrix (NaN = missing), converted in one pass in C."""
+        packed = array("f", values)
+        if _SWAP:
+            packed.byteswap()
+        return cls(packed.tobytes(), n_rows, width)
+
+    def take(self, rows: Sequence[int]) -> "Features":
+        """The given rows, in that order."""
+        step = self.width * _FP32
+        raw = self.raw
+        return Features(b"".join([raw[i * step:(i + 1) * step] for i in rows]), len(rows), self.width)
+
+
 def encode_request(
-    rows: Sequence[Sequence[float | None]],
+    rows: Sequence[Sequence[float | None]] | Features,
     *,
     request_id: str,
     feature_contract: str,
     contributions_min_score: float | None,
 ) -> tuple[bytes, dict[str, str]]:
     """A V2 binary request: the JSON header, then the ``[N, F]`` features as FP32 bytes."""
-    width = len(rows[0])
-    # A value beyond FP32's range becomes inf, which the predictor refuses (400) as it would
-    # the same number in JSON.
-    values = array("f", [_NAN if v is None else v for row in rows for v in row])
-    if _SWAP:
-        values.byteswap()
-    raw = values.tobytes()
+    features = rows if isinstance(rows, Features) else Features.from_rows(rows)
+    raw = features.raw
     parameters: dict[str, Any] = {"feature_contract": feature_contract}
     if contributions_min_score is not None:
         parameters["contributions_min_score"] = contributions_min_score
@@ -95,7 +122,7 @@ def encode_request(
         "inputs": [{
             "name": INPUT_NAME,
             "datatype": "FP32",
-            "shape": [len(rows), width],
+            "shape": [features.n_rows, features.width],
             "parameters": {"binary_data_size": len(raw)},
         }],
         "outputs": _BINARY_OUTPUTS,
@@ -180,7 +207,7 @@ class PredictorClient:
         self,
         name: str,
         version: str | None,
-        rows: list[list[float | None]],
+        rows: Sequence[Sequence[float | None]] | Features,
         *,
         feature_contract: str,
         request_id: str,
@@ -202,6 +229,8 @@ class PredictorClient:
             if downstream.problem_slug(response) == "feature-contract-mismatch":
                 raise downstream.rejected(self.metrics, NAME, response, FeatureContractMismatch)
             raise downstream.rejected(self.metrics, NAME, response)
+        if isinstance(rows, Features):
+            return self._decode(response, rows.n_rows, rows.width)
         return self._decode(response, len(rows), len(rows[0]))
 
     def _decode(self, response: httpx.Response, n: int, width: int) -> Inference:

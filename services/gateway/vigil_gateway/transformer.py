@@ -16,16 +16,15 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from vigil_contracts.api import ModelRef, Reason, ScoreResponse, Transaction
-from vigil_contracts.encoding import EncodeResponse
 from vigil_contracts.request_features import NO_DEVICE_ID, request_fields
 from vigil_contracts.thresholds import label_for_score
 
-from vigil_gateway.encoder_client import EncoderClient
+from vigil_gateway.encoder_client import EncodedVectors, EncoderClient
 from vigil_gateway.errors import DownstreamError, FeatureContractMismatch
 from vigil_gateway.model_catalog import ModelCatalog
 from vigil_gateway.model_metadata import ModelMetadata
 from vigil_gateway.policy import FEATURES_MISSING, FEATURES_STALE, policy_verdict, stored_mask
-from vigil_gateway.predictor_client import Inference, PredictorClient
+from vigil_gateway.predictor_client import Features, Inference, PredictorClient
 from vigil_gateway.reasons import explain
 
 logger = logging.getLogger(__name__)
@@ -123,7 +122,7 @@ class FraudTransformer:
 
     async def _encode(
         self, transactions: Sequence[Transaction], request_id: str, limits: Limits
-    ) -> tuple[ModelMetadata, EncodeResponse]:
+    ) -> tuple[ModelMetadata, EncodedVectors]:
         try:
             meta = await self.catalog.ensure_current(limits.predictor, request_id)
         except DownstreamError as exc:
@@ -194,7 +193,7 @@ class FraudTransformer:
 
     async def preprocess(
         self, transactions: Sequence[Transaction], meta: ModelMetadata, request_id: str, limits: Limits
-    ) -> EncodeResponse:
+    ) -> EncodedVectors:
         """Business -> data -> representation: keys and request fields, encoded into vectors."""
         return await self.encoder.encode(
             self.feature_service or meta.feature_service,
@@ -204,7 +203,7 @@ class FraudTransformer:
         )
 
     async def predict(
-        self, encoded: EncodeResponse, rows: Sequence[int], request_id: str, limits: Limits
+        self, encoded: EncodedVectors, rows: Sequence[int], request_id: str, limits: Limits
     ) -> tuple[Inference, ModelMetadata]:
         """Score the chosen rows; also the metadata of the version that scored them.
 
@@ -212,7 +211,7 @@ class FraudTransformer:
         contributions for) only the rows at or above the current version's ``suspicious``
         threshold: most of its cost is in those contributions.
         """
-        vectors = [encoded.rows[i].values for i in rows]
+        vectors = encoded.features(rows)
         current = self.catalog.current
         inference = await self.predictor.infer(
             self.catalog.name, self.catalog.pinned_version, vectors,
@@ -233,9 +232,9 @@ class FraudTransformer:
     async def _explain(
         self,
         inference: Inference,
-        vectors: Sequence[list[float | None]],
+        vectors: Features,
         unexplained: list[int],
-        encoded: EncodeResponse,
+        encoded: EncodedVectors,
         request_id: str,
         limits: Limits,
     ) -> Inference:
@@ -248,7 +247,7 @@ class FraudTransformer:
         """
         try:
             extra = await self.predictor.infer(
-                self.catalog.name, inference.model_version, [vectors[k] for k in unexplained],
+                self.catalog.name, inference.model_version, vectors.take(unexplained),
                 feature_contract=encoded.feature_contract,
                 request_id=request_id, timeout=limits.predictor,
             )
@@ -267,7 +266,7 @@ class FraudTransformer:
     def postprocess(
         self,
         transaction: Transaction,
-        encoded: EncodeResponse,
+        encoded: EncodedVectors,
         row: int,
         inference: Inference,
         k: int,
