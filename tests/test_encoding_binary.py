@@ -109,3 +109,24 @@ def test_the_tensors_are_little_endian_in_the_declared_order() -> None:
     assert math.isnan(struct.unpack("<d", values[32:40])[0])  # row 1's missing value is NaN
     flags = raw[length + 12 * 8:]
     assert flags == bytes([0, 0, 0, 0, 1, 0]) + bytes([0, 0, 0, 1, 0, 0])  # missing, then stale
+
+
+@pytest.mark.parametrize("stale_is_uncertain", [True, False])
+@pytest.mark.parametrize("max_missing", [0.0, 0.5, 1.0])
+def test_the_serving_policy_reads_both_forms_alike(stale_is_uncertain, max_missing) -> None:
+    from vigil_gateway.model_metadata import ServingPolicy
+    from vigil_gateway.policy import policy_verdict, stored_mask
+
+    data = body(6)
+    data["rows"][2]["values"][0] = None  # two of the two stored features missing
+    data["rows"][2]["missing"][0] = True
+    raw, length = encode_binary(data)
+    binary = parse_binary_encode_response(raw, str(length), 6)
+    plain = parse_encode_response(json.dumps(data).encode(), 6)
+    policy = ServingPolicy(max_missing_stored_fraction=max_missing,
+                           stale_is_uncertain=stale_is_uncertain)
+    stored = stored_mask(NAMES)
+    verdicts = [policy_verdict(row, stored, policy) for row in binary.rows]
+    assert verdicts == [policy_verdict(row, stored, policy) for row in plain.rows]
+    if max_missing < 1.0 or stale_is_uncertain:
+        assert len(set(verdicts)) > 1  # the rows really differ under this policy

@@ -17,14 +17,14 @@ FEATURES_MISSING = "FEATURES_MISSING"
 
 
 class EncodedRow(Protocol):
-    """What the policy reads of an encoded row (``vigil_contracts.encoding.EncodedRow`` or the
-    encoder client's ``EncodedVector``)."""
+    """What the policy reads of an encoded row (``vigil_contracts.encoding.EncodedRow``, the
+    encoder client's ``EncodedVector``, or its ``BinaryRow`` whose flags are 0/1 bytes)."""
 
     @property
-    def missing(self) -> Sequence[bool]: ...
+    def missing(self) -> Sequence[bool] | bytes: ...
 
     @property
-    def stale(self) -> Sequence[bool]: ...
+    def stale(self) -> Sequence[bool] | bytes: ...
 
 
 def stored_mask(feature_names: Sequence[str]) -> list[bool]:
@@ -33,8 +33,11 @@ def stored_mask(feature_names: Sequence[str]) -> list[bool]:
 
 def policy_verdict(row: EncodedRow, stored: Sequence[bool], policy: ServingPolicy) -> str | None:
     """``None`` when the row may be scored, else the reason code of an ``uncertain`` answer."""
-    if policy.stale_is_uncertain and any(row.stale):
+    # ``1 in`` finds a True flag in a list of booleans and a 1 in bytes alike, in C.
+    if policy.stale_is_uncertain and 1 in row.stale:
         return FEATURES_STALE
+    if 1 not in row.missing:
+        return None
     n_stored = sum(stored)
     if n_stored:
         missing = sum(compress(row.missing, stored))

@@ -95,6 +95,7 @@ class FraudTransformer:
         self.catalog = catalog
         self.feature_service = feature_service
         self.max_reasons = max_reasons
+        self._model_refs: dict[tuple[str, str], ModelRef] = {}
 
     async def score(
         self,
@@ -277,7 +278,10 @@ class FraudTransformer:
         score = inference.scores[k]
         label = label_for_score(score, meta.thresholds.as_mapping())
         reasons = explain(
-            label, encoded.feature_names, encoded.rows[row].values, inference.contributions[k],
+            label, encoded.feature_names,
+            # A not_fraud answer names no feature: its values are not even read.
+            () if label == "not_fraud" else encoded.rows[row].values,
+            inference.contributions[k],
             currency=transaction.currency, device_present=transaction.device_id is not None,
             max_reasons=self.max_reasons,
         )
@@ -286,10 +290,19 @@ class FraudTransformer:
             label=label,
             score=round(score, 6),
             reasons=reasons,
-            model=ModelRef(name=inference.model_name, version=inference.model_version),
+            model=self._model_ref(inference.model_name, inference.model_version),
             degraded=False,
             request_id=request_id,
         )
+
+    def _model_ref(self, name: str, version: str) -> ModelRef:
+        """The answers' ``model``, made once per version (answers only ever read it)."""
+        ref = self._model_refs.get((name, version))
+        if ref is None:
+            ref = ModelRef(name=name, version=version)
+            if len(self._model_refs) < 64:
+                self._model_refs[(name, version)] = ref
+        return ref
 
     def degraded(self, transaction: Transaction, code: str, request_id: str) -> ScoreResponse:
         return ScoreResponse(
