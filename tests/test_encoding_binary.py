@@ -118,8 +118,10 @@ def test_the_serving_policy_reads_both_forms_alike(stale_is_uncertain, max_missi
     from vigil_gateway.policy import policy_verdict, stored_mask
 
     data = body(6)
-    data["rows"][2]["values"][0] = None  # two of the two stored features missing
-    data["rows"][2]["missing"][0] = True
+    for j in (0, 1):  # row 2: both stored features missing (rows 1, 3, 5: one of two)
+        data["rows"][2]["values"][j] = None
+        data["rows"][2]["missing"][j] = True
+        data["rows"][2]["age_seconds"][j] = None
     raw, length = encode_binary(data)
     binary = parse_binary_encode_response(raw, str(length), 6)
     plain = parse_encode_response(json.dumps(data).encode(), 6)
