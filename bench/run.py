@@ -359,12 +359,15 @@ def profile(cases: dict[str, Case], plan: Plan, pids: dict[str, int], venv: Path
     out: dict[str, Any] = {}
     prof_dir = WORK / "profiles"
     prof_dir.mkdir(parents=True, exist_ok=True)
-    for key, conc in (("e2e_1", 16), ("e2e_1000", 2)):
+    vigil = ("gateway", "encoder", "predictor")
+    for key, conc, services in (("e2e_1", 16, vigil), ("e2e_1000", 2, vigil),
+                                ("predictor_1", 16, ("predictor",)),
+                                ("encoder_1", 16, ("encoder",))):
         case = cases.get(key)
-        if case is None:
-            continue
+        if case is None or (key not in ("e2e_1", "e2e_1000") and len(cases) > 4):
+            continue  # the services alone are profiled in a --only run
         recorders = {}
-        for svc in ("gateway", "encoder", "predictor"):
+        for svc in services:
             raw = prof_dir / f"{key}-{svc}.txt"
             recorders[svc] = (raw, subprocess.Popen(
                 [str(pyspy), "record", "-p", str(pids[svc]), "-d", str(int(plan.profile_s)),

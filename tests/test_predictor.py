@@ -6,6 +6,7 @@ the predictor is tested against artifacts laid out exactly as training lays them
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import logging
@@ -784,3 +785,67 @@ async def test_inconsistent_artifacts_are_refused(tmp_path: Path, damage: str) -
         meta_body = (await client.get(f"/v2/models/{MODEL}")).json()
         assert meta_body["versions"] == ["1"]
         assert meta_body["parameters"]["version"] == "1"
+
+
+# request coalescing
+async def test_concurrent_requests_are_scored_together_with_their_own_answers(
+    client, app, boosters
+) -> None:
+    """Requests waiting together share one XGBoost call per (version, outputs, min score), and
+    each gets exactly the answer it would get alone, whatever it shares the call with."""
+    batches = app.state.dataplane.metrics.batch_requests
+    before = _histogram_count(batches)
+    xs = [rows(1 + i % 3, seed=100 + i, missing=0.2) for i in range(24)]
+    kinds = []
+    bodies = []
+    for i, x in enumerate(xs):
+        if i % 3 == 0:
+            kinds.append("score")
+            bodies.append(json_request(x))
+        else:  # two different min scores: they must not share a call
+            threshold = 0.3 if i % 3 == 1 else 0.7
+            kinds.append(threshold)
+            bodies.append(json_request(x, outputs=[{"name": "score"}, {"name": "contributions"}],
+                                       parameters={"contributions_min_score": threshold}))
+    answers = await asyncio.gather(*(client.post(INFER, json=body) for body in bodies))
+    for x, kind, response in zip(xs, kinds, answers):
+        assert response.status_code == 200, response.text
+        matrix = xgb.DMatrix(x, missing=np.nan, feature_names=FEATURE_NAMES)
+        body = response.json()
+        np.testing.assert_allclose(output(body, "score"), boosters["2"].predict(matrix), atol=1e-6)
+        if kind != "score":
+            contributions = output(body, "contributions")
+            expected = boosters["2"].predict(matrix, pred_contribs=True)
+            explained = output(body, "score").astype(np.float64) >= kind
+            np.testing.assert_allclose(contributions[explained], expected[explained], atol=1e-6)
+            assert np.isnan(contributions[~explained]).all()
+    calls = _histogram_count(batches) - before
+    assert calls < len(bodies)  # some requests really shared a call
+    # A request for another version never joins their batch (version 1 scores differ).
+    x = rows(2, seed=99)
+    one, two = await asyncio.gather(
+        client.post(f"/v2/models/{MODEL}/versions/1/infer", json=json_request(x)),
+        client.post(f"/v2/models/{MODEL}/versions/2/infer", json=json_request(x)),
+    )
+    matrix = xgb.DMatrix(x, missing=np.nan, feature_names=FEATURE_NAMES)
+    np.testing.assert_allclose(output(one.json(), "score"), boosters["1"].predict(matrix), atol=1e-6)
+    np.testing.assert_allclose(output(two.json(), "score"), boosters["2"].predict(matrix), atol=1e-6)
+
+
+async def test_a_bad_request_does_not_spoil_the_batch_it_would_have_joined(client, boosters) -> None:
+    good = rows(2, seed=123)
+    bad = rows(1, seed=124)
+    bad_body = json_request(bad)
+    bad_body["inputs"][0]["data"][0][0] = 1e39  # beyond FP32: inf, refused
+    answers = await asyncio.gather(
+        client.post(INFER, json=json_request(good)), client.post(INFER, json=bad_body),
+        client.post(INFER, json=json_request(good)),
+    )
+    assert [a.status_code for a in answers] == [200, 400, 200]
+    matrix = xgb.DMatrix(good, missing=np.nan, feature_names=FEATURE_NAMES)
+    for a in (answers[0], answers[2]):
+        np.testing.assert_allclose(output(a.json(), "score"), boosters["2"].predict(matrix), atol=1e-6)
+
+
+def _histogram_count(histogram) -> float:
+    return next(s.value for m in histogram.collect() for s in m.samples if s.name.endswith("_count"))

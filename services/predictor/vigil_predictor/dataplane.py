@@ -15,6 +15,7 @@ from typing import Any
 import anyio.to_thread
 import numpy as np
 
+from vigil_predictor.coalescer import Coalescer
 from vigil_predictor.errors import FeatureContractMismatch, InvalidRequest, InvalidTensor
 from vigil_predictor.metrics import PredictorMetrics
 from vigil_predictor.protocol import (
@@ -75,6 +76,13 @@ class DataPlane:
         self.repository = repository
         self.settings = settings
         self.metrics = metrics
+        self.coalescer = (
+            Coalescer(settings.inline_max_rows, on_batch=self._observe_batch)
+            if settings.coalesce_requests else None
+        )
+
+    def _observe_batch(self, requests: int, rows: int) -> None:
+        self.metrics.batch_requests.observe(requests)
 
     # health
     def live(self) -> bool:
@@ -144,6 +152,13 @@ class DataPlane:
         plan = self._plan(runtime, request)
         if plan.rows > self.settings.inline_max_rows:
             encoded = await anyio.to_thread.run_sync(self._execute, plan)
+        elif self.coalescer is not None:
+            features = self._features(plan)
+            arrays = await self.coalescer.predict(
+                plan.runtime, features, contributions=self._wants_contributions(plan),
+                contributions_min_score=plan.contributions_min_score,
+            )
+            encoded = self._encode(plan, arrays)
         else:
             encoded = self._execute(plan)
         self.metrics.inference_rows.labels(name, runtime.version).inc(plan.rows)
@@ -210,16 +225,27 @@ class DataPlane:
 
     def _execute(self, plan: _Plan) -> EncodedResponse:
         """Decode the tensor, predict and encode: plain CPU work, safe to run in a thread."""
+        arrays = plan.runtime.predict(
+            self._features(plan),
+            contributions=self._wants_contributions(plan),
+            contributions_min_score=plan.contributions_min_score,
+        )
+        return self._encode(plan, arrays)
+
+    @staticmethod
+    def _features(plan: _Plan) -> np.ndarray:
         features = tensor_to_numpy(plan.request.inputs[0], DATATYPES[INPUT_DATATYPE])
         if np.isinf(features).any():
             # XGBoost refuses infinities; missing values are NaN (JSON null), never inf.
             raise InvalidTensor(f"input {INPUT_NAME!r} contains infinite values")
-        wanted = {name for name, _ in plan.outputs}
-        arrays = plan.runtime.predict(
-            features,
-            contributions=CONTRIBUTIONS in wanted,
-            contributions_min_score=plan.contributions_min_score,
-        )
+        return features
+
+    @staticmethod
+    def _wants_contributions(plan: _Plan) -> bool:
+        return any(name == CONTRIBUTIONS for name, _ in plan.outputs)
+
+    @staticmethod
+    def _encode(plan: _Plan, arrays: dict[str, np.ndarray]) -> EncodedResponse:
         return encode_response(
             InferenceResponse(
                 model_name=plan.runtime.name,

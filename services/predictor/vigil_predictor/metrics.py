@@ -31,6 +31,12 @@ class PredictorMetrics(ServiceMetrics):
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.batch_requests = Histogram(
+            "vigil_predictor_coalesced_requests",
+            "Requests scored together in one XGBoost call (request coalescing).",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=self.registry,
+        )
         self.version_ready = Gauge(
             "vigil_predictor_model_version_ready",
             "1 when a model version loaded and serves, 0 when it was refused.",

@@ -36,6 +36,11 @@ class PredictorSettings(BaseSettings):
     """Batches up to this many rows are predicted on the event loop (sub-millisecond); larger
     ones are handed to a worker thread so that other requests keep flowing."""
 
+    coalesce_requests: bool = True
+    """Score requests of up to ``inline_max_rows`` rows that wait on the event loop together
+    (same version, same outputs) in one XGBoost call (see ``coalescer``): under concurrency
+    it saves XGBoost's fixed cost per call; a lone request is never held back."""
+
     max_batch_rows: int = Field(default=65_536, ge=1)
     """Largest N accepted in one inference request."""
 
