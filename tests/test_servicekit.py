@@ -187,3 +187,18 @@ def test_json_formatter_keeps_extras_and_exceptions():
     assert entry["msg"] == "failed once" and entry["level"] == "ERROR"
     assert entry["request_id"] == "r-1" and "ValueError: bad" in entry["exc"]
     assert "args" not in entry and "lineno" not in entry
+
+
+def test_the_startup_heap_is_frozen_for_the_life_of_the_block():
+    import gc
+
+    from vigil_servicekit.gc_tuning import frozen_startup_heap
+
+    before = gc.get_freeze_count()
+    with frozen_startup_heap():
+        assert gc.get_freeze_count() > before
+        cycle: list = []
+        cycle.append(cycle)  # made while serving: still collected
+        del cycle
+        assert gc.collect() >= 1
+    assert gc.get_freeze_count() == 0

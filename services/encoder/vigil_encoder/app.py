@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version as package_version
 
 from fastapi import FastAPI
+from vigil_servicekit.gc_tuning import frozen_startup_heap
 from vigil_servicekit.logs import configure_logging
 from vigil_servicekit.wiring import wire
 
@@ -51,7 +52,8 @@ def create_app(settings: EncoderSettings | None = None) -> FastAPI:
         if problem is not None:
             logger.warning("online store not reachable at startup", extra={"reason": problem})
         try:
-            yield
+            with frozen_startup_heap():  # start-up objects: out of every later GC pass
+                yield
         finally:
             await store.close()
 

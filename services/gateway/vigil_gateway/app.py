@@ -17,6 +17,7 @@ from importlib.metadata import PackageNotFoundError, version as package_version
 
 import httpx
 from fastapi import FastAPI
+from vigil_servicekit.gc_tuning import frozen_startup_heap
 from vigil_servicekit.logs import configure_logging
 from vigil_servicekit.wiring import wire
 
@@ -104,7 +105,8 @@ def create_app(
                 },
             )
             try:
-                yield
+                with frozen_startup_heap():  # start-up objects: out of every later GC pass
+                    yield
             finally:
                 app.state.services = None
                 refresher.cancel()

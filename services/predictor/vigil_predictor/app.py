@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI
+from vigil_servicekit.gc_tuning import frozen_startup_heap
 from vigil_servicekit.logs import configure_logging
 from vigil_servicekit.wiring import wire
 
@@ -52,7 +53,8 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
                 extra={"models_dir": str(settings.models_dir)},
             )
         try:
-            yield
+            with frozen_startup_heap():  # start-up objects: out of every later GC pass
+                yield
         finally:
             repository.unload_all()
 

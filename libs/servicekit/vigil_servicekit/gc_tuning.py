@@ -1,0 +1,40 @@
+"""Keep the garbage collector's full passes off the request path.
+
+A service imports FastAPI, pydantic, numpy, xgboost...: 65,000 to 160,000 long-lived objects,
+which every full (generation 2) collection walks again. Measured here, one full collection
+takes 14 ms in the encoder, 18 ms in the gateway and 60 ms in the predictor: whichever request
+is in flight when it runs waits that long, which is what a p99 at a light load is made of.
+
+Once start-up is done (imports, models loaded, clients open), :func:`freeze_startup_heap`
+collects once and moves every surviving object to the permanent generation (``gc.freeze``),
+which later collections skip; objects made while serving are collected as before. The heap is
+unfrozen at shutdown (an app's lifespan may end in a process that lives on: tests).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+logger = logging.getLogger(__name__)
+
+
+def freeze_startup_heap() -> int:
+    """Collect, then freeze what survived; returns how many objects were frozen."""
+    gc.collect()
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    logger.debug("start-up heap frozen", extra={"objects": frozen})
+    return frozen
+
+
+@contextmanager
+def frozen_startup_heap() -> Iterator[None]:
+    """:func:`freeze_startup_heap` for the life of the block (an app's lifespan)."""
+    freeze_startup_heap()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
