@@ -353,7 +353,8 @@ def measure_cold_starts(stack: Any, world: World, venv: Path, config: Path,
     return out
 
 
-def profile(cases: dict[str, Case], plan: Plan, pids: dict[str, int], venv: Path) -> dict[str, Any]:
+def profile(cases: dict[str, Case], plan: Plan, pids: dict[str, int], venv: Path,
+            open_rate: float = 0.0) -> dict[str, Any]:
     """py-spy on the three Vigil services while the gateway is driven (1 and 1000 rows)."""
     pyspy = venv / "bin" / "py-spy"
     out: dict[str, Any] = {}
@@ -374,7 +375,9 @@ def profile(cases: dict[str, Case], plan: Plan, pids: dict[str, int], venv: Path
                  "-r", "200", "--gil", "--full-filenames", "-f", "raw", "-o", str(raw)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
         time.sleep(0.5)
-        run = run_loadgen(case, "closed", conc, Plan(**{**plan.__dict__,
+        mode, param = ("open", open_rate) if open_rate else ("closed", conc)
+        run = run_loadgen(case, mode, param, Plan(**{**plan.__dict__,
+                                                        "open_s": plan.profile_s - 1.5,
                                                         "closed_s": plan.profile_s - 1.5,
                                                         "warmup_s": 0.5}), pids, tag="prof")
         for svc, (raw, rec) in recorders.items():
@@ -489,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a ~3-minute smoke run")
     parser.add_argument("--profile", action="store_true",
                         help="also profile the Vigil services with py-spy under load")
+    parser.add_argument("--profile-open-rate", type=float, default=0.0,
+                        help="profile under an open loop at this rate (req/s) instead of the "
+                             "closed loop (where a light load's latency goes)")
     parser.add_argument("--reuse-world", action="store_true",
                         help="reuse today's world in .bench/work (skips generate/train)")
     parser.add_argument("--mlserver-workers", type=int, default=0,
@@ -578,7 +584,8 @@ def main(argv: list[str] | None = None) -> int:
         results["cases"] = {c.key: {"label": c.label, "group": c.group, "rows": c.rows,
                                     "runs": c.runs} for c in cases}
         if args.profile:
-            results["profile"] = profile({c.key: c for c in cases}, plan, pids, venv)
+            results["profile"] = profile({c.key: c for c in cases}, plan, pids, venv,
+                                         args.profile_open_rate)
         if only:
             (WORK / "partial.json").write_text(json.dumps(results, indent=1, default=str))
             _print_partial(results)
