@@ -178,3 +178,23 @@ def _broken(change: str) -> bytes:
 def test_an_encoder_answer_that_is_not_one_is_refused(change: str) -> None:
     with pytest.raises((ValueError, KeyError, TypeError)):
         parse_encode_response(_broken(change), 2)
+
+
+@pytest.mark.parametrize("text", [
+    "1.2.3.4", "0.0.0.0", "255.255.255.255", "10.0.0.1", "01.2.3.4", "1.2.3.04", "256.1.1.1",
+    "1.2.3", "1.2.3.4.5", " 1.2.3.4", "1.2.3.4 ", "1.2.3.4\n", "1.2.3.4\x00", "1.2.3.-4",
+    "1.2.3.+4", "0x1.2.3.4", "1..3.4", "\u0661.2.3.4", "1.2.3.00", "::ffff:1.2.3.4", "2001:DB8::1",
+])
+def test_the_ipv4_fast_path_accepts_and_refuses_exactly_what_ipaddress_does(text: str) -> None:
+    from pydantic import IPvAnyAddress, TypeAdapter
+
+    try:
+        expected: Any = TypeAdapter(IPvAnyAddress).validate_python(text)
+    except ValidationError:
+        expected = "refused"
+    try:
+        got: Any = Transaction(**transaction(ip_address=text)).ip_address
+    except ValidationError as exc:
+        assert exc.errors()[0]["loc"] == ("ip_address",)
+        got = "refused"
+    assert got == expected and type(got) is type(expected)

@@ -7,6 +7,7 @@ what is acceptable. Only pydantic and the standard library are imported (see ``_
 from __future__ import annotations
 
 import re
+import socket
 import time
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -76,6 +77,20 @@ Timestamp = Annotated[
     # Keep the payer's own offset when the transaction is echoed or hashed.
     PlainSerializer(lambda dt: dt.isoformat().replace("+00:00", "Z"), return_type=str, when_used="json"),
 ]
+def _ipv4_as_int(value: Any) -> Any:
+    """A dotted-quad IPv4 address as its integer, read by the C library (``inet_pton``, which
+    accepts exactly the forms ``ipaddress`` does: four decimal octets, no leading zeros, nothing
+    around them); anything else is left to ``IPvAnyAddress`` as it came. ``ipaddress`` parses
+    text in Python (~4 us, a tenth of a batch item's validation); from an int it is immediate."""
+    if type(value) is str and value.count(".") == 3:
+        try:
+            return int.from_bytes(socket.inet_pton(socket.AF_INET, value), "big")
+        except (OSError, ValueError):
+            pass
+    return value
+
+
+IpAddress = Annotated[IPvAnyAddress, BeforeValidator(_ipv4_as_int)]
 TransactionId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-:.]{1,64}$", examples=["tx-2024-000123"])]
 EntityId = Annotated[str, Field(min_length=1, max_length=128)]
 
@@ -100,7 +115,7 @@ class Transaction(BaseModel):
         "if known: the hour of day is read in it)."
     )
     channel: Channel = Field(description="pos (card present), ecom (web) or mobile (app).")
-    ip_address: IPvAnyAddress | None = Field(default=None, description="Payer's IP address, if known.")
+    ip_address: IpAddress | None = Field(default=None, description="Payer's IP address, if known.")
     device_id: EntityId | None = Field(default=None, description="Payer's device fingerprint, if known.")
     country: str | None = Field(
         default=None, pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2 country of the transaction."

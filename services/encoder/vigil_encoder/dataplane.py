@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,10 @@ class _Layout:
             self.miss.append(ViewRead(nothing, [None] * k, [None] * k, [False] * k, False))
             self.stale.append(ViewRead(nothing, [None] * k, [None] * k, [True] * k, True))
         self.fresh_chunks = [[False] * len(view.vector_positions) for view in plan.views]
+        # Assembly order -> the model's order, in one C call per list (itemgetter of one index
+        # would return the item itself, not a tuple: not needed then).
+        order = plan.order
+        self.reorder = itemgetter(*order) if order is not None and len(order) > 1 else None
 
 
 def _read(layout: _Layout, v: int, reply: list[bytes | None], now: float,
@@ -259,14 +264,12 @@ def _assemble(layout: _Layout, request: dict[str, Any],
         for v in layout.od_views[j]:
             inputs.update(views[v].od_inputs[j])
         outputs = od.transform(inputs)
-        for name in od.vector_outputs:
-            value = outputs.get(name)
-            if value is not None:
-                value = float(value)
-                if value - value != 0.0:  # NaN or inf: missing
-                    value = None
-            values.append(value)
-            ages.append(None if value is None else 0.0)
+        # A finite number as a float; None, NaN and inf are missing (NaN - NaN and inf - inf
+        # are NaN, which is not 0).
+        computed = [None if value is None or value - value != 0.0 else float(value)
+                    for value in map(outputs.get, od.vector_outputs)]
+        values += computed
+        ages += [None if value is None else 0.0 for value in computed]
     if not stale_any:
         stale = layout.all_fresh.copy()
     else:
@@ -274,12 +277,12 @@ def _assemble(layout: _Layout, request: dict[str, Any],
         for read in views:
             stale += read.chunk_stale
         stale += layout.od_fresh
-    order = layout.plan.order
-    if order is not None:
-        values = [values[k] for k in order]
-        ages = [ages[k] for k in order]
+    reorder = layout.reorder
+    if reorder is not None:
+        values = list(reorder(values))
+        ages = list(reorder(ages))
         if stale_any:
-            stale = [stale[k] for k in order]
+            stale = list(reorder(stale))
     return {
         "values": values,
         "missing": [value is None for value in values],

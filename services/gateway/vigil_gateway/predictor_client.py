@@ -90,8 +90,9 @@ class Features(NamedTuple):
 
     @classmethod
     def from_fp64(cls, values: array[float], n_rows: int, width: int) -> "Features":
-        """From a flat FP64 matrix (NaN = missing), converted in one pass in C."""
-        packed = array("f", values)
+        """From a flat FP64 matrix (NaN = missing). Through a list: ``array("f", a_list)`` is
+        ~1.5x faster than ``array("f", an_array)``, which converts item by item."""
+        packed = array("f", values.tolist())
         if _SWAP:
             packed.byteswap()
         return cls(packed.tobytes(), n_rows, width)
