@@ -209,6 +209,9 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
         cpu, wall = _cpu_seconds() - cpu0, time.perf_counter() - wall0
     result = summarise(samples, (first, last), int(spec.get("rows", 1)), lag, cpu, wall)
     result["completed_total"] = client.completed
+    if spec.get("keep_latencies"):  # for pooling several rounds (bench.run.pool_rounds)
+        result["latencies_ms"] = [round((s.end - s.start) * 1000.0, 4) for s in samples]
+        result["generator_cpu_s"], result["generator_wall_s"] = cpu, wall
     result.update(mode=mode, rate=spec.get("rate"), concurrency=spec.get("concurrency"),
                   rows=int(spec.get("rows", 1)), duration_s=float(spec["duration_s"]))
     return result

@@ -59,16 +59,17 @@ class Plan:
     inprocess_s: float
     profile_s: float
     boost_rounds: int
+    open_rounds: int = 1
 
 
 # Open-loop rates stay below what the slowest single-row server (feast serve, ~180 req/s here)
 # can take, so that latencies compare servers that keep up rather than queues.
 FULL = Plan("full", 50_000, warmup_s=2.0, open_s=15.0, closed_s=8.0, single_rates=(50, 100),
             single_concurrency=(1, 4, 16), batch_concurrency=(1, 4), cold_reps=3,
-            peer_cold_reps=2, inprocess_s=3.0, profile_s=8.0, boost_rounds=200)
+            peer_cold_reps=2, inprocess_s=3.0, profile_s=8.0, boost_rounds=200, open_rounds=3)
 QUICK = Plan("quick", 20_000, warmup_s=1.0, open_s=4.0, closed_s=2.0, single_rates=(100,),
              single_concurrency=(16,), batch_concurrency=(2,), cold_reps=1, peer_cold_reps=1,
-             inprocess_s=0.7, profile_s=4.0, boost_rounds=100)
+             inprocess_s=0.7, profile_s=4.0, boost_rounds=100, open_rounds=2)
 
 
 @dataclass
@@ -235,13 +236,13 @@ class Watcher:
 
 
 def run_loadgen(case: Case, mode: str, param: float, plan: Plan, pids: dict[str, int],
-                tag: str = "") -> dict[str, Any]:
+                tag: str = "", keep_latencies: bool = False) -> dict[str, Any]:
     duration = plan.open_s if mode == "open" else plan.closed_s
     spec: dict[str, Any] = {
         "url": case.url, "method": "POST", "bodies": case.bodies, "placeholder": case.placeholder,
         "id_prefix": f"b{int(time.time())}{case.key[:3]}{mode[0]}{int(param)}{tag}-",
         "rows": case.rows, "mode": mode, "warmup_s": plan.warmup_s,
-        "duration_s": duration,
+        "duration_s": duration, "keep_latencies": keep_latencies,
         "check_degraded": case.check_degraded, "timeout_s": 10.0, "drain_s": 10.0,
     }
     spec["rate" if mode == "open" else "concurrency"] = param
@@ -266,6 +267,7 @@ def run_loadgen(case: Case, mode: str, param: float, plan: Plan, pids: dict[str,
     answered = max(result.get("completed_total", result["ok"]), 1)
     result["server_cpu_ms_per_request"] = {n: 1000.0 * s / answered for n, s in used.items()
                                            if s > 0.05}
+    result["server_cpu_s"] = used
     result["rss_peak_mb"] = {n: b / 1e6 for n, b in watcher.peak.items()}
     result["loadavg_before"] = load
     what = f"{param:g}/s open" if mode == "open" else f"c={param:g} closed"
@@ -278,11 +280,80 @@ def run_loadgen(case: Case, mode: str, param: float, plan: Plan, pids: dict[str,
 
 
 def measure_cases(cases: list[Case], plan: Plan, pids: dict[str, int]) -> None:
+    """Open loops first, rate by rate: every case at that rate in ``plan.open_rounds``
+    interleaved rounds (the order rotating), each case's rounds pooled into one run. A light
+    load's p99 is a handful of samples: interleaving puts the contenders of a ratio in the same
+    minutes, and pooling gives each p99 several times the samples of one short run. Then the
+    closed loops, case by case."""
+    rounds = max(plan.open_rounds, 1)
+    per_round = Plan(**{**plan.__dict__, "open_s": plan.open_s / rounds})
+    for rate in sorted({r for case in cases for r in case.rates}):
+        at_rate = [case for case in cases if rate in case.rates]
+        done: dict[str, list[dict[str, Any]]] = {case.key: [] for case in at_rate}
+        for k in range(rounds):
+            shift = k % len(at_rate)
+            for case in at_rate[shift:] + at_rate[:shift]:
+                done[case.key].append(run_loadgen(case, "open", rate, per_round, pids,
+                                                  tag=f"r{k}", keep_latencies=rounds > 1))
+        for case in at_rate:
+            case.runs.append(pool_rounds(done[case.key]) if rounds > 1 else done[case.key][0])
+            if rounds > 1:
+                r = case.runs[-1]
+                log(f"{case.key:<24} {rate:g}/s open, {rounds} rounds pooled: p50 "
+                    f"{r['p50_ms']:7.2f}  p99 {r['p99_ms']:7.2f} (rounds: "
+                    f"{' / '.join(f'{v:.2f}' for v in r['round_p99_ms'])})")
     for case in cases:
-        for rate in case.rates:
-            case.runs.append(run_loadgen(case, "open", rate, plan, pids))
         for conc in case.concurrency:
             case.runs.append(run_loadgen(case, "closed", conc, plan, pids))
+
+
+def pool_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One run from several rounds of the same case and load: percentiles of all their
+    latencies together, throughput over their summed windows, CPU over all their answers."""
+    from bench.loadgen import summarise  # numpy lives in the project's venv, as here
+
+    first = rounds[0]
+    pooled = summarise([], (0.0, 0.0), first["rows"], 0.0, 0.0, 0.0)
+    latencies = [v for r in rounds for v in r.get("latencies_ms", [])]
+    if latencies:
+        import numpy as np
+
+        lat = np.array(latencies)
+        pct = np.percentile(lat, [50, 95, 99, 99.9])
+        pooled.update(p50_ms=float(pct[0]), p95_ms=float(pct[1]), p99_ms=float(pct[2]),
+                      p999_ms=float(pct[3]), max_ms=float(lat.max()), mean_ms=float(lat.mean()))
+        from bench.loadgen import SPECTRUM
+        pooled["spectrum"] = [[p, float(v)] for p, v in zip(SPECTRUM, np.percentile(lat, SPECTRUM))]
+    window = sum(r["window_s"] for r in rounds)
+    ok = sum(r["ok"] for r in rounds)
+    kinds: dict[str, int] = {}
+    for r in rounds:
+        for kind, n in r.get("error_kinds", {}).items():
+            kinds[kind] = kinds.get(kind, 0) + n
+    answered = max(sum(r.get("completed_total", r["ok"]) for r in rounds), 1)
+    used: dict[str, float] = {}
+    for r in rounds:
+        for name, sec in r.get("server_cpu_s", {}).items():
+            used[name] = used.get(name, 0.0) + sec
+    gen_cpu = sum(r.get("generator_cpu_s", 0.0) for r in rounds)
+    gen_wall = sum(r.get("generator_wall_s", 0.0) for r in rounds)
+    pooled.update(
+        requests=sum(r["requests"] for r in rounds), ok=ok, errors=sum(kinds.values()),
+        error_kinds=kinds, rate_rps=ok / window if window else 0.0,
+        rows_per_s=ok * first["rows"] / window if window else 0.0, window_s=window,
+        generator_cpu_pct=100.0 * gen_cpu / gen_wall if gen_wall else 0.0,
+        generator_worst_send_lag_ms=max(r["generator_worst_send_lag_ms"] for r in rounds),
+        completed_total=answered, mode=first["mode"], rate=first["rate"],
+        concurrency=first["concurrency"], rows=first["rows"],
+        duration_s=sum(r["duration_s"] for r in rounds),
+        server_cpu_s=used,
+        server_cpu_ms_per_request={n: 1000.0 * s / answered for n, s in used.items() if s > 0.05},
+        rss_peak_mb={n: max(r["rss_peak_mb"].get(n, 0.0) for r in rounds)
+                     for n in first["rss_peak_mb"]},
+        loadavg_before=first["loadavg_before"],
+        rounds=len(rounds), round_p99_ms=[r.get("p99_ms", float("nan")) for r in rounds],
+    )
+    return pooled
 
 
 def measure_inprocess(world: World, payloads: dict[str, Any], plan: Plan) -> dict[str, Any]:
