@@ -554,6 +554,14 @@ async def test_batch_keeps_order_and_isolates_a_bad_item(stack: Stack) -> None:
     assert body["request_id"] == response.headers["x-request-id"]
 
 
+async def test_a_batch_of_only_bad_items_answers_each_of_them(stack: Stack) -> None:
+    items: list[Any] = [txn(currency="eur"), "not an object"]
+    response = await stack.client.post("/v1/transactions/score-batch", json={"transactions": items})
+    assert response.status_code == 200, response.text
+    assert [r["status"] for r in response.json()["results"]] == [422, 422]
+    assert stack.encoder.calls == [] and stack.predictor.calls == []
+
+
 async def test_batch_same_as_single(stack: Stack) -> None:
     items = [fraud_txn(), txn()]
     batch = (await stack.client.post("/v1/transactions/score-batch", json={"transactions": items})).json()

@@ -198,3 +198,23 @@ def test_the_ipv4_fast_path_accepts_and_refuses_exactly_what_ipaddress_does(text
         assert exc.errors()[0]["loc"] == ("ip_address",)
         got = "refused"
     assert got == expected and type(got) is type(expected)
+
+
+@pytest.mark.parametrize("request_id", ["req-1", "ü-ñ-\u2028", 'quote"back\\slash', "\x01ctl"])
+@pytest.mark.parametrize("cached", [False, True])
+def test_an_answer_built_from_its_stored_part_is_its_own_serialisation(request_id, cached) -> None:
+    from vigil_gateway.decisions import answer_json, decision_json
+
+    for answer in (
+        ScoreResponse(transaction_id="tx-1", label="suspicious", score=0.612345,
+                      reasons=[Reason(code="AMOUNT_HIGH_FOR_CARD", text="8x the card's average",
+                                      feature="f", value=8.0, contribution=1.25)],
+                      model=ModelRef(name="m", version="3"), degraded=False,
+                      request_id=request_id, cached=cached),
+        ScoreResponse(transaction_id="tx-2", label="not_fraud", score=1e-7,
+                      reasons=[Reason(code="NO_RISK_SIGNAL", text="none")],
+                      model=ModelRef(name="m", version=None), degraded=False,
+                      request_id=request_id, cached=cached),
+    ):
+        own = ScoreResponse.__pydantic_serializer__.to_json(answer)
+        assert answer_json(decision_json(answer), request_id, cached) == own

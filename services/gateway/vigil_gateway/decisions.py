@@ -103,12 +103,31 @@ class StoredDecision:
         )
 
 
-def encode_entry(response: ScoreResponse, payload: str) -> bytes:
+# The stored part of an answer is all of it but its last two fields, which answer_json relies on.
+assert list(ScoreResponse.model_fields)[-2:] == ["request_id", "cached"]
+assert _NOT_STORED == {"request_id", "cached"}
+
+
+def decision_json(response: ScoreResponse) -> bytes:
+    """The stored part of an answer, as JSON: the answer without ``request_id`` and ``cached``."""
+    return _dump_json(response, exclude=_NOT_STORED)
+
+
+def answer_json(decision: bytes, request_id: str, cached: bool) -> bytes:
+    """The whole answer from its stored part, byte for byte what ``ScoreResponse``'s own
+    serialiser writes (its last two fields appended): a fresh answer of a batch is serialised
+    once, for the store and for the response."""
+    tail = b',"cached":true}' if cached else b',"cached":false}'
+    return b"".join((decision[:-1], b',"request_id":', orjson.dumps(request_id), tail))
+
+
+def encode_entry(response: ScoreResponse, payload: str, decision: bytes | None = None) -> bytes:
     """What :meth:`StoredDecision.of` followed by :meth:`StoredDecision.encode` writes, serialised
-    straight from the answer (no intermediate dicts): the batch path stores thousands at once."""
+    straight from the answer (no intermediate dicts): the batch path stores thousands at once.
+    ``decision`` is the answer's :func:`decision_json` when it was already made."""
     return orjson.dumps({
         "payload_hash": payload,
-        "decision": orjson.Fragment(_dump_json(response, exclude=_NOT_STORED)),
+        "decision": orjson.Fragment(decision if decision is not None else decision_json(response)),
         "request_id": response.request_id,
         "stored_at": time.time(),
     })

@@ -21,6 +21,7 @@ from vigil_servicekit.handlers import problem_response
 from vigil_servicekit.json_body import OrjsonRoute
 from vigil_servicekit.request_context import log_fields
 
+from vigil_gateway.decisions import answer_json
 from vigil_gateway.deps import ScoringDep, ServicesDep, SettingsDep
 from vigil_gateway.errors import GatewayError, NotReady
 from vigil_gateway.readiness import readiness
@@ -120,15 +121,18 @@ def batch_response_body(
 ) -> bytes:
     """A ``BatchResponse`` document, each item serialised once by its own pydantic model and
     embedded as is (building a thousand ``BatchItemResult`` models would cost more)."""
+    decisions = getattr(outcomes, "decisions", None) or {}
     results = []
     for i, outcome in enumerate(outcomes):
         if isinstance(outcome, GatewayError):
             problem = outcome.problem(instance=instance, request_id=request_id)
             results.append({"index": i, "status": outcome.status, "result": None,
                             "error": orjson.Fragment(_problem_json(problem))})
-        else:
-            results.append({"index": i, "status": 200, "result": orjson.Fragment(_score_json(outcome)),
-                            "error": None})
+            continue
+        decision = decisions.get(id(outcome))
+        body = (_score_json(outcome) if decision is None
+                else answer_json(decision, outcome.request_id, outcome.cached))
+        results.append({"index": i, "status": 200, "result": orjson.Fragment(body), "error": None})
     return orjson.dumps({"request_id": request_id, "results": results})
 
 

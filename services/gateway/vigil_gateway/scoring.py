@@ -16,7 +16,9 @@ from typing import Any, TypeAlias
 from pydantic import TypeAdapter, ValidationError
 from vigil_contracts.api import ScoreResponse, Transaction
 
-from vigil_gateway.decisions import DecisionStore, StoredDecision, encode_entry, payload_hash
+from vigil_gateway.decisions import (
+    DecisionStore, StoredDecision, decision_json, encode_entry, payload_hash,
+)
 from vigil_gateway.errors import BatchTooLarge, DecisionConflict, GatewayError, InvalidTransaction
 from vigil_gateway.metrics import UNKNOWN_VERSION, GatewayMetrics
 from vigil_gateway.settings import GatewaySettings, seconds_or_none
@@ -26,6 +28,16 @@ from vigil_gateway.validation import invalid_params, summary
 logger = logging.getLogger(__name__)
 
 Outcome: TypeAlias = ScoreResponse | GatewayError
+
+class Outcomes(list):  # type: ignore[type-arg]
+    """Outcomes in order, and the stored part of each fresh answer already serialised (by
+    ``id`` of the answer; see ``decisions.answer_json``): serialised once for the store and
+    the response."""
+
+    def __init__(self, outcomes: Sequence[Outcome], decisions: dict[int, bytes]) -> None:
+        super().__init__(outcomes)
+        self.decisions = decisions
+
 
 # All the items of a batch in one call; built once (a TypeAdapter compiles its validator).
 _TRANSACTIONS = TypeAdapter(list[Transaction])
@@ -91,7 +103,7 @@ class ScoringService:
 
     async def score_batch(
         self, items: Sequence[Any], *, request_id: str, rescore: bool
-    ) -> list[Outcome]:
+    ) -> Outcomes:
         """One outcome per item, in order: its answer, or the error it alone would have had."""
         if len(items) > self.max_batch:
             raise BatchTooLarge(
@@ -122,7 +134,7 @@ class ScoringService:
         for i, k in copies:
             outcomes[i] = scored[k]
         assert all(o is not None for o in outcomes), "an item was left without an outcome"
-        return outcomes  # type: ignore[return-value]
+        return Outcomes(outcomes, scored.decisions)  # type: ignore[arg-type]
 
     async def _score(
         self,
@@ -131,13 +143,14 @@ class ScoringService:
         rescore: bool,
         limits: Limits,
         hashes: Sequence[str] | None = None,
-    ) -> list[Outcome]:
+    ) -> Outcomes:
         if not transactions:
-            return []
+            return Outcomes([], {})
         loop = asyncio.get_running_loop()
         deadline = None if limits.budget is None else loop.time() + limits.budget
         hashes = list(hashes) if hashes is not None else [payload_hash(t) for t in transactions]
         outcomes: list[Outcome | None] = [None] * len(transactions)
+        decisions: dict[int, bytes] = {}
 
         async def to_score() -> list[int]:
             """Which transactions need a decision: the store is asked while the encoder works
@@ -180,11 +193,12 @@ class ScoringService:
             assert all(a is not None for a in fresh), "a transaction to score has no answer"
             self._count(fresh)  # type: ignore[arg-type]
             # Uncertain answers are not kept: a retry deserves a real decision.
-            keep = [
-                (transactions[i].transaction_id, encode_entry(answer, hashes[i]))
-                for i, answer in zip(todo, fresh)
-                if not answer.degraded
-            ]
+            keep = []
+            for i, answer in zip(todo, fresh):
+                if not answer.degraded:
+                    decision = decisions[id(answer)] = decision_json(answer)  # type: ignore[arg-type]
+                    keep.append((transactions[i].transaction_id,
+                                 encode_entry(answer, hashes[i], decision)))  # type: ignore[arg-type]
             first_writers = await self.store.put_many(keep, overwrite=rescore)
             for i, answer in zip(todo, fresh):
                 winner = first_writers.get(transactions[i].transaction_id) if first_writers else None
@@ -195,7 +209,7 @@ class ScoringService:
                 else:
                     outcomes[i] = _conflict(transactions[i].transaction_id)
         assert all(o is not None for o in outcomes), "a transaction was left without an outcome"
-        return outcomes  # type: ignore[return-value]
+        return Outcomes(outcomes, decisions)  # type: ignore[arg-type]
 
     def _count(self, answers: Sequence[ScoreResponse]) -> None:
         decisions: Counter[tuple[str, str]] = Counter()
