@@ -58,8 +58,12 @@ _SWAP = sys.byteorder != "little"
 
 
 def _fp64(values: Iterable[float | None]) -> bytes:
-    nan = math.nan
-    packed = array("d", [nan if v is None else v for v in values])
+    flat = list(values)
+    try:
+        packed = array("d", flat)  # NaN already stands for missing (the encoder's own rows)
+    except TypeError:  # None for missing, as in a parsed EncodeResponse
+        nan = math.nan
+        packed = array("d", [nan if v is None else v for v in flat])
     if _SWAP:
         packed.byteswap()
     return packed.tobytes()

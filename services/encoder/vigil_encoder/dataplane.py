@@ -13,6 +13,7 @@ saw, since Feast's point-in-time join drops rows older than the TTL.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from operator import itemgetter
@@ -30,6 +31,7 @@ from vigil_encoder.validation import check_rows
 
 logger = logging.getLogger(__name__)
 
+_NAN = math.nan
 HIT, MISS, STALE = "hit", "miss", "stale"
 
 
@@ -44,8 +46,8 @@ class ViewRead:
     """
 
     od_inputs: tuple[dict[str, Any], ...]
-    chunk_values: list[float | None]
-    chunk_ages: list[float | None]
+    chunk_values: list[float]  # NaN = missing
+    chunk_ages: list[float]  # NaN where the value is missing
     chunk_stale: list[bool]
     stale: bool
 
@@ -68,8 +70,8 @@ class _Layout:
         for v, view in enumerate(plan.views):
             k = len(view.vector_positions)
             nothing = tuple({name: None for _, name in pairs} for pairs in self.od_pairs[v])
-            self.miss.append(ViewRead(nothing, [None] * k, [None] * k, [False] * k, False))
-            self.stale.append(ViewRead(nothing, [None] * k, [None] * k, [True] * k, True))
+            self.miss.append(ViewRead(nothing, [_NAN] * k, [_NAN] * k, [False] * k, False))
+            self.stale.append(ViewRead(nothing, [_NAN] * k, [_NAN] * k, [True] * k, True))
         self.fresh_chunks = [[False] * len(view.vector_positions) for view in plan.views]
         # Assembly order -> the model's order, in one C call per list (itemgetter of one index
         # would return the item itself, not a tuple: not needed then).
@@ -88,19 +90,21 @@ def _read(layout: _Layout, v: int, reply: list[bytes | None], now: float,
     if view.ttl_seconds is not None and age is not None and age > view.ttl_seconds:
         return layout.stale[v], STALE
     values = decode_values(raws, memo)
-    chunk: list[float | None] = []
+    chunk: list[float] = []
     for p in view.vector_positions:
-        # A vector entry: a finite float, or None for missing (NaN and inf included).
+        # A vector entry: a finite float, or NaN for missing (None and inf included).
         value = values[p]
-        if value is not None:
+        if value is None:
+            value = _NAN
+        else:
             value = float(value)
             if value - value != 0.0:  # NaN or inf
-                value = None
+                value = _NAN
         chunk.append(value)
     return ViewRead(
         tuple([{name: values[p] for p, name in pairs} for pairs in layout.od_pairs[v]]),
         chunk,
-        [None if x is None else age for x in chunk],
+        [_NAN if x != x or age is None else age for x in chunk],
         layout.fresh_chunks[v],
         False,
     ), HIT
@@ -186,7 +190,11 @@ class Encoder:
 
     async def encode_rows(self, feature_service: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
         """The response body of ``/v1/encode`` (``vigil_contracts.encoding.EncodeResponse``)
-        for rows shaped as ``EncodeRow`` (``{"entities": {...}, "request": {...}}``)."""
+        for rows shaped as ``EncodeRow`` (``{"entities": {...}, "request": {...}}``).
+
+        A missing value or age is NaN here: orjson writes NaN as JSON ``null`` (the contract's
+        missing), and the binary form takes the floats as they are, without a pass to replace
+        None."""
         plan = self.plan(feature_service)
         if len(rows) > self.max_rows:
             raise TooManyRows(
@@ -252,8 +260,8 @@ class Encoder:
 def _assemble(layout: _Layout, request: dict[str, Any],
               views: list[ViewRead]) -> dict[str, Any]:
     """One row's vector from its view reads and request fields, in the service's order."""
-    values: list[float | None] = []
-    ages: list[float | None] = []
+    values: list[float] = []
+    ages: list[float] = []
     stale_any = False
     for read in views:
         values += read.chunk_values
@@ -264,12 +272,12 @@ def _assemble(layout: _Layout, request: dict[str, Any],
         for v in layout.od_views[j]:
             inputs.update(views[v].od_inputs[j])
         outputs = od.transform(inputs)
-        # A finite number as a float; None, NaN and inf are missing (NaN - NaN and inf - inf
-        # are NaN, which is not 0).
-        computed = [None if value is None or value - value != 0.0 else float(value)
+        # A finite number as a float; None, NaN and inf are missing: NaN (NaN - NaN and
+        # inf - inf are NaN, which is not 0).
+        computed = [_NAN if value is None or value - value != 0.0 else float(value)
                     for value in map(outputs.get, od.vector_outputs)]
         values += computed
-        ages += [None if value is None else 0.0 for value in computed]
+        ages += [_NAN if value != value else 0.0 for value in computed]
     if not stale_any:
         stale = layout.all_fresh.copy()
     else:
@@ -285,7 +293,7 @@ def _assemble(layout: _Layout, request: dict[str, Any],
             stale = list(reorder(stale))
     return {
         "values": values,
-        "missing": [value is None for value in values],
+        "missing": [value != value for value in values],
         "stale": stale,
         "age_seconds": ages,
     }
