@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 Outcome: TypeAlias = ScoreResponse | GatewayError
 
+
 class Outcomes(list):  # type: ignore[type-arg]
     """Outcomes in order, and the stored part of each fresh answer already serialised (by
     ``id`` of the answer; see ``decisions.answer_json``): serialised once for the store and

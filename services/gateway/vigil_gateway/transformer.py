@@ -146,6 +146,9 @@ class FraudTransformer:
             encoding = None
         else:
             encoding = asyncio.ensure_future(self._encode(transactions, request_id, limits))
+            # Its outcome is read below, unless every transaction was settled without it: then
+            # an error it ended with is of no interest (and must not be logged as unretrieved).
+            encoding.add_done_callback(lambda task: task.cancelled() or task.exception())
             try:
                 # One loop turn first: the encoding task sends its request before ``wanted``
                 # sends its own (each send is a syscall that wakes another process: the
