@@ -21,7 +21,6 @@ from vigil_contracts.encoding import (
 )
 
 from vigil_gateway import downstream
-from vigil_gateway.errors import DownstreamError
 from vigil_gateway.metrics import GatewayMetrics
 from vigil_gateway.predictor_client import Features
 

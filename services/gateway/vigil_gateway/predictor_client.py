@@ -24,7 +24,7 @@ import orjson
 from pydantic import ValidationError
 
 from vigil_gateway import downstream
-from vigil_gateway.errors import DownstreamError, FeatureContractMismatch
+from vigil_gateway.errors import FeatureContractMismatch
 from vigil_gateway.metrics import GatewayMetrics
 from vigil_gateway.model_metadata import ModelMetadata
 
