@@ -18,7 +18,7 @@ from vigil_contracts.encoding import EncodedRow
 from vigil_contracts.problems import Problem
 from vigil_contracts.request_features import OUTPUT_FEATURES
 
-from vigil_gateway.decisions import payload_hash
+from vigil_gateway.decisions import pack_command, payload_hash
 from vigil_gateway.errors import DownstreamError
 from vigil_gateway.metrics import GatewayMetrics
 from vigil_gateway.model_metadata import ServingPolicy, is_stored
@@ -318,3 +318,17 @@ def test_answers_that_are_not_v2_are_invalid_responses(content: bytes, length: s
     with pytest.raises(DownstreamError) as caught:
         client._decode(httpx.Response(200, content=content, headers=headers), 2, 3)
     assert caught.value.kind == "invalid_response"
+
+
+@pytest.mark.parametrize("args", [
+    (b"PING",),
+    (b"MGET", b"vigil:decision:a", b"vigil:decision:b"),
+    (b"SET", b"k", b"", b"EX", b"86400", b"NX"),
+    (b"EVALSHA", b"f" * 40, b"2", b"k1", b"k2", b"1", b"60", "é\r\n$3".encode(), bytes(range(256))),
+])
+def test_decision_commands_are_packed_as_redis_py_packs_them(args: tuple[bytes, ...]) -> None:
+    """The decision store packs its commands itself; the bytes are redis-py's, whatever the
+    arguments hold (empty, CR LF, RESP markers, any byte)."""
+    from redis.connection import Connection
+
+    assert pack_command(*args) == b"".join(Connection().pack_command(*args))
