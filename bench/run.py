@@ -64,9 +64,9 @@ class Plan:
 
 # Open-loop rates stay below what the slowest single-row server (feast serve, ~180 req/s here)
 # can take, so that latencies compare servers that keep up rather than queues.
-FULL = Plan("full", 50_000, warmup_s=2.0, open_s=15.0, closed_s=8.0, single_rates=(50, 100),
+FULL = Plan("full", 50_000, warmup_s=2.0, open_s=20.0, closed_s=8.0, single_rates=(50, 100),
             single_concurrency=(1, 4, 16), batch_concurrency=(1, 4), cold_reps=3,
-            peer_cold_reps=2, inprocess_s=3.0, profile_s=8.0, boost_rounds=200, open_rounds=3)
+            peer_cold_reps=2, inprocess_s=3.0, profile_s=8.0, boost_rounds=200, open_rounds=4)
 QUICK = Plan("quick", 20_000, warmup_s=1.0, open_s=4.0, closed_s=2.0, single_rates=(100,),
              single_concurrency=(16,), batch_concurrency=(2,), cold_reps=1, peer_cold_reps=1,
              inprocess_s=0.7, profile_s=4.0, boost_rounds=100, open_rounds=2)
