@@ -849,3 +849,24 @@ async def test_a_bad_request_does_not_spoil_the_batch_it_would_have_joined(clien
 
 def _histogram_count(histogram) -> float:
     return next(s.value for m in histogram.collect() for s in m.samples if s.name.endswith("_count"))
+
+
+@pytest.mark.parametrize("n_rows", [1, 2, 7, 100, 1000])
+def test_the_c_prediction_call_equals_inplace_predict(boosters, n_rows: int) -> None:
+    """The predictor scores through XGBoost's C call (``scoring_call``), skipping the Python
+    wrapper; every score equals ``inplace_predict``'s, bit for bit, missing values, extremes and
+    a non-contiguous input included, and the call is not a silent fallback."""
+    from vigil_predictor import scoring_call
+
+    assert scoring_call.available()
+    booster = boosters["2"]
+    x = rows(n_rows, seed=n_rows, missing=0.3) * 50
+    x[0, 1] = np.float32(3.4e38)
+    x[-1, :] = np.nan
+    expected = booster.inplace_predict(x, missing=np.nan)
+    got = scoring_call.predict_dense(booster, x)
+    assert got.dtype == np.float32 and got.shape == (n_rows,)
+    assert np.array_equal(got, expected)
+    wide = np.repeat(x, 2, axis=1)[:, ::2]  # the same values, not C-contiguous
+    assert np.array_equal(scoring_call.predict_dense(booster, wide), expected)
+    assert np.array_equal(scoring_call.predict_dense(booster, x), got)  # its buffer is copied out

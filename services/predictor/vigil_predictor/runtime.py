@@ -17,6 +17,8 @@ import numpy as np
 import xgboost as xgb
 from vigil_contracts.artifact import ArtifactError, verify_artifact
 
+from vigil_predictor.scoring_call import predict_dense
+
 logger = logging.getLogger(__name__)
 
 SCORE = "score"
@@ -135,9 +137,7 @@ class XGBoostRuntime:
             if objective not in PROBABILITY_OBJECTIVES:
                 raise ArtifactError(f"objective {objective!r} does not predict a probability")
             # One all-missing row warms the booster up and proves one score per row comes out.
-            probe = booster.inplace_predict(
-                np.full((1, info.num_features), np.nan, dtype=np.float32), missing=np.nan
-            )
+            probe = predict_dense(booster, np.full((1, info.num_features), np.nan, np.float32))
             if probe.shape != (1,):
                 raise ArtifactError(f"booster scores a row with shape {probe.shape}, not (1,)")
         except Exception as exc:  # noqa: BLE001 - a bad version is refused, never fatal to the rest
@@ -180,7 +180,7 @@ class XGBoostRuntime:
         booster = self._booster
         if booster is None:
             raise RuntimeError(f"{self.name}/{self.version} is not loaded")
-        score = np.asarray(booster.inplace_predict(features, missing=np.nan), np.float32)
+        score = predict_dense(booster, features)
         out = {SCORE: score}
         if contributions:
             explained = None
