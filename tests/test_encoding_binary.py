@@ -10,7 +10,8 @@ import struct
 
 import pytest
 from vigil_contracts.encoding import (
-    BINARY_TENSORS, EncodeResponse, decode_binary, encode_binary,
+    BINARY_TENSORS, EncodeResponse, binary_header, decode_binary, encode_binary,
+    encode_binary_flat,
 )
 
 from vigil_gateway.encoder_client import parse_binary_encode_response, parse_encode_response
@@ -132,3 +133,24 @@ def test_the_serving_policy_reads_both_forms_alike(stale_is_uncertain, max_missi
     assert verdicts == [policy_verdict(row, stored, policy) for row in plain.rows]
     if max_missing < 1.0 or stale_is_uncertain:
         assert len(set(verdicts)) > 1  # the rows really differ under this policy
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7])
+def test_flat_lists_pack_to_the_same_bytes_as_rows(n: int) -> None:
+    """The encoder packs its flat row-major lists (NaN where missing) with a header it keeps
+    per batch size: the very bytes ``encode_binary`` makes of the same answer as rows."""
+    data = body(n)
+    for row in data["rows"]:  # the encoder's own rows carry NaN, not None
+        row["values"] = [math.nan if v is None else v for v in row["values"]]
+        row["age_seconds"] = [math.nan if v is None else v for v in row["age_seconds"]]
+    rows = data["rows"]
+
+    def flat(key: str) -> list:
+        return [x for row in rows for x in row[key]]
+
+    header = binary_header(data["feature_service"], NAMES, data["feature_contract"], n)
+    packed = encode_binary_flat(header, flat("values"), flat("age_seconds"), flat("missing"),
+                                flat("stale"))
+    assert packed == encode_binary(data) == encode_binary(body(n))
+    decoded = decode_binary(packed[0], str(packed[1]), n)
+    assert (decoded.n_rows, decoded.width) == (n, len(NAMES))

@@ -6,7 +6,7 @@ import math
 from datetime import datetime, timedelta, timezone
 
 from vigil_contracts.request_features import (
-    OUTPUT_FEATURES, request_fields, transform_columns, transform_row,
+    OUTPUT_FEATURES, request_fields, transform_columns, transform_row, transform_row_vector,
 )
 
 NOW = datetime(2026, 11, 20, 3, 30, tzinfo=timezone.utc)
@@ -79,3 +79,106 @@ def test_missing_inputs_of_every_kind_read_as_missing():
     # numpy numbers and text are values, never missing
     out = transform_row(_row(card_amount_avg_30d=np.float64(20.0), card_home_country="US"))
     assert out["amount_to_card_avg_30d"] == 8.0 and out["country_mismatch"] == 0.0
+
+
+# --- the encoder's vector form -------------------------------------------------------------
+
+NAN = math.nan
+
+
+def _as_vector(outputs: dict) -> list[float]:
+    """transform_row's outputs as the encoder's vector entries: a finite float, else NaN."""
+    return [NAN if v is None or not math.isfinite(v) else float(v)
+            for v in (outputs[name] for name in OUTPUT_FEATURES)]
+
+
+def _identical(a: list, b: list) -> bool:
+    """Equal entry by entry, NaN with NaN, and of the same type and sign (0.0 is not -0.0)."""
+    return len(a) == len(b) and all(
+        type(x) is type(y) and (x == y and math.copysign(1, x) == math.copysign(1, y)
+                                or x != x and y != y)
+        for x, y in zip(a, b))
+
+
+def _outcome(function, row):
+    try:
+        return "value", function(row)
+    except Exception as exc:  # noqa: BLE001 - the two forms must fail alike
+        return "error", type(exc)
+
+
+def _random_rows(n: int, seed: int):
+    import random
+
+    import numpy as np
+
+    rng = random.Random(seed)
+    now = NOW.timestamp()
+    floats = [None, NAN, math.inf, -math.inf, 0.0, -0.0, 1e-300, -5.0, 20.0, 1e308, 3, True,
+              np.float64(20.0), np.float64("nan"), "12.5", "", b"1"]
+    choices = {
+        "amount": [160.0, 0.0, -0.0, 1e308, 3.25, 7, NAN, math.inf, "12", None, True],
+        "txn_epoch": [now, 0.0, now + 0.5, 1e300, NAN, -math.inf, 1795319940, "x", None],
+        "txn_hour": [0, 3, 5, 6, 23, -1, 24, 3.0, 3.7, True, "4", None],
+        "channel": ["pos", "ecom", "mobile", "atm", "", None, 1, "POS"],
+        "country": ["DE", "FR", "", None, NAN, 5, "de"],
+        "device_present": [0, 1, 2, -1, None, True, False, 0.0, 1.0, "", "1"],
+        "card_amount_avg_30d": floats,
+        "card_amount_std_30d": floats,
+        "card_last_txn_epoch": [None, NAN, now - 120, now + 50, -math.inf, math.inf, 7, "1"],
+        "card_home_country": ["FR", "DE", "", None, NAN, 0, np.float32("nan"), "de"],
+        "device_first_seen_epoch": [None, NAN, now - 86400 * 3, now + 10, math.inf, 5, "2"],
+    }
+    for _ in range(n):
+        row = {name: rng.choice(values) for name, values in choices.items()}
+        for name in list(row):
+            if rng.random() < 0.05:
+                del row[name]  # an absent field, required or not
+        yield row
+
+
+def test_vector_form_equals_transform_row_on_many_rows(monkeypatch):
+    import random
+
+    from vigil_contracts import request_features
+
+    handed_over = []  # rows the vector form left to transform_row itself
+    monkeypatch.setattr(request_features, "transform_row",
+                        lambda row: handed_over.append(row) or transform_row(row))
+
+    rows = list(_random_rows(20_000, seed=1))
+    # The encoder's own shape, many times over: request fields of their dtypes, stored inputs
+    # a float (NaN and inf included) or None, text or None.
+    rng = random.Random(2)
+    typical = list(_random_rows(5_000, seed=3))
+    for row in typical:
+        row.update(amount=rng.choice([0.0, -0.0, 1e-310, 12.5, 1e308, rng.uniform(0, 900)]),
+                   txn_epoch=NOW.timestamp() + rng.uniform(-1e6, 1e6),
+                   txn_hour=rng.randrange(-2, 26), channel=rng.choice(["pos", "atm", ""]),
+                   device_present=rng.choice([0, 1, 3, None]),
+                   country=rng.choice(["DE", "FR", "", None]))
+        for name in ("card_amount_avg_30d", "card_amount_std_30d", "card_last_txn_epoch",
+                     "device_first_seen_epoch"):
+            if not isinstance(row.get(name), float | None):
+                row[name] = rng.choice([None, NAN, rng.uniform(-10, 1e9)])
+        if not isinstance(row.get("card_home_country"), str | None):
+            row["card_home_country"] = rng.choice(["FR", "DE", "", None])
+    every = rows + typical + [_row(), _row(country=""), _row(card_home_country=None)]
+    computed = 0
+    for row in every:
+        want = _outcome(lambda r: _as_vector(transform_row(r)), row)
+        got = _outcome(transform_row_vector, row)
+        assert got[0] == want[0], row
+        if want[0] == "error":
+            assert got[1] is want[1], row
+        else:
+            assert _identical(got[1], want[1]), (row, got, want)
+            computed += 1
+    assert computed > 5_000
+    assert len(every) - len(handed_over) > 3_000  # its own path, not only transform_row's
+
+
+def test_vector_form_of_known_and_unknown_entities():
+    assert transform_row_vector(_row()) == [160.0, 8.0, 28.0, 3.0, 1.0, 1.0, 120.0, 2.0, 0.0, 1.0]
+    gone = transform_row_vector(_row(**{k: None for k in KNOWN}))
+    assert _identical(gone, [160.0, NAN, NAN, 3.0, 1.0, 1.0, NAN, NAN, 1.0, NAN])

@@ -58,7 +58,7 @@ _SWAP = sys.byteorder != "little"
 
 
 def _fp64(values: Iterable[float | None]) -> bytes:
-    flat = list(values)
+    flat = values if type(values) is list else list(values)
     try:
         packed = array("d", flat)  # NaN already stands for missing (the encoder's own rows)
     except TypeError:  # None for missing, as in a parsed EncodeResponse
@@ -67,6 +67,20 @@ def _fp64(values: Iterable[float | None]) -> bytes:
     if _SWAP:
         packed.byteswap()
     return packed.tobytes()
+
+
+def _header(feature_service: str, feature_names: list[str], feature_contract: str,
+            n_rows: int, sizes: Iterable[int]) -> bytes:
+    shape = [n_rows, len(feature_names)]
+    return json.dumps({
+        "feature_service": feature_service,
+        "feature_names": feature_names,
+        "feature_contract": feature_contract,
+        "tensors": [
+            {"name": name, "datatype": datatype, "shape": shape, "binary_data_size": size}
+            for (name, datatype, _), size in zip(BINARY_TENSORS, sizes)
+        ],
+    }, separators=(",", ":")).encode()
 
 
 def encode_binary(body: dict[str, Any]) -> tuple[bytes, int]:
@@ -79,17 +93,27 @@ def encode_binary(body: dict[str, Any]) -> tuple[bytes, int]:
         bytes(chain.from_iterable(row["missing"] for row in rows)),
         bytes(chain.from_iterable(row["stale"] for row in rows)),
     ]
-    shape = [len(rows), len(names)]
-    header = json.dumps({
-        "feature_service": body["feature_service"],
-        "feature_names": names,
-        "feature_contract": body["feature_contract"],
-        "tensors": [
-            {"name": name, "datatype": datatype, "shape": shape, "binary_data_size": len(part)}
-            for (name, datatype, _), part in zip(BINARY_TENSORS, parts)
-        ],
-    }, separators=(",", ":")).encode()
+    header = _header(body["feature_service"], names, body["feature_contract"], len(rows),
+                     map(len, parts))
     return header + b"".join(parts), len(header)
+
+
+def binary_header(feature_service: str, feature_names: list[str], feature_contract: str,
+                  n_rows: int) -> bytes:
+    """The JSON header of the binary answer to ``n_rows`` rows: the same for every answer of
+    that many rows of one feature service, so a caller may keep it."""
+    size = n_rows * len(feature_names)
+    return _header(feature_service, feature_names, feature_contract, n_rows,
+                   [size * itemsize for _, _, itemsize in BINARY_TENSORS])
+
+
+def encode_binary_flat(header: bytes, values: list[float], age_seconds: list[float],
+                       missing: list[bool], stale: list[bool]) -> tuple[bytes, int]:
+    """(binary body, header length) of an answer given as flat row-major lists (``n_rows`` x
+    ``width``, NaN where missing) and its :func:`binary_header`: the bytes
+    :func:`encode_binary` makes of the same answer as rows of dicts."""
+    return (b"".join((header, _fp64(values), _fp64(age_seconds), bytes(missing), bytes(stale))),
+            len(header))
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Body, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from vigil_contracts.encoding import (
-    BINARY_HEADER_LENGTH, BINARY_MEDIA_TYPE, EncodeRequest, EncodeResponse, encode_binary,
+    BINARY_HEADER_LENGTH, BINARY_MEDIA_TYPE, EncodeRequest, EncodeResponse,
 )
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE, Problem
 from vigil_servicekit.deps import MetricsDep
@@ -129,14 +129,15 @@ _ENCODE_BODY_DOC: dict[str, Any] = {
 async def encode(body: Annotated[Any, Body()], request: Request, encoder: EncoderDep) -> Response:
     feature_service, rows = parse_encode_request(body)
     log_fields(request.scope).update(feature_service=feature_service, rows=len(rows))
-    result = await encoder.encode_rows(feature_service, rows)
+    batch = await encoder.encode_batch(feature_service, rows)
     if wants_binary(request.headers.get("accept")):
-        body, header_length = encode_binary(result)
+        # The data plane's flat lists are packed as they are, without rows of dicts between.
+        body, header_length = batch.binary()
         return Response(body, media_type=BINARY_MEDIA_TYPE,
                         headers={BINARY_HEADER_LENGTH: str(header_length)})
     # Built as plain lists by the data plane and serialised directly: validating thousands of
     # floats back through EncodeResponse would cost more than the Redis round trip.
-    return Response(orjson.dumps(result), media_type="application/json")
+    return Response(orjson.dumps(batch.response()), media_type="application/json")
 
 
 def wants_binary(accept: str | None) -> bool:
