@@ -5,6 +5,7 @@ collide. A service subclasses :class:`ServiceMetrics` and registers its own metr
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -16,6 +17,10 @@ REQUEST_LABELS = {
     "status": "status code",
     "outcome": "outcome",
 }
+
+
+#: Label combinations whose metric children a :class:`ServiceMetrics` keeps at hand.
+_CHILDREN_KEPT = 1024
 
 
 def outcome(status: int) -> str:
@@ -54,6 +59,7 @@ class ServiceMetrics:
         self._request_labels = tuple(request_labels)
         self._latency_labels = tuple(latency_labels)
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.requests = Counter(
             f"{namespace}_requests",
             f"HTTP requests by {_phrase(request_labels)}.",
@@ -69,13 +75,22 @@ class ServiceMetrics:
         )
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        values = {
-            "route": route, "method": method, "status": str(status), "outcome": outcome(status),
-        }
-        self.requests.labels(*[values[name] for name in self._request_labels]).inc()
-        self.request_latency.labels(*[values[name] for name in self._latency_labels]).observe(
-            seconds
-        )
+        children = self._children.get((route, method, status))
+        if children is None:
+            values = {
+                "route": route, "method": method, "status": str(status),
+                "outcome": outcome(status),
+            }
+            children = (
+                self.requests.labels(*[values[name] for name in self._request_labels]),
+                self.request_latency.labels(*[values[name] for name in self._latency_labels]),
+            )
+            # Bounded as the label values are (route templates, methods, statuses); kept so
+            # that a request does not pay two ``labels()`` lookups (a lock and a tuple each).
+            if len(self._children) < _CHILDREN_KEPT:
+                self._children[(route, method, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
