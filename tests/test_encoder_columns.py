@@ -24,6 +24,7 @@ import pytest
 import redis
 from google.protobuf.timestamp_pb2 import Timestamp
 from vigil_contracts.encoding import encode_binary
+from vigil_contracts import request_features
 from vigil_contracts.request_features import NO_DEVICE_ID, OUTPUT_FEATURES, transform_row
 
 from vigil import feast_repo
@@ -305,10 +306,14 @@ async def test_an_interleaved_feature_order_equals_its_rows_read_one_by_one(
 async def test_a_transform_without_a_vector_form_gives_the_same_answers(
         make_encoder, client, mixed_rows, monkeypatch):
     fast = await (make_encoder()).encode_batch(SERVICE, mixed_rows)
-    monkeypatch.setattr(dataplane, "_VECTOR_FORMS", {})
+    from vigil_encoder import plan
+
+    shared = plan.ON_DEMAND_IMPLS["request_features"]
+    monkeypatch.setitem(plan.ON_DEMAND_IMPLS, "request_features",
+                        plan.OnDemandImpl(shared.transform, shared.outputs))
     plain_encoder = make_encoder()
     layout = plain_encoder._layout(plain_encoder.plan(SERVICE))
-    assert layout.od_vectors[0] is not dataplane.request_features.transform_row_vector
+    assert layout.od_vectors[0] is not request_features.transform_row_vector
     await _check(plain_encoder, client, mixed_rows, make_encoder.now)
     _identical((await plain_encoder.encode_batch(SERVICE, mixed_rows)).rows(), fast.rows())
 
@@ -323,4 +328,4 @@ def test_the_vector_form_serves_the_plans_outputs(feature_env):
     plan = dataplane.load_plans(feast_repo.spec_path(feature_env.repo))[SERVICE]
     layout = dataplane._Layout(plan)
     assert plan.on_demand[0].vector_outputs == OUTPUT_FEATURES
-    assert layout.od_vectors == (dataplane.request_features.transform_row_vector,)
+    assert layout.od_vectors == (request_features.transform_row_vector,)

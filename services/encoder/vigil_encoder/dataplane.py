@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import Counter
-from vigil_contracts import request_features
 from vigil_contracts.encoding import EncodeRequest, binary_header, encode_binary_flat
 
 from vigil_encoder.errors import EncoderNotReady, FeatureServiceNotFound, SpecError, TooManyRows
 from vigil_encoder.feast_values import decode_timestamp, decode_values
 from vigil_encoder.metrics import EncoderMetrics
-from vigil_encoder.plan import OnDemandPlan, ServicePlan, load_plans
+from vigil_encoder.plan import OnDemandPlan, ServicePlan, VectorTransform, load_plans
 from vigil_encoder.store import OnlineStore
 from vigil_encoder.validation import check_rows
 
@@ -58,35 +57,17 @@ class ViewRead:
     stale: bool
 
 
-#: A row's on-demand outputs as vector entries (a finite float, NaN for missing), in the order
-#: the service wants them.
-VectorTransform = Callable[[Mapping[str, Any]], Sequence[float]]
-
-#: Faster forms of the shared on-demand transforms, by the transform the plan names: the same
-#: outputs as vector entries, in the order given, reading no inputs but the ones named (those
-#: ``transform_columns`` hands the transform in training). Tested equal to the transform; one
-#: not listed here is called as it is.
-_VECTOR_FORMS: dict[Callable[..., Any], tuple[VectorTransform, tuple[str, ...], frozenset[str]]] = {
-    request_features.transform_row: (
-        request_features.transform_row_vector,
-        request_features.OUTPUT_FEATURES,
-        frozenset(chain(request_features.REQUEST_FIELDS,
-                        chain.from_iterable(request_features.STORED_INPUTS.values()))),
-    ),
-}
-
-
 def _vector_transform(od: OnDemandPlan) -> tuple[VectorTransform, frozenset[str] | None]:
     """How to compute ``od``'s vector entries from a row's inputs, and the only inputs it reads
     (None: any)."""
-    form = _VECTOR_FORMS.get(od.transform)
-    if form is not None:
-        vector, outputs, reads = form
-        positions = [outputs.index(name) for name in od.vector_outputs]
-        if positions == list(range(len(outputs))):
-            return vector, reads
-        return (lambda row: [*map(vector(row).__getitem__, positions)]), reads
-    transform, names = od.transform, od.vector_outputs
+    impl = od.impl
+    vector = impl.vector
+    if vector is not None:
+        positions = [impl.outputs.index(name) for name in od.vector_outputs]
+        if positions == list(range(len(impl.outputs))):
+            return vector, impl.reads
+        return (lambda row: [*map(vector(row).__getitem__, positions)]), impl.reads
+    transform, names = impl.transform, od.vector_outputs
 
     def plain(row: Mapping[str, Any]) -> list[float]:
         outputs = transform(row)

@@ -12,8 +12,9 @@ load, never at request time.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -34,18 +35,31 @@ REQUEST_DTYPES = frozenset({"Float64", "Float32", "Int64", "Int32", "String", "B
 Transform = Callable[[Mapping[str, Any]], Mapping[str, float | None]]
 
 
+#: A row's on-demand outputs as vector entries (a finite float, NaN for missing).
+VectorTransform = Callable[[Mapping[str, Any]], Sequence[float]]
+
+
 @dataclass(frozen=True)
 class OnDemandImpl:
-    """The encoder's implementation of a Feast on-demand view (the same code Feast runs)."""
+    """The encoder's implementation of a Feast on-demand view (the same code Feast runs).
+
+    ``vector``, where there is one, is a faster form of ``transform`` (tested equal to it): the
+    same outputs as vector entries in ``outputs`` order, reading no inputs but ``reads`` (those
+    ``transform_columns`` hands the transform in training)."""
 
     transform: Transform
     outputs: tuple[str, ...]
+    vector: VectorTransform | None = None
+    reads: frozenset[str] | None = None
 
 
 #: On-demand views by name -> the shared implementation their Feast definition calls.
 ON_DEMAND_IMPLS: dict[str, OnDemandImpl] = {
     "request_features": OnDemandImpl(
-        request_features.transform_row, request_features.OUTPUT_FEATURES
+        request_features.transform_row, request_features.OUTPUT_FEATURES,
+        vector=request_features.transform_row_vector,
+        reads=frozenset(chain(request_features.REQUEST_FIELDS,
+                              chain.from_iterable(request_features.STORED_INPUTS.values()))),
     ),
 }
 
@@ -69,7 +83,7 @@ class ViewPlan:
 @dataclass(frozen=True)
 class OnDemandPlan:
     name: str
-    transform: Transform
+    impl: OnDemandImpl
     inputs: tuple[tuple[int, int, str], ...]
     """(view index, position in that view's features, short name) of each stored input."""
     vector_outputs: tuple[str, ...]
@@ -177,7 +191,7 @@ class ServicePlan:
                     seen.add(feature)
                     inputs.append((v, views[v].features.index(feature), feature))
             outputs = tuple(vector_outputs.pop(od_name, []))
-            on_demand.append(OnDemandPlan(od_name, impl.transform, tuple(inputs), outputs))
+            on_demand.append(OnDemandPlan(od_name, impl, tuple(inputs), outputs))
         self.on_demand: tuple[OnDemandPlan, ...] = tuple(on_demand)
         if vector_outputs:
             raise SpecError(f"{spec.name}: undescribed on-demand views {sorted(vector_outputs)}")
