@@ -47,6 +47,7 @@ end
 return written
 """
 _SET_ALL_SHA = hashlib.sha1(_SET_ALL.encode()).hexdigest()
+_SET_ALL_BYTES, _SET_ALL_SHA_BYTES = _SET_ALL.encode(), _SET_ALL_SHA.encode()
 
 _CANONICAL = orjson.OPT_SORT_KEYS | orjson.OPT_UTC_Z
 # A stored decision is the answer without what belongs to the request that reads it.
@@ -256,10 +257,10 @@ class DecisionStore:
                 b"%d" % self.ttl_s, *(entry for _, entry in entries)]
         count = b"%d" % len(entries)
         try:
-            return await self._call(pack_command(b"EVALSHA", _SET_ALL_SHA.encode(), count, *args))
+            return await self._call(pack_command(b"EVALSHA", _SET_ALL_SHA_BYTES, count, *args))
         except NoScriptError:
             # A restarted (or another) Redis has not seen the script yet; EVAL caches it.
-            return await self._call(pack_command(b"EVAL", _SET_ALL.encode(), count, *args))
+            return await self._call(pack_command(b"EVAL", _SET_ALL_BYTES, count, *args))
 
     async def ping(self) -> tuple[bool, str]:
         try:
