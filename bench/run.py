@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -582,6 +582,9 @@ def main(argv: list[str] | None = None) -> int:
                              "measure just those, print the figures, write no report (a "
                              "side-by-side check while optimising; results in "
                              ".bench/work/partial.json)")
+    parser.add_argument("--batch-concurrency", default="",
+                        help="comma-separated closed-loop concurrencies of the batch cases "
+                             "instead of the plan's (e.g. 2,4,8)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     parser.add_argument("--img", default=str(ROOT / "docs" / "img" / "latency_percentiles.png"))
     args = parser.parse_args(argv)
@@ -590,6 +593,9 @@ def main(argv: list[str] | None = None) -> int:
                      Path(args.img), BENCH / "venv-peers" / "bin" / "python")
         return 0
     plan = QUICK if args.quick else FULL
+    if args.batch_concurrency:
+        plan = replace(plan, batch_concurrency=tuple(
+            int(c) for c in args.batch_concurrency.split(",") if c))
     started = time.monotonic()
     command = _command()
     log(f"{command}  ({plan.name} plan)")

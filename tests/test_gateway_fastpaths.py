@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Any
 
 import orjson
@@ -47,6 +48,17 @@ def test_payload_hash_is_the_hash_of_the_json_dump(body: dict[str, Any]) -> None
     t = Transaction.model_validate(body)
     canonical = orjson.dumps(t.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
     assert payload_hash(t) == "sha256:" + hashlib.sha256(canonical).hexdigest()
+
+
+def test_payload_hash_of_many_addresses_is_the_hash_of_the_json_dump() -> None:
+    import random
+
+    rng = random.Random(11)
+    for _ in range(300):
+        octets = [rng.choice([0, 1, 9, 10, 99, 100, 255, rng.randrange(256)]) for _ in range(4)]
+        t = Transaction.model_validate(transaction(ip_address=".".join(map(str, octets))))
+        canonical = orjson.dumps(t.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+        assert payload_hash(t) == "sha256:" + hashlib.sha256(canonical).hexdigest()
 
 
 def test_batch_validation_equals_validating_each_item() -> None:
@@ -108,7 +120,7 @@ def test_the_batch_body_is_the_batch_response_model() -> None:
         {"index": 3, "status": 422, "error": invalid.problem(
             instance="/v1/transactions/score-batch", request_id="req-1")},
     ])
-    assert json.loads(body) == json.loads(expected.model_dump_json())
+    assert body == expected.model_dump_json().encode()  # byte for byte what the model writes
     assert BatchResponse.model_validate_json(body) == expected
 
 
@@ -218,3 +230,93 @@ def test_an_answer_built_from_its_stored_part_is_its_own_serialisation(request_i
     ):
         own = ScoreResponse.__pydantic_serializer__.to_json(answer)
         assert answer_json(decision_json(answer), request_id, cached) == own
+
+
+def _odd_answers() -> list[ScoreResponse]:
+    """Answers of every shape a batch can hold, ids and reasons that need escaping included."""
+    import random
+
+    from vigil_gateway.reasons import explain
+
+    rng = random.Random(3)
+    shared = explain("not_fraud", [], [], None, currency="EUR", device_present=True, max_reasons=3)
+    models = [ModelRef(name="fraud_detector", version="3"), ModelRef(name="m", version=None),
+              ModelRef(name='q"uote', version="ü-\u2028")]
+    ids = ["tx-1", "ü-ñ", 'quote"back\\slash', "\x01ctl", "a" * 64]
+    scores = [0.0, 1.0, 1e-7, 1e-6, 0.5, 0.123456, 5e-324, None, float("nan"), float("inf")]
+    answers = []
+    for n in range(400):
+        k = rng.randrange(4)
+        reasons = (shared if k == 0 else [] if k == 1 else
+                   [Reason(code="AMOUNT_HIGH_FOR_CARD", text="8× the card's \"average\"",
+                           feature="f", value=rng.choice([8.0, None, 1e-9]),
+                           contribution=rng.choice([1.25, -0.5, None]))] * rng.randrange(1, 4))
+        answers.append(ScoreResponse(
+            transaction_id=rng.choice(ids) + str(n), label=rng.choice(
+                ["not_fraud", "suspicious", "highly_suspicious", "uncertain"]),
+            score=rng.choice(scores) if rng.random() < 0.5 else rng.random(),
+            reasons=reasons, model=rng.choice(models), degraded=rng.random() < 0.2,
+            request_id="req-1"))
+    return answers
+
+
+def test_decisions_of_a_batch_are_what_the_model_serialiser_writes() -> None:
+    from vigil_gateway.decisions import decision_json, decisions_json
+
+    answers = _odd_answers()
+    expected = [ScoreResponse.__pydantic_serializer__.to_json(a, exclude={"request_id", "cached"})
+                for a in answers]
+    assert decisions_json(answers) == expected
+    assert [decision_json(a) for a in answers] == expected
+    assert decisions_json([]) == []
+
+
+def test_stored_entries_of_a_batch_are_what_storing_each_decision_wrote() -> None:
+    from vigil_gateway.decisions import decisions_json, encode_entries
+
+    answers = _odd_answers()[:50]
+    hashes = [f"sha256:{i:064x}" for i in range(len(answers))]
+    entries = encode_entries(decisions_json(answers), hashes, "req-1")
+    for answer, payload, entry in zip(answers, hashes, entries):
+        legacy = orjson.loads(StoredDecision.of(answer, payload).encode())
+        got = orjson.loads(entry)
+        assert got.pop("stored_at") == pytest.approx(legacy.pop("stored_at"), abs=5)
+        assert got == legacy
+        if answer.score is None or math.isfinite(answer.score):  # JSON has no NaN nor inf
+            assert StoredDecision.decode(entry).replay("req-2") == answer.model_copy(
+                update={"request_id": "req-2", "cached": True})
+
+
+def test_answers_of_a_batch_are_what_postprocessing_each_row_gives() -> None:
+    import random
+
+    from vigil_gateway.encoder_client import EncodedVector, EncodedVectors
+    from vigil_gateway.model_metadata import ModelMetadata
+    from vigil_gateway.predictor_client import Inference
+    from vigil_gateway.transformer import FraudTransformer
+
+    rng = random.Random(5)
+    names = ["card_stats__card_amount_avg_30d", "merchant_stats__merchant_fraud_rate_30d",
+             "request_features__amount_to_card_avg_30d", "request_features__txn_hour"]
+    meta = ModelMetadata(name="fraud_detector", version="7", feature_service="svc",
+                         feature_names=names, feature_contract="sha256:x",
+                         thresholds={"suspicious": 0.3, "highly_suspicious": 0.7})
+    n = 300
+    encoded = EncodedVectors("svc", names, "sha256:x", [
+        EncodedVector([rng.choice([None, rng.uniform(0, 50)]) for _ in names], [False] * 4,
+                      [False] * 4, [0.0] * 4) for _ in range(n)])
+    rows = sorted(rng.sample(range(n), 200))
+    # Scores on and around the thresholds, and contributions missing for some flagged rows.
+    scores = [rng.choice([0.0, 0.2999999, 0.3, 0.5, 0.7, 0.9999, rng.random()]) for _ in rows]
+    contributions = [None if rng.random() < 0.3 else [rng.uniform(-2, 2) for _ in range(5)]
+                     for _ in rows]
+    inference = Inference("fraud_detector", "7", scores, contributions)
+    transactions = [Transaction.model_validate(transaction(
+        transaction_id=f"tx-{i}", device_id=rng.choice([None, "d1"]), currency=rng.choice(["EUR", "JPY"])))
+        for i in range(n)]
+    transformer = FraudTransformer(None, None, None, feature_service=None, max_reasons=3)  # type: ignore[arg-type]
+    many = transformer.postprocess_many(transactions, encoded, rows, inference, meta, "req-1")
+    one_by_one = [transformer.postprocess(transactions[i], encoded, i, inference, k, meta, "req-1")
+                  for k, i in enumerate(rows)]
+    assert many == one_by_one
+    assert {a.label for a in many} == {"not_fraud", "suspicious", "highly_suspicious"}

@@ -231,7 +231,7 @@ def describe(feature: str, value: float | None, ctx: Context) -> tuple[str, str]
 
 _NO_RISK_SIGNAL = ("NO_RISK_SIGNAL", "no risk signal strong enough to flag this transaction")
 # Most answers are not_fraud: their one reason is made once (answers only ever read it).
-_NO_RISK_REASON = Reason(code=_NO_RISK_SIGNAL[0], text=_NO_RISK_SIGNAL[1])
+NO_RISK_REASON = Reason(code=_NO_RISK_SIGNAL[0], text=_NO_RISK_SIGNAL[1])
 _MODEL_BASELINE = ("MODEL_BASELINE", "the model's overall risk for transactions like this one")
 
 
@@ -252,7 +252,7 @@ def explain(
     gets ``MODEL_BASELINE``.
     """
     if label == "not_fraud":
-        return [_NO_RISK_REASON]
+        return [NO_RISK_REASON]
     reasons: list[Reason] = []
     if contributions is not None:
         ranked = sorted(

@@ -119,21 +119,22 @@ async def score_batch(
 def batch_response_body(
     outcomes: Sequence[ScoreResponse | GatewayError], *, request_id: str, instance: str
 ) -> bytes:
-    """A ``BatchResponse`` document, each item serialised once by its own pydantic model and
-    embedded as is (building a thousand ``BatchItemResult`` models would cost more)."""
+    """A ``BatchResponse`` document as its model would write it, each item serialised once by
+    its own pydantic model and embedded as is (building a thousand ``BatchItemResult`` models
+    would cost more)."""
     decisions = getattr(outcomes, "decisions", None) or {}
     results = []
     for i, outcome in enumerate(outcomes):
         if isinstance(outcome, GatewayError):
             problem = outcome.problem(instance=instance, request_id=request_id)
-            results.append({"index": i, "status": outcome.status, "result": None,
-                            "error": orjson.Fragment(_problem_json(problem))})
+            results.append(b'{"index":%d,"status":%d,"result":null,"error":%s}'
+                           % (i, outcome.status, _problem_json(problem)))
             continue
         decision = decisions.get(id(outcome))
         body = (_score_json(outcome) if decision is None
                 else answer_json(decision, outcome.request_id, outcome.cached))
-        results.append({"index": i, "status": 200, "result": orjson.Fragment(body), "error": None})
-    return orjson.dumps({"request_id": request_id, "results": results})
+        results.append(b'{"index":%d,"status":200,"result":%s,"error":null}' % (i, body))
+    return b'{"request_id":%s,"results":[%s]}' % (orjson.dumps(request_id), b",".join(results))
 
 
 @service_router.get("/healthz", summary="Liveness")

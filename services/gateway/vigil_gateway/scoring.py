@@ -17,7 +17,7 @@ from pydantic import TypeAdapter, ValidationError
 from vigil_contracts.api import ScoreResponse, Transaction
 
 from vigil_gateway.decisions import (
-    DecisionStore, StoredDecision, decision_json, encode_entry, payload_hash,
+    DecisionStore, StoredDecision, decisions_json, encode_entries, payload_hash,
 )
 from vigil_gateway.errors import BatchTooLarge, DecisionConflict, GatewayError, InvalidTransaction
 from vigil_gateway.metrics import UNKNOWN_VERSION, GatewayMetrics
@@ -194,13 +194,15 @@ class ScoringService:
             assert all(a is not None for a in fresh), "a transaction to score has no answer"
             self._count(fresh)  # type: ignore[arg-type]
             # Uncertain answers are not kept: a retry deserves a real decision.
-            keep = []
-            for i, answer in zip(todo, fresh):
-                if not answer.degraded:
-                    decision = decisions[id(answer)] = decision_json(answer)  # type: ignore[arg-type]
-                    keep.append((transactions[i].transaction_id,
-                                 encode_entry(answer, hashes[i], decision)))  # type: ignore[arg-type]
-            first_writers = await self.store.put_many(keep, overwrite=rescore)
+            kept = [(i, answer) for i, answer in zip(todo, fresh) if not answer.degraded]  # type: ignore[union-attr]
+            serialised = decisions_json([answer for _, answer in kept])  # type: ignore[misc]
+            for (_, answer), decision in zip(kept, serialised):
+                decisions[id(answer)] = decision
+            entries = encode_entries(serialised, [hashes[i] for i, _ in kept], request_id)
+            first_writers = await self.store.put_many(
+                [(transactions[i].transaction_id, entry) for (i, _), entry in zip(kept, entries)],
+                overwrite=rescore,
+            )
             for i, answer in zip(todo, fresh):
                 winner = first_writers.get(transactions[i].transaction_id) if first_writers else None
                 if winner is None:

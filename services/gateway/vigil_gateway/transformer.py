@@ -25,7 +25,7 @@ from vigil_gateway.model_catalog import ModelCatalog
 from vigil_gateway.model_metadata import ModelMetadata
 from vigil_gateway.policy import FEATURES_MISSING, FEATURES_STALE, policy_verdict, stored_mask
 from vigil_gateway.predictor_client import Features, Inference, PredictorClient
-from vigil_gateway.reasons import explain
+from vigil_gateway.reasons import NO_RISK_REASON, explain
 
 logger = logging.getLogger(__name__)
 
@@ -190,10 +190,7 @@ class FraudTransformer:
                     self.catalog.refresh_soon()  # most likely the model changed under us
                 scored = self._all_degraded([transactions[i] for i in todo], code, request_id, exc)
             else:
-                scored = [
-                    self.postprocess(transactions[i], encoded, i, inference, k, scored_by, request_id)
-                    for k, i in enumerate(todo)
-                ]
+                scored = self.postprocess_many(transactions, encoded, todo, inference, scored_by, request_id)
             for i, answer in zip(todo, scored):
                 answers[i] = answer
         assert all(answers[i] is not None for i in rows), "a transaction was left without an answer"
@@ -301,6 +298,34 @@ class FraudTransformer:
             degraded=False,
             request_id=request_id,
         )
+
+    def postprocess_many(
+        self,
+        transactions: Sequence[Transaction],
+        encoded: EncodedVectors,
+        rows: Sequence[int],
+        inference: Inference,
+        meta: ModelMetadata,
+        request_id: str,
+    ) -> list[ScoreResponse]:
+        """:meth:`postprocess` of each scored row (``rows[k]`` was scored ``k``-th), with what
+        the rows share read once. A ``not_fraud`` answer, most of them, is made right here: its
+        label needs one comparison and its reasons are always the same one."""
+        suspicious = meta.thresholds.suspicious  # highly_suspicious is never below it
+        model = self._model_ref(inference.model_name, inference.model_version)
+        no_risk = [NO_RISK_REASON]
+        answers = []
+        for k, (i, score) in enumerate(zip(rows, inference.scores)):
+            if score < suspicious:
+                answers.append(ScoreResponse(
+                    transaction_id=transactions[i].transaction_id, label="not_fraud",
+                    score=round(score, 6), reasons=no_risk, model=model, degraded=False,
+                    request_id=request_id,
+                ))
+            else:
+                answers.append(
+                    self.postprocess(transactions[i], encoded, i, inference, k, meta, request_id))
+        return answers
 
     def _model_ref(self, name: str, version: str) -> ModelRef:
         """The answers' ``model``, made once per version (answers only ever read it)."""
