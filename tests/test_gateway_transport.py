@@ -216,7 +216,10 @@ async def test_send_drives_the_transport_like_the_client_would() -> None:
             await client.post("/v1/encode", content=b'{"a": 1}',
                               headers={"content-type": "application/json", "x-request-id": "req-7"})
     assert response.status_code == 200 and response.json()["path"] == "/prefix/v1/encode"
-    assert response.request.url == server.url + "/prefix/v1/encode"
+    # The light stand-in of an httpx.Response, read the same way by the clients.
+    assert isinstance(response, http_transport.Reply)
+    assert response.headers.get("Content-Type") == response.headers.get("content-type") == "application/json"
+    assert '"/prefix/v1/encode"' in response.text
     direct, full = server.requests
     assert direct.path == full.path == "/prefix/v1/encode"
     assert direct.body == full.body
@@ -243,3 +246,20 @@ async def test_send_classifies_a_timeout_and_a_refused_connection() -> None:
                                   connect_timeout_s=0.5)
     assert slow.value.kind == "timeout"
     assert refused.value.kind == "unavailable"
+
+
+def test_a_reply_reads_like_an_httpx_response() -> None:
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    headers = CIMultiDictProxy(CIMultiDict([("Content-Type", "application/problem+json")]))
+    problem = http_transport.Reply(400, headers, b'{"type": "https://vigil.example/problems/feature-contract-mismatch", "detail": "wrong order"}')
+    twin = httpx.Response(400, headers=list(headers.items()), content=problem.content)
+    assert problem.json() == twin.json()
+    assert downstream.problem_detail(problem) == downstream.problem_detail(twin) == "wrong order"
+    assert downstream.problem_slug(problem) == downstream.problem_slug(twin) == "feature-contract-mismatch"
+    garbled = http_transport.Reply(502, headers, "<html>bad gateway \u00e9</html>".encode() + b"\xff")
+    twin = httpx.Response(502, headers=list(headers.items()), content=garbled.content)
+    with pytest.raises(ValueError):
+        garbled.json()
+    assert downstream.problem_detail(garbled) == downstream.problem_detail(twin)
+    assert downstream.problem_slug(garbled) is None

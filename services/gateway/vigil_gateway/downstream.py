@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, TypeAlias
 
 import httpx
 from vigil_servicekit.request_context import REQUEST_ID_HEADER
@@ -24,6 +24,9 @@ from vigil_gateway.errors import DownstreamError
 from vigil_gateway.metrics import GatewayMetrics
 
 USER_AGENT = "vigil-gateway"
+
+# What a call answers: httpx's response, or over the aiohttp transport its lighter stand-in.
+Response: TypeAlias = httpx.Response | http_transport.Reply
 
 
 class DownstreamClient(httpx.AsyncClient):
@@ -39,6 +42,16 @@ class DownstreamClient(httpx.AsyncClient):
         )
         self.transport = transport
         self._urls: dict[str, httpx.URL] = {}
+        self._texts: dict[str, str] = {}
+
+    def url_text(self, path: str) -> str:
+        """:meth:`url_for` as text (what the aiohttp transport is given)."""
+        text = self._texts.get(path)
+        if text is None:
+            text = str(self.url_for(path))
+            if len(self._texts) < 1024:
+                self._texts[path] = text
+        return text
 
     def url_for(self, path: str) -> httpx.URL:
         """``path`` under the base URL, as the client would merge it (the base keeps its own
@@ -86,7 +99,7 @@ async def send(
     request_id: str | None = None,
     content: bytes | None = None,
     headers: dict[str, str] | None = None,
-) -> httpx.Response:
+) -> Response:
     """Send a request; return the response unless it timed out, failed to connect or was a 5xx."""
     all_headers = dict(headers or {})
     if request_id:
@@ -96,7 +109,7 @@ async def send(
         async with asyncio.timeout(timeout):
             if isinstance(client, DownstreamClient):
                 response = await _send_direct(
-                    client, method, url, content, all_headers, call_timeout(timeout, connect_timeout_s)
+                    client, method, url, content, all_headers, timeout, connect_timeout_s
                 )
             else:
                 response = await client.request(
@@ -121,22 +134,24 @@ async def send(
 
 async def _send_direct(
     client: DownstreamClient, method: str, path: str, content: bytes | None,
-    headers: dict[str, str], timeout: httpx.Timeout,
-) -> httpx.Response:
+    headers: dict[str, str], seconds: float | None, connect_timeout_s: float,
+) -> Response:
     """``client.request(...)`` as the transport sees it: the same request (the transport adds
-    Host and Content-Length), the timeouts as its ``timeout`` extension, the body read whole."""
+    Host and Content-Length), the timeouts of :func:`call_timeout`, the body read whole. Over
+    aiohttp the answer is a :class:`~vigil_gateway.http_transport.Reply`, and no httpx
+    request or timeout object is made unless a failure needs one."""
     headers.setdefault("user-agent", USER_AGENT)
-    url = client.url_for(path)
     transport = client.transport
     if isinstance(transport, http_transport.AiohttpTransport):
-        request = httpx.Request(method, url, extensions={"timeout": timeout.as_dict()})
-        status, raw_headers, body = await transport.fetch(
-            method, str(url), headers, content,
-            connect_timeout=timeout.connect, read_timeout=timeout.read, request=request,
+        return await transport.fetch(
+            method, client.url_text(path), headers, content,
+            connect_timeout=connect_timeout_s if seconds is None else min(connect_timeout_s, seconds),
+            read_timeout=seconds,
         )
-        return httpx.Response(status, headers=raw_headers, content=body, request=request)
+    timeout = call_timeout(seconds, connect_timeout_s)
     request = httpx.Request(
-        method, url, headers=headers, content=content, extensions={"timeout": timeout.as_dict()},
+        method, client.url_for(path), headers=headers, content=content,
+        extensions={"timeout": timeout.as_dict()},
     )
     response = await transport.handle_async_request(request)
     response.request = request
@@ -153,7 +168,7 @@ def _failed(metrics: GatewayMetrics, downstream: str, kind: str, detail: str) ->
 
 
 def rejected(
-    metrics: GatewayMetrics, downstream: str, response: httpx.Response,
+    metrics: GatewayMetrics, downstream: str, response: Response,
     cls: type[DownstreamError] = DownstreamError,
 ) -> DownstreamError:
     """A 4xx from a dependency: our request did not fit its contract."""
@@ -166,7 +181,7 @@ def invalid_response(metrics: GatewayMetrics, downstream: str, detail: str) -> D
     return DownstreamError(downstream, "invalid_response", detail)
 
 
-def problem_detail(response: httpx.Response) -> str:
+def problem_detail(response: Response) -> str:
     """The ``detail`` of a problem+json answer, or a short excerpt of whatever came back."""
     try:
         body: Any = response.json()
@@ -177,7 +192,7 @@ def problem_detail(response: httpx.Response) -> str:
     return str(body)[:200]
 
 
-def problem_slug(response: httpx.Response) -> str | None:
+def problem_slug(response: Response) -> str | None:
     """The last path segment of a problem's ``type``, e.g. ``feature-contract-mismatch``."""
     try:
         body = response.json()

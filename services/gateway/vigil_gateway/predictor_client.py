@@ -234,7 +234,7 @@ class PredictorClient:
             return self._decode(response, rows.n_rows, rows.width)
         return self._decode(response, len(rows), len(rows[0]))
 
-    def _decode(self, response: httpx.Response, n: int, width: int) -> Inference:
+    def _decode(self, response: downstream.Response, n: int, width: int) -> Inference:
         try:
             body, outputs = decode_outputs(response.content, response.headers.get(HEADER_LENGTH))
             scores = list(outputs[SCORE])
