@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import time
 import uuid
 from typing import Any
@@ -81,14 +82,19 @@ class RequestContextMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or UNMATCHED_ROUTE
             self.metrics.observe_request(template, scope["method"], status, elapsed)
-            self.logger.info(
-                "request",
-                extra={
+            logger = self.logger
+            if logger.isEnabledFor(logging.INFO):
+                extra = {
                     "request_id": request_id,
                     "method": scope["method"],
                     "route": template,
                     "status": status,
                     "latency_ms": round(elapsed * 1000, 3),
                     **fields,
-                },
-            )
+                }
+                # What ``logger.info("request", extra=extra)`` does, less its walk up the stack
+                # to find the caller, which is always this line.
+                logger.handle(logger.makeRecord(
+                    logger.name, logging.INFO, __file__, sys._getframe().f_lineno, "request", (),
+                    None, "__call__", extra,
+                ))

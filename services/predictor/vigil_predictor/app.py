@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI
+from vigil_servicekit.fast_lane import install_fast_lane
 from vigil_servicekit.gc_tuning import frozen_startup_heap
 from vigil_servicekit.logs import configure_logging
 from vigil_servicekit.wiring import wire
@@ -21,7 +22,7 @@ from vigil_predictor.dataplane import DataPlane, server_version
 from vigil_predictor.errors import PredictorError
 from vigil_predictor.metrics import PredictorMetrics
 from vigil_predictor.repository import ModelRepository
-from vigil_predictor.rest import models_router, server_router, service_router
+from vigil_predictor.rest import fast_routes, models_router, server_router, service_router
 from vigil_predictor.settings import PredictorSettings
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.dataplane = dataplane
+    # Inside the request-context middleware (request id, access line, metrics), so before wire().
+    install_fast_lane(app, fast_routes())
     wire(app, service="predictor", error_root=PredictorError, metrics=metrics, log=service_log)
     # Routes are matched in order, one regex at a time: inference, the hot path, goes first.
     app.include_router(models_router)
