@@ -657,7 +657,11 @@ def main(argv: list[str] | None = None) -> int:
                                  f"known: {[c.key for c in cases]}")
             cases = [c for c in cases if c.key in only]
         _check_answers(cases)
+        if only:
+            _redis_command(world.redis.url, "CONFIG", "RESETSTAT")
         measure_cases(cases, plan, pids)
+        if only:
+            results["redis_commandstats"] = _redis_command(world.redis.url, "INFO", "commandstats")
         results["cases"] = {c.key: {"label": c.label, "group": c.group, "rows": c.rows,
                                     "runs": c.runs} for c in cases}
         if args.profile:
@@ -694,8 +698,23 @@ def write_report(results: dict[str, Any], md_path: Path, img_path: Path, bench_p
     print(report.console_summary(results))
 
 
+def _redis_command(url: str, *args: str) -> Any:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        return client.execute_command(*args)
+    finally:
+        client.close()
+
+
 def _print_partial(results: dict[str, Any]) -> None:
-    """The figures of a ``--only`` run, and each service's CPU per request."""
+    """The figures of a ``--only`` run, each service's CPU per request, and where Redis's
+    time went (its ``INFO commandstats`` over the runs: calls and microseconds per command)."""
+    stats = results.get("redis_commandstats") or {}
+    for name, stat in sorted(stats.items(), key=lambda kv: -kv[1].get("usec", 0)):
+        print(f"redis {name:<22} calls {stat.get('calls', 0):>9}  usec {stat.get('usec', 0):>10}  "
+              f"usec/call {stat.get('usec_per_call', 0):>8.2f}")
     for case in results["cases"].values():
         for run in case["runs"]:
             what = (f"{run['rate']:g}/s open" if run.get("mode") == "open"
