@@ -329,3 +329,60 @@ def test_the_vector_form_serves_the_plans_outputs(feature_env):
     layout = dataplane._Layout(plan)
     assert plan.on_demand[0].vector_outputs == OUTPUT_FEATURES
     assert layout.od_vectors == (request_features.transform_row_vector,)
+
+
+def _spy_columns(monkeypatch) -> list[int]:
+    """Make encoders built from now on count the batches their column form computes."""
+    from vigil_encoder import plan
+
+    shared = plan.ON_DEMAND_IMPLS["request_features"]
+    computed: list[int] = []
+
+    def columns(inputs):
+        outputs = shared.columns(inputs)
+        if outputs is not None:
+            computed.append(len(outputs[0]))
+        return outputs
+
+    monkeypatch.setitem(plan.ON_DEMAND_IMPLS, "request_features",
+                        plan.OnDemandImpl(shared.transform, shared.outputs, shared.vector,
+                                          shared.reads, columns))
+    return computed
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+async def test_the_column_form_gives_what_the_rows_give(
+        make_encoder, client, mixed_rows, monkeypatch, feature_env, tmp_path, interleaved):
+    """Batches of typed rows (known, unknown, stale and repeated entities) go through the
+    on-demand view's column form; their answers, bytes included, are those of the per-row form
+    (an implementation without a column form) and of the row-by-row reading."""
+    spec_file = None
+    if interleaved:  # the service's order differs from the assembly order, outputs included
+        document = json.loads(feast_repo.spec_path(feature_env.repo).read_text())
+        random.Random(9).shuffle(document["feature_services"][SERVICE]["features"])
+        spec_file = tmp_path / "serving_spec.json"
+        spec_file.write_text(json.dumps(document))
+    typed = [r for r in mixed_rows if type(r["request"]["channel"]) is str
+             and type(r["request"]["country"]) is str and type(r["request"]["amount"]) is float
+             and type(r["request"]["txn_hour"]) is int]
+    assert len(typed) > 200
+    from vigil_encoder import plan
+
+    shared = plan.ON_DEMAND_IMPLS["request_features"]
+    monkeypatch.setitem(plan.ON_DEMAND_IMPLS, "request_features",
+                        plan.OnDemandImpl(shared.transform, shared.outputs, shared.vector,
+                                          shared.reads))
+    per_row = make_encoder(spec_file)
+    assert per_row._layout(per_row.plan(SERVICE)).od_columns == (None,)
+    monkeypatch.setitem(plan.ON_DEMAND_IMPLS, "request_features", shared)
+    computed = _spy_columns(monkeypatch)
+    columns = make_encoder(spec_file)
+    assert (columns.plan(SERVICE).order is not None) == interleaved
+    for rows in (typed, typed[:2], typed[5:22], typed[::-1], mixed_rows[:100]):
+        want = await per_row.encode_batch(SERVICE, rows)
+        got = await columns.encode_batch(SERVICE, rows)
+        _identical(got.rows(), want.rows())
+        assert got.binary() == want.binary()
+        assert orjson.dumps(got.response()) == orjson.dumps(want.response())
+    assert computed == [len(typed), 2, 17, len(typed)]  # mixed_rows[:100]: left to the rows
+    await _check(columns, client, typed, make_encoder.now)

@@ -16,7 +16,7 @@ from vigil_contracts.encoding import EncodeRequest
 
 from vigil_encoder.errors import InvalidEncodeRequest
 from vigil_encoder.rest import parse_encode_request
-from vigil_encoder.validation import _request_value, check_rows
+from vigil_encoder.validation import _request_value, check_columns, check_rows
 
 FIELDS = {"amount": "Float64", "txn_epoch": "Float64", "txn_hour": "Int64", "channel": "String",
           "country": "String", "device_present": "Int64", "flag": "Bool"}
@@ -57,6 +57,16 @@ BODIES: list[Any] = [
     {"feature_service": 5, "rows": [row()]},
     {"rows": [row()]},
     [1, 2], "text", None, b"raw bytes",
+    # one odd row among plain ones, at each level the batch is checked at
+    {"feature_service": "svc", "rows": [row(), row(), {"entities": {"card_id": 5}, "request": {}}]},
+    {"feature_service": "svc", "rows": [row(), row(amount=True), row()]},
+    {"feature_service": "svc", "rows": [row(), row(amount=[1, 2])]},
+    {"feature_service": "svc", "rows": [row(), "x", row()]},
+    {"feature_service": "svc", "rows": [row(), {"entities": None, "request": {}}]},
+    {"feature_service": "svc", "rows": [row(), {"entities": {}, "request": []}]},
+    {"feature_service": "svc", "rows": [row(), {"entities": {}}]},
+    {"feature_service": "svc", "rows": [row(), {"entities": {}, "request": {}}]},
+    {"feature_service": "svc", "rows": [row(txn_hour=3.0, device_present=None), row(country=5)]},
 ]
 
 
@@ -124,3 +134,52 @@ def test_many_bad_rows_report_at_most_twenty_fields() -> None:
     with pytest.raises(InvalidEncodeRequest) as caught:
         check_rows(PLAN, [row(amount="x", txn_hour="y")] * 30)  # type: ignore[arg-type]
     assert len(caught.value.invalid_params or []) == 20
+
+
+def _as_columns(converted: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    return {name: [r[name] for r in converted] for name in FIELDS}
+
+
+def _outcome(check: Any, rows: list[dict[str, Any]]) -> Any:
+    try:
+        return "ok", check(PLAN, rows)  # type: ignore[arg-type]
+    except InvalidEncodeRequest as exc:
+        return "problem", exc.detail, [(p.name, p.reason) for p in exc.invalid_params or []]
+
+
+def test_column_checks_equal_row_checks() -> None:
+    """check_columns (one pass per field over the batch) gives the columns of check_rows, value
+    for value and type for type, or the very same problem."""
+    rng = random.Random(8)
+    seen = {"ok": 0, "problem": 0}
+    for _ in range(1500):
+        rows = []
+        for _ in range(rng.choice([1, 2, 5, 40])):
+            r = row(amount=rng.uniform(-1e6, 1e6), txn_epoch=rng.uniform(0, 2e9),
+                    txn_hour=rng.randrange(24), country=rng.choice(["DE", "", None]),
+                    device_present=rng.choice([0, 1]), flag=rng.choice([True, False]))
+            if rng.random() < 0.03:
+                r["request"][rng.choice(list(FIELDS))] = rng.choice(CANDIDATES + [1e308])
+            if rng.random() < 0.01:
+                del r["request"][rng.choice(list(FIELDS))]
+            if rng.random() < 0.01:
+                del r["entities"]["merchant_id"]
+            if rng.random() < 0.01:
+                r["request"]["extra"] = [1]  # a field of no plan is not looked at
+            rows.append(r)
+        want = _outcome(check_rows, rows)
+        got = _outcome(check_columns, rows)
+        seen[want[0]] += 1
+        if want[0] == "ok":
+            expected = _as_columns(want[1])
+            assert got[0] == "ok" and list(got[1]) == list(FIELDS)
+            assert got[1] == expected
+            assert {k: list(map(type, v)) for k, v in got[1].items()} == \
+                   {k: list(map(type, v)) for k, v in expected.items()}
+        else:
+            assert got == want
+    assert seen["ok"] > 500 and seen["problem"] > 200
+    assert check_columns(PLAN, []) == {name: [] for name in FIELDS}  # type: ignore[arg-type]
+    # finite amounts whose sum is not: converted one by one, all accepted
+    huge = [row(amount=1e308), row(amount=1e308)]
+    assert check_columns(PLAN, huge)["amount"] == [1e308, 1e308]  # type: ignore[arg-type]

@@ -6,7 +6,8 @@ import math
 from datetime import datetime, timedelta, timezone
 
 from vigil_contracts.request_features import (
-    OUTPUT_FEATURES, request_fields, transform_columns, transform_row, transform_row_vector,
+    OUTPUT_FEATURES, REQUEST_FIELDS, STORED_INPUTS, request_fields, transform_columns,
+    transform_row, transform_row_vector, transform_vector_columns,
 )
 
 NOW = datetime(2026, 11, 20, 3, 30, tzinfo=timezone.utc)
@@ -182,3 +183,83 @@ def test_vector_form_of_known_and_unknown_entities():
     assert transform_row_vector(_row()) == [160.0, 8.0, 28.0, 3.0, 1.0, 1.0, 120.0, 2.0, 0.0, 1.0]
     gone = transform_row_vector(_row(**{k: None for k in KNOWN}))
     assert _identical(gone, [160.0, NAN, NAN, 3.0, 1.0, 1.0, NAN, NAN, 1.0, NAN])
+
+
+INPUTS = [*REQUEST_FIELDS, *(name for names in STORED_INPUTS.values() for name in names)]
+
+
+def _typical_rows(n: int, seed: int):
+    """Rows of the shape the encoder builds (request fields of their dtypes, finite amounts and
+    epochs; stored inputs a float, NaN, inf or None, text or None), odd values included."""
+    import random
+
+    rng = random.Random(seed)
+    now = NOW.timestamp()
+    floats = [None, NAN, math.inf, -math.inf, 0.0, -0.0, 1e-310, -5.0, 20.0, 1e308, -1e308]
+    for _ in range(n):
+        yield {
+            "amount": rng.choice([0.0, -0.0, 1e-310, 12.5, -3.0, 1e300, rng.uniform(0, 900)]),
+            "txn_epoch": rng.choice([now + rng.uniform(-1e6, 1e6), 0.0, -1e300, 1e300]),
+            "txn_hour": rng.randrange(-2, 26),
+            "channel": rng.choice(["pos", "ecom", "mobile", "atm", "", "POS"]),
+            "country": rng.choice(["DE", "FR", "", None]),
+            "device_present": rng.choice([0, 1, 3, -1, None]),
+            "card_amount_avg_30d": rng.choice(floats + [rng.uniform(-10, 1e4)]),
+            "card_amount_std_30d": rng.choice(floats + [rng.uniform(0, 1e3)]),
+            "card_last_txn_epoch": rng.choice(floats + [now - rng.uniform(-1e3, 1e6)]),
+            "card_home_country": rng.choice(["FR", "DE", "", None]),
+            "device_first_seen_epoch": rng.choice(floats + [now - rng.uniform(-1e3, 1e8)]),
+        }
+
+
+def _columns(rows: list[dict]) -> dict[str, list]:
+    return {name: [row.get(name) for row in rows] for name in INPUTS}
+
+
+def test_column_form_equals_vector_form_row_for_row():
+    import random
+
+    rng = random.Random(5)
+    typical = list(_typical_rows(20_000, seed=6))
+    odd = list(_random_rows(4_000, seed=8))
+    computed = left = 0
+    start = 0
+    while start < len(typical):
+        size = rng.choice([1, 2, 7, 100, 1000])
+        batch = typical[start:start + size]
+        start += size
+        if rng.random() < 0.2:  # one row the vector form hands to transform_row
+            batch = [*batch, rng.choice(odd)]
+        outputs = transform_vector_columns(_columns(batch))
+        if outputs is None:
+            left += 1
+            continue
+        computed += 1
+        assert len(outputs) == len(OUTPUT_FEATURES)
+        assert all(type(column) is list and len(column) == len(batch) for column in outputs)
+        for i, row in enumerate(batch):
+            want = transform_row_vector(row)
+            got = [column[i] for column in outputs]
+            assert _identical(got, want), (row, got, want)
+    assert computed > 50 and left > 5
+
+
+def test_column_form_leaves_other_batches_to_the_rows():
+    good = list(_typical_rows(50, seed=9))
+    good = [row for row in good if abs(row["amount"]) < 1e300 and abs(row["txn_epoch"]) < 1e300]
+    assert transform_vector_columns(_columns(good)) is not None
+    for name, value in [("amount", 5), ("amount", NAN), ("amount", math.inf), ("amount", None),
+                        ("txn_epoch", -math.inf), ("txn_hour", 3.0), ("txn_hour", True),
+                        ("channel", None), ("device_present", 1.0), ("device_present", True),
+                        ("card_amount_avg_30d", 3), ("card_amount_std_30d", "1"),
+                        ("card_last_txn_epoch", True), ("device_first_seen_epoch", 7),
+                        ("card_home_country", NAN), ("country", 5)]:
+        rows = [*good[:10], {**good[10], name: value}, *good[11:]]
+        assert transform_vector_columns(_columns(rows)) is None, (name, value)
+    # every amount finite, but their sum is not: left to the rows, which compute it
+    huge = [{**row, "amount": 1e308} for row in good[:3]]
+    assert transform_vector_columns(_columns(huge)) is None
+    columns = _columns(good)
+    del columns["device_first_seen_epoch"]  # an input the batch does not carry
+    assert transform_vector_columns(columns) is None
+    assert transform_vector_columns(_columns([])) == [[] for _ in OUTPUT_FEATURES]

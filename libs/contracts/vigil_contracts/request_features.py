@@ -5,9 +5,9 @@ Feast's on-demand feature view ``request_features`` (``feature_repo/features.py`
 :func:`transform_row` directly so that it never has to import Feast. Both run this one body of
 code, which is what keeps training and serving from drifting apart. The encoder's batch path
 uses :func:`transform_row_vector`, the same expressions without the output dict and the
-per-input type dispatch; it hands any row it does not expect to :func:`transform_row`, and a test holds
-the two equal on tens of thousands of rows, so a change to one that is not made to the other
-fails the suite.
+per-input type dispatch, and its column form :func:`transform_vector_columns`; rows they do not
+expect go to :func:`transform_row`, and tests hold the three equal on tens of thousands of rows,
+so a change to one that is not made to the others fails the suite.
 
 Missing inputs (an entity that is not in the store arrives as ``None``; offline it may arrive as
 NaN) give missing outputs (``None``), never an exception.
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 #: Request fields the gateway sends with every row, and their Feast types.
@@ -181,6 +181,74 @@ def transform_row_vector(row: Mapping[str, Any]) -> list[float]:
         device_age if device_age - device_age == 0.0 else nan,
         1.0 if device_present and first_seen_missing else 0.0,
         nan if not home or not country else (0.0 if country == home else 1.0),
+    ]
+
+
+_FLOAT = frozenset({float})
+_INT = frozenset({int})
+_TEXT = frozenset({str})
+
+
+def transform_vector_columns(columns: Mapping[str, Sequence[Any]]) -> list[list[float]] | None:
+    """:func:`transform_row_vector` of many rows at once, given as columns (input name -> one
+    value per row): the outputs as columns, in ``OUTPUT_FEATURES`` order; None when a column is
+    absent or not of the shape :func:`transform_row_vector` computes itself (then compute the
+    rows one by one).
+
+    The encoder's batch form: one type test per column instead of eleven per row, and each
+    output a comprehension over its inputs, with the very expressions of
+    :func:`transform_row_vector` (``max(0.0, d)`` spelled ``d if d > 0.0 else 0.0``, which is
+    the same value for every float). A test holds it equal to it row for row.
+    """
+    try:
+        amount, epoch, hour = columns["amount"], columns["txn_epoch"], columns["txn_hour"]
+        channel, country = columns["channel"], columns["country"]
+        device_present = columns["device_present"]
+        avg, std = columns["card_amount_avg_30d"], columns["card_amount_std_30d"]
+        last, home = columns["card_last_txn_epoch"], columns["card_home_country"]
+        first_seen = columns["device_first_seen_epoch"]
+    except KeyError:
+        return None
+    if not (set(map(type, amount)) <= _FLOAT and set(map(type, epoch)) <= _FLOAT
+            and set(map(type, hour)) <= _INT and set(map(type, channel)) <= _TEXT
+            and set(map(type, device_present)) <= _INT_OR_NONE
+            and set(map(type, avg)) <= _FLOAT_OR_NONE and set(map(type, std)) <= _FLOAT_OR_NONE
+            and set(map(type, last)) <= _FLOAT_OR_NONE
+            and set(map(type, first_seen)) <= _FLOAT_OR_NONE
+            and set(map(type, home)) <= _TEXT_OR_NONE
+            and set(map(type, country)) <= _TEXT_OR_NONE):
+        return None
+    # Every amount and epoch finite: then so are their sums, unless a sum overflows (that batch
+    # goes row by row).
+    if not ((total := sum(amount)) - total == 0.0 and (total := sum(epoch)) - total == 0.0):
+        return None
+
+    nan = _NAN
+    # None, NaN and values <= 0 fail "a > 0.0"; a finite float or an inf is what remains.
+    ratio = [nan if a is None or not a > 0.0 else (r if (r := x / a) - r == 0.0 else nan)
+             for x, a in zip(amount, avg)]
+    zscore = [nan if a is None or a != a or s is None or not s > 0.0
+              else (z if (z := (x - a) / s) - z == 0.0 else nan)
+              for x, a, s in zip(amount, avg, std)]
+    since_last = [nan if t is None or t != t
+                  else ((d if d - d == 0.0 else nan) if (d := e - t) > 0.0 else 0.0)
+                  for e, t in zip(epoch, last)]
+    device_age = [nan if not p or f is None or f != f
+                  else ((g if (g := d / 86400.0) - g == 0.0 else nan) if (d := e - f) > 0.0
+                        else 0.0)
+                  for e, f, p in zip(epoch, first_seen, device_present)]
+    code = CHANNEL_CODES.get
+    return [
+        list(amount),
+        ratio,
+        zscore,
+        list(map(float, hour)),
+        [1.0 if h in NIGHT_HOURS else 0.0 for h in hour],
+        [code(c, -1.0) for c in channel],
+        since_last,
+        device_age,
+        [1.0 if p and (f is None or f != f) else 0.0 for f, p in zip(first_seen, device_present)],
+        [nan if not h or not c else (0.0 if c == h else 1.0) for h, c in zip(home, country)],
     ]
 
 

@@ -29,9 +29,11 @@ from vigil_contracts.encoding import EncodeRequest, binary_header, encode_binary
 from vigil_encoder.errors import EncoderNotReady, FeatureServiceNotFound, SpecError, TooManyRows
 from vigil_encoder.feast_values import decode_timestamp, decode_values
 from vigil_encoder.metrics import EncoderMetrics
-from vigil_encoder.plan import OnDemandPlan, ServicePlan, VectorTransform, load_plans
+from vigil_encoder.plan import (
+    ColumnsTransform, OnDemandPlan, ServicePlan, VectorTransform, load_plans,
+)
 from vigil_encoder.store import OnlineStore
-from vigil_encoder.validation import check_rows
+from vigil_encoder.validation import check_columns
 
 logger = logging.getLogger(__name__)
 
@@ -43,18 +45,36 @@ HIT, MISS, STALE = "hit", "miss", "stale"
 class ViewRead:
     """One (entity, view) as read, with its parts of the output vectors ready to concatenate.
 
-    ``od_inputs[j]`` is what on-demand view ``j`` reads from this view, by short name (None
-    where the entity is missing or its row is stale; shared between rows, never written); the
-    ``chunk_*`` lists are the vector entries of the view's features in the service's order. A
+    ``od_values[j]`` is what on-demand view ``j`` reads from this view, in the order of the
+    layout's ``od_names[v][j]`` (None where the entity is missing or its row is stale; shared
+    between rows, never written); the ``chunk_*`` lists are the vector entries of the view's features in the service's order. A
     row's ``missing`` flags are computed from its values (missing is exactly "no value"), so
     they are not kept here.
     """
 
-    od_inputs: tuple[dict[str, Any], ...]
+    od_values: tuple[Sequence[Any], ...]
     chunk_values: list[float]  # NaN = missing
     chunk_ages: list[float]  # NaN where the value is missing
     chunk_stale: list[bool]
     stale: bool
+
+
+def _columns_transform(od: OnDemandPlan) -> ColumnsTransform | None:
+    """How to compute ``od``'s vector entries of many rows from their inputs as columns, as
+    output columns in vector order (None: no column form)."""
+    impl = od.impl
+    columns = impl.columns
+    if columns is None:
+        return None
+    positions = [impl.outputs.index(name) for name in od.vector_outputs]
+    if positions == list(range(len(impl.outputs))):
+        return columns
+
+    def chosen(inputs: Mapping[str, Sequence[Any]]) -> Sequence[Sequence[float]] | None:
+        outputs = columns(inputs)
+        return None if outputs is None else [*map(outputs.__getitem__, positions)]
+
+    return chosen
 
 
 def _vector_transform(od: OnDemandPlan) -> tuple[VectorTransform, frozenset[str] | None]:
@@ -93,6 +113,7 @@ class _Layout:
         self.width = len(plan.feature_names)
         vectors = [_vector_transform(od) for od in plan.on_demand]
         self.od_vectors = tuple(vector for vector, _ in vectors)
+        self.od_columns = tuple(_columns_transform(od) for od in plan.on_demand)
         # od_pairs[v][j]: (position, short name) of what on-demand view j reads from view v.
         # An input the transform never reads is not copied into every row's inputs.
         self.od_pairs = tuple(
@@ -102,12 +123,15 @@ class _Layout:
         )
         self.od_views = tuple(tuple(v for v in od.input_views if self.od_pairs[v][j])
                               for j, od in enumerate(plan.on_demand))
-        # Per view: its vector features' values, and the (names, values) each on-demand view
-        # reads from it (None: it feeds none), each taken from the decoded values in one C call.
+        # Per view: its vector features' values, and the values each on-demand view reads from
+        # it (None: it feeds none), each taken from the decoded values in one C call; their
+        # names are od_names[v][j].
         self.vector_getters = tuple(_getter(view.vector_positions) for view in plan.views)
+        self.od_names = tuple(tuple(tuple(name for _, name in pairs) for pairs in view_pairs)
+                              for view_pairs in self.od_pairs)
         self.od_getters = tuple(
-            tuple((tuple(name for _, name in pairs), _getter([p for p, _ in pairs]))
-                  for pairs in view_pairs) if any(view_pairs) else None
+            tuple(_getter([p for p, _ in pairs]) for pairs in view_pairs)
+            if any(view_pairs) else None
             for view_pairs in self.od_pairs
         )
         self.ttls = tuple(view.ttl_seconds for view in plan.views)
@@ -117,7 +141,7 @@ class _Layout:
         for v, view in enumerate(plan.views):
             k = len(view.vector_positions)
             # Shared by every absent entity's row: the inputs are read, never written.
-            nothing = tuple({name: None for _, name in pairs} for pairs in self.od_pairs[v])
+            nothing = tuple((None,) * len(pairs) for pairs in self.od_pairs[v])
             self.miss.append(ViewRead(nothing, [_NAN] * k, [_NAN] * k, [False] * k, False))
             self.stale.append(ViewRead(nothing, [_NAN] * k, [_NAN] * k, [True] * k, True))
         self.fresh_chunks = [[False] * len(view.vector_positions) for view in plan.views]
@@ -171,8 +195,8 @@ def _read(layout: _Layout, v: int, reply: list[bytes | None], now: float,
         ages = [_NAN if x != x or age is None else age for x in chunk]
     od_getters = layout.od_getters[v]
     return ViewRead(
-        layout.miss[v].od_inputs if od_getters is None  # empty: shared
-        else tuple([dict(zip(names, get(values))) for names, get in od_getters]),
+        layout.miss[v].od_values if od_getters is None  # empty: shared
+        else tuple([get(values) for get in od_getters]),
         chunk,
         ages,
         layout.fresh_chunks[v],
@@ -319,7 +343,7 @@ class Encoder:
             raise TooManyRows(
                 f"{len(rows)} rows is more than the {self.max_rows} allowed per request"
             )
-        request_values = check_rows(plan, rows)
+        request_columns = check_columns(plan, rows)
         layout = self._layout(plan)
 
         # One HMGET per distinct (entity, view); row_reads[v][i] = index of row i's read of view v.
@@ -355,7 +379,7 @@ class Encoder:
             reads.append(read)
             tally[(v, result)] = tally.get((v, result), 0) + 1
 
-        batch = _assemble(layout, request_values, reads, row_reads)
+        batch = _assemble(layout, request_columns, len(rows), reads, row_reads)
 
         for (v, result), count in tally.items():
             self._counter(self.metrics.view_reads, plan.views[v].name, result).inc(count)
@@ -377,18 +401,19 @@ class Encoder:
         return layout
 
 
-def _assemble(layout: _Layout, requests: list[dict[str, Any]], reads: list[ViewRead],
+def _assemble(layout: _Layout, requests: dict[str, list[Any]], n: int, reads: list[ViewRead],
               row_reads: list[list[int]]) -> EncodedBatch:
-    """The rows' vectors from their view reads and request fields, in the service's order.
+    """The rows' vectors from their view reads and request fields (as columns: field -> each
+    row's value), in the service's order.
 
     A row is its views' chunks, then each on-demand view's outputs, back to back (the
     assembly order), put in the service's order only if the service interleaves them.
     """
-    n = len(requests)
     if n == 1:
-        values, ages, stale = _one_row(layout, requests[0], [reads[r[0]] for r in row_reads])
+        request = {name: column[0] for name, column in requests.items()}
+        values, ages, stale = _one_row(layout, request, [reads[r[0]] for r in row_reads])
     else:
-        values, ages, stale = _many_rows(layout, requests, reads, row_reads)
+        values, ages, stale = _many_rows(layout, requests, n, reads, row_reads)
     reorder = layout.reorder
     if reorder is not None:
         width = layout.width
@@ -410,10 +435,11 @@ def _one_row(layout: _Layout, request: dict[str, Any],
         values += read.chunk_values
         ages += read.chunk_ages
         stale_any = stale_any or read.stale
+    od_names = layout.od_names
     for j, vector in enumerate(layout.od_vectors):
         inputs = request  # transforms read their inputs, never write them
         for v in layout.od_views[j]:
-            inputs = {**inputs, **views[v].od_inputs[j]}
+            inputs = {**inputs, **dict(zip(od_names[v][j], views[v].od_values[j]))}
         entries = vector(inputs)
         values += entries
         ages += map(sub, entries, entries)  # 0.0 for a value (x - x), NaN for a missing one
@@ -427,12 +453,12 @@ def _one_row(layout: _Layout, request: dict[str, Any],
     return values, ages, stale
 
 
-def _many_rows(layout: _Layout, requests: list[dict[str, Any]], reads: list[ViewRead],
+def _many_rows(layout: _Layout, requests: dict[str, list[Any]], n: int, reads: list[ViewRead],
                row_reads: list[list[int]]) -> tuple[list[float], list[float], list[bool]]:
     """(values, ages, stale) of the rows in assembly order, flat and row-major: joined by
-    ``map``, ``zip`` and ``chain`` over the rows, without a Python loop per row (only the
-    on-demand transform runs once per row)."""
-    n = len(requests)
+    ``map``, ``zip`` and ``chain`` over the rows, without a Python loop per row. An on-demand
+    view with a column form is computed over the batch's columns; one without (or a batch its
+    column form leaves to the rows) runs once per row."""
     values_parts: list[Iterable[Sequence[float]]] = []
     ages_parts: list[Iterable[Sequence[float]]] = []
     stale_parts: list[Iterable[Sequence[bool]]] = []
@@ -443,19 +469,35 @@ def _many_rows(layout: _Layout, requests: list[dict[str, Any]], reads: list[View
         values_parts.append(map(read_values.__getitem__, indices))
         ages_parts.append(map(read_ages.__getitem__, indices))
         stale_parts.append(map(read_stale.__getitem__, indices))
+    request_rows: list[dict[str, Any]] | None = None
     for j, vector in enumerate(layout.od_vectors):
-        found = [read.od_inputs[j] for read in reads]
-        sources = [map(found.__getitem__, row_reads[v]) for v in layout.od_views[j]]
-        if len(sources) == 2:
-            inputs = [{**request, **a, **b} for request, a, b in zip(requests, *sources)]
+        found = [read.od_values[j] for read in reads]
+        columns_form = layout.od_columns[j]
+        outputs = None
+        if columns_form is not None and n:
+            inputs_by_name: dict[str, Sequence[Any]] = dict(requests)
+            for v in layout.od_views[j]:
+                # Each row's values from view v, turned into one column per input.
+                inputs_by_name.update(zip(layout.od_names[v][j],
+                                          zip(*map(found.__getitem__, row_reads[v]))))
+            outputs = columns_form(inputs_by_name)
+        if outputs is not None:
+            values_parts.append(list(zip(*outputs)))
+            # 0.0 for a value (x - x), NaN for a missing one.
+            ages_parts.append(list(zip(*[[*map(sub, column, column)] for column in outputs])))
         else:
-            inputs = requests  # transforms read their inputs, never write them
+            if request_rows is None:
+                request_rows = _request_rows(requests, n)
+            sources = [map(dict, map(zip, repeat(layout.od_names[v][j]),
+                                     map(found.__getitem__, row_reads[v])))
+                       for v in layout.od_views[j]]
+            inputs = request_rows  # transforms read their inputs, never write them
             for source in sources:
                 inputs = [{**request, **a} for request, a in zip(inputs, source)]
-        vectors = list(map(vector, inputs))
-        values_parts.append(vectors)
-        # 0.0 for a value (x - x), NaN for a missing one.
-        ages_parts.append([[*map(sub, entries, entries)] for entries in vectors])
+            vectors = list(map(vector, inputs))
+            values_parts.append(vectors)
+            # 0.0 for a value (x - x), NaN for a missing one.
+            ages_parts.append([[*map(sub, entries, entries)] for entries in vectors])
         stale_parts.append(repeat(layout.od_fresh[j], n))
 
     values = list(chain.from_iterable(chain.from_iterable(zip(*values_parts))))
@@ -465,6 +507,14 @@ def _many_rows(layout: _Layout, requests: list[dict[str, Any]], reads: list[View
     else:
         stale = [False] * (n * layout.width)
     return values, ages, stale
+
+
+def _request_rows(requests: dict[str, list[Any]], n: int) -> list[dict[str, Any]]:
+    """Request columns back as one dict per row."""
+    if not requests:
+        return [{} for _ in range(n)]
+    names = list(requests)
+    return [dict(zip(names, values)) for values in zip(*requests.values())]
 
 
 def _reordered(flat: list[Any], reorder: itemgetter, width: int) -> list[Any]:

@@ -37,6 +37,9 @@ Transform = Callable[[Mapping[str, Any]], Mapping[str, float | None]]
 
 #: A row's on-demand outputs as vector entries (a finite float, NaN for missing).
 VectorTransform = Callable[[Mapping[str, Any]], Sequence[float]]
+#: Many rows' vector entries from their inputs as columns (name -> one value per row): one
+#: column per output, or None for rows to be computed one by one.
+ColumnsTransform = Callable[[Mapping[str, Sequence[Any]]], Sequence[Sequence[float]] | None]
 
 
 @dataclass(frozen=True)
@@ -45,12 +48,14 @@ class OnDemandImpl:
 
     ``vector``, where there is one, is a faster form of ``transform`` (tested equal to it): the
     same outputs as vector entries in ``outputs`` order, reading no inputs but ``reads`` (those
-    ``transform_columns`` hands the transform in training)."""
+    ``transform_columns`` hands the transform in training). ``columns``, where there is one, is
+    ``vector`` over a batch's columns (tested equal to it), reading exactly ``reads``."""
 
     transform: Transform
     outputs: tuple[str, ...]
     vector: VectorTransform | None = None
     reads: frozenset[str] | None = None
+    columns: ColumnsTransform | None = None
 
 
 #: On-demand views by name -> the shared implementation their Feast definition calls.
@@ -58,6 +63,7 @@ ON_DEMAND_IMPLS: dict[str, OnDemandImpl] = {
     "request_features": OnDemandImpl(
         request_features.transform_row, request_features.OUTPUT_FEATURES,
         vector=request_features.transform_row_vector,
+        columns=request_features.transform_vector_columns,
         reads=frozenset(chain(request_features.REQUEST_FIELDS,
                               chain.from_iterable(request_features.STORED_INPUTS.values()))),
     ),

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from itertools import chain, repeat
 from typing import Annotated, Any
 
 import orjson
@@ -49,26 +50,25 @@ async def prometheus_metrics(metrics: MetricsDep) -> Response:
 
 _STRING = frozenset({str})
 _REQUEST_VALUE = frozenset({float, int, str, type(None)})
+_DICT = frozenset({dict})
 
 
 def _plain_rows(body: Any) -> bool:
     """Whether ``body`` is an ``EncodeRequest`` whose values need no conversion (what any
-    client that sends numbers as numbers sends): then it is used as parsed."""
+    client that sends numbers as numbers sends): then it is used as parsed. Decided over the
+    whole batch at once (the set of the types met at each level), not row by row."""
     if type(body) is not dict:
         return False
     rows = body.get("rows")
     if type(body.get("feature_service")) is not str or type(rows) is not list or not rows:
         return False
-    for row in rows:
-        if type(row) is not dict:
-            return False
-        entities, request = row.get("entities"), row.get("request")
-        if type(entities) is not dict or type(request) is not dict:
-            return False
-        if not (set(map(type, entities.values())) <= _STRING
-                and set(map(type, request.values())) <= _REQUEST_VALUE):
-            return False
-    return True
+    if set(map(type, rows)) != _DICT:
+        return False
+    entities = list(map(dict.get, rows, repeat("entities")))
+    requests = list(map(dict.get, rows, repeat("request")))
+    return (set(map(type, entities)) == _DICT and set(map(type, requests)) == _DICT
+            and set(map(type, chain.from_iterable(map(dict.values, entities)))) <= _STRING
+            and set(map(type, chain.from_iterable(map(dict.values, requests)))) <= _REQUEST_VALUE)
 
 
 def parse_encode_request(body: Any) -> tuple[str, list[dict[str, Any]]]:
