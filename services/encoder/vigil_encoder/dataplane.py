@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, repeat
@@ -194,9 +195,14 @@ def _read(layout: _Layout, v: int, reply: list[bytes | None], now: float,
             chunk.append(value if value - value == 0.0 else _NAN)  # NaN - NaN, inf - inf: NaN
         ages = [_NAN if x != x or age is None else age for x in chunk]
     od_getters = layout.od_getters[v]
+    if od_getters is None:
+        od_values = layout.miss[v].od_values  # empty: shared
+    elif len(od_getters) == 1:
+        od_values = (od_getters[0](values),)
+    else:
+        od_values = tuple([get(values) for get in od_getters])
     return ViewRead(
-        layout.miss[v].od_values if od_getters is None  # empty: shared
-        else tuple([get(values) for get in od_getters]),
+        od_values,
         chunk,
         ages,
         layout.fresh_chunks[v],
@@ -220,6 +226,8 @@ class EncodedBatch:
     age_seconds: list[float]
     missing: list[bool]
     stale: list[bool]
+    any_stale: bool = True
+    """False only if no entry of ``stale`` is True (then its bytes are all zero)."""
 
     @property
     def width(self) -> int:
@@ -247,8 +255,10 @@ class EncodedBatch:
     def binary(self) -> tuple[bytes, int]:
         """(binary body, header length): the answer's binary form, as ``encode_binary`` of
         :meth:`response` would make it."""
+        stale = self.stale
         return encode_binary_flat(self.layout.binary_header(self.n_rows), self.values,
-                                  self.age_seconds, self.missing, self.stale)
+                                  self.age_seconds, self.missing,
+                                  stale if self.any_stale else bytes(len(stale)))
 
 
 class Encoder:
@@ -372,12 +382,13 @@ class Encoder:
         replies = await self.store.hmget_many(commands)
         now = time.time()
         reads: list[ViewRead] = []
-        tally: dict[tuple[int, str], int] = {}
+        results: list[str] = []
         memo: dict[bytes, Any] = {}
         for v, reply in zip(command_views, replies):
             read, result = _read(layout, v, reply, now, memo)
             reads.append(read)
-            tally[(v, result)] = tally.get((v, result), 0) + 1
+            results.append(result)
+        tally = Tally(zip(command_views, results))
 
         batch = _assemble(layout, request_columns, len(rows), reads, row_reads)
 
@@ -421,7 +432,8 @@ def _assemble(layout: _Layout, requests: dict[str, list[Any]], n: int, reads: li
         ages = _reordered(ages, reorder, width)
         stale = _reordered(stale, reorder, width)
     # Missing is exactly "no value" (NaN != NaN).
-    return EncodedBatch(layout, n, values, ages, list(map(ne, values, values)), stale)
+    return EncodedBatch(layout, n, values, ages, list(map(ne, values, values)), stale,
+                        any(read.stale for read in reads))
 
 
 def _one_row(layout: _Layout, request: dict[str, Any],

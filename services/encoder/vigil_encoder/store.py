@@ -18,15 +18,21 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from redis.utils import HIREDIS_AVAILABLE
+
+try:  # redis-py's hiredis parser, whose buffered replies a batch takes directly (see below)
+    from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
+except ImportError:  # pragma: no cover - another redis-py layout: every reply the usual way
+    NOT_ENOUGH_DATA, _AsyncHiredisParser = None, None
 
 from vigil_encoder.errors import FeatureStoreUnavailable
 from vigil_encoder.metrics import EncoderMetrics
@@ -44,6 +50,38 @@ class HmgetPacker:
 
     def pack(self, key: bytes) -> bytes:
         return b"".join((self._head, b"$%d\r\n" % len(key), key, b"\r\n", self._tail))
+
+
+async def _read_replies(connection: Any, count: int) -> list[Any]:
+    """``count`` replies, in order. ``connection.read_response()`` costs ~2 µs of Python per
+    reply (two coroutines, a timeout check, the host named for an error message that is not
+    raised) and a batch reads hundreds; with the hiredis parser, the replies already in its
+    buffer are taken from it directly, as its own ``read_response`` takes them, and only when it
+    needs more bytes from the socket does ``read_response`` run (which reads, and fails, as
+    usual). Tested equal on real Redis, and a connection lost mid-batch still fails."""
+    parser = connection._parser
+    reader = getattr(parser, "_reader", None)
+    if (_AsyncHiredisParser is None or type(parser) is not _AsyncHiredisParser or reader is None
+            or not getattr(parser, "_connected", False)
+            or getattr(connection, "health_check_interval", 0)  # read_response would note it
+            or getattr(connection, "protocol", 2) in (3, "3")):  # RESP3 may interleave pushes
+        return [await connection.read_response() for _ in range(count)]
+    gets = reader.gets
+    replies: list[Any] = []
+    append = replies.append
+    while len(replies) < count:
+        reply = gets()
+        if reply is NOT_ENOUGH_DATA:
+            append(await connection.read_response())
+            continue
+        # As the parser's and the connection's read_response treat what hiredis hands out
+        # (RESP2: no pushes).
+        if isinstance(reply, (RedisConnectionError, ResponseError)):
+            raise reply from None
+        if type(reply) is list and reply and isinstance(reply[0], RedisConnectionError):
+            raise reply[0]
+        append(reply)
+    return replies
 
 
 def _error_kind(exc: BaseException) -> str:
@@ -95,7 +133,7 @@ class OnlineStore:
         done = False
         try:
             await connection.send_packed_command(payload, check_health=False)
-            replies = [await connection.read_response() for _ in range(count)]
+            replies = await _read_replies(connection, count)
             done = True
             return replies
         finally:
