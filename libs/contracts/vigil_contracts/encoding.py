@@ -108,10 +108,11 @@ def binary_header(feature_service: str, feature_names: list[str], feature_contra
 
 
 def encode_binary_flat(header: bytes, values: list[float], age_seconds: list[float],
-                       missing: list[bool], stale: list[bool]) -> tuple[bytes, int]:
+                       missing: list[bool] | bytes, stale: list[bool] | bytes) -> tuple[bytes, int]:
     """(binary body, header length) of an answer given as flat row-major lists (``n_rows`` x
-    ``width``, NaN where missing) and its :func:`binary_header`: the bytes
-    :func:`encode_binary` makes of the same answer as rows of dicts."""
+    ``width``, NaN where missing; the flags may also come as their bytes, one per flag) and its
+    :func:`binary_header`: the bytes :func:`encode_binary` makes of the same answer as rows of
+    dicts."""
     return (b"".join((header, _fp64(values), _fp64(age_seconds), bytes(missing), bytes(stale))),
             len(header))
 

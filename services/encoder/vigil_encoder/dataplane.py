@@ -224,10 +224,14 @@ class EncodedBatch:
     n_rows: int
     values: list[float]
     age_seconds: list[float]
-    missing: list[bool]
     stale: list[bool]
     any_stale: bool = True
     """False only if no entry of ``stale`` is True (then its bytes are all zero)."""
+
+    @property
+    def missing(self) -> list[bool]:
+        """Missing is exactly "no value" (NaN != NaN)."""
+        return list(map(ne, self.values, self.values))
 
     @property
     def width(self) -> int:
@@ -255,9 +259,10 @@ class EncodedBatch:
     def binary(self) -> tuple[bytes, int]:
         """(binary body, header length): the answer's binary form, as ``encode_binary`` of
         :meth:`response` would make it."""
-        stale = self.stale
-        return encode_binary_flat(self.layout.binary_header(self.n_rows), self.values,
-                                  self.age_seconds, self.missing,
+        values, stale = self.values, self.stale
+        # The flags go to bytes straight from the comparisons, without a list between.
+        return encode_binary_flat(self.layout.binary_header(self.n_rows), values,
+                                  self.age_seconds, bytes(map(ne, values, values)),
                                   stale if self.any_stale else bytes(len(stale)))
 
 
@@ -431,9 +436,7 @@ def _assemble(layout: _Layout, requests: dict[str, list[Any]], n: int, reads: li
         values = _reordered(values, reorder, width)
         ages = _reordered(ages, reorder, width)
         stale = _reordered(stale, reorder, width)
-    # Missing is exactly "no value" (NaN != NaN).
-    return EncodedBatch(layout, n, values, ages, list(map(ne, values, values)), stale,
-                        any(read.stale for read in reads))
+    return EncodedBatch(layout, n, values, ages, stale, any(read.stale for read in reads))
 
 
 def _one_row(layout: _Layout, request: dict[str, Any],
@@ -495,8 +498,12 @@ def _many_rows(layout: _Layout, requests: dict[str, list[Any]], n: int, reads: l
             outputs = columns_form(inputs_by_name)
         if outputs is not None:
             values_parts.append(list(zip(*outputs)))
-            # 0.0 for a value (x - x), NaN for a missing one.
-            ages_parts.append(list(zip(*[[*map(sub, column, column)] for column in outputs])))
+            # 0.0 for a value (x - x), NaN for a missing one; a column whose sum is finite
+            # has no missing value.
+            zeros = [0.0] * n
+            ages_parts.append(list(zip(*[
+                zeros if (total := sum(column)) - total == 0.0 else [*map(sub, column, column)]
+                for column in outputs])))
         else:
             if request_rows is None:
                 request_rows = _request_rows(requests, n)
