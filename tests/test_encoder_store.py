@@ -51,7 +51,8 @@ async def _replies(url: str, commands: list[bytes], fast: bool, monkeypatch) -> 
     try:
         connection = await store._require_client().connection_pool.get_connection()
         # The parser a connection has is the one the fast path reads from.
-        assert (type(connection._parser).__name__ == "_AsyncHiredisParser") is store_module.HIREDIS_AVAILABLE
+        hiredis_parser = type(connection._parser).__name__ == "_AsyncHiredisParser"
+        assert hiredis_parser is store_module.HIREDIS_AVAILABLE
         await store._require_client().connection_pool.release(connection)
         first = await store.hmget_many(commands)
         second = await store.hmget_many(commands)  # the connection is reused cleanly

@@ -48,9 +48,9 @@ class ViewRead:
 
     ``od_values[j]`` is what on-demand view ``j`` reads from this view, in the order of the
     layout's ``od_names[v][j]`` (None where the entity is missing or its row is stale; shared
-    between rows, never written); the ``chunk_*`` lists are the vector entries of the view's features in the service's order. A
-    row's ``missing`` flags are computed from its values (missing is exactly "no value"), so
-    they are not kept here.
+    between rows, never written); the ``chunk_*`` lists are the vector entries of the view's
+    features in the service's order. A row's ``missing`` flags are computed from its values
+    (missing is exactly "no value"), so they are not kept here.
     """
 
     od_values: tuple[Sequence[Any], ...]
