@@ -16,6 +16,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from vigil_servicekit.logs import RESERVED_LOG_KEYS, sole_json_handler
 from vigil_servicekit.metrics import ServiceMetrics
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -92,9 +93,13 @@ class RequestContextMiddleware:
                     "latency_ms": round(elapsed * 1000, 3),
                     **fields,
                 }
-                # What ``logger.info("request", extra=extra)`` does, less its walk up the stack
-                # to find the caller, which is always this line.
-                logger.handle(logger.makeRecord(
-                    logger.name, logging.INFO, __file__, sys._getframe().f_lineno, "request", (),
-                    None, "__call__", extra,
-                ))
+                handler = sole_json_handler(logger, logging.INFO)
+                if handler is not None and not (fields and fields.keys() & RESERVED_LOG_KEYS):
+                    handler.emit_line(logger, logging.INFO, "request", extra)
+                else:
+                    # What ``logger.info("request", extra=extra)`` does, less its walk up the
+                    # stack to find the caller, which is always this line.
+                    logger.handle(logger.makeRecord(
+                        logger.name, logging.INFO, __file__, sys._getframe().f_lineno, "request",
+                        (), None, "__call__", extra,
+                    ))
