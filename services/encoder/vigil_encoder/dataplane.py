@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, repeat
@@ -387,13 +386,12 @@ class Encoder:
         replies = await self.store.hmget_many(commands)
         now = time.time()
         reads: list[ViewRead] = []
-        results: list[str] = []
+        tally: dict[tuple[int, str], int] = {}
         memo: dict[bytes, Any] = {}
         for v, reply in zip(command_views, replies):
             read, result = _read(layout, v, reply, now, memo)
             reads.append(read)
-            results.append(result)
-        tally = Tally(zip(command_views, results))
+            tally[(v, result)] = tally.get((v, result), 0) + 1
 
         batch = _assemble(layout, request_columns, len(rows), reads, row_reads)
 
@@ -452,9 +450,9 @@ def _one_row(layout: _Layout, request: dict[str, Any],
         stale_any = stale_any or read.stale
     od_names = layout.od_names
     for j, vector in enumerate(layout.od_vectors):
-        inputs = request  # transforms read their inputs, never write them
+        inputs = dict(request)
         for v in layout.od_views[j]:
-            inputs = {**inputs, **dict(zip(od_names[v][j], views[v].od_values[j]))}
+            inputs.update(zip(od_names[v][j], views[v].od_values[j]))
         entries = vector(inputs)
         values += entries
         ages += map(sub, entries, entries)  # 0.0 for a value (x - x), NaN for a missing one

@@ -158,8 +158,11 @@ _AS_IS_SETS = {dtype: frozenset(types) for dtype, types in _AS_IS.items()}
 def check_columns(plan: ServicePlan, rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
     """:func:`check_rows` as columns: request field -> each row's converted value, in the
     plan's order of fields; raises as :func:`check_rows` does."""
-    columns = _fast_columns(plan, rows) if rows else None
+    # One row (a single transaction) is checked faster as a row than as columns.
+    columns = _fast_columns(plan, rows) if len(rows) > 1 else None
     if columns is None:
         converted = check_rows(plan, rows)
+        if len(converted) == 1:  # every field, in the plan's order
+            return {name: [value] for name, value in converted[0].items()}
         columns = {name: [row[name] for row in converted] for name in plan.request_fields}
     return columns
