@@ -263,3 +263,24 @@ def test_column_form_leaves_other_batches_to_the_rows():
     del columns["device_first_seen_epoch"]  # an input the batch does not carry
     assert transform_vector_columns(columns) is None
     assert transform_vector_columns(_columns([])) == [[] for _ in OUTPUT_FEATURES]
+
+
+def test_request_columns_are_the_request_fields_of_each_transaction() -> None:
+    import random
+    from datetime import timedelta, timezone
+
+    from vigil_contracts.request_features import request_columns
+
+    rng = random.Random(13)
+    rows = []
+    for _ in range(500):
+        tz = timezone(timedelta(minutes=rng.choice([-600, -330, 0, 60, 345, 840])))
+        when = datetime(2024, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=rng.uniform(0, 3e7))
+        rows.append((rng.choice([1, 12.5, 1e9, 0.01]), when.astimezone(tz),
+                     rng.choice(["pos", "ecom", "mobile"]), rng.choice(["", "FR", "JP"]),
+                     rng.random() < 0.5))
+    columns = request_columns(*zip(*rows))
+    for i, row in enumerate(rows):
+        expected = request_fields(*row)
+        got = {name: values[i] for name, values in columns.items()}
+        assert got == expected and [type(v) for v in got.values()] == [type(v) for v in expected.values()]

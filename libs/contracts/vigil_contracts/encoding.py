@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from itertools import chain
 from typing import Any, Iterable
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class EncodeRow(BaseModel):
@@ -23,6 +23,42 @@ class EncodeRow(BaseModel):
 class EncodeRequest(BaseModel):
     feature_service: str
     rows: list[EncodeRow] = Field(min_length=1)
+
+
+class EncodeColumns(BaseModel):
+    """The rows of a batch as columns: row ``i`` is the ``i``-th value of every list."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    entities: dict[str, list[str]] = Field(
+        description="join key -> one value per row, e.g. {'card_id': ['c12', 'c7']}")
+    request: dict[str, list[float | int | str | None]] = Field(
+        description="Request-time field -> one value per row (see request_features.REQUEST_FIELDS).")
+
+    @model_validator(mode="after")
+    def _one_length(self) -> "EncodeColumns":
+        lengths = {len(values) for values in (*self.entities.values(), *self.request.values())}
+        if len(lengths) > 1:
+            raise ValueError("every column must have one value per row (the same length)")
+        if lengths == {0}:
+            raise ValueError("the columns hold no row")
+        return self
+
+    @property
+    def n_rows(self) -> int:
+        for values in (*self.entities.values(), *self.request.values()):
+            return len(values)
+        return 0
+
+
+class EncodeColumnsRequest(BaseModel):
+    """An ``EncodeRequest`` whose rows come as columns (what the gateway sends: a batch costs
+    no object per row to write, send or read). Answered exactly as the same rows would be."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    feature_service: str
+    columns: EncodeColumns
 
 
 class EncodedRow(BaseModel):

@@ -269,18 +269,32 @@ def transform_columns(columns: Mapping[str, list[Any]]) -> dict[str, list[float 
 NO_DEVICE_ID = "__no_device__"
 
 
+def request_columns(
+    amounts: Sequence[float],
+    timestamps: Sequence[datetime],
+    channels: Sequence[str],
+    countries: Sequence[str],
+    device_present: Sequence[bool],
+) -> dict[str, list[Any]]:
+    """Business transactions -> their request-time fields, one column per field (what a batch
+    is sent to the encoder as); :func:`request_fields` is this for one transaction.
+
+    The hour of day is read in each timestamp's own UTC offset (the payer's local time).
+    """
+    return {
+        "amount": [float(amount) for amount in amounts],
+        "txn_epoch": [timestamp.timestamp() for timestamp in timestamps],
+        "txn_hour": [int(timestamp.hour) for timestamp in timestamps],
+        "channel": list(channels),
+        "country": list(countries),
+        "device_present": [1 if present else 0 for present in device_present],
+    }
+
+
 def request_fields(
     amount: float, timestamp: datetime, channel: str, country: str, device_present: bool
 ) -> dict[str, float | int | str]:
-    """Business transaction -> request-time fields; the one mapping training and the gateway share.
-
-    The hour of day is read in the timestamp's own UTC offset (the payer's local time).
-    """
-    return {
-        "amount": float(amount),
-        "txn_epoch": timestamp.timestamp(),
-        "txn_hour": int(timestamp.hour),
-        "channel": channel,
-        "country": country,
-        "device_present": 1 if device_present else 0,
-    }
+    """Business transaction -> request-time fields; the one mapping training and the gateway
+    share (:func:`request_columns` of one transaction)."""
+    columns = request_columns((amount,), (timestamp,), (channel,), (country,), (device_present,))
+    return {name: values[0] for name, values in columns.items()}
