@@ -11,7 +11,12 @@ from contextlib import contextmanager
 import httpx
 import pytest
 from test_servicekit import LOGGER, make_app
-from vigil_servicekit.logs import JsonFormatter, _StderrHandler, configure_logging, sole_json_handler
+from vigil_servicekit.logs import (
+    JsonFormatter,
+    _StderrHandler,
+    configure_logging,
+    sole_json_handler,
+)
 
 ACCESS = f"{LOGGER}.access"
 
@@ -19,7 +24,8 @@ ACCESS = f"{LOGGER}.access"
 async def _access_lines(capsys: pytest.CaptureFixture[str], request_id: str) -> list[str]:
     app = make_app()
     capsys.readouterr()
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://kit") as c:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://kit") as c:
         await c.post("/orders", json={"card_number": "4111-secret", "quantity": 3},
                      headers={"x-request-id": request_id})
         await c.get("/widgets/missing", headers={"x-request-id": request_id})

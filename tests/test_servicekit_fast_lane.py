@@ -115,7 +115,8 @@ async def test_log_fields_and_route_label(caplog: pytest.LogCaptureFixture) -> N
     assert calls == ["a b"]
     [line] = [r for r in caplog.records if r.getMessage() == "request" and r.route != "/metrics"]
     assert (line.route, line.status, line.item) == ("/items/{item}/echo", 200, "a b")
-    assert 'lane_requests_total{method="POST",outcome="success",route="/items/{item}/echo",status="200"} 1.0' in metrics
+    assert ('lane_requests_total{method="POST",outcome="success",route="/items/{item}/echo",'
+            'status="200"} 1.0') in metrics
 
 
 async def test_what_the_lane_does_not_match_goes_on() -> None:

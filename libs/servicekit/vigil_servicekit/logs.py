@@ -16,7 +16,9 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"messa
 RESERVED_LOG_KEYS = frozenset(_STANDARD)
 
 
-def _entry(created: float, level: str, logger: str, msg: str, fields: dict[str, Any]) -> dict[str, Any]:
+def _entry(
+    created: float, level: str, logger: str, msg: str, fields: dict[str, Any]
+) -> dict[str, Any]:
     entry = {
         "ts": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds"),
         "level": level,
@@ -51,7 +53,9 @@ class _StderrHandler(logging.StreamHandler):
     def stream(self, _value) -> None:  # noqa: ANN001
         pass
 
-    def emit_line(self, logger: logging.Logger, level: int, msg: str, fields: dict[str, Any]) -> None:
+    def emit_line(
+        self, logger: logging.Logger, level: int, msg: str, fields: dict[str, Any]
+    ) -> None:
         """Write the line :class:`JsonFormatter` makes of ``logger.log(level, msg, extra=fields)``,
         as :meth:`emit` writes it, without the record (see :func:`sole_json_handler`)."""
         created = time.time()

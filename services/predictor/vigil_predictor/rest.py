@@ -141,7 +141,9 @@ async def infer_version(
     return await _infer(request, dataplane, model_name, model_version)
 
 
-async def _fast_infer(request: Request, model_name: str, model_version: str | None = None) -> Response:
+async def _fast_infer(
+    request: Request, model_name: str, model_version: str | None = None
+) -> Response:
     return await _infer(request, await get_dataplane(request), model_name, model_version)
 
 
