@@ -26,8 +26,10 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from vigil_contracts.encoding import EncodeRequest
+from pydantic import ValidationError
+from vigil_contracts.encoding import EncodeColumnsRequest, EncodeRequest
 from vigil_contracts.feature_contract import feature_contract_hash
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE
 from vigil_contracts.request_features import NO_DEVICE_ID, transform_row
@@ -95,12 +97,34 @@ class EncoderStandIn:
     delay_s: float = 0.0
     stale_cards: set[str] = field(default_factory=set)
     ready: bool = True
+    reads_columns: bool = True  # False: an encoder from before the columns form
     calls: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.app = FastAPI()
-        self.app.post("/v1/encode")(self.encode)
+        self.app.post("/v1/encode")(self.encode_any)
         self.app.get("/readyz")(self.readyz)
+
+    async def encode_any(self, body: dict[str, Any], request: Request) -> Any:
+        """Either form; an old encoder validates every body as ``EncodeRequest`` (and FastAPI
+        answers its own 422 when ``rows`` is missing)."""
+        if "columns" in body and self.reads_columns:
+            columns = EncodeColumnsRequest.model_validate(body)
+            n = columns.columns.n_rows
+            rows = [{part: {k: v[i] for k, v in getattr(columns.columns, part).items()}
+                     for part in ("entities", "request")} for i in range(n)]
+            parsed = EncodeRequest(feature_service=columns.feature_service, rows=rows)
+            form = "columns"
+        else:
+            try:
+                parsed = EncodeRequest.model_validate(body)
+            except ValidationError as exc:
+                raise RequestValidationError(
+                    [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+            form = "rows"
+        answer = await self.encode(parsed, request)
+        self.calls[-1]["form"] = form
+        return answer
 
     async def readyz(self) -> Any:
         if not self.ready or self.fail_status:
@@ -368,6 +392,36 @@ def codes(answer: dict[str, Any]) -> list[str]:
 
 
 # --- happy path ------------------------------------------------------------------------------
+
+
+async def test_transactions_go_to_the_encoder_as_columns(stack: Stack) -> None:
+    batch = [txn(), fraud_txn(device_id=None, country=None), suspicious_txn()]
+    response = await stack.client.post("/v1/transactions/score-batch", json={"transactions": batch})
+    assert response.status_code == 200, response.text
+    [call] = stack.encoder.calls
+    assert call["form"] == "columns"
+    assert [row.entities for row in call["rows"]] == [
+        {"card_id": "card_good", "merchant_id": "m_good", "device_id": "dev_known"},
+        {"card_id": "card_busy", "merchant_id": "m_good", "device_id": NO_DEVICE_ID},
+        {"card_id": "card_good", "merchant_id": "m_good", "device_id": "dev_known"},
+    ]
+    assert [row.request["country"] for row in call["rows"]] == ["DE", "", "FR"]
+    assert [r["result"]["label"] for r in response.json()["results"]] == [
+        "not_fraud", "highly_suspicious", "suspicious"]
+
+
+async def test_an_encoder_without_the_columns_form_is_sent_rows(redis_url) -> None:
+    old = EncoderStandIn(reads_columns=False)
+    async with gateway(redis_url, encoder=old) as stack:
+        await stack.wait_for_metadata()
+        first = await stack.client.post("/v1/transactions/score-batch",
+                                        json={"transactions": [txn(), fraud_txn()]})
+        second = await stack.score(fraud_txn())
+    assert first.status_code == second.status_code == 200
+    # Refused as columns, sent again as rows; the next request goes as rows straight away.
+    assert [c["form"] for c in old.calls] == ["rows", "rows"] and len(old.calls[0]["rows"]) == 2
+    assert [r["result"]["label"] for r in first.json()["results"]] == ["not_fraud", "highly_suspicious"]
+    assert second.json()["label"] == "highly_suspicious" and not second.json()["degraded"]
 
 
 async def test_scores_a_legitimate_transaction(stack: Stack) -> None:

@@ -8,6 +8,8 @@ thousand rows of pydantic models cost more than the rest of the hop.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Sequence
 from itertools import chain
 from operator import itemgetter
@@ -23,6 +25,8 @@ from vigil_contracts.encoding import (
 from vigil_gateway import downstream
 from vigil_gateway.metrics import GatewayMetrics
 from vigil_gateway.predictor_client import Features
+
+logger = logging.getLogger(__name__)
 
 NAME = "encoder"
 # The binary answer is asked first; JSON is read too (an older encoder answers only that).
@@ -132,40 +136,85 @@ def parse_encode_response(content: bytes, n_rows: int) -> EncodedVectors:
     return EncodedVectors(service, names, contract, rows)
 
 
+def columns_to_rows(columns: dict[str, dict[str, list[Any]]], n_rows: int) -> list[dict[str, Any]]:
+    """The rows of an ``EncodeColumnsRequest``'s columns (``EncodeRow`` shaped)."""
+    return [{part: {name: values[i] for name, values in fields.items()}
+             for part, fields in columns.items()} for i in range(n_rows)]
+
+
+def _columns_unknown(response: downstream.Response) -> bool:
+    """Whether a 422 is an encoder from before the columns form asking for ``rows`` (as a
+    problem's ``invalid_params``, or as FastAPI's own ``detail`` list)."""
+    if response.status_code != 422:
+        return False
+    try:
+        body = response.json()
+        named = [p.get("name") for p in body.get("invalid_params") or [] if isinstance(p, dict)]
+        detail = body.get("detail")
+        if isinstance(detail, list):
+            named += [".".join(map(str, e.get("loc", ())[1:])) for e in detail if isinstance(e, dict)]
+    except (ValueError, AttributeError, TypeError):
+        return False
+    return "rows" in named
+
+
 class EncoderClient:
+    """Batches go as columns (``EncodeColumnsRequest``). An encoder from before that form
+    answers 422 asking for ``rows``: the request is sent again as rows, and rows are sent for
+    the next :attr:`ROWS_FOR_S` seconds (a rolling upgrade ends; columns are tried again)."""
+
+    ROWS_FOR_S = 60.0
+
     def __init__(self, http: httpx.AsyncClient, metrics: GatewayMetrics, connect_timeout_s: float) -> None:
         self.http = http
         self.metrics = metrics
         self.connect_timeout_s = connect_timeout_s
+        self._rows_until = 0.0  # monotonic time before which rows are sent
 
     async def encode(
         self,
         feature_service: str,
-        rows: list[dict[str, Any]],
+        columns: dict[str, dict[str, list[Any]]],
+        n_rows: int,
         *,
         request_id: str,
         timeout: float | None,
     ) -> EncodedVectors:
-        """Vectors for ``rows`` (each ``{"entities": ..., "request": ...}``), in the same order."""
-        response = await downstream.send(
-            self.http, NAME, "POST", "/v1/encode",
-            metrics=self.metrics, timeout=timeout, connect_timeout_s=self.connect_timeout_s,
-            request_id=request_id,
-            content=orjson.dumps({"feature_service": feature_service, "rows": rows}),
-            headers=REQUEST_HEADERS,
-        )
+        """Vectors for the ``n_rows`` rows of ``columns`` (``{"entities": {key: [...]},
+        "request": {field: [...]}}``), in the same order."""
+        started = time.monotonic()
+        as_rows = started < self._rows_until
+        response = await self._post(feature_service, columns, n_rows, as_rows, request_id, timeout)
+        if not as_rows and _columns_unknown(response):
+            logger.warning("the encoder does not read the columns form; sending rows",
+                           extra={"request_id": request_id, "for_s": self.ROWS_FOR_S})
+            self._rows_until = started + self.ROWS_FOR_S
+            remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+            response = await self._post(feature_service, columns, n_rows, True, request_id, remaining)
         if response.status_code != 200:
             raise downstream.rejected(self.metrics, NAME, response)
         try:
             if response.headers.get("content-type", "").startswith(BINARY_MEDIA_TYPE):
                 return parse_binary_encode_response(
-                    response.content, response.headers.get(BINARY_HEADER_LENGTH), len(rows)
+                    response.content, response.headers.get(BINARY_HEADER_LENGTH), n_rows
                 )
-            return parse_encode_response(response.content, len(rows))
+            return parse_encode_response(response.content, n_rows)
         except (ValueError, KeyError, TypeError) as exc:
             raise downstream.invalid_response(
-                self.metrics, NAME, f"not an encode response for {len(rows)} rows ({exc!r:.200})"
+                self.metrics, NAME, f"not an encode response for {n_rows} rows ({exc!r:.200})"
             ) from exc
+
+    async def _post(
+        self, feature_service: str, columns: dict[str, dict[str, list[Any]]], n_rows: int,
+        as_rows: bool, request_id: str, timeout: float | None,
+    ) -> downstream.Response:
+        body = ({"feature_service": feature_service, "rows": columns_to_rows(columns, n_rows)}
+                if as_rows else {"feature_service": feature_service, "columns": columns})
+        return await downstream.send(
+            self.http, NAME, "POST", "/v1/encode",
+            metrics=self.metrics, timeout=timeout, connect_timeout_s=self.connect_timeout_s,
+            request_id=request_id, content=orjson.dumps(body), headers=REQUEST_HEADERS,
+        )
 
     async def ready(self, timeout: float) -> tuple[bool, str]:
         return await downstream.probe(

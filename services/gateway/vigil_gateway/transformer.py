@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from vigil_contracts.api import ModelRef, Reason, ScoreResponse, Transaction
-from vigil_contracts.request_features import NO_DEVICE_ID, request_fields
+from vigil_contracts.request_features import NO_DEVICE_ID, request_columns
 from vigil_contracts.thresholds import label_for_score
 
 from vigil_gateway.encoder_client import EncodedVectors, EncoderClient
@@ -62,22 +62,30 @@ class Limits:
     predictor: float | None
 
 
-def to_encode_row(transaction: Transaction) -> dict[str, Any]:
-    """Business -> data domain: the entity keys and the request-time fields of one transaction."""
-    has_device = transaction.device_id is not None
+def to_encode_columns(transactions: Sequence[Transaction]) -> dict[str, dict[str, list[Any]]]:
+    """Business -> data domain: the entity keys and the request-time fields of transactions, as
+    the columns of an ``EncodeColumnsRequest`` (row ``i`` is transaction ``i``)."""
+    has_device = [t.device_id is not None for t in transactions]
     return {
         "entities": {
-            "card_id": transaction.card_id,
-            "merchant_id": transaction.merchant_id,
-            "device_id": transaction.device_id if has_device else NO_DEVICE_ID,
+            "card_id": [t.card_id for t in transactions],
+            "merchant_id": [t.merchant_id for t in transactions],
+            "device_id": [t.device_id if t.device_id is not None else NO_DEVICE_ID for t in transactions],
         },
         # An absent country is sent empty, which the shared transform reads as unknown (the
         # country-mismatch feature is then missing, as in training), never as a mismatch.
-        "request": request_fields(
-            transaction.amount, transaction.timestamp, transaction.channel,
-            transaction.country or "", has_device,
+        "request": request_columns(
+            [t.amount for t in transactions], [t.timestamp for t in transactions],
+            [t.channel for t in transactions], [t.country or "" for t in transactions], has_device,
         ),
     }
+
+
+def to_encode_row(transaction: Transaction) -> dict[str, Any]:
+    """One transaction as an ``EncodeRow`` (the row form of :func:`to_encode_columns`)."""
+    columns = to_encode_columns([transaction])
+    return {part: {name: values[0] for name, values in fields.items()}
+            for part, fields in columns.items()}
 
 
 class FraudTransformer:
@@ -202,7 +210,8 @@ class FraudTransformer:
         """Business -> data -> representation: keys and request fields, encoded into vectors."""
         return await self.encoder.encode(
             self.feature_service or meta.feature_service,
-            [to_encode_row(t) for t in transactions],
+            to_encode_columns(transactions),
+            len(transactions),
             request_id=request_id,
             timeout=limits.encoder,
         )
