@@ -1,8 +1,11 @@
 """The encoder's data plane: keys + request fields in, ordered feature vectors out.
 
-Free of any HTTP framework: routes in ``rest.py`` hand it parsed requests (rows as plain dicts)
-and return what it gives back (an :class:`EncodedBatch`, whose binary and JSON forms are the
-answer); every failure is an ``EncoderError``.
+Free of any HTTP framework: routes in ``rest.py`` hand it parsed requests (rows as plain dicts,
+or the rows' columns as :class:`BatchColumns`) and return what it gives back (an
+:class:`EncodedBatch`, whose binary and JSON forms are the answer); every failure is an
+``EncoderError``. Either form is checked into the one representation the batch is encoded
+from: entity columns (join key -> each row's value) and request columns (request field -> each
+row's converted value); a batch sent as columns gets there without an object per row.
 
 One batch is one pipelined Redis round trip: an HMGET per distinct (entity, view), reading the
 fields Feast wrote for the view (the service's features and its on-demand inputs) and the view's
@@ -33,12 +36,26 @@ from vigil_encoder.plan import (
     ColumnsTransform, OnDemandPlan, ServicePlan, VectorTransform, load_plans,
 )
 from vigil_encoder.store import OnlineStore
-from vigil_encoder.validation import check_columns
+from vigil_encoder.validation import check_columns, check_request_columns
 
 logger = logging.getLogger(__name__)
 
 _NAN = math.nan
 HIT, MISS, STALE = "hit", "miss", "stale"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchColumns:
+    """The rows of an encode request as columns (``EncodeColumns``' ``entities`` and
+    ``request``, as sent): row ``i`` is the ``i``-th value of every column, and every column
+    holds ``n_rows`` values. Not yet checked against a feature service."""
+
+    entities: Mapping[str, Sequence[str]]
+    request: Mapping[str, Sequence[Any]]
+    n_rows: int
+
+    def __len__(self) -> int:
+        return self.n_rows
 
 
 @dataclass(slots=True)
@@ -349,39 +366,62 @@ class Encoder:
         where missing) for rows shaped as ``EncodeRow``; see :meth:`encode_batch`."""
         return (await self.encode_batch(feature_service, rows)).response()
 
-    async def encode_batch(self, feature_service: str, rows: list[dict[str, Any]]) -> EncodedBatch:
-        """The answer to rows shaped as ``EncodeRow`` (``{"entities": {...}, "request":
-        {...}}``) of ``feature_service``."""
+    async def encode_batch(self, feature_service: str,
+                           batch: list[dict[str, Any]] | BatchColumns) -> EncodedBatch:
+        """The answer to a batch of ``feature_service``: rows shaped as ``EncodeRow``
+        (``{"entities": {...}, "request": {...}}``), or their columns (answered exactly as the
+        same rows would be)."""
         plan = self.plan(feature_service)
-        if len(rows) > self.max_rows:
-            raise TooManyRows(
-                f"{len(rows)} rows is more than the {self.max_rows} allowed per request"
-            )
-        request_columns = check_columns(plan, rows)
+        n = len(batch)
+        if n > self.max_rows:
+            raise TooManyRows(f"{n} rows is more than the {self.max_rows} allowed per request")
+        entities: Mapping[str, Sequence[str]]
+        request_columns: Mapping[str, Sequence[Any]]
+        if isinstance(batch, BatchColumns):
+            entities = batch.entities
+            request_columns = check_request_columns(plan, entities, batch.request)
+        else:
+            request_columns = check_columns(plan, batch)
+            entities = _entity_columns(plan, batch)
+        return await self._encode(plan, entities, request_columns, n)
+
+    async def _encode(self, plan: ServicePlan, entities: Mapping[str, Sequence[str]],
+                      request_columns: Mapping[str, Sequence[Any]], n: int) -> EncodedBatch:
+        """The answer to ``n`` checked rows as columns: join key -> each row's value (the
+        plan's join keys all there), request field -> each row's converted value."""
         layout = self._layout(plan)
 
         # One HMGET per distinct (entity, view); row_reads[v][i] = index of row i's read of view v.
         commands: list[bytes] = []
         command_views: list[int] = []
         row_reads: list[list[int]] = []
-        for v, view in enumerate(plan.views):
-            codec, pack = view.codec, view.hmget.pack
-            single = codec.single_key
-            seen: dict[Any, int] = {}
-            indices: list[int] = []
-            for row in rows:
-                entities = row["entities"]
-                # Keyed by the entity value itself where there is one join key: a repeated
-                # card or merchant is then not even serialised again.
-                ident = entities[single] if single is not None else codec.redis_key(entities)
-                index = seen.get(ident)
-                if index is None:
-                    index = seen[ident] = len(commands)
-                    key = codec.redis_key(entities) if single is not None else ident
-                    commands.append(pack(key))
-                    command_views.append(v)
-                indices.append(index)
-            row_reads.append(indices)
+        if n == 1:  # a single transaction: one HMGET per view, without the batch's dedupe
+            for v, view in enumerate(plan.views):
+                codec = view.codec
+                single = codec.single_key
+                commands.append(view.hmget.pack(
+                    codec.single_redis_key(entities[single][0]) if single is not None
+                    else codec.redis_key({key: entities[key][0] for key in codec.join_keys})))
+                command_views.append(v)
+                row_reads.append([v])
+        else:
+            for v, view in enumerate(plan.views):
+                codec, pack = view.codec, view.hmget.pack
+                single = codec.single_key
+                # Keyed by the entity value itself where there is one join key (a repeated card or
+                # merchant is then not even serialised again), else by its values in key order.
+                idents: Sequence[Any] = (entities[single] if single is not None
+                                         else list(zip(*[entities[k] for k in codec.join_keys])))
+                start = len(commands)
+                distinct = dict.fromkeys(idents)  # in order of first appearance
+                index = dict(zip(distinct, range(start, start + len(distinct))))
+                if single is not None:
+                    commands += map(pack, map(codec.single_redis_key, distinct))
+                else:
+                    commands += [pack(codec.redis_key(dict(zip(codec.join_keys, ident))))
+                                 for ident in distinct]
+                command_views += repeat(v, len(distinct))
+                row_reads.append(list(map(index.__getitem__, idents)))
 
         replies = await self.store.hmget_many(commands)
         now = time.time()
@@ -393,11 +433,11 @@ class Encoder:
             reads.append(read)
             tally[(v, result)] = tally.get((v, result), 0) + 1
 
-        batch = _assemble(layout, request_columns, len(rows), reads, row_reads)
+        batch = _assemble(layout, request_columns, n, reads, row_reads)
 
         for (v, result), count in tally.items():
             self._counter(self.metrics.view_reads, plan.views[v].name, result).inc(count)
-        self._counter(self.metrics.rows_encoded, plan.name).inc(len(rows))
+        self._counter(self.metrics.rows_encoded, plan.name).inc(n)
         return batch
 
     def _counter(self, metric: Counter, *labels: str) -> Counter:
@@ -415,8 +455,20 @@ class Encoder:
         return layout
 
 
-def _assemble(layout: _Layout, requests: dict[str, list[Any]], n: int, reads: list[ViewRead],
-              row_reads: list[list[int]]) -> EncodedBatch:
+_ENTITIES = itemgetter("entities")
+
+
+def _entity_columns(plan: ServicePlan, rows: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
+    """The plan's join keys as columns of checked rows (each has them all)."""
+    if len(rows) == 1:
+        entities = rows[0]["entities"]
+        return {key: [entities[key]] for key in plan.join_keys}
+    entities = list(map(_ENTITIES, rows))
+    return {key: list(map(itemgetter(key), entities)) for key in plan.join_keys}
+
+
+def _assemble(layout: _Layout, requests: Mapping[str, Sequence[Any]], n: int,
+              reads: list[ViewRead], row_reads: list[list[int]]) -> EncodedBatch:
     """The rows' vectors from their view reads and request fields (as columns: field -> each
     row's value), in the service's order.
 
@@ -466,8 +518,9 @@ def _one_row(layout: _Layout, request: dict[str, Any],
     return values, ages, stale
 
 
-def _many_rows(layout: _Layout, requests: dict[str, list[Any]], n: int, reads: list[ViewRead],
-               row_reads: list[list[int]]) -> tuple[list[float], list[float], list[bool]]:
+def _many_rows(layout: _Layout, requests: Mapping[str, Sequence[Any]], n: int,
+               reads: list[ViewRead], row_reads: list[list[int]],
+               ) -> tuple[list[float], list[float], list[bool]]:
     """(values, ages, stale) of the rows in assembly order, flat and row-major: joined by
     ``map``, ``zip`` and ``chain`` over the rows, without a Python loop per row. An on-demand
     view with a column form is computed over the batch's columns; one without (or a batch its
@@ -526,7 +579,7 @@ def _many_rows(layout: _Layout, requests: dict[str, list[Any]], n: int, reads: l
     return values, ages, stale
 
 
-def _request_rows(requests: dict[str, list[Any]], n: int) -> list[dict[str, Any]]:
+def _request_rows(requests: Mapping[str, Sequence[Any]], n: int) -> list[dict[str, Any]]:
     """Request columns back as one dict per row."""
     if not requests:
         return [{} for _ in range(n)]

@@ -78,5 +78,9 @@ class EntityKeyCodec:
     def redis_key(self, values: Mapping[str, str | int]) -> bytes:
         """Feast's ``helpers._redis_key``: the serialized entity key, then the project."""
         if self.single_key is not None:
-            return b"".join((self._prefix, _value_bytes(values[self.single_key]), self._project))
+            return self.single_redis_key(values[self.single_key])
         return self.serialize(values) + self._project
+
+    def single_redis_key(self, value: str | int) -> bytes:
+        """:meth:`redis_key` of ``{single_key: value}``, for a codec of one join key."""
+        return b"".join((self._prefix, _value_bytes(value), self._project))

@@ -12,13 +12,14 @@ from fastapi import APIRouter, Body, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from vigil_contracts.encoding import (
-    BINARY_HEADER_LENGTH, BINARY_MEDIA_TYPE, EncodeRequest, EncodeResponse,
+    BINARY_HEADER_LENGTH, BINARY_MEDIA_TYPE, EncodeColumnsRequest, EncodeRequest, EncodeResponse,
 )
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE, Problem
 from vigil_servicekit.deps import MetricsDep
 from vigil_servicekit.json_body import OrjsonRoute
 from vigil_servicekit.request_context import log_fields
 
+from vigil_encoder.dataplane import BatchColumns
 from vigil_encoder.deps import EncoderDep
 
 service_router = APIRouter(tags=["service"])
@@ -51,6 +52,7 @@ async def prometheus_metrics(metrics: MetricsDep) -> Response:
 _STRING = frozenset({str})
 _REQUEST_VALUE = frozenset({float, int, str, type(None)})
 _DICT = frozenset({dict})
+_LIST = frozenset({list})
 
 
 def _plain_rows(body: Any) -> bool:
@@ -79,23 +81,64 @@ def _plain_rows(body: Any) -> bool:
             and set(map(type, chain.from_iterable(map(dict.values, requests)))) <= _REQUEST_VALUE)
 
 
-def parse_encode_request(body: Any) -> tuple[str, list[dict[str, Any]]]:
-    """``(feature_service, rows)`` of an ``EncodeRequest`` body, each row a plain dict
-    (``{"entities": ..., "request": ...}``).
+def _plain_columns(body: dict[str, Any]) -> int:
+    """The number of rows of ``body`` if it is an ``EncodeColumnsRequest`` whose values need no
+    conversion (what the gateway sends), else 0: then it is used as parsed. Decided with one C
+    loop per level (the set of the types met there), as :func:`_plain_rows` decides."""
+    columns = body.get("columns")
+    # Exactly the model's fields (it forbids others) ...
+    if (len(body) != 2 or type(body.get("feature_service")) is not str
+            or type(columns) is not dict or len(columns) != 2):
+        return 0
+    entities, request = columns.get("entities"), columns.get("request")
+    if type(entities) is not dict or type(request) is not dict:
+        return 0
+    # ... lists all of one length, and not empty ...
+    lists = [*entities.values(), *request.values()]
+    if set(map(type, lists)) != _LIST:
+        return 0
+    lengths = set(map(len, lists))
+    if len(lengths) != 1 or 0 in lengths:
+        return 0
+    # ... of values of the model's types.
+    if not (set(map(type, chain.from_iterable(entities.values()))) <= _STRING
+            and set(map(type, chain.from_iterable(request.values()))) <= _REQUEST_VALUE):
+        return 0
+    return lengths.pop()
 
-    A body that is not plainly one is validated by ``EncodeRequest`` itself, so that what it
-    accepts, converts and refuses (and how a refusal names the fields) is exactly pydantic's;
-    pydantic models for a thousand rows would cost more than their encoding.
-    """
-    if _plain_rows(body):
-        return body["feature_service"], body["rows"]
+
+def _validated(model: type[EncodeRequest] | type[EncodeColumnsRequest], body: Any) -> Any:
     try:
-        request = EncodeRequest.model_validate(body, from_attributes=True)  # as FastAPI does
+        return model.model_validate(body, from_attributes=True)  # as FastAPI does
     except ValidationError as exc:
         # As FastAPI reports a body that fails its declared model.
         raise RequestValidationError(
             [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
         ) from None
+
+
+def parse_encode_request(body: Any) -> tuple[str, list[dict[str, Any]] | BatchColumns]:
+    """``(feature_service, batch)`` of an encode request body: an ``EncodeRequest``'s rows, each
+    a plain dict (``{"entities": ..., "request": ...}``), or an ``EncodeColumnsRequest``'s
+    columns as :class:`BatchColumns` (a body with ``columns`` is one; with ``rows`` as well it
+    is refused, as that model refuses any other field).
+
+    A body that is not plainly one is validated by its model itself, so that what it accepts,
+    converts and refuses (and how a refusal names the fields) is exactly pydantic's; pydantic
+    models for a thousand rows would cost more than their encoding.
+    """
+    if type(body) is dict and "columns" in body:
+        n_rows = _plain_columns(body)
+        if n_rows:
+            columns = body["columns"]
+            return body["feature_service"], BatchColumns(columns["entities"], columns["request"],
+                                                         n_rows)
+        parsed: EncodeColumnsRequest = _validated(EncodeColumnsRequest, body)
+        given = parsed.columns
+        return parsed.feature_service, BatchColumns(given.entities, given.request, given.n_rows)
+    if _plain_rows(body):
+        return body["feature_service"], body["rows"]
+    request: EncodeRequest = _validated(EncodeRequest, body)
     return request.feature_service, [
         {"entities": row.entities, "request": row.request} for row in request.rows
     ]
@@ -121,7 +164,12 @@ def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
 _ENCODE_BODY_DOC: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": _inline_refs(EncodeRequest.model_json_schema())}},
+        "description": "The rows to encode, as rows or as columns (row `i` is the `i`-th value "
+                       "of every column); both forms get the same answer.",
+        "content": {"application/json": {"schema": {"oneOf": [
+            _inline_refs(EncodeRequest.model_json_schema()),
+            _inline_refs(EncodeColumnsRequest.model_json_schema()),
+        ]}}},
     }
 }
 
@@ -135,9 +183,9 @@ _ENCODE_BODY_DOC: dict[str, Any] = {
                        "see vigil_contracts.encoding."}}}}},
 )
 async def encode(body: Annotated[Any, Body()], request: Request, encoder: EncoderDep) -> Response:
-    feature_service, rows = parse_encode_request(body)
-    log_fields(request.scope).update(feature_service=feature_service, rows=len(rows))
-    batch = await encoder.encode_batch(feature_service, rows)
+    feature_service, given = parse_encode_request(body)
+    log_fields(request.scope).update(feature_service=feature_service, rows=len(given))
+    batch = await encoder.encode_batch(feature_service, given)
     if wants_binary(request.headers.get("accept")):
         # The data plane's flat lists are packed as they are, without rows of dicts between.
         body, header_length = batch.binary()

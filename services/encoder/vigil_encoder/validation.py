@@ -1,20 +1,24 @@
-"""Checking encode rows against a serving plan: join keys present, request fields typed.
+"""Checking an encode request against a serving plan: join keys present, request fields typed.
 
-The request's shape (``vigil_contracts.encoding.EncodeRequest``) is checked by the route; what a
-row must carry depends on the feature service, so it is checked here, naming each offending
-field the way the client wrote it (``rows.3.entities.card_id``).
+The request's shape (``vigil_contracts.encoding.EncodeRequest`` or ``EncodeColumnsRequest``) is
+checked by the route; what a row must carry depends on the feature service, so it is checked
+here, naming each offending field the way the client wrote it (``rows.3.entities.card_id``,
+``columns.request.amount.3``).
 
 Rows are plain dicts (``{"entities": {...}, "request": {...}}``). The common case, a batch whose
 values all already have their field's type, is decided column by column (:func:`check_columns`:
 the set of a column's types, one C loop each); a batch that is not is checked row by row
 (:func:`check_rows`), a row whose values have their types with a type test per field, anything
 else through :func:`_request_value`, which converts what may be converted and names the rest.
+A batch sent as columns is checked as such (:func:`check_request_columns`): a column whose
+values all have their type is used as sent, any other value by value through
+:func:`_request_value`, so both forms accept, convert and refuse the same values.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import repeat
 from operator import contains, itemgetter
 from typing import Any
@@ -165,4 +169,54 @@ def check_columns(plan: ServicePlan, rows: Sequence[dict[str, Any]]) -> dict[str
         if len(converted) == 1:  # every field, in the plan's order
             return {name: [value] for name, value in converted[0].items()}
         columns = {name: [row[name] for row in converted] for name in plan.request_fields}
+    return columns
+
+
+def check_request_columns(plan: ServicePlan, entities: Mapping[str, Sequence[Any]],
+                          request: Mapping[str, Sequence[Any]]) -> dict[str, Sequence[Any]]:
+    """:func:`check_columns` of a batch sent as columns (join key -> each row's value, request
+    field -> each row's value, all of one length): request field -> each row's converted value,
+    in the plan's order of fields; raises naming every bad column or value
+    (``columns.request.amount.3``). A column that needs no conversion is returned as sent."""
+    problems: list[InvalidParam] = []
+    for key in plan.join_keys:
+        if key not in entities:
+            problems.append(InvalidParam(name=f"columns.entities.{key}",
+                                         reason="missing join key"))
+    columns: dict[str, Sequence[Any]] = {}
+    for name, dtype in plan.request_fields.items():
+        column = request.get(name)
+        if column is None:
+            problems.append(InvalidParam(name=f"columns.request.{name}",
+                                         reason=f"missing request field ({dtype})"))
+            continue
+        if len(column) == 1:  # a single transaction: one type test, as in _fast_row
+            value = column[0]
+            if type(value) in _AS_IS[dtype] and (dtype not in _FLOATS or value - value == 0.0):
+                columns[name] = column
+                continue
+        # As in _fast_columns: all finite exactly when their sum is, but for a sum that
+        # overflows, which is then decided value by value.
+        elif set(map(type, column)) <= _AS_IS_SETS[dtype] and (
+                dtype not in _FLOATS or (total := sum(column)) - total == 0.0):
+            columns[name] = column
+            continue
+        converted: list[Any] = []
+        for i, value in enumerate(column):
+            value, reason = _request_value(dtype, value)
+            if reason is not None:
+                problems.append(InvalidParam(name=f"columns.request.{name}.{i}",
+                                             reason=f"{reason} ({dtype})"))
+                if len(problems) >= MAX_REPORTED:
+                    break
+            converted.append(value)
+        columns[name] = converted
+        if len(problems) >= MAX_REPORTED:
+            break
+    if problems:
+        problems = problems[:MAX_REPORTED]
+        names = ", ".join(p.name for p in problems)
+        raise InvalidEncodeRequest(
+            f"invalid columns for feature service {plan.name!r}: {names}", invalid_params=problems
+        )
     return columns
