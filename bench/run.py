@@ -140,7 +140,10 @@ def build_payloads(txs: list[dict[str, Any]], encoder_url: str, predictor_url: s
         return json.dumps(body)
 
     def encode_body(chunk: list[dict[str, Any]]) -> str:
-        return json.dumps({"feature_service": FEATURE_SERVICE, "rows": chunk})
+        # The columns form (EncodeColumnsRequest), which is what the gateway sends.
+        columns = {part: {name: [r[part][name] for r in chunk] for name in chunk[0][part]}
+                   for part in ("entities", "request")}
+        return json.dumps({"feature_service": FEATURE_SERVICE, "columns": columns})
 
     single = min(len(txs), 500)
     return {
