@@ -1,11 +1,13 @@
 """vigil_servicekit.fast_lane on a tiny wired FastAPI app: the lane answers its routes as FastAPI
 would (handlers' problems, HTTP errors with their headers, log fields, route labels), steps aside
 for everything else and while dependency overrides are set, and must sit inside the request
-context. The predictor's tests compare it with FastAPI on the real inference routes."""
+context; a handler that defers leaves the request to FastAPI with the body it read played
+again. The predictor's and the encoder's tests compare it with FastAPI on their real routes."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -13,7 +15,7 @@ import pytest
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
 from vigil_servicekit.deps import MetricsDep
 from vigil_servicekit.errors import ServiceError
-from vigil_servicekit.fast_lane import FastRoute, declared_route, install_fast_lane
+from vigil_servicekit.fast_lane import Defer, FastRoute, declared_route, install_fast_lane
 from vigil_servicekit.logs import configure_logging
 from vigil_servicekit.metrics import ServiceMetrics
 from vigil_servicekit.request_context import log_fields
@@ -52,6 +54,26 @@ async def echo(item: str, request: Request) -> Response:
     return await _echo(request, item)
 
 
+@router.post("/items/{item}/maybe")
+async def maybe(item: str, request: Request) -> Response:
+    chunks = [chunk async for chunk in request.stream()]
+    log_fields(request.scope)["chunks"] = len(chunks)
+    return Response(f"fastapi:{item}:{len(chunks)}:".encode() + b"".join(chunks),
+                    media_type="text/plain")
+
+
+async def _maybe_lane(request: Request, item: str) -> Response:
+    """Defers after reading all of the body, its first chunk or nothing; answers ``take``."""
+    if item == "all":
+        await request.body()
+    elif item == "first":
+        async for _chunk in request.stream():
+            break
+    if item != "take":
+        raise Defer
+    return Response(b"lane:" + await request.body(), media_type="text/plain")
+
+
 @router.get("/metrics")
 async def metrics_route(metrics: MetricsDep) -> Response:
     return Response(metrics.render(), media_type=metrics.content_type)
@@ -65,7 +87,12 @@ def make_app(calls: list[str]) -> FastAPI:
         calls.append(item)
         return await _echo(request, item)
 
-    install_fast_lane(app, [FastRoute(declared_route(router, echo), lane)])
+    async def maybe_lane(request: Request, item: str) -> Response:
+        calls.append(item)
+        return await _maybe_lane(request, item)
+
+    install_fast_lane(app, [FastRoute(declared_route(router, echo), lane),
+                            FastRoute(declared_route(router, maybe), maybe_lane, defers=True)])
     wire(app, service="lane test", error_root=LaneError,
          metrics=ServiceMetrics("lane", buckets=(0.1, 1.0)), log=log)
     app.include_router(router)
@@ -134,3 +161,72 @@ def test_the_lane_goes_in_before_wire() -> None:
         install_fast_lane(app, [FastRoute(declared_route(router, echo), echo)])
     with pytest.raises(LookupError):
         declared_route(router, make_app)
+
+
+class Chunks:
+    """A request body sent as several ``http.request`` messages (a new stream per request)."""
+
+    def __init__(self, body: bytes, size: int) -> None:
+        self.body, self.size = body, size
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for start in range(0, len(self.body), self.size):
+            yield self.body[start:start + self.size]
+
+
+BIG = bytes(range(256)) * 20_000  # 5 MB
+
+
+@pytest.mark.parametrize("item", ["all", "first", "none"])
+@pytest.mark.parametrize("content,chunks", [
+    (b"xyz", 2), (b"", 1), (BIG, 2), (Chunks(b"abcdefgh", 3), 4), (Chunks(BIG, 65_536), 80),
+], ids=["small", "empty", "large", "chunked", "large-chunked"])
+async def test_a_deferred_request_reaches_fastapi_whole(item: str, content: Any,
+                                                        chunks: int) -> None:
+    lane, fastapi, calls = await _both(f"/items/{item}/maybe", content=content)
+    assert calls == [item]  # the lane saw the first request, and deferred it
+    assert lane.status_code == fastapi.status_code == 200
+    assert lane.headers.multi_items() == fastapi.headers.multi_items()
+    assert lane.content == fastapi.content
+    body = content.body if isinstance(content, Chunks) else content
+    # The same messages (httpx ends a body with an empty one), in the same chunks.
+    assert lane.content == f"fastapi:{item}:{chunks}:".encode() + body
+
+
+async def test_a_route_that_may_defer_is_answered_by_the_lane() -> None:
+    lane, fastapi, calls = await _both("/items/take/maybe", content=Chunks(b"abcdefgh", 3))
+    assert calls == ["take"]
+    assert (lane.status_code, lane.content) == (200, b"lane:abcdefgh")
+    assert fastapi.content == b"fastapi:take:4:abcdefgh"
+
+
+async def test_a_deferred_request_is_logged_and_labelled_as_fastapi_routes_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls: list[str] = []
+    app = make_app(calls)
+    logger = logging.getLogger(LOGGER)
+    logger.addHandler(caplog.handler)
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://kit") as client:
+            assert (await client.post("/items/all/maybe", content=b"12")).text == \
+                "fastapi:all:2:12"
+            metrics = (await client.get("/metrics")).text
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert calls == ["all"]
+    [line] = [r for r in caplog.records if r.getMessage() == "request" and r.route != "/metrics"]
+    assert (line.route, line.status, line.chunks) == ("/items/{item}/maybe", 200, 2)
+    assert ('lane_requests_total{method="POST",outcome="success",route="/items/{item}/maybe",'
+            'status="200"} 1.0') in metrics
+
+
+async def test_a_route_with_a_body_limit_is_refused() -> None:
+    app = FastAPI(max_body_size=1024)
+    install_fast_lane(app, [FastRoute(declared_route(router, echo), echo)])
+    app.include_router(router)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://kit") as client:
+        with pytest.raises(RuntimeError, match="body-size limit"):
+            await client.post("/items/a/echo", content=b"1")

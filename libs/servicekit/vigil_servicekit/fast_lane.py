@@ -16,6 +16,14 @@ What a client or an operator sees does not tell the two ways apart:
   exception propagates to the app's outer error middleware, which answers the generic 500 (and
   logs it) exactly as for a FastAPI route.
 
+A handler may answer only the plain case of a route and leave the rest to FastAPI: it raises
+:class:`Defer` (before it answers or touches the scope's log fields), and the lane hands the
+request to FastAPI with the body messages the handler has already received played again, then the
+server's own ``receive``. FastAPI then decides what it always decided (a body that is not JSON, a
+wrong content type, an empty body). Only a route declared with ``defers=True`` may do so: only its
+``receive`` is recorded. A route with a body-size limit (its own or the app's) is not taken: the
+limit wraps FastAPI's route, which the lane would pass by.
+
 :func:`install_fast_lane` must run before ``wiring.wire`` so that the lane sits inside the
 request-context middleware (request id, access line, request metrics).
 """
@@ -31,7 +39,7 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vigil_servicekit.request_context import RequestContextMiddleware
 
@@ -40,12 +48,18 @@ FastHandler = Callable[..., Awaitable[Response]]
 _ExceptionHandler = Callable[[Request, Exception], Any]
 
 
+class Defer(Exception):
+    """Raised by a lane handler of a ``defers=True`` route: FastAPI is to answer this request."""
+
+
 @dataclass(frozen=True)
 class FastRoute:
     """A declared route and the handler the lane answers it with (same path parameters)."""
 
     route: APIRoute
     handler: FastHandler
+    defers: bool = False
+    """Whether the handler may raise :class:`Defer` (then the lane records what it receives)."""
 
 
 def declared_route(router: APIRouter, endpoint: Callable[..., Any]) -> APIRoute:
@@ -64,8 +78,13 @@ class FastLaneMiddleware:
         self.app = app
         self.owner = owner
         self.routes = [
-            (fast.route, frozenset(fast.route.methods or ()), fast.handler) for fast in routes
+            (fast.route, frozenset(fast.route.methods or ()), fast.handler, fast.defers)
+            for fast in routes
         ]
+        limited = [fast.route.path for fast in routes if _body_limit(owner, fast.route)]
+        if limited:
+            raise RuntimeError(f"the fast lane cannot take a route with a body-size limit: "
+                               f"{', '.join(limited)}")
         # As ExceptionMiddleware splits them: the generic 500 (Exception, 500) is the outer
         # error middleware's, status handlers are for HTTP exceptions only.
         self.status_handlers: dict[int, _ExceptionHandler] = {}
@@ -85,7 +104,7 @@ class FastLaneMiddleware:
             and not self.owner.dependency_overrides
         ):
             method = scope["method"]
-            for route, methods, handler in self.routes:
+            for route, methods, handler, defers in self.routes:
                 if method in methods:
                     match = route.path_regex.match(scope["path"])
                     if match is not None:
@@ -94,7 +113,11 @@ class FastLaneMiddleware:
                             key: convertors[key].convert(value)
                             for key, value in match.groupdict().items()
                         }
-                        await self._answer(scope, receive, send, route, handler, params)
+                        if defers:
+                            await self._answer_or_defer(scope, receive, send, route, handler,
+                                                        params)
+                        else:
+                            await self._answer(scope, receive, send, route, handler, params)
                         return
         await self.app(scope, receive, send)
 
@@ -113,6 +136,8 @@ class FastLaneMiddleware:
         request = Request(scope, receive)
         try:
             response = await handler(request, **params)
+        except Defer:
+            raise
         except Exception as exc:
             on_error = self._handler_for(exc)
             if on_error is None:
@@ -126,6 +151,39 @@ class FastLaneMiddleware:
         # Sending is outside the try: once the response has started, no handler may answer.
         await response(scope, receive, send)
 
+    async def _answer_or_defer(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        route: APIRoute,
+        handler: FastHandler,
+        params: dict[str, Any],
+    ) -> None:
+        received: list[Message] = []
+
+        async def recording() -> Message:
+            message = await receive()
+            received.append(message)
+            return message
+
+        saved = {key: scope[key] for key in _ROUTING_KEYS if key in scope}
+        try:
+            await self._answer(scope, recording, send, route, handler, params)
+            return
+        except Defer:
+            pass
+        for key in _ROUTING_KEYS:
+            scope.pop(key, None)
+        scope.update(saved)
+        replay = iter(received)
+
+        async def replaying() -> Message:
+            message = next(replay, None)
+            return message if message is not None else await receive()
+
+        await self.app(scope, replaying, send)
+
     def _handler_for(self, exc: Exception) -> _ExceptionHandler | None:
         if isinstance(exc, HTTPException):
             handler = self.status_handlers.get(exc.status_code)
@@ -136,6 +194,21 @@ class FastLaneMiddleware:
             if handler is not None:
                 return handler
         return None
+
+
+_ROUTING_KEYS = ("route", "endpoint", "path_params")
+
+
+def _body_limit(app: FastAPI, route: APIRoute) -> bool:
+    """Whether FastAPI limits the body of ``route`` (as declared or as the app includes it)."""
+    if getattr(app, "max_body_size", None) is not None:
+        return True
+    return any(
+        getattr(candidate, "max_body_size", None) is not None
+        for candidate in (route, *app.routes)
+        if candidate is route or (isinstance(candidate, APIRoute)
+                                  and candidate.endpoint is route.endpoint)
+    )
 
 
 def install_fast_lane(app: FastAPI, routes: Sequence[FastRoute]) -> None:

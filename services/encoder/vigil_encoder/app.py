@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version as package_version
 
 from fastapi import FastAPI
+from vigil_servicekit.fast_lane import install_fast_lane
 from vigil_servicekit.gc_tuning import frozen_startup_heap
 from vigil_servicekit.logs import configure_logging
 from vigil_servicekit.wiring import wire
@@ -21,7 +22,7 @@ from vigil_servicekit.wiring import wire
 from vigil_encoder.dataplane import Encoder
 from vigil_encoder.errors import EncoderError
 from vigil_encoder.metrics import EncoderMetrics
-from vigil_encoder.rest import encoder_router, service_router
+from vigil_encoder.rest import encoder_router, fast_routes, service_router
 from vigil_encoder.settings import EncoderSettings
 from vigil_encoder.store import OnlineStore
 
@@ -66,6 +67,8 @@ def create_app(settings: EncoderSettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.encoder = encoder
+    # Inside the request-context middleware (request id, access line, metrics), so before wire().
+    install_fast_lane(app, fast_routes())
     wire(app, service="encoder", error_root=EncoderError, metrics=metrics, log=service_log)
     app.include_router(service_router)
     app.include_router(encoder_router)

@@ -1,5 +1,8 @@
 """HTTP routes: service endpoints (``/healthz``, ``/readyz``, ``/metrics``) and the encoder API
 (``/v1/encode``, ``/v1/feature-services``). Routes parse and answer; the work is the data plane's.
+
+``/v1/encode`` is also answered by the servicekit's fast lane (:func:`fast_routes`) when its body
+is plainly a JSON object; any other body is left to FastAPI, which decides as it always did.
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ from vigil_contracts.encoding import (
 )
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE, Problem
 from vigil_servicekit.deps import MetricsDep
+from vigil_servicekit.fast_lane import Defer, FastRoute, declared_route
 from vigil_servicekit.json_body import OrjsonRoute
 from vigil_servicekit.request_context import log_fields
 
-from vigil_encoder.dataplane import BatchColumns
-from vigil_encoder.deps import EncoderDep
+from vigil_encoder.dataplane import BatchColumns, Encoder
+from vigil_encoder.deps import EncoderDep, get_encoder
 
 service_router = APIRouter(tags=["service"])
 # FastAPI reads the body (content type, JSON errors) with orjson; its shape is checked here.
@@ -183,6 +187,10 @@ _ENCODE_BODY_DOC: dict[str, Any] = {
                        "see vigil_contracts.encoding."}}}}},
 )
 async def encode(body: Annotated[Any, Body()], request: Request, encoder: EncoderDep) -> Response:
+    return await _encode(body, request, encoder)
+
+
+async def _encode(body: Any, request: Request, encoder: Encoder) -> Response:
     feature_service, given = parse_encode_request(body)
     log_fields(request.scope).update(feature_service=feature_service, rows=len(given))
     batch = await encoder.encode_batch(feature_service, given)
@@ -194,6 +202,32 @@ async def encode(body: Annotated[Any, Body()], request: Request, encoder: Encode
     # Built as plain lists by the data plane and serialised directly: validating thousands of
     # floats back through EncodeResponse would cost more than the Redis round trip.
     return Response(orjson.dumps(batch.response()), media_type="application/json")
+
+
+async def _fast_encode(request: Request) -> Response:
+    # What FastAPI (OrjsonRoute) surely reads as this very object: the content type the gateway
+    # sends, a body orjson parses, an object. Anything else (another spelling of a JSON content
+    # type, no body, JSON only the standard parser reads, not an object) FastAPI answers itself,
+    # and so a body that could not be read (the client gone): what made it fail is replayed.
+    if request.headers.get("content-type") != "application/json":
+        raise Defer
+    try:
+        raw = await request.body()
+    except Exception:
+        raise Defer from None
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise Defer from None
+    if type(body) is not dict:
+        raise Defer
+    return await _encode(body, request, await get_encoder(request))
+
+
+def fast_routes() -> list[FastRoute]:
+    """``/v1/encode`` for ``vigil_servicekit.fast_lane``: FastAPI's routing, body reading and
+    dependency solving cost about as much CPU as encoding one row."""
+    return [FastRoute(declared_route(encoder_router, encode), _fast_encode, defers=True)]
 
 
 def wants_binary(accept: str | None) -> bool:
