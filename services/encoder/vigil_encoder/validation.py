@@ -21,7 +21,7 @@ import math
 from collections.abc import Mapping, Sequence
 from itertools import repeat
 from operator import contains, itemgetter
-from typing import Any
+from typing import Any, NoReturn
 
 from vigil_contracts.problems import InvalidParam
 
@@ -92,6 +92,15 @@ def _fast_row(
 _ABSENT = object()
 
 
+def _refuse(form: str, plan: ServicePlan, problems: list[InvalidParam]) -> NoReturn:
+    """Raise the 422 naming (at most :data:`MAX_REPORTED` of) the bad fields of a request."""
+    problems = problems[:MAX_REPORTED]
+    names = ", ".join(p.name for p in problems)
+    raise InvalidEncodeRequest(
+        f"invalid {form} for feature service {plan.name!r}: {names}", invalid_params=problems
+    )
+
+
 def check_rows(plan: ServicePlan, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each row's request fields converted to their dtypes; raise naming every bad field."""
     fields = [(name, _AS_IS[dtype], dtype in _FLOATS) for name, dtype in plan.request_fields.items()]
@@ -123,11 +132,7 @@ def check_rows(plan: ServicePlan, rows: Sequence[dict[str, Any]]) -> list[dict[s
         if len(problems) >= MAX_REPORTED:
             break
     if problems:
-        problems = problems[:MAX_REPORTED]
-        names = ", ".join(p.name for p in problems)
-        raise InvalidEncodeRequest(
-            f"invalid rows for feature service {plan.name!r}: {names}", invalid_params=problems
-        )
+        _refuse("rows", plan, problems)
     return converted
 
 
@@ -214,9 +219,5 @@ def check_request_columns(plan: ServicePlan, entities: Mapping[str, Sequence[Any
         if len(problems) >= MAX_REPORTED:
             break
     if problems:
-        problems = problems[:MAX_REPORTED]
-        names = ", ".join(p.name for p in problems)
-        raise InvalidEncodeRequest(
-            f"invalid columns for feature service {plan.name!r}: {names}", invalid_params=problems
-        )
+        _refuse("columns", plan, problems)
     return columns
