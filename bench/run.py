@@ -625,6 +625,10 @@ def main(argv: list[str] | None = None) -> int:
         results["world"] = {"transactions": world.n_transactions, "timings_s": world.timings}
 
         log("starting Vigil's stack (LocalStack), feast serve, MLServer and the floors")
+        # The services' logs (an access line per request) are of this run only: appended to run
+        # after run, they had grown to hundreds of MB.
+        for old_log in (WORK / "logs" / "stack").glob("*.log"):
+            old_log.unlink()
         stack = LocalStack(world.repo, world.models_dir, WORK / "logs" / "stack",
                            redis_url=world.redis.url)
         cleanup.callback(stack.stop)
