@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from fast_lane_checks import access_line, assert_same
 from vigil_contracts.encoding import BINARY_HEADER_LENGTH, BINARY_MEDIA_TYPE
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE
 from vigil_contracts.request_features import NO_DEVICE_ID
@@ -98,30 +99,6 @@ class Pair:
             assert (self.routed - routed) == (1 if through_fastapi or deferred else 0)
             logs.append(records.records)
         return answers[0], answers[1], logs[0], logs[1]
-
-
-def access_line(records: list[logging.LogRecord]) -> dict[str, Any]:
-    lines = [r for r in records if r.getMessage() == "request" and r.name.endswith(".access")]
-    assert len(lines) == 1
-    entry = {k: v for k, v in vars(lines[0]).items() if k not in ("latency_ms", "created",
-             "msecs", "relativeCreated", "thread", "threadName", "lineno")}
-    assert lines[0].latency_ms >= 0
-    return entry
-
-
-def assert_same(
-    lane: httpx.Response,
-    fastapi: httpx.Response,
-    lane_logs: list[logging.LogRecord],
-    fastapi_logs: list[logging.LogRecord],
-) -> None:
-    assert lane.status_code == fastapi.status_code, (lane.text, fastapi.text)
-    assert lane.headers.multi_items() == fastapi.headers.multi_items()
-    assert lane.content == fastapi.content
-    assert access_line(lane_logs) == access_line(fastapi_logs)
-    assert [(r.name, r.getMessage()) for r in lane_logs] == [
-        (r.name, r.getMessage()) for r in fastapi_logs
-    ]
 
 
 def settings(feature_env, **overrides: Any) -> EncoderSettings:
