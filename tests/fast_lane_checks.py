@@ -4,9 +4,12 @@ answered by FastAPI must be indistinguishable (status, headers, body, access lin
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 
 def access_line(records: list[logging.LogRecord]) -> dict[str, Any]:
@@ -31,3 +34,60 @@ def assert_same(
     assert [(r.name, r.getMessage()) for r in lane_logs] == [
         (r.name, r.getMessage()) for r in fastapi_logs
     ]
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+class Pair:
+    """Sends each request through the lane and through FastAPI (forced by overriding
+    ``dependency`` with the app's own ``state_attr`` object, which the lane steps aside for), and
+    returns both answers and the service logger's records of each."""
+
+    def __init__(self, app: FastAPI, client: httpx.AsyncClient, monkeypatch: Any, *,
+                 routes: Sequence[APIRoute], dependency: Callable[..., Any], state_attr: str,
+                 logger: str, request_id: str = "lane-1") -> None:
+        self.app, self.client = app, client
+        self.dependency, self.state_attr, self.logger = dependency, state_attr, logger
+        self.request_id = request_id
+        self.routed = 0  # requests FastAPI routed to one of ``routes``
+        for route in routes:
+            original = route.handle
+
+            async def counting(scope: Any, receive: Any, send: Any, _original: Any = original) -> None:
+                self.routed += 1
+                await _original(scope, receive, send)
+
+            monkeypatch.setattr(route, "handle", counting)
+
+    async def send(
+        self, method: str, path: str, *, lane: bool | None = True, **kwargs: Any
+    ) -> tuple[httpx.Response, httpx.Response, list[logging.LogRecord], list[logging.LogRecord]]:
+        """``lane``: whether the lane answers the request itself (False: it leaves it to
+        FastAPI; None: not checked)."""
+        # The same request id both times: it is in the headers and in a problem's body.
+        kwargs["headers"] = {"x-request-id": self.request_id, **kwargs.get("headers", {})}
+        answers, logs = [], []
+        for through_fastapi in (False, True):
+            if through_fastapi:
+                own = getattr(self.app.state, self.state_attr)
+                self.app.dependency_overrides[self.dependency] = lambda: own
+            records = Records()
+            service_log = logging.getLogger(self.logger)
+            service_log.addHandler(records)
+            routed = self.routed
+            try:
+                answers.append(await self.client.request(method, path, **kwargs))
+            finally:
+                service_log.removeHandler(records)
+                self.app.dependency_overrides.clear()
+            if lane is not None:
+                assert (self.routed - routed) == (1 if through_fastapi or not lane else 0)
+            logs.append(records.records)
+        return answers[0], answers[1], logs[0], logs[1]

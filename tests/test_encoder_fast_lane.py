@@ -10,7 +10,6 @@ and the request metrics must be the same.
 from __future__ import annotations
 
 import json
-import logging
 import re
 import time
 from collections.abc import AsyncIterator
@@ -19,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from fast_lane_checks import access_line, assert_same
+from fast_lane_checks import Pair, access_line, assert_same
 from vigil_contracts.encoding import BINARY_HEADER_LENGTH, BINARY_MEDIA_TYPE
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE
 from vigil_contracts.request_features import NO_DEVICE_ID
@@ -35,17 +34,7 @@ from vigil_servicekit.fast_lane import declared_route
 
 SERVICE = "fraud_model_v1"
 ENCODE = "/v1/encode"
-ID = {"x-request-id": "lane-1"}
 BINARY = {"accept": BINARY_MEDIA_TYPE}
-
-
-class Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
 
 
 class FrozenClock:
@@ -61,46 +50,6 @@ class FrozenClock:
         return getattr(time, name)
 
 
-class Pair:
-    """Sends each request through the lane and through FastAPI, and returns both answers."""
-
-    def __init__(self, app: FastAPI, client: httpx.AsyncClient, monkeypatch) -> None:
-        self.app, self.client = app, client
-        self.routed = 0  # requests FastAPI routed to the declared encode route
-        route = declared_route(encoder_router, encode)
-        original = route.handle
-
-        async def counting(scope, receive, send) -> None:
-            self.routed += 1
-            await original(scope, receive, send)
-
-        monkeypatch.setattr(route, "handle", counting)
-
-    async def send(
-        self, method: str, path: str, *, deferred: bool = False, **kwargs: Any
-    ) -> tuple[httpx.Response, httpx.Response, list[logging.LogRecord], list[logging.LogRecord]]:
-        """``deferred``: the lane is expected to leave this request to FastAPI."""
-        # The same request id both times: it is in the headers and in a problem's body.
-        kwargs["headers"] = {**ID, **kwargs.get("headers", {})}
-        answers, logs = [], []
-        for through_fastapi in (False, True):
-            if through_fastapi:
-                encoder = self.app.state.encoder
-                self.app.dependency_overrides[get_encoder] = lambda: encoder
-            records = Records()
-            service_log = logging.getLogger("vigil_encoder")
-            service_log.addHandler(records)
-            routed = self.routed
-            try:
-                answers.append(await self.client.request(method, path, **kwargs))
-            finally:
-                service_log.removeHandler(records)
-                self.app.dependency_overrides.clear()
-            assert (self.routed - routed) == (1 if through_fastapi or deferred else 0)
-            logs.append(records.records)
-        return answers[0], answers[1], logs[0], logs[1]
-
-
 def settings(feature_env, **overrides: Any) -> EncoderSettings:
     values: dict[str, Any] = dict(redis_url=feature_env.redis.url,
                                   spec_path=feast_repo.spec_path(feature_env.repo))
@@ -113,7 +62,8 @@ async def _pair(app: FastAPI, monkeypatch) -> AsyncIterator[Pair]:
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://encoder") as client:
         async with app.router.lifespan_context(app):
-            yield Pair(app, client, monkeypatch)
+            yield Pair(app, client, monkeypatch, routes=[declared_route(encoder_router, encode)],
+                       dependency=get_encoder, state_attr="encoder", logger="vigil_encoder")
 
 
 @pytest.fixture
@@ -202,7 +152,7 @@ async def test_problems_are_equal(
     pair: Pair, kwargs: dict[str, Any], deferred: bool, status: int, slug: str,
     names: list[str] | None,
 ) -> None:
-    lane, fastapi, *logs = await pair.send("POST", ENCODE, deferred=deferred, **kwargs)
+    lane, fastapi, *logs = await pair.send("POST", ENCODE, lane=not deferred, **kwargs)
     assert_same(lane, fastapi, *logs)
     body = assert_problem(lane, status, slug)
     if names is not None:
@@ -214,7 +164,7 @@ async def test_another_spelling_of_json_is_deferred_and_answered(pair: Pair) -> 
     for content_type in ("application/json; charset=utf-8", "Application/JSON",
                          "application/vnd.vigil+json"):
         lane, fastapi, *logs = await pair.send(
-            "POST", ENCODE, deferred=True, content=content,
+            "POST", ENCODE, lane=False, content=content,
             headers={"content-type": content_type, **BINARY},
         )
         assert_same(lane, fastapi, *logs)
@@ -231,7 +181,7 @@ async def test_a_body_in_chunks_is_equal(pair: Pair) -> None:
 
     for deferred, content_type in ((False, "application/json"), (True, "application/x+json")):
         lane, fastapi, *logs = await pair.send(
-            "POST", ENCODE, deferred=deferred, content=Chunks(),
+            "POST", ENCODE, lane=not deferred, content=Chunks(),
             headers={"content-type": content_type},
         )
         assert_same(lane, fastapi, *logs)
@@ -310,7 +260,7 @@ async def test_unexpected_exception_is_the_same_generic_500(pair: Pair, monkeypa
 async def test_metric_labels_are_the_declared_template(pair: Pair) -> None:
     await pair.send("POST", ENCODE, json={"feature_service": SERVICE, "rows": rows(1)})
     await pair.send("POST", ENCODE, json={"feature_service": SERVICE})
-    await pair.send("POST", ENCODE, deferred=True, content=b"[]",
+    await pair.send("POST", ENCODE, lane=False, content=b"[]",
                     headers={"content-type": "application/json"})
     text = (await pair.client.get("/metrics")).text
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import logging
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 import pytest
 import xgboost as xgb
 from fastapi import FastAPI
-from fast_lane_checks import access_line, assert_same
+from fast_lane_checks import Pair, access_line, assert_same
 from test_predictor import (
     CONTRACT,
     HEADER_LENGTH,
@@ -45,56 +44,6 @@ INFER = f"/v2/models/{MODEL}/infer"
 INFER_V1 = f"/v2/models/{MODEL}/versions/1/infer"
 
 
-class Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-class Pair:
-    """Sends each request through the lane and through FastAPI, and returns both answers."""
-
-    def __init__(self, app: FastAPI, client: httpx.AsyncClient, monkeypatch) -> None:
-        self.app, self.client = app, client
-        self.routed = 0  # requests FastAPI routed to a declared inference route
-        for endpoint in (infer, infer_version):
-            route = declared_route(models_router, endpoint)
-            original = route.handle
-
-            async def counting(scope, receive, send, _original=original) -> None:
-                self.routed += 1
-                await _original(scope, receive, send)
-
-            monkeypatch.setattr(route, "handle", counting)
-
-    async def send(
-        self, method: str, path: str, *, expect_lane: bool = True, **kwargs: Any
-    ) -> tuple[httpx.Response, httpx.Response, list[logging.LogRecord], list[logging.LogRecord]]:
-        # The same request id both times: it is in the headers and in a problem's body.
-        kwargs["headers"] = {"x-request-id": "lane-1", **kwargs.get("headers", {})}
-        answers, logs = [], []
-        for through_fastapi in (False, True):
-            if through_fastapi:
-                dataplane = self.app.state.dataplane
-                self.app.dependency_overrides[get_dataplane] = lambda: dataplane
-            records = Records()
-            service_log = logging.getLogger("vigil_predictor")
-            service_log.addHandler(records)
-            routed = self.routed
-            try:
-                answers.append(await self.client.request(method, path, **kwargs))
-            finally:
-                service_log.removeHandler(records)
-                self.app.dependency_overrides.clear()
-            if expect_lane:
-                assert (self.routed - routed) == (1 if through_fastapi else 0)
-            logs.append(records.records)
-        return answers[0], answers[1], logs[0], logs[1]
-
-
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("models")
@@ -110,9 +59,13 @@ async def _pair(app: FastAPI, monkeypatch, *, lifespan: bool = True) -> AsyncIte
     async with httpx.AsyncClient(transport=transport, base_url="http://predictor") as client:
         if lifespan:
             async with app.router.lifespan_context(app):
-                yield Pair(app, client, monkeypatch)
+                yield Pair(app, client, monkeypatch,
+                   routes=[declared_route(models_router, e) for e in (infer, infer_version)],
+                   dependency=get_dataplane, state_attr="dataplane", logger="vigil_predictor")
         else:
-            yield Pair(app, client, monkeypatch)
+            yield Pair(app, client, monkeypatch,
+                   routes=[declared_route(models_router, e) for e in (infer, infer_version)],
+                   dependency=get_dataplane, state_attr="dataplane", logger="vigil_predictor")
 
 
 @pytest.fixture
@@ -234,7 +187,7 @@ async def test_unexpected_exception_is_the_same_generic_500(pair: Pair, monkeypa
 async def test_what_the_lane_does_not_take_goes_to_fastapi(pair: Pair) -> None:
     for method, path in [("GET", INFER), ("POST", INFER + "/"), ("PUT", INFER_V1),
                          ("POST", f"/v2/models/{MODEL}/versions/1/2/infer")]:
-        lane, fastapi, *logs = await pair.send(method, path, expect_lane=False, headers=ID)
+        lane, fastapi, *logs = await pair.send(method, path, lane=None, headers=ID)
         assert lane.status_code == fastapi.status_code and lane.content == fastapi.content
         assert lane.headers.multi_items() == fastapi.headers.multi_items()
 
