@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 import redis
 from google.protobuf.timestamp_pb2 import Timestamp
+from test_encoder import _card_stats_row
 from vigil_contracts.encoding import encode_binary
 from vigil_contracts import request_features
 from vigil_contracts.request_features import NO_DEVICE_ID, OUTPUT_FEATURES, transform_row
@@ -173,18 +174,6 @@ def _identical(got: list[dict], want: list[dict]) -> None:
                 assert type(x) is type(y) and (x == y or x != x and y != y), (i, key, j, x, y)
                 if isinstance(x, float) and x == x:
                     assert math.copysign(1, x) == math.copysign(1, y), (i, key, j)
-
-
-def _card_stats_row(card_id: str, stamp: datetime) -> dict:
-    return {
-        "card_id": card_id, "event_timestamp": stamp,
-        "card_txn_count_1h": 1, "card_txn_count_24h": 3, "card_txn_count_7d": 9,
-        "card_amount_sum_24h": 120.5, "card_amount_avg_30d": 40.0,
-        "card_amount_std_30d": float("nan"), "card_amount_max_30d": 99.0,
-        "card_distinct_merchants_24h": 2, "card_distinct_devices_30d": 1,
-        "card_distinct_countries_30d": 1, "card_last_txn_epoch": stamp.timestamp() - 600.0,
-        "card_home_country": "FR",
-    }
 
 
 @pytest.fixture(scope="module")

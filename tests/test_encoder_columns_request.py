@@ -24,6 +24,7 @@ import pandas as pd
 import pytest
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from test_encoder import _card_stats_row
 from vigil_contracts.encoding import BINARY_MEDIA_TYPE, EncodeColumnsRequest
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE
 from vigil_contracts.request_features import NO_DEVICE_ID
@@ -234,18 +235,6 @@ def test_many_bad_values_report_at_most_twenty() -> None:
 
 
 # --- answers through the real app -------------------------------------------------------------
-
-
-def _card_stats_row(card_id: str, stamp: datetime) -> dict:
-    return {
-        "card_id": card_id, "event_timestamp": stamp,
-        "card_txn_count_1h": 1, "card_txn_count_24h": 3, "card_txn_count_7d": 9,
-        "card_amount_sum_24h": 120.5, "card_amount_avg_30d": 40.0,
-        "card_amount_std_30d": 12.0, "card_amount_max_30d": 99.0,
-        "card_distinct_merchants_24h": 2, "card_distinct_devices_30d": 1,
-        "card_distinct_countries_30d": 1, "card_last_txn_epoch": stamp.timestamp() - 600.0,
-        "card_home_country": "FR",
-    }
 
 
 @pytest.fixture(scope="module")
