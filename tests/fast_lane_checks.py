@@ -4,7 +4,7 @@ answered by FastAPI must be indistinguishable (status, headers, body, access lin
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import httpx
@@ -67,10 +67,12 @@ class Pair:
             monkeypatch.setattr(route, "handle", counting)
 
     async def send(
-        self, method: str, path: str, *, lane: bool | None = True, **kwargs: Any
+        self, method: str, path: str, *, lane: bool | None = True,
+        before: Callable[[], Awaitable[Any]] | None = None, **kwargs: Any
     ) -> tuple[httpx.Response, httpx.Response, list[logging.LogRecord], list[logging.LogRecord]]:
         """``lane``: whether the lane answers the request itself (False: it leaves it to
-        FastAPI; None: not checked)."""
+        FastAPI; None: not checked). ``before`` runs before each of the two requests (to put
+        back state the first one changed)."""
         # The same request id both times: it is in the headers and in a problem's body.
         kwargs["headers"] = {"x-request-id": self.request_id, **kwargs.get("headers", {})}
         answers, logs = [], []
@@ -78,6 +80,8 @@ class Pair:
             if through_fastapi:
                 own = getattr(self.app.state, self.state_attr)
                 self.app.dependency_overrides[self.dependency] = lambda: own
+            if before is not None:
+                await before()
             records = Records()
             service_log = logging.getLogger(self.logger)
             service_log.addHandler(records)

@@ -17,6 +17,7 @@ from importlib.metadata import PackageNotFoundError, version as package_version
 
 import httpx
 from fastapi import FastAPI
+from vigil_servicekit.fast_lane import install_fast_lane
 from vigil_servicekit.gc_tuning import frozen_startup_heap
 from vigil_servicekit.logs import configure_logging
 from vigil_servicekit.wiring import wire
@@ -31,7 +32,7 @@ from vigil_gateway.framework_errors import from_http_error, from_validation_erro
 from vigil_gateway.metrics import GatewayMetrics
 from vigil_gateway.model_catalog import ModelCatalog
 from vigil_gateway.predictor_client import PredictorClient
-from vigil_gateway.rest import service_router, transactions_router, ui_router
+from vigil_gateway.rest import fast_routes, service_router, transactions_router, ui_router
 from vigil_gateway.scoring import ScoringService
 from vigil_gateway.settings import GatewaySettings
 from vigil_gateway.transformer import FraudTransformer
@@ -121,6 +122,8 @@ def create_app(
     )
     app.state.settings = settings
     app.state.services = None
+    # The lane first: inside the body limit, which holds for its requests as for FastAPI's.
+    install_fast_lane(app, fast_routes())
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     # After the body limit: the request-context middleware is outermost and sees its 413 too.
     wire(

@@ -28,11 +28,16 @@ class Services:
     store: DecisionStore
 
 
-async def _services(request: Request) -> Services:
+def services_of(request: Request) -> Services:
+    """The running services, or :class:`NotReady` outside the lifespan."""
     services = getattr(request.app.state, "services", None)
     if services is None:
         raise NotReady("the gateway is starting up or shutting down")
     return services
+
+
+async def _services(request: Request) -> Services:
+    return services_of(request)
 
 
 async def _scoring(services: Annotated[Services, Depends(_services)]) -> ScoringService:
