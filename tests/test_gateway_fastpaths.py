@@ -320,3 +320,12 @@ def test_answers_of_a_batch_are_what_postprocessing_each_row_gives() -> None:
                   for k, i in enumerate(rows)]
     assert many == one_by_one
     assert {a.label for a in many} == {"not_fraud", "suspicious", "highly_suspicious"}
+    for fast, slow in zip(many, one_by_one):  # the same objects, not only equal ones
+        assert type(fast) is ScoreResponse
+        assert fast.__dict__ == slow.__dict__
+        assert fast.__pydantic_fields_set__ == slow.__pydantic_fields_set__
+        assert (fast.__pydantic_extra__, fast.__pydantic_private__) == (None, None)
+        assert fast.model_dump_json() == slow.model_dump_json()
+        assert fast.model_copy(update={"cached": True}).cached is True
+    not_fraud = [a for a in many if a.label == "not_fraud"]
+    assert not_fraud[0].reasons is not not_fraud[1].reasons  # each its own list, as validated

@@ -36,35 +36,35 @@ CHANNELS: tuple[str, ...] = ("pos", "ecom", "mobile")
 _RFC3339 = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
 )
-_FRACTION = re.compile(r"\.(\d+)")
 _MAX_FUTURE_SKEW_S = MAX_FUTURE_SKEW.total_seconds()
 
 
 def _parse_rfc3339(value: Any) -> datetime:
-    if isinstance(value, datetime):
-        parsed = value
-    elif isinstance(value, str):
-        if not _RFC3339.match(value):
+    if isinstance(value, str):
+        match = _RFC3339.match(value)
+        if match is None:
             raise ValueError(
                 "must be an RFC 3339 date-time with a UTC offset, e.g. 2024-05-01T13:45:00Z "
                 "or 2024-05-01T15:45:00+02:00"
             )
         text = value
-        if "." in text:
-            fraction = _FRACTION.search(text)
-            if fraction and len(fraction.group(1)) > 6:
-                # Python keeps microseconds; nanosecond clocks are legal RFC 3339.
-                text = text.replace(fraction.group(0), "." + fraction.group(1)[:6], 1)
+        fraction = match.group(1)  # the only "." of the text, if any
+        if fraction is not None and len(fraction) > 7:
+            # Python keeps microseconds; nanosecond clocks are legal RFC 3339.
+            text = text.replace(fraction, fraction[:7], 1)
         if "z" in text or "t" in text:
             text = text.replace("z", "Z").replace("t", "T")
         try:
+            # Aware: the pattern demands an offset.
             parsed = datetime.fromisoformat(text)
         except ValueError as exc:
             raise ValueError(f"is not a valid date-time ({exc})") from None
+    elif isinstance(value, datetime):
+        parsed = value
+        if parsed.tzinfo is None or parsed.utcoffset() is None:
+            raise ValueError("must carry a UTC offset (timezone-aware), e.g. a trailing Z")
     else:
         raise ValueError("must be an RFC 3339 date-time string")
-    if parsed.tzinfo is None or parsed.utcoffset() is None:
-        raise ValueError("must carry a UTC offset (timezone-aware), e.g. a trailing Z")
     # Seconds rather than datetimes: the same test, without building "now" as a datetime.
     if parsed.timestamp() - time.time() > _MAX_FUTURE_SKEW_S:
         raise ValueError("is more than one day in the future")
