@@ -22,7 +22,9 @@ request to FastAPI with the body messages the handler has already received playe
 server's own ``receive``. FastAPI then decides what it always decided (a body that is not JSON, a
 wrong content type, an empty body). Only a route declared with ``defers=True`` may do so: only its
 ``receive`` is recorded. A route with a body-size limit (its own or the app's) is not taken: the
-limit wraps FastAPI's route, which the lane would pass by.
+limit wraps FastAPI's route, which the lane would pass by. A limit enforced by a middleware
+around the lane (the gateway's) holds both ways; :func:`json_body_or_defer` lets its HTTP error
+through to the app's handler.
 
 :func:`install_fast_lane` must run before ``wiring.wire`` so that the lane sits inside the
 request-context middleware (request id, access line, request metrics).
@@ -60,6 +62,23 @@ class FastRoute:
     handler: FastHandler
     defers: bool = False
     """Whether the handler may raise :class:`Defer` (then the lane records what it receives)."""
+
+
+async def json_body_or_defer(request: Request) -> bytes:
+    """The body of a request FastAPI surely reads as JSON (sent as exactly
+    ``application/json``), else :class:`Defer`: another spelling of a JSON content type (or
+    none) is FastAPI's to judge. An HTTP error raised while reading (a body-size limit around the
+    app) propagates, to be answered by the app's handler as FastAPI's route would have it
+    answered; a body that could not be read otherwise (the client gone) is deferred, and FastAPI
+    meets the same failure."""
+    if request.headers.get("content-type") != "application/json":
+        raise Defer
+    try:
+        return await request.body()
+    except HTTPException:
+        raise
+    except Exception:
+        raise Defer from None
 
 
 def declared_route(router: APIRouter, endpoint: Callable[..., Any]) -> APIRoute:

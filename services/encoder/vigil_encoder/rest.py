@@ -19,7 +19,7 @@ from vigil_contracts.encoding import (
 )
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE, Problem
 from vigil_servicekit.deps import MetricsDep
-from vigil_servicekit.fast_lane import Defer, FastRoute, declared_route
+from vigil_servicekit.fast_lane import Defer, FastRoute, declared_route, json_body_or_defer
 from vigil_servicekit.json_body import OrjsonRoute
 from vigil_servicekit.request_context import log_fields
 
@@ -209,12 +209,7 @@ async def _fast_encode(request: Request) -> Response:
     # sends, a body orjson parses, an object. Anything else (another spelling of a JSON content
     # type, no body, JSON only the standard parser reads, not an object) FastAPI answers itself,
     # and so a body that could not be read (the client gone): what made it fail is replayed.
-    if request.headers.get("content-type") != "application/json":
-        raise Defer
-    try:
-        raw = await request.body()
-    except Exception:
-        raise Defer from None
+    raw = await json_body_or_defer(request)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -21,11 +21,10 @@ import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.exceptions import HTTPException
 from vigil_contracts.api import BatchRequest, BatchResponse, ScoreResponse, Transaction
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE, Problem
 from vigil_servicekit.deps import MetricsDep, RequestIdDep
-from vigil_servicekit.fast_lane import Defer, FastRoute, declared_route
+from vigil_servicekit.fast_lane import Defer, FastRoute, declared_route, json_body_or_defer
 from vigil_servicekit.handlers import problem_response
 from vigil_servicekit.json_body import OrjsonRoute
 from vigil_servicekit.request_context import log_fields, request_id_of
@@ -170,18 +169,11 @@ class _ValidBatch(BaseModel):
 
 
 async def _plain_body(request: Request) -> bytes:
-    """The body of a request FastAPI surely reads as JSON, else :class:`Defer`: the content type
-    clients send, no query string (``rescore`` is parsed by FastAPI). A body over the size limit
-    is refused the same either way (the limit's HTTP error is answered by the app's handler); a
-    body that could not be read otherwise (the client gone) is left to FastAPI, as it failed."""
-    if request.scope.get("query_string") or request.headers.get("content-type") != "application/json":
+    """The body of a request the lane takes (see the servicekit's ``json_body_or_defer``) with
+    no query string: ``rescore`` is parsed by FastAPI."""
+    if request.scope.get("query_string"):
         raise Defer
-    try:
-        return await request.body()
-    except HTTPException:
-        raise
-    except Exception:
-        raise Defer from None
+    return await json_body_or_defer(request)
 
 
 def _rescore_of(request: Request) -> bool:
