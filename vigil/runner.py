@@ -21,6 +21,10 @@ import httpx
 from vigil.redis_server import RedisServer, free_port
 
 
+#: uvicorn's httptools protocol with one write per response (``vigil_servicekit.uvicorn_http``).
+HTTP_PROTOCOL = "vigil_servicekit.uvicorn_http:HttpToolsProtocol"
+
+
 @dataclass(frozen=True)
 class ServiceSpec:
     name: str
@@ -30,8 +34,9 @@ class ServiceSpec:
 
     def command(self, host: str, port: int) -> list[str]:
         """The container command (compose uses it verbatim with host 0.0.0.0)."""
+        # The services log their own access lines; uvicorn's protocol writes each response once.
         return ["uvicorn", "--factory", self.factory, "--host", host, "--port", str(port),
-                "--no-access-log"]
+                "--no-access-log", "--http", HTTP_PROTOCOL]
 
 
 def service_specs(redis_url: str, urls: dict[str, str], models_dir: str, spec_path: str) -> list[ServiceSpec]:
