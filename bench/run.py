@@ -404,7 +404,7 @@ def measure_cold_starts(stack: Any, world: World, venv: Path, config: Path,
             for rep in range(plan.cold_reps):
                 port = free_port()
                 m = procs.Managed(
-                    name=f"cold {name}", cmd=[*python, "-m", *spec.command("127.0.0.1", port)],
+                    name=f"cold {name}", cmd=[*python, "-m", *spec.module_args("127.0.0.1", port)],
                     ready_url=f"http://127.0.0.1:{port}{READY_PATH[spec.name]}",
                     log_path=WORK / "logs" / f"cold-{spec.name}.log", env=env, cwd=ROOT)
                 try:

@@ -34,9 +34,14 @@ class ServiceSpec:
 
     def command(self, host: str, port: int) -> list[str]:
         """The container command (compose uses it verbatim with host 0.0.0.0)."""
-        # The services log their own access lines; uvicorn's protocol writes each response once.
-        return ["uvicorn", "--factory", self.factory, "--host", host, "--port", str(port),
-                "--no-access-log", "--http", HTTP_PROTOCOL]
+        return ["python", "-m", *self.module_args(host, port)]
+
+    def module_args(self, host: str, port: int) -> list[str]:
+        """What follows ``python -m``: uvicorn's CLI with the collector paused during start-up
+        (``vigil_servicekit.serve``); the services log their own access lines; the protocol
+        writes each response once."""
+        return ["vigil_servicekit.serve", "--factory", self.factory, "--host", host,
+                "--port", str(port), "--no-access-log", "--http", HTTP_PROTOCOL]
 
 
 def service_specs(redis_url: str, urls: dict[str, str], models_dir: str, spec_path: str) -> list[ServiceSpec]:
@@ -115,7 +120,7 @@ class LocalStack:
         if "feast.metrics" in sys.modules:
             env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         log_path = self.log_dir / f"{spec.name}.log"
-        cmd = [sys.executable, "-m", *spec.command("127.0.0.1", port)]
+        cmd = [sys.executable, "-m", *spec.module_args("127.0.0.1", port)]
         log = open(log_path, "ab")
         process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)

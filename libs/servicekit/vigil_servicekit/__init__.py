@@ -10,6 +10,8 @@
 - ``deps``: dependency aliases for what the middleware and the app factory provide.
 - ``fast_lane``: a plain-ASGI lane that answers a service's hottest routes in front of FastAPI's
   routing, with the same route labels and the app's own problem handlers.
+- ``uvicorn_http`` and ``serve``: uvicorn's protocol writing each response once, and uvicorn's
+  command line with the garbage collector paused during start-up.
 - ``json_body``: ``OrjsonRoute``, a route class whose JSON request bodies orjson parses.
 - ``wiring``: ``wire(app, ...)``, the one call an app factory makes for the handlers, the middleware and
   the metrics dependency.

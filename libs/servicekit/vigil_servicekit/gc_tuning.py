@@ -9,6 +9,10 @@ Once start-up is done (imports, models loaded, clients open), :func:`freeze_star
 collects once and moves every surviving object to the permanent generation (``gc.freeze``),
 which later collections skip; objects made while serving are collected as before. The heap is
 unfrozen at shutdown (an app's lifespan may end in a process that lives on: tests).
+
+Started through ``python -m vigil_servicekit.serve``, a service runs its imports and start-up with
+the collector paused (it has nothing to free yet and would walk the growing heap many times);
+the freeze resumes it.
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ logger = logging.getLogger(__name__)
 
 
 def freeze_startup_heap() -> int:
-    """Collect, then freeze what survived; returns how many objects were frozen."""
+    """Collect, then freeze what survived; returns how many objects were frozen. The collector
+    runs from here on (``vigil_servicekit.serve`` pauses it for the start-up)."""
     gc.collect()
     gc.freeze()
+    gc.enable()
     frozen = gc.get_freeze_count()
     logger.debug("start-up heap frozen", extra={"objects": frozen})
     return frozen

@@ -1,0 +1,75 @@
+"""``python -m vigil_servicekit.serve``: uvicorn's command line with the garbage collector paused
+while the service imports and starts, and running again once its lifespan froze the start-up
+heap. A real uvicorn process serves a small app that reports what it saw."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+
+from vigil.redis_server import free_port
+
+APP = textwrap.dedent('''
+    import gc
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
+    from vigil_servicekit.gc_tuning import frozen_startup_heap
+
+    AT_IMPORT = gc.isenabled()
+
+
+    def create_app():
+        at_factory = gc.isenabled()
+
+        @asynccontextmanager
+        async def lifespan(app):
+            app.state.in_lifespan = gc.isenabled()
+            with frozen_startup_heap():
+                yield
+
+        app = FastAPI(lifespan=lifespan)
+
+        @app.get("/gc")
+        async def report():
+            return {"import": AT_IMPORT, "factory": at_factory,
+                    "lifespan": app.state.in_lifespan, "serving": gc.isenabled()}
+
+        return app
+''')
+
+
+def _report(tmp_path: Path, module: str) -> dict[str, bool]:
+    (tmp_path / "gc_probe_app.py").write_text(APP)
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", module, "--factory", "gc_probe_app:create_app", "--app-dir",
+         str(tmp_path), "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, process.stdout.read().decode()  # type: ignore[union-attr]
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/gc", timeout=2).json()
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the probe app never answered"
+                time.sleep(0.05)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_the_collector_is_paused_for_the_start_up_and_runs_while_serving(tmp_path: Path) -> None:
+    assert _report(tmp_path, "vigil_servicekit.serve") == {
+        "import": False, "factory": False, "lifespan": False, "serving": True}
+
+
+def test_plain_uvicorn_keeps_the_collector_running(tmp_path: Path) -> None:
+    assert _report(tmp_path, "uvicorn") == {
+        "import": True, "factory": True, "lifespan": True, "serving": True}
