@@ -1,9 +1,11 @@
 """``python -m vigil_servicekit.serve``: uvicorn's command line with the garbage collector paused
 while the service imports and starts, and running again once its lifespan froze the start-up
-heap. A real uvicorn process serves a small app that reports what it saw."""
+heap (or, for an app that freezes nothing, once uvicorn's start-up is over). A real uvicorn
+process serves a small app that reports what it saw."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -16,6 +18,7 @@ from vigil.redis_server import free_port
 
 APP = textwrap.dedent('''
     import gc
+    import os
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI
@@ -30,6 +33,9 @@ APP = textwrap.dedent('''
         @asynccontextmanager
         async def lifespan(app):
             app.state.in_lifespan = gc.isenabled()
+            if os.environ.get("PROBE_FREEZE") == "0":
+                yield  # an app that never freezes its start-up heap
+                return
             with frozen_startup_heap():
                 yield
 
@@ -44,13 +50,14 @@ APP = textwrap.dedent('''
 ''')
 
 
-def _report(tmp_path: Path, module: str) -> dict[str, bool]:
+def _report(tmp_path: Path, module: str, *, freeze: bool = True) -> dict[str, bool]:
     (tmp_path / "gc_probe_app.py").write_text(APP)
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", module, "--factory", "gc_probe_app:create_app", "--app-dir",
          str(tmp_path), "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env={**os.environ, "PROBE_FREEZE": "1" if freeze else "0"})
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -73,3 +80,8 @@ def test_the_collector_is_paused_for_the_start_up_and_runs_while_serving(tmp_pat
 def test_plain_uvicorn_keeps_the_collector_running(tmp_path: Path) -> None:
     assert _report(tmp_path, "uvicorn") == {
         "import": True, "factory": True, "lifespan": True, "serving": True}
+
+
+def test_an_app_that_freezes_nothing_is_served_with_the_collector_running(tmp_path: Path) -> None:
+    assert _report(tmp_path, "vigil_servicekit.serve", freeze=False) == {
+        "import": False, "factory": False, "lifespan": False, "serving": True}
