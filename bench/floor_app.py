@@ -1,12 +1,19 @@
-"""The HTTP floor: a uvicorn app that answers every request with the same small JSON body.
+"""The HTTP floors: uvicorn apps that answer every request with the same small JSON body.
 
 ``uvicorn --factory bench.floor_app:create_app`` with the flags the Vigil services use. Nothing
 is parsed or computed, so its latency is the cost of the hop itself (client, loopback TCP,
 uvicorn, HTTP parsing) that any service on this machine pays before doing any work. The request
 body is read (a real service must read it) and thrown away.
+
+The three-hop floor is Vigil's request path with nothing computed: a front app
+(``create_three_hops_app``, the gateway's place) sends the body to a hop that makes one Redis
+round trip (``create_redis_read_app``, the encoder's place), then to the constant app (the
+predictor's place), and answers the constant; the same client libraries as the services (aiohttp
+to the hops, redis-py with hiredis to Redis). No decision store: its latency is what any
+pipeline of these three hops pays on this machine before doing any work.
 """
 
-
+import os
 from typing import Any, Awaitable, Callable
 
 BODY = b'{"ok":true}'
@@ -50,3 +57,83 @@ def create_fastapi_app() -> Any:
         return Response(BODY, media_type="application/json")
 
     return api
+
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Handler = Callable[[bytes], Awaitable[None]]
+
+
+def _app_with(handle: Handler, startup: Callable[[], Awaitable[None]],
+              shutdown: Callable[[], Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """A raw ASGI app that runs ``handle(body)`` and then answers the constant."""
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await startup()
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await shutdown()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        await handle(b"".join(chunks))
+        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+        await send({"type": "http.response.body", "body": BODY})
+
+    return app
+
+
+def create_redis_read_app() -> Callable[..., Awaitable[None]]:
+    """One Redis round trip (``GET`` of one key, at ``FLOOR_REDIS_URL``) per request, then the
+    constant: the encoder's place in the three-hop floor."""
+    import redis.asyncio as aioredis
+
+    client: dict[str, Any] = {}
+
+    async def startup() -> None:
+        client["redis"] = aioredis.Redis.from_url(os.environ["FLOOR_REDIS_URL"],
+                                                  socket_timeout=5.0)
+        await client["redis"].ping()
+
+    async def shutdown() -> None:
+        await client["redis"].aclose()
+
+    async def handle(body: bytes) -> None:
+        await client["redis"].get("vigil:bench:floor")
+
+    return _app_with(handle, startup, shutdown)
+
+
+def create_three_hops_app() -> Callable[..., Awaitable[None]]:
+    """Sends each request's body to ``FLOOR_FIRST_URL`` (the Redis-read hop), then to
+    ``FLOOR_SECOND_URL`` (the constant), one after the other as the gateway calls the encoder
+    and the predictor, over keep-alive aiohttp pools; then answers the constant."""
+    import aiohttp
+
+    first, second = os.environ["FLOOR_FIRST_URL"], os.environ["FLOOR_SECOND_URL"]
+    client: dict[str, Any] = {}
+
+    async def startup() -> None:
+        client["http"] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5.0))
+
+    async def shutdown() -> None:
+        await client["http"].close()
+
+    async def handle(body: bytes) -> None:
+        for url in (first, second):
+            async with client["http"].post(
+                    url, data=body, headers={"content-type": "application/json"}) as answer:
+                answer.raise_for_status()
+                await answer.read()
+
+    return _app_with(handle, startup, shutdown)

@@ -104,13 +104,14 @@ def mlserver(venv: Path, booster: Path, work: Path, parallel_workers: int,
     )
 
 
-def floor(work: Path, factory: str, name: str) -> Managed:
+def floor(work: Path, factory: str, name: str, env: dict[str, str] | None = None) -> Managed:
     port = free_port()
     return Managed(
         name=name,
         cmd=[str(PROJECT_PY), "-m", "uvicorn", "--factory", factory, "--host", "127.0.0.1",
              "--port", str(port), "--no-access-log", "--log-level", "warning"],
         ready_url=f"http://127.0.0.1:{port}/",
-        log_path=work / "logs" / f"{name.replace(' ', '-')}.log",
+        log_path=work / "logs" / f"{name.replace(' ', '-').replace('(', '').replace(')', '')}.log",
+        env=env or {},
         cwd=ROOT,
     )

@@ -15,7 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter  # noqa: E402
 
-SINGLE = ["e2e_1", "feast_1", "encoder_1", "predictor_1", "mlserver_1", "floor_fastapi_1", "floor_1"]
+SINGLE = ["e2e_1", "feast_1", "floor_3hops_1", "encoder_1", "predictor_1", "mlserver_1",
+          "floor_fastapi_1", "floor_1"]
 BATCH = ["e2e_100", "feast_100", "e2e_1000"]
 STYLE = {"vigil": "-", "peer": "--", "floor": ":"}
 

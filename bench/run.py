@@ -203,6 +203,9 @@ def define_cases(plan: Plan, urls: dict[str, str], p: dict[str, Any]) -> list[Ca
              f"{urls['floor']}/", p["encoder_1"], 1, r, c),
         Case("floor_fastapi_1", "floor: uvicorn + FastAPI constant", "floor",
              f"{urls['floor (FastAPI)']}/", p["encoder_1"], 1, r, c[-1:]),
+        Case("floor_3hops_1", "floor: three hops of constants (front -> a hop with one Redis "
+             "read -> the constant), no decision store", "floor",
+             f"{urls['floor (3 hops)']}/", p["encoder_1"], 1, r, c[:1]),
     ]
     return cases
 
@@ -634,13 +637,21 @@ def main(argv: list[str] | None = None) -> int:
         cleanup.callback(stack.stop)
         stack.start(timeout=90)
         config = feast_repo.config_path(world.repo)
-        others = {
+        constant = peers.floor(WORK, "bench.floor_app:create_app", "floor")
+        redis_read = peers.floor(WORK, "bench.floor_app:create_redis_read_app",
+                                 "floor (Redis read)", env={"FLOOR_REDIS_URL": world.redis.url})
+        others = {  # started in this order: the three-hop front calls the two floors before it
             "feast serve": peers.feast_serve(world.repo, config, WORK),
             "mlserver": peers.mlserver(venv, world.booster_path, WORK, args.mlserver_workers,
                                        one_thread=not args.mlserver_default_threads),
-            "floor": peers.floor(WORK, "bench.floor_app:create_app", "floor"),
+            "floor": constant,
             "floor (FastAPI)": peers.floor(WORK, "bench.floor_app:create_fastapi_app",
                                            "floor-fastapi"),
+            "floor (Redis read)": redis_read,
+            "floor (3 hops)": peers.floor(
+                WORK, "bench.floor_app:create_three_hops_app", "floor (3 hops)",
+                env={"FLOOR_FIRST_URL": f"{redis_read.base_url}/",
+                     "FLOOR_SECOND_URL": f"{constant.base_url}/"}),
         }
         for m in others.values():
             cleanup.callback(m.stop)
