@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import lru_cache
 from importlib.resources import files
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -180,23 +180,27 @@ def _rescore_of(request: Request) -> bool:
     return wants_rescore(False, request.headers.get("cache-control"))
 
 
-async def _fast_score(request: Request) -> Response:
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+async def _valid_body_or_defer(request: Request, model: type[_Model]) -> _Model:
+    """The plain body validated as ``model``; anything else goes to FastAPI for its answer."""
     raw = await _plain_body(request)
     try:
-        transaction = Transaction.model_validate_json(raw)
+        return model.model_validate_json(raw)
     except ValidationError:
         raise Defer from None
+
+
+async def _fast_score(request: Request) -> Response:
+    transaction = await _valid_body_or_defer(request, Transaction)
     scoring = services_of(request).scoring
     return await _score_one(transaction, request, scoring, request_id_of(request.scope) or "",
                             _rescore_of(request))
 
 
 async def _fast_score_batch(request: Request) -> Response:
-    raw = await _plain_body(request)
-    try:
-        batch = _ValidBatch.model_validate_json(raw)
-    except ValidationError:
-        raise Defer from None
+    batch = await _valid_body_or_defer(request, _ValidBatch)
     scoring = services_of(request).scoring
     # Validated items: the scoring service takes them as they are (pydantic does not validate
     # a model instance again).
