@@ -42,6 +42,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             await send({"type": "http.response.body", "body": part, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
         return
+    if path == "/late-stream":  # streamed, its first part a second after the head
+        await send({"type": "http.response.start", "status": 200, "headers": json})
+        await asyncio.sleep(1.0)
+        await send({"type": "http.response.body", "body": b"{}"})
+        return
     if path == "/no-content":
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
@@ -144,7 +149,24 @@ async def test_a_response_is_one_write(servers: dict[str, int]) -> None:
     assert all(w.startswith(b"HTTP/1.1 200 OK\r\n") and w.endswith(b"}") for w in _Counting.writes)
     _Counting.writes.clear()
     await _exchange(servers["counted"], _request("GET", "/stream"))
-    # The head with the first part, then each part (as uvicorn writes them).
+    # A streamed answer is written as uvicorn writes it: the head, then each part.
     assert _Counting.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
-    assert _Counting.writes[0].endswith(b'\r\n\r\n5\r\n{"a":\r\n')
-    assert len(_Counting.writes) == 4
+    assert _Counting.writes[0].endswith(b"transfer-encoding: chunked\r\n\r\n")
+    assert _Counting.writes[1] == b'5\r\n{"a":\r\n'
+    assert len(_Counting.writes) == 5
+
+
+async def test_a_streamed_answer_shows_its_head_before_its_first_part(
+        servers: dict[str, int]) -> None:
+    for name in ("ours", "uvicorn"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", servers[name])
+        try:
+            writer.write(_request("GET", "/late-stream"))
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 0.5)
+            assert head.startswith(b"HTTP/1.1 200 OK\r\n"), name
+            assert b"transfer-encoding: chunked" in head, name
+            assert _DATE.sub(b"", head + await asyncio.wait_for(reader.read(), 5)) == (
+                _DATE.sub(b"", head) + b"2\r\n{}\r\n0\r\n\r\n"), name
+        finally:
+            writer.close()

@@ -5,10 +5,12 @@ uvicorn writes the head of a response when the app sends ``http.response.start``
 when it sends ``http.response.body``: two writes, so two ``send`` system calls and, with
 ``TCP_NODELAY``, two TCP segments, each waking the reader. On this project's 2-core VM a
 one-row prediction spent ~30 % of its CPU at light load in those two writes. This protocol holds
-the head back until the first body message and writes the two together; nothing else changes
-(the bytes on the wire are the same, in the same order). The head goes out alone only when no
-body write follows it (a HEAD answer, or a response cut short by an error: it is written before
-the connection is closed).
+the head of a response of known length back until the first body message and writes the two
+together; nothing else changes (the bytes on the wire are the same, in the same order). The head
+goes out alone when no body write follows it (a HEAD answer, or a response cut short by an
+error: it is written before the connection is closed), and at once for a streamed (chunked)
+response, whose first part may come much later: its client sees the status as soon as uvicorn
+would show it.
 
 Use it with ``uvicorn --http vigil_servicekit.uvicorn_http:HttpToolsProtocol``.
 """
@@ -65,6 +67,8 @@ class _Cycle(httptools_impl.RequestResponseCycle):
                 await super().send(message)
             finally:
                 transport.holding = False
+            if self.chunked_encoding:
+                transport.flush()  # streamed: its parts may be far apart, the head goes now
             return
         try:
             await super().send(message)
