@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import ValidationError
+from settings_docs import undocumented_fields
 from vigil_contracts.api import BatchItemResult, Transaction
 from vigil_contracts.encoding import EncodedRow
 from vigil_contracts.problems import Problem
@@ -121,8 +122,7 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.total_budget_s == 0.25
     assert settings.model_version == "7"
     assert settings.max_batch == 1000 and settings.decision_ttl_s == 86400
-    for name, info in GatewaySettings.model_fields.items():
-        assert info.description, f"setting {name} has no docstring"
+    assert undocumented_fields(GatewaySettings) == []
 
 
 @pytest.mark.parametrize(

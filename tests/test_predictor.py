@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 import pytest
 import xgboost as xgb
+from settings_docs import undocumented_fields
 from vigil.artifacts import write_artifact
 from vigil_contracts.feature_contract import feature_contract_hash
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE
@@ -870,3 +871,7 @@ def test_the_c_prediction_call_equals_inplace_predict(boosters, n_rows: int) -> 
     wide = np.repeat(x, 2, axis=1)[:, ::2]  # the same values, not C-contiguous
     assert np.array_equal(scoring_call.predict_dense(booster, wide), expected)
     assert np.array_equal(scoring_call.predict_dense(booster, x), got)  # its buffer is copied out
+
+
+def test_every_setting_is_documented() -> None:
+    assert undocumented_fields(PredictorSettings) == []

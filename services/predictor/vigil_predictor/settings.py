@@ -15,7 +15,8 @@ class PredictorSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PREDICTOR_",
         extra="ignore",
-        use_attribute_docstrings=True,
+        # Fields are documented by the docstring under each (held by a test), not through
+        # use_attribute_docstrings, which re-parses this module at every start-up.
         coerce_numbers_to_str=True,  # DEFAULT_VERSIONS='{"vigil-fraud": 3}' means version "3"
     )
 
