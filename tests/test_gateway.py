@@ -322,6 +322,10 @@ class Stack:
     async def score(self, body: Any, **kw: Any) -> httpx.Response:
         return await self.client.post("/v1/transactions/score", json=body, **kw)
 
+    async def settled(self) -> None:
+        """Wait for the decisions written behind the answers already given."""
+        await self.app.state.services.store.drain()
+
     async def wait_for_metadata(self, timeout: float = 3.0) -> None:
         services = self.app.state.services
         deadline = time.monotonic() + timeout
@@ -839,6 +843,7 @@ async def test_degraded_answers_are_not_stored(stack: Stack) -> None:
 async def test_decisions_live_in_redis_with_a_ttl(stack: Stack, redis_url: str) -> None:
     body = txn()
     await stack.score(body)
+    await stack.settled()
     client = aioredis.Redis.from_url(redis_url)
     try:
         ttl = await client.ttl(KEY_PREFIX + body["transaction_id"])
@@ -860,12 +865,14 @@ async def test_an_unreadable_stored_decision_is_ignored(stack: Stack, redis_url:
     assert (await stack.score(body)).json()["cached"] is True  # replaced by the fresh decision
 
 
-async def test_decision_store_writes_many_at_once_first_writer_wins(redis_url: str) -> None:
-    """``put_many`` stores a batch in one script call (loaded again when Redis has forgotten
-    it), keeps what another request stored first and overwrites only when told to."""
+async def test_decision_store_reserves_then_settles_each_in_one_script_call(redis_url: str) -> None:
+    """``reserve_many`` marks the ids nobody holds and tells what the others hold;
+    ``settle`` writes a decision over its own marker or nothing, never over another request's
+    marker or decision unless told to overwrite, and deletes only its own marker. Each is one
+    script call (loaded again when Redis has forgotten it)."""
     from vigil_contracts.api import ModelRef, ScoreResponse
 
-    from vigil_gateway.decisions import DecisionStore, connect, encode_entry
+    from vigil_gateway.decisions import DecisionStore, Pending, StoredDecision, connect, encode_entry
     from vigil_gateway.metrics import GatewayMetrics
 
     def answer(tid: str, score: float) -> ScoreResponse:
@@ -875,26 +882,164 @@ async def test_decision_store_writes_many_at_once_first_writer_wins(redis_url: s
 
     client = connect(redis_url, timeout_s=1.0, max_connections=4)
     store = DecisionStore(client, GatewayMetrics(), ttl_s=60)
-    ids = [f"put-{uuid.uuid4().hex[:8]}-{i}" for i in range(3)]
+    ids = [f"put-{uuid.uuid4().hex[:8]}-{i}" for i in range(4)]
+    first, second = b"0123456789abcdef", b"fedcba9876543210"
     try:
         await client.script_flush()  # the first call finds no script and loads it
-        assert await store.put_many([(ids[0], encode_entry(answer(ids[0], 0.1), "h0"))],
-                                    overwrite=False) == {}
-        lost = await store.put_many(
-            [(t, encode_entry(answer(t, 0.2), f"h{i}-new")) for i, t in enumerate(ids)], overwrite=False
+        assert await store.reserve_many(ids[:1], ["h0"], first, pending_ms=3000) == {}
+        held = await store.reserve_many(ids, ["h0", "h1", "h2", "h3"], second, pending_ms=3000)
+        assert held == {ids[0]: Pending("h0")}
+        assert 0 < await client.pttl(KEY_PREFIX + ids[1]) <= 3000
+        assert await store.get_many(ids) == {t: Pending(h) for t, h in zip(ids, ["h0", "h1", "h2", "h3"])}
+        await client.script_flush()
+        written = await store.settle(
+            [(t, encode_entry(answer(t, 0.2), f"h{i}")) for i, t in enumerate(ids[:3])] + [(ids[3], b"")],
+            second, overwrite=False,
         )
-        assert set(lost) == {ids[0]} and lost[ids[0]].payload_hash == "h0"
+        assert written == [0, 1, 1, 0]  # ids[0] is the first request's; ids[3]'s marker deleted
+        assert await client.exists(KEY_PREFIX + ids[3]) == 0
+        assert await store.settle([(ids[0], b"")], second, overwrite=False) == [0]
+        assert isinstance((await store.get_many(ids[:1]))[ids[0]], Pending)  # not its marker
+        assert await store.settle([(ids[0], encode_entry(answer(ids[0], 0.1), "h0"))], first,
+                                  overwrite=False) == [1]
         stored = await store.get_many(ids)
-        assert [stored[t].payload_hash for t in ids] == ["h0", "h1-new", "h2-new"]
-        assert stored[ids[1]].replay("req-2") == answer(ids[1], 0.2).model_copy(
+        assert [stored[t].payload_hash for t in ids[:3]] == ["h0", "h1", "h2"] and ids[3] not in stored
+        assert all(isinstance(stored[t], StoredDecision) for t in ids[:3])
+        assert stored[ids[1]].replay("req-2") == answer(ids[1], 0.2).model_copy(  # type: ignore[union-attr]
             update={"request_id": "req-2", "cached": True})
-        assert await store.put_many(
-            [(t, encode_entry(answer(t, 0.3), "h-rescored")) for t in ids], overwrite=True
-        ) == {}
-        assert {s.payload_hash for s in (await store.get_many(ids)).values()} == {"h-rescored"}
         assert 0 < await client.ttl(KEY_PREFIX + ids[2]) <= 60
+        # A decision is never overwritten by a settle, unless it is a rescore's.
+        assert await store.settle([(ids[1], encode_entry(answer(ids[1], 0.9), "h1"))], first,
+                                  overwrite=False) == [0]
+        assert await store.settle([(t, encode_entry(answer(t, 0.3), "h-rescored")) for t in ids], first,
+                                  overwrite=True) == [1, 1, 1, 1]
+        assert {s.payload_hash for s in (await store.get_many(ids)).values()} == {"h-rescored"}
+        # Nothing reserved (the store was down then): written where nothing is.
+        fresh = f"put-{uuid.uuid4().hex[:8]}-late"
+        ids.append(fresh)
+        assert await store.settle([(fresh, encode_entry(answer(fresh, 0.4), "h4"))], first,
+                                  overwrite=False) == [1]
     finally:
         await client.delete(*(KEY_PREFIX + t for t in ids))
+        await client.aclose()
+
+
+async def _foreign_marker(redis_url: str, body: dict[str, Any], *, payload: str | None = None,
+                          ms: int = 5000) -> None:
+    """Another request's reservation for ``body``'s id (for its payload, unless told)."""
+    from vigil_contracts.api import Transaction
+
+    from vigil_gateway.decisions import payload_hash, pending_marker
+
+    digest = payload or payload_hash(Transaction.model_validate(body))
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.set(KEY_PREFIX + body["transaction_id"], pending_marker(digest, b"0" * 16), px=ms)
+    finally:
+        await client.aclose()
+
+
+async def test_the_decision_is_written_behind_the_answer(stack: Stack, redis_url: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answer does not wait for the decision's write; until it lands the id is reserved,
+    so a retry in between is answered with that decision all the same."""
+    store = stack.app.state.services.store
+    settle = store.settle
+
+    async def slow_settle(*args: Any, **kw: Any) -> Any:
+        await asyncio.sleep(0.2)
+        return await settle(*args, **kw)
+
+    monkeypatch.setattr(store, "settle", slow_settle)
+    body = fraud_txn()
+    started = time.perf_counter()
+    first = (await stack.score(body)).json()
+    assert time.perf_counter() - started < 0.15
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        assert (await client.get(KEY_PREFIX + body["transaction_id"])).startswith(b"pending sha256:")
+        retry = (await stack.score(body, headers={"x-request-id": "retry-early"})).json()
+        assert retry["cached"] is True and retry["score"] == first["score"]
+        assert retry["request_id"] == "retry-early"
+        assert (await client.get(KEY_PREFIX + body["transaction_id"])).startswith(b'{"payload_hash"')
+    finally:
+        await client.aclose()
+    assert 'outcome="pending"} 1.0' in (await stack.client.get("/metrics")).text
+
+
+async def test_concurrent_requests_for_one_transaction_get_one_decision(stack: Stack) -> None:
+    stack.predictor.delay_s = 0.05  # both are in flight when the store is asked
+    body = suspicious_txn()
+    answers = [r.json() for r in await asyncio.gather(*(
+        stack.score(body, headers={"x-request-id": f"same-{i}"}) for i in range(4)))]
+    assert sorted(a["cached"] for a in answers) == [False, True, True, True]
+    assert len({(a["score"], a["label"]) for a in answers}) == 1
+    batch = (await stack.client.post("/v1/transactions/score-batch",
+                                      json={"transactions": [body]})).json()
+    assert batch["results"][0]["result"]["cached"] is True
+
+
+async def test_a_retry_while_the_first_attempt_is_stuck_is_told_in_progress(
+        stack: Stack, redis_url: str) -> None:
+    body = txn()
+    await _foreign_marker(redis_url, body)
+    started = time.perf_counter()
+    problem = assert_problem(await stack.score(body), 409)
+    assert problem["type"].endswith("transaction-in-progress")
+    assert body["transaction_id"] in problem["detail"]
+    assert BUDGET_S * 0.9 < time.perf_counter() - started < BUDGET_S + 0.3  # waited its budget
+    # A degraded answer promises nothing: it is given as it is rather than "in progress".
+    stack.encoder.fail_status = 503
+    degraded = (await stack.score(body)).json()
+    assert degraded["label"] == "uncertain" and degraded["degraded"] is True
+    # In a batch the item is answered so, and the others as ever.
+    stack.encoder.fail_status = None
+    other = txn()
+    batch = (await stack.client.post("/v1/transactions/score-batch",
+                                      json={"transactions": [body, other]})).json()
+    assert [r["status"] for r in batch["results"]] == [409, 200]
+    assert batch["results"][0]["error"]["type"].endswith("transaction-in-progress")
+
+
+async def test_a_reservation_for_another_payload_is_a_conflict_at_once(stack: Stack, redis_url: str) -> None:
+    body = txn()
+    await _foreign_marker(redis_url, body, payload="sha256:another-payload")
+    started = time.perf_counter()
+    problem = assert_problem(await stack.score(body), 409)
+    assert problem["type"].endswith("transaction-id-conflict")
+    assert time.perf_counter() - started < BUDGET_S / 2
+
+
+async def test_a_reservation_given_up_leaves_the_decision_to_the_retry(stack: Stack, redis_url: str) -> None:
+    """The first attempt's marker goes (its answer was degraded, or it expired) while the retry
+    waits: the retry's own decision is answered and stored."""
+    body = fraud_txn()
+    await _foreign_marker(redis_url, body, ms=150)
+    answer = (await stack.score(body)).json()
+    assert answer["cached"] is False and answer["degraded"] is False
+    await stack.settled()
+    again = (await stack.score(body)).json()
+    assert again["cached"] is True and again["score"] == answer["score"]
+
+
+async def test_shutdown_waits_for_the_decisions_written_behind(redis_url: str,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    body = fraud_txn()
+    async with gateway(redis_url) as stack:
+        await stack.wait_for_metadata()
+        store = stack.app.state.services.store
+        settle = store.settle
+
+        async def slow_settle(*args: Any, **kw: Any) -> Any:
+            await asyncio.sleep(0.2)
+            return await settle(*args, **kw)
+
+        monkeypatch.setattr(store, "settle", slow_settle)
+        assert (await stack.score(body)).status_code == 200
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        assert (await client.get(KEY_PREFIX + body["transaction_id"])).startswith(b'{"payload_hash"')
+    finally:
         await client.aclose()
 
 

@@ -48,11 +48,13 @@ async def pair(redis_url: str, monkeypatch: Any) -> AsyncIterator[Pair]:
 
 
 @pytest.fixture
-async def forget(redis_url: str) -> AsyncIterator[Any]:
-    """Empties the gateway's decision store (its own Redis db)."""
+async def forget(redis_url: str, pair: Pair) -> AsyncIterator[Any]:
+    """Empties the gateway's decision store (its own Redis db), once the decisions written
+    behind the answers already given have landed."""
     client = aioredis.Redis.from_url(redis_url)
 
     async def flush() -> None:
+        await pair.stack.settled()  # type: ignore[attr-defined]
         await client.flushdb()
 
     yield flush

@@ -88,6 +88,7 @@ def create_app(
             )
             stack.push_async_callback(catalog.close)
             store = DecisionStore(redis, metrics, ttl_s=settings.decision_ttl_s)
+            stack.push_async_callback(store.drain)  # decisions written behind answers, first
             transformer = FraudTransformer(
                 encoder, predictor, catalog,
                 feature_service=settings.feature_service, max_reasons=settings.max_reasons,

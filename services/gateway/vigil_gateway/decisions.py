@@ -5,10 +5,19 @@ had, not a second opinion, whichever gateway replica answers. Each entry holds t
 hash of the transaction it was made for, so the same id with another payload is recognised as a
 conflict. The store is an optimisation of correctness, not a dependency of scoring: when Redis
 is slow or gone, every operation gives up quickly, is logged and counted, and scoring goes on.
+
+The decision is written *behind* the answer (a Redis round trip less on every transaction's
+path), and the promise holds through a reservation made while the encoder works: the first
+request for an id sets a short-lived pending marker (``pending <payload hash> <token>``) where
+the decision will go; after answering, it replaces its own marker with the decision, or deletes
+it when its answer was degraded. A concurrent request for the same id finds the marker and waits
+for that decision (answering it as a replay), or is told the id is in progress; one for the same
+id with another payload is a conflict at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import socket
@@ -34,24 +43,54 @@ logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "vigil:decision:"
 
-# SET key value EX ttl [NX] for every KEYS[i] / ARGV[i + 2]; 1 where it was written, else 0.
-_SET_ALL = """
-local nx = ARGV[1] == '1'
-local ttl = ARGV[2]
+PENDING = b"pending "
+
+
+class _Script:
+    """A Lua script sent by its SHA1 (``EVALSHA``), and in full when Redis has not seen it."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source.encode()
+        self.sha = hashlib.sha1(self.source).hexdigest().encode()
+
+
+# Reserve every KEYS[i] that holds nothing with its pending marker ARGV[i + 1], for ARGV[1]
+# milliseconds; the value each key held (false where it was reserved).
+_RESERVE = _Script("""
+local held = {}
+for i = 1, #KEYS do
+  local value = redis.call('GET', KEYS[i])
+  if not value then
+    redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ARGV[1])
+  end
+  held[i] = value
+end
+return held
+""")
+
+# Settle every KEYS[i] with ARGV[i + 3] for ARGV[2] seconds, where it holds the marker of the
+# request whose token is ARGV[1], or nothing (the reservation was not made); with ARGV[3] = '1'
+# (a rescore) whatever it holds. An empty value deletes the request's own marker. 1 where the
+# decision was written, else 0.
+_SETTLE = _Script("""
+local token, ttl, overwrite = ARGV[1], ARGV[2], ARGV[3] == '1'
 local written = {}
 for i = 1, #KEYS do
-  local ok
-  if nx then
-    ok = redis.call('SET', KEYS[i], ARGV[i + 2], 'EX', ttl, 'NX')
-  else
-    ok = redis.call('SET', KEYS[i], ARGV[i + 2], 'EX', ttl)
+  local value = ARGV[i + 3]
+  local held = redis.call('GET', KEYS[i])
+  local ours = held and string.sub(held, 1, 8) == 'pending ' and string.sub(held, -#token) == token
+  written[i] = 0
+  if value == '' then
+    if ours then
+      redis.call('DEL', KEYS[i])
+    end
+  elseif overwrite or ours or not held then
+    redis.call('SET', KEYS[i], value, 'EX', ttl)
+    written[i] = 1
   end
-  written[i] = ok and 1 or 0
 end
 return written
-"""
-_SET_ALL_SHA = hashlib.sha1(_SET_ALL.encode()).hexdigest()
-_SET_ALL_BYTES, _SET_ALL_SHA_BYTES = _SET_ALL.encode(), _SET_ALL_SHA.encode()
+""")
 
 _CANONICAL = orjson.OPT_SORT_KEYS | orjson.OPT_UTC_Z
 # A stored decision is the answer without what belongs to the request that reads it.
@@ -77,6 +116,25 @@ def payload_hash(transaction: Transaction) -> str:
     """
     canonical = orjson.dumps(transaction.__dict__, option=_CANONICAL, default=_as_text)
     return "sha256:" + hashlib.sha256(canonical).hexdigest()
+
+
+@dataclass(frozen=True)
+class Pending:
+    """Another request's reservation: the decision for ``payload_hash`` is being made."""
+
+    payload_hash: str
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "Pending":
+        return cls(payload_hash=raw[len(PENDING):].split(b" ", 1)[0].decode())
+
+
+def pending_marker(payload: str, token: bytes) -> bytes:
+    return b"%s%s %s" % (PENDING, payload.encode(), token)
+
+
+def _held(raw: bytes) -> "StoredDecision | Pending":
+    return Pending.decode(raw) if raw.startswith(PENDING) else StoredDecision.decode(raw)
 
 
 @dataclass(frozen=True)
@@ -229,11 +287,15 @@ def connect(url: str, *, timeout_s: float, max_connections: int) -> aioredis.Red
     return aioredis.Redis.from_pool(pool)
 
 
+Held = dict[str, "StoredDecision | Pending"]
+
+
 class DecisionStore:
     def __init__(self, client: aioredis.Redis, metrics: GatewayMetrics, *, ttl_s: int) -> None:
         self.client = client
         self.metrics = metrics
         self.ttl_s = ttl_s
+        self._behind: set[asyncio.Task[None]] = set()  # writes behind answers, until done
 
     @staticmethod
     def key(transaction_id: str) -> str:
@@ -261,8 +323,33 @@ class DecisionStore:
         finally:
             await pool.release(connection)
 
-    async def get_many(self, transaction_ids: Sequence[str]) -> dict[str, StoredDecision]:
-        """Stored decisions by id; empty (never an error) when the store is unavailable."""
+    async def _run(self, script: _Script, keys: Sequence[bytes], args: Sequence[bytes]) -> Any:
+        """One script call over every key: one command whatever the count (a pipeline of a
+        thousand commands costs more in redis-py than the round trip)."""
+        count = b"%d" % len(keys)
+        try:
+            return await self._call(pack_command(b"EVALSHA", script.sha, count, *keys, *args))
+        except NoScriptError:
+            # A restarted (or another) Redis has not seen the script yet; EVAL caches it.
+            return await self._call(pack_command(b"EVAL", script.source, count, *keys, *args))
+
+    def _decoded(self, transaction_ids: Sequence[str], raws: Sequence[bytes | None]) -> tuple[Held, list[str]]:
+        found: Held = {}
+        unreadable: list[str] = []
+        for transaction_id, raw in zip(transaction_ids, raws):
+            if raw is None:
+                continue
+            try:
+                found[transaction_id] = _held(raw)
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValidationError, UnicodeDecodeError):
+                unreadable.append(transaction_id)
+        if unreadable:
+            logger.warning("unreadable stored decisions dropped", extra={"transaction_ids": unreadable[:10]})
+        return found, unreadable
+
+    async def get_many(self, transaction_ids: Sequence[str]) -> Held:
+        """What the store holds by id, decisions and other requests' reservations; empty
+        (never an error) when the store is unavailable."""
         if not transaction_ids:
             return {}
         try:
@@ -270,63 +357,85 @@ class DecisionStore:
         except (RedisError, OSError) as exc:
             self._failed("get", exc)
             return {}
-        found: dict[str, StoredDecision] = {}
-        unreadable: list[str] = []
-        for transaction_id, raw in zip(transaction_ids, raws):
-            if raw is None:
-                continue
-            try:
-                found[transaction_id] = StoredDecision.decode(raw)
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValidationError):
-                unreadable.append(transaction_id)
+        found, unreadable = self._decoded(transaction_ids, raws)
         if unreadable:
             # Dropped, so that the fresh decision can take its place.
-            logger.warning("unreadable stored decisions dropped", extra={"transaction_ids": unreadable[:10]})
             try:
                 await self._call(pack_command(b"DEL", *self._keys(unreadable)))
             except (RedisError, OSError) as exc:
                 self._failed("delete", exc)
         return found
 
-    async def put_many(
-        self, entries: Sequence[tuple[str, bytes]], *, overwrite: bool
-    ) -> dict[str, StoredDecision]:
-        """Store encoded decisions (:func:`encode_entry`), by id; without ``overwrite`` the first
-        writer wins. Returns, by id, the decisions another request stored first (so that every
-        replica answers the same).
-
-        One command whatever the count: a plain SET for one decision, else one script that
-        SETs them all (a pipeline of a thousand SETs costs more in redis-py than the round trip).
-        """
-        if not entries:
+    async def reserve_many(
+        self, transaction_ids: Sequence[str], payloads: Sequence[str], token: bytes, *, pending_ms: int
+    ) -> Held:
+        """Reserve, for ``pending_ms``, each id the store holds nothing for (with the marker of
+        the request whose ``token`` it is); what it held for the others. Empty (never an error)
+        when the store is unavailable: then nothing is reserved, and :meth:`settle_behind`
+        writes where nobody else has."""
+        if not transaction_ids:
             return {}
+        keys = self._keys(transaction_ids)
         try:
-            if len(entries) == 1:
-                [(transaction_id, entry)] = entries
-                command = [b"SET", *self._keys([transaction_id]), entry, b"EX", b"%d" % self.ttl_s]
-                if not overwrite:
-                    command.append(b"NX")
-                written = [await self._call(pack_command(*command))]
-            else:
-                written = await self._set_all(entries, overwrite)
+            raws = await self._run(_RESERVE, keys, [b"%d" % pending_ms, *(
+                pending_marker(payload, token) for payload in payloads)])
+        except (RedisError, OSError) as exc:
+            self._failed("reserve", exc)
+            return {}
+        found, unreadable = self._decoded(transaction_ids, raws)
+        if unreadable:
+            # Replaced by this request's reservation, so that its decision can take their place.
+            index = {t: i for i, t in enumerate(transaction_ids)}
+            try:
+                for transaction_id in unreadable:
+                    marker = pending_marker(payloads[index[transaction_id]], token)
+                    await self._call(pack_command(
+                        b"SET", keys[index[transaction_id]], marker, b"PX", b"%d" % pending_ms))
+            except (RedisError, OSError) as exc:
+                self._failed("reserve", exc)
+        return found
+
+    async def settle(
+        self, entries: Sequence[tuple[str, bytes]], token: bytes, *, overwrite: bool
+    ) -> list[int]:
+        """Write each encoded decision (:func:`encode_entry`) where this request's marker is, or
+        nothing is; with ``overwrite``, over whatever is there. An empty entry deletes this
+        request's marker (a degraded answer is not kept). 1 where a decision was written."""
+        if not entries:
+            return []
+        try:
+            written = await self._run(
+                _SETTLE, self._keys([t for t, _ in entries]),
+                [token, b"%d" % self.ttl_s, b"1" if overwrite else b"0", *(e for _, e in entries)],
+            )
         except (RedisError, OSError) as exc:
             self._failed("put", exc)
-            return {}
-        stored = sum(1 for w in written if w)
+            return []
+        stored = sum(written)
         if stored:
             self.metrics.decision_store.labels("stored").inc(stored)
-        lost = [transaction_id for (transaction_id, _), w in zip(entries, written) if not w]
-        return await self.get_many(lost) if lost else {}
+        overtaken = [t for (t, entry), w in zip(entries, written) if entry and not w]
+        if overtaken:
+            # Only when a marker outlived its reservation, or a rescore wrote first.
+            self.metrics.decision_store.labels("overtaken").inc(len(overtaken))
+            logger.warning("decisions not stored: another request's value was there",
+                           extra={"transaction_ids": overtaken[:10]})
+        return written  # type: ignore[no-any-return]
 
-    async def _set_all(self, entries: Sequence[tuple[str, bytes]], overwrite: bool) -> list[int]:
-        args = [*self._keys([t for t, _ in entries]), b"0" if overwrite else b"1",
-                b"%d" % self.ttl_s, *(entry for _, entry in entries)]
-        count = b"%d" % len(entries)
-        try:
-            return await self._call(pack_command(b"EVALSHA", _SET_ALL_SHA_BYTES, count, *args))
-        except NoScriptError:
-            # A restarted (or another) Redis has not seen the script yet; EVAL caches it.
-            return await self._call(pack_command(b"EVAL", _SET_ALL_BYTES, count, *args))
+    def settle_behind(self, entries: Sequence[tuple[str, bytes]], token: bytes, *, overwrite: bool) -> None:
+        """:meth:`settle`, run after the answer has gone (its outcome is counted and logged);
+        :meth:`drain` waits for what is in flight."""
+        if not entries:
+            return
+        task = asyncio.get_running_loop().create_task(self.settle(entries, token, overwrite=overwrite))
+        self._behind.add(task)
+        task.add_done_callback(self._behind.discard)
+
+    async def drain(self, timeout_s: float = 5.0) -> None:
+        """Wait (at most ``timeout_s``) for the writes behind answers still in flight: at
+        shutdown, before the connection pool closes."""
+        if self._behind:
+            await asyncio.wait(set(self._behind), timeout=timeout_s)
 
     async def ping(self) -> tuple[bool, str]:
         try:

@@ -57,3 +57,12 @@ class NotReady(GatewayError):
     status = 503
     title = "Not ready"
     slug = "not-ready"
+
+
+class DecisionInProgress(GatewayError):
+    """Another request for the same transaction is being scored and its decision is not in yet
+    (a retry sent while the first attempt still runs)."""
+
+    status = 409
+    title = "Transaction in progress"
+    slug = "transaction-in-progress"

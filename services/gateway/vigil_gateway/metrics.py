@@ -48,7 +48,9 @@ class GatewayMetrics(ServiceMetrics):
         )
         self.decision_store = Counter(
             "vigil_gateway_decision_store",
-            "Decision-store outcomes: hit, miss, stored, conflict, error.",
+            "Decision-store outcomes: hit, miss, conflict, pending (a concurrent request had reserved the "
+            "id), in_progress (still reserved at the deadline), stored, overtaken (another value was "
+            "stored first), error.",
             ["outcome"],
             registry=self.registry,
         )

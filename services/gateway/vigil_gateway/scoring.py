@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any, TypeAlias
@@ -17,9 +18,11 @@ from pydantic import TypeAdapter, ValidationError
 from vigil_contracts.api import ScoreResponse, Transaction
 
 from vigil_gateway.decisions import (
-    DecisionStore, StoredDecision, decisions_json, encode_entries, payload_hash,
+    DecisionStore, Held, Pending, decisions_json, encode_entries, payload_hash,
 )
-from vigil_gateway.errors import BatchTooLarge, DecisionConflict, GatewayError, InvalidTransaction
+from vigil_gateway.errors import (
+    BatchTooLarge, DecisionConflict, DecisionInProgress, GatewayError, InvalidTransaction,
+)
 from vigil_gateway.metrics import UNKNOWN_VERSION, GatewayMetrics
 from vigil_gateway.settings import GatewaySettings, seconds_or_none
 from vigil_gateway.transformer import FraudTransformer, Limits
@@ -49,6 +52,21 @@ def _conflict(transaction_id: str) -> DecisionConflict:
         f"transaction_id {transaction_id!r} was already scored with a different payload; "
         "a changed transaction needs a new transaction_id"
     )
+
+
+def _in_progress(transaction_id: str) -> DecisionInProgress:
+    return DecisionInProgress(
+        f"transaction_id {transaction_id!r} is being scored by another request; "
+        "retry shortly to get its decision"
+    )
+
+
+# How long a reservation outlives the longest budget (the decision is written just after it).
+_PENDING_MARGIN_S = 1.0
+# Reservations when no budget is set; and how often a duplicate looks for the decision it waits
+# for (doubling from the first wait to the last).
+_PENDING_UNBUDGETED_S = 30.0
+_WAIT_FIRST_S, _WAIT_MAX_S = 0.001, 0.016
 
 
 def validate_items(items: Sequence[Any]) -> list[Transaction | InvalidTransaction]:
@@ -95,6 +113,9 @@ class ScoringService:
             encoder=seconds_or_none(settings.batch_hop_timeout_s),
             predictor=seconds_or_none(settings.batch_hop_timeout_s),
         )
+        budgets = [b for b in (self.single_limits.budget, self.batch_limits.budget) if b is not None]
+        self.pending_ms = int(1000 * (
+            max(budgets) + _PENDING_MARGIN_S if len(budgets) == 2 else _PENDING_UNBUDGETED_S))
 
     async def score_one(self, transaction: Transaction, *, request_id: str, rescore: bool) -> ScoreResponse:
         [outcome] = await self._score([transaction], request_id, rescore, self.single_limits)
@@ -150,31 +171,43 @@ class ScoringService:
         loop = asyncio.get_running_loop()
         deadline = None if limits.budget is None else loop.time() + limits.budget
         hashes = list(hashes) if hashes is not None else [payload_hash(t) for t in transactions]
+        ids = [t.transaction_id for t in transactions]
         outcomes: list[Outcome | None] = [None] * len(transactions)
         decisions: dict[int, bytes] = {}
+        token = secrets.token_hex(8).encode()  # this request's reservations
+        waiting: list[int] = []  # reserved by a concurrent request for the same payload
 
         async def to_score() -> list[int]:
-            """Which transactions need a decision: the store is asked while the encoder works
+            """Which transactions need a decision. The store is asked while the encoder works
             (a replay or a conflict is rare; waiting for the store first would put a Redis round
-            trip in front of every transaction)."""
-            stored: dict[str, StoredDecision] = {}
+            trip in front of every transaction), and reserves the ids it holds nothing for;
+            a rescore only looks (its decision is written over whatever is there)."""
+            held: Held = {}
             try:
                 async with asyncio.timeout_at(deadline):
-                    stored = await self.store.get_many([t.transaction_id for t in transactions])
+                    if rescore:
+                        held = await self.store.get_many(ids)
+                    else:
+                        held = await self.store.reserve_many(ids, hashes, token, pending_ms=self.pending_ms)
             except TimeoutError:
                 pass  # the transformer will find the budget spent and answer TIMEOUT
-            tally = {"miss": 0, "conflict": 0, "hit": 0}
+            tally = {"miss": 0, "conflict": 0, "hit": 0, "pending": 0}
             todo: list[int] = []
-            for i, transaction in enumerate(transactions):
-                previous = stored.get(transaction.transaction_id) if stored else None
+            for i, transaction_id in enumerate(ids):
+                previous = held.get(transaction_id) if held else None
                 if previous is None:
                     tally["miss"] += 1
                     todo.append(i)
                 elif previous.payload_hash != hashes[i]:
                     tally["conflict"] += 1
-                    outcomes[i] = _conflict(transaction.transaction_id)
+                    outcomes[i] = _conflict(transaction_id)
                 elif rescore:
                     todo.append(i)
+                elif isinstance(previous, Pending):
+                    # Scored here too: if its owner gives up, this answer is the one kept.
+                    tally["pending"] += 1
+                    todo.append(i)
+                    waiting.append(i)
                 else:
                     tally["hit"] += 1
                     outcomes[i] = previous.replay(request_id)
@@ -189,30 +222,76 @@ class ScoringService:
         )
         # What the store did not settle (all of it if the budget ran out before it answered).
         todo = [i for i, outcome in enumerate(outcomes) if outcome is None]
-        if todo:
-            fresh = [answers[i] for i in todo]
-            assert all(a is not None for a in fresh), "a transaction to score has no answer"
-            self._count(fresh)  # type: ignore[arg-type]
-            # Uncertain answers are not kept: a retry deserves a real decision.
-            kept = [(i, answer) for i, answer in zip(todo, fresh) if not answer.degraded]  # type: ignore[union-attr]
-            serialised = decisions_json([answer for _, answer in kept])  # type: ignore[misc]
-            for (_, answer), decision in zip(kept, serialised):
-                decisions[id(answer)] = decision
-            entries = encode_entries(serialised, [hashes[i] for i, _ in kept], request_id)
-            first_writers = await self.store.put_many(
-                [(transactions[i].transaction_id, entry) for (i, _), entry in zip(kept, entries)],
-                overwrite=rescore,
-            )
-            for i, answer in zip(todo, fresh):
-                winner = first_writers.get(transactions[i].transaction_id) if first_writers else None
-                if winner is None:
-                    outcomes[i] = answer
-                elif winner.payload_hash == hashes[i]:
-                    outcomes[i] = winner.replay(request_id)  # another replica decided first
+        if not todo:
+            return Outcomes(outcomes, decisions)
+        fresh: list[ScoreResponse] = [answers[i] for i in todo]  # type: ignore[misc]
+        assert all(a is not None for a in fresh), "a transaction to score has no answer"
+        self._count(fresh)
+        for i, answer in zip(todo, fresh):
+            outcomes[i] = answer
+        if waiting:
+            await self._answer_as_owners(ids, hashes, waiting, outcomes, request_id, deadline)
+        owned = set(todo).difference(waiting)
+        # Uncertain answers are not kept (a retry deserves a real decision): their markers go.
+        kept = [i for i in todo if i in owned and not outcomes[i].degraded]  # type: ignore[union-attr]
+        serialised = decisions_json([outcomes[i] for i in kept])  # type: ignore[misc]
+        for i, decision in zip(kept, serialised):
+            decisions[id(outcomes[i])] = decision
+        entries = dict(zip(kept, encode_entries(serialised, [hashes[i] for i in kept], request_id)))
+        # A rescore reserved nothing, so it has no marker to delete.
+        self.store.settle_behind(
+            [(ids[i], entries.get(i, b"")) for i in todo if i in entries or (i in owned and not rescore)],
+            token, overwrite=rescore,
+        )
+        return Outcomes(outcomes, decisions)
+
+    async def _answer_as_owners(
+        self,
+        ids: Sequence[str],
+        hashes: Sequence[str],
+        waiting: list[int],
+        outcomes: list[Outcome | None],
+        request_id: str,
+        deadline: float | None,
+    ) -> None:
+        """Answer the transactions another request reserved with the decision it stores: a
+        replay, or a conflict if it was made for another payload. Those whose reservation went
+        without a decision (a degraded answer, an expired marker, a store gone) keep this
+        request's answer and become its to store (``waiting`` keeps the others). At the
+        deadline, one still reserved is answered "in progress", unless this request's own
+        answer is degraded (it promises nothing, so it is given as it is)."""
+        loop = asyncio.get_running_loop()
+        wait_until = loop.time() + self.pending_ms / 1000 if deadline is None else deadline
+        pause = _WAIT_FIRST_S
+        unsettled = list(waiting)
+        while unsettled:
+            try:
+                async with asyncio.timeout_at(wait_until):
+                    held = await self.store.get_many([ids[i] for i in unsettled])
+            except TimeoutError:
+                break
+            still: list[int] = []
+            for i in unsettled:
+                value = held.get(ids[i])
+                if isinstance(value, Pending) and value.payload_hash == hashes[i]:
+                    still.append(i)
+                elif value is None:
+                    waiting.remove(i)
+                elif value.payload_hash == hashes[i]:
+                    outcomes[i] = value.replay(request_id)  # type: ignore[union-attr]
                 else:
-                    outcomes[i] = _conflict(transactions[i].transaction_id)
-        assert all(o is not None for o in outcomes), "a transaction was left without an outcome"
-        return Outcomes(outcomes, decisions)  # type: ignore[arg-type]
+                    outcomes[i] = _conflict(ids[i])
+            unsettled = still
+            if unsettled and loop.time() + pause > wait_until:
+                break
+            if unsettled:
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, _WAIT_MAX_S)
+        in_progress = [i for i in unsettled if not outcomes[i].degraded]  # type: ignore[union-attr]
+        for i in in_progress:
+            outcomes[i] = _in_progress(ids[i])
+        if in_progress:
+            self.metrics.decision_store.labels("in_progress").inc(len(in_progress))
 
     def _count(self, answers: Sequence[ScoreResponse]) -> None:
         decisions: Counter[tuple[str, str]] = Counter()
