@@ -919,6 +919,15 @@ async def test_decision_store_reserves_then_settles_each_in_one_script_call(redi
         ids.append(fresh)
         assert await store.settle([(fresh, encode_entry(answer(fresh, 0.4), "h4"))], first,
                                   overwrite=False) == [1]
+        # A batch's writes (no reservation): where nothing is, unless told to overwrite.
+        batch = [f"put-{uuid.uuid4().hex[:8]}-batch-{i}" for i in range(2)]
+        ids.extend(batch)
+        assert await store.reserve_many(batch[:1], ["h5"], first, pending_ms=3000) == {}
+        both = [(t, encode_entry(answer(t, 0.5), "h5")) for t in batch]
+        assert await store.put_first(both, overwrite=False) == batch[:1]
+        assert isinstance((await store.get_many(batch))[batch[0]], Pending)
+        assert await store.put_first(both, overwrite=True) == []
+        assert all(isinstance(v, StoredDecision) for v in (await store.get_many(batch)).values())
     finally:
         await client.delete(*(KEY_PREFIX + t for t in ids))
         await client.aclose()
@@ -999,6 +1008,37 @@ async def test_a_retry_while_the_first_attempt_is_stuck_is_told_in_progress(
                                       json={"transactions": [body, other]})).json()
     assert [r["status"] for r in batch["results"]] == [409, 200]
     assert batch["results"][0]["error"]["type"].endswith("transaction-in-progress")
+
+
+async def test_a_batch_stores_its_decisions_before_answering(stack: Stack, redis_url: str) -> None:
+    """A batch reserves nothing (a thousand markers would cost Redis more than the round trip
+    costs the batch): its decisions are in the store when it answers."""
+    items = [txn(), fraud_txn()]
+    batch = (await stack.client.post("/v1/transactions/score-batch", json={"transactions": items})).json()
+    assert [r["status"] for r in batch["results"]] == [200, 200]
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        held = await client.mget([KEY_PREFIX + t["transaction_id"] for t in items])
+    finally:
+        await client.aclose()
+    assert all(value.startswith(b'{"payload_hash"') for value in held)
+
+
+async def test_a_batch_that_finds_a_reservation_at_its_write_answers_with_that_decision(
+        stack: Stack) -> None:
+    """The batch looks first (nothing there), a single request for one of its transactions
+    then reserves it; the batch's write finds the reservation and waits for that decision."""
+    stack.predictor.delay_s = 0.1
+    body = fraud_txn()
+    batch_call = asyncio.create_task(stack.client.post(
+        "/v1/transactions/score-batch", json={"transactions": [body, txn()]}))
+    await asyncio.sleep(0.03)
+    single = (await stack.score(body)).json()
+    batch = (await batch_call).json()
+    first = batch["results"][0]["result"]
+    assert single["cached"] is False and first["cached"] is True
+    assert first["score"] == single["score"] and first["label"] == single["label"]
+    assert batch["results"][1]["result"]["cached"] is False
 
 
 async def test_a_reservation_for_another_payload_is_a_conflict_at_once(stack: Stack, redis_url: str) -> None:

@@ -6,13 +6,14 @@ hash of the transaction it was made for, so the same id with another payload is 
 conflict. The store is an optimisation of correctness, not a dependency of scoring: when Redis
 is slow or gone, every operation gives up quickly, is logged and counted, and scoring goes on.
 
-The decision is written *behind* the answer (a Redis round trip less on every transaction's
+A single transaction's decision is written *behind* its answer (a Redis round trip less on its
 path), and the promise holds through a reservation made while the encoder works: the first
 request for an id sets a short-lived pending marker (``pending <payload hash> <token>``) where
 the decision will go; after answering, it replaces its own marker with the decision, or deletes
 it when its answer was degraded. A concurrent request for the same id finds the marker and waits
 for that decision (answering it as a replay), or is told the id is in progress; one for the same
-id with another payload is a conflict at once.
+id with another payload is a conflict at once. A batch only looks, and writes its decisions
+before answering where nothing is (a marker or a decision found there is another request's).
 """
 
 from __future__ import annotations
@@ -66,6 +67,24 @@ for i = 1, #KEYS do
   held[i] = value
 end
 return held
+""")
+
+# SET KEYS[i] to ARGV[i + 2] for ARGV[2] seconds, where it holds nothing (ARGV[1] = '1': NX) or
+# whatever it holds; 1 where it was written, else 0.
+_PUT = _Script("""
+local nx = ARGV[1] == '1'
+local ttl = ARGV[2]
+local written = {}
+for i = 1, #KEYS do
+  local ok
+  if nx then
+    ok = redis.call('SET', KEYS[i], ARGV[i + 2], 'EX', ttl, 'NX')
+  else
+    ok = redis.call('SET', KEYS[i], ARGV[i + 2], 'EX', ttl)
+  end
+  written[i] = ok and 1 or 0
+end
+return written
 """)
 
 # Settle every KEYS[i] with ARGV[i + 3] for ARGV[2] seconds, where it holds the marker of the
@@ -421,6 +440,27 @@ class DecisionStore:
             logger.warning("decisions not stored: another request's value was there",
                            extra={"transaction_ids": overtaken[:10]})
         return written  # type: ignore[no-any-return]
+
+    async def put_first(self, entries: Sequence[tuple[str, bytes]], *, overwrite: bool) -> list[str]:
+        """Write each encoded decision where the store holds nothing (the first writer wins;
+        with ``overwrite``, over whatever is there), before answering: the batch path, whose
+        reservations would cost Redis more than the round trip costs the batch. The ids not
+        written (another request's decision or reservation was there); none when the store
+        is unavailable."""
+        if not entries:
+            return []
+        try:
+            written = await self._run(
+                _PUT, self._keys([t for t, _ in entries]),
+                [b"0" if overwrite else b"1", b"%d" % self.ttl_s, *(e for _, e in entries)],
+            )
+        except (RedisError, OSError) as exc:
+            self._failed("put", exc)
+            return []
+        stored = sum(written)
+        if stored:
+            self.metrics.decision_store.labels("stored").inc(stored)
+        return [t for (t, _), w in zip(entries, written) if not w]
 
     def settle_behind(self, entries: Sequence[tuple[str, bytes]], token: bytes, *, overwrite: bool) -> None:
         """:meth:`settle`, run after the answer has gone (its outcome is counted and logged);

@@ -118,7 +118,7 @@ class ScoringService:
             max(budgets) + _PENDING_MARGIN_S if len(budgets) == 2 else _PENDING_UNBUDGETED_S))
 
     async def score_one(self, transaction: Transaction, *, request_id: str, rescore: bool) -> ScoreResponse:
-        [outcome] = await self._score([transaction], request_id, rescore, self.single_limits)
+        [outcome] = await self._score([transaction], request_id, rescore, self.single_limits, behind=True)
         if isinstance(outcome, GatewayError):
             raise outcome
         return outcome
@@ -152,7 +152,7 @@ class ScoringService:
                 copies.append((i, known))  # a repeat in the same batch is one decision
             else:
                 outcomes[i] = _conflict(transaction.transaction_id)
-        scored = await self._score(unique, request_id, rescore, self.batch_limits, unique_hash)
+        scored = await self._score(unique, request_id, rescore, self.batch_limits, unique_hash, behind=False)
         for i, k in copies:
             outcomes[i] = scored[k]
         assert all(o is not None for o in outcomes), "an item was left without an outcome"
@@ -165,7 +165,16 @@ class ScoringService:
         rescore: bool,
         limits: Limits,
         hashes: Sequence[str] | None = None,
+        *,
+        behind: bool,
     ) -> Outcomes:
+        """Outcomes of ``transactions``, each decided once across requests and replicas.
+
+        ``behind``: the decisions are written after the answer, their ids reserved beside the
+        encoder's call (a single transaction: a Redis round trip less on its path). Otherwise
+        (a batch) the ids are only looked up, and the decisions written before the answer,
+        the first writer winning: a thousand reservations would cost Redis more CPU than the
+        round trip costs the batch."""
         if not transactions:
             return Outcomes([], {})
         loop = asyncio.get_running_loop()
@@ -185,7 +194,7 @@ class ScoringService:
             held: Held = {}
             try:
                 async with asyncio.timeout_at(deadline):
-                    if rescore:
+                    if rescore or not behind:
                         held = await self.store.get_many(ids)
                     else:
                         held = await self.store.reserve_many(ids, hashes, token, pending_ms=self.pending_ms)
@@ -238,11 +247,21 @@ class ScoringService:
         for i, decision in zip(kept, serialised):
             decisions[id(outcomes[i])] = decision
         entries = dict(zip(kept, encode_entries(serialised, [hashes[i] for i in kept], request_id)))
-        # A rescore reserved nothing, so it has no marker to delete.
-        self.store.settle_behind(
-            [(ids[i], entries.get(i, b"")) for i in todo if i in entries or (i in owned and not rescore)],
-            token, overwrite=rescore,
-        )
+        if behind:
+            # A rescore reserved nothing, so it has no marker to delete.
+            self.store.settle_behind(
+                [(ids[i], entries.get(i, b"")) for i in todo if i in entries or (i in owned and not rescore)],
+                token, overwrite=rescore,
+            )
+            return Outcomes(outcomes, decisions)
+        lost = await self.store.put_first([(ids[i], entries[i]) for i in kept], overwrite=rescore)
+        if lost:
+            # Another request decided (or reserved) first: answered with its decision.
+            index = {ids[i]: i for i in kept}
+            late = [index[t] for t in lost]
+            for i in late:
+                decisions.pop(id(outcomes[i]), None)
+            await self._answer_as_owners(ids, hashes, late, outcomes, request_id, deadline)
         return Outcomes(outcomes, decisions)
 
     async def _answer_as_owners(
