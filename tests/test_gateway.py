@@ -948,18 +948,23 @@ async def _foreign_marker(redis_url: str, body: dict[str, Any], *, payload: str 
         await client.aclose()
 
 
-async def test_the_decision_is_written_behind_the_answer(stack: Stack, redis_url: str,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """The answer does not wait for the decision's write; until it lands the id is reserved,
-    so a retry in between is answered with that decision all the same."""
+def _slow_settles(stack: Stack, monkeypatch: pytest.MonkeyPatch, delay_s: float) -> None:
+    """Each decision written behind an answer lands ``delay_s`` late (Redis is real)."""
     store = stack.app.state.services.store
     settle = store.settle
 
     async def slow_settle(*args: Any, **kw: Any) -> Any:
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(delay_s)
         return await settle(*args, **kw)
 
     monkeypatch.setattr(store, "settle", slow_settle)
+
+
+async def test_the_decision_is_written_behind_the_answer(stack: Stack, redis_url: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answer does not wait for the decision's write; until it lands the id is reserved,
+    so a retry in between is answered with that decision all the same."""
+    _slow_settles(stack, monkeypatch, 0.2)
     body = fraud_txn()
     started = time.perf_counter()
     first = (await stack.score(body)).json()
@@ -1067,14 +1072,7 @@ async def test_shutdown_waits_for_the_decisions_written_behind(redis_url: str,
     body = fraud_txn()
     async with gateway(redis_url) as stack:
         await stack.wait_for_metadata()
-        store = stack.app.state.services.store
-        settle = store.settle
-
-        async def slow_settle(*args: Any, **kw: Any) -> Any:
-            await asyncio.sleep(0.2)
-            return await settle(*args, **kw)
-
-        monkeypatch.setattr(store, "settle", slow_settle)
+        _slow_settles(stack, monkeypatch, 0.2)
         assert (await stack.score(body)).status_code == 200
     client = aioredis.Redis.from_url(redis_url)
     try:

@@ -422,24 +422,15 @@ class DecisionStore:
         request's marker (a degraded answer is not kept). 1 where a decision was written."""
         if not entries:
             return []
-        try:
-            written = await self._run(
-                _SETTLE, self._keys([t for t, _ in entries]),
-                [token, b"%d" % self.ttl_s, b"1" if overwrite else b"0", *(e for _, e in entries)],
-            )
-        except (RedisError, OSError) as exc:
-            self._failed("put", exc)
-            return []
-        stored = sum(written)
-        if stored:
-            self.metrics.decision_store.labels("stored").inc(stored)
+        written = await self._write(_SETTLE, [t for t, _ in entries], [
+            token, b"%d" % self.ttl_s, b"1" if overwrite else b"0", *(e for _, e in entries)])
         overtaken = [t for (t, entry), w in zip(entries, written) if entry and not w]
         if overtaken:
             # Only when a marker outlived its reservation, or a rescore wrote first.
             self.metrics.decision_store.labels("overtaken").inc(len(overtaken))
             logger.warning("decisions not stored: another request's value was there",
                            extra={"transaction_ids": overtaken[:10]})
-        return written  # type: ignore[no-any-return]
+        return written
 
     async def put_first(self, entries: Sequence[tuple[str, bytes]], *, overwrite: bool) -> list[str]:
         """Write each encoded decision where the store holds nothing (the first writer wins;
@@ -449,18 +440,22 @@ class DecisionStore:
         is unavailable."""
         if not entries:
             return []
+        written = await self._write(_PUT, [t for t, _ in entries], [
+            b"0" if overwrite else b"1", b"%d" % self.ttl_s, *(e for _, e in entries)])
+        return [t for (t, _), w in zip(entries, written) if not w]
+
+    async def _write(self, script: _Script, transaction_ids: Sequence[str], args: Sequence[bytes]) -> list[int]:
+        """Run a writing script over the ids' keys: 1 where it stored a decision (counted),
+        else 0; nothing (logged, counted) when the store is unavailable."""
         try:
-            written = await self._run(
-                _PUT, self._keys([t for t, _ in entries]),
-                [b"0" if overwrite else b"1", b"%d" % self.ttl_s, *(e for _, e in entries)],
-            )
+            written: list[int] = await self._run(script, self._keys(transaction_ids), args)
         except (RedisError, OSError) as exc:
             self._failed("put", exc)
             return []
         stored = sum(written)
         if stored:
             self.metrics.decision_store.labels("stored").inc(stored)
-        return [t for (t, _), w in zip(entries, written) if not w]
+        return written
 
     def settle_behind(self, entries: Sequence[tuple[str, bytes]], token: bytes, *, overwrite: bool) -> None:
         """:meth:`settle`, run after the answer has gone (its outcome is counted and logged);
