@@ -189,8 +189,9 @@ class ScoringService:
         async def to_score() -> list[int]:
             """Which transactions need a decision. The store is asked while the encoder works
             (a replay or a conflict is rare; waiting for the store first would put a Redis round
-            trip in front of every transaction), and reserves the ids it holds nothing for;
-            a rescore only looks (its decision is written over whatever is there)."""
+            trip in front of every transaction); written behind, the ids it holds nothing for
+            are reserved. A rescore only looks (its decision is written over whatever is
+            there)."""
             held: Held = {}
             try:
                 async with asyncio.timeout_at(deadline):
