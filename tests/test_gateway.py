@@ -773,6 +773,9 @@ async def test_unexpected_error_is_a_generic_500(stack: Stack) -> None:
 async def test_replay_returns_the_stored_decision(stack: Stack) -> None:
     body = fraud_txn()
     first = (await stack.score(body)).json()
+    # The store answers before the vectors are in (as the encoder's own Redis read makes
+    # sure in production): the replay asks nothing of the predictor.
+    stack.encoder.delay_s = 0.1
     # Same transaction, keys reordered and the amount as an integer: the same payload.
     replay_body = dict(reversed(list({**body, "amount": 800}.items())))
     second_response = await stack.score(replay_body, headers={"x-request-id": "retry-1"})
@@ -801,10 +804,38 @@ async def test_a_stored_decision_is_replayed_while_encoder_and_predictor_fail(st
     assert again["cached"] is True and time.perf_counter() - started < BUDGET_S
 
 
+async def test_a_stalled_store_does_not_hold_back_the_predictor(stack: Stack,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The vectors are in before the store has said whether the transaction needs a decision:
+    the predictor is asked meanwhile, and a replay the store then finds is still answered
+    with the stored decision."""
+    store = stack.app.state.services.store
+    reserve = store.reserve_many
+    predictor_calls_when_reserved: list[int] = []
+
+    async def stalled_reserve(*args: Any, **kw: Any) -> Any:
+        await asyncio.sleep(0.2)
+        held = await reserve(*args, **kw)
+        predictor_calls_when_reserved.append(len(stack.predictor.calls))
+        return held
+
+    monkeypatch.setattr(store, "reserve_many", stalled_reserve)
+    body = fraud_txn()
+    first = (await stack.score(body)).json()
+    assert first["cached"] is False and first["label"] == "highly_suspicious"
+    await stack.settled()
+    replay = (await stack.score(body, headers={"x-request-id": "retry-stalled"})).json()
+    # Both times the predictor had its call before the store answered.
+    assert predictor_calls_when_reserved == [1, 2]
+    assert replay["cached"] is True and replay["request_id"] == "retry-stalled"
+    assert (replay["score"], replay["reasons"]) == (first["score"], first["reasons"])
+
+
 async def test_replays_agree_across_gateway_replicas(redis_url: str, stack: Stack) -> None:
     body = suspicious_txn()
     first = (await stack.score(body)).json()
     async with gateway(redis_url) as replica:
+        replica.encoder.delay_s = 0.1  # the store answers first
         second = (await replica.score(body)).json()
         assert replica.predictor.calls == []
     assert second["cached"] is True and second["score"] == first["score"]

@@ -140,7 +140,9 @@ class FraudTransformer:
         """One answer per transaction, in order; ``deadline`` is on the event loop's clock.
 
         ``wanted`` (awaited while the encoder works) says which transactions need an answer;
-        the others get None. Without it, all do.
+        the others get None. Without it, all do. Should the vectors come first, every
+        transaction is scored while ``wanted`` is awaited: a stall there does not hold the
+        predictor's call back.
         """
         try:
             async with asyncio.timeout_at(deadline):
@@ -172,37 +174,69 @@ class FraudTransformer:
         wanted: Awaitable[Sequence[int]] | None,
     ) -> list[ScoreResponse | None]:
         answers: list[ScoreResponse | None] = [None] * len(transactions)
+        asking: asyncio.Future[Sequence[int]] | None = None
+        ahead = False  # scoring every transaction before ``wanted`` has said which
         if wanted is None:
             rows: Sequence[int] = range(len(transactions))
             encoding = None
         else:
+            # The encoding task is made first, so its request goes out first: the encoder's
+            # is the call on the critical path. Its outcome is read below, unless every
+            # transaction was settled without it: then an error it ended with is of no
+            # interest (and must not be logged as unretrieved).
             encoding = asyncio.ensure_future(self._encode(transactions, request_id, limits))
-            # Its outcome is read below, unless every transaction was settled without it: then
-            # an error it ended with is of no interest (and must not be logged as unretrieved).
             encoding.add_done_callback(lambda task: task.cancelled() or task.exception())
+            asking = asyncio.ensure_future(wanted)
             try:
-                # One loop turn first: the encoding task sends its request before ``wanted``
-                # sends its own (each send is a syscall that wakes another process: the
-                # encoder's is the one on the critical path).
-                await asyncio.sleep(0)
-                rows = await wanted
+                await asyncio.wait((encoding, asking), return_when=asyncio.FIRST_COMPLETED)
+                if asking.done() or encoding.exception() is not None:
+                    rows = await asking
+                else:
+                    # The vectors are in before ``wanted`` has answered (the decision store
+                    # stalled): every transaction goes on to the predictor meanwhile, and the
+                    # answers of those it settles otherwise are dropped once it has answered.
+                    rows, ahead = range(len(transactions)), True
             except BaseException:
                 encoding.cancel()
+                asking.cancel()
                 raise
             if not rows:
                 encoding.cancel()
                 return answers
         try:
-            meta, encoded = await (encoding or self._encode(transactions, request_id, limits))
-        except _Unscorable as exc:
-            for i, answer in zip(rows, self._all_degraded(
-                    [transactions[i] for i in rows], exc.code, request_id, exc.error)):
-                answers[i] = answer
-            return answers
+            try:
+                meta, encoded = await (encoding or self._encode(transactions, request_id, limits))
+            except _Unscorable as exc:
+                for i, answer in zip(rows, self._all_degraded(
+                        [transactions[i] for i in rows], exc.code, request_id, exc.error)):
+                    answers[i] = answer
+                return answers
+            finally:
+                if encoding is not None and not encoding.done():
+                    encoding.cancel()
+            await self._answer_rows(transactions, rows, meta, encoded, answers, request_id, limits)
+            if ahead:
+                assert asking is not None
+                keep = set(await asking)
+                for i in rows:
+                    if i not in keep:
+                        answers[i] = None
         finally:
-            if encoding is not None and not encoding.done():
-                encoding.cancel()
+            if asking is not None and not asking.done():
+                asking.cancel()
+        return answers
 
+    async def _answer_rows(
+        self,
+        transactions: Sequence[Transaction],
+        rows: Sequence[int],
+        meta: ModelMetadata,
+        encoded: EncodedVectors,
+        answers: list[ScoreResponse | None],
+        request_id: str,
+        limits: Limits,
+    ) -> None:
+        """Fill in ``answers`` for ``rows``: degraded by the serving policy, or scored."""
         stored = stored_mask(encoded.feature_names)
         todo: list[int] = []
         for i in rows:
@@ -225,7 +259,6 @@ class FraudTransformer:
             for i, answer in zip(todo, scored):
                 answers[i] = answer
         assert all(answers[i] is not None for i in rows), "a transaction was left without an answer"
-        return answers
 
     async def preprocess(
         self, transactions: Sequence[Transaction], meta: ModelMetadata, request_id: str, limits: Limits
