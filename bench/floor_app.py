@@ -5,6 +5,9 @@ is parsed or computed, so its latency is the cost of the hop itself (client, loo
 uvicorn, HTTP parsing) that any service on this machine pays before doing any work. The request
 body is read (a real service must read it) and thrown away.
 
+The V2 scoring floor (``create_v2_scoring_app``) is the least a V2 server can do for a JSON
+request: parse it, run XGBoost on the tensor, answer the scores; nothing checked or logged.
+
 The three-hop floor is Vigil's request path with nothing computed: a front app
 (``create_three_hops_app``, the gateway's place) sends the body to a hop that makes one Redis
 round trip (``create_redis_read_app``, the encoder's place), then to the constant app (the
@@ -137,3 +140,52 @@ def create_three_hops_app() -> Callable[..., Awaitable[None]]:
                 await answer.read()
 
     return _app_with(handle, startup, shutdown)
+
+
+def create_v2_scoring_app() -> Callable[..., Awaitable[None]]:
+    """The least a V2 server scoring one JSON request can do: parse the body, take the one
+    input tensor as it is, run XGBoost on it (the booster at ``FLOOR_BOOSTER``, one thread, as
+    the predictor runs it) and answer the scores in V2 JSON. Nothing is checked, logged or
+    counted and no framework runs: a floor under any V2 server on this machine (the
+    predictor's place, and MLServer's)."""
+    import numpy as np
+    import orjson
+    import xgboost as xgb
+    from vigil_predictor.scoring_call import predict_dense  # XGBoost's C call, least wrapped
+
+    booster = xgb.Booster(model_file=os.environ["FLOOR_BOOSTER"])
+    booster.set_param({"nthread": 1})
+    head = [(b"content-type", b"application/json")]
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        if not body:  # the readiness probe
+            await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+            await send({"type": "http.response.body", "body": BODY})
+            return
+        tensor = orjson.loads(body)["inputs"][0]
+        features = np.array([np.nan if v is None else v for v in tensor["data"]],
+                            dtype=np.float32).reshape(tensor["shape"])
+        scores = predict_dense(booster, features)
+        answer = orjson.dumps({"outputs": [{"name": "score", "datatype": "FP32",
+                                            "shape": [len(scores)], "data": scores.tolist()}]})
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [*head, (b"content-length", str(len(answer)).encode())]})
+        await send({"type": "http.response.body", "body": answer})
+
+    return app

@@ -203,6 +203,9 @@ def define_cases(plan: Plan, urls: dict[str, str], p: dict[str, Any]) -> list[Ca
              f"{urls['floor']}/", p["encoder_1"], 1, r, c),
         Case("floor_fastapi_1", "floor: uvicorn + FastAPI constant", "floor",
              f"{urls['floor (FastAPI)']}/", p["encoder_1"], 1, r, c[-1:]),
+        Case("floor_v2_1", "floor: raw ASGI V2 scoring of one JSON row (parse, XGBoost, answer; "
+             "nothing checked, logged or counted)", "floor",
+             f"{urls['floor (V2)']}/", p["v2_1"], 1, r, c[:1]),
         Case("floor_3hops_1", "floor: three hops of constants (front -> a hop with one Redis "
              "read -> the constant), no decision store", "floor",
              f"{urls['floor (3 hops)']}/", p["encoder_1"], 1, r, c[:1]),
@@ -648,6 +651,8 @@ def main(argv: list[str] | None = None) -> int:
             "floor (FastAPI)": peers.floor(WORK, "bench.floor_app:create_fastapi_app",
                                            "floor-fastapi"),
             "floor (Redis read)": redis_read,
+            "floor (V2)": peers.floor(WORK, "bench.floor_app:create_v2_scoring_app", "floor (V2)",
+                                      env={"FLOOR_BOOSTER": str(world.booster_path)}),
             "floor (3 hops)": peers.floor(
                 WORK, "bench.floor_app:create_three_hops_app", "floor (3 hops)",
                 env={"FLOOR_FIRST_URL": f"{redis_read.base_url}/",
