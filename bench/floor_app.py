@@ -64,12 +64,13 @@ def create_fastapi_app() -> Any:
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-Handler = Callable[[bytes], Awaitable[None]]
+Handler = Callable[[bytes], Awaitable["bytes | None"]]
 
 
 def _app_with(handle: Handler, startup: Callable[[], Awaitable[None]],
               shutdown: Callable[[], Awaitable[None]]) -> Callable[..., Awaitable[None]]:
-    """A raw ASGI app that runs ``handle(body)`` and then answers the constant."""
+    """A raw ASGI app that runs ``handle(body)`` and answers what it returns (JSON), or the
+    constant when it returns None."""
 
     async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -89,9 +90,14 @@ def _app_with(handle: Handler, startup: Callable[[], Awaitable[None]],
             message = await receive()
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
-        await handle(b"".join(chunks))
-        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
-        await send({"type": "http.response.body", "body": BODY})
+        answer = await handle(b"".join(chunks))
+        if answer is None:
+            await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+            await send({"type": "http.response.body", "body": BODY})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", b"%d" % len(answer))]})
+        await send({"type": "http.response.body", "body": answer})
 
     return app
 
@@ -155,37 +161,18 @@ def create_v2_scoring_app() -> Callable[..., Awaitable[None]]:
 
     booster = xgb.Booster(model_file=os.environ["FLOOR_BOOSTER"])
     booster.set_param({"nthread": 1})
-    head = [(b"content-type", b"application/json")]
 
-    async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        if scope["type"] != "http":
-            return
-        chunks, more = [], True
-        while more:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            more = message.get("more_body", False)
-        body = b"".join(chunks)
+    async def nothing() -> None:
+        return None
+
+    async def handle(body: bytes) -> bytes | None:
         if not body:  # the readiness probe
-            await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
-            await send({"type": "http.response.body", "body": BODY})
-            return
+            return None
         tensor = orjson.loads(body)["inputs"][0]
         features = np.array([np.nan if v is None else v for v in tensor["data"]],
                             dtype=np.float32).reshape(tensor["shape"])
         scores = predict_dense(booster, features)
-        answer = orjson.dumps({"outputs": [{"name": "score", "datatype": "FP32",
-                                            "shape": [len(scores)], "data": scores.tolist()}]})
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [*head, (b"content-length", str(len(answer)).encode())]})
-        await send({"type": "http.response.body", "body": answer})
+        return orjson.dumps({"outputs": [{"name": "score", "datatype": "FP32",
+                                          "shape": [len(scores)], "data": scores.tolist()}]})
 
-    return app
+    return _app_with(handle, nothing, nothing)
