@@ -11,8 +11,8 @@ request: parse it, run XGBoost on the tensor, answer the scores; nothing checked
 The three-hop floor is Vigil's request path with nothing computed: a front app
 (``create_three_hops_app``, the gateway's place) sends the body to a hop that makes one Redis
 round trip (``create_redis_read_app``, the encoder's place), then to the constant app (the
-predictor's place), and answers the constant; the same client libraries as the services (aiohttp
-to the hops, redis-py with hiredis to Redis). No decision store: its latency is what any
+predictor's place), and answers the constant; the same client libraries as the services (the
+gateway's HTTP transport to the hops, redis-py with hiredis to Redis). No decision store: its latency is what any
 pipeline of these three hops pays on this machine before doing any work.
 """
 
@@ -126,24 +126,27 @@ def create_redis_read_app() -> Callable[..., Awaitable[None]]:
 def create_three_hops_app() -> Callable[..., Awaitable[None]]:
     """Sends each request's body to ``FLOOR_FIRST_URL`` (the Redis-read hop), then to
     ``FLOOR_SECOND_URL`` (the constant), one after the other as the gateway calls the encoder
-    and the predictor, over keep-alive aiohttp pools; then answers the constant."""
-    import aiohttp
+    and the predictor, over the gateway's keep-alive transport; then answers the constant."""
+    import httpx
+    from vigil_gateway.http_transport import HttpTransport
 
-    first, second = os.environ["FLOOR_FIRST_URL"], os.environ["FLOOR_SECOND_URL"]
-    client: dict[str, Any] = {}
+    hops = [(HttpTransport(url, max_connections=32), httpx.URL(url).raw_path)
+            for url in (os.environ["FLOOR_FIRST_URL"], os.environ["FLOOR_SECOND_URL"])]
+    headers = {"content-type": "application/json"}
 
     async def startup() -> None:
-        client["http"] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5.0))
+        pass
 
     async def shutdown() -> None:
-        await client["http"].close()
+        for transport, _ in hops:
+            await transport.aclose()
 
     async def handle(body: bytes) -> None:
-        for url in (first, second):
-            async with client["http"].post(
-                    url, data=body, headers={"content-type": "application/json"}) as answer:
-                answer.raise_for_status()
-                await answer.read()
+        for transport, target in hops:
+            answer = await transport.fetch("POST", target, headers, body,
+                                           connect_timeout=5.0, read_timeout=5.0)
+            if answer.status_code >= 400:
+                raise RuntimeError(f"a floor hop answered {answer.status_code}")
 
     return _app_with(handle, startup, shutdown)
 

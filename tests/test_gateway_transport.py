@@ -99,11 +99,21 @@ async def client_for(url: str) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-def test_every_dependency_url_gets_the_aiohttp_transport() -> None:
-    for url in ("http://encoder:8001", "https://encoder:8001"):
+def test_every_dependency_url_gets_a_transport_to_its_origin() -> None:
+    for url, port in (("http://encoder:8001", 8001), ("https://encoder", 443), ("http://encoder/v", 80)):
         built = http_transport.transport(url, max_connections=3)
-        assert isinstance(built, http_transport.AiohttpTransport)
-        assert built.max_connections == 3
+        assert isinstance(built, http_transport.HttpTransport)
+        assert (built.host, built.port, built.max_connections) == ("encoder", port, 3)
+    with pytest.raises(ValueError):
+        http_transport.transport("ftp://encoder:21", max_connections=1)
+
+
+async def test_a_request_to_another_origin_is_refused() -> None:
+    async with http_server() as server, client_for(server.url) as client:
+        with pytest.raises(httpx.UnsupportedProtocol):
+            await client.get(f"http://127.0.0.1:{free_port()}/elsewhere")
+        assert (await client.get("/here")).status_code == 200
+    assert [seen.path for seen in server.requests] == ["/here"]
 
 
 async def test_the_pool_never_opens_more_than_max_connections() -> None:
@@ -249,9 +259,9 @@ async def test_send_classifies_a_timeout_and_a_refused_connection() -> None:
 
 
 def test_a_reply_reads_like_an_httpx_response() -> None:
-    from multidict import CIMultiDict, CIMultiDictProxy
-
-    headers = CIMultiDictProxy(CIMultiDict([("Content-Type", "application/problem+json")]))
+    headers = http_transport.Headers({"content-type": "application/problem+json"})
+    assert headers["Content-Type"] == headers.get("CONTENT-TYPE") == "application/problem+json"
+    assert "Content-type" in headers and headers.get("x-missing") is None
     problem = http_transport.Reply(400, headers, b'{"type": "https://vigil.example/problems/feature-contract-mismatch", "detail": "wrong order"}')
     twin = httpx.Response(400, headers=list(headers.items()), content=problem.content)
     assert problem.json() == twin.json()
@@ -263,3 +273,98 @@ def test_a_reply_reads_like_an_httpx_response() -> None:
         garbled.json()
     assert downstream.problem_detail(garbled) == downstream.problem_detail(twin)
     assert downstream.problem_slug(garbled) is None
+
+
+# --- what the transport's own HTTP/1.1 client must get right ------------------------------------
+
+
+async def test_answers_framed_by_chunks_or_by_the_end_of_the_connection_arrive_whole() -> None:
+    async def chunked(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                     b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        await writer.drain()
+        return True
+
+    async def until_close(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\n")
+        await writer.drain()
+        writer.write(b"no length, ")
+        await asyncio.sleep(0.02)
+        writer.write(b"ended by the close")
+        await writer.drain()
+        return False
+
+    async with http_server(chunked) as server, client_for(server.url) as client:
+        first, second = await client.get("/"), await client.get("/")
+    assert first.content == second.content == b"hello world"
+    assert server.connections == 1  # a chunked answer leaves the connection reusable
+    async with http_server(until_close) as server, client_for(server.url) as client:
+        answers = [await client.get("/") for _ in range(2)]
+    assert [a.content for a in answers] == [b"no length, ended by the close"] * 2
+    assert server.connections == 2
+
+
+async def test_an_answer_without_body_leaves_the_connection_reusable() -> None:
+    async def no_content(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        await writer.drain()
+        return True
+
+    async with http_server(no_content) as server, client_for(server.url) as client:
+        statuses = [(await client.delete("/")).status_code for _ in range(3)]
+    assert statuses == [204] * 3 and server.connections == 1
+
+
+async def test_a_late_answer_is_never_read_as_the_next_requests() -> None:
+    async def slow_first(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        if seen.path == "/slow":
+            await asyncio.sleep(0.3)
+        return await echo(seen, writer)
+
+    async with http_server(slow_first) as server, client_for(server.url) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            await client.get("/slow", timeout=httpx.Timeout(0.1))
+        after = await client.get("/next")
+        cancelled = asyncio.ensure_future(client.get("/slow"))
+        await asyncio.sleep(0.05)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        last = await client.get("/last")
+    assert after.json()["path"] == "/next" and last.json()["path"] == "/last"
+    assert server.connections == 3  # the timed-out and the cancelled exchanges' were closed
+
+
+async def test_a_connection_idle_past_the_keepalive_is_not_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_transport, "KEEPALIVE_S", 0.05)
+    async with http_server() as server, client_for(server.url) as client:
+        await client.get("/")
+        await client.get("/")
+        await asyncio.sleep(0.1)
+        await client.get("/")
+    assert server.connections == 2
+
+
+async def test_a_malformed_answer_is_a_protocol_error_and_its_connection_is_dropped() -> None:
+    async def garbage(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        if seen.path == "/bad":
+            writer.write(b"SMTP READY\r\n\r\n")
+            await writer.drain()
+            return True
+        return await echo(seen, writer)
+
+    async with http_server(garbage) as server, client_for(server.url) as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.get("/bad")
+        assert (await client.get("/good")).json()["path"] == "/good"
+    assert server.connections == 2
+
+
+async def test_a_header_that_would_split_the_request_is_refused_before_anything_is_sent() -> None:
+    async with http_server() as server, client_for(server.url) as client:
+        for name, value in (("x-request-id", "a\r\nx-injected: 1"), ("x-evil\r\nx-injected", "1"),
+                            ("x-ok", "line\nbreak")):
+            with pytest.raises(httpx.LocalProtocolError):
+                await client.get("/", headers={name: value})
+        assert (await client.get("/", headers={"x-request-id": "fine"})).status_code == 200
+    assert len(server.requests) == 1 and "x-injected" not in server.requests[0].headers

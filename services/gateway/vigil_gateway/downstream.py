@@ -25,7 +25,7 @@ from vigil_gateway.metrics import GatewayMetrics
 
 USER_AGENT = "vigil-gateway"
 
-# What a call answers: httpx's response, or over the aiohttp transport its lighter stand-in.
+# What a call answers: httpx's response, or over the gateway's own transport its lighter stand-in.
 Response: TypeAlias = httpx.Response | http_transport.Reply
 
 
@@ -42,16 +42,16 @@ class DownstreamClient(httpx.AsyncClient):
         )
         self.transport = transport
         self._urls: dict[str, httpx.URL] = {}
-        self._texts: dict[str, str] = {}
+        self._targets: dict[str, bytes] = {}
 
-    def url_text(self, path: str) -> str:
-        """:meth:`url_for` as text (what the aiohttp transport is given)."""
-        text = self._texts.get(path)
-        if text is None:
-            text = str(self.url_for(path))
-            if len(self._texts) < 1024:
-                self._texts[path] = text
-        return text
+    def target_for(self, path: str) -> bytes:
+        """The request target (path and query) :meth:`url_for` gives, as the transport sends it."""
+        target = self._targets.get(path)
+        if target is None:
+            target = self.url_for(path).raw_path
+            if len(self._targets) < 1024:
+                self._targets[path] = target
+        return target
 
     def url_for(self, path: str) -> httpx.URL:
         """``path`` under the base URL, as the client would merge it (the base keeps its own
@@ -138,13 +138,13 @@ async def _send_direct(
 ) -> Response:
     """``client.request(...)`` as the transport sees it: the same request (the transport adds
     Host and Content-Length), the timeouts of :func:`call_timeout`, the body read whole. Over
-    aiohttp the answer is a :class:`~vigil_gateway.http_transport.Reply`, and no httpx
-    request or timeout object is made unless a failure needs one."""
+    the gateway's own transport the answer is a :class:`~vigil_gateway.http_transport.Reply`,
+    and no httpx request, response or timeout object is made."""
     headers.setdefault("user-agent", USER_AGENT)
     transport = client.transport
-    if isinstance(transport, http_transport.AiohttpTransport):
+    if isinstance(transport, http_transport.HttpTransport):
         return await transport.fetch(
-            method, client.url_text(path), headers, content,
+            method, client.target_for(path), headers, content,
             connect_timeout=connect_timeout_s if seconds is None else min(connect_timeout_s, seconds),
             read_timeout=seconds,
         )
