@@ -110,3 +110,60 @@ async def test_a_lost_server_fails_the_batch():
     with pytest.raises(FeatureStoreUnavailable):
         await store.hmget_many(commands)
     await store.close()
+
+
+async def test_kept_connections_that_died_with_redis_cost_one_failed_try_not_a_failed_batch():
+    import asyncio
+
+    from vigil.redis_server import RedisServer
+
+    server = RedisServer().start()
+    store = OnlineStore(server.url, 2.0, EncoderMetrics())
+    store.open()
+    pack = HmgetPacker(FIELDS).pack
+    try:
+        client = redis.Redis.from_url(server.url)
+        client.hset(b"k", mapping={FIELDS[0]: b"before"})
+        client.close()
+        # Concurrent batches: three connections made, all kept once their replies are read.
+        answers = await asyncio.gather(*(store.hmget_many([pack(b"k")]) for _ in range(3)))
+        assert [a[0][0] for a in answers] == [b"before"] * 3
+        assert len(store._idle) == 3
+        server.stop()
+        server.start()  # same port, an empty store: every kept connection is dead
+        assert (await store.hmget_many([pack(b"k")]))[0][0] is None
+        assert len(store._idle) == 1  # the dead ones were dropped, the fresh one kept
+    finally:
+        await store.close()
+        server.stop()
+    assert store._idle == []
+
+
+async def test_a_reply_that_comes_after_its_deadline_is_never_read_as_the_next_batchs():
+    import os
+    import signal
+
+    from vigil.redis_server import RedisServer
+
+    server = RedisServer().start()
+    store = OnlineStore(server.url, 0.2, EncoderMetrics())
+    store.open()
+    pack = HmgetPacker(FIELDS).pack
+    try:
+        client = redis.Redis.from_url(server.url)
+        client.hset(b"first", mapping={FIELDS[0]: b"1"})
+        client.hset(b"second", mapping={FIELDS[0]: b"2"})
+        client.close()
+        assert (await store.hmget_many([pack(b"first")]))[0][0] == b"1"
+        assert server.process is not None
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(FeatureStoreUnavailable):
+                await store.hmget_many([pack(b"first")])
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        assert store._idle == []  # the connection with a reply still to come was closed
+        assert (await store.hmget_many([pack(b"second")]))[0][0] == b"2"
+    finally:
+        await store.close()
+        server.stop()

@@ -6,9 +6,16 @@ are read back in order. The commands are packed here rather than through redis-p
 timeout (an ``asyncio.timeout`` for every reply) cost several times the round trip itself; a
 single deadline covers the whole batch instead.
 
+The connections a batch goes over are kept here, made by redis-py's pool but not handed out by
+it: the pool checks each connection it hands out by reading it with a zero timeout, which costs
+a task cancellation and a turn of the event loop in front of every request's round trip. A
+connection is only put back after a round trip that read every reply (any failure, timeout or
+cancellation closes it), so it holds nothing unread; one that died with Redis fails on its next
+use, and then every kept connection is closed before the retry.
+
 Redis failures become :class:`FeatureStoreUnavailable`, so that a lost store is a 503 the
 gateway can act on, never a stack trace. The deadline is short and there is a single immediate
-retry, on a broken connection only: it lets a pooled connection that died with a restarted
+retry, on a broken connection only: it lets a kept connection that died with a restarted
 Redis reconnect, while a Redis that is down or hung fails within one deadline.
 """
 
@@ -100,6 +107,7 @@ class OnlineStore:
         self.timeout_s = timeout_s
         self.metrics = metrics
         self._client: aioredis.Redis | None = None
+        self._idle: list[Any] = []  # connections that read every reply of their last round trip
 
     def open(self) -> None:
         """Create the client (no connection is made until the first command)."""
@@ -119,8 +127,14 @@ class OnlineStore:
 
     async def close(self) -> None:
         client, self._client = self._client, None
+        await self._drop_idle()
         if client is not None:
             await client.aclose()
+
+    async def _drop_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            await connection.disconnect(nowait=True)
 
     def _require_client(self) -> aioredis.Redis:
         if self._client is None:
@@ -128,8 +142,12 @@ class OnlineStore:
         return self._client
 
     async def _round_trip(self, payload: bytes, count: int) -> list[list[bytes | None]]:
-        pool = self._require_client().connection_pool
-        connection = await pool.get_connection()
+        client = self._require_client()
+        if self._idle:
+            connection = self._idle.pop()
+        else:
+            connection = client.connection_pool.make_connection()
+            await connection.connect()
         done = False
         try:
             await connection.send_packed_command(payload, check_health=False)
@@ -137,10 +155,11 @@ class OnlineStore:
             done = True
             return replies
         finally:
-            if not done:
-                # Unread replies may be left on the wire: this connection cannot be reused.
+            if done and self._client is client:
+                self._idle.append(connection)
+            else:
+                # Unread replies may be left on the wire (or the store is closing): not reused.
                 await connection.disconnect(nowait=True)
-            await pool.release(connection)
 
     async def hmget_many(self, commands: Sequence[bytes]) -> list[list[bytes | None]]:
         """The reply of each packed HMGET (see :class:`HmgetPacker`), in order, in one trip."""
@@ -153,7 +172,9 @@ class OnlineStore:
                 try:
                     return await self._round_trip(payload, len(commands))
                 except RedisConnectionError:
-                    # Reads are idempotent; a fresh connection gets one more try.
+                    # Reads are idempotent; a fresh connection gets one more try. The kept ones
+                    # most likely died with the same Redis.
+                    await self._drop_idle()
                     return await self._round_trip(payload, len(commands))
         except (RedisError, OSError, TimeoutError) as exc:
             kind = _error_kind(exc)

@@ -179,12 +179,24 @@ class ScoringService:
             return Outcomes([], {})
         loop = asyncio.get_running_loop()
         deadline = None if limits.budget is None else loop.time() + limits.budget
-        hashes = list(hashes) if hashes is not None else [payload_hash(t) for t in transactions]
         ids = [t.transaction_id for t in transactions]
         outcomes: list[Outcome | None] = [None] * len(transactions)
         decisions: dict[int, bytes] = {}
-        token = secrets.token_hex(8).encode()  # this request's reservations
         waiting: list[int] = []  # reserved by a concurrent request for the same payload
+        # The payload hashes and this request's reservation token are made by the store's
+        # task, once the encoder's request is on its way (a single transaction's hash is a
+        # tenth of a millisecond of CPU at light load, in front of the encoder otherwise);
+        # ``keys`` makes them here if that task never ran.
+        digests: list[str] | None = list(hashes) if hashes is not None else None
+        token = b""
+
+        def keys() -> tuple[list[str], bytes]:
+            nonlocal digests, token
+            if digests is None:
+                digests = [payload_hash(t) for t in transactions]
+            if not token:
+                token = secrets.token_hex(8).encode()  # this request's reservations
+            return digests, token
 
         async def to_score() -> list[int]:
             """Which transactions need a decision. The store is asked while the encoder works
@@ -192,6 +204,7 @@ class ScoringService:
             trip in front of every transaction); written behind, the ids it holds nothing for
             are reserved. A rescore only looks (its decision is written over whatever is
             there)."""
+            hashes, token = keys()
             held: Held = {}
             try:
                 async with asyncio.timeout_at(deadline):
@@ -230,6 +243,7 @@ class ScoringService:
             transactions, request_id=request_id, deadline=deadline, limits=limits,
             wanted=to_score(),
         )
+        hashes, token = keys()
         # What the store did not settle (all of it if the budget ran out before it answered).
         todo = [i for i, outcome in enumerate(outcomes) if outcome is None]
         if not todo:
