@@ -16,6 +16,7 @@ import json
 import math
 import struct
 import time
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -961,6 +962,39 @@ async def test_decision_store_reserves_then_settles_each_in_one_script_call(redi
         assert all(isinstance(v, StoredDecision) for v in (await store.get_many(batch)).values())
     finally:
         await client.delete(*(KEY_PREFIX + t for t in ids))
+        await client.aclose()
+
+
+async def test_a_decision_whose_entry_cannot_be_made_behind_the_answer_is_counted_and_logged(
+        redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The entries of a single transaction's decision are made by the write's task, after the
+    answer has gone: should making them fail, the loss is counted and logged, the reservation
+    left to expire, and nothing is raised into the event loop."""
+    from vigil_gateway.decisions import DecisionStore, connect, encode_entries
+    from vigil_gateway.metrics import GatewayMetrics
+
+    metrics = GatewayMetrics()
+    client = connect(redis_url, timeout_s=1.0, max_connections=4)
+    store = DecisionStore(client, metrics, ttl_s=60)
+    tid = f"behind-{uuid.uuid4().hex[:8]}"
+
+    def broken() -> list[tuple[str, bytes]]:
+        raise ValueError("not serialisable")
+
+    try:
+        assert await store.reserve_many([tid], ["h"], b"0123456789abcdef", pending_ms=3000) == {}
+        with caplog.at_level(logging.ERROR, logger="vigil_gateway.decisions"):
+            store.settle_behind(broken, b"0123456789abcdef", overwrite=False)
+            await store.drain()
+        assert "their entries could not be made" in caplog.text
+        assert metrics.decision_store.labels("error")._value.get() == 1
+        assert await client.exists(KEY_PREFIX + tid) == 1  # the marker, left to expire
+        entry = encode_entries([b'{"transaction_id":"%s"}' % tid.encode()], ["h"], "req")[0]
+        store.settle_behind(lambda: [(tid, entry)], b"0123456789abcdef", overwrite=False)
+        await store.drain()
+        assert await client.get(KEY_PREFIX + tid) == entry
+    finally:
+        await client.delete(KEY_PREFIX + tid)
         await client.aclose()
 
 

@@ -457,14 +457,26 @@ class DecisionStore:
             self.metrics.decision_store.labels("stored").inc(stored)
         return written
 
-    def settle_behind(self, entries: Sequence[tuple[str, bytes]], token: bytes, *, overwrite: bool) -> None:
-        """:meth:`settle`, run after the answer has gone (its outcome is counted and logged);
-        :meth:`drain` waits for what is in flight."""
-        if not entries:
-            return
-        task = asyncio.get_running_loop().create_task(self.settle(entries, token, overwrite=overwrite))
+    def settle_behind(
+        self, entries: Callable[[], Sequence[tuple[str, bytes]]], token: bytes, *, overwrite: bool
+    ) -> None:
+        """:meth:`settle` of what ``entries()`` makes, both run after the answer has gone (the
+        outcome is counted and logged); :meth:`drain` waits for what is in flight."""
+        task = asyncio.get_running_loop().create_task(self._settle_later(entries, token, overwrite))
         self._behind.add(task)
         task.add_done_callback(self._behind.discard)
+
+    async def _settle_later(
+        self, entries: Callable[[], Sequence[tuple[str, bytes]]], token: bytes, overwrite: bool
+    ) -> None:
+        try:
+            made = entries()
+        except Exception:  # noqa: BLE001 - the answer is gone; its decision is lost, said loudly
+            self.metrics.decision_store.labels("error").inc()
+            logger.exception("decisions not stored: their entries could not be made")
+            return
+        if made:
+            await self.settle(made, token, overwrite=overwrite)
 
     async def drain(self, timeout_s: float = 5.0) -> None:
         """Wait (at most ``timeout_s``) for the writes behind answers still in flight: at

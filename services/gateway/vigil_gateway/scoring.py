@@ -258,17 +258,25 @@ class ScoringService:
         owned = set(todo).difference(waiting)
         # Uncertain answers are not kept (a retry deserves a real decision): their markers go.
         kept = [i for i in todo if i in owned and not outcomes[i].degraded]  # type: ignore[union-attr]
+        if behind:
+            # The entries are made by the write's task, after the answer has gone (the single
+            # path serialises its answer on its own). A rescore reserved nothing, so it has no
+            # marker to delete.
+            settled = [i for i in todo if i in kept or (i in owned and not rescore)]
+
+            def entries() -> list[tuple[str, bytes]]:
+                made = dict(zip(kept, encode_entries(
+                    decisions_json([outcomes[i] for i in kept]),  # type: ignore[misc]
+                    [hashes[i] for i in kept], request_id)))
+                return [(ids[i], made.get(i, b"")) for i in settled]
+
+            if settled:
+                self.store.settle_behind(entries, token, overwrite=rescore)
+            return Outcomes(outcomes, decisions)
         serialised = decisions_json([outcomes[i] for i in kept])  # type: ignore[misc]
         for i, decision in zip(kept, serialised):
             decisions[id(outcomes[i])] = decision
         entries = dict(zip(kept, encode_entries(serialised, [hashes[i] for i in kept], request_id)))
-        if behind:
-            # A rescore reserved nothing, so it has no marker to delete.
-            self.store.settle_behind(
-                [(ids[i], entries.get(i, b"")) for i in todo if i in entries or (i in owned and not rescore)],
-                token, overwrite=rescore,
-            )
-            return Outcomes(outcomes, decisions)
         lost = await self.store.put_first([(ids[i], entries[i]) for i in kept], overwrite=rescore)
         if lost:
             # Another request decided (or reserved) first: answered with its decision.
