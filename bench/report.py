@@ -497,9 +497,9 @@ def render(results: dict[str, Any], img_path: Path, md_path: Path) -> str:
         "with nothing checked, logged or counted (the least a V2 server can do: a floor under "
         "the predictor and MLServer); and *three hops of constants*, Vigil's "
         "request path with nothing computed: a raw ASGI front (the gateway's place) sends each "
-        "body over aiohttp to a hop that makes one Redis round trip with redis-py (the "
-        "encoder's place), then to the raw constant (the predictor's place), and answers the "
-        "constant. It has no decision store (Vigil's gateway also reserves or looks up the "
+        "body over the gateway's HTTP transport to a hop that makes one Redis round trip "
+        "with redis-py (the encoder's place), then to the raw constant (the predictor's "
+        "place), and answers the constant. It has no decision store (Vigil's gateway also reserves or looks up the "
         "decision beside the encoder's call, and writes it after the answer), so it is a floor "
         "under any pipeline of three such hops.\n")
 
