@@ -4,6 +4,7 @@ the file parses, services agree with the local runner, entry modules exist, imag
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -57,6 +58,10 @@ def test_dockerfile_builds_only_its_service(name):
     factory = RUNNER[name].factory.split(":")[0]
     assert importlib.util.find_spec(factory) is not None, f"{factory} must exist"
     assert RUNNER[name].factory in text
+    # The image's own command is the runner's (and compose's): the same server flags, so that a
+    # container started without compose logs one JSON access line per request, not two.
+    cmd = json.loads(re.search(r"^CMD\s+(\[.*\])\s*$", text, re.M).group(1))
+    assert cmd == RUNNER[name].command("0.0.0.0", RUNNER[name].port)
 
 
 def _deps(pyproject: Path) -> str:
