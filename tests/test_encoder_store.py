@@ -5,7 +5,13 @@ connection that is gone still fails the batch."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import random
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import redis
@@ -112,19 +118,29 @@ async def test_a_lost_server_fails_the_batch():
     await store.close()
 
 
-async def test_kept_connections_that_died_with_redis_cost_one_failed_try_not_a_failed_batch():
-    import asyncio
-
+@asynccontextmanager
+async def _own_redis(timeout_s: float, hashes: dict[bytes, bytes]) -> AsyncIterator[tuple[Any, OnlineStore]]:
+    """A private Redis holding ``hashes`` (key -> the first field's value) and a store open on
+    it; both closed afterwards."""
     from vigil.redis_server import RedisServer
 
     server = RedisServer().start()
-    store = OnlineStore(server.url, 2.0, EncoderMetrics())
+    store = OnlineStore(server.url, timeout_s, EncoderMetrics())
     store.open()
-    pack = HmgetPacker(FIELDS).pack
     try:
         client = redis.Redis.from_url(server.url)
-        client.hset(b"k", mapping={FIELDS[0]: b"before"})
+        for key, value in hashes.items():
+            client.hset(key, mapping={FIELDS[0]: value})
         client.close()
+        yield server, store
+    finally:
+        await store.close()
+        server.stop()
+
+
+async def test_kept_connections_that_died_with_redis_cost_one_failed_try_not_a_failed_batch():
+    pack = HmgetPacker(FIELDS).pack
+    async with _own_redis(2.0, {b"k": b"before"}) as (server, store):
         # Concurrent batches: three connections made, all kept once their replies are read.
         answers = await asyncio.gather(*(store.hmget_many([pack(b"k")]) for _ in range(3)))
         assert [a[0][0] for a in answers] == [b"before"] * 3
@@ -133,27 +149,12 @@ async def test_kept_connections_that_died_with_redis_cost_one_failed_try_not_a_f
         server.start()  # same port, an empty store: every kept connection is dead
         assert (await store.hmget_many([pack(b"k")]))[0][0] is None
         assert len(store._idle) == 1  # the dead ones were dropped, the fresh one kept
-    finally:
-        await store.close()
-        server.stop()
     assert store._idle == []
 
 
 async def test_a_reply_that_comes_after_its_deadline_is_never_read_as_the_next_batchs():
-    import os
-    import signal
-
-    from vigil.redis_server import RedisServer
-
-    server = RedisServer().start()
-    store = OnlineStore(server.url, 0.2, EncoderMetrics())
-    store.open()
     pack = HmgetPacker(FIELDS).pack
-    try:
-        client = redis.Redis.from_url(server.url)
-        client.hset(b"first", mapping={FIELDS[0]: b"1"})
-        client.hset(b"second", mapping={FIELDS[0]: b"2"})
-        client.close()
+    async with _own_redis(0.2, {b"first": b"1", b"second": b"2"}) as (server, store):
         assert (await store.hmget_many([pack(b"first")]))[0][0] == b"1"
         assert server.process is not None
         os.kill(server.process.pid, signal.SIGSTOP)
@@ -164,6 +165,3 @@ async def test_a_reply_that_comes_after_its_deadline_is_never_read_as_the_next_b
             os.kill(server.process.pid, signal.SIGCONT)
         assert store._idle == []  # the connection with a reply still to come was closed
         assert (await store.hmget_many([pack(b"second")]))[0][0] == b"2"
-    finally:
-        await store.close()
-        server.stop()
