@@ -147,7 +147,11 @@ class OnlineStore:
             connection = self._idle.pop()
         else:
             connection = client.connection_pool.make_connection()
-            await connection.connect()
+            try:
+                await connection.connect()
+            except BaseException:
+                await connection.disconnect(nowait=True)  # a half-made socket is not left open
+                raise
         done = False
         try:
             await connection.send_packed_command(payload, check_health=False)
