@@ -95,8 +95,14 @@ def tree(pid: int) -> list[psutil.Process]:
 
 
 def rss_bytes(pid: int) -> int:
+    return rss_of(tree(pid))
+
+
+def rss_of(processes: list[psutil.Process]) -> int:
+    """The summed RSS of processes already found (one small ``/proc`` read each: finding a
+    tree reads every process's ``stat`` on the machine, ~1 ms of CPU per tree)."""
     total = 0
-    for proc in tree(pid):
+    for proc in processes:
         try:
             total += proc.memory_info().rss
         except psutil.NoSuchProcess:

@@ -218,16 +218,24 @@ def define_cases(plan: Plan, urls: dict[str, str], p: dict[str, Any]) -> list[Ca
 
 
 class Watcher:
-    """Samples the RSS of every watched process (and its children) while a run goes on."""
+    """Samples the RSS of every watched process (and its children) while a run goes on.
+
+    The process trees are found once, before the run: finding one reads every process's
+    ``/proc`` entry (psutil's ``children``), and doing that for every watched process four times
+    a second cost ~12 ms of CPU per sample, a burst on one of the two cores every 250 ms that
+    landed in the tail of whatever request it met. A sample now reads one small file per
+    process (~0.5 ms in all)."""
 
     def __init__(self, pids: dict[str, int]) -> None:
         self.pids = pids
         self.peak: dict[str, int] = {}
+        self._trees: dict[str, list[psutil.Process]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> "Watcher":
-        self.peak = {name: procs.rss_bytes(pid) for name, pid in self.pids.items()}
+        self._trees = {name: procs.tree(pid) for name, pid in self.pids.items()}
+        self.peak = {name: procs.rss_of(tree) for name, tree in self._trees.items()}
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
@@ -235,8 +243,8 @@ class Watcher:
 
     def _loop(self) -> None:
         while not self._stop.wait(0.25):
-            for name, pid in self.pids.items():
-                self.peak[name] = max(self.peak.get(name, 0), procs.rss_bytes(pid))
+            for name, tree in self._trees.items():
+                self.peak[name] = max(self.peak.get(name, 0), procs.rss_of(tree))
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
