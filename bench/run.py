@@ -100,7 +100,7 @@ def build_payloads(txs: list[dict[str, Any]], encoder_url: str, predictor_url: s
     """Every case's bodies from the same transactions: business, encoder, Feast and V2 forms."""
     from vigil_contracts.api import Transaction
     from vigil_contracts.request_features import REQUEST_FIELDS
-    from vigil_gateway.transformer import to_encode_row
+    from vigil_gateway.preprocess import to_encode_row
 
     rows = [to_encode_row(Transaction.model_validate({**tx, "transaction_id": "probe"}))
             for tx in txs]

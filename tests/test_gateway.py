@@ -1247,6 +1247,11 @@ async def test_too_many_missing_stored_features_are_uncertain(stack: Stack) -> N
     # Unknown card (2 stored features) and no device (1): 3 of 4 stored features missing.
     answer = (await stack.score(txn(card_id="card_new", device_id=None))).json()
     assert codes(answer) == ["FEATURES_MISSING"] and answer["score"] is None
+    # Too little history is no failure of Vigil's: uncertain, but not degraded (nor counted so).
+    assert answer["label"] == "uncertain" and answer["degraded"] is False
+    metrics = (await stack.client.get("/metrics")).text
+    assert 'reason="FEATURES_MISSING"' not in metrics
+    assert 'vigil_gateway_decisions_total{label="uncertain",model_version="3"} 1.0' in metrics
     # Unknown card with a known device: 2 of 4 missing is within the model's policy (0.5).
     answer = (await stack.score(txn(card_id="card_new"))).json()
     assert answer["degraded"] is False and answer["score"] is not None
@@ -1416,3 +1421,63 @@ async def test_with_the_real_predictor(redis_url: str, tmp_path) -> None:
                 i = FEATURES.index(reason["feature"])
                 assert reason["contribution"] == pytest.approx(float(row_contribs[i]), abs=1e-3)
     assert {a["label"] for a in answers} >= {"not_fraud", "highly_suspicious"}, answers
+
+
+# --- the request path as stages --------------------------------------------------------------
+
+# The stages in the order a transaction meets them (``vigil_gateway.pipeline``'s docstring).
+STAGES = {"pipeline", "idempotency", "preprocess", "encode", "policy", "predict", "postprocess", "record"}
+# Not followed: the ASGI body limit, whose ``receive`` wrapper is called once per body chunk.
+PLUMBING = {"body_limit"}
+
+
+async def module_entries(stack: Stack, body: dict[str, Any]) -> list[list[str]]:
+    """Every entry into a gateway module while ``body`` is scored, per asyncio task (and one
+    list for callbacks run outside any task), in the order the tasks started: a function of
+    module M called from outside M. A coroutine resumed is no new entry."""
+    import sys
+
+    started: set[Any] = set()
+    entries: dict[Any, list[str]] = {}
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event != "call":
+            return
+        module = frame.f_globals.get("__name__", "")
+        if not module.startswith("vigil_gateway.") or frame in started:
+            return
+        started.add(frame)
+        caller = frame.f_back.f_globals.get("__name__", "") if frame.f_back is not None else ""
+        if caller != module:
+            task = asyncio.current_task()
+            entries.setdefault(task, []).append(module.removeprefix("vigil_gateway."))
+
+    sys.setprofile(profile)
+    try:
+        response = await stack.score(body)
+    finally:
+        sys.setprofile(None)
+    assert response.status_code == 200, response.text
+    started.clear()
+    return [[m for m in modules if m not in PLUMBING] for modules in entries.values()]
+
+
+@pytest.mark.parametrize("body", [txn(), fraud_txn()], ids=["legit", "fraud"])
+async def test_a_transaction_meets_the_stages_in_order_entering_each_module_at_most_twice(
+    stack: Stack, body: dict[str, Any]
+) -> None:
+    await stack.score(txn(transaction_id="warm-up"))  # connections, caches
+    await stack.settled()
+    entries = await module_entries(stack, {**body, "transaction_id": f"trace-{uuid.uuid4()}"})
+    await stack.settled()
+    by_start = {modules[0]: modules for modules in entries}
+    # The request's own task: the route, then the stages in order (the claim opened, then
+    # settled); the encoding and the decision store's look-up run in tasks of their own.
+    main = by_start["rest"]
+    assert [m for m in main if m in STAGES] == [
+        "pipeline", "idempotency", "preprocess", "policy", "predict", "postprocess", "idempotency", "record"]
+    assert by_start["encode"][0] == "encode"
+    assert by_start["idempotency"][0] == "idempotency"
+    for modules in entries:
+        counts = {m: modules.count(m) for m in modules}
+        assert max(counts.values()) <= 2, " ".join(modules)

@@ -19,8 +19,7 @@ from vigil_gateway.decisions import StoredDecision, encode_entry, payload_hash
 from vigil_gateway.encoder_client import parse_encode_response
 from vigil_gateway.errors import DecisionConflict, InvalidTransaction
 from vigil_gateway.rest import batch_response_body
-from vigil_gateway.scoring import validate_items
-from vigil_gateway.validation import invalid_params, summary
+from vigil_gateway.validation import invalid_params, summary, validate_items
 
 
 def transaction(**changes: Any) -> dict[str, Any]:
@@ -293,7 +292,7 @@ def test_answers_of_a_batch_are_what_postprocessing_each_row_gives() -> None:
     from vigil_gateway.encoder_client import EncodedVector, EncodedVectors
     from vigil_gateway.model_metadata import ModelMetadata
     from vigil_gateway.predictor_client import Inference
-    from vigil_gateway.transformer import FraudTransformer
+    from vigil_gateway.postprocess import Postprocess
 
     rng = random.Random(5)
     names = ["card_stats__card_amount_avg_30d", "merchant_stats__merchant_fraud_rate_30d",
@@ -314,9 +313,9 @@ def test_answers_of_a_batch_are_what_postprocessing_each_row_gives() -> None:
     transactions = [Transaction.model_validate(transaction(
         transaction_id=f"tx-{i}", device_id=rng.choice([None, "d1"]), currency=rng.choice(["EUR", "JPY"])))
         for i in range(n)]
-    transformer = FraudTransformer(None, None, None, feature_service=None, max_reasons=3)  # type: ignore[arg-type]
-    many = transformer.postprocess_many(transactions, encoded, rows, inference, meta, "req-1")
-    one_by_one = [transformer.postprocess(transactions[i], encoded, i, inference, k, meta, "req-1")
+    postprocess = Postprocess(None, max_reasons=3)  # type: ignore[arg-type]
+    many = postprocess.answers(transactions, encoded, rows, inference, meta, "req-1")
+    one_by_one = [postprocess.answer(transactions[i], encoded, i, inference, k, meta, "req-1")
                   for k, i in enumerate(rows)]
     assert many == one_by_one
     assert {a.label for a in many} == {"not_fraud", "suspicious", "highly_suspicious"}
@@ -329,3 +328,19 @@ def test_answers_of_a_batch_are_what_postprocessing_each_row_gives() -> None:
         assert fast.model_copy(update={"cached": True}).cached is True
     not_fraud = [a for a in many if a.label == "not_fraud"]
     assert not_fraud[0].reasons is not not_fraud[1].reasons  # each its own list, as validated
+
+
+def test_the_not_fraud_shortcut_is_in_use_and_equal_to_the_constructor() -> None:
+    from vigil_contracts.api import ModelRef
+
+    from vigil_gateway import fast_answers
+    from vigil_gateway.reasons import NO_RISK_REASON
+
+    # With the pydantic this project pins, the shortcut holds (else it falls back, warning).
+    assert fast_answers.not_fraud is fast_answers._not_fraud_fast
+    model = ModelRef(name="fraud_detector", version="7")
+    for score in (0.0, 1e-9, 0.2999999, 0.125):
+        args = (f"tx-{score}", score, NO_RISK_REASON, model, "req-1")
+        fast, slow = fast_answers._not_fraud_fast(*args), fast_answers.not_fraud_validated(*args)
+        assert fast_answers._same(fast, slow)
+        assert fast == slow and fast.model_dump_json() == slow.model_dump_json()

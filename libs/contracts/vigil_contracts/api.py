@@ -147,7 +147,10 @@ class ScoreResponse(BaseModel):
     score: float | None = Field(description="Probability of fraud in [0, 1]; null when uncertain.")
     reasons: list[Reason]
     model: ModelRef
-    degraded: bool = Field(description="True when a dependency failed and the answer fell back.")
+    degraded: bool = Field(description=(
+        "True only when one of Vigil's own dependencies (feature encoder, model, the time budget) "
+        "failed and the answer fell back to `uncertain`: alert on this. An entity with too little "
+        "history is `uncertain` with reason `FEATURES_MISSING` and `degraded: false`."))
     request_id: str
     cached: bool = Field(
         default=False, description="True when this is the stored decision of an earlier request."

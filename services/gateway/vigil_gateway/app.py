@@ -24,6 +24,8 @@ from vigil_servicekit.wiring import wire
 
 from vigil_gateway.body_limit import BodyLimitMiddleware
 from vigil_gateway.decisions import DecisionStore, connect
+from vigil_gateway.encode import Encode
+from vigil_gateway.idempotency import Idempotency
 from vigil_gateway.deps import Services
 from vigil_gateway.downstream import build_http_client
 from vigil_gateway.encoder_client import EncoderClient
@@ -31,11 +33,13 @@ from vigil_gateway.errors import GatewayError
 from vigil_gateway.framework_errors import from_http_error, from_validation_error
 from vigil_gateway.metrics import GatewayMetrics
 from vigil_gateway.model_catalog import ModelCatalog
+from vigil_gateway.postprocess import Postprocess
+from vigil_gateway.predict import Predict
 from vigil_gateway.predictor_client import PredictorClient
+from vigil_gateway.record import Record
 from vigil_gateway.rest import fast_routes, service_router, transactions_router, ui_router
-from vigil_gateway.scoring import ScoringService
+from vigil_gateway.pipeline import ScoringPipeline, batch_limits, single_limits
 from vigil_gateway.settings import GatewaySettings
-from vigil_gateway.transformer import FraudTransformer
 
 logger = logging.getLogger(__name__)
 
@@ -89,11 +93,16 @@ def create_app(
             stack.push_async_callback(catalog.close)
             store = DecisionStore(redis, metrics, ttl_s=settings.decision_ttl_s)
             stack.push_async_callback(store.drain)  # decisions written behind answers, first
-            transformer = FraudTransformer(
-                encoder, predictor, catalog,
-                feature_service=settings.feature_service, max_reasons=settings.max_reasons,
+            scoring = ScoringPipeline(
+                idempotency=Idempotency(store, metrics, longest_budgets=[
+                    single_limits(settings).budget, batch_limits(settings).budget]),
+                encode=Encode(encoder, catalog, feature_service=settings.feature_service),
+                predict=Predict(predictor, catalog),
+                postprocess=Postprocess(catalog, max_reasons=settings.max_reasons),
+                record=Record(metrics),
+                metrics=metrics,
+                settings=settings,
             )
-            scoring = ScoringService(transformer, store, metrics, settings)
             refresher = asyncio.create_task(catalog.run(), name="model-metadata-refresh")
             app.state.services = Services(scoring=scoring, catalog=catalog, encoder=encoder, store=store)
             logger.info(

@@ -14,7 +14,7 @@ from vigil_gateway.decisions import DecisionStore
 from vigil_gateway.encoder_client import EncoderClient
 from vigil_gateway.errors import NotReady
 from vigil_gateway.model_catalog import ModelCatalog
-from vigil_gateway.scoring import ScoringService
+from vigil_gateway.pipeline import ScoringPipeline
 from vigil_gateway.settings import GatewaySettings
 
 
@@ -22,7 +22,7 @@ from vigil_gateway.settings import GatewaySettings
 class Services:
     """What the lifespan opens (and closes): clients, stores and the scoring path."""
 
-    scoring: ScoringService
+    scoring: ScoringPipeline
     catalog: ModelCatalog
     encoder: EncoderClient
     store: DecisionStore
@@ -40,7 +40,7 @@ async def _services(request: Request) -> Services:
     return services_of(request)
 
 
-async def _scoring(services: Annotated[Services, Depends(_services)]) -> ScoringService:
+async def _scoring(services: Annotated[Services, Depends(_services)]) -> ScoringPipeline:
     return services.scoring
 
 
@@ -49,5 +49,5 @@ async def _settings(request: Request) -> GatewaySettings:
 
 
 ServicesDep = Annotated[Services, Depends(_services)]
-ScoringDep = Annotated[ScoringService, Depends(_scoring)]
+ScoringDep = Annotated[ScoringPipeline, Depends(_scoring)]
 SettingsDep = Annotated[GatewaySettings, Depends(_settings)]

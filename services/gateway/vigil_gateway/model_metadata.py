@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from vigil_contracts.request_features import OUTPUT_FEATURES
+from vigil_contracts.feature_contract import short_name
 
 _ON_DEMAND = frozenset(OUTPUT_FEATURES)
 
@@ -62,11 +63,6 @@ class ModelMetadata(BaseModel):
             "thresholds": params["thresholds"],
             "serving_policy": params.get("serving_policy") or {},
         })
-
-
-def short_name(feature: str) -> str:
-    """``card_stats__card_txn_count_1h`` -> ``card_txn_count_1h``."""
-    return feature.split("__", 1)[-1]
 
 
 def is_stored(feature: str) -> bool:

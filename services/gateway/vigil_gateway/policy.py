@@ -1,4 +1,4 @@
-"""The serving policy: whether a feature vector is complete and fresh enough to be scored.
+"""Stage *policy*: whether each feature vector is complete and fresh enough to be scored.
 
 The policy's numbers come with the model (``serving_policy`` in its metadata): a model trained
 with few missing values must not be trusted on a vector that is mostly holes.
@@ -7,13 +7,14 @@ with few missing values must not be trusted on a vector that is mostly holes.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from itertools import compress
 from typing import Protocol
 
 from vigil_gateway.model_metadata import ServingPolicy, is_stored
+from vigil_gateway.uncertain import FEATURES_MISSING, FEATURES_STALE
 
-FEATURES_STALE = "FEATURES_STALE"
-FEATURES_MISSING = "FEATURES_MISSING"
+__all__ = ["FEATURES_MISSING", "FEATURES_STALE", "policy_verdict", "screen", "stored_mask"]
 
 
 class EncodedRow(Protocol):
@@ -31,6 +32,12 @@ def stored_mask(feature_names: Sequence[str]) -> list[bool]:
     return [is_stored(name) for name in feature_names]
 
 
+@lru_cache(maxsize=16)
+def _stored_mask_of(feature_names: tuple[str, ...]) -> list[bool]:
+    """:func:`stored_mask`, once per feature order (every request of a model has the same)."""
+    return stored_mask(feature_names)
+
+
 def policy_verdict(row: EncodedRow, stored: Sequence[bool], policy: ServingPolicy) -> str | None:
     """``None`` when the row may be scored, else the reason code of an ``uncertain`` answer."""
     # ``1 in`` finds a True flag in a list of booleans and a 1 in bytes alike, in C.
@@ -44,3 +51,25 @@ def policy_verdict(row: EncodedRow, stored: Sequence[bool], policy: ServingPolic
         if missing / n_stored > policy.max_missing_stored_fraction:
             return FEATURES_MISSING
     return None
+
+
+class EncodedBatch(Protocol):
+    @property
+    def feature_names(self) -> Sequence[str]: ...
+
+    @property
+    def rows(self) -> Sequence[EncodedRow]: ...
+
+
+def screen(encoded: EncodedBatch, rows: Sequence[int], policy: ServingPolicy) -> tuple[list[int], dict[int, str]]:
+    """The rows that may be scored, and the reason code of each row that may not."""
+    stored = _stored_mask_of(tuple(encoded.feature_names))
+    scorable: list[int] = []
+    held: dict[int, str] = {}
+    for i in rows:
+        verdict = policy_verdict(encoded.rows[i], stored, policy)
+        if verdict is None:
+            scorable.append(i)
+        else:
+            held[i] = verdict
+    return scorable, held

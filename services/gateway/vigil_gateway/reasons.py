@@ -14,10 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from vigil_contracts.api import Reason
+from vigil_contracts.feature_contract import short_name
 from vigil_contracts.request_features import CHANNEL_CODES
 from vigil_contracts.thresholds import Label
 
-from vigil_gateway.model_metadata import short_name
 
 # Contributions (log-odds) smaller than this are noise, not reasons.
 MIN_CONTRIBUTION = 1e-3

@@ -1,4 +1,4 @@
-"""HTTP routes: parse the request, call the scoring service, answer. No scoring logic here.
+"""HTTP routes: parse the request, call the scoring pipeline, answer. No scoring logic here.
 
 One router per resource: transactions (``/v1/transactions/...``), service health and metrics
 (``/healthz``, ``/readyz``, ``/metrics``) and the demo UI (``/ui``).
@@ -33,7 +33,7 @@ from vigil_gateway.decisions import answer_json
 from vigil_gateway.deps import ScoringDep, ServicesDep, SettingsDep, services_of
 from vigil_gateway.errors import GatewayError, NotReady
 from vigil_gateway.readiness import readiness
-from vigil_gateway.scoring import ScoringService
+from vigil_gateway.pipeline import ScoringPipeline
 
 # Transaction bodies are parsed by orjson (validation and errors are FastAPI's as ever).
 transactions_router = APIRouter(tags=["transactions"], route_class=OrjsonRoute)
@@ -93,7 +93,7 @@ async def score_transaction(
 
 
 async def _score_one(
-    transaction: Transaction, request: Request, scoring: ScoringService, request_id: str,
+    transaction: Transaction, request: Request, scoring: ScoringPipeline, request_id: str,
     rescore: bool,
 ) -> Response:
     answer = await scoring.score_one(transaction, request_id=request_id, rescore=rescore)
@@ -124,7 +124,7 @@ async def score_batch(
 
 
 async def _score_batch(
-    items: Sequence[Any], request: Request, scoring: ScoringService, request_id: str,
+    items: Sequence[Any], request: Request, scoring: ScoringPipeline, request_id: str,
     rescore: bool,
 ) -> Response:
     outcomes = await scoring.score_batch(items, request_id=request_id, rescore=rescore)
@@ -202,7 +202,7 @@ async def _fast_score(request: Request) -> Response:
 async def _fast_score_batch(request: Request) -> Response:
     batch = await _valid_body_or_defer(request, _ValidBatch)
     scoring = services_of(request).scoring
-    # Validated items: the scoring service takes them as they are (pydantic does not validate
+    # Validated items: the pipeline takes them as they are (pydantic does not validate
     # a model instance again).
     return await _score_batch(batch.transactions, request, scoring,
                               request_id_of(request.scope) or "", _rescore_of(request))

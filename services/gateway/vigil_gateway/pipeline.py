@@ -1,0 +1,188 @@
+"""The gateway's request path, in one place, top to bottom:
+
+    validate -> idempotency.begin -> preprocess -> encode -> policy -> predict -> postprocess
+             -> idempotency.settle -> record -> answer
+
+Each stage is a module with one entry point that knows nothing of the others; this module only
+composes them (it is KServe's preprocess -> predict -> postprocess, in business terms). Routes
+hand it what they parsed and get business objects back, or a ``GatewayError``. Single and batch
+scoring share the same stages, so a batch item is treated exactly like the same transaction
+sent alone. A dependency's trouble is never an error here: a transaction that cannot be scored
+is answered ``uncertain`` with a reason code (see ``uncertain.py``).
+
+One concurrency: the decision store is asked which transactions need a fresh decision
+(``Claim.wanted``) while the encoder works, its request sent first (the encoder's is the call
+on the critical path). Should the vectors come first, every transaction goes on to the predictor
+meanwhile, and the answers of those the store then settles are dropped: a stalled store delays
+a request only by what it outlasts the predictor's call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from vigil_contracts.api import ScoreResponse, Transaction
+
+from vigil_gateway import preprocess, validation
+from vigil_gateway.context import Limits, ScoringRequest
+from vigil_gateway.encode import Encode
+from vigil_gateway.errors import GatewayError
+from vigil_gateway.idempotency import Idempotency, Outcomes
+from vigil_gateway.metrics import GatewayMetrics
+from vigil_gateway.policy import screen
+from vigil_gateway.postprocess import Postprocess
+from vigil_gateway.predict import Predict
+from vigil_gateway.record import Record
+from vigil_gateway.settings import GatewaySettings, seconds_or_none
+from vigil_gateway.uncertain import TIMEOUT, Unscorable
+
+logger = logging.getLogger(__name__)
+
+Answers = list[ScoreResponse | None]
+
+
+class ScoringPipeline:
+    def __init__(
+        self,
+        *,
+        idempotency: Idempotency,
+        encode: Encode,
+        predict: Predict,
+        postprocess: Postprocess,
+        record: Record,
+        metrics: GatewayMetrics,
+        settings: GatewaySettings,
+    ) -> None:
+        self.idempotency = idempotency
+        self.encode = encode
+        self.predict = predict
+        self.postprocess = postprocess
+        self.record = record
+        self.metrics = metrics
+        self.max_batch = settings.max_batch
+        self.single_limits = single_limits(settings)
+        self.batch_limits = batch_limits(settings)
+
+    async def score_one(self, transaction: Transaction, *, request_id: str, rescore: bool) -> ScoreResponse:
+        """The answer to one (validated) transaction, or the ``GatewayError`` it gets."""
+        request = self._request(request_id, rescore, self.single_limits, write_behind=True)
+        [outcome] = await self._decide([transaction], request)
+        if isinstance(outcome, GatewayError):
+            raise outcome
+        return outcome
+
+    async def score_batch(self, items: Sequence[Any], *, request_id: str, rescore: bool) -> Outcomes:
+        """One outcome per item, in order: its answer, or the error it alone would have had."""
+        request = self._request(request_id, rescore, self.batch_limits, write_behind=False)
+        checked = validation.validate_batch(items, self.max_batch)
+        self.metrics.batch_size.observe(len(items))
+        return await self._decide(checked, request)
+
+    async def _decide(self, items: Sequence[Transaction | GatewayError], request: ScoringRequest) -> Outcomes:
+        claim = self.idempotency.begin(items, request)
+        answers = await self._answers(claim.transactions, request, claim.wanted) if claim.transactions else []
+        outcomes = await claim.settle(answers)
+        self.record(outcomes.fresh)
+        return outcomes
+
+    async def _answers(
+        self, transactions: Sequence[Transaction], request: ScoringRequest,
+        wanted: Callable[[], Awaitable[Sequence[int]]],
+    ) -> Answers:
+        """preprocess -> encode -> policy -> predict -> postprocess, within the time budget: one
+        answer per transaction the claim wants (None for the others)."""
+        try:
+            async with asyncio.timeout_at(request.deadline):
+                return await self._infer(transactions, request, wanted)
+        except TimeoutError:
+            logger.warning(
+                "scoring budget exceeded",
+                extra={"request_id": request.request_id, "transactions": len(transactions),
+                       "budget_s": request.limits.budget},
+            )
+            return [self.postprocess.uncertain(t, TIMEOUT, request.request_id) for t in transactions]
+
+    async def _infer(
+        self, transactions: Sequence[Transaction], request: ScoringRequest,
+        wanted: Callable[[], Awaitable[Sequence[int]]],
+    ) -> Answers:
+        answers: Answers = [None] * len(transactions)
+        columns = preprocess.to_encode_columns(transactions)
+        # The encoding task is made first, so that its request goes out first. Its outcome is
+        # read below, unless the store settled every transaction without it: then an error it
+        # ended with is of no interest (and must not be logged as unretrieved).
+        encoding = asyncio.ensure_future(self.encode(columns, len(transactions), request))
+        encoding.add_done_callback(lambda task: task.cancelled() or task.exception())
+        asking = asyncio.ensure_future(wanted())
+        ahead = False  # scoring every transaction before the store has said which
+        try:
+            try:
+                await asyncio.wait((encoding, asking), return_when=asyncio.FIRST_COMPLETED)
+                if asking.done() or encoding.exception() is not None:
+                    rows: Sequence[int] = await asking
+                else:
+                    rows, ahead = range(len(transactions)), True
+            except BaseException:
+                encoding.cancel()
+                raise
+            if not rows:
+                encoding.cancel()
+                return answers
+            try:
+                meta, encoded = await encoding
+            except Unscorable as exc:
+                for i, answer in zip(rows, self.postprocess.failed(
+                        [transactions[i] for i in rows], exc.code, request.request_id, exc.error), strict=True):
+                    answers[i] = answer
+                return answers
+            finally:
+                if not encoding.done():
+                    encoding.cancel()
+            scorable, held = screen(encoded, rows, meta.serving_policy)
+            for i, code in held.items():
+                answers[i] = self.postprocess.uncertain(transactions[i], code, request.request_id)
+            if scorable:
+                try:
+                    inference, scored_by = await self.predict(encoded, scorable, request)
+                except Unscorable as exc:
+                    scored = self.postprocess.failed(
+                        [transactions[i] for i in scorable], exc.code, request.request_id, exc.error)
+                else:
+                    scored = self.postprocess.answers(
+                        transactions, encoded, scorable, inference, scored_by, request.request_id)
+                for i, answer in zip(scorable, scored, strict=True):
+                    answers[i] = answer
+            if ahead:
+                keep = set(await asking)
+                for i in rows:
+                    if i not in keep:
+                        answers[i] = None
+        finally:
+            if not asking.done():
+                asking.cancel()
+        return answers
+
+    @staticmethod
+    def _request(request_id: str, rescore: bool, limits: Limits, *, write_behind: bool) -> ScoringRequest:
+        deadline = None if limits.budget is None else asyncio.get_running_loop().time() + limits.budget
+        return ScoringRequest(request_id=request_id, rescore=rescore, limits=limits,
+                              deadline=deadline, write_behind=write_behind)
+
+
+def single_limits(settings: GatewaySettings) -> Limits:
+    return Limits(
+        budget=seconds_or_none(settings.total_budget_s),
+        encoder=seconds_or_none(settings.encoder_timeout_s),
+        predictor=seconds_or_none(settings.predictor_timeout_s),
+    )
+
+
+def batch_limits(settings: GatewaySettings) -> Limits:
+    return Limits(
+        budget=seconds_or_none(settings.batch_total_budget_s),
+        encoder=seconds_or_none(settings.batch_hop_timeout_s),
+        predictor=seconds_or_none(settings.batch_hop_timeout_s),
+    )

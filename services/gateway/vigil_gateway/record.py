@@ -1,0 +1,29 @@
+"""Stage *record*: what the gateway keeps of each fresh decision once it is made (replays are
+not decisions): today the decision metrics; the decision event joins them here."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+from vigil_contracts.api import ScoreResponse
+
+from vigil_gateway.metrics import UNKNOWN_VERSION, GatewayMetrics
+
+
+class Record:
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self.metrics = metrics
+
+    def __call__(self, answers: Sequence[ScoreResponse]) -> None:
+        decisions: Counter[tuple[str, str]] = Counter()
+        degraded: Counter[tuple[str, str]] = Counter()
+        for answer in answers:
+            version = answer.model.version or UNKNOWN_VERSION
+            decisions[(answer.label, version)] += 1
+            if answer.degraded:
+                degraded[(answer.reasons[0].code, version)] += 1
+        for labels, count in decisions.items():
+            self.metrics.decisions.labels(*labels).inc(count)
+        for labels, count in degraded.items():
+            self.metrics.degraded.labels(*labels).inc(count)
