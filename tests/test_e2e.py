@@ -77,6 +77,20 @@ def test_known_fraud_and_known_legit_get_the_expected_labels(gateway, scenarios)
             assert body["label"] == "not_fraud", (sc.name, body)
 
 
+def test_an_amount_far_beyond_the_cards_history_is_never_not_fraud(gateway, scenarios):
+    """The trees saturate beyond the training amounts (700, 1,500 and 50,000 would all score
+    alike): the safeguards stand beside the model and say why."""
+    regular = next(s for s in scenarios if s.name == "regular purchase")
+    for amount in (5_000.0, 50_000.0):
+        body = gateway.post("/v1/transactions/score",
+                            json=_fresh(regular.transaction, f"huge{amount:.0f}") | {"amount": amount}).json()
+        assert body["label"] in {"suspicious", "highly_suspicious"}, body
+        assert body["safeguards"]["fired"], body
+        assert body["reasons"][0]["code"] in body["safeguards"]["fired"]
+    metrics = gateway.get("/metrics").text
+    assert "vigil_gateway_safeguards_fired_total{" in metrics
+
+
 def test_online_scores_equal_the_batch_scorer_for_the_same_features(gateway, scenarios, feature_env, trained_model):
     """Scored now, a transaction's point-in-time features are the latest ones, which is what the
     online store holds: the two paths must give the same score."""

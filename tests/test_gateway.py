@@ -197,6 +197,7 @@ class PredictorStandIn:
     delay_s: float = 0.0
     contract: str = CONTRACT
     answer_json: bool = False
+    training_range: dict[str, list[float]] = field(default_factory=dict)
     calls: list[dict[str, Any]] = field(default_factory=list)
     metadata_calls: list[str | None] = field(default_factory=list)
 
@@ -225,7 +226,7 @@ class PredictorStandIn:
             "parameters": {
                 "version": version, "feature_service": SERVICE, "feature_names": FEATURES,
                 "feature_contract": CONTRACT, "thresholds": THRESHOLDS[version],
-                "serving_policy": POLICY,
+                "serving_policy": POLICY, "training_range": self.training_range,
             },
         }
 
@@ -1481,3 +1482,92 @@ async def test_a_transaction_meets_the_stages_in_order_entering_each_module_at_m
     for modules in entries:
         counts = {m: modules.count(m) for m in modules}
         assert max(counts.values()) <= 2, " ".join(modules)
+
+
+# --- safeguards ------------------------------------------------------------------------------
+
+RULES_TOML = """
+version = "test-1"
+
+[[rules]]
+code = "AMOUNT_OUTSIDE_TRAINING_RANGE"
+feature = "txn_amount"
+outside_training_range = true
+at_least = "suspicious"
+text = "amount {value:.0f} is beyond the training range"
+
+[[rules]]
+code = "HUGE_RATIO"
+feature = "amount_to_card_avg_30d"
+above = 30.0
+at_least = "highly_suspicious"
+text = "amount is {value:.0f}x the card's average"
+"""
+
+
+@pytest.fixture
+async def guarded(redis_url, tmp_path) -> AsyncIterator[Stack]:
+    rules = tmp_path / "rules.toml"
+    rules.write_text(RULES_TOML)
+    predictor = PredictorStandIn(training_range={"request_features__txn_amount": [1.0, 100.0]})
+    async with gateway(redis_url, predictor=predictor, safeguards_path=str(rules)) as s:
+        await s.wait_for_metadata()
+        yield s
+
+
+async def test_a_safeguard_raises_a_not_fraud_answer_and_says_so(guarded: Stack) -> None:
+    # 120 on a card averaging 100: the model's not_fraud, but beyond the training range.
+    body = txn(amount=120.0)
+    assert expected_score({"card_stats__card_amount_avg_30d": 100.0, "request_features__txn_amount": 120.0,
+                           "merchant_stats__merchant_distinct_cards_24h": 3,
+                           "device_stats__device_distinct_cards_7d": 1,
+                           "request_features__amount_to_card_avg_30d": 1.2}) < THRESHOLDS["3"]["suspicious"]
+    answer = (await guarded.score(body)).json()
+    assert answer["label"] == "suspicious" and answer["degraded"] is False
+    assert answer["safeguards"] == {"version": "test-1", "fired": ["AMOUNT_OUTSIDE_TRAINING_RANGE"]}
+    assert answer["reasons"] == [{"code": "AMOUNT_OUTSIDE_TRAINING_RANGE", "text": "amount 120 is beyond the training range",
+                                  "feature": "txn_amount", "value": 120.0, "contribution": None}]
+    # Within the range nothing fires, and the answer says which rule set checked it.
+    calm = (await guarded.score(txn(amount=90.0))).json()
+    assert calm["label"] == "not_fraud" and calm["safeguards"] == {"version": "test-1", "fired": []}
+    await guarded.settled()
+    # The stored decision keeps what the rules said; a replay answers it.
+    replay = (await guarded.score(body)).json()
+    assert replay["cached"] is True and replay["safeguards"] == answer["safeguards"]
+    metrics = (await guarded.client.get("/metrics")).text
+    assert 'vigil_gateway_safeguards_fired_total{rule="AMOUNT_OUTSIDE_TRAINING_RANGE",version="test-1"} 1.0' in metrics
+
+
+async def test_safeguards_never_lower_a_label_and_come_first_among_reasons(guarded: Stack) -> None:
+    # 3,500 on a card averaging 100: both rules fire; the model flagged it too.
+    answer = (await guarded.score(txn(amount=3500.0))).json()
+    assert answer["label"] == "highly_suspicious"
+    assert answer["safeguards"]["fired"] == ["AMOUNT_OUTSIDE_TRAINING_RANGE", "HUGE_RATIO"]
+    assert codes(answer)[:2] == ["AMOUNT_OUTSIDE_TRAINING_RANGE", "HUGE_RATIO"]
+    assert len(codes(answer)) > 2  # the model's own reasons follow
+    # In a batch, per row; a row whose features are missing is uncertain with the rules' word.
+    response = await guarded.client.post("/v1/transactions/score-batch", json={"transactions": [
+        txn(amount=120.0), txn(amount=50.0), txn(card_id="card_new", device_id=None, amount=150.0)]})
+    results = [r["result"] for r in response.json()["results"]]
+    assert [r["label"] for r in results] == ["suspicious", "not_fraud", "uncertain"]
+    assert codes(results[2]) == ["FEATURES_MISSING", "AMOUNT_OUTSIDE_TRAINING_RANGE"]
+    assert results[2]["safeguards"]["fired"] == ["AMOUNT_OUTSIDE_TRAINING_RANGE"]
+
+
+async def test_an_unchecked_answer_has_no_safeguards(stack: Stack) -> None:
+    stack.encoder.fail_status = 503
+    answer = (await stack.score(txn())).json()
+    assert answer["label"] == "uncertain" and answer["safeguards"] is None
+
+
+def test_the_shipped_rules_load_and_a_broken_rule_file_fails_the_start(tmp_path) -> None:
+    from vigil_gateway.safeguards import load_rules
+
+    shipped = load_rules()
+    assert shipped.version and {r.code for r in shipped.rules} >= {
+        "AMOUNT_FAR_ABOVE_CARD_HISTORY", "AMOUNT_OUTSIDE_TRAINING_RANGE"}
+    broken = tmp_path / "broken.toml"
+    broken.write_text('version = "x"\n[[rules]]\ncode = "NO_CONDITION"\nfeature = "txn_amount"\n'
+                      'text = "t"\nat_least = "suspicious"\n')
+    with pytest.raises(ValidationError, match="needs above, below or outside_training_range"):
+        create_app(GatewaySettings(environment="test", safeguards_path=str(broken)))

@@ -292,7 +292,10 @@ def test_answers_of_a_batch_are_what_postprocessing_each_row_gives() -> None:
     from vigil_gateway.encoder_client import EncodedVector, EncodedVectors
     from vigil_gateway.model_metadata import ModelMetadata
     from vigil_gateway.predictor_client import Inference
+    from vigil_contracts.api import SafeguardsRef
+
     from vigil_gateway.postprocess import Postprocess
+    from vigil_gateway.safeguards import Checked
 
     rng = random.Random(5)
     names = ["card_stats__card_amount_avg_30d", "merchant_stats__merchant_fraud_rate_30d",
@@ -314,8 +317,9 @@ def test_answers_of_a_batch_are_what_postprocessing_each_row_gives() -> None:
         transaction_id=f"tx-{i}", device_id=rng.choice([None, "d1"]), currency=rng.choice(["EUR", "JPY"])))
         for i in range(n)]
     postprocess = Postprocess(None, max_reasons=3)  # type: ignore[arg-type]
-    many = postprocess.answers(transactions, encoded, rows, inference, meta, "req-1")
-    one_by_one = [postprocess.answer(transactions[i], encoded, i, inference, k, meta, "req-1")
+    checked = Checked(SafeguardsRef(version="1"), {})
+    many = postprocess.answers(transactions, encoded, rows, inference, meta, checked, "req-1")
+    one_by_one = [postprocess.answer(transactions[i], encoded, i, inference, k, meta, checked, "req-1")
                   for k, i in enumerate(rows)]
     assert many == one_by_one
     assert {a.label for a in many} == {"not_fraud", "suspicious", "highly_suspicious"}
@@ -338,9 +342,11 @@ def test_the_not_fraud_shortcut_is_in_use_and_equal_to_the_constructor() -> None
 
     # With the pydantic this project pins, the shortcut holds (else it falls back, warning).
     assert fast_answers.not_fraud is fast_answers._not_fraud_fast
+    from vigil_contracts.api import SafeguardsRef
+
     model = ModelRef(name="fraud_detector", version="7")
     for score in (0.0, 1e-9, 0.2999999, 0.125):
-        args = (f"tx-{score}", score, NO_RISK_REASON, model, "req-1")
+        args = (f"tx-{score}", score, NO_RISK_REASON, model, SafeguardsRef(version="1"), "req-1")
         fast, slow = fast_answers._not_fraud_fast(*args), fast_answers.not_fraud_validated(*args)
         assert fast_answers._same(fast, slow)
         assert fast == slow and fast.model_dump_json() == slow.model_dump_json()

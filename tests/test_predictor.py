@@ -60,6 +60,10 @@ def metadata(version: str, feature_names: list[str] = FEATURE_NAMES) -> dict[str
         "serving_policy": SERVING_POLICY,
         "metrics": {"auc": 0.9},
         "seed": 7,
+        # Version 2 carries the training set's statistics (the first feature's range is served
+        # for the gateway's safeguards; a feature without finite min and max is left out).
+        **({"reference_stats": {feature_names[0]: {"min": -3.5, "max": 3.25, "mean": 0.0},
+                                feature_names[1]: {"missing_rate": 1.0}}} if version == "2" else {}),
     }
 
 
@@ -251,6 +255,7 @@ def check_model_metadata(body: dict[str, Any], version: str) -> None:
         "feature_contract": CONTRACT,
         "thresholds": THRESHOLDS,
         "serving_policy": SERVING_POLICY,
+        "training_range": {FEATURE_NAMES[0]: [-3.5, 3.25]} if version == "2" else {},
     }
 
 

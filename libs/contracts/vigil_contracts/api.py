@@ -139,6 +139,14 @@ class ModelRef(BaseModel):
     version: str | None = Field(description="None only when no model metadata was ever obtained.")
 
 
+class SafeguardsRef(BaseModel):
+    """The non-ML safeguards that checked a transaction: the rule set's version and the rules
+    that fired (each also given as the answer's first reasons)."""
+
+    version: str = Field(description="Version of the safeguard rule set.")
+    fired: list[str] = Field(default_factory=list, description="Codes of the rules that fired.")
+
+
 class ScoreResponse(BaseModel):
     """The decision about one transaction."""
 
@@ -151,6 +159,9 @@ class ScoreResponse(BaseModel):
         "True only when one of Vigil's own dependencies (feature encoder, model, the time budget) "
         "failed and the answer fell back to `uncertain`: alert on this. An entity with too little "
         "history is `uncertain` with reason `FEATURES_MISSING` and `degraded: false`."))
+    safeguards: SafeguardsRef | None = Field(default=None, description=(
+        "The rules beside the model: they can only raise a label's caution (`not_fraud` -> "
+        "`suspicious` or more). Null when the transaction could not be checked (no features)."))
     request_id: str
     cached: bool = Field(
         default=False, description="True when this is the stored decision of an earlier request."

@@ -37,6 +37,7 @@ from vigil_gateway.postprocess import Postprocess
 from vigil_gateway.predict import Predict
 from vigil_gateway.predictor_client import PredictorClient
 from vigil_gateway.record import Record
+from vigil_gateway.safeguards import Safeguards, load_rules
 from vigil_gateway.rest import fast_routes, service_router, transactions_router, ui_router
 from vigil_gateway.pipeline import ScoringPipeline, batch_limits, single_limits
 from vigil_gateway.settings import GatewaySettings
@@ -60,6 +61,7 @@ def create_app(
     settings = settings or GatewaySettings()
     service_log = configure_logging("vigil_gateway", settings.log_level)
     metrics = GatewayMetrics()
+    rules = load_rules(settings.safeguards_path)  # a broken rule file fails the start, loudly
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -97,6 +99,7 @@ def create_app(
                 idempotency=Idempotency(store, metrics, longest_budgets=[
                     single_limits(settings).budget, batch_limits(settings).budget]),
                 encode=Encode(encoder, catalog, feature_service=settings.feature_service),
+                safeguards=Safeguards(rules),
                 predict=Predict(predictor, catalog),
                 postprocess=Postprocess(catalog, max_reasons=settings.max_reasons),
                 record=Record(metrics),

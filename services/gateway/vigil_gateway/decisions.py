@@ -35,7 +35,7 @@ from pydantic import TypeAdapter, ValidationError
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
-from vigil_contracts.api import ModelRef, Reason, ScoreResponse, Transaction
+from vigil_contracts.api import ModelRef, Reason, SafeguardsRef, ScoreResponse, Transaction
 from vigil_contracts.thresholds import LABELS
 
 from vigil_gateway.metrics import GatewayMetrics
@@ -195,7 +195,8 @@ class StoredDecision:
 # decisions_json writes the fields in this order; the stored part of an answer is all of it but
 # its last two fields, which answer_json relies on.
 assert list(ScoreResponse.model_fields) == [
-    "transaction_id", "label", "score", "reasons", "model", "degraded", "request_id", "cached"]
+    "transaction_id", "label", "score", "reasons", "model", "degraded", "safeguards", "request_id",
+    "cached"]
 assert _NOT_STORED == {"request_id", "cached"}
 
 
@@ -203,6 +204,7 @@ _LABEL_JSON = {label: orjson.dumps(label) for label in LABELS}
 _BOOL_JSON = {False: b"false", True: b"true"}
 _dump_reasons = TypeAdapter(list[Reason]).dump_json
 _dump_model = ModelRef.__pydantic_serializer__.to_json
+_dump_safeguards = SafeguardsRef.__pydantic_serializer__.to_json
 
 
 class _Serialised:
@@ -227,6 +229,7 @@ class _Serialised:
 
 _shared_reasons = _Serialised(lambda reason: _dump_reasons([reason]), 16)
 _shared_models = _Serialised(_dump_model, 64)
+_shared_safeguards = _Serialised(_dump_safeguards, 64)
 
 
 def decisions_json(responses: Sequence[ScoreResponse]) -> list[bytes]:
@@ -242,10 +245,13 @@ def decisions_json(responses: Sequence[ScoreResponse]) -> list[bytes]:
     out = []
     for response, score in zip(responses, scores):
         reasons = response.reasons
-        out.append(b'{"transaction_id":%s,"label":%s,"score":%s,"reasons":%s,"model":%s,"degraded":%s}' % (
+        safeguards = response.safeguards
+        out.append(b'{"transaction_id":%s,"label":%s,"score":%s,"reasons":%s,"model":%s,"degraded":%s,'
+                   b'"safeguards":%s}' % (
             orjson.dumps(response.transaction_id), _LABEL_JSON[response.label], score,
             _shared_reasons(reasons[0]) if len(reasons) == 1 else _dump_reasons(reasons),
             _shared_models(response.model), _BOOL_JSON[response.degraded],
+            b"null" if safeguards is None else _shared_safeguards(safeguards),
         ))
     return out
 

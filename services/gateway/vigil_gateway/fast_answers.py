@@ -11,22 +11,24 @@ from __future__ import annotations
 
 import logging
 
-from vigil_contracts.api import ModelRef, Reason, ScoreResponse
+from vigil_contracts.api import ModelRef, Reason, SafeguardsRef, ScoreResponse
 
 logger = logging.getLogger(__name__)
 
 _new_object = object.__new__
 _set_attribute = object.__setattr__
-_FIELDS_SET = frozenset(("transaction_id", "label", "score", "reasons", "model", "degraded", "request_id"))
+_FIELDS_SET = frozenset(("transaction_id", "label", "score", "reasons", "model", "degraded", "safeguards",
+                         "request_id"))
 
 
 def _not_fraud_fast(
-    transaction_id: str, score: float, reason: Reason, model: ModelRef, request_id: str
+    transaction_id: str, score: float, reason: Reason, model: ModelRef, safeguards: SafeguardsRef,
+    request_id: str,
 ) -> ScoreResponse:
     answer = _new_object(ScoreResponse)
     _set_attribute(answer, "__dict__", {
         "transaction_id": transaction_id, "label": "not_fraud", "score": float(score),
-        "reasons": [reason], "model": model, "degraded": False,
+        "reasons": [reason], "model": model, "degraded": False, "safeguards": safeguards,
         "request_id": request_id, "cached": False,
     })
     _set_attribute(answer, "__pydantic_fields_set__", set(_FIELDS_SET))
@@ -36,11 +38,13 @@ def _not_fraud_fast(
 
 
 def not_fraud_validated(
-    transaction_id: str, score: float, reason: Reason, model: ModelRef, request_id: str
+    transaction_id: str, score: float, reason: Reason, model: ModelRef, safeguards: SafeguardsRef,
+    request_id: str,
 ) -> ScoreResponse:
     """The public path: the answer as ``ScoreResponse``'s constructor makes it."""
     return ScoreResponse(transaction_id=transaction_id, label="not_fraud", score=score,
-                         reasons=[reason], model=model, degraded=False, request_id=request_id)
+                         reasons=[reason], model=model, degraded=False, safeguards=safeguards,
+                         request_id=request_id)
 
 
 def _same(a: ScoreResponse, b: ScoreResponse) -> bool:
@@ -51,7 +55,8 @@ def _same(a: ScoreResponse, b: ScoreResponse) -> bool:
 
 
 def _choose():  # type: ignore[no-untyped-def]
-    args = ("t-1", 0.125, Reason(code="NO_RISK_SIGNAL", text="x"), ModelRef(name="m", version="1"), "r-1")
+    args = ("t-1", 0.125, Reason(code="NO_RISK_SIGNAL", text="x"), ModelRef(name="m", version="1"),
+            SafeguardsRef(version="1"), "r-1")
     try:
         if _same(_not_fraud_fast(*args), not_fraud_validated(*args)):
             return _not_fraud_fast

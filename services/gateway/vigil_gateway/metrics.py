@@ -33,6 +33,12 @@ class GatewayMetrics(ServiceMetrics):
             ["reason", "model_version"],
             registry=self.registry,
         )
+        self.safeguards_fired = Counter(
+            "vigil_gateway_safeguards_fired",
+            "Safeguard rules that fired on fresh decisions, by rule code and rule-set version.",
+            ["rule", "version"],
+            registry=self.registry,
+        )
         self.downstream_errors = Counter(
             "vigil_gateway_downstream_errors",
             "Failed calls to a dependency, by dependency and kind of failure.",

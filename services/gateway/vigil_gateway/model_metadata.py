@@ -50,6 +50,8 @@ class ModelMetadata(BaseModel):
     feature_contract: str
     thresholds: Thresholds
     serving_policy: ServingPolicy = ServingPolicy()
+    training_range: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    """Per feature, the (min, max) of its training values: what the safeguards check against."""
 
     @classmethod
     def from_v2(cls, body: dict[str, Any]) -> "ModelMetadata":
@@ -62,6 +64,7 @@ class ModelMetadata(BaseModel):
             "feature_contract": params["feature_contract"],
             "thresholds": params["thresholds"],
             "serving_policy": params.get("serving_policy") or {},
+            "training_range": params.get("training_range") or {},
         })
 
 

@@ -1,7 +1,7 @@
 """The gateway's request path, in one place, top to bottom:
 
-    validate -> idempotency.begin -> preprocess -> encode -> policy -> predict -> postprocess
-             -> idempotency.settle -> record -> answer
+    validate -> idempotency.begin -> preprocess -> encode -> policy -> safeguards -> predict
+             -> postprocess -> idempotency.settle -> record -> answer
 
 Each stage is a module with one entry point that knows nothing of the others; this module only
 composes them (it is KServe's preprocess -> predict -> postprocess, in business terms). Routes
@@ -36,6 +36,7 @@ from vigil_gateway.policy import screen
 from vigil_gateway.postprocess import Postprocess
 from vigil_gateway.predict import Predict
 from vigil_gateway.record import Record
+from vigil_gateway.safeguards import Safeguards
 from vigil_gateway.settings import GatewaySettings, seconds_or_none
 from vigil_gateway.uncertain import TIMEOUT, Unscorable
 
@@ -50,6 +51,7 @@ class ScoringPipeline:
         *,
         idempotency: Idempotency,
         encode: Encode,
+        safeguards: Safeguards,
         predict: Predict,
         postprocess: Postprocess,
         record: Record,
@@ -58,6 +60,7 @@ class ScoringPipeline:
     ) -> None:
         self.idempotency = idempotency
         self.encode = encode
+        self.safeguards = safeguards
         self.predict = predict
         self.postprocess = postprocess
         self.record = record
@@ -92,7 +95,7 @@ class ScoringPipeline:
         self, transactions: Sequence[Transaction], request: ScoringRequest,
         wanted: Callable[[], Awaitable[Sequence[int]]],
     ) -> Answers:
-        """preprocess -> encode -> policy -> predict -> postprocess, within the time budget: one
+        """preprocess -> encode -> policy -> safeguards -> predict -> postprocess, within the time budget: one
         answer per transaction the claim wants (None for the others)."""
         try:
             async with asyncio.timeout_at(request.deadline):
@@ -142,8 +145,12 @@ class ScoringPipeline:
                 if not encoding.done():
                     encoding.cancel()
             scorable, held = screen(encoded, rows, meta.serving_policy)
+            checked = self.safeguards(encoded, rows, meta)
             for i, code in held.items():
-                answers[i] = self.postprocess.uncertain(transactions[i], code, request.request_id)
+                verdict = checked.verdicts.get(i)
+                answers[i] = self.postprocess.uncertain(
+                    transactions[i], code, request.request_id, checked.ref(i),
+                    verdict.reasons if verdict is not None else ())
             if scorable:
                 try:
                     inference, scored_by = await self.predict(encoded, scorable, request)
@@ -152,7 +159,7 @@ class ScoringPipeline:
                         [transactions[i] for i in scorable], exc.code, request.request_id, exc.error)
                 else:
                     scored = self.postprocess.answers(
-                        transactions, encoded, scorable, inference, scored_by, request.request_id)
+                        transactions, encoded, scorable, inference, scored_by, checked, request.request_id)
                 for i, answer in zip(scorable, scored, strict=True):
                     answers[i] = answer
             if ahead:

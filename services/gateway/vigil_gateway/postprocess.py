@@ -1,13 +1,14 @@
 """Stage *postprocess*: prediction -> business answer. A score is labelled by the thresholds of
-the version that produced it, and a flagged transaction's largest contributions are worded as
-reasons; a transaction that could not be scored is answered ``uncertain`` with a reason code."""
+the version that produced it, raised where a safeguard asks for more caution, and a flagged
+transaction's fired rules and largest contributions are worded as reasons; a transaction that
+could not be scored is answered ``uncertain`` with a reason code."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
 
-from vigil_contracts.api import ModelRef, Reason, ScoreResponse, Transaction
+from vigil_contracts.api import ModelRef, Reason, SafeguardsRef, ScoreResponse, Transaction
 from vigil_contracts.thresholds import label_for_score
 
 from vigil_gateway.encoder_client import EncodedVectors
@@ -17,6 +18,7 @@ from vigil_gateway.model_catalog import ModelCatalog
 from vigil_gateway.model_metadata import ModelMetadata
 from vigil_gateway.predictor_client import Inference
 from vigil_gateway.reasons import NO_RISK_REASON, explain
+from vigil_gateway.safeguards import CAUTION, Checked
 from vigil_gateway.uncertain import TEXT, is_degraded
 
 logger = logging.getLogger(__name__)
@@ -35,19 +37,22 @@ class Postprocess:
         rows: Sequence[int],
         inference: Inference,
         meta: ModelMetadata,
+        checked: Checked,
         request_id: str,
     ) -> list[ScoreResponse]:
         """:meth:`answer` of each scored row (``rows[k]`` was scored ``k``-th). A ``not_fraud``
-        answer, most of them, needs one comparison and always has the same one reason."""
+        answer no rule questions, most of them, needs one comparison and always has the same
+        one reason."""
         suspicious = meta.thresholds.suspicious  # highly_suspicious is never below it
         model = self._model_ref(inference.model_name, inference.model_version)
+        verdicts, clear = checked.verdicts, checked.clear
         answers = []
         for k, (i, score) in enumerate(zip(rows, inference.scores, strict=True)):
-            if score < suspicious:
+            if score < suspicious and i not in verdicts:
                 answers.append(not_fraud(transactions[i].transaction_id, round(score, 6),
-                                         NO_RISK_REASON, model, request_id))
+                                         NO_RISK_REASON, model, clear, request_id))
             else:
-                answers.append(self.answer(transactions[i], encoded, i, inference, k, meta, request_id))
+                answers.append(self.answer(transactions[i], encoded, i, inference, k, meta, checked, request_id))
         return answers
 
     def answer(
@@ -58,9 +63,11 @@ class Postprocess:
         inference: Inference,
         k: int,
         meta: ModelMetadata,
+        checked: Checked,
         request_id: str,
     ) -> ScoreResponse:
-        """One answer: label by the scoring version's thresholds, reasons."""
+        """One answer: label by the scoring version's thresholds, raised to what the fired
+        safeguards ask for; their reasons first, then the model's (if it flagged it too)."""
         score = inference.scores[k]
         label = label_for_score(score, meta.thresholds.as_mapping())
         reasons = explain(
@@ -71,6 +78,11 @@ class Postprocess:
             currency=transaction.currency, device_present=transaction.device_id is not None,
             max_reasons=self.max_reasons,
         )
+        verdict = checked.verdicts.get(row)
+        if verdict is not None:
+            if CAUTION[verdict.at_least] > CAUTION[label]:
+                label = verdict.at_least
+            reasons = verdict.reasons + [r for r in reasons if r is not NO_RISK_REASON]
         return ScoreResponse(
             transaction_id=transaction.transaction_id,
             label=label,
@@ -78,18 +90,24 @@ class Postprocess:
             reasons=reasons,
             model=self._model_ref(inference.model_name, inference.model_version),
             degraded=False,
+            safeguards=checked.ref(row),
             request_id=request_id,
         )
 
-    def uncertain(self, transaction: Transaction, code: str, request_id: str) -> ScoreResponse:
-        """The answer of a transaction that was not scored, for the reason ``code``."""
+    def uncertain(
+        self, transaction: Transaction, code: str, request_id: str, safeguards: SafeguardsRef | None = None,
+        rule_reasons: Sequence[Reason] = (),
+    ) -> ScoreResponse:
+        """The answer of a transaction that was not scored, for the reason ``code`` (with what
+        the safeguards said, when its features were there to check)."""
         return ScoreResponse(
             transaction_id=transaction.transaction_id,
             label="uncertain",
             score=None,
-            reasons=[Reason(code=code, text=TEXT[code])],
+            reasons=[Reason(code=code, text=TEXT[code]), *rule_reasons],
             model=self.catalog.model_ref(),
             degraded=is_degraded(code),
+            safeguards=safeguards,
             request_id=request_id,
         )
 

@@ -1,5 +1,6 @@
 """Stage *record*: what the gateway keeps of each fresh decision once it is made (replays are
-not decisions): today the decision metrics; the decision event joins them here."""
+not decisions): today the decision metrics (labels, degraded answers, fired safeguards); the
+decision event joins them here."""
 
 from __future__ import annotations
 
@@ -18,12 +19,19 @@ class Record:
     def __call__(self, answers: Sequence[ScoreResponse]) -> None:
         decisions: Counter[tuple[str, str]] = Counter()
         degraded: Counter[tuple[str, str]] = Counter()
+        fired: Counter[tuple[str, str]] = Counter()
         for answer in answers:
             version = answer.model.version or UNKNOWN_VERSION
             decisions[(answer.label, version)] += 1
             if answer.degraded:
                 degraded[(answer.reasons[0].code, version)] += 1
+            safeguards = answer.safeguards
+            if safeguards is not None and safeguards.fired:
+                for rule in safeguards.fired:
+                    fired[(rule, safeguards.version)] += 1
         for labels, count in decisions.items():
             self.metrics.decisions.labels(*labels).inc(count)
         for labels, count in degraded.items():
             self.metrics.degraded.labels(*labels).inc(count)
+        for labels, count in fired.items():
+            self.metrics.safeguards_fired.labels(*labels).inc(count)

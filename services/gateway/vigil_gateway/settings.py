@@ -96,7 +96,11 @@ class GatewaySettings(BaseSettings):
     """Time allowed for each dependency check of ``/readyz``."""
 
     max_reasons: int = Field(default=3, ge=1, le=10)
-    """Most reasons given with a decision."""
+    """Most reasons the model gives with a decision (the safeguards' fired rules come on top)."""
+
+    safeguards_path: str | None = None
+    """A TOML file of safeguard rules (see the gateway's own ``safeguards.toml``, the default):
+    rules beside the model that can only raise a label's caution."""
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Level of the gateway's JSON log lines."""

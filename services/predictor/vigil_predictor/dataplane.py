@@ -130,6 +130,7 @@ class DataPlane:
                 "feature_contract": info.feature_contract,
                 "thresholds": info.thresholds,
                 "serving_policy": info.serving_policy,
+                "training_range": info.training_range,
             },
         }
 

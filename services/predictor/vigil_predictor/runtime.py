@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,9 @@ class ModelInfo:
     serving_policy: dict[str, Any]
     metrics: dict[str, Any]
     booster_file: str
+    training_range: dict[str, list[float]]
+    """Per feature, ``[min, max]`` of its values in the training set (from ``reference_stats``):
+    the gateway's safeguards flag values the model never saw."""
 
     @property
     def num_features(self) -> int:
@@ -85,7 +89,26 @@ class ModelInfo:
             serving_policy=serving_policy,
             metrics=metrics,
             booster_file=booster_file,
+            training_range=_training_range(meta.get("reference_stats"), names),
         )
+
+
+def _training_range(raw: Any, names: list[str]) -> dict[str, list[float]]:
+    """``[min, max]`` per feature that has both as finite numbers; an older artifact without
+    reference statistics has none (its safeguards then check no range)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ArtifactError("reference_stats must be an object")
+    out: dict[str, list[float]] = {}
+    for name in names:
+        entry = raw.get(name)
+        if not isinstance(entry, dict):
+            continue
+        low, high = entry.get("min"), entry.get("max")
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high)):
+            out[name] = [float(low), float(high)]
+    return out
 
 
 def _thresholds(raw: Any) -> dict[str, float]:
