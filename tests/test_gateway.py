@@ -1427,7 +1427,8 @@ async def test_with_the_real_predictor(redis_url: str, tmp_path) -> None:
 # --- the request path as stages --------------------------------------------------------------
 
 # The stages in the order a transaction meets them (``vigil_gateway.pipeline``'s docstring).
-STAGES = {"pipeline", "idempotency", "preprocess", "encode", "policy", "predict", "postprocess", "record"}
+STAGES = {"pipeline", "idempotency", "preprocess", "encode", "policy", "safeguards", "predict",
+          "postprocess", "record"}
 # Not followed: the ASGI body limit, whose ``receive`` wrapper is called once per body chunk.
 PLUMBING = {"body_limit"}
 
@@ -1476,7 +1477,8 @@ async def test_a_transaction_meets_the_stages_in_order_entering_each_module_at_m
     # settled); the encoding and the decision store's look-up run in tasks of their own.
     main = by_start["rest"]
     assert [m for m in main if m in STAGES] == [
-        "pipeline", "idempotency", "preprocess", "policy", "predict", "postprocess", "idempotency", "record"]
+        "pipeline", "idempotency", "preprocess", "policy", "safeguards", "predict", "postprocess",
+        "idempotency", "record"]
     assert by_start["encode"][0] == "encode"
     assert by_start["idempotency"][0] == "idempotency"
     for modules in entries:
