@@ -79,10 +79,12 @@ class Postprocess:
             max_reasons=self.max_reasons,
         )
         verdict = checked.verdicts.get(row)
+        safeguards = checked.clear
         if verdict is not None:
             if CAUTION[verdict.at_least] > CAUTION[label]:
                 label = verdict.at_least
             reasons = verdict.reasons + [r for r in reasons if r is not NO_RISK_REASON]
+            safeguards = verdict.ref
         return ScoreResponse(
             transaction_id=transaction.transaction_id,
             label=label,
@@ -90,7 +92,7 @@ class Postprocess:
             reasons=reasons,
             model=self._model_ref(inference.model_name, inference.model_version),
             degraded=False,
-            safeguards=checked.ref(row),
+            safeguards=safeguards,
             request_id=request_id,
         )
 
