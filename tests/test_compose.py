@@ -80,7 +80,8 @@ def test_service_images_install_only_what_they_need():
     for service in ("gateway", "encoder", "predictor"):
         assert "vigil-servicekit" in _deps(ROOT / f"services/{service}/pyproject.toml")
     contracts = _deps(ROOT / "libs/contracts/pyproject.toml")
-    assert contracts.split() == ["pydantic>=2.7,<3"]
+    # pydantic, and the zone data zoneinfo reads for local time (slim images have none).
+    assert contracts.split() == ["pydantic>=2.7,<3", "tzdata>=2024.1"]
 
 
 def test_one_shot_services_use_the_tools_image_and_the_cli():

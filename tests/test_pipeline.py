@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from vigil_contracts.local_time import local_hour
 
 from vigil import pipeline
 from vigil.pipeline import FEATURE_TABLES, compute_feature_tables, write_feature_tables
@@ -165,8 +166,8 @@ def boundary_world(offset: pd.Timedelta) -> pd.DataFrame:
     C: one merchant and device, the card changes (merchant's / device's distinct cards).
     """
     return raw_frame([
-        txn(T0, "cA", "mA", "dA", "AT", 100.0),
-        txn(T0 + offset, "cA", "mA", "dA", "DE", 2.0),
+        txn(T0, "cA", "mA", "dA", "GB", 100.0),
+        txn(T0 + offset, "cA", "mA", "dA", "IE", 2.0),
         txn(T0, "cB", "mB1", "dB1", "FR", 7.0),
         txn(T0 + offset, "cB", "mB2", "dB2", "FR", 7.0),
         txn(T0, "cC1", "mC", "dC", "FR", 7.0),
@@ -186,12 +187,13 @@ BOUNDARY_EXPECTATIONS: dict[str, tuple[str, object, object]] = {
     "card_distinct_merchants_24h": ("cB", 1, 2),
     "card_distinct_devices_30d": ("cB", 1, 2),
     "card_distinct_countries_30d": ("cA", 1, 2),
-    "card_home_country": ("cA", "DE", "AT"),  # AT/DE tie -> lexicographically smallest
+    "card_home_country": ("cA", "IE", "GB"),  # GB/IE tie -> lexicographically smallest
     "merchant_txn_count_24h": ("mA", 1, 2),
     "merchant_txn_count_7d": ("mA", 1, 2),
     "merchant_amount_avg_7d": ("mA", 2.0, 51.0),
     "merchant_distinct_cards_24h": ("mC", 1, 2),
-    # T0 is 06:00 (day); T0 + 7d - 1 µs is 05:59:59.999999 (night), T0 + 7d is 06:00 (day).
+    # Local time in GB and IE (UTC+0 in March): T0 is 06:00 (day); T0 + 7d - 1 µs is
+    # 05:59:59.999999 (night), T0 + 7d is 06:00 (day).
     "merchant_night_share_7d": ("mA", 0.0, 0.5),
     "merchant_small_amount_share_24h": ("mA", 1.0, 0.5),
     "device_txn_count_24h": ("dA", 1, 2),
@@ -314,8 +316,10 @@ def reference_tables(raw: pd.DataFrame) -> dict[str, pd.DataFrame]:
                         "merchant_txn_count_7d": len(w7),
                         "merchant_amount_avg_7d": float(np.mean(w7["amount"])),
                         "merchant_distinct_cards_24h": len(set(w24["card_id"])),
+                        # Night where each transaction happened (its country's local time).
                         "merchant_night_share_7d": float(np.mean(
-                            [ts.hour < 6 for ts in w7["event_timestamp"]])),
+                            [local_hour(ts.to_pydatetime(), c) < 6
+                             for ts, c in zip(w7["event_timestamp"], w7["country"], strict=True)])),
                         "merchant_small_amount_share_24h": float(np.mean(w24["amount"] < 5.0)),
                     }
                 else:

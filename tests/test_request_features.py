@@ -19,7 +19,8 @@ KNOWN = {
 
 
 def _row(**overrides):
-    return {**request_fields(160.0, NOW, "ecom", "US", True), **KNOWN, **overrides}
+    # 03:30 UTC is 04:30 local time in Germany (in the US it would be 22:30 the day before).
+    return {**request_fields(160.0, NOW, "ecom", "DE", True), **KNOWN, **overrides}
 
 
 def test_known_entity_features():
@@ -28,7 +29,7 @@ def test_known_entity_features():
     assert out["txn_amount"] == 160.0
     assert out["amount_to_card_avg_30d"] == 8.0
     assert out["amount_zscore_card_30d"] == 28.0
-    assert out["hour_of_day"] == 3.0 and out["is_night"] == 1.0
+    assert out["hour_of_day"] == 4.0 and out["is_night"] == 1.0
     assert out["channel_code"] == 1.0
     assert math.isclose(out["seconds_since_card_last_txn"], 120.0)
     assert math.isclose(out["device_age_days"], 2.0)
@@ -53,10 +54,30 @@ def test_no_device_and_no_country_are_missing_not_guessed():
     assert out["channel_code"] == 0.0
 
 
-def test_hour_is_read_in_the_timestamps_own_offset():
-    local = NOW.astimezone(timezone(timedelta(hours=9)))  # 12:30 in Tokyo
-    fields = request_fields(1.0, local, "mobile", "JP", True)
-    assert fields["txn_hour"] == 12 and fields["txn_epoch"] == NOW.timestamp()
+def test_hour_is_local_time_in_the_countrys_zone_whatever_the_offset_written():
+    winter = datetime(2026, 1, 15, 3, 30, tzinfo=timezone.utc)
+    summer = datetime(2026, 7, 15, 3, 30, tzinfo=timezone.utc)
+    # One instant, written in four offsets: one hour of day wherever the country is known.
+    for offset in (0, 1, 9, -6):
+        tz = timezone(timedelta(hours=offset))
+        tokyo = request_fields(1.0, winter.astimezone(tz), "mobile", "JP", True)
+        assert tokyo["txn_hour"] == 12 and tokyo["txn_epoch"] == winter.timestamp()  # 12:30 in Tokyo
+        # Daylight saving is the zone's: New York is UTC-5 in winter, UTC-4 in summer.
+        assert request_fields(1.0, winter.astimezone(tz), "ecom", "US", True)["txn_hour"] == 22
+        assert request_fields(1.0, summer.astimezone(tz), "ecom", "US", True)["txn_hour"] == 23
+    # A country without a zone (or none): the offset the payer's timestamp was written with.
+    assert request_fields(1.0, winter.astimezone(timezone(timedelta(hours=9))), "pos", "", True)["txn_hour"] == 12
+    assert request_fields(1.0, winter.astimezone(timezone(timedelta(hours=-6))), "pos", "XK", True)[
+        "txn_hour"] == 21
+
+
+def test_every_country_zone_exists():
+    from vigil_contracts.local_time import COUNTRY_TIME_ZONES, zone_of
+
+    assert all(zone_of(country) is not None for country in COUNTRY_TIME_ZONES)
+    from vigil.world import COUNTRIES
+
+    assert set(COUNTRIES) <= set(COUNTRY_TIME_ZONES)
 
 
 def test_column_form_equals_row_form():
@@ -78,7 +99,7 @@ def test_missing_inputs_of_every_kind_read_as_missing():
         assert out["seconds_since_card_last_txn"] is None, gone
         assert out["country_mismatch"] is None, gone
     # numpy numbers and text are values, never missing
-    out = transform_row(_row(card_amount_avg_30d=np.float64(20.0), card_home_country="US"))
+    out = transform_row(_row(card_amount_avg_30d=np.float64(20.0), card_home_country="DE"))
     assert out["amount_to_card_avg_30d"] == 8.0 and out["country_mismatch"] == 0.0
 
 
@@ -180,9 +201,9 @@ def test_vector_form_equals_transform_row_on_many_rows(monkeypatch):
 
 
 def test_vector_form_of_known_and_unknown_entities():
-    assert transform_row_vector(_row()) == [160.0, 8.0, 28.0, 3.0, 1.0, 1.0, 120.0, 2.0, 0.0, 1.0]
+    assert transform_row_vector(_row()) == [160.0, 8.0, 28.0, 4.0, 1.0, 1.0, 120.0, 2.0, 0.0, 1.0]
     gone = transform_row_vector(_row(**{k: None for k in KNOWN}))
-    assert _identical(gone, [160.0, NAN, NAN, 3.0, 1.0, 1.0, NAN, NAN, 1.0, NAN])
+    assert _identical(gone, [160.0, NAN, NAN, 4.0, 1.0, 1.0, NAN, NAN, 1.0, NAN])
 
 
 INPUTS = [*REQUEST_FIELDS, *(name for names in STORED_INPUTS.values() for name in names)]

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from vigil.local_hours import local_hours
 from vigil.world import (
     CURRENCY_BY_COUNTRY,
     MECHANISMS,
@@ -147,7 +148,8 @@ def test_mechanisms_leave_their_signatures(world: tuple[WorldSummary, pd.DataFra
     assert (first_rows == first_seen[first_rows.index]).all()
 
     odd = df[df["fraud_mechanism"] == "odd_hours"]
-    assert (odd["event_timestamp"].dt.hour < 6).all()
+    # The small hours where the transaction happened (its country's local time).
+    assert (local_hours(odd["event_timestamp"], odd["country"]) < 6).all()
     assert (odd["device_id"].notna()).all()
 
     compromised = df[df["fraud_mechanism"] == "compromised_merchant"]
@@ -161,7 +163,7 @@ def test_mechanisms_leave_their_signatures(world: tuple[WorldSummary, pd.DataFra
 def test_legit_overlaps_fraud_signals(world: tuple[WorldSummary, pd.DataFrame]) -> None:
     _, df = world
     legit = df[df["is_fraud"] == 0]
-    assert 0.01 < (legit["event_timestamp"].dt.hour < 6).mean() < 0.15
+    assert 0.01 < (local_hours(legit["event_timestamp"], legit["country"]) < 6).mean() < 0.15
     assert 0.01 < (legit["amount"] <= 5.0).mean() < 0.15
     home = legit.groupby("card_id")["country"].agg(lambda s: s.mode().iloc[0])
     abroad = (legit["country"] != legit["card_id"].map(home)).mean()
@@ -183,7 +185,8 @@ def test_writes_one_row_group_per_chunk(world: tuple[WorldSummary, pd.DataFrame]
                                         tmp_path: Path) -> None:
     summary, _ = world
     meta = pq.ParquetFile(summary.path).metadata
-    assert meta.num_row_groups == N_DAYS == summary.n_row_groups
+    # A row group per chunk, and one for the rows of the last local evening still to be written.
+    assert meta.num_row_groups == summary.n_row_groups and N_DAYS <= meta.num_row_groups <= N_DAYS + 1
 
     # Large days are sliced into several chunks without changing what the world contains.
     config = WorldConfig(n_transactions=5_000, n_days=7, end=END, max_chunk_rows=300)
@@ -213,3 +216,27 @@ def test_progress_bar(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
 def test_invalid_config_is_rejected(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         WorldConfig(**kwargs)
+
+
+def test_local_hours_follow_the_contracts_rule(world: tuple[WorldSummary, pd.DataFrame]) -> None:
+    from vigil_contracts.local_time import local_hour
+
+    _, df = world
+    sample = df.sample(2_000, random_state=1)
+    countries = sample["country"].where(np.arange(len(sample)) % 7 != 0, "XK")  # no zone: UTC
+    expected = [local_hour(ts.to_pydatetime(), c) for ts, c in zip(sample["event_timestamp"], countries,
+                                                                   strict=True)]
+    assert list(local_hours(sample["event_timestamp"], countries)) == expected
+
+
+def test_behaviour_follows_local_time_and_instants_are_utc(world: tuple[WorldSummary, pd.DataFrame]) -> None:
+    _, df = world
+    legit = df[df["is_fraud"] == 0]
+    # People sleep at night where they are: in the US as in Europe, the local small hours are
+    # quiet, though they are the UTC afternoon or morning in one or the other.
+    for countries in (["US", "CA"], ["FR", "DE", "ES", "IT", "NL", "CH"]):
+        rows = legit[legit["country"].isin(countries)]
+        local = local_hours(rows["event_timestamp"], rows["country"])
+        assert (local < 6).mean() < 0.15, countries
+    us = legit[legit["country"] == "US"]
+    assert (us["event_timestamp"].dt.hour.between(5, 10)).mean() < 0.15  # 00:00-05:59 in New York

@@ -40,6 +40,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pandas.api.indexers import BaseIndexer
 from tqdm.auto import tqdm
+from vigil_contracts import request_features
+
+from vigil.local_hours import local_hours
 
 #: Feature columns of each offline table, in the order of the feature views in features.py.
 FEATURE_TABLES: dict[str, tuple[str, ...]] = {
@@ -122,7 +125,9 @@ WINDOWS_US: dict[str, int] = {
     "7d": 7 * 24 * _US_PER_HOUR,
     "30d": 30 * 24 * _US_PER_HOUR,
 }
-NIGHT_HOURS_UTC = range(0, 6)  # 00:00-05:59 UTC, as in the request feature ``is_night``
+# Night is 00:00-05:59 local time (``vigil_contracts.local_time``), as in the request feature
+# ``is_night``.
+NIGHT_HOURS = request_features.NIGHT_HOURS
 SMALL_AMOUNT = 5.0  # card-testing probes are tiny amounts
 ROW_DELAY_US = 1  # a row describes the state after t_i, so it becomes visible just after t_i
 
@@ -394,6 +399,7 @@ def compute_feature_tables(
         ts = pd.to_datetime(raw["event_timestamp"], utc=True).dt.as_unit("us")
         clock = _Clock(np.asarray(ts.array.asi8, dtype=np.int64))
         amount = raw["amount"].to_numpy(dtype=np.float64)
+        hour = local_hours(ts, raw["country"])
         # Country codes follow sorted order, so "smallest code" is "lexicographically smallest".
         country_codes, countries = pd.factorize(raw["country"], sort=True)
         # Null ids get code -1: no row in their table, not counted by distinct counts.
@@ -453,8 +459,8 @@ def compute_feature_tables(
         f["merchant_distinct_cards_24h"] = _distinct_in_window(
             merchant, merchant.take(card_codes).astype(np.int64), w24h)
         step("merchant: distinct cards")
-        hour = (merchant.t // _US_PER_HOUR) % 24
-        night = (hour >= NIGHT_HOURS_UTC.start) & (hour < NIGHT_HOURS_UTC.stop)
+        m_hour = merchant.take(hour)
+        night = (m_hour >= NIGHT_HOURS.start) & (m_hour < NIGHT_HOURS.stop)
         f["merchant_night_share_7d"] = merchant.share(night, w7d)
         f["merchant_small_amount_share_24h"] = merchant.share(
             merchant.take(amount) < SMALL_AMOUNT, w24h)

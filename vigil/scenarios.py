@@ -13,6 +13,8 @@ from typing import Any
 
 import pandas as pd
 
+from vigil_contracts.local_time import local_time
+
 from vigil.world import CURRENCY_BY_COUNTRY as CURRENCY
 
 
@@ -27,9 +29,12 @@ def _iso(ts: datetime) -> str:
     return ts.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def _daytime_before(now: datetime, hour: int) -> datetime:
-    day = now.replace(hour=hour, minute=12, second=0, microsecond=0)
-    return day if day < now else day - timedelta(days=1)
+def _daytime_before(now: datetime, hour: int, country: str | None = None) -> datetime:
+    """The latest ``hour``:12 local time (in ``country``, by the one local-time rule) before
+    ``now``."""
+    local_now = local_time(now, country)
+    day = local_now.replace(hour=hour, minute=12, second=0, microsecond=0)
+    return day if day < local_now else day - timedelta(days=1)
 
 
 def build_scenarios(raw: pd.DataFrame, now: datetime | None = None, n_legit: int = 3,
@@ -46,18 +51,18 @@ def build_scenarios(raw: pd.DataFrame, now: datetime | None = None, n_legit: int
     )
     regular = per_card[per_card["channel"] != "pos"].sort_values(["n", "amount"], ascending=False)
     out: list[Scenario] = []
-    day = _daytime_before(now, 14)
     for i, (card, row) in enumerate(regular.head(n_legit).iterrows()):
+        day = _daytime_before(now, 14, row["country"])  # the card's own afternoon
         out.append(Scenario("regular purchase", False, {
             "transaction_id": f"{prefix}-legit-{i}", "card_id": card, "merchant_id": row["merchant"],
             "amount": round(float(row["amount"]), 2), "currency": CURRENCY.get(row["country"], "EUR"),
             "timestamp": _iso(day + timedelta(minutes=i)), "channel": row["channel"],
             "device_id": row["device"], "ip_address": f"10.1.{i}.7", "country": row["country"],
         }))
-    night = _daytime_before(now, 3)
     foreign = {"FR": "US", "DE": "CA", "GB": "CH", "US": "IE"}
     for i, (card, row) in enumerate(regular.iloc[n_legit:n_legit + n_takeover].iterrows()):
         country = foreign.get(row["country"], "CA")
+        night = _daytime_before(now, 3, country)  # the small hours where the fraudster pays
         out.append(Scenario("account takeover", True, {
             "transaction_id": f"{prefix}-ato-{i}", "card_id": card, "merchant_id": row["merchant"],
             "amount": round(float(row["amount"]) * 18, 2), "currency": CURRENCY.get(country, "USD"),

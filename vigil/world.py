@@ -9,8 +9,14 @@ behaviour on purpose, so that a model has something to learn and cannot win on o
 The output is a pure function of :class:`WorldConfig`: every random draw comes from generators
 derived from ``config.seed``, and the only use of the wall clock is the default ``end``. The
 file is written chunk by chunk (a chunk is one day, or an equal slice of a day for very large
-worlds), one row group per chunk, so memory holds the per-entity state plus one chunk, whatever
-``n_transactions`` is.
+worlds), about one row group per chunk, so memory holds the per-entity state plus a chunk or
+two, whatever ``n_transactions`` is.
+
+Behaviour is generated in local time (people sleep at night where they are; odd-hours fraud
+strikes at the local small hours): each transaction's wall-clock time is turned into its
+instant by the time zone of its country (``vigil_contracts.local_time``, the rule serving
+uses), so the file holds UTC instants, sorted. A row whose instant falls outside the window
+(a local time near its edges) is not written.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
+from vigil_contracts.local_time import COUNTRY_TIME_ZONES
 
 __all__ = [
     "CHANNELS",
@@ -81,7 +88,7 @@ _N_COUNTRIES = len(COUNTRIES)
 # stay clear of 0, 10, 127 and the multicast block.
 _IP_OCTETS = (11 + 7 * np.arange(_N_COUNTRIES)[:, None] + np.arange(6)[None, :]).astype(np.uint32)
 
-# Hourly activity weights, hour = UTC hour (the local hour of this world). Most cardholders
+# Hourly activity weights by local hour (see the module docstring). Most cardholders
 # sleep; "night owls" (night workers, insomniacs) give legit traffic at the hours odd-hours fraud
 # uses, which is what keeps the hour of day from being a giveaway.
 _PROFILE_NORMAL = np.array([0.9, 0.5, 0.3, 0.25, 0.3, 0.6, 1.5, 3.0, 4.5, 5.5, 6.0, 6.5,
@@ -787,11 +794,11 @@ class _Encoder:
         self.mechanisms = pa.array(("",) + MECHANISMS)
         self.next_id = 0
 
-    def table(self, rows: _Rows, day_start_us: int, chargeback_delay_us: np.ndarray) -> pa.Table:
+    def table(self, rows: _Rows, ts: np.ndarray, chargeback_delay_us: np.ndarray) -> pa.Table:
+        """The rows at their UTC instants ``ts`` (µs), ids in that order."""
         n = len(rows)
         ids = np.arange(self.next_id, self.next_id + n)
         self.next_id += n
-        ts = day_start_us + rows.t
         fraud = rows.mechanism > 0
         null_dev = rows.device == _NULL_DEVICE
         country = pa.array(rows.country)
@@ -837,6 +844,26 @@ def generate_world(config: WorldConfig, out_path: Path, progress: bool = False) 
 
     by_mechanism = dict.fromkeys(MECHANISMS, 0)
     n_rows = n_fraud = n_groups = 0
+    end_us = start_us + config.n_days * _US_PER_DAY
+    # Rows made but not written yet: local times become instants up to _MAX_AHEAD_US before
+    # their wall-clock reading, so a row is written once no later chunk can precede it.
+    carry = _Pending.empty()
+
+    def write(ready: _Pending) -> None:
+        nonlocal n_rows, n_fraud, n_groups
+        inside = (ready.ts >= start_us) & (ready.ts < end_us)
+        ready = ready.take(np.flatnonzero(inside))
+        if not len(ready.rows):
+            return
+        rows = ready.rows
+        writer.write_table(encoder.table(rows, ready.ts, ready.delay), row_group_size=len(rows))
+        n_groups += 1
+        n_rows += len(rows)
+        fraud_rows = rows.mechanism[rows.mechanism > 0]
+        n_fraud += len(fraud_rows)
+        for code, count in zip(*np.unique(fraud_rows, return_counts=True), strict=True):
+            by_mechanism[MECHANISMS[code - 1]] += int(count)
+
     with pq.ParquetWriter(out_path, schema) as writer, tqdm(
         total=config.n_days * slices, disable=not progress, unit="chunk", desc="world"
     ) as bar:
@@ -858,16 +885,14 @@ def generate_world(config: WorldConfig, out_path: Path, progress: bool = False) 
                 delay = np.zeros(len(rows), dtype=np.int64)
                 is_fraud = rows.mechanism > 0
                 delay[is_fraud] = _chargeback_delay(rng, int(is_fraud.sum()))
-                if len(rows):
-                    writer.write_table(encoder.table(rows, day_start_us, delay),
-                                       row_group_size=len(rows))
-                    n_groups += 1
-                n_rows += len(rows)
-                fraud_rows = rows.mechanism[rows.mechanism > 0]
-                n_fraud += len(fraud_rows)
-                for code, count in zip(*np.unique(fraud_rows, return_counts=True)):
-                    by_mechanism[MECHANISMS[code - 1]] += int(count)
+                made = _Pending(rows, _local_to_utc_us(day_start_us + rows.t, rows.country), delay)
+                carry = _Pending.concat(carry, made)
+                horizon = day_start_us + int(bounds[s + 1]) - _MAX_AHEAD_US
+                ready = carry.ts < horizon
+                write(carry.take(np.flatnonzero(ready)).sorted())
+                carry = carry.take(np.flatnonzero(~ready))
                 bar.update(1)
+        write(carry.sorted())
 
     return WorldSummary(
         path=out_path,
@@ -881,6 +906,50 @@ def generate_world(config: WorldConfig, out_path: Path, progress: bool = False) 
         n_merchants=config.merchants,
         n_row_groups=n_groups,
     )
+
+
+_ZONES = [COUNTRY_TIME_ZONES[c] for c in COUNTRIES]
+# The furthest ahead of UTC any of the world's countries gets (Europe in summer: +2 h), with room.
+_MAX_AHEAD_US = 3 * _US_PER_HOUR
+
+
+def _local_to_utc_us(local_us: np.ndarray, country: np.ndarray) -> np.ndarray:
+    """Wall-clock times (µs, read as naive local times) in each row's country -> UTC instants.
+    A wall-clock time that does not exist (the spring-forward hour) moves forward; one that
+    occurs twice (the fall-back hour) is read as standard time."""
+    out = np.empty_like(local_us)
+    for code in np.unique(country):
+        rows = np.flatnonzero(country == code)
+        naive = pd.DatetimeIndex(local_us[rows].astype("datetime64[us]"))
+        aware = naive.tz_localize(_ZONES[int(code)], ambiguous=np.zeros(len(rows), dtype=bool),
+                                  nonexistent="shift_forward")
+        out[rows] = aware.tz_convert("UTC").as_unit("us").asi8
+    return out
+
+
+@dataclass
+class _Pending:
+    """Rows made, at their UTC instants, with their chargeback delays: not written yet."""
+
+    rows: _Rows
+    ts: np.ndarray
+    delay: np.ndarray
+
+    @staticmethod
+    def empty() -> _Pending:
+        return _Pending(_empty_rows(), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+
+    @staticmethod
+    def concat(a: _Pending, b: _Pending) -> _Pending:
+        return _Pending(_Rows.concat([a.rows, b.rows]), np.concatenate([a.ts, b.ts]),
+                        np.concatenate([a.delay, b.delay]))
+
+    def take(self, idx: np.ndarray) -> _Pending:
+        return _Pending(self.rows.take(idx), self.ts[idx], self.delay[idx])
+
+    def sorted(self) -> _Pending:
+        """By instant; rows at the same instant keep the order they were made in."""
+        return self.take(np.argsort(self.ts, kind="stable"))
 
 
 def _chargeback_delay(rng: np.random.Generator, n: int) -> np.ndarray:

@@ -111,8 +111,9 @@ class Transaction(BaseModel):
     )
     currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, e.g. EUR.")
     timestamp: Timestamp = Field(
-        description="When the payment happened: RFC 3339 with an offset (the payer's local offset "
-        "if known: the hour of day is read in it)."
+        description="When the payment happened: RFC 3339 with an offset. Local time (the hour of "
+        "day, night) is this instant in the time zone of `country`, whatever offset it is "
+        "written with; without a country (or one Vigil has no zone for), the offset written here."
     )
     channel: Channel = Field(description="pos (card present), ecom (web) or mobile (app).")
     ip_address: IpAddress | None = Field(default=None, description="Payer's IP address, if known.")

@@ -20,6 +20,8 @@ from datetime import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from vigil_contracts.local_time import local_hour
+
 #: Request fields the gateway sends with every row, and their Feast types.
 REQUEST_FIELDS: dict[str, str] = {
     "amount": "Float64",
@@ -279,12 +281,14 @@ def request_columns(
     """Business transactions -> their request-time fields, one column per field (what a batch
     is sent to the encoder as); :func:`request_fields` is this for one transaction.
 
-    The hour of day is read in each timestamp's own UTC offset (the payer's local time).
+    The hour of day is local time by the one rule of :mod:`vigil_contracts.local_time`: the
+    instant in the time zone of the transaction's country (the offset it was written with when
+    the country has no zone there).
     """
     return {
         "amount": [float(amount) for amount in amounts],
         "txn_epoch": [timestamp.timestamp() for timestamp in timestamps],
-        "txn_hour": [int(timestamp.hour) for timestamp in timestamps],
+        "txn_hour": [local_hour(timestamp, country) for timestamp, country in zip(timestamps, countries, strict=True)],
         "channel": list(channels),
         "country": list(countries),
         "device_present": [1 if present else 0 for present in device_present],
