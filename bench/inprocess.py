@@ -18,8 +18,9 @@ import argparse
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import numpy as np
 
@@ -65,6 +66,7 @@ async def _time_async(fn: Callable[[], Awaitable[Any]], rows: int, seconds: floa
 
 async def measure(spec: dict[str, Any]) -> dict[str, Any]:
     import redis
+
     from vigil_contracts.encoding import EncodeRequest
     from vigil_encoder.dataplane import Encoder
     from vigil_encoder.metrics import EncoderMetrics

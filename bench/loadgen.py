@@ -89,7 +89,7 @@ class Client:
                     error = f"http_{resp.status}"
                 elif self.check_degraded and DEGRADED in payload:
                     error = "degraded"
-        except asyncio.TimeoutError:
+        except TimeoutError:
             error = "timeout"
         except aiohttp.ClientError as exc:
             error = type(exc).__name__

@@ -37,7 +37,7 @@ class Managed:
     process: subprocess.Popen[bytes] | None = None
     cold_start_s: float | None = None
 
-    def start(self, timeout: float = 90.0, poll: float = 0.01) -> "Managed":
+    def start(self, timeout: float = 90.0, poll: float = 0.01) -> Managed:
         """Spawn and wait until ``ready_url`` answers 200; ``cold_start_s`` is spawn -> ready."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")

@@ -21,7 +21,7 @@ import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -234,7 +234,7 @@ class Watcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> "Watcher":
+    def __enter__(self) -> Watcher:
         self._trees = {name: procs.tree(pid) for name, pid in self.pids.items()}
         self.peak = {name: procs.rss_of(tree) for name, tree in self._trees.items()}
         self._stop.clear()
@@ -550,7 +550,7 @@ def machine() -> dict[str, Any]:
         "nproc": os.cpu_count(), "cpu_model": model,
         "ram_gb": psutil.virtual_memory().total / 2**30,
         "python": platform.python_version(), "platform": platform.platform(),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "code": _code_state(),
     }
 

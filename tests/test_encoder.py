@@ -10,16 +10,16 @@ import json
 import math
 import random
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pandas as pd
 import pytest
+
+from vigil import feast_repo
 from vigil_contracts.encoding import BINARY_HEADER_LENGTH, BINARY_MEDIA_TYPE, decode_binary
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE
 from vigil_contracts.request_features import NO_DEVICE_ID, OUTPUT_FEATURES
-
-from vigil import feast_repo
 from vigil_encoder.app import create_app
 from vigil_encoder.settings import EncoderSettings
 
@@ -197,7 +197,7 @@ def _card_stats_row(card_id: str, stamp: datetime) -> dict:
 
 
 async def test_rows_older_than_ttl_are_missing_and_stale(client, store, spec):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     old, fresh = "c_ttl_expired", "c_ttl_fresh"
     frame = pd.DataFrame([_card_stats_row(old, now - timedelta(days=40)),
                           _card_stats_row(fresh, now - timedelta(hours=2))])
@@ -245,7 +245,7 @@ async def test_rows_older_than_ttl_are_missing_and_stale(client, store, spec):
 async def test_the_binary_answer_carries_exactly_the_json_answer(client, store, feature_env):
     # One expired card row among the parity rows, so that stale flags are set too.
     store.write_to_online_store("card_stats", pd.DataFrame(
-        [_card_stats_row("c_bin_expired", datetime.now(timezone.utc) - timedelta(days=40))]))
+        [_card_stats_row("c_bin_expired", datetime.now(UTC) - timedelta(days=40))]))
     rows = parity_rows(feature_env, n=200, seed=11)
     rows[0]["entities"]["card_id"] = "c_bin_expired"
     as_json = (await encode(client, rows)).json()

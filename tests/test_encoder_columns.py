@@ -15,7 +15,7 @@ import json
 import math
 import random
 import struct
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import orjson
@@ -23,12 +23,12 @@ import pandas as pd
 import pytest
 import redis
 from google.protobuf.timestamp_pb2 import Timestamp
-from test_encoder import _card_stats_row
-from vigil_contracts.encoding import encode_binary
-from vigil_contracts import request_features
-from vigil_contracts.request_features import NO_DEVICE_ID, OUTPUT_FEATURES, transform_row
 
+from test_encoder import _card_stats_row
 from vigil import feast_repo
+from vigil_contracts import request_features
+from vigil_contracts.encoding import encode_binary
+from vigil_contracts.request_features import NO_DEVICE_ID, OUTPUT_FEATURES, transform_row
 from vigil_encoder import dataplane
 from vigil_encoder.dataplane import Encoder, _getter
 from vigil_encoder.feast_values import ValueProto, decode_values
@@ -180,7 +180,7 @@ def _identical(got: list[dict], want: list[dict]) -> None:
 def mixed_rows(feature_env) -> list[dict]:
     """Rows as the gateway sends them, and then some: unknown cards, merchants and devices, no
     device, a stale card, odd request values, and repeats of all of them."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     feast_repo.open_store(feature_env.repo).write_to_online_store("card_stats", pd.DataFrame([
         _card_stats_row("c_cols_expired", now - timedelta(days=45)),
         _card_stats_row("c_cols_fresh", now - timedelta(hours=3)),
@@ -223,7 +223,7 @@ def mixed_rows(feature_env) -> list[dict]:
 @pytest.fixture
 async def make_encoder(feature_env, monkeypatch):
     """Encoders on the test Redis, at a frozen clock (the ages are then exact)."""
-    now = datetime.now(timezone.utc).timestamp()
+    now = datetime.now(UTC).timestamp()
     monkeypatch.setattr(dataplane, "time", SimpleNamespace(time=lambda: now))
     stores = []
 

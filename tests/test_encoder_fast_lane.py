@@ -18,13 +18,13 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+
 from fast_lane_checks import Pair, access_line, assert_same
+from vigil import feast_repo
+from vigil.redis_server import free_port
 from vigil_contracts.encoding import BINARY_HEADER_LENGTH, BINARY_MEDIA_TYPE
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE
 from vigil_contracts.request_features import NO_DEVICE_ID
-
-from vigil import feast_repo
-from vigil.redis_server import free_port
 from vigil_encoder import dataplane
 from vigil_encoder.app import create_app
 from vigil_encoder.deps import get_encoder

@@ -8,11 +8,11 @@ import time
 
 import httpx
 import pytest
-from vigil_contracts.problems import PROBLEM_MEDIA_TYPE
-from vigil_contracts.request_features import NO_DEVICE_ID
 
 from vigil import feast_repo
 from vigil.redis_server import RedisServer, free_port
+from vigil_contracts.problems import PROBLEM_MEDIA_TYPE
+from vigil_contracts.request_features import NO_DEVICE_ID
 from vigil_encoder.app import create_app
 from vigil_encoder.settings import EncoderSettings
 

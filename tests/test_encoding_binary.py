@@ -9,11 +9,15 @@ import math
 import struct
 
 import pytest
+
 from vigil_contracts.encoding import (
-    BINARY_TENSORS, EncodeResponse, binary_header, decode_binary, encode_binary,
+    BINARY_TENSORS,
+    EncodeResponse,
+    binary_header,
+    decode_binary,
+    encode_binary,
     encode_binary_flat,
 )
-
 from vigil_gateway.encoder_client import parse_binary_encode_response, parse_encode_response
 from vigil_gateway.predictor_client import Features
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import struct
 import time
-import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,13 +30,13 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+
+from vigil.redis_server import free_port
 from vigil_contracts.encoding import EncodeColumnsRequest, EncodeRequest
 from vigil_contracts.feature_contract import feature_contract_hash
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE
 from vigil_contracts.request_features import NO_DEVICE_ID, transform_row
 from vigil_contracts.thresholds import label_for_score
-
-from vigil.redis_server import free_port
 from vigil_gateway import deps
 from vigil_gateway.app import create_app
 from vigil_gateway.decisions import KEY_PREFIX
@@ -903,8 +903,13 @@ async def test_decision_store_reserves_then_settles_each_in_one_script_call(redi
     marker or decision unless told to overwrite, and deletes only its own marker. Each is one
     script call (loaded again when Redis has forgotten it)."""
     from vigil_contracts.api import ModelRef, ScoreResponse
-
-    from vigil_gateway.decisions import DecisionStore, Pending, StoredDecision, connect, encode_entry
+    from vigil_gateway.decisions import (
+        DecisionStore,
+        Pending,
+        StoredDecision,
+        connect,
+        encode_entry,
+    )
     from vigil_gateway.metrics import GatewayMetrics
 
     def answer(tid: str, score: float) -> ScoreResponse:
@@ -1002,7 +1007,6 @@ async def _foreign_marker(redis_url: str, body: dict[str, Any], *, payload: str 
                           ms: int = 5000) -> None:
     """Another request's reservation for ``body``'s id (for its payload, unless told)."""
     from vigil_contracts.api import Transaction
-
     from vigil_gateway.decisions import payload_hash, pending_marker
 
     digest = payload or payload_hash(Transaction.model_validate(body))

@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+
 from fast_lane_checks import Pair, assert_same
 from test_gateway import fraud_txn, gateway, redis_url, suspicious_txn, txn  # noqa: F401 (fixture)
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE
-
 from vigil_gateway import deps
 from vigil_gateway.rest import score_batch, score_transaction, transactions_router
 from vigil_servicekit.fast_lane import declared_route

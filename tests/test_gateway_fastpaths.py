@@ -5,16 +5,15 @@ intermediate models, the encoder's answer read without pydantic. No app, no netw
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from typing import Any
 
 import orjson
 import pytest
 from pydantic import ValidationError
+
 from vigil_contracts.api import BatchResponse, ModelRef, Reason, ScoreResponse, Transaction
 from vigil_contracts.encoding import EncodeResponse
-
 from vigil_gateway.decisions import StoredDecision, encode_entry, payload_hash
 from vigil_gateway.encoder_client import parse_encode_response
 from vigil_gateway.errors import DecisionConflict, InvalidTransaction

@@ -18,15 +18,15 @@ import httpx
 import numpy as np
 import pytest
 import xgboost as xgb
+
 from settings_docs import undocumented_fields
 from vigil.artifacts import write_artifact
 from vigil_contracts.feature_contract import feature_contract_hash
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE
-from vigil_servicekit.logs import JsonFormatter
-
 from vigil_predictor.app import create_app
 from vigil_predictor.deps import get_dataplane
 from vigil_predictor.settings import PredictorSettings
+from vigil_servicekit.logs import JsonFormatter
 
 MODEL = "fraud-test"
 N_FEATURES = 10

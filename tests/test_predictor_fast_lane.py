@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import xgboost as xgb
 from fastapi import FastAPI
+
 from fast_lane_checks import Pair, access_line, assert_same
 from test_predictor import (
     CONTRACT,
@@ -33,7 +34,6 @@ from test_predictor import (
     rows,
     xgb_scores,
 )
-
 from vigil_predictor.app import create_app
 from vigil_predictor.deps import get_dataplane
 from vigil_predictor.rest import infer, infer_version, models_router

@@ -22,10 +22,10 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from vigil_contracts.thresholds import LABELS
 
-from test_gateway import MODEL, THRESHOLDS, EncoderStandIn, PredictorStandIn  # noqa: E402
+from test_gateway import MODEL, THRESHOLDS, EncoderStandIn, PredictorStandIn
 from vigil.redis_server import free_port
+from vigil_contracts.thresholds import LABELS
 from vigil_gateway.app import create_app
 from vigil_gateway.settings import GatewaySettings
 

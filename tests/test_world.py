@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ from vigil.world import (
     load_transactions,
 )
 
-END = datetime(2026, 11, 1, tzinfo=timezone.utc)
+END = datetime(2026, 11, 1, tzinfo=UTC)
 N_DAYS = 14
 TS = pa.timestamp("us", tz="UTC")
 EXPECTED_SCHEMA = [
@@ -207,7 +207,7 @@ def test_progress_bar(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     {"fraud_rate": 0.001},
     {"fraud_rate": 0.05},
     {"end": datetime(2026, 11, 1)},
-    {"end": datetime(2026, 11, 1, 12, tzinfo=timezone.utc)},
+    {"end": datetime(2026, 11, 1, 12, tzinfo=UTC)},
     {"n_days": 0},
 ])
 def test_invalid_config_is_rejected(kwargs: dict[str, object]) -> None:

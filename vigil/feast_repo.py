@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -78,7 +78,7 @@ def config_path(repo: Path) -> Path:
     return derived
 
 
-def open_store(repo: Path) -> "FeatureStore":
+def open_store(repo: Path) -> FeatureStore:
     from feast import FeatureStore
 
     return FeatureStore(repo_path=str(repo), fs_yaml_file=config_path(repo))
@@ -116,7 +116,7 @@ def materialize(repo: Path, end: datetime | None = None, full: bool = False) -> 
     empty online store needs, since the incremental watermark lives in the registry and would
     skip everything materialized before into another store.
     """
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     end = min(end or now, now)
     stamp = "%Y-%m-%dT%H:%M:%S"
     if full:
@@ -136,7 +136,7 @@ def load_serving_spec(repo: Path) -> ServingSpec:
     return ServingSpec.model_validate_json(path.read_text())
 
 
-def export_serving_spec(store: "FeatureStore") -> ServingSpec:
+def export_serving_spec(store: FeatureStore) -> ServingSpec:
     """Describe every feature service as the encoder needs it, in Feast's feature order."""
     project = store.project
     services: dict[str, FeatureServiceSpec] = {}

@@ -122,7 +122,7 @@ WINDOWS_US: dict[str, int] = {
     "7d": 7 * 24 * _US_PER_HOUR,
     "30d": 30 * 24 * _US_PER_HOUR,
 }
-NIGHT_HOURS_UTC = range(0, 6)  # 00:00-05:59 UTC, as in the request feature ``is_night``
+NIGHT_HOURS_UTC = range(6)  # 00:00-05:59 UTC, as in the request feature ``is_night``
 SMALL_AMOUNT = 5.0  # card-testing probes are tiny amounts
 ROW_DELAY_US = 1  # a row describes the state after t_i, so it becomes visible just after t_i
 

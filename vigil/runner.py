@@ -20,7 +20,6 @@ import httpx
 
 from vigil.redis_server import RedisServer, free_port
 
-
 #: uvicorn's httptools protocol with one write per response (``vigil_servicekit.uvicorn_http``).
 HTTP_PROTOCOL = "vigil_servicekit.uvicorn_http:HttpToolsProtocol"
 
@@ -92,7 +91,7 @@ class LocalStack:
         self.extra_env = extra_env or {}
         self.services: dict[str, RunningService] = {}
 
-    def start(self, timeout: float = 60.0) -> "LocalStack":
+    def start(self, timeout: float = 60.0) -> LocalStack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if self.redis_url is None:
             self.redis = RedisServer(log_path=self.log_dir / "redis.log").start()
@@ -169,7 +168,7 @@ class LocalStack:
         if self.redis:
             self.redis.stop()
 
-    def __enter__(self) -> "LocalStack":
+    def __enter__(self) -> LocalStack:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

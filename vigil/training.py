@@ -9,10 +9,11 @@ rules baseline. The same seed and data give the same booster, byte for byte.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,7 +25,6 @@ from vigil.artifacts import write_artifact
 from vigil.dataset import entity_frame, historical_matrix, to_float32
 from vigil.model_card import render_model_card
 from vigil_contracts.artifact import list_versions
-from vigil_contracts.serving_spec import FeatureServiceSpec
 from vigil_contracts.thresholds import label_for_score
 
 DEFAULT_MODEL_NAME = "fraud_detector"
@@ -273,7 +273,7 @@ def train(
     metadata = {
         "name": config.model_name,
         "version": version,
-        "created_at": datetime.now(timezone.utc).strftime(fmt),
+        "created_at": datetime.now(UTC).strftime(fmt),
         "framework": {"xgboost": xgb.__version__},
         "feature_service": spec.name,
         "feature_names": spec.feature_names,

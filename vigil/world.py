@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -167,8 +167,8 @@ class WorldConfig:
 
     def resolved_end(self) -> datetime:
         if self.end is not None:
-            return self.end.astimezone(timezone.utc)
-        now = datetime.now(timezone.utc)
+            return self.end.astimezone(UTC)
+        now = datetime.now(UTC)
         return now.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
@@ -191,7 +191,7 @@ class WorldSummary:
 def _check_end(end: datetime) -> None:
     if end.tzinfo is None or end.utcoffset() is None:
         raise ValueError("end must be timezone-aware (UTC)")
-    utc = end.astimezone(timezone.utc)
+    utc = end.astimezone(UTC)
     # Day chunks and the diurnal profile are aligned on UTC midnight.
     if (utc.hour, utc.minute, utc.second, utc.microsecond) != (0, 0, 0, 0):
         raise ValueError(f"end must be at 00:00 UTC, got {utc.isoformat()}")

@@ -175,7 +175,7 @@ class BatchItemResult(BaseModel):
     error: Problem | None = None
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "BatchItemResult":
+    def _exactly_one(self) -> BatchItemResult:
         if (self.result is None) == (self.error is None):
             raise ValueError("exactly one of result and error must be set")
         return self

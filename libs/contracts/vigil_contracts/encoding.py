@@ -6,9 +6,10 @@ import json
 import math
 import sys
 from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any, Iterable
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -36,7 +37,7 @@ class EncodeColumns(BaseModel):
         description="Request-time field -> one value per row (see request_features.REQUEST_FIELDS).")
 
     @model_validator(mode="after")
-    def _one_length(self) -> "EncodeColumns":
+    def _one_length(self) -> EncodeColumns:
         lengths = {len(values) for values in (*self.entities.values(), *self.request.values())}
         if len(lengths) > 1:
             raise ValueError("every column must have one value per row (the same length)")

@@ -16,8 +16,8 @@ NaN) give missing outputs (``None``), never an exception.
 from __future__ import annotations
 
 import math
-from datetime import datetime
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 #: Request fields the gateway sends with every row, and their Feast types.
@@ -56,7 +56,7 @@ OUTPUT_FEATURES: tuple[str, ...] = (
 )
 
 CHANNEL_CODES: dict[str, float] = {"pos": 0.0, "ecom": 1.0, "mobile": 2.0}
-NIGHT_HOURS = range(0, 6)
+NIGHT_HOURS = range(6)
 
 
 def _missing(value: Any) -> bool:

@@ -46,11 +46,11 @@ class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at emit time (pytest swaps it between tests)."""
 
     @property  # type: ignore[override]
-    def stream(self):  # noqa: ANN201
+    def stream(self):
         return sys.stderr
 
     @stream.setter
-    def stream(self, _value) -> None:  # noqa: ANN001
+    def stream(self, _value) -> None:
         pass
 
     def emit_line(
@@ -69,7 +69,7 @@ class _StderrHandler(logging.StreamHandler):
                 self.flush()
             except RecursionError:
                 raise
-            except Exception:  # noqa: BLE001 - what Handler.emit does: report, never raise
+            except Exception:  # what Handler.emit does: report, never raise
                 record = logger.makeRecord(logger.name, level, __file__, 0, msg, (), None,
                                            extra=fields)
                 record.created = created

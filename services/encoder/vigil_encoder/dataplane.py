@@ -27,13 +27,17 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import Counter
-from vigil_contracts.encoding import EncodeRequest, binary_header, encode_binary_flat
 
+from vigil_contracts.encoding import EncodeRequest, binary_header, encode_binary_flat
 from vigil_encoder.errors import EncoderNotReady, FeatureServiceNotFound, SpecError, TooManyRows
 from vigil_encoder.feast_values import decode_timestamp, decode_values
 from vigil_encoder.metrics import EncoderMetrics
 from vigil_encoder.plan import (
-    ColumnsTransform, OnDemandPlan, ServicePlan, VectorTransform, load_plans,
+    ColumnsTransform,
+    OnDemandPlan,
+    ServicePlan,
+    VectorTransform,
+    load_plans,
 )
 from vigil_encoder.store import OnlineStore
 from vigil_encoder.validation import check_columns, check_request_columns

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+
 from vigil_contracts import request_features
 from vigil_contracts.serving_spec import FeatureServiceSpec, ServingSpec
-
 from vigil_encoder.errors import SpecError
 from vigil_encoder.feast_keys import EntityKeyCodec, field_name, timestamp_field
 from vigil_encoder.feast_values import SCALAR_DTYPES

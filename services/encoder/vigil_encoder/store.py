@@ -33,7 +33,6 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from redis.utils import HIREDIS_AVAILABLE
 
 try:  # redis-py's hiredis parser, whose buffered replies a batch takes directly (see below)

@@ -40,7 +40,7 @@ class Coalescer:
     ``on_batch(requests, rows)`` is told each call's size (for metrics).
     """
 
-    def __init__(self, max_rows: int, on_batch=None) -> None:  # noqa: ANN001
+    def __init__(self, max_rows: int, on_batch=None) -> None:
         self.max_rows = max_rows
         self.on_batch = on_batch
         self._open: dict[Hashable, _Batch] = {}
@@ -80,7 +80,7 @@ class Coalescer:
                 stacked, contributions=batch.contributions,
                 contributions_min_score=batch.min_score,
             )
-        except Exception as exc:  # noqa: BLE001 - every request of the batch gets the error
+        except Exception as exc:  # every request of the batch gets the error
             for _, waiter in live:
                 if not waiter.done():
                     waiter.set_exception(exc)

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 import xgboost as xgb
-from vigil_contracts.artifact import ArtifactError, verify_artifact
 
+from vigil_contracts.artifact import ArtifactError, verify_artifact
 from vigil_predictor.scoring_call import predict_dense
 
 logger = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ class XGBoostRuntime:
             probe = predict_dense(booster, np.full((1, info.num_features), np.nan, np.float32))
             if probe.shape != (1,):
                 raise ArtifactError(f"booster scores a row with shape {probe.shape}, not (1,)")
-        except Exception as exc:  # noqa: BLE001 - a bad version is refused, never fatal to the rest
+        except Exception as exc:  # a bad version is refused, never fatal to the rest
             self.error = f"{type(exc).__name__}: {exc}"
             self._booster = None
             logger.error(
