@@ -91,7 +91,8 @@ async def measure(spec: dict[str, Any]) -> dict[str, Any]:
     client = redis.Redis.from_url(spec["redis_url"])
 
     out: dict[str, Any] = {}
-    for n in spec["sizes"]:
+
+    async def measure_size(n: int) -> None:  # a call per size: the timed closures bind its locals
         chosen = [rows[i % len(rows)] for i in range(n)]
         matrix = vectors[np.arange(n) % len(vectors)]
         keys = [(view.codec.redis_key(row["entities"]), view.hmget.fields)
@@ -121,6 +122,9 @@ async def measure(spec: dict[str, Any]) -> dict[str, Any]:
             lambda: runtime.predict(matrix, contributions=True,
                                     contributions_min_score=suspicious), n, seconds)
         out[f"dataplanes_{n}"] = await _time_async(dataplanes, n, seconds)
+
+    for n in spec["sizes"]:
+        await measure_size(n)
     await store.close()
     client.close()
     return out

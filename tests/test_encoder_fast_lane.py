@@ -19,7 +19,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from fast_lane_checks import Pair, access_line, assert_same
+from fast_lane_checks import Pair, access_line, assert_same, provider
 from vigil import feast_repo
 from vigil.redis_server import free_port
 from vigil_contracts.encoding import BINARY_HEADER_LENGTH, BINARY_MEDIA_TYPE
@@ -196,11 +196,10 @@ async def test_a_client_gone_while_sending_is_equal(pair: Pair) -> None:
              "server": ("encoder", 80),
              "headers": [(b"host", b"encoder"), (b"content-type", b"application/json"),
                          (b"x-request-id", b"lane-1")]}
-    answers = []
-    for through_fastapi in (False, True):
+
+    async def answer(through_fastapi: bool) -> list[dict[str, Any]]:
         if through_fastapi:
-            encoder = pair.app.state.encoder
-            pair.app.dependency_overrides[get_encoder] = lambda: encoder
+            pair.app.dependency_overrides[get_encoder] = provider(pair.app.state.encoder)
         messages = [{"type": "http.request", "body": content[:10], "more_body": True},
                     {"type": "http.disconnect"}]
 
@@ -218,7 +217,9 @@ async def test_a_client_gone_while_sending_is_equal(pair: Pair) -> None:
         finally:
             pair.app.dependency_overrides.clear()
         assert pair.routed - routed == 1  # the lane deferred it
-        answers.append(sent)
+        return sent
+
+    answers = [await answer(through_fastapi=False), await answer(through_fastapi=True)]
     assert answers[0] == answers[1]
     assert answers[0][0]["status"] == 400
 

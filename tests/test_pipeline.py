@@ -284,7 +284,7 @@ def reference_tables(raw: pd.DataFrame) -> dict[str, pd.DataFrame]:
             mask = (raw[key] == entity).to_numpy()
             ent = raw[mask].assign(us=us[mask])
             for now in sorted(set(ent["us"])):
-                def win(size: str) -> pd.DataFrame:
+                def win(size: str, ent: pd.DataFrame = ent, now: int = now) -> pd.DataFrame:
                     return ent[(ent["us"] > now - w[size]) & (ent["us"] <= now)]
 
                 row: dict = {key: entity,
