@@ -69,7 +69,7 @@ class _StderrHandler(logging.StreamHandler):
                 self.flush()
             except RecursionError:
                 raise
-            except Exception:  # what Handler.emit does: report, never raise
+            except Exception:  # noqa: BLE001 - what Handler.emit does: report, never raise
                 record = logger.makeRecord(logger.name, level, __file__, 0, msg, (), None,
                                            extra=fields)
                 record.created = created

@@ -140,7 +140,7 @@ class XGBoostRuntime:
             probe = predict_dense(booster, np.full((1, info.num_features), np.nan, np.float32))
             if probe.shape != (1,):
                 raise ArtifactError(f"booster scores a row with shape {probe.shape}, not (1,)")
-        except Exception as exc:  # a bad version is refused, never fatal to the rest
+        except Exception as exc:  # noqa: BLE001 - a bad version is refused, never fatal to the rest
             self.error = f"{type(exc).__name__}: {exc}"
             self._booster = None
             logger.error(
