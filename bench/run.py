@@ -341,7 +341,7 @@ def pool_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         pooled.update(p50_ms=float(pct[0]), p95_ms=float(pct[1]), p99_ms=float(pct[2]),
                       p999_ms=float(pct[3]), max_ms=float(lat.max()), mean_ms=float(lat.mean()))
         from bench.loadgen import SPECTRUM
-        pooled["spectrum"] = [[p, float(v)] for p, v in zip(SPECTRUM, np.percentile(lat, SPECTRUM))]
+        pooled["spectrum"] = [[p, float(v)] for p, v in zip(SPECTRUM, np.percentile(lat, SPECTRUM), strict=True)]
     window = sum(r["window_s"] for r in rounds)
     ok = sum(r["ok"] for r in rounds)
     kinds: dict[str, int] = {}

@@ -167,7 +167,7 @@ def test_decoding_of_materialized_bytes_equals_feast(feature_env):
                 raws = client.hmget(key, fields + [timestamp_field(view.name)])
                 if raws[-1] is None:
                     continue  # another view's entity shares the prefix shape
-                for (feature, dtype), raw in zip(view.features.items(), raws[:-1]):
+                for (feature, dtype), raw in zip(view.features.items(), raws[:-1], strict=True):
                     ours, theirs = decode_value(raw), _feast_python(raw)
                     assert _same(ours, theirs), (view.name, feature, raw)
                     seen_dtypes.add(dtype)

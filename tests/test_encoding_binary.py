@@ -47,7 +47,7 @@ def test_round_trip_gives_back_every_value_flag_and_age() -> None:
     same = parse_encode_response(json.dumps(data).encode(), 5)
     assert (parsed.feature_service, parsed.feature_names, parsed.feature_contract) == (
         same.feature_service, same.feature_names, same.feature_contract)
-    for got, want in zip(parsed.rows, same.rows):
+    for got, want in zip(parsed.rows, same.rows, strict=True):
         assert got.values == want.values
         assert got.age_seconds == want.age_seconds
         assert [bool(b) for b in got.missing] == want.missing

@@ -68,7 +68,7 @@ def test_batch_validation_equals_validating_each_item() -> None:
     ]
     outcomes = validate_items(items)
     assert len(outcomes) == len(items)
-    for i, (item, outcome) in enumerate(zip(items, outcomes)):
+    for i, (item, outcome) in enumerate(zip(items, outcomes, strict=True)):
         try:
             expected = Transaction.model_validate(item)
         except ValidationError as exc:
@@ -141,7 +141,7 @@ def test_the_encoder_answer_reads_like_the_encode_response_model() -> None:
     assert parsed.feature_names == model.feature_names
     assert parsed.feature_contract == model.feature_contract
     assert parsed.feature_service == model.feature_service
-    for ours, theirs in zip(parsed.rows, model.rows):
+    for ours, theirs in zip(parsed.rows, model.rows, strict=True):
         for name in ("values", "missing", "stale", "age_seconds"):
             assert getattr(ours, name) == getattr(theirs, name)
 
@@ -276,7 +276,7 @@ def test_stored_entries_of_a_batch_are_what_storing_each_decision_wrote() -> Non
     answers = _odd_answers()[:50]
     hashes = [f"sha256:{i:064x}" for i in range(len(answers))]
     entries = encode_entries(decisions_json(answers), hashes, "req-1")
-    for answer, payload, entry in zip(answers, hashes, entries):
+    for answer, payload, entry in zip(answers, hashes, entries, strict=True):
         legacy = orjson.loads(StoredDecision.of(answer, payload).encode())
         got = orjson.loads(entry)
         assert got.pop("stored_at") == pytest.approx(legacy.pop("stored_at"), abs=5)
@@ -319,7 +319,7 @@ def test_answers_of_a_batch_are_what_postprocessing_each_row_gives() -> None:
                   for k, i in enumerate(rows)]
     assert many == one_by_one
     assert {a.label for a in many} == {"not_fraud", "suspicious", "highly_suspicious"}
-    for fast, slow in zip(many, one_by_one):  # the same objects, not only equal ones
+    for fast, slow in zip(many, one_by_one, strict=True):  # the same objects, not only equal ones
         assert type(fast) is ScoreResponse
         assert fast.__dict__ == slow.__dict__
         assert fast.__pydantic_fields_set__ == slow.__pydantic_fields_set__

@@ -261,7 +261,7 @@ def _binary_answer(outputs: dict[str, tuple[list[int], list[float]]]) -> tuple[b
     chunks = [struct.pack(f"<{len(flat)}f", *flat) for _, flat in outputs.values()]
     header = json.dumps({"model_name": "m", "model_version": "1", "outputs": [
         {"name": name, "datatype": "FP32", "shape": shape, "parameters": {"binary_data_size": len(chunk)}}
-        for (name, (shape, _)), chunk in zip(outputs.items(), chunks)
+        for (name, (shape, _)), chunk in zip(outputs.items(), chunks, strict=True)
     ]}).encode()
     return header + b"".join(chunks), str(len(header))
 

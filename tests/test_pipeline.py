@@ -81,7 +81,7 @@ def test_point_in_time_lookup_sees_only_strictly_earlier_transactions() -> None:
     ])
     card = compute_feature_tables(raw)["card_stats"]
     seen = seen_by(raw, card, "card_id")
-    tx = dict(zip(zip(raw["card_id"], raw["amount"]), raw["transaction_id"]))
+    tx = dict(zip(zip(raw["card_id"], raw["amount"], strict=True), raw["transaction_id"], strict=True))
 
     # The first transaction of a card sees no row at all (its own row is stamped after it).
     assert seen.loc[tx["c1", 10.0], list(FEATURE_TABLES["card_stats"])].isna().all()
@@ -132,8 +132,8 @@ def test_one_row_per_entity_and_timestamp_stamped_one_microsecond_after() -> Non
         table = tables[name]
         assert not table.duplicated([key, "event_timestamp"]).any()
         with_key = raw.dropna(subset=[key])
-        expected = set(zip(with_key[key], with_key["event_timestamp"] + US))
-        assert set(zip(table[key], table["event_timestamp"])) == expected
+        expected = set(zip(with_key[key], with_key["event_timestamp"] + US, strict=True))
+        assert set(zip(table[key], table["event_timestamp"], strict=True)) == expected
 
 
 def test_random_world_pit_join_sees_exactly_the_latest_strictly_earlier_transaction() -> None:

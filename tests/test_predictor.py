@@ -809,7 +809,7 @@ async def test_concurrent_requests_are_scored_together_with_their_own_answers(
             bodies.append(json_request(x, outputs=[{"name": "score"}, {"name": "contributions"}],
                                        parameters={"contributions_min_score": threshold}))
     answers = await asyncio.gather(*(client.post(INFER, json=body) for body in bodies))
-    for x, kind, response in zip(xs, kinds, answers):
+    for x, kind, response in zip(xs, kinds, answers, strict=True):
         assert response.status_code == 200, response.text
         matrix = xgb.DMatrix(x, missing=np.nan, feature_names=FEATURE_NAMES)
         body = response.json()

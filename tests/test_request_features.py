@@ -104,7 +104,7 @@ def _identical(a: list, b: list) -> bool:
     return len(a) == len(b) and all(
         type(x) is type(y) and (x == y and math.copysign(1, x) == math.copysign(1, y)
                                 or x != x and y != y)
-        for x, y in zip(a, b))
+        for x, y in zip(a, b, strict=True))
 
 
 def _outcome(function, row):
@@ -285,7 +285,7 @@ def test_request_columns_are_the_request_fields_of_each_transaction() -> None:
         rows.append((rng.choice([1, 12.5, 1e9, 0.01]), when.astimezone(tz),
                      rng.choice(["pos", "ecom", "mobile"]), rng.choice(["", "FR", "JP"]),
                      rng.random() < 0.5))
-    columns = request_columns(*zip(*rows))
+    columns = request_columns(*zip(*rows, strict=True))
     for i, row in enumerate(rows):
         expected = request_fields(*row)
         got = {name: values[i] for name, values in columns.items()}

@@ -202,7 +202,7 @@ def test_scores_the_prefilled_transaction_like_the_api(
     # The page's own request's id (the API's repeat above got an id of its own).
     assert field(result, "request-id") not in ("", stored_body["request_id"], fresh_body["request_id"])
     assert [li.get_attribute("data-code") for li in reasons] == [r["code"] for r in stored_body["reasons"]]
-    for li, reason in zip(reasons, stored_body["reasons"]):
+    for li, reason in zip(reasons, stored_body["reasons"], strict=True):
         assert li.text.startswith(reason["text"])
 
     # (3) What it looks like: a PNG of the page with the decision on it.

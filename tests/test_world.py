@@ -72,7 +72,7 @@ def test_rows_sorted_with_unique_ids(world: tuple[WorldSummary, pd.DataFrame]) -
     assert df["transaction_id"].str.fullmatch(r"t\d+").all()
     assert df["card_id"].str.fullmatch(r"c\d+").all()
     assert df["merchant_id"].str.fullmatch(r"m\d+").all()
-    keys = list(zip(df["event_timestamp"], df["transaction_id"]))
+    keys = list(zip(df["event_timestamp"], df["transaction_id"], strict=True))
     assert keys == sorted(keys)
 
 

@@ -53,7 +53,7 @@ def entity_frame(transactions: pd.DataFrame) -> pd.DataFrame:
         request_fields(a, t.to_pydatetime(), ch, co, bool(d))
         for a, t, ch, co, d in zip(
             transactions["amount"], ts, transactions["channel"], transactions["country"],
-            has_device,
+            has_device, strict=True,
         )
     ]
     frame = pd.DataFrame(fields, index=transactions.index)

@@ -865,7 +865,7 @@ def generate_world(config: WorldConfig, out_path: Path, progress: bool = False) 
                 n_rows += len(rows)
                 fraud_rows = rows.mechanism[rows.mechanism > 0]
                 n_fraud += len(fraud_rows)
-                for code, count in zip(*np.unique(fraud_rows, return_counts=True)):
+                for code, count in zip(*np.unique(fraud_rows, return_counts=True), strict=True):
                     by_mechanism[MECHANISMS[code - 1]] += int(count)
                 bar.update(1)
 

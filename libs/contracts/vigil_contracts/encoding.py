@@ -115,7 +115,7 @@ def _header(feature_service: str, feature_names: list[str], feature_contract: st
         "feature_contract": feature_contract,
         "tensors": [
             {"name": name, "datatype": datatype, "shape": shape, "binary_data_size": size}
-            for (name, datatype, _), size in zip(BINARY_TENSORS, sizes)
+            for (name, datatype, _), size in zip(BINARY_TENSORS, sizes, strict=True)
         ],
     }, separators=(",", ":")).encode()
 
@@ -190,7 +190,7 @@ def decode_binary(content: bytes, header_length: str | None, n_rows: int) -> Bin
         raise ValueError("tensors are not values, age_seconds, missing and stale")
     parts: list[memoryview] = []
     offset = length
-    for tensor, (name, datatype, itemsize) in zip(tensors, BINARY_TENSORS):
+    for tensor, (name, datatype, itemsize) in zip(tensors, BINARY_TENSORS, strict=True):
         size = n_rows * width * itemsize
         if (tensor.get("name"), tensor.get("datatype"), tensor.get("shape"),
                 tensor.get("binary_data_size")) != (name, datatype, [n_rows, width], size):

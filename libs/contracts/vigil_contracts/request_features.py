@@ -226,17 +226,17 @@ def transform_vector_columns(columns: Mapping[str, Sequence[Any]]) -> list[list[
     nan = _NAN
     # None, NaN and values <= 0 fail "a > 0.0"; a finite float or an inf is what remains.
     ratio = [nan if a is None or not a > 0.0 else (r if (r := x / a) - r == 0.0 else nan)
-             for x, a in zip(amount, avg)]
+             for x, a in zip(amount, avg, strict=True)]
     zscore = [nan if a is None or a != a or s is None or not s > 0.0
               else (z if (z := (x - a) / s) - z == 0.0 else nan)
-              for x, a, s in zip(amount, avg, std)]
+              for x, a, s in zip(amount, avg, std, strict=True)]
     since_last = [nan if t is None or t != t
                   else ((d if d - d == 0.0 else nan) if (d := e - t) > 0.0 else 0.0)
-                  for e, t in zip(epoch, last)]
+                  for e, t in zip(epoch, last, strict=True)]
     device_age = [nan if not p or f is None or f != f
                   else ((g if (g := d / 86400.0) - g == 0.0 else nan) if (d := e - f) > 0.0
                         else 0.0)
-                  for e, f, p in zip(epoch, first_seen, device_present)]
+                  for e, f, p in zip(epoch, first_seen, device_present, strict=True)]
     code = CHANNEL_CODES.get
     return [
         list(amount),
@@ -247,8 +247,8 @@ def transform_vector_columns(columns: Mapping[str, Sequence[Any]]) -> list[list[
         [code(c, -1.0) for c in channel],
         since_last,
         device_age,
-        [1.0 if p and (f is None or f != f) else 0.0 for f, p in zip(first_seen, device_present)],
-        [nan if not h or not c else (0.0 if c == h else 1.0) for h, c in zip(home, country)],
+        [1.0 if p and (f is None or f != f) else 0.0 for f, p in zip(first_seen, device_present, strict=True)],
+        [nan if not h or not c else (0.0 if c == h else 1.0) for h, c in zip(home, country, strict=True)],
     ]
 
 

@@ -69,7 +69,7 @@ class Coalescer:
     def _run(self, key: Hashable, batch: _Batch) -> None:
         if self._open.get(key) is batch:
             del self._open[key]
-        live = [(part, waiter) for part, waiter in zip(batch.parts, batch.waiters)
+        live = [(part, waiter) for part, waiter in zip(batch.parts, batch.waiters, strict=True)
                 if not waiter.done()]  # a cancelled request needs no score
         if not live:
             return
