@@ -38,7 +38,8 @@ class EncodeColumns(BaseModel):
 
     @model_validator(mode="after")
     def _one_length(self) -> EncodeColumns:
-        lengths = {len(values) for values in (*self.entities.values(), *self.request.values())}
+        columns: tuple[list[Any], ...] = (*self.entities.values(), *self.request.values())
+        lengths = {len(values) for values in columns}
         if len(lengths) > 1:
             raise ValueError("every column must have one value per row (the same length)")
         if lengths == {0}:
@@ -47,7 +48,8 @@ class EncodeColumns(BaseModel):
 
     @property
     def n_rows(self) -> int:
-        for values in (*self.entities.values(), *self.request.values()):
+        columns: tuple[list[Any], ...] = (*self.entities.values(), *self.request.values())
+        for values in columns:
             return len(values)
         return 0
 

@@ -57,7 +57,7 @@ class _OneWrite:
 
 
 class _Cycle(httptools_impl.RequestResponseCycle):
-    transport: _OneWrite
+    transport: _OneWrite  # type: ignore[assignment]  # a Transport in all but name (__getattr__)
 
     async def send(self, message: Any) -> None:
         transport = self.transport

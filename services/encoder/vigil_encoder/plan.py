@@ -151,10 +151,10 @@ class ServicePlan:
             if view is None:
                 raise SpecError(f"{spec.name}: view {view_name!r} is not described in the spec")
             for feature in features:
-                dtype = view.features.get(feature)
-                if dtype not in SCALAR_DTYPES:
+                stored_dtype = view.features.get(feature)
+                if stored_dtype not in SCALAR_DTYPES:
                     raise SpecError(
-                        f"{spec.name}: {view_name}.{feature} has dtype {dtype!r}; the encoder "
+                        f"{spec.name}: {view_name}.{feature} has dtype {stored_dtype!r}; the encoder "
                         f"decodes {sorted(SCALAR_DTYPES)}"
                     )
             view_index[view_name] = len(views)

@@ -82,11 +82,12 @@ def _plain_rows(body: Any) -> bool:
                 and set(map(type, request.values())) <= _REQUEST_VALUE)
     if set(map(type, rows)) != _DICT:
         return False
-    entities = list(map(dict.get, rows, repeat("entities")))
-    requests = list(map(dict.get, rows, repeat("request")))
-    return (set(map(type, entities)) == _DICT and set(map(type, requests)) == _DICT
-            and set(map(type, chain.from_iterable(map(dict.values, entities)))) <= _STRING
-            and set(map(type, chain.from_iterable(map(dict.values, requests)))) <= _REQUEST_VALUE)
+    entity_maps: list[Any] = list(map(dict.get, rows, repeat("entities")))
+    request_maps: list[Any] = list(map(dict.get, rows, repeat("request")))
+    return (set(map(type, entity_maps)) == _DICT and set(map(type, request_maps)) == _DICT
+            and set(map(type, chain.from_iterable(map(dict.values, entity_maps)))) <= _STRING
+            and set(map(type, chain.from_iterable(map(dict.values, request_maps))))
+            <= _REQUEST_VALUE)
 
 
 def _plain_columns(body: dict[str, Any]) -> int:
