@@ -73,7 +73,7 @@ def feature_env(redis_server, tmp_path_factory):
         os.environ["VIGIL_REDIS_CONNECTION_STRING"] = previous
 
 
-TEST_TRAIN_KW = dict(warmup_days=5.0, label_maturity_days=7.0, num_boost_round=120)
+TEST_TRAIN_KW = {"warmup_days": 5.0, "label_maturity_days": 7.0, "num_boost_round": 120}
 
 
 @pytest.fixture(scope="session")

@@ -28,8 +28,8 @@ CHANNELS = ["pos", "ecom", "mobile", "atm"]  # "atm" is unknown to the transform
 
 
 def encoder_settings(feature_env, **overrides) -> EncoderSettings:
-    values = dict(redis_url=feature_env.redis.url,
-                  spec_path=feast_repo.spec_path(feature_env.repo))
+    values = {"redis_url": feature_env.redis.url,
+                  "spec_path": feast_repo.spec_path(feature_env.repo)}
     values.update(overrides)
     return EncoderSettings(**values)
 

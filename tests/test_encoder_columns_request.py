@@ -291,8 +291,8 @@ def generated_rows(picks: list[dict], rng: random.Random, n: int) -> list[dict]:
 
 
 def encoder_settings(feature_env, **overrides) -> EncoderSettings:
-    values = dict(redis_url=feature_env.redis.url,
-                  spec_path=feast_repo.spec_path(feature_env.repo))
+    values = {"redis_url": feature_env.redis.url,
+                  "spec_path": feast_repo.spec_path(feature_env.repo)}
     values.update(overrides)
     return EncoderSettings(**values)
 

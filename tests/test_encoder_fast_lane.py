@@ -51,8 +51,8 @@ class FrozenClock:
 
 
 def settings(feature_env, **overrides: Any) -> EncoderSettings:
-    values: dict[str, Any] = dict(redis_url=feature_env.redis.url,
-                                  spec_path=feast_repo.spec_path(feature_env.repo))
+    values: dict[str, Any] = {"redis_url": feature_env.redis.url,
+                                  "spec_path": feast_repo.spec_path(feature_env.repo)}
     values.update(overrides)
     return EncoderSettings(**values)
 

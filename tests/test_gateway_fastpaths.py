@@ -82,14 +82,14 @@ def test_batch_validation_equals_validating_each_item() -> None:
 
 
 def _answer(tid: str, **changes: Any) -> ScoreResponse:
-    values: dict[str, Any] = dict(
-        transaction_id=tid, label="highly_suspicious", score=0.912345,
-        reasons=[Reason(code="AMOUNT_HIGH_FOR_CARD", text="amount is 8× this card's average",
+    values: dict[str, Any] = {
+        "transaction_id": tid, "label": "highly_suspicious", "score": 0.912345,
+        "reasons": [Reason(code="AMOUNT_HIGH_FOR_CARD", text="amount is 8× this card's average",
                         feature="request_features__amount_to_card_avg_30d", value=8.0,
                         contribution=1.2345),
                  Reason(code="NEW_DEVICE", text="first transaction from this device")],
-        model=ModelRef(name="fraud_detector", version="3"), degraded=False, request_id="req-1",
-    )
+        "model": ModelRef(name="fraud_detector", version="3"), "degraded": False, "request_id": "req-1",
+    }
     values.update(changes)
     return ScoreResponse(**values)
 

@@ -187,7 +187,7 @@ async def test_unexpected_exception_is_the_same_generic_500(pair: Pair, monkeypa
 async def test_what_the_lane_does_not_take_goes_to_fastapi(pair: Pair) -> None:
     for method, path in [("GET", INFER), ("POST", INFER + "/"), ("PUT", INFER_V1),
                          ("POST", f"/v2/models/{MODEL}/versions/1/2/infer")]:
-        lane, fastapi, *logs = await pair.send(method, path, lane=None, headers=ID)
+        lane, fastapi, *_logs = await pair.send(method, path, lane=None, headers=ID)
         assert lane.status_code == fastapi.status_code and lane.content == fastapi.content
         assert lane.headers.multi_items() == fastapi.headers.multi_items()
 

@@ -110,7 +110,7 @@ def _identical(a: list, b: list) -> bool:
 def _outcome(function, row):
     try:
         return "value", function(row)
-    except Exception as exc:  # the two forms must fail alike
+    except Exception as exc:  # noqa: BLE001 - the two forms must fail alike
         return "error", type(exc)
 
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -55,7 +55,7 @@ class UiEncoderStandIn(EncoderStandIn):
     so the prefilled transaction gets a real score instead of an ``uncertain`` for missing features.
     """
 
-    KNOWN = {"card_id": "card_good", "merchant_id": "m_good", "device_id": "dev_known"}
+    KNOWN: ClassVar[dict[str, str]] = {"card_id": "card_good", "merchant_id": "m_good", "device_id": "dev_known"}
     ALIASED_PREFIX = ("card_0", "merchant_0", "device_0")
 
     def _row(self, entities: dict[str, str], request: dict[str, Any]) -> dict[str, Any]:

@@ -92,7 +92,7 @@ def feast_cli(repo: Path, *args: str) -> str:
     if cfg != repo / "feature_store.yaml":
         cmd += ["-f", str(cfg)]
     cmd += list(args)
-    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
         raise RepoError(f"`feast {' '.join(args)}` failed:\n" + "\n".join(tail))

@@ -156,7 +156,7 @@ def slice_metrics(frame: pd.DataFrame, thresholds: dict[str, float]) -> dict[str
             part = frame[keys == key]
             y, s = part["label"].to_numpy(), part["score"].to_numpy()
             out[f"{kind}={key}"] = {
-                "n": int(len(part)), "fraud": int(y.sum()), **_aucs(y, s),
+                "n": len(part), "fraud": int(y.sum()), **_aucs(y, s),
                 **{f"{k}_{m}": v for k, r in _label_metrics(y, s, thresholds).items() for m, v in r.items()},
             }
     return out
@@ -254,9 +254,9 @@ def train(
     base = rules_baseline(matrix[parts["test"].to_numpy()])
     metrics = {
         "test": {**_aucs(y_test, s_test), **_label_metrics(y_test, s_test, thresholds),
-                 "n": int(len(y_test)), "fraud": int(y_test.sum())},
+                 "n": len(y_test), "fraud": int(y_test.sum())},
         "validation": {**_aucs(y_valid, s_valid), **_label_metrics(y_valid, s_valid, thresholds),
-                       "n": int(len(y_valid)), "fraud": int(y_valid.sum())},
+                       "n": len(y_valid), "fraud": int(y_valid.sum())},
         "baseline_rules_test": {**_aucs(y_test, base), **_rates(y_test, base > 0)},
         "slices_test": slice_metrics(test_frame, thresholds),
         "label_distribution_test": {

@@ -440,7 +440,7 @@ class _World:
         size = np.where(rng.random(n) < 0.7, 1, rng.integers(2, 4, n))
         self.plan_odd = events(budget[3], size, np.zeros(n, dtype=np.int64))
 
-        self.windows = self._plan_windows(rng, int(round(budget[2])))
+        self.windows = self._plan_windows(rng, round(budget[2]))
 
     def _plan_windows(self, rng: np.random.Generator, rows: int) -> list[_Window]:
         cfg = self.cfg

@@ -80,7 +80,7 @@ class Coalescer:
                 stacked, contributions=batch.contributions,
                 contributions_min_score=batch.min_score,
             )
-        except Exception as exc:  # every request of the batch gets the error
+        except Exception as exc:  # noqa: BLE001 - every request of the batch gets the error
             for _, waiter in live:
                 if not waiter.done():
                     waiter.set_exception(exc)
