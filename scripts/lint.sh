@@ -10,7 +10,7 @@ failed=()
 echo "[lint] ruff check" >&2
 .venv/bin/ruff check "$@" . || failed+=("ruff check")
 echo "[lint] ruff format --check" >&2
-.venv/bin/ruff format --check . || failed+=("ruff format --check")
+.venv/bin/ruff format --check --output-format concise . || failed+=("ruff format --check")
 echo "[lint] mypy" >&2
 .venv/bin/mypy || failed+=("mypy")
 
