@@ -17,7 +17,8 @@ pipeline of these three hops pays on this machine before doing any work.
 """
 
 import os
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 BODY = b'{"ok":true}'
 HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())]
@@ -128,6 +129,7 @@ def create_three_hops_app() -> Callable[..., Awaitable[None]]:
     ``FLOOR_SECOND_URL`` (the constant), one after the other as the gateway calls the encoder
     and the predictor, over the gateway's keep-alive transport; then answers the constant."""
     import httpx
+
     from vigil_gateway.http_transport import HttpTransport
 
     hops = [(HttpTransport(url, max_connections=32), httpx.URL(url).raw_path)
@@ -160,6 +162,7 @@ def create_v2_scoring_app() -> Callable[..., Awaitable[None]]:
     import numpy as np
     import orjson
     import xgboost as xgb
+
     from vigil_predictor.scoring_call import predict_dense  # XGBoost's C call, least wrapped
 
     booster = xgb.Booster(model_file=os.environ["FLOOR_BOOSTER"])

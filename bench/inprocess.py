@@ -18,8 +18,9 @@ import argparse
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import numpy as np
 
@@ -65,6 +66,7 @@ async def _time_async(fn: Callable[[], Awaitable[Any]], rows: int, seconds: floa
 
 async def measure(spec: dict[str, Any]) -> dict[str, Any]:
     import redis
+
     from vigil_contracts.encoding import EncodeRequest
     from vigil_encoder.dataplane import Encoder
     from vigil_encoder.metrics import EncoderMetrics
@@ -89,7 +91,8 @@ async def measure(spec: dict[str, Any]) -> dict[str, Any]:
     client = redis.Redis.from_url(spec["redis_url"])
 
     out: dict[str, Any] = {}
-    for n in spec["sizes"]:
+
+    async def measure_size(n: int) -> None:  # a call per size: the timed closures bind its locals
         chosen = [rows[i % len(rows)] for i in range(n)]
         matrix = vectors[np.arange(n) % len(vectors)]
         keys = [(view.codec.redis_key(row["entities"]), view.hmget.fields)
@@ -119,6 +122,9 @@ async def measure(spec: dict[str, Any]) -> dict[str, Any]:
             lambda: runtime.predict(matrix, contributions=True,
                                     contributions_min_score=suspicious), n, seconds)
         out[f"dataplanes_{n}"] = await _time_async(dataplanes, n, seconds)
+
+    for n in spec["sizes"]:
+        await measure_size(n)
     await store.close()
     client.close()
     return out

@@ -89,7 +89,7 @@ class Client:
                     error = f"http_{resp.status}"
                 elif self.check_degraded and DEGRADED in payload:
                     error = "degraded"
-        except asyncio.TimeoutError:
+        except TimeoutError:
             error = "timeout"
         except aiohttp.ClientError as exc:
             error = type(exc).__name__
@@ -181,7 +181,7 @@ def summarise(samples: list[Sample], window: tuple[float, float], rows: int, lag
         pct = np.percentile(lat_ms, [50, 95, 99, 99.9])
         out.update(p50_ms=pct[0], p95_ms=pct[1], p99_ms=pct[2], p999_ms=pct[3],
                    max_ms=float(lat_ms.max()), mean_ms=float(lat_ms.mean()))
-        out["spectrum"] = [[p, float(v)] for p, v in zip(SPECTRUM, np.percentile(lat_ms, SPECTRUM))]
+        out["spectrum"] = [[p, float(v)] for p, v in zip(SPECTRUM, np.percentile(lat_ms, SPECTRUM), strict=True)]
     return {k: (float(v) if isinstance(v, np.floating) else v) for k, v in out.items()}
 
 

@@ -15,8 +15,8 @@ import hashlib
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from bench.procs import Managed
 from vigil.redis_server import free_port

@@ -12,8 +12,8 @@ import sys
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FixedLocator, FuncFormatter  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.ticker import FixedLocator, FuncFormatter
 
 SINGLE = ["e2e_1", "feast_1", "floor_3hops_1", "encoder_1", "predictor_1", "mlserver_1",
           "floor_fastapi_1", "floor_1"]

@@ -37,15 +37,14 @@ class Managed:
     process: subprocess.Popen[bytes] | None = None
     cold_start_s: float | None = None
 
-    def start(self, timeout: float = 90.0, poll: float = 0.01) -> "Managed":
+    def start(self, timeout: float = 90.0, poll: float = 0.01) -> Managed:
         """Spawn and wait until ``ready_url`` answers 200; ``cold_start_s`` is spawn -> ready."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        started = time.perf_counter()
-        self.process = subprocess.Popen(self.cmd, env={**os.environ, **self.env}, cwd=self.cwd,
-                                        stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
-        log.close()
+        with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
+            started = time.perf_counter()
+            self.process = subprocess.Popen(self.cmd, env={**os.environ, **self.env}, cwd=self.cwd,
+                                            stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
         deadline = started + timeout
         with httpx.Client(timeout=1.0) as client:
             while time.perf_counter() < deadline:

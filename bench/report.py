@@ -273,7 +273,7 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 def figures_table(results: dict[str, Any]) -> str:
     rows = []
-    for key, case in results["cases"].items():
+    for case in results["cases"].values():
         for r in case["runs"]:
             errs = str(r["errors"])
             if r["errors"]:

@@ -21,9 +21,9 @@ import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import psutil
@@ -234,7 +234,7 @@ class Watcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> "Watcher":
+    def __enter__(self) -> Self:
         self._trees = {name: procs.tree(pid) for name, pid in self.pids.items()}
         self.peak = {name: procs.rss_of(tree) for name, tree in self._trees.items()}
         self._stop.clear()
@@ -275,7 +275,7 @@ def run_loadgen(case: Case, mode: str, param: float, plan: Plan, pids: dict[str,
     with Watcher(pids) as watcher:
         proc = subprocess.run(
             [PROJECT_PY, "-m", "bench.loadgen", "--spec", str(spec_path), "--out", str(out_path)],
-            cwd=ROOT, capture_output=True, text=True,
+            cwd=ROOT, capture_output=True, text=True, check=False,
             timeout=plan.warmup_s + duration + 60)
     if proc.returncode != 0:
         raise RuntimeError(f"load generator failed for {name}:\n{proc.stderr[-2000:]}")
@@ -341,7 +341,7 @@ def pool_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         pooled.update(p50_ms=float(pct[0]), p95_ms=float(pct[1]), p99_ms=float(pct[2]),
                       p999_ms=float(pct[3]), max_ms=float(lat.max()), mean_ms=float(lat.mean()))
         from bench.loadgen import SPECTRUM
-        pooled["spectrum"] = [[p, float(v)] for p, v in zip(SPECTRUM, np.percentile(lat, SPECTRUM))]
+        pooled["spectrum"] = [[p, float(v)] for p, v in zip(SPECTRUM, np.percentile(lat, SPECTRUM), strict=True)]
     window = sum(r["window_s"] for r in rounds)
     ok = sum(r["ok"] for r in rounds)
     kinds: dict[str, int] = {}
@@ -416,7 +416,7 @@ def measure_cold_starts(stack: Any, world: World, venv: Path, config: Path,
             variants.append((f"{spec.name} {IMAGE_DEPS}", [base_python, "-S"],
                              {**spec.env, "PYTHONPATH": os.pathsep.join(path)}))
         for name, python, env in variants:
-            for rep in range(plan.cold_reps):
+            for _rep in range(plan.cold_reps):
                 port = free_port()
                 m = procs.Managed(
                     name=f"cold {name}", cmd=[*python, "-m", *spec.module_args("127.0.0.1", port)],
@@ -427,7 +427,7 @@ def measure_cold_starts(stack: Any, world: World, venv: Path, config: Path,
                 finally:
                     m.stop()
                 out.setdefault(name, []).append(m.cold_start_s or float("nan"))
-    for rep in range(plan.peer_cold_reps):
+    for _rep in range(plan.peer_cold_reps):
         for name, make in (("feast serve", lambda: peers.feast_serve(world.repo, config, WORK)),
                            ("mlserver", lambda: peers.mlserver(venv, world.booster_path, WORK,
                                                                0, one_thread=True))):
@@ -550,7 +550,7 @@ def machine() -> dict[str, Any]:
         "nproc": os.cpu_count(), "cpu_model": model,
         "ram_gb": psutil.virtual_memory().total / 2**30,
         "python": platform.python_version(), "platform": platform.platform(),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "code": _code_state(),
     }
 
@@ -561,7 +561,8 @@ def _code_state() -> str:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                               capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "services", "libs"],
-                               cwd=ROOT, capture_output=True, text=True).stdout.splitlines()
+                               cwd=ROOT, capture_output=True, text=True,
+                               check=False).stdout.splitlines()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return head + (f" + {len(dirty)} uncommitted changes in services/ and libs/" if dirty else "")

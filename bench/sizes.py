@@ -15,8 +15,8 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_IMAGE_MB = 130.0
@@ -82,7 +82,7 @@ def measure(bench_dir: Path, log: Callable[[str], None]) -> dict[str, dict[str, 
                    "--target", str(target), *packages]
             if constrained:
                 cmd[5:5] = ["-c", str(CONSTRAINTS)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
                 log(f"image size of {name}: pip failed: {proc.stderr.strip()[-300:]}")
                 continue

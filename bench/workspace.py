@@ -11,10 +11,11 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
@@ -60,7 +61,7 @@ def build_world(root: Path, n_transactions: int, seed: int, reuse: bool,
     timings: dict[str, float] = {}
     marker = root / "world.json"
     wanted = {"n_transactions": n_transactions, "seed": seed, "boost_rounds": boost_rounds,
-              "day": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
+              "day": datetime.now(UTC).strftime("%Y-%m-%d")}
     reusable = reuse and marker.is_file() and json.loads(marker.read_text()) == wanted
     repo, raw = root / "feature_repo", root / "raw" / "transactions.parquet"
     models_dir = root / "models"
@@ -93,7 +94,7 @@ def build_world(root: Path, n_transactions: int, seed: int, reuse: bool,
         if reusable:
             # A fresh Redis: the registry's watermark would make materialize-incremental load
             # nothing, so load the whole range explicitly.
-            end = datetime.now(timezone.utc)
+            end = datetime.now(UTC)
             feast_repo.feast_cli(repo, "materialize", (end - timedelta(days=60)).strftime(
                 "%Y-%m-%dT%H:%M:%S"), end.strftime("%Y-%m-%dT%H:%M:%S"))
         else:
@@ -127,7 +128,7 @@ def sample_transactions(world: World, n: int, seed: int) -> list[dict[str, Any]]
     end = frame["event_timestamp"].max()
     recent = frame[(frame["event_timestamp"] > end - pd.Timedelta(days=7)) & (frame["is_fraud"] == 0)]
     picked = recent.sample(n=min(n, len(recent)), random_state=seed)
-    now = datetime.now(timezone.utc).replace(microsecond=0)
+    now = datetime.now(UTC).replace(microsecond=0)
     out = []
     for k, row in enumerate(picked.itertuples(index=False)):
         ts = now - timedelta(seconds=60 + (k * 37) % 3600)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import prometheus_client  # noqa: F401 - before feast: see below
@@ -58,7 +58,7 @@ def feature_env(redis_server, tmp_path_factory):
     previous = os.environ.get("VIGIL_REDIS_CONNECTION_STRING")
     os.environ["VIGIL_REDIS_CONNECTION_STRING"] = redis_server.connection_string
     repo = copy_repo(base / "feature_repo")
-    end = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    end = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     raw = base / "raw" / "transactions.parquet"
     generate_world(WorldConfig(seed=TEST_SEED, n_transactions=12_000, n_days=35, end=end), raw)
     write_feature_tables(raw, feast_repo.offline_dir(repo))
@@ -73,7 +73,7 @@ def feature_env(redis_server, tmp_path_factory):
         os.environ["VIGIL_REDIS_CONNECTION_STRING"] = previous
 
 
-TEST_TRAIN_KW = dict(warmup_days=5.0, label_maturity_days=7.0, num_boost_round=120)
+TEST_TRAIN_KW = {"warmup_days": 5.0, "label_maturity_days": 7.0, "num_boost_round": 120}
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +86,7 @@ def trained_model(feature_env):
 
 
 def now_utc() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def days_ago(n: float) -> datetime:

@@ -36,6 +36,12 @@ def assert_same(
     ]
 
 
+def provider(value: Any) -> Callable[[], Any]:
+    """A dependency override that returns ``value`` (a closure over an argument, not a loop
+    variable; FastAPI would read a default argument as a query parameter)."""
+    return lambda: value
+
+
 class Records(logging.Handler):
     def __init__(self) -> None:
         super().__init__()
@@ -79,7 +85,7 @@ class Pair:
         for through_fastapi in (False, True):
             if through_fastapi:
                 own = getattr(self.app.state, self.state_attr)
-                self.app.dependency_overrides[self.dependency] = lambda: own
+                self.app.dependency_overrides[self.dependency] = provider(own)
             if before is not None:
                 await before()
             records = Records()

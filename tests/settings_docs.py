@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import inspect
 import textwrap
+from itertools import pairwise
 
 
 def undocumented_fields(cls: type) -> list[str]:
@@ -15,7 +16,7 @@ def undocumented_fields(cls: type) -> list[str]:
     [class_def] = [node for node in tree.body if isinstance(node, ast.ClassDef)]
     documented = set()
     body = class_def.body
-    for statement, following in zip(body, body[1:]):
+    for statement, following in pairwise(body):
         if (isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)
                 and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
                 and isinstance(following.value.value, str) and following.value.value.strip()):

@@ -47,7 +47,7 @@ def test_compose_runs_the_runners_command_and_env(name):
 def test_dockerfile_builds_only_its_service(name):
     text = DOCKERFILES[name].read_text()
     assert SERVICES[name]["build"]["dockerfile"] == str(DOCKERFILES[name].relative_to(ROOT))
-    assert re.search(r"^USER\s+(?!root)\S+", text, re.M), "runs as a non-root user"
+    assert re.search(r"^USER\s+(?!root)\S+", text, re.MULTILINE), "runs as a non-root user"
     assert "HEALTHCHECK" in text and "python:3.11-slim" in text
     assert f"services/{name}" in text
     assert set(re.findall(r"\blibs/(\w+)", text)) == {"contracts", "servicekit"}
@@ -60,7 +60,7 @@ def test_dockerfile_builds_only_its_service(name):
     assert RUNNER[name].factory in text
     # The image's own command is the runner's (and compose's): the same server flags, so that a
     # container started without compose logs one JSON access line per request, not two.
-    cmd = json.loads(re.search(r"^CMD\s+(\[.*\])\s*$", text, re.M).group(1))
+    cmd = json.loads(re.search(r"^CMD\s+(\[.*\])\s*$", text, re.MULTILINE).group(1))
     assert cmd == RUNNER[name].command("0.0.0.0", RUNNER[name].port)
 
 

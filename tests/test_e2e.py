@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pandas as pd
@@ -94,7 +94,7 @@ def test_an_amount_far_beyond_the_cards_history_is_never_not_fraud(gateway, scen
 def test_online_scores_equal_the_batch_scorer_for_the_same_features(gateway, scenarios, feature_env, trained_model):
     """Scored now, a transaction's point-in-time features are the latest ones, which is what the
     online store holds: the two paths must give the same score."""
-    now = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=1)
+    now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
     txns = []
     for i, sc in enumerate(s for s in scenarios if s.name != "card testing probe"):
         txns.append(_fresh(sc.transaction, "parity") | {"timestamp": (now - timedelta(seconds=i)).isoformat()})

@@ -10,16 +10,16 @@ import json
 import math
 import random
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pandas as pd
 import pytest
+
+from vigil import feast_repo
 from vigil_contracts.encoding import BINARY_HEADER_LENGTH, BINARY_MEDIA_TYPE, decode_binary
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE
 from vigil_contracts.request_features import NO_DEVICE_ID, OUTPUT_FEATURES
-
-from vigil import feast_repo
 from vigil_encoder.app import create_app
 from vigil_encoder.settings import EncoderSettings
 
@@ -28,8 +28,8 @@ CHANNELS = ["pos", "ecom", "mobile", "atm"]  # "atm" is unknown to the transform
 
 
 def encoder_settings(feature_env, **overrides) -> EncoderSettings:
-    values = dict(redis_url=feature_env.redis.url,
-                  spec_path=feast_repo.spec_path(feature_env.repo))
+    values = {"redis_url": feature_env.redis.url,
+                  "spec_path": feast_repo.spec_path(feature_env.repo)}
     values.update(overrides)
     return EncoderSettings(**values)
 
@@ -134,7 +134,7 @@ async def test_vectors_equal_feast_get_online_features(client, store, spec, feat
     expected = feast_vectors(store, spec, rows)
 
     present = missing = stale = 0
-    for i, (got, want) in enumerate(zip(body["rows"], expected)):
+    for i, (got, want) in enumerate(zip(body["rows"], expected, strict=True)):
         assert len(got["values"]) == len(spec.features)
         for j, ref in enumerate(spec.features):
             value, theirs = got["values"][j], want[j]
@@ -169,7 +169,7 @@ async def test_unknown_entities_are_missing_and_transform_sees_none(client, spec
            "request": {"amount": 50.0, "txn_epoch": now, "txn_hour": 2, "channel": "ecom",
                        "country": "DE", "device_present": 1}}
     body = (await encode(client, [row])).json()
-    got = dict(zip(body["feature_names"], body["rows"][0]["values"]))
+    got = dict(zip(body["feature_names"], body["rows"][0]["values"], strict=True))
     for ref in spec.features:
         if ref.kind == "stored":
             assert got[ref.name] is None
@@ -197,7 +197,7 @@ def _card_stats_row(card_id: str, stamp: datetime) -> dict:
 
 
 async def test_rows_older_than_ttl_are_missing_and_stale(client, store, spec):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     old, fresh = "c_ttl_expired", "c_ttl_fresh"
     frame = pd.DataFrame([_card_stats_row(old, now - timedelta(days=40)),
                           _card_stats_row(fresh, now - timedelta(hours=2))])
@@ -223,7 +223,7 @@ async def test_rows_older_than_ttl_are_missing_and_stale(client, store, spec):
         assert expired["stale"][j] is True
         assert expired["age_seconds"][j] is None
 
-    got = dict(zip(names, expired["values"]))
+    got = dict(zip(names, expired["values"], strict=True))
     # On-demand features fed by the expired card row see None, as training's PIT join did.
     for name in ("amount_to_card_avg_30d", "amount_zscore_card_30d",
                  "seconds_since_card_last_txn", "country_mismatch"):
@@ -232,7 +232,7 @@ async def test_rows_older_than_ttl_are_missing_and_stale(client, store, spec):
     od = [j for j, f in enumerate(spec.features) if f.kind == "on_demand"]
     assert not any(expired["stale"][j] for j in od)
 
-    fresh_got = dict(zip(names, current["values"]))
+    fresh_got = dict(zip(names, current["values"], strict=True))
     assert fresh_got["card_stats__card_txn_count_7d"] == 9.0
     assert fresh_got["request_features__amount_to_card_avg_30d"] == pytest.approx(2.0)
     assert fresh_got["request_features__country_mismatch"] == 1.0
@@ -245,7 +245,7 @@ async def test_rows_older_than_ttl_are_missing_and_stale(client, store, spec):
 async def test_the_binary_answer_carries_exactly_the_json_answer(client, store, feature_env):
     # One expired card row among the parity rows, so that stale flags are set too.
     store.write_to_online_store("card_stats", pd.DataFrame(
-        [_card_stats_row("c_bin_expired", datetime.now(timezone.utc) - timedelta(days=40))]))
+        [_card_stats_row("c_bin_expired", datetime.now(UTC) - timedelta(days=40))]))
     rows = parity_rows(feature_env, n=200, seed=11)
     rows[0]["entities"]["card_id"] = "c_bin_expired"
     as_json = (await encode(client, rows)).json()
@@ -262,7 +262,7 @@ async def test_the_binary_answer_carries_exactly_the_json_answer(client, store, 
         assert [None if v != v else v for v in binary.values[part]] == row["values"], i
         assert [bool(b) for b in binary.missing[part]] == row["missing"], i
         assert [bool(b) for b in binary.stale[part]] == row["stale"], i
-        for got, want in zip(binary.age_seconds[part], row["age_seconds"]):
+        for got, want in zip(binary.age_seconds[part], row["age_seconds"], strict=True):
             if want is None:
                 assert got != got
             else:  # a second request: the ages moved on a little
@@ -506,10 +506,10 @@ async def test_any_feature_order_is_honoured(feature_env, tmp_path, client):
     shuffled = shuffled.json()
     assert shuffled["feature_names"] == [f["name"] for f in features]
     assert shuffled["feature_contract"] != reference["feature_contract"]
-    for ours, theirs in zip(shuffled["rows"], reference["rows"]):
+    for ours, theirs in zip(shuffled["rows"], reference["rows"], strict=True):
         for key in ("values", "missing", "stale"):
-            want = dict(zip(reference["feature_names"], theirs[key]))
-            assert dict(zip(shuffled["feature_names"], ours[key])) == want
+            want = dict(zip(reference["feature_names"], theirs[key], strict=True))
+            assert dict(zip(shuffled["feature_names"], ours[key], strict=True)) == want
 
 
 async def test_spec_the_encoder_cannot_serve_is_refused(feature_env, tmp_path):

@@ -15,7 +15,7 @@ import json
 import math
 import random
 import struct
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import orjson
@@ -23,12 +23,12 @@ import pandas as pd
 import pytest
 import redis
 from google.protobuf.timestamp_pb2 import Timestamp
-from test_encoder import _card_stats_row
-from vigil_contracts.encoding import encode_binary
-from vigil_contracts import request_features
-from vigil_contracts.request_features import NO_DEVICE_ID, OUTPUT_FEATURES, transform_row
 
+from test_encoder import _card_stats_row
 from vigil import feast_repo
+from vigil_contracts import request_features
+from vigil_contracts.encoding import encode_binary
+from vigil_contracts.request_features import NO_DEVICE_ID, OUTPUT_FEATURES, transform_row
 from vigil_encoder import dataplane
 from vigil_encoder.dataplane import Encoder, _getter
 from vigil_encoder.feast_values import ValueProto, decode_values
@@ -95,7 +95,7 @@ def test_values_decode_as_protobuf_parses_them():
         assert _same_value(decode_values([raw])[0], _parsed(raw)), raw
     memo: dict[bytes, object] = {}
     for _ in range(2):
-        for raw, got in zip(raws, decode_values(raws, memo)):
+        for raw, got in zip(raws, decode_values(raws, memo), strict=True):
             assert _same_value(got, _parsed(raw)), raw
     assert decode_values([None, b""] + raws[:3]) == [None, None] + [_parsed(r) for r in raws[:3]]
 
@@ -142,7 +142,7 @@ def _reference_rows(client: redis.Redis, plan, rows: list[dict], now: float) -> 
                 ts = stamp.seconds + stamp.nanos / 1e9
             age = None if ts is None else max(0.0, now - ts)
             stale = view.ttl_seconds is not None and age is not None and age > view.ttl_seconds
-            for feature, raw in zip(view.features, raws[:-1]):
+            for feature, raw in zip(view.features, raws[:-1], strict=True):
                 value = None if stale else _parsed(raw)
                 inputs[feature] = value
                 stored[(view.name, feature)] = (value, age, stale)
@@ -166,11 +166,11 @@ def _reference_rows(client: redis.Redis, plan, rows: list[dict], now: float) -> 
 
 def _identical(got: list[dict], want: list[dict]) -> None:
     assert len(got) == len(want)
-    for i, (a, b) in enumerate(zip(got, want)):
+    for i, (a, b) in enumerate(zip(got, want, strict=True)):
         assert list(a) == ["values", "missing", "stale", "age_seconds"], i
         for key in a:
             assert len(a[key]) == len(b[key]), (i, key)
-            for j, (x, y) in enumerate(zip(a[key], b[key])):
+            for j, (x, y) in enumerate(zip(a[key], b[key], strict=True)):
                 assert type(x) is type(y) and (x == y or x != x and y != y), (i, key, j, x, y)
                 if isinstance(x, float) and x == x:
                     assert math.copysign(1, x) == math.copysign(1, y), (i, key, j)
@@ -180,7 +180,7 @@ def _identical(got: list[dict], want: list[dict]) -> None:
 def mixed_rows(feature_env) -> list[dict]:
     """Rows as the gateway sends them, and then some: unknown cards, merchants and devices, no
     device, a stale card, odd request values, and repeats of all of them."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     feast_repo.open_store(feature_env.repo).write_to_online_store("card_stats", pd.DataFrame([
         _card_stats_row("c_cols_expired", now - timedelta(days=45)),
         _card_stats_row("c_cols_fresh", now - timedelta(hours=3)),
@@ -223,7 +223,7 @@ def mixed_rows(feature_env) -> list[dict]:
 @pytest.fixture
 async def make_encoder(feature_env, monkeypatch):
     """Encoders on the test Redis, at a frozen clock (the ages are then exact)."""
-    now = datetime.now(timezone.utc).timestamp()
+    now = datetime.now(UTC).timestamp()
     monkeypatch.setattr(dataplane, "time", SimpleNamespace(time=lambda: now))
     stores = []
 

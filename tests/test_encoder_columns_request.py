@@ -14,7 +14,7 @@ import json
 import math
 import random
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -24,12 +24,12 @@ import pandas as pd
 import pytest
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+
 from test_encoder import _card_stats_row
+from vigil import feast_repo
 from vigil_contracts.encoding import BINARY_MEDIA_TYPE, EncodeColumnsRequest
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE
 from vigil_contracts.request_features import NO_DEVICE_ID
-
-from vigil import feast_repo
 from vigil_encoder import dataplane
 from vigil_encoder.app import create_app
 from vigil_encoder.dataplane import BatchColumns
@@ -240,7 +240,7 @@ def test_many_bad_values_report_at_most_twenty() -> None:
 @pytest.fixture(scope="module")
 def picks(feature_env) -> list[dict]:
     """Entities of the world, and two cards of this module's own: one stale, one fresh."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     feast_repo.open_store(feature_env.repo).write_to_online_store("card_stats", pd.DataFrame([
         _card_stats_row("c_colreq_expired", now - timedelta(days=45)),
         _card_stats_row("c_colreq_fresh", now - timedelta(hours=2)),
@@ -253,7 +253,7 @@ def picks(feature_env) -> list[dict]:
 def generated_rows(picks: list[dict], rng: random.Random, n: int) -> list[dict]:
     """Rows as the gateway sends them, and then some: unknown cards, merchants and devices, no
     device, a stale card, a null country, ints for floats and integral floats for ints."""
-    now = datetime.now(timezone.utc).timestamp()
+    now = datetime.now(UTC).timestamp()
     odd = rng.random() < 0.5  # half the batches are all plain values, as the gateway's are
     rows = []
     for i in range(n):
@@ -291,8 +291,8 @@ def generated_rows(picks: list[dict], rng: random.Random, n: int) -> list[dict]:
 
 
 def encoder_settings(feature_env, **overrides) -> EncoderSettings:
-    values = dict(redis_url=feature_env.redis.url,
-                  spec_path=feast_repo.spec_path(feature_env.repo))
+    values = {"redis_url": feature_env.redis.url,
+                  "spec_path": feast_repo.spec_path(feature_env.repo)}
     values.update(overrides)
     return EncoderSettings(**values)
 
@@ -300,7 +300,7 @@ def encoder_settings(feature_env, **overrides) -> EncoderSettings:
 @pytest.fixture(scope="module")
 async def client(feature_env):
     """The real app, its clock frozen (two requests for the same rows get the same ages)."""
-    now = datetime.now(timezone.utc).timestamp()
+    now = datetime.now(UTC).timestamp()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(dataplane, "time", SimpleNamespace(time=lambda: now))
         app = create_app(encoder_settings(feature_env))

@@ -18,13 +18,13 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from fast_lane_checks import Pair, access_line, assert_same
+
+from fast_lane_checks import Pair, access_line, assert_same, provider
+from vigil import feast_repo
+from vigil.redis_server import free_port
 from vigil_contracts.encoding import BINARY_HEADER_LENGTH, BINARY_MEDIA_TYPE
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE
 from vigil_contracts.request_features import NO_DEVICE_ID
-
-from vigil import feast_repo
-from vigil.redis_server import free_port
 from vigil_encoder import dataplane
 from vigil_encoder.app import create_app
 from vigil_encoder.deps import get_encoder
@@ -51,8 +51,8 @@ class FrozenClock:
 
 
 def settings(feature_env, **overrides: Any) -> EncoderSettings:
-    values: dict[str, Any] = dict(redis_url=feature_env.redis.url,
-                                  spec_path=feast_repo.spec_path(feature_env.repo))
+    values: dict[str, Any] = {"redis_url": feature_env.redis.url,
+                                  "spec_path": feast_repo.spec_path(feature_env.repo)}
     values.update(overrides)
     return EncoderSettings(**values)
 
@@ -196,11 +196,10 @@ async def test_a_client_gone_while_sending_is_equal(pair: Pair) -> None:
              "server": ("encoder", 80),
              "headers": [(b"host", b"encoder"), (b"content-type", b"application/json"),
                          (b"x-request-id", b"lane-1")]}
-    answers = []
-    for through_fastapi in (False, True):
+
+    async def answer(through_fastapi: bool) -> list[dict[str, Any]]:
         if through_fastapi:
-            encoder = pair.app.state.encoder
-            pair.app.dependency_overrides[get_encoder] = lambda: encoder
+            pair.app.dependency_overrides[get_encoder] = provider(pair.app.state.encoder)
         messages = [{"type": "http.request", "body": content[:10], "more_body": True},
                     {"type": "http.disconnect"}]
 
@@ -218,7 +217,9 @@ async def test_a_client_gone_while_sending_is_equal(pair: Pair) -> None:
         finally:
             pair.app.dependency_overrides.clear()
         assert pair.routed - routed == 1  # the lane deferred it
-        answers.append(sent)
+        return sent
+
+    answers = [await answer(through_fastapi=False), await answer(through_fastapi=True)]
     assert answers[0] == answers[1]
     assert answers[0][0]["status"] == 400
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 import redis
@@ -100,9 +100,9 @@ def test_value_descriptor_matches_feast_field_numbers_and_types():
 
 def test_timestamp_decoding():
     ts = Timestamp()
-    ts.FromDatetime(datetime(2026, 3, 1, 12, 30, 15, 250_000, tzinfo=timezone.utc))
+    ts.FromDatetime(datetime(2026, 3, 1, 12, 30, 15, 250_000, tzinfo=UTC))
     assert decode_timestamp(ts.SerializeToString()) == pytest.approx(
-        datetime(2026, 3, 1, 12, 30, 15, 250_000, tzinfo=timezone.utc).timestamp(), abs=1e-6)
+        datetime(2026, 3, 1, 12, 30, 15, 250_000, tzinfo=UTC).timestamp(), abs=1e-6)
     assert decode_timestamp(None) is None
 
 
@@ -167,7 +167,7 @@ def test_decoding_of_materialized_bytes_equals_feast(feature_env):
                 raws = client.hmget(key, fields + [timestamp_field(view.name)])
                 if raws[-1] is None:
                     continue  # another view's entity shares the prefix shape
-                for (feature, dtype), raw in zip(view.features.items(), raws[:-1]):
+                for (feature, dtype), raw in zip(view.features.items(), raws[:-1], strict=True):
                     ours, theirs = decode_value(raw), _feast_python(raw)
                     assert _same(ours, theirs), (view.name, feature, raw)
                     seen_dtypes.add(dtype)

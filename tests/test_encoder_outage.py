@@ -8,11 +8,11 @@ import time
 
 import httpx
 import pytest
-from vigil_contracts.problems import PROBLEM_MEDIA_TYPE
-from vigil_contracts.request_features import NO_DEVICE_ID
 
 from vigil import feast_repo
 from vigil.redis_server import RedisServer, free_port
+from vigil_contracts.problems import PROBLEM_MEDIA_TYPE
+from vigil_contracts.request_features import NO_DEVICE_ID
 from vigil_encoder.app import create_app
 from vigil_encoder.settings import EncoderSettings
 
@@ -71,7 +71,7 @@ async def test_unreachable_redis_is_fast_503_then_recovers(outage_client):
         assert (await client.get("/readyz")).status_code == 200
         # An empty store: every stored feature missing, request-time features still there.
         body = response.json()
-        values = dict(zip(body["feature_names"], body["rows"][0]["values"]))
+        values = dict(zip(body["feature_names"], body["rows"][0]["values"], strict=True))
         assert values["card_stats__card_txn_count_7d"] is None
         assert values["request_features__txn_amount"] == 5.0
 

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from vigil_contracts.encoding import EncodeRequest
 
+from vigil_contracts.encoding import EncodeRequest
 from vigil_encoder.errors import InvalidEncodeRequest
 from vigil_encoder.rest import parse_encode_request
 from vigil_encoder.validation import _request_value, check_columns, check_rows

@@ -9,11 +9,15 @@ import math
 import struct
 
 import pytest
+
 from vigil_contracts.encoding import (
-    BINARY_TENSORS, EncodeResponse, binary_header, decode_binary, encode_binary,
+    BINARY_TENSORS,
+    EncodeResponse,
+    binary_header,
+    decode_binary,
+    encode_binary,
     encode_binary_flat,
 )
-
 from vigil_gateway.encoder_client import parse_binary_encode_response, parse_encode_response
 from vigil_gateway.predictor_client import Features
 
@@ -43,7 +47,7 @@ def test_round_trip_gives_back_every_value_flag_and_age() -> None:
     same = parse_encode_response(json.dumps(data).encode(), 5)
     assert (parsed.feature_service, parsed.feature_names, parsed.feature_contract) == (
         same.feature_service, same.feature_names, same.feature_contract)
-    for got, want in zip(parsed.rows, same.rows):
+    for got, want in zip(parsed.rows, same.rows, strict=True):
         assert got.values == want.values
         assert got.age_seconds == want.age_seconds
         assert [bool(b) for b in got.missing] == want.missing

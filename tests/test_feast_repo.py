@@ -4,7 +4,7 @@ features that agree between historical (training) and online (serving) retrieval
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pandas as pd
 import pytest
@@ -50,7 +50,7 @@ def test_online_features_equal_latest_offline_rows(feature_env, store, table, ke
     offline = pd.read_parquet(feast_repo.offline_dir(feature_env.repo) / f"{table}.parquet")
     latest = offline.sort_values("event_timestamp").groupby(key).tail(1)
     # materialize-incremental's first run loads the TTL window before now
-    cutoff = pd.Timestamp(datetime.now(timezone.utc)) - pd.Timedelta(days=29)
+    cutoff = pd.Timestamp(datetime.now(UTC)) - pd.Timedelta(days=29)
     recent = latest[latest["event_timestamp"] > cutoff]
     # The test world has 40 merchants; on some days one of them has no row at all.
     assert len(recent) >= 30, (table, len(recent))
@@ -78,7 +78,7 @@ def test_on_demand_features_agree_between_historical_and_online(feature_env, sto
     recent = raw[raw["event_timestamp"] > raw["event_timestamp"].max() - pd.Timedelta(days=3)]
     picks = recent.sample(n=60, random_state=5).copy()
     # score "now": the historical join then sees the same latest rows the online store holds
-    now = pd.Timestamp(datetime.now(timezone.utc))
+    now = pd.Timestamp(datetime.now(UTC))
     picks["event_timestamp"] = now
     picks["transaction_id"] = [f"probe-{i}" for i in range(len(picks))]
     picks.loc[picks.index[:5], "card_id"] = "card-never-seen"  # missing stored inputs

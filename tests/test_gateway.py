@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import struct
 import time
-import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,13 +30,13 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+
+from vigil.redis_server import free_port
 from vigil_contracts.encoding import EncodeColumnsRequest, EncodeRequest
 from vigil_contracts.feature_contract import feature_contract_hash
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE
 from vigil_contracts.request_features import NO_DEVICE_ID, transform_row
 from vigil_contracts.thresholds import label_for_score
-
-from vigil.redis_server import free_port
 from vigil_gateway import deps
 from vigil_gateway.app import create_app
 from vigil_gateway.decisions import KEY_PREFIX
@@ -255,7 +255,7 @@ class PredictorStandIn:
         values: dict[str, list[float]] = {"score": [], "contributions": []}
         for i in range(n):
             row = data[i * width:(i + 1) * width]
-            contrib = [w * (x if x is not None else 0.0) for w, x in zip(WEIGHTS, row)]
+            contrib = [w * (x if x is not None else 0.0) for w, x in zip(WEIGHTS, row, strict=True)]
             score = fp32(1.0 / (1.0 + math.exp(-(BIAS + sum(contrib)))))
             values["score"].append(score)
             if min_score is not None and score < min_score:
@@ -282,7 +282,7 @@ class PredictorStandIn:
 
 
 def expected_score(x: dict[str, float]) -> float:
-    return 1.0 / (1.0 + math.exp(-(BIAS + sum(w * x.get(f, 0.0) for f, w in zip(FEATURES, WEIGHTS)))))
+    return 1.0 / (1.0 + math.exp(-(BIAS + sum(w * x.get(f, 0.0) for f, w in zip(FEATURES, WEIGHTS, strict=True)))))
 
 
 def txn(**overrides: Any) -> dict[str, Any]:
@@ -574,7 +574,7 @@ async def test_json_answers_of_the_predictor_are_read_alike(stack: Stack) -> Non
     stack.predictor.answer_json = True
     fresh = [{**item, "transaction_id": item["transaction_id"] + "-json"} for item in items]
     as_json = (await stack.client.post("/v1/transactions/score-batch", json={"transactions": fresh})).json()
-    for a, b in zip(binary["results"], as_json["results"]):
+    for a, b in zip(binary["results"], as_json["results"], strict=True):
         for key in ("label", "score", "reasons", "model", "degraded"):
             assert a["result"][key] == b["result"][key]
 
@@ -625,7 +625,7 @@ async def test_a_batch_of_only_bad_items_answers_each_of_them(stack: Stack) -> N
 async def test_batch_same_as_single(stack: Stack) -> None:
     items = [fraud_txn(), txn()]
     batch = (await stack.client.post("/v1/transactions/score-batch", json={"transactions": items})).json()
-    for item, result in zip(items, batch["results"]):
+    for item, result in zip(items, batch["results"], strict=True):
         single = (await stack.score(item)).json()
         assert single["cached"] is True  # the batch stored it
         assert single["label"] == result["result"]["label"]
@@ -904,8 +904,13 @@ async def test_decision_store_reserves_then_settles_each_in_one_script_call(redi
     marker or decision unless told to overwrite, and deletes only its own marker. Each is one
     script call (loaded again when Redis has forgotten it)."""
     from vigil_contracts.api import ModelRef, ScoreResponse
-
-    from vigil_gateway.decisions import DecisionStore, Pending, StoredDecision, connect, encode_entry
+    from vigil_gateway.decisions import (
+        DecisionStore,
+        Pending,
+        StoredDecision,
+        connect,
+        encode_entry,
+    )
     from vigil_gateway.metrics import GatewayMetrics
 
     def answer(tid: str, score: float) -> ScoreResponse:
@@ -923,7 +928,7 @@ async def test_decision_store_reserves_then_settles_each_in_one_script_call(redi
         held = await store.reserve_many(ids, ["h0", "h1", "h2", "h3"], second, pending_ms=3000)
         assert held == {ids[0]: Pending("h0")}
         assert 0 < await client.pttl(KEY_PREFIX + ids[1]) <= 3000
-        assert await store.get_many(ids) == {t: Pending(h) for t, h in zip(ids, ["h0", "h1", "h2", "h3"])}
+        assert await store.get_many(ids) == {t: Pending(h) for t, h in zip(ids, ["h0", "h1", "h2", "h3"], strict=True)}
         await client.script_flush()
         written = await store.settle(
             [(t, encode_entry(answer(t, 0.2), f"h{i}")) for i, t in enumerate(ids[:3])] + [(ids[3], b"")],
@@ -1003,7 +1008,6 @@ async def _foreign_marker(redis_url: str, body: dict[str, Any], *, payload: str 
                           ms: int = 5000) -> None:
     """Another request's reservation for ``body``'s id (for its payload, unless told)."""
     from vigil_contracts.api import Transaction
-
     from vigil_gateway.decisions import payload_hash, pending_marker
 
     digest = payload or payload_hash(Transaction.model_validate(body))
@@ -1407,7 +1411,7 @@ async def test_with_the_real_predictor(redis_url: str, tmp_path) -> None:
     expected = booster.inplace_predict(vectors, missing=np.nan)
     contribs = booster.predict(xgb.DMatrix(vectors, missing=np.nan, feature_names=FEATURES),
                                pred_contribs=True)
-    for answer, score, row_contribs in zip(answers, expected, contribs):
+    for answer, score, row_contribs in zip(answers, expected, contribs, strict=True):
         assert answer["degraded"] is False
         assert answer["model"] == {"name": MODEL, "version": "1"}
         assert answer["score"] == pytest.approx(float(score), abs=1e-5)

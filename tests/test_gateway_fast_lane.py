@@ -18,16 +18,21 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from fast_lane_checks import Pair, assert_same
-from test_gateway import fraud_txn, gateway, redis_url, suspicious_txn, txn  # noqa: F401 (fixture)
-from vigil_contracts.problems import PROBLEM_MEDIA_TYPE
 
+import test_gateway
+from fast_lane_checks import Pair, assert_same
+from test_gateway import fraud_txn, gateway, suspicious_txn, txn
+from vigil_contracts.problems import PROBLEM_MEDIA_TYPE
 from vigil_gateway import deps
 from vigil_gateway.rest import score_batch, score_transaction, transactions_router
 from vigil_servicekit.fast_lane import declared_route
 
 SCORE = "/v1/transactions/score"
 BATCH = "/v1/transactions/score-batch"
+
+# The fixture, assigned rather than imported: the tests' parameters of that name would read as
+# redefinitions of an unused import (F811).
+redis_url = test_gateway.redis_url
 
 
 async def _pair(redis_url: str, monkeypatch: Any, **settings: Any) -> AsyncIterator[Pair]:

@@ -5,16 +5,15 @@ intermediate models, the encoder's answer read without pydantic. No app, no netw
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from typing import Any
 
 import orjson
 import pytest
 from pydantic import ValidationError
+
 from vigil_contracts.api import BatchResponse, ModelRef, Reason, ScoreResponse, Transaction
 from vigil_contracts.encoding import EncodeResponse
-
 from vigil_gateway.decisions import StoredDecision, encode_entry, payload_hash
 from vigil_gateway.encoder_client import parse_encode_response
 from vigil_gateway.errors import DecisionConflict, InvalidTransaction
@@ -68,7 +67,7 @@ def test_batch_validation_equals_validating_each_item() -> None:
     ]
     outcomes = validate_items(items)
     assert len(outcomes) == len(items)
-    for i, (item, outcome) in enumerate(zip(items, outcomes)):
+    for i, (item, outcome) in enumerate(zip(items, outcomes, strict=True)):
         try:
             expected = Transaction.model_validate(item)
         except ValidationError as exc:
@@ -82,14 +81,14 @@ def test_batch_validation_equals_validating_each_item() -> None:
 
 
 def _answer(tid: str, **changes: Any) -> ScoreResponse:
-    values: dict[str, Any] = dict(
-        transaction_id=tid, label="highly_suspicious", score=0.912345,
-        reasons=[Reason(code="AMOUNT_HIGH_FOR_CARD", text="amount is 8× this card's average",
+    values: dict[str, Any] = {
+        "transaction_id": tid, "label": "highly_suspicious", "score": 0.912345,
+        "reasons": [Reason(code="AMOUNT_HIGH_FOR_CARD", text="amount is 8× this card's average",
                         feature="request_features__amount_to_card_avg_30d", value=8.0,
                         contribution=1.2345),
                  Reason(code="NEW_DEVICE", text="first transaction from this device")],
-        model=ModelRef(name="fraud_detector", version="3"), degraded=False, request_id="req-1",
-    )
+        "model": ModelRef(name="fraud_detector", version="3"), "degraded": False, "request_id": "req-1",
+    }
     values.update(changes)
     return ScoreResponse(**values)
 
@@ -141,7 +140,7 @@ def test_the_encoder_answer_reads_like_the_encode_response_model() -> None:
     assert parsed.feature_names == model.feature_names
     assert parsed.feature_contract == model.feature_contract
     assert parsed.feature_service == model.feature_service
-    for ours, theirs in zip(parsed.rows, model.rows):
+    for ours, theirs in zip(parsed.rows, model.rows, strict=True):
         for name in ("values", "missing", "stale", "age_seconds"):
             assert getattr(ours, name) == getattr(theirs, name)
 
@@ -276,7 +275,7 @@ def test_stored_entries_of_a_batch_are_what_storing_each_decision_wrote() -> Non
     answers = _odd_answers()[:50]
     hashes = [f"sha256:{i:064x}" for i in range(len(answers))]
     entries = encode_entries(decisions_json(answers), hashes, "req-1")
-    for answer, payload, entry in zip(answers, hashes, entries):
+    for answer, payload, entry in zip(answers, hashes, entries, strict=True):
         legacy = orjson.loads(StoredDecision.of(answer, payload).encode())
         got = orjson.loads(entry)
         assert got.pop("stored_at") == pytest.approx(legacy.pop("stored_at"), abs=5)
@@ -289,12 +288,11 @@ def test_stored_entries_of_a_batch_are_what_storing_each_decision_wrote() -> Non
 def test_answers_of_a_batch_are_what_postprocessing_each_row_gives() -> None:
     import random
 
+    from vigil_contracts.api import SafeguardsRef
     from vigil_gateway.encoder_client import EncodedVector, EncodedVectors
     from vigil_gateway.model_metadata import ModelMetadata
-    from vigil_gateway.predictor_client import Inference
-    from vigil_contracts.api import SafeguardsRef
-
     from vigil_gateway.postprocess import Postprocess
+    from vigil_gateway.predictor_client import Inference
     from vigil_gateway.safeguards import Checked
 
     rng = random.Random(5)
@@ -323,7 +321,7 @@ def test_answers_of_a_batch_are_what_postprocessing_each_row_gives() -> None:
                   for k, i in enumerate(rows)]
     assert many == one_by_one
     assert {a.label for a in many} == {"not_fraud", "suspicious", "highly_suspicious"}
-    for fast, slow in zip(many, one_by_one):  # the same objects, not only equal ones
+    for fast, slow in zip(many, one_by_one, strict=True):  # the same objects, not only equal ones
         assert type(fast) is ScoreResponse
         assert fast.__dict__ == slow.__dict__
         assert fast.__pydantic_fields_set__ == slow.__pydantic_fields_set__
@@ -336,7 +334,6 @@ def test_answers_of_a_batch_are_what_postprocessing_each_row_gives() -> None:
 
 def test_the_not_fraud_shortcut_is_in_use_and_equal_to_the_constructor() -> None:
     from vigil_contracts.api import ModelRef
-
     from vigil_gateway import fast_answers
     from vigil_gateway.reasons import NO_RISK_REASON
 

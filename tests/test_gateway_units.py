@@ -7,24 +7,29 @@ from __future__ import annotations
 import json
 import math
 import struct
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 from pydantic import ValidationError
+
 from settings_docs import undocumented_fields
 from vigil_contracts.api import BatchItemResult, Transaction
 from vigil_contracts.encoding import EncodedRow
 from vigil_contracts.problems import Problem
 from vigil_contracts.request_features import OUTPUT_FEATURES
-
 from vigil_gateway.decisions import pack_command, payload_hash
 from vigil_gateway.errors import DownstreamError
 from vigil_gateway.metrics import GatewayMetrics
 from vigil_gateway.model_metadata import ServingPolicy, is_stored
 from vigil_gateway.policy import FEATURES_MISSING, FEATURES_STALE, policy_verdict, stored_mask
-from vigil_gateway.predictor_client import PredictorClient, decode_outputs, encode_request, split_rows
+from vigil_gateway.predictor_client import (
+    PredictorClient,
+    decode_outputs,
+    encode_request,
+    split_rows,
+)
 from vigil_gateway.reasons import TEMPLATES, Context, describe, explain
 from vigil_gateway.settings import GatewaySettings
 
@@ -68,9 +73,9 @@ def test_timestamp_must_be_rfc3339_with_an_offset(timestamp: str) -> None:
 
 
 def test_timestamp_may_not_be_far_in_the_future() -> None:
-    soon = (datetime.now(timezone.utc) + timedelta(hours=20)).isoformat()
+    soon = (datetime.now(UTC) + timedelta(hours=20)).isoformat()
     Transaction.model_validate(transaction(timestamp=soon))
-    later = (datetime.now(timezone.utc) + timedelta(days=2)).isoformat()
+    later = (datetime.now(UTC) + timedelta(days=2)).isoformat()
     with pytest.raises(ValidationError, match="future"):
         Transaction.model_validate(transaction(timestamp=later))
 
@@ -256,7 +261,7 @@ def _binary_answer(outputs: dict[str, tuple[list[int], list[float]]]) -> tuple[b
     chunks = [struct.pack(f"<{len(flat)}f", *flat) for _, flat in outputs.values()]
     header = json.dumps({"model_name": "m", "model_version": "1", "outputs": [
         {"name": name, "datatype": "FP32", "shape": shape, "parameters": {"binary_data_size": len(chunk)}}
-        for (name, (shape, _)), chunk in zip(outputs.items(), chunks)
+        for (name, (shape, _)), chunk in zip(outputs.items(), chunks, strict=True)
     ]}).encode()
     return header + b"".join(chunks), str(len(header))
 

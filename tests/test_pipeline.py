@@ -16,10 +16,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from vigil_contracts.local_time import local_hour
 
 from vigil import pipeline
 from vigil.pipeline import FEATURE_TABLES, compute_feature_tables, write_feature_tables
+from vigil_contracts.local_time import local_hour
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = pd.Timestamp("2024-03-01 06:00:00", tz="UTC")
@@ -82,7 +82,7 @@ def test_point_in_time_lookup_sees_only_strictly_earlier_transactions() -> None:
     ])
     card = compute_feature_tables(raw)["card_stats"]
     seen = seen_by(raw, card, "card_id")
-    tx = dict(zip(zip(raw["card_id"], raw["amount"]), raw["transaction_id"]))
+    tx = dict(zip(zip(raw["card_id"], raw["amount"], strict=True), raw["transaction_id"], strict=True))
 
     # The first transaction of a card sees no row at all (its own row is stamped after it).
     assert seen.loc[tx["c1", 10.0], list(FEATURE_TABLES["card_stats"])].isna().all()
@@ -133,8 +133,8 @@ def test_one_row_per_entity_and_timestamp_stamped_one_microsecond_after() -> Non
         table = tables[name]
         assert not table.duplicated([key, "event_timestamp"]).any()
         with_key = raw.dropna(subset=[key])
-        expected = set(zip(with_key[key], with_key["event_timestamp"] + US))
-        assert set(zip(table[key], table["event_timestamp"])) == expected
+        expected = set(zip(with_key[key], with_key["event_timestamp"] + US, strict=True))
+        assert set(zip(table[key], table["event_timestamp"], strict=True)) == expected
 
 
 def test_random_world_pit_join_sees_exactly_the_latest_strictly_earlier_transaction() -> None:
@@ -286,7 +286,7 @@ def reference_tables(raw: pd.DataFrame) -> dict[str, pd.DataFrame]:
             mask = (raw[key] == entity).to_numpy()
             ent = raw[mask].assign(us=us[mask])
             for now in sorted(set(ent["us"])):
-                def win(size: str) -> pd.DataFrame:
+                def win(size: str, ent: pd.DataFrame = ent, now: int = now) -> pd.DataFrame:
                     return ent[(ent["us"] > now - w[size]) & (ent["us"] <= now)]
 
                 row: dict = {key: entity,

@@ -18,15 +18,15 @@ import httpx
 import numpy as np
 import pytest
 import xgboost as xgb
+
 from settings_docs import undocumented_fields
 from vigil.artifacts import write_artifact
 from vigil_contracts.feature_contract import feature_contract_hash
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE
-from vigil_servicekit.logs import JsonFormatter
-
 from vigil_predictor.app import create_app
 from vigil_predictor.deps import get_dataplane
 from vigil_predictor.settings import PredictorSettings
+from vigil_servicekit.logs import JsonFormatter
 
 MODEL = "fraud-test"
 N_FEATURES = 10
@@ -814,7 +814,7 @@ async def test_concurrent_requests_are_scored_together_with_their_own_answers(
             bodies.append(json_request(x, outputs=[{"name": "score"}, {"name": "contributions"}],
                                        parameters={"contributions_min_score": threshold}))
     answers = await asyncio.gather(*(client.post(INFER, json=body) for body in bodies))
-    for x, kind, response in zip(xs, kinds, answers):
+    for x, kind, response in zip(xs, kinds, answers, strict=True):
         assert response.status_code == 200, response.text
         matrix = xgb.DMatrix(x, missing=np.nan, feature_names=FEATURE_NAMES)
         body = response.json()

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import xgboost as xgb
 from fastapi import FastAPI
+
 from fast_lane_checks import Pair, access_line, assert_same
 from test_predictor import (
     CONTRACT,
@@ -33,7 +34,6 @@ from test_predictor import (
     rows,
     xgb_scores,
 )
-
 from vigil_predictor.app import create_app
 from vigil_predictor.deps import get_dataplane
 from vigil_predictor.rest import infer, infer_version, models_router
@@ -187,7 +187,7 @@ async def test_unexpected_exception_is_the_same_generic_500(pair: Pair, monkeypa
 async def test_what_the_lane_does_not_take_goes_to_fastapi(pair: Pair) -> None:
     for method, path in [("GET", INFER), ("POST", INFER + "/"), ("PUT", INFER_V1),
                          ("POST", f"/v2/models/{MODEL}/versions/1/2/infer")]:
-        lane, fastapi, *logs = await pair.send(method, path, lane=None, headers=ID)
+        lane, fastapi, *_logs = await pair.send(method, path, lane=None, headers=ID)
         assert lane.status_code == fastapi.status_code and lane.content == fastapi.content
         assert lane.headers.multi_items() == fastapi.headers.multi_items()
 

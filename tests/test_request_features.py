@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 from vigil_contracts.request_features import (
-    OUTPUT_FEATURES, REQUEST_FIELDS, STORED_INPUTS, request_fields, transform_columns,
-    transform_row, transform_row_vector, transform_vector_columns,
+    OUTPUT_FEATURES,
+    REQUEST_FIELDS,
+    STORED_INPUTS,
+    request_fields,
+    transform_columns,
+    transform_row,
+    transform_row_vector,
+    transform_vector_columns,
 )
 
-NOW = datetime(2026, 11, 20, 3, 30, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 20, 3, 30, tzinfo=UTC)
 KNOWN = {
     "card_amount_avg_30d": 20.0, "card_amount_std_30d": 5.0,
     "card_last_txn_epoch": NOW.timestamp() - 120, "card_home_country": "FR",
@@ -55,8 +61,8 @@ def test_no_device_and_no_country_are_missing_not_guessed():
 
 
 def test_hour_is_local_time_in_the_countrys_zone_whatever_the_offset_written():
-    winter = datetime(2026, 1, 15, 3, 30, tzinfo=timezone.utc)
-    summer = datetime(2026, 7, 15, 3, 30, tzinfo=timezone.utc)
+    winter = datetime(2026, 1, 15, 3, 30, tzinfo=UTC)
+    summer = datetime(2026, 7, 15, 3, 30, tzinfo=UTC)
     # One instant, written in four offsets: one hour of day wherever the country is known.
     for offset in (0, 1, 9, -6):
         tz = timezone(timedelta(hours=offset))
@@ -119,7 +125,7 @@ def _identical(a: list, b: list) -> bool:
     return len(a) == len(b) and all(
         type(x) is type(y) and (x == y and math.copysign(1, x) == math.copysign(1, y)
                                 or x != x and y != y)
-        for x, y in zip(a, b))
+        for x, y in zip(a, b, strict=True))
 
 
 def _outcome(function, row):
@@ -296,11 +302,11 @@ def test_request_columns_are_the_request_fields_of_each_transaction() -> None:
     rows = []
     for _ in range(500):
         tz = timezone(timedelta(minutes=rng.choice([-600, -330, 0, 60, 345, 840])))
-        when = datetime(2024, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=rng.uniform(0, 3e7))
+        when = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(seconds=rng.uniform(0, 3e7))
         rows.append((rng.choice([1, 12.5, 1e9, 0.01]), when.astimezone(tz),
                      rng.choice(["pos", "ecom", "mobile"]), rng.choice(["", "FR", "JP"]),
                      rng.random() < 0.5))
-    columns = request_columns(*zip(*rows))
+    columns = request_columns(*zip(*rows, strict=True))
     for i, row in enumerate(rows):
         expected = request_fields(*row)
         got = {name: values[i] for name, values in columns.items()}

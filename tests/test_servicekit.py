@@ -13,6 +13,7 @@ import pytest
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE
 from vigil_servicekit.deps import MetricsDep, RequestIdDep
 from vigil_servicekit.errors import ServiceError

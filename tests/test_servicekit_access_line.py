@@ -10,6 +10,7 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
+
 from test_servicekit import LOGGER, make_app
 from vigil_servicekit.logs import (
     JsonFormatter,

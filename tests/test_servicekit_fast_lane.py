@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
+
 from vigil_servicekit.deps import MetricsDep
 from vigil_servicekit.errors import ServiceError
 from vigil_servicekit.fast_lane import Defer, FastRoute, declared_route, install_fast_lane

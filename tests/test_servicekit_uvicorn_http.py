@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import uvicorn
@@ -60,7 +60,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 class _Counting(HttpToolsProtocol):
-    writes: list[bytes] = []
+    writes: ClassVar[list[bytes]] = []
 
     def connection_made(self, transport: Any) -> None:
         writes = self.writes

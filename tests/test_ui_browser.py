@@ -17,15 +17,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
 import uvicorn
-from vigil_contracts.thresholds import LABELS
 
-from test_gateway import MODEL, THRESHOLDS, EncoderStandIn, PredictorStandIn  # noqa: E402
+from test_gateway import MODEL, THRESHOLDS, EncoderStandIn, PredictorStandIn
 from vigil.redis_server import free_port
+from vigil_contracts.thresholds import LABELS
 from vigil_gateway.app import create_app
 from vigil_gateway.settings import GatewaySettings
 
@@ -55,7 +55,7 @@ class UiEncoderStandIn(EncoderStandIn):
     so the prefilled transaction gets a real score instead of an ``uncertain`` for missing features.
     """
 
-    KNOWN = {"card_id": "card_good", "merchant_id": "m_good", "device_id": "dev_known"}
+    KNOWN: ClassVar[dict[str, str]] = {"card_id": "card_good", "merchant_id": "m_good", "device_id": "dev_known"}
     ALIASED_PREFIX = ("card_0", "merchant_0", "device_0")
 
     def _row(self, entities: dict[str, str], request: dict[str, Any]) -> dict[str, Any]:
@@ -202,7 +202,7 @@ def test_scores_the_prefilled_transaction_like_the_api(
     # The page's own request's id (the API's repeat above got an id of its own).
     assert field(result, "request-id") not in ("", stored_body["request_id"], fresh_body["request_id"])
     assert [li.get_attribute("data-code") for li in reasons] == [r["code"] for r in stored_body["reasons"]]
-    for li, reason in zip(reasons, stored_body["reasons"]):
+    for li, reason in zip(reasons, stored_body["reasons"], strict=True):
         assert li.text.startswith(reason["text"])
 
     # (3) What it looks like: a PNG of the page with the decision on it.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from vigil.world import (
     load_transactions,
 )
 
-END = datetime(2026, 11, 1, tzinfo=timezone.utc)
+END = datetime(2026, 11, 1, tzinfo=UTC)
 N_DAYS = 14
 TS = pa.timestamp("us", tz="UTC")
 EXPECTED_SCHEMA = [
@@ -73,7 +73,7 @@ def test_rows_sorted_with_unique_ids(world: tuple[WorldSummary, pd.DataFrame]) -
     assert df["transaction_id"].str.fullmatch(r"t\d+").all()
     assert df["card_id"].str.fullmatch(r"c\d+").all()
     assert df["merchant_id"].str.fullmatch(r"m\d+").all()
-    keys = list(zip(df["event_timestamp"], df["transaction_id"]))
+    keys = list(zip(df["event_timestamp"], df["transaction_id"], strict=True))
     assert keys == sorted(keys)
 
 
@@ -210,7 +210,7 @@ def test_progress_bar(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     {"fraud_rate": 0.001},
     {"fraud_rate": 0.05},
     {"end": datetime(2026, 11, 1)},
-    {"end": datetime(2026, 11, 1, 12, tzinfo=timezone.utc)},
+    {"end": datetime(2026, 11, 1, 12, tzinfo=UTC)},
     {"n_days": 0},
 ])
 def test_invalid_config_is_rejected(kwargs: dict[str, object]) -> None:

@@ -16,9 +16,9 @@ import argparse
 import os
 import sys
 import warnings
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 EXIT_USAGE = 2
 
@@ -33,10 +33,11 @@ def _say(msg: str) -> None:
 
 def _parse_time(value: str) -> datetime:
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        # 3.11's fromisoformat reads a trailing Z itself, but refuses "2026-01-01Z" (FURB162)
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))  # noqa: FURB162
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {value!r}") from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -211,9 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*fetch_arrow_table", category=DeprecationWarning)
     from vigil.errors import USER_ERRORS
 
+    user_errors: tuple[type[Exception], ...] = (CliError, *USER_ERRORS)
     try:
         args.func(args)
-    except (CliError, *USER_ERRORS) as exc:
+    except user_errors as exc:
         _say(f"error: {exc}")
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -7,7 +7,8 @@ serving spec (the order the encoder serves), so no list of features is written t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -52,7 +53,7 @@ def entity_frame(transactions: pd.DataFrame) -> pd.DataFrame:
         request_fields(a, t.to_pydatetime(), ch, co, bool(d))
         for a, t, ch, co, d in zip(
             transactions["amount"], ts, transactions["channel"], transactions["country"],
-            has_device,
+            has_device, strict=True,
         )
     ]
     frame = pd.DataFrame(fields, index=transactions.index)
@@ -65,7 +66,7 @@ def entity_frame(transactions: pd.DataFrame) -> pd.DataFrame:
 
 
 def historical_matrix(
-    store: "FeatureStore", spec: FeatureServiceSpec, entities: pd.DataFrame,
+    store: FeatureStore, spec: FeatureServiceSpec, entities: pd.DataFrame,
     chunk_rows: int = 10_000, progress: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
     """Point-in-time features for each entity row, indexed by transaction_id, in model order.

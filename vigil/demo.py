@@ -119,7 +119,7 @@ def _score_online(args: argparse.Namespace, repo: Path, models_dir: Path, frame:
 
 def decision_table(scenarios, results) -> str:
     rows = [("transaction", "scenario", "amount", "label", "score", "model", "top reason")]
-    for sc, res in zip(scenarios, results):
+    for sc, res in zip(scenarios, results, strict=True):
         body = res.get("result") or {}
         if not body:
             rows.append((sc.transaction["transaction_id"], sc.name, "", "error", "", "",
@@ -131,6 +131,6 @@ def decision_table(scenarios, results) -> str:
                      body["label"], "" if score is None else f"{score:.3f}",
                      f"{body['model']['name']} v{body['model']['version']}", reason))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

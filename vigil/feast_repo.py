@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -78,7 +78,7 @@ def config_path(repo: Path) -> Path:
     return derived
 
 
-def open_store(repo: Path) -> "FeatureStore":
+def open_store(repo: Path) -> FeatureStore:
     from feast import FeatureStore
 
     return FeatureStore(repo_path=str(repo), fs_yaml_file=config_path(repo))
@@ -92,7 +92,7 @@ def feast_cli(repo: Path, *args: str) -> str:
     if cfg != repo / "feature_store.yaml":
         cmd += ["-f", str(cfg)]
     cmd += list(args)
-    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
         raise RepoError(f"`feast {' '.join(args)}` failed:\n" + "\n".join(tail))
@@ -116,7 +116,7 @@ def materialize(repo: Path, end: datetime | None = None, full: bool = False) -> 
     empty online store needs, since the incremental watermark lives in the registry and would
     skip everything materialized before into another store.
     """
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     end = min(end or now, now)
     stamp = "%Y-%m-%dT%H:%M:%S"
     if full:
@@ -136,7 +136,20 @@ def load_serving_spec(repo: Path) -> ServingSpec:
     return ServingSpec.model_validate_json(path.read_text())
 
 
-def export_serving_spec(store: "FeatureStore") -> ServingSpec:
+def _add_view(store: FeatureStore, views: dict[str, ViewSpec], name: str) -> None:
+    if name in views:
+        return
+    fv = store.get_feature_view(name)
+    ttl = int(fv.ttl.total_seconds()) if fv.ttl else None
+    views[name] = ViewSpec(
+        name=name,
+        join_keys=list(fv.join_keys),
+        ttl_seconds=ttl,
+        features={f.name: str(f.dtype) for f in fv.features},
+    )
+
+
+def export_serving_spec(store: FeatureStore) -> ServingSpec:
     """Describe every feature service as the encoder needs it, in Feast's feature order."""
     project = store.project
     services: dict[str, FeatureServiceSpec] = {}
@@ -145,23 +158,11 @@ def export_serving_spec(store: "FeatureStore") -> ServingSpec:
         on_demand: dict[str, OnDemandSpec] = {}
         features: list[FeatureRef] = []
 
-        def add_view(name: str) -> None:
-            if name in views:
-                return
-            fv = store.get_feature_view(name)
-            ttl = int(fv.ttl.total_seconds()) if fv.ttl else None
-            views[name] = ViewSpec(
-                name=name,
-                join_keys=list(fv.join_keys),
-                ttl_seconds=ttl,
-                features={f.name: str(f.dtype) for f in fv.features},
-            )
-
         for projection in service.feature_view_projections:
             name = projection.name_to_use()
             try:
                 odfv = store.get_on_demand_feature_view(projection.name)
-            except Exception:  # feast raises its own not-found error type per object kind
+            except Exception:  # noqa: BLE001 - feast raises its own not-found error type per object kind
                 odfv = None
             if odfv is not None:
                 inputs = {
@@ -169,7 +170,7 @@ def export_serving_spec(store: "FeatureStore") -> ServingSpec:
                     for p in odfv.source_feature_view_projections.values()
                 }
                 for view_name in inputs:
-                    add_view(view_name)
+                    _add_view(store, views, view_name)
                 request_fields = {
                     f.name: str(f.dtype)
                     for rs in odfv.source_request_sources.values()
@@ -183,7 +184,7 @@ def export_serving_spec(store: "FeatureStore") -> ServingSpec:
                 )
                 kind = "on_demand"
             else:
-                add_view(projection.name)
+                _add_view(store, views, projection.name)
                 kind = "stored"
             for f in projection.features:
                 features.append(

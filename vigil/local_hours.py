@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
 from vigil_contracts.local_time import COUNTRY_TIME_ZONES
 
 

@@ -40,9 +40,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pandas.api.indexers import BaseIndexer
 from tqdm.auto import tqdm
-from vigil_contracts import request_features
 
 from vigil.local_hours import local_hours
+from vigil_contracts import request_features
 
 #: Feature columns of each offline table, in the order of the feature views in features.py.
 FEATURE_TABLES: dict[str, tuple[str, ...]] = {

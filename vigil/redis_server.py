@@ -6,12 +6,14 @@ persistence off and stops it by PID.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Self
 
 
 class RedisUnavailable(Exception):
@@ -70,13 +72,15 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout: float = 10.0) -> "RedisServer":
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--protected-mode", "no"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
+    def start(self, timeout: float = 10.0) -> Self:
+        with contextlib.ExitStack() as stack:  # the log closed here; the child keeps its own
+            out = (stack.enter_context(open(self.log_path, "ab")) if self.log_path
+                   else subprocess.DEVNULL)
+            self.process = subprocess.Popen(
+                [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--protected-mode", "no"],
+                stdout=out, stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -97,7 +101,7 @@ class RedisServer:
                 self.process.wait()
         self.process = None
 
-    def __enter__(self) -> "RedisServer":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -15,11 +15,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import httpx
 
 from vigil.redis_server import RedisServer, free_port
-
 
 #: uvicorn's httptools protocol with one write per response (``vigil_servicekit.uvicorn_http``).
 HTTP_PROTOCOL = "vigil_servicekit.uvicorn_http:HttpToolsProtocol"
@@ -92,7 +92,7 @@ class LocalStack:
         self.extra_env = extra_env or {}
         self.services: dict[str, RunningService] = {}
 
-    def start(self, timeout: float = 60.0) -> "LocalStack":
+    def start(self, timeout: float = 60.0) -> Self:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if self.redis_url is None:
             self.redis = RedisServer(log_path=self.log_dir / "redis.log").start()
@@ -121,10 +121,9 @@ class LocalStack:
             env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         log_path = self.log_dir / f"{spec.name}.log"
         cmd = [sys.executable, "-m", *spec.module_args("127.0.0.1", port)]
-        log = open(log_path, "ab")
-        process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        log.close()
+        with open(log_path, "ab") as log:  # the child keeps its own descriptor
+            process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
         self.services[spec.name] = RunningService(spec, f"http://127.0.0.1:{port}", process, log_path)
 
     def wait_ready(self, name: str, timeout: float = 60.0) -> None:
@@ -169,7 +168,7 @@ class LocalStack:
         if self.redis:
             self.redis.stop()
 
-    def __enter__(self) -> "LocalStack":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

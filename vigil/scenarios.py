@@ -8,14 +8,13 @@ device abroad at night for many times the usual amount; a card-testing burst's n
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
 
-from vigil_contracts.local_time import local_time
-
 from vigil.world import CURRENCY_BY_COUNTRY as CURRENCY
+from vigil_contracts.local_time import local_time
 
 
 @dataclass(frozen=True)
@@ -26,7 +25,7 @@ class Scenario:
 
 
 def _iso(ts: datetime) -> str:
-    return ts.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _daytime_before(now: datetime, hour: int, country: str | None = None) -> datetime:
@@ -39,7 +38,7 @@ def _daytime_before(now: datetime, hour: int, country: str | None = None) -> dat
 
 def build_scenarios(raw: pd.DataFrame, now: datetime | None = None, n_legit: int = 3,
                     n_takeover: int = 2, prefix: str = "demo") -> list[Scenario]:
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     end = raw["event_timestamp"].max()
     recent = raw[raw["event_timestamp"] > end - pd.Timedelta(days=7)]
     legit = recent[recent["is_fraud"] == 0]

@@ -9,10 +9,11 @@ rules baseline. The same seed and data give the same booster, byte for byte.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,7 +25,6 @@ from vigil.artifacts import write_artifact
 from vigil.dataset import entity_frame, historical_matrix, to_float32
 from vigil.model_card import render_model_card
 from vigil_contracts.artifact import list_versions
-from vigil_contracts.serving_spec import FeatureServiceSpec
 from vigil_contracts.thresholds import label_for_score
 
 DEFAULT_MODEL_NAME = "fraud_detector"
@@ -156,7 +156,7 @@ def slice_metrics(frame: pd.DataFrame, thresholds: dict[str, float]) -> dict[str
             part = frame[keys == key]
             y, s = part["label"].to_numpy(), part["score"].to_numpy()
             out[f"{kind}={key}"] = {
-                "n": int(len(part)), "fraud": int(y.sum()), **_aucs(y, s),
+                "n": len(part), "fraud": int(y.sum()), **_aucs(y, s),
                 **{f"{k}_{m}": v for k, r in _label_metrics(y, s, thresholds).items() for m, v in r.items()},
             }
     return out
@@ -254,9 +254,9 @@ def train(
     base = rules_baseline(matrix[parts["test"].to_numpy()])
     metrics = {
         "test": {**_aucs(y_test, s_test), **_label_metrics(y_test, s_test, thresholds),
-                 "n": int(len(y_test)), "fraud": int(y_test.sum())},
+                 "n": len(y_test), "fraud": int(y_test.sum())},
         "validation": {**_aucs(y_valid, s_valid), **_label_metrics(y_valid, s_valid, thresholds),
-                       "n": int(len(y_valid)), "fraud": int(y_valid.sum())},
+                       "n": len(y_valid), "fraud": int(y_valid.sum())},
         "baseline_rules_test": {**_aucs(y_test, base), **_rates(y_test, base > 0)},
         "slices_test": slice_metrics(test_frame, thresholds),
         "label_distribution_test": {
@@ -273,7 +273,7 @@ def train(
     metadata = {
         "name": config.model_name,
         "version": version,
-        "created_at": datetime.now(timezone.utc).strftime(fmt),
+        "created_at": datetime.now(UTC).strftime(fmt),
         "framework": {"xgboost": xgb.__version__},
         "feature_service": spec.name,
         "feature_names": spec.feature_names,

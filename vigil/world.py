@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
+
 from vigil_contracts.local_time import COUNTRY_TIME_ZONES
 
 __all__ = [
@@ -174,8 +175,8 @@ class WorldConfig:
 
     def resolved_end(self) -> datetime:
         if self.end is not None:
-            return self.end.astimezone(timezone.utc)
-        now = datetime.now(timezone.utc)
+            return self.end.astimezone(UTC)
+        now = datetime.now(UTC)
         return now.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
@@ -198,7 +199,7 @@ class WorldSummary:
 def _check_end(end: datetime) -> None:
     if end.tzinfo is None or end.utcoffset() is None:
         raise ValueError("end must be timezone-aware (UTC)")
-    utc = end.astimezone(timezone.utc)
+    utc = end.astimezone(UTC)
     # Day chunks and the diurnal profile are aligned on UTC midnight.
     if (utc.hour, utc.minute, utc.second, utc.microsecond) != (0, 0, 0, 0):
         raise ValueError(f"end must be at 00:00 UTC, got {utc.isoformat()}")
@@ -447,7 +448,7 @@ class _World:
         size = np.where(rng.random(n) < 0.7, 1, rng.integers(2, 4, n))
         self.plan_odd = events(budget[3], size, np.zeros(n, dtype=np.int64))
 
-        self.windows = self._plan_windows(rng, int(round(budget[2])))
+        self.windows = self._plan_windows(rng, round(budget[2]))
 
     def _plan_windows(self, rng: np.random.Generator, rows: int) -> list[_Window]:
         cfg = self.cfg

@@ -63,8 +63,8 @@ def _parse_rfc3339(value: Any) -> datetime:
         parsed = value
         if parsed.tzinfo is None or parsed.utcoffset() is None:
             raise ValueError("must carry a UTC offset (timezone-aware), e.g. a trailing Z")
-    else:
-        raise ValueError("must be an RFC 3339 date-time string")
+    else:  # a ValueError, not a TypeError: pydantic reports only that as invalid input
+        raise ValueError("must be an RFC 3339 date-time string")  # noqa: TRY004
     # Seconds rather than datetimes: the same test, without building "now" as a datetime.
     if parsed.timestamp() - time.time() > _MAX_FUTURE_SKEW_S:
         raise ValueError("is more than one day in the future")
@@ -190,7 +190,7 @@ class BatchItemResult(BaseModel):
     error: Problem | None = None
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "BatchItemResult":
+    def _exactly_one(self) -> BatchItemResult:
         if (self.result is None) == (self.error is None):
             raise ValueError("exactly one of result and error must be set")
         return self

@@ -6,9 +6,10 @@ import json
 import math
 import sys
 from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any, Iterable
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -36,8 +37,9 @@ class EncodeColumns(BaseModel):
         description="Request-time field -> one value per row (see request_features.REQUEST_FIELDS).")
 
     @model_validator(mode="after")
-    def _one_length(self) -> "EncodeColumns":
-        lengths = {len(values) for values in (*self.entities.values(), *self.request.values())}
+    def _one_length(self) -> EncodeColumns:
+        columns: tuple[list[Any], ...] = (*self.entities.values(), *self.request.values())
+        lengths = {len(values) for values in columns}
         if len(lengths) > 1:
             raise ValueError("every column must have one value per row (the same length)")
         if lengths == {0}:
@@ -46,7 +48,8 @@ class EncodeColumns(BaseModel):
 
     @property
     def n_rows(self) -> int:
-        for values in (*self.entities.values(), *self.request.values()):
+        columns: tuple[list[Any], ...] = (*self.entities.values(), *self.request.values())
+        for values in columns:
             return len(values)
         return 0
 
@@ -114,7 +117,7 @@ def _header(feature_service: str, feature_names: list[str], feature_contract: st
         "feature_contract": feature_contract,
         "tensors": [
             {"name": name, "datatype": datatype, "shape": shape, "binary_data_size": size}
-            for (name, datatype, _), size in zip(BINARY_TENSORS, sizes)
+            for (name, datatype, _), size in zip(BINARY_TENSORS, sizes, strict=True)
         ],
     }, separators=(",", ":")).encode()
 
@@ -189,7 +192,7 @@ def decode_binary(content: bytes, header_length: str | None, n_rows: int) -> Bin
         raise ValueError("tensors are not values, age_seconds, missing and stale")
     parts: list[memoryview] = []
     offset = length
-    for tensor, (name, datatype, itemsize) in zip(tensors, BINARY_TENSORS):
+    for tensor, (name, datatype, itemsize) in zip(tensors, BINARY_TENSORS, strict=True):
         size = n_rows * width * itemsize
         if (tensor.get("name"), tensor.get("datatype"), tensor.get("shape"),
                 tensor.get("binary_data_size")) != (name, datatype, [n_rows, width], size):

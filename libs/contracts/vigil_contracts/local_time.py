@@ -11,7 +11,7 @@ UTC. Countries spanning several zones get their most populous one (documented ap
 from __future__ import annotations
 
 from datetime import datetime
-from functools import lru_cache
+from functools import cache
 from zoneinfo import ZoneInfo
 
 #: ISO 3166-1 alpha-2 country -> IANA time zone.
@@ -36,7 +36,7 @@ COUNTRY_TIME_ZONES: dict[str, str] = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def zone_of(country: str | None) -> ZoneInfo | None:
     """The time zone of ``country``, or None when it has none here."""
     name = COUNTRY_TIME_ZONES.get(country or "")

@@ -16,8 +16,8 @@ NaN) give missing outputs (``None``), never an exception.
 from __future__ import annotations
 
 import math
-from datetime import datetime
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from vigil_contracts.local_time import local_hour
@@ -58,7 +58,7 @@ OUTPUT_FEATURES: tuple[str, ...] = (
 )
 
 CHANNEL_CODES: dict[str, float] = {"pos": 0.0, "ecom": 1.0, "mobile": 2.0}
-NIGHT_HOURS = range(0, 6)
+NIGHT_HOURS = range(6)
 
 
 def _missing(value: Any) -> bool:
@@ -82,11 +82,12 @@ def transform_row(row: Mapping[str, Any]) -> dict[str, float | None]:
     amount = float(row["amount"])
     epoch = float(row["txn_epoch"])
     hour = int(row["txn_hour"])
-    avg = row.get("card_amount_avg_30d")
-    std = row.get("card_amount_std_30d")
-    last = row.get("card_last_txn_epoch")
+    # Any, not Any | None: _missing() has ruled None out wherever these meet arithmetic.
+    avg: Any = row.get("card_amount_avg_30d")
+    std: Any = row.get("card_amount_std_30d")
+    last: Any = row.get("card_last_txn_epoch")
     home = row.get("card_home_country")
-    first_seen = row.get("device_first_seen_epoch")
+    first_seen: Any = row.get("device_first_seen_epoch")
     device_present = int(row.get("device_present") or 0)
 
     ratio = None if _missing(avg) or float(avg) <= 0 else amount / float(avg)
@@ -143,11 +144,13 @@ def transform_row_vector(row: Mapping[str, Any]) -> list[float]:
     amount = get("amount")
     epoch = get("txn_epoch")
     hour = get("txn_hour")
-    avg = get("card_amount_avg_30d")
-    std = get("card_amount_std_30d")
-    last = get("card_last_txn_epoch")
+    # Any, not Any | None: the type tests below and the None tests further down rule None out
+    # wherever these meet arithmetic (mypy does not follow `type(x) in ...` or avg_missing).
+    avg: Any = get("card_amount_avg_30d")
+    std: Any = get("card_amount_std_30d")
+    last: Any = get("card_last_txn_epoch")
     home = get("card_home_country")
-    first_seen = get("device_first_seen_epoch")
+    first_seen: Any = get("device_first_seen_epoch")
     device_present = get("device_present")
     country = get("country")
     channel = get("channel")
@@ -228,17 +231,17 @@ def transform_vector_columns(columns: Mapping[str, Sequence[Any]]) -> list[list[
     nan = _NAN
     # None, NaN and values <= 0 fail "a > 0.0"; a finite float or an inf is what remains.
     ratio = [nan if a is None or not a > 0.0 else (r if (r := x / a) - r == 0.0 else nan)
-             for x, a in zip(amount, avg)]
+             for x, a in zip(amount, avg, strict=True)]
     zscore = [nan if a is None or a != a or s is None or not s > 0.0
               else (z if (z := (x - a) / s) - z == 0.0 else nan)
-              for x, a, s in zip(amount, avg, std)]
+              for x, a, s in zip(amount, avg, std, strict=True)]
     since_last = [nan if t is None or t != t
                   else ((d if d - d == 0.0 else nan) if (d := e - t) > 0.0 else 0.0)
-                  for e, t in zip(epoch, last)]
+                  for e, t in zip(epoch, last, strict=True)]
     device_age = [nan if not p or f is None or f != f
                   else ((g if (g := d / 86400.0) - g == 0.0 else nan) if (d := e - f) > 0.0
                         else 0.0)
-                  for e, f, p in zip(epoch, first_seen, device_present)]
+                  for e, f, p in zip(epoch, first_seen, device_present, strict=True)]
     code = CHANNEL_CODES.get
     return [
         list(amount),
@@ -249,8 +252,8 @@ def transform_vector_columns(columns: Mapping[str, Sequence[Any]]) -> list[list[
         [code(c, -1.0) for c in channel],
         since_last,
         device_age,
-        [1.0 if p and (f is None or f != f) else 0.0 for f, p in zip(first_seen, device_present)],
-        [nan if not h or not c else (0.0 if c == h else 1.0) for h, c in zip(home, country)],
+        [1.0 if p and (f is None or f != f) else 0.0 for f, p in zip(first_seen, device_present, strict=True)],
+        [nan if not h or not c else (0.0 if c == h else 1.0) for h, c in zip(home, country, strict=True)],
     ]
 
 

@@ -15,8 +15,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from vigil_contracts.problems import PROBLEM_MEDIA_TYPE, InvalidParam
 
+from vigil_contracts.problems import PROBLEM_MEDIA_TYPE, InvalidParam
 from vigil_servicekit.errors import ServiceError
 from vigil_servicekit.request_context import REQUEST_ID_HEADER, request_id_of
 

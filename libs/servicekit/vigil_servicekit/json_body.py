@@ -11,7 +11,7 @@ its error (position and message) is the one FastAPI has always reported.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -33,7 +33,7 @@ class OrjsonRequest(Request):
 class OrjsonRoute(APIRoute):
     """An ``APIRoute`` whose handler sees an :class:`OrjsonRequest`."""
 
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def route_handler(request: Request) -> Response:

@@ -27,7 +27,7 @@ class _OneWrite:
     response starts (its head) is held and sent with the next write, or alone when the cycle
     flushes it or closes the connection, so the bytes and their order are uvicorn's own."""
 
-    __slots__ = ("transport", "holding", "head")
+    __slots__ = ("head", "holding", "transport")
 
     def __init__(self, transport: Any) -> None:
         self.transport = transport
@@ -57,7 +57,7 @@ class _OneWrite:
 
 
 class _Cycle(httptools_impl.RequestResponseCycle):
-    transport: _OneWrite
+    transport: _OneWrite  # type: ignore[assignment]  # a Transport in all but name (__getattr__)
 
     async def send(self, message: Any) -> None:
         transport = self.transport

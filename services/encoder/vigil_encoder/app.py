@@ -11,13 +11,10 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from importlib.metadata import PackageNotFoundError, version as package_version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 
 from fastapi import FastAPI
-from vigil_servicekit.fast_lane import install_fast_lane
-from vigil_servicekit.gc_tuning import frozen_startup_heap
-from vigil_servicekit.logs import configure_logging
-from vigil_servicekit.wiring import wire
 
 from vigil_encoder.dataplane import Encoder
 from vigil_encoder.errors import EncoderError
@@ -25,6 +22,10 @@ from vigil_encoder.metrics import EncoderMetrics
 from vigil_encoder.rest import encoder_router, fast_routes, service_router
 from vigil_encoder.settings import EncoderSettings
 from vigil_encoder.store import OnlineStore
+from vigil_servicekit.fast_lane import install_fast_lane
+from vigil_servicekit.gc_tuning import frozen_startup_heap
+from vigil_servicekit.logs import configure_logging
+from vigil_servicekit.wiring import wire
 
 logger = logging.getLogger(__name__)
 

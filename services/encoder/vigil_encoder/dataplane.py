@@ -27,13 +27,17 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import Counter
-from vigil_contracts.encoding import EncodeRequest, binary_header, encode_binary_flat
 
+from vigil_contracts.encoding import EncodeRequest, binary_header, encode_binary_flat
 from vigil_encoder.errors import EncoderNotReady, FeatureServiceNotFound, SpecError, TooManyRows
 from vigil_encoder.feast_values import decode_timestamp, decode_values
 from vigil_encoder.metrics import EncoderMetrics
 from vigil_encoder.plan import (
-    ColumnsTransform, OnDemandPlan, ServicePlan, VectorTransform, load_plans,
+    ColumnsTransform,
+    OnDemandPlan,
+    ServicePlan,
+    VectorTransform,
+    load_plans,
 )
 from vigil_encoder.store import OnlineStore
 from vigil_encoder.validation import check_columns, check_request_columns
@@ -135,7 +139,7 @@ class _Layout:
         # An input the transform never reads is not copied into every row's inputs.
         self.od_pairs = tuple(
             tuple(tuple(pair for pair in od.view_inputs(v) if reads is None or pair[1] in reads)
-                  for od, (_, reads) in zip(plan.on_demand, vectors))
+                  for od, (_, reads) in zip(plan.on_demand, vectors, strict=True))
             for v in range(len(plan.views))
         )
         self.od_views = tuple(tuple(v for v in od.input_views if self.od_pairs[v][j])
@@ -411,14 +415,14 @@ class Encoder:
                 # Keyed by the entity value itself where there is one join key (a repeated card or
                 # merchant is then not even serialised again), else by its values in key order.
                 idents: Sequence[Any] = (entities[single] if single is not None
-                                         else list(zip(*[entities[k] for k in codec.join_keys])))
+                                         else list(zip(*[entities[k] for k in codec.join_keys], strict=True)))
                 start = len(commands)
                 distinct = dict.fromkeys(idents)  # in order of first appearance
-                index = dict(zip(distinct, range(start, start + len(distinct))))
+                index = dict(zip(distinct, range(start, start + len(distinct)), strict=True))
                 if single is not None:
                     commands += map(pack, map(codec.single_redis_key, distinct))
                 else:
-                    commands += [pack(codec.redis_key(dict(zip(codec.join_keys, ident))))
+                    commands += [pack(codec.redis_key(dict(zip(codec.join_keys, ident, strict=True))))
                                  for ident in distinct]
                 command_views += repeat(v, len(distinct))
                 row_reads.append(list(map(index.__getitem__, idents)))
@@ -428,7 +432,7 @@ class Encoder:
         reads: list[ViewRead] = []
         tally: dict[tuple[int, str], int] = {}
         memo: dict[bytes, Any] = {}
-        for v, reply in zip(command_views, replies):
+        for v, reply in zip(command_views, replies, strict=True):
             read, result = _read(layout, v, reply, now, memo)
             reads.append(read)
             tally[(v, result)] = tally.get((v, result), 0) + 1
@@ -504,7 +508,7 @@ def _one_row(layout: _Layout, request: dict[str, Any],
     for j, vector in enumerate(layout.od_vectors):
         inputs = dict(request)
         for v in layout.od_views[j]:
-            inputs.update(zip(od_names[v][j], views[v].od_values[j]))
+            inputs.update(zip(od_names[v][j], views[v].od_values[j], strict=True))
         entries = vector(inputs)
         values += entries
         ages += map(sub, entries, entries)  # 0.0 for a value (x - x), NaN for a missing one
@@ -545,16 +549,16 @@ def _many_rows(layout: _Layout, requests: Mapping[str, Sequence[Any]], n: int,
             for v in layout.od_views[j]:
                 # Each row's values from view v, turned into one column per input.
                 inputs_by_name.update(zip(layout.od_names[v][j],
-                                          zip(*map(found.__getitem__, row_reads[v]))))
+                                          zip(*map(found.__getitem__, row_reads[v]), strict=True), strict=True))
             outputs = columns_form(inputs_by_name)
         if outputs is not None:
-            values_parts.append(list(zip(*outputs)))
+            values_parts.append(list(zip(*outputs, strict=True)))
             # 0.0 for a value (x - x), NaN for a missing one; a column whose sum is finite
             # has no missing value.
             zeros = [0.0] * n
             ages_parts.append(list(zip(*[
                 zeros if (total := sum(column)) - total == 0.0 else [*map(sub, column, column)]
-                for column in outputs])))
+                for column in outputs], strict=True)))
         else:
             if request_rows is None:
                 request_rows = _request_rows(requests, n)
@@ -563,17 +567,17 @@ def _many_rows(layout: _Layout, requests: Mapping[str, Sequence[Any]], n: int,
                        for v in layout.od_views[j]]
             inputs = request_rows  # transforms read their inputs, never write them
             for source in sources:
-                inputs = [{**request, **a} for request, a in zip(inputs, source)]
+                inputs = [{**request, **a} for request, a in zip(inputs, source, strict=True)]
             vectors = list(map(vector, inputs))
             values_parts.append(vectors)
             # 0.0 for a value (x - x), NaN for a missing one.
             ages_parts.append([[*map(sub, entries, entries)] for entries in vectors])
         stale_parts.append(repeat(layout.od_fresh[j], n))
 
-    values = list(chain.from_iterable(chain.from_iterable(zip(*values_parts))))
-    ages = list(chain.from_iterable(chain.from_iterable(zip(*ages_parts))))
+    values = list(chain.from_iterable(chain.from_iterable(zip(*values_parts, strict=True))))
+    ages = list(chain.from_iterable(chain.from_iterable(zip(*ages_parts, strict=True))))
     if any(read.stale for read in reads):
-        stale = list(chain.from_iterable(chain.from_iterable(zip(*stale_parts))))
+        stale = list(chain.from_iterable(chain.from_iterable(zip(*stale_parts, strict=True))))
     else:
         stale = [False] * (n * layout.width)
     return values, ages, stale
@@ -584,7 +588,7 @@ def _request_rows(requests: Mapping[str, Sequence[Any]], n: int) -> list[dict[st
     if not requests:
         return [{} for _ in range(n)]
     names = list(requests)
-    return [dict(zip(names, values)) for values in zip(*requests.values())]
+    return [dict(zip(names, values, strict=True)) for values in zip(*requests.values(), strict=True)]
 
 
 def _reordered(flat: list[Any], reorder: itemgetter, width: int) -> list[Any]:

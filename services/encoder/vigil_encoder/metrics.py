@@ -4,6 +4,7 @@ owned by one app) plus rows encoded, view reads and Redis round trips."""
 from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
+
 from vigil_servicekit.metrics import ServiceMetrics
 
 # An encode is a fraction of a millisecond to a few milliseconds; resolve that range finely.

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+
 from vigil_contracts import request_features
 from vigil_contracts.serving_spec import FeatureServiceSpec, ServingSpec
-
 from vigil_encoder.errors import SpecError
 from vigil_encoder.feast_keys import EntityKeyCodec, field_name, timestamp_field
 from vigil_encoder.feast_values import SCALAR_DTYPES
@@ -151,10 +151,10 @@ class ServicePlan:
             if view is None:
                 raise SpecError(f"{spec.name}: view {view_name!r} is not described in the spec")
             for feature in features:
-                dtype = view.features.get(feature)
-                if dtype not in SCALAR_DTYPES:
+                stored_dtype = view.features.get(feature)
+                if stored_dtype not in SCALAR_DTYPES:
                     raise SpecError(
-                        f"{spec.name}: {view_name}.{feature} has dtype {dtype!r}; the encoder "
+                        f"{spec.name}: {view_name}.{feature} has dtype {stored_dtype!r}; the encoder "
                         f"decodes {sorted(SCALAR_DTYPES)}"
                     )
             view_index[view_name] = len(views)

@@ -14,17 +14,21 @@ import orjson
 from fastapi import APIRouter, Body, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+
 from vigil_contracts.encoding import (
-    BINARY_HEADER_LENGTH, BINARY_MEDIA_TYPE, EncodeColumnsRequest, EncodeRequest, EncodeResponse,
+    BINARY_HEADER_LENGTH,
+    BINARY_MEDIA_TYPE,
+    EncodeColumnsRequest,
+    EncodeRequest,
+    EncodeResponse,
 )
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE, Problem
+from vigil_encoder.dataplane import BatchColumns, Encoder
+from vigil_encoder.deps import EncoderDep, get_encoder
 from vigil_servicekit.deps import MetricsDep
 from vigil_servicekit.fast_lane import Defer, FastRoute, declared_route, json_body_or_defer
 from vigil_servicekit.json_body import OrjsonRoute
 from vigil_servicekit.request_context import log_fields
-
-from vigil_encoder.dataplane import BatchColumns, Encoder
-from vigil_encoder.deps import EncoderDep, get_encoder
 
 service_router = APIRouter(tags=["service"])
 # FastAPI reads the body (content type, JSON errors) with orjson; its shape is checked here.
@@ -78,11 +82,12 @@ def _plain_rows(body: Any) -> bool:
                 and set(map(type, request.values())) <= _REQUEST_VALUE)
     if set(map(type, rows)) != _DICT:
         return False
-    entities = list(map(dict.get, rows, repeat("entities")))
-    requests = list(map(dict.get, rows, repeat("request")))
-    return (set(map(type, entities)) == _DICT and set(map(type, requests)) == _DICT
-            and set(map(type, chain.from_iterable(map(dict.values, entities)))) <= _STRING
-            and set(map(type, chain.from_iterable(map(dict.values, requests)))) <= _REQUEST_VALUE)
+    entity_maps: list[Any] = list(map(dict.get, rows, repeat("entities")))
+    request_maps: list[Any] = list(map(dict.get, rows, repeat("request")))
+    return (set(map(type, entity_maps)) == _DICT and set(map(type, request_maps)) == _DICT
+            and set(map(type, chain.from_iterable(map(dict.values, entity_maps)))) <= _STRING
+            and set(map(type, chain.from_iterable(map(dict.values, request_maps))))
+            <= _REQUEST_VALUE)
 
 
 def _plain_columns(body: dict[str, Any]) -> int:
@@ -111,7 +116,7 @@ def _plain_columns(body: dict[str, Any]) -> int:
     return lengths.pop()
 
 
-def _validated(model: type[EncodeRequest] | type[EncodeColumnsRequest], body: Any) -> Any:
+def _validated(model: type[EncodeRequest | EncodeColumnsRequest], body: Any) -> Any:
     try:
         return model.model_validate(body, from_attributes=True)  # as FastAPI does
     except ValidationError as exc:

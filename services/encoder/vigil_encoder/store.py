@@ -33,13 +33,12 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from redis.utils import HIREDIS_AVAILABLE
 
 try:  # redis-py's hiredis parser, whose buffered replies a batch takes directly (see below)
     from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
 except ImportError:  # pragma: no cover - another redis-py layout: every reply the usual way
-    NOT_ENOUGH_DATA, _AsyncHiredisParser = None, None
+    NOT_ENOUGH_DATA, _AsyncHiredisParser = None, None  # type: ignore[assignment,misc]
 
 from vigil_encoder.errors import FeatureStoreUnavailable
 from vigil_encoder.metrics import EncoderMetrics
@@ -70,7 +69,9 @@ async def _read_replies(connection: Any, count: int) -> list[Any]:
     reader = getattr(parser, "_reader", None)
     if (_AsyncHiredisParser is None or type(parser) is not _AsyncHiredisParser or reader is None
             or not getattr(parser, "_connected", False)
-            or getattr(connection, "health_check_interval", 0)  # read_response would note it
+            # read_response would note a health check (the ignore: mypy types getattr's default by
+            # the `or` chain's bool context)
+            or getattr(connection, "health_check_interval", 0)  # type: ignore[arg-type]
             or getattr(connection, "protocol", 2) in (3, "3")):  # RESP3 may interleave pushes
         return [await connection.read_response() for _ in range(count)]
     gets = reader.gets
@@ -193,7 +194,8 @@ class OnlineStore:
         """None when Redis answers PING within the deadline, else why not."""
         try:
             async with asyncio.timeout(self.timeout_s):
-                await self._require_client().ping()
+                # redis-py types the asyncio client's ping as the sync client's (bool or awaitable)
+                await self._require_client().ping()  # type: ignore[misc]
         except FeatureStoreUnavailable as exc:
             return exc.detail
         except (RedisError, OSError, TimeoutError) as exc:

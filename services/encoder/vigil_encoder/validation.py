@@ -24,7 +24,6 @@ from operator import contains, itemgetter
 from typing import Any, NoReturn
 
 from vigil_contracts.problems import InvalidParam
-
 from vigil_encoder.errors import InvalidEncodeRequest
 from vigil_encoder.plan import ServicePlan
 

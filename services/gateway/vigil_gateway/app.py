@@ -13,34 +13,35 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from importlib.metadata import PackageNotFoundError, version as package_version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 
 import httpx
 from fastapi import FastAPI
-from vigil_servicekit.fast_lane import install_fast_lane
-from vigil_servicekit.gc_tuning import frozen_startup_heap
-from vigil_servicekit.logs import configure_logging
-from vigil_servicekit.wiring import wire
 
 from vigil_gateway.body_limit import BodyLimitMiddleware
 from vigil_gateway.decisions import DecisionStore, connect
-from vigil_gateway.encode import Encode
-from vigil_gateway.idempotency import Idempotency
 from vigil_gateway.deps import Services
 from vigil_gateway.downstream import build_http_client
+from vigil_gateway.encode import Encode
 from vigil_gateway.encoder_client import EncoderClient
 from vigil_gateway.errors import GatewayError
 from vigil_gateway.framework_errors import from_http_error, from_validation_error
+from vigil_gateway.idempotency import Idempotency
 from vigil_gateway.metrics import GatewayMetrics
 from vigil_gateway.model_catalog import ModelCatalog
+from vigil_gateway.pipeline import ScoringPipeline, batch_limits, single_limits
 from vigil_gateway.postprocess import Postprocess
 from vigil_gateway.predict import Predict
 from vigil_gateway.predictor_client import PredictorClient
 from vigil_gateway.record import Record
-from vigil_gateway.safeguards import Safeguards, load_rules
 from vigil_gateway.rest import fast_routes, service_router, transactions_router, ui_router
-from vigil_gateway.pipeline import ScoringPipeline, batch_limits, single_limits
+from vigil_gateway.safeguards import Safeguards, load_rules
 from vigil_gateway.settings import GatewaySettings
+from vigil_servicekit.fast_lane import install_fast_lane
+from vigil_servicekit.gc_tuning import frozen_startup_heap
+from vigil_servicekit.logs import configure_logging
+from vigil_servicekit.wiring import wire
 
 logger = logging.getLogger(__name__)
 

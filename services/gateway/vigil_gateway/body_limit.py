@@ -6,10 +6,10 @@ from __future__ import annotations
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from vigil_contracts.problems import PROBLEM_MEDIA_TYPE
-from vigil_servicekit.request_context import request_id_of
 
+from vigil_contracts.problems import PROBLEM_MEDIA_TYPE
 from vigil_gateway.errors import GatewayError
+from vigil_servicekit.request_context import request_id_of
 
 
 class BodyLimitMiddleware:

@@ -35,9 +35,9 @@ from pydantic import TypeAdapter, ValidationError
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
+
 from vigil_contracts.api import ModelRef, Reason, SafeguardsRef, ScoreResponse, Transaction
 from vigil_contracts.thresholds import LABELS
-
 from vigil_gateway.metrics import GatewayMetrics
 
 logger = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ class Pending:
     payload_hash: str
 
     @classmethod
-    def decode(cls, raw: bytes) -> "Pending":
+    def decode(cls, raw: bytes) -> Pending:
         return cls(payload_hash=raw[len(PENDING):].split(b" ", 1)[0].decode())
 
 
@@ -152,7 +152,7 @@ def pending_marker(payload: str, token: bytes) -> bytes:
     return b"%s%s %s" % (PENDING, payload.encode(), token)
 
 
-def _held(raw: bytes) -> "StoredDecision | Pending":
+def _held(raw: bytes) -> StoredDecision | Pending:
     return Pending.decode(raw) if raw.startswith(PENDING) else StoredDecision.decode(raw)
 
 
@@ -173,7 +173,7 @@ class StoredDecision:
         )
 
     @classmethod
-    def decode(cls, raw: bytes) -> "StoredDecision":
+    def decode(cls, raw: bytes) -> StoredDecision:
         data = orjson.loads(raw)
         stored = cls(
             payload_hash=data["payload_hash"], decision=data["decision"],
@@ -183,7 +183,7 @@ class StoredDecision:
         return stored
 
     @classmethod
-    def of(cls, response: ScoreResponse, payload: str) -> "StoredDecision":
+    def of(cls, response: ScoreResponse, payload: str) -> StoredDecision:
         return cls(
             payload_hash=payload,
             decision=response.model_dump(mode="json", exclude=_NOT_STORED),
@@ -243,7 +243,7 @@ def decisions_json(responses: Sequence[ScoreResponse]) -> list[bytes]:
     # As the model writes a float field: NaN and infinities as null.
     scores = pydantic_core.to_json([r.score for r in responses], inf_nan_mode="null")[1:-1].split(b",")
     out = []
-    for response, score in zip(responses, scores):
+    for response, score in zip(responses, scores, strict=True):
         reasons = response.reasons
         safeguards = response.safeguards
         out.append(b'{"transaction_id":%s,"label":%s,"score":%s,"reasons":%s,"model":%s,"degraded":%s,'
@@ -275,7 +275,7 @@ def encode_entries(decisions: Sequence[bytes], payloads: Sequence[str], request_
     their payload hashes (no intermediate dicts; one ``stored_at`` for them all)."""
     tail = b',"request_id":%s,"stored_at":%s}' % (orjson.dumps(request_id), orjson.dumps(time.time()))
     return [b'{"payload_hash":%s,"decision":%s%s' % (orjson.dumps(payload), decision, tail)
-            for decision, payload in zip(decisions, payloads)]
+            for decision, payload in zip(decisions, payloads, strict=True)]
 
 
 def encode_entry(response: ScoreResponse, payload: str, decision: bytes | None = None) -> bytes:
@@ -361,7 +361,7 @@ class DecisionStore:
     def _decoded(self, transaction_ids: Sequence[str], raws: Sequence[bytes | None]) -> tuple[Held, list[str]]:
         found: Held = {}
         unreadable: list[str] = []
-        for transaction_id, raw in zip(transaction_ids, raws):
+        for transaction_id, raw in zip(transaction_ids, raws, strict=True):
             if raw is None:
                 continue
             try:
@@ -430,7 +430,8 @@ class DecisionStore:
             return []
         written = await self._write(_SETTLE, [t for t, _ in entries], [
             token, b"%d" % self.ttl_s, b"1" if overwrite else b"0", *(e for _, e in entries)])
-        overtaken = [t for (t, entry), w in zip(entries, written) if entry and not w]
+        # ``written`` is empty when the store was unavailable: nothing to say then.
+        overtaken = [t for (t, entry), w in zip(entries, written, strict=False) if entry and not w]
         if overtaken:
             # Only when a marker outlived its reservation, or a rescore wrote first.
             self.metrics.decision_store.labels("overtaken").inc(len(overtaken))
@@ -448,7 +449,7 @@ class DecisionStore:
             return []
         written = await self._write(_PUT, [t for t, _ in entries], [
             b"0" if overwrite else b"1", b"%d" % self.ttl_s, *(e for _, e in entries)])
-        return [t for (t, _), w in zip(entries, written) if not w]
+        return [t for (t, _), w in zip(entries, written, strict=False) if not w]  # [] if unavailable
 
     async def _write(self, script: _Script, transaction_ids: Sequence[str], args: Sequence[bytes]) -> list[int]:
         """Run a writing script over the ids' keys: 1 where it stored a decision (counted),
@@ -477,7 +478,7 @@ class DecisionStore:
     ) -> None:
         try:
             made = entries()
-        except Exception:  # noqa: BLE001 - the answer is gone; its decision is lost, said loudly
+        except Exception:
             self.metrics.decision_store.labels("error").inc()
             logger.exception("decisions not stored: their entries could not be made")
             return

@@ -17,11 +17,11 @@ import time
 from typing import Any, TypeAlias
 
 import httpx
-from vigil_servicekit.request_context import REQUEST_ID_HEADER
 
 from vigil_gateway import http_transport
 from vigil_gateway.errors import DownstreamError
 from vigil_gateway.metrics import GatewayMetrics
+from vigil_servicekit.request_context import REQUEST_ID_HEADER
 
 USER_AGENT = "vigil-gateway"
 

@@ -19,9 +19,11 @@ import httpx
 import orjson
 
 from vigil_contracts.encoding import (
-    BINARY_HEADER_LENGTH, BINARY_MEDIA_TYPE, BinaryEncoding, decode_binary,
+    BINARY_HEADER_LENGTH,
+    BINARY_MEDIA_TYPE,
+    BinaryEncoding,
+    decode_binary,
 )
-
 from vigil_gateway import downstream
 from vigil_gateway.metrics import GatewayMetrics
 from vigil_gateway.predictor_client import Features
@@ -51,7 +53,7 @@ class BinaryRow:
     (what the serving policy counts), ``values`` and ``age_seconds`` as lists with None for
     missing, made only when asked (for the few transactions that get reasons)."""
 
-    __slots__ = ("_batch", "_start", "_end")
+    __slots__ = ("_batch", "_end", "_start")
 
     def __init__(self, batch: BinaryEncoding, index: int) -> None:
         self._batch = batch
@@ -89,7 +91,7 @@ class EncodedVectors(NamedTuple):
         """The predictor's input for the given rows, in that order."""
         binary = self.binary
         if binary is None:
-            return Features.from_rows([self.rows[i].values for i in rows])  # type: ignore[misc]
+            return Features.from_rows([self.rows[i].values for i in rows])
         everything = Features.from_fp64(binary.values, binary.n_rows, binary.width)
         if len(rows) == binary.n_rows and all(i == k for k, i in enumerate(rows)):
             return everything
@@ -127,7 +129,7 @@ def parse_encode_response(content: bytes, n_rows: int) -> EncodedVectors:
         raise ValueError(f"{len(raw_rows)} rows for {n_rows} asked")
     rows = list(map(EncodedVector._make, map(_row_fields, raw_rows)))
     lists = list(chain.from_iterable(rows))
-    if set(map(type, lists)) != {list} or set(map(len, lists)) != {len(names)}:
+    if set(map(type, lists)) != {list} or {len(v) for v in lists if isinstance(v, list)} != {len(names)}:
         raise ValueError(f"rows that are not lists of {len(names)} values")
     numbers = chain.from_iterable(chain.from_iterable((r.values, r.age_seconds) for r in rows))
     flags = chain.from_iterable(chain.from_iterable((r.missing, r.stale) for r in rows))

@@ -10,10 +10,10 @@ from __future__ import annotations
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from vigil_servicekit.errors import ServiceError
 
 from vigil_gateway.errors import GatewayError, InvalidTransaction
 from vigil_gateway.validation import invalid_params, summary
+from vigil_servicekit.errors import ServiceError
 
 _HTTP_TITLES = {
     400: ("Bad request", "bad-request"),

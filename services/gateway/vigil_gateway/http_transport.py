@@ -39,7 +39,7 @@ class Headers(dict[str, str]):
     """An answer's headers, looked up whatever the case (names are kept lower-case); a name
     sent more than once has its values joined by ", " (RFC 9110, 5.3)."""
 
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: str, default: Any = None) -> Any:
         return dict.get(self, key.lower(), default)
 
     def __getitem__(self, key: str) -> str:
@@ -55,7 +55,7 @@ class Reply:
     ``text``): building an ``httpx.Response`` around each exchange would cost more than the
     exchange."""
 
-    __slots__ = ("status_code", "headers", "content")
+    __slots__ = ("content", "headers", "status_code")
 
     def __init__(self, status_code: int, headers: Mapping[str, str], content: bytes) -> None:
         self.status_code = status_code

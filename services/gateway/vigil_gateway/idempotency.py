@@ -17,10 +17,14 @@ from collections.abc import Sequence
 from typing import TypeAlias
 
 from vigil_contracts.api import ScoreResponse, Transaction
-
 from vigil_gateway.context import ScoringRequest
 from vigil_gateway.decisions import (
-    DecisionStore, Held, Pending, decisions_json, encode_entries, payload_hash,
+    DecisionStore,
+    Held,
+    Pending,
+    decisions_json,
+    encode_entries,
+    payload_hash,
 )
 from vigil_gateway.errors import DecisionConflict, DecisionInProgress, GatewayError
 from vigil_gateway.metrics import GatewayMetrics
@@ -35,7 +39,7 @@ _PENDING_UNBUDGETED_S = 30.0
 _WAIT_FIRST_S, _WAIT_MAX_S = 0.001, 0.016
 
 
-class Outcomes(list):  # type: ignore[type-arg]
+class Outcomes(list[Outcome]):
     """Outcomes in order; ``fresh``, the answers this request made (not replays, conflicts nor
     repeats); ``decisions``, the stored part of each fresh answer already serialised (by ``id``
     of the answer; see ``decisions.answer_json``): serialised once for the store and the
@@ -224,9 +228,9 @@ class Claim:
         serialised = decisions_json([outcomes[i] for i in kept])  # type: ignore[misc]
         for i, decision in zip(kept, serialised, strict=True):
             decisions[id(outcomes[i])] = decision
-        entries = dict(zip(kept, encode_entries(serialised, [hashes[i] for i in kept], request.request_id),
+        encoded = dict(zip(kept, encode_entries(serialised, [hashes[i] for i in kept], request.request_id),
                            strict=True))
-        lost = await self._store.put_first([(ids[i], entries[i]) for i in kept], overwrite=request.rescore)
+        lost = await self._store.put_first([(ids[i], encoded[i]) for i in kept], overwrite=request.rescore)
         if lost:
             # Another request decided (or reserved) first: answered with its decision.
             index = {ids[i]: i for i in kept}

@@ -5,6 +5,7 @@ store."""
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
+
 from vigil_servicekit.metrics import ServiceMetrics
 
 # The single-score budget is 0.4 s by default: most buckets sit below it.

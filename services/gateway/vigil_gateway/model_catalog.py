@@ -14,7 +14,6 @@ from collections import OrderedDict
 from functools import partial
 
 from vigil_contracts.api import ModelRef
-
 from vigil_gateway.errors import DownstreamError
 from vigil_gateway.metrics import UNKNOWN_VERSION, GatewayMetrics
 from vigil_gateway.model_metadata import ModelMetadata

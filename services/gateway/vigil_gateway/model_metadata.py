@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from vigil_contracts.request_features import OUTPUT_FEATURES
+
 from vigil_contracts.feature_contract import short_name
+from vigil_contracts.request_features import OUTPUT_FEATURES
 
 _ON_DEMAND = frozenset(OUTPUT_FEATURES)
 
@@ -31,7 +32,7 @@ class Thresholds(BaseModel):
     highly_suspicious: float = Field(ge=0.0, le=1.0)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "Thresholds":
+    def _ordered(self) -> Thresholds:
         if self.highly_suspicious < self.suspicious:
             raise ValueError("highly_suspicious must be >= suspicious")
         return self
@@ -54,7 +55,7 @@ class ModelMetadata(BaseModel):
     """Per feature, the (min, max) of its training values: what the safeguards check against."""
 
     @classmethod
-    def from_v2(cls, body: dict[str, Any]) -> "ModelMetadata":
+    def from_v2(cls, body: dict[str, Any]) -> ModelMetadata:
         params = body.get("parameters") or {}
         return cls.model_validate({
             "name": body["name"],

@@ -25,7 +25,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from vigil_contracts.api import ScoreResponse, Transaction
-
 from vigil_gateway import preprocess, validation
 from vigil_gateway.context import Limits, ScoringRequest
 from vigil_gateway.encode import Encode

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 
 from vigil_contracts.api import ModelRef, Reason, SafeguardsRef, ScoreResponse, Transaction
 from vigil_contracts.thresholds import label_for_score
-
 from vigil_gateway.encoder_client import EncodedVectors
 from vigil_gateway.errors import DownstreamError
 from vigil_gateway.fast_answers import not_fraud

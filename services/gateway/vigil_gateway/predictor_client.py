@@ -80,7 +80,7 @@ class Features(NamedTuple):
     width: int
 
     @classmethod
-    def from_rows(cls, rows: Sequence[Sequence[float | None]]) -> "Features":
+    def from_rows(cls, rows: Sequence[Sequence[float | None]]) -> Features:
         # A value beyond FP32's range becomes inf, which the predictor refuses (400) as it
         # would the same number in JSON.
         values = array("f", [_NAN if v is None else v for row in rows for v in row])
@@ -89,7 +89,7 @@ class Features(NamedTuple):
         return cls(values.tobytes(), len(rows), len(rows[0]))
 
     @classmethod
-    def from_fp64(cls, values: array[float], n_rows: int, width: int) -> "Features":
+    def from_fp64(cls, values: array[float], n_rows: int, width: int) -> Features:
         """From a flat FP64 matrix (NaN = missing). Through a list: ``array("f", a_list)`` is
         ~1.5x faster than ``array("f", an_array)``, which converts item by item."""
         packed = array("f", values.tolist())
@@ -97,7 +97,7 @@ class Features(NamedTuple):
             packed.byteswap()
         return cls(packed.tobytes(), n_rows, width)
 
-    def take(self, rows: Sequence[int]) -> "Features":
+    def take(self, rows: Sequence[int]) -> Features:
         """The given rows, in that order."""
         step = self.width * _FP32
         raw = self.raw

@@ -18,7 +18,6 @@ from vigil_contracts.feature_contract import short_name
 from vigil_contracts.request_features import CHANNEL_CODES
 from vigil_contracts.thresholds import Label
 
-
 # Contributions (log-odds) smaller than this are noise, not reasons.
 MIN_CONTRIBUTION = 1e-3
 _CHANNEL_NAMES = {code: name for name, code in CHANNEL_CODES.items()}
@@ -39,11 +38,11 @@ Template = Callable[[float | None, Context], tuple[str, str]]
 
 def _num(value: float) -> str:
     text = f"{value:.0f}" if abs(value) >= 10 else f"{value:.1f}"
-    return text[:-2] if text.endswith(".0") else text
+    return text.removesuffix(".0")
 
 
 def _count(value: float, noun: str) -> str:
-    n = int(round(value))
+    n = round(value)
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 

@@ -8,7 +8,6 @@ from collections import Counter
 from collections.abc import Sequence
 
 from vigil_contracts.api import ScoreResponse
-
 from vigil_gateway.metrics import UNKNOWN_VERSION, GatewayMetrics
 
 

@@ -21,19 +21,19 @@ import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from vigil_contracts.api import BatchRequest, BatchResponse, ScoreResponse, Transaction
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE, Problem
+from vigil_gateway.decisions import answer_json
+from vigil_gateway.deps import ScoringDep, ServicesDep, SettingsDep, services_of
+from vigil_gateway.errors import GatewayError, NotReady
+from vigil_gateway.pipeline import ScoringPipeline
+from vigil_gateway.readiness import readiness
 from vigil_servicekit.deps import MetricsDep, RequestIdDep
 from vigil_servicekit.fast_lane import Defer, FastRoute, declared_route, json_body_or_defer
 from vigil_servicekit.handlers import problem_response
 from vigil_servicekit.json_body import OrjsonRoute
 from vigil_servicekit.request_context import log_fields, request_id_of
-
-from vigil_gateway.decisions import answer_json
-from vigil_gateway.deps import ScoringDep, ServicesDep, SettingsDep, services_of
-from vigil_gateway.errors import GatewayError, NotReady
-from vigil_gateway.readiness import readiness
-from vigil_gateway.pipeline import ScoringPipeline
 
 # Transaction bodies are parsed by orjson (validation and errors are FastAPI's as ever).
 transactions_router = APIRouter(tags=["transactions"], route_class=OrjsonRoute)

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 from vigil_contracts.api import Reason, SafeguardsRef
 from vigil_contracts.feature_contract import short_name
 from vigil_contracts.thresholds import Label
-
 from vigil_gateway.encoder_client import EncodedVectors
 from vigil_gateway.model_metadata import ModelMetadata
 
@@ -49,7 +49,7 @@ class Rule(BaseModel):
     outside_training_range: bool = False
 
     @model_validator(mode="after")
-    def _one_condition(self) -> "Rule":
+    def _one_condition(self) -> Rule:
         if self.above is None and self.below is None and not self.outside_training_range:
             raise ValueError(f"rule {self.code}: needs above, below or outside_training_range")
         self.text.format(value=1.0)  # a broken template fails at start-up, not on a transaction
@@ -63,7 +63,7 @@ class RuleSet(BaseModel):
     rules: list[Rule] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _unique_codes(self) -> "RuleSet":
+    def _unique_codes(self) -> RuleSet:
         codes = [r.code for r in self.rules]
         if len(set(codes)) != len(codes):
             raise ValueError("rule codes must be unique")

@@ -106,7 +106,7 @@ class GatewaySettings(BaseSettings):
     """Level of the gateway's JSON log lines."""
 
     @model_validator(mode="after")
-    def _refuse_unsafe(self) -> "GatewaySettings":
+    def _refuse_unsafe(self) -> GatewaySettings:
         if self.environment != "production":
             return self
         problems: list[str] = []

@@ -8,9 +8,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
+
 from vigil_contracts.api import Transaction
 from vigil_contracts.problems import InvalidParam
-
 from vigil_gateway.errors import BatchTooLarge, InvalidTransaction
 
 # All the items of a batch in one call; built once (a TypeAdapter compiles its validator).

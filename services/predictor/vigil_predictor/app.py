@@ -13,10 +13,6 @@ from contextlib import asynccontextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI
-from vigil_servicekit.fast_lane import install_fast_lane
-from vigil_servicekit.gc_tuning import frozen_startup_heap
-from vigil_servicekit.logs import configure_logging
-from vigil_servicekit.wiring import wire
 
 from vigil_predictor.dataplane import DataPlane, server_version
 from vigil_predictor.errors import PredictorError
@@ -24,6 +20,10 @@ from vigil_predictor.metrics import PredictorMetrics
 from vigil_predictor.repository import ModelRepository
 from vigil_predictor.rest import fast_routes, models_router, server_router, service_router
 from vigil_predictor.settings import PredictorSettings
+from vigil_servicekit.fast_lane import install_fast_lane
+from vigil_servicekit.gc_tuning import frozen_startup_heap
+from vigil_servicekit.logs import configure_logging
+from vigil_servicekit.wiring import wire
 
 logger = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ class Coalescer:
     ``on_batch(requests, rows)`` is told each call's size (for metrics).
     """
 
-    def __init__(self, max_rows: int, on_batch=None) -> None:  # noqa: ANN001
+    def __init__(self, max_rows: int, on_batch=None) -> None:
         self.max_rows = max_rows
         self.on_batch = on_batch
         self._open: dict[Hashable, _Batch] = {}
@@ -69,7 +69,7 @@ class Coalescer:
     def _run(self, key: Hashable, batch: _Batch) -> None:
         if self._open.get(key) is batch:
             del self._open[key]
-        live = [(part, waiter) for part, waiter in zip(batch.parts, batch.waiters)
+        live = [(part, waiter) for part, waiter in zip(batch.parts, batch.waiters, strict=True)
                 if not waiter.done()]  # a cancelled request needs no score
         if not live:
             return

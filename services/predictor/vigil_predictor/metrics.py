@@ -4,6 +4,7 @@ registry owned by one app) plus rows scored, inference latency and which version
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
+
 from vigil_servicekit.metrics import ServiceMetrics
 
 # Predictions are sub-millisecond; the low buckets are where the interesting movement is.

@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from vigil_contracts.artifact import list_versions
-
 from vigil_predictor.errors import ModelNotFound, ModelNotReady
 from vigil_predictor.runtime import XGBoostRuntime
 

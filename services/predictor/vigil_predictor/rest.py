@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from vigil_servicekit.deps import MetricsDep
-from vigil_servicekit.fast_lane import FastRoute, declared_route
 
 from vigil_predictor.deps import DataPlaneDep, get_dataplane
 from vigil_predictor.errors import RequestTooLarge, ServerNotReady
 from vigil_predictor.protocol import HEADER_LENGTH, RawInferenceRequest
+from vigil_servicekit.deps import MetricsDep
+from vigil_servicekit.fast_lane import FastRoute, declared_route
 
 service_router = APIRouter(tags=["service"])
 server_router = APIRouter(tags=["v2 server"])

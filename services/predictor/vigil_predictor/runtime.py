@@ -12,12 +12,12 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import xgboost as xgb
-from vigil_contracts.artifact import ArtifactError, verify_artifact
 
+from vigil_contracts.artifact import ArtifactError, verify_artifact
 from vigil_predictor.scoring_call import predict_dense
 
 logger = logging.getLogger(__name__)
@@ -106,9 +106,13 @@ def _training_range(raw: Any, names: list[str]) -> dict[str, list[float]]:
         if not isinstance(entry, dict):
             continue
         low, high = entry.get("min"), entry.get("max")
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high)):
+        if _finite(low) and _finite(high):
             out[name] = [float(low), float(high)]
     return out
+
+
+def _finite(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _thresholds(raw: Any) -> dict[str, float]:

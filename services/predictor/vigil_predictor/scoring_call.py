@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from typing import Any
 
 import numpy as np
 import xgboost as xgb
 
 logger = logging.getLogger(__name__)
 
+_PREDICT: Any  # XGBoosterPredictFromDense, or None where it is not reachable
 try:  # XGBoost's own loaded library and helpers (stable since 1.4; checked at import)
     from xgboost.core import _LIB, _check_call, c_bst_ulong, make_jcargs
 
