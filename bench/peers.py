@@ -1,7 +1,9 @@
 """The peers and the floors, and the benchmark's own virtualenv for them.
 
 - ``feast serve`` (the project's Feast 0.67, from the project's venv) over the same registry and
-  Redis, with ``--max-requests 0`` so gunicorn does not restart its worker every 1000 requests;
+  Redis, with ``--max-requests 0`` so gunicorn does not restart its workers every 1000 requests,
+  once per worker count measured (``-w 1`` and ``-w 2`` by default: the targets are judged
+  against the better of them);
 - MLServer + mlserver-xgboost serving the same ``model.ubj`` over V2 REST, installed in
   ``.bench/venv-peers`` so that their pins never touch the project's;
 - the HTTP floors of ``bench.floor_app`` under the project's uvicorn.
@@ -51,20 +53,30 @@ def peer_venv(bench_dir: Path, log: Callable[[str], None]) -> Path:
     return venv
 
 
-def feast_serve(repo: Path, config: Path, work: Path) -> Managed:
+def feast_process_name(workers: int) -> str:
+    """The name under which a ``feast serve -w N`` process tree is watched and reported."""
+    return f"feast serve -w {workers}"
+
+
+def feast_serve(repo: Path, config: Path, work: Path, workers: int = 1) -> Managed:
+    """``feast serve`` with ``workers`` gunicorn workers (uvicorn workers forked at start-up;
+    with ``--max-requests 0`` none is ever replaced, so a tree found once stays complete)."""
     port = free_port()
     feast = PROJECT_PY.with_name("feast")
+    # gunicorn keeps a control socket at $XDG_RUNTIME_DIR/gunicorn.ctl or $HOME/.gunicorn/: one
+    # directory per instance, in the workspace, so that two instances never share a socket.
+    home = work / f"home-feast-w{workers}"
+    home.mkdir(parents=True, exist_ok=True)
     return Managed(
-        name="feast serve",
+        name=feast_process_name(workers),
         cmd=[str(feast), "-c", str(repo), "-f", str(config), "serve", "-h", "127.0.0.1",
-             "-p", str(port), "--max-requests", "0", "--no-access-log", "-w", "1",
+             "-p", str(port), "--max-requests", "0", "--no-access-log", "-w", str(workers),
              # Registry refresh every hour instead of every minute: no refresh lands inside a
              # measurement (the first call after one is ~6 ms), which favours feast serve.
              "-r", "3600"],
         ready_url=f"http://127.0.0.1:{port}/health",
-        log_path=work / "logs" / "feast-serve.log",
-        # gunicorn keeps a control socket under $HOME/.gunicorn: keep it in the workspace.
-        env={"HOME": str(work / "home")},
+        log_path=work / "logs" / f"feast-serve-w{workers}.log",
+        env={"HOME": str(home), "XDG_RUNTIME_DIR": str(home)},
         cwd=repo,
     )
 

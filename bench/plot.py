@@ -7,6 +7,7 @@ matplotlib; the project's venv does not need it).
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import matplotlib
@@ -19,6 +20,22 @@ SINGLE = ["e2e_1", "feast_1", "floor_3hops_1", "encoder_1", "predictor_1", "mlse
           "floor_fastapi_1", "floor_1"]
 BATCH = ["e2e_100", "feast_100", "e2e_1000"]
 STYLE = {"vigil": "-", "peer": "--", "floor": ":"}
+#: ``feast_1`` stands for every feast serve case of one row (``feast1w_1``, ``feast2w_1``, ...:
+#: one per worker count; an older results.json has ``feast_1`` itself).
+FEAST = re.compile(r"^feast(?:(\d+)w)?_(\d+)$")
+
+
+def _expand(keys: list[str], results: dict) -> list[str]:
+    out = []
+    for key in keys:
+        m = FEAST.match(key)
+        if not m:
+            out.append(key)
+            continue
+        found = [(int(f.group(1) or 1), k) for k in results["cases"]
+                 if (f := FEAST.match(k)) and f.group(2) == m.group(2)]
+        out += [k for _, k in sorted(found)]
+    return out
 
 
 def _x(p: float) -> float:
@@ -63,9 +80,9 @@ def main() -> None:
         return at_100[0] if at_100 else (min(opened, key=lambda r: r["rate"]) if opened else None)
 
     fig, axes = plt.subplots(1, 2, figsize=(15, 6.5))
-    _panel(axes[0], results, SINGLE, lowest_open)
+    _panel(axes[0], results, _expand(SINGLE, results), lowest_open)
     axes[0].set_title("one row per request, open loop")
-    _panel(axes[1], results, BATCH, lowest_open)
+    _panel(axes[1], results, _expand(BATCH, results), lowest_open)
     axes[1].set_title("batches, open loop")
     m = results["machine"]
     fig.suptitle(f"Vigil benchmark, {results['plan']['name']} plan, {m['date']}, "

@@ -62,7 +62,7 @@ class Plan:
     open_rounds: int = 1
 
 
-# Open-loop rates stay below what the slowest single-row server (feast serve, ~180 req/s here)
+# Open-loop rates stay below what the slowest single-row server (feast serve -w 1, ~190 req/s here)
 # can take, so that latencies compare servers that keep up rather than queues.
 FULL = Plan("full", 50_000, warmup_s=2.0, open_s=20.0, closed_s=8.0, single_rates=(50, 100),
             single_concurrency=(1, 4, 16), batch_concurrency=(1, 4), cold_reps=3,
@@ -164,7 +164,15 @@ def build_payloads(txs: list[dict[str, Any]], encoder_url: str, predictor_url: s
     }
 
 
-def define_cases(plan: Plan, urls: dict[str, str], p: dict[str, Any]) -> list[Case]:
+def feast_key(workers: int, rows: int) -> str:
+    """The case key of ``feast serve -w workers`` with ``rows`` rows per request."""
+    return f"feast{workers}w_{rows}"
+
+
+def define_cases(plan: Plan, urls: dict[str, str], p: dict[str, Any],
+                 feast_workers: tuple[int, ...] = (1, 2)) -> list[Case]:
+    """Every case; ``feast serve`` once per worker count (``urls`` has one per count), side by
+    side: the same rates in the same interleaved rounds, the same closed-loop concurrencies."""
     quick = plan.name == "quick"
     r, c, bc = plan.single_rates, plan.single_concurrency, plan.batch_concurrency
     gw, enc, pred = urls["gateway"], urls["encoder"], urls["predictor"]
@@ -191,10 +199,13 @@ def define_cases(plan: Plan, urls: dict[str, str], p: dict[str, Any]) -> list[Ca
         Case("predictor_1000_contrib", "Vigil predictor alone: V2 infer, 1000 rows, score + "
              "contributions of flagged rows (the gateway's call, in JSON)", "vigil", f"{pred}{v2}",
              p["v2_1000_gateway"], 1000, (), bc[:1]),
-        Case("feast_1", "peer: feast serve /get-online-features, 1 row", "peer",
-             f"{urls['feast serve']}/get-online-features", p["feast_1"], 1, r, c),
-        Case("feast_100", "peer: feast serve /get-online-features, 100 rows", "peer",
-             f"{urls['feast serve']}/get-online-features", p["feast_100"], 100, (5,), bc),
+        *[Case(feast_key(n, 1), f"peer: feast serve -w {n} /get-online-features, 1 row", "peer",
+               f"{urls[peers.feast_process_name(n)]}/get-online-features", p["feast_1"], 1, r, c)
+          for n in feast_workers],
+        *[Case(feast_key(n, 100), f"peer: feast serve -w {n} /get-online-features, 100 rows",
+               "peer", f"{urls[peers.feast_process_name(n)]}/get-online-features",
+               p["feast_100"], 100, (5,), bc)
+          for n in feast_workers],
         Case("mlserver_1", "peer: MLServer + mlserver-xgboost V2 infer, 1 row", "peer",
              f"{urls['mlserver']}{v2}", p["v2_1"], 1, r, c),
         Case("mlserver_100", "peer: MLServer + mlserver-xgboost V2 infer, 100 rows", "peer",
@@ -428,7 +439,8 @@ def measure_cold_starts(stack: Any, world: World, venv: Path, config: Path,
                     m.stop()
                 out.setdefault(name, []).append(m.cold_start_s or float("nan"))
     for _rep in range(plan.peer_cold_reps):
-        for name, make in (("feast serve", lambda: peers.feast_serve(world.repo, config, WORK)),
+        for name, make in (("feast serve -w 1",
+                            lambda: peers.feast_serve(world.repo, config, WORK, 1)),
                            ("mlserver", lambda: peers.mlserver(venv, world.booster_path, WORK,
                                                                0, one_thread=True))):
             m = make()
@@ -601,6 +613,10 @@ def main(argv: list[str] | None = None) -> int:
                              "measure just those, print the figures, write no report (a "
                              "side-by-side check while optimising; results in "
                              ".bench/work/partial.json)")
+    parser.add_argument("--feast-workers", default="1,2",
+                        help="comma-separated gunicorn worker counts of feast serve, one "
+                             "instance and one pair of cases (feastNw_1, feastNw_100) each; the "
+                             "targets are judged against the best of them (default 1,2)")
     parser.add_argument("--batch-concurrency", default="",
                         help="comma-separated closed-loop concurrencies of the batch cases "
                              "instead of the plan's (e.g. 2,4,8)")
@@ -612,6 +628,9 @@ def main(argv: list[str] | None = None) -> int:
                      Path(args.img), BENCH / "venv-peers" / "bin" / "python")
         return 0
     plan = QUICK if args.quick else FULL
+    feast_workers = tuple(dict.fromkeys(int(n) for n in args.feast_workers.split(",") if n))
+    if not feast_workers or min(feast_workers) < 1:
+        raise SystemExit("--feast-workers: one or more worker counts >= 1, e.g. 1,2")
     if args.batch_concurrency:
         plan = replace(plan, batch_concurrency=tuple(
             int(c) for c in args.batch_concurrency.split(",") if c))
@@ -632,6 +651,7 @@ def main(argv: list[str] | None = None) -> int:
         "plan": plan.__dict__, "machine": info, "command": command,
         "mlserver": {"parallel_workers": args.mlserver_workers,
                      "one_thread": not args.mlserver_default_threads},
+        "feast_serve": {"workers": list(feast_workers)},
     }
     with ExitStack() as cleanup:
         venv = peers.peer_venv(BENCH, log)
@@ -653,8 +673,13 @@ def main(argv: list[str] | None = None) -> int:
         constant = peers.floor(WORK, "bench.floor_app:create_app", "floor")
         redis_read = peers.floor(WORK, "bench.floor_app:create_redis_read_app",
                                  "floor (Redis read)", env={"FLOOR_REDIS_URL": world.redis.url})
+        # One feast serve per worker count, all up for the whole run like every other server;
+        # only one case is ever under load at a time (see measure_cases), and an idle
+        # instance's CPU in every run is recorded with the others' (server_cpu_s).
+        feasts = {peers.feast_process_name(n): peers.feast_serve(world.repo, config, WORK, n)
+                  for n in feast_workers}
         others = {  # started in this order: the three-hop front calls the two floors before it
-            "feast serve": peers.feast_serve(world.repo, config, WORK),
+            **feasts,
             "mlserver": peers.mlserver(venv, world.booster_path, WORK, args.mlserver_workers,
                                        one_thread=not args.mlserver_default_threads),
             "floor": constant,
@@ -676,12 +701,14 @@ def main(argv: list[str] | None = None) -> int:
         pids = {name: svc.process.pid for name, svc in stack.services.items()}
         pids["redis"] = world.redis.process.pid  # type: ignore[union-attr]
         pids.update({name: m.pid for name, m in others.items()})
+        results["feast_serve"]["worker_processes"] = _check_feast_workers(
+            {n: feasts[peers.feast_process_name(n)].pid for n in feast_workers})
         results["rss_idle_mb"] = {n: procs.rss_bytes(pid) / 1e6 for n, pid in pids.items()}
 
         txs = sample_transactions(world, 2000, seed=7)
         payloads = build_payloads(txs, urls["encoder"], urls["predictor"])
         results["feature_width"] = payloads["width"]
-        cases = define_cases(plan, urls, payloads)
+        cases = define_cases(plan, urls, payloads, feast_workers)
         only = [k for k in args.only.split(",") if k]
         if only:
             unknown = sorted(set(only) - {c.key for c in cases})
@@ -762,6 +789,25 @@ def _print_partial(results: dict[str, Any]) -> None:
             print(f"\n{key} {svc}: packages {summary['packages'][:6]}")
             print(f"  self: {summary['self'][:10]}")
             print(f"  own: {summary['own_inclusive'][:10]}")
+
+
+def _check_feast_workers(masters: dict[int, int]) -> dict[str, int]:
+    """Each feast serve's gunicorn master has (at least) as many child processes as workers
+    asked for: the first worker to answer ``/health`` made the instance ready while the others
+    may still be forking, and the watcher's trees, found before each run, must hold them all."""
+    found: dict[str, int] = {}
+    for workers, pid in masters.items():
+        deadline = time.monotonic() + 30
+        while True:
+            n = len(psutil.Process(pid).children())
+            if n >= workers or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        found[peers.feast_process_name(workers)] = n
+        log(f"{peers.feast_process_name(workers)}: gunicorn master {pid}, {n} worker process(es)")
+        if n < workers:
+            raise RuntimeError(f"feast serve -w {workers} has {n} worker processes")
+    return found
 
 
 def _interrupt(signum: int, frame: Any) -> None:
