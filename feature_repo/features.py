@@ -26,6 +26,8 @@ merchant = Entity(name="merchant", join_keys=["merchant_id"], value_type=ValueTy
                   description="An acquiring merchant.")
 device = Entity(name="device", join_keys=["device_id"], value_type=ValueType.STRING,
                 description="A customer device (app install or browser fingerprint).")
+currency = Entity(name="currency", join_keys=["currency"], value_type=ValueType.STRING,
+                  description="An ISO 4217 currency (the amount's).")
 
 
 def _source(name: str) -> FileSource:
@@ -56,7 +58,7 @@ card_stats = FeatureView(
     ],
     source=_source("card_stats"),
     online=True,
-    description="Rolling behaviour of a card over 1 h to 30 days.",
+    description="Rolling behaviour of a card over 1 h to 30 days (amounts in EUR).",
 )
 
 merchant_stats = FeatureView(
@@ -91,6 +93,17 @@ device_stats = FeatureView(
     description="Rolling use of a device over 1 to 7 days.",
 )
 
+fx_rates = FeatureView(
+    name="fx_rates",
+    entities=[currency],
+    # Rates are daily: a table not refreshed for a week makes amounts stale, not silently old.
+    ttl=timedelta(days=7),
+    schema=[Field(name="eur_per_unit", dtype=Float64)],
+    source=_source("fx_rates"),
+    online=True,
+    description="The dated FX table: EUR (the base currency) per unit of a currency, one rate a day.",
+)
+
 _FEAST_TYPES = {"Float64": Float64, "Int64": Int64, "String": String}
 
 transaction_request = RequestSource(
@@ -101,10 +114,10 @@ transaction_request = RequestSource(
 
 
 @on_demand_feature_view(
-    sources=[card_stats, device_stats, transaction_request],
+    sources=[card_stats, device_stats, fx_rates, transaction_request],
     schema=[Field(name=n, dtype=Float64) for n in rf.OUTPUT_FEATURES],
     mode="python",
-    description="Request-time features: the amount against the card's history, hour, device age.",
+    description="Request-time features: the amount in EUR against the card's history, local hour, device age.",
 )
 def request_features(inputs: dict) -> dict:
     # Imported inside the UDF: Feast serialises the function with dill, and the import keeps

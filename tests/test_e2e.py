@@ -109,6 +109,37 @@ def test_online_scores_equal_the_batch_scorer_for_the_same_features(gateway, sce
         assert score == pytest.approx(float(offline.loc[tid, "score"]), rel=1e-5, abs=1e-6), tid
 
 
+def test_one_instant_in_any_offset_and_currency_scores_by_one_rule(gateway, scenarios, feature_env,
+                                                                   trained_model):
+    """Local time is the instant in the country's zone and money is compared in EUR: the same
+    instant written in four offsets gives one answer, online as in the batch scorer; the same
+    payment in other currencies is scored on its EUR value, online and offline alike."""
+    from datetime import timezone
+
+    regular = next(s for s in scenarios if s.name == "regular purchase")
+    instant = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=3)
+    written = [_fresh(regular.transaction, f"tz{h}") | {
+        "timestamp": instant.astimezone(timezone(timedelta(hours=h))).isoformat()} for h in (0, 1, 9, -6)]
+    answers = [gateway.post("/v1/transactions/score", json=t).json() for t in written]
+    assert len({(a["label"], a["score"]) for a in answers}) == 1, answers
+    # The same payment in several currencies, each amount the EUR value at today's rate.
+    rates = pd.read_parquet(feature_env.repo / "data" / "offline" / "fx_rates.parquet")
+    today = rates[rates["event_timestamp"] == rates["event_timestamp"].max()].set_index("currency")
+    paid = [_fresh(regular.transaction, f"fx-{c}") | {
+        "timestamp": (instant - timedelta(seconds=i)).isoformat(), "currency": c,
+        "amount": round(regular.transaction["amount"] / float(today.loc[c, "eur_per_unit"]), 2)}
+        for i, c in enumerate(("EUR", "USD", "GBP", "CHF"))]
+    online = {t["transaction_id"]: gateway.post("/v1/transactions/score", json=t).json()["score"]
+              for t in paid + written}
+    frame = pd.DataFrame([{**t, "event_timestamp": pd.Timestamp(t["timestamp"]).tz_convert("UTC")}
+                          for t in paid + written])
+    offline = score_frame(frame, feature_env.repo, trained_model).set_index("transaction_id")
+    for tid, score in online.items():
+        assert score == pytest.approx(float(offline.loc[tid, "score"]), rel=1e-5, abs=1e-6), tid
+    # Rounding to cents moves the EUR value by far less than the model can tell.
+    assert max(online.values()) - min(online.values()) < 0.05
+
+
 def test_batch_keeps_order_and_isolates_a_bad_item(gateway, scenarios):
     items = [_fresh(s.transaction, f"batch{i}") for i, s in enumerate(scenarios[:3])]
     items.insert(1, dict(items[0], transaction_id="e2e-bad-item", amount=-3))

@@ -69,7 +69,7 @@ def request_fields(rng: random.Random, now: float) -> dict:
 def parity_rows(feature_env, n: int = 300, seed: int = 5) -> list[dict]:
     """Rows as the gateway would send them: mostly known entities, plus every unknown kind."""
     raw = pd.read_parquet(feature_env.raw_path, columns=["card_id", "merchant_id", "device_id",
-                                                         "country"])
+                                                         "country", "currency"])
     rng = random.Random(seed)
     now = time.time()
     picks = raw.sample(n=n, random_state=seed).to_dict("records")
@@ -93,7 +93,7 @@ def parity_rows(feature_env, n: int = 300, seed: int = 5) -> list[dict]:
         else:
             request["device_present"] = 1
         rows.append({"entities": {"card_id": pick["card_id"], "merchant_id": pick["merchant_id"],
-                                  "device_id": device},
+                                  "device_id": device, "currency": pick["currency"]},
                      "request": request})
     # Repeats within one batch exercise the per-batch dedupe of identical keys.
     rows += [json.loads(json.dumps(r)) for r in rows[:20]]
@@ -165,7 +165,7 @@ async def test_vectors_equal_feast_get_online_features(client, store, spec, feat
 async def test_unknown_entities_are_missing_and_transform_sees_none(client, spec):
     now = time.time()
     row = {"entities": {"card_id": "c_never_seen", "merchant_id": "m_never_seen",
-                        "device_id": "d_never_seen"},
+                        "device_id": "d_never_seen", "currency": "EUR"},
            "request": {"amount": 50.0, "txn_epoch": now, "txn_hour": 2, "channel": "ecom",
                        "country": "DE", "device_present": 1}}
     body = (await encode(client, [row])).json()
@@ -204,7 +204,7 @@ async def test_rows_older_than_ttl_are_missing_and_stale(client, store, spec):
     store.write_to_online_store("card_stats", frame)
 
     def row(card):
-        return {"entities": {"card_id": card, "merchant_id": "m_none", "device_id": NO_DEVICE_ID},
+        return {"entities": {"card_id": card, "merchant_id": "m_none", "device_id": NO_DEVICE_ID, "currency": "EUR"},
                 "request": {"amount": 80.0, "txn_epoch": time.time(), "txn_hour": 14,
                             "channel": "pos", "country": "DE", "device_present": 0}}
 
@@ -286,7 +286,7 @@ async def test_feature_services(client, spec):
                                              "feature_contract": spec.feature_contract}]}
     detail = (await client.get(f"/v1/feature-services/{SERVICE}")).json()
     assert detail["feature_names"] == spec.feature_names
-    assert detail["join_keys"] == ["card_id", "merchant_id", "device_id"]
+    assert detail["join_keys"] == ["card_id", "merchant_id", "device_id", "currency"]
     assert detail["request_fields"]["amount"] == "Float64"
     assert detail["views"]["card_stats"]["ttl_seconds"] == 30 * 86400
 
@@ -305,7 +305,7 @@ async def test_health_ready_and_request_id(client):
 
 async def test_one_log_line_per_request_without_payload(client, capsys):
     rows = [{"entities": {"card_id": "c_secret_card_77", "merchant_id": "m1",
-                          "device_id": NO_DEVICE_ID},
+                          "device_id": NO_DEVICE_ID, "currency": "EUR"},
              "request": {"amount": 1.0, "txn_epoch": time.time(), "txn_hour": 1,
                          "channel": "pos", "country": "DE", "device_present": 0}}]
     capsys.readouterr()
@@ -337,8 +337,8 @@ async def test_identical_keys_are_read_once_per_batch(client):
     assert body["rows"][0] == body["rows"][1] == body["rows"][3]
     after = _view_reads((await client.get("/metrics")).text)
     reads = {view: after[view] - before.get(view, 0.0) for view in after}
-    # Two cards, one merchant, one device (NO_DEVICE_ID): one HMGET each.
-    assert reads == {"card_stats": 2.0, "merchant_stats": 1.0, "device_stats": 1.0}
+    # Two cards, one merchant, one device (NO_DEVICE_ID), one currency: one HMGET each.
+    assert reads == {"card_stats": 2.0, "merchant_stats": 1.0, "device_stats": 1.0, "fx_rates": 1.0}
 
 
 async def test_metrics_expose_counters(client):
@@ -355,7 +355,7 @@ async def test_metrics_expose_counters(client):
 
 
 def _valid_rows(n: int) -> list[dict]:
-    return [{"entities": {"card_id": f"c{i:03d}", "merchant_id": "m1", "device_id": NO_DEVICE_ID},
+    return [{"entities": {"card_id": f"c{i:03d}", "merchant_id": "m1", "device_id": NO_DEVICE_ID, "currency": "EUR"},
              "request": {"amount": 10.0 + i, "txn_epoch": time.time(), "txn_hour": 12,
                          "channel": "ecom", "country": "DE", "device_present": 0}}
             for i in range(n)]

@@ -186,7 +186,7 @@ def mixed_rows(feature_env) -> list[dict]:
         _card_stats_row("c_cols_fresh", now - timedelta(hours=3)),
     ]))
     raw = pd.read_parquet(feature_env.raw_path,
-                          columns=["card_id", "merchant_id", "device_id", "country"])
+                          columns=["card_id", "merchant_id", "device_id", "country", "currency"])
     rng = random.Random(21)
     rows = []
     for i, pick in enumerate(raw.sample(n=240, random_state=21).to_dict("records")):
@@ -215,7 +215,8 @@ def mixed_rows(feature_env) -> list[dict]:
         if kind == 7:
             request.update(country=None, channel=None, txn_hour=13.0, amount=5)
         rows.append({"entities": {"card_id": card, "merchant_id": merchant,
-                                  "device_id": device or NO_DEVICE_ID}, "request": request})
+                                  "device_id": device or NO_DEVICE_ID, "currency": pick["currency"]},
+                     "request": request})
     rows += [json.loads(json.dumps(r)) for r in rows[::5]]
     return rows
 

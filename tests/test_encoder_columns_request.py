@@ -246,7 +246,7 @@ def picks(feature_env) -> list[dict]:
         _card_stats_row("c_colreq_fresh", now - timedelta(hours=2)),
     ]))
     raw = pd.read_parquet(feature_env.raw_path,
-                          columns=["card_id", "merchant_id", "device_id", "country"])
+                          columns=["card_id", "merchant_id", "device_id", "country", "currency"])
     return raw.sample(n=1200, replace=True, random_state=3).to_dict("records")
 
 
@@ -286,7 +286,8 @@ def generated_rows(picks: list[dict], rng: random.Random, n: int) -> list[dict]:
         if odd and kind == 8:
             request.update(txn_epoch=int(request["txn_epoch"]), amount=0)
         rows.append({"entities": {"card_id": card, "merchant_id": merchant,
-                                  "device_id": device or NO_DEVICE_ID}, "request": request})
+                                  "device_id": device or NO_DEVICE_ID, "currency": pick["currency"]},
+                     "request": request})
     return rows
 
 
@@ -390,7 +391,7 @@ async def test_unused_entity_columns_and_request_fields_are_ignored(client, pick
 
 
 def _valid_rows(n: int) -> list[dict]:
-    return [{"entities": {"card_id": f"c{i:03d}", "merchant_id": "m1", "device_id": NO_DEVICE_ID},
+    return [{"entities": {"card_id": f"c{i:03d}", "merchant_id": "m1", "device_id": NO_DEVICE_ID, "currency": "EUR"},
              "request": {"amount": 10.0 + i, "txn_epoch": 1.7e9, "txn_hour": 12,
                          "channel": "ecom", "country": "DE", "device_present": 0}}
             for i in range(n)]

@@ -73,7 +73,7 @@ async def pair(feature_env, monkeypatch) -> AsyncIterator[Pair]:
 
 
 def rows(n: int) -> list[dict[str, Any]]:
-    return [{"entities": {"card_id": f"c{i:03d}", "merchant_id": "m1", "device_id": NO_DEVICE_ID},
+    return [{"entities": {"card_id": f"c{i:03d}", "merchant_id": "m1", "device_id": NO_DEVICE_ID, "currency": "EUR"},
              "request": {"amount": 10.0 + i, "txn_epoch": time.time(), "txn_hour": 12,
                          "channel": "ecom", "country": "DE", "device_present": 0}}
             for i in range(n)]

@@ -111,7 +111,7 @@ def test_timestamp_decoding():
     [
         {"card_id": "c001"},
         {"card_id": ""},
-        {"device_id": "__no_device__"},
+        {"device_id": "__no_device__", "currency": "EUR"},
         {"merchant_id": "m-ü-42"},
         {"customer_id": 123456789},
         {"customer_id": -1},

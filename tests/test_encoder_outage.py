@@ -22,7 +22,7 @@ FAST = 0.8
 
 
 def rows(n: int = 3) -> list[dict]:
-    return [{"entities": {"card_id": f"c{i}", "merchant_id": "m1", "device_id": NO_DEVICE_ID},
+    return [{"entities": {"card_id": f"c{i}", "merchant_id": "m1", "device_id": NO_DEVICE_ID, "currency": "EUR"},
              "request": {"amount": 5.0, "txn_epoch": time.time(), "txn_hour": 9,
                          "channel": "pos", "country": "DE", "device_present": 0}}
             for i in range(n)]
@@ -69,11 +69,13 @@ async def test_unreachable_redis_is_fast_503_then_recovers(outage_client):
         response, _ = await timed_encode(client)
         assert response.status_code == 200, response.text
         assert (await client.get("/readyz")).status_code == 200
-        # An empty store: every stored feature missing, request-time features still there.
+        # An empty store: every stored feature missing (the FX rate too, so the amount in EUR),
+        # the other request-time features still there.
         body = response.json()
         values = dict(zip(body["feature_names"], body["rows"][0]["values"], strict=True))
         assert values["card_stats__card_txn_count_7d"] is None
-        assert values["request_features__txn_amount"] == 5.0
+        assert values["request_features__txn_amount"] is None
+        assert values["request_features__hour_of_day"] == 9.0
 
         server.stop()
         assert_unavailable(*await timed_encode(client))

@@ -39,7 +39,10 @@ def test_serving_spec_follows_the_feature_service(store, spec):
     declared = [f"{p.name_to_use()}__{f.name}" for p in service.feature_view_projections for f in p.features]
     assert spec.feature_names == declared
     assert len([f for f in spec.features if f.kind == "stored"]) >= 15
-    assert set(spec.views) == {"card_stats", "merchant_stats", "device_stats"}
+    # The FX table is read by the on-demand view (the amount in EUR), served by no feature itself.
+    assert set(spec.views) == {"card_stats", "merchant_stats", "device_stats", "fx_rates"}
+    assert spec.views["fx_rates"].join_keys == ["currency"]
+    assert spec.on_demand["request_features"].inputs["fx_rates"] == ["eur_per_unit"]
     assert spec.views["card_stats"].ttl_seconds == 30 * 86400
     assert list(spec.on_demand["request_features"].outputs) == list(OUTPUT_FEATURES)
 

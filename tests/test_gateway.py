@@ -74,6 +74,8 @@ CARDS = {
                   "card_last_txn_epoch": 1_717_000_000.0, "card_home_country": "DE"},
 }
 MERCHANTS = {"m_good": {"merchant_distinct_cards_24h": 3}}
+# EUR per unit (the fx_rates view): amounts are compared in EUR.
+FX_RATES = {"EUR": 1.0, "USD": 0.9, "JPY": 0.006}
 DEVICES = {"dev_known": {"device_distinct_cards_7d": 1, "device_first_seen_epoch": 1_704_067_200.0}}
 STORED_BY_VIEW: dict[str, tuple[str, dict[str, dict[str, Any]]]] = {"card_stats": ("card_id", CARDS), "merchant_stats": ("merchant_id", MERCHANTS),
                   "device_stats": ("device_id", DEVICES)}
@@ -158,6 +160,7 @@ class EncoderStandIn:
         inputs = dict(request)
         for view in ("card_stats", "device_stats"):
             inputs.update(stored[view] or {})
+        inputs["eur_per_unit"] = FX_RATES.get(entities["currency"])  # the fx_rates view
         on_demand = transform_row(inputs)
         values, missing, stale_flags, ages = [], [], [], []
         for name in FEATURES:
@@ -407,9 +410,9 @@ async def test_transactions_go_to_the_encoder_as_columns(stack: Stack) -> None:
     [call] = stack.encoder.calls
     assert call["form"] == "columns"
     assert [row.entities for row in call["rows"]] == [
-        {"card_id": "card_good", "merchant_id": "m_good", "device_id": "dev_known"},
-        {"card_id": "card_busy", "merchant_id": "m_good", "device_id": NO_DEVICE_ID},
-        {"card_id": "card_good", "merchant_id": "m_good", "device_id": "dev_known"},
+        {"card_id": "card_good", "merchant_id": "m_good", "device_id": "dev_known", "currency": "EUR"},
+        {"card_id": "card_busy", "merchant_id": "m_good", "device_id": NO_DEVICE_ID, "currency": "EUR"},
+        {"card_id": "card_good", "merchant_id": "m_good", "device_id": "dev_known", "currency": "EUR"},
     ]
     assert [row.request["country"] for row in call["rows"]] == ["DE", "", "FR"]
     assert [r["result"]["label"] for r in response.json()["results"]] == [
@@ -464,8 +467,9 @@ async def test_request_fields_and_entities_follow_the_shared_mapping(stack: Stac
     await stack.score(txn(device_id=None, country=None, timestamp="2024-06-01T23:30:00-05:00"))
     [call] = stack.encoder.calls
     row = call["rows"][0]
-    assert row.entities == {"card_id": "card_good", "merchant_id": "m_good", "device_id": NO_DEVICE_ID}
-    assert row.request["txn_hour"] == 23  # read in the payer's own offset
+    assert row.entities == {"card_id": "card_good", "merchant_id": "m_good", "device_id": NO_DEVICE_ID,
+                            "currency": "EUR"}
+    assert row.request["txn_hour"] == 23  # no country: read in the payer's own offset
     assert row.request["device_present"] == 0
     assert row.request["txn_epoch"] == pytest.approx(1717302600.0)
 
@@ -1577,3 +1581,37 @@ def test_the_shipped_rules_load_and_a_broken_rule_file_fails_the_start(tmp_path)
                       'text = "t"\nat_least = "suspicious"\n')
     with pytest.raises(ValidationError, match="needs above, below or outside_training_range"):
         create_app(GatewaySettings(environment="test", safeguards_path=str(broken)))
+
+
+# --- money -----------------------------------------------------------------------------------
+
+
+async def test_amounts_are_judged_in_eur_and_currencies_are_iso_4217(stack: Stack) -> None:
+    # 6,500 JPY is 39 EUR; 6,500 EUR is 65x the card's average: not the same transaction.
+    yen = (await stack.score(txn(amount=6500.0, currency="JPY"))).json()
+    euro = (await stack.score(txn(amount=6500.0, currency="EUR"))).json()
+    assert yen["label"] == "not_fraud" and euro["label"] == "highly_suspicious"
+    [amount_fed] = [v for name, v in zip(FEATURES, stack.encoder.calls[0]["encoded"][0]["values"], strict=True)
+                    if name == "request_features__txn_amount"]
+    assert amount_fed == pytest.approx(39.0)
+    # Not ISO 4217, or more decimals than the currency has: a 422 naming the field.
+    for body, field_name in ((txn(currency="ABC"), "currency"), (txn(amount=6500.5, currency="JPY"), "amount"),
+                             (txn(amount=12.345, currency="EUR"), "amount")):
+        problem_body = assert_problem(await stack.score(body), 422)
+        assert [p["name"] for p in problem_body["invalid_params"]] == [field_name], problem_body
+    # An ISO currency without a rate to EUR: uncertain, and no failure of Vigil's.
+    answer = (await stack.score(txn(amount=50.0, currency="CHF"))).json()
+    assert answer["label"] == "uncertain" and answer["degraded"] is False
+    assert codes(answer)[0] == "CURRENCY_UNSUPPORTED"
+
+
+def test_a_money_reason_names_eur_and_the_amount_as_paid() -> None:
+    from vigil_gateway.reasons import Context, describe
+
+    paid_in_usd = Context(currency="USD", paid=900.0, device_present=True, raising=True)
+    assert describe("request_features__txn_amount", 810.0, paid_in_usd) == (
+        "TRANSACTION_AMOUNT", "amount of 810.00 EUR (900.00 USD as paid)")
+    assert describe("card_stats__card_amount_avg_30d", 33.1, paid_in_usd) == (
+        "CARD_AVERAGE_AMOUNT", "this card's 30-day average amount is 33.10 EUR")
+    in_eur = Context(currency="EUR", paid=810.0, device_present=True, raising=True)
+    assert describe("request_features__txn_amount", 810.0, in_eur)[1] == "amount of 810.00 EUR"

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from vigil import pipeline
+from vigil.fx import FX_FILE, fx_table, write_fx_table
 from vigil.pipeline import FEATURE_TABLES, compute_feature_tables, write_feature_tables
 from vigil_contracts.local_time import local_hour
 
@@ -374,7 +375,7 @@ def load_feature_views() -> dict:
                                                   REPO / "feature_repo" / "features.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return {name: getattr(module, name) for name in FEATURE_TABLES}
+    return {name: getattr(module, name) for name in (*FEATURE_TABLES, "fx_rates")}
 
 
 def test_feature_tables_match_feature_views() -> None:
@@ -382,6 +383,7 @@ def test_feature_tables_match_feature_views() -> None:
 
     type_name = {Int64: "Int64", Float64: "Float64", String: "String"}
     views = load_feature_views()
+    assert tuple(f.name for f in views.pop("fx_rates").features) == ("eur_per_unit",)
     for name, view in views.items():
         assert tuple(f.name for f in view.features) == FEATURE_TABLES[name]
         assert view.entities == [KEYS[name].removesuffix("_id")]
@@ -395,14 +397,17 @@ def test_written_parquet_schema_matches_feature_views(tmp_path: Path) -> None:
 
     arrow_of = {Int64: pa.int64(), Float64: pa.float64(), String: pa.string()}
     raw_path = tmp_path / "raw.parquet"
-    random_world(seed=5).to_parquet(raw_path)
+    world = random_world(seed=5)
+    world.to_parquet(raw_path)
+    write_fx_table(fx_table(5, world["event_timestamp"].min(), world["event_timestamp"].max()),
+                   tmp_path / FX_FILE)
     paths = write_feature_tables(raw_path, tmp_path / "offline")
     views = load_feature_views()
     assert set(paths) == set(views)
     for name, view in views.items():
         assert paths[name] == tmp_path / "offline" / f"{name}.parquet"
         schema = pq.read_schema(paths[name])
-        key = KEYS[name]
+        key = {**KEYS, "fx_rates": "currency"}[name]  # the FX table is written as it is
         assert view.entities == [key.removesuffix("_id")]
         expected = pa.schema([
             pa.field(key, pa.string()),
@@ -445,3 +450,29 @@ def test_labels_do_not_influence_features() -> None:
     c = compute_feature_tables(unlabeled)
     for name in FEATURE_TABLES:
         pd.testing.assert_frame_equal(a[name], c[name])
+
+
+# --- money ------------------------------------------------------------------------------------
+
+
+def test_amounts_are_compared_in_eur_at_the_rate_of_their_day() -> None:
+    """A card paying 100 EUR and then 100 USD (0.90 EUR per USD that day, 0.95 the next) has a
+    30-day average of 95 EUR, not 100; a currency without a rate is refused, not guessed."""
+    rows = [txn(T0, "c1", amount=100.0), txn(T0 + HOUR, "c1", amount=100.0),
+            txn(T0 + 25 * HOUR, "c1", amount=100.0)]
+    raw = raw_frame(rows)
+    raw.loc[1:, "currency"] = "USD"
+    day = pd.Timestamp(T0).floor("D")
+    fx = pd.DataFrame({"currency": ["EUR", "USD", "EUR", "USD"],
+                       "event_timestamp": [day, day, day + pd.Timedelta(days=1), day + pd.Timedelta(days=1)],
+                       "eur_per_unit": [1.0, 0.90, 1.0, 0.95]})
+    card = compute_feature_tables(raw, fx_rates=fx)["card_stats"].set_index("event_timestamp")
+    last = card.iloc[-1]
+    assert last["card_amount_avg_30d"] == pytest.approx((100.0 + 90.0 + 95.0) / 3)
+    assert last["card_amount_max_30d"] == pytest.approx(100.0)
+    assert card.iloc[1]["card_amount_sum_24h"] == pytest.approx(190.0)
+    with pytest.raises(ValueError, match="need an FX table"):
+        compute_feature_tables(raw)
+    raw.loc[2, "currency"] = "JPY"
+    with pytest.raises(ValueError, match="no rate for \\['JPY'\\]"):
+        compute_feature_tables(raw, fx_rates=fx)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime, timedelta, timezone
 
+import pytest
+
 from vigil_contracts.request_features import (
     OUTPUT_FEATURES,
     REQUEST_FIELDS,
@@ -21,6 +23,7 @@ KNOWN = {
     "card_amount_avg_30d": 20.0, "card_amount_std_30d": 5.0,
     "card_last_txn_epoch": NOW.timestamp() - 120, "card_home_country": "FR",
     "device_first_seen_epoch": NOW.timestamp() - 2 * 86400,
+    "eur_per_unit": 1.0,  # the amount's currency is EUR here
 }
 
 
@@ -41,6 +44,21 @@ def test_known_entity_features():
     assert math.isclose(out["device_age_days"], 2.0)
     assert out["is_new_device"] == 0.0
     assert out["country_mismatch"] == 1.0
+
+
+def test_amounts_are_compared_in_eur():
+    # 160 USD at 0.90 EUR per USD is 144 EUR: 7.2x a card averaging 20 EUR.
+    out = transform_row(_row(eur_per_unit=0.9))
+    assert out["txn_amount"] == pytest.approx(144.0)
+    assert out["amount_to_card_avg_30d"] == pytest.approx(7.2)
+    assert out["amount_zscore_card_30d"] == pytest.approx((144.0 - 20.0) / 5.0)
+    # A currency without a rate: the amount features are missing, never taken as EUR.
+    for gone in (None, math.nan):
+        out = transform_row(_row(eur_per_unit=gone))
+        assert out["txn_amount"] is None and out["amount_to_card_avg_30d"] is None
+        assert out["amount_zscore_card_30d"] is None and out["hour_of_day"] == 4.0
+        vector = transform_row_vector(_row(eur_per_unit=gone))
+        assert all(v != v for v in vector[:3])
 
 
 def test_unknown_entities_give_missing_features_not_errors():
@@ -208,7 +226,7 @@ def test_vector_form_equals_transform_row_on_many_rows(monkeypatch):
 
 def test_vector_form_of_known_and_unknown_entities():
     assert transform_row_vector(_row()) == [160.0, 8.0, 28.0, 4.0, 1.0, 1.0, 120.0, 2.0, 0.0, 1.0]
-    gone = transform_row_vector(_row(**{k: None for k in KNOWN}))
+    gone = transform_row_vector(_row(**{k: None for k in KNOWN if k != "eur_per_unit"}))
     assert _identical(gone, [160.0, NAN, NAN, 4.0, 1.0, 1.0, NAN, NAN, 1.0, NAN])
 
 

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
 REQUIRED_COLUMNS = (
-    "transaction_id", "event_timestamp", "card_id", "merchant_id", "amount", "channel", "country",
+    "transaction_id", "event_timestamp", "card_id", "merchant_id", "amount", "currency", "channel",
+    "country",
 )
 
 
@@ -61,6 +62,7 @@ def entity_frame(transactions: pd.DataFrame) -> pd.DataFrame:
     frame.insert(1, "card_id", transactions["card_id"].astype(str))
     frame.insert(2, "merchant_id", transactions["merchant_id"].astype(str))
     frame.insert(3, "device_id", devices.where(has_device, NO_DEVICE_ID).astype(str))
+    frame.insert(4, "currency", transactions["currency"].astype(str))  # the fx_rates view's key
     frame["event_timestamp"] = ts
     return frame.reset_index(drop=True)
 

@@ -11,6 +11,11 @@ sees rows built from transactions strictly before ``t`` -- never itself, never a
 the same instant. Transactions of one entity that share a timestamp give a single row (the state
 after all of them), so ``(entity, event_timestamp)`` is unique.
 
+Money is one currency: every amount is converted to EUR at the rate of its day (the world's FX
+table, ``vigil.fx``) before it is summed, averaged or compared; the FX table itself is written
+beside the tables as the ``fx_rates`` view's source. Hours are local time
+(``vigil_contracts.local_time``).
+
 Labels (``is_fraud``, ``fraud_mechanism``, ``chargeback_timestamp``) are never read.
 
 How it scales: everything is vectorised numpy/pandas, roughly ``O(n log n)`` in total (a handful
@@ -41,8 +46,11 @@ import pyarrow.parquet as pq
 from pandas.api.indexers import BaseIndexer
 from tqdm.auto import tqdm
 
+from vigil.fx import FX_FILE, Rates, read_fx_table
+from vigil.fx import SCHEMA as FX_SCHEMA
 from vigil.local_hours import local_hours
 from vigil_contracts import request_features
+from vigil_contracts.money import BASE_CURRENCY
 
 #: Feature columns of each offline table, in the order of the feature views in features.py.
 FEATURE_TABLES: dict[str, tuple[str, ...]] = {
@@ -75,6 +83,9 @@ FEATURE_TABLES: dict[str, tuple[str, ...]] = {
         "device_first_seen_epoch",
     ),
 }
+
+#: The feature view (and offline table) of the FX table, keyed by currency.
+FX_VIEW = "fx_rates"
 
 #: Join key of each table (the feature view's entity join key).
 ENTITY_KEYS: dict[str, str] = {
@@ -115,7 +126,7 @@ ARROW_TYPES: dict[str, pa.DataType] = {
 
 #: Raw columns the features are built from. Nothing else (in particular no label) is read.
 INPUT_COLUMNS: tuple[str, ...] = (
-    "event_timestamp", "card_id", "merchant_id", "device_id", "country", "amount",
+    "event_timestamp", "card_id", "merchant_id", "device_id", "country", "amount", "currency",
 )
 
 _US_PER_HOUR = 3_600 * 1_000_000
@@ -128,7 +139,7 @@ WINDOWS_US: dict[str, int] = {
 # Night is 00:00-05:59 local time (``vigil_contracts.local_time``), as in the request feature
 # ``is_night``.
 NIGHT_HOURS = request_features.NIGHT_HOURS
-SMALL_AMOUNT = 5.0  # card-testing probes are tiny amounts
+SMALL_AMOUNT = 5.0  # EUR: card-testing probes are tiny amounts
 ROW_DELAY_US = 1  # a row describes the state after t_i, so it becomes visible just after t_i
 
 _NUMPY_DTYPES: dict[str, type] = {"Int64": np.int64, "Float64": np.float64, "String": object}
@@ -375,9 +386,13 @@ def _prepare(transactions: pd.DataFrame) -> pd.DataFrame:
 
 
 def compute_feature_tables(
-    transactions: pd.DataFrame | str | Path, progress: bool = False
+    transactions: pd.DataFrame | str | Path, progress: bool = False, fx_rates: pd.DataFrame | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Build the three offline tables from raw transactions (a DataFrame or a parquet path).
+
+    Amounts are converted to the base currency (EUR) at the rate of their UTC day from
+    ``fx_rates`` (``vigil.fx``: currency, event_timestamp, eur_per_unit) before anything is
+    summed or compared; without a table every amount must already be in EUR.
 
     Returns ``{table name: DataFrame}`` with columns ``[entity key, event_timestamp,
     *FEATURE_TABLES[name]]``; ``event_timestamp`` is ``datetime64[us, UTC]``, Int64 features are
@@ -398,7 +413,7 @@ def compute_feature_tables(
         # Integer microseconds (UTC) make the window arithmetic exact; naive stamps count as UTC.
         ts = pd.to_datetime(raw["event_timestamp"], utc=True).dt.as_unit("us")
         clock = _Clock(np.asarray(ts.array.asi8, dtype=np.int64))
-        amount = raw["amount"].to_numpy(dtype=np.float64)
+        amount = in_base_currency(raw, np.asarray(ts.array.asi8, dtype=np.int64), fx_rates)
         hour = local_hours(ts, raw["country"])
         # Country codes follow sorted order, so "smallest code" is "lexicographically smallest".
         country_codes, countries = pd.factorize(raw["country"], sort=True)
@@ -485,6 +500,22 @@ def compute_feature_tables(
     return tables
 
 
+def in_base_currency(raw: pd.DataFrame, ts_us: np.ndarray, fx_rates: pd.DataFrame | None) -> np.ndarray:
+    """Each raw amount in EUR, at the rate of its currency on its UTC day."""
+    amount = raw["amount"].to_numpy(dtype=np.float64)
+    currency = raw["currency"].astype(str).to_numpy()
+    if fx_rates is None:
+        foreign = sorted(set(currency) - {BASE_CURRENCY})
+        if foreign:
+            raise ValueError(f"amounts in {foreign} need an FX table to be compared in {BASE_CURRENCY}")
+        return amount
+    rate = Rates(fx_rates).eur_per_unit(currency, ts_us)
+    if np.isnan(rate).any():
+        missing = sorted(set(currency[np.isnan(rate)]))
+        raise ValueError(f"the FX table has no rate for {missing} on some transactions' days")
+    return amount * rate
+
+
 def write_feature_tables(raw_path: Path, out_dir: Path, progress: bool = False) -> dict[str, Path]:
     """Compute the offline tables from the raw parquet at ``raw_path`` into ``out_dir``.
 
@@ -498,13 +529,20 @@ def write_feature_tables(raw_path: Path, out_dir: Path, progress: bool = False) 
     out_dir = Path(out_dir)
     # Only the feature inputs are read: the labels never even reach memory.
     raw = pd.read_parquet(raw_path, columns=list(INPUT_COLUMNS))
-    tables = compute_feature_tables(raw, progress=progress)
+    fx_path = raw_path.parent / FX_FILE
+    if not fx_path.is_file():
+        raise FileNotFoundError(f"{fx_path} is missing: the world ships its FX table beside its transactions")
+    fx = read_fx_table(fx_path)
+    tables = compute_feature_tables(raw, progress=progress, fx_rates=fx)
     out_dir.mkdir(parents=True, exist_ok=True)
+    written = {name: pa.Table.from_pandas(frame, schema=_table_schema(name), preserve_index=False)
+               for name, frame in tables.items()}
+    # The FX table is served as it is (the fx_rates view): a row per currency and day.
+    written[FX_VIEW] = pa.Table.from_pandas(fx, schema=FX_SCHEMA, preserve_index=False)
     paths: dict[str, Path] = {}
-    for name, frame in tables.items():
+    for name, table in written.items():
         path = out_dir / f"{name}.parquet"
         tmp = out_dir / f".{name}.parquet.tmp"
-        table = pa.Table.from_pandas(frame, schema=_table_schema(name), preserve_index=False)
         pq.write_table(table, tmp)
         os.replace(tmp, path)
         paths[name] = path

@@ -34,7 +34,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from vigil.fx import FX_FILE, Rates, fx_table, write_fx_table
 from vigil_contracts.local_time import COUNTRY_TIME_ZONES
+from vigil_contracts.money import minor_units
 
 __all__ = [
     "CHANNELS",
@@ -194,6 +196,8 @@ class WorldSummary:
     n_cards: int = 0
     n_merchants: int = 0
     n_row_groups: int = 0
+    fx_path: Path | None = None
+    """The dated FX table the amounts were converted with (beside the transactions)."""
 
 
 def _check_end(end: datetime) -> None:
@@ -786,11 +790,15 @@ def _ip_strings(ip: np.ndarray, null: np.ndarray) -> pa.Array:
 class _Encoder:
     """Turns integer-coded rows into the Arrow table of :data:`TRANSACTION_SCHEMA`."""
 
-    def __init__(self, n_cards: int, n_merchants: int) -> None:
+    def __init__(self, n_cards: int, n_merchants: int, rates: Rates) -> None:
         self.cards = _ids("c", np.arange(n_cards), len(str(n_cards - 1)))
         self.merchants = _ids("m", np.arange(n_merchants), len(str(n_merchants - 1)))
         self.countries = pa.array(COUNTRIES)
         self.currencies = pa.array([CURRENCY_BY_COUNTRY[c] for c in COUNTRIES])
+        self.rates = rates
+        self.country_currency = np.array([CURRENCY_BY_COUNTRY[c] for c in COUNTRIES], dtype=object)
+        self.country_scale = np.array(
+            [10.0 ** (minor_units(CURRENCY_BY_COUNTRY[c]) or 0) for c in COUNTRIES])
         self.channels = pa.array(CHANNELS)
         self.mechanisms = pa.array(("",) + MECHANISMS)
         self.next_id = 0
@@ -813,12 +821,19 @@ class _Encoder:
             self.countries.take(country),
             self.currencies.take(country),
             self.channels.take(pa.array(rows.channel)),
-            pa.array(np.round(rows.amount, 2)),
+            pa.array(self._paid(rows, ts)),
             pa.array(fraud.astype(np.int8)),
             self.mechanisms.take(pa.array(rows.mechanism)),
             pa.array(ts + chargeback_delay_us, type=_TS, mask=~fraud),
         ]
         return pa.Table.from_arrays(columns, schema=TRANSACTION_SCHEMA)
+
+    def _paid(self, rows: _Rows, ts: np.ndarray) -> np.ndarray:
+        """The amounts (made in EUR) in the currency of the country where they are paid, at the
+        rate of their day, in that currency's minor units (never below one of them)."""
+        rate = self.rates.eur_per_unit(self.country_currency[rows.country], ts)
+        scale = self.country_scale[rows.country]
+        return np.maximum(np.round(rows.amount / rate * scale), 1.0) / scale
 
 
 def generate_world(config: WorldConfig, out_path: Path, progress: bool = False) -> WorldSummary:
@@ -830,7 +845,9 @@ def generate_world(config: WorldConfig, out_path: Path, progress: bool = False) 
     _check_end(end)
     start = end - timedelta(days=config.n_days)
     world = _World(config, start)
-    encoder = _Encoder(config.cards, config.merchants)
+    fx = fx_table(config.seed, start, end)
+    fx_path = write_fx_table(fx, Path(out_path).parent / FX_FILE)
+    encoder = _Encoder(config.cards, config.merchants, Rates(fx))
 
     expected_per_day = config.n_transactions / config.n_days * _WEEKDAY_FACTOR.max()
     slices = max(1, math.ceil(expected_per_day / config.max_chunk_rows))
@@ -906,6 +923,7 @@ def generate_world(config: WorldConfig, out_path: Path, progress: bool = False) 
         n_cards=config.cards,
         n_merchants=config.merchants,
         n_row_groups=n_groups,
+        fx_path=fx_path,
     )
 
 

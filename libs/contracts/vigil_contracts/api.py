@@ -13,15 +13,19 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     IPvAnyAddress,
     PlainSerializer,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
+from vigil_contracts.money import fits_minor_units, minor_units
 from vigil_contracts.problems import Problem
 from vigil_contracts.thresholds import Label
 
@@ -95,6 +99,15 @@ TransactionId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-:.]{1,64}$", exampl
 EntityId = Annotated[str, Field(min_length=1, max_length=128)]
 
 
+def _iso_4217(value: str) -> str:
+    if minor_units(value) is None:
+        raise ValueError("is not an ISO 4217 currency code")
+    return value
+
+
+Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$"), AfterValidator(_iso_4217)]
+
+
 class Transaction(BaseModel):
     """One payment to score."""
 
@@ -105,11 +118,15 @@ class Transaction(BaseModel):
     )
     card_id: EntityId = Field(description="Token of the paying card.")
     merchant_id: EntityId = Field(description="Id of the acquiring merchant.")
+    # The currency comes before the amount: the amount's decimals are checked against it.
+    currency: Currency = Field(description=(
+        "ISO 4217 code of the amount's currency, e.g. EUR. Features compare amounts in EUR, "
+        "converted at the rate of the transaction's day."))
     amount: float = Field(
         gt=0, le=1e9, allow_inf_nan=False, strict=True,
-        description="Amount in the currency's major unit; > 0 and at most 1e9.",
+        description="Amount in the currency's major unit, with no more decimals than the "
+        "currency has (2 for EUR, 0 for JPY, 3 for KWD); > 0 and at most 1e9.",
     )
-    currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, e.g. EUR.")
     timestamp: Timestamp = Field(
         description="When the payment happened: RFC 3339 with an offset. Local time (the hour of "
         "day, night) is this instant in the time zone of `country`, whatever offset it is "
@@ -121,6 +138,15 @@ class Transaction(BaseModel):
     country: str | None = Field(
         default=None, pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2 country of the transaction."
     )
+
+    @field_validator("amount")
+    @classmethod
+    def _in_minor_units(cls, amount: float, info: ValidationInfo) -> float:
+        currency = info.data.get("currency")  # absent when the currency itself was refused
+        digits = minor_units(currency) if currency is not None else None
+        if digits is not None and not fits_minor_units(amount, digits):
+            raise ValueError(f"has more decimals than {currency} has ({digits})")
+        return amount
 
 
 class Reason(BaseModel):

@@ -11,6 +11,11 @@ so a change to one that is not made to the others fails the suite.
 
 Missing inputs (an entity that is not in the store arrives as ``None``; offline it may arrive as
 NaN) give missing outputs (``None``), never an exception.
+
+Money is compared in EUR (``vigil_contracts.money.BASE_CURRENCY``): the request's ``amount`` is
+in the transaction's currency, ``eur_per_unit`` (the ``fx_rates`` view, keyed by that currency)
+converts it; ``txn_amount`` and the ratios to the card's (EUR) history are in EUR. A currency
+without a rate gives them missing.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ STORED_INPUTS: dict[str, tuple[str, ...]] = {
         "card_home_country",
     ),
     "device_stats": ("device_first_seen_epoch",),
+    "fx_rates": ("eur_per_unit",),
 }
 
 #: Output features, in order. All are Float64.
@@ -79,7 +85,9 @@ def _missing(value: Any) -> bool:
 
 def transform_row(row: Mapping[str, Any]) -> dict[str, float | None]:
     """Compute the on-demand features of one row from request fields and stored inputs."""
-    amount = float(row["amount"])
+    paid = float(row["amount"])
+    rate = row.get("eur_per_unit")
+    amount = None if _missing(rate) else paid * float(rate)
     epoch = float(row["txn_epoch"])
     hour = int(row["txn_hour"])
     # Any, not Any | None: _missing() has ruled None out wherever these meet arithmetic.
@@ -90,9 +98,9 @@ def transform_row(row: Mapping[str, Any]) -> dict[str, float | None]:
     first_seen: Any = row.get("device_first_seen_epoch")
     device_present = int(row.get("device_present") or 0)
 
-    ratio = None if _missing(avg) or float(avg) <= 0 else amount / float(avg)
+    ratio = None if amount is None or _missing(avg) or float(avg) <= 0 else amount / float(avg)
     zscore = None
-    if not (_missing(avg) or _missing(std)) and float(std) > 0:
+    if amount is not None and not (_missing(avg) or _missing(std)) and float(std) > 0:
         zscore = (amount - float(avg)) / float(std)
     since_last = None if _missing(last) else max(0.0, epoch - float(last))
     device_age = None
@@ -141,7 +149,8 @@ def transform_row_vector(row: Mapping[str, Any]) -> list[float]:
     """
     get = row.get
     # An absent required field is not a float or an int either: transform_row then raises.
-    amount = get("amount")
+    paid = get("amount")
+    rate = get("eur_per_unit")
     epoch = get("txn_epoch")
     hour = get("txn_hour")
     # Any, not Any | None: the type tests below and the None tests further down rule None out
@@ -154,7 +163,7 @@ def transform_row_vector(row: Mapping[str, Any]) -> list[float]:
     device_present = get("device_present")
     country = get("country")
     channel = get("channel")
-    if not (type(amount) is float and amount - amount == 0.0
+    if not (type(paid) is float and paid - paid == 0.0 and type(rate) in _FLOAT_OR_NONE
             and type(epoch) is float and epoch - epoch == 0.0
             and type(hour) is int and type(channel) is str
             and type(device_present) in _INT_OR_NONE
@@ -165,7 +174,8 @@ def transform_row_vector(row: Mapping[str, Any]) -> list[float]:
 
     # From here every input is a float or None (None or NaN = missing), an int, or text or None.
     nan = _NAN
-    avg_missing = avg is None or avg != avg
+    amount = nan if rate is None or rate != rate else paid * rate
+    avg_missing = avg is None or avg != avg or amount != amount
     ratio = nan if avg_missing or avg <= 0 else amount / avg
     zscore = nan
     if not (avg_missing or std is None or std != std) and std > 0:
@@ -176,7 +186,7 @@ def transform_row_vector(row: Mapping[str, Any]) -> list[float]:
     if device_present and not first_seen_missing:
         device_age = max(0.0, epoch - first_seen) / 86400.0
     return [
-        amount,
+        amount if amount - amount == 0.0 else nan,
         ratio if ratio - ratio == 0.0 else nan,
         zscore if zscore - zscore == 0.0 else nan,
         float(hour),
@@ -206,7 +216,8 @@ def transform_vector_columns(columns: Mapping[str, Sequence[Any]]) -> list[list[
     the same value for every float). A test holds it equal to it row for row.
     """
     try:
-        amount, epoch, hour = columns["amount"], columns["txn_epoch"], columns["txn_hour"]
+        paid, epoch, hour = columns["amount"], columns["txn_epoch"], columns["txn_hour"]
+        rate = columns["eur_per_unit"]
         channel, country = columns["channel"], columns["country"]
         device_present = columns["device_present"]
         avg, std = columns["card_amount_avg_30d"], columns["card_amount_std_30d"]
@@ -214,7 +225,8 @@ def transform_vector_columns(columns: Mapping[str, Sequence[Any]]) -> list[list[
         first_seen = columns["device_first_seen_epoch"]
     except KeyError:
         return None
-    if not (set(map(type, amount)) <= _FLOAT and set(map(type, epoch)) <= _FLOAT
+    if not (set(map(type, paid)) <= _FLOAT and set(map(type, epoch)) <= _FLOAT
+            and set(map(type, rate)) <= _FLOAT_OR_NONE
             and set(map(type, hour)) <= _INT and set(map(type, channel)) <= _TEXT
             and set(map(type, device_present)) <= _INT_OR_NONE
             and set(map(type, avg)) <= _FLOAT_OR_NONE and set(map(type, std)) <= _FLOAT_OR_NONE
@@ -225,14 +237,17 @@ def transform_vector_columns(columns: Mapping[str, Sequence[Any]]) -> list[list[
         return None
     # Every amount and epoch finite: then so are their sums, unless a sum overflows (that batch
     # goes row by row).
-    if not ((total := sum(amount)) - total == 0.0 and (total := sum(epoch)) - total == 0.0):
+    if not ((total := sum(paid)) - total == 0.0 and (total := sum(epoch)) - total == 0.0):
         return None
 
     nan = _NAN
+    # None and NaN rates give NaN amounts (``x * nan``); an overflow to inf is NaN too.
+    amount = [nan if r is None else (a if (a := x * r) - a == 0.0 else nan)
+              for x, r in zip(paid, rate, strict=True)]
     # None, NaN and values <= 0 fail "a > 0.0"; a finite float or an inf is what remains.
-    ratio = [nan if a is None or not a > 0.0 else (r if (r := x / a) - r == 0.0 else nan)
+    ratio = [nan if a is None or not a > 0.0 or x != x else (r if (r := x / a) - r == 0.0 else nan)
              for x, a in zip(amount, avg, strict=True)]
-    zscore = [nan if a is None or a != a or s is None or not s > 0.0
+    zscore = [nan if a is None or a != a or s is None or not s > 0.0 or x != x
               else (z if (z := (x - a) / s) - z == 0.0 else nan)
               for x, a, s in zip(amount, avg, std, strict=True)]
     since_last = [nan if t is None or t != t
@@ -244,7 +259,7 @@ def transform_vector_columns(columns: Mapping[str, Sequence[Any]]) -> list[list[
                   for e, f, p in zip(epoch, first_seen, device_present, strict=True)]
     code = CHANNEL_CODES.get
     return [
-        list(amount),
+        amount,
         ratio,
         zscore,
         list(map(float, hour)),

@@ -11,10 +11,14 @@ from functools import lru_cache
 from itertools import compress
 from typing import Protocol
 
+from vigil_contracts.feature_contract import short_name
 from vigil_gateway.model_metadata import ServingPolicy, is_stored
-from vigil_gateway.uncertain import FEATURES_MISSING, FEATURES_STALE
+from vigil_gateway.uncertain import CURRENCY_UNSUPPORTED, FEATURES_MISSING, FEATURES_STALE
 
 __all__ = ["FEATURES_MISSING", "FEATURES_STALE", "policy_verdict", "screen", "stored_mask"]
+
+# The amount in EUR: missing only when the amount's currency has no rate (the fx_rates view).
+AMOUNT_IN_BASE_CURRENCY = "txn_amount"
 
 
 class EncodedRow(Protocol):
@@ -36,6 +40,11 @@ def stored_mask(feature_names: Sequence[str]) -> list[bool]:
 def _stored_mask_of(feature_names: tuple[str, ...]) -> list[bool]:
     """:func:`stored_mask`, once per feature order (every request of a model has the same)."""
     return stored_mask(feature_names)
+
+
+@lru_cache(maxsize=16)
+def _position(feature_names: tuple[str, ...], short: str) -> int | None:
+    return next((j for j, name in enumerate(feature_names) if short_name(name) == short), None)
 
 
 def policy_verdict(row: EncodedRow, stored: Sequence[bool], policy: ServingPolicy) -> str | None:
@@ -63,11 +72,15 @@ class EncodedBatch(Protocol):
 
 def screen(encoded: EncodedBatch, rows: Sequence[int], policy: ServingPolicy) -> tuple[list[int], dict[int, str]]:
     """The rows that may be scored, and the reason code of each row that may not."""
-    stored = _stored_mask_of(tuple(encoded.feature_names))
+    names = tuple(encoded.feature_names)
+    stored = _stored_mask_of(names)
+    amount = _position(names, AMOUNT_IN_BASE_CURRENCY)
     scorable: list[int] = []
     held: dict[int, str] = {}
     for i in rows:
-        verdict = policy_verdict(encoded.rows[i], stored, policy)
+        row = encoded.rows[i]
+        verdict = CURRENCY_UNSUPPORTED if amount is not None and row.missing[amount] else (
+            policy_verdict(row, stored, policy))
         if verdict is None:
             scorable.append(i)
         else:

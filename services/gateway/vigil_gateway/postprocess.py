@@ -74,7 +74,8 @@ class Postprocess:
             # A not_fraud answer names no feature: its values are not even read.
             () if label == "not_fraud" else encoded.rows[row].values,
             inference.contributions[k],
-            currency=transaction.currency, device_present=transaction.device_id is not None,
+            currency=transaction.currency, paid=transaction.amount,
+            device_present=transaction.device_id is not None,
             max_reasons=self.max_reasons,
         )
         verdict = checked.verdicts.get(row)

@@ -20,6 +20,8 @@ def to_encode_columns(transactions: Sequence[Transaction]) -> dict[str, dict[str
             "card_id": [t.card_id for t in transactions],
             "merchant_id": [t.merchant_id for t in transactions],
             "device_id": [t.device_id if t.device_id is not None else NO_DEVICE_ID for t in transactions],
+            # The amount's currency keys its rate to EUR (the fx_rates view).
+            "currency": [t.currency for t in transactions],
         },
         # An absent country is sent empty, which the shared transform reads as unknown (the
         # country-mismatch feature is then missing, as in training), never as a mismatch.

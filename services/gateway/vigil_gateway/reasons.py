@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from vigil_contracts.api import Reason
 from vigil_contracts.feature_contract import short_name
+from vigil_contracts.money import BASE_CURRENCY
 from vigil_contracts.request_features import CHANNEL_CODES
 from vigil_contracts.thresholds import Label
 
@@ -29,8 +30,11 @@ class Context:
     """What a sentence may mention besides the feature's value."""
 
     currency: str
+    """The currency the transaction was paid in (features compare amounts in EUR)."""
     device_present: bool
     raising: bool  # True when the feature pushed the score up
+    paid: float = 0.0
+    """The amount as paid, in ``currency``."""
 
 
 Template = Callable[[float | None, Context], tuple[str, str]]
@@ -47,7 +51,8 @@ def _count(value: float, noun: str) -> str:
 
 
 def _money(value: float) -> str:
-    return f"{value:,.2f}"
+    """An amount of the base currency (features compare amounts in EUR)."""
+    return f"{value:,.2f} {BASE_CURRENCY}"
 
 
 def _pct(value: float) -> str:
@@ -100,7 +105,11 @@ def _amount_zscore(value: float | None, ctx: Context) -> tuple[str, str]:
 
 
 def _txn_amount(value: float | None, ctx: Context) -> tuple[str, str]:
-    return "TRANSACTION_AMOUNT", f"amount of {_money(value or 0.0)} {ctx.currency}"
+    if value is None:
+        return "CURRENCY_UNSUPPORTED", f"no exchange rate to {BASE_CURRENCY} is known for {ctx.currency}"
+    if ctx.currency == BASE_CURRENCY:
+        return "TRANSACTION_AMOUNT", f"amount of {_money(value)}"
+    return "TRANSACTION_AMOUNT", f"amount of {_money(value)} ({ctx.paid:,.2f} {ctx.currency} as paid)"
 
 
 def _hour(value: float | None, ctx: Context) -> tuple[str, str]:
@@ -243,6 +252,7 @@ def explain(
     currency: str,
     device_present: bool,
     max_reasons: int,
+    paid: float = 0.0,
 ) -> list[Reason]:
     """Up to ``max_reasons`` reasons, strongest first, one per reason code.
 
@@ -262,7 +272,8 @@ def explain(
         for i in ranked:
             if len(reasons) >= max_reasons:
                 break
-            ctx = Context(currency=currency, device_present=device_present, raising=contributions[i] > 0)
+            ctx = Context(currency=currency, paid=paid, device_present=device_present,
+                          raising=contributions[i] > 0)
             code, text = describe(feature_names[i], values[i], ctx)
             if code in seen:
                 continue

@@ -16,6 +16,7 @@ FEATURES_MISSING = "FEATURES_MISSING"
 MODEL_UNAVAILABLE = "MODEL_UNAVAILABLE"
 FEATURE_CONTRACT_MISMATCH = "FEATURE_CONTRACT_MISMATCH"
 TIMEOUT = "TIMEOUT"
+CURRENCY_UNSUPPORTED = "CURRENCY_UNSUPPORTED"
 
 TEXT = {
     FEATURES_UNAVAILABLE: "the transaction's features could not be fetched, so it was not scored",
@@ -24,11 +25,13 @@ TEXT = {
     MODEL_UNAVAILABLE: "the fraud model could not be reached, so the transaction was not scored",
     FEATURE_CONTRACT_MISMATCH: "the model and the feature encoder disagree on the features, so the transaction was not scored",
     TIMEOUT: "scoring did not finish within its time budget",
+    CURRENCY_UNSUPPORTED: "no exchange rate to EUR is known for this currency, so the amount cannot be judged",
 }
 
-# Uncertain for what the data says, not for a failure of Vigil: not degraded. (Stale features
+# Uncertain for what the data says (too little history, a currency Vigil has no rate for), not
+# for a failure of Vigil: not degraded. (Stale features
 # are degraded: keeping them fresh is Vigil's own job, and a late materialization is its failure.)
-NOT_DEGRADED = frozenset({FEATURES_MISSING})
+NOT_DEGRADED = frozenset({FEATURES_MISSING, CURRENCY_UNSUPPORTED})
 
 
 def is_degraded(code: str) -> bool:
