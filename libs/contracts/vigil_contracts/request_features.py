@@ -86,7 +86,7 @@ def _missing(value: Any) -> bool:
 def transform_row(row: Mapping[str, Any]) -> dict[str, float | None]:
     """Compute the on-demand features of one row from request fields and stored inputs."""
     paid = float(row["amount"])
-    rate = row.get("eur_per_unit")
+    rate: Any = row.get("eur_per_unit")
     amount = None if _missing(rate) else paid * float(rate)
     epoch = float(row["txn_epoch"])
     hour = int(row["txn_hour"])
