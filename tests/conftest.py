@@ -49,7 +49,9 @@ def copy_repo(dest: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def feature_env(redis_server, tmp_path_factory):
-    """A 35-day world of ~12k transactions ending at today's midnight UTC, applied and materialized."""
+    """A 35-day world of ~12k transactions ending at today's midnight UTC, applied and materialized
+    (through ``feast_repo.materialize``, which leaves the online store's markers the encoder's
+    readiness needs)."""
     from vigil import feast_repo
     from vigil.pipeline import write_feature_tables
     from vigil.world import WorldConfig, generate_world

@@ -3,7 +3,7 @@
     vigil generate      seeded synthetic transactions -> data/raw/transactions.parquet
     vigil features      raw transactions -> offline feature tables (parquet) in the Feast repo
     vigil apply         feast apply + export of the serving spec
-    vigil materialize   feast materialize-incremental up to now
+    vigil materialize   feast materialize-incremental up to now (--full: the whole window)
     vigil train         Feast point-in-time features -> XGBoost -> models/<name>/<version>/
     vigil batch-score   score a parquet file of transactions with a model version
     vigil serve         the stack (redis, encoder, predictor, gateway) as local processes
@@ -15,10 +15,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
+
+from vigil.warning_filters import quiet_third_party
 
 EXIT_USAGE = 2
 
@@ -81,8 +82,16 @@ def cmd_materialize(args: argparse.Namespace) -> None:
     from vigil import feast_repo
 
     repo = feast_repo.repo_dir(args.repo)
-    end = feast_repo.materialize(repo, args.end, full=args.full)
-    _say(f"materialized features up to {end:%Y-%m-%dT%H:%M:%S}Z into the online store")
+    report = feast_repo.materialize(repo, args.end, full=args.full)
+    _say(f"materialized features up to {report.end:%Y-%m-%dT%H:%M:%S}Z into the "
+         f"{report.online_store} online store")
+    for load in report.views:
+        _say(f"  {load.view}: {load.rows:,} rows written "
+             f"(the latest of each entity from {load.start:%Y-%m-%d %H:%M} to {load.end:%Y-%m-%d %H:%M} UTC)")
+    if report.unloaded:
+        _say(f"the online store holds no complete load of {', '.join(report.unloaded)}: this "
+             "incremental run only loads what is new since Feast's last materialization (into any "
+             "store), and the services stay not ready. Load it with `vigil materialize --full`.")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -207,8 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # ibis (under Feast's DuckDB offline store) warns on every query about its own API.
-    warnings.filterwarnings("ignore", message=".*fetch_arrow_table", category=DeprecationWarning)
+    quiet_third_party()  # libraries' deprecation notices are not the user's to act on
     from vigil.errors import USER_ERRORS
 
     try:

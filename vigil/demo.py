@@ -67,7 +67,9 @@ def run_demo(args: argparse.Namespace) -> None:
             print(f"feature service {svc.name}: {len(svc.features)} features", file=sys.stderr)
 
         _step("feast materialize (the 30-day freshness window, up to now) into the online store")
-        feast_repo.materialize(repo, full=True)
+        report = feast_repo.materialize(repo, full=True)
+        for load in report.views:
+            print(f"{load.view}: {load.rows:,} rows written", file=sys.stderr)
 
         _step("training from Feast point-in-time features")
         model_dir = train(raw, repo, models_dir, TrainConfig(seed=args.seed),
