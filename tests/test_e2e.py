@@ -18,7 +18,7 @@ import redis
 from vigil.batch import score_frame
 from vigil.redis_server import RedisServer
 from vigil.runner import LocalStack
-from vigil.scenarios import build_scenarios
+from vigil.scenarios import SAMPLE_KINDS, build_scenarios
 
 pytestmark = pytest.mark.e2e
 BUDGET_S = 0.4  # the gateway's default total budget per request
@@ -75,6 +75,26 @@ def test_known_fraud_and_known_legit_get_the_expected_labels(gateway, scenarios)
             assert body["reasons"] and body["reasons"][0]["code"] != "NO_RISK_SIGNAL"
         else:
             assert body["label"] == "not_fraud", (sc.name, body)
+
+
+def test_the_web_pages_samples_get_real_decisions(gateway):
+    """``GET /ui/samples`` serves what ``vigil features`` wrote from this world (the runner sets
+    GATEWAY_SAMPLES_PATH); each is a valid request that gets a real decision; a brand-new card
+    has no history, which is what its answer says."""
+    samples = gateway.get("/ui/samples").json()["samples"]
+    assert [s["name"] for s in samples] == list(SAMPLE_KINDS)
+    for sample in samples:
+        body = gateway.post("/v1/transactions/score", json=sample["transaction"]).json()
+        assert body["cached"] is False and body["reasons"], (sample["name"], body)
+        codes = [r["code"] for r in body["reasons"]]
+        if sample["name"] != "brand-new card":  # (its missing history is answered as degraded)
+            assert body["degraded"] is False, (sample["name"], body)
+        if sample["name"] == "regular purchase":
+            assert body["label"] == "not_fraud", body
+        elif sample["name"] == "account takeover":
+            assert body["label"] in {"suspicious", "highly_suspicious"}, body
+        elif sample["name"] == "brand-new card":
+            assert body["label"] == "uncertain" and codes == ["FEATURES_MISSING"], body
 
 
 def test_online_scores_equal_the_batch_scorer_for_the_same_features(gateway, scenarios, feature_env, trained_model):

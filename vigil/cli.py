@@ -1,7 +1,8 @@
 """``vigil``: one command line for the offline steps, the local stack and the demo.
 
     vigil generate      seeded synthetic transactions -> data/raw/transactions.parquet
-    vigil features      raw transactions -> offline feature tables (parquet) in the Feast repo
+    vigil features      raw transactions -> offline feature tables (parquet) in the Feast repo,
+                        and sample transactions from that world (data/samples.json)
     vigil apply         feast apply + export of the serving spec
     vigil materialize   feast materialize-incremental up to now (--full: the whole window)
     vigil train         Feast point-in-time features -> XGBoost -> models/<name>/<version>/
@@ -63,10 +64,18 @@ def cmd_features(args: argparse.Namespace) -> None:
     from vigil import feast_repo
     from vigil.pipeline import write_feature_tables
 
+    import pandas as pd
+
+    from vigil.scenarios import write_samples
+
     repo = feast_repo.repo_dir(args.repo)
-    paths = write_feature_tables(_raw_path(args), feast_repo.offline_dir(repo), progress=not args.quiet)
+    raw = _raw_path(args)
+    paths = write_feature_tables(raw, feast_repo.offline_dir(repo), progress=not args.quiet)
     for name, path in paths.items():
         _say(f"{name}: {path}")
+    samples = write_samples(pd.read_parquet(raw), feast_repo.samples_path(repo))
+    _say(f"{len(samples)} sample transactions ({', '.join(s.name for s in samples)}): "
+         f"{feast_repo.samples_path(repo)}")
 
 
 def cmd_apply(args: argparse.Namespace) -> None:

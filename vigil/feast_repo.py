@@ -60,6 +60,12 @@ def spec_path(repo: Path) -> Path:
     return data_dir(repo) / SPEC_FILE
 
 
+def samples_path(repo: Path) -> Path:
+    """Sample transactions from the world the features came from (``vigil features`` writes
+    them; the gateway's web page offers them)."""
+    return data_dir(repo) / "samples.json"
+
+
 def config_path(repo: Path) -> Path:
     """The feature_store.yaml to use: the repo's own, or one derived from the environment."""
     conn = os.environ.get("VIGIL_REDIS_CONNECTION_STRING")

@@ -33,6 +33,7 @@ from vigil_gateway.metrics import GatewayMetrics
 from vigil_gateway.model_catalog import ModelCatalog
 from vigil_gateway.predictor_client import PredictorClient
 from vigil_gateway.rest import fast_routes, service_router, transactions_router, ui_router
+from vigil_gateway.samples import samples_router
 from vigil_gateway.scoring import ScoringService
 from vigil_gateway.settings import GatewaySettings
 from vigil_gateway.transformer import FraudTransformer
@@ -134,4 +135,5 @@ def create_app(
     app.include_router(transactions_router)
     app.include_router(service_router)
     app.include_router(ui_router)
+    app.include_router(samples_router)
     return app
