@@ -93,10 +93,9 @@ def build_world(root: Path, n_transactions: int, seed: int, reuse: bool,
         t = time.monotonic()
         if reusable:
             # A fresh Redis: the registry's watermark would make materialize-incremental load
-            # nothing, so load the whole range explicitly.
-            end = datetime.now(UTC)
-            feast_repo.feast_cli(repo, "materialize", (end - timedelta(days=60)).strftime(
-                "%Y-%m-%dT%H:%M:%S"), end.strftime("%Y-%m-%dT%H:%M:%S"))
+            # nothing, so load the whole freshness window (which also leaves the markers the
+            # encoder's readiness needs).
+            feast_repo.materialize(repo, full=True)
         else:
             feast_repo.materialize(repo)
         timings["materialize"] = time.monotonic() - t

@@ -49,9 +49,14 @@ def copy_repo(dest: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def feature_env(redis_server, tmp_path_factory):
-    """A 35-day world of ~12k transactions ending at today's midnight UTC, applied and materialized."""
+    """A 35-day world of ~12k transactions ending at today's midnight UTC, applied and materialized
+    (through ``feast_repo.materialize``, which leaves the online store's markers the encoder's
+    readiness needs), with the web page's samples."""
+    import pandas as pd
+
     from vigil import feast_repo
     from vigil.pipeline import write_feature_tables
+    from vigil.scenarios import write_samples
     from vigil.world import WorldConfig, generate_world
 
     base = tmp_path_factory.mktemp("world")
@@ -62,6 +67,7 @@ def feature_env(redis_server, tmp_path_factory):
     raw = base / "raw" / "transactions.parquet"
     generate_world(WorldConfig(seed=TEST_SEED, n_transactions=12_000, n_days=35, end=end), raw)
     write_feature_tables(raw, feast_repo.offline_dir(repo))
+    write_samples(pd.read_parquet(raw), feast_repo.samples_path(repo))  # as `vigil features` does
     feast_repo.apply(repo)
     feast_repo.materialize(repo)
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)

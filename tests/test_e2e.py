@@ -18,7 +18,7 @@ import redis
 from vigil.batch import score_frame
 from vigil.redis_server import RedisServer
 from vigil.runner import LocalStack
-from vigil.scenarios import build_scenarios
+from vigil.scenarios import SAMPLE_KINDS, build_scenarios
 
 pytestmark = pytest.mark.e2e
 BUDGET_S = 0.4  # the gateway's default total budget per request
@@ -89,6 +89,26 @@ def test_an_amount_far_beyond_the_cards_history_is_never_not_fraud(gateway, scen
         assert body["reasons"][0]["code"] in body["safeguards"]["fired"]
     metrics = gateway.get("/metrics").text
     assert "vigil_gateway_safeguards_fired_total{" in metrics
+
+
+def test_the_web_pages_samples_get_real_decisions(gateway):
+    """``GET /ui/samples`` serves what ``vigil features`` wrote from this world (the runner sets
+    GATEWAY_SAMPLES_PATH); each is a valid request that gets a real decision; a brand-new card
+    has no history, which is what its answer says."""
+    samples = gateway.get("/ui/samples").json()["samples"]
+    assert [s["name"] for s in samples] == list(SAMPLE_KINDS)
+    for sample in samples:
+        body = gateway.post("/v1/transactions/score", json=sample["transaction"]).json()
+        assert body["cached"] is False and body["reasons"], (sample["name"], body)
+        codes = [r["code"] for r in body["reasons"]]
+        # Too little history is no failure of Vigil's: not degraded, the brand-new card included.
+        assert body["degraded"] is False, (sample["name"], body)
+        if sample["name"] == "regular purchase":
+            assert body["label"] == "not_fraud", body
+        elif sample["name"] == "account takeover":
+            assert body["label"] in {"suspicious", "highly_suspicious"}, body
+        elif sample["name"] == "brand-new card":
+            assert body["label"] == "uncertain" and codes == ["FEATURES_MISSING"], body
 
 
 def test_online_scores_equal_the_batch_scorer_for_the_same_features(gateway, scenarios, feature_env, trained_model):

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from vigil import feast_repo
+from vigil import feast_repo, materialization
 from vigil.redis_server import RedisServer, free_port
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE
 from vigil_contracts.request_features import NO_DEVICE_ID
@@ -43,6 +43,20 @@ def assert_unavailable(response: httpx.Response, elapsed: float) -> None:
     assert elapsed < FAST, f"503 took {elapsed:.3f}s"
 
 
+def mark_loaded(feature_env, port: int) -> None:
+    """Leave the markers a load of the online store leaves (the store itself stays empty): an
+    encoder is not ready on a Redis that was never loaded (test_encoder_markers)."""
+    source = materialization.redis_client(feature_env.redis.connection_string)
+    target = materialization.redis_client(f"127.0.0.1:{port}")
+    spec = feast_repo.load_serving_spec(feature_env.repo)
+    views = sorted({v for svc in spec.feature_services.values() for v in svc.views})
+    for view, marker in materialization.read_markers(source, spec.project, views).items():
+        assert marker is not None, f"the session's store has no marker for {view}"
+        materialization.write_marker(target, spec.project, view, marker)
+    source.close()
+    target.close()
+
+
 @pytest.fixture
 async def outage_client(feature_env):
     """An encoder pointed at a port where nothing listens (yet)."""
@@ -56,7 +70,7 @@ async def outage_client(feature_env):
             yield client, port
 
 
-async def test_unreachable_redis_is_fast_503_then_recovers(outage_client):
+async def test_unreachable_redis_is_fast_503_then_recovers(outage_client, feature_env):
     client, port = outage_client
     assert_unavailable(*await timed_encode(client))
     ready = await client.get("/readyz")
@@ -65,6 +79,7 @@ async def test_unreachable_redis_is_fast_503_then_recovers(outage_client):
     assert ready.json()["checks"]["spec"]["ready"] is True
 
     server = RedisServer(port=port).start()
+    mark_loaded(feature_env, port)
     try:
         response, _ = await timed_encode(client)
         assert response.status_code == 200, response.text
@@ -82,6 +97,7 @@ async def test_unreachable_redis_is_fast_503_then_recovers(outage_client):
         assert (await client.get("/readyz")).status_code == 503
 
         server.start()  # same port: pooled connections died with the old process
+        mark_loaded(feature_env, port)
         response, _ = await timed_encode(client)
         assert response.status_code == 200, response.text
         assert (await client.get("/readyz")).status_code == 200

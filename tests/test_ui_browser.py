@@ -10,6 +10,7 @@ A missing browser or driver is a test failure, never a skip.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import threading
@@ -71,11 +72,27 @@ class LiveGateway:
     predictor: PredictorStandIn
 
 
+#: What ``vigil features`` writes, with the ids the stand-ins' online store knows.
+SAMPLES = {"samples": [
+    {"name": "regular purchase", "expect_fraud": False, "transaction": {
+        "transaction_id": "sample-legit-0", "card_id": "card_good", "merchant_id": "m_good",
+        "amount": 61.3, "currency": "EUR", "timestamp": "2026-01-10T14:12:00Z", "channel": "ecom",
+        "device_id": "dev_known", "ip_address": "10.1.0.7", "country": "DE"}},
+    {"name": "brand-new card", "expect_fraud": False, "transaction": {
+        "transaction_id": "sample-newcard-0", "card_id": "new-card-000", "merchant_id": "m_good",
+        "amount": 61.3, "currency": "EUR", "timestamp": "2026-01-10T11:12:00Z", "channel": "ecom",
+        "ip_address": "10.9.0.7", "country": "DE"}},
+]}
+
+
 @pytest.fixture(scope="module")
-def live_gateway(redis_server) -> Iterator[LiveGateway]:
+def live_gateway(redis_server, tmp_path_factory) -> Iterator[LiveGateway]:
     """The real gateway app served by uvicorn on a free port, until the module's tests are done."""
     encoder, predictor = UiEncoderStandIn(), PredictorStandIn()
+    samples = tmp_path_factory.mktemp("samples") / "samples.json"
+    samples.write_text(json.dumps(SAMPLES))
     settings = GatewaySettings(
+        samples_path=samples,
         environment="test",
         redis_url=f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}",
         encoder_url="http://encoder.test",  # reached through the transport below
@@ -242,3 +259,32 @@ def test_an_invalid_amount_shows_the_problem_naming_the_field(
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
     if os.environ.get("VIGIL_UI_SCREENSHOT_DIR"):
         shutil.copy(shot, Path(os.environ["VIGIL_UI_SCREENSHOT_DIR"]) / shot.name)
+
+
+def test_a_sample_button_fills_the_form_and_gets_a_real_decision(
+    browser: WebDriver, live_gateway: LiveGateway
+) -> None:
+    wait = open_ui(browser, live_gateway)
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, '#samples[data-state="ready"]')))
+    buttons = browser.find_elements(By.CSS_SELECTOR, '[data-testid="samples"] > button')
+    assert [b.get_attribute("data-sample") for b in buttons] == [s["name"] for s in SAMPLES["samples"]]
+
+    buttons[0].click()  # the first click: filled in and scored at once
+    result = wait_for_result(wait, "decision")
+    sample = SAMPLES["samples"][0]["transaction"]
+    sent = browser.execute_script("return payload();")
+    assert sent["card_id"] == sample["card_id"] and sent["device_id"] == sample["device_id"]
+    assert sent["transaction_id"].startswith("sample-legit-0-")
+    assert sent["timestamp"][11:16] == "14:12"  # the same time of day, on a recent day
+    label = result.find_element(By.CSS_SELECTOR, '[data-testid="label"]').get_attribute("data-label")
+    assert label in LABELS and label != "uncertain"
+    assert result.find_elements(By.CSS_SELECTOR, '[data-testid="reasons"] > li')
+    assert field(result, "cached") == "false" and field(result, "degraded") == "false"
+
+    buttons[0].click()  # again: a fresh id, so a fresh decision rather than the stored one
+    wait.until(lambda d: d.execute_script("return payload().transaction_id;") != sent["transaction_id"])
+    again = browser.execute_script("return payload().transaction_id;")
+    assert again.startswith(sent["transaction_id"])
+    wait.until(lambda d: d.find_element(By.ID, "result").get_attribute("data-state") == "decision"
+               and f'"{again}"' in d.find_element(By.CSS_SELECTOR, "#result pre").get_attribute("textContent"))
+    assert field(browser.find_element(By.ID, "result"), "cached") == "false"

@@ -1,9 +1,10 @@
 """``vigil``: one command line for the offline steps, the local stack and the demo.
 
     vigil generate      seeded synthetic transactions -> data/raw/transactions.parquet
-    vigil features      raw transactions -> offline feature tables (parquet) in the Feast repo
+    vigil features      raw transactions -> offline feature tables (parquet) in the Feast repo,
+                        and sample transactions from that world (data/samples.json)
     vigil apply         feast apply + export of the serving spec
-    vigil materialize   feast materialize-incremental up to now
+    vigil materialize   feast materialize-incremental up to now (--full: the whole window)
     vigil train         Feast point-in-time features -> XGBoost -> models/<name>/<version>/
     vigil batch-score   score a parquet file of transactions with a model version
     vigil serve         the stack (redis, encoder, predictor, gateway) as local processes
@@ -15,10 +16,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+
+from vigil.warning_filters import quiet_third_party
 
 EXIT_USAGE = 2
 
@@ -60,13 +62,20 @@ def _raw_path(args: argparse.Namespace) -> Path:
 
 
 def cmd_features(args: argparse.Namespace) -> None:
+    import pandas as pd
+
     from vigil import feast_repo
     from vigil.pipeline import write_feature_tables
+    from vigil.scenarios import write_samples
 
     repo = feast_repo.repo_dir(args.repo)
-    paths = write_feature_tables(_raw_path(args), feast_repo.offline_dir(repo), progress=not args.quiet)
+    raw = _raw_path(args)
+    paths = write_feature_tables(raw, feast_repo.offline_dir(repo), progress=not args.quiet)
     for name, path in paths.items():
         _say(f"{name}: {path}")
+    samples = write_samples(pd.read_parquet(raw), feast_repo.samples_path(repo))
+    _say(f"{len(samples)} sample transactions ({', '.join(s.name for s in samples)}): "
+         f"{feast_repo.samples_path(repo)}")
 
 
 def cmd_apply(args: argparse.Namespace) -> None:
@@ -82,8 +91,16 @@ def cmd_materialize(args: argparse.Namespace) -> None:
     from vigil import feast_repo
 
     repo = feast_repo.repo_dir(args.repo)
-    end = feast_repo.materialize(repo, args.end, full=args.full)
-    _say(f"materialized features up to {end:%Y-%m-%dT%H:%M:%S}Z into the online store")
+    report = feast_repo.materialize(repo, args.end, full=args.full)
+    _say(f"materialized features up to {report.end:%Y-%m-%dT%H:%M:%S}Z into the "
+         f"{report.online_store} online store")
+    for load in report.views:
+        _say(f"  {load.view}: {load.rows:,} rows written "
+             f"(the latest of each entity from {load.start:%Y-%m-%d %H:%M} to {load.end:%Y-%m-%d %H:%M} UTC)")
+    if report.unloaded:
+        _say(f"the online store holds no complete load of {', '.join(report.unloaded)}: this "
+             "incremental run only loads what is new since Feast's last materialization (into any "
+             "store), and the services stay not ready. Load it with `vigil materialize --full`.")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -208,8 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # ibis (under Feast's DuckDB offline store) warns on every query about its own API.
-    warnings.filterwarnings("ignore", message=".*fetch_arrow_table", category=DeprecationWarning)
+    quiet_third_party()  # libraries' deprecation notices are not the user's to act on
     from vigil.errors import USER_ERRORS
 
     user_errors: tuple[type[Exception], ...] = (CliError, *USER_ERRORS)

@@ -27,6 +27,7 @@ def _step(msg: str) -> None:
 def run_demo(args: argparse.Namespace) -> None:
     from vigil.batch import score_file
     from vigil.pipeline import write_feature_tables
+    from vigil.scenarios import write_samples
     from vigil.training import TrainConfig, headline, train
     from vigil.world import WorldConfig, generate_world
     from vigil_contracts.artifact import read_metadata
@@ -60,6 +61,8 @@ def run_demo(args: argparse.Namespace) -> None:
 
         _step("computing the offline feature tables")
         write_feature_tables(raw, feast_repo.offline_dir(repo), progress=not args.quiet)
+        frame = pd.read_parquet(raw)
+        write_samples(frame, feast_repo.samples_path(repo))
 
         _step("feast apply")
         spec = feast_repo.apply(repo)
@@ -67,7 +70,9 @@ def run_demo(args: argparse.Namespace) -> None:
             print(f"feature service {svc.name}: {len(svc.features)} features", file=sys.stderr)
 
         _step("feast materialize (the 30-day freshness window, up to now) into the online store")
-        feast_repo.materialize(repo, full=True)
+        report = feast_repo.materialize(repo, full=True)
+        for load in report.views:
+            print(f"{load.view}: {load.rows:,} rows written", file=sys.stderr)
 
         _step("training from Feast point-in-time features")
         model_dir = train(raw, repo, models_dir, TrainConfig(seed=args.seed),
@@ -75,7 +80,6 @@ def run_demo(args: argparse.Namespace) -> None:
         meta = read_metadata(model_dir)
 
         _step("batch scoring the last day of transactions")
-        frame = pd.read_parquet(raw)
         sample = frame[frame["event_timestamp"] > frame["event_timestamp"].max() - pd.Timedelta(days=1)]
         sample_path = data_dir / "samples" / "last_day.parquet"
         sample_path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,10 +14,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vigil import materialization
+from vigil.materialization import ViewLoad
 from vigil_contracts.serving_spec import (
     FeatureRef,
     FeatureServiceSpec,
@@ -56,6 +59,12 @@ def spec_path(repo: Path) -> Path:
     return data_dir(repo) / SPEC_FILE
 
 
+def samples_path(repo: Path) -> Path:
+    """Sample transactions from the world the features came from (``vigil features`` writes
+    them; the gateway's web page offers them)."""
+    return data_dir(repo) / "samples.json"
+
+
 def config_path(repo: Path) -> Path:
     """The feature_store.yaml to use: the repo's own, or one derived from the environment."""
     conn = os.environ.get("VIGIL_REDIS_CONNECTION_STRING")
@@ -81,6 +90,9 @@ def config_path(repo: Path) -> Path:
 def open_store(repo: Path) -> FeatureStore:
     from feast import FeatureStore
 
+    from vigil.warning_filters import reassert
+
+    reassert()  # importing feast put its own "once" filters in front of the CLI's
     return FeatureStore(repo_path=str(repo), fs_yaml_file=config_path(repo))
 
 
@@ -109,24 +121,72 @@ def apply(repo: Path) -> ServingSpec:
     return spec
 
 
-def materialize(repo: Path, end: datetime | None = None, full: bool = False) -> datetime:
+@dataclass(frozen=True)
+class MaterializeReport:
+    """What one materialization loaded (see ``vigil.materialization``)."""
+
+    end: datetime
+    views: list[ViewLoad]
+    online_store: str
+    """Feast's online store type: ``redis`` (markers written) or ``sqlite``."""
+
+    @property
+    def unloaded(self) -> list[str]:
+        """Views the online Redis holds no marker for after this run: never fully loaded."""
+        return [v.view for v in self.views if not v.marked] if self.online_store == "redis" else []
+
+
+def materialize(repo: Path, end: datetime | None = None, full: bool = False) -> MaterializeReport:
     """``feast materialize-incremental`` up to ``end`` (default: now, never in the future).
 
     ``full`` loads the whole freshness window (``feast materialize START END``) instead: what an
     empty online store needs, since the incremental watermark lives in the registry and would
     skip everything materialized before into another store.
+
+    Every path that loads the online store goes through here, so that the rows are counted and
+    the online store's markers written (``vigil.materialization``).
     """
     now = datetime.now(UTC)
     end = min(end or now, now)
     stamp = "%Y-%m-%dT%H:%M:%S"
+    spec = load_serving_spec(repo)
+    views = {name: view for svc in spec.feature_services.values()
+             for name, view in svc.views.items()}
     if full:
-        ttls = [v.ttl_seconds or 0 for s in load_serving_spec(repo).feature_services.values()
-                for v in s.views.values()]
+        ttls = [v.ttl_seconds or 0 for v in views.values()]
         start = end - timedelta(seconds=max(ttls, default=0) or 365 * 86400)
-        feast_cli(repo, "materialize", start.strftime(stamp), end.strftime(stamp))
+        out = feast_cli(repo, "materialize", start.strftime(stamp), end.strftime(stamp))
     else:
-        feast_cli(repo, "materialize-incremental", end.strftime(stamp))
-    return end
+        out = feast_cli(repo, "materialize-incremental", end.strftime(stamp))
+    from redis.exceptions import RedisError  # feast[redis] depends on redis-py
+
+    windows = materialization.feast_windows(out)
+    if full:  # the range we asked for, should Feast's output ever stop naming it
+        for name in views:
+            windows.setdefault(name, (start, end))
+    online = online_store_config(repo)
+    client = (materialization.redis_client(online.get("connection_string", "localhost:6379"))
+              if online.get("type", "redis") == "redis" else None)
+    try:
+        loads = materialization.record(client, spec.project, views, windows, offline_dir(repo),
+                                       full, written_at=datetime.now(UTC))
+    except (OSError, ValueError) as exc:
+        raise RepoError(f"feast materialized, but its rows could not be counted or marked: {exc}") from exc
+    except RedisError as exc:
+        raise RepoError(f"feast materialized, but the online store's markers were not written: {exc}") from exc
+    finally:
+        if client is not None:
+            client.close()
+    return MaterializeReport(end=end, views=loads, online_store=str(online.get("type", "redis")))
+
+
+def online_store_config(repo: Path) -> dict:
+    """The ``online_store`` section of the config Vigil's commands use."""
+    import yaml  # feast depends on PyYAML
+
+    config = yaml.safe_load(config_path(repo).read_text()) or {}
+    online = config.get("online_store") or {}
+    return online if isinstance(online, dict) else {"type": str(online)}
 
 
 def load_serving_spec(repo: Path) -> ServingSpec:

@@ -44,8 +44,13 @@ class ServiceSpec:
                 "--port", str(port), "--no-access-log", "--http", HTTP_PROTOCOL]
 
 
-def service_specs(redis_url: str, urls: dict[str, str], models_dir: str, spec_path: str) -> list[ServiceSpec]:
-    """The stack, in start order. Compose's environment for each service must have these keys."""
+def service_specs(redis_url: str, urls: dict[str, str], models_dir: str, spec_path: str,
+                  samples_path: str | None = None) -> list[ServiceSpec]:
+    """The stack, in start order. Compose's environment for each service must have these keys.
+
+    ``samples_path`` (the web page's sample transactions) defaults to ``samples.json`` beside
+    the serving spec, where ``vigil features`` writes it."""
+    samples_path = samples_path or str(Path(spec_path).parent / "samples.json")
     return [
         ServiceSpec("encoder", "vigil_encoder.app:create_app", 8001, {
             "ENCODER_REDIS_URL": redis_url,
@@ -59,6 +64,7 @@ def service_specs(redis_url: str, urls: dict[str, str], models_dir: str, spec_pa
             "GATEWAY_PREDICTOR_URL": urls["predictor"],
             "GATEWAY_REDIS_URL": redis_url,
             "GATEWAY_MODEL_NAME": "fraud_detector",
+            "GATEWAY_SAMPLES_PATH": samples_path,
         }),
     ]
 
@@ -102,7 +108,8 @@ class LocalStack:
         planned.update(self.ports)
         urls = {name: f"http://127.0.0.1:{port}" for name, port in planned.items()}
         specs = service_specs(self.redis_url, urls, str(self.models_dir),
-                              str(self.repo / "data" / "serving_spec.json"))
+                              str(self.repo / "data" / "serving_spec.json"),
+                              str(self.repo / "data" / "samples.json"))
         try:
             for spec in specs:
                 self._start_one(spec, planned[spec.name])

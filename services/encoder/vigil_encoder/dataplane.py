@@ -29,7 +29,13 @@ from typing import Any
 from prometheus_client import Counter
 
 from vigil_contracts.encoding import EncodeRequest, binary_header, encode_binary_flat
-from vigil_encoder.errors import EncoderNotReady, FeatureServiceNotFound, SpecError, TooManyRows
+from vigil_encoder.errors import (
+    EncoderNotReady,
+    FeatureServiceNotFound,
+    FeatureStoreUnavailable,
+    SpecError,
+    TooManyRows,
+)
 from vigil_encoder.feast_values import decode_timestamp, decode_values
 from vigil_encoder.metrics import EncoderMetrics
 from vigil_encoder.plan import (
@@ -41,6 +47,7 @@ from vigil_encoder.plan import (
 )
 from vigil_encoder.store import OnlineStore
 from vigil_encoder.validation import check_columns, check_request_columns
+from vigil_encoder.view_markers import ViewMarkers
 
 logger = logging.getLogger(__name__)
 
@@ -295,6 +302,7 @@ class Encoder:
         self.max_rows = max_rows
         self.plans: dict[str, ServicePlan] | None = None
         self.spec_error: str | None = "not loaded yet"
+        self.markers = ViewMarkers(store, metrics)
         self._layouts: dict[str, _Layout] = {}
         self._counters: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
 
@@ -341,14 +349,22 @@ class Encoder:
 
     # health
     async def readiness(self) -> dict[str, Any]:
-        """Each dependency's state; raise EncoderNotReady naming the ones that are not ready."""
+        """Each dependency's state; raise EncoderNotReady naming the ones that are not ready.
+
+        ``features``: the online store holds every view the spec serves (``view_markers``),
+        checked once the spec is loaded and Redis answers."""
         if self.plans is None:
             self.load_spec()  # a spec written after startup (e.g. `vigil apply`) is picked up
         redis_error = await self.store.ping()
-        checks = {
+        checks: dict[str, dict[str, Any]] = {
             "spec": {"ready": self.plans is not None, "detail": self.spec_error or "loaded"},
             "redis": {"ready": redis_error is None, "detail": redis_error or "PONG"},
         }
+        if self.plans is not None and redis_error is None:
+            try:
+                checks["features"] = await self.markers.check(self.plans.values())
+            except FeatureStoreUnavailable as exc:
+                checks["features"] = {"ready": False, "detail": exc.detail}
         failing = [name for name, check in checks.items() if not check["ready"]]
         if failing:
             raise EncoderNotReady(
@@ -356,6 +372,11 @@ class Encoder:
                 extensions={"checks": checks},
             )
         return {"ready": True, "checks": checks}
+
+    async def refresh_view_ages(self) -> None:
+        """Update the feature views' age gauge (before a metrics scrape)."""
+        if self.plans is not None:
+            await self.markers.refresh(self.plans.values())
 
     # encoding
     async def encode(self, request: EncodeRequest) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """The encoder's Prometheus metrics: the shared request metrics (``ServiceMetrics``, in a registry
-owned by one app) plus rows encoded, view reads and Redis round trips."""
+owned by one app) plus rows encoded, view reads, Redis round trips and each view's age."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from vigil_servicekit.metrics import ServiceMetrics
 
@@ -41,4 +41,11 @@ class EncoderMetrics(ServiceMetrics):
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-
+        self.view_age = Gauge(
+            "vigil_encoder_feature_view_age_seconds",
+            "Seconds since the end of the last load of each served feature view into the online "
+            "store (its materialization marker's end); updated on /readyz and /metrics, absent "
+            "for a view that was never loaded.",
+            ["feature_view"],
+            registry=self.registry,
+        )

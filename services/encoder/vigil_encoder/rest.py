@@ -53,7 +53,8 @@ async def readyz(encoder: EncoderDep) -> dict[str, Any]:
 
 
 @service_router.get("/metrics")
-async def prometheus_metrics(metrics: MetricsDep) -> Response:
+async def prometheus_metrics(metrics: MetricsDep, encoder: EncoderDep) -> Response:
+    await encoder.refresh_view_ages()
     return Response(metrics.render(), media_type=metrics.content_type)
 
 

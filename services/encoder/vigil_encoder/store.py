@@ -190,6 +190,22 @@ class OnlineStore:
         finally:
             self.metrics.redis_latency.observe(time.perf_counter() - started)
 
+    async def hgetall_many(self, keys: Sequence[str]) -> list[dict[bytes, bytes]]:
+        """``HGETALL`` of each key, in one pipelined round trip within the deadline (for the
+        readiness probe and the metrics scrape; the request path never calls it)."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                pipe = self._require_client().pipeline(transaction=False)
+                for key in keys:
+                    pipe.hgetall(key)
+                return await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            kind = _error_kind(exc)
+            self.metrics.redis_errors.labels(kind).inc()
+            raise FeatureStoreUnavailable(
+                f"the online store did not answer ({kind}: {type(exc).__name__})"
+            ) from exc
+
     async def ping(self) -> str | None:
         """None when Redis answers PING within the deadline, else why not."""
         try:

@@ -37,6 +37,7 @@ from vigil_gateway.predictor_client import PredictorClient
 from vigil_gateway.record import Record
 from vigil_gateway.rest import fast_routes, service_router, transactions_router, ui_router
 from vigil_gateway.safeguards import Safeguards, load_rules
+from vigil_gateway.samples import samples_router
 from vigil_gateway.settings import GatewaySettings
 from vigil_servicekit.fast_lane import install_fast_lane
 from vigil_servicekit.gc_tuning import frozen_startup_heap
@@ -147,4 +148,5 @@ def create_app(
     app.include_router(transactions_router)
     app.include_router(service_router)
     app.include_router(ui_router)
+    app.include_router(samples_router)
     return app

@@ -7,6 +7,7 @@ refresh) are refused at start-up rather than discovered under load.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -104,6 +105,11 @@ class GatewaySettings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Level of the gateway's JSON log lines."""
+
+    samples_path: Path | None = None
+    """Sample transactions for the web page (``GET /ui/samples``): the ``samples.json`` that
+    ``vigil features`` writes beside the serving spec, taken from the world the model learnt.
+    Unset or unreadable, the page offers none."""
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> GatewaySettings:
