@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--transactions", type=int, default=200_000,
                    help="about how many transactions (default %(default)s; up to 10M)")
-    p.add_argument("--days", type=int, default=56, help="days of history (default %(default)s)")
+    p.add_argument("--days", type=int, default=120, help="days of history (default %(default)s)")
     p.add_argument("--end", type=_parse_time, default=None,
                    help="exclusive end of the data (default: today 00:00 UTC)")
 
@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", cmd_demo, "run the whole job end to end with a private redis-server")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--transactions", type=int, default=200_000)
-    p.add_argument("--days", type=int, default=56)
+    p.add_argument("--days", type=int, default=120)
     return parser
 
 

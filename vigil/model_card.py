@@ -1,4 +1,9 @@
-"""MODEL_CARD.md: what a model is for, what it was trained on and how well it does, by slice."""
+"""MODEL_CARD.md: what a model is for, what it was trained on and how well it does, by slice.
+
+Every figure comes from the metadata the training wrote, which was computed on labels known at
+the label cutoff only; the card says so, and says where a figure cannot be had (a slice without
+known fraud, a fraud type missing from a period).
+"""
 
 from __future__ import annotations
 
@@ -13,14 +18,28 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.0%}"
+
+
+def _money(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:,.0f}"
+
+
 def render_model_card(meta: dict[str, Any]) -> str:
     m = meta["metrics"]
     t, v, b = m["test"], m["validation"], m["baseline_rules_test"]
     tr = meta["training"]
     th = meta["thresholds"]
-    lines = [
-        f"# Model card: {meta['name']} version {meta['version']}",
-        "",
+    ev = meta["evaluation"]
+    wait = ev["label_wait"]
+    cm = meta["cost_matrix"]
+    lines = [f"# Model card: {meta['name']} version {meta['version']}", ""]
+    if ev["warnings"]:
+        lines += ["> **WARNING: fraud types missing from a period.**"]
+        lines += [f"> - {w}" for w in ev["warnings"]]
+        lines += [""]
+    lines += [
         "## Intended use",
         "Real-time scoring of card payments for fraud inside the authorisation path of a payment",
         "system, through Vigil's business API. The score is the probability that the transaction",
@@ -37,9 +56,6 @@ def render_model_card(meta: dict[str, Any]) -> str:
         "## Data",
         f"- Source: `{tr['source']}` (synthetic, seeded), window {tr['data_window']['start']} to "
         f"{tr['data_window']['end']}.",
-        f"- Training labels as known at {tr['data_window']['label_cutoff']}: a fraud counts once "
-        "its chargeback has arrived, so recent fraud is under-labelled and the last days are left "
-        "out. Validation and test are judged on matured labels (every chargeback in).",
         f"- Time-based split: train {tr['splits']['train'][0]} to {tr['splits']['train'][1]} "
         f"({tr['rows']['train']:,} rows), validation to {tr['splits']['valid'][1]} "
         f"({tr['rows']['valid']:,}), test to {tr['splits']['test'][1]} ({tr['rows']['test']:,}).",
@@ -49,12 +65,51 @@ def render_model_card(meta: dict[str, Any]) -> str:
         f"- Seed {tr['seed']}; XGBoost {meta['framework']['xgboost']}, "
         f"{tr['best_iteration']} trees.",
         "",
-        "## Thresholds (chosen on the validation period)",
-        f"- `highly_suspicious` at score >= {th['highly_suspicious']:.4f}: the lowest score reaching "
-        f"precision {meta['business_targets']['highly_suspicious_precision']:.0%}.",
-        f"- `suspicious` at score >= {th['suspicious']:.4f}: recall target "
-        f"{meta['business_targets']['suspicious_recall']:.0%} within a review budget of "
-        f"{meta['business_targets']['max_review_rate']:.0%} of transactions.",
+        "## Labels: only what was known at the cutoff",
+        f"- Rule, for every split, early stopping, the thresholds and every figure on this card: "
+        f"`{ev['label_rule']}`, cutoff {ev['label_cutoff']}. The simulator's truth is never used; "
+        "a known fraud's type is the one its investigation recorded.",
+        f"- Label wait {wait['days']:g} days: the split ends that long before the cutoff. Chosen as "
+        f"{wait['method']}. Chargebacks may arrive up to {wait['chargeback_window_days']:g} days "
+        f"after a payment (the dispute window), so the cohort of {wait['cohort']} has all of its "
+        f"chargebacks in: {wait['cohort_chargebacks']} of them"
+        + (f", delay median {wait['cohort_delay_days']['median']} days, p95 "
+           f"{wait['cohort_delay_days']['p95']}, max {wait['cohort_delay_days']['max']}"
+           if "cohort_delay_days" in wait else "")
+        + f". {_pct(wait['cohort_share_within_wait'])} of them arrived within the wait.",
+        "- What share of *all* frauds is known cannot be known at training time: recent frauds "
+        "whose chargeback is still to come count as good customers here, mostly in the last "
+        "days of the test period. They make precision look lower and false declines higher "
+        "than they are; recall and the fraud amount stopped are measured on known frauds only.",
+        "- Known frauds by type and period (a 0 means the card cannot speak for that type there):",
+        "",
+        "| period | " + " | ".join(ev["known_frauds_by_type"]["train"]) + " |",
+        "|---|" + "---|" * len(ev["known_frauds_by_type"]["train"]),
+    ]
+    for period, counts in ev["known_frauds_by_type"].items():
+        lines.append(f"| {period} | " + " | ".join(str(c) for c in counts.values()) + " |")
+    lines += [
+        "",
+        "## Cost matrix and thresholds (chosen on the validation period)",
+        f"- Approving a fraud costs its amount. Declining a good customer costs "
+        f"{cm['false_decline_margin']:.0%} of the amount (the lost margin and future spend) + "
+        f"{cm['false_decline_friction']:g} (friction: the call, the embarrassment). A review costs "
+        f"{cm['review_cost']:g} (an analyst's minutes or a step-up's drop-off) and stops a fraud. "
+        f"At most {cm['max_review_rate']:.0%} of transactions may go to review (analyst capacity).",
+        f"- Global thresholds (served as `thresholds`): `suspicious` at score >= "
+        f"{th['suspicious']:.4f}, `highly_suspicious` at score >= {th['highly_suspicious']:.4f}: "
+        "the pair with the least total cost on the validation period.",
+    ]
+    for col, segs in meta["segment_evidence"].items():
+        own = meta["segment_thresholds"][col]
+        lines.append(f"- Per `{col}` (served as `segment_thresholds.{col}`, where the validation "
+                     "period holds enough known frauds; otherwise the global pair):")
+        for key, e in segs.items():
+            pair = (f"suspicious >= {own[key]['suspicious']:.4f}, highly_suspicious >= "
+                    f"{own[key]['highly_suspicious']:.4f}" if key in own else e["thresholds"])
+            lines.append(f"  - `{key}`: {pair} ({e['known_frauds']} known frauds in "
+                         f"{e['validation_rows']:,} validation rows)")
+    lines += [
         "",
         "## Metrics (test period)",
         "| | ROC AUC | PR AUC | precision @suspicious | recall @suspicious | precision @highly | recall @highly |",
@@ -70,26 +125,71 @@ def render_model_card(meta: dict[str, Any]) -> str:
         "",
         f"Test period: {t['n']:,} transactions, {t['fraud']:,} known frauds.",
         "",
-        "## Metrics by slice (test period)",
-        "| slice | n | fraud | ROC AUC | PR AUC | precision @suspicious | recall @suspicious |",
-        "|---|---|---|---|---|---|---|",
+        "## Money and expected cost (test period)",
+        "The rules baseline's actions are its own least-cost thresholds on the validation period.",
+        "",
+        "| policy | cost | per 1,000 tx | missed fraud | false declines | reviews | fraud amount stopped "
+        "| good customers declined | their amount | good share of declines |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, val in m["value_test"].items():
+        c = val["cost"]
+        lines.append(
+            f"| {name.replace('_', ' ')} | {_money(c['total'])} | {_money(c['per_1000_transactions'])} | "
+            f"{_money(c['missed_fraud'])} | {_money(c['false_declines'])} | {_money(c['reviews'])} | "
+            f"{_pct(val['fraud_amount_stopped_share'])} of {_money(val['fraud_amount'])} | "
+            f"{val['good_declined']} | {_money(val['good_declined_amount'])} | "
+            f"{_pct(val['good_share_of_declines'])} |")
+    lines += [
+        "",
+        "## Metrics by slice (test period, global thresholds)",
+        "A fraud-type slice is that type's known frauds against every known-good row.",
+        "",
+        "| slice | n | known fraud | ROC AUC | PR AUC | precision @suspicious | recall @suspicious "
+        "| fraud amount stopped | good customers declined (amount) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in m["slices_test"].items():
+        val = s["value"]
+        good = (f"{val['good_declined']} ({_money(val['good_declined_amount'])})"
+                if "good_declined" in val else "")
+        if s["no_known_fraud"]:
+            lines.append(f"| {name} | {s['n']:,} | **0: no known fraud, nothing to measure** | "
+                         f"n/a | n/a | n/a | n/a | n/a | {good} |")
+            continue
         lines.append(
             f"| {name} | {s['n']:,} | {s['fraud']:,} | {_fmt(s['roc_auc'])} | {_fmt(s['pr_auc'])} | "
-            f"{_fmt(s['suspicious_or_above_precision'])} | {_fmt(s['suspicious_or_above_recall'])} |"
-        )
+            f"{_fmt(s['suspicious_or_above_precision'])} | {_fmt(s['suspicious_or_above_recall'])} | "
+            f"{_pct(val['fraud_amount_stopped_share'])} of {_money(val['fraud_amount'])} | {good} |")
+    mono = ev["monotone_constraints"]
+    if mono["features"]:
+        lines += [
+            "",
+            "## Monotone constraints",
+            f"The business says a larger amount against the card's habit is riskier: "
+            f"{', '.join(f'`{f}`' for f in mono['features'])} constrained non-decreasing. "
+            f"Rule: {mono['rule']}. They were **{'kept' if mono['kept'] else 'dropped'}**.",
+            "",
+            "| model | trees | validation PR AUC | validation cost | test PR AUC | test cost |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, r in mono["comparison"].items():
+            lines.append(f"| {name} | {r['trees']} | {_fmt(r['validation']['pr_auc'])} | "
+                         f"{_money(r['validation']['cost'])} | {_fmt(r['test']['pr_auc'])} | "
+                         f"{_money(r['test']['cost'])} |")
     lines += [
         "",
         "## Limitations",
         "- Trained on synthetic data with four fraud mechanisms (docs/fraud_mechanisms.md); real",
         "  fraud adapts, so monitor drift against `reference_stats` in metadata.json and retrain.",
+        "- The synthetic world is easy (see the AUCs): these figures say the pipeline measures",
+        "  honestly, not that a real model would do this well.",
         "- Stored features are as fresh as the last `feast materialize`; request-time features",
         "  (amount ratios, hour, device age) are computed at request time.",
         "- A brand-new card or device has no history: those features are missing and the model",
         "  leans on request-time and merchant features.",
-        "- Labels are delayed (chargebacks take days to weeks): the freshest fraud patterns are",
-        "  under-represented in training.",
+        f"- Labels are delayed: the last {wait['days']:g} days before the cutoff are not used, so the",
+        "  freshest fraud patterns are missing from training.",
         "",
     ]
     return "\n".join(lines)

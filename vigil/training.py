@@ -1,9 +1,11 @@
 """Training: labelled transactions -> Feast point-in-time features -> XGBoost -> model artifact.
 
-Labels are taken as they were known at the end of the data (a fraud is known only once its
-chargeback has arrived), the split is by time, thresholds are chosen on the validation period
-from stated business targets, and every metric is measured on the later test period against a
-rules baseline. The same seed and data give the same booster, byte for byte.
+Every split, early stopping, the thresholds and every figure use one label: what was known at the
+label cutoff (a fraud is known once its chargeback has arrived; vigil.evaluation). The last days
+are left out by a label wait chosen from the chargeback delays. The split is by time; thresholds
+minimise a documented cost matrix on the validation period (globally, and per channel where the
+evidence supports it); the test period is judged against a rules baseline, in counts and money,
+per fraud type and channel. The same seed and data give the same booster, byte for byte.
 """
 
 from __future__ import annotations
@@ -18,29 +20,37 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import xgboost as xgb
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 from vigil import feast_repo
 from vigil.artifacts import write_artifact
+from vigil.costs import CostMatrix, choose_cost_thresholds, cost_breakdown, decide
 from vigil.dataset import entity_frame, historical_matrix, to_float32
+from vigil.evaluation import (
+    LABEL_RULE,
+    aucs,
+    coverage,
+    known_labels,
+    label_wait,
+    rates,
+    slices,
+    value_figures,
+)
 from vigil.model_card import render_model_card
+from vigil.world import MECHANISMS
 from vigil_contracts.artifact import list_versions
+from vigil_contracts.serving_spec import FeatureServiceSpec
 from vigil_contracts.thresholds import label_for_score
 
+AMOUNT_IN_EUR = "request_features__txn_amount"
 DEFAULT_MODEL_NAME = "fraud_detector"
 DEFAULT_FEATURE_SERVICE = "fraud_model_v1"
 
 
-@dataclass(frozen=True)
-class BusinessTargets:
-    """What the business asked of the labels, applied on the validation period."""
-
-    highly_suspicious_precision: float = 0.80
-    """`highly_suspicious` (decline) threshold: the lowest score reaching this precision."""
-    suspicious_recall: float = 0.80
-    """`suspicious` (review) threshold: the highest score still catching this share of fraud..."""
-    max_review_rate: float = 0.05
-    """...unless that would send more than this share of all transactions to review."""
+MONOTONE_INCREASING = (
+    "request_features__amount_to_card_avg_30d",
+    "request_features__amount_zscore_card_30d",
+)
+"""Features the business calls "more is riskier": a larger amount against the card's own habit."""
 
 
 @dataclass(frozen=True)
@@ -52,8 +62,12 @@ class TrainConfig:
     feature_service: str = DEFAULT_FEATURE_SERVICE
     warmup_days: float = 7.0
     """Skip the first days: 30-day features are immature there."""
-    label_maturity_days: float = 14.0
-    """Skip the last days: most of their chargebacks have not arrived yet."""
+    label_maturity_days: float | None = None
+    """The label wait: skip the last days, whose chargebacks are mostly still to come. None ->
+    chosen from the chargeback delays known at the cutoff (vigil.evaluation.label_wait)."""
+    chargeback_window_days: float = 60.0
+    """The card scheme's dispute window: no chargeback arrives later than this after a payment."""
+    label_wait_quantile: float = 0.95
     split: tuple[float, float, float] = (0.6, 0.2, 0.2)
     num_boost_round: int = 400
     early_stopping_rounds: int = 40
@@ -69,7 +83,16 @@ class TrainConfig:
         "min_child_weight": 2,
         "lambda": 1.0,
     })
-    targets: BusinessTargets = BusinessTargets()
+    costs: CostMatrix = field(default_factory=CostMatrix)
+    segment_column: str = "channel"
+    """Thresholds per value of this column where the validation evidence supports it."""
+    min_segment_frauds: int = 30
+    """A segment gets its own thresholds only with at least this many known validation frauds."""
+    monotone_increasing: tuple[str, ...] = MONOTONE_INCREASING
+    monotone_tolerance: float = 0.01
+    """Keep the constraints unless they cost more than this in validation PR AUC."""
+    on_missing_mechanism: str = "warn"
+    """A fraud type with no known fraud in a split: "warn" (card, metadata, CLI) or "fail"."""
     serving_policy: dict[str, Any] = field(default_factory=lambda: {
         "max_missing_stored_fraction": 0.6,
         "stale_is_uncertain": True,
@@ -94,72 +117,11 @@ def rules_baseline(matrix: pd.DataFrame) -> np.ndarray:
     return np.mean(np.column_stack([r.to_numpy() for r in rules]), axis=1)
 
 
-def _rates(y: np.ndarray, flagged: np.ndarray) -> dict[str, float]:
-    tp = float(np.sum(flagged & (y == 1)))
-    n_flag = float(np.sum(flagged))
-    n_pos = float(np.sum(y == 1))
-    return {
-        "precision": tp / n_flag if n_flag else 0.0,
-        "recall": tp / n_pos if n_pos else 0.0,
-        "alert_rate": n_flag / len(y) if len(y) else 0.0,
-    }
-
-
-def _aucs(y: np.ndarray, score: np.ndarray) -> dict[str, float | None]:
-    if len(np.unique(y)) < 2:
-        return {"roc_auc": None, "pr_auc": None}
-    return {
-        "roc_auc": float(roc_auc_score(y, score)),
-        "pr_auc": float(average_precision_score(y, score)),
-    }
-
-
-def choose_thresholds(y: np.ndarray, score: np.ndarray, targets: BusinessTargets) -> dict[str, float]:
-    """Pick both thresholds on validation scores from the business targets."""
-    order = np.argsort(-score, kind="stable")
-    s, t = score[order], y[order]
-    tp = np.cumsum(t == 1)
-    k = np.arange(1, len(s) + 1)
-    precision = tp / k
-    recall = tp / max(1, int(np.sum(y == 1)))
-    # Only cut between distinct scores, so a threshold flags exactly the first k rows.
-    last_of_tie = np.r_[s[1:] != s[:-1], True]
-    ok_high = last_of_tie & (precision >= targets.highly_suspicious_precision)
-    high = float(s[np.nonzero(ok_high)[0].max()]) if ok_high.any() else 1.0
-    ok_rec = last_of_tie & (recall >= targets.suspicious_recall) & (k / len(s) <= targets.max_review_rate)
-    if ok_rec.any():
-        sus = float(s[np.nonzero(ok_rec)[0].min()])
-    else:  # recall target out of reach within the review budget: spend the budget
-        within = last_of_tie & (k / len(s) <= targets.max_review_rate)
-        sus = float(s[np.nonzero(within)[0].max()]) if within.any() else high
-    sus = min(sus, high)
-    return {"suspicious": round(sus, 6), "highly_suspicious": round(high, 6)}
-
-
 def _label_metrics(y: np.ndarray, score: np.ndarray, thresholds: dict[str, float]) -> dict[str, Any]:
     return {
-        "suspicious_or_above": _rates(y, score >= thresholds["suspicious"]),
-        "highly_suspicious": _rates(y, score >= thresholds["highly_suspicious"]),
+        "suspicious_or_above": rates(y, score >= thresholds["suspicious"]),
+        "highly_suspicious": rates(y, score >= thresholds["highly_suspicious"]),
     }
-
-
-AMOUNT_BANDS = [(0, 10, "<10"), (10, 100, "10-100"), (100, 1000, "100-1000"), (1000, np.inf, ">=1000")]
-
-
-def slice_metrics(frame: pd.DataFrame, thresholds: dict[str, float]) -> dict[str, dict[str, Any]]:
-    """Metrics per channel and per amount band on the test period."""
-    out: dict[str, dict[str, Any]] = {}
-    bands = pd.cut(frame["amount"], [b[0] for b in AMOUNT_BANDS] + [np.inf], right=False,
-                   labels=[b[2] for b in AMOUNT_BANDS])
-    for kind, keys in (("channel", frame["channel"]), ("amount", bands)):
-        for key in sorted(keys.dropna().unique(), key=str):
-            part = frame[keys == key]
-            y, s = part["label"].to_numpy(), part["score"].to_numpy()
-            out[f"{kind}={key}"] = {
-                "n": len(part), "fraud": int(y.sum()), **_aucs(y, s),
-                **{f"{k}_{m}": v for k, r in _label_metrics(y, s, thresholds).items() for m, v in r.items()},
-            }
-    return out
 
 
 def reference_stats(matrix: pd.DataFrame) -> dict[str, dict[str, float | None]]:
@@ -183,6 +145,50 @@ def _next_version(models_dir: Path, name: str) -> str:
     return str(max(numeric, default=0) + 1)
 
 
+def _booster(config: TrainConfig, spec: FeatureServiceSpec, dtrain: xgb.DMatrix,
+             dvalid: xgb.DMatrix, monotone: tuple[str, ...]) -> tuple[xgb.Booster, dict[str, Any]]:
+    params = dict(config.params, seed=config.seed, nthread=config.nthread)
+    if monotone:
+        params["monotone_constraints"] = "(" + ",".join(
+            "1" if name in monotone else "0" for name in spec.feature_names) + ")"
+    booster = xgb.train(
+        params, dtrain, num_boost_round=config.num_boost_round, evals=[(dvalid, "valid")],
+        early_stopping_rounds=config.early_stopping_rounds, verbose_eval=False,
+    )
+    # Keep exactly the best iteration so the saved booster is what was validated.
+    return booster[: booster.best_iteration + 1], params
+
+
+def _segment_thresholds(
+    valid: pd.DataFrame, config: TrainConfig
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, Any]]]:
+    """Thresholds per segment where its validation data holds enough known frauds."""
+    own: dict[str, dict[str, float]] = {}
+    evidence: dict[str, dict[str, Any]] = {}
+    for key, part in sorted(valid.groupby(config.segment_column, observed=True), key=lambda kv: str(kv[0])):
+        y = part["label"].to_numpy()
+        entry: dict[str, Any] = {"validation_rows": len(part), "known_frauds": int(y.sum())}
+        if y.sum() >= config.min_segment_frauds:
+            th, _ = choose_cost_thresholds(y, part["amount"].to_numpy(dtype=np.float64),
+                                           part["score"].to_numpy(), config.costs)
+            own[str(key)] = th
+            entry["thresholds"] = "own"
+        else:
+            entry["thresholds"] = (f"global (fewer than {config.min_segment_frauds} known "
+                                   "frauds in validation)")
+        evidence[str(key)] = entry
+    return own, evidence
+
+
+def _segmented_actions(frame: pd.DataFrame, column: str, own: dict[str, dict[str, float]],
+                       global_th: dict[str, float]) -> np.ndarray:
+    action = decide(frame["score"].to_numpy(), global_th)
+    for key, th in own.items():
+        sel = (frame[column].astype(str) == key).to_numpy()
+        action[sel] = decide(frame["score"].to_numpy()[sel], th)
+    return action
+
+
 def train(
     raw_path: Path,
     repo: Path,
@@ -194,23 +200,47 @@ def train(
     spec = feast_repo.load_serving_spec(repo).feature_services.get(config.feature_service)
     if spec is None:
         raise TrainingError(f"feature service {config.feature_service!r} is not in the registry")
+    if config.on_missing_mechanism not in ("warn", "fail"):
+        raise TrainingError(f"on_missing_mechanism must be 'warn' or 'fail', got {config.on_missing_mechanism!r}")
     raw = pd.read_parquet(raw_path)
     if raw.empty:
         raise TrainingError(f"{raw_path} holds no transactions")
     start, end = raw["event_timestamp"].min(), raw["event_timestamp"].max()
     label_cutoff = end
+    wait = label_wait(raw, label_cutoff, config.chargeback_window_days,
+                      config.label_wait_quantile, config.label_maturity_days)
+    progress(f"label wait {wait['days']:g} days: {wait['method']}")
     lo = start + pd.Timedelta(days=config.warmup_days)
-    hi = end - pd.Timedelta(days=config.label_maturity_days)
+    hi = end - pd.Timedelta(days=wait["days"])
     if hi <= lo:
-        raise TrainingError("the data window is too short for the warm-up and label maturity")
+        raise TrainingError(
+            f"the data window ({(end - start).days} days) is too short for the warm-up "
+            f"({config.warmup_days:g} days) and the label wait ({wait['days']:g} days)")
     frame = raw[(raw["event_timestamp"] >= lo) & (raw["event_timestamp"] < hi)].copy()
-    # Training sees a fraud as fraud only once its chargeback has arrived by the cutoff, as a
-    # real team would. Validation and test are scored against matured labels (every chargeback
-    # in), which a real team gets by waiting out the chargeback window before judging a model:
-    # judging against immature labels would call caught-but-not-yet-reported fraud a false alarm.
-    known = frame["chargeback_timestamp"].notna() & (frame["chargeback_timestamp"] <= label_cutoff)
-    frame["label"] = ((frame["is_fraud"] == 1) & known).astype(int)
-    frame["matured_label"] = (frame["is_fraud"] == 1).astype(int)
+    # One label for every split and every figure: what was known at the cutoff. The simulator's
+    # truth (is_fraud) is never used; fraud_mechanism only names the type of a known fraud.
+    frame["label"] = known_labels(frame, label_cutoff)
+
+    b1 = lo + (hi - lo) * config.split[0]
+    b2 = lo + (hi - lo) * (config.split[0] + config.split[1])
+    ts = frame["event_timestamp"]
+    parts = {name: mask.to_numpy() for name, mask in
+             (("train", ts < b1), ("valid", (ts >= b1) & (ts < b2)), ("test", ts >= b2))}
+    period = {"train": "training", "valid": "validation", "test": "test"}
+    mechanisms = {name: coverage(frame[mask], MECHANISMS) for name, mask in parts.items()}
+    warnings = [
+        f"the {period[name]} period holds no known {m} fraud: "
+        + ("the model never saw it" if name == "train" else
+           "no figure on this card says how the model does on it")
+        for name, counts in mechanisms.items() for m, k in counts.items() if k == 0
+    ]
+    for w in warnings:
+        progress(f"WARNING: {w}")
+    if warnings and config.on_missing_mechanism == "fail":
+        raise TrainingError("; ".join(warnings))
+    for name, mask in parts.items():
+        if frame.loc[mask, "label"].nunique() < 2:
+            raise TrainingError(f"the {name} period holds a single class; generate more data")
 
     progress(f"point-in-time features for {len(frame):,} transactions (Feast get_historical_features)")
     store = feast_repo.open_store(repo)
@@ -218,47 +248,81 @@ def train(
     matrix = historical_matrix(store, spec, entities, progress=lambda done, total: progress(
         f"  {done:,}/{total:,} rows"))
     frame = frame.set_index(frame["transaction_id"].astype(str))
+    # Money on the card (costs, amounts stopped, bands) is in EUR, as the features compare it:
+    # the amount in EUR is the model's own input (the amount as paid is in its currency).
+    frame["amount_paid"] = frame["amount"]
+    frame["amount"] = matrix[AMOUNT_IN_EUR].reindex(frame.index).to_numpy(dtype=np.float64)
 
-    b1 = lo + (hi - lo) * config.split[0]
-    b2 = lo + (hi - lo) * (config.split[0] + config.split[1])
-    ts = frame["event_timestamp"]
-    parts = {"train": ts < b1, "valid": (ts >= b1) & (ts < b2), "test": ts >= b2}
-    for name, mask in parts.items():
-        if frame.loc[mask, "label" if name == "train" else "matured_label"].nunique() < 2:
-            raise TrainingError(f"the {name} period holds a single class; generate more data")
-
-    def dmatrix(mask: pd.Series, label: str = "matured_label") -> xgb.DMatrix:
-        return xgb.DMatrix(to_float32(matrix[mask.to_numpy()]), label=frame.loc[mask, label].to_numpy(),
+    def dmatrix(mask: np.ndarray) -> xgb.DMatrix:
+        return xgb.DMatrix(to_float32(matrix[mask]), label=frame.loc[mask, "label"].to_numpy(),
                            missing=np.nan, feature_names=spec.feature_names, nthread=config.nthread)
 
-    dtrain = dmatrix(parts["train"], "label")
-    dvalid, dtest = dmatrix(parts["valid"]), dmatrix(parts["test"])
-    params = dict(config.params, seed=config.seed, nthread=config.nthread)
-    progress(f"training XGBoost on {dtrain.num_row():,} rows, {dtrain.num_col()} features")
-    booster = xgb.train(
-        params, dtrain, num_boost_round=config.num_boost_round, evals=[(dvalid, "valid")],
-        early_stopping_rounds=config.early_stopping_rounds, verbose_eval=False,
-    )
-    # Keep exactly the best iteration so the saved booster is what was validated.
-    booster = booster[: booster.best_iteration + 1]
+    dtrain, dvalid, dtest = dmatrix(parts["train"]), dmatrix(parts["valid"]), dmatrix(parts["test"])
+    valid = frame[parts["valid"]].copy()
+    test = frame[parts["test"]].copy()
+    y_valid, y_test = valid["label"].to_numpy(), test["label"].to_numpy()
+    amt_valid = valid["amount"].to_numpy(dtype=np.float64)
+    amt_test = test["amount"].to_numpy(dtype=np.float64)
+    costs = config.costs
 
-    y_valid = dvalid.get_label().astype(int)
-    s_valid = booster.predict(dvalid)
-    thresholds = choose_thresholds(y_valid, s_valid, config.targets)
+    # Train with and without the "more is riskier" constraints; the choice is made on the
+    # validation period, the test figures of both are only reported.
+    monotone = tuple(f for f in config.monotone_increasing if f in spec.feature_names)
+    candidates: dict[str, Any] = {}
+    for variant, constraint in (("unconstrained", ()), ("monotone", monotone)):
+        if variant == "monotone" and not monotone:
+            continue
+        progress(f"training XGBoost ({variant}) on {dtrain.num_row():,} rows, {dtrain.num_col()} features")
+        booster, params = _booster(config, spec, dtrain, dvalid, constraint)
+        sv, st = booster.predict(dvalid), booster.predict(dtest)
+        th, _ = choose_cost_thresholds(y_valid, amt_valid, sv, costs)
+        candidates[variant] = {
+            "booster": booster, "params": params, "s_valid": sv, "s_test": st, "thresholds": th,
+            "report": {
+                "trees": int(booster.num_boosted_rounds()),
+                "validation": {**aucs(y_valid, sv), "cost": cost_breakdown(
+                    y_valid, amt_valid, decide(sv, th), costs)["total"]},
+                "test": {**aucs(y_test, st), "cost": cost_breakdown(
+                    y_test, amt_test, decide(st, th), costs)["total"]},
+            },
+        }
+    chosen = "unconstrained"
+    if "monotone" in candidates:
+        pr = {k: c["report"]["validation"]["pr_auc"] or 0.0 for k, c in candidates.items()}
+        if pr["monotone"] >= pr["unconstrained"] - config.monotone_tolerance:
+            chosen = "monotone"
+    monotone_report = {
+        "features": list(monotone),
+        "kept": chosen == "monotone",
+        "rule": (f"kept unless validation PR AUC drops by more than {config.monotone_tolerance} "
+                 "against the unconstrained model"),
+        "comparison": {k: c["report"] for k, c in candidates.items()},
+    }
+    progress(f"monotone constraints on {list(monotone)}: {'kept' if chosen == 'monotone' else 'dropped'}")
+    best = candidates[chosen]
+    booster, params, s_valid, s_test = best["booster"], best["params"], best["s_valid"], best["s_test"]
+    thresholds = best["thresholds"]
+    valid["score"], test["score"] = s_valid, s_test
+    own, evidence = _segment_thresholds(valid, config)
 
-    test_frame = frame[parts["test"]].copy()
-    y_test = dtest.get_label().astype(int)
-    s_test = booster.predict(dtest)
-    test_frame["score"] = s_test
-    test_frame["label"] = y_test
-    base = rules_baseline(matrix[parts["test"].to_numpy()])
+    base_valid = rules_baseline(matrix[parts["valid"]])
+    base = rules_baseline(matrix[parts["test"]])
+    base_th, _ = choose_cost_thresholds(y_valid, amt_valid, base_valid, costs)
+    policies = {
+        "model_global_thresholds": decide(s_test, thresholds),
+        "model_segment_thresholds": _segmented_actions(test, config.segment_column, own, thresholds),
+        "rules_baseline": decide(base, base_th),
+        "approve_everything": np.zeros(len(y_test), dtype=np.int64),
+    }
     metrics = {
-        "test": {**_aucs(y_test, s_test), **_label_metrics(y_test, s_test, thresholds),
+        "test": {**aucs(y_test, s_test), **_label_metrics(y_test, s_test, thresholds),
                  "n": len(y_test), "fraud": int(y_test.sum())},
-        "validation": {**_aucs(y_valid, s_valid), **_label_metrics(y_valid, s_valid, thresholds),
+        "validation": {**aucs(y_valid, s_valid), **_label_metrics(y_valid, s_valid, thresholds),
                        "n": len(y_valid), "fraud": int(y_valid.sum())},
-        "baseline_rules_test": {**_aucs(y_test, base), **_rates(y_test, base > 0)},
-        "slices_test": slice_metrics(test_frame, thresholds),
+        "baseline_rules_test": {**aucs(y_test, base), **rates(y_test, base > 0),
+                                "thresholds": base_th},
+        "value_test": {k: value_figures(y_test, amt_test, a, costs) for k, a in policies.items()},
+        "slices_test": slices(test, thresholds, costs, MECHANISMS),
         "label_distribution_test": {
             lbl: int(np.sum([label_for_score(float(s), thresholds) == lbl for s in s_test]))
             for lbl in ("not_fraud", "suspicious", "highly_suspicious")
@@ -279,8 +343,18 @@ def train(
         "feature_names": spec.feature_names,
         "feature_spec": spec.model_dump(),
         "thresholds": thresholds,
-        "business_targets": asdict(config.targets),
+        "segment_thresholds": {config.segment_column: own},
+        "segment_evidence": {config.segment_column: evidence},
+        "cost_matrix": {**asdict(costs), "fraud_loss": "the amount of an approved fraud"},
         "serving_policy": config.serving_policy,
+        "evaluation": {
+            "label_rule": LABEL_RULE,
+            "label_cutoff": label_cutoff.strftime(fmt),
+            "label_wait": wait,
+            "known_frauds_by_type": mechanisms,
+            "warnings": warnings,
+            "monotone_constraints": monotone_report,
+        },
         "training": {
             "seed": config.seed,
             "params": params,
@@ -288,7 +362,7 @@ def train(
             "data_window": {"start": start.strftime(fmt), "end": end.strftime(fmt),
                             "label_cutoff": label_cutoff.strftime(fmt)},
             "labels": {"train": "known at label_cutoff (chargeback arrived)",
-                       "valid_test": "matured (every chargeback arrived)"},
+                       "valid_test": "known at label_cutoff (chargeback arrived)"},
             "splits": {"train": [lo.strftime(fmt), b1.strftime(fmt)],
                        "valid": [b1.strftime(fmt), b2.strftime(fmt)],
                        "test": [b2.strftime(fmt), hi.strftime(fmt)]},
@@ -296,7 +370,7 @@ def train(
             "source": str(raw_path),
         },
         "metrics": metrics,
-        "reference_stats": reference_stats(matrix[parts["train"].to_numpy()]),
+        "reference_stats": reference_stats(matrix[parts["train"]]),
     }
     card = render_model_card(metadata)
     write_artifact(model_dir, booster, metadata, card)
@@ -304,21 +378,67 @@ def train(
     return model_dir
 
 
+def _share(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.0%}"
+
+
 def headline(metadata: dict[str, Any]) -> str:
-    """The model card's headline figures, one line each."""
+    """The model card's headline figures, a few lines each."""
     m = metadata["metrics"]
     t, b = m["test"], m["baseline_rules_test"]
-    return "\n".join([
+    ev = metadata["evaluation"]
+    wait = ev["label_wait"]
+    value = m["value_test"]
+    cm = metadata["cost_matrix"]
+    g = value["model_global_thresholds"]
+
+    def auc(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.3f}"
+
+    lines = [
         f"model {metadata['name']} v{metadata['version']} ({metadata['feature_service']}, "
         f"{len(metadata['feature_names'])} features)",
-        f"test ROC AUC {t['roc_auc']:.3f}  PR AUC {t['pr_auc']:.3f}  "
-        f"(rules baseline: ROC AUC {b['roc_auc']:.3f}  PR AUC {b['pr_auc']:.3f})",
-        f"thresholds suspicious >= {metadata['thresholds']['suspicious']:.4f}  "
+        f"labels: known at {ev['label_cutoff']} (chargeback arrived); label wait {wait['days']:g} days "
+        f"({wait['method']}; {_share(wait['cohort_share_within_wait'])} of the complete cohort's "
+        f"{wait['cohort_chargebacks']} chargebacks arrived within it)",
+        f"test: {t['n']:,} transactions, {t['fraud']:,} known frauds; ROC AUC {auc(t['roc_auc'])}  "
+        f"PR AUC {auc(t['pr_auc'])}  (rules baseline: ROC AUC {auc(b['roc_auc'])}  PR AUC {auc(b['pr_auc'])})",
+        f"cost matrix: missed fraud = its amount; false decline = {cm['false_decline_margin']:.0%} of the "
+        f"amount + {cm['false_decline_friction']:g}; review = {cm['review_cost']:g} "
+        f"(at most {cm['max_review_rate']:.0%} of transactions)",
+        f"thresholds (least cost on validation): suspicious >= {metadata['thresholds']['suspicious']:.4f}  "
         f"highly_suspicious >= {metadata['thresholds']['highly_suspicious']:.4f}",
-        f"at suspicious: precision {t['suspicious_or_above']['precision']:.2f} recall "
-        f"{t['suspicious_or_above']['recall']:.2f}; at highly_suspicious: precision "
-        f"{t['highly_suspicious']['precision']:.2f} recall {t['highly_suspicious']['recall']:.2f}",
-    ])
+    ]
+    for col, segs in metadata["segment_evidence"].items():
+        own = metadata["segment_thresholds"][col]
+        lines.append(f"  per {col}: " + "; ".join(
+            f"{k} " + (f"{own[k]['suspicious']:.4f}/{own[k]['highly_suspicious']:.4f}" if k in own
+                       else "global") + f" ({e['known_frauds']} known validation frauds)"
+            for k, e in segs.items()))
+    lines.append("expected cost on the test period, per 1,000 transactions: " + ", ".join(
+        f"{name.replace('_', ' ')} {v['cost']['per_1000_transactions']:,.0f}" for name, v in value.items()))
+    lines.append(
+        f"money: {_share(g['fraud_amount_stopped_share'])} of the known fraud amount "
+        f"({g['fraud_amount']:,.0f}) stopped, {_share(g['fraud_amount_declined_share'])} declined; "
+        f"{g['good_declined']} good customers declined ({g['good_declined_amount']:,.0f}, "
+        f"{_share(g['good_share_of_declines'])} of {g['declines']} declines); {g['reviews']} reviews")
+    sl = m["slices_test"]
+    lines.append("by fraud type (known frauds, share of their amount stopped): " + "; ".join(
+        f"{k.split('=', 1)[1]} {s['fraud']} ({_share(s['value']['fraud_amount_stopped_share'])})"
+        for k, s in sl.items() if k.startswith("fraud_type=")))
+    lines.append("by channel (known frauds, amount stopped, good customers declined): " + "; ".join(
+        f"{k.split('=', 1)[1]} {s['fraud']} ({_share(s['value']['fraud_amount_stopped_share'])}, "
+        f"{s['value']['good_declined']})"
+        for k, s in sl.items() if k.startswith("channel=")))
+    mono = ev["monotone_constraints"]
+    if mono["features"]:
+        cmp = mono["comparison"]
+        lines.append(
+            f"monotone constraints ({', '.join(f.split('__')[-1] for f in mono['features'])}): "
+            f"{'kept' if mono['kept'] else 'dropped'}; validation PR AUC "
+            + " vs ".join(f"{k} {auc(c['validation']['pr_auc'])}" for k, c in cmp.items()))
+    lines += [f"WARNING: {w}" for w in ev["warnings"]]
+    return "\n".join(lines)
 
 
 def dumps(obj: Any) -> str:

@@ -129,7 +129,8 @@ class WorldConfig:
     seed: int = 7
     n_transactions: int = 200_000
     """Approximate row count (legit rows are Poisson draws, fraud rows are planned exactly)."""
-    n_days: int = 56
+    n_days: int = 120
+    """Long enough for a 7-day warm-up, a ~6-week label wait and 10-week train/validation/test."""
     end: datetime | None = None
     """Exclusive end, tz-aware, at 00:00 UTC; None means today's 00:00 UTC."""
     fraud_rate: float = 0.012
