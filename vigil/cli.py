@@ -109,7 +109,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from vigil_contracts.artifact import read_metadata
 
     config = TrainConfig(seed=args.seed, model_name=args.model_name, version=args.version,
-                         feature_service=args.feature_service)
+                         feature_service=args.feature_service,
+                         label_maturity_days=args.label_wait_days)
     model_dir = train(_raw_path(args), feast_repo.repo_dir(args.repo), Path(args.models_dir),
                       config, progress=_say)
     print(headline(read_metadata(model_dir)))
@@ -201,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", default="fraud_detector")
     p.add_argument("--version", default=None, help="version to write (default: next number)")
     p.add_argument("--feature-service", default="fraud_model_v1")
+    p.add_argument("--label-wait-days", type=float, default=None,
+                   help="days a fraud label takes to be known (default: the p95 of the chargeback "
+                        "delays of payments old enough to have all theirs; the card says which)")
 
     p = add("batch-score", cmd_batch_score, "score a parquet file of transactions offline")
     p.add_argument("--input", required=True, help="parquet of transactions")
