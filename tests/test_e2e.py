@@ -160,6 +160,38 @@ def test_one_instant_in_any_offset_and_currency_scores_by_one_rule(gateway, scen
     assert max(online.values()) - min(online.values()) < 0.05
 
 
+def test_every_flagged_transaction_of_a_replayed_period_has_reasons_toward_risk(gateway, feature_env):
+    """The world's last days, replayed through the business API: every reason a flagged answer
+    gives is a fired safeguard, or a feature whose contribution raised the score (or the
+    model's baseline when none did); never a feature that lowered it."""
+    raw = pd.read_parquet(feature_env.raw_path)
+    recent = raw[raw["event_timestamp"] > raw["event_timestamp"].max() - pd.Timedelta(days=3)]
+    frauds = recent[recent["is_fraud"] == 1].head(150)
+    legit = recent[recent["is_fraud"] == 0].head(350)
+    transactions = []
+    for row in pd.concat([frauds, legit]).itertuples():
+        body = {"transaction_id": f"replay-{row.transaction_id}-{time.time_ns()}", "card_id": row.card_id,
+                "merchant_id": row.merchant_id, "amount": float(row.amount), "currency": row.currency,
+                "timestamp": row.event_timestamp.isoformat(), "channel": row.channel,
+                "country": row.country}
+        if isinstance(row.device_id, str):
+            body["device_id"] = row.device_id
+        transactions.append(body)
+    results = gateway.post("/v1/transactions/score-batch", json={"transactions": transactions}).json()["results"]
+    flagged = [r["result"] for r in results if r["result"] and r["result"]["label"] in
+               {"suspicious", "highly_suspicious"}]
+    assert len(flagged) >= 50, len(flagged)  # the replay holds enough flagged answers to judge
+    for answer in flagged:
+        fired = set(answer["safeguards"]["fired"])
+        for reason in answer["reasons"]:
+            if reason["code"] in fired:
+                continue
+            if reason["code"] == "MODEL_BASELINE":
+                assert reason["contribution"] is None, answer
+                continue
+            assert reason["contribution"] is not None and reason["contribution"] > 0, answer
+
+
 def test_batch_keeps_order_and_isolates_a_bad_item(gateway, scenarios):
     items = [_fresh(s.transaction, f"batch{i}") for i, s in enumerate(scenarios[:3])]
     items.insert(1, dict(items[0], transaction_id="e2e-bad-item", amount=-3))

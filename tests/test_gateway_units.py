@@ -194,8 +194,15 @@ def test_sentences() -> None:
         "amount is 8× this card's 30-day average")
     assert describe("request_features__amount_to_card_avg_30d", 2.46, CTX)[1] == (
         "amount is 2.5× this card's 30-day average")
-    assert describe("card_stats__card_txn_count_1h", 1.0, CTX)[1] == "1 transaction on this card in the last hour"
-    assert describe("device_stats__device_distinct_cards_7d", 4.0, CTX)[1] == "4 cards used on this device in 7 days"
+    # Stored windows end at the entity's previous transaction, and the sentence says so.
+    assert describe("card_stats__card_txn_count_1h", 1.0, CTX)[1] == (
+        "1 transaction on this card in the hour up to its previous transaction")
+    assert describe("device_stats__device_distinct_cards_7d", 4.0, CTX)[1] == (
+        "4 cards used on this device in the 7 days up to its previous transaction")
+    assert describe("card_stats__card_distinct_countries_30d", 2.0, CTX)[1] == (
+        "2 countries where this card was used in the 30 days up to its previous transaction")
+    assert describe("card_stats__card_amount_avg_30d", 33.1, CTX)[1] == (
+        "this card's average amount in the 30 days up to its previous transaction is 33.10 EUR")
     assert describe("request_features__seconds_since_card_last_txn", 90.0, CTX) == (
         "RAPID_SUCCESSION", "2 minutes since this card's previous transaction")
     assert describe("request_features__txn_amount", 1234.5, CTX)[1] == "amount of 1,234.50 EUR"
@@ -337,3 +344,25 @@ def test_decision_commands_are_packed_as_redis_py_packs_them(args: tuple[bytes, 
     from redis.connection import Connection
 
     assert pack_command(*args) == b"".join(Connection().pack_command(*args))
+
+
+def test_every_code_the_gateway_can_give_is_published() -> None:
+    """docs/reasons.md is the published list: every code a template, an uncertain answer or a
+    shipped safeguard can give is in it."""
+    import re
+    from pathlib import Path
+
+    from vigil_gateway.safeguards import load_rules
+    from vigil_gateway.uncertain import TEXT
+
+    published = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", (
+        Path(__file__).resolve().parent.parent / "docs" / "reasons.md").read_text()))
+    given: set[str] = {"NO_RISK_SIGNAL", "MODEL_BASELINE", "MODEL_SIGNAL", *TEXT}
+    given |= {rule.code for rule in load_rules().rules}
+    for feature in TEMPLATES:
+        for view in ("card_stats", "merchant_stats", "device_stats", "request_features"):
+            for value in (None, 0.0, 0.5, 1.0, 2.5, 7.0, 3600.0, 86400.0 * 3):
+                for ctx in (CTX, Context(currency="USD", paid=9.0, device_present=False, raising=False),
+                            Context(currency="EUR", device_present=True, raising=False)):
+                    given.add(describe(f"{view}__{feature}", value, ctx)[0])
+    assert given - published == set()

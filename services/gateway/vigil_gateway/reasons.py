@@ -47,7 +47,14 @@ def _num(value: float) -> str:
 
 def _count(value: float, noun: str) -> str:
     n = round(value)
-    return f"{n} {noun}" + ("" if n == 1 else "s")
+    if n == 1:
+        return f"1 {noun}"
+    return f"{n} {noun[:-1]}ies" if noun.endswith("y") else f"{n} {noun}s"
+
+
+_UP_TO_CARD = "up to its previous transaction"
+_UP_TO_MERCHANT = "up to its previous transaction"
+_UP_TO_DEVICE = "up to its previous transaction"
 
 
 def _money(value: float) -> str:
@@ -192,32 +199,46 @@ TEMPLATES: dict[str, Template] = {
     "device_age_days": _device_age,
     "is_new_device": _is_new_device,
     "country_mismatch": _country_mismatch,
-    "card_txn_count_1h": _counted("CARD_VELOCITY_1H", "transaction", "on this card in the last hour"),
-    "card_txn_count_24h": _counted("CARD_VELOCITY_24H", "transaction", "on this card in the last 24 hours"),
-    "card_txn_count_7d": _counted("CARD_VELOCITY_7D", "transaction", "on this card in the last 7 days"),
-    "card_amount_sum_24h": _money_fact("CARD_SPEND_24H", "{} spent on this card in the last 24 hours"),
-    "card_amount_avg_30d": _money_fact("CARD_AVERAGE_AMOUNT", "this card's 30-day average amount is {}"),
+    # Stored windows end at the entity's previous transaction (the state the online store holds
+    # when this one is scored), and the sentences say so: "the last hour" would be untrue for a
+    # card last used three weeks ago.
+    "card_txn_count_1h": _counted("CARD_VELOCITY_1H", "transaction", f"on this card in the hour {_UP_TO_CARD}"),
+    "card_txn_count_24h": _counted("CARD_VELOCITY_24H", "transaction", f"on this card in the 24 hours {_UP_TO_CARD}"),
+    "card_txn_count_7d": _counted("CARD_VELOCITY_7D", "transaction", f"on this card in the 7 days {_UP_TO_CARD}"),
+    "card_amount_sum_24h": _money_fact("CARD_SPEND_24H", f"{{}} spent on this card in the 24 hours {_UP_TO_CARD}"),
+    "card_amount_avg_30d": _money_fact(
+        "CARD_AVERAGE_AMOUNT", f"this card's average amount in the 30 days {_UP_TO_CARD} is {{}}"),
     "card_amount_std_30d": _money_fact(
-        "CARD_AMOUNT_SPREAD", "this card's amounts vary by {} (30-day standard deviation)"
-    ),
-    "card_amount_max_30d": _money_fact("CARD_MAX_AMOUNT", "this card's largest amount in 30 days is {}"),
-    "card_distinct_merchants_24h": _counted("CARD_MANY_MERCHANTS", "merchant", "used by this card in 24 hours"),
-    "card_distinct_devices_30d": _counted("CARD_MANY_DEVICES", "device", "used with this card in 30 days"),
-    "card_distinct_countries_30d": _counted("CARD_MANY_COUNTRIES", "country", "where this card was used in 30 days"),
-    "merchant_txn_count_24h": _counted("MERCHANT_VOLUME_24H", "transaction", "at this merchant in 24 hours"),
-    "merchant_txn_count_7d": _counted("MERCHANT_VOLUME_7D", "transaction", "at this merchant in 7 days"),
-    "merchant_amount_avg_7d": _money_fact("MERCHANT_AVERAGE_AMOUNT", "this merchant's 7-day average amount is {}"),
-    "merchant_distinct_cards_24h": _counted("MERCHANT_MANY_CARDS", "different card", "used at this merchant in 24 hours"),
+        "CARD_AMOUNT_SPREAD", f"this card's amounts varied by {{}} (standard deviation, 30 days {_UP_TO_CARD})"),
+    "card_amount_max_30d": _money_fact(
+        "CARD_MAX_AMOUNT", f"this card's largest amount in the 30 days {_UP_TO_CARD} is {{}}"),
+    "card_distinct_merchants_24h": _counted(
+        "CARD_MANY_MERCHANTS", "merchant", f"used by this card in the 24 hours {_UP_TO_CARD}"),
+    "card_distinct_devices_30d": _counted(
+        "CARD_MANY_DEVICES", "device", f"used with this card in the 30 days {_UP_TO_CARD}"),
+    "card_distinct_countries_30d": _counted(
+        "CARD_MANY_COUNTRIES", "country", f"where this card was used in the 30 days {_UP_TO_CARD}"),
+    "merchant_txn_count_24h": _counted(
+        "MERCHANT_VOLUME_24H", "transaction", f"at this merchant in the 24 hours {_UP_TO_MERCHANT}"),
+    "merchant_txn_count_7d": _counted(
+        "MERCHANT_VOLUME_7D", "transaction", f"at this merchant in the 7 days {_UP_TO_MERCHANT}"),
+    "merchant_amount_avg_7d": _money_fact(
+        "MERCHANT_AVERAGE_AMOUNT", f"this merchant's average amount in the 7 days {_UP_TO_MERCHANT} is {{}}"),
+    "merchant_distinct_cards_24h": _counted(
+        "MERCHANT_MANY_CARDS", "different card", f"used at this merchant in the 24 hours {_UP_TO_MERCHANT}"),
     "merchant_night_share_7d": _share(
-        "MERCHANT_NIGHT_SHARE", "{} of this merchant's transactions in 7 days were at night"
-    ),
+        "MERCHANT_NIGHT_SHARE",
+        f"{{}} of this merchant's transactions in the 7 days {_UP_TO_MERCHANT} were at night (local time)"),
     "merchant_small_amount_share_24h": _share(
         "MERCHANT_SMALL_AMOUNTS",
-        "{} of this merchant's transactions in 24 hours were small amounts (a card-testing pattern)",
-    ),
-    "device_txn_count_24h": _counted("DEVICE_VELOCITY_24H", "transaction", "from this device in 24 hours"),
-    "device_distinct_cards_7d": _counted("DEVICE_MANY_CARDS", "card", "used on this device in 7 days"),
-    "device_distinct_countries_7d": _counted("DEVICE_MANY_COUNTRIES", "country", "where this device was used in 7 days"),
+        f"{{}} of this merchant's transactions in the 24 hours {_UP_TO_MERCHANT} were small amounts "
+        f"(under 5 {BASE_CURRENCY}, a card-testing pattern)"),
+    "device_txn_count_24h": _counted(
+        "DEVICE_VELOCITY_24H", "transaction", f"from this device in the 24 hours {_UP_TO_DEVICE}"),
+    "device_distinct_cards_7d": _counted(
+        "DEVICE_MANY_CARDS", "card", f"used on this device in the 7 days {_UP_TO_DEVICE}"),
+    "device_distinct_countries_7d": _counted(
+        "DEVICE_MANY_COUNTRIES", "country", f"where this device was used in the 7 days {_UP_TO_DEVICE}"),
 }
 # Where device features describe "no device", say so once rather than "no device history".
 _DEVICE_VIEW = "device_stats"
