@@ -55,7 +55,10 @@ async def forget(redis_url: str, pair: Pair) -> AsyncIterator[Any]:
 
     async def flush() -> None:
         await pair.stack.settled()  # type: ignore[attr-defined]
-        await client.flushdb()
+        # The decisions only: the key table the client's key is in stays.
+        keys = [key async for key in client.scan_iter(match="vigil:decision:*", count=1000)]
+        if keys:
+            await client.delete(*keys)
 
     yield flush
     await client.aclose()
