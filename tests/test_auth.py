@@ -228,3 +228,19 @@ async def test_the_lane_and_fastapi_refuse_alike(redis_url: str) -> None:
         headers = {"authorization": f"Bearer {admin}"}
         assert (await stack.score(txn(), headers=headers)).status_code == 403
         assert (await stack.client.post(SCORE + "?rescore=false", json=txn(), headers=headers)).status_code == 403
+
+
+def test_no_card_device_or_ip_in_any_log(tls_stack, certs):
+    marker = f"{time.time_ns()}"
+    body = dict(_txn("privacy"), card_id=f"card-secret-{marker}", device_id=f"dev-secret-{marker}",
+                ip_address="198.51.100.77")
+    with _client(tls_stack, certs, tls_stack.api_key) as client:
+        assert client.post(SCORE, json=body).status_code == 200
+        bad = dict(body, amount=-1)  # a refusal is logged too
+        assert client.post(SCORE, json=bad).status_code == 422
+        assert client.post(SCORE + "-batch", json={"transactions": [body, bad]}).status_code == 200
+    time.sleep(0.3)
+    for name, svc in tls_stack.services.items():
+        text = Path(svc.log_path).read_text(errors="replace")
+        for secret in (body["card_id"], body["device_id"], body["ip_address"]):
+            assert secret not in text, (name, secret)
