@@ -100,7 +100,8 @@ async def _score_caller(request: Request, _credentials: _Credentials) -> Caller:
 
 
 ScoreCallerDep = Annotated[Caller, Depends(_score_caller)]
-TimeoutHeader = Annotated[int | None, Header(
+# ``int`` (not ``int | None``): the document must not offer `null` as a header value.
+TimeoutHeader = Annotated[int, Header(
     alias=TIMEOUT_HEADER, ge=1, le=60_000,
     description="The caller's own time limit in milliseconds: the answer comes within it (an "
                 "`uncertain` `TIMEOUT` answer at worst); the gateway's budget is never longer.")]
@@ -141,7 +142,7 @@ async def score_transaction(
     scoring: ScoringDep,
     request_id: RequestIdDep,
     rescore: RescoreDep,
-    _timeout: TimeoutHeader = None,
+    _timeout: TimeoutHeader = None,  # type: ignore[assignment]
 ) -> Response:
     return await _score_one(transaction, request, scoring, request_id, rescore, caller)
 
@@ -182,7 +183,7 @@ async def score_batch(
     scoring: ScoringDep,
     request_id: RequestIdDep,
     rescore: RescoreDep,
-    _timeout: TimeoutHeader = None,
+    _timeout: TimeoutHeader = None,  # type: ignore[assignment]
 ) -> Response:
     return await _score_batch(batch.transactions, request, scoring, request_id, rescore, caller)
 
