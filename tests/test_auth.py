@@ -244,3 +244,17 @@ def test_no_card_device_or_ip_in_any_log(tls_stack, certs):
         text = Path(svc.log_path).read_text(errors="replace")
         for secret in (body["card_id"], body["device_id"], body["ip_address"]):
             assert secret not in text, (name, secret)
+
+
+async def test_a_table_lost_from_redis_keeps_the_last_one_read(redis_url: str) -> None:
+    """The version counter only grows: when it is gone, Redis lost its data (a restart without
+    persistence); the keys read before stay valid rather than every client being locked out."""
+    async with gateway(redis_url) as stack:
+        await stack.wait_for_metadata()
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            await client.delete("vigil:apikeys", "vigil:apikeys:version")
+        finally:
+            await client.aclose()
+        await stack.app.state.services.authenticate.ring.refresh()
+        assert (await stack.score(txn())).status_code == 200

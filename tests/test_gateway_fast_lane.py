@@ -113,6 +113,7 @@ async def test_replays_and_conflicts_are_equal(pair: Pair) -> None:
 async def test_cache_control_rescores_in_the_lane_too(pair: Pair) -> None:
     body = txn()
     assert (await pair.client.post(SCORE, json=body)).status_code == 200
+    await pair.stack.settled()  # type: ignore[attr-defined] - its decision is stored (behind it)
     lane, fastapi, *logs = await pair.send("POST", SCORE, json=body,
                                            headers={"cache-control": "max-age=0, No-Cache"})
     assert_same(lane, fastapi, *logs)

@@ -118,6 +118,13 @@ class KeyRing:
     async def refresh(self) -> None:
         """Read the table if its version moved (one GET, plus one HGETALL on a change)."""
         version = await self.client.get(VERSION_KEY)
+        if version is None and self.version is not None:
+            # The counter only ever grows: gone, Redis lost its data (restarted without
+            # persistence, flushed). Keep the table read before rather than lock every client out.
+            if self.records:
+                logger.warning("API key table lost from Redis; keeping the last one read")
+            self.loaded_at = time.monotonic()
+            return
         if version != self.version or self.loaded_at is None:
             raw = await self.client.hgetall(TABLE_KEY)
             records = {}
