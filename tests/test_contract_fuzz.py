@@ -57,7 +57,7 @@ def test_schemathesis_finds_nothing_unlisted(stack, tmp_path):
          "--max-examples", str(MAX_EXAMPLES), "--seed", "7", "--generation-deterministic",
          "-H", f"Authorization: Bearer {stack.api_key}", "--request-timeout", "5",
          "--report", "junit", "--report-junit-path", str(junit), "--no-color"],
-        capture_output=True, text=True, timeout=240)
+        capture_output=True, text=True, timeout=240, cwd=tmp_path)  # its own files stay there
     assert junit.exists(), run.stdout[-3000:] + run.stderr[-2000:]
     unlisted = [f for f in _findings(junit)
                 if not any(op in f[0] and check in f[2] and text in f[2]
