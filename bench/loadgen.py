@@ -177,6 +177,16 @@ def summarise(samples: list[Sample], window: tuple[float, float], rows: int, lag
         "generator_cpu_pct": 100.0 * cpu / wall if wall > 0 else 0.0,
         "generator_worst_send_lag_ms": lag * 1000.0,
     }
+    # Admission control's refusals (503) apart from the answers it admitted: the overload case
+    # judges each on its own.
+    shed = np.array([(s.end - s.start) * 1000.0 for s in samples if s.error == "http_503"])
+    if len(shed):
+        admitted = np.array([(s.end - s.start) * 1000.0 for s in samples if s.error != "http_503"])
+        out.update(shed=len(shed), shed_p99_ms=float(np.percentile(shed, 99)),
+                   shed_max_ms=float(shed.max()), admitted=len(admitted))
+        if len(admitted):
+            out.update(admitted_p50_ms=float(np.percentile(admitted, 50)),
+                       admitted_p99_ms=float(np.percentile(admitted, 99)))
     if len(lat_ms):
         pct = np.percentile(lat_ms, [50, 95, 99, 99.9])
         out.update(p50_ms=pct[0], p95_ms=pct[1], p99_ms=pct[2], p999_ms=pct[3],

@@ -62,6 +62,15 @@ class Plan:
     open_rounds: int = 1
 
 
+# The overload case: a closed loop far beyond the stack's maximum (~1,250 req/s here), with the
+# 2 s client time-out of the issue that measured queueing in front of the gateway.
+OVERLOAD_CONCURRENCY = 256
+OVERLOAD_TIMEOUT_S = 2.0
+# The bench's key: rate limiting on, far above any rate measured (its cost is measured, not its
+# refusals).
+BENCH_KEY_LIMITS = {"requests_per_s": 1e6, "request_burst": 1e6,
+                    "transactions_per_s": 1e8, "transaction_burst": 1e8}
+
 # Open-loop rates stay below what the slowest single-row server (feast serve -w 1, ~190 req/s here)
 # can take, so that latencies compare servers that keep up rather than queues.
 FULL = Plan("full", 50_000, warmup_s=2.0, open_s=20.0, closed_s=8.0, single_rates=(50, 100),
@@ -85,6 +94,9 @@ class Case:
     placeholder: str | None = None
     check_degraded: bool = False
     runs: list[dict[str, Any]] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+    """Sent with every request (the gateway's API key, the internal hops' token)."""
+    timeout_s: float = 10.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -96,7 +108,8 @@ def _chunks(items: list[Any], size: int, count: int) -> list[list[Any]]:
     return [[items[(k * size + i) % len(items)] for i in range(size)] for k in range(count)]
 
 
-def build_payloads(txs: list[dict[str, Any]], encoder_url: str, predictor_url: str) -> dict[str, Any]:
+def build_payloads(txs: list[dict[str, Any]], encoder_url: str, predictor_url: str,
+                   internal: dict[str, str] | None = None) -> dict[str, Any]:
     """Every case's bodies from the same transactions: business, encoder, Feast and V2 forms."""
     from vigil_contracts.api import Transaction
     from vigil_contracts.request_features import REQUEST_FIELDS
@@ -107,7 +120,7 @@ def build_payloads(txs: list[dict[str, Any]], encoder_url: str, predictor_url: s
     # The vectors the predictors score are the encoder's own answers for those rows.
     vectors: list[list[float | None]] = []
     contract = names = None
-    with httpx.Client(timeout=30.0) as client:
+    with httpx.Client(timeout=30.0, headers=internal or {}) as client:
         meta = client.get(f"{predictor_url}/v2/models/fraud_detector")
         meta.raise_for_status()
         suspicious = meta.json()["parameters"]["thresholds"]["suspicious"]
@@ -170,13 +183,17 @@ def feast_key(workers: int, rows: int) -> str:
 
 
 def define_cases(plan: Plan, urls: dict[str, str], p: dict[str, Any],
-                 feast_workers: tuple[int, ...] = (1, 2)) -> list[Case]:
+                 feast_workers: tuple[int, ...] = (1, 2),
+                 headers: dict[str, dict[str, str]] | None = None) -> list[Case]:
     """Every case; ``feast serve`` once per worker count (``urls`` has one per count), side by
-    side: the same rates in the same interleaved rounds, the same closed-loop concurrencies."""
+    side: the same rates in the same interleaved rounds, the same closed-loop concurrencies.
+    ``headers``: what the gateway's (``gateway``) and the internal services' (``internal``)
+    requests carry."""
     quick = plan.name == "quick"
     r, c, bc = plan.single_rates, plan.single_concurrency, plan.batch_concurrency
     gw, enc, pred = urls["gateway"], urls["encoder"], urls["predictor"]
     v2 = "/v2/models/fraud_detector/infer"
+    headers = headers or {}
     cases = [
         Case("e2e_1", "Vigil end to end: gateway /score, 1 transaction", "vigil",
              f"{gw}/v1/transactions/score", p["gateway_1"], 1, r, c, PLACEHOLDER, True),
@@ -220,7 +237,23 @@ def define_cases(plan: Plan, urls: dict[str, str], p: dict[str, Any],
         Case("floor_3hops_1", "floor: three hops of constants (front -> a hop with one Redis "
              "read -> the constant), no decision store", "floor",
              f"{urls['floor (3 hops)']}/", p["encoder_1"], 1, r, c[:1]),
+        Case("e2e_overload", f"Vigil end to end, overloaded: gateway /score, closed loop at "
+             f"{OVERLOAD_CONCURRENCY} connections, {OVERLOAD_TIMEOUT_S:g} s client time-out "
+             "(admission control answers 503 beyond its bound)", "vigil",
+             f"{gw}/v1/transactions/score", p["gateway_1"], 1, (), (OVERLOAD_CONCURRENCY,),
+             PLACEHOLDER, True, timeout_s=OVERLOAD_TIMEOUT_S),
     ]
+    if "gateway (no auth)" in urls:
+        cases.append(Case(
+            "e2e_1_noauth", "Vigil end to end without authentication and rate limiting (a second "
+            "gateway on the same encoder and predictor): their cost", "vigil",
+            f"{urls['gateway (no auth)']}/v1/transactions/score", p["gateway_1"], 1, r[:1], (),
+            PLACEHOLDER, True))
+    for case in cases:
+        if case.key.startswith("e2e_") and case.key != "e2e_1_noauth":
+            case.headers = headers.get("gateway", {})
+        elif case.key.startswith(("encoder_", "predictor_")):
+            case.headers = headers.get("internal", {})
     return cases
 
 
@@ -272,7 +305,8 @@ def run_loadgen(case: Case, mode: str, param: float, plan: Plan, pids: dict[str,
         "id_prefix": f"b{int(time.time())}{case.key[:3]}{mode[0]}{int(param)}{tag}-",
         "rows": case.rows, "mode": mode, "warmup_s": plan.warmup_s,
         "duration_s": duration, "keep_latencies": keep_latencies,
-        "check_degraded": case.check_degraded, "timeout_s": 10.0, "drain_s": 10.0,
+        "check_degraded": case.check_degraded, "timeout_s": case.timeout_s, "drain_s": 10.0,
+        "headers": {"content-type": "application/json", **case.headers},
     }
     spec["rate" if mode == "open" else "concurrency"] = param
     cases_dir = WORK / "cases"
@@ -666,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
         for old_log in (WORK / "logs" / "stack").glob("*.log"):
             old_log.unlink()
         stack = LocalStack(world.repo, world.models_dir, WORK / "logs" / "stack",
-                           redis_url=world.redis.url)
+                           redis_url=world.redis.url, key_limits=BENCH_KEY_LIMITS)
         cleanup.callback(stack.stop)
         stack.start(timeout=90)
         config = feast_repo.config_path(world.repo)
@@ -693,6 +727,7 @@ def main(argv: list[str] | None = None) -> int:
                 env={"FLOOR_FIRST_URL": f"{redis_read.base_url}/",
                      "FLOOR_SECOND_URL": f"{constant.base_url}/"}),
         }
+        others["gateway (no auth)"] = _gateway_without_auth(stack)
         for m in others.values():
             cleanup.callback(m.stop)
             m.start(timeout=120)
@@ -706,9 +741,11 @@ def main(argv: list[str] | None = None) -> int:
         results["rss_idle_mb"] = {n: procs.rss_bytes(pid) / 1e6 for n, pid in pids.items()}
 
         txs = sample_transactions(world, 2000, seed=7)
-        payloads = build_payloads(txs, urls["encoder"], urls["predictor"])
+        internal = {"x-vigil-internal-token": stack.secrets["internal_token"]}
+        payloads = build_payloads(txs, urls["encoder"], urls["predictor"], internal)
         results["feature_width"] = payloads["width"]
-        cases = define_cases(plan, urls, payloads, feast_workers)
+        cases = define_cases(plan, urls, payloads, feast_workers, {
+            "gateway": {"authorization": f"Bearer {stack.api_key}"}, "internal": internal})
         only = [k for k in args.only.split(",") if k]
         if only:
             unknown = sorted(set(only) - {c.key for c in cases})
@@ -722,6 +759,7 @@ def main(argv: list[str] | None = None) -> int:
         measure_cases(cases, plan, pids)
         if only:
             results["redis_commandstats"] = _redis_command(world.redis.url, "INFO", "commandstats")
+        results["security"] = security_verdicts({c.key: c for c in cases})
         results["cases"] = {c.key: {"label": c.label, "group": c.group, "rows": c.rows,
                                     "runs": c.runs} for c in cases}
         if args.profile:
@@ -810,6 +848,64 @@ def _check_feast_workers(masters: dict[int, int]) -> dict[str, int]:
     return found
 
 
+def _gateway_without_auth(stack: Any) -> procs.Managed:
+    """A second gateway on the stack's encoder, predictor and Redis with authentication and rate
+    limiting off (explicitly): the baseline their cost is measured against."""
+    from vigil.redis_server import free_port
+
+    spec = stack.services["gateway"].spec
+    port = free_port()
+    return procs.Managed(
+        name="gateway (no auth)", cmd=[PROJECT_PY, "-m", *spec.module_args("127.0.0.1", port)],
+        ready_url=f"http://127.0.0.1:{port}/readyz", log_path=WORK / "logs" / "gateway-noauth.log",
+        env={**spec.env, "GATEWAY_AUTH_ENABLED": "false", "GATEWAY_ALLOW_AUTH_DISABLED": "true",
+             "GATEWAY_RATE_LIMIT_ENABLED": "false"}, cwd=ROOT)
+
+
+def security_verdicts(cases: dict[str, Case]) -> dict[str, Any]:
+    """The targets of authentication, rate limiting and admission control, judged and logged:
+    their cost at the lightest rate (<= 0.3 ms on the end-to-end p50), and under overload the
+    admitted requests' p99 within 3x the light-load p99, every refusal within 5 ms, no client
+    time-out, no 5xx but the documented 503."""
+    out: dict[str, Any] = {}
+    light = next((run for run in cases["e2e_1"].runs if run.get("mode") == "open"), None) \
+        if "e2e_1" in cases else None
+    base = next((run for run in cases["e2e_1_noauth"].runs if run.get("mode") == "open"), None) \
+        if "e2e_1_noauth" in cases else None
+    if light and base and light.get("rate") == base.get("rate"):
+        added = light["p50_ms"] - base["p50_ms"]
+        out["auth_cost_p50_ms"] = added
+        out["auth_cost_ok"] = added <= 0.3
+        log(f"auth + rate limit cost at {light['rate']:g}/s: p50 {light['p50_ms']:.2f} vs "
+            f"{base['p50_ms']:.2f} ms without: {added:+.2f} ms (target <= 0.3): "
+            f"{'met' if added <= 0.3 else 'MISSED'}")
+    overload = cases.get("e2e_overload")
+    if overload and overload.runs:
+        run = overload.runs[-1]
+        kinds = run.get("error_kinds", {})
+        other_5xx = {k: n for k, n in kinds.items() if k.startswith("http_5") and k != "http_503"}
+        checks = {
+            "no_client_timeouts": kinds.get("timeout", 0) == 0,
+            "no_5xx_but_503": not other_5xx,
+            "shed_within_5ms": run.get("shed_max_ms", 0.0) <= 5.0,
+        }
+        if light and "admitted_p99_ms" in run:
+            checks["admitted_p99_within_3x_light"] = run["admitted_p99_ms"] <= 3 * light["p99_ms"]
+        elif light:
+            checks["admitted_p99_within_3x_light"] = run.get("p99_ms", 0.0) <= 3 * light["p99_ms"]
+        out["overload"] = {"checks": checks, "shed": run.get("shed", 0),
+                           "admitted": run.get("admitted", run.get("ok")),
+                           "admitted_p99_ms": run.get("admitted_p99_ms"),
+                           "shed_max_ms": run.get("shed_max_ms"), "error_kinds": kinds,
+                           "light_p99_ms": light["p99_ms"] if light else None}
+        log(f"overload c={OVERLOAD_CONCURRENCY}: admitted {out['overload']['admitted']} (p99 "
+            f"{run.get('admitted_p99_ms') or run.get('p99_ms', 0):.1f} ms, light-load p99 "
+            f"{light['p99_ms'] if light else float('nan'):.1f} ms), shed {run.get('shed', 0)} (max "
+            f"{run.get('shed_max_ms', 0):.1f} ms), errors {kinds}: "
+            + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in checks.items()))
+    return out
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -820,7 +916,7 @@ def _check_answers(cases: list[Case]) -> None:
         for case in cases:
             body = case.bodies[0].replace(PLACEHOLDER, f"check-{case.key}")
             resp = client.post(case.url, content=body,
-                               headers={"content-type": "application/json"})
+                               headers={"content-type": "application/json", **case.headers})
             if resp.status_code != 200:
                 raise RuntimeError(f"{case.key}: {resp.status_code} {resp.text[:500]}")
             if case.check_degraded and '"degraded":true' in resp.text:

@@ -17,7 +17,8 @@ from vigil.runner import service_specs
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
-RUNNER = {s.name: s for s in service_specs("redis://x", {"encoder": "e", "predictor": "p"}, "/m", "/s")}
+RUNNER = {s.name: s for s in service_specs("redis://x", {"encoder": "e", "predictor": "p"}, "/m", "/s",
+                                             tls=("/certs/cert.pem", "/certs/key.pem"))}
 DOCKERFILES = {
     "encoder": ROOT / "services/encoder/Dockerfile",
     "predictor": ROOT / "services/predictor/Dockerfile",

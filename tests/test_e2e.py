@@ -51,7 +51,8 @@ def stack(feature_env, trained_model, tmp_path_factory):
 
 @pytest.fixture()
 def gateway(stack):
-    with httpx.Client(base_url=stack.services["gateway"].url, timeout=10.0) as client:
+    with httpx.Client(base_url=stack.services["gateway"].url, timeout=10.0,
+                      headers={"authorization": f"Bearer {stack.api_key}"}) as client:
         yield client
 
 

@@ -141,8 +141,17 @@ def test_production_refuses_unsafe_settings(changes: dict[str, Any]) -> None:
         GatewaySettings(environment="production", **changes)
 
 
-def test_production_accepts_the_defaults() -> None:
-    GatewaySettings(environment="production")
+def test_production_accepts_the_defaults_with_a_secret() -> None:
+    GatewaySettings(environment="production", auth_secret="s3cret-from-the-vault")
+
+
+@pytest.mark.parametrize("changes", [
+    {}, {"auth_secret": ""}, {"auth_enabled": False, "auth_secret": "x"},
+])
+def test_production_refuses_auth_off_or_the_development_secret(changes: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError, match="unsafe settings for production"):
+        GatewaySettings(environment="production", **changes)
+    GatewaySettings(environment="production", auth_enabled=False, allow_auth_disabled=True)
 
 
 # --- serving policy --------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import uvicorn
 
 from test_gateway import MODEL, THRESHOLDS, EncoderStandIn, PredictorStandIn
 from vigil.redis_server import free_port
+from vigil.runner import create_api_key
 from vigil_contracts.thresholds import LABELS
 from vigil_gateway.app import create_app
 from vigil_gateway.settings import GatewaySettings
@@ -68,6 +69,7 @@ class UiEncoderStandIn(EncoderStandIn):
 @dataclass
 class LiveGateway:
     base_url: str
+    api_key: str
     encoder: UiEncoderStandIn
     predictor: PredictorStandIn
 
@@ -103,6 +105,7 @@ def live_gateway(redis_server, tmp_path_factory) -> Iterator[LiveGateway]:
     )
     app = create_app(settings, encoder_transport=httpx.ASGITransport(encoder.app),
                      predictor_transport=httpx.ASGITransport(predictor.app))
+    api_key = create_api_key(settings.redis_url, settings.auth_secret.get_secret_value(), "ui-test")
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on",
                                            log_level="warning", access_log=False))
@@ -119,7 +122,7 @@ def live_gateway(redis_server, tmp_path_factory) -> Iterator[LiveGateway]:
             while (ready := client.get("/readyz")).status_code != 200:  # model metadata loaded
                 assert time.monotonic() < deadline, f"gateway never became ready: {ready.text}"
                 time.sleep(0.02)
-        yield LiveGateway(base_url=base_url, encoder=encoder, predictor=predictor)
+        yield LiveGateway(base_url=base_url, api_key=api_key, encoder=encoder, predictor=predictor)
     finally:
         server.should_exit = True
         thread.join(timeout=10)
@@ -163,6 +166,9 @@ def open_ui(browser: WebDriver, gateway: LiveGateway) -> WebDriverWait:
     wait = WebDriverWait(browser, WAIT_S, poll_frequency=0.05)
     # The page's script ran: it fills in a fresh transaction id.
     wait.until(lambda d: d.find_element(By.ID, "transaction_id").get_attribute("value"))
+    key = browser.find_element(By.ID, "api_key")  # the page asks for a key
+    key.clear()
+    key.send_keys(gateway.api_key)
     return wait
 
 
@@ -200,7 +206,8 @@ def test_scores_the_prefilled_transaction_like_the_api(
     reasons = result.find_elements(By.CSS_SELECTOR, '[data-testid="reasons"] > li')
     assert reasons, "no reasons listed"
 
-    with httpx.Client(base_url=live_gateway.base_url, trust_env=False, timeout=5.0) as api:
+    with httpx.Client(base_url=live_gateway.base_url, trust_env=False, timeout=5.0,
+                      headers={"authorization": f"Bearer {live_gateway.api_key}"}) as api:
         stored = api.post("/v1/transactions/score", json=sent)  # the decision the page got
         fresh = api.post("/v1/transactions/score", params={"rescore": "true"}, json=sent)
     assert stored.status_code == 200 and fresh.status_code == 200, (stored.text, fresh.text)

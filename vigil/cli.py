@@ -8,6 +8,8 @@
     vigil train         Feast point-in-time features -> XGBoost -> models/<name>/<version>/
     vigil batch-score   score a parquet file of transactions with a model version
     vigil serve         the stack (redis, encoder, predictor, gateway) as local processes
+    vigil keys          create, list, revoke or rotate the gateway's API keys (in its Redis)
+    vigil certs dev     a self-signed certificate and key for the gateway's HTTPS, locally
     vigil demo          all of the above end to end, with a private redis-server
 """
 
@@ -145,6 +147,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         _say("the stack is ready:\n" + stack.describe())
         _say(f"business API: {stack.services['gateway'].url}/v1/transactions/score  "
              f"web page: {stack.services['gateway'].url}/ui  (Ctrl-C stops everything)")
+        _say(f"an API key for this stack (shown once; more with `vigil keys create --client NAME "
+             f"--redis-url {stack.redis_url}`): {stack.api_key}")
         try:
             while not stopping.wait(1.0):
                 for name, svc in stack.services.items():
@@ -153,6 +157,31 @@ def cmd_serve(args: argparse.Namespace) -> None:
         except KeyboardInterrupt:
             pass
         _say("stopping")
+
+
+def cmd_keys(args: argparse.Namespace) -> None:
+    import asyncio
+    import json
+
+    from vigil.keys import KeysError, run_keys_command
+
+    try:
+        lines = asyncio.run(run_keys_command(args))
+    except KeysError as exc:
+        raise CliError(str(exc)) from None
+    for line in lines:
+        print(line if isinstance(line, str) else json.dumps(line))
+
+
+def cmd_certs(args: argparse.Namespace) -> None:
+    from vigil.keys import KeysError, dev_certificate
+
+    try:
+        cert, key = dev_certificate(Path(args.out), days=args.days)
+    except KeysError as exc:
+        raise CliError(str(exc)) from None
+    _say(f"wrote {cert} and {key} (self-signed, for localhost and 127.0.0.1; local use only): "
+         f"GATEWAY_TLS_CERTFILE={cert} GATEWAY_TLS_KEYFILE={key}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -219,6 +248,27 @@ def build_parser() -> argparse.ArgumentParser:
                         "no features until `vigil materialize` runs against it)")
     p.add_argument("--free-ports", action="store_true",
                    help="pick free ports instead of 8000-8002")
+
+    p = add("keys", cmd_keys, "manage the gateway's API keys (GATEWAY_AUTH_SECRET must be the "
+                              "gateway's; a new key is printed once)")
+    p.add_argument("action", choices=["create", "list", "revoke", "rotate"])
+    p.add_argument("key_id", nargs="?", help="the key to revoke or rotate")
+    p.add_argument("--redis-url", default=os.environ.get("GATEWAY_REDIS_URL", "redis://localhost:6379/0"),
+                   help="the gateway's Redis (default: $GATEWAY_REDIS_URL or %(default)s)")
+    p.add_argument("--client", help="who the key is for (create)")
+    p.add_argument("--scope", action="append", choices=["score", "admin"],
+                   help="a scope of the new key (repeatable; default: score)")
+    p.add_argument("--expires-in-days", type=float, default=None, help="expiry of the new key")
+    p.add_argument("--requests-per-s", type=float, default=None, help="the key's own request rate")
+    p.add_argument("--transactions-per-s", type=float, default=None,
+                   help="the key's own transaction rate")
+    p.add_argument("--grace-s", type=float, default=0.0,
+                   help="rotate: how long the old key stays valid (default: revoked at once)")
+
+    p = add("certs", cmd_certs, "make a self-signed certificate and key for local HTTPS")
+    p.add_argument("kind", choices=["dev"])
+    p.add_argument("--out", default="certs", help="folder to write cert.pem and key.pem to")
+    p.add_argument("--days", type=int, default=30)
 
     p = add("demo", cmd_demo, "run the whole job end to end with a private redis-server")
     p.add_argument("--seed", type=int, default=7)

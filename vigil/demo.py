@@ -112,7 +112,7 @@ def _score_online(args: argparse.Namespace, repo: Path, models_dir: Path, frame:
         scenarios = build_scenarios(frame)
         gateway = stack.services["gateway"].url
         _step(f"scoring {len(scenarios)} sample transactions through the business API ({gateway})")
-        with httpx.Client(timeout=5.0) as client:
+        with httpx.Client(timeout=5.0, headers={"authorization": f"Bearer {stack.api_key}"}) as client:
             resp = client.post(f"{gateway}/v1/transactions/score-batch",
                                json={"transactions": [s.transaction for s in scenarios]})
             resp.raise_for_status()

@@ -1,5 +1,8 @@
 """The local runner: Redis and the three services as plain processes, as docker compose runs them.
 
+The stack gets a fresh token for the internal hops, the key secret ``vigil keys`` uses, and one API key
+with the ``score`` scope, ``LocalStack.api_key``, which its clients send.
+
 Each service is started with the same command and the same environment variables as in
 ``docker-compose.yml`` (a test compares the two); only hosts and ports differ, since here
 everything listens on 127.0.0.1. ``vigil serve`` starts the stack, waits for every ``/readyz``,
@@ -9,6 +12,7 @@ prints where each service is and stops them all cleanly on Ctrl-C.
 from __future__ import annotations
 
 import os
+import secrets as secrets_module
 import signal
 import subprocess
 import sys
@@ -45,19 +49,27 @@ class ServiceSpec:
 
 
 def service_specs(redis_url: str, urls: dict[str, str], models_dir: str, spec_path: str,
-                  samples_path: str | None = None) -> list[ServiceSpec]:
+                  samples_path: str | None = None, secrets: dict[str, str] | None = None,
+                  tls: tuple[str, str] | None = None) -> list[ServiceSpec]:
     """The stack, in start order. Compose's environment for each service must have these keys.
 
     ``samples_path`` (the web page's sample transactions) defaults to ``samples.json`` beside
-    the serving spec, where ``vigil features`` writes it."""
+    the serving spec, where ``vigil features`` writes it. ``secrets``: ``internal_token`` (the
+    encoder and predictor require it, the gateway sends it) and ``auth_secret`` (the gateway's
+    key hashes); fresh random ones when not given. ``tls``: the gateway's certificate and key
+    (it then serves HTTPS)."""
     samples_path = samples_path or str(Path(spec_path).parent / "samples.json")
+    secrets = {**new_secrets(), **(secrets or {})}
+    gateway_tls = {"GATEWAY_TLS_CERTFILE": tls[0], "GATEWAY_TLS_KEYFILE": tls[1]} if tls else {}
     return [
         ServiceSpec("encoder", "vigil_encoder.app:create_app", 8001, {
             "ENCODER_REDIS_URL": redis_url,
             "ENCODER_SPEC_PATH": spec_path,
+            "ENCODER_INTERNAL_TOKEN": secrets["internal_token"],
         }),
         ServiceSpec("predictor", "vigil_predictor.app:create_app", 8002, {
             "PREDICTOR_MODELS_DIR": models_dir,
+            "PREDICTOR_INTERNAL_TOKEN": secrets["internal_token"],
         }),
         ServiceSpec("gateway", "vigil_gateway.app:create_app", 8000, {
             "GATEWAY_ENCODER_URL": urls["encoder"],
@@ -65,8 +77,39 @@ def service_specs(redis_url: str, urls: dict[str, str], models_dir: str, spec_pa
             "GATEWAY_REDIS_URL": redis_url,
             "GATEWAY_MODEL_NAME": "fraud_detector",
             "GATEWAY_SAMPLES_PATH": samples_path,
+            "GATEWAY_INTERNAL_TOKEN": secrets["internal_token"],
+            "GATEWAY_AUTH_SECRET": secrets["auth_secret"],
+            **gateway_tls,
         }),
     ]
+
+
+def new_secrets() -> dict[str, str]:
+    """A fresh internal token; the key secret is ``GATEWAY_AUTH_SECRET`` (or the development
+    one), which ``vigil keys`` uses too."""
+    from vigil.keys import auth_secret
+
+    return {"internal_token": secrets_module.token_urlsafe(24), "auth_secret": auth_secret()}
+
+
+def create_api_key(redis_url: str, auth_secret: str, client: str, scopes: tuple[str, ...] = ("score",),
+                   limits: dict[str, float | None] | None = None) -> str:
+    """A new API key in the stack's Redis (the gateway's ``KeyAdmin``); its token."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from vigil_gateway.api_keys import KeyAdmin
+
+    async def create() -> str:
+        redis_client = aioredis.Redis.from_url(redis_url)
+        try:
+            token, _ = await KeyAdmin(redis_client, auth_secret).create(client, scopes, limits=limits)
+        finally:
+            await redis_client.aclose()
+        return token
+
+    return asyncio.run(create())
 
 
 READY_PATH = {"encoder": "/readyz", "predictor": "/v2/health/ready", "gateway": "/readyz"}
@@ -89,7 +132,9 @@ class LocalStack:
 
     def __init__(self, repo: Path, models_dir: Path, log_dir: Path, redis_url: str | None = None,
                  ports: dict[str, int] | None = None, fixed_ports: bool = False,
-                 extra_env: dict[str, dict[str, str]] | None = None):
+                 extra_env: dict[str, dict[str, str]] | None = None,
+                 key_limits: dict[str, float | None] | None = None,
+                 tls: tuple[str, str] | None = None):
         self.repo, self.models_dir, self.log_dir = repo, models_dir.resolve(), log_dir
         self.redis_url = redis_url
         self.redis: RedisServer | None = None
@@ -97,6 +142,11 @@ class LocalStack:
         self.fixed_ports = fixed_ports
         self.extra_env = extra_env or {}
         self.services: dict[str, RunningService] = {}
+        self.secrets = new_secrets()
+        self.key_limits = key_limits
+        self.tls = tls
+        self.api_key: str | None = None
+        """A key with the ``score`` scope made for this stack's clients (``start`` makes it)."""
 
     def start(self, timeout: float = 60.0) -> Self:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -109,7 +159,9 @@ class LocalStack:
         urls = {name: f"http://127.0.0.1:{port}" for name, port in planned.items()}
         specs = service_specs(self.redis_url, urls, str(self.models_dir),
                               str(self.repo / "data" / "serving_spec.json"),
-                              str(self.repo / "data" / "samples.json"))
+                              str(self.repo / "data" / "samples.json"), secrets=self.secrets, tls=self.tls)
+        self.api_key = create_api_key(self.redis_url, self.secrets["auth_secret"], "local-stack",
+                                      limits=self.key_limits)
         try:
             for spec in specs:
                 self._start_one(spec, planned[spec.name])
@@ -131,12 +183,14 @@ class LocalStack:
         with open(log_path, "ab") as log:  # the child keeps its own descriptor
             process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                        start_new_session=True)
-        self.services[spec.name] = RunningService(spec, f"http://127.0.0.1:{port}", process, log_path)
+        scheme = "https" if spec.name == "gateway" and self.tls else "http"
+        self.services[spec.name] = RunningService(spec, f"{scheme}://127.0.0.1:{port}", process, log_path)
 
     def wait_ready(self, name: str, timeout: float = 60.0) -> None:
         svc = self.services[name]
         deadline = time.monotonic() + timeout
-        with httpx.Client(timeout=1.0) as client:
+        verify = self.tls[0] if self.tls and name == "gateway" else True
+        with httpx.Client(timeout=1.0, verify=verify) as client:
             while time.monotonic() < deadline:
                 if svc.process.poll() is not None:
                     raise StackError(f"{name} exited with {svc.process.returncode}:\n{self.log_tail(name)}")

@@ -21,6 +21,7 @@ from pydantic import (
     IPvAnyAddress,
     PlainSerializer,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -94,7 +95,12 @@ def _ipv4_as_int(value: Any) -> Any:
     return value
 
 
-IpAddress = Annotated[IPvAnyAddress, BeforeValidator(_ipv4_as_int)]
+IpAddress = Annotated[
+    IPvAnyAddress, BeforeValidator(_ipv4_as_int),
+    # What is accepted, in JSON Schema's own formats (pydantic's "ipvanyaddress" is not one).
+    WithJsonSchema({"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}],
+                    "examples": ["192.0.2.10", "2001:db8::1"]}),
+]
 TransactionId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-:.]{1,64}$", examples=["tx-2024-000123"])]
 EntityId = Annotated[str, Field(min_length=1, max_length=128)]
 
@@ -202,8 +208,14 @@ class BatchRequest(BaseModel):
 
     transactions: list[Any] = Field(
         min_length=1,
-        description="Transactions (objects of the single-score schema); the server caps the count.",
-        json_schema_extra={"items": Transaction.model_json_schema()},
+        description=(
+            "Transactions, each meant to be an object of the single-score `Transaction` schema; "
+            "the server caps the count. Any JSON value is accepted as an item: an item that is "
+            "not a valid transaction (a missing or malformed field) is answered in its own slot "
+            "of `results` with `status: 422` and the problem, and the other items are scored."),
+        json_schema_extra={"items": {
+            "description": "A `Transaction`; an invalid one is answered 422 in its own result slot.",
+        }},
     )
 
 

@@ -15,7 +15,8 @@ class ServiceError(Exception):
     """A failure with the HTTP status, title and problem type slug it is answered with.
 
     ``extensions`` are extra members of the problem document (RFC 9457 allows them), e.g. the
-    readiness checks that failed; they never replace a standard member.
+    readiness checks that failed; they never replace a standard member. ``headers`` go on the
+    answer (a 401's ``WWW-Authenticate``, a 429's ``Retry-After``).
     """
 
     status: int = 500
@@ -31,6 +32,7 @@ class ServiceError(Exception):
         slug: str | None = None,
         invalid_params: list[InvalidParam] | None = None,
         extensions: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(detail)
         self.detail = detail
@@ -42,6 +44,8 @@ class ServiceError(Exception):
             self.slug = slug
         self.invalid_params = invalid_params
         self.extensions = extensions or {}
+        self.headers = headers or {}
+        """HTTP headers the answer carries (``WWW-Authenticate``, ``Retry-After``)."""
 
     def problem(self, *, instance: str | None = None, request_id: str | None = None) -> Problem:
         return Problem(

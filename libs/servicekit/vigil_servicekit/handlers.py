@@ -33,7 +33,7 @@ def problem_response(request: Request, error: ServiceError) -> JSONResponse:
     request_id = request_id_of(request.scope)
     body = error.problem_body(instance=request.url.path, request_id=request_id)
     # Also set here: the unexpected-error answer is sent outside the request-id middleware.
-    headers = {REQUEST_ID_HEADER: request_id} if request_id else None
+    headers = {**error.headers, REQUEST_ID_HEADER: request_id} if request_id else error.headers or None
     return JSONResponse(body, status_code=error.status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 

@@ -30,6 +30,12 @@ def request_id_of(scope: Scope) -> str | None:
     return scope.get("state", {}).get("request_id")
 
 
+def arrival_of(scope: Scope) -> float:
+    """When the request arrived (``time.monotonic()``): stamped by the server's protocol when it
+    read the first bytes (``uvicorn_http``), else when this middleware first saw it."""
+    return scope["extensions"]["vigil.arrival"]
+
+
 def log_fields(scope: Scope) -> dict[str, Any]:
     """Extra fields for this request's access log line (never whole payloads).
 
@@ -51,6 +57,11 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        extensions = scope.get("extensions")
+        if extensions is None:
+            scope["extensions"] = {"vigil.arrival": time.monotonic()}
+        elif "vigil.arrival" not in extensions:
+            extensions["vigil.arrival"] = time.monotonic()
         incoming = None
         for key, value in scope["headers"]:
             if key == _HEADER:

@@ -12,11 +12,16 @@ error: it is written before the connection is closed), and at once for a streame
 response, whose first part may come much later: its client sees the status as soon as uvicorn
 would show it.
 
+It also stamps each request's arrival (``time.monotonic()`` when its first bytes were parsed)
+in the scope (``request_context.arrival_of``), so that a time budget can count the time the
+request waited for the event loop.
+
 Use it with ``uvicorn --http vigil_servicekit.uvicorn_http:HttpToolsProtocol``.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from uvicorn.protocols.http import httptools_impl
@@ -78,6 +83,10 @@ class _Cycle(httptools_impl.RequestResponseCycle):
 
 class HttpToolsProtocol(httptools_impl.HttpToolsProtocol):
     """``uvicorn``'s ``httptools`` protocol with one write per response (see the module)."""
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.scope["extensions"] = {"vigil.arrival": time.monotonic()}  # type: ignore[dict-item]
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()

@@ -24,6 +24,7 @@ from vigil_encoder.settings import EncoderSettings
 from vigil_encoder.store import OnlineStore
 from vigil_servicekit.fast_lane import install_fast_lane
 from vigil_servicekit.gc_tuning import frozen_startup_heap
+from vigil_servicekit.internal_token import InternalTokenMiddleware
 from vigil_servicekit.logs import configure_logging
 from vigil_servicekit.wiring import wire
 
@@ -70,6 +71,9 @@ def create_app(settings: EncoderSettings | None = None) -> FastAPI:
     app.state.encoder = encoder
     # Inside the request-context middleware (request id, access line, metrics), so before wire().
     install_fast_lane(app, fast_routes())
+    if settings.internal_token is not None:  # outside the lane: it holds both ways
+        app.add_middleware(InternalTokenMiddleware, token=settings.internal_token.get_secret_value(),
+                           error_root=EncoderError, open_paths=("/healthz", "/readyz", "/metrics"))
     wire(app, service="encoder", error_root=EncoderError, metrics=metrics, log=service_log)
     app.include_router(service_router)
     app.include_router(encoder_router)

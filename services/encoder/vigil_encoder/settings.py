@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -28,6 +28,10 @@ class EncoderSettings(BaseSettings):
 
     max_rows: int = Field(default=2000, ge=1)
     """Most rows one encode request may carry; more is answered 413 before any Redis work."""
+
+    internal_token: SecretStr | None = None
+    """When set, every request but the health probes must carry it as
+    ``x-vigil-internal-token`` (401 otherwise): the gateway sends ``GATEWAY_INTERNAL_TOKEN``."""
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Level of the encoder's JSON log lines."""

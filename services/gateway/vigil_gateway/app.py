@@ -19,6 +19,8 @@ from importlib.metadata import version as package_version
 import httpx
 from fastapi import FastAPI
 
+from vigil_gateway.api_keys import KeyRing
+from vigil_gateway.authenticate import Authenticate
 from vigil_gateway.body_limit import BodyLimitMiddleware
 from vigil_gateway.decisions import DecisionStore, connect
 from vigil_gateway.deps import Services
@@ -28,8 +30,10 @@ from vigil_gateway.encoder_client import EncoderClient
 from vigil_gateway.errors import GatewayError
 from vigil_gateway.framework_errors import from_http_error, from_validation_error
 from vigil_gateway.idempotency import Idempotency
+from vigil_gateway.limits import Admission, RateLimiter, Rates
 from vigil_gateway.metrics import GatewayMetrics
 from vigil_gateway.model_catalog import ModelCatalog
+from vigil_gateway.openapi import exact_openapi
 from vigil_gateway.pipeline import ScoringPipeline, batch_limits, single_limits
 from vigil_gateway.postprocess import Postprocess
 from vigil_gateway.predict import Predict
@@ -64,6 +68,10 @@ def create_app(
     service_log = configure_logging("vigil_gateway", settings.log_level)
     metrics = GatewayMetrics()
     rules = load_rules(settings.safeguards_path)  # a broken rule file fails the start, loudly
+    if not settings.auth_enabled:
+        logger.warning("authentication is OFF (GATEWAY_AUTH_ENABLED=false): anyone who can reach "
+                       "this gateway can score transactions")
+    internal = settings.internal_token.get_secret_value() if settings.internal_token else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -73,6 +81,7 @@ def create_app(
                     build_http_client(
                         url, connect_timeout_s=settings.connect_timeout_s,
                         max_connections=settings.max_connections, transport=transport,
+                        internal_token=internal,
                     )
                 )
                 for name, url, transport in (
@@ -97,7 +106,21 @@ def create_app(
             stack.push_async_callback(catalog.close)
             store = DecisionStore(redis, metrics, ttl_s=settings.decision_ttl_s)
             stack.push_async_callback(store.drain)  # decisions written behind answers, first
+            ring = None
+            if settings.auth_enabled:
+                ring = KeyRing(redis, settings.auth_secret.get_secret_value(),
+                               refresh_s=settings.auth_refresh_s)
+                with contextlib.suppress(Exception):  # unreadable now: the refresher retries
+                    await ring.refresh()
             scoring = ScoringPipeline(
+                admit=Admission(metrics, max_in_flight=settings.max_in_flight,
+                                max_in_flight_per_key=settings.max_in_flight_per_key,
+                                min_budget_s=settings.min_budget_s),
+                rate_limit=RateLimiter(
+                    redis if settings.rate_limit_enabled else None,
+                    Rates(settings.rate_requests_per_s, settings.rate_request_burst,
+                          settings.rate_transactions_per_s, settings.rate_transaction_burst),
+                    metrics),
                 idempotency=Idempotency(store, metrics, longest_budgets=[
                     single_limits(settings).budget, batch_limits(settings).budget]),
                 encode=Encode(encoder, catalog, feature_service=settings.feature_service),
@@ -109,7 +132,11 @@ def create_app(
                 settings=settings,
             )
             refresher = asyncio.create_task(catalog.run(), name="model-metadata-refresh")
-            app.state.services = Services(scoring=scoring, catalog=catalog, encoder=encoder, store=store)
+            keys_refresher = (asyncio.create_task(ring.run(), name="api-key-refresh")
+                              if ring is not None else None)
+            app.state.services = Services(scoring=scoring, catalog=catalog, encoder=encoder,
+                                          store=store, authenticate=Authenticate(ring),
+                                          metrics=metrics)
             logger.info(
                 "gateway started",
                 extra={
@@ -118,6 +145,9 @@ def create_app(
                     "predictor_url": settings.predictor_url,
                     "model": settings.model_name,
                     "pinned_version": settings.model_version,
+                    "auth_enabled": settings.auth_enabled,
+                    "rate_limit_enabled": settings.rate_limit_enabled,
+                    "tls": settings.tls_certfile is not None,
                 },
             )
             try:
@@ -125,9 +155,11 @@ def create_app(
                     yield
             finally:
                 app.state.services = None
-                refresher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await refresher
+                for task in (refresher, keys_refresher):
+                    if task is not None:
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
 
     app = FastAPI(
         title="Vigil gateway",
@@ -149,4 +181,5 @@ def create_app(
     app.include_router(service_router)
     app.include_router(ui_router)
     app.include_router(samples_router)
+    app.openapi = lambda: exact_openapi(app, settings)  # type: ignore[method-assign]
     return app

@@ -10,9 +10,11 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from vigil_gateway.authenticate import Authenticate
 from vigil_gateway.decisions import DecisionStore
 from vigil_gateway.encoder_client import EncoderClient
 from vigil_gateway.errors import NotReady
+from vigil_gateway.metrics import GatewayMetrics
 from vigil_gateway.model_catalog import ModelCatalog
 from vigil_gateway.pipeline import ScoringPipeline
 from vigil_gateway.settings import GatewaySettings
@@ -26,6 +28,8 @@ class Services:
     catalog: ModelCatalog
     encoder: EncoderClient
     store: DecisionStore
+    authenticate: Authenticate
+    metrics: GatewayMetrics
 
 
 def services_of(request: Request) -> Services:

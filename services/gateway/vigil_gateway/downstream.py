@@ -21,6 +21,7 @@ import httpx
 from vigil_gateway import http_transport
 from vigil_gateway.errors import DownstreamError
 from vigil_gateway.metrics import GatewayMetrics
+from vigil_servicekit.internal_token import INTERNAL_TOKEN_HEADER
 from vigil_servicekit.request_context import REQUEST_ID_HEADER
 
 USER_AGENT = "vigil-gateway"
@@ -32,7 +33,8 @@ Response: TypeAlias = httpx.Response | http_transport.Reply
 class DownstreamClient(httpx.AsyncClient):
     """The shared client of one dependency, keeping its transport at hand for :func:`send`."""
 
-    def __init__(self, base_url: str, *, transport: httpx.AsyncBaseTransport, connect_timeout_s: float) -> None:
+    def __init__(self, base_url: str, *, transport: httpx.AsyncBaseTransport, connect_timeout_s: float,
+                 internal_token: str | None = None) -> None:
         super().__init__(
             base_url=base_url,
             transport=transport,
@@ -41,6 +43,8 @@ class DownstreamClient(httpx.AsyncClient):
             trust_env=False,  # calls bypass the client's proxy mounts: do not read any
         )
         self.transport = transport
+        self.internal_token = internal_token
+        """Sent as ``x-vigil-internal-token`` on every call (the internal hops' shared token)."""
         self._urls: dict[str, httpx.URL] = {}
         self._targets: dict[str, bytes] = {}
 
@@ -72,13 +76,15 @@ def build_http_client(
     connect_timeout_s: float,
     max_connections: int,
     transport: httpx.AsyncBaseTransport | None = None,
+    internal_token: str | None = None,
 ) -> DownstreamClient:
     """The one shared client of a dependency (keep-alive pool of ``max_connections``, HTTP/1.1,
     no retries); each call sets its own read/write budget. ``transport`` replaces the network
     (tests pass ``httpx.ASGITransport``)."""
     if transport is None:
         transport = http_transport.transport(base_url, max_connections=max_connections)
-    return DownstreamClient(base_url, transport=transport, connect_timeout_s=connect_timeout_s)
+    return DownstreamClient(base_url, transport=transport, connect_timeout_s=connect_timeout_s,
+                            internal_token=internal_token)
 
 
 def call_timeout(seconds: float | None, connect_timeout_s: float) -> httpx.Timeout:
@@ -102,6 +108,9 @@ async def send(
 ) -> Response:
     """Send a request; return the response unless it timed out, failed to connect or was a 5xx."""
     all_headers = dict(headers or {})
+    token = getattr(client, "internal_token", None)
+    if token:
+        all_headers[INTERNAL_TOKEN_HEADER] = token
     if request_id:
         all_headers[REQUEST_ID_HEADER] = request_id
     started = time.perf_counter()

@@ -78,4 +78,26 @@ class GatewayMetrics(ServiceMetrics):
             "Failed attempts to read model metadata from the predictor.",
             registry=self.registry,
         )
-
+        self.refused = Counter(
+            "vigil_gateway_refused",
+            "Requests refused before scoring, by reason (unauthenticated, forbidden, rate_limited, "
+            "overloaded) and API key id ('none' when no valid key was sent).",
+            ["reason", "key_id"],
+            registry=self.registry,
+        )
+        self.key_transactions = Counter(
+            "vigil_gateway_key_transactions",
+            "Transactions taken on for scoring, by API key id.",
+            ["key_id"],
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "vigil_gateway_in_flight",
+            "Scoring requests in flight in this process (admission control bounds it).",
+            registry=self.registry,
+        )
+        self.rate_limit_errors = Counter(
+            "vigil_gateway_rate_limit_errors",
+            "Rate-limit checks that could not reach Redis (the request was let through).",
+            registry=self.registry,
+        )

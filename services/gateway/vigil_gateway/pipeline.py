@@ -1,7 +1,8 @@
 """The gateway's request path, in one place, top to bottom:
 
-    validate -> idempotency.begin -> preprocess -> encode -> policy -> safeguards -> predict
-             -> postprocess -> idempotency.settle -> record -> answer
+    authenticate (the route, before the body is read) -> admit -> rate limit
+             -> validate -> idempotency.begin -> preprocess -> encode -> policy -> safeguards
+             -> predict -> postprocess -> idempotency.settle -> record -> answer
 
 Each stage is a module with one entry point that knows nothing of the others; this module only
 composes them (it is KServe's preprocess -> predict -> postprocess, in business terms). Routes
@@ -15,21 +16,28 @@ One concurrency: the decision store is asked which transactions need a fresh dec
 on the critical path). Should the vectors come first, every transaction goes on to the predictor
 meanwhile, and the answers of those the store then settles are dropped: a stalled store delays
 a request only by what it outlasts the predictor's call.
+
+A request's time budget counts from its arrival (when the server read its first bytes), not
+from when it reaches this module, and never exceeds the caller's own deadline
+(``X-Request-Timeout-Ms``): time spent waiting in front of the gateway is the caller's time too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from vigil_contracts.api import ScoreResponse, Transaction
 from vigil_gateway import preprocess, validation
+from vigil_gateway.authenticate import Caller
 from vigil_gateway.context import Limits, ScoringRequest
 from vigil_gateway.encode import Encode
 from vigil_gateway.errors import GatewayError
 from vigil_gateway.idempotency import Idempotency, Outcomes
+from vigil_gateway.limits import Admission, RateLimiter
 from vigil_gateway.metrics import GatewayMetrics
 from vigil_gateway.policy import screen
 from vigil_gateway.postprocess import Postprocess
@@ -48,6 +56,8 @@ class ScoringPipeline:
     def __init__(
         self,
         *,
+        admit: Admission,
+        rate_limit: RateLimiter,
         idempotency: Idempotency,
         encode: Encode,
         safeguards: Safeguards,
@@ -57,6 +67,8 @@ class ScoringPipeline:
         metrics: GatewayMetrics,
         settings: GatewaySettings,
     ) -> None:
+        self.admit = admit
+        self.rate_limit = rate_limit
         self.idempotency = idempotency
         self.encode = encode
         self.safeguards = safeguards
@@ -68,20 +80,39 @@ class ScoringPipeline:
         self.single_limits = single_limits(settings)
         self.batch_limits = batch_limits(settings)
 
-    async def score_one(self, transaction: Transaction, *, request_id: str, rescore: bool) -> ScoreResponse:
-        """The answer to one (validated) transaction, or the ``GatewayError`` it gets."""
-        request = self._request(request_id, rescore, self.single_limits, write_behind=True)
-        [outcome] = await self._decide([transaction], request)
+    async def score_one(
+        self, transaction: Transaction, *, caller: Caller, request_id: str, rescore: bool,
+        arrival: float | None = None, timeout_s: float | None = None,
+    ) -> ScoreResponse:
+        """The answer to one (validated) transaction, or the ``GatewayError`` it gets.
+
+        ``arrival``: when the request arrived (``time.monotonic()``; None: now); ``timeout_s``:
+        the caller's own time limit, which the budget never exceeds."""
+        request = self._request(request_id, rescore, self.single_limits, write_behind=True,
+                                arrival=arrival, timeout_s=timeout_s)
+        with self.admit(caller, self._remaining(request)):
+            await self.rate_limit(caller, 1)
+            self.metrics.key_transactions.labels(caller.key_id).inc()
+            [outcome] = await self._decide([transaction], request)
         if isinstance(outcome, GatewayError):
             raise outcome
         return outcome
 
-    async def score_batch(self, items: Sequence[Any], *, request_id: str, rescore: bool) -> Outcomes:
+    async def score_batch(
+        self, items: Sequence[Any], *, caller: Caller, request_id: str, rescore: bool,
+        arrival: float | None = None, timeout_s: float | None = None,
+    ) -> Outcomes:
         """One outcome per item, in order: its answer, or the error it alone would have had."""
-        request = self._request(request_id, rescore, self.batch_limits, write_behind=False)
-        checked = validation.validate_batch(items, self.max_batch)
-        self.metrics.batch_size.observe(len(items))
-        return await self._decide(checked, request)
+        request = self._request(request_id, rescore, self.batch_limits, write_behind=False,
+                                arrival=arrival, timeout_s=timeout_s)
+        with self.admit(caller, self._remaining(request)):
+            if len(items) > self.max_batch:  # refused before it costs the caller's rate
+                validation.validate_batch(items, self.max_batch)
+            await self.rate_limit(caller, len(items))
+            self.metrics.key_transactions.labels(caller.key_id).inc(len(items))
+            checked = validation.validate_batch(items, self.max_batch)
+            self.metrics.batch_size.observe(len(items))
+            return await self._decide(checked, request)
 
     async def _decide(self, items: Sequence[Transaction | GatewayError], request: ScoringRequest) -> Outcomes:
         claim = self.idempotency.begin(items, request)
@@ -172,10 +203,23 @@ class ScoringPipeline:
         return answers
 
     @staticmethod
-    def _request(request_id: str, rescore: bool, limits: Limits, *, write_behind: bool) -> ScoringRequest:
-        deadline = None if limits.budget is None else asyncio.get_running_loop().time() + limits.budget
+    def _request(request_id: str, rescore: bool, limits: Limits, *, write_behind: bool,
+                 arrival: float | None, timeout_s: float | None) -> ScoringRequest:
+        budget = limits.budget
+        if timeout_s is not None:
+            budget = timeout_s if budget is None else min(budget, timeout_s)
+        deadline = None
+        if budget is not None:
+            waited = 0.0 if arrival is None else max(0.0, time.monotonic() - arrival)
+            deadline = asyncio.get_running_loop().time() + budget - waited
         return ScoringRequest(request_id=request_id, rescore=rescore, limits=limits,
                               deadline=deadline, write_behind=write_behind)
+
+    @staticmethod
+    def _remaining(request: ScoringRequest) -> float | None:
+        if request.deadline is None:
+            return None
+        return request.deadline - asyncio.get_running_loop().time()
 
 
 def single_limits(settings: GatewaySettings) -> Limits:

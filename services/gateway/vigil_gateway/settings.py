@@ -2,7 +2,8 @@
 
 Every field has a safe default for the local stack. Outside development, settings that would make
 the service unsafe to run (no time budget, hop timeouts longer than the budget, no metadata
-refresh) are refused at start-up rather than discovered under load.
+refresh, authentication off without an explicit acknowledgement, the development key secret) are
+refused at start-up rather than discovered under load.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from vigil_gateway.api_keys import DEVELOPMENT_SECRET
 
 
 class UnsafeSettings(ValueError):
@@ -111,6 +114,63 @@ class GatewaySettings(BaseSettings):
     ``vigil features`` writes beside the serving spec, taken from the world the model learnt.
     Unset or unreadable, the page offers none."""
 
+    auth_enabled: bool = True
+    """Require an API key (``Authorization: Bearer <key>``) on the scoring routes. Switching it
+    off is logged as a warning at start-up; production refuses it unless
+    ``allow_auth_disabled`` is also set."""
+
+    allow_auth_disabled: bool = False
+    """The explicit acknowledgement production needs to run with ``auth_enabled=false``."""
+
+    auth_secret: SecretStr = SecretStr(DEVELOPMENT_SECRET)
+    """Server secret of the keys' stored hashes (HMAC-SHA256) and of the pseudonyms in logs.
+    ``vigil keys`` must be given the same one. Production refuses the development default."""
+
+    auth_refresh_s: float = Field(default=0.5, gt=0, le=1.0)
+    """How often the key table's version is read from Redis: a new, revoked or rotated key
+    takes effect on every replica within this time (<= 1 s)."""
+
+    metrics_auth: bool = False
+    """Require a key with the ``admin`` scope on ``/metrics`` (open by default, for a scraper on
+    the internal network)."""
+
+    rate_limit_enabled: bool = True
+    """Enforce per-key rate limits (token buckets in Redis, shared by every replica)."""
+
+    rate_requests_per_s: float = Field(default=200.0, gt=0)
+    """Default requests per second of a key (a key's own limits replace the defaults)."""
+
+    rate_request_burst: float = Field(default=400.0, ge=1)
+    """Default burst of requests of a key above its rate."""
+
+    rate_transactions_per_s: float = Field(default=5000.0, gt=0)
+    """Default transactions per second of a key (a batch counts each of its items)."""
+
+    rate_transaction_burst: float = Field(default=10000.0, ge=1)
+    """Default burst of transactions of a key; a batch larger than it is always refused."""
+
+    max_in_flight: int = Field(default=32, ge=1)
+    """Admission control: most scoring requests this process works on at once; beyond it a
+    request is answered at once with 503 ``overloaded`` and ``Retry-After``."""
+
+    max_in_flight_per_key: int = Field(default=32, ge=1)
+    """Most scoring requests of one key this process works on at once (503 beyond it)."""
+
+    min_budget_s: float = Field(default=0.05, ge=0)
+    """A request with less than this left of its time budget when it is taken on (it waited in
+    front of the gateway, or its caller's deadline is that close) is answered 503 at once."""
+
+    internal_token: SecretStr | None = None
+    """Shared token sent to the encoder and the predictor (``x-vigil-internal-token``); set it
+    to the same value as their ``*_INTERNAL_TOKEN`` when they require it."""
+
+    tls_certfile: str | None = None
+    """PEM certificate (chain) the gateway serves HTTPS with; unset serves plain HTTP (behind a
+    TLS-terminating proxy). ``vigil certs dev`` makes a self-signed pair for local use."""
+
+    tls_keyfile: str | None = None
+    """PEM private key of ``tls_certfile``."""
+
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> GatewaySettings:
         if self.environment != "production":
@@ -128,6 +188,10 @@ class GatewaySettings(BaseSettings):
             problems.append("decision_store_timeout_s must be below total_budget_s")
         if 0 < self.batch_total_budget_s < self.batch_hop_timeout_s:
             problems.append("batch_hop_timeout_s must not exceed batch_total_budget_s")
+        if not self.auth_enabled and not self.allow_auth_disabled:
+            problems.append("auth_enabled=false needs allow_auth_disabled=true")
+        if self.auth_enabled and self.auth_secret.get_secret_value() in ("", DEVELOPMENT_SECRET):
+            problems.append("auth_secret must be set (not the development default)")
         if problems:
             raise UnsafeSettings("unsafe settings for production: " + "; ".join(problems))
         return self

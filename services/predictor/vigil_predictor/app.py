@@ -22,6 +22,7 @@ from vigil_predictor.rest import fast_routes, models_router, server_router, serv
 from vigil_predictor.settings import PredictorSettings
 from vigil_servicekit.fast_lane import install_fast_lane
 from vigil_servicekit.gc_tuning import frozen_startup_heap
+from vigil_servicekit.internal_token import InternalTokenMiddleware
 from vigil_servicekit.logs import configure_logging
 from vigil_servicekit.wiring import wire
 
@@ -69,6 +70,10 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     app.state.dataplane = dataplane
     # Inside the request-context middleware (request id, access line, metrics), so before wire().
     install_fast_lane(app, fast_routes())
+    if settings.internal_token is not None:  # outside the lane: it holds both ways
+        app.add_middleware(InternalTokenMiddleware, token=settings.internal_token.get_secret_value(),
+                           error_root=PredictorError, open_paths=("/healthz", "/readyz", "/metrics", "/v2/health/live",
+                                       "/v2/health/ready"))
     wire(app, service="predictor", error_root=PredictorError, metrics=metrics, log=service_log)
     # Routes are matched in order, one regex at a time: inference, the hot path, goes first.
     app.include_router(models_router)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -53,6 +53,10 @@ class PredictorSettings(BaseSettings):
 
     port: int = 8002
     """Port uvicorn listens on (documentation only: uvicorn's ``--port`` decides)."""
+
+    internal_token: SecretStr | None = None
+    """When set, every request but the health probes must carry it as
+    ``x-vigil-internal-token`` (401 otherwise): the gateway sends ``GATEWAY_INTERNAL_TOKEN``."""
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Level of the predictor's JSON log lines."""
