@@ -1,5 +1,9 @@
 """Decoding of the values Feast writes to Redis: ``feast.types.Value`` and ``Timestamp``.
 
+Saves: a protobuf parse for the two commonest ``ValueProto`` forms; held equal: tested bit for
+bit against the parse (tests/test_encoder_feast_layout.py); fallback: the parse, for every other
+form.
+
 The encoder image does not install Feast (its import alone takes seconds), so the one message it
 needs is declared here as a descriptor and built by the ``protobuf`` library in a private
 descriptor pool (no clash with Feast's own classes when both live in one process, as in tests).

@@ -1,5 +1,9 @@
 """The encoder's one connection to Feast's Redis online store.
 
+Saves: ~2 us of Python per reply (replies read from hiredis's buffer, commands packed once);
+held equal: a dry buffer falls back to redis-py's ``read_response``, and the vectors are tested
+equal to Feast's SDK on real Redis (tests/test_encoder.py, tests/test_encoder_columns.py).
+
 A batch is one pipelined round trip: every HMGET is packed into a single write and the replies
 are read back in order. The commands are packed here rather than through redis-py's
 ``Pipeline``, because for a few hundred HMGETs its per-command packing and its per-reply socket

@@ -1,5 +1,9 @@
 """The decision store: one decision per transaction id, in Redis, for idempotent replays.
 
+Saves: redis-py's per-argument packing (2.7 ms for a 1000-decision batch against ~0.5 ms) and
+most of pydantic's per-answer serialisation; held equal: tests hold the entries and bodies
+byte-equal to what the models and redis-py write (tests/test_gateway_fastpaths.py).
+
 A client that retries (a timeout on its side, a network blip) must get the decision it would have
 had, not a second opinion, whichever gateway replica answers. Each entry holds the decision and a
 hash of the transaction it was made for, so the same id with another payload is recognised as a

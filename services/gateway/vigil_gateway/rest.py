@@ -1,5 +1,9 @@
 """HTTP routes: parse the request, call the scoring pipeline, answer. No scoring logic here.
 
+Saves: FastAPI's routing and dependency solving on the two scoring routes (~0.3 ms of CPU a
+request, the servicekit's fast lane); held equal: whatever is not plainly valid goes to FastAPI,
+and tests hold the lane's answers equal to FastAPI's (tests/test_gateway_fast_lane.py).
+
 One router per resource: transactions (``/v1/transactions/...``), service health and metrics
 (``/healthz``, ``/readyz``, ``/metrics``) and the demo UI (``/ui``).
 

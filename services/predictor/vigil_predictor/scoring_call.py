@@ -1,5 +1,9 @@
 """XGBoost's in-place prediction of a dense FP32 matrix, through its C API without the wrapper.
 
+Saves: ~100 us of the ~150 us of scoring one row (``inplace_predict``'s Python wrapper); held
+equal: bit for bit against ``inplace_predict`` (tests/test_predictor.py); fallback:
+``inplace_predict`` when XGBoost lacks the names used (with a warning).
+
 ``Booster.inplace_predict`` makes the very C call below (``XGBoosterPredictFromDense``), but
 first it tries a dozen input kinds (pandas, Arrow, polars, cuDF, lists...), serialises its
 configuration and the array interface with ``json``, and builds a class per call to read the
