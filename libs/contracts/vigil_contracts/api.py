@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from vigil_contracts.money import fits_minor_units, minor_units
+from vigil_contracts.money import MINOR_UNITS, fits_minor_units, minor_units
 from vigil_contracts.problems import Problem
 from vigil_contracts.thresholds import Label
 
@@ -111,13 +111,28 @@ def _iso_4217(value: str) -> str:
     return value
 
 
-Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$"), AfterValidator(_iso_4217)]
+# The schema lists the codes (what is accepted, exactly); validation checks the same table.
+Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", json_schema_extra={"enum": sorted(MINOR_UNITS)}),
+                     AfterValidator(_iso_4217)]
+
+
+def _amount_fits_its_currency() -> dict[str, Any]:
+    """The schema of "no more decimals than the currency has": the amount a multiple of the
+    currency's minor unit, chosen by the currency (JSON Schema's if/then)."""
+    by_digits: dict[int, list[str]] = {}
+    for code, digits in sorted(MINOR_UNITS.items()):
+        by_digits.setdefault(digits, []).append(code)
+    return {"allOf": [
+        {"if": {"properties": {"currency": {"enum": codes}}, "required": ["currency"]},
+         "then": {"properties": {"amount": {"multipleOf": 10.0 ** -digits if digits else 1}}}}
+        for digits, codes in sorted(by_digits.items())]}
 
 
 class Transaction(BaseModel):
     """One payment to score."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False,
+                              json_schema_extra=_amount_fits_its_currency())
 
     transaction_id: TransactionId = Field(
         description="The client's id of the transaction; also the idempotency key (1-64 of A-Za-z0-9_-:.)."
