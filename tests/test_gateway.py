@@ -21,6 +21,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -361,6 +362,8 @@ async def gateway(
         "total_budget_s": BUDGET_S,
         "batch_hop_timeout_s": 0.5,
         "batch_total_budget_s": 1.0,
+        # The stand-ins' transactions are from 2024: no scoring horizon here (tested on its own).
+        "max_transaction_age_s": 0,
         "max_batch": 20,
         **settings_kw,
     })
@@ -1418,7 +1421,7 @@ async def test_with_the_real_predictor(redis_url: str, tmp_path) -> None:
     predictor_app = create_predictor(PredictorSettings(models_dir=tmp_path))
     encoder = EncoderStandIn()
     settings = GatewaySettings(environment="test", redis_url=redis_url, predictor_url="http://p.test",
-                               encoder_url="http://e.test")
+                               encoder_url="http://e.test", max_transaction_age_s=0)  # 2024's transactions
     app = create_app(settings, encoder_transport=httpx.ASGITransport(encoder.app),
                      predictor_transport=httpx.ASGITransport(predictor_app))
     async with predictor_app.router.lifespan_context(predictor_app), app.router.lifespan_context(app):
@@ -1644,3 +1647,25 @@ def test_a_money_reason_names_eur_and_the_amount_as_paid() -> None:
         "this card's average amount in the 30 days up to its previous transaction is 33.10 EUR")
     in_eur = Context(currency="EUR", paid=810.0, device_present=True, raising=True)
     assert describe("request_features__txn_amount", 810.0, in_eur)[1] == "amount of 810.00 EUR"
+
+
+# --- the scoring horizon -----------------------------------------------------------------------
+
+
+async def test_a_transaction_older_than_the_horizon_is_uncertain_not_scored(redis_url) -> None:
+    async with gateway(redis_url, max_transaction_age_s=3 * 86400) as stack:
+        await stack.wait_for_metadata()
+        now = datetime.now(UTC)
+        recent = txn(timestamp=(now - timedelta(days=2)).isoformat())
+        ancient = txn(timestamp="2019-03-01T10:00:00+01:00")
+        assert (await stack.score(recent)).json()["label"] == "not_fraud"
+        answer = (await stack.score(ancient)).json()
+        assert answer["label"] == "uncertain" and answer["degraded"] is False
+        assert codes(answer) == ["TRANSACTION_TOO_OLD"] and answer["score"] is None
+        assert len(stack.predictor.calls) == 1  # the old one never reached the model
+        # Per item in a batch.
+        response = await stack.client.post("/v1/transactions/score-batch",
+                                           json={"transactions": [txn(timestamp=now.isoformat()), ancient | {
+                                               "transaction_id": "old-in-batch"}]})
+        labels = [r["result"]["label"] for r in response.json()["results"]]
+        assert labels == ["not_fraud", "uncertain"]

@@ -101,6 +101,7 @@ def live_gateway(redis_server, tmp_path_factory) -> Iterator[LiveGateway]:
         predictor_url="http://predictor.test",
         # Generous per-hop timeouts: a browser test must not go uncertain on a busy machine.
         encoder_timeout_s=1.0, predictor_timeout_s=1.0, total_budget_s=2.5,
+        max_transaction_age_s=0,  # the stand-ins' transactions are from 2024
         log_level="WARNING",
     )
     app = create_app(settings, encoder_transport=httpx.ASGITransport(encoder.app),

@@ -76,6 +76,7 @@ class ScoringPipeline:
         self.postprocess = postprocess
         self.record = record
         self.metrics = metrics
+        self.horizon_s = seconds_or_none(settings.max_transaction_age_s)
         self.max_batch = settings.max_batch
         self.single_limits = single_limits(settings)
         self.batch_limits = batch_limits(settings)
@@ -174,7 +175,8 @@ class ScoringPipeline:
             finally:
                 if not encoding.done():
                     encoding.cancel()
-            scorable, held = screen(encoded, rows, meta.serving_policy)
+            scorable, held = screen(encoded, rows, meta.serving_policy, epochs=columns["request"]["txn_epoch"],
+                                    not_before=None if self.horizon_s is None else time.time() - self.horizon_s)
             checked = self.safeguards(encoded, rows, meta)
             for i, code in held.items():
                 verdict = checked.verdicts.get(i)

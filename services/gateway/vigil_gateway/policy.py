@@ -13,7 +13,12 @@ from typing import Protocol
 
 from vigil_contracts.feature_contract import short_name
 from vigil_gateway.model_metadata import ServingPolicy, is_stored
-from vigil_gateway.uncertain import CURRENCY_UNSUPPORTED, FEATURES_MISSING, FEATURES_STALE
+from vigil_gateway.uncertain import (
+    CURRENCY_UNSUPPORTED,
+    FEATURES_MISSING,
+    FEATURES_STALE,
+    TRANSACTION_TOO_OLD,
+)
 
 __all__ = ["FEATURES_MISSING", "FEATURES_STALE", "policy_verdict", "screen", "stored_mask"]
 
@@ -70,8 +75,13 @@ class EncodedBatch(Protocol):
     def rows(self) -> Sequence[EncodedRow]: ...
 
 
-def screen(encoded: EncodedBatch, rows: Sequence[int], policy: ServingPolicy) -> tuple[list[int], dict[int, str]]:
-    """The rows that may be scored, and the reason code of each row that may not."""
+def screen(
+    encoded: EncodedBatch, rows: Sequence[int], policy: ServingPolicy, *,
+    epochs: Sequence[float] = (), not_before: float | None = None,
+) -> tuple[list[int], dict[int, str]]:
+    """The rows that may be scored, and the reason code of each row that may not. A row whose
+    transaction (``epochs[i]``, UTC seconds) happened before ``not_before`` is too old for the
+    features the store holds now."""
     names = tuple(encoded.feature_names)
     stored = _stored_mask_of(names)
     amount = _position(names, AMOUNT_IN_BASE_CURRENCY)
@@ -79,8 +89,12 @@ def screen(encoded: EncodedBatch, rows: Sequence[int], policy: ServingPolicy) ->
     held: dict[int, str] = {}
     for i in rows:
         row = encoded.rows[i]
-        verdict = CURRENCY_UNSUPPORTED if amount is not None and row.missing[amount] else (
-            policy_verdict(row, stored, policy))
+        if not_before is not None and epochs[i] < not_before:
+            verdict: str | None = TRANSACTION_TOO_OLD
+        elif amount is not None and row.missing[amount]:
+            verdict = CURRENCY_UNSUPPORTED
+        else:
+            verdict = policy_verdict(row, stored, policy)
         if verdict is None:
             scorable.append(i)
         else:

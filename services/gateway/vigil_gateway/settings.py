@@ -102,6 +102,11 @@ class GatewaySettings(BaseSettings):
     max_reasons: int = Field(default=3, ge=1, le=10)
     """Most reasons the model gives with a decision (the safeguards' fired rules come on top)."""
 
+    max_transaction_age_s: float = 7 * 86400.0
+    """The scoring horizon: a transaction that happened longer ago than this is answered
+    ``uncertain`` with ``TRANSACTION_TOO_OLD`` (not degraded), since the history the online store
+    holds now is not what was known when it happened. <= 0 disables it (development only)."""
+
     safeguards_path: str | None = None
     """A TOML file of safeguard rules (see the gateway's own ``safeguards.toml``, the default):
     rules beside the model that can only raise a label's caution."""
@@ -178,7 +183,7 @@ class GatewaySettings(BaseSettings):
         problems: list[str] = []
         for name in ("total_budget_s", "batch_total_budget_s", "encoder_timeout_s",
                      "predictor_timeout_s", "batch_hop_timeout_s", "connect_timeout_s",
-                     "metadata_refresh_s"):
+                     "metadata_refresh_s", "max_transaction_age_s"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be > 0")
         for name in ("encoder_timeout_s", "predictor_timeout_s"):

@@ -17,6 +17,7 @@ MODEL_UNAVAILABLE = "MODEL_UNAVAILABLE"
 FEATURE_CONTRACT_MISMATCH = "FEATURE_CONTRACT_MISMATCH"
 TIMEOUT = "TIMEOUT"
 CURRENCY_UNSUPPORTED = "CURRENCY_UNSUPPORTED"
+TRANSACTION_TOO_OLD = "TRANSACTION_TOO_OLD"
 
 TEXT = {
     FEATURES_UNAVAILABLE: "the transaction's features could not be fetched, so it was not scored",
@@ -26,12 +27,14 @@ TEXT = {
     FEATURE_CONTRACT_MISMATCH: "the model and the feature encoder disagree on the features, so the transaction was not scored",
     TIMEOUT: "scoring did not finish within its time budget",
     CURRENCY_UNSUPPORTED: "no exchange rate to EUR is known for this currency, so the amount cannot be judged",
+    TRANSACTION_TOO_OLD: "the transaction is older than the scoring horizon: the card, merchant and device "
+    "history held now is not what was known when it happened",
 }
 
-# Uncertain for what the data says (too little history, a currency Vigil has no rate for), not
-# for a failure of Vigil: not degraded. (Stale features
+# Uncertain for what the data says (too little history, a currency Vigil has no rate for, a
+# transaction from before the horizon), not for a failure of Vigil: not degraded. (Stale features
 # are degraded: keeping them fresh is Vigil's own job, and a late materialization is its failure.)
-NOT_DEGRADED = frozenset({FEATURES_MISSING, CURRENCY_UNSUPPORTED})
+NOT_DEGRADED = frozenset({FEATURES_MISSING, CURRENCY_UNSUPPORTED, TRANSACTION_TOO_OLD})
 
 
 def is_degraded(code: str) -> bool:
