@@ -260,7 +260,7 @@ async def test_a_table_lost_from_redis_keeps_the_last_one_read(redis_url: str) -
         await stack.wait_for_metadata()
         client = aioredis.Redis.from_url(redis_url)
         try:
-            await client.delete("vigil:apikeys", "vigil:apikeys:version")
+            await client.delete("vigil:{apikeys}", "vigil:{apikeys}:version")
         finally:
             await client.aclose()
         await stack.app.state.services.authenticate.ring.refresh()

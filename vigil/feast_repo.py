@@ -6,6 +6,8 @@ a config next to the registry (with an absolute registry path, since Feast resol
 against the current directory):
 
 - ``VIGIL_REDIS_CONNECTION_STRING``: e.g. ``localhost:6390`` or ``redis:6379``;
+- ``VIGIL_REDIS_TYPE=redis_cluster``: that connection string names Redis Cluster nodes
+  (``host:port,host:port``; Feast's ``redis_type``);
 - ``VIGIL_ONLINE_STORE=sqlite``: Feast's embedded SQLite online store, for machines without Redis.
 """
 
@@ -79,6 +81,11 @@ def config_path(repo: Path) -> Path:
         config["online_store"] = {"type": "sqlite", "path": str(data_dir(repo) / "online.db")}
     elif online == "redis":
         config["online_store"] = {"type": "redis", "connection_string": conn}
+        redis_type = os.environ.get("VIGIL_REDIS_TYPE", "redis")
+        if redis_type not in ("redis", "redis_cluster"):
+            raise RepoError(f"VIGIL_REDIS_TYPE must be 'redis' or 'redis_cluster', not {redis_type!r}")
+        if redis_type == "redis_cluster":
+            config["online_store"]["redis_type"] = redis_type
     else:
         raise RepoError(f"VIGIL_ONLINE_STORE must be 'redis' or 'sqlite', not {online!r}")
     data_dir(repo).mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from importlib.metadata import version as package_version
 
 from fastapi import FastAPI
 
+from vigil_encoder.cluster_store import ClusterOnlineStore
 from vigil_encoder.dataplane import Encoder
 from vigil_encoder.errors import EncoderError
 from vigil_encoder.metrics import EncoderMetrics
@@ -26,6 +27,7 @@ from vigil_servicekit.fast_lane import install_fast_lane
 from vigil_servicekit.gc_tuning import frozen_startup_heap
 from vigil_servicekit.internal_token import InternalTokenMiddleware
 from vigil_servicekit.logs import configure_logging
+from vigil_servicekit.redis_url import is_cluster
 from vigil_servicekit.wiring import wire
 
 logger = logging.getLogger(__name__)
@@ -44,7 +46,8 @@ def create_app(settings: EncoderSettings | None = None) -> FastAPI:
         "vigil_encoder", settings.log_level, silence_uvicorn_access=True
     )
     metrics = EncoderMetrics()
-    store = OnlineStore(settings.redis_url, settings.redis_timeout_s, metrics)
+    store_class = ClusterOnlineStore if is_cluster(settings.redis_url) else OnlineStore
+    store: OnlineStore = store_class(settings.redis_url, settings.redis_timeout_s, metrics)  # type: ignore[assignment]  # the same interface
     encoder = Encoder(settings.spec_path, store, metrics, max_rows=settings.max_rows)
 
     @asynccontextmanager

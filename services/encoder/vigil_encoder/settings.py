@@ -15,7 +15,9 @@ class EncoderSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ENCODER_", extra="ignore")
 
     redis_url: str = "redis://localhost:6379/0"
-    """Feast's Redis online store, as a redis-py URL (``redis://host:port/db``)."""
+    """Feast's Redis online store, as a redis-py URL (``redis://host:port/db``); a Redis Cluster
+    as ``redis+cluster://host:port`` (any node; TLS: ``rediss+cluster://``), read with one
+    pipelined round trip per node."""
 
     spec_path: Path = Path("feature_repo/data/serving_spec.json")
     """The serving spec ``vigil apply`` exports next to Feast's registry. Read at startup; while

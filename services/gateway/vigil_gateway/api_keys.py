@@ -3,7 +3,7 @@
 A key is a random token shown once, when it is made: ``vk_<id>_<secret>``. Redis keeps only
 its keyed hash (HMAC-SHA256 under the server's secret, ``GATEWAY_AUTH_SECRET``), with the key's
 id, client name, scopes, optional expiry and optional rate limits, in one hash
-(``vigil:apikeys``: id -> JSON record) beside a version counter bumped on every change. Each
+(``vigil:{apikeys}``: id -> JSON record) beside a version counter bumped on every change. Each
 gateway process mirrors that table (:class:`KeyRing`): it reads the counter every
 ``GATEWAY_AUTH_REFRESH_S`` (<= 1 s) and the table when the counter moved, so a revocation takes
 effect on every replica within a second without a restart, and a request costs no Redis round
@@ -29,8 +29,10 @@ from redis.exceptions import RedisError
 
 logger = logging.getLogger(__name__)
 
-TABLE_KEY = "vigil:apikeys"
-VERSION_KEY = "vigil:apikeys:version"
+# One hash tag, one slot: the table and its version are written in one transaction, also on a
+# Redis Cluster.
+TABLE_KEY = "vigil:{apikeys}"
+VERSION_KEY = "vigil:{apikeys}:version"
 PREFIX = "vk_"
 Scope = Literal["score", "admin"]
 SCOPES: tuple[str, ...] = ("score", "admin")
@@ -94,7 +96,7 @@ class KeyRing:
 
     ``lookup`` is pure CPU: a dict look-up and one HMAC, compared in constant time."""
 
-    def __init__(self, client: aioredis.Redis, secret: str, *, refresh_s: float) -> None:
+    def __init__(self, client: aioredis.Redis | aioredis.RedisCluster, secret: str, *, refresh_s: float) -> None:
         self.client = client
         self.secret = secret
         self.refresh_s = refresh_s

@@ -36,13 +36,16 @@ import orjson
 import pydantic_core
 import redis.asyncio as aioredis
 from pydantic import TypeAdapter, ValidationError
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from vigil_contracts.api import ModelRef, Reason, SafeguardsRef, ScoreResponse, Transaction
 from vigil_contracts.thresholds import LABELS
+from vigil_gateway.decision_slots import ClusterCommands
 from vigil_gateway.metrics import GatewayMetrics
+from vigil_servicekit.redis_url import cluster_url, is_cluster
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +55,13 @@ PENDING = b"pending "
 
 
 class _Script:
-    """A Lua script sent by its SHA1 (``EVALSHA``), and in full when Redis has not seen it."""
+    """A Lua script sent by its SHA1 (``EVALSHA``), and in full when Redis has not seen it.
+    Its first ``shared`` arguments are the call's, then one argument per key (so that a
+    cluster can split a call by hash slot: ``decision_slots``)."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, shared: int) -> None:
         self.source = source.encode()
+        self.shared = shared
         self.sha = hashlib.sha1(self.source).hexdigest().encode()
 
 
@@ -71,7 +77,7 @@ for i = 1, #KEYS do
   held[i] = value
 end
 return held
-""")
+""", shared=1)
 
 # SET KEYS[i] to ARGV[i + 2] for ARGV[2] seconds, where it holds nothing (ARGV[1] = '1': NX) or
 # whatever it holds; 1 where it was written, else 0.
@@ -89,7 +95,7 @@ for i = 1, #KEYS do
   written[i] = ok and 1 or 0
 end
 return written
-""")
+""", shared=2)
 
 # Settle every KEYS[i] with ARGV[i + 3] for ARGV[2] seconds, where it holds the marker of the
 # request whose token is ARGV[1], or nothing (the reservation was not made); with ARGV[3] = '1'
@@ -113,7 +119,7 @@ for i = 1, #KEYS do
   end
 end
 return written
-""")
+""", shared=3)
 
 _CANONICAL = orjson.OPT_SORT_KEYS | orjson.OPT_UTC_Z
 # A stored decision is the answer without what belongs to the request that reads it.
@@ -300,12 +306,17 @@ def pack_command(*args: bytes) -> bytes:
     return b"".join([b"*%d\r\n" % len(args), *[b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in args]])
 
 
-def connect(url: str, *, timeout_s: float, max_connections: int) -> aioredis.Redis:
+def connect(url: str, *, timeout_s: float, max_connections: int) -> aioredis.Redis | RedisCluster:
     """A client that fails fast: no retries, short socket timeouts (scoring must not wait).
 
     The pool blocks (briefly) when all connections are busy instead of raising "too many
-    connections", so a burst of traffic does not silently switch idempotency off.
+    connections", so a burst of traffic does not silently switch idempotency off. A
+    ``redis+cluster://`` URL gives a Redis Cluster client (``decision_slots``).
     """
+    if is_cluster(url):
+        return RedisCluster.from_url(
+            cluster_url(url), max_connections=max_connections, socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0))
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
@@ -322,8 +333,9 @@ Held = dict[str, "StoredDecision | Pending"]
 
 
 class DecisionStore:
-    def __init__(self, client: aioredis.Redis, metrics: GatewayMetrics, *, ttl_s: int) -> None:
+    def __init__(self, client: aioredis.Redis | RedisCluster, metrics: GatewayMetrics, *, ttl_s: int) -> None:
         self.client = client
+        self._cluster = ClusterCommands(client) if isinstance(client, RedisCluster) else None
         self.metrics = metrics
         self.ttl_s = ttl_s
         self._behind: set[asyncio.Task[None]] = set()  # writes behind answers, until done
@@ -341,7 +353,7 @@ class DecisionStore:
         socket timeouts. An error reply (``ResponseError``) leaves the connection in step and
         reusable; any other failure may leave a reply on the wire, so the connection is closed.
         """
-        pool = self.client.connection_pool
+        pool = self.client.connection_pool  # type: ignore[union-attr]  # one Redis: a cluster has its own path
         connection = await pool.get_connection()
         try:
             await connection.send_packed_command(command)
@@ -356,7 +368,10 @@ class DecisionStore:
 
     async def _run(self, script: _Script, keys: Sequence[bytes], args: Sequence[bytes]) -> Any:
         """One script call over every key: one command whatever the count (a pipeline of a
-        thousand commands costs more in redis-py than the round trip)."""
+        thousand commands costs more in redis-py than the round trip). On a cluster, one call
+        per hash slot of the keys."""
+        if self._cluster is not None:
+            return await self._cluster.run(script, keys, args)
         count = b"%d" % len(keys)
         try:
             return await self._call(pack_command(b"EVALSHA", script.sha, count, *keys, *args))
@@ -384,7 +399,9 @@ class DecisionStore:
         if not transaction_ids:
             return {}
         try:
-            raws = await self._call(pack_command(b"MGET", *self._keys(transaction_ids)))
+            keys = self._keys(transaction_ids)
+            raws = await (self._cluster.mget(keys) if self._cluster is not None
+                          else self._call(pack_command(b"MGET", *keys)))
         except (RedisError, OSError) as exc:
             self._failed("get", exc)
             return {}
@@ -392,7 +409,10 @@ class DecisionStore:
         if unreadable:
             # Dropped, so that the fresh decision can take its place.
             try:
-                await self._call(pack_command(b"DEL", *self._keys(unreadable)))
+                if self._cluster is not None:
+                    await self._cluster.delete(self._keys(unreadable))
+                else:
+                    await self._call(pack_command(b"DEL", *self._keys(unreadable)))
             except (RedisError, OSError) as exc:
                 self._failed("delete", exc)
         return found
@@ -420,8 +440,11 @@ class DecisionStore:
             try:
                 for transaction_id in unreadable:
                     marker = pending_marker(payloads[index[transaction_id]], token)
-                    await self._call(pack_command(
-                        b"SET", keys[index[transaction_id]], marker, b"PX", b"%d" % pending_ms))
+                    if self._cluster is not None:
+                        await self._cluster.set_px(keys[index[transaction_id]], marker, pending_ms)
+                    else:
+                        await self._call(pack_command(
+                            b"SET", keys[index[transaction_id]], marker, b"PX", b"%d" % pending_ms))
             except (RedisError, OSError) as exc:
                 self._failed("reserve", exc)
         return found
@@ -499,7 +522,10 @@ class DecisionStore:
 
     async def ping(self) -> tuple[bool, str]:
         try:
-            await self._call(pack_command(b"PING"))
+            if self._cluster is not None:
+                await self._cluster.ping()
+            else:
+                await self._call(pack_command(b"PING"))
         except (RedisError, OSError) as exc:
             return False, f"{type(exc).__name__}: {exc}"
         return True, "reachable"

@@ -93,11 +93,12 @@ end
 redis.call('HSET', KEYS[1], 'r', tostring(r), 'x', tostring(x), 'ts', tostring(now))
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 return tostring(wait)
-""")
+""", shared=0)
 
 
 class RateLimiter:
-    def __init__(self, client: aioredis.Redis | None, defaults: Rates, metrics: GatewayMetrics) -> None:
+    def __init__(self, client: aioredis.Redis | aioredis.RedisCluster | None, defaults: Rates,
+                 metrics: GatewayMetrics) -> None:
         self.client = client  # None: rate limiting is off
         self.defaults = defaults
         self.metrics = metrics
@@ -144,6 +145,12 @@ class RateLimiter:
                           f"{rates.transactions_per_s:g} transactions/s)", wait)
 
     async def _run(self, key: bytes, args: list[bytes]) -> bytes:
+        if isinstance(self.client, aioredis.RedisCluster):
+            # A cluster routes the one key to its node: redis-py's own script call does that.
+            try:
+                return await self.client.evalsha(_TAKE.sha.decode(), 1, key, *args)  # type: ignore[misc]  # redis-py types sync and async alike
+            except NoScriptError:
+                return await self.client.eval(_TAKE.source.decode(), 1, key, *args)  # type: ignore[misc]  # redis-py types sync and async alike
         pool = self.client.connection_pool  # type: ignore[union-attr]
         connection = await pool.get_connection()
         try:

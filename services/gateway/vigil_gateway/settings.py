@@ -39,7 +39,8 @@ class GatewaySettings(BaseSettings):
 
     redis_url: str = "redis://localhost:6379/0"
     """Redis holding the decision store (idempotent replays). May be the feature store's Redis:
-    keys live under ``vigil:decision:``."""
+    keys live under ``vigil:decision:``. A Redis Cluster: ``redis+cluster://host:port`` (any
+    node; TLS: ``rediss+cluster://``)."""
 
     model_name: str = "fraud_detector"
     """Model to score with, as the predictor names it."""

@@ -1,0 +1,244 @@
+"""deploy/k8s, checked offline: every manifest validates against the Kubernetes schemas
+(kubernetes-validate ships them), and the manifests agree with docker-compose.yml and the local
+runner on images, commands, ports, environment names and probes (a drift test, itself tested on
+a compose file changed under it)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes_validate import utils as k8s_validate
+
+from vigil.runner import READY_PATH, service_specs
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "deploy" / "k8s"
+SERVICES = ("encoder", "predictor", "gateway")
+ONE_SHOT = ("features", "train")
+# The oldest Kubernetes release still supported upstream when this was written, and the newest
+# the validator knows.
+K8S_VERSIONS = ("1.32.0", k8s_validate.latest_version())
+# Settings a cluster gets that the local stack leaves at their defaults.
+K8S_ONLY_ENV = {"gateway": {"GATEWAY_ENVIRONMENT"}}
+
+
+def load_manifests() -> list[dict[str, Any]]:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    docs = []
+    for name in kustomization["resources"]:
+        docs += [d for d in yaml.safe_load_all((K8S / name).read_text()) if d]
+    return docs
+
+
+MANIFESTS = load_manifests()
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def by_kind(manifests: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {m["metadata"]["name"]: m for m in manifests if m["kind"] == kind}
+
+
+def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    spec = workload["spec"]
+    if workload["kind"] == "CronJob":
+        spec = spec["jobTemplate"]["spec"]
+    return spec["template"]["spec"]
+
+
+def env_names(container: dict[str, Any], manifests: list[dict[str, Any]]) -> set[str]:
+    """Every environment variable a container gets: its own and its ConfigMaps' and Secrets'."""
+    names = {e["name"] for e in container.get("env", [])}
+    maps, secrets = by_kind(manifests, "ConfigMap"), by_kind(manifests, "Secret")
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            names |= set(maps[source["configMapRef"]["name"]]["data"])
+        if "secretRef" in source:
+            names |= set(secrets[source["secretRef"]["name"]]["stringData"])
+    for e in container.get("env", []):
+        ref = e.get("valueFrom", {}).get("secretKeyRef")
+        if ref:
+            assert ref["key"] in secrets[ref["name"]]["stringData"], e
+    return names
+
+
+def compose_health_path(service: dict[str, Any]) -> str:
+    test = " ".join(service["healthcheck"]["test"])
+    return re.search(r"http://127\.0\.0\.1:\d+(/[\w/]*)", test).group(1)
+
+
+def drift(compose: dict[str, Any], manifests: list[dict[str, Any]]) -> list[str]:
+    """Where the manifests and compose (and the runner) disagree; empty when they agree."""
+    problems: list[str] = []
+    services = compose["services"]
+    runner = {s.name: s for s in service_specs("r", {"encoder": "e", "predictor": "p"}, "/m", "/s")}
+    deployments = by_kind(manifests, "Deployment")
+    k8s_services = by_kind(manifests, "Service")
+    for name in SERVICES:
+        svc, spec = services[name], runner[name]
+        if name not in deployments:
+            problems.append(f"{name}: no Deployment")
+            continue
+        (container,) = pod_spec(deployments[name])["containers"]
+        if container["image"] != svc["image"]:
+            problems.append(f"{name}: image {container['image']} != compose's {svc['image']}")
+        if container["command"] != svc["command"] or svc["command"] != spec.command("0.0.0.0", spec.port):
+            problems.append(f"{name}: command differs from compose's or the runner's")
+        ports = [p["containerPort"] for p in container["ports"]]
+        if ports != [spec.port] or str(spec.port) not in svc["command"]:
+            problems.append(f"{name}: container ports {ports} != the runner's {spec.port}")
+        service_ports = [p["port"] for p in k8s_services.get(name, {"spec": {"ports": []}})["spec"]["ports"]]
+        if service_ports != [spec.port]:
+            problems.append(f"{name}: Service ports {service_ports} != {spec.port}")
+        names = env_names(container, manifests)
+        want = set(svc["environment"]) | K8S_ONLY_ENV.get(name, set())
+        if names != want or set(svc["environment"]) != set(spec.env):
+            problems.append(f"{name}: env {sorted(names ^ want)} only on one side "
+                            f"(compose {sorted(svc['environment'])}, runner {sorted(spec.env)})")
+        ready = container["readinessProbe"]["httpGet"]["path"]
+        if not ready == compose_health_path(svc) == READY_PATH[name]:
+            problems.append(f"{name}: readiness {ready} != compose's {compose_health_path(svc)} "
+                            f"/ the runner's {READY_PATH[name]}")
+        if container["livenessProbe"]["httpGet"]["path"] != "/healthz":
+            problems.append(f"{name}: liveness is not /healthz")
+        mounts = {m["mountPath"] for m in container.get("volumeMounts", [])} - {"/tmp"}
+        wanted = {v.split(":")[1] for v in svc.get("volumes", [])}
+        if mounts != wanted:
+            problems.append(f"{name}: mounts {sorted(mounts)} != compose's {sorted(wanted)}")
+    jobs = by_kind(manifests, "Job")
+    for name in ONE_SHOT:
+        if name not in jobs:
+            problems.append(f"{name}: no Job")
+            continue
+        (container,) = pod_spec(jobs[name])["containers"]
+        if container["command"] != services[name]["command"]:
+            problems.append(f"{name}: command differs from compose's")
+        if container["image"] != services[name]["image"]:
+            problems.append(f"{name}: image {container['image']} != compose's {services[name]['image']}")
+        names = env_names(container, manifests)
+        if names != set(services[name]["environment"]):
+            problems.append(f"{name}: env {sorted(names ^ set(services[name]['environment']))} only on one side")
+        mounts = {m["mountPath"] for m in container["volumeMounts"]} - {"/tmp", "/home/vigil"}
+        if mounts != {v.split(":")[1] for v in services[name]["volumes"]}:
+            problems.append(f"{name}: mounts differ from compose's")
+    redis = deployments.get("redis")
+    if redis is None or pod_spec(redis)["containers"][0]["image"] != services["redis"]["image"]:
+        problems.append("redis: image differs from compose's")
+    return problems
+
+
+def test_every_manifest_is_listed_in_the_kustomization():
+    listed = set(yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"])
+    assert listed == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_every_manifest_validates_against_the_kubernetes_schemas(version):
+    assert len(MANIFESTS) > 20
+    for manifest in MANIFESTS:
+        # Strict: a misspelt or misplaced field is an error, not a field Kubernetes drops.
+        k8s_validate.validate(manifest, version, strict=True)
+
+
+def test_the_manifests_agree_with_compose_and_the_runner():
+    assert drift(COMPOSE, MANIFESTS) == []
+
+
+@pytest.mark.parametrize("change", [
+    ("image", lambda c: c["services"]["encoder"].update(image="vigil-encoder:2")),
+    ("port", lambda c: c["services"]["predictor"]["command"].__setitem__(-5, "8012")),
+    ("env", lambda c: c["services"]["gateway"]["environment"].update(GATEWAY_MAX_BATCH="10")),
+    ("probe", lambda c: c["services"]["encoder"]["healthcheck"].update(
+        test=["CMD", "curl", "http://127.0.0.1:8001/healthz"])),
+    ("job", lambda c: c["services"]["train"].update(command=["vigil", "train", "--seed", "3"])),
+], ids=lambda change: change[0] if isinstance(change, tuple) else "")
+def test_the_drift_check_fails_when_compose_changes(change):
+    compose = copy.deepcopy(COMPOSE)
+    change[1](compose)
+    assert drift(compose, MANIFESTS), "a compose change the manifests do not follow must be caught"
+
+
+def test_the_drift_check_fails_when_a_manifest_changes():
+    manifests = copy.deepcopy(MANIFESTS)
+    by_kind(manifests, "ConfigMap")["vigil-encoder"]["data"]["ENCODER_SPEC_FILE"] = "/x"
+    assert any("encoder: env" in p for p in drift(COMPOSE, manifests))
+
+
+def test_every_env_name_is_a_setting_of_its_service():
+    from vigil_encoder.settings import EncoderSettings
+    from vigil_gateway.settings import GatewaySettings
+    from vigil_predictor.settings import PredictorSettings
+
+    settings = {"encoder": EncoderSettings, "predictor": PredictorSettings, "gateway": GatewaySettings}
+    deployments = by_kind(MANIFESTS, "Deployment")
+    for name, cls in settings.items():
+        (container,) = pod_spec(deployments[name])["containers"]
+        prefix = cls.model_config["env_prefix"]
+        fields = {prefix + f.upper() for f in cls.model_fields}
+        assert env_names(container, MANIFESTS) <= fields, name
+        cls(**{k[len(prefix):].lower(): v for k, v in by_kind(MANIFESTS, "ConfigMap")[
+            f"vigil-{name}"]["data"].items()})  # the values are valid settings
+
+
+def test_the_gateway_reaches_the_services_by_their_service_names():
+    data = by_kind(MANIFESTS, "ConfigMap")["vigil-gateway"]["data"]
+    services = by_kind(MANIFESTS, "Service")
+    for name in ("encoder", "predictor"):
+        port = services[name]["spec"]["ports"][0]["port"]
+        assert data[f"GATEWAY_{name.upper()}_URL"] == f"http://{name}:{port}"
+
+
+def test_every_pod_runs_unprivileged_with_a_read_only_root_and_bounded_resources():
+    workloads = [m for m in MANIFESTS if m["kind"] in {"Deployment", "Job", "CronJob"}]
+    assert len(workloads) == 7
+    for workload in workloads:
+        pod = pod_spec(workload)
+        assert pod["securityContext"]["runAsNonRoot"] is True, workload["metadata"]["name"]
+        assert pod["automountServiceAccountToken"] is False
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False
+            assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+            assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+            assert {"cpu", "memory"} <= set(container["resources"]["limits"])
+
+
+def test_each_service_scales_and_survives_disruption():
+    deployments = by_kind(MANIFESTS, "Deployment")
+    hpas, pdbs = by_kind(MANIFESTS, "HorizontalPodAutoscaler"), by_kind(MANIFESTS, "PodDisruptionBudget")
+    for name in SERVICES:
+        assert hpas[name]["spec"]["scaleTargetRef"]["name"] == name
+        assert hpas[name]["spec"]["minReplicas"] >= 2
+        labels = deployments[name]["spec"]["template"]["metadata"]["labels"]
+        assert pdbs[name]["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_outside_traffic_reaches_only_the_gateway():
+    policies = by_kind(MANIFESTS, "NetworkPolicy")
+    deny = policies["default-deny-ingress"]["spec"]
+    assert deny["podSelector"] == {} and deny["policyTypes"] == ["Ingress"] and "ingress" not in deny
+    open_to_all = {p["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+                   for p in policies.values()
+                   for rule in p["spec"].get("ingress", []) if "from" not in rule}
+    assert open_to_all == {"gateway"}
+    exposed = {name for name, s in by_kind(MANIFESTS, "Service").items()
+               if s["spec"].get("type", "ClusterIP") != "ClusterIP"}
+    assert exposed == {"gateway"} == {n for n, s in COMPOSE["services"].items() if s.get("ports")}
+
+
+def test_redis_urls_are_secrets_not_config():
+    for cm in by_kind(MANIFESTS, "ConfigMap").values():
+        assert not any("REDIS" in key for key in cm["data"]), cm["metadata"]["name"]
+
+
+def test_incremental_materialization_is_scheduled_one_at_a_time():
+    (cron,) = by_kind(MANIFESTS, "CronJob").values()
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    (container,) = pod_spec(cron)["containers"]
+    assert container["command"] == ["vigil", "materialize"]
+    assert json.dumps(container["image"]) == json.dumps(COMPOSE["x-tools"]["image"])
