@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
 COMPOSE = yaml.safe_load(COMPOSE_TEXT)
 SERVICES = COMPOSE["services"]
-RUNNER = {s.name: s for s in service_specs("redis://x", {"encoder": "e", "predictor": "p"}, "/m", "/s")}
+RUNNER = {
+    s.name: s for s in service_specs("redis://x", {"encoder": "e", "predictor": "p"}, "/m", "/s")
+}
 DOCKERFILES = {
     "encoder": ROOT / "services/encoder/Dockerfile",
     "predictor": ROOT / "services/predictor/Dockerfile",
@@ -92,7 +94,9 @@ def test_one_shot_services_use_the_tools_image_and_the_cli():
         svc = SERVICES[name]
         assert svc["build"]["dockerfile"] == "docker/tools.Dockerfile"
         assert "vigil" in " ".join(svc["command"])
-    assert SERVICES["train"]["depends_on"]["features"]["condition"] == "service_completed_successfully"
+    assert (
+        SERVICES["train"]["depends_on"]["features"]["condition"] == "service_completed_successfully"
+    )
 
 
 def test_compose_file_works_with_compose_1_29_and_v2():
@@ -133,7 +137,7 @@ def test_redis_is_built_from_its_base_argument_and_persists():
     assert re.search(rf"^ARG REDIS_IMAGE={re.escape(default)}$", text, re.MULTILINE)
     assert re.findall(r"^FROM\s+(\S+)", text, re.MULTILINE) == ["${REDIS_IMAGE}"]
     command = redis["command"]
-    options = dict(zip(command[1::2], command[2::2]))
+    options = dict(zip(command[1::2], command[2::2], strict=True))
     assert command[0] == "redis-server"
     # The append-only file on a named volume: a Redis restart keeps features and decisions.
     assert options["--appendonly"] == "yes"

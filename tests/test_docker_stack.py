@@ -46,7 +46,7 @@ TRANSACTIONS = os.environ.get("VIGIL_DOCKER_TRANSACTIONS", "50000")
 
 def _answers(cmd: list[str]) -> bool:
     try:
-        return subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0
+        return subprocess.run(cmd, check=False, capture_output=True, timeout=30).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -70,17 +70,35 @@ class Stack:
     timings: dict[str, float]
 
     def compose(self, *args: str, timeout: float = 300, check: bool = True) -> str:
-        cmd = [*self.compose_cmd, "-p", self.project, *(a for f in self.files for a in ("-f", str(f))), *args]
-        done = subprocess.run(cmd, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout)
+        cmd = [
+            *self.compose_cmd,
+            "-p",
+            self.project,
+            *(a for f in self.files for a in ("-f", str(f))),
+            *args,
+        ]
+        done = subprocess.run(
+            cmd,
+            check=False,
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if check and done.returncode != 0:
-            raise AssertionError(f"{shlex.join(cmd)} exited with {done.returncode}:\n"
-                                 f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+            raise AssertionError(
+                f"{shlex.join(cmd)} exited with {done.returncode}:\n"
+                f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+            )
         return done.stdout
 
     def container(self, service: str) -> dict[str, Any]:
         ids = self.compose("ps", "-q", service).split()
         assert len(ids) == 1, f"{service}: containers {ids}"
-        out = subprocess.run(["docker", "inspect", ids[0]], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            ["docker", "inspect", ids[0]], capture_output=True, text=True, check=True
+        )
         return json.loads(out.stdout)[0]
 
     def wait_until(self, what: str, ok, timeout: float = 180) -> Any:
@@ -102,7 +120,9 @@ class Stack:
     def ready(self) -> bool:
         return httpx.get(f"{self.url}/readyz", timeout=3).status_code == 200
 
-    def score(self, transaction: dict[str, Any], transaction_id: str | None = None) -> dict[str, Any]:
+    def score(
+        self, transaction: dict[str, Any], transaction_id: str | None = None
+    ) -> dict[str, Any]:
         body = dict(transaction, transaction_id=transaction_id or f"docker-{uuid.uuid4().hex[:12]}")
         resp = httpx.post(f"{self.url}/v1/transactions/score", json=body, timeout=10)
         assert resp.status_code == 200, resp.text
@@ -110,21 +130,29 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Stack]:
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Stack]:
     compose_cmd = _compose_command()
     if not shutil.which("docker") or not _answers(["docker", "info"]):
-        pytest.skip("no container engine answers `docker info` (scripts/docker-ci.sh starts one as root on Debian)")
+        pytest.skip(
+            "no container engine answers `docker info` (scripts/docker-ci.sh starts one as root on Debian)"
+        )
     if compose_cmd is None:
         pytest.skip("neither `docker compose` nor `docker-compose` answers")
     files = [ROOT / "docker-compose.yml"]
     network = os.environ.get("VIGIL_DOCKER_BUILD_NETWORK")
     if network:
         override = tmp_path_factory.mktemp("compose") / "build-network.yml"
-        override.write_text(json.dumps({"services": {s: {"build": {"network": network}} for s in BUILT}}))
+        override.write_text(
+            json.dumps({"services": {s: {"build": {"network": network}} for s in BUILT}})
+        )
         files.append(override)
     port = free_port()
     env = dict(os.environ, VIGIL_GATEWAY_PORT=str(port), VIGIL_TRANSACTIONS=TRANSACTIONS)
-    stack = Stack(compose_cmd, f"vigiltest{os.getpid()}", files, env, f"http://127.0.0.1:{port}", {})
+    stack = Stack(
+        compose_cmd, f"vigiltest{os.getpid()}", files, env, f"http://127.0.0.1:{port}", {}
+    )
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     try:
@@ -142,8 +170,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
         stack.timings["down -v"] = time.monotonic() - started
         if reporter and capture:
             with capture.global_and_fixture_disabled():
-                reporter.write_line(f"\ndocker stack ({shlex.join(compose_cmd)}): " + ", ".join(
-                    f"{k} {v:.0f} s" for k, v in stack.timings.items()))
+                reporter.write_line(
+                    f"\ndocker stack ({shlex.join(compose_cmd)}): "
+                    + ", ".join(f"{k} {v:.0f} s" for k, v in stack.timings.items())
+                )
 
 
 @pytest.fixture(scope="module")
@@ -152,8 +182,10 @@ def samples(stack: Stack) -> dict[str, list[dict[str, Any]]]:
     resp = httpx.get(f"{stack.url}/ui/samples", timeout=10)
     assert resp.status_code == 200, resp.text
     found = resp.json()["samples"]
-    split = {"legit": [s["transaction"] for s in found if not s["expect_fraud"]],
-             "fraud": [s["transaction"] for s in found if s["expect_fraud"]]}
+    split = {
+        "legit": [s["transaction"] for s in found if not s["expect_fraud"]],
+        "fraud": [s["transaction"] for s in found if s["expect_fraud"]],
+    }
     assert split["legit"] and split["fraud"], found
     return split
 
@@ -172,8 +204,12 @@ def test_the_published_gateway_scores_legit_and_fraudulent_samples(stack: Stack,
 def test_only_the_gateway_is_published(stack: Stack):
     for service in ("redis", "encoder", "predictor"):
         info = stack.container(service)
-        assert not info["HostConfig"]["PortBindings"], f"{service} publishes {info['HostConfig']['PortBindings']}"
-        assert all(not bound for bound in (info["NetworkSettings"]["Ports"] or {}).values()), service
+        assert not info["HostConfig"]["PortBindings"], (
+            f"{service} publishes {info['HostConfig']['PortBindings']}"
+        )
+        assert all(not bound for bound in (info["NetworkSettings"]["Ports"] or {}).values()), (
+            service
+        )
     published = stack.container("gateway")["NetworkSettings"]["Ports"]["8000/tcp"]
     assert stack.url.endswith(f":{published[0]['HostPort']}")
 
@@ -187,8 +223,10 @@ def test_a_stopped_predictor_gives_uncertain_then_recovers(stack: Stack, samples
         assert answer["degraded"] is True
     finally:
         stack.compose("start", "predictor")
-    recovered = stack.wait_until("a scored (not degraded) answer after the predictor's start",
-                                 lambda: (a := stack.score(legit))["degraded"] is False and a)
+    recovered = stack.wait_until(
+        "a scored (not degraded) answer after the predictor's start",
+        lambda: (a := stack.score(legit))["degraded"] is False and a,
+    )
     assert recovered["label"] == "not_fraud", recovered
 
 
@@ -203,14 +241,19 @@ def test_a_redis_restart_keeps_features_and_decisions(stack: Stack, samples):
     assert dbsize > 0
 
     stack.compose("restart", "redis")
-    stack.wait_until("Redis answering after its restart",
-                     lambda: stack.compose("exec", "-T", "redis", "redis-cli", "ping").strip() == "PONG")
+    stack.wait_until(
+        "Redis answering after its restart",
+        lambda: stack.compose("exec", "-T", "redis", "redis-cli", "ping").strip() == "PONG",
+    )
     assert int(stack.compose("exec", "-T", "redis", "redis-cli", "dbsize").strip()) == dbsize
     # The gateway's and the encoder's connections to the old process are gone: the first tries
     # after the restart may be degraded; the stack recovers on its own.
     stack.wait_until("the gateway ready after the Redis restart", stack.ready, timeout=60)
-    stack.wait_until("a scored answer after the Redis restart",
-                     lambda: stack.score(legit)["degraded"] is False, timeout=60)
+    stack.wait_until(
+        "a scored answer after the Redis restart",
+        lambda: stack.score(legit)["degraded"] is False,
+        timeout=60,
+    )
 
     again = stack.score(legit, kept_id)
     assert again["cached"] is True, again
