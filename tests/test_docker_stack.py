@@ -183,28 +183,28 @@ def stack(
 
 
 @pytest.fixture(scope="module")
-def samples(stack: Stack) -> dict[str, list[dict[str, Any]]]:
-    """The gateway's own samples (``GET /ui/samples``), split into legit and fraudulent."""
+def samples(stack: Stack) -> dict[str, dict[str, Any]]:
+    """The gateway's own samples (``GET /ui/samples``, what ``vigil features`` wrote from this
+    world), each kind's transaction by its name."""
     resp = httpx.get(f"{stack.url}/ui/samples", timeout=10)
     assert resp.status_code == 200, resp.text
-    found = resp.json()["samples"]
-    split = {
-        "legit": [s["transaction"] for s in found if not s["expect_fraud"]],
-        "fraud": [s["transaction"] for s in found if s["expect_fraud"]],
-    }
-    assert split["legit"] and split["fraud"], found
-    return split
+    found = {s["name"]: s for s in resp.json()["samples"]}
+    assert (
+        not found["regular purchase"]["expect_fraud"] and found["account takeover"]["expect_fraud"]
+    )
+    return {name: s["transaction"] for name, s in found.items()}
 
 
 def test_the_published_gateway_scores_legit_and_fraudulent_samples(stack: Stack, samples):
-    for transaction in samples["legit"]:
-        answer = stack.score(transaction)
-        assert answer["label"] == "not_fraud", answer
-        assert answer["degraded"] is False and answer["model"]["name"] == "fraud_detector"
-    for transaction in samples["fraud"]:
-        answer = stack.score(transaction)
-        assert answer["label"] in FLAGGED, answer
-        assert answer["degraded"] is False
+    legit = stack.score(samples["regular purchase"])
+    assert legit["label"] == "not_fraud" and legit["degraded"] is False, legit
+    assert legit["model"]["name"] == "fraud_detector"
+    fraud = stack.score(samples["account takeover"])
+    assert fraud["label"] in FLAGGED and fraud["degraded"] is False, fraud
+    # No history is no failure of Vigil's: uncertain, not degraded (as in tests/test_e2e.py).
+    new = stack.score(samples["brand-new card"])
+    assert new["label"] == "uncertain" and new["degraded"] is False, new
+    assert [r["code"] for r in new["reasons"]] == ["FEATURES_MISSING"]
 
 
 def test_only_the_gateway_is_published(stack: Stack):
@@ -221,7 +221,7 @@ def test_only_the_gateway_is_published(stack: Stack):
 
 
 def test_a_stopped_predictor_gives_uncertain_then_recovers(stack: Stack, samples):
-    legit = samples["legit"][0]
+    legit = samples["regular purchase"]
     stack.compose("stop", "predictor")
     try:
         answer = stack.score(legit)
@@ -237,7 +237,7 @@ def test_a_stopped_predictor_gives_uncertain_then_recovers(stack: Stack, samples
 
 
 def test_a_redis_restart_keeps_features_and_decisions(stack: Stack, samples):
-    legit, fraud = samples["legit"][0], samples["fraud"][0]
+    legit, fraud = samples["regular purchase"], samples["account takeover"]
     kept_id = f"docker-kept-{uuid.uuid4().hex[:8]}"
     first = stack.score(legit, kept_id)
     assert first["cached"] is False and first["degraded"] is False, first
