@@ -1,6 +1,9 @@
 # Vigil's offline tools (generate, features, feast apply/materialize, train, batch-score):
 # the only image with feast and xgboost together. Build context: the repo root.
-FROM python:3.11-slim
+# The base image is a build argument: a machine without a registry builds on its own Python 3.11
+# image (see docker/local-base-images.sh and the README's Docker section).
+ARG PYTHON_IMAGE=python:3.11-slim
+FROM ${PYTHON_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
 COPY requirements/constraints.txt requirements/constraints.txt
