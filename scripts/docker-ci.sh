@@ -23,6 +23,7 @@ if [ "$(id -u)" = 0 ] && [ -f /etc/debian_version ] && command -v apt-get >/dev/
   command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
   command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || missing+=(docker-compose)
   command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+  command -v openssl >/dev/null 2>&1 || missing+=(openssl)   # the test's throwaway certificate
   if [ ${#missing[@]} -gt 0 ]; then
     echo "[docker-ci] apt-get install ${missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
