@@ -8,9 +8,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_
 WORKDIR /app
 COPY requirements/constraints.txt requirements/constraints.txt
 COPY libs/contracts libs/contracts
+# The gateway's key store, for `vigil keys` (an operator's command run in this image).
+COPY libs/servicekit libs/servicekit
+COPY services/gateway services/gateway
 COPY pyproject.toml README.md ./
 COPY vigil vigil
-RUN pip install -c requirements/constraints.txt ./libs/contracts . \
+RUN pip install -c requirements/constraints.txt ./libs/contracts ./libs/servicekit ./services/gateway . \
  && useradd --create-home --uid 10001 vigil \
  && mkdir -p /app/data /app/feature_repo/data /models \
  && chown -R vigil /app /models

@@ -172,7 +172,8 @@ def materialize(repo: Path, end: datetime | None = None, full: bool = False) -> 
         for name in views:
             windows.setdefault(name, (start, end))
     online = online_store_config(repo)
-    client = (materialization.redis_client(online.get("connection_string", "localhost:6379"))
+    client = (materialization.redis_client(online.get("connection_string", "localhost:6379"),
+                                           str(online.get("redis_type", "redis")))
               if online.get("type", "redis") == "redis" else None)
     try:
         loads = materialization.record(client, spec.project, views, windows, offline_dir(repo),

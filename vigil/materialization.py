@@ -74,9 +74,18 @@ def count_rows(table: Path, view: ViewSpec, start: datetime, end: datetime) -> i
     return len(inside[view.join_keys].drop_duplicates())
 
 
-def redis_client(connection_string: str) -> Any:
-    """A redis-py client for a Feast connection string (``host:port[,db=N][,password=..][,ssl=..]``)."""
+def redis_client(connection_string: str, redis_type: str = "redis") -> Any:
+    """A redis-py client for a Feast connection string (``host:port[,db=N][,password=..][,ssl=..]``;
+    with ``redis_type="redis_cluster"``, the nodes of a Redis Cluster)."""
     import redis
+    from redis.cluster import ClusterNode, RedisCluster
+
+    if redis_type == "redis_cluster":
+        nodes = [part.strip() for part in connection_string.split(",") if part.strip() and "=" not in part]
+        options = dict(part.strip().split("=", 1) for part in connection_string.split(",") if "=" in part)
+        return RedisCluster(startup_nodes=[ClusterNode(n.partition(":")[0], int(n.partition(":")[2] or 6379))
+                                           for n in nodes],
+                            password=options.get("password"), socket_timeout=5.0, socket_connect_timeout=5.0)
 
     host, port, options = "localhost", 6379, {}
     for part in connection_string.split(","):

@@ -77,6 +77,23 @@ class ClusterOnlineStore:
             raise FeatureStoreUnavailable("the online store client is not open")
         return self._client
 
+    async def hgetall_many(self, keys: Sequence[str]) -> list[dict[bytes, bytes]]:
+        """``HGETALL`` of each key (the materialization markers: readiness and the metrics
+        scrape, never the request path), through redis-py's cluster pipeline, which splits it
+        by node."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                pipe = self._require_client().pipeline()
+                for key in keys:
+                    pipe.hgetall(key)
+                return await pipe.execute()
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+            kind = _error_kind(exc)
+            self.metrics.redis_errors.labels(kind).inc()
+            raise FeatureStoreUnavailable(
+                f"the online store did not answer ({kind}: {type(exc).__name__})"
+            ) from exc
+
     async def hmget_many(self, commands: Sequence[bytes]) -> list[list[bytes | None]]:
         if not commands:
             return []
