@@ -51,6 +51,16 @@ def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
     return spec["template"]["spec"]
 
 
+def secret_env_names(container: dict[str, Any], manifests: list[dict[str, Any]]) -> set[str]:
+    """The environment variables a container gets from Secrets."""
+    secrets = by_kind(manifests, "Secret")
+    names = {e["name"] for e in container.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
+    for source in container.get("envFrom", []):
+        if "secretRef" in source:
+            names |= set(secrets[source["secretRef"]["name"]]["stringData"])
+    return names
+
+
 def env_names(container: dict[str, Any], manifests: list[dict[str, Any]]) -> set[str]:
     """Every environment variable a container gets: its own and its ConfigMaps' and Secrets'."""
     names = {e["name"] for e in container.get("env", [])}
@@ -67,16 +77,27 @@ def env_names(container: dict[str, Any], manifests: list[dict[str, Any]]) -> set
     return names
 
 
-def compose_health_path(service: dict[str, Any]) -> str:
+def compose_health(service: dict[str, Any]) -> tuple[str, str]:
+    """The scheme (HTTP or HTTPS) and path of compose's healthcheck."""
     test = " ".join(service["healthcheck"]["test"])
-    return re.search(r"http://127\.0\.0\.1:\d+(/[\w/]*)", test).group(1)
+    scheme, path = re.search(r"(https?)://127\.0\.0\.1:\d+(/[\w/]*)", test).groups()
+    return scheme.upper(), path
+
+
+def compose_health_path(service: dict[str, Any]) -> str:
+    return compose_health(service)[1]
 
 
 def drift(compose: dict[str, Any], manifests: list[dict[str, Any]]) -> list[str]:
     """Where the manifests and compose (and the runner) disagree; empty when they agree."""
     problems: list[str] = []
     services = compose["services"]
-    runner = {s.name: s for s in service_specs("r", {"encoder": "e", "predictor": "p"}, "/m", "/s")}
+    # The runner serves TLS when given a pair, as compose does (the names are then the same).
+    gateway_env = services["gateway"]["environment"]
+    tls = ((gateway_env["GATEWAY_TLS_CERTFILE"], gateway_env["GATEWAY_TLS_KEYFILE"])
+           if "GATEWAY_TLS_CERTFILE" in gateway_env else None)
+    runner = {s.name: s for s in service_specs("r", {"encoder": "e", "predictor": "p"}, "/m", "/s", tls=tls)}
+    maps = by_kind(manifests, "ConfigMap")
     deployments = by_kind(manifests, "Deployment")
     k8s_services = by_kind(manifests, "Service")
     for name in SERVICES:
@@ -100,12 +121,25 @@ def drift(compose: dict[str, Any], manifests: list[dict[str, Any]]) -> list[str]
         if names != want or set(svc["environment"]) != set(spec.env):
             problems.append(f"{name}: env {sorted(names ^ want)} only on one side "
                             f"(compose {sorted(svc['environment'])}, runner {sorted(spec.env)})")
+        # Settings (not credentials) have compose's values: paths, URLs, names.
+        for source in container.get("envFrom", []):
+            if "configMapRef" in source:
+                for key, value in maps[source["configMapRef"]["name"]]["data"].items():
+                    if key in svc["environment"] and value != str(svc["environment"][key]):
+                        problems.append(f"{name}: {key}={value} != compose's {svc['environment'][key]}")
         ready = container["readinessProbe"]["httpGet"]["path"]
         if not ready == compose_health_path(svc) == READY_PATH[name]:
             problems.append(f"{name}: readiness {ready} != compose's {compose_health_path(svc)} "
                             f"/ the runner's {READY_PATH[name]}")
         if container["livenessProbe"]["httpGet"]["path"] != "/healthz":
             problems.append(f"{name}: liveness is not /healthz")
+        # A service with a certificate speaks only HTTPS: every probe uses it, as compose's does.
+        scheme = "HTTPS" if any(k.endswith("_TLS_CERTFILE") for k in spec.env) else "HTTP"
+        probe_schemes = {container[p]["httpGet"].get("scheme", "HTTP")
+                         for p in ("readinessProbe", "livenessProbe", "startupProbe") if p in container}
+        if probe_schemes != {scheme} or compose_health(svc)[0] != scheme:
+            problems.append(f"{name}: probes over {sorted(probe_schemes)}, compose's over "
+                            f"{compose_health(svc)[0]}, the service speaks {scheme}")
         mounts = {m["mountPath"] for m in container.get("volumeMounts", [])} - {"/tmp"}
         wanted = {v.split(":")[1] for v in svc.get("volumes", [])}
         if mounts != wanted:
@@ -129,6 +163,16 @@ def drift(compose: dict[str, Any], manifests: list[dict[str, Any]]) -> list[str]
     redis = deployments.get("redis")
     if redis is None or pod_spec(redis)["containers"][0]["image"] != services["redis"]["image"]:
         problems.append("redis: image differs from compose's")
+    if redis is not None:
+        (container,) = pod_spec(redis)["containers"]
+        if container["command"] != services["redis"]["command"]:
+            problems.append("redis: command differs from compose's (persistence, protected mode)")
+        # compose keeps Redis's data on a named volume; here on a claim, not an emptyDir.
+        volumes = {v["name"]: v for v in pod_spec(redis)["volumes"]}
+        mounts = {m["mountPath"] for m in container.get("volumeMounts", [])
+                  if "persistentVolumeClaim" in volumes[m["name"]]}
+        if mounts != {v.split(":")[1] for v in services["redis"].get("volumes", [])}:
+            problems.append(f"redis: claims mounted at {sorted(mounts)}, compose's volumes differ")
     return problems
 
 
@@ -156,6 +200,10 @@ def test_the_manifests_agree_with_compose_and_the_runner():
     ("probe", lambda c: c["services"]["encoder"]["healthcheck"].update(
         test=["CMD", "curl", "http://127.0.0.1:8001/healthz"])),
     ("job", lambda c: c["services"]["train"].update(command=["vigil", "train", "--seed", "3"])),
+    ("value", lambda c: c["services"]["gateway"]["environment"].update(GATEWAY_SAMPLES_PATH="/x")),
+    ("tls", lambda c: [c["services"]["gateway"]["environment"].pop(k) for k in
+                       ("GATEWAY_TLS_CERTFILE", "GATEWAY_TLS_KEYFILE")]),
+    ("redis", lambda c: c["services"]["redis"]["command"].__setitem__(2, "no")),
 ], ids=lambda change: change[0] if isinstance(change, tuple) else "")
 def test_the_drift_check_fails_when_compose_changes(change):
     compose = copy.deepcopy(COMPOSE)
@@ -181,8 +229,54 @@ def test_every_env_name_is_a_setting_of_its_service():
         prefix = cls.model_config["env_prefix"]
         fields = {prefix + f.upper() for f in cls.model_fields}
         assert env_names(container, MANIFESTS) <= fields, name
-        cls(**{k[len(prefix):].lower(): v for k, v in by_kind(MANIFESTS, "ConfigMap")[
-            f"vigil-{name}"]["data"].items()})  # the values are valid settings
+        # The values are valid settings once the Secrets hold real values: the manifests ship
+        # placeholders (test_the_secrets_are_placeholders_a_production_gateway_refuses), and the
+        # production gateway refuses to start on the empty key secret, so each Secret-sourced
+        # setting gets a stand-in here.
+        values = dict(by_kind(MANIFESTS, "ConfigMap")[f"vigil-{name}"]["data"])
+        values |= {k: f"stand-in-{k.lower()}" for k in secret_env_names(container, MANIFESTS)}
+        cls(**{k[len(prefix):].lower(): v for k, v in values.items()})
+
+
+def test_the_secrets_are_placeholders_a_production_gateway_refuses():
+    """No real credential is committed: every Secret value is empty, an obvious REPLACE-ME or a
+    password-less address of the in-namespace Redis; and the gateway, as shipped, does not start
+    (no key secret), so nobody runs it on a published one by mistake."""
+    from vigil_gateway.settings import GatewaySettings
+
+    secrets = by_kind(MANIFESTS, "Secret")
+    for secret in secrets.values():
+        for key, value in secret["stringData"].items():
+            assert (value == "" or value.startswith("REPLACE-ME")
+                    or re.fullmatch(r"(redis://)?redis:6379(/0)?", value)), (secret["metadata"]["name"], key)
+    # An empty internal token would switch the encoder's and the predictor's check off.
+    assert secrets["vigil-internal-token"]["stringData"]["token"]
+    (container,) = pod_spec(by_kind(MANIFESTS, "Deployment")["gateway"])["containers"]
+    shipped = dict(by_kind(MANIFESTS, "ConfigMap")["vigil-gateway"]["data"])
+    for e in container["env"]:
+        ref = e["valueFrom"]["secretKeyRef"]
+        shipped[e["name"]] = secrets[ref["name"]]["stringData"][ref["key"]]
+    with pytest.raises(ValueError, match="auth_secret must be set"):
+        GatewaySettings(**{k.removeprefix("GATEWAY_").lower(): v for k, v in shipped.items()})
+
+
+def test_the_gateway_serves_https_with_the_tls_secrets_pair():
+    pod = pod_spec(by_kind(MANIFESTS, "Deployment")["gateway"])
+    (container,) = pod["containers"]
+    data = by_kind(MANIFESTS, "ConfigMap")["vigil-gateway"]["data"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    files = {}
+    for mount in container["volumeMounts"]:
+        secret = volumes[mount["name"]].get("secret")
+        if secret:
+            assert mount["readOnly"] is True
+            secret_data = by_kind(MANIFESTS, "Secret")[secret["secretName"]]
+            assert secret_data["type"] == "kubernetes.io/tls"
+            files |= {f"{mount['mountPath']}/{item['path']}": item["key"] for item in secret["items"]}
+    assert files[data["GATEWAY_TLS_CERTFILE"]] == "tls.crt"
+    assert files[data["GATEWAY_TLS_KEYFILE"]] == "tls.key"
+    service = by_kind(MANIFESTS, "Service")["gateway"]
+    assert [p["appProtocol"] for p in service["spec"]["ports"]] == ["https"]
 
 
 def test_the_gateway_reaches_the_services_by_their_service_names():
