@@ -206,8 +206,14 @@ def transactions(feature_env) -> list[dict]:
     return [s.transaction for s in scenarios]
 
 
-def _scores(url: str, transactions: list[dict], suffix: str) -> list[tuple]:
-    with httpx.Client(base_url=url, timeout=10) as client:
+def _client(stack, timeout: float) -> httpx.Client:
+    """A client of the stack's gateway with the stack's API key."""
+    return httpx.Client(base_url=stack.services["gateway"].url, timeout=timeout,
+                        headers={"authorization": f"Bearer {stack.api_key}"})
+
+
+def _scores(stack, transactions: list[dict], suffix: str) -> list[tuple]:
+    with _client(stack, 10) as client:
         batch = client.post("/v1/transactions/score-batch", json={"transactions": [
             dict(t, transaction_id=f"{t['transaction_id']}-{suffix}-b") for t in transactions]}).json()
         singles = [client.post("/v1/transactions/score", json=dict(
@@ -219,19 +225,18 @@ def _scores(url: str, transactions: list[dict], suffix: str) -> list[tuple]:
 def test_the_stack_decides_on_the_cluster_as_on_one_redis(stacks, transactions):
     clustered, one = stacks
     suffix = str(time.time_ns())
-    on_cluster = _scores(clustered.services["gateway"].url, transactions, suffix)
+    on_cluster = _scores(clustered, transactions, suffix)
     assert not any(degraded for *_, degraded in on_cluster)
-    assert on_cluster == _scores(one.services["gateway"].url, transactions, suffix)
+    assert on_cluster == _scores(one, transactions, suffix)
 
 
 def test_a_master_killed_under_load_gives_uncertain_at_worst_and_recovers_unaided(stacks, transactions, cluster):
     clustered, _ = stacks
-    url = clustered.services["gateway"].url
     answers: list[tuple[float, int, dict]] = []
     stop = threading.Event()
 
     def load() -> None:
-        with httpx.Client(base_url=url, timeout=5) as client:
+        with _client(clustered, 5) as client:
             i = 0
             while not stop.is_set():
                 t = transactions[i % len(transactions)]
@@ -268,7 +273,7 @@ def test_a_master_killed_under_load_gives_uncertain_at_worst_and_recovers_unaide
     # Nothing lost: every decision made after the failover is replayed, and one made before it
     # is either replayed or (its write not yet copied to the replica that took over) made again
     # alike.
-    with httpx.Client(base_url=url, timeout=5) as client:
+    with _client(clustered, 5) as client:
         replayed = 0
         for at, _, first, body in answers[::5]:
             if first["degraded"]:

@@ -16,6 +16,17 @@ class KeysError(Exception):
     """A user-facing failure of ``vigil keys`` / ``vigil certs`` (one line, exit code 2)."""
 
 
+def key_store_client(redis_url: str) -> Any:
+    """A client of the gateway's Redis, single or a cluster (``redis+cluster://``)."""
+    import redis.asyncio as aioredis
+
+    from vigil_servicekit.redis_url import cluster_url, is_cluster
+
+    if is_cluster(redis_url):
+        return aioredis.RedisCluster.from_url(cluster_url(redis_url))
+    return aioredis.Redis.from_url(redis_url)
+
+
 def auth_secret() -> str:
     from vigil_gateway.api_keys import DEVELOPMENT_SECRET
 
@@ -23,11 +34,10 @@ def auth_secret() -> str:
 
 
 async def run_keys_command(args: argparse.Namespace) -> list[Any]:
-    import redis.asyncio as aioredis
 
     from vigil_gateway.api_keys import KeyAdmin
 
-    client = aioredis.Redis.from_url(args.redis_url)
+    client = key_store_client(args.redis_url)
     admin = KeyAdmin(client, auth_secret())
     try:
         if args.action == "create":

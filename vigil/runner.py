@@ -97,12 +97,11 @@ def create_api_key(redis_url: str, auth_secret: str, client: str, scopes: tuple[
     """A new API key in the stack's Redis (the gateway's ``KeyAdmin``); its token."""
     import asyncio
 
-    import redis.asyncio as aioredis
-
+    from vigil.keys import key_store_client
     from vigil_gateway.api_keys import KeyAdmin
 
     async def create() -> str:
-        redis_client = aioredis.Redis.from_url(redis_url)
+        redis_client = key_store_client(redis_url)
         try:
             token, _ = await KeyAdmin(redis_client, auth_secret).create(client, scopes, limits=limits)
         finally:
