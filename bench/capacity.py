@@ -50,7 +50,9 @@ def mib(n_bytes: float) -> int:
 def _runs(results: dict[str, Any], key: str) -> list[dict[str, Any]]:
     case = results["cases"].get(key)
     if not case:
-        raise SystemExit(f"results.json has no case {key!r}: run `python -m bench.run` (not --only)")
+        raise SystemExit(
+            f"results.json has no case {key!r}: run `python -m bench.run` (not --only)"
+        )
     return case["runs"]
 
 
@@ -62,12 +64,18 @@ def cpu_per_transaction(results: dict[str, Any]) -> dict[str, dict[str, float]]:
     for shape, (key, rows) in SHAPES.items():
         runs = _runs(results, key)
         closed = [r for r in runs if r["mode"] == "closed"]
-        run = (max(closed, key=lambda r: r["concurrency"]) if closed
-               else max(runs, key=lambda r: r["rate"]))
+        run = (
+            max(closed, key=lambda r: r["concurrency"])
+            if closed
+            else max(runs, key=lambda r: r["rate"])
+        )
         per_request = run["server_cpu_ms_per_request"]
         out[shape] = {name: per_request[name] / rows for name in (*SERVICES, "redis")}
         out[shape]["_run"] = f"{run['mode']} loop, " + (
-            f"concurrency {run['concurrency']}" if run["mode"] == "closed" else f"{run['rate']} req/s")
+            f"concurrency {run['concurrency']}"
+            if run["mode"] == "closed"
+            else f"{run['rate']} req/s"
+        )
     return out
 
 
@@ -87,8 +95,10 @@ def resources(peaks_mb: dict[str, float]) -> dict[str, dict[str, dict[str, str]]
     out = {}
     for name in SERVICES:
         request = 32 * math.ceil(peaks_mb[name] * 1e6 * 1.5 / 2**20 / 32)
-        out[name] = {"requests": {"cpu": "1", "memory": f"{request}Mi"},
-                     "limits": {"cpu": "1", "memory": f"{2 * request}Mi"}}
+        out[name] = {
+            "requests": {"cpu": "1", "memory": f"{request}Mi"},
+            "limits": {"cpu": "1", "memory": f"{2 * request}Mi"},
+        }
     return out
 
 
@@ -98,6 +108,7 @@ def replicas(cpu_ms: float, rate: float) -> tuple[float, int]:
 
 
 # --- measurements on Redis ---------------------------------------------------------------------
+
 
 def measure_store(repo: Path) -> dict[str, Any]:
     """Materialize the benchmark's world into a fresh Redis: rows/s, and ``MEMORY USAGE`` of
@@ -155,11 +166,17 @@ def _materialize_in_process(repo: Path) -> tuple[float, float]:
     from vigil import feast_repo
 
     store = feast_repo.open_store(repo)
-    ttls = [v.ttl_seconds or 0 for s in feast_repo.load_serving_spec(repo).feature_services.values()
-            for v in s.views.values()]
+    ttls = [
+        v.ttl_seconds or 0
+        for s in feast_repo.load_serving_spec(repo).feature_services.values()
+        for v in s.views.values()
+    ]
     end = datetime.now(UTC)
     timings = []
-    for start in (end - timedelta(seconds=1), end - timedelta(seconds=max(ttls, default=0) or 365 * 86400)):
+    for start in (
+        end - timedelta(seconds=1),
+        end - timedelta(seconds=max(ttls, default=0) or 365 * 86400),
+    ):
         started = time.perf_counter()
         store.materialize(start_date=start, end_date=end)
         timings.append(time.perf_counter() - started)
@@ -179,16 +196,29 @@ def _online_write_rate(repo: Path, per_view: int = 20_000, batch: int = 5_000) -
     store = feast_repo.open_store(repo)
     provider = store._get_provider()
     now = datetime.now(UTC)
-    kinds = {"Int64": lambda i: Value(int64_val=i), "Int32": lambda i: Value(int32_val=i),
-             "Float64": lambda i: Value(double_val=i * 0.5), "Float32": lambda i: Value(float_val=i * 0.5),
-             "String": lambda i: Value(string_val=str(i)), "Bool": lambda i: Value(bool_val=bool(i % 2))}
+    kinds = {
+        "Int64": lambda i: Value(int64_val=i),
+        "Int32": lambda i: Value(int32_val=i),
+        "Float64": lambda i: Value(double_val=i * 0.5),
+        "Float32": lambda i: Value(float_val=i * 0.5),
+        "String": lambda i: Value(string_val=str(i)),
+        "Bool": lambda i: Value(bool_val=bool(i % 2)),
+    }
     written, elapsed = 0, 0.0
     for view in store.list_feature_views():
         (join_key,) = view.join_keys
         for first in range(0, per_view, batch):
-            data = [(EntityKey(join_keys=[join_key], entity_values=[Value(string_val=f"capacity-{i}")]),
-                     {f.name: kinds.get(str(f.dtype), kinds["Float64"])(i) for f in view.features},
-                     now, None) for i in range(first, first + batch)]
+            data = [
+                (
+                    EntityKey(
+                        join_keys=[join_key], entity_values=[Value(string_val=f"capacity-{i}")]
+                    ),
+                    {f.name: kinds.get(str(f.dtype), kinds["Float64"])(i) for f in view.features},
+                    now,
+                    None,
+                )
+                for i in range(first, first + batch)
+            ]
             started = time.perf_counter()
             provider.online_write_batch(store.config, view, data, None)
             elapsed += time.perf_counter() - started
@@ -212,11 +242,18 @@ def _decision_bytes(client: Any) -> int:
     from vigil_gateway.decisions import KEY_PREFIX, encode_entry
 
     answer = ScoreResponse(
-        transaction_id="tx-2026-12-06-000000000001", label="suspicious", score=0.6412,
-        reasons=[Reason(code=f"FEATURE_{i}", text="an unusual amount for this card at this hour " * 2)
-                 for i in range(3)],
-        model=ModelRef(name="fraud_detector", version="12"), degraded=False,
-        request_id="3f1c2d8e9a7b4c6d8e0f1a2b3c4d5e6f", cached=False)
+        transaction_id="tx-2026-12-06-000000000001",
+        label="suspicious",
+        score=0.6412,
+        reasons=[
+            Reason(code=f"FEATURE_{i}", text="an unusual amount for this card at this hour " * 2)
+            for i in range(3)
+        ],
+        model=ModelRef(name="fraud_detector", version="12"),
+        degraded=False,
+        request_id="3f1c2d8e9a7b4c6d8e0f1a2b3c4d5e6f",
+        cached=False,
+    )
     key = KEY_PREFIX + answer.transaction_id
     client.set(key, encode_entry(answer, "sha256:" + "0" * 64), ex=DECISION_TTL_S)
     return client.memory_usage(key, samples=0)
@@ -242,13 +279,19 @@ def access_line_bytes(log_dir: Path) -> dict[str, float]:
 
 # --- the report --------------------------------------------------------------------------------
 
-def model(results: dict[str, Any], store: dict[str, Any], lines: dict[str, float]) -> dict[str, Any]:
+
+def model(
+    results: dict[str, Any], store: dict[str, Any], lines: dict[str, float]
+) -> dict[str, Any]:
     cpu = cpu_per_transaction(results)
     peaks = peak_rss_mb(results)
     return {
         "run": {k: results["machine"].get(k) for k in ("date", "code", "nproc", "cpu_model")}
-        | {"command": results["command"], "plan": results["plan"]["name"],
-           "world_transactions": results["world"]["transactions"]},
+        | {
+            "command": results["command"],
+            "plan": results["plan"]["name"],
+            "world_transactions": results["world"]["transactions"],
+        },
         "cpu_ms_per_transaction": cpu,
         "peak_rss_mb": peaks,
         "store": store,
@@ -286,8 +329,11 @@ def render(m: dict[str, Any]) -> str:
     ]
     for shape, c in cpu.items():
         total = sum(c[s] for s in (*SERVICES, "redis"))
-        out.append(f"| {shape} | {c['_run']} | " + " | ".join(
-            f"{c[s]:.3f} ms" for s in (*SERVICES, "redis")) + f" | {total:.3f} ms |")
+        out.append(
+            f"| {shape} | {c['_run']} | "
+            + " | ".join(f"{c[s]:.3f} ms" for s in (*SERVICES, "redis"))
+            + f" | {total:.3f} ms |"
+        )
     out += [
         "",
         "## Replicas and cores",
@@ -310,8 +356,11 @@ def render(m: dict[str, Any]) -> str:
                 cells.append(f"{n} ({cores:.1f} cores)")
             redis_cores = rate * c["redis"] / 1000
             masters = max(3, math.ceil(redis_cores / REDIS_MASTER_CPU))
-            out.append(f"| {rate:,} | {shape} | " + " | ".join(cells)
-                       + f" | {busy:.1f} | {masters} ({redis_cores:.1f} cores) |")
+            out.append(
+                f"| {rate:,} | {shape} | "
+                + " | ".join(cells)
+                + f" | {busy:.1f} | {masters} ({redis_cores:.1f} cores) |"
+            )
     res = m["resources"]
     out += [
         "",
@@ -323,8 +372,10 @@ def render(m: dict[str, Any]) -> str:
     ]
     for s in SERVICES:
         r = res[s]
-        out.append(f"| {s} | {m['peak_rss_mb'][s]:.0f} MB | {r['requests']['cpu']} CPU, "
-                   f"{r['requests']['memory']} | {r['limits']['cpu']} CPU, {r['limits']['memory']} |")
+        out.append(
+            f"| {s} | {m['peak_rss_mb'][s]:.0f} MB | {r['requests']['cpu']} CPU, "
+            f"{r['requests']['memory']} | {r['limits']['cpu']} CPU, {r['limits']['memory']} |"
+        )
     per_row = store["bytes_per_row"]
     out += [
         "",
@@ -349,8 +400,10 @@ def render(m: dict[str, Any]) -> str:
     row_sum = sum(per_row[e] for e in ("card", "merchant", "device") if e in per_row)
     for n in ENTITY_COUNTS:
         total = n * row_sum
-        out.append(f"| {n:,} | {_fmt_bytes(total)} | {_fmt_bytes(2 * total)} | "
-                   f"{max(3, math.ceil(total / REDIS_MASTER_BYTES))} |")
+        out.append(
+            f"| {n:,} | {_fmt_bytes(total)} | {_fmt_bytes(2 * total)} | "
+            f"{max(3, math.ceil(total / REDIS_MASTER_BYTES))} |"
+        )
     decision = store["decision_bytes"]
     out += [
         "",
@@ -363,8 +416,10 @@ def render(m: dict[str, Any]) -> str:
     ]
     for rate in RATES:
         held = rate * DECISION_TTL_S
-        out.append(f"| {rate:,} | {held:,} | {_fmt_bytes(held * decision)} | "
-                   f"{max(3, math.ceil(held * decision / REDIS_MASTER_BYTES))} |")
+        out.append(
+            f"| {rate:,} | {held:,} | {_fmt_bytes(held * decision)} | "
+            f"{max(3, math.ceil(held * decision / REDIS_MASTER_BYTES))} |"
+        )
     rows_s = store["materialize_rows_per_s"]
     out += [
         "",
@@ -392,8 +447,7 @@ def render(m: dict[str, Any]) -> str:
         rows = 3 * n
         hours = rows / rows_s / 3600
         took = f"{hours:,.1f} h" if hours >= 1 else f"{hours * 60:,.0f} min"
-        out.append(f"| {n:,} | {rows:,} | {took} | "
-                   f"{max(1, math.ceil(rows / rows_s / 3600))} |")
+        out.append(f"| {n:,} | {rows:,} | {took} | {max(1, math.ceil(rows / rows_s / 3600))} |")
     out += [
         "",
         "The event stream and its streamer (DESIGN.md, planned) do not exist yet. When they do, "
@@ -403,8 +457,10 @@ def render(m: dict[str, Any]) -> str:
         "|---|---|---|",
     ]
     for rate in RATES:
-        out.append(f"| {rate:,} | {ROWS_PER_TRANSACTION * rate:,} | "
-                   f"{math.ceil(ROWS_PER_TRANSACTION * rate / rows_s)} |")
+        out.append(
+            f"| {rate:,} | {ROWS_PER_TRANSACTION * rate:,} | "
+            f"{math.ceil(ROWS_PER_TRANSACTION * rate / rows_s)} |"
+        )
     lines = m["access_line_bytes"]
     event = decision + 29 * 10  # the stored decision + the vector (29 features, value + flags)
     out += [
@@ -412,7 +468,8 @@ def render(m: dict[str, Any]) -> str:
         "## Events and logs per day",
         "",
         "Each service writes one JSON access line per request (mean size in the benchmark's logs: "
-        + ", ".join(f"{s} {lines[s]:.0f} B" for s in SERVICES) + "). A batch of 100 is one request "
+        + ", ".join(f"{s} {lines[s]:.0f} B" for s in SERVICES)
+        + "). A batch of 100 is one request "
         "to each service. The planned decision event is estimated as the stored decision plus "
         f"the feature vector: ~{event:,} B.",
         "",
@@ -422,14 +479,17 @@ def render(m: dict[str, Any]) -> str:
     per_request = sum(lines[s] for s in SERVICES)
     for rate in RATES:
         day = rate * 86400
-        out.append(f"| {rate:,} | {_fmt_bytes(day * per_request)} | "
-                   f"{_fmt_bytes(day / 100 * per_request)} | {_fmt_bytes(day * event)} |")
+        out.append(
+            f"| {rate:,} | {_fmt_bytes(day * per_request)} | "
+            f"{_fmt_bytes(day / 100 * per_request)} | {_fmt_bytes(day * event)} |"
+        )
     out.append("")
     return "\n".join(out)
 
 
 _RESOURCES = re.compile(
-    r"(resources:\s*# capacity:(?P<name>\w+)[^\n]*\n)(?P<indent>\s+)requests: [^\n]*\n\s+limits: [^\n]*\n")
+    r"(resources:\s*# capacity:(?P<name>\w+)[^\n]*\n)(?P<indent>\s+)requests: [^\n]*\n\s+limits: [^\n]*\n"
+)
 
 
 def write_resources(k8s_dir: Path, res: dict[str, dict[str, dict[str, str]]]) -> list[Path]:
@@ -451,10 +511,15 @@ def write_resources(k8s_dir: Path, res: dict[str, dict[str, dict[str, str]]]) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.capacity", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.capacity", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--results", default=str(WORK / "results.json"))
-    parser.add_argument("--repo", default=str(WORK / "feature_repo"),
-                        help="the benchmark world's Feast repo (materialized again to measure)")
+    parser.add_argument(
+        "--repo",
+        default=str(WORK / "feature_repo"),
+        help="the benchmark world's Feast repo (materialized again to measure)",
+    )
     parser.add_argument("--out", default=str(ROOT / "docs" / "capacity.md"))
     parser.add_argument("--k8s", default=str(ROOT / "deploy" / "k8s"))
     args = parser.parse_args(argv)
@@ -466,9 +531,11 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(render(m))
     out.with_suffix(".json").write_text(json.dumps(m, indent=1) + "\n")
     changed = write_resources(Path(args.k8s), m["resources"])
-    print(f"wrote {out}, {out.with_suffix('.json')}"
-          + (f" and the resources of {', '.join(p.name for p in changed)}" if changed else ""),
-          file=sys.stderr)
+    print(
+        f"wrote {out}, {out.with_suffix('.json')}"
+        + (f" and the resources of {', '.join(p.name for p in changed)}" if changed else ""),
+        file=sys.stderr,
+    )
     return 0
 
 

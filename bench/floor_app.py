@@ -24,8 +24,11 @@ BODY = b'{"ok":true}'
 HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())]
 
 
-async def app(scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
-              send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+async def app(
+    scope: dict[str, Any],
+    receive: Callable[[], Awaitable[dict[str, Any]]],
+    send: Callable[[dict[str, Any]], Awaitable[None]],
+) -> None:
     if scope["type"] == "lifespan":
         while True:
             message = await receive()
@@ -68,8 +71,9 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 Handler = Callable[[bytes], Awaitable["bytes | None"]]
 
 
-def _app_with(handle: Handler, startup: Callable[[], Awaitable[None]],
-              shutdown: Callable[[], Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+def _app_with(
+    handle: Handler, startup: Callable[[], Awaitable[None]], shutdown: Callable[[], Awaitable[None]]
+) -> Callable[..., Awaitable[None]]:
     """A raw ASGI app that runs ``handle(body)`` and answers what it returns (JSON), or the
     constant when it returns None."""
 
@@ -96,8 +100,16 @@ def _app_with(handle: Handler, startup: Callable[[], Awaitable[None]],
             await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
             await send({"type": "http.response.body", "body": BODY})
             return
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", b"%d" % len(answer))]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", b"%d" % len(answer)),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": answer})
 
     return app
@@ -111,8 +123,7 @@ def create_redis_read_app() -> Callable[..., Awaitable[None]]:
     client: dict[str, Any] = {}
 
     async def startup() -> None:
-        client["redis"] = aioredis.Redis.from_url(os.environ["FLOOR_REDIS_URL"],
-                                                  socket_timeout=5.0)
+        client["redis"] = aioredis.Redis.from_url(os.environ["FLOOR_REDIS_URL"], socket_timeout=5.0)
         await client["redis"].ping()
 
     async def shutdown() -> None:
@@ -132,8 +143,10 @@ def create_three_hops_app() -> Callable[..., Awaitable[None]]:
 
     from vigil_gateway.http_transport import HttpTransport
 
-    hops = [(HttpTransport(url, max_connections=32), httpx.URL(url).raw_path)
-            for url in (os.environ["FLOOR_FIRST_URL"], os.environ["FLOOR_SECOND_URL"])]
+    hops = [
+        (HttpTransport(url, max_connections=32), httpx.URL(url).raw_path)
+        for url in (os.environ["FLOOR_FIRST_URL"], os.environ["FLOOR_SECOND_URL"])
+    ]
     headers = {"content-type": "application/json"}
 
     async def startup() -> None:
@@ -145,8 +158,9 @@ def create_three_hops_app() -> Callable[..., Awaitable[None]]:
 
     async def handle(body: bytes) -> None:
         for transport, target in hops:
-            answer = await transport.fetch("POST", target, headers, body,
-                                           connect_timeout=5.0, read_timeout=5.0)
+            answer = await transport.fetch(
+                "POST", target, headers, body, connect_timeout=5.0, read_timeout=5.0
+            )
             if answer.status_code >= 400:
                 raise RuntimeError(f"a floor hop answered {answer.status_code}")
 
@@ -175,10 +189,21 @@ def create_v2_scoring_app() -> Callable[..., Awaitable[None]]:
         if not body:  # the readiness probe
             return None
         tensor = orjson.loads(body)["inputs"][0]
-        features = np.array([np.nan if v is None else v for v in tensor["data"]],
-                            dtype=np.float32).reshape(tensor["shape"])
+        features = np.array(
+            [np.nan if v is None else v for v in tensor["data"]], dtype=np.float32
+        ).reshape(tensor["shape"])
         scores = predict_dense(booster, features)
-        return orjson.dumps({"outputs": [{"name": "score", "datatype": "FP32",
-                                          "shape": [len(scores)], "data": scores.tolist()}]})
+        return orjson.dumps(
+            {
+                "outputs": [
+                    {
+                        "name": "score",
+                        "datatype": "FP32",
+                        "shape": [len(scores)],
+                        "data": scores.tolist(),
+                    }
+                ]
+            }
+        )
 
     return _app_with(handle, nothing, nothing)

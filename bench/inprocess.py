@@ -28,9 +28,17 @@ import numpy as np
 def _stats(samples: list[float], rows: int) -> dict[str, Any]:
     ms = np.array(samples) * 1000.0
     p = np.percentile(ms, [50, 95, 99, 99.9])
-    return {"calls": len(samples), "rows": rows, "p50_ms": float(p[0]), "p95_ms": float(p[1]),
-            "p99_ms": float(p[2]), "p999_ms": float(p[3]), "max_ms": float(ms.max()),
-            "mean_ms": float(ms.mean()), "rows_per_s": rows * len(ms) / (ms.sum() / 1000.0)}
+    return {
+        "calls": len(samples),
+        "rows": rows,
+        "p50_ms": float(p[0]),
+        "p95_ms": float(p[1]),
+        "p99_ms": float(p[2]),
+        "p999_ms": float(p[3]),
+        "max_ms": float(ms.max()),
+        "mean_ms": float(ms.mean()),
+        "rows_per_s": rows * len(ms) / (ms.sum() / 1000.0),
+    }
 
 
 def _budget(rows: int, seconds: float) -> tuple[int, float]:
@@ -51,7 +59,9 @@ def _time_sync(fn: Callable[[], Any], rows: int, seconds: float) -> dict[str, An
     return _stats(samples, rows)
 
 
-async def _time_async(fn: Callable[[], Awaitable[Any]], rows: int, seconds: float) -> dict[str, Any]:
+async def _time_async(
+    fn: Callable[[], Awaitable[Any]], rows: int, seconds: float
+) -> dict[str, Any]:
     calls, limit = _budget(rows, seconds)
     for _ in range(min(50, calls)):
         await fn()
@@ -74,8 +84,9 @@ async def measure(spec: dict[str, Any]) -> dict[str, Any]:
     from vigil_predictor.runtime import XGBoostRuntime
 
     rows: list[dict[str, Any]] = spec["encode_rows"]
-    vectors = np.array([[np.nan if v is None else v for v in vec] for vec in spec["vectors"]],
-                       dtype=np.float32)
+    vectors = np.array(
+        [[np.nan if v is None else v for v in vec] for vec in spec["vectors"]], dtype=np.float32
+    )
     seconds = float(spec["seconds_per_case"])
     metrics = EncoderMetrics()
     store = OnlineStore(spec["redis_url"], 5.0, metrics)
@@ -83,8 +94,9 @@ async def measure(spec: dict[str, Any]) -> dict[str, Any]:
     encoder = Encoder(Path(spec["spec_path"]), store, metrics, max_rows=5000)
     assert encoder.load_spec(), encoder.spec_error
     plan = encoder.plan(spec["feature_service"])
-    runtime = XGBoostRuntime(Path(spec["model_dir"]), name=spec["model_name"],
-                             version=spec["model_version"], nthread=1)
+    runtime = XGBoostRuntime(
+        Path(spec["model_dir"]), name=spec["model_name"], version=spec["model_version"], nthread=1
+    )
     assert runtime.load(), runtime.error
     suspicious = runtime.info.thresholds["suspicious"]  # as the gateway asks: explain flagged rows
     booster = runtime._booster  # the very booster the predictor serves
@@ -95,8 +107,11 @@ async def measure(spec: dict[str, Any]) -> dict[str, Any]:
     async def measure_size(n: int) -> None:  # a call per size: the timed closures bind its locals
         chosen = [rows[i % len(rows)] for i in range(n)]
         matrix = vectors[np.arange(n) % len(vectors)]
-        keys = [(view.codec.redis_key(row["entities"]), view.hmget.fields)
-                for view in plan.views for row in chosen]
+        keys = [
+            (view.codec.redis_key(row["entities"]), view.hmget.fields)
+            for view in plan.views
+            for row in chosen
+        ]
 
         def raw() -> None:
             pipe = client.pipeline(transaction=False)
@@ -119,8 +134,10 @@ async def measure(spec: dict[str, Any]) -> dict[str, Any]:
         out[f"encoder_dataplane_{n}"] = await _time_async(encode, n, seconds)
         out[f"predict_score_{n}"] = _time_sync(lambda: runtime.predict(matrix), n, seconds)
         out[f"predict_contrib_{n}"] = _time_sync(
-            lambda: runtime.predict(matrix, contributions=True,
-                                    contributions_min_score=suspicious), n, seconds)
+            lambda: runtime.predict(matrix, contributions=True, contributions_min_score=suspicious),
+            n,
+            seconds,
+        )
         out[f"dataplanes_{n}"] = await _time_async(dataplanes, n, seconds)
 
     for n in spec["sizes"]:

@@ -64,7 +64,7 @@ class Bodies:
 
 @dataclass
 class Sample:
-    start: float      # intended send time (open loop) or actual send time (closed loop)
+    start: float  # intended send time (open loop) or actual send time (closed loop)
     end: float
     error: str | None
 
@@ -82,8 +82,9 @@ class Client:
     async def send(self, body: bytes, start: float) -> Sample:
         error: str | None = None
         try:
-            async with self.session.request(self.method, self.url, data=body, headers=self.headers,
-                                            timeout=self.timeout) as resp:
+            async with self.session.request(
+                self.method, self.url, data=body, headers=self.headers, timeout=self.timeout
+            ) as resp:
                 payload = await resp.read()
                 if not 200 <= resp.status < 300:
                     error = f"http_{resp.status}"
@@ -97,8 +98,9 @@ class Client:
         return Sample(start, time.perf_counter(), error)
 
 
-async def open_loop(client: Client, bodies: Bodies, rate: float, warmup: float,
-                    duration: float, drain: float) -> tuple[list[Sample], float, float, float]:
+async def open_loop(
+    client: Client, bodies: Bodies, rate: float, warmup: float, duration: float, drain: float
+) -> tuple[list[Sample], float, float, float]:
     """Fixed-rate schedule; returns samples of the measured window, its bounds and the worst
     lateness of a send against its schedule (a late generator, not a slow server)."""
     interval = 1.0 / rate
@@ -132,8 +134,9 @@ async def open_loop(client: Client, bodies: Bodies, rate: float, warmup: float,
     return measured, measure_from, measure_from + duration, worst_lag
 
 
-async def closed_loop(client: Client, bodies: Bodies, concurrency: int, warmup: float,
-                      duration: float) -> tuple[list[Sample], float, float, float]:
+async def closed_loop(
+    client: Client, bodies: Bodies, concurrency: int, warmup: float, duration: float
+) -> tuple[list[Sample], float, float, float]:
     t0 = time.perf_counter()
     measure_from, stop = t0 + warmup, t0 + warmup + duration
     samples: list[Sample] = []
@@ -151,8 +154,14 @@ async def closed_loop(client: Client, bodies: Bodies, concurrency: int, warmup: 
     return samples, measure_from, stop, 0.0
 
 
-def summarise(samples: list[Sample], window: tuple[float, float], rows: int, lag: float,
-              cpu: float, wall: float) -> dict[str, Any]:
+def summarise(
+    samples: list[Sample],
+    window: tuple[float, float],
+    rows: int,
+    lag: float,
+    cpu: float,
+    wall: float,
+) -> dict[str, Any]:
     lat_ms = np.array([(s.end - s.start) * 1000.0 for s in samples]) if samples else np.zeros(0)
     errors: dict[str, int] = {}
     for s in samples:
@@ -182,16 +191,30 @@ def summarise(samples: list[Sample], window: tuple[float, float], rows: int, lag
     shed = np.array([(s.end - s.start) * 1000.0 for s in samples if s.error == "http_503"])
     if len(shed):
         admitted = np.array([(s.end - s.start) * 1000.0 for s in samples if s.error != "http_503"])
-        out.update(shed=len(shed), shed_p99_ms=float(np.percentile(shed, 99)),
-                   shed_max_ms=float(shed.max()), admitted=len(admitted))
+        out.update(
+            shed=len(shed),
+            shed_p99_ms=float(np.percentile(shed, 99)),
+            shed_max_ms=float(shed.max()),
+            admitted=len(admitted),
+        )
         if len(admitted):
-            out.update(admitted_p50_ms=float(np.percentile(admitted, 50)),
-                       admitted_p99_ms=float(np.percentile(admitted, 99)))
+            out.update(
+                admitted_p50_ms=float(np.percentile(admitted, 50)),
+                admitted_p99_ms=float(np.percentile(admitted, 99)),
+            )
     if len(lat_ms):
         pct = np.percentile(lat_ms, [50, 95, 99, 99.9])
-        out.update(p50_ms=pct[0], p95_ms=pct[1], p99_ms=pct[2], p999_ms=pct[3],
-                   max_ms=float(lat_ms.max()), mean_ms=float(lat_ms.mean()))
-        out["spectrum"] = [[p, float(v)] for p, v in zip(SPECTRUM, np.percentile(lat_ms, SPECTRUM), strict=True)]
+        out.update(
+            p50_ms=pct[0],
+            p95_ms=pct[1],
+            p99_ms=pct[2],
+            p999_ms=pct[3],
+            max_ms=float(lat_ms.max()),
+            mean_ms=float(lat_ms.mean()),
+        )
+        out["spectrum"] = [
+            [p, float(v)] for p, v in zip(SPECTRUM, np.percentile(lat_ms, SPECTRUM), strict=True)
+        ]
     return {k: (float(v) if isinstance(v, np.floating) else v) for k, v in out.items()}
 
 
@@ -200,20 +223,33 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
     mode = spec["mode"]
     max_conn = int(spec.get("max_connections", 512))
     connector = aiohttp.TCPConnector(limit=max_conn, force_close=False, ttl_dns_cache=None)
-    async with aiohttp.ClientSession(connector=connector, skip_auto_headers=["User-Agent"]) as session:
+    async with aiohttp.ClientSession(
+        connector=connector, skip_auto_headers=["User-Agent"]
+    ) as session:
         client = Client(session, spec)
         # Open the connections before the clock starts.
         warm = min(int(spec.get("concurrency", 4)), 16)
-        await asyncio.gather(*(client.send(bodies.next(), time.perf_counter()) for _ in range(warm)))
+        await asyncio.gather(
+            *(client.send(bodies.next(), time.perf_counter()) for _ in range(warm))
+        )
         cpu0, wall0 = _cpu_seconds(), time.perf_counter()
         if mode == "open":
             samples, first, last, lag = await open_loop(
-                client, bodies, float(spec["rate"]), float(spec["warmup_s"]),
-                float(spec["duration_s"]), float(spec.get("drain_s", 10.0)))
+                client,
+                bodies,
+                float(spec["rate"]),
+                float(spec["warmup_s"]),
+                float(spec["duration_s"]),
+                float(spec.get("drain_s", 10.0)),
+            )
         elif mode == "closed":
             samples, first, last, lag = await closed_loop(
-                client, bodies, int(spec["concurrency"]), float(spec["warmup_s"]),
-                float(spec["duration_s"]))
+                client,
+                bodies,
+                int(spec["concurrency"]),
+                float(spec["warmup_s"]),
+                float(spec["duration_s"]),
+            )
         else:
             raise SystemExit(f"unknown mode {mode!r}")
         cpu, wall = _cpu_seconds() - cpu0, time.perf_counter() - wall0
@@ -222,8 +258,13 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("keep_latencies"):  # for pooling several rounds (bench.run.pool_rounds)
         result["latencies_ms"] = [round((s.end - s.start) * 1000.0, 4) for s in samples]
         result["generator_cpu_s"], result["generator_wall_s"] = cpu, wall
-    result.update(mode=mode, rate=spec.get("rate"), concurrency=spec.get("concurrency"),
-                  rows=int(spec.get("rows", 1)), duration_s=float(spec["duration_s"]))
+    result.update(
+        mode=mode,
+        rate=spec.get("rate"),
+        concurrency=spec.get("concurrency"),
+        rows=int(spec.get("rows", 1)),
+        duration_s=float(spec["duration_s"]),
+    )
     return result
 
 

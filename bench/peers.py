@@ -27,8 +27,13 @@ ROOT = Path(__file__).resolve().parent.parent
 PROJECT_PY = Path(sys.executable)
 XGBOOST_VERSION = "3.2.0"  # the project's xgboost-cpu: the same library scores in both servers
 # scikit-learn: mlserver-xgboost loads boosters through XGBoost's sklearn API.
-PEER_PACKAGES = ["mlserver==1.7.1", f"xgboost-cpu=={XGBOOST_VERSION}", "scikit-learn==1.9.1",
-                 "matplotlib==3.11.2", "py-spy==0.4.3"]
+PEER_PACKAGES = [
+    "mlserver==1.7.1",
+    f"xgboost-cpu=={XGBOOST_VERSION}",
+    "scikit-learn==1.9.1",
+    "matplotlib==3.11.2",
+    "py-spy==0.4.3",
+]
 # mlserver-xgboost asks for the `xgboost` wheel (with a 470 MB NCCL); the `xgboost-cpu` wheel
 # above provides the same module, so the runtime is installed without its dependencies.
 NO_DEPS_PACKAGES = ["mlserver-xgboost==1.7.1"]
@@ -69,11 +74,27 @@ def feast_serve(repo: Path, config: Path, work: Path, workers: int = 1) -> Manag
     home.mkdir(parents=True, exist_ok=True)
     return Managed(
         name=feast_process_name(workers),
-        cmd=[str(feast), "-c", str(repo), "-f", str(config), "serve", "-h", "127.0.0.1",
-             "-p", str(port), "--max-requests", "0", "--no-access-log", "-w", str(workers),
-             # Registry refresh every hour instead of every minute: no refresh lands inside a
-             # measurement (the first call after one is ~6 ms), which favours feast serve.
-             "-r", "3600"],
+        cmd=[
+            str(feast),
+            "-c",
+            str(repo),
+            "-f",
+            str(config),
+            "serve",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "--max-requests",
+            "0",
+            "--no-access-log",
+            "-w",
+            str(workers),
+            # Registry refresh every hour instead of every minute: no refresh lands inside a
+            # measurement (the first call after one is ~6 ms), which favours feast serve.
+            "-r",
+            "3600",
+        ],
         ready_url=f"http://127.0.0.1:{port}/health",
         log_path=work / "logs" / f"feast-serve-w{workers}.log",
         env={"HOME": str(home), "XDG_RUNTIME_DIR": str(home)},
@@ -81,8 +102,9 @@ def feast_serve(repo: Path, config: Path, work: Path, workers: int = 1) -> Manag
     )
 
 
-def mlserver(venv: Path, booster: Path, work: Path, parallel_workers: int,
-             one_thread: bool = True) -> Managed:
+def mlserver(
+    venv: Path, booster: Path, work: Path, parallel_workers: int, one_thread: bool = True
+) -> Managed:
     """MLServer with one model, ``fraud_detector``, served by mlserver-xgboost from ``booster``.
 
     ``one_thread``: ``OMP_NUM_THREADS=1``, one XGBoost thread per prediction like the predictor
@@ -93,19 +115,27 @@ def mlserver(venv: Path, booster: Path, work: Path, parallel_workers: int,
     model_dir = root / "fraud_detector"
     model_dir.mkdir(parents=True, exist_ok=True)
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
-    (root / "settings.json").write_text(json.dumps({
-        "debug": False,  # no access log, like the Vigil services' --no-access-log
-        "host": "127.0.0.1",
-        "http_port": http_port,
-        "grpc_port": grpc_port,
-        "metrics_port": metrics_port,
-        "parallel_workers": parallel_workers,
-    }))
-    (model_dir / "model-settings.json").write_text(json.dumps({
-        "name": "fraud_detector",
-        "implementation": "mlserver_xgboost.XGBoostModel",
-        "parameters": {"uri": str(booster.resolve()), "version": "1"},
-    }))
+    (root / "settings.json").write_text(
+        json.dumps(
+            {
+                "debug": False,  # no access log, like the Vigil services' --no-access-log
+                "host": "127.0.0.1",
+                "http_port": http_port,
+                "grpc_port": grpc_port,
+                "metrics_port": metrics_port,
+                "parallel_workers": parallel_workers,
+            }
+        )
+    )
+    (model_dir / "model-settings.json").write_text(
+        json.dumps(
+            {
+                "name": "fraud_detector",
+                "implementation": "mlserver_xgboost.XGBoostModel",
+                "parameters": {"uri": str(booster.resolve()), "version": "1"},
+            }
+        )
+    )
     return Managed(
         name="mlserver",
         cmd=[str(venv / "bin" / "mlserver"), "start", str(root)],
@@ -120,8 +150,20 @@ def floor(work: Path, factory: str, name: str, env: dict[str, str] | None = None
     port = free_port()
     return Managed(
         name=name,
-        cmd=[str(PROJECT_PY), "-m", "uvicorn", "--factory", factory, "--host", "127.0.0.1",
-             "--port", str(port), "--no-access-log", "--log-level", "warning"],
+        cmd=[
+            str(PROJECT_PY),
+            "-m",
+            "uvicorn",
+            "--factory",
+            factory,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
         ready_url=f"http://127.0.0.1:{port}/",
         log_path=work / "logs" / f"{name.replace(' ', '-').replace('(', '').replace(')', '')}.log",
         env=env or {},

@@ -16,8 +16,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import FixedLocator, FuncFormatter
 
-SINGLE = ["e2e_1", "feast_1", "floor_3hops_1", "encoder_1", "predictor_1", "mlserver_1",
-          "floor_fastapi_1", "floor_1"]
+SINGLE = [
+    "e2e_1",
+    "feast_1",
+    "floor_3hops_1",
+    "encoder_1",
+    "predictor_1",
+    "mlserver_1",
+    "floor_fastapi_1",
+    "floor_1",
+]
 BATCH = ["e2e_100", "feast_100", "e2e_1000"]
 STYLE = {"vigil": "-", "peer": "--", "floor": ":"}
 #: ``feast_1`` stands for every feast serve case of one row (``feast1w_1``, ``feast2w_1``, ...:
@@ -32,8 +40,11 @@ def _expand(keys: list[str], results: dict) -> list[str]:
         if not m:
             out.append(key)
             continue
-        found = [(int(f.group(1) or 1), k) for k in results["cases"]
-                 if (f := FEAST.match(k)) and f.group(2) == m.group(2)]
+        found = [
+            (int(f.group(1) or 1), k)
+            for k in results["cases"]
+            if (f := FEAST.match(k)) and f.group(2) == m.group(2)
+        ]
         out += [k for _, k in sorted(found)]
     return out
 
@@ -53,8 +64,14 @@ def _panel(ax, results: dict, keys: list[str], pick) -> None:
             continue
         pts = [(p, v) for p, v in run["spectrum"] if 0 < p < 100]
         label = f"{case['label']} ({run['rate']:g} req/s)"
-        ax.plot([_x(p) for p, _ in pts], [v for _, v in pts], STYLE.get(case["group"], "-"),
-                marker="o", markersize=3, label=label)
+        ax.plot(
+            [_x(p) for p, _ in pts],
+            [v for _, v in pts],
+            STYLE.get(case["group"], "-"),
+            marker="o",
+            markersize=3,
+            label=label,
+        )
     ticks = [50, 90, 99, 99.9, 99.99]
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -85,8 +102,11 @@ def main() -> None:
     _panel(axes[1], results, _expand(BATCH, results), lowest_open)
     axes[1].set_title("batches, open loop")
     m = results["machine"]
-    fig.suptitle(f"Vigil benchmark, {results['plan']['name']} plan, {m['date']}, "
-                 f"{m['nproc']} cores ({m['cpu_model']})", fontsize=10)
+    fig.suptitle(
+        f"Vigil benchmark, {results['plan']['name']} plan, {m['date']}, "
+        f"{m['nproc']} cores ({m['cpu_model']})",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(out, dpi=110)
 

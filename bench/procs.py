@@ -42,15 +42,22 @@ class Managed:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
             started = time.perf_counter()
-            self.process = subprocess.Popen(self.cmd, env={**os.environ, **self.env}, cwd=self.cwd,
-                                            stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                self.cmd,
+                env={**os.environ, **self.env},
+                cwd=self.cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = started + timeout
         with httpx.Client(timeout=1.0) as client:
             while time.perf_counter() < deadline:
                 if self.process.poll() is not None:
-                    raise NotReady(f"{self.name} exited with {self.process.returncode}:\n"
-                                   f"{log_tail(self.log_path)}")
+                    raise NotReady(
+                        f"{self.name} exited with {self.process.returncode}:\n"
+                        f"{log_tail(self.log_path)}"
+                    )
                 try:
                     if client.get(self.ready_url).status_code == 200:
                         self.cold_start_s = time.perf_counter() - started

@@ -73,9 +73,13 @@ def p99s(a: dict[str, Any], b: dict[str, Any]) -> str:
     if a.get("round_p99_ms") and b.get("round_p99_ms"):
         median = judged_p99(a) != a["p99_ms"] or judged_p99(b) != b["p99_ms"]
         text = ("median of rounds' p99: " if median else "") + text
-        text += (" (rounds: " + "/".join(f"{v:.1f}" for v in a["round_p99_ms"]) + " vs "
-                 + "/".join(f"{v:.1f}" for v in b["round_p99_ms"])
-                 + f"; pooled {a['p99_ms']:.2f} vs {b['p99_ms']:.2f})")
+        text += (
+            " (rounds: "
+            + "/".join(f"{v:.1f}" for v in a["round_p99_ms"])
+            + " vs "
+            + "/".join(f"{v:.1f}" for v in b["round_p99_ms"])
+            + f"; pooled {a['p99_ms']:.2f} vs {b['p99_ms']:.2f})"
+        )
     return text
 
 
@@ -119,6 +123,7 @@ def feast_names(results: dict[str, Any]) -> list[str]:
 @dataclass
 class PeerPick:
     """The peer setting a target is taken against, and every setting's figure."""
+
     name: str
     run: dict[str, Any]
     value: float
@@ -129,12 +134,18 @@ class PeerPick:
         if len(self.figures) < 2:
             return f"against {self.name}"
         figures = [f"{n.removeprefix('feast serve ')} {v:{fmt}}{unit}" for n, v in self.figures]
-        return (f"against {self.name}, the {better} of " + ", ".join(figures[:-1])
-                + f" and {figures[-1]}")
+        return (
+            f"against {self.name}, the {better} of "
+            + ", ".join(figures[:-1])
+            + f" and {figures[-1]}"
+        )
 
 
-def better_peer(candidates: list[tuple[str, dict[str, Any] | None]],
-                value: Callable[[dict[str, Any]], float], lower: bool) -> PeerPick | None:
+def better_peer(
+    candidates: list[tuple[str, dict[str, Any] | None]],
+    value: Callable[[dict[str, Any]], float],
+    lower: bool,
+) -> PeerPick | None:
     """The candidate (name, run) with the better figure: the lowest ``value`` if ``lower`` (a
     p99), else the highest (a throughput). Missing runs and NaN figures are left out; a tie goes
     to the first listed (the fewest workers)."""
@@ -151,15 +162,26 @@ def better_peer(candidates: list[tuple[str, dict[str, Any] | None]],
 
 def feast_open(results: dict[str, Any], rate: float) -> PeerPick | None:
     """feast serve's lowest judged p99 at ``rate`` (one row), over its worker counts."""
-    return better_peer([(feast_name(results, w), open_run(results, key, rate))
-                        for w, key in feast_cases(results, 1)], judged_p99, lower=True)
+    return better_peer(
+        [
+            (feast_name(results, w), open_run(results, key, rate))
+            for w, key in feast_cases(results, 1)
+        ],
+        judged_p99,
+        lower=True,
+    )
 
 
 def feast_peak(results: dict[str, Any], rows: int) -> PeerPick | None:
     """feast serve's highest closed-loop throughput with ``rows`` rows, over its worker counts."""
-    return better_peer([(feast_name(results, w), best_closed(results, key))
-                        for w, key in feast_cases(results, rows)],
-                       lambda r: r["rows_per_s"], lower=False)
+    return better_peer(
+        [
+            (feast_name(results, w), best_closed(results, key))
+            for w, key in feast_cases(results, rows)
+        ],
+        lambda r: r["rows_per_s"],
+        lower=False,
+    )
 
 
 def feast_rates(results: dict[str, Any]) -> list[float]:
@@ -179,7 +201,7 @@ class Verdict:
     measured: str
     ratio: float
     limit: float
-    at_most: bool           # True: ratio must be <= limit; False: >= limit
+    at_most: bool  # True: ratio must be <= limit; False: >= limit
     why: str = ""
     # Missed, but a floor measured in the same run is already past the limit: no implementation
     # of the thing measured could meet it on this machine (the "why" gives the figures).
@@ -219,51 +241,78 @@ def verdicts(results: dict[str, Any]) -> list[Verdict]:
         if not e or not pick:
             continue
         fs = pick.run
-        why = ("Vigil crosses three HTTP hops (client->gateway->encoder, ->predictor) where "
-               "feast serve crosses one; CPU per request: Vigil "
-               f"{cpu_breakdown(e, VIGIL)}; {pick.name} "
-               f"{cpu_breakdown(fs, (pick.name, 'redis'))}.")
+        why = (
+            "Vigil crosses three HTTP hops (client->gateway->encoder, ->predictor) where "
+            "feast serve crosses one; CPU per request: Vigil "
+            f"{cpu_breakdown(e, VIGIL)}; {pick.name} "
+            f"{cpu_breakdown(fs, (pick.name, 'redis'))}."
+        )
         hops = open_run(results, "floor_3hops_1", rate)
         limit_ms = 0.75 * judged_p99(fs)
         bound = judged_p99(hops) if hops else _nan()
         if hops:
-            why += (f" Floor: three hops of constants with one Redis read had a p99 of "
-                    f"{bound:.2f} ms at this rate (p50 {hops['p50_ms']:.2f} ms), "
-                    f"{100 * bound / limit_ms:.0f} % of the limit ({limit_ms:.2f} ms)"
-                    + (": no pipeline of these three hops could meet it on this machine in "
-                       "this run." if bound > limit_ms else "; the rest of the limit is what "
-                       "the services' own work may spend."))
-        out.append(Verdict(
-            f"end-to-end single-transaction p99 <= 0.75x feast serve p99 (1 row{better}), "
-            f"at {rate:g} req/s",
-            p99s(e, fs) + "; " + pick.note(".2f", " ms", "lower p99"),
-            judged_p99(e) / judged_p99(fs), 0.75, True, why=why, floor_bound=bound > limit_ms))
+            why += (
+                f" Floor: three hops of constants with one Redis read had a p99 of "
+                f"{bound:.2f} ms at this rate (p50 {hops['p50_ms']:.2f} ms), "
+                f"{100 * bound / limit_ms:.0f} % of the limit ({limit_ms:.2f} ms)"
+                + (
+                    ": no pipeline of these three hops could meet it on this machine in this run."
+                    if bound > limit_ms
+                    else "; the rest of the limit is what the services' own work may spend."
+                )
+            )
+        out.append(
+            Verdict(
+                f"end-to-end single-transaction p99 <= 0.75x feast serve p99 (1 row{better}), "
+                f"at {rate:g} req/s",
+                p99s(e, fs) + "; " + pick.note(".2f", " ms", "lower p99"),
+                judged_p99(e) / judged_p99(fs),
+                0.75,
+                True,
+                why=why,
+                floor_bound=bound > limit_ms,
+            )
+        )
 
     # 2. end-to-end max throughput vs feast serve, one row
     e, pick = best_closed(results, "e2e_1"), feast_peak(results, 1)
     if e and pick:
         fs = pick.run
-        out.append(Verdict(
-            f"end-to-end max throughput >= 1.0x feast serve req/s (1 row{better})",
-            f"{e['rate_rps']:.0f} req/s (c={e['concurrency']}) vs {fs['rate_rps']:.0f} "
-            f"req/s (c={fs['concurrency']}); "
-            + pick.note(".0f", " req/s", "higher throughput"),
-            e["rate_rps"] / fs["rate_rps"], 1.0, False,
-            why=("On 2 cores throughput is bounded by CPU per request: Vigil "
-                 f"{cpu_breakdown(e, VIGIL)} vs {pick.name} "
-                 f"{cpu_breakdown(fs, (pick.name, 'redis'))}; the load "
-                 f"generator took {e['generator_cpu_pct']:.0f} % of a core.")))
+        out.append(
+            Verdict(
+                f"end-to-end max throughput >= 1.0x feast serve req/s (1 row{better})",
+                f"{e['rate_rps']:.0f} req/s (c={e['concurrency']}) vs {fs['rate_rps']:.0f} "
+                f"req/s (c={fs['concurrency']}); "
+                + pick.note(".0f", " req/s", "higher throughput"),
+                e["rate_rps"] / fs["rate_rps"],
+                1.0,
+                False,
+                why=(
+                    "On 2 cores throughput is bounded by CPU per request: Vigil "
+                    f"{cpu_breakdown(e, VIGIL)} vs {pick.name} "
+                    f"{cpu_breakdown(fs, (pick.name, 'redis'))}; the load "
+                    f"generator took {e['generator_cpu_pct']:.0f} % of a core."
+                ),
+            )
+        )
 
     # 3. predictor vs MLServer
     p, m = best_closed(results, "predictor_1"), best_closed(results, "mlserver_1")
     if p and m:
-        out.append(Verdict(
-            "predictor req/s >= 2x MLServer's (1 row, same booster and payload)",
-            f"{p['rate_rps']:.0f} vs {m['rate_rps']:.0f} req/s",
-            p["rate_rps"] / m["rate_rps"], 2.0, False,
-            why=(f"CPU per request: predictor {cpu_breakdown(p, ('predictor',))}, MLServer "
-                 f"{cpu_breakdown(m, ('mlserver',))}; both share the 2 cores with the load "
-                 f"generator ({p['generator_cpu_pct']:.0f} % of a core).")))
+        out.append(
+            Verdict(
+                "predictor req/s >= 2x MLServer's (1 row, same booster and payload)",
+                f"{p['rate_rps']:.0f} vs {m['rate_rps']:.0f} req/s",
+                p["rate_rps"] / m["rate_rps"],
+                2.0,
+                False,
+                why=(
+                    f"CPU per request: predictor {cpu_breakdown(p, ('predictor',))}, MLServer "
+                    f"{cpu_breakdown(m, ('mlserver',))}; both share the 2 cores with the load "
+                    f"generator ({p['generator_cpu_pct']:.0f} % of a core)."
+                ),
+            )
+        )
     for rate in common_rates(results, "predictor_1", "mlserver_1"):
         p, m = open_run(results, "predictor_1", rate), open_run(results, "mlserver_1", rate)
         assert p and m
@@ -278,56 +327,91 @@ def verdicts(results: dict[str, Any]) -> list[Verdict]:
         # the two p99s stands in for it (an upper estimate of the p99 of the sum).
         bound = measured if measured == measured else summed
         if summed == summed:
-            why += (f" Floor: the constant endpoint's own p99 at this rate ({judged_p99(floor):.2f} "
-                    f"ms) plus XGBoost's in-process p99 for one row ({predict['p99_ms']:.2f} ms) "
-                    f"is {summed:.2f} ms, {100 * summed / limit_ms:.0f} % of the limit of "
-                    f"{limit_ms:.2f} ms (half of MLServer's p99).")
+            why += (
+                f" Floor: the constant endpoint's own p99 at this rate ({judged_p99(floor):.2f} "
+                f"ms) plus XGBoost's in-process p99 for one row ({predict['p99_ms']:.2f} ms) "
+                f"is {summed:.2f} ms, {100 * summed / limit_ms:.0f} % of the limit of "
+                f"{limit_ms:.2f} ms (half of MLServer's p99)."
+            )
         if measured == measured:
-            why += (f" The V2 scoring floor (the JSON request parsed, XGBoost, the answer; "
-                    f"nothing checked, logged or counted) had a p99 of {measured:.2f} ms, "
-                    f"{100 * measured / limit_ms:.0f} % of the limit.")
+            why += (
+                f" The V2 scoring floor (the JSON request parsed, XGBoost, the answer; "
+                f"nothing checked, logged or counted) had a p99 of {measured:.2f} ms, "
+                f"{100 * measured / limit_ms:.0f} % of the limit."
+            )
         if bound > limit_ms:
-            why += (" No server that scores the row over HTTP could meet it on this machine in "
-                    "this run.")
-        out.append(Verdict(
-            f"predictor p99 <= 0.5x MLServer's (1 row), at {rate:g} req/s",
-            p99s(p, m), judged_p99(p) / judged_p99(m), 0.5, True, why=why,
-            floor_bound=bound > limit_ms))
+            why += (
+                " No server that scores the row over HTTP could meet it on this machine in "
+                "this run."
+            )
+        out.append(
+            Verdict(
+                f"predictor p99 <= 0.5x MLServer's (1 row), at {rate:g} req/s",
+                p99s(p, m),
+                judged_p99(p) / judged_p99(m),
+                0.5,
+                True,
+                why=why,
+                floor_bound=bound > limit_ms,
+            )
+        )
 
     # 4. score-batch throughput
     batch = [r for r in (best_closed(results, "e2e_100"), best_closed(results, "e2e_1000")) if r]
     if batch:
         b = max(batch, key=lambda r: r["rows_per_s"])
-        out.append(Verdict(
-            "score-batch >= 20,000 transactions/s end to end",
-            f"{b['rows_per_s']:.0f} transactions/s ({b['rows']}-transaction batches, "
-            f"c={b['concurrency']})", b["rows_per_s"], 20_000, False,
-            why=(f"CPU per 1000 transactions: {cpu_breakdown(b, VIGIL, per=1000)}; on 2 cores "
-                 f"that bounds the rate near "
-                 f"{2_000_000 / max(cpu_total(b, VIGIL) * 1000 / b['rows'], 1e-9):.0f} "
-                 "transactions/s even with no load generator.")))
+        out.append(
+            Verdict(
+                "score-batch >= 20,000 transactions/s end to end",
+                f"{b['rows_per_s']:.0f} transactions/s ({b['rows']}-transaction batches, "
+                f"c={b['concurrency']})",
+                b["rows_per_s"],
+                20_000,
+                False,
+                why=(
+                    f"CPU per 1000 transactions: {cpu_breakdown(b, VIGIL, per=1000)}; on 2 cores "
+                    f"that bounds the rate near "
+                    f"{2_000_000 / max(cpu_total(b, VIGIL) * 1000 / b['rows'], 1e-9):.0f} "
+                    "transactions/s even with no load generator."
+                ),
+            )
+        )
         pick = feast_peak(results, 100)
         if pick:
             f100 = pick.run
-            out.append(Verdict(
-                "score-batch rows/s >= 5x feast serve's rows/s on 100-row batches"
-                + (" (its better worker count)" if several else ""),
-                f"{b['rows_per_s']:.0f} vs {f100['rows_per_s']:.0f} rows/s (c="
-                f"{f100['concurrency']}); "
-                + pick.note(".0f", " rows/s", "higher throughput"),
-                b["rows_per_s"] / f100["rows_per_s"], 5.0, False,
-                why=(f"{pick.name}: {cpu_breakdown(f100, (pick.name, 'redis'), per=1000)}; "
-                     f"Vigil: {cpu_breakdown(b, VIGIL, per=1000)}.")))
+            out.append(
+                Verdict(
+                    "score-batch rows/s >= 5x feast serve's rows/s on 100-row batches"
+                    + (" (its better worker count)" if several else ""),
+                    f"{b['rows_per_s']:.0f} vs {f100['rows_per_s']:.0f} rows/s (c="
+                    f"{f100['concurrency']}); " + pick.note(".0f", " rows/s", "higher throughput"),
+                    b["rows_per_s"] / f100["rows_per_s"],
+                    5.0,
+                    False,
+                    why=(
+                        f"{pick.name}: {cpu_breakdown(f100, (pick.name, 'redis'), per=1000)}; "
+                        f"Vigil: {cpu_breakdown(b, VIGIL, per=1000)}."
+                    ),
+                )
+            )
 
     # 5. encoder vs the HTTP floor
     for rate in common_rates(results, "encoder_1", "floor_1"):
         e, f = open_run(results, "encoder_1", rate), open_run(results, "floor_1", rate)
         assert e and f
-        out.append(Verdict(
-            f"encoder single-row p99 <= 2x the constant-endpoint floor p99, at {rate:g} req/s",
-            p99s(e, f), judged_p99(e) / judged_p99(f), 2.0, True,
-            why=(f"CPU per request: encoder {cpu_breakdown(e, ('encoder', 'redis'))}; floor "
-                 f"{cpu_breakdown(f, ('floor',))}.")))
+        out.append(
+            Verdict(
+                f"encoder single-row p99 <= 2x the constant-endpoint floor p99, at {rate:g} req/s",
+                p99s(e, f),
+                judged_p99(e) / judged_p99(f),
+                2.0,
+                True,
+                why=(
+                    f"CPU per request: encoder {cpu_breakdown(e, ('encoder', 'redis'))}; floor "
+                    f"{cpu_breakdown(f, ('floor',))}."
+                ),
+            )
+        )
 
     # 6. cold starts
     cold = results.get("cold_start_s", {})
@@ -337,11 +421,17 @@ def verdicts(results: dict[str, Any]) -> list[Verdict]:
         values = cold.get(key)
         if values:
             med = statistics.median(values)
-            out.append(Verdict(f"cold start to ready: {key} <= {limit:g} s",
-                               f"median {med:.2f} s of {len(values)} (max {max(values):.2f} s)",
-                               med, limit, True,
-                               why="Python imports (FastAPI, pydantic, numpy/xgboost, redis) "
-                                   "dominate; see bench/README.md for how to break it down."))
+            out.append(
+                Verdict(
+                    f"cold start to ready: {key} <= {limit:g} s",
+                    f"median {med:.2f} s of {len(values)} (max {max(values):.2f} s)",
+                    med,
+                    limit,
+                    True,
+                    why="Python imports (FastAPI, pydantic, numpy/xgboost, redis) "
+                    "dominate; see bench/README.md for how to break it down.",
+                )
+            )
     return out
 
 
@@ -358,7 +448,9 @@ def _f(v: Any, fmt: str = ".2f") -> str:
 
 
 def _load(run: dict[str, Any]) -> str:
-    return f"{run['rate']:g} req/s open" if run["mode"] == "open" else f"c={run['concurrency']} closed"
+    return (
+        f"{run['rate']:g} req/s open" if run["mode"] == "open" else f"c={run['concurrency']} closed"
+    )
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
@@ -374,18 +466,57 @@ def figures_table(results: dict[str, Any]) -> str:
             errs = str(r["errors"])
             if r["errors"]:
                 errs += " (" + ", ".join(f"{k} {v}" for k, v in r["error_kinds"].items()) + ")"
-            rows.append([case["label"], _load(r), str(case["rows"]), _f(r.get("p50_ms")),
-                         _f(r.get("p95_ms")), _f(r.get("p99_ms")), _f(r.get("p999_ms")),
-                         _f(r.get("max_ms"), ".1f"), _f(r["rate_rps"], ".0f"),
-                         _f(r["rows_per_s"], ".0f"), errs, _f(r["generator_cpu_pct"], ".0f"),
-                         _f(r.get("loadavg_before"), ".2f")])
-    return table(["case", "load", "rows/req", "p50 ms", "p95 ms", "p99 ms", "p99.9 ms", "max ms",
-                  "req/s", "rows/s", "errors", "generator CPU %", "load avg"], rows)
+            rows.append(
+                [
+                    case["label"],
+                    _load(r),
+                    str(case["rows"]),
+                    _f(r.get("p50_ms")),
+                    _f(r.get("p95_ms")),
+                    _f(r.get("p99_ms")),
+                    _f(r.get("p999_ms")),
+                    _f(r.get("max_ms"), ".1f"),
+                    _f(r["rate_rps"], ".0f"),
+                    _f(r["rows_per_s"], ".0f"),
+                    errs,
+                    _f(r["generator_cpu_pct"], ".0f"),
+                    _f(r.get("loadavg_before"), ".2f"),
+                ]
+            )
+    return table(
+        [
+            "case",
+            "load",
+            "rows/req",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "max ms",
+            "req/s",
+            "rows/s",
+            "errors",
+            "generator CPU %",
+            "load avg",
+        ],
+        rows,
+    )
 
 
 def cpu_table(results: dict[str, Any]) -> str:
-    names = ["gateway", "encoder", "predictor", "redis", *feast_names(results), "mlserver",
-             "floor", "floor (FastAPI)", "floor (Redis read)", "floor (3 hops)", "floor (V2)"]
+    names = [
+        "gateway",
+        "encoder",
+        "predictor",
+        "redis",
+        *feast_names(results),
+        "mlserver",
+        "floor",
+        "floor (FastAPI)",
+        "floor (Redis read)",
+        "floor (3 hops)",
+        "floor (V2)",
+    ]
     rows = []
     for key, case in results["cases"].items():
         r = best_closed(results, key)
@@ -393,11 +524,18 @@ def cpu_table(results: dict[str, Any]) -> str:
             continue
         cpu = r.get("server_cpu_ms_per_request", {})
         per = 1000.0 / case["rows"] if case["rows"] > 1 else 1.0
-        rows.append([case["label"], _load(r), "per request" if case["rows"] == 1 else "per 1000 rows",
-                     *[_f(cpu[n] * per) if n in cpu else "" for n in names],
-                     _f(r["generator_cpu_pct"], ".0f")])
-    return table(["case (best closed-loop run)", "load", "unit", *names, "generator CPU % of a core"],
-                 rows)
+        rows.append(
+            [
+                case["label"],
+                _load(r),
+                "per request" if case["rows"] == 1 else "per 1000 rows",
+                *[_f(cpu[n] * per) if n in cpu else "" for n in names],
+                _f(r["generator_cpu_pct"], ".0f"),
+            ]
+        )
+    return table(
+        ["case (best closed-loop run)", "load", "unit", *names, "generator CPU % of a core"], rows
+    )
 
 
 def render(results: dict[str, Any], img_path: Path, md_path: Path) -> str:
@@ -411,21 +549,39 @@ def render(results: dict[str, Any], img_path: Path, md_path: Path) -> str:
         "Vigil's stack, its parts, two peers (`feast serve`, MLServer) and the floors, measured side "
         "by side in one run on one machine, with the same entities, features and model. "
         "Everything here was written by the command below; rerun it rather than edit this file "
-        "(see [bench/README.md](../bench/README.md)).\n")
+        "(see [bench/README.md](../bench/README.md)).\n"
+    )
     out.append("```\n" + results["command"] + "\n```\n")
     la0, la1 = results["machine"]["loadavg_start"], results.get("loadavg_end", [float("nan")] * 3)
-    out.append(table(["machine", ""], [
-        ["date", m["date"]], ["code measured", m.get("code", "?")], ["nproc", str(m["nproc"])], ["CPU", m["cpu_model"]],
-        ["RAM", f"{m['ram_gb']:.1f} GiB"], ["Python", m["python"]], ["platform", m["platform"]],
-        ["load average (1/5/15 min) at start", " / ".join(f"{x:.2f}" for x in la0)],
-        ["load average at end", " / ".join(f"{x:.2f}" for x in la1)],
-        ["plan", f"{plan['name']}: {plan['open_s']:g} s per open-loop case and rate (in "
-                 f"{plan.get('open_rounds', 1)} interleaved rounds), {plan['closed_s']:g} s per "
-                 f"closed-loop run, {plan['warmup_s']:g} s warm-up each"],
-        ["world", f"{results['world']['transactions']:,} transactions (seed 7), model trained on "
-                  "them with Feast point-in-time features"],
-        ["run time", f"{results['elapsed_s'] / 60:.1f} min"],
-    ]) + "\n")
+    out.append(
+        table(
+            ["machine", ""],
+            [
+                ["date", m["date"]],
+                ["code measured", m.get("code", "?")],
+                ["nproc", str(m["nproc"])],
+                ["CPU", m["cpu_model"]],
+                ["RAM", f"{m['ram_gb']:.1f} GiB"],
+                ["Python", m["python"]],
+                ["platform", m["platform"]],
+                ["load average (1/5/15 min) at start", " / ".join(f"{x:.2f}" for x in la0)],
+                ["load average at end", " / ".join(f"{x:.2f}" for x in la1)],
+                [
+                    "plan",
+                    f"{plan['name']}: {plan['open_s']:g} s per open-loop case and rate (in "
+                    f"{plan.get('open_rounds', 1)} interleaved rounds), {plan['closed_s']:g} s per "
+                    f"closed-loop run, {plan['warmup_s']:g} s warm-up each",
+                ],
+                [
+                    "world",
+                    f"{results['world']['transactions']:,} transactions (seed 7), model trained on "
+                    "them with Feast point-in-time features",
+                ],
+                ["run time", f"{results['elapsed_s'] / 60:.1f} min"],
+            ],
+        )
+        + "\n"
+    )
 
     out.append("## Targets\n")
     out.append(
@@ -435,23 +591,41 @@ def render(results: dict[str, Any], img_path: Path, md_path: Path) -> str:
         "and then, whichever process runs (the floors show such rounds too), and one stalled "
         "round of one side must not decide a verdict. Each round's p99 and the pooled p99s "
         "(every sample of every round, stalls included) are given with it, and the tables below "
-        "show the pooled figures.\n")
-    out.append(table(["target", "measured", "ratio / value", "verdict"], [
-        [v.target, v.measured, _f(v.ratio, ".3g"), ("**met**" if v.met else "**missed**") +
-         " – " + v.margin()] for v in vs]) + "\n")
+        "show the pooled figures.\n"
+    )
+    out.append(
+        table(
+            ["target", "measured", "ratio / value", "verdict"],
+            [
+                [
+                    v.target,
+                    v.measured,
+                    _f(v.ratio, ".3g"),
+                    ("**met**" if v.met else "**missed**") + " – " + v.margin(),
+                ]
+                for v in vs
+            ],
+        )
+        + "\n"
+    )
     by_target: dict[str, set[bool]] = {}
     for v in vs:
         by_target.setdefault(v.target.split(", at ")[0], set()).add(v.met)
     mixed = [t for t, seen in by_target.items() if len(seen) > 1]
     if mixed:
-        out.append("Met at one rate and missed at the other: " + "; ".join(f"*{t}*" for t in mixed)
-                   + ". Such tails differ by less than this machine's noise (±30 %, more for a "
-                   "p99 of a few seconds of light load): read these as *not reliably met*.\n")
+        out.append(
+            "Met at one rate and missed at the other: "
+            + "; ".join(f"*{t}*" for t in mixed)
+            + ". Such tails differ by less than this machine's noise (±30 %, more for a "
+            "p99 of a few seconds of light load): read these as *not reliably met*.\n"
+        )
     analysis = md_path.parent / "benchmarks-analysis.md"
     if analysis.exists():
-        out.append(f"Where the time goes and what to change, with the evidence: "
-                   f"[{analysis.name}]({analysis.name}) (written by hand from a run's profiles; "
-                   "its date says which).\n")
+        out.append(
+            f"Where the time goes and what to change, with the evidence: "
+            f"[{analysis.name}]({analysis.name}) (written by hand from a run's profiles; "
+            "its date says which).\n"
+        )
     missed = [v for v in vs if not v.met]
     if missed:
         out.append("Why the missed ones were missed (measured in this run):\n")
@@ -471,7 +645,8 @@ def render(results: dict[str, Any], img_path: Path, md_path: Path) -> str:
         "every answer, errors too. For the gateway, a 200 answer with `degraded: true` (a "
         "dependency timed out or failed) is counted as an error. `rows/s` is transactions, "
         "feature rows or model rows per second. *generator CPU %* is the load generator's own "
-        "CPU, in % of one core, taken from the same 2 cores as the servers.\n")
+        "CPU, in % of one core, taken from the same 2 cores as the servers.\n"
+    )
     out.append(f"![latency percentiles]({img_rel})\n")
     out.append(figures_table(results) + "\n")
 
@@ -480,7 +655,8 @@ def render(results: dict[str, Any], img_path: Path, md_path: Path) -> str:
         "CPU time of each server process (psutil, children included) during the best closed-loop "
         "run of each case, divided by the requests (or rows) answered in that run, warm-up "
         "included: on 2 shared cores this is what bounds throughput. Redis is shared by Vigil "
-        "and feast serve; a blank cell is a process that did (next to) nothing.\n")
+        "and feast serve; a blank cell is a process that did (next to) nothing.\n"
+    )
     out.append(cpu_table(results) + "\n")
 
     ip = results.get("inprocess", {})
@@ -492,21 +668,33 @@ def render(results: dict[str, Any], img_path: Path, md_path: Path) -> str:
             "plane`: Vigil's `Encoder.encode` called directly (the same round trip + decoding, "
             "freshness, on-demand features). `predict`: the predictor's runtime (score; score + "
             "contributions as the gateway asks). `both data planes`: encode then score + "
-            "contributions. Sequential calls, one process.\n")
-        names = [("raw_redis_predict", "raw Redis read + predict"),
-                 ("encoder_dataplane", "encoder data plane"),
-                 ("predict_score", "predict, score"),
-                 ("predict_contrib", "predict, score + contributions"),
-                 ("dataplanes", "both data planes")]
+            "contributions. Sequential calls, one process.\n"
+        )
+        names = [
+            ("raw_redis_predict", "raw Redis read + predict"),
+            ("encoder_dataplane", "encoder data plane"),
+            ("predict_score", "predict, score"),
+            ("predict_contrib", "predict, score + contributions"),
+            ("dataplanes", "both data planes"),
+        ]
         rows = []
         for key, label in names:
             for n in (1, 100, 1000):
                 r = ip.get(f"{key}_{n}")
                 if r:
-                    rows.append([label, str(n), _f(r["p50_ms"], ".3f"), _f(r["p99_ms"], ".3f"),
-                                 _f(r["max_ms"], ".2f"), _f(r["rows_per_s"], ".0f")])
-        out.append(table(["path", "rows", "p50 ms", "p99 ms", "max ms", "rows/s (one core)"],
-                         rows) + "\n")
+                    rows.append(
+                        [
+                            label,
+                            str(n),
+                            _f(r["p50_ms"], ".3f"),
+                            _f(r["p99_ms"], ".3f"),
+                            _f(r["max_ms"], ".2f"),
+                            _f(r["rows_per_s"], ".0f"),
+                        ]
+                    )
+        out.append(
+            table(["path", "rows", "p50 ms", "p99 ms", "max ms", "rows/s (one core)"], rows) + "\n"
+        )
 
     cold = results.get("cold_start_s", {})
     if cold:
@@ -523,10 +711,18 @@ def render(results: dict[str, Any], img_path: Path, md_path: Path) -> str:
             "the packages its Dockerfile installs (*image's packages*: the project's code from "
             "the work tree, the rest from `.bench/sizes/<service>`, on the base interpreter "
             "with `-S`), which is what a deployment starts and what the targets are judged "
-            "on.\n")
-        out.append(table(["service", "median s", "min s", "max s", "runs"], [
-            [name, _f(statistics.median(v)), _f(min(v)), _f(max(v)), str(len(v))]
-            for name, v in cold.items()]) + "\n")
+            "on.\n"
+        )
+        out.append(
+            table(
+                ["service", "median s", "min s", "max s", "runs"],
+                [
+                    [name, _f(statistics.median(v)), _f(min(v)), _f(max(v)), str(len(v))]
+                    for name, v in cold.items()
+                ],
+            )
+            + "\n"
+        )
 
     idle = results.get("rss_idle_mb", {})
     peak: dict[str, float] = {}
@@ -535,10 +731,17 @@ def render(results: dict[str, Any], img_path: Path, md_path: Path) -> str:
             for n, mb in r.get("rss_peak_mb", {}).items():
                 peak[n] = max(peak.get(n, 0.0), mb)
     out.append("## Resident memory\n")
-    out.append("RSS (psutil, children included: gunicorn's and MLServer's workers) after start-up "
-               "and the peak sampled every 0.25 s during the load runs.\n")
-    out.append(table(["process", "idle MB", "peak under load MB"], [
-        [n, _f(idle.get(n), ".0f"), _f(peak.get(n), ".0f")] for n in idle]) + "\n")
+    out.append(
+        "RSS (psutil, children included: gunicorn's and MLServer's workers) after start-up "
+        "and the peak sampled every 0.25 s during the load runs.\n"
+    )
+    out.append(
+        table(
+            ["process", "idle MB", "peak under load MB"],
+            [[n, _f(idle.get(n), ".0f"), _f(peak.get(n), ".0f")] for n in idle],
+        )
+        + "\n"
+    )
 
     sz = results.get("image_sizes", {})
     if sz:
@@ -547,10 +750,18 @@ def render(results: dict[str, Any], img_path: Path, md_path: Path) -> str:
             "Each service's Dockerfile dependencies installed with `pip install --target` (the "
             "project's constraints; MLServer with `xgboost-cpu` instead of the 470 MB-NCCL "
             "`xgboost` wheel) and measured on disk, plus the `python:3.11-slim` base taken as "
-            "**130 MB (an assumption**: no image registry is reachable here).\n")
-        out.append(table(["image", "site-packages MB", "estimated image MB"], [
-            [n, _f(v["site_packages_mb"], ".0f"), _f(v["image_mb"], ".0f")]
-            for n, v in sz.items()]) + "\n")
+            "**130 MB (an assumption**: no image registry is reachable here).\n"
+        )
+        out.append(
+            table(
+                ["image", "site-packages MB", "estimated image MB"],
+                [
+                    [n, _f(v["site_packages_mb"], ".0f"), _f(v["image_mb"], ".0f")]
+                    for n, v in sz.items()
+                ],
+            )
+            + "\n"
+        )
 
     prof = results.get("profile")
     if prof:
@@ -562,26 +773,36 @@ def render(results: dict[str, Any], img_path: Path, md_path: Path) -> str:
             "the service's own functions with everything they call (*own code, inclusive*). "
             "`event loop (uvloop, C)` is the loop's own native work (I/O, callbacks). Native code "
             "that releases the GIL (XGBoost's predict, hiredis parsing) is *not* in these "
-            "samples: the in-process table gives its cost.\n")
+            "samples: the in-process table gives its cost.\n"
+        )
         for key, per in prof.items():
             run = per.get("run", {})
-            out.append(f"### {key}: p50 {_f(run.get('p50_ms'))} ms, "
-                       f"{_f(run.get('rows_per_s'), '.0f')} transactions/s while profiled\n")
+            out.append(
+                f"### {key}: p50 {_f(run.get('p50_ms'))} ms, "
+                f"{_f(run.get('rows_per_s'), '.0f')} transactions/s while profiled\n"
+            )
             for svc in ("gateway", "encoder", "predictor"):
                 s = per.get(svc, {})
                 if "self" not in s:
                     out.append(f"- {svc}: no profile ({s.get('error', '')})\n")
                     continue
                 out.append(f"**{svc}** ({s['samples']} samples)\n")
-                out.append("- by package: " + ", ".join(f"{n} {p} %" for n, p in s["packages"][:10]))
+                out.append(
+                    "- by package: " + ", ".join(f"{n} {p} %" for n, p in s["packages"][:10])
+                )
                 out.append("- self: " + "; ".join(f"`{n}` {p} %" for n, p in s["self"][:8]))
-                out.append("- own code, inclusive: " + "; ".join(
-                    f"`{n}` {p} %" for n, p in s["own_inclusive"][:12]) + "\n")
+                out.append(
+                    "- own code, inclusive: "
+                    + "; ".join(f"`{n}` {p} %" for n, p in s["own_inclusive"][:12])
+                    + "\n"
+                )
         out.append("")
 
     out.append("## How the peers were run\n")
-    out.append(feast_note(results) + mlserver_note(results) +
-        "- **floors**: `bench/floor_app.py` under the same uvicorn flags as the services: a raw ASGI "
+    out.append(
+        feast_note(results)
+        + mlserver_note(results)
+        + "- **floors**: `bench/floor_app.py` under the same uvicorn flags as the services: a raw ASGI "
         "constant, and the same constant behind FastAPI; a raw ASGI *V2 scoring* app that parses "
         "the one-row JSON request, runs the same booster (one thread) and answers the scores, "
         "with nothing checked, logged or counted (the least a V2 server can do: a floor under "
@@ -591,7 +812,8 @@ def render(results: dict[str, Any], img_path: Path, md_path: Path) -> str:
         "with redis-py (the encoder's place), then to the raw constant (the predictor's "
         "place), and answers the constant. It has no decision store (Vigil's gateway also reserves or looks up the "
         "decision beside the encoder's call, and writes it after the answer), so it is a floor "
-        "under any pipeline of three such hops.\n")
+        "under any pipeline of three such hops.\n"
+    )
 
     out.append("## Caveats\n")
     out.append(
@@ -606,7 +828,8 @@ def render(results: dict[str, Any], img_path: Path, md_path: Path) -> str:
         "samples: p99.9 and max rest on a handful of requests and are the noisiest columns.\n"
         "- All servers were up at once (idle ones cost next to nothing), each feast serve "
         "instance too, one loaded at a time; Redis is shared.\n"
-        "- The image sizes are estimates (site-packages + an assumed base), not built images.\n")
+        "- The image sizes are estimates (site-packages + an assumed base), not built images.\n"
+    )
     return "\n".join(out)
 
 
@@ -616,10 +839,13 @@ def feast_section(results: dict[str, Any]) -> str:
     if not workers:
         return ""
     if len(workers) < 2:
-        return ("feast serve was run with one worker count only "
-                f"(`-w {workers[0]}`): every target against it is taken against that one.\n")
-    rates = sorted({r["rate"] for _, key in feast_cases(results, 1)
-                    for r in runs(results, key, "open")})
+        return (
+            "feast serve was run with one worker count only "
+            f"(`-w {workers[0]}`): every target against it is taken against that one.\n"
+        )
+    rates = sorted(
+        {r["rate"] for _, key in feast_cases(results, 1) for r in runs(results, key, "open")}
+    )
     found = results.get("feast_serve", {}).get("worker_processes", {})
     rows = []
     for w in workers:
@@ -633,41 +859,65 @@ def feast_section(results: dict[str, Any]) -> str:
         peak1 = best_closed(results, one) if one else None
         peak100 = best_closed(results, hundred) if hundred else None
         cpu1 = (peak1 or {}).get("server_cpu_ms_per_request", {}).get(name)
-        rows.append([f"`-w {w}`", str(found.get(name, "?")), *cells,
-                     f"{peak1['rate_rps']:.0f} (c={peak1['concurrency']})" if peak1 else "–",
-                     _f(cpu1),
-                     f"{peak100['rows_per_s']:.0f} (c={peak100['concurrency']})" if peak100
-                     else "–"])
+        rows.append(
+            [
+                f"`-w {w}`",
+                str(found.get(name, "?")),
+                *cells,
+                f"{peak1['rate_rps']:.0f} (c={peak1['concurrency']})" if peak1 else "–",
+                _f(cpu1),
+                f"{peak100['rows_per_s']:.0f} (c={peak100['concurrency']})" if peak100 else "–",
+            ]
+        )
     # An instance idles while another is loaded: its CPU over the other's runs says whether it
     # took anything from them.
     idle: list[float] = []
     for w, key in feast_cases(results, 1) + feast_cases(results, 100):
         for r in runs(results, key):
-            idle += [r.get("server_cpu_s", {}).get(feast_name(results, other), 0.0)
-                     for other in workers if other != w]
+            idle += [
+                r.get("server_cpu_s", {}).get(feast_name(results, other), 0.0)
+                for other in workers
+                if other != w
+            ]
     text = (
         "### feast serve at each worker count\n\n"
         "feast serve ran once per gunicorn worker count ("
-        + ", ".join(f"`-w {w}`" for w in workers) + "), each its own instance on the same "
+        + ", ".join(f"`-w {w}`" for w in workers)
+        + "), each its own instance on the same "
         "registry and Redis, measured side by side: the same open-loop rates in the same "
         "interleaved rounds, the same closed-loop concurrencies. **Each target against feast "
         f"serve is taken against the {'better' if len(workers) == 2 else 'best'} of them** (the "
         "lower p99 at that rate, the higher throughput), named in its row above with every "
-        "count's figure, as MLServer is judged at its fastest setting.\n\n")
-    text += table(["workers", "worker processes",
-                   *[f"p99 ms at {r:g} req/s (judged)" for r in rates], "max req/s, 1 row",
-                   "CPU ms per request there", "max rows/s, 100 rows"], rows) + "\n"
+        "count's figure, as MLServer is judged at its fastest setting.\n\n"
+    )
+    text += (
+        table(
+            [
+                "workers",
+                "worker processes",
+                *[f"p99 ms at {r:g} req/s (judged)" for r in rates],
+                "max req/s, 1 row",
+                "CPU ms per request there",
+                "max rows/s, 100 rows",
+            ],
+            rows,
+        )
+        + "\n"
+    )
     if idle:
-        text += (f"\nOnly one instance is under load at a time; the idle one's CPU during the "
-                 f"other's runs was at most {max(idle):.2f} s per run.\n")
+        text += (
+            f"\nOnly one instance is under load at a time; the idle one's CPU during the "
+            f"other's runs was at most {max(idle):.2f} s per run.\n"
+        )
     return text
 
 
 def feast_note(results: dict[str, Any]) -> str:
     workers = results.get("feast_serve", {}).get("workers") or [1]
     counts = " and ".join(f"`-w {w}`" for w in workers)
-    several = (": one instance per worker count, each up for the whole run" if len(workers) > 1
-               else "")
+    several = (
+        ": one instance per worker count, each up for the whole run" if len(workers) > 1 else ""
+    )
     text = (
         "- **feast serve**: `feast -c <repo> -f <config> serve --max-requests 0 --no-access-log "
         f"-w N -r 3600` from the project's venv (Feast 0.67), with N = "
@@ -676,7 +926,8 @@ def feast_note(results: dict[str, Any]) -> str:
         "refreshed hourly so no refresh lands in a measurement. The same registry, feature "
         "service (`fraud_model_v1`, python-mode on-demand view included) and Redis as Vigil's "
         "encoder; the request carries the entity keys and the request-time fields, "
-        "`full_feature_names: false`. ")
+        "`full_feature_names: false`. "
+    )
     if len(workers) > 1:
         text += (
             f"{'Both' if len(workers) == 2 else 'All of'} {counts} are measured side by side and "
@@ -691,7 +942,8 @@ def feast_note(results: dict[str, Any]) -> str:
             "during the other's runs is given above). Each instance's process tree (the "
             "gunicorn master and its workers) is found before every run for the CPU and memory "
             "figures; with `--max-requests 0` no worker is replaced during a run. The cold start "
-            "is measured on `-w 1`.\n")
+            "is measured on `-w 1`.\n"
+        )
     else:
         text += "\n"
     return text
@@ -705,7 +957,8 @@ def mlserver_note(results: dict[str, Any]) -> str:
         "`model.ubj` the predictor serves, with `xgboost-cpu` 3.2.0 (the project's version), "
         "`debug: false` (no access log), metrics on (as the predictor's), "
         f"`parallel_workers: {workers}` (0: inference in the server process, its fastest setting "
-        "on 2 cores; MLServer's default is 1, a separate worker process). ")
+        "on 2 cores; MLServer's default is 1, a separate worker process). "
+    )
     if one_thread:
         text += (
             "`OMP_NUM_THREADS=1`: one XGBoost thread per prediction, as the predictor's "
@@ -713,18 +966,22 @@ def mlserver_note(results: dict[str, Any]) -> str:
             "of all cores) the OpenMP threads spin between requests on this 2-core machine and "
             "an open-loop run at 100 req/s fell seconds behind (p50 100–440 ms, p99 1.8–4 s in "
             "trial runs): that would not be a fair peer (`--mlserver-default-threads` measures "
-            "it). ")
+            "it). "
+        )
     else:
         text += "XGBoost's default threading (`n_jobs=None`: all cores). "
     width = results.get("feature_width", "?")
     return text + (
         "The predictor and MLServer get byte-identical V2 JSON bodies (`features`, FP32 "
-        f"`[N, {width}]`, missing values as `null`), asking for the default output.\n")
+        f"`[N, {width}]`, missing values as `null`), asking for the default output.\n"
+    )
 
 
 def console_summary(results: dict[str, Any]) -> str:
     lines = ["", "targets:"]
     for v in verdicts(results):
-        lines.append(f"  [{'met' if v.met else 'MISSED'}] {v.target}: {v.measured} "
-                     f"(ratio {v.ratio:.3g}; {v.margin()})")
+        lines.append(
+            f"  [{'met' if v.met else 'MISSED'}] {v.target}: {v.measured} "
+            f"(ratio {v.ratio:.3g}; {v.margin()})"
+        )
     return "\n".join(lines)

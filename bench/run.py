@@ -68,24 +68,54 @@ OVERLOAD_CONCURRENCY = 256
 OVERLOAD_TIMEOUT_S = 2.0
 # The bench's key: rate limiting on, far above any rate measured (its cost is measured, not its
 # refusals).
-BENCH_KEY_LIMITS = {"requests_per_s": 1e6, "request_burst": 1e6,
-                    "transactions_per_s": 1e8, "transaction_burst": 1e8}
+BENCH_KEY_LIMITS = {
+    "requests_per_s": 1e6,
+    "request_burst": 1e6,
+    "transactions_per_s": 1e8,
+    "transaction_burst": 1e8,
+}
 
 # Open-loop rates stay below what the slowest single-row server (feast serve -w 1, ~190 req/s here)
 # can take, so that latencies compare servers that keep up rather than queues.
-FULL = Plan("full", 50_000, warmup_s=2.0, open_s=20.0, closed_s=8.0, single_rates=(50, 100),
-            single_concurrency=(1, 4, 16), batch_concurrency=(1, 4), cold_reps=3,
-            peer_cold_reps=2, inprocess_s=3.0, profile_s=8.0, boost_rounds=200, open_rounds=4)
-QUICK = Plan("quick", 20_000, warmup_s=1.0, open_s=4.0, closed_s=2.0, single_rates=(100,),
-             single_concurrency=(16,), batch_concurrency=(2,), cold_reps=1, peer_cold_reps=1,
-             inprocess_s=0.7, profile_s=4.0, boost_rounds=100, open_rounds=2)
+FULL = Plan(
+    "full",
+    50_000,
+    warmup_s=2.0,
+    open_s=20.0,
+    closed_s=8.0,
+    single_rates=(50, 100),
+    single_concurrency=(1, 4, 16),
+    batch_concurrency=(1, 4),
+    cold_reps=3,
+    peer_cold_reps=2,
+    inprocess_s=3.0,
+    profile_s=8.0,
+    boost_rounds=200,
+    open_rounds=4,
+)
+QUICK = Plan(
+    "quick",
+    20_000,
+    warmup_s=1.0,
+    open_s=4.0,
+    closed_s=2.0,
+    single_rates=(100,),
+    single_concurrency=(16,),
+    batch_concurrency=(2,),
+    cold_reps=1,
+    peer_cold_reps=1,
+    inprocess_s=0.7,
+    profile_s=4.0,
+    boost_rounds=100,
+    open_rounds=2,
+)
 
 
 @dataclass
 class Case:
     key: str
     label: str
-    group: str            # vigil | peer | floor
+    group: str  # vigil | peer | floor
     url: str
     bodies: list[str]
     rows: int
@@ -108,15 +138,20 @@ def _chunks(items: list[Any], size: int, count: int) -> list[list[Any]]:
     return [[items[(k * size + i) % len(items)] for i in range(size)] for k in range(count)]
 
 
-def build_payloads(txs: list[dict[str, Any]], encoder_url: str, predictor_url: str,
-                   internal: dict[str, str] | None = None) -> dict[str, Any]:
+def build_payloads(
+    txs: list[dict[str, Any]],
+    encoder_url: str,
+    predictor_url: str,
+    internal: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Every case's bodies from the same transactions: business, encoder, Feast and V2 forms."""
     from vigil_contracts.api import Transaction
     from vigil_contracts.request_features import REQUEST_FIELDS
     from vigil_gateway.preprocess import to_encode_row
 
-    rows = [to_encode_row(Transaction.model_validate({**tx, "transaction_id": "probe"}))
-            for tx in txs]
+    rows = [
+        to_encode_row(Transaction.model_validate({**tx, "transaction_id": "probe"})) for tx in txs
+    ]
     # The vectors the predictors score are the encoder's own answers for those rows.
     vectors: list[list[float | None]] = []
     contract = names = None
@@ -125,8 +160,10 @@ def build_payloads(txs: list[dict[str, Any]], encoder_url: str, predictor_url: s
         meta.raise_for_status()
         suspicious = meta.json()["parameters"]["thresholds"]["suspicious"]
         for start in range(0, len(rows), 1000):
-            resp = client.post(f"{encoder_url}/v1/encode", json={
-                "feature_service": FEATURE_SERVICE, "rows": rows[start:start + 1000]})
+            resp = client.post(
+                f"{encoder_url}/v1/encode",
+                json={"feature_service": FEATURE_SERVICE, "rows": rows[start : start + 1000]},
+            )
             resp.raise_for_status()
             body = resp.json()
             vectors += [r["values"] for r in body["rows"]]
@@ -138,24 +175,36 @@ def build_payloads(txs: list[dict[str, Any]], encoder_url: str, predictor_url: s
     def feast_body(chunk: list[dict[str, Any]]) -> str:
         columns: dict[str, list[Any]] = {k: [r["entities"][k] for r in chunk] for k in entity_keys}
         columns.update({f: [r["request"][f] for r in chunk] for f in REQUEST_FIELDS})
-        return json.dumps({"feature_service": FEATURE_SERVICE, "entities": columns,
-                           "full_feature_names": False})
+        return json.dumps(
+            {"feature_service": FEATURE_SERVICE, "entities": columns, "full_feature_names": False}
+        )
 
     def v2_body(chunk: list[list[float | None]], gateway_like: bool = False) -> str:
-        body: dict[str, Any] = {"inputs": [{
-            "name": "features", "datatype": "FP32", "shape": [len(chunk), width],
-            "data": [v for vec in chunk for v in vec]}]}
+        body: dict[str, Any] = {
+            "inputs": [
+                {
+                    "name": "features",
+                    "datatype": "FP32",
+                    "shape": [len(chunk), width],
+                    "data": [v for vec in chunk for v in vec],
+                }
+            ]
+        }
         if gateway_like:  # what the gateway asks: contract check, score, contributions of
             # the rows its thresholds will flag (it sends binary tensors; this is the JSON form)
-            body["parameters"] = {"feature_contract": contract,
-                                  "contributions_min_score": suspicious}
+            body["parameters"] = {
+                "feature_contract": contract,
+                "contributions_min_score": suspicious,
+            }
             body["outputs"] = [{"name": "score"}, {"name": "contributions"}]
         return json.dumps(body)
 
     def encode_body(chunk: list[dict[str, Any]]) -> str:
         # The columns form (EncodeColumnsRequest), which is what the gateway sends.
-        columns = {part: {name: [r[part][name] for r in chunk] for name in chunk[0][part]}
-                   for part in ("entities", "request")}
+        columns = {
+            part: {name: [r[part][name] for r in chunk] for name in chunk[0][part]}
+            for part in ("entities", "request")
+        }
         return json.dumps({"feature_service": FEATURE_SERVICE, "columns": columns})
 
     single = min(len(txs), 500)
@@ -182,9 +231,13 @@ def feast_key(workers: int, rows: int) -> str:
     return f"feast{workers}w_{rows}"
 
 
-def define_cases(plan: Plan, urls: dict[str, str], p: dict[str, Any],
-                 feast_workers: tuple[int, ...] = (1, 2),
-                 headers: dict[str, dict[str, str]] | None = None) -> list[Case]:
+def define_cases(
+    plan: Plan,
+    urls: dict[str, str],
+    p: dict[str, Any],
+    feast_workers: tuple[int, ...] = (1, 2),
+    headers: dict[str, dict[str, str]] | None = None,
+) -> list[Case]:
     """Every case; ``feast serve`` once per worker count (``urls`` has one per count), side by
     side: the same rates in the same interleaved rounds, the same closed-loop concurrencies.
     ``headers``: what the gateway's (``gateway``) and the internal services' (``internal``)
@@ -195,60 +248,223 @@ def define_cases(plan: Plan, urls: dict[str, str], p: dict[str, Any],
     v2 = "/v2/models/fraud_detector/infer"
     headers = headers or {}
     cases = [
-        Case("e2e_1", "Vigil end to end: gateway /score, 1 transaction", "vigil",
-             f"{gw}/v1/transactions/score", p["gateway_1"], 1, r, c, PLACEHOLDER, True),
-        Case("e2e_100", "Vigil end to end: gateway /score-batch, 100 transactions", "vigil",
-             f"{gw}/v1/transactions/score-batch", p["gateway_100"], 100, (5,), bc,
-             PLACEHOLDER, True),
-        Case("e2e_1000", "Vigil end to end: gateway /score-batch, 1000 transactions", "vigil",
-             f"{gw}/v1/transactions/score-batch", p["gateway_1000"], 1000, () if quick else (1,),
-             bc, PLACEHOLDER, True),
-        Case("encoder_1", "Vigil encoder alone: /v1/encode, 1 row", "vigil",
-             f"{enc}/v1/encode", p["encoder_1"], 1, r, c),
-        Case("encoder_100", "Vigil encoder alone: /v1/encode, 100 rows", "vigil",
-             f"{enc}/v1/encode", p["encoder_100"], 100, (), bc[:1]),
-        Case("encoder_1000", "Vigil encoder alone: /v1/encode, 1000 rows", "vigil",
-             f"{enc}/v1/encode", p["encoder_1000"], 1000, (), bc[:1]),
-        Case("predictor_1", "Vigil predictor alone: V2 infer, 1 row", "vigil",
-             f"{pred}{v2}", p["v2_1"], 1, r, c),
-        Case("predictor_100", "Vigil predictor alone: V2 infer, 100 rows", "vigil",
-             f"{pred}{v2}", p["v2_100"], 100, (), bc),
-        Case("predictor_1000_contrib", "Vigil predictor alone: V2 infer, 1000 rows, score + "
-             "contributions of flagged rows (the gateway's call, in JSON)", "vigil", f"{pred}{v2}",
-             p["v2_1000_gateway"], 1000, (), bc[:1]),
-        *[Case(feast_key(n, 1), f"peer: feast serve -w {n} /get-online-features, 1 row", "peer",
-               f"{urls[peers.feast_process_name(n)]}/get-online-features", p["feast_1"], 1, r, c)
-          for n in feast_workers],
-        *[Case(feast_key(n, 100), f"peer: feast serve -w {n} /get-online-features, 100 rows",
-               "peer", f"{urls[peers.feast_process_name(n)]}/get-online-features",
-               p["feast_100"], 100, (5,), bc)
-          for n in feast_workers],
-        Case("mlserver_1", "peer: MLServer + mlserver-xgboost V2 infer, 1 row", "peer",
-             f"{urls['mlserver']}{v2}", p["v2_1"], 1, r, c),
-        Case("mlserver_100", "peer: MLServer + mlserver-xgboost V2 infer, 100 rows", "peer",
-             f"{urls['mlserver']}{v2}", p["v2_100"], 100, (), bc),
-        Case("floor_1", "floor: uvicorn constant (raw ASGI)", "floor",
-             f"{urls['floor']}/", p["encoder_1"], 1, r, c),
-        Case("floor_fastapi_1", "floor: uvicorn + FastAPI constant", "floor",
-             f"{urls['floor (FastAPI)']}/", p["encoder_1"], 1, r, c[-1:]),
-        Case("floor_v2_1", "floor: raw ASGI V2 scoring of one JSON row (parse, XGBoost, answer; "
-             "nothing checked, logged or counted)", "floor",
-             f"{urls['floor (V2)']}/", p["v2_1"], 1, r, c[:1]),
-        Case("floor_3hops_1", "floor: three hops of constants (front -> a hop with one Redis "
-             "read -> the constant), no decision store", "floor",
-             f"{urls['floor (3 hops)']}/", p["encoder_1"], 1, r, c[:1]),
-        Case("e2e_overload", f"Vigil end to end, overloaded: gateway /score, closed loop at "
-             f"{OVERLOAD_CONCURRENCY} connections, {OVERLOAD_TIMEOUT_S:g} s client time-out "
-             "(admission control answers 503 beyond its bound)", "vigil",
-             f"{gw}/v1/transactions/score", p["gateway_1"], 1, (), (OVERLOAD_CONCURRENCY,),
-             PLACEHOLDER, True, timeout_s=OVERLOAD_TIMEOUT_S),
+        Case(
+            "e2e_1",
+            "Vigil end to end: gateway /score, 1 transaction",
+            "vigil",
+            f"{gw}/v1/transactions/score",
+            p["gateway_1"],
+            1,
+            r,
+            c,
+            PLACEHOLDER,
+            True,
+        ),
+        Case(
+            "e2e_100",
+            "Vigil end to end: gateway /score-batch, 100 transactions",
+            "vigil",
+            f"{gw}/v1/transactions/score-batch",
+            p["gateway_100"],
+            100,
+            (5,),
+            bc,
+            PLACEHOLDER,
+            True,
+        ),
+        Case(
+            "e2e_1000",
+            "Vigil end to end: gateway /score-batch, 1000 transactions",
+            "vigil",
+            f"{gw}/v1/transactions/score-batch",
+            p["gateway_1000"],
+            1000,
+            () if quick else (1,),
+            bc,
+            PLACEHOLDER,
+            True,
+        ),
+        Case(
+            "encoder_1",
+            "Vigil encoder alone: /v1/encode, 1 row",
+            "vigil",
+            f"{enc}/v1/encode",
+            p["encoder_1"],
+            1,
+            r,
+            c,
+        ),
+        Case(
+            "encoder_100",
+            "Vigil encoder alone: /v1/encode, 100 rows",
+            "vigil",
+            f"{enc}/v1/encode",
+            p["encoder_100"],
+            100,
+            (),
+            bc[:1],
+        ),
+        Case(
+            "encoder_1000",
+            "Vigil encoder alone: /v1/encode, 1000 rows",
+            "vigil",
+            f"{enc}/v1/encode",
+            p["encoder_1000"],
+            1000,
+            (),
+            bc[:1],
+        ),
+        Case(
+            "predictor_1",
+            "Vigil predictor alone: V2 infer, 1 row",
+            "vigil",
+            f"{pred}{v2}",
+            p["v2_1"],
+            1,
+            r,
+            c,
+        ),
+        Case(
+            "predictor_100",
+            "Vigil predictor alone: V2 infer, 100 rows",
+            "vigil",
+            f"{pred}{v2}",
+            p["v2_100"],
+            100,
+            (),
+            bc,
+        ),
+        Case(
+            "predictor_1000_contrib",
+            "Vigil predictor alone: V2 infer, 1000 rows, score + "
+            "contributions of flagged rows (the gateway's call, in JSON)",
+            "vigil",
+            f"{pred}{v2}",
+            p["v2_1000_gateway"],
+            1000,
+            (),
+            bc[:1],
+        ),
+        *[
+            Case(
+                feast_key(n, 1),
+                f"peer: feast serve -w {n} /get-online-features, 1 row",
+                "peer",
+                f"{urls[peers.feast_process_name(n)]}/get-online-features",
+                p["feast_1"],
+                1,
+                r,
+                c,
+            )
+            for n in feast_workers
+        ],
+        *[
+            Case(
+                feast_key(n, 100),
+                f"peer: feast serve -w {n} /get-online-features, 100 rows",
+                "peer",
+                f"{urls[peers.feast_process_name(n)]}/get-online-features",
+                p["feast_100"],
+                100,
+                (5,),
+                bc,
+            )
+            for n in feast_workers
+        ],
+        Case(
+            "mlserver_1",
+            "peer: MLServer + mlserver-xgboost V2 infer, 1 row",
+            "peer",
+            f"{urls['mlserver']}{v2}",
+            p["v2_1"],
+            1,
+            r,
+            c,
+        ),
+        Case(
+            "mlserver_100",
+            "peer: MLServer + mlserver-xgboost V2 infer, 100 rows",
+            "peer",
+            f"{urls['mlserver']}{v2}",
+            p["v2_100"],
+            100,
+            (),
+            bc,
+        ),
+        Case(
+            "floor_1",
+            "floor: uvicorn constant (raw ASGI)",
+            "floor",
+            f"{urls['floor']}/",
+            p["encoder_1"],
+            1,
+            r,
+            c,
+        ),
+        Case(
+            "floor_fastapi_1",
+            "floor: uvicorn + FastAPI constant",
+            "floor",
+            f"{urls['floor (FastAPI)']}/",
+            p["encoder_1"],
+            1,
+            r,
+            c[-1:],
+        ),
+        Case(
+            "floor_v2_1",
+            "floor: raw ASGI V2 scoring of one JSON row (parse, XGBoost, answer; "
+            "nothing checked, logged or counted)",
+            "floor",
+            f"{urls['floor (V2)']}/",
+            p["v2_1"],
+            1,
+            r,
+            c[:1],
+        ),
+        Case(
+            "floor_3hops_1",
+            "floor: three hops of constants (front -> a hop with one Redis "
+            "read -> the constant), no decision store",
+            "floor",
+            f"{urls['floor (3 hops)']}/",
+            p["encoder_1"],
+            1,
+            r,
+            c[:1],
+        ),
+        Case(
+            "e2e_overload",
+            f"Vigil end to end, overloaded: gateway /score, closed loop at "
+            f"{OVERLOAD_CONCURRENCY} connections, {OVERLOAD_TIMEOUT_S:g} s client time-out "
+            "(admission control answers 503 beyond its bound)",
+            "vigil",
+            f"{gw}/v1/transactions/score",
+            p["gateway_1"],
+            1,
+            (),
+            (OVERLOAD_CONCURRENCY,),
+            PLACEHOLDER,
+            True,
+            timeout_s=OVERLOAD_TIMEOUT_S,
+        ),
     ]
     if "gateway (no auth)" in urls:
-        cases.append(Case(
-            "e2e_1_noauth", "Vigil end to end without authentication and rate limiting (a second "
-            "gateway on the same encoder and predictor): their cost", "vigil",
-            f"{urls['gateway (no auth)']}/v1/transactions/score", p["gateway_1"], 1, r[:1], (),
-            PLACEHOLDER, True))
+        cases.append(
+            Case(
+                "e2e_1_noauth",
+                "Vigil end to end without authentication and rate limiting (a second "
+                "gateway on the same encoder and predictor): their cost",
+                "vigil",
+                f"{urls['gateway (no auth)']}/v1/transactions/score",
+                p["gateway_1"],
+                1,
+                r[:1],
+                (),
+                PLACEHOLDER,
+                True,
+            )
+        )
     for case in cases:
         if case.key.startswith("e2e_") and case.key != "e2e_1_noauth":
             case.headers = headers.get("gateway", {})
@@ -297,15 +513,30 @@ class Watcher:
             self._thread.join()
 
 
-def run_loadgen(case: Case, mode: str, param: float, plan: Plan, pids: dict[str, int],
-                tag: str = "", keep_latencies: bool = False) -> dict[str, Any]:
+def run_loadgen(
+    case: Case,
+    mode: str,
+    param: float,
+    plan: Plan,
+    pids: dict[str, int],
+    tag: str = "",
+    keep_latencies: bool = False,
+) -> dict[str, Any]:
     duration = plan.open_s if mode == "open" else plan.closed_s
     spec: dict[str, Any] = {
-        "url": case.url, "method": "POST", "bodies": case.bodies, "placeholder": case.placeholder,
+        "url": case.url,
+        "method": "POST",
+        "bodies": case.bodies,
+        "placeholder": case.placeholder,
         "id_prefix": f"b{int(time.time())}{case.key[:3]}{mode[0]}{int(param)}{tag}-",
-        "rows": case.rows, "mode": mode, "warmup_s": plan.warmup_s,
-        "duration_s": duration, "keep_latencies": keep_latencies,
-        "check_degraded": case.check_degraded, "timeout_s": case.timeout_s, "drain_s": 10.0,
+        "rows": case.rows,
+        "mode": mode,
+        "warmup_s": plan.warmup_s,
+        "duration_s": duration,
+        "keep_latencies": keep_latencies,
+        "check_degraded": case.check_degraded,
+        "timeout_s": case.timeout_s,
+        "drain_s": 10.0,
         "headers": {"content-type": "application/json", **case.headers},
     }
     spec["rate" if mode == "open" else "concurrency"] = param
@@ -320,25 +551,32 @@ def run_loadgen(case: Case, mode: str, param: float, plan: Plan, pids: dict[str,
     with Watcher(pids) as watcher:
         proc = subprocess.run(
             [PROJECT_PY, "-m", "bench.loadgen", "--spec", str(spec_path), "--out", str(out_path)],
-            cwd=ROOT, capture_output=True, text=True, check=False,
-            timeout=plan.warmup_s + duration + 60)
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=plan.warmup_s + duration + 60,
+        )
     if proc.returncode != 0:
         raise RuntimeError(f"load generator failed for {name}:\n{proc.stderr[-2000:]}")
     result = json.loads(out_path.read_text())
     used = {n: procs.cpu_seconds(pid) - cpu0[n] for n, pid in pids.items()}
     # The servers' CPU covers every request of the process's life, warm-up included.
     answered = max(result.get("completed_total", result["ok"]), 1)
-    result["server_cpu_ms_per_request"] = {n: 1000.0 * s / answered for n, s in used.items()
-                                           if s > 0.05}
+    result["server_cpu_ms_per_request"] = {
+        n: 1000.0 * s / answered for n, s in used.items() if s > 0.05
+    }
     result["server_cpu_s"] = used
     result["rss_peak_mb"] = {n: b / 1e6 for n, b in watcher.peak.items()}
     result["loadavg_before"] = load
     what = f"{param:g}/s open" if mode == "open" else f"c={param:g} closed"
-    log(f"{case.key:<24} {what:<12} p50 {result.get('p50_ms', 0):7.2f}  p99 "
+    log(
+        f"{case.key:<24} {what:<12} p50 {result.get('p50_ms', 0):7.2f}  p99 "
         f"{result.get('p99_ms', 0):7.2f}  p99.9 {result.get('p999_ms', 0):7.2f}  max "
         f"{result.get('max_ms', 0):7.1f} ms  {result['rate_rps']:8.1f} req/s "
         f"{result['rows_per_s']:9.0f} rows/s  err {result['errors']}  gen cpu "
-        f"{result['generator_cpu_pct']:.0f}%")
+        f"{result['generator_cpu_pct']:.0f}%"
+    )
     return result
 
 
@@ -356,15 +594,20 @@ def measure_cases(cases: list[Case], plan: Plan, pids: dict[str, int]) -> None:
         for k in range(rounds):
             shift = k % len(at_rate)
             for case in at_rate[shift:] + at_rate[:shift]:
-                done[case.key].append(run_loadgen(case, "open", rate, per_round, pids,
-                                                  tag=f"r{k}", keep_latencies=rounds > 1))
+                done[case.key].append(
+                    run_loadgen(
+                        case, "open", rate, per_round, pids, tag=f"r{k}", keep_latencies=rounds > 1
+                    )
+                )
         for case in at_rate:
             case.runs.append(pool_rounds(done[case.key]) if rounds > 1 else done[case.key][0])
             if rounds > 1:
                 r = case.runs[-1]
-                log(f"{case.key:<24} {rate:g}/s open, {rounds} rounds pooled: p50 "
+                log(
+                    f"{case.key:<24} {rate:g}/s open, {rounds} rounds pooled: p50 "
                     f"{r['p50_ms']:7.2f}  p99 {r['p99_ms']:7.2f} (rounds: "
-                    f"{' / '.join(f'{v:.2f}' for v in r['round_p99_ms'])})")
+                    f"{' / '.join(f'{v:.2f}' for v in r['round_p99_ms'])})"
+                )
     for case in cases:
         for conc in case.concurrency:
             case.runs.append(run_loadgen(case, "closed", conc, plan, pids))
@@ -383,10 +626,19 @@ def pool_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
         lat = np.array(latencies)
         pct = np.percentile(lat, [50, 95, 99, 99.9])
-        pooled.update(p50_ms=float(pct[0]), p95_ms=float(pct[1]), p99_ms=float(pct[2]),
-                      p999_ms=float(pct[3]), max_ms=float(lat.max()), mean_ms=float(lat.mean()))
+        pooled.update(
+            p50_ms=float(pct[0]),
+            p95_ms=float(pct[1]),
+            p99_ms=float(pct[2]),
+            p999_ms=float(pct[3]),
+            max_ms=float(lat.max()),
+            mean_ms=float(lat.mean()),
+        )
         from bench.loadgen import SPECTRUM
-        pooled["spectrum"] = [[p, float(v)] for p, v in zip(SPECTRUM, np.percentile(lat, SPECTRUM), strict=True)]
+
+        pooled["spectrum"] = [
+            [p, float(v)] for p, v in zip(SPECTRUM, np.percentile(lat, SPECTRUM), strict=True)
+        ]
     window = sum(r["window_s"] for r in rounds)
     ok = sum(r["ok"] for r in rounds)
     kinds: dict[str, int] = {}
@@ -401,52 +653,77 @@ def pool_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     gen_cpu = sum(r.get("generator_cpu_s", 0.0) for r in rounds)
     gen_wall = sum(r.get("generator_wall_s", 0.0) for r in rounds)
     pooled.update(
-        requests=sum(r["requests"] for r in rounds), ok=ok, errors=sum(kinds.values()),
-        error_kinds=kinds, rate_rps=ok / window if window else 0.0,
-        rows_per_s=ok * first["rows"] / window if window else 0.0, window_s=window,
+        requests=sum(r["requests"] for r in rounds),
+        ok=ok,
+        errors=sum(kinds.values()),
+        error_kinds=kinds,
+        rate_rps=ok / window if window else 0.0,
+        rows_per_s=ok * first["rows"] / window if window else 0.0,
+        window_s=window,
         generator_cpu_pct=100.0 * gen_cpu / gen_wall if gen_wall else 0.0,
         generator_worst_send_lag_ms=max(r["generator_worst_send_lag_ms"] for r in rounds),
-        completed_total=answered, mode=first["mode"], rate=first["rate"],
-        concurrency=first["concurrency"], rows=first["rows"],
+        completed_total=answered,
+        mode=first["mode"],
+        rate=first["rate"],
+        concurrency=first["concurrency"],
+        rows=first["rows"],
         duration_s=sum(r["duration_s"] for r in rounds),
         server_cpu_s=used,
         server_cpu_ms_per_request={n: 1000.0 * s / answered for n, s in used.items() if s > 0.05},
-        rss_peak_mb={n: max(r["rss_peak_mb"].get(n, 0.0) for r in rounds)
-                     for n in first["rss_peak_mb"]},
+        rss_peak_mb={
+            n: max(r["rss_peak_mb"].get(n, 0.0) for r in rounds) for n in first["rss_peak_mb"]
+        },
         loadavg_before=first["loadavg_before"],
-        rounds=len(rounds), round_p99_ms=[r.get("p99_ms", float("nan")) for r in rounds],
+        rounds=len(rounds),
+        round_p99_ms=[r.get("p99_ms", float("nan")) for r in rounds],
     )
     return pooled
 
 
 def measure_inprocess(world: World, payloads: dict[str, Any], plan: Plan) -> dict[str, Any]:
     spec = {
-        "encode_rows": payloads["rows"][:1000], "vectors": payloads["vectors"][:1000],
-        "redis_url": world.redis.url, "spec_path": str(world.repo / "data" / "serving_spec.json"),
-        "feature_service": FEATURE_SERVICE, "model_dir": str(world.model_dir),
-        "model_name": MODEL_NAME, "model_version": "1", "sizes": [1, 100, 1000],
+        "encode_rows": payloads["rows"][:1000],
+        "vectors": payloads["vectors"][:1000],
+        "redis_url": world.redis.url,
+        "spec_path": str(world.repo / "data" / "serving_spec.json"),
+        "feature_service": FEATURE_SERVICE,
+        "model_dir": str(world.model_dir),
+        "model_name": MODEL_NAME,
+        "model_version": "1",
+        "sizes": [1, 100, 1000],
         "seconds_per_case": plan.inprocess_s,
     }
     spec_path, out_path = WORK / "inprocess.json", WORK / "inprocess.result.json"
     spec_path.write_text(json.dumps(spec))
-    subprocess.run([PROJECT_PY, "-m", "bench.inprocess", "--spec", str(spec_path),
-                    "--out", str(out_path)], cwd=ROOT, check=True, timeout=600)
+    subprocess.run(
+        [PROJECT_PY, "-m", "bench.inprocess", "--spec", str(spec_path), "--out", str(out_path)],
+        cwd=ROOT,
+        check=True,
+        timeout=600,
+    )
     result = json.loads(out_path.read_text())
     for name, r in result.items():
-        log(f"in-process {name:<26} p50 {r['p50_ms']:7.3f}  p99 {r['p99_ms']:7.3f} ms  "
-            f"{r['rows_per_s']:9.0f} rows/s")
+        log(
+            f"in-process {name:<26} p50 {r['p50_ms']:7.3f}  p99 {r['p99_ms']:7.3f} ms  "
+            f"{r['rows_per_s']:9.0f} rows/s"
+        )
     return result
 
 
-def measure_cold_starts(stack: Any, world: World, venv: Path, config: Path,
-                        plan: Plan) -> dict[str, list[float]]:
+def measure_cold_starts(
+    stack: Any, world: World, venv: Path, config: Path, plan: Plan
+) -> dict[str, list[float]]:
     """Spawn -> ready of a fresh instance of each service, with nothing else under load."""
     from vigil.redis_server import free_port
     from vigil.runner import READY_PATH, service_specs
 
     urls = {name: svc.url for name, svc in stack.services.items()}
-    specs = service_specs(world.redis.url, urls, str(world.models_dir.resolve()),
-                          str(world.repo / "data" / "serving_spec.json"))
+    specs = service_specs(
+        world.redis.url,
+        urls,
+        str(world.models_dir.resolve()),
+        str(world.repo / "data" / "serving_spec.json"),
+    )
     out: dict[str, list[float]] = {}
     base_python = str(Path(sys.base_prefix) / "bin" / "python3")
     for spec in specs:
@@ -458,25 +735,37 @@ def measure_cold_starts(stack: Any, world: World, venv: Path, config: Path,
         variants = [(spec.name, [PROJECT_PY], spec.env)]
         if image is not None:
             path = [*sizes.dockerfile_packages(spec.name), str(image)]
-            variants.append((f"{spec.name} {IMAGE_DEPS}", [base_python, "-S"],
-                             {**spec.env, "PYTHONPATH": os.pathsep.join(path)}))
+            variants.append(
+                (
+                    f"{spec.name} {IMAGE_DEPS}",
+                    [base_python, "-S"],
+                    {**spec.env, "PYTHONPATH": os.pathsep.join(path)},
+                )
+            )
         for name, python, env in variants:
             for _rep in range(plan.cold_reps):
                 port = free_port()
                 m = procs.Managed(
-                    name=f"cold {name}", cmd=[*python, "-m", *spec.module_args("127.0.0.1", port)],
+                    name=f"cold {name}",
+                    cmd=[*python, "-m", *spec.module_args("127.0.0.1", port)],
                     ready_url=f"http://127.0.0.1:{port}{READY_PATH[spec.name]}",
-                    log_path=WORK / "logs" / f"cold-{spec.name}.log", env=env, cwd=ROOT)
+                    log_path=WORK / "logs" / f"cold-{spec.name}.log",
+                    env=env,
+                    cwd=ROOT,
+                )
                 try:
                     m.start(timeout=60)
                 finally:
                     m.stop()
                 out.setdefault(name, []).append(m.cold_start_s or float("nan"))
     for _rep in range(plan.peer_cold_reps):
-        for name, make in (("feast serve -w 1",
-                            lambda: peers.feast_serve(world.repo, config, WORK, 1)),
-                           ("mlserver", lambda: peers.mlserver(venv, world.booster_path, WORK,
-                                                               0, one_thread=True))):
+        for name, make in (
+            ("feast serve -w 1", lambda: peers.feast_serve(world.repo, config, WORK, 1)),
+            (
+                "mlserver",
+                lambda: peers.mlserver(venv, world.booster_path, WORK, 0, one_thread=True),
+            ),
+        ):
             m = make()
             try:
                 m.start(timeout=120)
@@ -488,33 +777,67 @@ def measure_cold_starts(stack: Any, world: World, venv: Path, config: Path,
     return out
 
 
-def profile(cases: dict[str, Case], plan: Plan, pids: dict[str, int], venv: Path,
-            open_rate: float = 0.0) -> dict[str, Any]:
+def profile(
+    cases: dict[str, Case], plan: Plan, pids: dict[str, int], venv: Path, open_rate: float = 0.0
+) -> dict[str, Any]:
     """py-spy on the three Vigil services while the gateway is driven (1 and 1000 rows)."""
     pyspy = venv / "bin" / "py-spy"
     out: dict[str, Any] = {}
     prof_dir = WORK / "profiles"
     prof_dir.mkdir(parents=True, exist_ok=True)
     vigil = ("gateway", "encoder", "predictor")
-    for key, conc, services in (("e2e_1", 16, vigil), ("e2e_1000", 2, vigil),
-                                ("predictor_1", 16, ("predictor",)),
-                                ("encoder_1", 16, ("encoder",))):
+    for key, conc, services in (
+        ("e2e_1", 16, vigil),
+        ("e2e_1000", 2, vigil),
+        ("predictor_1", 16, ("predictor",)),
+        ("encoder_1", 16, ("encoder",)),
+    ):
         case = cases.get(key)
         if case is None or (key not in ("e2e_1", "e2e_1000") and len(cases) > 4):
             continue  # the services alone are profiled in a --only run
         recorders = {}
         for svc in services:
             raw = prof_dir / f"{key}-{svc}.txt"
-            recorders[svc] = (raw, subprocess.Popen(
-                [str(pyspy), "record", "-p", str(pids[svc]), "-d", str(int(plan.profile_s)),
-                 "-r", "200", "--gil", "--full-filenames", "-f", "raw", "-o", str(raw)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+            recorders[svc] = (
+                raw,
+                subprocess.Popen(
+                    [
+                        str(pyspy),
+                        "record",
+                        "-p",
+                        str(pids[svc]),
+                        "-d",
+                        str(int(plan.profile_s)),
+                        "-r",
+                        "200",
+                        "--gil",
+                        "--full-filenames",
+                        "-f",
+                        "raw",
+                        "-o",
+                        str(raw),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                ),
+            )
         time.sleep(0.5)
         mode, param = ("open", open_rate) if open_rate else ("closed", conc)
-        run = run_loadgen(case, mode, param, Plan(**{**plan.__dict__,
-                                                        "open_s": plan.profile_s - 1.5,
-                                                        "closed_s": plan.profile_s - 1.5,
-                                                        "warmup_s": 0.5}), pids, tag="prof")
+        run = run_loadgen(
+            case,
+            mode,
+            param,
+            Plan(
+                **{
+                    **plan.__dict__,
+                    "open_s": plan.profile_s - 1.5,
+                    "closed_s": plan.profile_s - 1.5,
+                    "warmup_s": 0.5,
+                }
+            ),
+            pids,
+            tag="prof",
+        )
         for svc, (raw, rec) in recorders.items():
             try:
                 _, err = rec.communicate(timeout=60)
@@ -553,10 +876,17 @@ def summarise_profile(raw: Path, top: int = 12) -> dict[str, Any]:
             own_count[name] = own_count.get(name, 0) + n
 
     def ranked(counts: dict[str, int], k: int = top) -> list[list[Any]]:
-        return [[name, round(100.0 * c / total, 1)]
-                for name, c in sorted(counts.items(), key=lambda kv: -kv[1])[:k]]
-    return {"samples": total, "packages": ranked(pkg_count), "self": ranked(self_count),
-            "own_inclusive": ranked(own_count, 15)}
+        return [
+            [name, round(100.0 * c / total, 1)]
+            for name, c in sorted(counts.items(), key=lambda kv: -kv[1])[:k]
+        ]
+
+    return {
+        "samples": total,
+        "packages": ranked(pkg_count),
+        "self": ranked(self_count),
+        "own_inclusive": ranked(own_count, 15),
+    }
 
 
 def _frame(frame: str) -> tuple[str, str]:
@@ -565,11 +895,11 @@ def _frame(frame: str) -> tuple[str, str]:
     path = where.rstrip(")").rsplit(":", 1)[0]
     parts = path.split("/")
     if "site-packages" in parts:
-        rest = parts[parts.index("site-packages") + 1:]
+        rest = parts[parts.index("site-packages") + 1 :]
     elif any(p.startswith("vigil_") for p in parts):
-        rest = parts[next(i for i, p in enumerate(parts) if p.startswith("vigil_")):]
+        rest = parts[next(i for i, p in enumerate(parts) if p.startswith("vigil_")) :]
     elif "python3.11" in parts:
-        rest = parts[parts.index("python3.11") + 1:]
+        rest = parts[parts.index("python3.11") + 1 :]
     else:
         rest = parts[-1:]
     package = rest[0].removesuffix(".py") if rest else "?"
@@ -593,9 +923,11 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     return {
-        "nproc": os.cpu_count(), "cpu_model": model,
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
         "ram_gb": psutil.virtual_memory().total / 2**30,
-        "python": platform.python_version(), "platform": platform.platform(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "code": _code_state(),
     }
@@ -604,11 +936,20 @@ def machine() -> dict[str, Any]:
 def _code_state() -> str:
     """The commit measured, and whether the services or libs had uncommitted changes."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                              capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "services", "libs"],
-                               cwd=ROOT, capture_output=True, text=True,
-                               check=False).stdout.splitlines()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "services", "libs"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.splitlines()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return head + (f" + {len(dirty)} uncommitted changes in services/ and libs/" if dirty else "")
@@ -626,48 +967,82 @@ def _command() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a ~3-minute smoke run")
-    parser.add_argument("--profile", action="store_true",
-                        help="also profile the Vigil services with py-spy under load")
-    parser.add_argument("--profile-open-rate", type=float, default=0.0,
-                        help="profile under an open loop at this rate (req/s) instead of the "
-                             "closed loop (where a light load's latency goes)")
-    parser.add_argument("--reuse-world", action="store_true",
-                        help="reuse today's world in .bench/work (skips generate/train)")
-    parser.add_argument("--mlserver-workers", type=int, default=0,
-                        help="MLServer parallel_workers (0 = inference in the server process, "
-                             "its fastest setting on 2 cores; MLServer's default is 1)")
-    parser.add_argument("--mlserver-default-threads", action="store_true",
-                        help="leave XGBoost's thread count to MLServer (all cores) instead of "
-                             "OMP_NUM_THREADS=1, the predictor's setting")
-    parser.add_argument("--render-only", action="store_true",
-                        help="measure nothing: write the report again from the last run's "
-                             ".bench/work/results.json (its command stays the one that measured)")
-    parser.add_argument("--only", default="",
-                        help="comma-separated case keys (e.g. e2e_1,predictor_1,mlserver_1): "
-                             "measure just those, print the figures, write no report (a "
-                             "side-by-side check while optimising; results in "
-                             ".bench/work/partial.json)")
-    parser.add_argument("--feast-workers", default="1,2",
-                        help="comma-separated gunicorn worker counts of feast serve, one "
-                             "instance and one pair of cases (feastNw_1, feastNw_100) each; the "
-                             "targets are judged against the best of them (default 1,2)")
-    parser.add_argument("--batch-concurrency", default="",
-                        help="comma-separated closed-loop concurrencies of the batch cases "
-                             "instead of the plan's (e.g. 2,4,8)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile the Vigil services with py-spy under load",
+    )
+    parser.add_argument(
+        "--profile-open-rate",
+        type=float,
+        default=0.0,
+        help="profile under an open loop at this rate (req/s) instead of the "
+        "closed loop (where a light load's latency goes)",
+    )
+    parser.add_argument(
+        "--reuse-world",
+        action="store_true",
+        help="reuse today's world in .bench/work (skips generate/train)",
+    )
+    parser.add_argument(
+        "--mlserver-workers",
+        type=int,
+        default=0,
+        help="MLServer parallel_workers (0 = inference in the server process, "
+        "its fastest setting on 2 cores; MLServer's default is 1)",
+    )
+    parser.add_argument(
+        "--mlserver-default-threads",
+        action="store_true",
+        help="leave XGBoost's thread count to MLServer (all cores) instead of "
+        "OMP_NUM_THREADS=1, the predictor's setting",
+    )
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="measure nothing: write the report again from the last run's "
+        ".bench/work/results.json (its command stays the one that measured)",
+    )
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated case keys (e.g. e2e_1,predictor_1,mlserver_1): "
+        "measure just those, print the figures, write no report (a "
+        "side-by-side check while optimising; results in "
+        ".bench/work/partial.json)",
+    )
+    parser.add_argument(
+        "--feast-workers",
+        default="1,2",
+        help="comma-separated gunicorn worker counts of feast serve, one "
+        "instance and one pair of cases (feastNw_1, feastNw_100) each; the "
+        "targets are judged against the best of them (default 1,2)",
+    )
+    parser.add_argument(
+        "--batch-concurrency",
+        default="",
+        help="comma-separated closed-loop concurrencies of the batch cases "
+        "instead of the plan's (e.g. 2,4,8)",
+    )
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     parser.add_argument("--img", default=str(ROOT / "docs" / "img" / "latency_percentiles.png"))
     args = parser.parse_args(argv)
     if args.render_only:
-        write_report(json.loads((WORK / "results.json").read_text()), Path(args.out),
-                     Path(args.img), BENCH / "venv-peers" / "bin" / "python")
+        write_report(
+            json.loads((WORK / "results.json").read_text()),
+            Path(args.out),
+            Path(args.img),
+            BENCH / "venv-peers" / "bin" / "python",
+        )
         return 0
     plan = QUICK if args.quick else FULL
     feast_workers = tuple(dict.fromkeys(int(n) for n in args.feast_workers.split(",") if n))
     if not feast_workers or min(feast_workers) < 1:
         raise SystemExit("--feast-workers: one or more worker counts >= 1, e.g. 1,2")
     if args.batch_concurrency:
-        plan = replace(plan, batch_concurrency=tuple(
-            int(c) for c in args.batch_concurrency.split(",") if c))
+        plan = replace(
+            plan, batch_concurrency=tuple(int(c) for c in args.batch_concurrency.split(",") if c)
+        )
     started = time.monotonic()
     command = _command()
     log(f"{command}  ({plan.name} plan)")
@@ -682,15 +1057,25 @@ def main(argv: list[str] | None = None) -> int:
     from vigil.runner import LocalStack
 
     results: dict[str, Any] = {
-        "plan": plan.__dict__, "machine": info, "command": command,
-        "mlserver": {"parallel_workers": args.mlserver_workers,
-                     "one_thread": not args.mlserver_default_threads},
+        "plan": plan.__dict__,
+        "machine": info,
+        "command": command,
+        "mlserver": {
+            "parallel_workers": args.mlserver_workers,
+            "one_thread": not args.mlserver_default_threads,
+        },
         "feast_serve": {"workers": list(feast_workers)},
     }
     with ExitStack() as cleanup:
         venv = peers.peer_venv(BENCH, log)
-        world = build_world(WORK, plan.n_transactions, seed=7, reuse=args.reuse_world,
-                            boost_rounds=plan.boost_rounds, log=log)
+        world = build_world(
+            WORK,
+            plan.n_transactions,
+            seed=7,
+            reuse=args.reuse_world,
+            boost_rounds=plan.boost_rounds,
+            log=log,
+        )
         cleanup.callback(world.redis.stop)
         results["world"] = {"transactions": world.n_transactions, "timings_s": world.timings}
 
@@ -699,33 +1084,59 @@ def main(argv: list[str] | None = None) -> int:
         # after run, they had grown to hundreds of MB.
         for old_log in (WORK / "logs" / "stack").glob("*.log"):
             old_log.unlink()
-        stack = LocalStack(world.repo, world.models_dir, WORK / "logs" / "stack",
-                           redis_url=world.redis.url, key_limits=BENCH_KEY_LIMITS)
+        stack = LocalStack(
+            world.repo,
+            world.models_dir,
+            WORK / "logs" / "stack",
+            redis_url=world.redis.url,
+            key_limits=BENCH_KEY_LIMITS,
+        )
         cleanup.callback(stack.stop)
         stack.start(timeout=90)
         config = feast_repo.config_path(world.repo)
         constant = peers.floor(WORK, "bench.floor_app:create_app", "floor")
-        redis_read = peers.floor(WORK, "bench.floor_app:create_redis_read_app",
-                                 "floor (Redis read)", env={"FLOOR_REDIS_URL": world.redis.url})
+        redis_read = peers.floor(
+            WORK,
+            "bench.floor_app:create_redis_read_app",
+            "floor (Redis read)",
+            env={"FLOOR_REDIS_URL": world.redis.url},
+        )
         # One feast serve per worker count, all up for the whole run like every other server;
         # only one case is ever under load at a time (see measure_cases), and an idle
         # instance's CPU in every run is recorded with the others' (server_cpu_s).
-        feasts = {peers.feast_process_name(n): peers.feast_serve(world.repo, config, WORK, n)
-                  for n in feast_workers}
+        feasts = {
+            peers.feast_process_name(n): peers.feast_serve(world.repo, config, WORK, n)
+            for n in feast_workers
+        }
         others = {  # started in this order: the three-hop front calls the two floors before it
             **feasts,
-            "mlserver": peers.mlserver(venv, world.booster_path, WORK, args.mlserver_workers,
-                                       one_thread=not args.mlserver_default_threads),
+            "mlserver": peers.mlserver(
+                venv,
+                world.booster_path,
+                WORK,
+                args.mlserver_workers,
+                one_thread=not args.mlserver_default_threads,
+            ),
             "floor": constant,
-            "floor (FastAPI)": peers.floor(WORK, "bench.floor_app:create_fastapi_app",
-                                           "floor-fastapi"),
+            "floor (FastAPI)": peers.floor(
+                WORK, "bench.floor_app:create_fastapi_app", "floor-fastapi"
+            ),
             "floor (Redis read)": redis_read,
-            "floor (V2)": peers.floor(WORK, "bench.floor_app:create_v2_scoring_app", "floor (V2)",
-                                      env={"FLOOR_BOOSTER": str(world.booster_path)}),
+            "floor (V2)": peers.floor(
+                WORK,
+                "bench.floor_app:create_v2_scoring_app",
+                "floor (V2)",
+                env={"FLOOR_BOOSTER": str(world.booster_path)},
+            ),
             "floor (3 hops)": peers.floor(
-                WORK, "bench.floor_app:create_three_hops_app", "floor (3 hops)",
-                env={"FLOOR_FIRST_URL": f"{redis_read.base_url}/",
-                     "FLOOR_SECOND_URL": f"{constant.base_url}/"}),
+                WORK,
+                "bench.floor_app:create_three_hops_app",
+                "floor (3 hops)",
+                env={
+                    "FLOOR_FIRST_URL": f"{redis_read.base_url}/",
+                    "FLOOR_SECOND_URL": f"{constant.base_url}/",
+                },
+            ),
         }
         others["gateway (no auth)"] = _gateway_without_auth(stack)
         for m in others.values():
@@ -737,21 +1148,28 @@ def main(argv: list[str] | None = None) -> int:
         pids["redis"] = world.redis.process.pid  # type: ignore[union-attr]
         pids.update({name: m.pid for name, m in others.items()})
         results["feast_serve"]["worker_processes"] = _check_feast_workers(
-            {n: feasts[peers.feast_process_name(n)].pid for n in feast_workers})
+            {n: feasts[peers.feast_process_name(n)].pid for n in feast_workers}
+        )
         results["rss_idle_mb"] = {n: procs.rss_bytes(pid) / 1e6 for n, pid in pids.items()}
 
         txs = sample_transactions(world, 2000, seed=7)
         internal = {"x-vigil-internal-token": stack.secrets["internal_token"]}
         payloads = build_payloads(txs, urls["encoder"], urls["predictor"], internal)
         results["feature_width"] = payloads["width"]
-        cases = define_cases(plan, urls, payloads, feast_workers, {
-            "gateway": {"authorization": f"Bearer {stack.api_key}"}, "internal": internal})
+        cases = define_cases(
+            plan,
+            urls,
+            payloads,
+            feast_workers,
+            {"gateway": {"authorization": f"Bearer {stack.api_key}"}, "internal": internal},
+        )
         only = [k for k in args.only.split(",") if k]
         if only:
             unknown = sorted(set(only) - {c.key for c in cases})
             if unknown:
-                raise SystemExit(f"--only: unknown case(s) {unknown}; "
-                                 f"known: {[c.key for c in cases]}")
+                raise SystemExit(
+                    f"--only: unknown case(s) {unknown}; known: {[c.key for c in cases]}"
+                )
             cases = [c for c in cases if c.key in only]
         _check_answers(cases)
         if only:
@@ -760,11 +1178,14 @@ def main(argv: list[str] | None = None) -> int:
         if only:
             results["redis_commandstats"] = _redis_command(world.redis.url, "INFO", "commandstats")
         results["security"] = security_verdicts({c.key: c for c in cases})
-        results["cases"] = {c.key: {"label": c.label, "group": c.group, "rows": c.rows,
-                                    "runs": c.runs} for c in cases}
+        results["cases"] = {
+            c.key: {"label": c.label, "group": c.group, "rows": c.rows, "runs": c.runs}
+            for c in cases
+        }
         if args.profile:
-            results["profile"] = profile({c.key: c for c in cases}, plan, pids, venv,
-                                         args.profile_open_rate)
+            results["profile"] = profile(
+                {c.key: c for c in cases}, plan, pids, venv, args.profile_open_rate
+            )
         if only:
             (WORK / "partial.json").write_text(json.dumps(results, indent=1, default=str))
             _print_partial(results)
@@ -791,8 +1212,10 @@ def write_report(results: dict[str, Any], md_path: Path, img_path: Path, bench_p
     md_path.parent.mkdir(parents=True, exist_ok=True)
     md_path.write_text(report.render(results, img_path=img_path, md_path=md_path))
     img_path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([str(bench_py), str(ROOT / "bench" / "plot.py"), str(WORK / "results.json"),
-                    str(img_path)], check=True)
+    subprocess.run(
+        [str(bench_py), str(ROOT / "bench" / "plot.py"), str(WORK / "results.json"), str(img_path)],
+        check=True,
+    )
     print(report.console_summary(results))
 
 
@@ -811,15 +1234,22 @@ def _print_partial(results: dict[str, Any]) -> None:
     time went (its ``INFO commandstats`` over the runs: calls and microseconds per command)."""
     stats = results.get("redis_commandstats") or {}
     for name, stat in sorted(stats.items(), key=lambda kv: -kv[1].get("usec", 0)):
-        print(f"redis {name:<22} calls {stat.get('calls', 0):>9}  usec {stat.get('usec', 0):>10}  "
-              f"usec/call {stat.get('usec_per_call', 0):>8.2f}")
+        print(
+            f"redis {name:<22} calls {stat.get('calls', 0):>9}  usec {stat.get('usec', 0):>10}  "
+            f"usec/call {stat.get('usec_per_call', 0):>8.2f}"
+        )
     for case in results["cases"].values():
         for run in case["runs"]:
-            what = (f"{run['rate']:g}/s open" if run.get("mode") == "open"
-                    else f"c={run.get('concurrency', 0):g} closed")
+            what = (
+                f"{run['rate']:g}/s open"
+                if run.get("mode") == "open"
+                else f"c={run.get('concurrency', 0):g} closed"
+            )
             cpu = ", ".join(f"{n} {v:.2f}" for n, v in run["server_cpu_ms_per_request"].items())
-            print(f"{case['label'][:60]:<60} {what:<12} p50 {run['p50_ms']:6.2f} p99 "
-                  f"{run['p99_ms']:6.2f} ms {run['rate_rps']:7.0f} req/s  CPU ms/req: {cpu}")
+            print(
+                f"{case['label'][:60]:<60} {what:<12} p50 {run['p50_ms']:6.2f} p99 "
+                f"{run['p99_ms']:6.2f} ms {run['rate_rps']:7.0f} req/s  CPU ms/req: {cpu}"
+            )
     for key, prof in results.get("profile", {}).items():
         for svc, summary in prof.items():
             if svc == "run" or "self" not in summary:
@@ -856,10 +1286,18 @@ def _gateway_without_auth(stack: Any) -> procs.Managed:
     spec = stack.services["gateway"].spec
     port = free_port()
     return procs.Managed(
-        name="gateway (no auth)", cmd=[PROJECT_PY, "-m", *spec.module_args("127.0.0.1", port)],
-        ready_url=f"http://127.0.0.1:{port}/readyz", log_path=WORK / "logs" / "gateway-noauth.log",
-        env={**spec.env, "GATEWAY_AUTH_ENABLED": "false", "GATEWAY_ALLOW_AUTH_DISABLED": "true",
-             "GATEWAY_RATE_LIMIT_ENABLED": "false"}, cwd=ROOT)
+        name="gateway (no auth)",
+        cmd=[PROJECT_PY, "-m", *spec.module_args("127.0.0.1", port)],
+        ready_url=f"http://127.0.0.1:{port}/readyz",
+        log_path=WORK / "logs" / "gateway-noauth.log",
+        env={
+            **spec.env,
+            "GATEWAY_AUTH_ENABLED": "false",
+            "GATEWAY_ALLOW_AUTH_DISABLED": "true",
+            "GATEWAY_RATE_LIMIT_ENABLED": "false",
+        },
+        cwd=ROOT,
+    )
 
 
 def security_verdicts(cases: dict[str, Case]) -> dict[str, Any]:
@@ -868,17 +1306,25 @@ def security_verdicts(cases: dict[str, Case]) -> dict[str, Any]:
     admitted requests' p99 within 3x the light-load p99, every refusal within 5 ms, no client
     time-out, no 5xx but the documented 503."""
     out: dict[str, Any] = {}
-    light = next((run for run in cases["e2e_1"].runs if run.get("mode") == "open"), None) \
-        if "e2e_1" in cases else None
-    base = next((run for run in cases["e2e_1_noauth"].runs if run.get("mode") == "open"), None) \
-        if "e2e_1_noauth" in cases else None
+    light = (
+        next((run for run in cases["e2e_1"].runs if run.get("mode") == "open"), None)
+        if "e2e_1" in cases
+        else None
+    )
+    base = (
+        next((run for run in cases["e2e_1_noauth"].runs if run.get("mode") == "open"), None)
+        if "e2e_1_noauth" in cases
+        else None
+    )
     if light and base and light.get("rate") == base.get("rate"):
         added = light["p50_ms"] - base["p50_ms"]
         out["auth_cost_p50_ms"] = added
         out["auth_cost_ok"] = added <= 0.3
-        log(f"auth + rate limit cost at {light['rate']:g}/s: p50 {light['p50_ms']:.2f} vs "
+        log(
+            f"auth + rate limit cost at {light['rate']:g}/s: p50 {light['p50_ms']:.2f} vs "
             f"{base['p50_ms']:.2f} ms without: {added:+.2f} ms (target <= 0.3): "
-            f"{'met' if added <= 0.3 else 'MISSED'}")
+            f"{'met' if added <= 0.3 else 'MISSED'}"
+        )
     overload = cases.get("e2e_overload")
     if overload and overload.runs:
         run = overload.runs[-1]
@@ -893,16 +1339,22 @@ def security_verdicts(cases: dict[str, Case]) -> dict[str, Any]:
             checks["admitted_p99_within_3x_light"] = run["admitted_p99_ms"] <= 3 * light["p99_ms"]
         elif light:
             checks["admitted_p99_within_3x_light"] = run.get("p99_ms", 0.0) <= 3 * light["p99_ms"]
-        out["overload"] = {"checks": checks, "shed": run.get("shed", 0),
-                           "admitted": run.get("admitted", run.get("ok")),
-                           "admitted_p99_ms": run.get("admitted_p99_ms"),
-                           "shed_max_ms": run.get("shed_max_ms"), "error_kinds": kinds,
-                           "light_p99_ms": light["p99_ms"] if light else None}
-        log(f"overload c={OVERLOAD_CONCURRENCY}: admitted {out['overload']['admitted']} (p99 "
+        out["overload"] = {
+            "checks": checks,
+            "shed": run.get("shed", 0),
+            "admitted": run.get("admitted", run.get("ok")),
+            "admitted_p99_ms": run.get("admitted_p99_ms"),
+            "shed_max_ms": run.get("shed_max_ms"),
+            "error_kinds": kinds,
+            "light_p99_ms": light["p99_ms"] if light else None,
+        }
+        log(
+            f"overload c={OVERLOAD_CONCURRENCY}: admitted {out['overload']['admitted']} (p99 "
             f"{run.get('admitted_p99_ms') or run.get('p99_ms', 0):.1f} ms, light-load p99 "
             f"{light['p99_ms'] if light else float('nan'):.1f} ms), shed {run.get('shed', 0)} (max "
             f"{run.get('shed_max_ms', 0):.1f} ms), errors {kinds}: "
-            + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in checks.items()))
+            + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in checks.items())
+        )
     return out
 
 
@@ -915,8 +1367,9 @@ def _check_answers(cases: list[Case]) -> None:
     with httpx.Client(timeout=30.0) as client:
         for case in cases:
             body = case.bodies[0].replace(PLACEHOLDER, f"check-{case.key}")
-            resp = client.post(case.url, content=body,
-                               headers={"content-type": "application/json", **case.headers})
+            resp = client.post(
+                case.url, content=body, headers={"content-type": "application/json", **case.headers}
+            )
             if resp.status_code != 200:
                 raise RuntimeError(f"{case.key}: {resp.status_code} {resp.text[:500]}")
             if case.check_degraded and '"degraded":true' in resp.text:

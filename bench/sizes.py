@@ -66,10 +66,18 @@ def _du(path: Path) -> int:
 
 def measure(bench_dir: Path, log: Callable[[str], None]) -> dict[str, dict[str, float]]:
     root = bench_dir / "sizes"
-    stamp_src = b"".join(p.read_bytes() for p in [
-        CONSTRAINTS, *sorted((ROOT / "services").glob("*/pyproject.toml")),
-        *sorted((ROOT / "services").glob("*/Dockerfile")),
-        *sorted((ROOT / "libs").glob("*/pyproject.toml"))]) + repr(_targets()).encode()
+    stamp_src = (
+        b"".join(
+            p.read_bytes()
+            for p in [
+                CONSTRAINTS,
+                *sorted((ROOT / "services").glob("*/pyproject.toml")),
+                *sorted((ROOT / "services").glob("*/Dockerfile")),
+                *sorted((ROOT / "libs").glob("*/pyproject.toml")),
+            ]
+        )
+        + repr(_targets()).encode()
+    )
     want = hashlib.sha256(stamp_src).hexdigest()[:16]
     out: dict[str, dict[str, float]] = {}
     for name, (packages, constrained) in _targets().items():
@@ -78,8 +86,17 @@ def measure(bench_dir: Path, log: Callable[[str], None]) -> dict[str, dict[str, 
         if not (stamp.exists() and stamp.read_text() == want and target.is_dir()):
             log(f"image size: installing {name}'s dependencies into {target} (cached afterwards)")
             shutil.rmtree(target, ignore_errors=True)
-            cmd = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                   "--target", str(target), *packages]
+            cmd = [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "--target",
+                str(target),
+                *packages,
+            ]
             if constrained:
                 cmd[5:5] = ["-c", str(CONSTRAINTS)]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -87,9 +104,22 @@ def measure(bench_dir: Path, log: Callable[[str], None]) -> dict[str, dict[str, 
                 log(f"image size of {name}: pip failed: {proc.stderr.strip()[-300:]}")
                 continue
             if name == "mlserver":
-                subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                                "--disable-pip-version-check", "--target", str(target),
-                                "mlserver-xgboost==1.7.1"], check=True, capture_output=True)
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "pip",
+                        "install",
+                        "-q",
+                        "--no-deps",
+                        "--disable-pip-version-check",
+                        "--target",
+                        str(target),
+                        "mlserver-xgboost==1.7.1",
+                    ],
+                    check=True,
+                    capture_output=True,
+                )
             stamp.write_text(want)
         size = _du(target) / 1e6
         out[name] = {"site_packages_mb": size, "image_mb": size + BASE_IMAGE_MB}

@@ -50,8 +50,14 @@ def _copy_repo(dest: Path) -> Path:
     return dest
 
 
-def build_world(root: Path, n_transactions: int, seed: int, reuse: bool,
-                log: Callable[[str], None], boost_rounds: int = 200) -> World:
+def build_world(
+    root: Path,
+    n_transactions: int,
+    seed: int,
+    reuse: bool,
+    log: Callable[[str], None],
+    boost_rounds: int = 200,
+) -> World:
     """Build (or, with ``reuse``, re-load into a fresh Redis) the benchmark's world."""
     from vigil import feast_repo
     from vigil.pipeline import write_feature_tables
@@ -60,8 +66,12 @@ def build_world(root: Path, n_transactions: int, seed: int, reuse: bool,
 
     timings: dict[str, float] = {}
     marker = root / "world.json"
-    wanted = {"n_transactions": n_transactions, "seed": seed, "boost_rounds": boost_rounds,
-              "day": datetime.now(UTC).strftime("%Y-%m-%d")}
+    wanted = {
+        "n_transactions": n_transactions,
+        "seed": seed,
+        "boost_rounds": boost_rounds,
+        "day": datetime.now(UTC).strftime("%Y-%m-%d"),
+    }
     reusable = reuse and marker.is_file() and json.loads(marker.read_text()) == wanted
     repo, raw = root / "feature_repo", root / "raw" / "transactions.parquet"
     models_dir = root / "models"
@@ -102,8 +112,9 @@ def build_world(root: Path, n_transactions: int, seed: int, reuse: bool,
         log(f"materialized into redis {redis.connection_string} in {timings['materialize']:.1f}s")
         if not reusable:
             t = time.monotonic()
-            config = TrainConfig(seed=seed, version="1", num_boost_round=boost_rounds,
-                                 early_stopping_rounds=30)
+            config = TrainConfig(
+                seed=seed, version="1", num_boost_round=boost_rounds, early_stopping_rounds=30
+            )
             train(raw, repo, models_dir, config)
             timings["train"] = time.monotonic() - t
             log(f"model trained in {timings['train']:.1f}s")
@@ -111,9 +122,16 @@ def build_world(root: Path, n_transactions: int, seed: int, reuse: bool,
     except BaseException:
         redis.stop()
         raise
-    return World(root=root, repo=repo, raw_path=raw, models_dir=models_dir,
-                 model_dir=models_dir / MODEL_NAME / "1", redis=redis,
-                 n_transactions=n_transactions, timings=timings)
+    return World(
+        root=root,
+        repo=repo,
+        raw_path=raw,
+        models_dir=models_dir,
+        model_dir=models_dir / MODEL_NAME / "1",
+        redis=redis,
+        n_transactions=n_transactions,
+        timings=timings,
+    )
 
 
 def sample_transactions(world: World, n: int, seed: int) -> list[dict[str, Any]]:
@@ -125,7 +143,9 @@ def sample_transactions(world: World, n: int, seed: int) -> list[dict[str, Any]]
     """
     frame = pd.read_parquet(world.raw_path)
     end = frame["event_timestamp"].max()
-    recent = frame[(frame["event_timestamp"] > end - pd.Timedelta(days=7)) & (frame["is_fraud"] == 0)]
+    recent = frame[
+        (frame["event_timestamp"] > end - pd.Timedelta(days=7)) & (frame["is_fraud"] == 0)
+    ]
     picked = recent.sample(n=min(n, len(recent)), random_state=seed)
     now = datetime.now(UTC).replace(microsecond=0)
     out = []

@@ -20,14 +20,30 @@ from vigil_contracts import request_features as rf
 OFFLINE_DIR = Path(__file__).resolve().parent / "data" / "offline"
 FRESHNESS = timedelta(days=30)
 
-card = Entity(name="card", join_keys=["card_id"], value_type=ValueType.STRING,
-              description="A payment card (PAN token).")
-merchant = Entity(name="merchant", join_keys=["merchant_id"], value_type=ValueType.STRING,
-                  description="An acquiring merchant.")
-device = Entity(name="device", join_keys=["device_id"], value_type=ValueType.STRING,
-                description="A customer device (app install or browser fingerprint).")
-currency = Entity(name="currency", join_keys=["currency"], value_type=ValueType.STRING,
-                  description="An ISO 4217 currency (the amount's).")
+card = Entity(
+    name="card",
+    join_keys=["card_id"],
+    value_type=ValueType.STRING,
+    description="A payment card (PAN token).",
+)
+merchant = Entity(
+    name="merchant",
+    join_keys=["merchant_id"],
+    value_type=ValueType.STRING,
+    description="An acquiring merchant.",
+)
+device = Entity(
+    name="device",
+    join_keys=["device_id"],
+    value_type=ValueType.STRING,
+    description="A customer device (app install or browser fingerprint).",
+)
+currency = Entity(
+    name="currency",
+    join_keys=["currency"],
+    value_type=ValueType.STRING,
+    description="An ISO 4217 currency (the amount's).",
+)
 
 
 def _source(name: str) -> FileSource:
@@ -133,21 +149,24 @@ def request_features(inputs: dict) -> dict:
 fraud_model_v1 = FeatureService(
     name="fraud_model_v1",
     features=[
-        card_stats[[
-            "card_txn_count_1h",
-            "card_txn_count_24h",
-            "card_txn_count_7d",
-            "card_amount_sum_24h",
-            "card_amount_avg_30d",
-            "card_amount_std_30d",
-            "card_amount_max_30d",
-            "card_distinct_merchants_24h",
-            "card_distinct_devices_30d",
-            "card_distinct_countries_30d",
-        ]],
+        card_stats[
+            [
+                "card_txn_count_1h",
+                "card_txn_count_24h",
+                "card_txn_count_7d",
+                "card_amount_sum_24h",
+                "card_amount_avg_30d",
+                "card_amount_std_30d",
+                "card_amount_max_30d",
+                "card_distinct_merchants_24h",
+                "card_distinct_devices_30d",
+                "card_distinct_countries_30d",
+            ]
+        ],
         merchant_stats,
-        device_stats[["device_txn_count_24h", "device_distinct_cards_7d",
-                      "device_distinct_countries_7d"]],
+        device_stats[
+            ["device_txn_count_24h", "device_distinct_cards_7d", "device_distinct_countries_7d"]
+        ],
         request_features,
     ],
     description="Features of the fraud model, version 1 of the contract.",

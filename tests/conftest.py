@@ -74,8 +74,9 @@ def feature_env(redis_server, tmp_path_factory):
     feast_repo.apply(repo)
     feast_repo.materialize(repo)
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    yield FeatureEnv(repo=repo, raw_path=raw, redis=redis_server, end=end,
-                     models_dir=base / "models")
+    yield FeatureEnv(
+        repo=repo, raw_path=raw, redis=redis_server, end=end, models_dir=base / "models"
+    )
     if previous is None:
         os.environ.pop("VIGIL_REDIS_CONNECTION_STRING", None)
     else:

@@ -15,8 +15,20 @@ from fastapi.routing import APIRoute
 def access_line(records: list[logging.LogRecord]) -> dict[str, Any]:
     lines = [r for r in records if r.getMessage() == "request" and r.name.endswith(".access")]
     assert len(lines) == 1
-    entry = {k: v for k, v in vars(lines[0]).items() if k not in ("latency_ms", "created",
-             "msecs", "relativeCreated", "thread", "threadName", "lineno")}
+    entry = {
+        k: v
+        for k, v in vars(lines[0]).items()
+        if k
+        not in (
+            "latency_ms",
+            "created",
+            "msecs",
+            "relativeCreated",
+            "thread",
+            "threadName",
+            "lineno",
+        )
+    }
     assert lines[0].latency_ms >= 0
     return entry
 
@@ -56,9 +68,18 @@ class Pair:
     ``dependency`` with the app's own ``state_attr`` object, which the lane steps aside for), and
     returns both answers and the service logger's records of each."""
 
-    def __init__(self, app: FastAPI, client: httpx.AsyncClient, monkeypatch: Any, *,
-                 routes: Sequence[APIRoute], dependency: Callable[..., Any], state_attr: str,
-                 logger: str, request_id: str = "lane-1") -> None:
+    def __init__(
+        self,
+        app: FastAPI,
+        client: httpx.AsyncClient,
+        monkeypatch: Any,
+        *,
+        routes: Sequence[APIRoute],
+        dependency: Callable[..., Any],
+        state_attr: str,
+        logger: str,
+        request_id: str = "lane-1",
+    ) -> None:
         self.app, self.client = app, client
         self.dependency, self.state_attr, self.logger = dependency, state_attr, logger
         self.request_id = request_id
@@ -66,15 +87,22 @@ class Pair:
         for route in routes:
             original = route.handle
 
-            async def counting(scope: Any, receive: Any, send: Any, _original: Any = original) -> None:
+            async def counting(
+                scope: Any, receive: Any, send: Any, _original: Any = original
+            ) -> None:
                 self.routed += 1
                 await _original(scope, receive, send)
 
             monkeypatch.setattr(route, "handle", counting)
 
     async def send(
-        self, method: str, path: str, *, lane: bool | None = True,
-        before: Callable[[], Awaitable[Any]] | None = None, **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        lane: bool | None = True,
+        before: Callable[[], Awaitable[Any]] | None = None,
+        **kwargs: Any,
     ) -> tuple[httpx.Response, httpx.Response, list[logging.LogRecord], list[logging.LogRecord]]:
         """``lane``: whether the lane answers the request itself (False: it leaves it to
         FastAPI; None: not checked). ``before`` runs before each of the two requests (to put

@@ -17,8 +17,13 @@ def undocumented_fields(cls: type) -> list[str]:
     documented = set()
     body = class_def.body
     for statement, following in pairwise(body):
-        if (isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)
-                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
-                and isinstance(following.value.value, str) and following.value.value.strip()):
+        if (
+            isinstance(statement, ast.AnnAssign)
+            and isinstance(statement.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+            and following.value.value.strip()
+        ):
             documented.add(statement.target.id)
     return [name for name in cls.model_fields if name not in documented]  # type: ignore[attr-defined]

@@ -42,8 +42,13 @@ def tls_stack(feature_env, trained_model, tmp_path_factory, certs):
     source, target = redis.Redis.from_url(feature_env.redis.url), redis.Redis.from_url(own.url)
     for key in source.scan_iter(count=1000):
         target.restore(key, 0, source.dump(key), replace=True)
-    running = LocalStack(feature_env.repo, feature_env.models_dir, tmp_path_factory.mktemp("logs"),
-                         redis_url=own.url, tls=certs)
+    running = LocalStack(
+        feature_env.repo,
+        feature_env.models_dir,
+        tmp_path_factory.mktemp("logs"),
+        redis_url=own.url,
+        tls=certs,
+    )
     with running:
         yield running
     own.stop()
@@ -62,6 +67,7 @@ def _key(stack: LocalStack, scopes: tuple[str, ...] = ("score",), **kw: Any) -> 
         finally:
             await client.aclose()
         return token, record.key_id
+
     return asyncio.run(make())
 
 
@@ -72,18 +78,32 @@ def _revoke(stack: LocalStack, key_id: str) -> None:
             await admin.revoke(key_id)
         finally:
             await client.aclose()
+
     asyncio.run(revoke())
 
 
 def _txn(tag: str) -> dict[str, Any]:
-    return {"transaction_id": f"auth-{tag}-{time.time_ns()}", "card_id": "c-auth", "merchant_id": "m-auth",
-            "amount": 12.5, "currency": "EUR", "timestamp": "2026-01-01T10:00:00Z", "channel": "ecom"}
+    return {
+        "transaction_id": f"auth-{tag}-{time.time_ns()}",
+        "card_id": "c-auth",
+        "merchant_id": "m-auth",
+        "amount": 12.5,
+        "currency": "EUR",
+        "timestamp": "2026-01-01T10:00:00Z",
+        "channel": "ecom",
+    }
 
 
-def _client(stack: LocalStack, certs: tuple[str, str], key: str | None = None, url: str | None = None) -> httpx.Client:
+def _client(
+    stack: LocalStack, certs: tuple[str, str], key: str | None = None, url: str | None = None
+) -> httpx.Client:
     headers = {"authorization": f"Bearer {key}"} if key else {}
-    return httpx.Client(base_url=url or stack.services["gateway"].url, verify=certs[0],
-                        timeout=10.0, headers=headers)
+    return httpx.Client(
+        base_url=url or stack.services["gateway"].url,
+        verify=certs[0],
+        timeout=10.0,
+        headers=headers,
+    )
 
 
 def test_https_with_verification_and_the_stack_key(tls_stack, certs):
@@ -141,8 +161,15 @@ def test_a_key_over_its_rate_is_429_with_retry_after(tls_stack, certs):
     token, _ = _key(tls_stack, limits={"transactions_per_s": 1.0, "transaction_burst": 3.0})
     time.sleep(1.0)
     with _client(tls_stack, certs, token) as client:
-        assert client.post(SCORE + "-batch", json={"transactions": [_txn("b1"), _txn("b2")]}).status_code == 200
-        _problem(client.post(SCORE + "-batch", json={"transactions": [_txn("b3"), _txn("b4")]}), 429)
+        assert (
+            client.post(
+                SCORE + "-batch", json={"transactions": [_txn("b1"), _txn("b2")]}
+            ).status_code
+            == 200
+        )
+        _problem(
+            client.post(SCORE + "-batch", json={"transactions": [_txn("b3"), _txn("b4")]}), 429
+        )
 
 
 def test_revocation_reaches_a_second_gateway_process_within_a_second(tls_stack, certs, tmp_path):
@@ -151,8 +178,13 @@ def test_revocation_reaches_a_second_gateway_process_within_a_second(tls_stack, 
     env = dict(os.environ, **spec.env)
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     with open(tmp_path / "gateway2.log", "wb") as log:  # the child keeps its own descriptor
-        second = subprocess.Popen([sys.executable, "-m", *spec.module_args("127.0.0.1", port)],
-                                  env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        second = subprocess.Popen(
+            [sys.executable, "-m", *spec.module_args("127.0.0.1", port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"https://127.0.0.1:{port}"
     try:
         with httpx.Client(verify=certs[0], timeout=2.0) as probe:
@@ -184,13 +216,22 @@ def test_the_internal_hops_require_the_token(tls_stack):
             method = client.post if name == "encoder" else client.get
             response = method(path, **({"json": {}} if name == "encoder" else {}))
             assert response.status_code == 401, response.text
-            wrong = method(path, headers={"x-vigil-internal-token": "nope"},
-                           **({"json": {}} if name == "encoder" else {}))
+            wrong = method(
+                path,
+                headers={"x-vigil-internal-token": "nope"},
+                **({"json": {}} if name == "encoder" else {}),
+            )
             assert wrong.status_code == 401
-            right = method(path, headers={"x-vigil-internal-token": tls_stack.secrets["internal_token"]},
-                           **({"json": {}} if name == "encoder" else {}))
+            right = method(
+                path,
+                headers={"x-vigil-internal-token": tls_stack.secrets["internal_token"]},
+                **({"json": {}} if name == "encoder" else {}),
+            )
             assert right.status_code != 401
-            assert client.get("/readyz" if name == "encoder" else "/v2/health/ready").status_code == 200
+            assert (
+                client.get("/readyz" if name == "encoder" else "/v2/health/ready").status_code
+                == 200
+            )
 
 
 # --- in process: admission, deadlines, the lane ----------------------------------------------
@@ -228,19 +269,27 @@ async def test_the_lane_and_fastapi_refuse_alike(redis_url: str) -> None:
         await stack.wait_for_metadata()
         for headers in ({"authorization": ""}, {"authorization": "Bearer vk_x_y"}):
             lane = await stack.score(txn(), headers=headers)
-            deferred = await stack.client.post(SCORE + "?rescore=false", json=txn(), headers=headers)
+            deferred = await stack.client.post(
+                SCORE + "?rescore=false", json=txn(), headers=headers
+            )
             assert lane.status_code == deferred.status_code == 401
             assert lane.headers["www-authenticate"] == deferred.headers["www-authenticate"]
         admin = await provision_key(stack.app, redis_url, scopes=("admin",))
         headers = {"authorization": f"Bearer {admin}"}
         assert (await stack.score(txn(), headers=headers)).status_code == 403
-        assert (await stack.client.post(SCORE + "?rescore=false", json=txn(), headers=headers)).status_code == 403
+        assert (
+            await stack.client.post(SCORE + "?rescore=false", json=txn(), headers=headers)
+        ).status_code == 403
 
 
 def test_no_card_device_or_ip_in_any_log(tls_stack, certs):
     marker = f"{time.time_ns()}"
-    body = dict(_txn("privacy"), card_id=f"card-secret-{marker}", device_id=f"dev-secret-{marker}",
-                ip_address="198.51.100.77")
+    body = dict(
+        _txn("privacy"),
+        card_id=f"card-secret-{marker}",
+        device_id=f"dev-secret-{marker}",
+        ip_address="198.51.100.77",
+    )
     with _client(tls_stack, certs, tls_stack.api_key) as client:
         assert client.post(SCORE, json=body).status_code == 200
         bad = dict(body, amount=-1)  # a refusal is logged too

@@ -24,14 +24,36 @@ def sample_path(feature_env, tmp_path_factory):
 
 
 def _cli(feature_env, *args: str) -> int:
-    return main(["--quiet", "--repo", str(feature_env.repo), "--models-dir",
-                 str(feature_env.models_dir), *args])
+    return main(
+        [
+            "--quiet",
+            "--repo",
+            str(feature_env.repo),
+            "--models-dir",
+            str(feature_env.models_dir),
+            *args,
+        ]
+    )
 
 
-def test_batch_scores_equal_scoring_the_same_vectors_in_memory(feature_env, trained_model, sample_path, tmp_path):
+def test_batch_scores_equal_scoring_the_same_vectors_in_memory(
+    feature_env, trained_model, sample_path, tmp_path
+):
     out = tmp_path / "scored.parquet"
-    assert _cli(feature_env, "batch-score", "--input", str(sample_path), "--output", str(out),
-                "--version", trained_model.name, "--with-features") == 0
+    assert (
+        _cli(
+            feature_env,
+            "batch-score",
+            "--input",
+            str(sample_path),
+            "--output",
+            str(out),
+            "--version",
+            trained_model.name,
+            "--with-features",
+        )
+        == 0
+    )
     scored = pd.read_parquet(out)
     meta = pd.read_json(trained_model / "metadata.json", typ="series")
     names = list(meta["feature_names"])
@@ -41,13 +63,16 @@ def test_batch_scores_equal_scoring_the_same_vectors_in_memory(feature_env, trai
     vectors = scored[names].to_numpy(dtype=np.float32)
     expected = booster.predict(xgb.DMatrix(vectors, missing=np.nan, feature_names=names))
     np.testing.assert_allclose(scored["score"].to_numpy(), expected, rtol=1e-6, atol=1e-7)
-    assert list(scored["label"]) == [label_for_score(float(s), meta["thresholds"]) for s in expected]
+    assert list(scored["label"]) == [
+        label_for_score(float(s), meta["thresholds"]) for s in expected
+    ]
     assert (scored["model_version"] == trained_model.name).all()
 
 
 def test_cli_help_lists_every_step():
-    proc = subprocess.run([sys.executable, "-m", "vigil.cli", "--help"], capture_output=True,
-                          text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vigil.cli", "--help"], capture_output=True, text=True, check=False
+    )
     assert proc.returncode == 0
     for step in ("generate", "features", "apply", "materialize", "train", "batch-score", "demo"):
         assert step in proc.stdout
@@ -58,9 +83,19 @@ def test_cli_fails_clearly_on_a_missing_repo(tmp_path, capsys):
     assert "is not a Feast repo" in capsys.readouterr().err
 
 
-def test_cli_fails_clearly_on_an_unknown_model_version(feature_env, trained_model, sample_path, tmp_path, capsys):
-    code = _cli(feature_env, "batch-score", "--input", str(sample_path), "--output",
-                str(tmp_path / "o.parquet"), "--version", "999")
+def test_cli_fails_clearly_on_an_unknown_model_version(
+    feature_env, trained_model, sample_path, tmp_path, capsys
+):
+    code = _cli(
+        feature_env,
+        "batch-score",
+        "--input",
+        str(sample_path),
+        "--output",
+        str(tmp_path / "o.parquet"),
+        "--version",
+        "999",
+    )
     assert code == 2
     assert "has no version '999'" in capsys.readouterr().err
 
@@ -68,11 +103,26 @@ def test_cli_fails_clearly_on_an_unknown_model_version(feature_env, trained_mode
 def test_cli_fails_clearly_on_malformed_parquet(feature_env, trained_model, tmp_path, capsys):
     bad = tmp_path / "bad.parquet"
     bad.write_bytes(b"this is not parquet")
-    assert _cli(feature_env, "batch-score", "--input", str(bad), "--output", str(tmp_path / "o.parquet")) == 2
+    assert (
+        _cli(
+            feature_env, "batch-score", "--input", str(bad), "--output", str(tmp_path / "o.parquet")
+        )
+        == 2
+    )
     assert "not a readable parquet file" in capsys.readouterr().err
     wrong = tmp_path / "wrong.parquet"
     pd.DataFrame({"transaction_id": ["a"], "amount": [1.0]}).to_parquet(wrong)
-    assert _cli(feature_env, "batch-score", "--input", str(wrong), "--output", str(tmp_path / "o.parquet")) == 2
+    assert (
+        _cli(
+            feature_env,
+            "batch-score",
+            "--input",
+            str(wrong),
+            "--output",
+            str(tmp_path / "o.parquet"),
+        )
+        == 2
+    )
     assert "lack the columns" in capsys.readouterr().err
 
 

@@ -17,15 +17,34 @@ import pytest
 from bench import report
 
 
-def _run(mode: str, param: float, rows: int, p99: float, rps: float,
-         cpu: dict[str, float] | None = None, rounds: list[float] | None = None) -> dict[str, Any]:
+def _run(
+    mode: str,
+    param: float,
+    rows: int,
+    p99: float,
+    rps: float,
+    cpu: dict[str, float] | None = None,
+    rounds: list[float] | None = None,
+) -> dict[str, Any]:
     run: dict[str, Any] = {
-        "mode": mode, "rate": param if mode == "open" else 0.0,
-        "concurrency": int(param) if mode == "closed" else 0, "rows": rows,
-        "p50_ms": p99 / 2, "p95_ms": p99 * 0.8, "p99_ms": p99, "p999_ms": p99 * 1.2,
-        "max_ms": p99 * 1.5, "rate_rps": rps, "rows_per_s": rps * rows, "errors": 0,
-        "error_kinds": {}, "generator_cpu_pct": 10.0, "loadavg_before": 0.5,
-        "server_cpu_ms_per_request": cpu or {}, "server_cpu_s": {}, "rss_peak_mb": {},
+        "mode": mode,
+        "rate": param if mode == "open" else 0.0,
+        "concurrency": int(param) if mode == "closed" else 0,
+        "rows": rows,
+        "p50_ms": p99 / 2,
+        "p95_ms": p99 * 0.8,
+        "p99_ms": p99,
+        "p999_ms": p99 * 1.2,
+        "max_ms": p99 * 1.5,
+        "rate_rps": rps,
+        "rows_per_s": rps * rows,
+        "errors": 0,
+        "error_kinds": {},
+        "generator_cpu_pct": 10.0,
+        "loadavg_before": 0.5,
+        "server_cpu_ms_per_request": cpu or {},
+        "server_cpu_s": {},
+        "rss_peak_mb": {},
     }
     if rounds is not None:
         run["round_p99_ms"] = rounds
@@ -44,34 +63,60 @@ def _results() -> dict[str, Any]:
     w1, w2 = "feast serve -w 1", "feast serve -w 2"
     return {
         "command": ".venv/bin/python -m bench.run --quick",
-        "machine": {"date": "2026-12-06 10:00 UTC", "nproc": 2, "cpu_model": "test",
-                    "ram_gb": 1.0, "python": "3.11", "platform": "test",
-                    "loadavg_start": [0.1, 0.1, 0.1]},
-        "plan": {"name": "quick", "open_s": 4.0, "closed_s": 2.0, "warmup_s": 1.0,
-                 "open_rounds": 2},
+        "machine": {
+            "date": "2026-12-06 10:00 UTC",
+            "nproc": 2,
+            "cpu_model": "test",
+            "ram_gb": 1.0,
+            "python": "3.11",
+            "platform": "test",
+            "loadavg_start": [0.1, 0.1, 0.1],
+        },
+        "plan": {
+            "name": "quick",
+            "open_s": 4.0,
+            "closed_s": 2.0,
+            "warmup_s": 1.0,
+            "open_rounds": 2,
+        },
         "world": {"transactions": 20000},
         "elapsed_s": 240.0,
         "feast_serve": {"workers": [1, 2], "worker_processes": {w1: 1, w2: 2}},
         "cases": {
-            "e2e_1": _case("e2e", "vigil", 1,
-                           _run("open", 50, 1, 6.0, 50, VIGIL_CPU, [6.0, 6.0]),
-                           _run("open", 100, 1, 6.0, 100, VIGIL_CPU, [6.0, 6.0]),
-                           _run("closed", 16, 1, 20.0, 1100, VIGIL_CPU)),
-            "e2e_1000": _case("e2e 1000", "vigil", 1000,
-                              _run("closed", 2, 1000, 150.0, 30, VIGIL_CPU)),
-            "feast1w_1": _case("feast -w 1", "peer", 1,
-                               _run("open", 50, 1, 8.0, 50, {w1: 4.5}, [8.0, 8.0]),
-                               _run("open", 100, 1, 12.0, 100, {w1: 4.5}, [12.0, 12.0]),
-                               _run("closed", 1, 1, 8.0, 190, {w1: 4.5}),
-                               _run("closed", 16, 1, 200.0, 150, {w1: 4.5})),
-            "feast2w_1": _case("feast -w 2", "peer", 1,
-                               _run("open", 50, 1, 9.0, 50, {w2: 4.6}, [9.0, 9.0]),
-                               _run("open", 100, 1, 10.0, 100, {w2: 4.6}, [10.0, 10.0]),
-                               _run("closed", 16, 1, 60.0, 400, {w2: 4.6})),
-            "feast1w_100": _case("feast -w 1, 100", "peer", 100,
-                                 _run("closed", 2, 100, 90.0, 20, {w1: 370.0})),
-            "feast2w_100": _case("feast -w 2, 100", "peer", 100,
-                                 _run("closed", 2, 100, 90.0, 40, {w2: 370.0})),
+            "e2e_1": _case(
+                "e2e",
+                "vigil",
+                1,
+                _run("open", 50, 1, 6.0, 50, VIGIL_CPU, [6.0, 6.0]),
+                _run("open", 100, 1, 6.0, 100, VIGIL_CPU, [6.0, 6.0]),
+                _run("closed", 16, 1, 20.0, 1100, VIGIL_CPU),
+            ),
+            "e2e_1000": _case(
+                "e2e 1000", "vigil", 1000, _run("closed", 2, 1000, 150.0, 30, VIGIL_CPU)
+            ),
+            "feast1w_1": _case(
+                "feast -w 1",
+                "peer",
+                1,
+                _run("open", 50, 1, 8.0, 50, {w1: 4.5}, [8.0, 8.0]),
+                _run("open", 100, 1, 12.0, 100, {w1: 4.5}, [12.0, 12.0]),
+                _run("closed", 1, 1, 8.0, 190, {w1: 4.5}),
+                _run("closed", 16, 1, 200.0, 150, {w1: 4.5}),
+            ),
+            "feast2w_1": _case(
+                "feast -w 2",
+                "peer",
+                1,
+                _run("open", 50, 1, 9.0, 50, {w2: 4.6}, [9.0, 9.0]),
+                _run("open", 100, 1, 10.0, 100, {w2: 4.6}, [10.0, 10.0]),
+                _run("closed", 16, 1, 60.0, 400, {w2: 4.6}),
+            ),
+            "feast1w_100": _case(
+                "feast -w 1, 100", "peer", 100, _run("closed", 2, 100, 90.0, 20, {w1: 370.0})
+            ),
+            "feast2w_100": _case(
+                "feast -w 2, 100", "peer", 100, _run("closed", 2, 100, 90.0, 40, {w2: 370.0})
+            ),
         },
     }
 
@@ -91,36 +136,45 @@ def test_better_peer_takes_the_lower_p99_or_the_higher_throughput() -> None:
 
 def test_better_peer_leaves_out_missing_and_nan_figures_and_keeps_the_first_of_a_tie() -> None:
     a, nan = {"v": 5.0}, {"v": math.nan}
-    pick = report.better_peer([("-w 1", None), ("-w 2", nan), ("-w 3", a)], lambda r: r["v"],
-                              lower=True)
+    pick = report.better_peer(
+        [("-w 1", None), ("-w 2", nan), ("-w 3", a)], lambda r: r["v"], lower=True
+    )
     assert pick is not None and pick.name == "-w 3" and pick.figures == [("-w 3", 5.0)]
     assert report.better_peer([("-w 1", None)], lambda r: r["v"], lower=True) is None
-    tie = report.better_peer([("-w 1", {"v": 1.0}), ("-w 2", {"v": 1.0})], lambda r: r["v"],
-                             lower=False)
+    tie = report.better_peer(
+        [("-w 1", {"v": 1.0}), ("-w 2", {"v": 1.0})], lambda r: r["v"], lower=False
+    )
     assert tie is not None and tie.name == "-w 1"
 
 
 def test_each_feast_target_is_taken_against_the_better_worker_count_and_names_it() -> None:
     v = _by_target(_results())
-    at50 = v["end-to-end single-transaction p99 <= 0.75x feast serve p99 (1 row, its better "
-             "worker count), at 50 req/s"]
-    at100 = v["end-to-end single-transaction p99 <= 0.75x feast serve p99 (1 row, its better "
-              "worker count), at 100 req/s"]
-    peak = v["end-to-end max throughput >= 1.0x feast serve req/s (1 row, its better worker "
-             "count)"]
-    batch = v["score-batch rows/s >= 5x feast serve's rows/s on 100-row batches (its better "
-              "worker count)"]
-    assert at50.ratio == pytest.approx(6.0 / 8.0)            # -w 1: 8 ms < -w 2: 9 ms
+    at50 = v[
+        "end-to-end single-transaction p99 <= 0.75x feast serve p99 (1 row, its better "
+        "worker count), at 50 req/s"
+    ]
+    at100 = v[
+        "end-to-end single-transaction p99 <= 0.75x feast serve p99 (1 row, its better "
+        "worker count), at 100 req/s"
+    ]
+    peak = v["end-to-end max throughput >= 1.0x feast serve req/s (1 row, its better worker count)"]
+    batch = v[
+        "score-batch rows/s >= 5x feast serve's rows/s on 100-row batches (its better worker count)"
+    ]
+    assert at50.ratio == pytest.approx(6.0 / 8.0)  # -w 1: 8 ms < -w 2: 9 ms
     assert at50.measured.endswith(
-        "against feast serve -w 1, the lower p99 of -w 1 8.00 ms and -w 2 9.00 ms")
-    assert at100.ratio == pytest.approx(6.0 / 10.0)          # -w 2: 10 ms < -w 1: 12 ms
+        "against feast serve -w 1, the lower p99 of -w 1 8.00 ms and -w 2 9.00 ms"
+    )
+    assert at100.ratio == pytest.approx(6.0 / 10.0)  # -w 2: 10 ms < -w 1: 12 ms
     assert at100.measured.endswith(
-        "against feast serve -w 2, the lower p99 of -w 1 12.00 ms and -w 2 10.00 ms")
-    assert peak.ratio == pytest.approx(1100 / 400)           # -w 2's 400 req/s, not -w 1's 190
+        "against feast serve -w 2, the lower p99 of -w 1 12.00 ms and -w 2 10.00 ms"
+    )
+    assert peak.ratio == pytest.approx(1100 / 400)  # -w 2's 400 req/s, not -w 1's 190
     assert peak.measured.endswith(
-        "against feast serve -w 2, the higher throughput of -w 1 190 req/s and -w 2 400 req/s")
+        "against feast serve -w 2, the higher throughput of -w 1 190 req/s and -w 2 400 req/s"
+    )
     assert "feast serve -w 2 4.60" in peak.why
-    assert batch.ratio == pytest.approx(30_000 / 4000)       # -w 2's 4000 rows/s
+    assert batch.ratio == pytest.approx(30_000 / 4000)  # -w 2's 4000 rows/s
     assert "against feast serve -w 2, the higher throughput" in batch.measured
 
 

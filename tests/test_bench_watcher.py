@@ -36,7 +36,8 @@ def _wait_for_child(parent: subprocess.Popen[bytes]) -> None:
 
 
 def test_watcher_records_a_worker_s_peak_without_looking_for_processes_while_sampling(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     parent = subprocess.Popen([sys.executable, "-c", PARENT])
     try:
         _wait_for_child(parent)
@@ -50,4 +51,3 @@ def test_watcher_records_a_worker_s_peak_without_looking_for_processes_while_sam
     finally:
         parent.kill()
         parent.wait()
-

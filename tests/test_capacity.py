@@ -20,11 +20,18 @@ def test_the_capacity_doc_is_rendered_from_its_inputs():
 def test_the_manifests_carry_the_models_resources(tmp_path):
     copy = tmp_path / "k8s"
     shutil.copytree(ROOT / "deploy" / "k8s", copy)
-    assert capacity.write_resources(copy, MODEL["resources"]) == [], "regenerate: python -m bench.capacity"
-    changed = dict(MODEL["resources"], gateway={"requests": {"cpu": "2", "memory": "1Mi"},
-                                                 "limits": {"cpu": "2", "memory": "2Mi"}})
+    assert capacity.write_resources(copy, MODEL["resources"]) == [], (
+        "regenerate: python -m bench.capacity"
+    )
+    changed = dict(
+        MODEL["resources"],
+        gateway={
+            "requests": {"cpu": "2", "memory": "1Mi"},
+            "limits": {"cpu": "2", "memory": "2Mi"},
+        },
+    )
     assert capacity.write_resources(copy, changed) == [copy / "gateway.yaml"]
-    assert "requests: {cpu: \"2\", memory: 1Mi}" in (copy / "gateway.yaml").read_text()
+    assert 'requests: {cpu: "2", memory: 1Mi}' in (copy / "gateway.yaml").read_text()
 
 
 def test_replicas_leave_headroom_and_never_fall_below_two():

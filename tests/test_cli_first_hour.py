@@ -27,17 +27,31 @@ def first_hour(redis_server, tmp_path_factory):
     """Runs the steps once; every test below reads what they printed and wrote."""
     base = tmp_path_factory.mktemp("first-hour")
     repo = copy_repo(base / "feature_repo")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PROMETHEUS_MULTIPROC_DIR", "PYTHONWARNINGS", "VIGIL_ONLINE_STORE")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PROMETHEUS_MULTIPROC_DIR", "PYTHONWARNINGS", "VIGIL_ONLINE_STORE")
+    }
     # A db of its own in the session's redis-server: db 0 is the session's online store.
     env["VIGIL_REDIS_CONNECTION_STRING"] = f"{redis_server.connection_string},db=3"
-    cmd = [str(VIGIL) if VIGIL.exists() else "vigil", "--quiet", "--repo", str(repo),
-           "--data-dir", str(base / "data"), "--models-dir", str(base / "models")]
+    cmd = [
+        str(VIGIL) if VIGIL.exists() else "vigil",
+        "--quiet",
+        "--repo",
+        str(repo),
+        "--data-dir",
+        str(base / "data"),
+        "--models-dir",
+        str(base / "models"),
+    ]
 
     def run(*args: str, db: int = 3) -> subprocess.CompletedProcess[str]:
-        run_env = dict(env, VIGIL_REDIS_CONNECTION_STRING=f"{redis_server.connection_string},db={db}")
-        proc = subprocess.run([*cmd, *args], env=run_env, capture_output=True, text=True, timeout=300,
-                              check=False)
+        run_env = dict(
+            env, VIGIL_REDIS_CONNECTION_STRING=f"{redis_server.connection_string},db={db}"
+        )
+        proc = subprocess.run(
+            [*cmd, *args], env=run_env, capture_output=True, text=True, timeout=300, check=False
+        )
         assert proc.returncode == 0, f"vigil {' '.join(args)} failed:\n{proc.stderr[-3000:]}"
         return proc
 
@@ -52,8 +66,9 @@ def first_hour(redis_server, tmp_path_factory):
     raw = pd.read_parquet(base / "data" / "raw" / "transactions.parquet")
     sample = base / "last.parquet"
     raw.tail(200).to_parquet(sample)
-    steps["batch-score"] = run("batch-score", "--input", str(sample),
-                               "--output", str(base / "scored.parquet"))
+    steps["batch-score"] = run(
+        "batch-score", "--input", str(sample), "--output", str(base / "scored.parquet")
+    )
     # The registry's watermark is now; an incremental run into a store never loaded loads nothing.
     steps["materialize-empty"] = run("materialize", db=4)
     yield {"steps": steps, "repo": repo, "raw": raw, "redis": redis_server}
@@ -71,10 +86,12 @@ def test_no_third_party_warning_in_any_step(first_hour):
 
 
 def test_our_own_warnings_stay_visible():
-    code = ("import warnings; from vigil.warning_filters import quiet_third_party; "
-            "quiet_third_party(); import vigil.scenarios as m; "
-            "warnings.warn_explicit('ours', UserWarning, 'x.py', 1, module='vigil.scenarios'); "
-            "warnings.warn_explicit('theirs', DeprecationWarning, 'y.py', 1, module='ibis.backends')")
+    code = (
+        "import warnings; from vigil.warning_filters import quiet_third_party; "
+        "quiet_third_party(); import vigil.scenarios as m; "
+        "warnings.warn_explicit('ours', UserWarning, 'x.py', 1, module='vigil.scenarios'); "
+        "warnings.warn_explicit('theirs', DeprecationWarning, 'y.py', 1, module='ibis.backends')"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert "UserWarning: ours" in proc.stderr
     assert "theirs" not in proc.stderr

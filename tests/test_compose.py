@@ -19,8 +19,16 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
 COMPOSE = yaml.safe_load(COMPOSE_TEXT)
 SERVICES = COMPOSE["services"]
-RUNNER = {s.name: s for s in service_specs("redis://x", {"encoder": "e", "predictor": "p"}, "/m", "/s",
-                                             tls=("/certs/cert.pem", "/certs/key.pem"))}
+RUNNER = {
+    s.name: s
+    for s in service_specs(
+        "redis://x",
+        {"encoder": "e", "predictor": "p"},
+        "/m",
+        "/s",
+        tls=("/certs/cert.pem", "/certs/key.pem"),
+    )
+}
 DOCKERFILES = {
     "encoder": ROOT / "services/encoder/Dockerfile",
     "predictor": ROOT / "services/predictor/Dockerfile",

@@ -20,18 +20,29 @@ MAX_EXAMPLES = 12
 # Findings that are not inexactness of the document, with why: (operation, check code, a text
 # the finding must contain) -> reason.
 ACCEPTED: dict[tuple[str, str, str], str] = {
-    ("/v1/transactions/score", "ST101", "problems/overloaded"):
-        "the documented 503 `overloaded`: a caller whose own deadline (X-Request-Timeout-Ms, "
-        "e.g. 1 ms) leaves less than GATEWAY_MIN_BUDGET_S is refused at once, not scored late",
+    (
+        "/v1/transactions/score",
+        "ST101",
+        "problems/overloaded",
+    ): "the documented 503 `overloaded`: a caller whose own deadline (X-Request-Timeout-Ms, "
+    "e.g. 1 ms) leaves less than GATEWAY_MIN_BUDGET_S is refused at once, not scored late",
 }
 
 
 @pytest.fixture(scope="module")
 def stack(feature_env, trained_model, tmp_path_factory):
-    running = LocalStack(feature_env.repo, feature_env.models_dir, tmp_path_factory.mktemp("logs"),
-                         redis_url=feature_env.redis.url,
-                         key_limits={"requests_per_s": 1e6, "request_burst": 1e6,
-                                     "transactions_per_s": 1e8, "transaction_burst": 1e8})
+    running = LocalStack(
+        feature_env.repo,
+        feature_env.models_dir,
+        tmp_path_factory.mktemp("logs"),
+        redis_url=feature_env.redis.url,
+        key_limits={
+            "requests_per_s": 1e6,
+            "request_burst": 1e6,
+            "transactions_per_s": 1e8,
+            "transaction_burst": 1e8,
+        },
+    )
     with running:
         yield running
 
@@ -53,15 +64,41 @@ def test_schemathesis_finds_nothing_unlisted(stack, tmp_path):
     gateway = stack.services["gateway"].url
     junit = tmp_path / "junit.xml"
     run = subprocess.run(
-        [exe, "run", f"{gateway}/openapi.json", "--checks", "all",
-         "--max-examples", str(MAX_EXAMPLES), "--seed", "7", "--generation-deterministic",
-         "-H", f"Authorization: Bearer {stack.api_key}", "--request-timeout", "5",
-         "--report", "junit", "--report-junit-path", str(junit), "--no-color"],
-        capture_output=True, text=True, timeout=240, cwd=tmp_path,  # its own files stay there
-        check=False)
+        [
+            exe,
+            "run",
+            f"{gateway}/openapi.json",
+            "--checks",
+            "all",
+            "--max-examples",
+            str(MAX_EXAMPLES),
+            "--seed",
+            "7",
+            "--generation-deterministic",
+            "-H",
+            f"Authorization: Bearer {stack.api_key}",
+            "--request-timeout",
+            "5",
+            "--report",
+            "junit",
+            "--report-junit-path",
+            str(junit),
+            "--no-color",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,  # its own files stay there
+        check=False,
+    )
     assert junit.exists(), run.stdout[-3000:] + run.stderr[-2000:]
-    unlisted = [f for f in _findings(junit)
-                if not any(op in f[0] and check in f[2] and text in f[2]
-                           for (op, check, text) in ACCEPTED)]
-    assert not unlisted, "\n\n".join(f"{op}: {title}\n{text}" for op, title, text in unlisted) + \
-        "\n\n" + run.stdout[-4000:]
+    unlisted = [
+        f
+        for f in _findings(junit)
+        if not any(op in f[0] and check in f[2] and text in f[2] for (op, check, text) in ACCEPTED)
+    ]
+    assert not unlisted, (
+        "\n\n".join(f"{op}: {title}\n{text}" for op, title, text in unlisted)
+        + "\n\n"
+        + run.stdout[-4000:]
+    )

@@ -57,8 +57,9 @@ def test_thresholds_weigh_money_not_counts():
 
 def _payments(delays_days: np.ndarray, ages_days: np.ndarray, cutoff: pd.Timestamp) -> pd.DataFrame:
     ts = cutoff - pd.to_timedelta(ages_days, unit="D")
-    return pd.DataFrame({"event_timestamp": ts,
-                         "chargeback_timestamp": ts + pd.to_timedelta(delays_days, unit="D")})
+    return pd.DataFrame(
+        {"event_timestamp": ts, "chargeback_timestamp": ts + pd.to_timedelta(delays_days, unit="D")}
+    )
 
 
 def test_label_wait_is_the_quantile_of_the_complete_cohort_only():
@@ -69,8 +70,11 @@ def test_label_wait_is_the_quantile_of_the_complete_cohort_only():
     young = _payments(rng.uniform(2, 50, 400), rng.uniform(0, 59, 400), cutoff)
     raw = pd.concat([old, young], ignore_index=True)
     wait = label_wait(raw, cutoff, chargeback_window_days=60, quantile=0.95)
-    expected = np.ceil(np.quantile(
-        (old["chargeback_timestamp"] - old["event_timestamp"]).dt.total_seconds() / 86_400, 0.95))
+    expected = np.ceil(
+        np.quantile(
+            (old["chargeback_timestamp"] - old["event_timestamp"]).dt.total_seconds() / 86_400, 0.95
+        )
+    )
     assert wait["days"] == expected
     assert wait["cohort_chargebacks"] == 400
     assert wait["cohort_share_within_wait"] >= 0.95
@@ -79,8 +83,9 @@ def test_label_wait_is_the_quantile_of_the_complete_cohort_only():
 
 def test_label_wait_falls_back_to_the_dispute_window_or_takes_the_callers():
     cutoff = pd.Timestamp("2026-12-01", tz="UTC")
-    few = _payments(np.full(MIN_COHORT_CHARGEBACKS - 1, 10.0),
-                    np.full(MIN_COHORT_CHARGEBACKS - 1, 70.0), cutoff)
+    few = _payments(
+        np.full(MIN_COHORT_CHARGEBACKS - 1, 10.0), np.full(MIN_COHORT_CHARGEBACKS - 1, 70.0), cutoff
+    )
     wait = label_wait(few, cutoff, chargeback_window_days=60, quantile=0.95)
     assert wait["days"] == 60 and "dispute window" in wait["method"]
     given = label_wait(few, cutoff, chargeback_window_days=60, quantile=0.95, given_days=7)

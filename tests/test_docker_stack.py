@@ -136,17 +136,35 @@ class Stack:
 
     def make_key(self) -> str:
         """An API key, made as an operator would: ``vigil keys create`` in the tools image."""
-        out = self.compose("run", "--rm", "-T", "-e", f"GATEWAY_AUTH_SECRET={self.env['GATEWAY_AUTH_SECRET']}",
-                           "features", "vigil", "keys", "create", "--client", "docker-test",
-                           "--redis-url", "redis://redis:6379/0", timeout=300)
+        out = self.compose(
+            "run",
+            "--rm",
+            "-T",
+            "-e",
+            f"GATEWAY_AUTH_SECRET={self.env['GATEWAY_AUTH_SECRET']}",
+            "features",
+            "vigil",
+            "keys",
+            "create",
+            "--client",
+            "docker-test",
+            "--redis-url",
+            "redis://redis:6379/0",
+            timeout=300,
+        )
         return out.rsplit("key (shown once, store it now): ", 1)[1].split()[0]
 
     def score(
         self, transaction: dict[str, Any], transaction_id: str | None = None
     ) -> dict[str, Any]:
         body = dict(transaction, transaction_id=transaction_id or f"docker-{uuid.uuid4().hex[:12]}")
-        resp = httpx.post(f"{self.url}/v1/transactions/score", json=body, timeout=10, verify=self.cert,
-                          headers={"authorization": f"Bearer {self.api_key}"})
+        resp = httpx.post(
+            f"{self.url}/v1/transactions/score",
+            json=body,
+            timeout=10,
+            verify=self.cert,
+            headers={"authorization": f"Bearer {self.api_key}"},
+        )
         assert resp.status_code == 200, resp.text
         return resp.json()
 
@@ -175,10 +193,21 @@ def stack(
     # gateway's non-root user: a throwaway test key).
     cert, key = dev_certificate(ROOT / "certs")
     key.chmod(0o644)
-    env = dict(os.environ, VIGIL_GATEWAY_PORT=str(port), VIGIL_TRANSACTIONS=TRANSACTIONS,
-               VIGIL_INTERNAL_TOKEN=secrets.token_hex(16), GATEWAY_AUTH_SECRET=secrets.token_hex(32))
+    env = dict(
+        os.environ,
+        VIGIL_GATEWAY_PORT=str(port),
+        VIGIL_TRANSACTIONS=TRANSACTIONS,
+        VIGIL_INTERNAL_TOKEN=secrets.token_hex(16),
+        GATEWAY_AUTH_SECRET=secrets.token_hex(32),
+    )
     stack = Stack(
-        compose_cmd, f"vigiltest{os.getpid()}", files, env, f"https://127.0.0.1:{port}", {}, str(cert)
+        compose_cmd,
+        f"vigiltest{os.getpid()}",
+        files,
+        env,
+        f"https://127.0.0.1:{port}",
+        {},
+        str(cert),
     )
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     capture = request.config.pluginmanager.get_plugin("capturemanager")

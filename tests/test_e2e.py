@@ -45,8 +45,9 @@ def stack(feature_env, trained_model, tmp_path_factory):
     disturbs other tests."""
     own = RedisServer().start()
     assert _copy_redis(feature_env.redis.url, own.url) > 100
-    running = LocalStack(feature_env.repo, feature_env.models_dir,
-                         tmp_path_factory.mktemp("logs"), redis_url=own.url)
+    running = LocalStack(
+        feature_env.repo, feature_env.models_dir, tmp_path_factory.mktemp("logs"), redis_url=own.url
+    )
     running.own_redis = own
     with running:
         yield running
@@ -55,8 +56,11 @@ def stack(feature_env, trained_model, tmp_path_factory):
 
 @pytest.fixture()
 def gateway(stack):
-    with httpx.Client(base_url=stack.services["gateway"].url, timeout=10.0,
-                      headers={"authorization": f"Bearer {stack.api_key}"}) as client:
+    with httpx.Client(
+        base_url=stack.services["gateway"].url,
+        timeout=10.0,
+        headers={"authorization": f"Bearer {stack.api_key}"},
+    ) as client:
         yield client
 
 
@@ -87,8 +91,10 @@ def test_an_amount_far_beyond_the_cards_history_is_never_not_fraud(gateway, scen
     alike): the safeguards stand beside the model and say why."""
     regular = next(s for s in scenarios if s.name == "regular purchase")
     for amount in (5_000.0, 50_000.0):
-        body = gateway.post("/v1/transactions/score",
-                            json=_fresh(regular.transaction, f"huge{amount:.0f}") | {"amount": amount}).json()
+        body = gateway.post(
+            "/v1/transactions/score",
+            json=_fresh(regular.transaction, f"huge{amount:.0f}") | {"amount": amount},
+        ).json()
         assert body["label"] in {"suspicious", "highly_suspicious"}, body
         assert body["safeguards"]["fired"], body
         assert body["reasons"][0]["code"] in body["safeguards"]["fired"]
@@ -116,13 +122,18 @@ def test_the_web_pages_samples_get_real_decisions(gateway):
             assert body["label"] == "uncertain" and codes == ["FEATURES_MISSING"], body
 
 
-def test_online_scores_equal_the_batch_scorer_for_the_same_features(gateway, scenarios, feature_env, trained_model):
+def test_online_scores_equal_the_batch_scorer_for_the_same_features(
+    gateway, scenarios, feature_env, trained_model
+):
     """Scored now, a transaction's point-in-time features are the latest ones, which is what the
     online store holds: the two paths must give the same score."""
     now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
     txns = []
     for i, sc in enumerate(s for s in scenarios if s.name != "card testing probe"):
-        txns.append(_fresh(sc.transaction, "parity") | {"timestamp": (now - timedelta(seconds=i)).isoformat()})
+        txns.append(
+            _fresh(sc.transaction, "parity")
+            | {"timestamp": (now - timedelta(seconds=i)).isoformat()}
+        )
     online = {}
     for t in txns:
         body = gateway.post("/v1/transactions/score", json=t).json()
@@ -134,8 +145,9 @@ def test_online_scores_equal_the_batch_scorer_for_the_same_features(gateway, sce
         assert score == pytest.approx(float(offline.loc[tid, "score"]), rel=1e-5, abs=1e-6), tid
 
 
-def test_one_instant_in_any_offset_and_currency_scores_by_one_rule(gateway, scenarios, feature_env,
-                                                                   trained_model):
+def test_one_instant_in_any_offset_and_currency_scores_by_one_rule(
+    gateway, scenarios, feature_env, trained_model
+):
     """Local time is the instant in the country's zone and money is compared in EUR: the same
     instant written in four offsets gives one answer, online as in the batch scorer; the same
     payment in other currencies is scored on its EUR value, online and offline alike."""
@@ -143,21 +155,35 @@ def test_one_instant_in_any_offset_and_currency_scores_by_one_rule(gateway, scen
 
     regular = next(s for s in scenarios if s.name == "regular purchase")
     instant = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=3)
-    written = [_fresh(regular.transaction, f"tz{h}") | {
-        "timestamp": instant.astimezone(timezone(timedelta(hours=h))).isoformat()} for h in (0, 1, 9, -6)]
+    written = [
+        _fresh(regular.transaction, f"tz{h}")
+        | {"timestamp": instant.astimezone(timezone(timedelta(hours=h))).isoformat()}
+        for h in (0, 1, 9, -6)
+    ]
     answers = [gateway.post("/v1/transactions/score", json=t).json() for t in written]
     assert len({(a["label"], a["score"]) for a in answers}) == 1, answers
     # The same payment in several currencies, each amount the EUR value at today's rate.
     rates = pd.read_parquet(feature_env.repo / "data" / "offline" / "fx_rates.parquet")
     today = rates[rates["event_timestamp"] == rates["event_timestamp"].max()].set_index("currency")
-    paid = [_fresh(regular.transaction, f"fx-{c}") | {
-        "timestamp": (instant - timedelta(seconds=i)).isoformat(), "currency": c,
-        "amount": round(regular.transaction["amount"] / float(today.loc[c, "eur_per_unit"]), 2)}
-        for i, c in enumerate(("EUR", "USD", "GBP", "CHF"))]
-    online = {t["transaction_id"]: gateway.post("/v1/transactions/score", json=t).json()["score"]
-              for t in paid + written}
-    frame = pd.DataFrame([{**t, "event_timestamp": pd.Timestamp(t["timestamp"]).tz_convert("UTC")}
-                          for t in paid + written])
+    paid = [
+        _fresh(regular.transaction, f"fx-{c}")
+        | {
+            "timestamp": (instant - timedelta(seconds=i)).isoformat(),
+            "currency": c,
+            "amount": round(regular.transaction["amount"] / float(today.loc[c, "eur_per_unit"]), 2),
+        }
+        for i, c in enumerate(("EUR", "USD", "GBP", "CHF"))
+    ]
+    online = {
+        t["transaction_id"]: gateway.post("/v1/transactions/score", json=t).json()["score"]
+        for t in paid + written
+    }
+    frame = pd.DataFrame(
+        [
+            {**t, "event_timestamp": pd.Timestamp(t["timestamp"]).tz_convert("UTC")}
+            for t in paid + written
+        ]
+    )
     offline = score_frame(frame, feature_env.repo, trained_model).set_index("transaction_id")
     for tid, score in online.items():
         assert score == pytest.approx(float(offline.loc[tid, "score"]), rel=1e-5, abs=1e-6), tid
@@ -165,7 +191,9 @@ def test_one_instant_in_any_offset_and_currency_scores_by_one_rule(gateway, scen
     assert max(online.values()) - min(online.values()) < 0.05
 
 
-def test_every_flagged_transaction_of_a_replayed_period_has_reasons_toward_risk(gateway, feature_env):
+def test_every_flagged_transaction_of_a_replayed_period_has_reasons_toward_risk(
+    gateway, feature_env
+):
     """The world's last days, replayed through the business API: every reason a flagged answer
     gives is a fired safeguard, or a feature whose contribution raised the score (or the
     model's baseline when none did); never a feature that lowered it."""
@@ -175,16 +203,27 @@ def test_every_flagged_transaction_of_a_replayed_period_has_reasons_toward_risk(
     legit = recent[recent["is_fraud"] == 0].head(300)
     transactions = []
     for row in pd.concat([frauds, legit]).itertuples():
-        body = {"transaction_id": f"replay-{row.transaction_id}-{time.time_ns()}", "card_id": row.card_id,
-                "merchant_id": row.merchant_id, "amount": float(row.amount), "currency": row.currency,
-                "timestamp": row.event_timestamp.isoformat(), "channel": row.channel,
-                "country": row.country}
+        body = {
+            "transaction_id": f"replay-{row.transaction_id}-{time.time_ns()}",
+            "card_id": row.card_id,
+            "merchant_id": row.merchant_id,
+            "amount": float(row.amount),
+            "currency": row.currency,
+            "timestamp": row.event_timestamp.isoformat(),
+            "channel": row.channel,
+            "country": row.country,
+        }
         if isinstance(row.device_id, str):
             body["device_id"] = row.device_id
         transactions.append(body)
-    results = gateway.post("/v1/transactions/score-batch", json={"transactions": transactions}).json()["results"]
-    flagged = [r["result"] for r in results if r["result"] and r["result"]["label"] in
-               {"suspicious", "highly_suspicious"}]
+    results = gateway.post(
+        "/v1/transactions/score-batch", json={"transactions": transactions}
+    ).json()["results"]
+    flagged = [
+        r["result"]
+        for r in results
+        if r["result"] and r["result"]["label"] in {"suspicious", "highly_suspicious"}
+    ]
     # Replayed against today's online store (which already counts these transactions), fewer are
     # flagged than point in time; enough remain to judge their reasons.
     assert len(flagged) >= 10, len(flagged)
@@ -225,12 +264,18 @@ def test_malformed_input_gets_a_problem_naming_the_field(gateway, scenarios):
 
 def test_request_id_is_forwarded_on_every_hop(gateway, stack, scenarios):
     rid = f"e2e-trace-{time.time_ns()}"
-    resp = gateway.post("/v1/transactions/score", json=_fresh(scenarios[0].transaction, "rid"),
-                        headers={"x-request-id": rid})
+    resp = gateway.post(
+        "/v1/transactions/score",
+        json=_fresh(scenarios[0].transaction, "rid"),
+        headers={"x-request-id": rid},
+    )
     assert resp.headers["x-request-id"] == rid and resp.json()["request_id"] == rid
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        if all(rid in stack.services[n].log_path.read_text() for n in ("encoder", "predictor", "gateway")):
+        if all(
+            rid in stack.services[n].log_path.read_text()
+            for n in ("encoder", "predictor", "gateway")
+        ):
             return
         time.sleep(0.1)
     pytest.fail("the request id did not reach every service's log")
@@ -242,7 +287,10 @@ def test_idempotent_replay_returns_the_same_decision(gateway, scenarios):
     again = gateway.post("/v1/transactions/score", json=txn).json()
     assert again["cached"] is True and first["cached"] is False
     assert (again["label"], again["score"]) == (first["label"], first["score"])
-    assert gateway.post("/v1/transactions/score", json=dict(txn, amount=txn["amount"] + 1)).status_code == 409
+    assert (
+        gateway.post("/v1/transactions/score", json=dict(txn, amount=txn["amount"] + 1)).status_code
+        == 409
+    )
 
 
 def _degraded_within_budget(gateway, txn: dict, codes: set[str]) -> dict:
@@ -306,7 +354,9 @@ def test_hung_redis_degrades_within_the_budget(gateway, stack, scenarios):
     pid = stack.own_redis.process.pid
     os.kill(pid, signal.SIGSTOP)
     try:
-        _degraded_within_budget(gateway, _fresh(txn, "slowredis"), {"FEATURES_UNAVAILABLE", "TIMEOUT"})
+        _degraded_within_budget(
+            gateway, _fresh(txn, "slowredis"), {"FEATURES_UNAVAILABLE", "TIMEOUT"}
+        )
     finally:
         os.kill(pid, signal.SIGCONT)
     _recovers(gateway, txn)

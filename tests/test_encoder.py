@@ -28,8 +28,10 @@ CHANNELS = ["pos", "ecom", "mobile", "atm"]  # "atm" is unknown to the transform
 
 
 def encoder_settings(feature_env, **overrides) -> EncoderSettings:
-    values = {"redis_url": feature_env.redis.url,
-                  "spec_path": feast_repo.spec_path(feature_env.repo)}
+    values = {
+        "redis_url": feature_env.redis.url,
+        "spec_path": feast_repo.spec_path(feature_env.repo),
+    }
     values.update(overrides)
     return EncoderSettings(**values)
 
@@ -68,8 +70,9 @@ def request_fields(rng: random.Random, now: float) -> dict:
 
 def parity_rows(feature_env, n: int = 300, seed: int = 5) -> list[dict]:
     """Rows as the gateway would send them: mostly known entities, plus every unknown kind."""
-    raw = pd.read_parquet(feature_env.raw_path, columns=["card_id", "merchant_id", "device_id",
-                                                         "country", "currency"])
+    raw = pd.read_parquet(
+        feature_env.raw_path, columns=["card_id", "merchant_id", "device_id", "country", "currency"]
+    )
     rng = random.Random(seed)
     now = time.time()
     picks = raw.sample(n=n, random_state=seed).to_dict("records")
@@ -92,9 +95,17 @@ def parity_rows(feature_env, n: int = 300, seed: int = 5) -> list[dict]:
             request["device_present"] = 0
         else:
             request["device_present"] = 1
-        rows.append({"entities": {"card_id": pick["card_id"], "merchant_id": pick["merchant_id"],
-                                  "device_id": device, "currency": pick["currency"]},
-                     "request": request})
+        rows.append(
+            {
+                "entities": {
+                    "card_id": pick["card_id"],
+                    "merchant_id": pick["merchant_id"],
+                    "device_id": device,
+                    "currency": pick["currency"],
+                },
+                "request": request,
+            }
+        )
     # Repeats within one batch exercise the per-batch dedupe of identical keys.
     rows += [json.loads(json.dumps(r)) for r in rows[:20]]
     return rows
@@ -104,7 +115,8 @@ def feast_vectors(store, spec, rows: list[dict]) -> list[list]:
     """Feast's SDK answer for the same rows, in the spec's order (its own order differs)."""
     entity_rows = [{**r["entities"], **r["request"]} for r in rows]
     result = store.get_online_features(
-        features=store.get_feature_service(SERVICE), entity_rows=entity_rows,
+        features=store.get_feature_service(SERVICE),
+        entity_rows=entity_rows,
         full_feature_names=False,
     ).to_dict()
     return [[result[f.feature][i] for f in spec.features] for i in range(len(rows))]
@@ -114,10 +126,12 @@ def is_missing(value) -> bool:
     return value is None or (isinstance(value, float) and not math.isfinite(value))
 
 
-async def encode(client: httpx.AsyncClient, rows: list[dict], service: str = SERVICE,
-                 **kwargs) -> httpx.Response:
-    return await client.post("/v1/encode", json={"feature_service": service, "rows": rows},
-                              **kwargs)
+async def encode(
+    client: httpx.AsyncClient, rows: list[dict], service: str = SERVICE, **kwargs
+) -> httpx.Response:
+    return await client.post(
+        "/v1/encode", json={"feature_service": service, "rows": rows}, **kwargs
+    )
 
 
 # --- parity -----------------------------------------------------------------------------------
@@ -164,10 +178,22 @@ async def test_vectors_equal_feast_get_online_features(client, store, spec, feat
 
 async def test_unknown_entities_are_missing_and_transform_sees_none(client, spec):
     now = time.time()
-    row = {"entities": {"card_id": "c_never_seen", "merchant_id": "m_never_seen",
-                        "device_id": "d_never_seen", "currency": "EUR"},
-           "request": {"amount": 50.0, "txn_epoch": now, "txn_hour": 2, "channel": "ecom",
-                       "country": "DE", "device_present": 1}}
+    row = {
+        "entities": {
+            "card_id": "c_never_seen",
+            "merchant_id": "m_never_seen",
+            "device_id": "d_never_seen",
+            "currency": "EUR",
+        },
+        "request": {
+            "amount": 50.0,
+            "txn_epoch": now,
+            "txn_hour": 2,
+            "channel": "ecom",
+            "country": "DE",
+            "device_present": 1,
+        },
+    }
     body = (await encode(client, [row])).json()
     got = dict(zip(body["feature_names"], body["rows"][0]["values"], strict=True))
     for ref in spec.features:
@@ -186,12 +212,19 @@ async def test_unknown_entities_are_missing_and_transform_sees_none(client, spec
 
 def _card_stats_row(card_id: str, stamp: datetime) -> dict:
     return {
-        "card_id": card_id, "event_timestamp": stamp,
-        "card_txn_count_1h": 1, "card_txn_count_24h": 3, "card_txn_count_7d": 9,
-        "card_amount_sum_24h": 120.5, "card_amount_avg_30d": 40.0,
-        "card_amount_std_30d": 12.0, "card_amount_max_30d": 99.0,
-        "card_distinct_merchants_24h": 2, "card_distinct_devices_30d": 1,
-        "card_distinct_countries_30d": 1, "card_last_txn_epoch": stamp.timestamp() - 600.0,
+        "card_id": card_id,
+        "event_timestamp": stamp,
+        "card_txn_count_1h": 1,
+        "card_txn_count_24h": 3,
+        "card_txn_count_7d": 9,
+        "card_amount_sum_24h": 120.5,
+        "card_amount_avg_30d": 40.0,
+        "card_amount_std_30d": 12.0,
+        "card_amount_max_30d": 99.0,
+        "card_distinct_merchants_24h": 2,
+        "card_distinct_devices_30d": 1,
+        "card_distinct_countries_30d": 1,
+        "card_last_txn_epoch": stamp.timestamp() - 600.0,
         "card_home_country": "FR",
     }
 
@@ -199,14 +232,31 @@ def _card_stats_row(card_id: str, stamp: datetime) -> dict:
 async def test_rows_older_than_ttl_are_missing_and_stale(client, store, spec):
     now = datetime.now(UTC)
     old, fresh = "c_ttl_expired", "c_ttl_fresh"
-    frame = pd.DataFrame([_card_stats_row(old, now - timedelta(days=40)),
-                          _card_stats_row(fresh, now - timedelta(hours=2))])
+    frame = pd.DataFrame(
+        [
+            _card_stats_row(old, now - timedelta(days=40)),
+            _card_stats_row(fresh, now - timedelta(hours=2)),
+        ]
+    )
     store.write_to_online_store("card_stats", frame)
 
     def row(card):
-        return {"entities": {"card_id": card, "merchant_id": "m_none", "device_id": NO_DEVICE_ID, "currency": "EUR"},
-                "request": {"amount": 80.0, "txn_epoch": time.time(), "txn_hour": 14,
-                            "channel": "pos", "country": "DE", "device_present": 0}}
+        return {
+            "entities": {
+                "card_id": card,
+                "merchant_id": "m_none",
+                "device_id": NO_DEVICE_ID,
+                "currency": "EUR",
+            },
+            "request": {
+                "amount": 80.0,
+                "txn_epoch": time.time(),
+                "txn_hour": 14,
+                "channel": "pos",
+                "country": "DE",
+                "device_present": 0,
+            },
+        }
 
     # Feast itself still serves the expired row: that is what the encoder must not do.
     theirs = feast_vectors(store, spec, [row(old)])[0]
@@ -225,8 +275,12 @@ async def test_rows_older_than_ttl_are_missing_and_stale(client, store, spec):
 
     got = dict(zip(names, expired["values"], strict=True))
     # On-demand features fed by the expired card row see None, as training's PIT join did.
-    for name in ("amount_to_card_avg_30d", "amount_zscore_card_30d",
-                 "seconds_since_card_last_txn", "country_mismatch"):
+    for name in (
+        "amount_to_card_avg_30d",
+        "amount_zscore_card_30d",
+        "seconds_since_card_last_txn",
+        "country_mismatch",
+    ):
         assert got[f"request_features__{name}"] is None
     assert got["request_features__txn_amount"] == 80.0
     od = [j for j, f in enumerate(spec.features) if f.kind == "on_demand"]
@@ -244,12 +298,16 @@ async def test_rows_older_than_ttl_are_missing_and_stale(client, store, spec):
 
 async def test_the_binary_answer_carries_exactly_the_json_answer(client, store, feature_env):
     # One expired card row among the parity rows, so that stale flags are set too.
-    store.write_to_online_store("card_stats", pd.DataFrame(
-        [_card_stats_row("c_bin_expired", datetime.now(UTC) - timedelta(days=40))]))
+    store.write_to_online_store(
+        "card_stats",
+        pd.DataFrame([_card_stats_row("c_bin_expired", datetime.now(UTC) - timedelta(days=40))]),
+    )
     rows = parity_rows(feature_env, n=200, seed=11)
     rows[0]["entities"]["card_id"] = "c_bin_expired"
     as_json = (await encode(client, rows)).json()
-    response = await encode(client, rows, headers={"accept": f"{BINARY_MEDIA_TYPE}, application/json"})
+    response = await encode(
+        client, rows, headers={"accept": f"{BINARY_MEDIA_TYPE}, application/json"}
+    )
     assert response.status_code == 200
     assert response.headers["content-type"] == BINARY_MEDIA_TYPE
     binary = decode_binary(response.content, response.headers.get(BINARY_HEADER_LENGTH), len(rows))
@@ -269,10 +327,12 @@ async def test_the_binary_answer_carries_exactly_the_json_answer(client, store, 
                 assert got == pytest.approx(want, abs=5.0)
     assert any(binary.stale) and any(binary.missing)
     # Asked for JSON (or anything), and for errors, the answer stays JSON.
-    assert (await encode(client, rows[:1], headers={"accept": "*/*"})).headers[
-        "content-type"].startswith("application/json")
-    refused = await encode(client, rows[:1], service="nope",
-                           headers={"accept": BINARY_MEDIA_TYPE})
+    assert (
+        (await encode(client, rows[:1], headers={"accept": "*/*"}))
+        .headers["content-type"]
+        .startswith("application/json")
+    )
+    refused = await encode(client, rows[:1], service="nope", headers={"accept": BINARY_MEDIA_TYPE})
     assert refused.status_code == 404
     assert refused.headers["content-type"].startswith(PROBLEM_MEDIA_TYPE)
 
@@ -282,8 +342,15 @@ async def test_the_binary_answer_carries_exactly_the_json_answer(client, store, 
 
 async def test_feature_services(client, spec):
     listing = (await client.get("/v1/feature-services")).json()
-    assert listing == {"feature_services": [{"name": SERVICE, "feature_names": spec.feature_names,
-                                             "feature_contract": spec.feature_contract}]}
+    assert listing == {
+        "feature_services": [
+            {
+                "name": SERVICE,
+                "feature_names": spec.feature_names,
+                "feature_contract": spec.feature_contract,
+            }
+        ]
+    }
     detail = (await client.get(f"/v1/feature-services/{SERVICE}")).json()
     assert detail["feature_names"] == spec.feature_names
     assert detail["join_keys"] == ["card_id", "merchant_id", "device_id", "currency"]
@@ -304,10 +371,24 @@ async def test_health_ready_and_request_id(client):
 
 
 async def test_one_log_line_per_request_without_payload(client, capsys):
-    rows = [{"entities": {"card_id": "c_secret_card_77", "merchant_id": "m1",
-                          "device_id": NO_DEVICE_ID, "currency": "EUR"},
-             "request": {"amount": 1.0, "txn_epoch": time.time(), "txn_hour": 1,
-                         "channel": "pos", "country": "DE", "device_present": 0}}]
+    rows = [
+        {
+            "entities": {
+                "card_id": "c_secret_card_77",
+                "merchant_id": "m1",
+                "device_id": NO_DEVICE_ID,
+                "currency": "EUR",
+            },
+            "request": {
+                "amount": 1.0,
+                "txn_epoch": time.time(),
+                "txn_hour": 1,
+                "channel": "pos",
+                "country": "DE",
+                "device_present": 0,
+            },
+        }
+    ]
     capsys.readouterr()
     await encode(client, rows, headers={"x-request-id": "log-check-1"})
     err = capsys.readouterr().err
@@ -343,8 +424,14 @@ async def test_identical_keys_are_read_once_per_batch(client):
 
 async def test_metrics_expose_counters(client):
     text = (await client.get("/metrics")).text
-    assert 'vigil_encoder_requests_total{method="POST",outcome="success",route="/v1/encode",status="200"}' in text
-    assert 'vigil_encoder_request_duration_seconds_bucket{le="0.001",method="POST",outcome="success",route="/v1/encode"}' in text
+    assert (
+        'vigil_encoder_requests_total{method="POST",outcome="success",route="/v1/encode",status="200"}'
+        in text
+    )
+    assert (
+        'vigil_encoder_request_duration_seconds_bucket{le="0.001",method="POST",outcome="success",route="/v1/encode"}'
+        in text
+    )
     assert 'vigil_encoder_rows_encoded_total{feature_service="fraud_model_v1"}' in text
     assert 'vigil_encoder_view_reads_total{result="stale",view="card_stats"}' in text
     assert "vigil_encoder_redis_errors_total" in text  # declared even before any error
@@ -355,10 +442,25 @@ async def test_metrics_expose_counters(client):
 
 
 def _valid_rows(n: int) -> list[dict]:
-    return [{"entities": {"card_id": f"c{i:03d}", "merchant_id": "m1", "device_id": NO_DEVICE_ID, "currency": "EUR"},
-             "request": {"amount": 10.0 + i, "txn_epoch": time.time(), "txn_hour": 12,
-                         "channel": "ecom", "country": "DE", "device_present": 0}}
-            for i in range(n)]
+    return [
+        {
+            "entities": {
+                "card_id": f"c{i:03d}",
+                "merchant_id": "m1",
+                "device_id": NO_DEVICE_ID,
+                "currency": "EUR",
+            },
+            "request": {
+                "amount": 10.0 + i,
+                "txn_epoch": time.time(),
+                "txn_hour": 12,
+                "channel": "ecom",
+                "country": "DE",
+                "device_present": 0,
+            },
+        }
+        for i in range(n)
+    ]
 
 
 def assert_problem(response: httpx.Response, status: int, slug: str) -> dict:
@@ -373,10 +475,12 @@ def assert_problem(response: httpx.Response, status: int, slug: str) -> dict:
 
 
 async def test_unknown_feature_service_is_404(client):
-    assert_problem(await encode(client, _valid_rows(1), service="fraud_model_v9"), 404,
-                   "feature-service-not-found")
-    assert_problem(await client.get("/v1/feature-services/nope"), 404,
-                   "feature-service-not-found")
+    assert_problem(
+        await encode(client, _valid_rows(1), service="fraud_model_v9"),
+        404,
+        "feature-service-not-found",
+    )
+    assert_problem(await client.get("/v1/feature-services/nope"), 404, "feature-service-not-found")
 
 
 async def test_missing_join_key_names_the_field(client):
@@ -392,8 +496,9 @@ async def test_bad_request_field_names_the_field(client, value):
     rows[0]["request"]["amount"] = value
     # NaN is not JSON: send it the way a sloppy client would, as a bare NaN token.
     content = json.dumps({"feature_service": SERVICE, "rows": rows})
-    response = await client.post("/v1/encode", content=content,
-                                 headers={"content-type": "application/json"})
+    response = await client.post(
+        "/v1/encode", content=content, headers={"content-type": "application/json"}
+    )
     body = assert_problem(response, 422, "validation-failed")
     assert [p["name"] for p in body["invalid_params"]] == ["rows.0.request.amount"]
 
@@ -415,36 +520,75 @@ async def test_integral_float_for_int_field_and_null_country_are_accepted(client
 
 
 async def test_malformed_body_is_422_problem(client):
-    body = assert_problem(await client.post("/v1/encode", json={"feature_service": SERVICE}),
-                          422, "validation-failed")
+    body = assert_problem(
+        await client.post("/v1/encode", json={"feature_service": SERVICE}), 422, "validation-failed"
+    )
     assert [p["name"] for p in body["invalid_params"]] == ["rows"]
     body = assert_problem(await encode(client, []), 422, "validation-failed")
     assert [p["name"] for p in body["invalid_params"]] == ["rows"]
-    response = await client.post("/v1/encode", content=b"{not json",
-                                 headers={"content-type": "application/json"})
+    response = await client.post(
+        "/v1/encode", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert_problem(response, 422, "validation-failed")
 
 
-@pytest.mark.parametrize(("content", "content_type", "name", "reason"), [
-    (b'{"feature_service": "fraud_model_v1", "rows": [{"entities": {}, "request": {}}, null]}',
-     "application/json", "rows.1", "Input should be a valid dictionary or object to extract fields from"),
-    (b'{"feature_service": "fraud_model_v1", "rows": [{"entities": {"card_id": 5}, "request": {}}]}',
-     "application/json", "rows.0.entities.card_id", "Input should be a valid string"),
-    (b'{"feature_service": "fraud_model_v1", "rows": [{"entities": {}, "request": {"amount": [1]}}]}',
-     "application/json", "rows.0.request.amount",
-     "Input should be a valid number; Input should be a valid integer; Input should be a valid string"),
-    (b'{"feature_service": 5, "rows": [{"entities": {}, "request": {}}]}', "application/json",
-     "feature_service",
-     "Input should be a valid string"),
-    (b'[1, 2]', "application/json", "body",
-     "Input should be a valid dictionary or object to extract fields from"),
-    (b'{"feature_service": "fraud_model_v1", "rows": []}', "text/plain", "body",
-     "Input should be a valid dictionary or object to extract fields from"),
-    (b"", "application/json", "body", "Field required"),
-], ids=["null-row", "entity-not-text", "field-not-scalar", "service-not-text", "not-an-object",
-        "not-json-content-type", "empty"])
-async def test_a_body_of_the_wrong_shape_names_the_field(client, content, content_type, name, reason):
-    response = await client.post("/v1/encode", content=content, headers={"content-type": content_type})
+@pytest.mark.parametrize(
+    ("content", "content_type", "name", "reason"),
+    [
+        (
+            b'{"feature_service": "fraud_model_v1", "rows": [{"entities": {}, "request": {}}, null]}',
+            "application/json",
+            "rows.1",
+            "Input should be a valid dictionary or object to extract fields from",
+        ),
+        (
+            b'{"feature_service": "fraud_model_v1", "rows": [{"entities": {"card_id": 5}, "request": {}}]}',
+            "application/json",
+            "rows.0.entities.card_id",
+            "Input should be a valid string",
+        ),
+        (
+            b'{"feature_service": "fraud_model_v1", "rows": [{"entities": {}, "request": {"amount": [1]}}]}',
+            "application/json",
+            "rows.0.request.amount",
+            "Input should be a valid number; Input should be a valid integer; Input should be a valid string",
+        ),
+        (
+            b'{"feature_service": 5, "rows": [{"entities": {}, "request": {}}]}',
+            "application/json",
+            "feature_service",
+            "Input should be a valid string",
+        ),
+        (
+            b"[1, 2]",
+            "application/json",
+            "body",
+            "Input should be a valid dictionary or object to extract fields from",
+        ),
+        (
+            b'{"feature_service": "fraud_model_v1", "rows": []}',
+            "text/plain",
+            "body",
+            "Input should be a valid dictionary or object to extract fields from",
+        ),
+        (b"", "application/json", "body", "Field required"),
+    ],
+    ids=[
+        "null-row",
+        "entity-not-text",
+        "field-not-scalar",
+        "service-not-text",
+        "not-an-object",
+        "not-json-content-type",
+        "empty",
+    ],
+)
+async def test_a_body_of_the_wrong_shape_names_the_field(
+    client, content, content_type, name, reason
+):
+    response = await client.post(
+        "/v1/encode", content=content, headers={"content-type": content_type}
+    )
     body = assert_problem(response, 422, "validation-failed")
     assert body["invalid_params"][0] == {"name": name, "reason": reason}
     assert body["detail"] == f"invalid: {name}"
@@ -453,8 +597,9 @@ async def test_a_body_of_the_wrong_shape_names_the_field(client, content, conten
 async def test_too_many_rows_is_413(feature_env):
     app = create_app(encoder_settings(feature_env, max_rows=5))
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app),
-                                     base_url="http://encoder") as c:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app), base_url="http://encoder"
+        ) as c:
             assert (await encode(c, _valid_rows(5))).status_code == 200
             body = assert_problem(await encode(c, _valid_rows(6)), 413, "too-many-rows")
             assert "5" in body["detail"]
@@ -467,15 +612,17 @@ async def test_unknown_route_is_problem(client):
 async def test_missing_spec_is_not_ready(feature_env, tmp_path):
     app = create_app(encoder_settings(feature_env, spec_path=tmp_path / "serving_spec.json"))
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app),
-                                     base_url="http://encoder") as c:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app), base_url="http://encoder"
+        ) as c:
             body = assert_problem(await c.get("/readyz"), 503, "encoder-not-ready")
             assert body["checks"]["spec"]["ready"] is False
             assert body["checks"]["redis"]["ready"] is True
             assert_problem(await encode(c, _valid_rows(1)), 503, "encoder-not-ready")
             # A spec written after startup (``vigil apply``) is picked up by the next probe.
             (tmp_path / "serving_spec.json").write_text(
-                feast_repo.spec_path(feature_env.repo).read_text())
+                feast_repo.spec_path(feature_env.repo).read_text()
+            )
             assert (await c.get("/readyz")).status_code == 200
             assert (await encode(c, _valid_rows(1))).status_code == 200
 
@@ -486,8 +633,9 @@ async def test_missing_spec_is_not_ready(feature_env, tmp_path):
 async def _encode_with_spec(feature_env, spec_file, rows):
     app = create_app(encoder_settings(feature_env, spec_path=spec_file))
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app),
-                                     base_url="http://encoder") as c:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app), base_url="http://encoder"
+        ) as c:
             return await c.get("/readyz"), await encode(c, rows)
 
 
@@ -515,8 +663,14 @@ async def test_any_feature_order_is_honoured(feature_env, tmp_path, client):
 async def test_spec_the_encoder_cannot_serve_is_refused(feature_env, tmp_path):
     document = json.loads(feast_repo.spec_path(feature_env.repo).read_text())
     document["feature_services"][SERVICE]["features"].append(
-        {"name": "card_stats__card_home_country", "view": "card_stats",
-         "feature": "card_home_country", "dtype": "String", "kind": "stored"})
+        {
+            "name": "card_stats__card_home_country",
+            "view": "card_stats",
+            "feature": "card_home_country",
+            "dtype": "String",
+            "kind": "stored",
+        }
+    )
     spec_file = tmp_path / "serving_spec.json"
     spec_file.write_text(json.dumps(document))
     ready, response = await _encode_with_spec(feature_env, spec_file, _valid_rows(1))

@@ -61,13 +61,36 @@ def _same_value(a: object, b: object) -> bool:
 
 def _value_samples() -> list[bytes]:
     rng = random.Random(7)
-    doubles = [0.0, -0.0, 1.0, -1.5, 1e-310, -1e-310, 1e308, -1e308, math.inf, -math.inf, NAN,
-               struct.unpack("<d", b"\x01\x00\x00\x00\x00\x00\xf8\x7f")[0],  # a NaN payload
-               struct.unpack("<d", b"\x00\x00\x00\x00\x00\x00\xf8\xff")[0]]  # negative NaN
+    doubles = [
+        0.0,
+        -0.0,
+        1.0,
+        -1.5,
+        1e-310,
+        -1e-310,
+        1e308,
+        -1e308,
+        math.inf,
+        -math.inf,
+        NAN,
+        struct.unpack("<d", b"\x01\x00\x00\x00\x00\x00\xf8\x7f")[0],  # a NaN payload
+        struct.unpack("<d", b"\x00\x00\x00\x00\x00\x00\xf8\xff")[0],
+    ]  # negative NaN
     doubles += [rng.uniform(-1e9, 1e9) for _ in range(3000)]
     doubles += [struct.unpack("<d", rng.randbytes(8))[0] for _ in range(3000)]
-    ints = list(range(-300, 20_000)) + [2**14 - 1, 2**14, 2**21, 2**31, 2**32, 2**62,
-                                         2**63 - 1, -(2**63), -(2**31), -1, -128]
+    ints = list(range(-300, 20_000)) + [
+        2**14 - 1,
+        2**14,
+        2**21,
+        2**31,
+        2**32,
+        2**62,
+        2**63 - 1,
+        -(2**63),
+        -(2**31),
+        -1,
+        -128,
+    ]
     ints += [rng.randrange(-(2**63), 2**63) for _ in range(3000)]
     raws = [ValueProto(double_val=d).SerializeToString() for d in doubles]
     raws += [ValueProto(int64_val=i).SerializeToString() for i in ints]
@@ -75,16 +98,26 @@ def _value_samples() -> list[bytes]:
     raws += [ValueProto(bool_val=b).SerializeToString() for b in (True, False)]
     raws += [ValueProto(float_val=f).SerializeToString() for f in (0.0, 0.1, -2.5, NAN)]
     raws += [ValueProto(string_val=s).SerializeToString() for s in ("", "DE", "zürich ✓")]
-    raws += [ValueProto(bytes_val=b"\x00\xff").SerializeToString(),
-             ValueProto(unix_timestamp_val=1795318510).SerializeToString(),
-             ValueProto(null_val=0).SerializeToString(), ValueProto().SerializeToString()]
+    raws += [
+        ValueProto(bytes_val=b"\x00\xff").SerializeToString(),
+        ValueProto(unix_timestamp_val=1795318510).SerializeToString(),
+        ValueProto(null_val=0).SerializeToString(),
+        ValueProto().SerializeToString(),
+    ]
     # Valid messages the serializer never writes: non-canonical varints, a member written
     # twice (the last wins), a double followed by another field, an unknown field.
-    raws += [b"\x20\x80\x00", b"\x20\x80\x80\x00", b"\x20\xff\x00", b"\x20\x01\x20\x02",
-             b"\x20\x05\x29" + struct.pack("<d", 2.5),
-             b"\x29" + struct.pack("<d", 2.5) + b"\x20\x05",
-             b"\x29" + struct.pack("<d", 1.0) + b"\x29" + struct.pack("<d", 3.0),
-             b"\xa0\x06\x01", b"\xa0\x06\x01\x20\x07", b"\x20\x07\xa0\x06\x01"]
+    raws += [
+        b"\x20\x80\x00",
+        b"\x20\x80\x80\x00",
+        b"\x20\xff\x00",
+        b"\x20\x01\x20\x02",
+        b"\x20\x05\x29" + struct.pack("<d", 2.5),
+        b"\x29" + struct.pack("<d", 2.5) + b"\x20\x05",
+        b"\x29" + struct.pack("<d", 1.0) + b"\x29" + struct.pack("<d", 3.0),
+        b"\xa0\x06\x01",
+        b"\xa0\x06\x01\x20\x07",
+        b"\x20\x07\xa0\x06\x01",
+    ]
     return raws
 
 
@@ -103,8 +136,14 @@ def test_values_decode_as_protobuf_parses_them():
 def test_malformed_values_still_fail_as_protobuf_fails():
     from google.protobuf.message import DecodeError
 
-    for raw in (b"\x29\x00", b"\x29" + bytes(9), b"\x20", b"\x20\x80", b"\x20\x80\x80",
-                b"\x12\x05ab"):
+    for raw in (
+        b"\x29\x00",
+        b"\x29" + bytes(9),
+        b"\x20",
+        b"\x20\x80",
+        b"\x20\x80\x80",
+        b"\x12\x05ab",
+    ):
         with pytest.raises(DecodeError):
             _parsed(raw)
         with pytest.raises(DecodeError):
@@ -181,12 +220,18 @@ def mixed_rows(feature_env) -> list[dict]:
     """Rows as the gateway sends them, and then some: unknown cards, merchants and devices, no
     device, a stale card, odd request values, and repeats of all of them."""
     now = datetime.now(UTC)
-    feast_repo.open_store(feature_env.repo).write_to_online_store("card_stats", pd.DataFrame([
-        _card_stats_row("c_cols_expired", now - timedelta(days=45)),
-        _card_stats_row("c_cols_fresh", now - timedelta(hours=3)),
-    ]))
-    raw = pd.read_parquet(feature_env.raw_path,
-                          columns=["card_id", "merchant_id", "device_id", "country", "currency"])
+    feast_repo.open_store(feature_env.repo).write_to_online_store(
+        "card_stats",
+        pd.DataFrame(
+            [
+                _card_stats_row("c_cols_expired", now - timedelta(days=45)),
+                _card_stats_row("c_cols_fresh", now - timedelta(hours=3)),
+            ]
+        ),
+    )
+    raw = pd.read_parquet(
+        feature_env.raw_path, columns=["card_id", "merchant_id", "device_id", "country", "currency"]
+    )
     rng = random.Random(21)
     rows = []
     for i, pick in enumerate(raw.sample(n=240, random_state=21).to_dict("records")):
@@ -214,9 +259,17 @@ def mixed_rows(feature_env) -> list[dict]:
         }
         if kind == 7:
             request.update(country=None, channel=None, txn_hour=13.0, amount=5)
-        rows.append({"entities": {"card_id": card, "merchant_id": merchant,
-                                  "device_id": device or NO_DEVICE_ID, "currency": pick["currency"]},
-                     "request": request})
+        rows.append(
+            {
+                "entities": {
+                    "card_id": card,
+                    "merchant_id": merchant,
+                    "device_id": device or NO_DEVICE_ID,
+                    "currency": pick["currency"],
+                },
+                "request": request,
+            }
+        )
     rows += [json.loads(json.dumps(r)) for r in rows[::5]]
     return rows
 
@@ -233,8 +286,9 @@ async def make_encoder(feature_env, monkeypatch):
         store = OnlineStore(feature_env.redis.url, 2.0, metrics)
         store.open()
         stores.append(store)
-        encoder = Encoder(spec_path or feast_repo.spec_path(feature_env.repo), store, metrics,
-                          max_rows=5000)
+        encoder = Encoder(
+            spec_path or feast_repo.spec_path(feature_env.repo), store, metrics, max_rows=5000
+        )
         assert encoder.load_spec()
         return encoder
 
@@ -275,17 +329,19 @@ async def test_a_batch_equals_its_rows_read_one_by_one(make_encoder, client, mix
     assert sum(r["missing"].count(False) for r in got) > 3000
     _identical(got[240:], got[:240:5])  # a repeated row gets the same answer
     for size in (2, 3, 17, 100):
-        await _check(encoder, client, mixed_rows[size:2 * size], make_encoder.now)
+        await _check(encoder, client, mixed_rows[size : 2 * size], make_encoder.now)
 
 
 async def test_an_interleaved_feature_order_equals_its_rows_read_one_by_one(
-        make_encoder, client, mixed_rows, feature_env, tmp_path):
+    make_encoder, client, mixed_rows, feature_env, tmp_path
+):
     document = json.loads(feast_repo.spec_path(feature_env.repo).read_text())
     features = document["feature_services"][SERVICE]["features"]
     random.Random(4).shuffle(features)
     # and a service without some stored features its on-demand view still reads
     document["feature_services"][SERVICE]["features"] = [
-        f for f in features if f["feature"] not in ("card_amount_avg_30d", "device_txn_count_24h")]
+        f for f in features if f["feature"] not in ("card_amount_avg_30d", "device_txn_count_24h")
+    ]
     spec_file = tmp_path / "serving_spec.json"
     spec_file.write_text(json.dumps(document))
     encoder = make_encoder(spec_file)
@@ -294,13 +350,17 @@ async def test_an_interleaved_feature_order_equals_its_rows_read_one_by_one(
 
 
 async def test_a_transform_without_a_vector_form_gives_the_same_answers(
-        make_encoder, client, mixed_rows, monkeypatch):
+    make_encoder, client, mixed_rows, monkeypatch
+):
     fast = await (make_encoder()).encode_batch(SERVICE, mixed_rows)
     from vigil_encoder import plan
 
     shared = plan.ON_DEMAND_IMPLS["request_features"]
-    monkeypatch.setitem(plan.ON_DEMAND_IMPLS, "request_features",
-                        plan.OnDemandImpl(shared.transform, shared.outputs))
+    monkeypatch.setitem(
+        plan.ON_DEMAND_IMPLS,
+        "request_features",
+        plan.OnDemandImpl(shared.transform, shared.outputs),
+    )
     plain_encoder = make_encoder()
     layout = plain_encoder._layout(plain_encoder.plan(SERVICE))
     assert layout.od_vectors[0] is not request_features.transform_row_vector
@@ -334,15 +394,18 @@ def _spy_columns(monkeypatch) -> list[int]:
             computed.append(len(outputs[0]))
         return outputs
 
-    monkeypatch.setitem(plan.ON_DEMAND_IMPLS, "request_features",
-                        plan.OnDemandImpl(shared.transform, shared.outputs, shared.vector,
-                                          shared.reads, columns))
+    monkeypatch.setitem(
+        plan.ON_DEMAND_IMPLS,
+        "request_features",
+        plan.OnDemandImpl(shared.transform, shared.outputs, shared.vector, shared.reads, columns),
+    )
     return computed
 
 
 @pytest.mark.parametrize("interleaved", [False, True])
 async def test_the_column_form_gives_what_the_rows_give(
-        make_encoder, client, mixed_rows, monkeypatch, feature_env, tmp_path, interleaved):
+    make_encoder, client, mixed_rows, monkeypatch, feature_env, tmp_path, interleaved
+):
     """Batches of typed rows (known, unknown, stale and repeated entities) go through the
     on-demand view's column form; their answers, bytes included, are those of the per-row form
     (an implementation without a column form) and of the row-by-row reading."""
@@ -352,16 +415,23 @@ async def test_the_column_form_gives_what_the_rows_give(
         random.Random(9).shuffle(document["feature_services"][SERVICE]["features"])
         spec_file = tmp_path / "serving_spec.json"
         spec_file.write_text(json.dumps(document))
-    typed = [r for r in mixed_rows if type(r["request"]["channel"]) is str
-             and type(r["request"]["country"]) is str and type(r["request"]["amount"]) is float
-             and type(r["request"]["txn_hour"]) is int]
+    typed = [
+        r
+        for r in mixed_rows
+        if type(r["request"]["channel"]) is str
+        and type(r["request"]["country"]) is str
+        and type(r["request"]["amount"]) is float
+        and type(r["request"]["txn_hour"]) is int
+    ]
     assert len(typed) > 200
     from vigil_encoder import plan
 
     shared = plan.ON_DEMAND_IMPLS["request_features"]
-    monkeypatch.setitem(plan.ON_DEMAND_IMPLS, "request_features",
-                        plan.OnDemandImpl(shared.transform, shared.outputs, shared.vector,
-                                          shared.reads))
+    monkeypatch.setitem(
+        plan.ON_DEMAND_IMPLS,
+        "request_features",
+        plan.OnDemandImpl(shared.transform, shared.outputs, shared.vector, shared.reads),
+    )
     per_row = make_encoder(spec_file)
     assert per_row._layout(per_row.plan(SERVICE)).od_columns == (None,)
     monkeypatch.setitem(plan.ON_DEMAND_IMPLS, "request_features", shared)

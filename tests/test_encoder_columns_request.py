@@ -45,8 +45,10 @@ REQUEST_KEYS = ("amount", "txn_epoch", "txn_hour", "channel", "country", "device
 
 def as_columns(rows: list[dict[str, Any]]) -> dict[str, dict[str, list[Any]]]:
     """The columns of rows that all carry the same keys (as the gateway builds them)."""
-    return {part: {name: [row[part][name] for row in rows] for name in rows[0][part]}
-            for part in ("entities", "request")}
+    return {
+        part: {name: [row[part][name] for row in rows] for name in rows[0][part]}
+        for part in ("entities", "request")
+    }
 
 
 def columns_body(rows: list[dict[str, Any]], service: str = SERVICE) -> dict[str, Any]:
@@ -57,11 +59,19 @@ def columns_body(rows: list[dict[str, Any]], service: str = SERVICE) -> dict[str
 
 
 def _cols(n: int = 2, **request: list[Any]) -> dict[str, Any]:
-    columns = {"amount": [12.5] * n, "txn_epoch": [1.7e9] * n, "txn_hour": [3] * n,
-               "channel": ["pos"] * n, "country": ["DE"] * n, "device_present": [1] * n}
+    columns = {
+        "amount": [12.5] * n,
+        "txn_epoch": [1.7e9] * n,
+        "txn_hour": [3] * n,
+        "channel": ["pos"] * n,
+        "country": ["DE"] * n,
+        "device_present": [1] * n,
+    }
     columns.update(request)
-    return {"entities": {"card_id": [f"c{i}" for i in range(n)], "merchant_id": ["m1"] * n},
-            "request": columns}
+    return {
+        "entities": {"card_id": [f"c{i}" for i in range(n)], "merchant_id": ["m1"] * n},
+        "request": columns,
+    }
 
 
 def _body(columns: Any, **extra: Any) -> dict[str, Any]:
@@ -73,8 +83,9 @@ def _expected(body: Any) -> tuple[str, BatchColumns] | list[dict[str, Any]]:
     try:
         request = EncodeColumnsRequest.model_validate(body, from_attributes=True)
     except ValidationError as exc:
-        return [{"loc": ("body", *e["loc"]), "msg": e["msg"], "type": e["type"]}
-                for e in exc.errors()]
+        return [
+            {"loc": ("body", *e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()
+        ]
     columns = request.columns
     return request.feature_service, BatchColumns(columns.entities, columns.request, columns.n_rows)
 
@@ -87,8 +98,10 @@ BODIES: list[Any] = [
     _body({"entities": {}, "request": {}}),  # no column: no row (refused per service)
     _body({"entities": {"card_id": ["c1"]}, "request": {}}),
     _body(_cols(2, amount=[1.0])),  # lengths differ
-    _body(_cols(2, amount=[], txn_epoch=[], txn_hour=[], channel=[], country=[],
-                device_present=[]) | {"entities": {}}),  # every column empty
+    _body(
+        _cols(2, amount=[], txn_epoch=[], txn_hour=[], channel=[], country=[], device_present=[])
+        | {"entities": {}}
+    ),  # every column empty
     _body(_cols(4, amount=[1.0, 2.0, 3.0, [1]])),
     _body(_cols(2, amount=[1.0, {"a": 1}])),
     _body(_cols(2, amount=12.5)),
@@ -116,15 +129,19 @@ def test_a_columns_body_reads_as_the_model_reads_it(body: Any) -> None:
     if isinstance(expected, list):
         with pytest.raises(RequestValidationError) as caught:
             parse_encode_request(body)
-        assert [{k: e[k] for k in ("loc", "msg", "type")} for e in caught.value.errors()] \
-            == expected
+        assert [
+            {k: e[k] for k in ("loc", "msg", "type")} for e in caught.value.errors()
+        ] == expected
     else:
         service, batch = parse_encode_request(body)
         assert (service, batch) == expected
-        assert {k: [list(map(type, v)) for v in part.values()]
-                for k, part in (("e", batch.entities), ("r", batch.request))} == \
-               {k: [list(map(type, v)) for v in part.values()]
-                for k, part in (("e", expected[1].entities), ("r", expected[1].request))}
+        assert {
+            k: [list(map(type, v)) for v in part.values()]
+            for k, part in (("e", batch.entities), ("r", batch.request))
+        } == {
+            k: [list(map(type, v)) for v in part.values()]
+            for k, part in (("e", expected[1].entities), ("r", expected[1].request))
+        }
 
 
 def test_a_plain_body_is_used_as_parsed() -> None:
@@ -140,15 +157,41 @@ def test_a_body_with_both_forms_is_refused_naming_rows() -> None:
     body = {"feature_service": "svc", "columns": _cols(), "rows": []}
     with pytest.raises(RequestValidationError) as caught:
         parse_encode_request(body)
-    assert [(e["loc"], e["type"]) for e in caught.value.errors()] == \
-           [(("body", "rows"), "extra_forbidden")]
+    assert [(e["loc"], e["type"]) for e in caught.value.errors()] == [
+        (("body", "rows"), "extra_forbidden")
+    ]
 
 
-FIELDS = {"amount": "Float64", "txn_epoch": "Float64", "txn_hour": "Int64", "channel": "String",
-          "country": "String", "device_present": "Int64", "flag": "Bool"}
+FIELDS = {
+    "amount": "Float64",
+    "txn_epoch": "Float64",
+    "txn_hour": "Int64",
+    "channel": "String",
+    "country": "String",
+    "device_present": "Int64",
+    "flag": "Bool",
+}
 PLAN = SimpleNamespace(name="svc", request_fields=FIELDS, join_keys=("card_id", "merchant_id"))
-CANDIDATES = [None, True, False, 0, 1, 7, -3, 2**70, 0.0, 13.0, 13.5, -1e300, 1e308, math.nan,
-              math.inf, "", "x", "13"]
+CANDIDATES = [
+    None,
+    True,
+    False,
+    0,
+    1,
+    7,
+    -3,
+    2**70,
+    0.0,
+    13.0,
+    13.5,
+    -1e300,
+    1e308,
+    math.nan,
+    math.inf,
+    "",
+    "x",
+    "13",
+]
 
 
 def _row_outcome(rows: list[dict[str, Any]]) -> Any:
@@ -160,8 +203,11 @@ def _row_outcome(rows: list[dict[str, Any]]) -> Any:
 
 def _column_outcome(columns: dict[str, Any]) -> Any:
     try:
-        return "ok", check_request_columns(PLAN, columns["entities"],  # type: ignore[arg-type]
-                                           columns["request"])
+        return "ok", check_request_columns(
+            PLAN,
+            columns["entities"],  # type: ignore[arg-type]
+            columns["request"],
+        )
     except InvalidEncodeRequest as exc:
         assert exc.detail.startswith("invalid columns for feature service 'svc': ")
         return "problem", {(p.name, p.reason) for p in exc.invalid_params or []}
@@ -179,15 +225,23 @@ def test_column_checks_equal_row_checks() -> None:
         n = rng.choice([1, 2, 5, 40])
         rows = []
         for i in range(n):
-            request = {"amount": rng.uniform(-1e6, 1e6), "txn_epoch": rng.uniform(0, 2e9),
-                       "txn_hour": rng.randrange(24), "channel": rng.choice(["pos", "ecom"]),
-                       "country": rng.choice(["DE", "", None]),
-                       "device_present": rng.choice([0, 1]),
-                       "flag": rng.choice([True, False])}
+            request = {
+                "amount": rng.uniform(-1e6, 1e6),
+                "txn_epoch": rng.uniform(0, 2e9),
+                "txn_hour": rng.randrange(24),
+                "channel": rng.choice(["pos", "ecom"]),
+                "country": rng.choice(["DE", "", None]),
+                "device_present": rng.choice([0, 1]),
+                "flag": rng.choice([True, False]),
+            }
             if rng.random() < 0.03:
                 request[rng.choice(list(FIELDS))] = rng.choice(CANDIDATES)
-            rows.append({"entities": {"card_id": f"c{i}", "merchant_id": "m", "other": "x"},
-                         "request": request})
+            rows.append(
+                {
+                    "entities": {"card_id": f"c{i}", "merchant_id": "m", "other": "x"},
+                    "request": request,
+                }
+            )
         if rng.random() < 0.05:  # ints for floats, integral floats for ints, all the column
             for r in rows:
                 r["request"]["amount"] = rng.randrange(100)
@@ -208,16 +262,20 @@ def test_column_checks_equal_row_checks() -> None:
         if want[0] == "ok":
             assert list(got[1]) == list(FIELDS)
             assert {k: list(v) for k, v in got[1].items()} == want[1]
-            assert {k: list(map(type, v)) for k, v in got[1].items()} == \
-                   {k: list(map(type, v)) for k, v in want[1].items()}
+            assert {k: list(map(type, v)) for k, v in got[1].items()} == {
+                k: list(map(type, v)) for k, v in want[1].items()
+            }
         elif len(want[1]) < 20 and len(got[1]) < 20:  # else each form reports its first 20
             renamed = set()
             for name, reason in want[1]:
                 if match := _ROW_NAME.fullmatch(name):
                     i, field = match.groups()
                     # a missing field is named once, for its column
-                    name = (f"columns.request.{field}" if reason.startswith("missing")
-                            else f"columns.request.{field}.{i}")
+                    name = (
+                        f"columns.request.{field}"
+                        if reason.startswith("missing")
+                        else f"columns.request.{field}.{i}"
+                    )
                 else:
                     name = "columns.entities." + name.rsplit(".", 1)[1]
                 renamed.add((name, reason))
@@ -228,8 +286,11 @@ def test_column_checks_equal_row_checks() -> None:
 def test_many_bad_values_report_at_most_twenty() -> None:
     columns = _cols(30, amount=["x"] * 30, txn_hour=["y"] * 30)
     with pytest.raises(InvalidEncodeRequest) as caught:
-        check_request_columns(PLAN,  # type: ignore[arg-type]
-                              columns["entities"], columns["request"])
+        check_request_columns(
+            PLAN,  # type: ignore[arg-type]
+            columns["entities"],
+            columns["request"],
+        )
     names = [p.name for p in caught.value.invalid_params or []]
     assert names == [f"columns.request.amount.{i}" for i in range(20)]
 
@@ -241,12 +302,18 @@ def test_many_bad_values_report_at_most_twenty() -> None:
 def picks(feature_env) -> list[dict]:
     """Entities of the world, and two cards of this module's own: one stale, one fresh."""
     now = datetime.now(UTC)
-    feast_repo.open_store(feature_env.repo).write_to_online_store("card_stats", pd.DataFrame([
-        _card_stats_row("c_colreq_expired", now - timedelta(days=45)),
-        _card_stats_row("c_colreq_fresh", now - timedelta(hours=2)),
-    ]))
-    raw = pd.read_parquet(feature_env.raw_path,
-                          columns=["card_id", "merchant_id", "device_id", "country", "currency"])
+    feast_repo.open_store(feature_env.repo).write_to_online_store(
+        "card_stats",
+        pd.DataFrame(
+            [
+                _card_stats_row("c_colreq_expired", now - timedelta(days=45)),
+                _card_stats_row("c_colreq_fresh", now - timedelta(hours=2)),
+            ]
+        ),
+    )
+    raw = pd.read_parquet(
+        feature_env.raw_path, columns=["card_id", "merchant_id", "device_id", "country", "currency"]
+    )
     return raw.sample(n=1200, replace=True, random_state=3).to_dict("records")
 
 
@@ -281,19 +348,30 @@ def generated_rows(picks: list[dict], rng: random.Random, n: int) -> list[dict]:
             "device_present": 0 if device is None else 1,
         }
         if odd and kind == 7:
-            request.update(country=None, txn_hour=float(request["txn_hour"]),
-                           amount=rng.randrange(1, 500))
+            request.update(
+                country=None, txn_hour=float(request["txn_hour"]), amount=rng.randrange(1, 500)
+            )
         if odd and kind == 8:
             request.update(txn_epoch=int(request["txn_epoch"]), amount=0)
-        rows.append({"entities": {"card_id": card, "merchant_id": merchant,
-                                  "device_id": device or NO_DEVICE_ID, "currency": pick["currency"]},
-                     "request": request})
+        rows.append(
+            {
+                "entities": {
+                    "card_id": card,
+                    "merchant_id": merchant,
+                    "device_id": device or NO_DEVICE_ID,
+                    "currency": pick["currency"],
+                },
+                "request": request,
+            }
+        )
     return rows
 
 
 def encoder_settings(feature_env, **overrides) -> EncoderSettings:
-    values = {"redis_url": feature_env.redis.url,
-                  "spec_path": feast_repo.spec_path(feature_env.repo)}
+    values = {
+        "redis_url": feature_env.redis.url,
+        "spec_path": feast_repo.spec_path(feature_env.repo),
+    }
     values.update(overrides)
     return EncoderSettings(**values)
 
@@ -306,8 +384,9 @@ async def client(feature_env):
         patch.setattr(dataplane, "time", SimpleNamespace(time=lambda: now))
         app = create_app(encoder_settings(feature_env))
         async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app),
-                                         base_url="http://encoder") as c:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app), base_url="http://encoder"
+            ) as c:
                 yield c
 
 
@@ -315,8 +394,11 @@ BINARY = {"accept": BINARY_MEDIA_TYPE}
 
 
 async def _post(client: httpx.AsyncClient, body: dict, **kwargs: Any) -> httpx.Response:
-    return await client.post("/v1/encode", content=orjson.dumps(body),
-                             headers={"content-type": "application/json", **kwargs})
+    return await client.post(
+        "/v1/encode",
+        content=orjson.dumps(body),
+        headers={"content-type": "application/json", **kwargs},
+    )
 
 
 async def _same_answers(client: httpx.AsyncClient, rows: list[dict]) -> httpx.Response:
@@ -328,8 +410,9 @@ async def _same_answers(client: httpx.AsyncClient, rows: list[dict]) -> httpx.Re
         b = await _post(client, by_columns, **headers)
         assert a.status_code == b.status_code == 200, (a.text, b.text)
         assert a.headers["content-type"] == b.headers["content-type"]
-        assert a.headers.get("encode-header-content-length") == \
-               b.headers.get("encode-header-content-length")
+        assert a.headers.get("encode-header-content-length") == b.headers.get(
+            "encode-header-content-length"
+        )
         assert a.content == b.content
         answers.append(a)
     return answers[0]
@@ -345,8 +428,9 @@ async def test_columns_are_answered_exactly_as_their_rows(client, picks):
         assert len(answer["rows"]) == n
         stale += sum(any(r["stale"]) for r in answer["rows"])
         missing += sum(r["missing"].count(True) for r in answer["rows"])
-        odd += sum(type(r["request"]["amount"]) is int or r["request"]["country"] is None
-                   for r in rows)
+        odd += sum(
+            type(r["request"]["amount"]) is int or r["request"]["country"] is None for r in rows
+        )
     # The batches held what they should: stale views, missing values, converted values.
     assert stale > 50 and missing > 1000 and odd > 50
 
@@ -355,14 +439,16 @@ async def test_a_row_alone_is_answered_as_in_its_batch(client, picks):
     rows = generated_rows(picks, random.Random(31), 40)
     batch = (await _post(client, columns_body(rows))).json()["rows"]
     for i in range(0, 40, 3):
-        alone = (await _post(client, columns_body(rows[i:i + 1]))).json()["rows"]
-        assert orjson.dumps(alone) == orjson.dumps(batch[i:i + 1])
+        alone = (await _post(client, columns_body(rows[i : i + 1]))).json()["rows"]
+        assert orjson.dumps(alone) == orjson.dumps(batch[i : i + 1])
 
 
 def _counters(text: str) -> dict[str, float]:
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-            if line.startswith(("vigil_encoder_rows_encoded_total",
-                                "vigil_encoder_view_reads_total"))}
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(("vigil_encoder_rows_encoded_total", "vigil_encoder_view_reads_total"))
+    }
 
 
 async def test_columns_count_in_the_metrics_as_their_rows(client, picks):
@@ -372,8 +458,9 @@ async def test_columns_count_in_the_metrics_as_their_rows(client, picks):
         before = _counters((await client.get("/metrics")).text)
         assert (await _post(client, body)).status_code == 200
         after = _counters((await client.get("/metrics")).text)
-        deltas.append({k: v - before.get(k, 0.0) for k, v in after.items()
-                       if v != before.get(k, 0.0)})
+        deltas.append(
+            {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
+        )
     assert deltas[0] == deltas[1]
     assert deltas[0][f'vigil_encoder_rows_encoded_total{{feature_service="{SERVICE}"}}'] == 120
 
@@ -383,18 +470,34 @@ async def test_unused_entity_columns_and_request_fields_are_ignored(client, pick
     body = columns_body(rows)
     body["columns"]["entities"]["terminal_id"] = [f"t{i}" for i in range(9)]
     body["columns"]["request"]["note"] = ["x"] * 9
-    assert (await _post(client, body)).content == \
-           (await _post(client, {"feature_service": SERVICE, "rows": rows})).content
+    assert (await _post(client, body)).content == (
+        await _post(client, {"feature_service": SERVICE, "rows": rows})
+    ).content
 
 
 # --- refusals ---------------------------------------------------------------------------------
 
 
 def _valid_rows(n: int) -> list[dict]:
-    return [{"entities": {"card_id": f"c{i:03d}", "merchant_id": "m1", "device_id": NO_DEVICE_ID, "currency": "EUR"},
-             "request": {"amount": 10.0 + i, "txn_epoch": 1.7e9, "txn_hour": 12,
-                         "channel": "ecom", "country": "DE", "device_present": 0}}
-            for i in range(n)]
+    return [
+        {
+            "entities": {
+                "card_id": f"c{i:03d}",
+                "merchant_id": "m1",
+                "device_id": NO_DEVICE_ID,
+                "currency": "EUR",
+            },
+            "request": {
+                "amount": 10.0 + i,
+                "txn_epoch": 1.7e9,
+                "txn_hour": 12,
+                "channel": "ecom",
+                "country": "DE",
+                "device_present": 0,
+            },
+        }
+        for i in range(n)
+    ]
 
 
 def assert_problem(response: httpx.Response, status: int, slug: str) -> dict:
@@ -425,29 +528,38 @@ async def test_missing_request_column_names_it(client):
     assert _params(problem) == [("columns.request.txn_hour", "missing request field (Int64)")]
 
 
-@pytest.mark.parametrize(("field", "value", "reason"), [
-    ("amount", None, "must not be null (Float64)"),
-    ("amount", "12.5", "must be a number (Float64)"),
-    ("amount", math.nan, "must be a finite number (Float64)"),
-    ("txn_hour", 13.5, "must be an integer (Int64)"),
-    ("txn_hour", "13", "must be an integer (Int64)"),
-    ("channel", 5, "must be a string (String)"),
-], ids=str)
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("amount", None, "must not be null (Float64)"),
+        ("amount", "12.5", "must be a number (Float64)"),
+        ("amount", math.nan, "must be a finite number (Float64)"),
+        ("txn_hour", 13.5, "must be an integer (Int64)"),
+        ("txn_hour", "13", "must be an integer (Int64)"),
+        ("channel", 5, "must be a string (String)"),
+    ],
+    ids=str,
+)
 async def test_a_value_of_the_wrong_type_names_its_row(client, field, value, reason):
     rows = _valid_rows(5)
     rows[3]["request"][field] = value
     # NaN is not JSON: sent the way a sloppy client would, as a bare NaN token.
     content = json.dumps(columns_body(rows))
-    response = await client.post("/v1/encode", content=content,
-                                 headers={"content-type": "application/json"})
+    response = await client.post(
+        "/v1/encode", content=content, headers={"content-type": "application/json"}
+    )
     problem = assert_problem(response, 422, "validation-failed")
     assert _params(problem) == [(f"columns.request.{field}.3", reason)]
     # The same value sent as a row is refused for the same reason.
-    by_rows = await _post(client, {"feature_service": SERVICE, "rows": rows}) \
-        if value == value else response
+    by_rows = (
+        await _post(client, {"feature_service": SERVICE, "rows": rows})
+        if value == value
+        else response
+    )
     if value == value:
-        assert _params(assert_problem(by_rows, 422, "validation-failed")) == \
-               [(f"rows.3.request.{field}", reason)]
+        assert _params(assert_problem(by_rows, 422, "validation-failed")) == [
+            (f"rows.3.request.{field}", reason)
+        ]
 
 
 async def test_converted_values_are_accepted_as_in_rows(client):
@@ -458,21 +570,46 @@ async def test_converted_values_are_accepted_as_in_rows(client):
     await _same_answers(client, rows[:1])
 
 
-@pytest.mark.parametrize(("columns", "name", "reason"), [
-    ({"entities": {"card_id": ["c1", 5]}, "request": {}}, "columns.entities.card_id.1",
-     "Input should be a valid string"),
-    ({"entities": {"card_id": ["c1"]}, "request": {"amount": [[1]]}}, "columns.request.amount.0",
-     "Input should be a valid number; Input should be a valid integer; "
-     "Input should be a valid string"),
-    ({"entities": {"card_id": ["c1", "c2"]}, "request": {"amount": [1.0]}}, "columns",
-     "Value error, every column must have one value per row (the same length)"),
-    ({"entities": {"card_id": []}, "request": {}}, "columns",
-     "Value error, the columns hold no row"),
-    ({"entities": {"card_id": "c1"}, "request": {}}, "columns.entities.card_id",
-     "Input should be a valid list"),
-    ({"entities": {"card_id": ["c1"]}}, "columns.request", "Field required"),
-], ids=["entity-not-text", "value-not-scalar", "lengths-differ", "no-row", "not-a-list",
-        "no-request"])
+@pytest.mark.parametrize(
+    ("columns", "name", "reason"),
+    [
+        (
+            {"entities": {"card_id": ["c1", 5]}, "request": {}},
+            "columns.entities.card_id.1",
+            "Input should be a valid string",
+        ),
+        (
+            {"entities": {"card_id": ["c1"]}, "request": {"amount": [[1]]}},
+            "columns.request.amount.0",
+            "Input should be a valid number; Input should be a valid integer; "
+            "Input should be a valid string",
+        ),
+        (
+            {"entities": {"card_id": ["c1", "c2"]}, "request": {"amount": [1.0]}},
+            "columns",
+            "Value error, every column must have one value per row (the same length)",
+        ),
+        (
+            {"entities": {"card_id": []}, "request": {}},
+            "columns",
+            "Value error, the columns hold no row",
+        ),
+        (
+            {"entities": {"card_id": "c1"}, "request": {}},
+            "columns.entities.card_id",
+            "Input should be a valid list",
+        ),
+        ({"entities": {"card_id": ["c1"]}}, "columns.request", "Field required"),
+    ],
+    ids=[
+        "entity-not-text",
+        "value-not-scalar",
+        "lengths-differ",
+        "no-row",
+        "not-a-list",
+        "no-request",
+    ],
+)
 async def test_a_body_of_the_wrong_shape_names_the_field(client, columns, name, reason):
     body = {"feature_service": SERVICE, "columns": columns}
     problem = assert_problem(await _post(client, body), 422, "validation-failed")
@@ -486,19 +623,24 @@ async def test_both_forms_at_once_is_refused(client):
 
 
 async def test_unknown_feature_service_is_404(client):
-    assert_problem(await _post(client, columns_body(_valid_rows(2), "fraud_model_v9")), 404,
-                   "feature-service-not-found")
+    assert_problem(
+        await _post(client, columns_body(_valid_rows(2), "fraud_model_v9")),
+        404,
+        "feature-service-not-found",
+    )
 
 
 async def test_too_many_rows_is_413(feature_env):
     app = create_app(encoder_settings(feature_env, max_rows=5))
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app),
-                                     base_url="http://encoder") as c:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app), base_url="http://encoder"
+        ) as c:
             assert (await _post(c, columns_body(_valid_rows(5)))).status_code == 200
-            problem = assert_problem(await _post(c, columns_body(_valid_rows(6))), 413,
-                                     "too-many-rows")
-            by_rows = (await _post(c, {"feature_service": SERVICE, "rows": _valid_rows(6)}))
+            problem = assert_problem(
+                await _post(c, columns_body(_valid_rows(6))), 413, "too-many-rows"
+            )
+            by_rows = await _post(c, {"feature_service": SERVICE, "rows": _valid_rows(6)})
             assert problem["detail"] == by_rows.json()["detail"]
 
 
@@ -506,6 +648,8 @@ async def test_openapi_shows_both_forms(client):
     spec = (await client.get("/openapi.json")).json()
     body = spec["paths"]["/v1/encode"]["post"]["requestBody"]
     forms = body["content"]["application/json"]["schema"]["oneOf"]
-    assert [sorted(form["required"]) for form in forms] == [["feature_service", "rows"],
-                                                            ["columns", "feature_service"]]
+    assert [sorted(form["required"]) for form in forms] == [
+        ["feature_service", "rows"],
+        ["columns", "feature_service"],
+    ]
     assert "$ref" not in json.dumps(forms)

@@ -51,8 +51,10 @@ class FrozenClock:
 
 
 def settings(feature_env, **overrides: Any) -> EncoderSettings:
-    values: dict[str, Any] = {"redis_url": feature_env.redis.url,
-                                  "spec_path": feast_repo.spec_path(feature_env.repo)}
+    values: dict[str, Any] = {
+        "redis_url": feature_env.redis.url,
+        "spec_path": feast_repo.spec_path(feature_env.repo),
+    }
     values.update(overrides)
     return EncoderSettings(**values)
 
@@ -62,8 +64,15 @@ async def _pair(app: FastAPI, monkeypatch) -> AsyncIterator[Pair]:
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://encoder") as client:
         async with app.router.lifespan_context(app):
-            yield Pair(app, client, monkeypatch, routes=[declared_route(encoder_router, encode)],
-                       dependency=get_encoder, state_attr="encoder", logger="vigil_encoder")
+            yield Pair(
+                app,
+                client,
+                monkeypatch,
+                routes=[declared_route(encoder_router, encode)],
+                dependency=get_encoder,
+                state_attr="encoder",
+                logger="vigil_encoder",
+            )
 
 
 @pytest.fixture
@@ -73,16 +82,33 @@ async def pair(feature_env, monkeypatch) -> AsyncIterator[Pair]:
 
 
 def rows(n: int) -> list[dict[str, Any]]:
-    return [{"entities": {"card_id": f"c{i:03d}", "merchant_id": "m1", "device_id": NO_DEVICE_ID, "currency": "EUR"},
-             "request": {"amount": 10.0 + i, "txn_epoch": time.time(), "txn_hour": 12,
-                         "channel": "ecom", "country": "DE", "device_present": 0}}
-            for i in range(n)]
+    return [
+        {
+            "entities": {
+                "card_id": f"c{i:03d}",
+                "merchant_id": "m1",
+                "device_id": NO_DEVICE_ID,
+                "currency": "EUR",
+            },
+            "request": {
+                "amount": 10.0 + i,
+                "txn_epoch": time.time(),
+                "txn_hour": 12,
+                "channel": "ecom",
+                "country": "DE",
+                "device_present": 0,
+            },
+        }
+        for i in range(n)
+    ]
 
 
 def columns(n: int) -> dict[str, Any]:
     given = rows(n)
-    return {part: {name: [row[part][name] for row in given] for name in given[0][part]}
-            for part in ("entities", "request")}
+    return {
+        part: {name: [row[part][name] for row in given] for name in given[0][part]}
+        for part in ("entities", "request")
+    }
 
 
 def assert_problem(response: httpx.Response, status: int, slug: str) -> dict[str, Any]:
@@ -95,8 +121,11 @@ def assert_problem(response: httpx.Response, status: int, slug: str) -> dict[str
 
 
 @pytest.mark.parametrize("form", ["rows", "columns"])
-@pytest.mark.parametrize("accept", [{}, BINARY, {"accept": f"{BINARY_MEDIA_TYPE};q=0"}],
-                         ids=["json", "binary", "binary-refused"])
+@pytest.mark.parametrize(
+    "accept",
+    [{}, BINARY, {"accept": f"{BINARY_MEDIA_TYPE};q=0"}],
+    ids=["json", "binary", "binary-refused"],
+)
 async def test_answers_are_equal(pair: Pair, form: str, accept: dict[str, str]) -> None:
     body = {"feature_service": SERVICE, form: rows(3) if form == "rows" else columns(3)}
     lane, fastapi, *logs = await pair.send("POST", ENCODE, json=body, headers=accept)
@@ -115,41 +144,124 @@ async def test_answers_are_equal(pair: Pair, form: str, accept: dict[str, str]) 
 @pytest.mark.parametrize(
     "kwargs,deferred,status,slug,names",
     [
-        ({"json": {"feature_service": "fraud_model_v9", "rows": rows(1)}}, False, 404,
-         "feature-service-not-found", None),
+        (
+            {"json": {"feature_service": "fraud_model_v9", "rows": rows(1)}},
+            False,
+            404,
+            "feature-service-not-found",
+            None,
+        ),
         # What the lane does not plainly take, FastAPI answers.
-        ({"content": b"{not json", "headers": {"content-type": "application/json"}}, True, 422,
-         "validation-failed", ["1"]),
-        ({"content": b"", "headers": {"content-type": "application/json"}}, True, 422,
-         "validation-failed", None),
-        ({"json": [{"feature_service": SERVICE, "rows": rows(1)}]}, True, 422,
-         "validation-failed", None),
-        ({"content": json.dumps({"feature_service": SERVICE, "rows": rows(1)}),
-          "headers": {"content-type": "text/plain"}}, True, 422, "validation-failed", None),
-        ({"content": b"null", "headers": {"content-type": "application/json"}}, True, 422,
-         "validation-failed", None),
+        (
+            {"content": b"{not json", "headers": {"content-type": "application/json"}},
+            True,
+            422,
+            "validation-failed",
+            ["1"],
+        ),
+        (
+            {"content": b"", "headers": {"content-type": "application/json"}},
+            True,
+            422,
+            "validation-failed",
+            None,
+        ),
+        (
+            {"json": [{"feature_service": SERVICE, "rows": rows(1)}]},
+            True,
+            422,
+            "validation-failed",
+            None,
+        ),
+        (
+            {
+                "content": json.dumps({"feature_service": SERVICE, "rows": rows(1)}),
+                "headers": {"content-type": "text/plain"},
+            },
+            True,
+            422,
+            "validation-failed",
+            None,
+        ),
+        (
+            {"content": b"null", "headers": {"content-type": "application/json"}},
+            True,
+            422,
+            "validation-failed",
+            None,
+        ),
         # NaN: JSON only the standard parser reads (a bare token), then refused by the model.
-        ({"content": json.dumps({"feature_service": SERVICE,
-                                 "rows": [{**rows(1)[0], "request": {**rows(1)[0]["request"],
-                                                                    "amount": float("nan")}}]}),
-          "headers": {"content-type": "application/json"}}, True, 422, "validation-failed",
-         ["rows.0.request.amount"]),
+        (
+            {
+                "content": json.dumps(
+                    {
+                        "feature_service": SERVICE,
+                        "rows": [
+                            {
+                                **rows(1)[0],
+                                "request": {**rows(1)[0]["request"], "amount": float("nan")},
+                            }
+                        ],
+                    }
+                ),
+                "headers": {"content-type": "application/json"},
+            },
+            True,
+            422,
+            "validation-failed",
+            ["rows.0.request.amount"],
+        ),
         # A body the lane reads, refused by the encoder's parse.
         ({"json": {"feature_service": SERVICE}}, False, 422, "validation-failed", ["rows"]),
-        ({"json": {"feature_service": SERVICE,
-                   "rows": [{**rows(1)[0], "request": {**rows(1)[0]["request"],
-                                                       "amount": "lots"}}]}},
-         False, 422, "validation-failed", ["rows.0.request.amount"]),
-        ({"json": {"feature_service": SERVICE,
-                   "columns": {**columns(2), "request": {**columns(2)["request"],
-                                                         "txn_hour": [12, "noon"]}}}},
-         False, 422, "validation-failed", None),
+        (
+            {
+                "json": {
+                    "feature_service": SERVICE,
+                    "rows": [
+                        {**rows(1)[0], "request": {**rows(1)[0]["request"], "amount": "lots"}}
+                    ],
+                }
+            },
+            False,
+            422,
+            "validation-failed",
+            ["rows.0.request.amount"],
+        ),
+        (
+            {
+                "json": {
+                    "feature_service": SERVICE,
+                    "columns": {
+                        **columns(2),
+                        "request": {**columns(2)["request"], "txn_hour": [12, "noon"]},
+                    },
+                }
+            },
+            False,
+            422,
+            "validation-failed",
+            None,
+        ),
     ],
-    ids=["unknown-service", "invalid-json", "empty", "array", "wrong-content-type", "null",
-         "nan", "missing-field", "bad-row-value", "bad-column-value"],
+    ids=[
+        "unknown-service",
+        "invalid-json",
+        "empty",
+        "array",
+        "wrong-content-type",
+        "null",
+        "nan",
+        "missing-field",
+        "bad-row-value",
+        "bad-column-value",
+    ],
 )
 async def test_problems_are_equal(
-    pair: Pair, kwargs: dict[str, Any], deferred: bool, status: int, slug: str,
+    pair: Pair,
+    kwargs: dict[str, Any],
+    deferred: bool,
+    status: int,
+    slug: str,
     names: list[str] | None,
 ) -> None:
     lane, fastapi, *logs = await pair.send("POST", ENCODE, lane=not deferred, **kwargs)
@@ -161,10 +273,16 @@ async def test_problems_are_equal(
 
 async def test_another_spelling_of_json_is_deferred_and_answered(pair: Pair) -> None:
     content = json.dumps({"feature_service": SERVICE, "columns": columns(2)})
-    for content_type in ("application/json; charset=utf-8", "Application/JSON",
-                         "application/vnd.vigil+json"):
+    for content_type in (
+        "application/json; charset=utf-8",
+        "Application/JSON",
+        "application/vnd.vigil+json",
+    ):
         lane, fastapi, *logs = await pair.send(
-            "POST", ENCODE, lane=False, content=content,
+            "POST",
+            ENCODE,
+            lane=False,
+            content=content,
             headers={"content-type": content_type, **BINARY},
         )
         assert_same(lane, fastapi, *logs)
@@ -177,11 +295,14 @@ async def test_a_body_in_chunks_is_equal(pair: Pair) -> None:
     class Chunks:  # a new stream of 500-byte chunks for each of the two requests
         async def __aiter__(self) -> AsyncIterator[bytes]:
             for start in range(0, len(content), 500):
-                yield content[start:start + 500]
+                yield content[start : start + 500]
 
     for deferred, content_type in ((False, "application/json"), (True, "application/x+json")):
         lane, fastapi, *logs = await pair.send(
-            "POST", ENCODE, lane=not deferred, content=Chunks(),
+            "POST",
+            ENCODE,
+            lane=not deferred,
+            content=Chunks(),
             headers={"content-type": content_type},
         )
         assert_same(lane, fastapi, *logs)
@@ -190,18 +311,32 @@ async def test_a_body_in_chunks_is_equal(pair: Pair) -> None:
 
 async def test_a_client_gone_while_sending_is_equal(pair: Pair) -> None:
     content = json.dumps({"feature_service": SERVICE, "rows": rows(2)}).encode()
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-             "method": "POST", "scheme": "http", "path": ENCODE, "raw_path": ENCODE.encode(),
-             "root_path": "", "query_string": b"", "client": ("127.0.0.1", 1),
-             "server": ("encoder", 80),
-             "headers": [(b"host", b"encoder"), (b"content-type", b"application/json"),
-                         (b"x-request-id", b"lane-1")]}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": ENCODE,
+        "raw_path": ENCODE.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "client": ("127.0.0.1", 1),
+        "server": ("encoder", 80),
+        "headers": [
+            (b"host", b"encoder"),
+            (b"content-type", b"application/json"),
+            (b"x-request-id", b"lane-1"),
+        ],
+    }
 
     async def answer(through_fastapi: bool) -> list[dict[str, Any]]:
         if through_fastapi:
             pair.app.dependency_overrides[get_encoder] = provider(pair.app.state.encoder)
-        messages = [{"type": "http.request", "body": content[:10], "more_body": True},
-                    {"type": "http.disconnect"}]
+        messages = [
+            {"type": "http.request", "body": content[:10], "more_body": True},
+            {"type": "http.disconnect"},
+        ]
 
         async def receive() -> dict[str, Any]:
             return messages.pop(0) if messages else {"type": "http.disconnect"}
@@ -226,8 +361,10 @@ async def test_a_client_gone_while_sending_is_equal(pair: Pair) -> None:
 
 async def test_too_many_rows_is_equal(feature_env, monkeypatch) -> None:
     async for pair in _pair(create_app(settings(feature_env, max_rows=2)), monkeypatch):
-        for body in ({"feature_service": SERVICE, "rows": rows(3)},
-                     {"feature_service": SERVICE, "columns": columns(3)}):
+        for body in (
+            {"feature_service": SERVICE, "rows": rows(3)},
+            {"feature_service": SERVICE, "columns": columns(3)},
+        ):
             lane, fastapi, *logs = await pair.send("POST", ENCODE, json=body)
             assert_same(lane, fastapi, *logs)
             assert_problem(lane, 413, "too-many-rows")
@@ -261,13 +398,19 @@ async def test_unexpected_exception_is_the_same_generic_500(pair: Pair, monkeypa
 async def test_metric_labels_are_the_declared_template(pair: Pair) -> None:
     await pair.send("POST", ENCODE, json={"feature_service": SERVICE, "rows": rows(1)})
     await pair.send("POST", ENCODE, json={"feature_service": SERVICE})
-    await pair.send("POST", ENCODE, lane=False, content=b"[]",
-                    headers={"content-type": "application/json"})
+    await pair.send(
+        "POST", ENCODE, lane=False, content=b"[]", headers={"content-type": "application/json"}
+    )
     text = (await pair.client.get("/metrics")).text
 
     def count(status: int) -> float:
-        pattern = (r'vigil_encoder_requests_total\{method="POST",(?:outcome="[^"]*",)?route="'
-                   + re.escape(ENCODE) + r'",status="' + str(status) + r'"\} (\S+)')
+        pattern = (
+            r'vigil_encoder_requests_total\{method="POST",(?:outcome="[^"]*",)?route="'
+            + re.escape(ENCODE)
+            + r'",status="'
+            + str(status)
+            + r'"\} (\S+)'
+        )
         match = re.search(pattern, text)
         return float(match.group(1)) if match else 0.0
 

@@ -72,8 +72,15 @@ def test_value_decoding_equals_feast(value):
 
 
 def test_declared_dtypes_decode_like_feast():
-    samples = {"Bytes": b"x", "String": "s", "Int32": 3, "Int64": 2**40, "Float64": 0.5,
-               "Float32": 0.25, "Bool": True}
+    samples = {
+        "Bytes": b"x",
+        "String": "s",
+        "Int32": 3,
+        "Int64": 2**40,
+        "Float64": 0.5,
+        "Float32": 0.25,
+        "Bool": True,
+    }
     assert set(SCALAR_DTYPES) == set(samples)
     for dtype, member in SCALAR_DTYPES.items():
         raw = FeastValue(**{member: samples[dtype]}).SerializeToString()
@@ -85,7 +92,11 @@ def test_missing_field_decodes_to_none_like_feast():
     # Feast never writes null_val (a null is an empty Value); its feature server reads it as
     # null, while the SDK's type_map would hand out the enum's 0. Null is the meaning.
     assert decode_value(FeastValue(null_val=0).SerializeToString()) is None
-    assert decode_values([None, b"", FeastValue(int64_val=3).SerializeToString()]) == [None, None, 3]
+    assert decode_values([None, b"", FeastValue(int64_val=3).SerializeToString()]) == [
+        None,
+        None,
+        3,
+    ]
 
 
 def test_value_descriptor_matches_feast_field_numbers_and_types():
@@ -95,14 +106,18 @@ def test_value_descriptor_matches_feast_field_numbers_and_types():
     for field in ours.fields:
         twin = theirs.fields_by_name[field.name]
         assert (field.number, field.type, field.containing_oneof.name) == (
-            twin.number, twin.type, twin.containing_oneof.name)
+            twin.number,
+            twin.type,
+            twin.containing_oneof.name,
+        )
 
 
 def test_timestamp_decoding():
     ts = Timestamp()
     ts.FromDatetime(datetime(2026, 3, 1, 12, 30, 15, 250_000, tzinfo=UTC))
     assert decode_timestamp(ts.SerializeToString()) == pytest.approx(
-        datetime(2026, 3, 1, 12, 30, 15, 250_000, tzinfo=UTC).timestamp(), abs=1e-6)
+        datetime(2026, 3, 1, 12, 30, 15, 250_000, tzinfo=UTC).timestamp(), abs=1e-6
+    )
     assert decode_timestamp(None) is None
 
 
@@ -129,7 +144,8 @@ def test_entity_key_serialization_equals_feast(entities):
     )
     codec = EntityKeyCodec(list(entities), project="vigil")
     assert codec.serialize(entities) == serialize_entity_key(
-        proto, entity_key_serialization_version=3)
+        proto, entity_key_serialization_version=3
+    )
     assert codec.redis_key(entities) == _redis_key("vigil", proto, 3)
 
 
@@ -140,10 +156,15 @@ def test_entity_key_refuses_other_types():
         EntityKeyCodec(["card_id"], "vigil").serialize({"card_id": True})
 
 
-@pytest.mark.parametrize("view,feature", [
-    ("card_stats", "card_txn_count_1h"), ("merchant_stats", "merchant_night_share_7d"),
-    ("device_stats", "device_first_seen_epoch"), ("v", "ü"),
-])
+@pytest.mark.parametrize(
+    "view,feature",
+    [
+        ("card_stats", "card_txn_count_1h"),
+        ("merchant_stats", "merchant_night_share_7d"),
+        ("device_stats", "device_first_seen_epoch"),
+        ("v", "ü"),
+    ],
+)
 def test_field_names_equal_feast(view, feature):
     assert field_name(view, feature) == _mmh3(f"{view}:{feature}")
     assert timestamp_field(view) == f"_ts:{view}".encode()

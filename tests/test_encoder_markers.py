@@ -15,7 +15,9 @@ from vigil_contracts.online_markers import marker_key
 from vigil_encoder.app import create_app
 from vigil_encoder.settings import EncoderSettings
 
-AGE = re.compile(r'^vigil_encoder_feature_view_age_seconds\{feature_view="(\w+)"\} (\S+)$', re.MULTILINE)
+AGE = re.compile(
+    r'^vigil_encoder_feature_view_age_seconds\{feature_view="(\w+)"\} (\S+)$', re.MULTILINE
+)
 
 
 @pytest.fixture
@@ -25,16 +27,19 @@ def empty_redis():
     server.stop()
 
 
-async def test_never_loaded_store_is_not_ready_until_materialized(feature_env, empty_redis,
-                                                                   tmp_path, monkeypatch):
+async def test_never_loaded_store_is_not_ready_until_materialized(
+    feature_env, empty_redis, tmp_path, monkeypatch
+):
     spec = feast_repo.load_serving_spec(feature_env.repo)
     views = sorted({v for svc in spec.feature_services.values() for v in svc.views})
-    settings = EncoderSettings(redis_url=empty_redis.url,
-                               spec_path=feast_repo.spec_path(feature_env.repo))
+    settings = EncoderSettings(
+        redis_url=empty_redis.url, spec_path=feast_repo.spec_path(feature_env.repo)
+    )
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app),
-                                     base_url="http://encoder") as client:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app), base_url="http://encoder"
+        ) as client:
             ready = await client.get("/readyz")
             assert ready.status_code == 503
             assert ready.headers["content-type"].startswith("application/problem+json")
@@ -42,8 +47,10 @@ async def test_never_loaded_store_is_not_ready_until_materialized(feature_env, e
             assert body["type"].endswith("/encoder-not-ready")
             assert body["checks"]["redis"]["ready"] is True
             assert body["checks"]["features"]["ready"] is False
-            assert (f"online store holds no features for {', '.join(views)}: "
-                    "run `vigil materialize --full`") in body["detail"]
+            assert (
+                f"online store holds no features for {', '.join(views)}: "
+                "run `vigil materialize --full`"
+            ) in body["detail"]
             assert not AGE.findall((await client.get("/metrics")).text)
 
             # A real load into that Redis, from a copy of the session's repo (its registry's
@@ -70,7 +77,10 @@ async def test_never_loaded_store_is_not_ready_until_materialized(feature_env, e
             redis.close()
             ready = await client.get("/readyz")
             assert ready.status_code == 503
-            assert "no features for device_stats: run `vigil materialize --full`" in ready.json()["detail"]
+            assert (
+                "no features for device_stats: run `vigil materialize --full`"
+                in ready.json()["detail"]
+            )
             assert "device_stats" not in dict(AGE.findall((await client.get("/metrics")).text))
 
 
@@ -82,8 +92,11 @@ def test_counted_rows_are_the_latest_row_of_each_entity_in_the_window(feature_en
         markers = materialization.read_markers(redis, spec.project, ["merchant_stats"])
         marker = markers["merchant_stats"]
         assert marker is not None and marker.rows > 0
-        stored = sum(1 for key in redis.scan_iter(count=1000)
-                     if not key.startswith(b"vigil:") and redis.hexists(key, "_ts:merchant_stats"))
+        stored = sum(
+            1
+            for key in redis.scan_iter(count=1000)
+            if not key.startswith(b"vigil:") and redis.hexists(key, "_ts:merchant_stats")
+        )
     finally:
         redis.close()
     assert marker.rows == stored

@@ -22,10 +22,25 @@ FAST = 0.8
 
 
 def rows(n: int = 3) -> list[dict]:
-    return [{"entities": {"card_id": f"c{i}", "merchant_id": "m1", "device_id": NO_DEVICE_ID, "currency": "EUR"},
-             "request": {"amount": 5.0, "txn_epoch": time.time(), "txn_hour": 9,
-                         "channel": "pos", "country": "DE", "device_present": 0}}
-            for i in range(n)]
+    return [
+        {
+            "entities": {
+                "card_id": f"c{i}",
+                "merchant_id": "m1",
+                "device_id": NO_DEVICE_ID,
+                "currency": "EUR",
+            },
+            "request": {
+                "amount": 5.0,
+                "txn_epoch": time.time(),
+                "txn_hour": 9,
+                "channel": "pos",
+                "country": "DE",
+                "device_present": 0,
+            },
+        }
+        for i in range(n)
+    ]
 
 
 async def timed_encode(client: httpx.AsyncClient) -> tuple[httpx.Response, float]:
@@ -61,12 +76,14 @@ def mark_loaded(feature_env, port: int) -> None:
 async def outage_client(feature_env):
     """An encoder pointed at a port where nothing listens (yet)."""
     port = free_port()
-    settings = EncoderSettings(redis_url=f"redis://127.0.0.1:{port}/0",
-                               spec_path=feast_repo.spec_path(feature_env.repo))
+    settings = EncoderSettings(
+        redis_url=f"redis://127.0.0.1:{port}/0", spec_path=feast_repo.spec_path(feature_env.repo)
+    )
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app),
-                                     base_url="http://encoder") as client:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app), base_url="http://encoder"
+        ) as client:
             yield client, port
 
 

@@ -18,17 +18,33 @@ from vigil_encoder.errors import InvalidEncodeRequest
 from vigil_encoder.rest import parse_encode_request
 from vigil_encoder.validation import _request_value, check_columns, check_rows
 
-FIELDS = {"amount": "Float64", "txn_epoch": "Float64", "txn_hour": "Int64", "channel": "String",
-          "country": "String", "device_present": "Int64", "flag": "Bool"}
+FIELDS = {
+    "amount": "Float64",
+    "txn_epoch": "Float64",
+    "txn_hour": "Int64",
+    "channel": "String",
+    "country": "String",
+    "device_present": "Int64",
+    "flag": "Bool",
+}
 PLAN = SimpleNamespace(name="svc", request_fields=FIELDS, join_keys=("card_id", "merchant_id"))
 
 
 def row(**request: Any) -> dict[str, Any]:
-    values = {"amount": 12.5, "txn_epoch": 1.7e9, "txn_hour": 3, "channel": "pos", "country": "DE",
-              "device_present": 1, "flag": True}
+    values = {
+        "amount": 12.5,
+        "txn_epoch": 1.7e9,
+        "txn_hour": 3,
+        "channel": "pos",
+        "country": "DE",
+        "device_present": 1,
+        "flag": True,
+    }
     values.update(request)
-    return {"entities": {"card_id": "c1", "merchant_id": "m1"},
-            "request": {k: v for k, v in values.items() if v is not ...}}
+    return {
+        "entities": {"card_id": "c1", "merchant_id": "m1"},
+        "request": {k: v for k, v in values.items() if v is not ...},
+    }
 
 
 def _expected(body: Any) -> tuple[str, list[dict[str, Any]]] | list[dict[str, Any]]:
@@ -36,8 +52,12 @@ def _expected(body: Any) -> tuple[str, list[dict[str, Any]]] | list[dict[str, An
     try:
         request = EncodeRequest.model_validate(body, from_attributes=True)
     except ValidationError as exc:
-        return [{"loc": ("body", *e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-    return request.feature_service, [{"entities": r.entities, "request": r.request} for r in request.rows]
+        return [
+            {"loc": ("body", *e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()
+        ]
+    return request.feature_service, [
+        {"entities": r.entities, "request": r.request} for r in request.rows
+    ]
 
 
 BODIES: list[Any] = [
@@ -56,7 +76,10 @@ BODIES: list[Any] = [
     {"feature_service": "svc", "rows": {"a": 1}},
     {"feature_service": 5, "rows": [row()]},
     {"rows": [row()]},
-    [1, 2], "text", None, b"raw bytes",
+    [1, 2],
+    "text",
+    None,
+    b"raw bytes",
     # one odd row among plain ones, at each level the batch is checked at
     {"feature_service": "svc", "rows": [row(), row(), {"entities": {"card_id": 5}, "request": {}}]},
     {"feature_service": "svc", "rows": [row(), row(amount=True), row()]},
@@ -76,12 +99,16 @@ def test_a_body_reads_as_the_model_reads_it(body: Any) -> None:
     if isinstance(expected, list):
         with pytest.raises(RequestValidationError) as caught:
             parse_encode_request(body)
-        assert [{k: e[k] for k in ("loc", "msg", "type")} for e in caught.value.errors()] == expected
+        assert [
+            {k: e[k] for k in ("loc", "msg", "type")} for e in caught.value.errors()
+        ] == expected
     else:
         assert parse_encode_request(body) == expected
 
 
-def _checked_field_by_field(rows: list[dict[str, Any]]) -> list[dict[str, Any]] | list[tuple[str, str]]:
+def _checked_field_by_field(
+    rows: list[dict[str, Any]],
+) -> list[dict[str, Any]] | list[tuple[str, str]]:
     """The row checks without their fast path: converted rows, or (name, reason) of problems."""
     problems, converted = [], []
     for i, r in enumerate(rows):
@@ -103,8 +130,25 @@ def _checked_field_by_field(rows: list[dict[str, Any]]) -> list[dict[str, Any]] 
     return problems[:20] if problems else converted
 
 
-CANDIDATES = [None, True, False, 0, 1, 7, -3, 2**70, 0.0, 13.0, 13.5, -1e300, math.nan, math.inf,
-              "", "x", "13"]
+CANDIDATES = [
+    None,
+    True,
+    False,
+    0,
+    1,
+    7,
+    -3,
+    2**70,
+    0.0,
+    13.0,
+    13.5,
+    -1e300,
+    math.nan,
+    math.inf,
+    "",
+    "x",
+    "13",
+]
 
 
 def test_row_checks_equal_field_by_field_checks() -> None:
@@ -126,8 +170,9 @@ def test_row_checks_equal_field_by_field_checks() -> None:
         assert got == expected
         if expected and isinstance(expected[0], dict):
             # Same values *and* types (1 and 1.0 and True compare equal).
-            assert [[type(v) for v in r.values()] for r in got] == \
-                   [[type(v) for v in r.values()] for r in expected]
+            assert [[type(v) for v in r.values()] for r in got] == [
+                [type(v) for v in r.values()] for r in expected
+            ]
 
 
 def test_many_bad_rows_report_at_most_twenty_fields() -> None:
@@ -155,9 +200,14 @@ def test_column_checks_equal_row_checks() -> None:
     for _ in range(1500):
         rows = []
         for _ in range(rng.choice([1, 2, 5, 40])):
-            r = row(amount=rng.uniform(-1e6, 1e6), txn_epoch=rng.uniform(0, 2e9),
-                    txn_hour=rng.randrange(24), country=rng.choice(["DE", "", None]),
-                    device_present=rng.choice([0, 1]), flag=rng.choice([True, False]))
+            r = row(
+                amount=rng.uniform(-1e6, 1e6),
+                txn_epoch=rng.uniform(0, 2e9),
+                txn_hour=rng.randrange(24),
+                country=rng.choice(["DE", "", None]),
+                device_present=rng.choice([0, 1]),
+                flag=rng.choice([True, False]),
+            )
             if rng.random() < 0.03:
                 r["request"][rng.choice(list(FIELDS))] = rng.choice(CANDIDATES + [1e308])
             if rng.random() < 0.01:
@@ -174,8 +224,9 @@ def test_column_checks_equal_row_checks() -> None:
             expected = _as_columns(want[1])
             assert got[0] == "ok" and list(got[1]) == list(FIELDS)
             assert got[1] == expected
-            assert {k: list(map(type, v)) for k, v in got[1].items()} == \
-                   {k: list(map(type, v)) for k, v in expected.items()}
+            assert {k: list(map(type, v)) for k, v in got[1].items()} == {
+                k: list(map(type, v)) for k, v in expected.items()
+            }
         else:
             assert got == want
     assert seen["ok"] > 500 and seen["problem"] > 200

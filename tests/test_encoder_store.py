@@ -119,7 +119,9 @@ async def test_a_lost_server_fails_the_batch():
 
 
 @asynccontextmanager
-async def _own_redis(timeout_s: float, hashes: dict[bytes, bytes]) -> AsyncIterator[tuple[Any, OnlineStore]]:
+async def _own_redis(
+    timeout_s: float, hashes: dict[bytes, bytes]
+) -> AsyncIterator[tuple[Any, OnlineStore]]:
     """A private Redis holding ``hashes`` (key -> the first field's value) and a store open on
     it; both closed afterwards."""
     from vigil.redis_server import RedisServer

@@ -28,14 +28,20 @@ def body(n: int = 3) -> dict:
     rows = []
     for i in range(n):
         values = [float(i) + 0.125, None if i % 2 else 1e-300, -2.5e10 * i]
-        rows.append({
-            "values": values,
-            "missing": [v is None for v in values],
-            "stale": [bool(i % 2), False, False],
-            "age_seconds": [None if v is None else 60.0 * i for v in values[:2]] + [0.0],
-        })
-    out = {"feature_service": "svc", "feature_names": NAMES, "feature_contract": "sha256:ab",
-           "rows": rows}
+        rows.append(
+            {
+                "values": values,
+                "missing": [v is None for v in values],
+                "stale": [bool(i % 2), False, False],
+                "age_seconds": [None if v is None else 60.0 * i for v in values[:2]] + [0.0],
+            }
+        )
+    out = {
+        "feature_service": "svc",
+        "feature_names": NAMES,
+        "feature_contract": "sha256:ab",
+        "rows": rows,
+    }
     EncodeResponse.model_validate(out)  # a valid JSON answer to begin with
     return out
 
@@ -46,7 +52,10 @@ def test_round_trip_gives_back_every_value_flag_and_age() -> None:
     parsed = parse_binary_encode_response(raw, str(header_length), 5)
     same = parse_encode_response(json.dumps(data).encode(), 5)
     assert (parsed.feature_service, parsed.feature_names, parsed.feature_contract) == (
-        same.feature_service, same.feature_names, same.feature_contract)
+        same.feature_service,
+        same.feature_names,
+        same.feature_contract,
+    )
     for got, want in zip(parsed.rows, same.rows, strict=True):
         assert got.values == want.values
         assert got.age_seconds == want.age_seconds
@@ -55,7 +64,9 @@ def test_round_trip_gives_back_every_value_flag_and_age() -> None:
     # The predictor gets the same FP32 matrix either way, for every row or a choice of them.
     assert parsed.features(range(5)) == same.features(range(5))
     assert parsed.features([4, 0, 2]) == same.features([4, 0, 2])
-    assert parsed.features([4, 0, 2]) == Features.from_rows([same.rows[i].values for i in (4, 0, 2)])
+    assert parsed.features([4, 0, 2]) == Features.from_rows(
+        [same.rows[i].values for i in (4, 0, 2)]
+    )
 
 
 def _frame(header: dict, tensors: bytes) -> tuple[bytes, str]:
@@ -68,9 +79,20 @@ def _split(data: dict) -> tuple[dict, bytes]:
     return json.loads(raw[:length]), raw[length:]
 
 
-@pytest.mark.parametrize("change", [
-    "rows", "tensor order", "datatype", "shape", "size", "trailing", "short", "flag", "names",
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        "rows",
+        "tensor order",
+        "datatype",
+        "shape",
+        "size",
+        "trailing",
+        "short",
+        "flag",
+        "names",
+    ],
+)
 def test_a_malformed_binary_answer_is_refused(change: str) -> None:
     header, tensors = _split(body(2))
     n = 2
@@ -109,10 +131,10 @@ def test_the_tensors_are_little_endian_in_the_declared_order() -> None:
     raw, length = encode_binary(body(2))
     header = json.loads(raw[:length])
     assert [t["name"] for t in header["tensors"]] == [name for name, _, _ in BINARY_TENSORS]
-    values = raw[length:length + 6 * 8]
+    values = raw[length : length + 6 * 8]
     assert values[:8] == struct.pack("<d", 0.125)
     assert math.isnan(struct.unpack("<d", values[32:40])[0])  # row 1's missing value is NaN
-    flags = raw[length + 12 * 8:]
+    flags = raw[length + 12 * 8 :]
     assert flags == bytes([0, 0, 0, 0, 1, 0]) + bytes([0, 0, 0, 1, 0, 0])  # missing, then stale
 
 
@@ -130,8 +152,9 @@ def test_the_serving_policy_reads_both_forms_alike(stale_is_uncertain, max_missi
     raw, length = encode_binary(data)
     binary = parse_binary_encode_response(raw, str(length), 6)
     plain = parse_encode_response(json.dumps(data).encode(), 6)
-    policy = ServingPolicy(max_missing_stored_fraction=max_missing,
-                           stale_is_uncertain=stale_is_uncertain)
+    policy = ServingPolicy(
+        max_missing_stored_fraction=max_missing, stale_is_uncertain=stale_is_uncertain
+    )
     stored = stored_mask(NAMES)
     verdicts = [policy_verdict(row, stored, policy) for row in binary.rows]
     assert verdicts == [policy_verdict(row, stored, policy) for row in plain.rows]
@@ -153,8 +176,9 @@ def test_flat_lists_pack_to_the_same_bytes_as_rows(n: int) -> None:
         return [x for row in rows for x in row[key]]
 
     header = binary_header(data["feature_service"], NAMES, data["feature_contract"], n)
-    packed = encode_binary_flat(header, flat("values"), flat("age_seconds"), flat("missing"),
-                                flat("stale"))
+    packed = encode_binary_flat(
+        header, flat("values"), flat("age_seconds"), flat("missing"), flat("stale")
+    )
     assert packed == encode_binary(data) == encode_binary(body(n))
     decoded = decode_binary(packed[0], str(packed[1]), n)
     assert (decoded.n_rows, decoded.width) == (n, len(NAMES))

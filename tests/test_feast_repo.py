@@ -36,7 +36,9 @@ def spec(feature_env):
 
 def test_serving_spec_follows_the_feature_service(store, spec):
     service = store.get_feature_service("fraud_model_v1")
-    declared = [f"{p.name_to_use()}__{f.name}" for p in service.feature_view_projections for f in p.features]
+    declared = [
+        f"{p.name_to_use()}__{f.name}" for p in service.feature_view_projections for f in p.features
+    ]
     assert spec.feature_names == declared
     assert len([f for f in spec.features if f.kind == "stored"]) >= 15
     # The FX table is read by the on-demand view (the amount in EUR), served by no feature itself.
@@ -47,8 +49,10 @@ def test_serving_spec_follows_the_feature_service(store, spec):
     assert list(spec.on_demand["request_features"].outputs) == list(OUTPUT_FEATURES)
 
 
-@pytest.mark.parametrize("table,key", [("card_stats", "card_id"), ("merchant_stats", "merchant_id"),
-                                       ("device_stats", "device_id")])
+@pytest.mark.parametrize(
+    "table,key",
+    [("card_stats", "card_id"), ("merchant_stats", "merchant_id"), ("device_stats", "device_id")],
+)
 def test_online_features_equal_latest_offline_rows(feature_env, store, table, key):
     offline = pd.read_parquet(feast_repo.offline_dir(feature_env.repo) / f"{table}.parquet")
     latest = offline.sort_values("event_timestamp").groupby(key).tail(1)
@@ -60,7 +64,8 @@ def test_online_features_equal_latest_offline_rows(feature_env, store, table, ke
     sample = recent.sample(n=min(40, len(recent)), random_state=3)
     features = [c for c in offline.columns if c not in (key, "event_timestamp")]
     online = store.get_online_features(
-        features=[f"{table}:{f}" for f in features], entity_rows=[{key: k} for k in sample[key]],
+        features=[f"{table}:{f}" for f in features],
+        entity_rows=[{key: k} for k in sample[key]],
     ).to_dict()
     for i, (_, row) in enumerate(sample.iterrows()):
         for f in features:
@@ -115,8 +120,12 @@ def test_the_repo_also_runs_on_the_embedded_sqlite_online_store(feature_env, tmp
     assert (repo / "data" / "online.db").is_file()
     offline = pd.read_parquet(feast_repo.offline_dir(repo) / "merchant_stats.parquet")
     latest = offline.sort_values("event_timestamp").groupby("merchant_id").tail(1).iloc[-1]
-    online = feast_repo.open_store(repo).get_online_features(
-        features=["merchant_stats:merchant_txn_count_7d"],
-        entity_rows=[{"merchant_id": latest["merchant_id"]}],
-    ).to_dict()
+    online = (
+        feast_repo.open_store(repo)
+        .get_online_features(
+            features=["merchant_stats:merchant_txn_count_7d"],
+            entity_rows=[{"merchant_id": latest["merchant_id"]}],
+        )
+        .to_dict()
+    )
     assert online["merchant_txn_count_7d"] == [latest["merchant_txn_count_7d"]]

@@ -70,17 +70,30 @@ REDIS_DB = 7  # the session Redis's db 0 holds Feast's online store: keep out of
 # Online-store contents of the encoder stand-in (stored features and the inputs the on-demand
 # transform reads).
 CARDS = {
-    "card_good": {"card_txn_count_1h": 0, "card_amount_avg_30d": 100.0, "card_amount_std_30d": 40.0,
-                  "card_last_txn_epoch": 1_717_000_000.0, "card_home_country": "DE"},
-    "card_busy": {"card_txn_count_1h": 5, "card_amount_avg_30d": 100.0, "card_amount_std_30d": 40.0,
-                  "card_last_txn_epoch": 1_717_000_000.0, "card_home_country": "DE"},
+    "card_good": {
+        "card_txn_count_1h": 0,
+        "card_amount_avg_30d": 100.0,
+        "card_amount_std_30d": 40.0,
+        "card_last_txn_epoch": 1_717_000_000.0,
+        "card_home_country": "DE",
+    },
+    "card_busy": {
+        "card_txn_count_1h": 5,
+        "card_amount_avg_30d": 100.0,
+        "card_amount_std_30d": 40.0,
+        "card_last_txn_epoch": 1_717_000_000.0,
+        "card_home_country": "DE",
+    },
 }
 MERCHANTS = {"m_good": {"merchant_distinct_cards_24h": 3}}
 # EUR per unit (the fx_rates view): amounts are compared in EUR.
 FX_RATES = {"EUR": 1.0, "USD": 0.9, "JPY": 0.006}
 DEVICES = {"dev_known": {"device_distinct_cards_7d": 1, "device_first_seen_epoch": 1_704_067_200.0}}
-STORED_BY_VIEW: dict[str, tuple[str, dict[str, dict[str, Any]]]] = {"card_stats": ("card_id", CARDS), "merchant_stats": ("merchant_id", MERCHANTS),
-                  "device_stats": ("device_id", DEVICES)}
+STORED_BY_VIEW: dict[str, tuple[str, dict[str, dict[str, Any]]]] = {
+    "card_stats": ("card_id", CARDS),
+    "merchant_stats": ("merchant_id", MERCHANTS),
+    "device_stats": ("device_id", DEVICES),
+}
 
 BUDGET_S = 0.4
 HOP_S = 0.15
@@ -89,8 +102,14 @@ MARGIN_S = 0.25  # scheduling slack on a busy CI machine
 
 def problem(status: int, slug: str, detail: str) -> JSONResponse:
     return JSONResponse(
-        {"type": f"https://vigil.dev/problems/{slug}", "title": slug, "status": status, "detail": detail},
-        status_code=status, media_type=PROBLEM_MEDIA_TYPE,
+        {
+            "type": f"https://vigil.dev/problems/{slug}",
+            "title": slug,
+            "status": status,
+            "detail": detail,
+        },
+        status_code=status,
+        media_type=PROBLEM_MEDIA_TYPE,
     )
 
 
@@ -116,8 +135,13 @@ class EncoderStandIn:
         if "columns" in body and self.reads_columns:
             columns = EncodeColumnsRequest.model_validate(body)
             n = columns.columns.n_rows
-            rows = [{part: {k: v[i] for k, v in getattr(columns.columns, part).items()}
-                     for part in ("entities", "request")} for i in range(n)]
+            rows = [
+                {
+                    part: {k: v[i] for k, v in getattr(columns.columns, part).items()}
+                    for part in ("entities", "request")
+                }
+                for i in range(n)
+            ]
             parsed = EncodeRequest(feature_service=columns.feature_service, rows=rows)
             form = "columns"
         else:
@@ -125,7 +149,8 @@ class EncoderStandIn:
                 parsed = EncodeRequest.model_validate(body)
             except ValidationError as exc:
                 raise RequestValidationError(
-                    [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+                    [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
+                ) from None
             form = "rows"
         answer = await self.encode(parsed, request)
         self.calls[-1]["form"] = form
@@ -137,7 +162,10 @@ class EncoderStandIn:
         return {"ready": True}
 
     async def encode(self, body: EncodeRequest, request: Request) -> Any:
-        call: dict[str, Any] = {"request_id": request.headers.get("x-request-id"), "rows": body.rows}
+        call: dict[str, Any] = {
+            "request_id": request.headers.get("x-request-id"),
+            "rows": body.rows,
+        }
         self.calls.append(call)
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
@@ -225,41 +253,55 @@ class PredictorStandIn:
             return problem(404, "model-not-found", name)
         version = version or self.version
         return {
-            "name": name, "versions": sorted(THRESHOLDS), "platform": "xgboost",
+            "name": name,
+            "versions": sorted(THRESHOLDS),
+            "platform": "xgboost",
             "inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, len(FEATURES)]}],
             "outputs": [{"name": "score", "datatype": "FP32", "shape": [-1]}],
             "parameters": {
-                "version": version, "feature_service": SERVICE, "feature_names": FEATURES,
-                "feature_contract": CONTRACT, "thresholds": THRESHOLDS[version],
-                "serving_policy": POLICY, "training_range": self.training_range,
+                "version": version,
+                "feature_service": SERVICE,
+                "feature_names": FEATURES,
+                "feature_contract": CONTRACT,
+                "thresholds": THRESHOLDS[version],
+                "serving_policy": POLICY,
+                "training_range": self.training_range,
             },
         }
 
     async def infer(self, name: str, request: Request, version: str | None = None) -> Any:
         content = await request.body()
         header_length = request.headers.get(HEADER_LENGTH)
-        body = json.loads(content if header_length is None else content[:int(header_length)])
+        body = json.loads(content if header_length is None else content[: int(header_length)])
         tensor = body["inputs"][0]
         n, width = tensor["shape"]
         if header_length is None:
             data = tensor["data"]
         else:
-            raw = content[int(header_length):]
+            raw = content[int(header_length) :]
             assert tensor["parameters"]["binary_data_size"] == len(raw) == n * width * 4
             data = [None if math.isnan(v) else v for v in struct.unpack(f"<{n * width}f", raw)]
-        self.calls.append({"request_id": request.headers.get("x-request-id"), "body": body,
-                           "data": data, "version": version})
+        self.calls.append(
+            {
+                "request_id": request.headers.get("x-request-id"),
+                "body": body,
+                "data": data,
+                "version": version,
+            }
+        )
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if self.fail_status or (version and self.fail_versioned_status):
-            return problem(self.fail_status or self.fail_versioned_status, "model-not-ready", "down")
+            return problem(
+                self.fail_status or self.fail_versioned_status, "model-not-ready", "down"
+            )
         if body["parameters"]["feature_contract"] != self.contract:
             return problem(400, "feature-contract-mismatch", "wrong order")
         assert width == len(FEATURES) and tensor["datatype"] == "FP32"
         min_score = body["parameters"].get("contributions_min_score")
         values: dict[str, list[float]] = {"score": [], "contributions": []}
         for i in range(n):
-            row = data[i * width:(i + 1) * width]
+            row = data[i * width : (i + 1) * width]
             contrib = [w * (x if x is not None else 0.0) for w, x in zip(WEIGHTS, row, strict=True)]
             score = fp32(1.0 / (1.0 + math.exp(-(BIAS + sum(contrib)))))
             values["score"].append(score)
@@ -278,16 +320,28 @@ class PredictorStandIn:
             else:
                 out["data"] = [None if math.isnan(v) else v for v in flat]
             outputs.append(out)
-        header = json.dumps({"model_name": name, "model_version": version or self.version,
-                             "id": body.get("id"), "outputs": outputs}).encode()
+        header = json.dumps(
+            {
+                "model_name": name,
+                "model_version": version or self.version,
+                "id": body.get("id"),
+                "outputs": outputs,
+            }
+        ).encode()
         if not chunks:
             return Response(header, media_type="application/json")
-        return Response(header + b"".join(chunks), media_type="application/octet-stream",
-                        headers={HEADER_LENGTH: str(len(header))})
+        return Response(
+            header + b"".join(chunks),
+            media_type="application/octet-stream",
+            headers={HEADER_LENGTH: str(len(header))},
+        )
 
 
 def expected_score(x: dict[str, float]) -> float:
-    return 1.0 / (1.0 + math.exp(-(BIAS + sum(w * x.get(f, 0.0) for f, w in zip(FEATURES, WEIGHTS, strict=True)))))
+    return 1.0 / (
+        1.0
+        + math.exp(-(BIAS + sum(w * x.get(f, 0.0) for f, w in zip(FEATURES, WEIGHTS, strict=True))))
+    )
 
 
 def txn(**overrides: Any) -> dict[str, Any]:
@@ -310,8 +364,16 @@ def txn(**overrides: Any) -> dict[str, Any]:
 
 def fraud_txn(**overrides: Any) -> dict[str, Any]:
     """8x the card's average, 5 txns in the last hour, a new device, abroad, at night."""
-    return txn(**{"card_id": "card_busy", "amount": 800.0, "country": "FR", "device_id": "dev_new",
-                  "timestamp": "2024-06-01T03:10:00+02:00", **overrides})
+    return txn(
+        **{
+            "card_id": "card_busy",
+            "amount": 800.0,
+            "country": "FR",
+            "device_id": "dev_new",
+            "timestamp": "2024-06-01T03:10:00+02:00",
+            **overrides,
+        }
+    )
 
 
 def suspicious_txn(**overrides: Any) -> dict[str, Any]:
@@ -352,21 +414,23 @@ async def gateway(
 ) -> AsyncIterator[Stack]:
     encoder = encoder or EncoderStandIn()
     predictor = predictor or PredictorStandIn()
-    settings = GatewaySettings(**{
-        "environment": "test",
-        "redis_url": redis_url,
-        "encoder_url": f"http://127.0.0.1:{free_port()}",  # overridden by the transport when wired
-        "predictor_url": "http://predictor.test",
-        "encoder_timeout_s": HOP_S,
-        "predictor_timeout_s": HOP_S,
-        "total_budget_s": BUDGET_S,
-        "batch_hop_timeout_s": 0.5,
-        "batch_total_budget_s": 1.0,
-        # The stand-ins' transactions are from 2024: no scoring horizon here (tested on its own).
-        "max_transaction_age_s": 0,
-        "max_batch": 20,
-        **settings_kw,
-    })
+    settings = GatewaySettings(
+        **{
+            "environment": "test",
+            "redis_url": redis_url,
+            "encoder_url": f"http://127.0.0.1:{free_port()}",  # overridden by the transport when wired
+            "predictor_url": "http://predictor.test",
+            "encoder_timeout_s": HOP_S,
+            "predictor_timeout_s": HOP_S,
+            "total_budget_s": BUDGET_S,
+            "batch_hop_timeout_s": 0.5,
+            "batch_total_budget_s": 1.0,
+            # The stand-ins' transactions are from 2024: no scoring horizon here (tested on its own).
+            "max_transaction_age_s": 0,
+            "max_batch": 20,
+            **settings_kw,
+        }
+    )
     app = create_app(
         settings,
         encoder_transport=httpx.ASGITransport(encoder.app) if wire_encoder else None,
@@ -377,20 +441,25 @@ async def gateway(
         if settings.auth_enabled:  # the client holds a key with the `score` scope, as callers do
             headers["authorization"] = f"Bearer {await provision_key(app, redis_url)}"
         transport = httpx.ASGITransport(app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test",
-                                     headers=headers) as client:
-            yield Stack(client=client, app=app, encoder=encoder, predictor=predictor, settings=settings)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://gateway.test", headers=headers
+        ) as client:
+            yield Stack(
+                client=client, app=app, encoder=encoder, predictor=predictor, settings=settings
+            )
 
 
-async def provision_key(app: FastAPI, redis_url: str, scopes: tuple[str, ...] = ("score",),
-                        **create_kw: Any) -> str:
+async def provision_key(
+    app: FastAPI, redis_url: str, scopes: tuple[str, ...] = ("score",), **create_kw: Any
+) -> str:
     """A new API key in the gateway's Redis, known to the running app at once (its key table
     is read again rather than at its next refresh)."""
     settings = app.state.settings
     client = aioredis.Redis.from_url(redis_url)
     try:
         token, _ = await KeyAdmin(client, settings.auth_secret.get_secret_value()).create(
-            "tests", scopes, **create_kw)
+            "tests", scopes, **create_kw
+        )
     finally:
         await client.aclose()
     ring = app.state.services.authenticate.ring
@@ -435,26 +504,48 @@ async def test_transactions_go_to_the_encoder_as_columns(stack: Stack) -> None:
     [call] = stack.encoder.calls
     assert call["form"] == "columns"
     assert [row.entities for row in call["rows"]] == [
-        {"card_id": "card_good", "merchant_id": "m_good", "device_id": "dev_known", "currency": "EUR"},
-        {"card_id": "card_busy", "merchant_id": "m_good", "device_id": NO_DEVICE_ID, "currency": "EUR"},
-        {"card_id": "card_good", "merchant_id": "m_good", "device_id": "dev_known", "currency": "EUR"},
+        {
+            "card_id": "card_good",
+            "merchant_id": "m_good",
+            "device_id": "dev_known",
+            "currency": "EUR",
+        },
+        {
+            "card_id": "card_busy",
+            "merchant_id": "m_good",
+            "device_id": NO_DEVICE_ID,
+            "currency": "EUR",
+        },
+        {
+            "card_id": "card_good",
+            "merchant_id": "m_good",
+            "device_id": "dev_known",
+            "currency": "EUR",
+        },
     ]
     assert [row.request["country"] for row in call["rows"]] == ["DE", "", "FR"]
     assert [r["result"]["label"] for r in response.json()["results"]] == [
-        "not_fraud", "highly_suspicious", "suspicious"]
+        "not_fraud",
+        "highly_suspicious",
+        "suspicious",
+    ]
 
 
 async def test_an_encoder_without_the_columns_form_is_sent_rows(redis_url) -> None:
     old = EncoderStandIn(reads_columns=False)
     async with gateway(redis_url, encoder=old) as stack:
         await stack.wait_for_metadata()
-        first = await stack.client.post("/v1/transactions/score-batch",
-                                        json={"transactions": [txn(), fraud_txn()]})
+        first = await stack.client.post(
+            "/v1/transactions/score-batch", json={"transactions": [txn(), fraud_txn()]}
+        )
         second = await stack.score(fraud_txn())
     assert first.status_code == second.status_code == 200
     # Refused as columns, sent again as rows; the next request goes as rows straight away.
     assert [c["form"] for c in old.calls] == ["rows", "rows"] and len(old.calls[0]["rows"]) == 2
-    assert [r["result"]["label"] for r in first.json()["results"]] == ["not_fraud", "highly_suspicious"]
+    assert [r["result"]["label"] for r in first.json()["results"]] == [
+        "not_fraud",
+        "highly_suspicious",
+    ]
     assert second.json()["label"] == "highly_suspicious" and not second.json()["degraded"]
 
 
@@ -463,10 +554,14 @@ async def test_scores_a_legitimate_transaction(stack: Stack) -> None:
     response = await stack.score(body)
     assert response.status_code == 200, response.text
     answer = response.json()
-    expected = expected_score({
-        "merchant_stats__merchant_distinct_cards_24h": 3, "device_stats__device_distinct_cards_7d": 1,
-        "request_features__txn_amount": 50.0, "request_features__amount_to_card_avg_30d": 0.5,
-    })
+    expected = expected_score(
+        {
+            "merchant_stats__merchant_distinct_cards_24h": 3,
+            "device_stats__device_distinct_cards_7d": 1,
+            "request_features__txn_amount": 50.0,
+            "request_features__amount_to_card_avg_30d": 0.5,
+        }
+    )
     assert answer["transaction_id"] == body["transaction_id"]
     assert answer["label"] == "not_fraud"
     assert answer["score"] == pytest.approx(expected, abs=1e-5)
@@ -478,12 +573,16 @@ async def test_scores_a_legitimate_transaction(stack: Stack) -> None:
     # binary FP32 tensor; contributions are asked for rows at or above `suspicious` only.
     [call] = stack.predictor.calls
     assert call["body"]["parameters"] == {
-        "feature_contract": CONTRACT, "contributions_min_score": THRESHOLDS["3"]["suspicious"],
+        "feature_contract": CONTRACT,
+        "contributions_min_score": THRESHOLDS["3"]["suspicious"],
     }
     tensor = call["body"]["inputs"][0]
     assert tensor["shape"] == [1, len(FEATURES)] and "data" not in tensor
     assert tensor["parameters"]["binary_data_size"] == 4 * len(FEATURES)
-    assert call["data"] == [None if v is None else pytest.approx(v) for v in stack.encoder.calls[0]["encoded"][0]["values"]]
+    assert call["data"] == [
+        None if v is None else pytest.approx(v)
+        for v in stack.encoder.calls[0]["encoded"][0]["values"]
+    ]
     assert {o["name"] for o in call["body"]["outputs"]} == {"score", "contributions"}
     assert all(o["parameters"]["binary_data"] is True for o in call["body"]["outputs"])
 
@@ -492,8 +591,12 @@ async def test_request_fields_and_entities_follow_the_shared_mapping(stack: Stac
     await stack.score(txn(device_id=None, country=None, timestamp="2024-06-01T23:30:00-05:00"))
     [call] = stack.encoder.calls
     row = call["rows"][0]
-    assert row.entities == {"card_id": "card_good", "merchant_id": "m_good", "device_id": NO_DEVICE_ID,
-                            "currency": "EUR"}
+    assert row.entities == {
+        "card_id": "card_good",
+        "merchant_id": "m_good",
+        "device_id": NO_DEVICE_ID,
+        "currency": "EUR",
+    }
     assert row.request["txn_hour"] == 23  # no country: read in the payer's own offset
     assert row.request["device_present"] == 0
     assert row.request["txn_epoch"] == pytest.approx(1717302600.0)
@@ -505,12 +608,19 @@ async def test_fraud_is_highly_suspicious_with_business_reasons(stack: Stack) ->
     assert answer["label"] == "highly_suspicious"
     assert answer["score"] > THRESHOLDS["3"]["highly_suspicious"]
     reasons = answer["reasons"]
-    assert [r["code"] for r in reasons] == ["AMOUNT_HIGH_FOR_CARD", "CARD_VELOCITY_1H", "COUNTRY_MISMATCH"]
+    assert [r["code"] for r in reasons] == [
+        "AMOUNT_HIGH_FOR_CARD",
+        "CARD_VELOCITY_1H",
+        "COUNTRY_MISMATCH",
+    ]
     assert reasons[0]["text"] == "amount is 8× this card's 30-day average"
     assert reasons[0]["feature"] == "request_features__amount_to_card_avg_30d"
     assert reasons[0]["value"] == pytest.approx(8.0)
     assert reasons[0]["contribution"] == pytest.approx(4.0)
-    assert reasons[1]["text"] == "5 transactions on this card in the hour up to its previous transaction"
+    assert (
+        reasons[1]["text"]
+        == "5 transactions on this card in the hour up to its previous transaction"
+    )
     assert reasons[2]["text"] == "transaction country differs from the card's home country"
     contributions = [r["contribution"] for r in reasons]
     assert contributions == sorted(contributions, reverse=True)
@@ -523,7 +633,8 @@ async def test_more_reasons_are_in_business_words(redis_url: str) -> None:
     assert texts["NEW_DEVICE"] == "first transaction from this device"
     assert texts["NIGHT_TIME"] == "night-time transaction"
     assert texts["MERCHANT_MANY_CARDS"] == (
-        "3 different cards used at this merchant in the 24 hours up to its previous transaction")
+        "3 different cards used at this merchant in the 24 hours up to its previous transaction"
+    )
     assert len(answer["reasons"]) == 6  # six features pushed the score up
 
 
@@ -559,7 +670,12 @@ async def test_only_flagged_transactions_are_explained(stack: Stack) -> None:
     items = [txn(), fraud_txn(), suspicious_txn(), txn(amount=60.0)]
     response = await stack.client.post("/v1/transactions/score-batch", json={"transactions": items})
     answers = [r["result"] for r in response.json()["results"]]
-    assert [a["label"] for a in answers] == ["not_fraud", "highly_suspicious", "suspicious", "not_fraud"]
+    assert [a["label"] for a in answers] == [
+        "not_fraud",
+        "highly_suspicious",
+        "suspicious",
+        "not_fraud",
+    ]
     for answer in answers:
         if answer["label"] == "not_fraud":
             assert codes(answer) == ["NO_RISK_SIGNAL"]
@@ -580,11 +696,17 @@ async def test_a_version_that_flags_lower_still_explains_what_it_flags(stack: St
     assert after["model"]["version"] == "4" and after["label"] == "highly_suspicious"
     assert after["score"] == pytest.approx(before["score"])
     first, second = stack.predictor.calls
-    assert first["version"] is None and first["body"]["parameters"]["contributions_min_score"] == 0.5
+    assert (
+        first["version"] is None and first["body"]["parameters"]["contributions_min_score"] == 0.5
+    )
     # ... so the gateway asks that very version to explain it.
-    assert second["version"] == "4" and "contributions_min_score" not in second["body"]["parameters"]
+    assert (
+        second["version"] == "4" and "contributions_min_score" not in second["body"]["parameters"]
+    )
     assert [(r["code"], r["contribution"]) for r in after["reasons"]] == [
-        ("AMOUNT_HIGH_FOR_CARD", 2.0), ("COUNTRY_MISMATCH", 1.6), ("DEVICE_MANY_CARDS", 0.6),
+        ("AMOUNT_HIGH_FOR_CARD", 2.0),
+        ("COUNTRY_MISMATCH", 1.6),
+        ("DEVICE_MANY_CARDS", 0.6),
     ]
 
 
@@ -600,10 +722,14 @@ async def test_a_failed_explanation_keeps_the_score_and_label(stack: Stack) -> N
 
 async def test_json_answers_of_the_predictor_are_read_alike(stack: Stack) -> None:
     items = [txn(), fraud_txn(), suspicious_txn()]
-    binary = (await stack.client.post("/v1/transactions/score-batch", json={"transactions": items})).json()
+    binary = (
+        await stack.client.post("/v1/transactions/score-batch", json={"transactions": items})
+    ).json()
     stack.predictor.answer_json = True
     fresh = [{**item, "transaction_id": item["transaction_id"] + "-json"} for item in items]
-    as_json = (await stack.client.post("/v1/transactions/score-batch", json={"transactions": fresh})).json()
+    as_json = (
+        await stack.client.post("/v1/transactions/score-batch", json={"transactions": fresh})
+    ).json()
     for a, b in zip(binary["results"], as_json["results"], strict=True):
         for key in ("label", "score", "reasons", "model", "degraded"):
             assert a["result"][key] == b["result"][key]
@@ -629,9 +755,15 @@ async def test_batch_keeps_order_and_isolates_a_bad_item(stack: Stack) -> None:
     assert [r["index"] for r in results] == [0, 1, 2, 3, 4]
     assert [r["status"] for r in results] == [200, 422, 200, 200, 422]
     assert [r["result"]["label"] for r in results if r["result"]] == [
-        "not_fraud", "highly_suspicious", "suspicious"]
+        "not_fraud",
+        "highly_suspicious",
+        "suspicious",
+    ]
     assert [r["result"]["transaction_id"] for r in results if r["result"]] == [
-        items[0]["transaction_id"], items[2]["transaction_id"], items[3]["transaction_id"]]
+        items[0]["transaction_id"],
+        items[2]["transaction_id"],
+        items[3]["transaction_id"],
+    ]
     bad = results[1]["error"]
     assert bad["status"] == 422
     assert [p["name"] for p in bad["invalid_params"]] == ["transactions.1.currency"]
@@ -654,7 +786,9 @@ async def test_a_batch_of_only_bad_items_answers_each_of_them(stack: Stack) -> N
 
 async def test_batch_same_as_single(stack: Stack) -> None:
     items = [fraud_txn(), txn()]
-    batch = (await stack.client.post("/v1/transactions/score-batch", json={"transactions": items})).json()
+    batch = (
+        await stack.client.post("/v1/transactions/score-batch", json={"transactions": items})
+    ).json()
     for item, result in zip(items, batch["results"], strict=True):
         single = (await stack.score(item)).json()
         assert single["cached"] is True  # the batch stored it
@@ -667,7 +801,8 @@ async def test_batch_repeats_and_conflicts_inside_one_batch(stack: Stack) -> Non
     first = txn()
     conflicting = {**first, "amount": 51.0}
     response = await stack.client.post(
-        "/v1/transactions/score-batch", json={"transactions": [first, dict(first), conflicting]})
+        "/v1/transactions/score-batch", json={"transactions": [first, dict(first), conflicting]}
+    )
     results = response.json()["results"]
     assert [r["status"] for r in results] == [200, 200, 409]
     assert results[0]["result"] == results[1]["result"]
@@ -678,13 +813,18 @@ async def test_batch_repeats_and_conflicts_inside_one_batch(stack: Stack) -> Non
 async def test_batch_too_large_or_empty_or_malformed(stack: Stack) -> None:
     too_many = [txn() for _ in range(stack.settings.max_batch + 1)]
     body = assert_problem(
-        await stack.client.post("/v1/transactions/score-batch", json={"transactions": too_many}), 413)
+        await stack.client.post("/v1/transactions/score-batch", json={"transactions": too_many}),
+        413,
+    )
     assert str(stack.settings.max_batch) in body["detail"]
     body = assert_problem(
-        await stack.client.post("/v1/transactions/score-batch", json={"transactions": []}), 422)
+        await stack.client.post("/v1/transactions/score-batch", json={"transactions": []}), 422
+    )
     assert [p["name"] for p in body["invalid_params"]] == ["transactions"]
     body = assert_problem(
-        await stack.client.post("/v1/transactions/score-batch", json={"transactions": {"a": 1}}), 422)
+        await stack.client.post("/v1/transactions/score-batch", json={"transactions": {"a": 1}}),
+        422,
+    )
     assert [p["name"] for p in body["invalid_params"]] == ["transactions"]
     assert stack.encoder.calls == []
 
@@ -692,7 +832,8 @@ async def test_batch_too_large_or_empty_or_malformed(stack: Stack) -> None:
 async def test_batch_degrades_as_a_whole_when_the_encoder_is_down(stack: Stack) -> None:
     stack.encoder.fail_status = 503
     response = await stack.client.post(
-        "/v1/transactions/score-batch", json={"transactions": [txn(), fraud_txn(), txn(amount=-1)]})
+        "/v1/transactions/score-batch", json={"transactions": [txn(), fraud_txn(), txn(amount=-1)]}
+    )
     assert response.status_code == 200
     results = response.json()["results"]
     assert [r["status"] for r in results] == [200, 200, 422]
@@ -742,7 +883,8 @@ async def test_malformed_transaction_is_a_422_naming_the_field(
 
 async def test_non_json_body_is_a_422(stack: Stack) -> None:
     response = await stack.client.post(
-        "/v1/transactions/score", content=b"{not json", headers={"content-type": "application/json"})
+        "/v1/transactions/score", content=b"{not json", headers={"content-type": "application/json"}
+    )
     body = assert_problem(response, 422)
     assert body["invalid_params"][0]["name"] == "body"
     body = assert_problem(await stack.client.post("/v1/transactions/score"), 422)
@@ -750,9 +892,13 @@ async def test_non_json_body_is_a_422(stack: Stack) -> None:
 
 
 async def test_a_body_that_is_not_declared_json_is_a_415(stack: Stack) -> None:
-    for headers in ({"content-type": "text/plain"}, {"content-type": "application/x-www-form-urlencoded"}):
+    for headers in (
+        {"content-type": "text/plain"},
+        {"content-type": "application/x-www-form-urlencoded"},
+    ):
         response = await stack.client.post(
-            "/v1/transactions/score", content=json.dumps(txn()).encode(), headers=headers)
+            "/v1/transactions/score", content=json.dumps(txn()).encode(), headers=headers
+        )
         body = assert_problem(response, 415)
         assert "application/json" in body["detail"]
 
@@ -767,16 +913,23 @@ async def test_an_oversized_body_is_a_413(redis_url: str) -> None:
         async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: checked while streaming
             data = json.dumps(big).encode()
             for i in range(0, len(data), 1000):
-                yield data[i:i + 1000]
+                yield data[i : i + 1000]
 
         response = await stack.client.post(
-            "/v1/transactions/score-batch", content=chunks(), headers={"content-type": "application/json"})
+            "/v1/transactions/score-batch",
+            content=chunks(),
+            headers={"content-type": "application/json"},
+        )
         assert_problem(response, 413)
         assert stack.encoder.calls == []
 
 
 async def test_rfc3339_variants_are_accepted(stack: Stack) -> None:
-    for ts in ("2024-06-01T12:05:00Z", "2024-06-01t12:05:00.123456789z", "2024-06-01T14:05:00.5+02:00"):
+    for ts in (
+        "2024-06-01T12:05:00Z",
+        "2024-06-01t12:05:00.123456789z",
+        "2024-06-01T14:05:00.5+02:00",
+    ):
         response = await stack.score(txn(timestamp=ts))
         assert response.status_code == 200, (ts, response.text)
 
@@ -837,8 +990,9 @@ async def test_a_stored_decision_is_replayed_while_encoder_and_predictor_fail(st
     assert again["cached"] is True and time.perf_counter() - started < BUDGET_S
 
 
-async def test_a_stalled_store_does_not_hold_back_the_predictor(stack: Stack,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_stalled_store_does_not_hold_back_the_predictor(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The vectors are in before the store has said whether the transaction needs a decision:
     the predictor is asked meanwhile, and a replay the store then finds is still answered
     with the stored decision."""
@@ -891,7 +1045,9 @@ async def test_same_id_with_a_different_payload_is_a_409(stack: Stack) -> None:
     changed = {**body, "amount": 51.0}
     problem_body = assert_problem(await stack.score(changed), 409)
     assert body["transaction_id"] in problem_body["detail"]
-    assert_problem(await stack.client.post("/v1/transactions/score?rescore=true", json=changed), 409)
+    assert_problem(
+        await stack.client.post("/v1/transactions/score?rescore=true", json=changed), 409
+    )
     assert (await stack.score(body)).json()["cached"] is True
 
 
@@ -920,7 +1076,9 @@ async def test_an_unreadable_stored_decision_is_ignored(stack: Stack, redis_url:
     body = txn()
     client = aioredis.Redis.from_url(redis_url)
     try:
-        await client.set(KEY_PREFIX + body["transaction_id"], b'{"payload_hash": "x", "decision": {}}')
+        await client.set(
+            KEY_PREFIX + body["transaction_id"], b'{"payload_hash": "x", "decision": {}}'
+        )
     finally:
         await client.aclose()
     response = await stack.score(body)
@@ -945,9 +1103,15 @@ async def test_decision_store_reserves_then_settles_each_in_one_script_call(redi
     from vigil_gateway.metrics import GatewayMetrics
 
     def answer(tid: str, score: float) -> ScoreResponse:
-        return ScoreResponse(transaction_id=tid, label="not_fraud", score=score, reasons=[],
-                             model=ModelRef(name=MODEL, version="3"), degraded=False,
-                             request_id="req-put")
+        return ScoreResponse(
+            transaction_id=tid,
+            label="not_fraud",
+            score=score,
+            reasons=[],
+            model=ModelRef(name=MODEL, version="3"),
+            degraded=False,
+            request_id="req-put",
+        )
 
     client = connect(redis_url, timeout_s=1.0, max_connections=4)
     store = DecisionStore(client, GatewayMetrics(), ttl_s=60)
@@ -959,35 +1123,46 @@ async def test_decision_store_reserves_then_settles_each_in_one_script_call(redi
         held = await store.reserve_many(ids, ["h0", "h1", "h2", "h3"], second, pending_ms=3000)
         assert held == {ids[0]: Pending("h0")}
         assert 0 < await client.pttl(KEY_PREFIX + ids[1]) <= 3000
-        assert await store.get_many(ids) == {t: Pending(h) for t, h in zip(ids, ["h0", "h1", "h2", "h3"], strict=True)}
+        assert await store.get_many(ids) == {
+            t: Pending(h) for t, h in zip(ids, ["h0", "h1", "h2", "h3"], strict=True)
+        }
         await client.script_flush()
         written = await store.settle(
-            [(t, encode_entry(answer(t, 0.2), f"h{i}")) for i, t in enumerate(ids[:3])] + [(ids[3], b"")],
-            second, overwrite=False,
+            [(t, encode_entry(answer(t, 0.2), f"h{i}")) for i, t in enumerate(ids[:3])]
+            + [(ids[3], b"")],
+            second,
+            overwrite=False,
         )
         assert written == [0, 1, 1, 0]  # ids[0] is the first request's; ids[3]'s marker deleted
         assert await client.exists(KEY_PREFIX + ids[3]) == 0
         assert await store.settle([(ids[0], b"")], second, overwrite=False) == [0]
         assert isinstance((await store.get_many(ids[:1]))[ids[0]], Pending)  # not its marker
-        assert await store.settle([(ids[0], encode_entry(answer(ids[0], 0.1), "h0"))], first,
-                                  overwrite=False) == [1]
+        assert await store.settle(
+            [(ids[0], encode_entry(answer(ids[0], 0.1), "h0"))], first, overwrite=False
+        ) == [1]
         stored = await store.get_many(ids)
-        assert [stored[t].payload_hash for t in ids[:3]] == ["h0", "h1", "h2"] and ids[3] not in stored
+        assert [stored[t].payload_hash for t in ids[:3]] == ["h0", "h1", "h2"] and ids[
+            3
+        ] not in stored
         assert all(isinstance(stored[t], StoredDecision) for t in ids[:3])
         assert stored[ids[1]].replay("req-2") == answer(ids[1], 0.2).model_copy(  # type: ignore[union-attr]
-            update={"request_id": "req-2", "cached": True})
+            update={"request_id": "req-2", "cached": True}
+        )
         assert 0 < await client.ttl(KEY_PREFIX + ids[2]) <= 60
         # A decision is never overwritten by a settle, unless it is a rescore's.
-        assert await store.settle([(ids[1], encode_entry(answer(ids[1], 0.9), "h1"))], first,
-                                  overwrite=False) == [0]
-        assert await store.settle([(t, encode_entry(answer(t, 0.3), "h-rescored")) for t in ids], first,
-                                  overwrite=True) == [1, 1, 1, 1]
+        assert await store.settle(
+            [(ids[1], encode_entry(answer(ids[1], 0.9), "h1"))], first, overwrite=False
+        ) == [0]
+        assert await store.settle(
+            [(t, encode_entry(answer(t, 0.3), "h-rescored")) for t in ids], first, overwrite=True
+        ) == [1, 1, 1, 1]
         assert {s.payload_hash for s in (await store.get_many(ids)).values()} == {"h-rescored"}
         # Nothing reserved (the store was down then): written where nothing is.
         fresh = f"put-{uuid.uuid4().hex[:8]}-late"
         ids.append(fresh)
-        assert await store.settle([(fresh, encode_entry(answer(fresh, 0.4), "h4"))], first,
-                                  overwrite=False) == [1]
+        assert await store.settle(
+            [(fresh, encode_entry(answer(fresh, 0.4), "h4"))], first, overwrite=False
+        ) == [1]
         # A batch's writes (no reservation): where nothing is, unless told to overwrite.
         batch = [f"put-{uuid.uuid4().hex[:8]}-batch-{i}" for i in range(2)]
         ids.extend(batch)
@@ -1003,7 +1178,8 @@ async def test_decision_store_reserves_then_settles_each_in_one_script_call(redi
 
 
 async def test_a_decision_whose_entry_cannot_be_made_behind_the_answer_is_counted_and_logged(
-        redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """The entries of a single transaction's decision are made by the write's task, after the
     answer has gone: should making them fail, the loss is counted and logged, the reservation
     left to expire, and nothing is raised into the event loop."""
@@ -1035,8 +1211,9 @@ async def test_a_decision_whose_entry_cannot_be_made_behind_the_answer_is_counte
         await client.aclose()
 
 
-async def _foreign_marker(redis_url: str, body: dict[str, Any], *, payload: str | None = None,
-                          ms: int = 5000) -> None:
+async def _foreign_marker(
+    redis_url: str, body: dict[str, Any], *, payload: str | None = None, ms: int = 5000
+) -> None:
     """Another request's reservation for ``body``'s id (for its payload, unless told)."""
     from vigil_contracts.api import Transaction
     from vigil_gateway.decisions import payload_hash, pending_marker
@@ -1044,7 +1221,9 @@ async def _foreign_marker(redis_url: str, body: dict[str, Any], *, payload: str 
     digest = payload or payload_hash(Transaction.model_validate(body))
     client = aioredis.Redis.from_url(redis_url)
     try:
-        await client.set(KEY_PREFIX + body["transaction_id"], pending_marker(digest, b"0" * 16), px=ms)
+        await client.set(
+            KEY_PREFIX + body["transaction_id"], pending_marker(digest, b"0" * 16), px=ms
+        )
     finally:
         await client.aclose()
 
@@ -1061,8 +1240,9 @@ def _slow_settles(stack: Stack, monkeypatch: pytest.MonkeyPatch, delay_s: float)
     monkeypatch.setattr(store, "settle", slow_settle)
 
 
-async def test_the_decision_is_written_behind_the_answer(stack: Stack, redis_url: str,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_the_decision_is_written_behind_the_answer(
+    stack: Stack, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The answer does not wait for the decision's write; until it lands the id is reserved,
     so a retry in between is answered with that decision all the same."""
     _slow_settles(stack, monkeypatch, 0.2)
@@ -1072,11 +1252,15 @@ async def test_the_decision_is_written_behind_the_answer(stack: Stack, redis_url
     assert time.perf_counter() - started < 0.15
     client = aioredis.Redis.from_url(redis_url)
     try:
-        assert (await client.get(KEY_PREFIX + body["transaction_id"])).startswith(b"pending sha256:")
+        assert (await client.get(KEY_PREFIX + body["transaction_id"])).startswith(
+            b"pending sha256:"
+        )
         retry = (await stack.score(body, headers={"x-request-id": "retry-early"})).json()
         assert retry["cached"] is True and retry["score"] == first["score"]
         assert retry["request_id"] == "retry-early"
-        assert (await client.get(KEY_PREFIX + body["transaction_id"])).startswith(b'{"payload_hash"')
+        assert (await client.get(KEY_PREFIX + body["transaction_id"])).startswith(
+            b'{"payload_hash"'
+        )
     finally:
         await client.aclose()
     assert 'outcome="pending"} 1.0' in (await stack.client.get("/metrics")).text
@@ -1085,17 +1269,23 @@ async def test_the_decision_is_written_behind_the_answer(stack: Stack, redis_url
 async def test_concurrent_requests_for_one_transaction_get_one_decision(stack: Stack) -> None:
     stack.predictor.delay_s = 0.05  # both are in flight when the store is asked
     body = suspicious_txn()
-    answers = [r.json() for r in await asyncio.gather(*(
-        stack.score(body, headers={"x-request-id": f"same-{i}"}) for i in range(4)))]
+    answers = [
+        r.json()
+        for r in await asyncio.gather(
+            *(stack.score(body, headers={"x-request-id": f"same-{i}"}) for i in range(4))
+        )
+    ]
     assert sorted(a["cached"] for a in answers) == [False, True, True, True]
     assert len({(a["score"], a["label"]) for a in answers}) == 1
-    batch = (await stack.client.post("/v1/transactions/score-batch",
-                                      json={"transactions": [body]})).json()
+    batch = (
+        await stack.client.post("/v1/transactions/score-batch", json={"transactions": [body]})
+    ).json()
     assert batch["results"][0]["result"]["cached"] is True
 
 
 async def test_a_retry_while_the_first_attempt_is_stuck_is_told_in_progress(
-        stack: Stack, redis_url: str) -> None:
+    stack: Stack, redis_url: str
+) -> None:
     body = txn()
     await _foreign_marker(redis_url, body)
     started = time.perf_counter()
@@ -1110,8 +1300,11 @@ async def test_a_retry_while_the_first_attempt_is_stuck_is_told_in_progress(
     # In a batch the item is answered so, and the others as ever.
     stack.encoder.fail_status = None
     other = txn()
-    batch = (await stack.client.post("/v1/transactions/score-batch",
-                                      json={"transactions": [body, other]})).json()
+    batch = (
+        await stack.client.post(
+            "/v1/transactions/score-batch", json={"transactions": [body, other]}
+        )
+    ).json()
     assert [r["status"] for r in batch["results"]] == [409, 200]
     assert batch["results"][0]["error"]["type"].endswith("transaction-in-progress")
 
@@ -1120,7 +1313,9 @@ async def test_a_batch_stores_its_decisions_before_answering(stack: Stack, redis
     """A batch reserves nothing (a thousand markers would cost Redis more than the round trip
     costs the batch): its decisions are in the store when it answers."""
     items = [txn(), fraud_txn()]
-    batch = (await stack.client.post("/v1/transactions/score-batch", json={"transactions": items})).json()
+    batch = (
+        await stack.client.post("/v1/transactions/score-batch", json={"transactions": items})
+    ).json()
     assert [r["status"] for r in batch["results"]] == [200, 200]
     client = aioredis.Redis.from_url(redis_url)
     try:
@@ -1131,13 +1326,15 @@ async def test_a_batch_stores_its_decisions_before_answering(stack: Stack, redis
 
 
 async def test_a_batch_that_finds_a_reservation_at_its_write_answers_with_that_decision(
-        stack: Stack) -> None:
+    stack: Stack,
+) -> None:
     """The batch looks first (nothing there), a single request for one of its transactions
     then reserves it; the batch's write finds the reservation and waits for that decision."""
     stack.predictor.delay_s = 0.1
     body = fraud_txn()
-    batch_call = asyncio.create_task(stack.client.post(
-        "/v1/transactions/score-batch", json={"transactions": [body, txn()]}))
+    batch_call = asyncio.create_task(
+        stack.client.post("/v1/transactions/score-batch", json={"transactions": [body, txn()]})
+    )
     await asyncio.sleep(0.03)
     single = (await stack.score(body)).json()
     batch = (await batch_call).json()
@@ -1147,7 +1344,9 @@ async def test_a_batch_that_finds_a_reservation_at_its_write_answers_with_that_d
     assert batch["results"][1]["result"]["cached"] is False
 
 
-async def test_a_reservation_for_another_payload_is_a_conflict_at_once(stack: Stack, redis_url: str) -> None:
+async def test_a_reservation_for_another_payload_is_a_conflict_at_once(
+    stack: Stack, redis_url: str
+) -> None:
     body = txn()
     await _foreign_marker(redis_url, body, payload="sha256:another-payload")
     started = time.perf_counter()
@@ -1156,7 +1355,9 @@ async def test_a_reservation_for_another_payload_is_a_conflict_at_once(stack: St
     assert time.perf_counter() - started < BUDGET_S / 2
 
 
-async def test_a_reservation_given_up_leaves_the_decision_to_the_retry(stack: Stack, redis_url: str) -> None:
+async def test_a_reservation_given_up_leaves_the_decision_to_the_retry(
+    stack: Stack, redis_url: str
+) -> None:
     """The first attempt's marker goes (its answer was degraded, or it expired) while the retry
     waits: the retry's own decision is answered and stored."""
     body = fraud_txn()
@@ -1168,8 +1369,9 @@ async def test_a_reservation_given_up_leaves_the_decision_to_the_retry(stack: St
     assert again["cached"] is True and again["score"] == answer["score"]
 
 
-async def test_shutdown_waits_for_the_decisions_written_behind(redis_url: str,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_shutdown_waits_for_the_decisions_written_behind(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     body = fraud_txn()
     async with gateway(redis_url) as stack:
         await stack.wait_for_metadata()
@@ -1177,7 +1379,9 @@ async def test_shutdown_waits_for_the_decisions_written_behind(redis_url: str,
         assert (await stack.score(body)).status_code == 200
     client = aioredis.Redis.from_url(redis_url)
     try:
-        assert (await client.get(KEY_PREFIX + body["transaction_id"])).startswith(b'{"payload_hash"')
+        assert (await client.get(KEY_PREFIX + body["transaction_id"])).startswith(
+            b'{"payload_hash"'
+        )
     finally:
         await client.aclose()
 
@@ -1298,7 +1502,9 @@ async def test_too_many_missing_stored_features_are_uncertain(stack: Stack) -> N
 async def test_policy_applies_per_row_in_a_batch(stack: Stack) -> None:
     stack.encoder.stale_cards.add("card_busy")
     response = await stack.client.post(
-        "/v1/transactions/score-batch", json={"transactions": [txn(), fraud_txn(), suspicious_txn()]})
+        "/v1/transactions/score-batch",
+        json={"transactions": [txn(), fraud_txn(), suspicious_txn()]},
+    )
     results = [r["result"] for r in response.json()["results"]]
     assert [r["label"] for r in results] == ["not_fraud", "uncertain", "suspicious"]
     assert codes(results[1]) == ["FEATURES_STALE"]
@@ -1371,14 +1577,26 @@ async def test_metrics_count_requests_decisions_and_degradations(stack: Stack) -
     assert 'vigil_gateway_decisions_total{label="highly_suspicious",model_version="3"} 1.0' in text
     assert 'vigil_gateway_decisions_total{label="not_fraud",model_version="3"} 1.0' in text
     assert 'vigil_gateway_decisions_total{label="uncertain",model_version="3"} 1.0' in text
-    assert ('vigil_gateway_degraded_answers_total{model_version="3",reason="MODEL_UNAVAILABLE"} 1.0'
-            in text)
-    assert ('vigil_gateway_requests_total{method="POST",route="/v1/transactions/score",status="200"} 3.0'
-            in text)
-    assert ('vigil_gateway_requests_total{method="POST",route="/v1/transactions/score",status="422"} 1.0'
-            in text)
-    assert 'vigil_gateway_downstream_errors_total{downstream="predictor",kind="server_error"} 1.0' in text
-    assert 'vigil_gateway_request_duration_seconds_bucket{le="0.4",method="POST",route="/v1/transactions/score"}' in text
+    assert (
+        'vigil_gateway_degraded_answers_total{model_version="3",reason="MODEL_UNAVAILABLE"} 1.0'
+        in text
+    )
+    assert (
+        'vigil_gateway_requests_total{method="POST",route="/v1/transactions/score",status="200"} 3.0'
+        in text
+    )
+    assert (
+        'vigil_gateway_requests_total{method="POST",route="/v1/transactions/score",status="422"} 1.0'
+        in text
+    )
+    assert (
+        'vigil_gateway_downstream_errors_total{downstream="predictor",kind="server_error"} 1.0'
+        in text
+    )
+    assert (
+        'vigil_gateway_request_duration_seconds_bucket{le="0.4",method="POST",route="/v1/transactions/score"}'
+        in text
+    )
     assert 'vigil_gateway_model_info{model="fraud_detector",version="3"} 1.0' in text
 
 
@@ -1393,7 +1611,9 @@ async def test_ui_is_served(stack: Stack) -> None:
 
 async def test_openapi_documents_the_business_api(stack: Stack) -> None:
     spec = (await stack.client.get("/openapi.json")).json()
-    assert {"/v1/transactions/score", "/v1/transactions/score-batch", "/readyz"} <= set(spec["paths"])
+    assert {"/v1/transactions/score", "/v1/transactions/score-batch", "/readyz"} <= set(
+        spec["paths"]
+    )
 
 
 # --- against the real predictor app ----------------------------------------------------------
@@ -1411,23 +1631,48 @@ async def test_with_the_real_predictor(redis_url: str, tmp_path) -> None:
     x = rng.normal(size=(600, len(FEATURES))).astype(np.float32)
     y = (x[:, 5] + x[:, 7] + x[:, 8] + rng.normal(scale=0.3, size=600) > 1.0).astype(int)
     x[rng.random(x.shape) < 0.1] = np.nan
-    booster = xgb.train({"objective": "binary:logistic", "max_depth": 3, "eta": 0.3, "seed": 5},
-                        xgb.DMatrix(x, label=y, missing=np.nan, feature_names=FEATURES),
-                        num_boost_round=15)
-    write_artifact(tmp_path / MODEL / "1", booster, {
-        "name": MODEL, "version": "1", "feature_service": SERVICE, "feature_names": FEATURES,
-        "thresholds": {"suspicious": 0.3, "highly_suspicious": 0.7}, "serving_policy": POLICY,
-    }, "# test model\n")
+    booster = xgb.train(
+        {"objective": "binary:logistic", "max_depth": 3, "eta": 0.3, "seed": 5},
+        xgb.DMatrix(x, label=y, missing=np.nan, feature_names=FEATURES),
+        num_boost_round=15,
+    )
+    write_artifact(
+        tmp_path / MODEL / "1",
+        booster,
+        {
+            "name": MODEL,
+            "version": "1",
+            "feature_service": SERVICE,
+            "feature_names": FEATURES,
+            "thresholds": {"suspicious": 0.3, "highly_suspicious": 0.7},
+            "serving_policy": POLICY,
+        },
+        "# test model\n",
+    )
     predictor_app = create_predictor(PredictorSettings(models_dir=tmp_path))
     encoder = EncoderStandIn()
-    settings = GatewaySettings(environment="test", redis_url=redis_url, predictor_url="http://p.test",
-                               encoder_url="http://e.test", max_transaction_age_s=0)  # 2024's transactions
-    app = create_app(settings, encoder_transport=httpx.ASGITransport(encoder.app),
-                     predictor_transport=httpx.ASGITransport(predictor_app))
-    async with predictor_app.router.lifespan_context(predictor_app), app.router.lifespan_context(app):
+    settings = GatewaySettings(
+        environment="test",
+        redis_url=redis_url,
+        predictor_url="http://p.test",
+        encoder_url="http://e.test",
+        max_transaction_age_s=0,
+    )  # 2024's transactions
+    app = create_app(
+        settings,
+        encoder_transport=httpx.ASGITransport(encoder.app),
+        predictor_transport=httpx.ASGITransport(predictor_app),
+    )
+    async with (
+        predictor_app.router.lifespan_context(predictor_app),
+        app.router.lifespan_context(app),
+    ):
         key = await provision_key(app, redis_url)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://g",
-                                     headers={"authorization": f"Bearer {key}"}) as client:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app),
+            base_url="http://g",
+            headers={"authorization": f"Bearer {key}"},
+        ) as client:
             ready = await client.get("/readyz")
             for _ in range(100):
                 if ready.status_code == 200:
@@ -1436,26 +1681,36 @@ async def test_with_the_real_predictor(redis_url: str, tmp_path) -> None:
                 ready = await client.get("/readyz")
             assert ready.status_code == 200, ready.text
             items = [fraud_txn(), txn(), txn(device_id="dev_unknown")]
-            response = await client.post("/v1/transactions/score-batch", json={"transactions": items})
+            response = await client.post(
+                "/v1/transactions/score-batch", json={"transactions": items}
+            )
     assert response.status_code == 200, response.text
     answers = [r["result"] for r in response.json()["results"]]
     vectors = np.array(
-        [[np.nan if v is None else v for v in row["values"]] for row in encoder.calls[0]["encoded"]],
+        [
+            [np.nan if v is None else v for v in row["values"]]
+            for row in encoder.calls[0]["encoded"]
+        ],
         dtype=np.float32,
     )
     expected = booster.inplace_predict(vectors, missing=np.nan)
-    contribs = booster.predict(xgb.DMatrix(vectors, missing=np.nan, feature_names=FEATURES),
-                               pred_contribs=True)
+    contribs = booster.predict(
+        xgb.DMatrix(vectors, missing=np.nan, feature_names=FEATURES), pred_contribs=True
+    )
     for answer, score, row_contribs in zip(answers, expected, contribs, strict=True):
         assert answer["degraded"] is False
         assert answer["model"] == {"name": MODEL, "version": "1"}
         assert answer["score"] == pytest.approx(float(score), abs=1e-5)
-        assert answer["label"] == label_for_score(answer["score"], {"suspicious": 0.3, "highly_suspicious": 0.7})
+        assert answer["label"] == label_for_score(
+            answer["score"], {"suspicious": 0.3, "highly_suspicious": 0.7}
+        )
         if answer["label"] == "not_fraud":
             assert codes(answer) == ["NO_RISK_SIGNAL"]
             continue
         # Flagged: explained by XGBoost's own contributions, the largest first.
-        assert answer["reasons"][0]["contribution"] == pytest.approx(float(max(row_contribs[:-1])), abs=1e-3)
+        assert answer["reasons"][0]["contribution"] == pytest.approx(
+            float(max(row_contribs[:-1])), abs=1e-3
+        )
         for reason in answer["reasons"]:
             if reason["feature"] is not None:
                 i = FEATURES.index(reason["feature"])
@@ -1466,8 +1721,17 @@ async def test_with_the_real_predictor(redis_url: str, tmp_path) -> None:
 # --- the request path as stages --------------------------------------------------------------
 
 # The stages in the order a transaction meets them (``vigil_gateway.pipeline``'s docstring).
-STAGES = {"pipeline", "idempotency", "preprocess", "encode", "policy", "safeguards", "predict",
-          "postprocess", "record"}
+STAGES = {
+    "pipeline",
+    "idempotency",
+    "preprocess",
+    "encode",
+    "policy",
+    "safeguards",
+    "predict",
+    "postprocess",
+    "record",
+}
 # Not followed: the ASGI body limit, whose ``receive`` wrapper is called once per body chunk.
 PLUMBING = {"body_limit"}
 
@@ -1516,8 +1780,16 @@ async def test_a_transaction_meets_the_stages_in_order_entering_each_module_at_m
     # settled); the encoding and the decision store's look-up run in tasks of their own.
     main = by_start["rest"]
     assert [m for m in main if m in STAGES] == [
-        "pipeline", "idempotency", "preprocess", "policy", "safeguards", "predict", "postprocess",
-        "idempotency", "record"]
+        "pipeline",
+        "idempotency",
+        "preprocess",
+        "policy",
+        "safeguards",
+        "predict",
+        "postprocess",
+        "idempotency",
+        "record",
+    ]
     assert by_start["encode"][0] == "encode"
     assert by_start["idempotency"][0] == "idempotency"
     for modules in entries:
@@ -1559,15 +1831,30 @@ async def guarded(redis_url, tmp_path) -> AsyncIterator[Stack]:
 async def test_a_safeguard_raises_a_not_fraud_answer_and_says_so(guarded: Stack) -> None:
     # 120 on a card averaging 100: the model's not_fraud, but beyond the training range.
     body = txn(amount=120.0)
-    assert expected_score({"card_stats__card_amount_avg_30d": 100.0, "request_features__txn_amount": 120.0,
-                           "merchant_stats__merchant_distinct_cards_24h": 3,
-                           "device_stats__device_distinct_cards_7d": 1,
-                           "request_features__amount_to_card_avg_30d": 1.2}) < THRESHOLDS["3"]["suspicious"]
+    assert (
+        expected_score(
+            {
+                "card_stats__card_amount_avg_30d": 100.0,
+                "request_features__txn_amount": 120.0,
+                "merchant_stats__merchant_distinct_cards_24h": 3,
+                "device_stats__device_distinct_cards_7d": 1,
+                "request_features__amount_to_card_avg_30d": 1.2,
+            }
+        )
+        < THRESHOLDS["3"]["suspicious"]
+    )
     answer = (await guarded.score(body)).json()
     assert answer["label"] == "suspicious" and answer["degraded"] is False
     assert answer["safeguards"] == {"version": "test-1", "fired": ["AMOUNT_OUTSIDE_TRAINING_RANGE"]}
-    assert answer["reasons"] == [{"code": "AMOUNT_OUTSIDE_TRAINING_RANGE", "text": "amount 120 is beyond the training range",
-                                  "feature": "txn_amount", "value": 120.0, "contribution": None}]
+    assert answer["reasons"] == [
+        {
+            "code": "AMOUNT_OUTSIDE_TRAINING_RANGE",
+            "text": "amount 120 is beyond the training range",
+            "feature": "txn_amount",
+            "value": 120.0,
+            "contribution": None,
+        }
+    ]
     # Within the range nothing fires, and the answer says which rule set checked it.
     calm = (await guarded.score(txn(amount=90.0))).json()
     assert calm["label"] == "not_fraud" and calm["safeguards"] == {"version": "test-1", "fired": []}
@@ -1576,7 +1863,10 @@ async def test_a_safeguard_raises_a_not_fraud_answer_and_says_so(guarded: Stack)
     replay = (await guarded.score(body)).json()
     assert replay["cached"] is True and replay["safeguards"] == answer["safeguards"]
     metrics = (await guarded.client.get("/metrics")).text
-    assert 'vigil_gateway_safeguards_fired_total{rule="AMOUNT_OUTSIDE_TRAINING_RANGE",version="test-1"} 1.0' in metrics
+    assert (
+        'vigil_gateway_safeguards_fired_total{rule="AMOUNT_OUTSIDE_TRAINING_RANGE",version="test-1"} 1.0'
+        in metrics
+    )
 
 
 async def test_safeguards_never_lower_a_label_and_come_first_among_reasons(guarded: Stack) -> None:
@@ -1587,8 +1877,16 @@ async def test_safeguards_never_lower_a_label_and_come_first_among_reasons(guard
     assert codes(answer)[:2] == ["AMOUNT_OUTSIDE_TRAINING_RANGE", "HUGE_RATIO"]
     assert len(codes(answer)) > 2  # the model's own reasons follow
     # In a batch, per row; a row whose features are missing is uncertain with the rules' word.
-    response = await guarded.client.post("/v1/transactions/score-batch", json={"transactions": [
-        txn(amount=120.0), txn(amount=50.0), txn(card_id="card_new", device_id=None, amount=150.0)]})
+    response = await guarded.client.post(
+        "/v1/transactions/score-batch",
+        json={
+            "transactions": [
+                txn(amount=120.0),
+                txn(amount=50.0),
+                txn(card_id="card_new", device_id=None, amount=150.0),
+            ]
+        },
+    )
     results = [r["result"] for r in response.json()["results"]]
     assert [r["label"] for r in results] == ["suspicious", "not_fraud", "uncertain"]
     assert codes(results[2]) == ["FEATURES_MISSING", "AMOUNT_OUTSIDE_TRAINING_RANGE"]
@@ -1606,10 +1904,14 @@ def test_the_shipped_rules_load_and_a_broken_rule_file_fails_the_start(tmp_path)
 
     shipped = load_rules()
     assert shipped.version and {r.code for r in shipped.rules} >= {
-        "AMOUNT_FAR_ABOVE_CARD_HISTORY", "AMOUNT_OUTSIDE_TRAINING_RANGE"}
+        "AMOUNT_FAR_ABOVE_CARD_HISTORY",
+        "AMOUNT_OUTSIDE_TRAINING_RANGE",
+    }
     broken = tmp_path / "broken.toml"
-    broken.write_text('version = "x"\n[[rules]]\ncode = "NO_CONDITION"\nfeature = "txn_amount"\n'
-                      'text = "t"\nat_least = "suspicious"\n')
+    broken.write_text(
+        'version = "x"\n[[rules]]\ncode = "NO_CONDITION"\nfeature = "txn_amount"\n'
+        'text = "t"\nat_least = "suspicious"\n'
+    )
     with pytest.raises(ValidationError, match="needs above, below or outside_training_range"):
         create_app(GatewaySettings(environment="test", safeguards_path=str(broken)))
 
@@ -1622,12 +1924,18 @@ async def test_amounts_are_judged_in_eur_and_currencies_are_iso_4217(stack: Stac
     yen = (await stack.score(txn(amount=6500.0, currency="JPY"))).json()
     euro = (await stack.score(txn(amount=6500.0, currency="EUR"))).json()
     assert yen["label"] == "not_fraud" and euro["label"] == "highly_suspicious"
-    [amount_fed] = [v for name, v in zip(FEATURES, stack.encoder.calls[0]["encoded"][0]["values"], strict=True)
-                    if name == "request_features__txn_amount"]
+    [amount_fed] = [
+        v
+        for name, v in zip(FEATURES, stack.encoder.calls[0]["encoded"][0]["values"], strict=True)
+        if name == "request_features__txn_amount"
+    ]
     assert amount_fed == pytest.approx(39.0)
     # Not ISO 4217, or more decimals than the currency has: a 422 naming the field.
-    for body, field_name in ((txn(currency="ABC"), "currency"), (txn(amount=6500.5, currency="JPY"), "amount"),
-                             (txn(amount=12.345, currency="EUR"), "amount")):
+    for body, field_name in (
+        (txn(currency="ABC"), "currency"),
+        (txn(amount=6500.5, currency="JPY"), "amount"),
+        (txn(amount=12.345, currency="EUR"), "amount"),
+    ):
         problem_body = assert_problem(await stack.score(body), 422)
         assert [p["name"] for p in problem_body["invalid_params"]] == [field_name], problem_body
     # An ISO currency without a rate to EUR: uncertain, and no failure of Vigil's.
@@ -1641,10 +1949,13 @@ def test_a_money_reason_names_eur_and_the_amount_as_paid() -> None:
 
     paid_in_usd = Context(currency="USD", paid=900.0, device_present=True, raising=True)
     assert describe("request_features__txn_amount", 810.0, paid_in_usd) == (
-        "TRANSACTION_AMOUNT", "amount of 810.00 EUR (900.00 USD as paid)")
+        "TRANSACTION_AMOUNT",
+        "amount of 810.00 EUR (900.00 USD as paid)",
+    )
     assert describe("card_stats__card_amount_avg_30d", 33.1, paid_in_usd) == (
         "CARD_AVERAGE_AMOUNT",
-        "this card's average amount in the 30 days up to its previous transaction is 33.10 EUR")
+        "this card's average amount in the 30 days up to its previous transaction is 33.10 EUR",
+    )
     in_eur = Context(currency="EUR", paid=810.0, device_present=True, raising=True)
     assert describe("request_features__txn_amount", 810.0, in_eur)[1] == "amount of 810.00 EUR"
 
@@ -1664,8 +1975,14 @@ async def test_a_transaction_older_than_the_horizon_is_uncertain_not_scored(redi
         assert codes(answer) == ["TRANSACTION_TOO_OLD"] and answer["score"] is None
         assert len(stack.predictor.calls) == 1  # the old one never reached the model
         # Per item in a batch.
-        response = await stack.client.post("/v1/transactions/score-batch",
-                                           json={"transactions": [txn(timestamp=now.isoformat()), ancient | {
-                                               "transaction_id": "old-in-batch"}]})
+        response = await stack.client.post(
+            "/v1/transactions/score-batch",
+            json={
+                "transactions": [
+                    txn(timestamp=now.isoformat()),
+                    ancient | {"transaction_id": "old-in-batch"},
+                ]
+            },
+        )
         labels = [r["result"]["label"] for r in response.json()["results"]]
         assert labels == ["not_fraud", "uncertain"]

@@ -23,8 +23,13 @@ from vigil_gateway.validation import invalid_params, summary, validate_items
 
 def transaction(**changes: Any) -> dict[str, Any]:
     body = {
-        "transaction_id": "tx-1", "card_id": "c1", "merchant_id": "m1", "amount": 10,
-        "currency": "EUR", "timestamp": "2024-06-01T10:00:00+02:00", "channel": "pos",
+        "transaction_id": "tx-1",
+        "card_id": "c1",
+        "merchant_id": "m1",
+        "amount": 10,
+        "currency": "EUR",
+        "timestamp": "2024-06-01T10:00:00+02:00",
+        "channel": "pos",
     }
     body.update(changes)
     return {k: v for k, v in body.items() if v is not None}
@@ -61,9 +66,15 @@ def test_payload_hash_of_many_addresses_is_the_hash_of_the_json_dump() -> None:
 
 def test_batch_validation_equals_validating_each_item() -> None:
     items: list[Any] = [
-        *VARIANTS, transaction(currency="eur"), "not an object", None, 5,
-        transaction(amount=-1, timestamp="yesterday"), {"transaction_id": "x"},
-        transaction(extra_field=1), transaction(amount=True),
+        *VARIANTS,
+        transaction(currency="eur"),
+        "not an object",
+        None,
+        5,
+        transaction(amount=-1, timestamp="yesterday"),
+        {"transaction_id": "x"},
+        transaction(extra_field=1),
+        transaction(amount=True),
     ]
     outcomes = validate_items(items)
     assert len(outcomes) == len(items)
@@ -82,12 +93,22 @@ def test_batch_validation_equals_validating_each_item() -> None:
 
 def _answer(tid: str, **changes: Any) -> ScoreResponse:
     values: dict[str, Any] = {
-        "transaction_id": tid, "label": "highly_suspicious", "score": 0.912345,
-        "reasons": [Reason(code="AMOUNT_HIGH_FOR_CARD", text="amount is 8× this card's average",
-                        feature="request_features__amount_to_card_avg_30d", value=8.0,
-                        contribution=1.2345),
-                 Reason(code="NEW_DEVICE", text="first transaction from this device")],
-        "model": ModelRef(name="fraud_detector", version="3"), "degraded": False, "request_id": "req-1",
+        "transaction_id": tid,
+        "label": "highly_suspicious",
+        "score": 0.912345,
+        "reasons": [
+            Reason(
+                code="AMOUNT_HIGH_FOR_CARD",
+                text="amount is 8× this card's average",
+                feature="request_features__amount_to_card_avg_30d",
+                value=8.0,
+                contribution=1.2345,
+            ),
+            Reason(code="NEW_DEVICE", text="first transaction from this device"),
+        ],
+        "model": ModelRef(name="fraud_detector", version="3"),
+        "degraded": False,
+        "request_id": "req-1",
     }
     values.update(changes)
     return ScoreResponse(**values)
@@ -107,29 +128,54 @@ def test_the_batch_body_is_the_batch_response_model() -> None:
     conflict = DecisionConflict("transaction_id 'tx-3' was already scored")
     invalid = validate_items([transaction(currency="eur")])[0]
     assert isinstance(invalid, InvalidTransaction)
-    outcomes = [_answer("tx-1"), conflict, _answer("tx-2", cached=True, score=None, label="uncertain",
-                                                     degraded=True), invalid]
-    body = batch_response_body(outcomes, request_id="req-1", instance="/v1/transactions/score-batch")
-    expected = BatchResponse(request_id="req-1", results=[
-        {"index": 0, "status": 200, "result": outcomes[0]},
-        {"index": 1, "status": 409, "error": conflict.problem(
-            instance="/v1/transactions/score-batch", request_id="req-1")},
-        {"index": 2, "status": 200, "result": outcomes[2]},
-        {"index": 3, "status": 422, "error": invalid.problem(
-            instance="/v1/transactions/score-batch", request_id="req-1")},
-    ])
+    outcomes = [
+        _answer("tx-1"),
+        conflict,
+        _answer("tx-2", cached=True, score=None, label="uncertain", degraded=True),
+        invalid,
+    ]
+    body = batch_response_body(
+        outcomes, request_id="req-1", instance="/v1/transactions/score-batch"
+    )
+    expected = BatchResponse(
+        request_id="req-1",
+        results=[
+            {"index": 0, "status": 200, "result": outcomes[0]},
+            {
+                "index": 1,
+                "status": 409,
+                "error": conflict.problem(
+                    instance="/v1/transactions/score-batch", request_id="req-1"
+                ),
+            },
+            {"index": 2, "status": 200, "result": outcomes[2]},
+            {
+                "index": 3,
+                "status": 422,
+                "error": invalid.problem(
+                    instance="/v1/transactions/score-batch", request_id="req-1"
+                ),
+            },
+        ],
+    )
     assert body == expected.model_dump_json().encode()  # byte for byte what the model writes
     assert BatchResponse.model_validate_json(body) == expected
 
 
 def _encoded(n: int = 2, width: int = 3) -> dict[str, Any]:
     return {
-        "feature_service": "svc", "feature_names": [f"v__f{j}" for j in range(width)],
+        "feature_service": "svc",
+        "feature_names": [f"v__f{j}" for j in range(width)],
         "feature_contract": "sha256:x",
-        "rows": [{"values": [1.5, None, 3] if width == 3 else [0.0] * width,
-                  "missing": [False, True, False][:width] + [False] * (width - 3),
-                  "stale": [False] * width, "age_seconds": [10.0, None, 0][:width] + [0.0] * (width - 3)}
-                 for _ in range(n)],
+        "rows": [
+            {
+                "values": [1.5, None, 3] if width == 3 else [0.0] * width,
+                "missing": [False, True, False][:width] + [False] * (width - 3),
+                "stale": [False] * width,
+                "age_seconds": [10.0, None, 0][:width] + [0.0] * (width - 3),
+            }
+            for _ in range(n)
+        ],
     }
 
 
@@ -181,20 +227,57 @@ def _broken(change: str) -> bytes:
     return orjson.dumps(body)
 
 
-@pytest.mark.parametrize("change", [
-    "not-json", "list", "row-count", "width", "flags-width", "value-text", "value-bool", "age-text",
-    "flag-number", "flag-null", "row-not-object", "no-ages", "names", "contract", "values-not-list",
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        "not-json",
+        "list",
+        "row-count",
+        "width",
+        "flags-width",
+        "value-text",
+        "value-bool",
+        "age-text",
+        "flag-number",
+        "flag-null",
+        "row-not-object",
+        "no-ages",
+        "names",
+        "contract",
+        "values-not-list",
+    ],
+)
 def test_an_encoder_answer_that_is_not_one_is_refused(change: str) -> None:
     with pytest.raises((ValueError, KeyError, TypeError)):
         parse_encode_response(_broken(change), 2)
 
 
-@pytest.mark.parametrize("text", [
-    "1.2.3.4", "0.0.0.0", "255.255.255.255", "10.0.0.1", "01.2.3.4", "1.2.3.04", "256.1.1.1",
-    "1.2.3", "1.2.3.4.5", " 1.2.3.4", "1.2.3.4 ", "1.2.3.4\n", "1.2.3.4\x00", "1.2.3.-4",
-    "1.2.3.+4", "0x1.2.3.4", "1..3.4", "\u0661.2.3.4", "1.2.3.00", "::ffff:1.2.3.4", "2001:DB8::1",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1.2.3.4",
+        "0.0.0.0",
+        "255.255.255.255",
+        "10.0.0.1",
+        "01.2.3.4",
+        "1.2.3.04",
+        "256.1.1.1",
+        "1.2.3",
+        "1.2.3.4.5",
+        " 1.2.3.4",
+        "1.2.3.4 ",
+        "1.2.3.4\n",
+        "1.2.3.4\x00",
+        "1.2.3.-4",
+        "1.2.3.+4",
+        "0x1.2.3.4",
+        "1..3.4",
+        "\u0661.2.3.4",
+        "1.2.3.00",
+        "::ffff:1.2.3.4",
+        "2001:DB8::1",
+    ],
+)
 def test_the_ipv4_fast_path_accepts_and_refuses_exactly_what_ipaddress_does(text: str) -> None:
     from pydantic import IPvAnyAddress, TypeAdapter
 
@@ -216,15 +299,34 @@ def test_an_answer_built_from_its_stored_part_is_its_own_serialisation(request_i
     from vigil_gateway.decisions import answer_json, decision_json
 
     for answer in (
-        ScoreResponse(transaction_id="tx-1", label="suspicious", score=0.612345,
-                      reasons=[Reason(code="AMOUNT_HIGH_FOR_CARD", text="8x the card's average",
-                                      feature="f", value=8.0, contribution=1.25)],
-                      model=ModelRef(name="m", version="3"), degraded=False,
-                      request_id=request_id, cached=cached),
-        ScoreResponse(transaction_id="tx-2", label="not_fraud", score=1e-7,
-                      reasons=[Reason(code="NO_RISK_SIGNAL", text="none")],
-                      model=ModelRef(name="m", version=None), degraded=False,
-                      request_id=request_id, cached=cached),
+        ScoreResponse(
+            transaction_id="tx-1",
+            label="suspicious",
+            score=0.612345,
+            reasons=[
+                Reason(
+                    code="AMOUNT_HIGH_FOR_CARD",
+                    text="8x the card's average",
+                    feature="f",
+                    value=8.0,
+                    contribution=1.25,
+                )
+            ],
+            model=ModelRef(name="m", version="3"),
+            degraded=False,
+            request_id=request_id,
+            cached=cached,
+        ),
+        ScoreResponse(
+            transaction_id="tx-2",
+            label="not_fraud",
+            score=1e-7,
+            reasons=[Reason(code="NO_RISK_SIGNAL", text="none")],
+            model=ModelRef(name="m", version=None),
+            degraded=False,
+            request_id=request_id,
+            cached=cached,
+        ),
     ):
         own = ScoreResponse.__pydantic_serializer__.to_json(answer)
         assert answer_json(decision_json(answer), request_id, cached) == own
@@ -238,23 +340,43 @@ def _odd_answers() -> list[ScoreResponse]:
 
     rng = random.Random(3)
     shared = explain("not_fraud", [], [], None, currency="EUR", device_present=True, max_reasons=3)
-    models = [ModelRef(name="fraud_detector", version="3"), ModelRef(name="m", version=None),
-              ModelRef(name='q"uote', version="ü-\u2028")]
+    models = [
+        ModelRef(name="fraud_detector", version="3"),
+        ModelRef(name="m", version=None),
+        ModelRef(name='q"uote', version="ü-\u2028"),
+    ]
     ids = ["tx-1", "ü-ñ", 'quote"back\\slash', "\x01ctl", "a" * 64]
     scores = [0.0, 1.0, 1e-7, 1e-6, 0.5, 0.123456, 5e-324, None, float("nan"), float("inf")]
     answers = []
     for n in range(400):
         k = rng.randrange(4)
-        reasons = (shared if k == 0 else [] if k == 1 else
-                   [Reason(code="AMOUNT_HIGH_FOR_CARD", text="8× the card's \"average\"",
-                           feature="f", value=rng.choice([8.0, None, 1e-9]),
-                           contribution=rng.choice([1.25, -0.5, None]))] * rng.randrange(1, 4))
-        answers.append(ScoreResponse(
-            transaction_id=rng.choice(ids) + str(n), label=rng.choice(
-                ["not_fraud", "suspicious", "highly_suspicious", "uncertain"]),
-            score=rng.choice(scores) if rng.random() < 0.5 else rng.random(),
-            reasons=reasons, model=rng.choice(models), degraded=rng.random() < 0.2,
-            request_id="req-1"))
+        reasons = (
+            shared
+            if k == 0
+            else []
+            if k == 1
+            else [
+                Reason(
+                    code="AMOUNT_HIGH_FOR_CARD",
+                    text='8× the card\'s "average"',
+                    feature="f",
+                    value=rng.choice([8.0, None, 1e-9]),
+                    contribution=rng.choice([1.25, -0.5, None]),
+                )
+            ]
+            * rng.randrange(1, 4)
+        )
+        answers.append(
+            ScoreResponse(
+                transaction_id=rng.choice(ids) + str(n),
+                label=rng.choice(["not_fraud", "suspicious", "highly_suspicious", "uncertain"]),
+                score=rng.choice(scores) if rng.random() < 0.5 else rng.random(),
+                reasons=reasons,
+                model=rng.choice(models),
+                degraded=rng.random() < 0.2,
+                request_id="req-1",
+            )
+        )
     return answers
 
 
@@ -262,8 +384,10 @@ def test_decisions_of_a_batch_are_what_the_model_serialiser_writes() -> None:
     from vigil_gateway.decisions import decision_json, decisions_json
 
     answers = _odd_answers()
-    expected = [ScoreResponse.__pydantic_serializer__.to_json(a, exclude={"request_id", "cached"})
-                for a in answers]
+    expected = [
+        ScoreResponse.__pydantic_serializer__.to_json(a, exclude={"request_id", "cached"})
+        for a in answers
+    ]
     assert decisions_json(answers) == expected
     assert [decision_json(a) for a in answers] == expected
     assert decisions_json([]) == []
@@ -282,7 +406,8 @@ def test_stored_entries_of_a_batch_are_what_storing_each_decision_wrote() -> Non
         assert got == legacy
         if answer.score is None or math.isfinite(answer.score):  # JSON has no NaN nor inf
             assert StoredDecision.decode(entry).replay("req-2") == answer.model_copy(
-                update={"request_id": "req-2", "cached": True})
+                update={"request_id": "req-2", "cached": True}
+            )
 
 
 def test_answers_of_a_batch_are_what_postprocessing_each_row_gives() -> None:
@@ -296,29 +421,59 @@ def test_answers_of_a_batch_are_what_postprocessing_each_row_gives() -> None:
     from vigil_gateway.safeguards import Checked
 
     rng = random.Random(5)
-    names = ["card_stats__card_amount_avg_30d", "merchant_stats__merchant_fraud_rate_30d",
-             "request_features__amount_to_card_avg_30d", "request_features__txn_hour"]
-    meta = ModelMetadata(name="fraud_detector", version="7", feature_service="svc",
-                         feature_names=names, feature_contract="sha256:x",
-                         thresholds={"suspicious": 0.3, "highly_suspicious": 0.7})
+    names = [
+        "card_stats__card_amount_avg_30d",
+        "merchant_stats__merchant_fraud_rate_30d",
+        "request_features__amount_to_card_avg_30d",
+        "request_features__txn_hour",
+    ]
+    meta = ModelMetadata(
+        name="fraud_detector",
+        version="7",
+        feature_service="svc",
+        feature_names=names,
+        feature_contract="sha256:x",
+        thresholds={"suspicious": 0.3, "highly_suspicious": 0.7},
+    )
     n = 300
-    encoded = EncodedVectors("svc", names, "sha256:x", [
-        EncodedVector([rng.choice([None, rng.uniform(0, 50)]) for _ in names], [False] * 4,
-                      [False] * 4, [0.0] * 4) for _ in range(n)])
+    encoded = EncodedVectors(
+        "svc",
+        names,
+        "sha256:x",
+        [
+            EncodedVector(
+                [rng.choice([None, rng.uniform(0, 50)]) for _ in names],
+                [False] * 4,
+                [False] * 4,
+                [0.0] * 4,
+            )
+            for _ in range(n)
+        ],
+    )
     rows = sorted(rng.sample(range(n), 200))
     # Scores on and around the thresholds, and contributions missing for some flagged rows.
     scores = [rng.choice([0.0, 0.2999999, 0.3, 0.5, 0.7, 0.9999, rng.random()]) for _ in rows]
-    contributions = [None if rng.random() < 0.3 else [rng.uniform(-2, 2) for _ in range(5)]
-                     for _ in rows]
+    contributions = [
+        None if rng.random() < 0.3 else [rng.uniform(-2, 2) for _ in range(5)] for _ in rows
+    ]
     inference = Inference("fraud_detector", "7", scores, contributions)
-    transactions = [Transaction.model_validate(transaction(
-        transaction_id=f"tx-{i}", device_id=rng.choice([None, "d1"]), currency=rng.choice(["EUR", "JPY"])))
-        for i in range(n)]
+    transactions = [
+        Transaction.model_validate(
+            transaction(
+                transaction_id=f"tx-{i}",
+                device_id=rng.choice([None, "d1"]),
+                currency=rng.choice(["EUR", "JPY"]),
+            )
+        )
+        for i in range(n)
+    ]
     postprocess = Postprocess(None, max_reasons=3)  # type: ignore[arg-type]
     checked = Checked(SafeguardsRef(version="1"), {})
     many = postprocess.answers(transactions, encoded, rows, inference, meta, checked, "req-1")
-    one_by_one = [postprocess.answer(transactions[i], encoded, i, inference, k, meta, checked, "req-1")
-                  for k, i in enumerate(rows)]
+    one_by_one = [
+        postprocess.answer(transactions[i], encoded, i, inference, k, meta, checked, "req-1")
+        for k, i in enumerate(rows)
+    ]
     assert many == one_by_one
     assert {a.label for a in many} == {"not_fraud", "suspicious", "highly_suspicious"}
     for fast, slow in zip(many, one_by_one, strict=True):  # the same objects, not only equal ones

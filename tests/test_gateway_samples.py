@@ -16,21 +16,49 @@ from vigil_gateway.app import create_app
 from vigil_gateway.samples import latest_same_time
 from vigil_gateway.settings import GatewaySettings
 
-SAMPLES = {"samples": [
-    {"name": "regular purchase", "expect_fraud": False, "transaction": {
-        "transaction_id": "sample-legit-0", "card_id": "c001", "merchant_id": "m01", "amount": 42.5,
-        "currency": "EUR", "timestamp": "2026-01-10T14:12:00Z", "channel": "ecom",
-        "device_id": "d001", "ip_address": "10.1.0.7", "country": "FR"}},
-    {"name": "account takeover", "expect_fraud": True, "transaction": {
-        "transaction_id": "sample-ato-0", "card_id": "c002", "merchant_id": "m01", "amount": 900.0,
-        "currency": "USD", "timestamp": "2026-01-10T03:12:00+00:00", "channel": "ecom",
-        "device_id": "sample-never-seen-device-0", "ip_address": "203.0.113.10", "country": "US"}},
-]}
+SAMPLES = {
+    "samples": [
+        {
+            "name": "regular purchase",
+            "expect_fraud": False,
+            "transaction": {
+                "transaction_id": "sample-legit-0",
+                "card_id": "c001",
+                "merchant_id": "m01",
+                "amount": 42.5,
+                "currency": "EUR",
+                "timestamp": "2026-01-10T14:12:00Z",
+                "channel": "ecom",
+                "device_id": "d001",
+                "ip_address": "10.1.0.7",
+                "country": "FR",
+            },
+        },
+        {
+            "name": "account takeover",
+            "expect_fraud": True,
+            "transaction": {
+                "transaction_id": "sample-ato-0",
+                "card_id": "c002",
+                "merchant_id": "m01",
+                "amount": 900.0,
+                "currency": "USD",
+                "timestamp": "2026-01-10T03:12:00+00:00",
+                "channel": "ecom",
+                "device_id": "sample-never-seen-device-0",
+                "ip_address": "203.0.113.10",
+                "country": "US",
+            },
+        },
+    ]
+}
 
 
 async def get_samples(path: Path | None) -> httpx.Response:
     app = create_app(GatewaySettings(environment="test", samples_path=path, log_level="INFO"))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app), base_url="http://gw"
+    ) as client:
         return await client.get("/ui/samples")
 
 
@@ -49,27 +77,35 @@ async def test_samples_are_moved_to_the_latest_same_time_of_day(tmp_path):
         ts = datetime.fromisoformat(txn["timestamp"])
         assert before - timedelta(days=1) < ts <= after
         then = datetime.fromisoformat(orig["timestamp"])
-        assert (ts - then) % timedelta(days=1) == timedelta(0)  # whole days: the takeover stays at night
+        assert (ts - then) % timedelta(days=1) == timedelta(
+            0
+        )  # whole days: the takeover stays at night
         assert txn["transaction_id"].startswith(orig["transaction_id"] + "-")
-        assert {k: v for k, v in txn.items() if k not in ("timestamp", "transaction_id")} == \
-            {k: v for k, v in orig.items() if k not in ("timestamp", "transaction_id")}
+        assert {k: v for k, v in txn.items() if k not in ("timestamp", "transaction_id")} == {
+            k: v for k, v in orig.items() if k not in ("timestamp", "transaction_id")
+        }
     ids = {s["transaction"]["transaction_id"] for doc in (first, second) for s in doc["samples"]}
     assert len(ids) == 4  # fresh on every read: a click is scored, not replayed
 
 
 def test_latest_same_time_is_never_in_the_future():
     now = datetime(2026, 12, 6, 10, 0, tzinfo=UTC)
-    assert latest_same_time(datetime(2026, 11, 1, 3, 12, tzinfo=UTC), now) == \
-        datetime(2026, 12, 6, 3, 12, tzinfo=UTC)
-    assert latest_same_time(datetime(2026, 11, 1, 14, 12, tzinfo=UTC), now) == \
-        datetime(2026, 12, 5, 14, 12, tzinfo=UTC)
-    assert latest_same_time(datetime(2027, 1, 1, 9, 0, tzinfo=UTC), now) == \
-        datetime(2026, 12, 6, 9, 0, tzinfo=UTC)  # a future one is moved back
+    assert latest_same_time(datetime(2026, 11, 1, 3, 12, tzinfo=UTC), now) == datetime(
+        2026, 12, 6, 3, 12, tzinfo=UTC
+    )
+    assert latest_same_time(datetime(2026, 11, 1, 14, 12, tzinfo=UTC), now) == datetime(
+        2026, 12, 5, 14, 12, tzinfo=UTC
+    )
+    assert latest_same_time(datetime(2027, 1, 1, 9, 0, tzinfo=UTC), now) == datetime(
+        2026, 12, 6, 9, 0, tzinfo=UTC
+    )  # a future one is moved back
     assert latest_same_time(now, now) == now
 
 
 @pytest.mark.parametrize("content", [None, "not json", '{"samples": 3}', '{"other": []}'])
-async def test_missing_or_unreadable_samples_are_an_empty_list_and_a_log_line(tmp_path, content, caplog):
+async def test_missing_or_unreadable_samples_are_an_empty_list_and_a_log_line(
+    tmp_path, content, caplog
+):
     path = tmp_path / "samples.json"
     if content is not None:
         path.write_text(content)
@@ -85,8 +121,12 @@ async def test_unset_path_and_invalid_entries(tmp_path, caplog):
         assert (await get_samples(None)).json() == {"samples": []}
     assert any("GATEWAY_SAMPLES_PATH is not set" in r.getMessage() for r in caplog.records)
 
-    broken = {"samples": [SAMPLES["samples"][0], {"name": "no amount", "expect_fraud": False,
-                                                  "transaction": {"card_id": "c1"}}]}
+    broken = {
+        "samples": [
+            SAMPLES["samples"][0],
+            {"name": "no amount", "expect_fraud": False, "transaction": {"card_id": "c1"}},
+        ]
+    }
     path = tmp_path / "samples.json"
     path.write_text(json.dumps(broken))
     body = (await get_samples(path)).json()

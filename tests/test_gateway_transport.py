@@ -55,7 +55,9 @@ async def _read_request(reader: asyncio.StreamReader) -> Seen | None:
 
 
 def answer(body: bytes, status: int = 200, close: bool = False) -> bytes:
-    head = f"HTTP/1.1 {status} OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+    head = (
+        f"HTTP/1.1 {status} OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+    )
     if close:
         head += "connection: close\r\n"
     return head.encode() + b"\r\n" + body
@@ -100,7 +102,11 @@ async def client_for(url: str) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def test_every_dependency_url_gets_a_transport_to_its_origin() -> None:
-    for url, port in (("http://encoder:8001", 8001), ("https://encoder", 443), ("http://encoder/v", 80)):
+    for url, port in (
+        ("http://encoder:8001", 8001),
+        ("https://encoder", 443),
+        ("http://encoder/v", 80),
+    ):
         built = http_transport.transport(url, max_connections=3)
         assert isinstance(built, http_transport.HttpTransport)
         assert (built.host, built.port, built.max_connections) == ("encoder", port, 3)
@@ -172,7 +178,9 @@ async def test_concurrent_requests_share_the_pool() -> None:
         return await echo(seen, writer)
 
     async with http_server(slow_echo) as server, client_for(server.url) as client:
-        answers = await asyncio.gather(*(client.post(f"/{i}", content=b"%d" % i) for i in range(30)))
+        answers = await asyncio.gather(
+            *(client.post(f"/{i}", content=b"%d" % i) for i in range(30))
+        )
     assert [a.json()["path"] for a in answers] == [f"/{i}" for i in range(30)]
     assert server.connections <= 10
 
@@ -218,17 +226,31 @@ async def test_send_drives_the_transport_like_the_client_would() -> None:
         )
         async with client:
             response = await downstream.send(
-                client, "encoder", "POST", "/v1/encode", metrics=metrics, timeout=1.0,
-                connect_timeout_s=0.5, request_id="req-7", content=b'{"a": 1}',
+                client,
+                "encoder",
+                "POST",
+                "/v1/encode",
+                metrics=metrics,
+                timeout=1.0,
+                connect_timeout_s=0.5,
+                request_id="req-7",
+                content=b'{"a": 1}',
                 headers={"content-type": "application/json"},
             )
             # What the full client sends to the same server, for comparison.
-            await client.post("/v1/encode", content=b'{"a": 1}',
-                              headers={"content-type": "application/json", "x-request-id": "req-7"})
+            await client.post(
+                "/v1/encode",
+                content=b'{"a": 1}',
+                headers={"content-type": "application/json", "x-request-id": "req-7"},
+            )
     assert response.status_code == 200 and response.json()["path"] == "/prefix/v1/encode"
     # The light stand-in of an httpx.Response, read the same way by the clients.
     assert isinstance(response, http_transport.Reply)
-    assert response.headers.get("Content-Type") == response.headers.get("content-type") == "application/json"
+    assert (
+        response.headers.get("Content-Type")
+        == response.headers.get("content-type")
+        == "application/json"
+    )
     assert '"/prefix/v1/encode"' in response.text
     direct, full = server.requests
     assert direct.path == full.path == "/prefix/v1/encode"
@@ -244,16 +266,20 @@ async def test_send_classifies_a_timeout_and_a_refused_connection() -> None:
 
     metrics = GatewayMetrics()
     async with http_server(never) as server:
-        async with downstream.build_http_client(server.url, connect_timeout_s=0.5, max_connections=2) as c:
+        async with downstream.build_http_client(
+            server.url, connect_timeout_s=0.5, max_connections=2
+        ) as c:
             with pytest.raises(DownstreamError) as slow:
-                await downstream.send(c, "predictor", "GET", "/", metrics=metrics, timeout=0.2,
-                                      connect_timeout_s=0.5)
+                await downstream.send(
+                    c, "predictor", "GET", "/", metrics=metrics, timeout=0.2, connect_timeout_s=0.5
+                )
     async with downstream.build_http_client(
         f"http://127.0.0.1:{free_port()}", connect_timeout_s=0.5, max_connections=2
     ) as c:
         with pytest.raises(DownstreamError) as refused:
-            await downstream.send(c, "encoder", "GET", "/", metrics=metrics, timeout=0.5,
-                                  connect_timeout_s=0.5)
+            await downstream.send(
+                c, "encoder", "GET", "/", metrics=metrics, timeout=0.5, connect_timeout_s=0.5
+            )
     assert slow.value.kind == "timeout"
     assert refused.value.kind == "unavailable"
 
@@ -262,12 +288,22 @@ def test_a_reply_reads_like_an_httpx_response() -> None:
     headers = http_transport.Headers({"content-type": "application/problem+json"})
     assert headers["Content-Type"] == headers.get("CONTENT-TYPE") == "application/problem+json"
     assert "Content-type" in headers and headers.get("x-missing") is None
-    problem = http_transport.Reply(400, headers, b'{"type": "https://vigil.example/problems/feature-contract-mismatch", "detail": "wrong order"}')
+    problem = http_transport.Reply(
+        400,
+        headers,
+        b'{"type": "https://vigil.example/problems/feature-contract-mismatch", "detail": "wrong order"}',
+    )
     twin = httpx.Response(400, headers=list(headers.items()), content=problem.content)
     assert problem.json() == twin.json()
     assert downstream.problem_detail(problem) == downstream.problem_detail(twin) == "wrong order"
-    assert downstream.problem_slug(problem) == downstream.problem_slug(twin) == "feature-contract-mismatch"
-    garbled = http_transport.Reply(502, headers, "<html>bad gateway \u00e9</html>".encode() + b"\xff")
+    assert (
+        downstream.problem_slug(problem)
+        == downstream.problem_slug(twin)
+        == "feature-contract-mismatch"
+    )
+    garbled = http_transport.Reply(
+        502, headers, "<html>bad gateway \u00e9</html>".encode() + b"\xff"
+    )
     twin = httpx.Response(502, headers=list(headers.items()), content=garbled.content)
     with pytest.raises(ValueError):
         garbled.json()
@@ -280,8 +316,10 @@ def test_a_reply_reads_like_an_httpx_response() -> None:
 
 async def test_answers_framed_by_chunks_or_by_the_end_of_the_connection_arrive_whole() -> None:
     async def chunked(seen: Seen, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
-                     b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+        )
         await writer.drain()
         return True
 
@@ -335,7 +373,9 @@ async def test_a_late_answer_is_never_read_as_the_next_requests() -> None:
     assert server.connections == 3  # the timed-out and the cancelled exchanges' were closed
 
 
-async def test_a_connection_idle_past_the_keepalive_is_not_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_connection_idle_past_the_keepalive_is_not_reused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(http_transport, "KEEPALIVE_S", 0.05)
     async with http_server() as server, client_for(server.url) as client:
         await client.get("/")
@@ -362,8 +402,11 @@ async def test_a_malformed_answer_is_a_protocol_error_and_its_connection_is_drop
 
 async def test_a_header_that_would_split_the_request_is_refused_before_anything_is_sent() -> None:
     async with http_server() as server, client_for(server.url) as client:
-        for name, value in (("x-request-id", "a\r\nx-injected: 1"), ("x-evil\r\nx-injected", "1"),
-                            ("x-ok", "line\nbreak")):
+        for name, value in (
+            ("x-request-id", "a\r\nx-injected: 1"),
+            ("x-evil\r\nx-injected", "1"),
+            ("x-ok", "line\nbreak"),
+        ):
             with pytest.raises(httpx.LocalProtocolError):
                 await client.get("/", headers={name: value})
         assert (await client.get("/", headers={"x-request-id": "fine"})).status_code == 200

@@ -56,15 +56,26 @@ def test_transaction_keeps_the_payers_offset() -> None:
     assert t.timestamp.utcoffset() == timedelta(hours=2)
     assert t.timestamp.hour == 10
     assert t.model_dump(mode="json")["timestamp"] == "2024-06-01T10:00:00+02:00"
-    assert Transaction.model_validate(transaction(timestamp="2024-06-01T08:00:00Z")).model_dump(
-        mode="json")["timestamp"] == "2024-06-01T08:00:00Z"
+    assert (
+        Transaction.model_validate(transaction(timestamp="2024-06-01T08:00:00Z")).model_dump(
+            mode="json"
+        )["timestamp"]
+        == "2024-06-01T08:00:00Z"
+    )
     assert isinstance(t.amount, float)
 
 
 @pytest.mark.parametrize(
     "timestamp",
-    ["2024-06-01T10:00:00", "2024-06-01", "10:00:00Z", "2024-06-01T10:00Z", "2024-13-01T10:00:00Z",
-     "2024-W22-6T10:00:00Z", "20240601T100000Z"],
+    [
+        "2024-06-01T10:00:00",
+        "2024-06-01",
+        "10:00:00Z",
+        "2024-06-01T10:00Z",
+        "2024-13-01T10:00:00Z",
+        "2024-W22-6T10:00:00Z",
+        "20240601T100000Z",
+    ],
 )
 def test_timestamp_must_be_rfc3339_with_an_offset(timestamp: str) -> None:
     with pytest.raises(ValidationError) as info:
@@ -82,9 +93,17 @@ def test_timestamp_may_not_be_far_in_the_future() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("amount", True), ("amount", float("inf")), ("amount", 1e9 + 1), ("currency", "EURO"),
-     ("channel", "POS"), ("country", "de"), ("device_id", ""), ("merchant_id", "x" * 129),
-     ("ip_address", "1.2.3")],
+    [
+        ("amount", True),
+        ("amount", float("inf")),
+        ("amount", 1e9 + 1),
+        ("currency", "EURO"),
+        ("channel", "POS"),
+        ("country", "de"),
+        ("device_id", ""),
+        ("merchant_id", "x" * 129),
+        ("ip_address", "1.2.3"),
+    ],
 )
 def test_field_rules(field: str, value: Any) -> None:
     with pytest.raises(ValidationError) as info:
@@ -93,7 +112,9 @@ def test_field_rules(field: str, value: Any) -> None:
 
 
 def test_optional_fields_validate() -> None:
-    t = Transaction.model_validate(transaction(ip_address="2001:db8::1", country="DE", device_id="d"))
+    t = Transaction.model_validate(
+        transaction(ip_address="2001:db8::1", country="DE", device_id="d")
+    )
     assert str(t.ip_address) == "2001:db8::1"
     assert Transaction.model_validate(transaction(amount=1e9)).amount == 1e9
 
@@ -132,8 +153,14 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(
     "changes",
-    [{"total_budget_s": 0}, {"encoder_timeout_s": -1}, {"predictor_timeout_s": 0.5},
-     {"batch_hop_timeout_s": 5.0}, {"metadata_refresh_s": 0}, {"decision_store_timeout_s": 0.5}],
+    [
+        {"total_budget_s": 0},
+        {"encoder_timeout_s": -1},
+        {"predictor_timeout_s": 0.5},
+        {"batch_hop_timeout_s": 5.0},
+        {"metadata_refresh_s": 0},
+        {"decision_store_timeout_s": 0.5},
+    ],
 )
 def test_production_refuses_unsafe_settings(changes: dict[str, Any]) -> None:
     GatewaySettings(**changes)  # tolerated in development
@@ -145,9 +172,14 @@ def test_production_accepts_the_defaults_with_a_secret() -> None:
     GatewaySettings(environment="production", auth_secret="s3cret-from-the-vault")
 
 
-@pytest.mark.parametrize("changes", [
-    {}, {"auth_secret": ""}, {"auth_enabled": False, "auth_secret": "x"},
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"auth_secret": ""},
+        {"auth_enabled": False, "auth_secret": "x"},
+    ],
+)
 def test_production_refuses_auth_off_or_the_development_secret(changes: dict[str, Any]) -> None:
     with pytest.raises(ValidationError, match="unsafe settings for production"):
         GatewaySettings(environment="production", **changes)
@@ -156,15 +188,21 @@ def test_production_refuses_auth_off_or_the_development_secret(changes: dict[str
 
 # --- serving policy --------------------------------------------------------------------------
 
-NAMES = ["card_stats__card_txn_count_1h", "merchant_stats__merchant_txn_count_24h",
-         "device_stats__device_txn_count_24h", "request_features__txn_amount",
-         "request_features__is_new_device"]
+NAMES = [
+    "card_stats__card_txn_count_1h",
+    "merchant_stats__merchant_txn_count_24h",
+    "device_stats__device_txn_count_24h",
+    "request_features__txn_amount",
+    "request_features__is_new_device",
+]
 
 
 def row(missing: list[bool], stale: list[bool] | None = None) -> EncodedRow:
     return EncodedRow(
-        values=[None if m else 1.0 for m in missing], missing=missing,
-        stale=stale or [False] * len(missing), age_seconds=[None if m else 1.0 for m in missing],
+        values=[None if m else 1.0 for m in missing],
+        missing=missing,
+        stale=stale or [False] * len(missing),
+        age_seconds=[None if m else 1.0 for m in missing],
     )
 
 
@@ -179,7 +217,9 @@ def test_policy_verdicts() -> None:
     assert policy_verdict(row([False] * 5), stored, policy) is None
     # On-demand features missing do not count against the stored fraction.
     assert policy_verdict(row([True, False, False, True, True]), stored, policy) is None
-    assert policy_verdict(row([True, True, False, False, False]), stored, policy) == FEATURES_MISSING
+    assert (
+        policy_verdict(row([True, True, False, False, False]), stored, policy) == FEATURES_MISSING
+    )
     stale = row([True, False, False, False, False], [True, False, False, False, False])
     assert policy_verdict(stale, stored, policy) == FEATURES_STALE
     lenient = ServingPolicy(max_missing_stored_fraction=0.5, stale_is_uncertain=False)
@@ -200,50 +240,77 @@ def test_every_template_says_something(feature: str, value: float | None) -> Non
 
 def test_sentences() -> None:
     assert describe("request_features__amount_to_card_avg_30d", 8.04, CTX)[1] == (
-        "amount is 8× this card's 30-day average")
+        "amount is 8× this card's 30-day average"
+    )
     assert describe("request_features__amount_to_card_avg_30d", 2.46, CTX)[1] == (
-        "amount is 2.5× this card's 30-day average")
+        "amount is 2.5× this card's 30-day average"
+    )
     # Stored windows end at the entity's previous transaction, and the sentence says so.
     assert describe("card_stats__card_txn_count_1h", 1.0, CTX)[1] == (
-        "1 transaction on this card in the hour up to its previous transaction")
+        "1 transaction on this card in the hour up to its previous transaction"
+    )
     assert describe("device_stats__device_distinct_cards_7d", 4.0, CTX)[1] == (
-        "4 cards used on this device in the 7 days up to its previous transaction")
+        "4 cards used on this device in the 7 days up to its previous transaction"
+    )
     assert describe("card_stats__card_distinct_countries_30d", 2.0, CTX)[1] == (
-        "2 countries where this card was used in the 30 days up to its previous transaction")
+        "2 countries where this card was used in the 30 days up to its previous transaction"
+    )
     assert describe("card_stats__card_amount_avg_30d", 33.1, CTX)[1] == (
-        "this card's average amount in the 30 days up to its previous transaction is 33.10 EUR")
+        "this card's average amount in the 30 days up to its previous transaction is 33.10 EUR"
+    )
     assert describe("request_features__seconds_since_card_last_txn", 90.0, CTX) == (
-        "RAPID_SUCCESSION", "2 minutes since this card's previous transaction")
+        "RAPID_SUCCESSION",
+        "2 minutes since this card's previous transaction",
+    )
     assert describe("request_features__txn_amount", 1234.5, CTX)[1] == "amount of 1,234.50 EUR"
     assert describe("request_features__hour_of_day", 3.0, CTX)[0] == "NIGHT_TIME"
     no_device = Context(currency="EUR", device_present=False, raising=True)
     assert describe("device_stats__device_txn_count_24h", None, no_device)[0] == "NO_DEVICE"
     assert describe("card_stats__card_txn_count_1h", None, CTX)[0] == "NO_CARD_HISTORY"
-    assert describe("new_view__brand_new_feature", 3.0, CTX) == ("MODEL_SIGNAL", "brand new feature is 3")
+    assert describe("new_view__brand_new_feature", 3.0, CTX) == (
+        "MODEL_SIGNAL",
+        "brand new feature is 3",
+    )
 
 
 def test_explain_orders_dedupes_and_caps() -> None:
-    names = ["request_features__is_new_device", "request_features__device_age_days",
-             "request_features__country_mismatch", "card_stats__card_txn_count_1h",
-             "request_features__is_night"]
+    names = [
+        "request_features__is_new_device",
+        "request_features__device_age_days",
+        "request_features__country_mismatch",
+        "card_stats__card_txn_count_1h",
+        "request_features__is_night",
+    ]
     values = [1.0, None, 1.0, 6.0, 0.0]
     contributions = [1.0, 0.9, 0.5, 2.0, -0.3, -1.0]  # the last one is the bias
-    reasons = explain("highly_suspicious", names, values, contributions,
-                      currency="EUR", device_present=True, max_reasons=3)
+    reasons = explain(
+        "highly_suspicious",
+        names,
+        values,
+        contributions,
+        currency="EUR",
+        device_present=True,
+        max_reasons=3,
+    )
     assert [r.code for r in reasons] == ["CARD_VELOCITY_1H", "NEW_DEVICE", "COUNTRY_MISMATCH"]
     assert reasons[0].feature == "card_stats__card_txn_count_1h" and reasons[0].value == 6.0
 
     # not_fraud is "no risk signal" alone: no contributions are fetched for it (and any that
     # came would not be listed).
     for given in (contributions, None):
-        safe = explain("not_fraud", names, values, given,
-                       currency="EUR", device_present=True, max_reasons=3)
+        safe = explain(
+            "not_fraud", names, values, given, currency="EUR", device_present=True, max_reasons=3
+        )
         assert [(r.code, r.feature) for r in safe] == [("NO_RISK_SIGNAL", None)]
 
-    flat = explain("suspicious", names, values, [0.0] * 6, currency="EUR", device_present=True, max_reasons=3)
+    flat = explain(
+        "suspicious", names, values, [0.0] * 6, currency="EUR", device_present=True, max_reasons=3
+    )
     assert [r.code for r in flat] == ["MODEL_BASELINE"]
     # A flagged transaction the predictor did not explain still gets a reason.
-    unexplained = explain("suspicious", names, values, None, currency="EUR", device_present=True, max_reasons=3)
+    unexplained = explain(
+        "suspicious", names, values, None, currency="EUR", device_present=True, max_reasons=3
+    )
     assert [r.code for r in unexplained] == ["MODEL_BASELINE"]
 
 
@@ -252,8 +319,9 @@ def test_explain_orders_dedupes_and_caps() -> None:
 
 def test_features_are_sent_as_little_endian_fp32_with_nan_for_missing() -> None:
     rows = [[1.5, None, -2.0], [0.1, 1e39, 3.0]]
-    content, headers = encode_request(rows, request_id="r-1", feature_contract="sha256:x",
-                                      contributions_min_score=0.25)
+    content, headers = encode_request(
+        rows, request_id="r-1", feature_contract="sha256:x", contributions_min_score=0.25
+    )
     length = int(headers["Inference-Header-Content-Length"])
     assert headers["content-type"] == "application/octet-stream"
     header = json.loads(content[:length])
@@ -261,7 +329,11 @@ def test_features_are_sent_as_little_endian_fp32_with_nan_for_missing() -> None:
     assert header["parameters"] == {"feature_contract": "sha256:x", "contributions_min_score": 0.25}
     [tensor] = header["inputs"]
     assert tensor["shape"] == [2, 3] and tensor["datatype"] == "FP32" and "data" not in tensor
-    assert tensor["parameters"] == {"binary_data_size": 24} == {"binary_data_size": len(content) - length}
+    assert (
+        tensor["parameters"]
+        == {"binary_data_size": 24}
+        == {"binary_data_size": len(content) - length}
+    )
     assert [o["name"] for o in header["outputs"]] == ["score", "contributions"]
     assert all(o["parameters"] == {"binary_data": True} for o in header["outputs"])
     values = struct.unpack("<6f", content[length:])
@@ -269,32 +341,60 @@ def test_features_are_sent_as_little_endian_fp32_with_nan_for_missing() -> None:
     assert values[3] == struct.unpack("<f", struct.pack("<f", 0.1))[0]
     assert values[4] == math.inf  # out of FP32 range: the predictor refuses it, as it did in JSON
     # Without a threshold the predictor explains every row.
-    content, headers = encode_request(rows, request_id="r", feature_contract="c", contributions_min_score=None)
-    assert "contributions_min_score" not in json.loads(content[:int(headers["Inference-Header-Content-Length"])])["parameters"]
+    content, headers = encode_request(
+        rows, request_id="r", feature_contract="c", contributions_min_score=None
+    )
+    assert (
+        "contributions_min_score"
+        not in json.loads(content[: int(headers["Inference-Header-Content-Length"])])["parameters"]
+    )
 
 
 def _binary_answer(outputs: dict[str, tuple[list[int], list[float]]]) -> tuple[bytes, str]:
     chunks = [struct.pack(f"<{len(flat)}f", *flat) for _, flat in outputs.values()]
-    header = json.dumps({"model_name": "m", "model_version": "1", "outputs": [
-        {"name": name, "datatype": "FP32", "shape": shape, "parameters": {"binary_data_size": len(chunk)}}
-        for (name, (shape, _)), chunk in zip(outputs.items(), chunks, strict=True)
-    ]}).encode()
+    header = json.dumps(
+        {
+            "model_name": "m",
+            "model_version": "1",
+            "outputs": [
+                {
+                    "name": name,
+                    "datatype": "FP32",
+                    "shape": shape,
+                    "parameters": {"binary_data_size": len(chunk)},
+                }
+                for (name, (shape, _)), chunk in zip(outputs.items(), chunks, strict=True)
+            ],
+        }
+    ).encode()
     return header + b"".join(chunks), str(len(header))
 
 
 def test_binary_and_json_answers_decode_alike() -> None:
     scores = [0.25, 0.75]
     contributions = [math.nan] * 4 + [0.5, -0.25, 1.0, -3.0]
-    content, length = _binary_answer({"score": ([2], scores), "contributions": ([2, 4], contributions)})
+    content, length = _binary_answer(
+        {"score": ([2], scores), "contributions": ([2, 4], contributions)}
+    )
     body, outputs = decode_outputs(content, length)
     assert body["model_version"] == "1"
     assert list(outputs["score"]) == scores
     assert split_rows(outputs["contributions"], 2, 4) == [None, [0.5, -0.25, 1.0, -3.0]]
-    as_json = json.dumps({"model_name": "m", "model_version": "1", "outputs": [
-        {"name": "score", "datatype": "FP32", "shape": [2], "data": scores},
-        {"name": "contributions", "datatype": "FP32", "shape": [2, 4],
-         "data": [[None] * 4, [0.5, -0.25, 1.0, -3.0]]},
-    ]}).encode()
+    as_json = json.dumps(
+        {
+            "model_name": "m",
+            "model_version": "1",
+            "outputs": [
+                {"name": "score", "datatype": "FP32", "shape": [2], "data": scores},
+                {
+                    "name": "contributions",
+                    "datatype": "FP32",
+                    "shape": [2, 4],
+                    "data": [[None] * 4, [0.5, -0.25, 1.0, -3.0]],
+                },
+            ],
+        }
+    ).encode()
     _, from_json = decode_outputs(as_json, None)
     assert list(from_json["score"]) == scores
     assert split_rows(from_json["contributions"], 2, 4) == [None, [0.5, -0.25, 1.0, -3.0]]
@@ -316,23 +416,46 @@ def test_malformed_binary_answers_are_refused(damage: str) -> None:
 
 
 def _json_answer(scores: Any, contributions: Any) -> bytes:
-    return json.dumps({"model_name": "m", "model_version": "1", "outputs": [
-        {"name": "score", "datatype": "FP32", "shape": [2], "data": scores},
-        {"name": "contributions", "datatype": "FP32", "shape": [2, 4], "data": contributions},
-    ]}).encode()
+    return json.dumps(
+        {
+            "model_name": "m",
+            "model_version": "1",
+            "outputs": [
+                {"name": "score", "datatype": "FP32", "shape": [2], "data": scores},
+                {
+                    "name": "contributions",
+                    "datatype": "FP32",
+                    "shape": [2, 4],
+                    "data": contributions,
+                },
+            ],
+        }
+    ).encode()
 
 
-@pytest.mark.parametrize("content,length", [
-    (b"not json", None),
-    (b'{"outputs": ["score"]}', None),
-    (b'{"model_name": "m", "model_version": "1", "outputs": []}', None),
-    (_json_answer([0.5, 1.5], [0.0] * 8), None),  # a score outside [0, 1]
-    (_json_answer([0.5, None], [0.0] * 8), None),  # a missing score
-    (_json_answer([0.5], [0.0] * 8), None),  # one score for two rows
-    (_json_answer([0.5, 0.5], [0.0] * 7), None),
-    (_binary_answer({"score": ([2], [0.5, 0.5])})[0], "9999"),
-], ids=["not-json", "outputs-not-objects", "no-outputs", "score-above-one", "score-null",
-        "too-few-scores", "too-few-contributions", "bad-header-length"])
+@pytest.mark.parametrize(
+    "content,length",
+    [
+        (b"not json", None),
+        (b'{"outputs": ["score"]}', None),
+        (b'{"model_name": "m", "model_version": "1", "outputs": []}', None),
+        (_json_answer([0.5, 1.5], [0.0] * 8), None),  # a score outside [0, 1]
+        (_json_answer([0.5, None], [0.0] * 8), None),  # a missing score
+        (_json_answer([0.5], [0.0] * 8), None),  # one score for two rows
+        (_json_answer([0.5, 0.5], [0.0] * 7), None),
+        (_binary_answer({"score": ([2], [0.5, 0.5])})[0], "9999"),
+    ],
+    ids=[
+        "not-json",
+        "outputs-not-objects",
+        "no-outputs",
+        "score-above-one",
+        "score-null",
+        "too-few-scores",
+        "too-few-contributions",
+        "bad-header-length",
+    ],
+)
 def test_answers_that_are_not_v2_are_invalid_responses(content: bytes, length: str | None) -> None:
     client = PredictorClient(None, GatewayMetrics(), 1.0)  # type: ignore[arg-type]  # no HTTP here
     headers = {} if length is None else {"Inference-Header-Content-Length": length}
@@ -341,12 +464,25 @@ def test_answers_that_are_not_v2_are_invalid_responses(content: bytes, length: s
     assert caught.value.kind == "invalid_response"
 
 
-@pytest.mark.parametrize("args", [
-    (b"PING",),
-    (b"MGET", b"vigil:decision:a", b"vigil:decision:b"),
-    (b"SET", b"k", b"", b"EX", b"86400", b"NX"),
-    (b"EVALSHA", b"f" * 40, b"2", b"k1", b"k2", b"1", b"60", "é\r\n$3".encode(), bytes(range(256))),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        (b"PING",),
+        (b"MGET", b"vigil:decision:a", b"vigil:decision:b"),
+        (b"SET", b"k", b"", b"EX", b"86400", b"NX"),
+        (
+            b"EVALSHA",
+            b"f" * 40,
+            b"2",
+            b"k1",
+            b"k2",
+            b"1",
+            b"60",
+            "é\r\n$3".encode(),
+            bytes(range(256)),
+        ),
+    ],
+)
 def test_decision_commands_are_packed_as_redis_py_packs_them(args: tuple[bytes, ...]) -> None:
     """The decision store packs its commands itself; the bytes are redis-py's, whatever the
     arguments hold (empty, CR LF, RESP markers, any byte)."""
@@ -364,14 +500,21 @@ def test_every_code_the_gateway_can_give_is_published() -> None:
     from vigil_gateway.safeguards import load_rules
     from vigil_gateway.uncertain import TEXT
 
-    published = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", (
-        Path(__file__).resolve().parent.parent / "docs" / "reasons.md").read_text()))
+    published = set(
+        re.findall(
+            r"`([A-Z][A-Z0-9_]+)`",
+            (Path(__file__).resolve().parent.parent / "docs" / "reasons.md").read_text(),
+        )
+    )
     given: set[str] = {"NO_RISK_SIGNAL", "MODEL_BASELINE", "MODEL_SIGNAL", *TEXT}
     given |= {rule.code for rule in load_rules().rules}
     for feature in TEMPLATES:
         for view in ("card_stats", "merchant_stats", "device_stats", "request_features"):
             for value in (None, 0.0, 0.5, 1.0, 2.5, 7.0, 3600.0, 86400.0 * 3):
-                for ctx in (CTX, Context(currency="USD", paid=9.0, device_present=False, raising=False),
-                            Context(currency="EUR", device_present=True, raising=False)):
+                for ctx in (
+                    CTX,
+                    Context(currency="USD", paid=9.0, device_present=False, raising=False),
+                    Context(currency="EUR", device_present=True, raising=False),
+                ):
                     given.add(describe(f"{view}__{feature}", value, ctx)[0])
     assert given - published == set()

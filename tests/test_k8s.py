@@ -54,7 +54,9 @@ def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
 def secret_env_names(container: dict[str, Any], manifests: list[dict[str, Any]]) -> set[str]:
     """The environment variables a container gets from Secrets."""
     secrets = by_kind(manifests, "Secret")
-    names = {e["name"] for e in container.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
+    names = {
+        e["name"] for e in container.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})
+    }
     for source in container.get("envFrom", []):
         if "secretRef" in source:
             names |= set(secrets[source["secretRef"]["name"]]["stringData"])
@@ -94,9 +96,15 @@ def drift(compose: dict[str, Any], manifests: list[dict[str, Any]]) -> list[str]
     services = compose["services"]
     # The runner serves TLS when given a pair, as compose does (the names are then the same).
     gateway_env = services["gateway"]["environment"]
-    tls = ((gateway_env["GATEWAY_TLS_CERTFILE"], gateway_env["GATEWAY_TLS_KEYFILE"])
-           if "GATEWAY_TLS_CERTFILE" in gateway_env else None)
-    runner = {s.name: s for s in service_specs("r", {"encoder": "e", "predictor": "p"}, "/m", "/s", tls=tls)}
+    tls = (
+        (gateway_env["GATEWAY_TLS_CERTFILE"], gateway_env["GATEWAY_TLS_KEYFILE"])
+        if "GATEWAY_TLS_CERTFILE" in gateway_env
+        else None
+    )
+    runner = {
+        s.name: s
+        for s in service_specs("r", {"encoder": "e", "predictor": "p"}, "/m", "/s", tls=tls)
+    }
     maps = by_kind(manifests, "ConfigMap")
     deployments = by_kind(manifests, "Deployment")
     k8s_services = by_kind(manifests, "Service")
@@ -108,38 +116,53 @@ def drift(compose: dict[str, Any], manifests: list[dict[str, Any]]) -> list[str]
         (container,) = pod_spec(deployments[name])["containers"]
         if container["image"] != svc["image"]:
             problems.append(f"{name}: image {container['image']} != compose's {svc['image']}")
-        if container["command"] != svc["command"] or svc["command"] != spec.command("0.0.0.0", spec.port):
+        if container["command"] != svc["command"] or svc["command"] != spec.command(
+            "0.0.0.0", spec.port
+        ):
             problems.append(f"{name}: command differs from compose's or the runner's")
         ports = [p["containerPort"] for p in container["ports"]]
         if ports != [spec.port] or str(spec.port) not in svc["command"]:
             problems.append(f"{name}: container ports {ports} != the runner's {spec.port}")
-        service_ports = [p["port"] for p in k8s_services.get(name, {"spec": {"ports": []}})["spec"]["ports"]]
+        service_ports = [
+            p["port"] for p in k8s_services.get(name, {"spec": {"ports": []}})["spec"]["ports"]
+        ]
         if service_ports != [spec.port]:
             problems.append(f"{name}: Service ports {service_ports} != {spec.port}")
         names = env_names(container, manifests)
         want = set(svc["environment"]) | K8S_ONLY_ENV.get(name, set())
         if names != want or set(svc["environment"]) != set(spec.env):
-            problems.append(f"{name}: env {sorted(names ^ want)} only on one side "
-                            f"(compose {sorted(svc['environment'])}, runner {sorted(spec.env)})")
+            problems.append(
+                f"{name}: env {sorted(names ^ want)} only on one side "
+                f"(compose {sorted(svc['environment'])}, runner {sorted(spec.env)})"
+            )
         # Settings (not credentials) have compose's values: paths, URLs, names.
         for source in container.get("envFrom", []):
             if "configMapRef" in source:
                 for key, value in maps[source["configMapRef"]["name"]]["data"].items():
                     if key in svc["environment"] and value != str(svc["environment"][key]):
-                        problems.append(f"{name}: {key}={value} != compose's {svc['environment'][key]}")
+                        problems.append(
+                            f"{name}: {key}={value} != compose's {svc['environment'][key]}"
+                        )
         ready = container["readinessProbe"]["httpGet"]["path"]
         if not ready == compose_health_path(svc) == READY_PATH[name]:
-            problems.append(f"{name}: readiness {ready} != compose's {compose_health_path(svc)} "
-                            f"/ the runner's {READY_PATH[name]}")
+            problems.append(
+                f"{name}: readiness {ready} != compose's {compose_health_path(svc)} "
+                f"/ the runner's {READY_PATH[name]}"
+            )
         if container["livenessProbe"]["httpGet"]["path"] != "/healthz":
             problems.append(f"{name}: liveness is not /healthz")
         # A service with a certificate speaks only HTTPS: every probe uses it, as compose's does.
         scheme = "HTTPS" if any(k.endswith("_TLS_CERTFILE") for k in spec.env) else "HTTP"
-        probe_schemes = {container[p]["httpGet"].get("scheme", "HTTP")
-                         for p in ("readinessProbe", "livenessProbe", "startupProbe") if p in container}
+        probe_schemes = {
+            container[p]["httpGet"].get("scheme", "HTTP")
+            for p in ("readinessProbe", "livenessProbe", "startupProbe")
+            if p in container
+        }
         if probe_schemes != {scheme} or compose_health(svc)[0] != scheme:
-            problems.append(f"{name}: probes over {sorted(probe_schemes)}, compose's over "
-                            f"{compose_health(svc)[0]}, the service speaks {scheme}")
+            problems.append(
+                f"{name}: probes over {sorted(probe_schemes)}, compose's over "
+                f"{compose_health(svc)[0]}, the service speaks {scheme}"
+            )
         mounts = {m["mountPath"] for m in container.get("volumeMounts", [])} - {"/tmp"}
         wanted = {v.split(":")[1] for v in svc.get("volumes", [])}
         if mounts != wanted:
@@ -153,10 +176,14 @@ def drift(compose: dict[str, Any], manifests: list[dict[str, Any]]) -> list[str]
         if container["command"] != services[name]["command"]:
             problems.append(f"{name}: command differs from compose's")
         if container["image"] != services[name]["image"]:
-            problems.append(f"{name}: image {container['image']} != compose's {services[name]['image']}")
+            problems.append(
+                f"{name}: image {container['image']} != compose's {services[name]['image']}"
+            )
         names = env_names(container, manifests)
         if names != set(services[name]["environment"]):
-            problems.append(f"{name}: env {sorted(names ^ set(services[name]['environment']))} only on one side")
+            problems.append(
+                f"{name}: env {sorted(names ^ set(services[name]['environment']))} only on one side"
+            )
         mounts = {m["mountPath"] for m in container["volumeMounts"]} - {"/tmp", "/home/vigil"}
         if mounts != {v.split(":")[1] for v in services[name]["volumes"]}:
             problems.append(f"{name}: mounts differ from compose's")
@@ -169,8 +196,11 @@ def drift(compose: dict[str, Any], manifests: list[dict[str, Any]]) -> list[str]
             problems.append("redis: command differs from compose's (persistence, protected mode)")
         # compose keeps Redis's data on a named volume; here on a claim, not an emptyDir.
         volumes = {v["name"]: v for v in pod_spec(redis)["volumes"]}
-        mounts = {m["mountPath"] for m in container.get("volumeMounts", [])
-                  if "persistentVolumeClaim" in volumes[m["name"]]}
+        mounts = {
+            m["mountPath"]
+            for m in container.get("volumeMounts", [])
+            if "persistentVolumeClaim" in volumes[m["name"]]
+        }
         if mounts != {v.split(":")[1] for v in services["redis"].get("volumes", [])}:
             problems.append(f"redis: claims mounted at {sorted(mounts)}, compose's volumes differ")
     return problems
@@ -193,18 +223,34 @@ def test_the_manifests_agree_with_compose_and_the_runner():
     assert drift(COMPOSE, MANIFESTS) == []
 
 
-@pytest.mark.parametrize("change", [
-    ("image", lambda c: c["services"]["encoder"].update(image="vigil-encoder:2")),
-    ("port", lambda c: c["services"]["predictor"]["command"].__setitem__(-5, "8012")),
-    ("env", lambda c: c["services"]["gateway"]["environment"].update(GATEWAY_MAX_BATCH="10")),
-    ("probe", lambda c: c["services"]["encoder"]["healthcheck"].update(
-        test=["CMD", "curl", "http://127.0.0.1:8001/healthz"])),
-    ("job", lambda c: c["services"]["train"].update(command=["vigil", "train", "--seed", "3"])),
-    ("value", lambda c: c["services"]["gateway"]["environment"].update(GATEWAY_SAMPLES_PATH="/x")),
-    ("tls", lambda c: [c["services"]["gateway"]["environment"].pop(k) for k in
-                       ("GATEWAY_TLS_CERTFILE", "GATEWAY_TLS_KEYFILE")]),
-    ("redis", lambda c: c["services"]["redis"]["command"].__setitem__(2, "no")),
-], ids=lambda change: change[0] if isinstance(change, tuple) else "")
+@pytest.mark.parametrize(
+    "change",
+    [
+        ("image", lambda c: c["services"]["encoder"].update(image="vigil-encoder:2")),
+        ("port", lambda c: c["services"]["predictor"]["command"].__setitem__(-5, "8012")),
+        ("env", lambda c: c["services"]["gateway"]["environment"].update(GATEWAY_MAX_BATCH="10")),
+        (
+            "probe",
+            lambda c: c["services"]["encoder"]["healthcheck"].update(
+                test=["CMD", "curl", "http://127.0.0.1:8001/healthz"]
+            ),
+        ),
+        ("job", lambda c: c["services"]["train"].update(command=["vigil", "train", "--seed", "3"])),
+        (
+            "value",
+            lambda c: c["services"]["gateway"]["environment"].update(GATEWAY_SAMPLES_PATH="/x"),
+        ),
+        (
+            "tls",
+            lambda c: [
+                c["services"]["gateway"]["environment"].pop(k)
+                for k in ("GATEWAY_TLS_CERTFILE", "GATEWAY_TLS_KEYFILE")
+            ],
+        ),
+        ("redis", lambda c: c["services"]["redis"]["command"].__setitem__(2, "no")),
+    ],
+    ids=lambda change: change[0] if isinstance(change, tuple) else "",
+)
 def test_the_drift_check_fails_when_compose_changes(change):
     compose = copy.deepcopy(COMPOSE)
     change[1](compose)
@@ -222,7 +268,11 @@ def test_every_env_name_is_a_setting_of_its_service():
     from vigil_gateway.settings import GatewaySettings
     from vigil_predictor.settings import PredictorSettings
 
-    settings = {"encoder": EncoderSettings, "predictor": PredictorSettings, "gateway": GatewaySettings}
+    settings = {
+        "encoder": EncoderSettings,
+        "predictor": PredictorSettings,
+        "gateway": GatewaySettings,
+    }
     deployments = by_kind(MANIFESTS, "Deployment")
     for name, cls in settings.items():
         (container,) = pod_spec(deployments[name])["containers"]
@@ -235,7 +285,7 @@ def test_every_env_name_is_a_setting_of_its_service():
         # setting gets a stand-in here.
         values = dict(by_kind(MANIFESTS, "ConfigMap")[f"vigil-{name}"]["data"])
         values |= {k: f"stand-in-{k.lower()}" for k in secret_env_names(container, MANIFESTS)}
-        cls(**{k[len(prefix):].lower(): v for k, v in values.items()})
+        cls(**{k[len(prefix) :].lower(): v for k, v in values.items()})
 
 
 def test_the_secrets_are_placeholders_a_production_gateway_refuses():
@@ -247,8 +297,11 @@ def test_the_secrets_are_placeholders_a_production_gateway_refuses():
     secrets = by_kind(MANIFESTS, "Secret")
     for secret in secrets.values():
         for key, value in secret["stringData"].items():
-            assert (value == "" or value.startswith("REPLACE-ME")
-                    or re.fullmatch(r"(redis://)?redis:6379(/0)?", value)), (secret["metadata"]["name"], key)
+            assert (
+                value == ""
+                or value.startswith("REPLACE-ME")
+                or re.fullmatch(r"(redis://)?redis:6379(/0)?", value)
+            ), (secret["metadata"]["name"], key)
     # An empty internal token would switch the encoder's and the predictor's check off.
     assert secrets["vigil-internal-token"]["stringData"]["token"]
     (container,) = pod_spec(by_kind(MANIFESTS, "Deployment")["gateway"])["containers"]
@@ -272,7 +325,9 @@ def test_the_gateway_serves_https_with_the_tls_secrets_pair():
             assert mount["readOnly"] is True
             secret_data = by_kind(MANIFESTS, "Secret")[secret["secretName"]]
             assert secret_data["type"] == "kubernetes.io/tls"
-            files |= {f"{mount['mountPath']}/{item['path']}": item["key"] for item in secret["items"]}
+            files |= {
+                f"{mount['mountPath']}/{item['path']}": item["key"] for item in secret["items"]
+            }
     assert files[data["GATEWAY_TLS_CERTFILE"]] == "tls.crt"
     assert files[data["GATEWAY_TLS_KEYFILE"]] == "tls.key"
     service = by_kind(MANIFESTS, "Service")["gateway"]
@@ -304,7 +359,10 @@ def test_every_pod_runs_unprivileged_with_a_read_only_root_and_bounded_resources
 
 def test_each_service_scales_and_survives_disruption():
     deployments = by_kind(MANIFESTS, "Deployment")
-    hpas, pdbs = by_kind(MANIFESTS, "HorizontalPodAutoscaler"), by_kind(MANIFESTS, "PodDisruptionBudget")
+    hpas, pdbs = (
+        by_kind(MANIFESTS, "HorizontalPodAutoscaler"),
+        by_kind(MANIFESTS, "PodDisruptionBudget"),
+    )
     for name in SERVICES:
         assert hpas[name]["spec"]["scaleTargetRef"]["name"] == name
         assert hpas[name]["spec"]["minReplicas"] >= 2
@@ -315,13 +373,21 @@ def test_each_service_scales_and_survives_disruption():
 def test_outside_traffic_reaches_only_the_gateway():
     policies = by_kind(MANIFESTS, "NetworkPolicy")
     deny = policies["default-deny-ingress"]["spec"]
-    assert deny["podSelector"] == {} and deny["policyTypes"] == ["Ingress"] and "ingress" not in deny
-    open_to_all = {p["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
-                   for p in policies.values()
-                   for rule in p["spec"].get("ingress", []) if "from" not in rule}
+    assert (
+        deny["podSelector"] == {} and deny["policyTypes"] == ["Ingress"] and "ingress" not in deny
+    )
+    open_to_all = {
+        p["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+        for p in policies.values()
+        for rule in p["spec"].get("ingress", [])
+        if "from" not in rule
+    }
     assert open_to_all == {"gateway"}
-    exposed = {name for name, s in by_kind(MANIFESTS, "Service").items()
-               if s["spec"].get("type", "ClusterIP") != "ClusterIP"}
+    exposed = {
+        name
+        for name, s in by_kind(MANIFESTS, "Service").items()
+        if s["spec"].get("type", "ClusterIP") != "ClusterIP"
+    }
     assert exposed == {"gateway"} == {n for n, s in COMPOSE["services"].items() if s.get("ports")}
 
 

@@ -30,17 +30,30 @@ WINDOWS = {"1h": HOUR, "24h": 24 * HOUR, "7d": pd.Timedelta(days=7), "30d": pd.T
 KEYS = {"card_stats": "card_id", "merchant_stats": "merchant_id", "device_stats": "device_id"}
 
 
-def txn(ts: pd.Timestamp, card: str, merchant: str = "m1", device: str | None = None,
-        country: str = "DE", amount: float = 10.0) -> dict:
-    return {"event_timestamp": ts, "card_id": card, "merchant_id": merchant, "device_id": device,
-            "country": country, "amount": amount}
+def txn(
+    ts: pd.Timestamp,
+    card: str,
+    merchant: str = "m1",
+    device: str | None = None,
+    country: str = "DE",
+    amount: float = 10.0,
+) -> dict:
+    return {
+        "event_timestamp": ts,
+        "card_id": card,
+        "merchant_id": merchant,
+        "device_id": device,
+        "country": country,
+        "amount": amount,
+    }
 
 
 def raw_frame(rows: list[dict]) -> pd.DataFrame:
     """A raw-transactions frame in the generator's format (labels included), sorted by time."""
     df = pd.DataFrame(rows)
     df["event_timestamp"] = pd.to_datetime(df["event_timestamp"], utc=True).astype(
-        "datetime64[us, UTC]")
+        "datetime64[us, UTC]"
+    )
     df = df.sort_values("event_timestamp", kind="stable").reset_index(drop=True)
     df.insert(0, "transaction_id", [f"tx{i:05d}" for i in range(len(df))])
     df["ip_address"] = None
@@ -59,7 +72,10 @@ def seen_by(raw: pd.DataFrame, table: pd.DataFrame, key: str) -> pd.DataFrame:
     joined = pd.merge_asof(
         left.sort_values("event_timestamp"),
         table.sort_values("event_timestamp"),
-        on="event_timestamp", by=key, allow_exact_matches=True, direction="backward",
+        on="event_timestamp",
+        by=key,
+        allow_exact_matches=True,
+        direction="backward",
     )
     return joined.set_index("transaction_id")
 
@@ -72,18 +88,22 @@ def epoch(ts: pd.Timestamp) -> float:
 
 
 def test_point_in_time_lookup_sees_only_strictly_earlier_transactions() -> None:
-    raw = raw_frame([
-        txn(T0, "c1", "m1", "d1", "DE", 10.0),
-        txn(T0 + 10 * pd.Timedelta(minutes=1), "c1", "m2", "d2", "FR", 20.0),
-        txn(T0 + 10 * pd.Timedelta(minutes=1), "c1", "m1", None, "DE", 30.0),  # same instant
-        txn(T0 + 2 * HOUR, "c1", "m3", "d1", "DE", 40.0),
-        txn(T0 + 10 * pd.Timedelta(minutes=1), "c2", "m1", "d9", "US", 999.0),  # another card
-        txn(T0, "c3", "m9", None, "DE", 1.0),
-        txn(T0 + US, "c3", "m9", None, "DE", 2.0),  # exactly one microsecond later
-    ])
+    raw = raw_frame(
+        [
+            txn(T0, "c1", "m1", "d1", "DE", 10.0),
+            txn(T0 + 10 * pd.Timedelta(minutes=1), "c1", "m2", "d2", "FR", 20.0),
+            txn(T0 + 10 * pd.Timedelta(minutes=1), "c1", "m1", None, "DE", 30.0),  # same instant
+            txn(T0 + 2 * HOUR, "c1", "m3", "d1", "DE", 40.0),
+            txn(T0 + 10 * pd.Timedelta(minutes=1), "c2", "m1", "d9", "US", 999.0),  # another card
+            txn(T0, "c3", "m9", None, "DE", 1.0),
+            txn(T0 + US, "c3", "m9", None, "DE", 2.0),  # exactly one microsecond later
+        ]
+    )
     card = compute_feature_tables(raw)["card_stats"]
     seen = seen_by(raw, card, "card_id")
-    tx = dict(zip(zip(raw["card_id"], raw["amount"], strict=True), raw["transaction_id"], strict=True))
+    tx = dict(
+        zip(zip(raw["card_id"], raw["amount"], strict=True), raw["transaction_id"], strict=True)
+    )
 
     # The first transaction of a card sees no row at all (its own row is stamped after it).
     assert seen.loc[tx["c1", 10.0], list(FEATURE_TABLES["card_stats"])].isna().all()
@@ -166,14 +186,16 @@ def boundary_world(offset: pd.Timedelta) -> pd.DataFrame:
     B: one card, merchant and device change (card's distinct merchants / devices).
     C: one merchant and device, the card changes (merchant's / device's distinct cards).
     """
-    return raw_frame([
-        txn(T0, "cA", "mA", "dA", "GB", 100.0),
-        txn(T0 + offset, "cA", "mA", "dA", "IE", 2.0),
-        txn(T0, "cB", "mB1", "dB1", "FR", 7.0),
-        txn(T0 + offset, "cB", "mB2", "dB2", "FR", 7.0),
-        txn(T0, "cC1", "mC", "dC", "FR", 7.0),
-        txn(T0 + offset, "cC2", "mC", "dC", "FR", 7.0),
-    ])
+    return raw_frame(
+        [
+            txn(T0, "cA", "mA", "dA", "GB", 100.0),
+            txn(T0 + offset, "cA", "mA", "dA", "IE", 2.0),
+            txn(T0, "cB", "mB1", "dB1", "FR", 7.0),
+            txn(T0 + offset, "cB", "mB2", "dB2", "FR", 7.0),
+            txn(T0, "cC1", "mC", "dC", "FR", 7.0),
+            txn(T0 + offset, "cC2", "mC", "dC", "FR", 7.0),
+        ]
+    )
 
 
 # feature -> (entity, value if the first transaction fell out, value if it is still in)
@@ -208,8 +230,9 @@ def window_of(feature: str) -> str:
 
 
 @pytest.mark.parametrize("window", list(WINDOWS))
-@pytest.mark.parametrize("inside", [False, True], ids=["exactly_w_ago_excluded",
-                                                       "just_inside_included"])
+@pytest.mark.parametrize(
+    "inside", [False, True], ids=["exactly_w_ago_excluded", "just_inside_included"]
+)
 def test_window_boundaries(window: str, inside: bool) -> None:
     offset = WINDOWS[window] - US if inside else WINDOWS[window]
     tables = compute_feature_tables(boundary_world(offset))
@@ -256,15 +279,18 @@ def random_world(seed: int, n_bursts: int = 45) -> pd.DataFrame:
             ts = start + pd.Timedelta(seconds=int(rng.integers(0, 5400)))
             if rows and rng.random() < 0.1:
                 ts = rows[int(rng.integers(len(rows)))]["event_timestamp"]  # a tie
-            rows.append(txn(
-                ts,
-                cards[int(rng.integers(len(cards)))],
-                merchants[int(rng.integers(len(merchants)))],
-                None if rng.random() < 0.25 else devices[int(rng.integers(len(devices)))],
-                countries[int(rng.choice(len(countries), p=[0.1, 0.6, 0.2, 0.1]))],
-                amounts[int(rng.integers(len(amounts)))] if rng.random() < 0.7
-                else float(np.round(rng.uniform(0.5, 300.0), 2)),
-            ))
+            rows.append(
+                txn(
+                    ts,
+                    cards[int(rng.integers(len(cards)))],
+                    merchants[int(rng.integers(len(merchants)))],
+                    None if rng.random() < 0.25 else devices[int(rng.integers(len(devices)))],
+                    countries[int(rng.choice(len(countries), p=[0.1, 0.6, 0.2, 0.1]))],
+                    amounts[int(rng.integers(len(amounts)))]
+                    if rng.random() < 0.7
+                    else float(np.round(rng.uniform(0.5, 300.0), 2)),
+                )
+            )
     # Copies of earlier transactions exactly one window (or one window +- 1 µs) later, so the
     # reference comparison exercises every boundary, not only the dedicated test.
     for _ in range(40):
@@ -287,11 +313,14 @@ def reference_tables(raw: pd.DataFrame) -> dict[str, pd.DataFrame]:
             mask = (raw[key] == entity).to_numpy()
             ent = raw[mask].assign(us=us[mask])
             for now in sorted(set(ent["us"])):
+
                 def win(size: str, ent: pd.DataFrame = ent, now: int = now) -> pd.DataFrame:
                     return ent[(ent["us"] > now - w[size]) & (ent["us"] <= now)]
 
-                row: dict = {key: entity,
-                             "event_timestamp": pd.Timestamp(now + 1, unit="us", tz="UTC")}
+                row: dict = {
+                    key: entity,
+                    "event_timestamp": pd.Timestamp(now + 1, unit="us", tz="UTC"),
+                }
                 if name == "card_stats":
                     w30 = win("30d")
                     counts = Counter(w30["country"])
@@ -318,9 +347,16 @@ def reference_tables(raw: pd.DataFrame) -> dict[str, pd.DataFrame]:
                         "merchant_amount_avg_7d": float(np.mean(w7["amount"])),
                         "merchant_distinct_cards_24h": len(set(w24["card_id"])),
                         # Night where each transaction happened (its country's local time).
-                        "merchant_night_share_7d": float(np.mean(
-                            [local_hour(ts.to_pydatetime(), c) < 6
-                             for ts, c in zip(w7["event_timestamp"], w7["country"], strict=True)])),
+                        "merchant_night_share_7d": float(
+                            np.mean(
+                                [
+                                    local_hour(ts.to_pydatetime(), c) < 6
+                                    for ts, c in zip(
+                                        w7["event_timestamp"], w7["country"], strict=True
+                                    )
+                                ]
+                            )
+                        ),
                         "merchant_small_amount_share_24h": float(np.mean(w24["amount"] < 5.0)),
                     }
                 else:
@@ -350,8 +386,9 @@ def test_every_feature_matches_brute_force_reference(seed: int) -> None:
         for feature in FEATURE_TABLES[name]:
             kind = pipeline.FEATURE_TYPES[feature]
             if kind == "Float64":
-                np.testing.assert_allclose(g[feature], r[feature].astype(float), rtol=1e-9,
-                                           atol=1e-9, err_msg=feature)
+                np.testing.assert_allclose(
+                    g[feature], r[feature].astype(float), rtol=1e-9, atol=1e-9, err_msg=feature
+                )
             else:
                 mismatch = g[feature].to_numpy() != r[feature].to_numpy()
                 assert not mismatch.any(), (feature, g[mismatch], r[mismatch])
@@ -360,8 +397,7 @@ def test_every_feature_matches_brute_force_reference(seed: int) -> None:
 def test_identical_amounts_have_exactly_zero_std() -> None:
     # The request feature divides by the std when it is > 0: float residue must not leak in.
     rows = [txn(T0 + i * HOUR, "c1", amount=a) for i, a in enumerate([1e6, 3.3, 3.3, 3.3])]
-    rows += [txn(T0 + 31 * pd.Timedelta(days=1) + i * HOUR, "c1", amount=19.99)
-             for i in range(5)]
+    rows += [txn(T0 + 31 * pd.Timedelta(days=1) + i * HOUR, "c1", amount=19.99) for i in range(5)]
     card = compute_feature_tables(raw_frame(rows))["card_stats"]
     assert card["card_amount_std_30d"].iloc[0] == 0.0
     assert (card["card_amount_std_30d"].iloc[-5:] == 0.0).all()
@@ -371,8 +407,9 @@ def test_identical_amounts_have_exactly_zero_std() -> None:
 
 
 def load_feature_views() -> dict:
-    spec = importlib.util.spec_from_file_location("vigil_test_features",
-                                                  REPO / "feature_repo" / "features.py")
+    spec = importlib.util.spec_from_file_location(
+        "vigil_test_features", REPO / "feature_repo" / "features.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return {name: getattr(module, name) for name in (*FEATURE_TABLES, "fx_rates")}
@@ -399,8 +436,10 @@ def test_written_parquet_schema_matches_feature_views(tmp_path: Path) -> None:
     raw_path = tmp_path / "raw.parquet"
     world = random_world(seed=5)
     world.to_parquet(raw_path)
-    write_fx_table(fx_table(5, world["event_timestamp"].min(), world["event_timestamp"].max()),
-                   tmp_path / FX_FILE)
+    write_fx_table(
+        fx_table(5, world["event_timestamp"].min(), world["event_timestamp"].max()),
+        tmp_path / FX_FILE,
+    )
     paths = write_feature_tables(raw_path, tmp_path / "offline")
     views = load_feature_views()
     assert set(paths) == set(views)
@@ -409,11 +448,13 @@ def test_written_parquet_schema_matches_feature_views(tmp_path: Path) -> None:
         schema = pq.read_schema(paths[name])
         key = {**KEYS, "fx_rates": "currency"}[name]  # the FX table is written as it is
         assert view.entities == [key.removesuffix("_id")]
-        expected = pa.schema([
-            pa.field(key, pa.string()),
-            pa.field("event_timestamp", pa.timestamp("us", tz="UTC")),
-            *(pa.field(f.name, arrow_of[f.dtype]) for f in view.features),
-        ])
+        expected = pa.schema(
+            [
+                pa.field(key, pa.string()),
+                pa.field("event_timestamp", pa.timestamp("us", tz="UTC")),
+                *(pa.field(f.name, arrow_of[f.dtype]) for f in view.features),
+            ]
+        )
         assert schema.remove_metadata().equals(expected), (name, schema)
         table = pq.read_table(paths[name])
         assert table.num_rows > 0
@@ -429,7 +470,8 @@ def test_in_memory_dtypes_and_empty_input() -> None:
             assert str(table["event_timestamp"].dtype) == "datetime64[us, UTC]"
             for feature in FEATURE_TABLES[name]:
                 want = {"Int64": "int64", "Float64": "float64", "String": "object"}[
-                    pipeline.FEATURE_TYPES[feature]]
+                    pipeline.FEATURE_TYPES[feature]
+                ]
                 assert str(table[feature].dtype) == want, feature
 
 
@@ -458,14 +500,21 @@ def test_labels_do_not_influence_features() -> None:
 def test_amounts_are_compared_in_eur_at_the_rate_of_their_day() -> None:
     """A card paying 100 EUR and then 100 USD (0.90 EUR per USD that day, 0.95 the next) has a
     30-day average of 95 EUR, not 100; a currency without a rate is refused, not guessed."""
-    rows = [txn(T0, "c1", amount=100.0), txn(T0 + HOUR, "c1", amount=100.0),
-            txn(T0 + 25 * HOUR, "c1", amount=100.0)]
+    rows = [
+        txn(T0, "c1", amount=100.0),
+        txn(T0 + HOUR, "c1", amount=100.0),
+        txn(T0 + 25 * HOUR, "c1", amount=100.0),
+    ]
     raw = raw_frame(rows)
     raw.loc[1:, "currency"] = "USD"
     day = pd.Timestamp(T0).floor("D")
-    fx = pd.DataFrame({"currency": ["EUR", "USD", "EUR", "USD"],
-                       "event_timestamp": [day, day, day + pd.Timedelta(days=1), day + pd.Timedelta(days=1)],
-                       "eur_per_unit": [1.0, 0.90, 1.0, 0.95]})
+    fx = pd.DataFrame(
+        {
+            "currency": ["EUR", "USD", "EUR", "USD"],
+            "event_timestamp": [day, day, day + pd.Timedelta(days=1), day + pd.Timedelta(days=1)],
+            "eur_per_unit": [1.0, 0.90, 1.0, 0.95],
+        }
+    )
     card = compute_feature_tables(raw, fx_rates=fx)["card_stats"].set_index("event_timestamp")
     last = card.iloc[-1]
     assert last["card_amount_avg_30d"] == pytest.approx((100.0 + 90.0 + 95.0) / 3)

@@ -62,8 +62,16 @@ def metadata(version: str, feature_names: list[str] = FEATURE_NAMES) -> dict[str
         "seed": 7,
         # Version 2 carries the training set's statistics (the first feature's range is served
         # for the gateway's safeguards; a feature without finite min and max is left out).
-        **({"reference_stats": {feature_names[0]: {"min": -3.5, "max": 3.25, "mean": 0.0},
-                                feature_names[1]: {"missing_rate": 1.0}}} if version == "2" else {}),
+        **(
+            {
+                "reference_stats": {
+                    feature_names[0]: {"min": -3.5, "max": 3.25, "mean": 0.0},
+                    feature_names[1]: {"missing_rate": 1.0},
+                }
+            }
+            if version == "2"
+            else {}
+        ),
     }
 
 
@@ -94,9 +102,7 @@ def xgb_scores(booster: xgb.Booster, x: np.ndarray) -> np.ndarray:
 def json_request(x: np.ndarray, **extra: Any) -> dict[str, Any]:
     data = [[None if np.isnan(v) else float(v) for v in row] for row in x]
     return {
-        "inputs": [
-            {"name": "features", "datatype": "FP32", "shape": list(x.shape), "data": data}
-        ],
+        "inputs": [{"name": "features", "datatype": "FP32", "shape": list(x.shape), "data": data}],
         **extra,
     }
 
@@ -387,7 +393,8 @@ async def test_contributions_only_for_rows_scoring_at_least_the_min_score(
     if binary:
         flag = {"parameters": {"binary_data": True}}
         content, headers = binary_request(
-            x, outputs=[{"name": "score", **flag}, {"name": "contributions", **flag}],
+            x,
+            outputs=[{"name": "score", **flag}, {"name": "contributions", **flag}],
             parameters=parameters,
         )
         response = await client.post(INFER, content=content, headers=headers)
@@ -415,22 +422,26 @@ async def test_contributions_only_for_rows_scoring_at_least_the_min_score(
 async def test_min_score_bounds_explain_every_row_or_none(client, boosters) -> None:
     x = rows(6, seed=17)
     both = [{"name": "score"}, {"name": "contributions"}]
-    body = (await client.post(
-        INFER, json=json_request(x, outputs=both, parameters={"contributions_min_score": 0})
-    )).json()
+    body = (
+        await client.post(
+            INFER, json=json_request(x, outputs=both, parameters={"contributions_min_score": 0})
+        )
+    ).json()
     matrix = xgb.DMatrix(x, missing=np.nan, feature_names=FEATURE_NAMES)
     np.testing.assert_allclose(
         output(body, "contributions"), boosters["2"].predict(matrix, pred_contribs=True), atol=1e-6
     )
-    body = (await client.post(
-        INFER, json=json_request(x, outputs=both, parameters={"contributions_min_score": 1.0})
-    )).json()
+    body = (
+        await client.post(
+            INFER, json=json_request(x, outputs=both, parameters={"contributions_min_score": 1.0})
+        )
+    ).json()
     assert np.isnan(output(body, "contributions")).all()
     np.testing.assert_allclose(output(body, "score"), xgb_scores(boosters["2"], x), atol=1e-6)
     # Without contributions asked for, the parameter changes nothing.
-    body = (await client.post(
-        INFER, json=json_request(x, parameters={"contributions_min_score": 0.5})
-    )).json()
+    body = (
+        await client.post(INFER, json=json_request(x, parameters={"contributions_min_score": 0.5}))
+    ).json()
     assert [o["name"] for o in body["outputs"]] == ["score"]
 
 
@@ -485,18 +496,32 @@ async def test_gzip_request_body(client, boosters) -> None:
     )
 
 
-async def test_json_that_only_the_standard_library_reads_is_still_accepted(client, boosters) -> None:
+async def test_json_that_only_the_standard_library_reads_is_still_accepted(
+    client, boosters
+) -> None:
     # NaN literals (what Python's json.dumps writes for a NaN) mean missing, as they always did.
     x = rows(1, seed=19)
     x[0, 3] = np.nan
     content = json.dumps(
-        {"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, N_FEATURES],
-                     "data": [float(v) for v in x[0]]}]}
+        {
+            "inputs": [
+                {
+                    "name": "features",
+                    "datatype": "FP32",
+                    "shape": [1, N_FEATURES],
+                    "data": [float(v) for v in x[0]],
+                }
+            ]
+        }
     ).encode()
     assert b"NaN" in content
-    response = await client.post(INFER, content=content, headers={"content-type": "application/json"})
+    response = await client.post(
+        INFER, content=content, headers={"content-type": "application/json"}
+    )
     assert response.status_code == 200, response.text
-    np.testing.assert_allclose(output(response.json(), "score"), xgb_scores(boosters["2"], x), atol=1e-6)
+    np.testing.assert_allclose(
+        output(response.json(), "score"), xgb_scores(boosters["2"], x), atol=1e-6
+    )
 
 
 # the feature contract
@@ -811,8 +836,13 @@ async def test_concurrent_requests_are_scored_together_with_their_own_answers(
         else:  # two different min scores: they must not share a call
             threshold = 0.3 if i % 3 == 1 else 0.7
             kinds.append(threshold)
-            bodies.append(json_request(x, outputs=[{"name": "score"}, {"name": "contributions"}],
-                                       parameters={"contributions_min_score": threshold}))
+            bodies.append(
+                json_request(
+                    x,
+                    outputs=[{"name": "score"}, {"name": "contributions"}],
+                    parameters={"contributions_min_score": threshold},
+                )
+            )
     answers = await asyncio.gather(*(client.post(INFER, json=body) for body in bodies))
     for x, kind, response in zip(xs, kinds, answers, strict=True):
         assert response.status_code == 200, response.text
@@ -834,27 +864,38 @@ async def test_concurrent_requests_are_scored_together_with_their_own_answers(
         client.post(f"/v2/models/{MODEL}/versions/2/infer", json=json_request(x)),
     )
     matrix = xgb.DMatrix(x, missing=np.nan, feature_names=FEATURE_NAMES)
-    np.testing.assert_allclose(output(one.json(), "score"), boosters["1"].predict(matrix), atol=1e-6)
-    np.testing.assert_allclose(output(two.json(), "score"), boosters["2"].predict(matrix), atol=1e-6)
+    np.testing.assert_allclose(
+        output(one.json(), "score"), boosters["1"].predict(matrix), atol=1e-6
+    )
+    np.testing.assert_allclose(
+        output(two.json(), "score"), boosters["2"].predict(matrix), atol=1e-6
+    )
 
 
-async def test_a_bad_request_does_not_spoil_the_batch_it_would_have_joined(client, boosters) -> None:
+async def test_a_bad_request_does_not_spoil_the_batch_it_would_have_joined(
+    client, boosters
+) -> None:
     good = rows(2, seed=123)
     bad = rows(1, seed=124)
     bad_body = json_request(bad)
     bad_body["inputs"][0]["data"][0][0] = 1e39  # beyond FP32: inf, refused
     answers = await asyncio.gather(
-        client.post(INFER, json=json_request(good)), client.post(INFER, json=bad_body),
+        client.post(INFER, json=json_request(good)),
+        client.post(INFER, json=bad_body),
         client.post(INFER, json=json_request(good)),
     )
     assert [a.status_code for a in answers] == [200, 400, 200]
     matrix = xgb.DMatrix(good, missing=np.nan, feature_names=FEATURE_NAMES)
     for a in (answers[0], answers[2]):
-        np.testing.assert_allclose(output(a.json(), "score"), boosters["2"].predict(matrix), atol=1e-6)
+        np.testing.assert_allclose(
+            output(a.json(), "score"), boosters["2"].predict(matrix), atol=1e-6
+        )
 
 
 def _histogram_count(histogram) -> float:
-    return next(s.value for m in histogram.collect() for s in m.samples if s.name.endswith("_count"))
+    return next(
+        s.value for m in histogram.collect() for s in m.samples if s.name.endswith("_count")
+    )
 
 
 @pytest.mark.parametrize("n_rows", [1, 2, 7, 100, 1000])

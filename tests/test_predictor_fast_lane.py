@@ -59,13 +59,25 @@ async def _pair(app: FastAPI, monkeypatch, *, lifespan: bool = True) -> AsyncIte
     async with httpx.AsyncClient(transport=transport, base_url="http://predictor") as client:
         if lifespan:
             async with app.router.lifespan_context(app):
-                yield Pair(app, client, monkeypatch,
-                   routes=[declared_route(models_router, e) for e in (infer, infer_version)],
-                   dependency=get_dataplane, state_attr="dataplane", logger="vigil_predictor")
+                yield Pair(
+                    app,
+                    client,
+                    monkeypatch,
+                    routes=[declared_route(models_router, e) for e in (infer, infer_version)],
+                    dependency=get_dataplane,
+                    state_attr="dataplane",
+                    logger="vigil_predictor",
+                )
         else:
-            yield Pair(app, client, monkeypatch,
-                   routes=[declared_route(models_router, e) for e in (infer, infer_version)],
-                   dependency=get_dataplane, state_attr="dataplane", logger="vigil_predictor")
+            yield Pair(
+                app,
+                client,
+                monkeypatch,
+                routes=[declared_route(models_router, e) for e in (infer, infer_version)],
+                dependency=get_dataplane,
+                state_attr="dataplane",
+                logger="vigil_predictor",
+            )
 
 
 @pytest.fixture
@@ -90,8 +102,10 @@ async def test_json_answers_are_equal(pair: Pair, boosters) -> None:
 
 async def test_binary_answers_are_equal(pair: Pair, boosters) -> None:
     x = rows(3, seed=4, missing=0.2)
-    outputs = [{"name": "score", "parameters": {"binary_data": True}},
-               {"name": "contributions", "parameters": {"binary_data": True}}]
+    outputs = [
+        {"name": "score", "parameters": {"binary_data": True}},
+        {"name": "contributions", "parameters": {"binary_data": True}},
+    ]
     content, headers = binary_request(x, outputs=outputs)
     lane, fastapi, *logs = await pair.send("POST", INFER, content=content, headers=headers)
     assert_same(lane, fastapi, *logs)
@@ -116,17 +130,43 @@ async def test_a_named_version_and_gzip_are_equal(pair: Pair, boosters) -> None:
     "path,kwargs,status,slug",
     [
         ("/v2/models/nope/infer", {"json": json_request(rows(1))}, 404, "model-not-found"),
-        (f"/v2/models/{MODEL}/versions/9/infer", {"json": json_request(rows(1))}, 404,
-         "model-not-found"),
-        (f"/v2/models/{MODEL}/versions/3/infer", {"json": json_request(rows(1))}, 503,
-         "model-not-ready"),
+        (
+            f"/v2/models/{MODEL}/versions/9/infer",
+            {"json": json_request(rows(1))},
+            404,
+            "model-not-found",
+        ),
+        (
+            f"/v2/models/{MODEL}/versions/3/infer",
+            {"json": json_request(rows(1))},
+            503,
+            "model-not-ready",
+        ),
         (INFER, {"content": b"{not json"}, 400, "invalid-inference-request"),
         (INFER, {"json": {"inputs": []}}, 400, None),
-        (INFER, {"json": {"inputs": [{"name": "features", "datatype": "FP32",
-                                      "shape": [1, N_FEATURES + 1],
-                                      "data": [0.0] * (N_FEATURES + 1)}]}}, 400, "invalid-tensor"),
-        (INFER, {"json": json_request(rows(1), parameters={"feature_contract": "other"})}, 400,
-         "feature-contract-mismatch"),
+        (
+            INFER,
+            {
+                "json": {
+                    "inputs": [
+                        {
+                            "name": "features",
+                            "datatype": "FP32",
+                            "shape": [1, N_FEATURES + 1],
+                            "data": [0.0] * (N_FEATURES + 1),
+                        }
+                    ]
+                }
+            },
+            400,
+            "invalid-tensor",
+        ),
+        (
+            INFER,
+            {"json": json_request(rows(1), parameters={"feature_contract": "other"})},
+            400,
+            "feature-contract-mismatch",
+        ),
         (INFER, {"content": b'{"inputs": []}', "headers": {HEADER_LENGTH: "999"}}, 400, None),
     ],
 )
@@ -185,8 +225,12 @@ async def test_unexpected_exception_is_the_same_generic_500(pair: Pair, monkeypa
 
 
 async def test_what_the_lane_does_not_take_goes_to_fastapi(pair: Pair) -> None:
-    for method, path in [("GET", INFER), ("POST", INFER + "/"), ("PUT", INFER_V1),
-                         ("POST", f"/v2/models/{MODEL}/versions/1/2/infer")]:
+    for method, path in [
+        ("GET", INFER),
+        ("POST", INFER + "/"),
+        ("PUT", INFER_V1),
+        ("POST", f"/v2/models/{MODEL}/versions/1/2/infer"),
+    ]:
         lane, fastapi, *_logs = await pair.send(method, path, lane=None, headers=ID)
         assert lane.status_code == fastapi.status_code and lane.content == fastapi.content
         assert lane.headers.multi_items() == fastapi.headers.multi_items()
@@ -198,8 +242,13 @@ async def test_metric_labels_are_the_declared_templates(pair: Pair) -> None:
     text = (await pair.client.get("/metrics")).text
 
     def count(route: str, status: int) -> float:
-        pattern = (r'vigil_predictor_requests_total\{method="POST",route="'
-                   + re.escape(route) + r'",status="' + str(status) + r'"\} (\S+)')
+        pattern = (
+            r'vigil_predictor_requests_total\{method="POST",route="'
+            + re.escape(route)
+            + r'",status="'
+            + str(status)
+            + r'"\} (\S+)'
+        )
         match = re.search(pattern, text)
         return float(match.group(1)) if match else 0.0
 

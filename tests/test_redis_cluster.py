@@ -45,8 +45,10 @@ def _env(**values: str):
 def cluster(feature_env, tmp_path_factory):
     """The cluster, with the session's world materialized into it by ``feast materialize``."""
     with LocalRedisCluster(tmp_path_factory.mktemp("cluster")) as running:
-        with _env(VIGIL_REDIS_CONNECTION_STRING=running.connection_string,
-                  VIGIL_REDIS_TYPE="redis_cluster"):
+        with _env(
+            VIGIL_REDIS_CONNECTION_STRING=running.connection_string,
+            VIGIL_REDIS_TYPE="redis_cluster",
+        ):
             feast_repo.materialize(feature_env.repo, full=True)
         os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
         yield running
@@ -64,10 +66,16 @@ def single(feature_env, cluster):
 
 
 def _feature_rows(url: str, cluster_mode: bool) -> dict[bytes, dict[bytes, bytes]]:
-    client = (redis.RedisCluster.from_url(url.replace("redis+cluster", "redis")) if cluster_mode
-              else redis.Redis.from_url(url))
-    keys = (client.scan_iter(count=1000, target_nodes=redis.RedisCluster.PRIMARIES) if cluster_mode
-            else client.scan_iter(count=1000))
+    client = (
+        redis.RedisCluster.from_url(url.replace("redis+cluster", "redis"))
+        if cluster_mode
+        else redis.Redis.from_url(url)
+    )
+    keys = (
+        client.scan_iter(count=1000, target_nodes=redis.RedisCluster.PRIMARIES)
+        if cluster_mode
+        else client.scan_iter(count=1000)
+    )
     rows = {k: client.hgetall(k) for k in keys if not k.startswith(b"vigil:")}
     client.close()
     return rows
@@ -86,9 +94,13 @@ async def _vectors(feature_env, redis_url: str, rows: list[dict]) -> dict:
     from vigil_encoder.app import create_app
     from vigil_encoder.settings import EncoderSettings
 
-    app = create_app(EncoderSettings(redis_url=redis_url, spec_path=feast_repo.spec_path(feature_env.repo)))
+    app = create_app(
+        EncoderSettings(redis_url=redis_url, spec_path=feast_repo.spec_path(feature_env.repo))
+    )
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://e") as client:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app), base_url="http://e"
+        ) as client:
             ready = await client.get("/readyz")
             assert ready.status_code == 200, ready.text
             response = await encode(client, rows)
@@ -103,17 +115,25 @@ async def test_the_encoder_reads_the_same_vectors_from_the_cluster(feature_env, 
     assert clustered["feature_contract"] == one["feature_contract"]
     # Ages run with the clock between the two calls; everything else is equal.
     for got, want in zip(clustered["rows"], one["rows"], strict=True):
-        assert (got["values"], got["missing"], got["stale"]) == (want["values"], want["missing"], want["stale"])
+        assert (got["values"], got["missing"], got["stale"]) == (
+            want["values"],
+            want["missing"],
+            want["stale"],
+        )
         assert [a is None for a in got["age_seconds"]] == [a is None for a in want["age_seconds"]]
         assert got["age_seconds"] == pytest.approx(want["age_seconds"], abs=60)
     # And Feast's own SDK, configured for the cluster, agrees with both.
-    with _env(VIGIL_REDIS_CONNECTION_STRING=cluster.connection_string, VIGIL_REDIS_TYPE="redis_cluster"):
+    with _env(
+        VIGIL_REDIS_CONNECTION_STRING=cluster.connection_string, VIGIL_REDIS_TYPE="redis_cluster"
+    ):
         store = feast_repo.open_store(feature_env.repo)
         spec = feast_repo.load_serving_spec(feature_env.repo).feature_services[SERVICE]
         sdk = feast_vectors(store, spec, rows[:60])
     stored = [i for i, f in enumerate(spec.features) if f.kind == "stored"]
     for got, want in zip(clustered["rows"][:60], sdk, strict=True):
-        assert [got["values"][i] for i in stored] == pytest.approx([want[i] for i in stored], nan_ok=True)
+        assert [got["values"][i] for i in stored] == pytest.approx(
+            [want[i] for i in stored], nan_ok=True
+        )
 
 
 async def test_the_cluster_store_reads_one_round_trip_per_node(cluster):
@@ -154,9 +174,14 @@ async def _decision_outcomes(url: str, tag: str) -> list:
 
     def entry(i: int) -> bytes:
         answer = ScoreResponse(
-            transaction_id=ids[i % len(ids)], label="not_fraud", score=0.01 * i,
+            transaction_id=ids[i % len(ids)],
+            label="not_fraud",
+            score=0.01 * i,
             reasons=[Reason(code="NO_RISK_SIGNAL", text="none")],
-            model=ModelRef(name="fraud_detector", version="1"), degraded=False, request_id="r")
+            model=ModelRef(name="fraud_detector", version="1"),
+            degraded=False,
+            request_id="r",
+        )
         return encode_entry(answer, f"sha256:{i}")
 
     client = connect(url, timeout_s=1.0, max_connections=10)
@@ -164,12 +189,23 @@ async def _decision_outcomes(url: str, tag: str) -> list:
     ids = [f"{tag}-{i}" for i in range(40)]
     out: list = []
     try:
-        out.append(await store.put_first([(t, entry(i)) for i, t in enumerate(ids[:10])], overwrite=False))
-        held = await store.reserve_many(ids[5:25], [f"sha256:{i}" for i in range(20)], b"tok", pending_ms=5000)
+        out.append(
+            await store.put_first([(t, entry(i)) for i, t in enumerate(ids[:10])], overwrite=False)
+        )
+        held = await store.reserve_many(
+            ids[5:25], [f"sha256:{i}" for i in range(20)], b"tok", pending_ms=5000
+        )
         out.append(sorted((k.replace(tag, ""), type(v).__name__) for k, v in held.items()))
-        out.append(await store.settle([(t, entry(i) if i % 3 else b"") for i, t in enumerate(ids[5:30])],
-                                      b"tok", overwrite=False))
-        out.append(await store.put_first([(t, entry(i)) for i, t in enumerate(ids[20:40])], overwrite=True))
+        out.append(
+            await store.settle(
+                [(t, entry(i) if i % 3 else b"") for i, t in enumerate(ids[5:30])],
+                b"tok",
+                overwrite=False,
+            )
+        )
+        out.append(
+            await store.put_first([(t, entry(i)) for i, t in enumerate(ids[20:40])], overwrite=True)
+        )
         got = await store.get_many(ids)
         out.append(sorted((k.replace(tag, ""), type(v).__name__) for k, v in got.items()))
         out.append(await store.ping())
@@ -194,8 +230,12 @@ async def test_the_decision_store_answers_on_the_cluster_as_on_one_redis(single,
 def stacks(feature_env, trained_model, single, cluster, tmp_path_factory):
     """Vigil's stack on the cluster, and the same stack on one Redis."""
     logs = tmp_path_factory.mktemp("cluster-logs")
-    clustered = LocalStack(feature_env.repo, feature_env.models_dir, logs / "cluster", redis_url=cluster.url)
-    one = LocalStack(feature_env.repo, feature_env.models_dir, logs / "single", redis_url=single.url)
+    clustered = LocalStack(
+        feature_env.repo, feature_env.models_dir, logs / "cluster", redis_url=cluster.url
+    )
+    one = LocalStack(
+        feature_env.repo, feature_env.models_dir, logs / "single", redis_url=single.url
+    )
     with clustered, one:
         yield clustered, one
 
@@ -208,18 +248,35 @@ def transactions(feature_env) -> list[dict]:
 
 def _client(stack, timeout: float) -> httpx.Client:
     """A client of the stack's gateway with the stack's API key."""
-    return httpx.Client(base_url=stack.services["gateway"].url, timeout=timeout,
-                        headers={"authorization": f"Bearer {stack.api_key}"})
+    return httpx.Client(
+        base_url=stack.services["gateway"].url,
+        timeout=timeout,
+        headers={"authorization": f"Bearer {stack.api_key}"},
+    )
 
 
 def _scores(stack, transactions: list[dict], suffix: str) -> list[tuple]:
     with _client(stack, 10) as client:
-        batch = client.post("/v1/transactions/score-batch", json={"transactions": [
-            dict(t, transaction_id=f"{t['transaction_id']}-{suffix}-b") for t in transactions]}).json()
-        singles = [client.post("/v1/transactions/score", json=dict(
-            t, transaction_id=f"{t['transaction_id']}-{suffix}-s")).json() for t in transactions]
-    return [(r["label"], r["score"], [x["code"] for x in r["reasons"]], r["degraded"])
-            for r in [item["result"] for item in batch["results"]] + singles]
+        batch = client.post(
+            "/v1/transactions/score-batch",
+            json={
+                "transactions": [
+                    dict(t, transaction_id=f"{t['transaction_id']}-{suffix}-b")
+                    for t in transactions
+                ]
+            },
+        ).json()
+        singles = [
+            client.post(
+                "/v1/transactions/score",
+                json=dict(t, transaction_id=f"{t['transaction_id']}-{suffix}-s"),
+            ).json()
+            for t in transactions
+        ]
+    return [
+        (r["label"], r["score"], [x["code"] for x in r["reasons"]], r["degraded"])
+        for r in [item["result"] for item in batch["results"]] + singles
+    ]
 
 
 def test_the_stack_decides_on_the_cluster_as_on_one_redis(stacks, transactions):
@@ -230,7 +287,9 @@ def test_the_stack_decides_on_the_cluster_as_on_one_redis(stacks, transactions):
     assert on_cluster == _scores(one, transactions, suffix)
 
 
-def test_a_master_killed_under_load_gives_uncertain_at_worst_and_recovers_unaided(stacks, transactions, cluster):
+def test_a_master_killed_under_load_gives_uncertain_at_worst_and_recovers_unaided(
+    stacks, transactions, cluster
+):
     clustered, _ = stacks
     answers: list[tuple[float, int, dict]] = []
     stop = threading.Event()
@@ -242,8 +301,14 @@ def test_a_master_killed_under_load_gives_uncertain_at_worst_and_recovers_unaide
                 t = transactions[i % len(transactions)]
                 body = dict(t, transaction_id=f"{t['transaction_id']}-load-{i}-{time.time_ns()}")
                 response = client.post("/v1/transactions/score", json=body)
-                answers.append((time.monotonic(), response.status_code,
-                                response.json() if response.status_code == 200 else {}, body))
+                answers.append(
+                    (
+                        time.monotonic(),
+                        response.status_code,
+                        response.json() if response.status_code == 200 else {},
+                        body,
+                    )
+                )
                 i += 1
                 time.sleep(0.02)
 
@@ -269,7 +334,9 @@ def test_a_master_killed_under_load_gives_uncertain_at_worst_and_recovers_unaide
     assert before and not any(a["degraded"] for a in before)
     # Recovered unaided: the last second of load has no degraded answer.
     last = [a for at, _, a, _ in answers if at > answers[-1][0] - 1.0]
-    assert last and not any(a["degraded"] for a in last), [a["reasons"] for a in last if a["degraded"]]
+    assert last and not any(a["degraded"] for a in last), [
+        a["reasons"] for a in last if a["degraded"]
+    ]
     # Nothing lost: every decision made after the failover is replayed, and one made before it
     # is either replayed or (its write not yet copied to the replica that took over) made again
     # alike.

@@ -20,8 +20,10 @@ from vigil_contracts.request_features import (
 
 NOW = datetime(2026, 11, 20, 3, 30, tzinfo=UTC)
 KNOWN = {
-    "card_amount_avg_30d": 20.0, "card_amount_std_30d": 5.0,
-    "card_last_txn_epoch": NOW.timestamp() - 120, "card_home_country": "FR",
+    "card_amount_avg_30d": 20.0,
+    "card_amount_std_30d": 5.0,
+    "card_last_txn_epoch": NOW.timestamp() - 120,
+    "card_home_country": "FR",
     "device_first_seen_epoch": NOW.timestamp() - 2 * 86400,
     "eur_per_unit": 1.0,  # the amount's currency is EUR here
 }
@@ -65,8 +67,13 @@ def test_unknown_entities_give_missing_features_not_errors():
     # Feast passes None online and NaN offline for an entity it does not hold.
     for gone in (None, float("nan")):
         out = transform_row(_row(**{k: gone for k in KNOWN}))
-        for name in ("amount_to_card_avg_30d", "amount_zscore_card_30d",
-                     "seconds_since_card_last_txn", "device_age_days", "country_mismatch"):
+        for name in (
+            "amount_to_card_avg_30d",
+            "amount_zscore_card_30d",
+            "seconds_since_card_last_txn",
+            "device_age_days",
+            "country_mismatch",
+        ):
             assert out[name] is None, name
         assert out["is_new_device"] == 1.0  # a device was sent, and the store never saw it
 
@@ -85,14 +92,25 @@ def test_hour_is_local_time_in_the_countrys_zone_whatever_the_offset_written():
     for offset in (0, 1, 9, -6):
         tz = timezone(timedelta(hours=offset))
         tokyo = request_fields(1.0, winter.astimezone(tz), "mobile", "JP", True)
-        assert tokyo["txn_hour"] == 12 and tokyo["txn_epoch"] == winter.timestamp()  # 12:30 in Tokyo
+        assert (
+            tokyo["txn_hour"] == 12 and tokyo["txn_epoch"] == winter.timestamp()
+        )  # 12:30 in Tokyo
         # Daylight saving is the zone's: New York is UTC-5 in winter, UTC-4 in summer.
         assert request_fields(1.0, winter.astimezone(tz), "ecom", "US", True)["txn_hour"] == 22
         assert request_fields(1.0, summer.astimezone(tz), "ecom", "US", True)["txn_hour"] == 23
     # A country without a zone (or none): the offset the payer's timestamp was written with.
-    assert request_fields(1.0, winter.astimezone(timezone(timedelta(hours=9))), "pos", "", True)["txn_hour"] == 12
-    assert request_fields(1.0, winter.astimezone(timezone(timedelta(hours=-6))), "pos", "XK", True)[
-        "txn_hour"] == 21
+    assert (
+        request_fields(1.0, winter.astimezone(timezone(timedelta(hours=9))), "pos", "", True)[
+            "txn_hour"
+        ]
+        == 12
+    )
+    assert (
+        request_fields(1.0, winter.astimezone(timezone(timedelta(hours=-6))), "pos", "XK", True)[
+            "txn_hour"
+        ]
+        == 21
+    )
 
 
 def test_every_country_zone_exists():
@@ -105,8 +123,11 @@ def test_every_country_zone_exists():
 
 
 def test_column_form_equals_row_form():
-    rows = [_row(), _row(amount=3.0, channel="pos", device_present=0),
-            _row(card_amount_avg_30d=None)]
+    rows = [
+        _row(),
+        _row(amount=3.0, channel="pos", device_present=0),
+        _row(card_amount_avg_30d=None),
+    ]
     cols = {k: [r.get(k) for r in rows] for k in rows[0]}
     out = transform_columns(cols)
     for i, row in enumerate(rows):
@@ -117,8 +138,9 @@ def test_missing_inputs_of_every_kind_read_as_missing():
     import numpy as np
 
     for gone in (None, math.nan, np.float64("nan"), np.float32("nan")):
-        out = transform_row(_row(card_amount_avg_30d=gone, card_last_txn_epoch=gone,
-                                 card_home_country=gone))
+        out = transform_row(
+            _row(card_amount_avg_30d=gone, card_last_txn_epoch=gone, card_home_country=gone)
+        )
         assert out["amount_to_card_avg_30d"] is None, gone
         assert out["seconds_since_card_last_txn"] is None, gone
         assert out["country_mismatch"] is None, gone
@@ -134,16 +156,19 @@ NAN = math.nan
 
 def _as_vector(outputs: dict) -> list[float]:
     """transform_row's outputs as the encoder's vector entries: a finite float, else NaN."""
-    return [NAN if v is None or not math.isfinite(v) else float(v)
-            for v in (outputs[name] for name in OUTPUT_FEATURES)]
+    return [
+        NAN if v is None or not math.isfinite(v) else float(v)
+        for v in (outputs[name] for name in OUTPUT_FEATURES)
+    ]
 
 
 def _identical(a: list, b: list) -> bool:
     """Equal entry by entry, NaN with NaN, and of the same type and sign (0.0 is not -0.0)."""
     return len(a) == len(b) and all(
-        type(x) is type(y) and (x == y and math.copysign(1, x) == math.copysign(1, y)
-                                or x != x and y != y)
-        for x, y in zip(a, b, strict=True))
+        type(x) is type(y)
+        and (x == y and math.copysign(1, x) == math.copysign(1, y) or x != x and y != y)
+        for x, y in zip(a, b, strict=True)
+    )
 
 
 def _outcome(function, row):
@@ -160,8 +185,25 @@ def _random_rows(n: int, seed: int):
 
     rng = random.Random(seed)
     now = NOW.timestamp()
-    floats = [None, NAN, math.inf, -math.inf, 0.0, -0.0, 1e-300, -5.0, 20.0, 1e308, 3, True,
-              np.float64(20.0), np.float64("nan"), "12.5", "", b"1"]
+    floats = [
+        None,
+        NAN,
+        math.inf,
+        -math.inf,
+        0.0,
+        -0.0,
+        1e-300,
+        -5.0,
+        20.0,
+        1e308,
+        3,
+        True,
+        np.float64(20.0),
+        np.float64("nan"),
+        "12.5",
+        "",
+        b"1",
+    ]
     choices = {
         "amount": [160.0, 0.0, -0.0, 1e308, 3.25, 7, NAN, math.inf, "12", None, True],
         "txn_epoch": [now, 0.0, now + 0.5, 1e300, NAN, -math.inf, 1795319940, "x", None],
@@ -189,8 +231,9 @@ def test_vector_form_equals_transform_row_on_many_rows(monkeypatch):
     from vigil_contracts import request_features
 
     handed_over = []  # rows the vector form left to transform_row itself
-    monkeypatch.setattr(request_features, "transform_row",
-                        lambda row: handed_over.append(row) or transform_row(row))
+    monkeypatch.setattr(
+        request_features, "transform_row", lambda row: handed_over.append(row) or transform_row(row)
+    )
 
     rows = list(_random_rows(20_000, seed=1))
     # The encoder's own shape, many times over: request fields of their dtypes, stored inputs
@@ -198,13 +241,20 @@ def test_vector_form_equals_transform_row_on_many_rows(monkeypatch):
     rng = random.Random(2)
     typical = list(_random_rows(5_000, seed=3))
     for row in typical:
-        row.update(amount=rng.choice([0.0, -0.0, 1e-310, 12.5, 1e308, rng.uniform(0, 900)]),
-                   txn_epoch=NOW.timestamp() + rng.uniform(-1e6, 1e6),
-                   txn_hour=rng.randrange(-2, 26), channel=rng.choice(["pos", "atm", ""]),
-                   device_present=rng.choice([0, 1, 3, None]),
-                   country=rng.choice(["DE", "FR", "", None]))
-        for name in ("card_amount_avg_30d", "card_amount_std_30d", "card_last_txn_epoch",
-                     "device_first_seen_epoch"):
+        row.update(
+            amount=rng.choice([0.0, -0.0, 1e-310, 12.5, 1e308, rng.uniform(0, 900)]),
+            txn_epoch=NOW.timestamp() + rng.uniform(-1e6, 1e6),
+            txn_hour=rng.randrange(-2, 26),
+            channel=rng.choice(["pos", "atm", ""]),
+            device_present=rng.choice([0, 1, 3, None]),
+            country=rng.choice(["DE", "FR", "", None]),
+        )
+        for name in (
+            "card_amount_avg_30d",
+            "card_amount_std_30d",
+            "card_last_txn_epoch",
+            "device_first_seen_epoch",
+        ):
             if not isinstance(row.get(name), float | None):
                 row[name] = rng.choice([None, NAN, rng.uniform(-10, 1e9)])
         if not isinstance(row.get("card_home_country"), str | None):
@@ -271,7 +321,7 @@ def test_column_form_equals_vector_form_row_for_row():
     start = 0
     while start < len(typical):
         size = rng.choice([1, 2, 7, 100, 1000])
-        batch = typical[start:start + size]
+        batch = typical[start : start + size]
         start += size
         if rng.random() < 0.2:  # one row the vector form hands to transform_row
             batch = [*batch, rng.choice(odd)]
@@ -293,12 +343,24 @@ def test_column_form_leaves_other_batches_to_the_rows():
     good = list(_typical_rows(50, seed=9))
     good = [row for row in good if abs(row["amount"]) < 1e300 and abs(row["txn_epoch"]) < 1e300]
     assert transform_vector_columns(_columns(good)) is not None
-    for name, value in [("amount", 5), ("amount", NAN), ("amount", math.inf), ("amount", None),
-                        ("txn_epoch", -math.inf), ("txn_hour", 3.0), ("txn_hour", True),
-                        ("channel", None), ("device_present", 1.0), ("device_present", True),
-                        ("card_amount_avg_30d", 3), ("card_amount_std_30d", "1"),
-                        ("card_last_txn_epoch", True), ("device_first_seen_epoch", 7),
-                        ("card_home_country", NAN), ("country", 5)]:
+    for name, value in [
+        ("amount", 5),
+        ("amount", NAN),
+        ("amount", math.inf),
+        ("amount", None),
+        ("txn_epoch", -math.inf),
+        ("txn_hour", 3.0),
+        ("txn_hour", True),
+        ("channel", None),
+        ("device_present", 1.0),
+        ("device_present", True),
+        ("card_amount_avg_30d", 3),
+        ("card_amount_std_30d", "1"),
+        ("card_last_txn_epoch", True),
+        ("device_first_seen_epoch", 7),
+        ("card_home_country", NAN),
+        ("country", 5),
+    ]:
         rows = [*good[:10], {**good[10], name: value}, *good[11:]]
         assert transform_vector_columns(_columns(rows)) is None, (name, value)
     # every amount finite, but their sum is not: left to the rows, which compute it
@@ -321,11 +383,19 @@ def test_request_columns_are_the_request_fields_of_each_transaction() -> None:
     for _ in range(500):
         tz = timezone(timedelta(minutes=rng.choice([-600, -330, 0, 60, 345, 840])))
         when = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(seconds=rng.uniform(0, 3e7))
-        rows.append((rng.choice([1, 12.5, 1e9, 0.01]), when.astimezone(tz),
-                     rng.choice(["pos", "ecom", "mobile"]), rng.choice(["", "FR", "JP"]),
-                     rng.random() < 0.5))
+        rows.append(
+            (
+                rng.choice([1, 12.5, 1e9, 0.01]),
+                when.astimezone(tz),
+                rng.choice(["pos", "ecom", "mobile"]),
+                rng.choice(["", "FR", "JP"]),
+                rng.random() < 0.5,
+            )
+        )
     columns = request_columns(*zip(*rows, strict=True))
     for i, row in enumerate(rows):
         expected = request_fields(*row)
         got = {name: values[i] for name, values in columns.items()}
-        assert got == expected and [type(v) for v in got.values()] == [type(v) for v in expected.values()]
+        assert got == expected and [type(v) for v in got.values()] == [
+            type(v) for v in expected.values()
+        ]

@@ -105,8 +105,11 @@ async def test_request_id_is_echoed_or_generated(client):
 
 async def test_one_access_line_per_request_with_fields_and_no_payload(client, capsys):
     capsys.readouterr()
-    await client.post("/orders", json={"card_number": "4111-secret", "quantity": 3},
-                      headers={"x-request-id": "log-1"})
+    await client.post(
+        "/orders",
+        json={"card_number": "4111-secret", "quantity": 3},
+        headers={"x-request-id": "log-1"},
+    )
     err = capsys.readouterr().err
     lines = [json.loads(line) for line in err.splitlines() if "log-1" in line]
     assert len(lines) == 1
@@ -129,8 +132,9 @@ async def test_service_errors_render_as_problems(client):
 async def test_framework_errors_render_as_problems(client):
     assert_problem(await client.get("/nowhere"), 404, "not-found")
     assert_problem(await client.delete("/orders"), 405, "method-not-allowed")
-    body = assert_problem(await client.post("/orders", json={"quantity": "many"}), 422,
-                          "validation-failed")
+    body = assert_problem(
+        await client.post("/orders", json={"quantity": "many"}), 422, "validation-failed"
+    )
     names = [p["name"] for p in body["invalid_params"]]
     assert names == ["card_number", "quantity"]  # FastAPI's "body." prefix dropped
 
@@ -154,16 +158,29 @@ async def test_metrics_count_by_route_template_and_outcome(client):
     await client.get("/widgets/missing")
     await client.get("/nowhere")
     text = (await client.get("/metrics")).text
-    assert 'kit_requests_total{method="GET",outcome="success",route="/widgets/{name}",status="200"} 2.0' in text
-    assert 'kit_requests_total{method="GET",outcome="client_error",route="/widgets/{name}",status="404"} 1.0' in text
-    assert 'kit_requests_total{method="GET",outcome="client_error",route="unmatched",status="404"} 1.0' in text
-    assert 'kit_request_duration_seconds_bucket{le="0.1",method="GET",outcome="success",route="/widgets/{name}"}' in text
+    assert (
+        'kit_requests_total{method="GET",outcome="success",route="/widgets/{name}",status="200"} 2.0'
+        in text
+    )
+    assert (
+        'kit_requests_total{method="GET",outcome="client_error",route="/widgets/{name}",status="404"} 1.0'
+        in text
+    )
+    assert (
+        'kit_requests_total{method="GET",outcome="client_error",route="unmatched",status="404"} 1.0'
+        in text
+    )
+    assert (
+        'kit_request_duration_seconds_bucket{le="0.1",method="GET",outcome="success",route="/widgets/{name}"}'
+        in text
+    )
     assert "/widgets/a" not in text  # raw paths never become labels
 
 
 def test_metric_labels_are_chosen_and_registries_are_per_app():
-    narrow = ServiceMetrics("kit", buckets=(1.0,), request_labels=("route", "status"),
-                            latency_labels=("route",))
+    narrow = ServiceMetrics(
+        "kit", buckets=(1.0,), request_labels=("route", "status"), latency_labels=("route",)
+    )
     narrow.observe_request("/r", "GET", 503, 0.5)
     text = narrow.render().decode()
     assert "# HELP kit_requests_total HTTP requests by route template and status code." in text
@@ -181,7 +198,13 @@ def test_json_formatter_keeps_extras_and_exceptions():
         raise ValueError("bad")
     except ValueError:
         record = logging.getLogger(LOGGER).makeRecord(
-            LOGGER, logging.ERROR, __file__, 1, "failed %s", ("once",), sys.exc_info(),
+            LOGGER,
+            logging.ERROR,
+            __file__,
+            1,
+            "failed %s",
+            ("once",),
+            sys.exc_info(),
             extra={"request_id": "r-1"},
         )
     entry = json.loads(JsonFormatter().format(record))

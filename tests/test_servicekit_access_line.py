@@ -27,8 +27,11 @@ async def _access_lines(capsys: pytest.CaptureFixture[str], request_id: str) -> 
     capsys.readouterr()
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://kit") as c:
-        await c.post("/orders", json={"card_number": "4111-secret", "quantity": 3},
-                     headers={"x-request-id": request_id})
+        await c.post(
+            "/orders",
+            json={"card_number": "4111-secret", "quantity": 3},
+            headers={"x-request-id": request_id},
+        )
         await c.get("/widgets/missing", headers={"x-request-id": request_id})
     return [line for line in capsys.readouterr().err.splitlines() if request_id in line]
 

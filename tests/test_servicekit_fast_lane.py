@@ -59,8 +59,9 @@ async def echo(item: str, request: Request) -> Response:
 async def maybe(item: str, request: Request) -> Response:
     chunks = [chunk async for chunk in request.stream()]
     log_fields(request.scope)["chunks"] = len(chunks)
-    return Response(f"fastapi:{item}:{len(chunks)}:".encode() + b"".join(chunks),
-                    media_type="text/plain")
+    return Response(
+        f"fastapi:{item}:{len(chunks)}:".encode() + b"".join(chunks), media_type="text/plain"
+    )
 
 
 async def _maybe_lane(request: Request, item: str) -> Response:
@@ -92,10 +93,20 @@ def make_app(calls: list[str]) -> FastAPI:
         calls.append(item)
         return await _maybe_lane(request, item)
 
-    install_fast_lane(app, [FastRoute(declared_route(router, echo), lane),
-                            FastRoute(declared_route(router, maybe), maybe_lane, defers=True)])
-    wire(app, service="lane test", error_root=LaneError,
-         metrics=ServiceMetrics("lane", buckets=(0.1, 1.0)), log=log)
+    install_fast_lane(
+        app,
+        [
+            FastRoute(declared_route(router, echo), lane),
+            FastRoute(declared_route(router, maybe), maybe_lane, defers=True),
+        ],
+    )
+    wire(
+        app,
+        service="lane test",
+        error_root=LaneError,
+        metrics=ServiceMetrics("lane", buckets=(0.1, 1.0)),
+        log=log,
+    )
     app.include_router(router)
     return app
 
@@ -143,8 +154,10 @@ async def test_log_fields_and_route_label(caplog: pytest.LogCaptureFixture) -> N
     assert calls == ["a b"]
     [line] = [r for r in caplog.records if r.getMessage() == "request" and r.route != "/metrics"]
     assert (line.route, line.status, line.item) == ("/items/{item}/echo", 200, "a b")
-    assert ('lane_requests_total{method="POST",outcome="success",route="/items/{item}/echo",'
-            'status="200"} 1.0') in metrics
+    assert (
+        'lane_requests_total{method="POST",outcome="success",route="/items/{item}/echo",'
+        'status="200"} 1.0'
+    ) in metrics
 
 
 async def test_what_the_lane_does_not_match_goes_on() -> None:
@@ -156,8 +169,13 @@ async def test_what_the_lane_does_not_match_goes_on() -> None:
 
 def test_the_lane_goes_in_before_wire() -> None:
     app = FastAPI()
-    wire(app, service="t", error_root=LaneError,
-         metrics=ServiceMetrics("late", buckets=(1.0,)), log=configure_logging(LOGGER, "INFO"))
+    wire(
+        app,
+        service="t",
+        error_root=LaneError,
+        metrics=ServiceMetrics("late", buckets=(1.0,)),
+        log=configure_logging(LOGGER, "INFO"),
+    )
     with pytest.raises(RuntimeError, match="before wire"):
         install_fast_lane(app, [FastRoute(declared_route(router, echo), echo)])
     with pytest.raises(LookupError):
@@ -172,18 +190,27 @@ class Chunks:
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         for start in range(0, len(self.body), self.size):
-            yield self.body[start:start + self.size]
+            yield self.body[start : start + self.size]
 
 
 BIG = bytes(range(256)) * 20_000  # 5 MB
 
 
 @pytest.mark.parametrize("item", ["all", "first", "none"])
-@pytest.mark.parametrize("content,chunks", [
-    (b"xyz", 2), (b"", 1), (BIG, 2), (Chunks(b"abcdefgh", 3), 4), (Chunks(BIG, 65_536), 80),
-], ids=["small", "empty", "large", "chunked", "large-chunked"])
-async def test_a_deferred_request_reaches_fastapi_whole(item: str, content: Any,
-                                                        chunks: int) -> None:
+@pytest.mark.parametrize(
+    "content,chunks",
+    [
+        (b"xyz", 2),
+        (b"", 1),
+        (BIG, 2),
+        (Chunks(b"abcdefgh", 3), 4),
+        (Chunks(BIG, 65_536), 80),
+    ],
+    ids=["small", "empty", "large", "chunked", "large-chunked"],
+)
+async def test_a_deferred_request_reaches_fastapi_whole(
+    item: str, content: Any, chunks: int
+) -> None:
     lane, fastapi, calls = await _both(f"/items/{item}/maybe", content=content)
     assert calls == [item]  # the lane saw the first request, and deferred it
     assert lane.status_code == fastapi.status_code == 200
@@ -211,16 +238,17 @@ async def test_a_deferred_request_is_logged_and_labelled_as_fastapi_routes_it(
     try:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://kit") as client:
-            assert (await client.post("/items/all/maybe", content=b"12")).text == \
-                "fastapi:all:2:12"
+            assert (await client.post("/items/all/maybe", content=b"12")).text == "fastapi:all:2:12"
             metrics = (await client.get("/metrics")).text
     finally:
         logger.removeHandler(caplog.handler)
     assert calls == ["all"]
     [line] = [r for r in caplog.records if r.getMessage() == "request" and r.route != "/metrics"]
     assert (line.route, line.status, line.chunks) == ("/items/{item}/maybe", 200, 2)
-    assert ('lane_requests_total{method="POST",outcome="success",route="/items/{item}/maybe",'
-            'status="200"} 1.0') in metrics
+    assert (
+        'lane_requests_total{method="POST",outcome="success",route="/items/{item}/maybe",'
+        'status="200"} 1.0'
+    ) in metrics
 
 
 async def test_a_route_with_a_body_limit_is_refused() -> None:

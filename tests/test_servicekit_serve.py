@@ -16,7 +16,7 @@ import httpx
 
 from vigil.redis_server import free_port
 
-APP = textwrap.dedent('''
+APP = textwrap.dedent("""
     import gc
     import os
     from contextlib import asynccontextmanager
@@ -47,17 +47,32 @@ APP = textwrap.dedent('''
                     "lifespan": app.state.in_lifespan, "serving": gc.isenabled()}
 
         return app
-''')
+""")
 
 
 def _report(tmp_path: Path, module: str, *, freeze: bool = True) -> dict[str, bool]:
     (tmp_path / "gc_probe_app.py").write_text(APP)
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", module, "--factory", "gc_probe_app:create_app", "--app-dir",
-         str(tmp_path), "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        env={**os.environ, "PROBE_FREEZE": "1" if freeze else "0"})
+        [
+            sys.executable,
+            "-m",
+            module,
+            "--factory",
+            "gc_probe_app:create_app",
+            "--app-dir",
+            str(tmp_path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PROBE_FREEZE": "1" if freeze else "0"},
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -74,14 +89,26 @@ def _report(tmp_path: Path, module: str, *, freeze: bool = True) -> dict[str, bo
 
 def test_the_collector_is_paused_for_the_start_up_and_runs_while_serving(tmp_path: Path) -> None:
     assert _report(tmp_path, "vigil_servicekit.serve") == {
-        "import": False, "factory": False, "lifespan": False, "serving": True}
+        "import": False,
+        "factory": False,
+        "lifespan": False,
+        "serving": True,
+    }
 
 
 def test_plain_uvicorn_keeps_the_collector_running(tmp_path: Path) -> None:
     assert _report(tmp_path, "uvicorn") == {
-        "import": True, "factory": True, "lifespan": True, "serving": True}
+        "import": True,
+        "factory": True,
+        "lifespan": True,
+        "serving": True,
+    }
 
 
 def test_an_app_that_freezes_nothing_is_served_with_the_collector_running(tmp_path: Path) -> None:
     assert _report(tmp_path, "vigil_servicekit.serve", freeze=False) == {
-        "import": False, "factory": False, "lifespan": False, "serving": True}
+        "import": False,
+        "factory": False,
+        "lifespan": False,
+        "serving": True,
+    }

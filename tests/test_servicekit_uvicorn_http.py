@@ -78,8 +78,15 @@ class _Counting(HttpToolsProtocol):
 
 async def _serve(protocol: type) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, http=protocol, lifespan="off",
-                            access_log=False, log_level="critical")
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        http=protocol,
+        lifespan="off",
+        access_log=False,
+        log_level="critical",
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
@@ -89,8 +96,14 @@ async def _serve(protocol: type) -> tuple[uvicorn.Server, asyncio.Task[None], in
 
 @pytest.fixture
 async def servers() -> AsyncIterator[dict[str, int]]:
-    started = {name: await _serve(protocol) for name, protocol in
-               (("uvicorn", UvicornProtocol), ("ours", HttpToolsProtocol), ("counted", _Counting))}
+    started = {
+        name: await _serve(protocol)
+        for name, protocol in (
+            ("uvicorn", UvicornProtocol),
+            ("ours", HttpToolsProtocol),
+            ("counted", _Counting),
+        )
+    }
     yield {name: port for name, (_, _, port) in started.items()}
     for server, task, _ in started.values():
         server.should_exit = True
@@ -110,8 +123,9 @@ async def _exchange(port: int, *requests: bytes) -> bytes:
         writer.close()
 
 
-def _request(method: str, path: str, body: bytes = b"", *, close: bool = True,
-             extra: bytes = b"") -> bytes:
+def _request(
+    method: str, path: str, body: bytes = b"", *, close: bool = True, extra: bytes = b""
+) -> bytes:
     head = b"%s %s HTTP/1.1\r\nhost: test\r\n" % (method.encode(), path.encode())
     if body:
         head += b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body)
@@ -128,8 +142,12 @@ CASES = {
     "no-content": [_request("GET", "/no-content")],
     "error-before-answer": [_request("GET", "/error-before")],
     "error-after-head": [_request("GET", "/error-after")],
-    "keep-alive": [_request("POST", "/", b"[]", close=False), _request("GET", "/stream", close=False),
-                   _request("HEAD", "/", close=False), _request("GET", "/")],
+    "keep-alive": [
+        _request("POST", "/", b"[]", close=False),
+        _request("GET", "/stream", close=False),
+        _request("HEAD", "/", close=False),
+        _request("GET", "/"),
+    ],
     "expect-100": [_request("POST", "/", b'{"y":2}', extra=b"expect: 100-continue\r\n")],
 }
 
@@ -143,8 +161,9 @@ async def test_the_bytes_are_uvicorns(servers: dict[str, int], case: str) -> Non
 
 async def test_a_response_is_one_write(servers: dict[str, int]) -> None:
     _Counting.writes.clear()
-    await _exchange(servers["counted"], _request("POST", "/", b'{"x":1}', close=False),
-                    _request("GET", "/"))
+    await _exchange(
+        servers["counted"], _request("POST", "/", b'{"x":1}', close=False), _request("GET", "/")
+    )
     assert len(_Counting.writes) == 2
     assert all(w.startswith(b"HTTP/1.1 200 OK\r\n") and w.endswith(b"}") for w in _Counting.writes)
     _Counting.writes.clear()
@@ -157,7 +176,8 @@ async def test_a_response_is_one_write(servers: dict[str, int]) -> None:
 
 
 async def test_a_streamed_answer_shows_its_head_before_its_first_part(
-        servers: dict[str, int]) -> None:
+    servers: dict[str, int],
+) -> None:
     for name in ("ours", "uvicorn"):
         reader, writer = await asyncio.open_connection("127.0.0.1", servers[name])
         try:
@@ -167,6 +187,7 @@ async def test_a_streamed_answer_shows_its_head_before_its_first_part(
             assert head.startswith(b"HTTP/1.1 200 OK\r\n"), name
             assert b"transfer-encoding: chunked" in head, name
             assert _DATE.sub(b"", head + await asyncio.wait_for(reader.read(), 5)) == (
-                _DATE.sub(b"", head) + b"2\r\n{}\r\n0\r\n\r\n"), name
+                _DATE.sub(b"", head) + b"2\r\n{}\r\n0\r\n\r\n"
+            ), name
         finally:
             writer.close()

@@ -51,15 +51,25 @@ def honest_env(feature_env, tmp_path_factory):
 def honest_model(honest_env, tmp_path_factory):
     """Trained with every default that matters here: the derived label wait, the cost matrix."""
     config = TrainConfig(seed=TEST_SEED, num_boost_round=120)
-    return train(honest_env.raw_path, honest_env.repo, tmp_path_factory.mktemp("honest_models"), config)
+    return train(
+        honest_env.raw_path, honest_env.repo, tmp_path_factory.mktemp("honest_models"), config
+    )
 
 
 def test_same_seed_gives_the_same_model(feature_env, trained_model, tmp_path):
-    again = train(feature_env.raw_path, feature_env.repo, tmp_path,
-                  TrainConfig(seed=TEST_SEED, **TEST_TRAIN_KW))
+    again = train(
+        feature_env.raw_path,
+        feature_env.repo,
+        tmp_path,
+        TrainConfig(seed=TEST_SEED, **TEST_TRAIN_KW),
+    )
     assert sha256_file(again / "model.ubj") == sha256_file(trained_model / "model.ubj")
-    other = train(feature_env.raw_path, feature_env.repo, tmp_path,
-                  TrainConfig(seed=TEST_SEED + 1, **TEST_TRAIN_KW))
+    other = train(
+        feature_env.raw_path,
+        feature_env.repo,
+        tmp_path,
+        TrainConfig(seed=TEST_SEED + 1, **TEST_TRAIN_KW),
+    )
     assert sha256_file(other / "model.ubj") != sha256_file(trained_model / "model.ubj")
     assert other.name == "2"  # versions count up and never overwrite
 
@@ -69,13 +79,23 @@ def test_artifact_verifies_and_records_the_feature_service(feature_env, trained_
     spec = feast_repo.load_serving_spec(feature_env.repo).feature_services["fraud_model_v1"]
     assert meta["feature_service"] == "fraud_model_v1"
     assert meta["feature_names"] == spec.feature_names
-    assert meta["feature_contract"] == spec.feature_contract == feature_contract_hash(spec.feature_names)
+    assert (
+        meta["feature_contract"]
+        == spec.feature_contract
+        == feature_contract_hash(spec.feature_names)
+    )
     assert set(meta["files"]) == {"model.ubj", "MODEL_CARD.md"}
     assert meta["training"]["seed"] == TEST_SEED
     assert set(meta["reference_stats"]) == set(spec.feature_names)
     card = (trained_model / "MODEL_CARD.md").read_text()
-    for heading in ("Intended use", "Out of scope", "Data", "Labels: only what was known at the cutoff",
-                    "Metrics by slice", "Limitations"):
+    for heading in (
+        "Intended use",
+        "Out of scope",
+        "Data",
+        "Labels: only what was known at the cutoff",
+        "Metrics by slice",
+        "Limitations",
+    ):
         assert f"## {heading}" in card
     assert "channel=ecom" in card and "amount=" in card
 
@@ -121,7 +141,10 @@ def test_model_ranks_fraud_above_the_rules_baseline_on_the_test_period(honest_mo
     # rule catches some of it; at seed 11 the rules cost less. Cheaper than approving
     # everything is what the sample can show.
     value = meta["metrics"]["value_test"]
-    assert value["model_global_thresholds"]["cost"]["total"] < value["approve_everything"]["cost"]["total"]
+    assert (
+        value["model_global_thresholds"]["cost"]["total"]
+        < value["approve_everything"]["cost"]["total"]
+    )
     assert any("compromised_merchant" in w for w in meta["evaluation"]["warnings"])
 
 
@@ -136,13 +159,16 @@ def test_the_headline_metric_is_reproducible_from_the_recorded_label_rule(honest
 
     meta = json.loads((honest_model / "metadata.json").read_text())
     ev = meta["evaluation"]
-    assert ev["label_rule"] == ("fraud = chargeback_timestamp is not null and "
-                                "chargeback_timestamp <= cutoff")
+    assert ev["label_rule"] == (
+        "fraud = chargeback_timestamp is not null and chargeback_timestamp <= cutoff"
+    )
     raw = pd.read_parquet(honest_env.raw_path).drop(columns=["is_fraud"])
     cutoff = pd.Timestamp(ev["label_cutoff"])
     lo, hi = (pd.Timestamp(x) for x in meta["training"]["splits"]["test"])
     test = raw[(raw["event_timestamp"] >= lo) & (raw["event_timestamp"] < hi)]
-    label = (test["chargeback_timestamp"].notna() & (test["chargeback_timestamp"] <= cutoff)).astype(int)
+    label = (
+        test["chargeback_timestamp"].notna() & (test["chargeback_timestamp"] <= cutoff)
+    ).astype(int)
     assert int(label.sum()) == meta["metrics"]["test"]["fraud"]
     by_type = test.loc[label == 1, "fraud_mechanism"].value_counts().to_dict()
     assert {k: v for k, v in ev["known_frauds_by_type"]["test"].items() if v} == by_type
@@ -150,9 +176,12 @@ def test_the_headline_metric_is_reproducible_from_the_recorded_label_rule(honest
     spec = feast_repo.load_serving_spec(honest_env.repo).feature_services[meta["feature_service"]]
     matrix = historical_matrix(feast_repo.open_store(honest_env.repo), spec, entity_frame(test))
     booster = xgb.Booster(model_file=str(honest_model / "model.ubj"))
-    score = booster.predict(xgb.DMatrix(to_float32(matrix), missing=np.nan,
-                                        feature_names=spec.feature_names))
-    assert average_precision_score(label, score) == pytest.approx(meta["metrics"]["test"]["pr_auc"], abs=1e-9)
+    score = booster.predict(
+        xgb.DMatrix(to_float32(matrix), missing=np.nan, feature_names=spec.feature_names)
+    )
+    assert average_precision_score(label, score) == pytest.approx(
+        meta["metrics"]["test"]["pr_auc"], abs=1e-9
+    )
     th = meta["thresholds"]
     fraud = label.to_numpy() == 1
     # Money is counted in EUR, the model's own amount (the amount as paid times its day's rate).
@@ -173,8 +202,15 @@ def test_the_card_shows_label_wait_slices_money_and_the_cost_matrix(honest_model
     card = (honest_model / "MODEL_CARD.md").read_text()
     for m in MECHANISMS:
         assert f"fraud_type={m}" in card
-    for text in ("channel=ecom", "channel=pos", "## Money and expected cost", "## Cost matrix",
-                 "label wait", "rules baseline", "## Monotone constraints"):
+    for text in (
+        "channel=ecom",
+        "channel=pos",
+        "## Money and expected cost",
+        "## Cost matrix",
+        "label wait",
+        "rules baseline",
+        "## Monotone constraints",
+    ):
         assert text.lower() in card.lower(), text
     # The gateway reads `thresholds`; per-segment ones sit beside it with their evidence.
     assert set(meta["thresholds"]) == {"suspicious", "highly_suspicious"}
@@ -182,11 +218,21 @@ def test_the_card_shows_label_wait_slices_money_and_the_cost_matrix(honest_model
     for key, pair in meta["segment_thresholds"]["channel"].items():
         assert set(pair) == {"suspicious", "highly_suspicious"}
         assert meta["segment_evidence"]["channel"][key]["known_frauds"] >= 30
-    assert set(meta["cost_matrix"]) >= {"false_decline_margin", "false_decline_friction",
-                                        "review_cost", "max_review_rate"}
+    assert set(meta["cost_matrix"]) >= {
+        "false_decline_margin",
+        "false_decline_friction",
+        "review_cost",
+        "max_review_rate",
+    }
     text = headline(meta)
-    for words in ("label wait", "cost matrix", "per 1,000 transactions", "by fraud type",
-                  "by channel", "good customers declined"):
+    for words in (
+        "label wait",
+        "cost matrix",
+        "per 1,000 transactions",
+        "by fraud type",
+        "by channel",
+        "good customers declined",
+    ):
         assert words in text, words
 
 
@@ -195,7 +241,10 @@ def _without_late(raw_path, mechanism, out):
     import pandas as pd
 
     raw = pd.read_parquet(raw_path)
-    mid = raw["event_timestamp"].min() + (raw["event_timestamp"].max() - raw["event_timestamp"].min()) / 2
+    mid = (
+        raw["event_timestamp"].min()
+        + (raw["event_timestamp"].max() - raw["event_timestamp"].min()) / 2
+    )
     keep = ~((raw["fraud_mechanism"] == mechanism) & (raw["event_timestamp"] > mid))
     raw[keep].to_parquet(out)
     return out
@@ -208,11 +257,20 @@ def test_training_fails_or_warns_when_a_fraud_type_is_missing_from_evaluation(ho
 
     raw = _without_late(honest_env.raw_path, "odd_hours", tmp_path / "raw.parquet")
     with pytest.raises(TrainingError, match="no known odd_hours fraud"):
-        train(raw, honest_env.repo, tmp_path / "models",
-              TrainConfig(seed=TEST_SEED, on_missing_mechanism="fail", num_boost_round=60))
+        train(
+            raw,
+            honest_env.repo,
+            tmp_path / "models",
+            TrainConfig(seed=TEST_SEED, on_missing_mechanism="fail", num_boost_round=60),
+        )
     said: list[str] = []
-    model = train(raw, honest_env.repo, tmp_path / "models",
-                  TrainConfig(seed=TEST_SEED, num_boost_round=60), progress=said.append)
+    model = train(
+        raw,
+        honest_env.repo,
+        tmp_path / "models",
+        TrainConfig(seed=TEST_SEED, num_boost_round=60),
+        progress=said.append,
+    )
     meta = json.loads((model / "metadata.json").read_text())
     warnings = meta["evaluation"]["warnings"]
     assert any("test period holds no known odd_hours fraud" in w for w in warnings)

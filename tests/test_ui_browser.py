@@ -33,8 +33,10 @@ from vigil_gateway.settings import GatewaySettings
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-INSTALL_HINT = ("apt-get install -y --no-install-recommends chromium chromium-driver "
-                "(and `pip install selenium` into the venv)")
+INSTALL_HINT = (
+    "apt-get install -y --no-install-recommends chromium chromium-driver "
+    "(and `pip install selenium` into the venv)"
+)
 REDIS_DB = 9  # db 0 holds Feast's online store, test_gateway uses 7
 WAIT_S = 10.0  # upper bound of every explicit wait; they return as soon as the condition holds
 
@@ -46,6 +48,7 @@ try:  # imported here so that a missing selenium fails the tests below with a cl
     from selenium.webdriver.remote.webdriver import WebDriver
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
+
     SELENIUM_ERROR: str | None = None
 except ImportError as exc:  # pragma: no cover - depends on the environment
     SELENIUM_ERROR = f"selenium is not importable ({exc}); install it: {INSTALL_HINT}"
@@ -57,12 +60,20 @@ class UiEncoderStandIn(EncoderStandIn):
     so the prefilled transaction gets a real score instead of an ``uncertain`` for missing features.
     """
 
-    KNOWN: ClassVar[dict[str, str]] = {"card_id": "card_good", "merchant_id": "m_good", "device_id": "dev_known"}
+    KNOWN: ClassVar[dict[str, str]] = {
+        "card_id": "card_good",
+        "merchant_id": "m_good",
+        "device_id": "dev_known",
+    }
     ALIASED_PREFIX = ("card_0", "merchant_0", "device_0")
 
     def _row(self, entities: dict[str, str], request: dict[str, Any]) -> dict[str, Any]:
-        aliased = {key: self.KNOWN[key] if key in self.KNOWN and value.startswith(self.ALIASED_PREFIX)
-                   else value for key, value in entities.items()}
+        aliased = {
+            key: self.KNOWN[key]
+            if key in self.KNOWN and value.startswith(self.ALIASED_PREFIX)
+            else value
+            for key, value in entities.items()
+        }
         return super()._row(aliased, request)
 
 
@@ -75,16 +86,41 @@ class LiveGateway:
 
 
 #: What ``vigil features`` writes, with the ids the stand-ins' online store knows.
-SAMPLES = {"samples": [
-    {"name": "regular purchase", "expect_fraud": False, "transaction": {
-        "transaction_id": "sample-legit-0", "card_id": "card_good", "merchant_id": "m_good",
-        "amount": 61.3, "currency": "EUR", "timestamp": "2026-01-10T14:12:00Z", "channel": "ecom",
-        "device_id": "dev_known", "ip_address": "10.1.0.7", "country": "DE"}},
-    {"name": "brand-new card", "expect_fraud": False, "transaction": {
-        "transaction_id": "sample-newcard-0", "card_id": "new-card-000", "merchant_id": "m_good",
-        "amount": 61.3, "currency": "EUR", "timestamp": "2026-01-10T11:12:00Z", "channel": "ecom",
-        "ip_address": "10.9.0.7", "country": "DE"}},
-]}
+SAMPLES = {
+    "samples": [
+        {
+            "name": "regular purchase",
+            "expect_fraud": False,
+            "transaction": {
+                "transaction_id": "sample-legit-0",
+                "card_id": "card_good",
+                "merchant_id": "m_good",
+                "amount": 61.3,
+                "currency": "EUR",
+                "timestamp": "2026-01-10T14:12:00Z",
+                "channel": "ecom",
+                "device_id": "dev_known",
+                "ip_address": "10.1.0.7",
+                "country": "DE",
+            },
+        },
+        {
+            "name": "brand-new card",
+            "expect_fraud": False,
+            "transaction": {
+                "transaction_id": "sample-newcard-0",
+                "card_id": "new-card-000",
+                "merchant_id": "m_good",
+                "amount": 61.3,
+                "currency": "EUR",
+                "timestamp": "2026-01-10T11:12:00Z",
+                "channel": "ecom",
+                "ip_address": "10.9.0.7",
+                "country": "DE",
+            },
+        },
+    ]
+}
 
 
 @pytest.fixture(scope="module")
@@ -100,16 +136,24 @@ def live_gateway(redis_server, tmp_path_factory) -> Iterator[LiveGateway]:
         encoder_url="http://encoder.test",  # reached through the transport below
         predictor_url="http://predictor.test",
         # Generous per-hop timeouts: a browser test must not go uncertain on a busy machine.
-        encoder_timeout_s=1.0, predictor_timeout_s=1.0, total_budget_s=2.5,
+        encoder_timeout_s=1.0,
+        predictor_timeout_s=1.0,
+        total_budget_s=2.5,
         max_transaction_age_s=0,  # the stand-ins' transactions are from 2024
         log_level="WARNING",
     )
-    app = create_app(settings, encoder_transport=httpx.ASGITransport(encoder.app),
-                     predictor_transport=httpx.ASGITransport(predictor.app))
+    app = create_app(
+        settings,
+        encoder_transport=httpx.ASGITransport(encoder.app),
+        predictor_transport=httpx.ASGITransport(predictor.app),
+    )
     api_key = create_api_key(settings.redis_url, settings.auth_secret.get_secret_value(), "ui-test")
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on",
-                                           log_level="warning", access_log=False))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, lifespan="on", log_level="warning", access_log=False
+        )
+    )
     thread = threading.Thread(target=server.run, name="uvicorn-ui-test", daemon=True)
     thread.start()
     base_url = f"http://127.0.0.1:{port}"
@@ -131,8 +175,10 @@ def live_gateway(redis_server, tmp_path_factory) -> Iterator[LiveGateway]:
 
 
 def _refuse_selenium_manager(*_: Any, **__: Any) -> Any:
-    raise AssertionError("Selenium Manager was invoked (it would try to download a driver); "
-                         f"the driver path must be given explicitly ({CHROMEDRIVER})")
+    raise AssertionError(
+        "Selenium Manager was invoked (it would try to download a driver); "
+        f"the driver path must be given explicitly ({CHROMEDRIVER})"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -143,14 +189,24 @@ def browser(tmp_path_factory) -> Iterator[WebDriver]:
     for path in (CHROMIUM, CHROMEDRIVER):
         if not (os.path.isfile(path) and os.access(path, os.X_OK)):
             found = shutil.which(Path(path).name)
-            pytest.fail(f"{path} is missing (on PATH: {found}); install it: {INSTALL_HINT}",
-                        pytrace=False)
+            pytest.fail(
+                f"{path} is missing (on PATH: {found}); install it: {INSTALL_HINT}", pytrace=False
+            )
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-quic", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--window-size=1280,900",
-                f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,900",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
         options.add_argument(arg)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(SeleniumManager, "binary_paths", _refuse_selenium_manager)
@@ -174,8 +230,11 @@ def open_ui(browser: WebDriver, gateway: LiveGateway) -> WebDriverWait:
 
 
 def wait_for_result(wait: WebDriverWait, state: str) -> Any:
-    result = wait.until(EC.presence_of_element_located(
-        (By.CSS_SELECTOR, f'#result[data-state="{state}"], #result[data-state="error"]')))
+    result = wait.until(
+        EC.presence_of_element_located(
+            (By.CSS_SELECTOR, f'#result[data-state="{state}"], #result[data-state="error"]')
+        )
+    )
     assert result.get_attribute("data-state") == state, result.text
     return result
 
@@ -189,9 +248,18 @@ def test_scores_the_prefilled_transaction_like_the_api(
 ) -> None:
     wait = open_ui(browser, live_gateway)
     assert browser.title.startswith("Vigil")
-    prefilled = {name: browser.find_element(By.ID, name).get_attribute("value")
-                 for name in ("transaction_id", "card_id", "merchant_id", "amount", "currency",
-                              "timestamp", "channel")}
+    prefilled = {
+        name: browser.find_element(By.ID, name).get_attribute("value")
+        for name in (
+            "transaction_id",
+            "card_id",
+            "merchant_id",
+            "amount",
+            "currency",
+            "timestamp",
+            "channel",
+        )
+    }
     assert all(prefilled.values()), prefilled
     assert browser.find_element(By.ID, "result").get_attribute("data-state") == "empty"
     sent = browser.execute_script("return payload();")  # exactly what the page POSTs
@@ -207,13 +275,20 @@ def test_scores_the_prefilled_transaction_like_the_api(
     reasons = result.find_elements(By.CSS_SELECTOR, '[data-testid="reasons"] > li')
     assert reasons, "no reasons listed"
 
-    with httpx.Client(base_url=live_gateway.base_url, trust_env=False, timeout=5.0,
-                      headers={"authorization": f"Bearer {live_gateway.api_key}"}) as api:
+    with httpx.Client(
+        base_url=live_gateway.base_url,
+        trust_env=False,
+        timeout=5.0,
+        headers={"authorization": f"Bearer {live_gateway.api_key}"},
+    ) as api:
         stored = api.post("/v1/transactions/score", json=sent)  # the decision the page got
         fresh = api.post("/v1/transactions/score", params={"rescore": "true"}, json=sent)
     assert stored.status_code == 200 and fresh.status_code == 200, (stored.text, fresh.text)
     stored_body, fresh_body = stored.json(), fresh.json()
-    assert stored_body["cached"] is True and stored_body["transaction_id"] == prefilled["transaction_id"]
+    assert (
+        stored_body["cached"] is True
+        and stored_body["transaction_id"] == prefilled["transaction_id"]
+    )
     assert fresh_body["cached"] is False
     for answer in (stored_body, fresh_body):
         assert answer["label"] == shown
@@ -225,8 +300,14 @@ def test_scores_the_prefilled_transaction_like_the_api(
     assert stored_body["model"]["version"] in THRESHOLDS
     assert field(result, "cached") == "false" and field(result, "degraded") == "false"
     # The page's own request's id (the API's repeat above got an id of its own).
-    assert field(result, "request-id") not in ("", stored_body["request_id"], fresh_body["request_id"])
-    assert [li.get_attribute("data-code") for li in reasons] == [r["code"] for r in stored_body["reasons"]]
+    assert field(result, "request-id") not in (
+        "",
+        stored_body["request_id"],
+        fresh_body["request_id"],
+    )
+    assert [li.get_attribute("data-code") for li in reasons] == [
+        r["code"] for r in stored_body["reasons"]
+    ]
     for li, reason in zip(reasons, stored_body["reasons"], strict=True):
         assert li.text.startswith(reason["text"])
 
@@ -275,7 +356,9 @@ def test_a_sample_button_fills_the_form_and_gets_a_real_decision(
     wait = open_ui(browser, live_gateway)
     wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, '#samples[data-state="ready"]')))
     buttons = browser.find_elements(By.CSS_SELECTOR, '[data-testid="samples"] > button')
-    assert [b.get_attribute("data-sample") for b in buttons] == [s["name"] for s in SAMPLES["samples"]]
+    assert [b.get_attribute("data-sample") for b in buttons] == [
+        s["name"] for s in SAMPLES["samples"]
+    ]
 
     buttons[0].click()  # the first click: filled in and scored at once
     result = wait_for_result(wait, "decision")
@@ -284,15 +367,24 @@ def test_a_sample_button_fills_the_form_and_gets_a_real_decision(
     assert sent["card_id"] == sample["card_id"] and sent["device_id"] == sample["device_id"]
     assert sent["transaction_id"].startswith("sample-legit-0-")
     assert sent["timestamp"][11:16] == "14:12"  # the same time of day, on a recent day
-    label = result.find_element(By.CSS_SELECTOR, '[data-testid="label"]').get_attribute("data-label")
+    label = result.find_element(By.CSS_SELECTOR, '[data-testid="label"]').get_attribute(
+        "data-label"
+    )
     assert label in LABELS and label != "uncertain"
     assert result.find_elements(By.CSS_SELECTOR, '[data-testid="reasons"] > li')
     assert field(result, "cached") == "false" and field(result, "degraded") == "false"
 
     buttons[0].click()  # again: a fresh id, so a fresh decision rather than the stored one
-    wait.until(lambda d: d.execute_script("return payload().transaction_id;") != sent["transaction_id"])
+    wait.until(
+        lambda d: d.execute_script("return payload().transaction_id;") != sent["transaction_id"]
+    )
     again = browser.execute_script("return payload().transaction_id;")
     assert again.startswith(sent["transaction_id"])
-    wait.until(lambda d: d.find_element(By.ID, "result").get_attribute("data-state") == "decision"
-               and f'"{again}"' in d.find_element(By.CSS_SELECTOR, "#result pre").get_attribute("textContent"))
+    wait.until(
+        lambda d: (
+            d.find_element(By.ID, "result").get_attribute("data-state") == "decision"
+            and f'"{again}"'
+            in d.find_element(By.CSS_SELECTOR, "#result pre").get_attribute("textContent")
+        )
+    )
     assert field(browser.find_element(By.ID, "result"), "cached") == "false"

@@ -44,8 +44,9 @@ EXPECTED_SCHEMA = [
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[WorldSummary, pd.DataFrame]:
     path = tmp_path_factory.mktemp("world") / "nested" / "transactions.parquet"
-    summary = generate_world(WorldConfig(seed=11, n_transactions=12_000, n_days=N_DAYS, end=END),
-                             path)
+    summary = generate_world(
+        WorldConfig(seed=11, n_transactions=12_000, n_days=N_DAYS, end=END), path
+    )
     return summary, load_transactions(path)
 
 
@@ -139,8 +140,9 @@ def test_mechanisms_leave_their_signatures(world: tuple[WorldSummary, pd.DataFra
     bursts = probes.groupby(["card_id", "device_id"])
     assert bursts.size().between(5, 30).all()
     assert (bursts["merchant_id"].nunique() <= 3).all()
-    assert ((bursts["event_timestamp"].max() - bursts["event_timestamp"].min())
-            < pd.Timedelta(hours=1)).all()
+    assert (
+        (bursts["event_timestamp"].max() - bursts["event_timestamp"].min()) < pd.Timedelta(hours=1)
+    ).all()
     assert (testing["channel"] != "pos").all()
 
     ato = df[df["fraud_mechanism"] == "account_takeover"]
@@ -175,18 +177,23 @@ def test_same_seed_same_world_other_seed_other_world(tmp_path: Path) -> None:
     b = _small(tmp_path, "b.parquet", seed=3)
     c = _small(tmp_path, "c.parquet", seed=4)
     pd.testing.assert_frame_equal(a, b)
-    assert (pq.read_schema(tmp_path / "a.parquet").metadata
-            == pq.read_schema(tmp_path / "b.parquet").metadata)
+    assert (
+        pq.read_schema(tmp_path / "a.parquet").metadata
+        == pq.read_schema(tmp_path / "b.parquet").metadata
+    )
     assert len(a) != len(c) or not a.equals(c)
     assert not a["amount"].head(100).equals(c["amount"].head(100))
 
 
-def test_writes_one_row_group_per_chunk(world: tuple[WorldSummary, pd.DataFrame],
-                                        tmp_path: Path) -> None:
+def test_writes_one_row_group_per_chunk(
+    world: tuple[WorldSummary, pd.DataFrame], tmp_path: Path
+) -> None:
     summary, _ = world
     meta = pq.ParquetFile(summary.path).metadata
     # A row group per chunk, and one for the rows of the last local evening still to be written.
-    assert meta.num_row_groups == summary.n_row_groups and N_DAYS <= meta.num_row_groups <= N_DAYS + 1
+    assert (
+        meta.num_row_groups == summary.n_row_groups and N_DAYS <= meta.num_row_groups <= N_DAYS + 1
+    )
 
     # Large days are sliced into several chunks without changing what the world contains.
     config = WorldConfig(n_transactions=5_000, n_days=7, end=END, max_chunk_rows=300)
@@ -195,24 +202,31 @@ def test_writes_one_row_group_per_chunk(world: tuple[WorldSummary, pd.DataFrame]
     df = load_transactions(sliced.path)
     assert df["event_timestamp"].is_monotonic_increasing
     assert df["transaction_id"].is_monotonic_increasing
-    assert sliced.by_mechanism == generate_world(
-        WorldConfig(n_transactions=5_000, n_days=7, end=END), tmp_path / "whole.parquet"
-    ).by_mechanism
+    assert (
+        sliced.by_mechanism
+        == generate_world(
+            WorldConfig(n_transactions=5_000, n_days=7, end=END), tmp_path / "whole.parquet"
+        ).by_mechanism
+    )
 
 
 def test_progress_bar(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    generate_world(WorldConfig(n_transactions=2_000, n_days=3, end=END), tmp_path / "p.parquet",
-                   progress=True)
+    generate_world(
+        WorldConfig(n_transactions=2_000, n_days=3, end=END), tmp_path / "p.parquet", progress=True
+    )
     assert "3/3" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"fraud_rate": 0.001},
-    {"fraud_rate": 0.05},
-    {"end": datetime(2026, 11, 1)},
-    {"end": datetime(2026, 11, 1, 12, tzinfo=UTC)},
-    {"n_days": 0},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"fraud_rate": 0.001},
+        {"fraud_rate": 0.05},
+        {"end": datetime(2026, 11, 1)},
+        {"end": datetime(2026, 11, 1, 12, tzinfo=UTC)},
+        {"n_days": 0},
+    ],
+)
 def test_invalid_config_is_rejected(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         WorldConfig(**kwargs)
@@ -224,12 +238,16 @@ def test_local_hours_follow_the_contracts_rule(world: tuple[WorldSummary, pd.Dat
     _, df = world
     sample = df.sample(2_000, random_state=1)
     countries = sample["country"].where(np.arange(len(sample)) % 7 != 0, "XK")  # no zone: UTC
-    expected = [local_hour(ts.to_pydatetime(), c) for ts, c in zip(sample["event_timestamp"], countries,
-                                                                   strict=True)]
+    expected = [
+        local_hour(ts.to_pydatetime(), c)
+        for ts, c in zip(sample["event_timestamp"], countries, strict=True)
+    ]
     assert list(local_hours(sample["event_timestamp"], countries)) == expected
 
 
-def test_behaviour_follows_local_time_and_instants_are_utc(world: tuple[WorldSummary, pd.DataFrame]) -> None:
+def test_behaviour_follows_local_time_and_instants_are_utc(
+    world: tuple[WorldSummary, pd.DataFrame],
+) -> None:
     _, df = world
     legit = df[df["is_fraud"] == 0]
     # People sleep at night where they are: in the US as in Europe, the local small hours are

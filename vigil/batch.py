@@ -72,22 +72,29 @@ def score_frame(
         raise BatchError(str(exc)) from exc
     matrix = historical_matrix(feast_repo.open_store(repo), spec, entities)
     scores = booster.inplace_predict(to_float32(matrix), missing=np.nan)
-    out = pd.DataFrame({
-        "transaction_id": entities["transaction_id"].to_numpy(),
-        "score": scores.astype("float32"),
-        "label": [label_for_score(float(s), meta["thresholds"]) for s in scores],
-        "model_name": meta["name"],
-        "model_version": meta["version"],
-        "feature_contract": meta["feature_contract"],
-    })
+    out = pd.DataFrame(
+        {
+            "transaction_id": entities["transaction_id"].to_numpy(),
+            "score": scores.astype("float32"),
+            "label": [label_for_score(float(s), meta["thresholds"]) for s in scores],
+            "model_name": meta["name"],
+            "model_version": meta["version"],
+            "feature_contract": meta["feature_contract"],
+        }
+    )
     if with_features:
         out = pd.concat([out, matrix.reset_index(drop=True)], axis=1)
     return out
 
 
 def score_file(
-    input_path: Path, output_path: Path, repo: Path, models_dir: Path, model_name: str,
-    version: str | None = None, with_features: bool = False,
+    input_path: Path,
+    output_path: Path,
+    repo: Path,
+    models_dir: Path,
+    model_name: str,
+    version: str | None = None,
+    with_features: bool = False,
 ) -> pd.DataFrame:
     model_dir = resolve_version(models_dir, model_name, version)
     scored = score_frame(read_transactions(input_path), repo, model_dir, with_features)

@@ -1,16 +1,16 @@
 """``vigil``: one command line for the offline steps, the local stack and the demo.
 
-    vigil generate      seeded synthetic transactions -> data/raw/transactions.parquet
-    vigil features      raw transactions -> offline feature tables (parquet) in the Feast repo,
-                        and sample transactions from that world (data/samples.json)
-    vigil apply         feast apply + export of the serving spec
-    vigil materialize   feast materialize-incremental up to now (--full: the whole window)
-    vigil train         Feast point-in-time features -> XGBoost -> models/<name>/<version>/
-    vigil batch-score   score a parquet file of transactions with a model version
-    vigil serve         the stack (redis, encoder, predictor, gateway) as local processes
-    vigil keys          create, list, revoke or rotate the gateway's API keys (in its Redis)
-    vigil certs dev     a self-signed certificate and key for the gateway's HTTPS, locally
-    vigil demo          all of the above end to end, with a private redis-server
+vigil generate      seeded synthetic transactions -> data/raw/transactions.parquet
+vigil features      raw transactions -> offline feature tables (parquet) in the Feast repo,
+                    and sample transactions from that world (data/samples.json)
+vigil apply         feast apply + export of the serving spec
+vigil materialize   feast materialize-incremental up to now (--full: the whole window)
+vigil train         Feast point-in-time features -> XGBoost -> models/<name>/<version>/
+vigil batch-score   score a parquet file of transactions with a model version
+vigil serve         the stack (redis, encoder, predictor, gateway) as local processes
+vigil keys          create, list, revoke or rotate the gateway's API keys (in its Redis)
+vigil certs dev     a self-signed certificate and key for the gateway's HTTPS, locally
+vigil demo          all of the above end to end, with a private redis-server
 """
 
 from __future__ import annotations
@@ -47,13 +47,16 @@ def _parse_time(value: str) -> datetime:
 def cmd_generate(args: argparse.Namespace) -> None:
     from vigil.world import WorldConfig, generate_world
 
-    config = WorldConfig(seed=args.seed, n_transactions=args.transactions, n_days=args.days,
-                         end=args.end)
+    config = WorldConfig(
+        seed=args.seed, n_transactions=args.transactions, n_days=args.days, end=args.end
+    )
     out = Path(args.data_dir) / "raw" / "transactions.parquet"
     summary = generate_world(config, out, progress=not args.quiet)
-    _say(f"wrote {summary.n_transactions:,} transactions ({summary.n_fraud:,} fraud, "
-         f"{summary.fraud_rate:.2%}) from {summary.start:%Y-%m-%d} to {summary.end:%Y-%m-%d} "
-         f"-> {summary.path}")
+    _say(
+        f"wrote {summary.n_transactions:,} transactions ({summary.n_fraud:,} fraud, "
+        f"{summary.fraud_rate:.2%}) from {summary.start:%Y-%m-%d} to {summary.end:%Y-%m-%d} "
+        f"-> {summary.path}"
+    )
 
 
 def _raw_path(args: argparse.Namespace) -> Path:
@@ -76,8 +79,10 @@ def cmd_features(args: argparse.Namespace) -> None:
     for name, path in paths.items():
         _say(f"{name}: {path}")
     samples = write_samples(pd.read_parquet(raw), feast_repo.samples_path(repo))
-    _say(f"{len(samples)} sample transactions ({', '.join(s.name for s in samples)}): "
-         f"{feast_repo.samples_path(repo)}")
+    _say(
+        f"{len(samples)} sample transactions ({', '.join(s.name for s in samples)}): "
+        f"{feast_repo.samples_path(repo)}"
+    )
 
 
 def cmd_apply(args: argparse.Namespace) -> None:
@@ -86,7 +91,9 @@ def cmd_apply(args: argparse.Namespace) -> None:
     repo = feast_repo.repo_dir(args.repo)
     spec = feast_repo.apply(repo)
     for svc in spec.feature_services.values():
-        _say(f"feature service {svc.name}: {len(svc.features)} features, contract {svc.feature_contract[:19]}…")
+        _say(
+            f"feature service {svc.name}: {len(svc.features)} features, contract {svc.feature_contract[:19]}…"
+        )
 
 
 def cmd_materialize(args: argparse.Namespace) -> None:
@@ -94,15 +101,21 @@ def cmd_materialize(args: argparse.Namespace) -> None:
 
     repo = feast_repo.repo_dir(args.repo)
     report = feast_repo.materialize(repo, args.end, full=args.full)
-    _say(f"materialized features up to {report.end:%Y-%m-%dT%H:%M:%S}Z into the "
-         f"{report.online_store} online store")
+    _say(
+        f"materialized features up to {report.end:%Y-%m-%dT%H:%M:%S}Z into the "
+        f"{report.online_store} online store"
+    )
     for load in report.views:
-        _say(f"  {load.view}: {load.rows:,} rows written "
-             f"(the latest of each entity from {load.start:%Y-%m-%d %H:%M} to {load.end:%Y-%m-%d %H:%M} UTC)")
+        _say(
+            f"  {load.view}: {load.rows:,} rows written "
+            f"(the latest of each entity from {load.start:%Y-%m-%d %H:%M} to {load.end:%Y-%m-%d %H:%M} UTC)"
+        )
     if report.unloaded:
-        _say(f"the online store holds no complete load of {', '.join(report.unloaded)}: this "
-             "incremental run only loads what is new since Feast's last materialization (into any "
-             "store), and the services stay not ready. Load it with `vigil materialize --full`.")
+        _say(
+            f"the online store holds no complete load of {', '.join(report.unloaded)}: this "
+            "incremental run only loads what is new since Feast's last materialization (into any "
+            "store), and the services stay not ready. Load it with `vigil materialize --full`."
+        )
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -110,11 +123,20 @@ def cmd_train(args: argparse.Namespace) -> None:
     from vigil.training import TrainConfig, headline, train
     from vigil_contracts.artifact import read_metadata
 
-    config = TrainConfig(seed=args.seed, model_name=args.model_name, version=args.version,
-                         feature_service=args.feature_service,
-                         label_maturity_days=args.label_wait_days)
-    model_dir = train(_raw_path(args), feast_repo.repo_dir(args.repo), Path(args.models_dir),
-                      config, progress=_say)
+    config = TrainConfig(
+        seed=args.seed,
+        model_name=args.model_name,
+        version=args.version,
+        feature_service=args.feature_service,
+        label_maturity_days=args.label_wait_days,
+    )
+    model_dir = train(
+        _raw_path(args),
+        feast_repo.repo_dir(args.repo),
+        Path(args.models_dir),
+        config,
+        progress=_say,
+    )
     print(headline(read_metadata(model_dir)))
 
 
@@ -122,11 +144,20 @@ def cmd_batch_score(args: argparse.Namespace) -> None:
     from vigil import feast_repo
     from vigil.batch import score_file
 
-    scored = score_file(Path(args.input), Path(args.output), feast_repo.repo_dir(args.repo),
-                        Path(args.models_dir), args.model_name, args.version, args.with_features)
+    scored = score_file(
+        Path(args.input),
+        Path(args.output),
+        feast_repo.repo_dir(args.repo),
+        Path(args.models_dir),
+        args.model_name,
+        args.version,
+        args.with_features,
+    )
     counts = scored["label"].value_counts().to_dict()
-    _say(f"scored {len(scored):,} transactions with {args.model_name} "
-         f"v{scored['model_version'].iloc[0] if len(scored) else '?'} -> {args.output}; labels {counts}")
+    _say(
+        f"scored {len(scored):,} transactions with {args.model_name} "
+        f"v{scored['model_version'].iloc[0] if len(scored) else '?'} -> {args.output}; labels {counts}"
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -139,21 +170,32 @@ def cmd_serve(args: argparse.Namespace) -> None:
     repo = feast_repo.repo_dir(args.repo)
     if not feast_repo.spec_path(repo).is_file():
         raise CliError("no serving spec: run `vigil apply` (and `vigil materialize`) first")
-    stack = LocalStack(repo, Path(args.models_dir), Path(args.data_dir) / "logs",
-                       redis_url=args.redis_url, fixed_ports=not args.free_ports)
+    stack = LocalStack(
+        repo,
+        Path(args.models_dir),
+        Path(args.data_dir) / "logs",
+        redis_url=args.redis_url,
+        fixed_ports=not args.free_ports,
+    )
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     with stack:
         _say("the stack is ready:\n" + stack.describe())
-        _say(f"business API: {stack.services['gateway'].url}/v1/transactions/score  "
-             f"web page: {stack.services['gateway'].url}/ui  (Ctrl-C stops everything)")
-        _say(f"an API key for this stack (shown once; more with `vigil keys create --client NAME "
-             f"--redis-url {stack.redis_url}`): {stack.api_key}")
+        _say(
+            f"business API: {stack.services['gateway'].url}/v1/transactions/score  "
+            f"web page: {stack.services['gateway'].url}/ui  (Ctrl-C stops everything)"
+        )
+        _say(
+            f"an API key for this stack (shown once; more with `vigil keys create --client NAME "
+            f"--redis-url {stack.redis_url}`): {stack.api_key}"
+        )
         try:
             while not stopping.wait(1.0):
                 for name, svc in stack.services.items():
                     if svc.process.poll() is not None:
-                        raise CliError(f"{name} exited with {svc.process.returncode}; see {svc.log_path}")
+                        raise CliError(
+                            f"{name} exited with {svc.process.returncode}; see {svc.log_path}"
+                        )
         except KeyboardInterrupt:
             pass
         _say("stopping")
@@ -180,8 +222,10 @@ def cmd_certs(args: argparse.Namespace) -> None:
         cert, key = dev_certificate(Path(args.out), days=args.days)
     except KeysError as exc:
         raise CliError(str(exc)) from None
-    _say(f"wrote {cert} and {key} (self-signed, for localhost and 127.0.0.1; local use only): "
-         f"GATEWAY_TLS_CERTFILE={cert} GATEWAY_TLS_KEYFILE={key}")
+    _say(
+        f"wrote {cert} and {key} (self-signed, for localhost and 127.0.0.1; local use only): "
+        f"GATEWAY_TLS_CERTFILE={cert} GATEWAY_TLS_KEYFILE={key}"
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -191,39 +235,66 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vigil", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default=os.environ.get("VIGIL_DATA_DIR", "data"),
-                        help="where raw and scored data live (default: %(default)s)")
-    parser.add_argument("--repo", default=None,
-                        help="the Feast repo folder (default: $VIGIL_FEATURE_REPO or ./feature_repo)")
-    parser.add_argument("--models-dir", default=os.environ.get("VIGIL_MODELS_DIR", "models"),
-                        help="model artifacts root (default: %(default)s)")
+    parser = argparse.ArgumentParser(
+        prog="vigil", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("VIGIL_DATA_DIR", "data"),
+        help="where raw and scored data live (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--repo",
+        default=None,
+        help="the Feast repo folder (default: $VIGIL_FEATURE_REPO or ./feature_repo)",
+    )
+    parser.add_argument(
+        "--models-dir",
+        default=os.environ.get("VIGIL_MODELS_DIR", "models"),
+        help="model artifacts root (default: %(default)s)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, fn: Callable[[argparse.Namespace], None], help_: str) -> argparse.ArgumentParser:
+    def add(
+        name: str, fn: Callable[[argparse.Namespace], None], help_: str
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(func=fn)
         return p
 
     p = add("generate", cmd_generate, "generate the seeded synthetic payments world")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--transactions", type=int, default=200_000,
-                   help="about how many transactions (default %(default)s; up to 10M)")
+    p.add_argument(
+        "--transactions",
+        type=int,
+        default=200_000,
+        help="about how many transactions (default %(default)s; up to 10M)",
+    )
     p.add_argument("--days", type=int, default=120, help="days of history (default %(default)s)")
-    p.add_argument("--end", type=_parse_time, default=None,
-                   help="exclusive end of the data (default: today 00:00 UTC)")
+    p.add_argument(
+        "--end",
+        type=_parse_time,
+        default=None,
+        help="exclusive end of the data (default: today 00:00 UTC)",
+    )
 
     p = add("features", cmd_features, "compute the offline feature tables from raw transactions")
-    p.add_argument("--raw", help="raw transactions parquet (default: DATA_DIR/raw/transactions.parquet)")
+    p.add_argument(
+        "--raw", help="raw transactions parquet (default: DATA_DIR/raw/transactions.parquet)"
+    )
 
     add("apply", cmd_apply, "feast apply and export the serving spec")
 
     p = add("materialize", cmd_materialize, "feast materialize-incremental up to now")
-    p.add_argument("--end", type=_parse_time, default=None, help="end time (default: now; never later)")
-    p.add_argument("--full", action="store_true",
-                   help="load the whole freshness window (for an empty or new online store)")
+    p.add_argument(
+        "--end", type=_parse_time, default=None, help="end time (default: now; never later)"
+    )
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="load the whole freshness window (for an empty or new online store)",
+    )
 
     p = add("train", cmd_train, "train a model version from Feast point-in-time features")
     p.add_argument("--raw", help="labelled raw transactions parquet")
@@ -231,9 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", default="fraud_detector")
     p.add_argument("--version", default=None, help="version to write (default: next number)")
     p.add_argument("--feature-service", default="fraud_model_v1")
-    p.add_argument("--label-wait-days", type=float, default=None,
-                   help="days a fraud label takes to be known (default: the p95 of the chargeback "
-                        "delays of payments old enough to have all theirs; the card says which)")
+    p.add_argument(
+        "--label-wait-days",
+        type=float,
+        default=None,
+        help="days a fraud label takes to be known (default: the p95 of the chargeback "
+        "delays of payments old enough to have all theirs; the card says which)",
+    )
 
     p = add("batch-score", cmd_batch_score, "score a parquet file of transactions offline")
     p.add_argument("--input", required=True, help="parquet of transactions")
@@ -243,27 +318,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--with-features", action="store_true", help="also write the feature vectors")
 
     p = add("serve", cmd_serve, "start redis + encoder + predictor + gateway as local processes")
-    p.add_argument("--redis-url", default=None,
-                   help="use this Redis (default: start a private redis-server; it then holds "
-                        "no features until `vigil materialize` runs against it)")
-    p.add_argument("--free-ports", action="store_true",
-                   help="pick free ports instead of 8000-8002")
+    p.add_argument(
+        "--redis-url",
+        default=None,
+        help="use this Redis (default: start a private redis-server; it then holds "
+        "no features until `vigil materialize` runs against it)",
+    )
+    p.add_argument("--free-ports", action="store_true", help="pick free ports instead of 8000-8002")
 
-    p = add("keys", cmd_keys, "manage the gateway's API keys (GATEWAY_AUTH_SECRET must be the "
-                              "gateway's; a new key is printed once)")
+    p = add(
+        "keys",
+        cmd_keys,
+        "manage the gateway's API keys (GATEWAY_AUTH_SECRET must be the "
+        "gateway's; a new key is printed once)",
+    )
     p.add_argument("action", choices=["create", "list", "revoke", "rotate"])
     p.add_argument("key_id", nargs="?", help="the key to revoke or rotate")
-    p.add_argument("--redis-url", default=os.environ.get("GATEWAY_REDIS_URL", "redis://localhost:6379/0"),
-                   help="the gateway's Redis (default: $GATEWAY_REDIS_URL or %(default)s)")
+    p.add_argument(
+        "--redis-url",
+        default=os.environ.get("GATEWAY_REDIS_URL", "redis://localhost:6379/0"),
+        help="the gateway's Redis (default: $GATEWAY_REDIS_URL or %(default)s)",
+    )
     p.add_argument("--client", help="who the key is for (create)")
-    p.add_argument("--scope", action="append", choices=["score", "admin"],
-                   help="a scope of the new key (repeatable; default: score)")
+    p.add_argument(
+        "--scope",
+        action="append",
+        choices=["score", "admin"],
+        help="a scope of the new key (repeatable; default: score)",
+    )
     p.add_argument("--expires-in-days", type=float, default=None, help="expiry of the new key")
     p.add_argument("--requests-per-s", type=float, default=None, help="the key's own request rate")
-    p.add_argument("--transactions-per-s", type=float, default=None,
-                   help="the key's own transaction rate")
-    p.add_argument("--grace-s", type=float, default=0.0,
-                   help="rotate: how long the old key stays valid (default: revoked at once)")
+    p.add_argument(
+        "--transactions-per-s", type=float, default=None, help="the key's own transaction rate"
+    )
+    p.add_argument(
+        "--grace-s",
+        type=float,
+        default=0.0,
+        help="rotate: how long the old key stays valid (default: revoked at once)",
+    )
 
     p = add("certs", cmd_certs, "make a self-signed certificate and key for local HTTPS")
     p.add_argument("kind", choices=["dev"])

@@ -38,7 +38,9 @@ class CostMatrix:
         fraud = y == 1
         approve = np.where(fraud, amount, 0.0)
         review = np.full(len(y), self.review_cost, dtype=np.float64)
-        decline = np.where(fraud, 0.0, self.false_decline_margin * amount + self.false_decline_friction)
+        decline = np.where(
+            fraud, 0.0, self.false_decline_margin * amount + self.false_decline_friction
+        )
         return approve, review, decline
 
 
@@ -48,12 +50,16 @@ NEVER = 1.0
 
 def decide(score: np.ndarray, thresholds: dict[str, float]) -> np.ndarray:
     """0 approve, 1 review, 2 decline: the labels of ``label_for_score`` as codes."""
-    return np.where(score >= thresholds["highly_suspicious"], 2,
-                    np.where(score >= thresholds["suspicious"], 1, 0))
+    return np.where(
+        score >= thresholds["highly_suspicious"],
+        2,
+        np.where(score >= thresholds["suspicious"], 1, 0),
+    )
 
 
-def cost_breakdown(y: np.ndarray, amount: np.ndarray, action: np.ndarray,
-                   costs: CostMatrix) -> dict[str, float]:
+def cost_breakdown(
+    y: np.ndarray, amount: np.ndarray, action: np.ndarray, costs: CostMatrix
+) -> dict[str, float]:
     """Total cost of the given actions, split into its parts."""
     approve, review, decline = costs.action_costs(y, amount)
     fraud = y == 1
@@ -67,8 +73,9 @@ def cost_breakdown(y: np.ndarray, amount: np.ndarray, action: np.ndarray,
     return parts
 
 
-def choose_cost_thresholds(y: np.ndarray, amount: np.ndarray, score: np.ndarray,
-                           costs: CostMatrix) -> tuple[dict[str, float], float]:
+def choose_cost_thresholds(
+    y: np.ndarray, amount: np.ndarray, score: np.ndarray, costs: CostMatrix
+) -> tuple[dict[str, float], float]:
     """The (suspicious, highly_suspicious) pair with the least total cost on these rows.
 
     Rows sorted by score, descending: the top i are declined, the next j - i reviewed, the rest

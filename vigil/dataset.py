@@ -20,7 +20,13 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
 REQUIRED_COLUMNS = (
-    "transaction_id", "event_timestamp", "card_id", "merchant_id", "amount", "currency", "channel",
+    "transaction_id",
+    "event_timestamp",
+    "card_id",
+    "merchant_id",
+    "amount",
+    "currency",
+    "channel",
     "country",
 )
 
@@ -46,15 +52,21 @@ def entity_frame(transactions: pd.DataFrame) -> pd.DataFrame:
     """Keys, request-time fields and event time of each transaction (the business->data mapping)."""
     validate_transactions(transactions)
     ts = pd.to_datetime(transactions["event_timestamp"], utc=True)
-    devices = transactions["device_id"] if "device_id" in transactions else pd.Series(
-        [None] * len(transactions), index=transactions.index
+    devices = (
+        transactions["device_id"]
+        if "device_id" in transactions
+        else pd.Series([None] * len(transactions), index=transactions.index)
     )
     has_device = devices.notna() & (devices.astype("string").fillna("") != "")
     fields = [
         request_fields(a, t.to_pydatetime(), ch, co, bool(d))
         for a, t, ch, co, d in zip(
-            transactions["amount"], ts, transactions["channel"], transactions["country"],
-            has_device, strict=True,
+            transactions["amount"],
+            ts,
+            transactions["channel"],
+            transactions["country"],
+            has_device,
+            strict=True,
         )
     ]
     frame = pd.DataFrame(fields, index=transactions.index)
@@ -68,8 +80,11 @@ def entity_frame(transactions: pd.DataFrame) -> pd.DataFrame:
 
 
 def historical_matrix(
-    store: FeatureStore, spec: FeatureServiceSpec, entities: pd.DataFrame,
-    chunk_rows: int = 10_000, progress: Callable[[int, int], None] | None = None,
+    store: FeatureStore,
+    spec: FeatureServiceSpec,
+    entities: pd.DataFrame,
+    chunk_rows: int = 10_000,
+    progress: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
     """Point-in-time features for each entity row, indexed by transaction_id, in model order.
 
@@ -81,7 +96,7 @@ def historical_matrix(
     columns = [f.feature for f in spec.features]
     parts = []
     for start in range(0, len(entities), chunk_rows):
-        chunk = entities.iloc[start:start + chunk_rows]
+        chunk = entities.iloc[start : start + chunk_rows]
         df = store.get_historical_features(
             entity_df=chunk, features=service, full_feature_names=False
         ).to_df()

@@ -39,8 +39,9 @@ def run_demo(args: argparse.Namespace) -> None:
     try:
         _step("starting a private redis-server")
         try:
-            redis = RedisServer(binary=find_redis_server(install=True),
-                                log_path=data_dir / "redis.log")
+            redis = RedisServer(
+                binary=find_redis_server(install=True), log_path=data_dir / "redis.log"
+            )
             data_dir.mkdir(parents=True, exist_ok=True)
             redis.start()
             os.environ["VIGIL_REDIS_CONNECTION_STRING"] = redis.connection_string
@@ -48,16 +49,26 @@ def run_demo(args: argparse.Namespace) -> None:
         except RedisUnavailable as exc:
             redis = None
             os.environ["VIGIL_ONLINE_STORE"] = "sqlite"
-            print(f"Redis cannot be had here ({exc}); using Feast's embedded SQLite online store "
-                  "instead. The online services need Redis, so the demo stops after batch scoring.",
-                  file=sys.stderr)
+            print(
+                f"Redis cannot be had here ({exc}); using Feast's embedded SQLite online store "
+                "instead. The online services need Redis, so the demo stops after batch scoring.",
+                file=sys.stderr,
+            )
 
-        _step(f"generating the world: ~{args.transactions:,} transactions over {args.days} days, seed {args.seed}")
+        _step(
+            f"generating the world: ~{args.transactions:,} transactions over {args.days} days, seed {args.seed}"
+        )
         raw = data_dir / "raw" / "transactions.parquet"
-        summary = generate_world(WorldConfig(seed=args.seed, n_transactions=args.transactions,
-                                             n_days=args.days), raw, progress=not args.quiet)
-        print(f"{summary.n_transactions:,} transactions, {summary.n_fraud:,} fraud "
-              f"({summary.fraud_rate:.2%}): {summary.by_mechanism}", file=sys.stderr)
+        summary = generate_world(
+            WorldConfig(seed=args.seed, n_transactions=args.transactions, n_days=args.days),
+            raw,
+            progress=not args.quiet,
+        )
+        print(
+            f"{summary.n_transactions:,} transactions, {summary.n_fraud:,} fraud "
+            f"({summary.fraud_rate:.2%}): {summary.by_mechanism}",
+            file=sys.stderr,
+        )
 
         _step("computing the offline feature tables")
         write_feature_tables(raw, feast_repo.offline_dir(repo), progress=not args.quiet)
@@ -75,19 +86,35 @@ def run_demo(args: argparse.Namespace) -> None:
             print(f"{load.view}: {load.rows:,} rows written", file=sys.stderr)
 
         _step("training from Feast point-in-time features")
-        model_dir = train(raw, repo, models_dir, TrainConfig(seed=args.seed),
-                          progress=lambda m: print(m, file=sys.stderr))
+        model_dir = train(
+            raw,
+            repo,
+            models_dir,
+            TrainConfig(seed=args.seed),
+            progress=lambda m: print(m, file=sys.stderr),
+        )
         meta = read_metadata(model_dir)
 
         _step("batch scoring the last day of transactions")
-        sample = frame[frame["event_timestamp"] > frame["event_timestamp"].max() - pd.Timedelta(days=1)]
+        sample = frame[
+            frame["event_timestamp"] > frame["event_timestamp"].max() - pd.Timedelta(days=1)
+        ]
         sample_path = data_dir / "samples" / "last_day.parquet"
         sample_path.parent.mkdir(parents=True, exist_ok=True)
         sample.to_parquet(sample_path)
-        scored = score_file(sample_path, data_dir / "scored" / "last_day.parquet", repo, models_dir,
-                            meta["name"], meta["version"])
-        print(f"{len(scored):,} transactions scored offline: "
-              f"{scored['label'].value_counts().to_dict()}", file=sys.stderr)
+        scored = score_file(
+            sample_path,
+            data_dir / "scored" / "last_day.parquet",
+            repo,
+            models_dir,
+            meta["name"],
+            meta["version"],
+        )
+        print(
+            f"{len(scored):,} transactions scored offline: "
+            f"{scored['label'].value_counts().to_dict()}",
+            file=sys.stderr,
+        )
 
         if redis is not None:
             _score_online(args, repo, models_dir, frame, redis)
@@ -101,8 +128,9 @@ def run_demo(args: argparse.Namespace) -> None:
             redis.stop()
 
 
-def _score_online(args: argparse.Namespace, repo: Path, models_dir: Path, frame: pd.DataFrame,
-                  redis: RedisServer) -> None:
+def _score_online(
+    args: argparse.Namespace, repo: Path, models_dir: Path, frame: pd.DataFrame, redis: RedisServer
+) -> None:
     from vigil.runner import LocalStack
     from vigil.scenarios import build_scenarios
 
@@ -112,9 +140,13 @@ def _score_online(args: argparse.Namespace, repo: Path, models_dir: Path, frame:
         scenarios = build_scenarios(frame)
         gateway = stack.services["gateway"].url
         _step(f"scoring {len(scenarios)} sample transactions through the business API ({gateway})")
-        with httpx.Client(timeout=5.0, headers={"authorization": f"Bearer {stack.api_key}"}) as client:
-            resp = client.post(f"{gateway}/v1/transactions/score-batch",
-                               json={"transactions": [s.transaction for s in scenarios]})
+        with httpx.Client(
+            timeout=5.0, headers={"authorization": f"Bearer {stack.api_key}"}
+        ) as client:
+            resp = client.post(
+                f"{gateway}/v1/transactions/score-batch",
+                json={"transactions": [s.transaction for s in scenarios]},
+            )
             resp.raise_for_status()
             results = resp.json()["results"]
         print(decision_table(scenarios, results))
@@ -126,14 +158,31 @@ def decision_table(scenarios, results) -> str:
     for sc, res in zip(scenarios, results, strict=True):
         body = res.get("result") or {}
         if not body:
-            rows.append((sc.transaction["transaction_id"], sc.name, "", "error", "", "",
-                         (res.get("error") or {}).get("detail", "")))
+            rows.append(
+                (
+                    sc.transaction["transaction_id"],
+                    sc.name,
+                    "",
+                    "error",
+                    "",
+                    "",
+                    (res.get("error") or {}).get("detail", ""),
+                )
+            )
             continue
         score = body.get("score")
         reason = body["reasons"][0]["text"] if body.get("reasons") else ""
-        rows.append((body["transaction_id"], sc.name, f"{sc.transaction['amount']:.2f}",
-                     body["label"], "" if score is None else f"{score:.3f}",
-                     f"{body['model']['name']} v{body['model']['version']}", reason))
+        rows.append(
+            (
+                body["transaction_id"],
+                sc.name,
+                f"{sc.transaction['amount']:.2f}",
+                body["label"],
+                "" if score is None else f"{score:.3f}",
+                f"{body['model']['name']} v{body['model']['version']}",
+                reason,
+            )
+        )
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

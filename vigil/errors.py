@@ -8,5 +8,10 @@ from vigil.training import TrainingError
 from vigil_contracts.artifact import ArtifactError
 
 USER_ERRORS: tuple[type[Exception], ...] = (
-    ArtifactError, BatchError, DatasetError, RepoError, RedisUnavailable, TrainingError,
+    ArtifactError,
+    BatchError,
+    DatasetError,
+    RepoError,
+    RedisUnavailable,
+    TrainingError,
 )

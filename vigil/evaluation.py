@@ -24,8 +24,12 @@ LABEL_RULE = "fraud = chargeback_timestamp is not null and chargeback_timestamp 
 MIN_COHORT_CHARGEBACKS = 30
 """Fewer chargebacks than this in the complete cohort: too few to take a quantile from."""
 
-AMOUNT_BANDS = [(0, 10, "<10"), (10, 100, "10-100"), (100, 1000, "100-1000"),
-                (1000, np.inf, ">=1000")]
+AMOUNT_BANDS = [
+    (0, 10, "<10"),
+    (10, 100, "10-100"),
+    (100, 1000, "100-1000"),
+    (1000, np.inf, ">=1000"),
+]
 
 
 def known_labels(raw: pd.DataFrame, cutoff: pd.Timestamp) -> pd.Series:
@@ -34,8 +38,13 @@ def known_labels(raw: pd.DataFrame, cutoff: pd.Timestamp) -> pd.Series:
     return (cb.notna() & (cb <= cutoff)).astype(int)
 
 
-def label_wait(raw: pd.DataFrame, cutoff: pd.Timestamp, chargeback_window_days: float,
-               quantile: float, given_days: float | None = None) -> dict[str, Any]:
+def label_wait(
+    raw: pd.DataFrame,
+    cutoff: pd.Timestamp,
+    chargeback_window_days: float,
+    quantile: float,
+    given_days: float | None = None,
+) -> dict[str, Any]:
     """How long to wait before a transaction's label is trusted, and why.
 
     Chargebacks may arrive up to ``chargeback_window_days`` after the payment (the card scheme's
@@ -48,7 +57,9 @@ def label_wait(raw: pd.DataFrame, cutoff: pd.Timestamp, chargeback_window_days: 
     """
     cb = raw["chargeback_timestamp"]
     ts = raw["event_timestamp"]
-    complete = (ts <= cutoff - pd.Timedelta(days=chargeback_window_days)) & cb.notna() & (cb <= cutoff)
+    complete = (
+        (ts <= cutoff - pd.Timedelta(days=chargeback_window_days)) & cb.notna() & (cb <= cutoff)
+    )
     delays = ((cb[complete] - ts[complete]).dt.total_seconds() / 86_400).to_numpy()
     n = len(delays)
     out: dict[str, Any] = {
@@ -68,12 +79,16 @@ def label_wait(raw: pd.DataFrame, cutoff: pd.Timestamp, chargeback_window_days: 
         out["method"] = "given by the caller (TrainConfig.label_maturity_days)"
     elif n >= MIN_COHORT_CHARGEBACKS:
         days = float(math.ceil(np.quantile(delays, quantile)))
-        out["method"] = (f"p{quantile * 100:g} of the chargeback delays of the complete cohort, "
-                         "rounded up to whole days")
+        out["method"] = (
+            f"p{quantile * 100:g} of the chargeback delays of the complete cohort, "
+            "rounded up to whole days"
+        )
     else:
         days = float(chargeback_window_days)
-        out["method"] = (f"the whole dispute window: only {n} chargebacks in the complete cohort "
-                         f"(fewer than {MIN_COHORT_CHARGEBACKS})")
+        out["method"] = (
+            f"the whole dispute window: only {n} chargebacks in the complete cohort "
+            f"(fewer than {MIN_COHORT_CHARGEBACKS})"
+        )
     out["days"] = days
     out["cohort_share_within_wait"] = float(np.mean(delays <= days)) if n else None
     return out
@@ -82,8 +97,10 @@ def label_wait(raw: pd.DataFrame, cutoff: pd.Timestamp, chargeback_window_days: 
 def aucs(y: np.ndarray, score: np.ndarray) -> dict[str, float | None]:
     if len(np.unique(y)) < 2:
         return {"roc_auc": None, "pr_auc": None}
-    return {"roc_auc": float(roc_auc_score(y, score)),
-            "pr_auc": float(average_precision_score(y, score))}
+    return {
+        "roc_auc": float(roc_auc_score(y, score)),
+        "pr_auc": float(average_precision_score(y, score)),
+    }
 
 
 def rates(y: np.ndarray, flagged: np.ndarray) -> dict[str, float]:
@@ -97,8 +114,9 @@ def rates(y: np.ndarray, flagged: np.ndarray) -> dict[str, float]:
     }
 
 
-def value_figures(y: np.ndarray, amount: np.ndarray, action: np.ndarray,
-                  costs: CostMatrix) -> dict[str, Any]:
+def value_figures(
+    y: np.ndarray, amount: np.ndarray, action: np.ndarray, costs: CostMatrix
+) -> dict[str, Any]:
     """Money, not counts: fraud stopped, good customers' money declined, and the total cost."""
     fraud, good = y == 1, y == 0
     caught, declined = action >= 1, action == 2
@@ -108,15 +126,18 @@ def value_figures(y: np.ndarray, amount: np.ndarray, action: np.ndarray,
         "known_fraud": int(fraud.sum()),
         "fraud_amount": fraud_amount,
         "fraud_amount_stopped": float(amount[fraud & caught].sum()),
-        "fraud_amount_stopped_share": (float(amount[fraud & caught].sum()) / fraud_amount
-                                       if fraud_amount else None),
-        "fraud_amount_declined_share": (float(amount[fraud & declined].sum()) / fraud_amount
-                                        if fraud_amount else None),
+        "fraud_amount_stopped_share": (
+            float(amount[fraud & caught].sum()) / fraud_amount if fraud_amount else None
+        ),
+        "fraud_amount_declined_share": (
+            float(amount[fraud & declined].sum()) / fraud_amount if fraud_amount else None
+        ),
         "declines": int(declined.sum()),
         "good_declined": int((good & declined).sum()),
         "good_declined_amount": float(amount[good & declined].sum()),
-        "good_share_of_declines": (float((good & declined).sum()) / float(declined.sum())
-                                   if declined.any() else None),
+        "good_share_of_declines": (
+            float((good & declined).sum()) / float(declined.sum()) if declined.any() else None
+        ),
         "reviews": int((action == 1).sum()),
         "cost": cost_breakdown(y, amount, action, costs),
     }
@@ -129,8 +150,12 @@ def coverage(frame: pd.DataFrame, mechanisms: tuple[str, ...]) -> dict[str, int]
     return {m: int(counts.get(m, 0)) for m in mechanisms}
 
 
-def slices(frame: pd.DataFrame, thresholds: dict[str, float], costs: CostMatrix,
-           mechanisms: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+def slices(
+    frame: pd.DataFrame,
+    thresholds: dict[str, float],
+    costs: CostMatrix,
+    mechanisms: tuple[str, ...],
+) -> dict[str, dict[str, Any]]:
     """Figures per fraud type, channel and amount band; ``frame`` has label, score, amount.
 
     A fraud-type slice is that type's known frauds against every known-good row (which fraud
@@ -142,10 +167,15 @@ def slices(frame: pd.DataFrame, thresholds: dict[str, float], costs: CostMatrix,
     good = y_all == 0
     for m in mechanisms:
         sel = good | ((y_all == 1) & (frame["fraud_mechanism"] == m).to_numpy())
-        out[f"fraud_type={m}"] = _slice(frame[sel], action_all[sel], thresholds, costs,
-                                        fraud_only_value=True)
-    bands = pd.cut(frame["amount"], [b[0] for b in AMOUNT_BANDS] + [np.inf], right=False,
-                   labels=[b[2] for b in AMOUNT_BANDS])
+        out[f"fraud_type={m}"] = _slice(
+            frame[sel], action_all[sel], thresholds, costs, fraud_only_value=True
+        )
+    bands = pd.cut(
+        frame["amount"],
+        [b[0] for b in AMOUNT_BANDS] + [np.inf],
+        right=False,
+        labels=[b[2] for b in AMOUNT_BANDS],
+    )
     for kind, keys in (("channel", frame["channel"]), ("amount", bands)):
         for key in sorted(keys.dropna().unique(), key=str):
             sel = (keys == key).to_numpy()
@@ -153,18 +183,33 @@ def slices(frame: pd.DataFrame, thresholds: dict[str, float], costs: CostMatrix,
     return out
 
 
-def _slice(part: pd.DataFrame, action: np.ndarray, thresholds: dict[str, float],
-           costs: CostMatrix, fraud_only_value: bool = False) -> dict[str, Any]:
+def _slice(
+    part: pd.DataFrame,
+    action: np.ndarray,
+    thresholds: dict[str, float],
+    costs: CostMatrix,
+    fraud_only_value: bool = False,
+) -> dict[str, Any]:
     y, s = part["label"].to_numpy(), part["score"].to_numpy()
     amount = part["amount"].to_numpy(dtype=np.float64)
     entry: dict[str, Any] = {"n": len(part), "fraud": int(y.sum()), **aucs(y, s)}
-    for name, th in (("suspicious_or_above", thresholds["suspicious"]),
-                     ("highly_suspicious", thresholds["highly_suspicious"])):
+    for name, th in (
+        ("suspicious_or_above", thresholds["suspicious"]),
+        ("highly_suspicious", thresholds["highly_suspicious"]),
+    ):
         entry.update({f"{name}_{k}": v for k, v in rates(y, s >= th).items()})
     value = value_figures(y, amount, action, costs)
     if fraud_only_value:  # the good rows are shared by every fraud-type slice
-        value = {k: value[k] for k in ("known_fraud", "fraud_amount", "fraud_amount_stopped",
-                                       "fraud_amount_stopped_share", "fraud_amount_declined_share")}
+        value = {
+            k: value[k]
+            for k in (
+                "known_fraud",
+                "fraud_amount",
+                "fraud_amount_stopped",
+                "fraud_amount_stopped_share",
+                "fraud_amount_declined_share",
+            )
+        }
     entry["value"] = value
     entry["no_known_fraud"] = bool(y.sum() == 0)
     return entry

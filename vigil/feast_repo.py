@@ -83,7 +83,9 @@ def config_path(repo: Path) -> Path:
         config["online_store"] = {"type": "redis", "connection_string": conn}
         redis_type = os.environ.get("VIGIL_REDIS_TYPE", "redis")
         if redis_type not in ("redis", "redis_cluster"):
-            raise RepoError(f"VIGIL_REDIS_TYPE must be 'redis' or 'redis_cluster', not {redis_type!r}")
+            raise RepoError(
+                f"VIGIL_REDIS_TYPE must be 'redis' or 'redis_cluster', not {redis_type!r}"
+            )
         if redis_type == "redis_cluster":
             config["online_store"]["redis_type"] = redis_type
     else:
@@ -121,7 +123,9 @@ def feast_cli(repo: Path, *args: str) -> str:
 def apply(repo: Path) -> ServingSpec:
     """``feast apply``, then export the serving spec next to the registry."""
     if not offline_dir(repo).is_dir():
-        raise RepoError(f"no offline feature tables in {offline_dir(repo)}: run `vigil features` first")
+        raise RepoError(
+            f"no offline feature tables in {offline_dir(repo)}: run `vigil features` first"
+        )
     feast_cli(repo, "apply")
     spec = export_serving_spec(open_store(repo))
     spec_path(repo).write_text(spec.model_dump_json(indent=2) + "\n")
@@ -157,8 +161,9 @@ def materialize(repo: Path, end: datetime | None = None, full: bool = False) -> 
     end = min(end or now, now)
     stamp = "%Y-%m-%dT%H:%M:%S"
     spec = load_serving_spec(repo)
-    views = {name: view for svc in spec.feature_services.values()
-             for name, view in svc.views.items()}
+    views = {
+        name: view for svc in spec.feature_services.values() for name, view in svc.views.items()
+    }
     if full:
         ttls = [v.ttl_seconds or 0 for v in views.values()]
         start = end - timedelta(seconds=max(ttls, default=0) or 365 * 86400)
@@ -172,16 +177,32 @@ def materialize(repo: Path, end: datetime | None = None, full: bool = False) -> 
         for name in views:
             windows.setdefault(name, (start, end))
     online = online_store_config(repo)
-    client = (materialization.redis_client(online.get("connection_string", "localhost:6379"),
-                                           str(online.get("redis_type", "redis")))
-              if online.get("type", "redis") == "redis" else None)
+    client = (
+        materialization.redis_client(
+            online.get("connection_string", "localhost:6379"),
+            str(online.get("redis_type", "redis")),
+        )
+        if online.get("type", "redis") == "redis"
+        else None
+    )
     try:
-        loads = materialization.record(client, spec.project, views, windows, offline_dir(repo),
-                                       full, written_at=datetime.now(UTC))
+        loads = materialization.record(
+            client,
+            spec.project,
+            views,
+            windows,
+            offline_dir(repo),
+            full,
+            written_at=datetime.now(UTC),
+        )
     except (OSError, ValueError) as exc:
-        raise RepoError(f"feast materialized, but its rows could not be counted or marked: {exc}") from exc
+        raise RepoError(
+            f"feast materialized, but its rows could not be counted or marked: {exc}"
+        ) from exc
     except RedisError as exc:
-        raise RepoError(f"feast materialized, but the online store's markers were not written: {exc}") from exc
+        raise RepoError(
+            f"feast materialized, but the online store's markers were not written: {exc}"
+        ) from exc
     finally:
         if client is not None:
             client.close()
@@ -257,12 +278,18 @@ def export_serving_spec(store: FeatureStore) -> ServingSpec:
             for f in projection.features:
                 features.append(
                     FeatureRef(
-                        name=f"{name}__{f.name}", view=name, feature=f.name,
-                        dtype=str(f.dtype), kind=kind,
+                        name=f"{name}__{f.name}",
+                        view=name,
+                        feature=f.name,
+                        dtype=str(f.dtype),
+                        kind=kind,
                     )
                 )
         services[service.name] = FeatureServiceSpec(
-            name=service.name, project=project, features=features, views=views,
+            name=service.name,
+            project=project,
+            features=features,
+            views=views,
             on_demand=on_demand,
         )
     return ServingSpec(project=project, feature_services=services)

@@ -27,14 +27,18 @@ LEVELS: dict[str, float] = {"EUR": 1.0, "USD": 0.92, "GBP": 1.17, "CAD": 0.67, "
 _DAILY_SIGMA = 0.004  # ~0.4 % a day, the order of major pairs' daily moves
 _US_PER_DAY = 86_400_000_000
 
-SCHEMA = pa.schema([
-    pa.field("currency", pa.string()),
-    pa.field("event_timestamp", pa.timestamp("us", tz="UTC")),
-    pa.field("eur_per_unit", pa.float64()),
-])
+SCHEMA = pa.schema(
+    [
+        pa.field("currency", pa.string()),
+        pa.field("event_timestamp", pa.timestamp("us", tz="UTC")),
+        pa.field("eur_per_unit", pa.float64()),
+    ]
+)
 
 
-def fx_table(seed: int, start: datetime, end: datetime, currencies: tuple[str, ...] = tuple(LEVELS)) -> pd.DataFrame:
+def fx_table(
+    seed: int, start: datetime, end: datetime, currencies: tuple[str, ...] = tuple(LEVELS)
+) -> pd.DataFrame:
     """One row per currency and UTC day from ``start``'s day through ``end``'s day (inclusive:
     a day's transactions and a scoring request on ``end``'s day both find their rate)."""
     first = pd.Timestamp(start).tz_convert("UTC").floor("D")
@@ -45,8 +49,11 @@ def fx_table(seed: int, start: datetime, end: datetime, currencies: tuple[str, .
         steps = rng.normal(0.0, _DAILY_SIGMA, len(days))
         walk = np.exp(np.cumsum(steps) - steps[0])
         rate = np.ones(len(days)) if currency == BASE_CURRENCY else LEVELS[currency] * walk
-        frames.append(pd.DataFrame({"currency": currency, "event_timestamp": days,
-                                    "eur_per_unit": np.round(rate, 6)}))
+        frames.append(
+            pd.DataFrame(
+                {"currency": currency, "event_timestamp": days, "eur_per_unit": np.round(rate, 6)}
+            )
+        )
     table = pd.concat(frames, ignore_index=True)
     table["event_timestamp"] = table["event_timestamp"].dt.as_unit("us")
     return table
@@ -79,7 +86,9 @@ class Rates:
 
     def eur_per_unit(self, currencies: np.ndarray, ts_us: np.ndarray) -> np.ndarray:
         """The rate of each row's currency on its UTC day; NaN where the table has none."""
-        cur = pd.Series(currencies, dtype=object).map(self.index).fillna(-1).to_numpy(dtype=np.int64)
+        cur = (
+            pd.Series(currencies, dtype=object).map(self.index).fillna(-1).to_numpy(dtype=np.int64)
+        )
         day = ts_us // _US_PER_DAY - self.first_day
         ok = (cur >= 0) & (day >= 0) & (day < self.grid.shape[1])
         out = np.full(len(cur), np.nan)

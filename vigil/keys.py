@@ -43,11 +43,18 @@ async def run_keys_command(args: argparse.Namespace) -> list[Any]:
         if args.action == "create":
             if not args.client:
                 raise KeysError("keys create needs --client NAME")
-            expires = None if args.expires_in_days is None else time.time() + args.expires_in_days * 86400
+            expires = (
+                None if args.expires_in_days is None else time.time() + args.expires_in_days * 86400
+            )
             token, record = await admin.create(
-                args.client, tuple(args.scope or ("score",)), expires_at=expires,
-                limits={"requests_per_s": args.requests_per_s,
-                        "transactions_per_s": args.transactions_per_s})
+                args.client,
+                tuple(args.scope or ("score",)),
+                expires_at=expires,
+                limits={
+                    "requests_per_s": args.requests_per_s,
+                    "transactions_per_s": args.transactions_per_s,
+                },
+            )
             return [record.public(), f"key (shown once, store it now): {token}"]
         if args.action == "list":
             return [r.public() for r in await admin.list()]
@@ -70,11 +77,30 @@ def dev_certificate(out: Path, *, days: int = 30) -> tuple[Path, Path]:
     cert, key = out / "cert.pem", out / "key.pem"
     try:
         subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-             "-nodes", "-days", str(days), "-subj", "/CN=localhost",
-             "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-             "-keyout", str(key), "-out", str(cert)],
-            check=True, capture_output=True, text=True)
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                str(days),
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
     except FileNotFoundError:
         raise KeysError("openssl is not installed") from None
     except subprocess.CalledProcessError as exc:

@@ -11,7 +11,9 @@ import pandas as pd
 from vigil_contracts.local_time import COUNTRY_TIME_ZONES
 
 
-def local_hours(timestamps: pd.Series | pd.DatetimeIndex, countries: pd.Series | np.ndarray) -> np.ndarray:
+def local_hours(
+    timestamps: pd.Series | pd.DatetimeIndex, countries: pd.Series | np.ndarray
+) -> np.ndarray:
     """Local hour (0-23, int64) of each instant in ``timestamps`` in its row's country."""
     instants = pd.DatetimeIndex(pd.to_datetime(timestamps, utc=True))
     country = np.asarray(pd.Series(countries).fillna("").astype(str))

@@ -81,11 +81,22 @@ def redis_client(connection_string: str, redis_type: str = "redis") -> Any:
     from redis.cluster import ClusterNode, RedisCluster
 
     if redis_type == "redis_cluster":
-        nodes = [part.strip() for part in connection_string.split(",") if part.strip() and "=" not in part]
-        options = dict(part.strip().split("=", 1) for part in connection_string.split(",") if "=" in part)
-        return RedisCluster(startup_nodes=[ClusterNode(n.partition(":")[0], int(n.partition(":")[2] or 6379))
-                                           for n in nodes],
-                            password=options.get("password"), socket_timeout=5.0, socket_connect_timeout=5.0)
+        nodes = [
+            part.strip()
+            for part in connection_string.split(",")
+            if part.strip() and "=" not in part
+        ]
+        options = dict(
+            part.strip().split("=", 1) for part in connection_string.split(",") if "=" in part
+        )
+        return RedisCluster(
+            startup_nodes=[
+                ClusterNode(n.partition(":")[0], int(n.partition(":")[2] or 6379)) for n in nodes
+            ],
+            password=options.get("password"),
+            socket_timeout=5.0,
+            socket_connect_timeout=5.0,
+        )
 
     host, port, options = "localhost", 6379, {}
     for part in connection_string.split(","):
@@ -97,8 +108,12 @@ def redis_client(connection_string: str, redis_type: str = "redis") -> Any:
             host, _, port_text = part.partition(":")
             port = int(port_text or 6379)
     return redis.Redis(
-        host=host, port=port, db=int(options.get("db", 0)), password=options.get("password"),
-        ssl=options.get("ssl", "false").lower() == "true", socket_timeout=5.0,
+        host=host,
+        port=port,
+        db=int(options.get("db", 0)),
+        password=options.get("password"),
+        ssl=options.get("ssl", "false").lower() == "true",
+        socket_timeout=5.0,
         socket_connect_timeout=5.0,
     )
 
@@ -127,9 +142,15 @@ def covers_freshness(start: datetime, end: datetime, ttl_seconds: int | None) ->
     return start <= end - timedelta(seconds=ttl_seconds) + _TTL_SLACK
 
 
-def record(client: Any | None, project: str, views: dict[str, ViewSpec],
-           windows: dict[str, tuple[datetime, datetime]], offline_dir: Path, full: bool,
-           written_at: datetime) -> list[ViewLoad]:
+def record(
+    client: Any | None,
+    project: str,
+    views: dict[str, ViewSpec],
+    windows: dict[str, tuple[datetime, datetime]],
+    offline_dir: Path,
+    full: bool,
+    written_at: datetime,
+) -> list[ViewLoad]:
     """Count each view's rows and, with a Redis ``client``, leave the markers (see the module)."""
     before = read_markers(client, project, list(views)) if client is not None else {}
     loads = []

@@ -73,9 +73,12 @@ def render_model_card(meta: dict[str, Any]) -> str:
         f"{wait['method']}. Chargebacks may arrive up to {wait['chargeback_window_days']:g} days "
         f"after a payment (the dispute window), so the cohort of {wait['cohort']} has all of its "
         f"chargebacks in: {wait['cohort_chargebacks']} of them"
-        + (f", delay median {wait['cohort_delay_days']['median']} days, p95 "
-           f"{wait['cohort_delay_days']['p95']}, max {wait['cohort_delay_days']['max']}"
-           if "cohort_delay_days" in wait else "")
+        + (
+            f", delay median {wait['cohort_delay_days']['median']} days, p95 "
+            f"{wait['cohort_delay_days']['p95']}, max {wait['cohort_delay_days']['max']}"
+            if "cohort_delay_days" in wait
+            else ""
+        )
         + f". {_pct(wait['cohort_share_within_wait'])} of them arrived within the wait.",
         "- What share of *all* frauds is known cannot be known at training time: recent frauds "
         "whose chargeback is still to come count as good customers here, mostly in the last "
@@ -102,13 +105,21 @@ def render_model_card(meta: dict[str, Any]) -> str:
     ]
     for col, segs in meta["segment_evidence"].items():
         own = meta["segment_thresholds"][col]
-        lines.append(f"- Per `{col}` (served as `segment_thresholds.{col}`, where the validation "
-                     "period holds enough known frauds; otherwise the global pair):")
+        lines.append(
+            f"- Per `{col}` (served as `segment_thresholds.{col}`, where the validation "
+            "period holds enough known frauds; otherwise the global pair):"
+        )
         for key, e in segs.items():
-            pair = (f"suspicious >= {own[key]['suspicious']:.4f}, highly_suspicious >= "
-                    f"{own[key]['highly_suspicious']:.4f}" if key in own else e["thresholds"])
-            lines.append(f"  - `{key}`: {pair} ({e['known_frauds']} known frauds in "
-                         f"{e['validation_rows']:,} validation rows)")
+            pair = (
+                f"suspicious >= {own[key]['suspicious']:.4f}, highly_suspicious >= "
+                f"{own[key]['highly_suspicious']:.4f}"
+                if key in own
+                else e["thresholds"]
+            )
+            lines.append(
+                f"  - `{key}`: {pair} ({e['known_frauds']} known frauds in "
+                f"{e['validation_rows']:,} validation rows)"
+            )
     lines += [
         "",
         "## Metrics (test period)",
@@ -139,7 +150,8 @@ def render_model_card(meta: dict[str, Any]) -> str:
             f"{_money(c['missed_fraud'])} | {_money(c['false_declines'])} | {_money(c['reviews'])} | "
             f"{_pct(val['fraud_amount_stopped_share'])} of {_money(val['fraud_amount'])} | "
             f"{val['good_declined']} | {_money(val['good_declined_amount'])} | "
-            f"{_pct(val['good_share_of_declines'])} |")
+            f"{_pct(val['good_share_of_declines'])} |"
+        )
     lines += [
         "",
         "## Metrics by slice (test period, global thresholds)",
@@ -151,16 +163,22 @@ def render_model_card(meta: dict[str, Any]) -> str:
     ]
     for name, s in m["slices_test"].items():
         val = s["value"]
-        good = (f"{val['good_declined']} ({_money(val['good_declined_amount'])})"
-                if "good_declined" in val else "")
+        good = (
+            f"{val['good_declined']} ({_money(val['good_declined_amount'])})"
+            if "good_declined" in val
+            else ""
+        )
         if s["no_known_fraud"]:
-            lines.append(f"| {name} | {s['n']:,} | **0: no known fraud, nothing to measure** | "
-                         f"n/a | n/a | n/a | n/a | n/a | {good} |")
+            lines.append(
+                f"| {name} | {s['n']:,} | **0: no known fraud, nothing to measure** | "
+                f"n/a | n/a | n/a | n/a | n/a | {good} |"
+            )
             continue
         lines.append(
             f"| {name} | {s['n']:,} | {s['fraud']:,} | {_fmt(s['roc_auc'])} | {_fmt(s['pr_auc'])} | "
             f"{_fmt(s['suspicious_or_above_precision'])} | {_fmt(s['suspicious_or_above_recall'])} | "
-            f"{_pct(val['fraud_amount_stopped_share'])} of {_money(val['fraud_amount'])} | {good} |")
+            f"{_pct(val['fraud_amount_stopped_share'])} of {_money(val['fraud_amount'])} | {good} |"
+        )
     mono = ev["monotone_constraints"]
     if mono["features"]:
         lines += [
@@ -174,9 +192,11 @@ def render_model_card(meta: dict[str, Any]) -> str:
             "|---|---|---|---|---|---|",
         ]
         for name, r in mono["comparison"].items():
-            lines.append(f"| {name} | {r['trees']} | {_fmt(r['validation']['pr_auc'])} | "
-                         f"{_money(r['validation']['cost'])} | {_fmt(r['test']['pr_auc'])} | "
-                         f"{_money(r['test']['cost'])} |")
+            lines.append(
+                f"| {name} | {r['trees']} | {_fmt(r['validation']['pr_auc'])} | "
+                f"{_money(r['validation']['cost'])} | {_fmt(r['test']['pr_auc'])} | "
+                f"{_money(r['test']['cost'])} |"
+            )
     lines += [
         "",
         "## Limitations",

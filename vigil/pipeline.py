@@ -99,19 +99,31 @@ FEATURE_TYPES: dict[str, str] = {
     **{
         name: "Int64"
         for name in (
-            "card_txn_count_1h", "card_txn_count_24h", "card_txn_count_7d",
-            "card_distinct_merchants_24h", "card_distinct_devices_30d",
-            "card_distinct_countries_30d", "merchant_txn_count_24h", "merchant_txn_count_7d",
-            "merchant_distinct_cards_24h", "device_txn_count_24h", "device_distinct_cards_7d",
+            "card_txn_count_1h",
+            "card_txn_count_24h",
+            "card_txn_count_7d",
+            "card_distinct_merchants_24h",
+            "card_distinct_devices_30d",
+            "card_distinct_countries_30d",
+            "merchant_txn_count_24h",
+            "merchant_txn_count_7d",
+            "merchant_distinct_cards_24h",
+            "device_txn_count_24h",
+            "device_distinct_cards_7d",
             "device_distinct_countries_7d",
         )
     },
     **{
         name: "Float64"
         for name in (
-            "card_amount_sum_24h", "card_amount_avg_30d", "card_amount_std_30d",
-            "card_amount_max_30d", "card_last_txn_epoch", "merchant_amount_avg_7d",
-            "merchant_night_share_7d", "merchant_small_amount_share_24h",
+            "card_amount_sum_24h",
+            "card_amount_avg_30d",
+            "card_amount_std_30d",
+            "card_amount_max_30d",
+            "card_last_txn_epoch",
+            "merchant_amount_avg_7d",
+            "merchant_night_share_7d",
+            "merchant_small_amount_share_24h",
             "device_first_seen_epoch",
         )
     },
@@ -126,7 +138,13 @@ ARROW_TYPES: dict[str, pa.DataType] = {
 
 #: Raw columns the features are built from. Nothing else (in particular no label) is read.
 INPUT_COLUMNS: tuple[str, ...] = (
-    "event_timestamp", "card_id", "merchant_id", "device_id", "country", "amount", "currency",
+    "event_timestamp",
+    "card_id",
+    "merchant_id",
+    "device_id",
+    "country",
+    "amount",
+    "currency",
 )
 
 _US_PER_HOUR = 3_600 * 1_000_000
@@ -386,7 +404,9 @@ def _prepare(transactions: pd.DataFrame) -> pd.DataFrame:
 
 
 def compute_feature_tables(
-    transactions: pd.DataFrame | str | Path, progress: bool = False, fx_rates: pd.DataFrame | None = None,
+    transactions: pd.DataFrame | str | Path,
+    progress: bool = False,
+    fx_rates: pd.DataFrame | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Build the three offline tables from raw transactions (a DataFrame or a parquet path).
 
@@ -446,10 +466,12 @@ def compute_feature_tables(
         f["card_amount_max_30d"] = card.rolling(c_amount, w30d, "max")
         step("card: max 30d")
         f["card_distinct_merchants_24h"] = _distinct_in_window(
-            card, card.take(merchant_codes).astype(np.int64), w24h)
+            card, card.take(merchant_codes).astype(np.int64), w24h
+        )
         step("card: distinct merchants")
         f["card_distinct_devices_30d"] = _distinct_in_window(
-            card, card.take(device_codes).astype(np.int64), w30d)
+            card, card.take(device_codes).astype(np.int64), w30d
+        )
         step("card: distinct devices")
         f["card_distinct_countries_30d"] = _distinct_in_window(card, c_country, w30d)
         step("card: distinct countries")
@@ -472,13 +494,15 @@ def compute_feature_tables(
         f["merchant_amount_avg_7d"] = merchant.rolling(merchant.take(amount), w7d, "mean")
         step("merchant: avg 7d")
         f["merchant_distinct_cards_24h"] = _distinct_in_window(
-            merchant, merchant.take(card_codes).astype(np.int64), w24h)
+            merchant, merchant.take(card_codes).astype(np.int64), w24h
+        )
         step("merchant: distinct cards")
         m_hour = merchant.take(hour)
         night = (m_hour >= NIGHT_HOURS.start) & (m_hour < NIGHT_HOURS.stop)
         f["merchant_night_share_7d"] = merchant.share(night, w7d)
         f["merchant_small_amount_share_24h"] = merchant.share(
-            merchant.take(amount) < SMALL_AMOUNT, w24h)
+            merchant.take(amount) < SMALL_AMOUNT, w24h
+        )
         step("merchant: shares")
         tables["merchant_stats"] = merchant.frame("merchant_stats", f)
 
@@ -488,10 +512,12 @@ def compute_feature_tables(
         f = {}
         f["device_txn_count_24h"] = device.count(w24h)
         f["device_distinct_cards_7d"] = _distinct_in_window(
-            device, device.take(card_codes).astype(np.int64), w7d)
+            device, device.take(card_codes).astype(np.int64), w7d
+        )
         step("device: distinct cards")
         f["device_distinct_countries_7d"] = _distinct_in_window(
-            device, device.take(country_codes).astype(np.int64), w7d)
+            device, device.take(country_codes).astype(np.int64), w7d
+        )
         step("device: distinct countries")
         f["device_first_seen_epoch"] = device.epoch_seconds(device.group_first())
         step("device: first seen")
@@ -500,14 +526,18 @@ def compute_feature_tables(
     return tables
 
 
-def in_base_currency(raw: pd.DataFrame, ts_us: np.ndarray, fx_rates: pd.DataFrame | None) -> np.ndarray:
+def in_base_currency(
+    raw: pd.DataFrame, ts_us: np.ndarray, fx_rates: pd.DataFrame | None
+) -> np.ndarray:
     """Each raw amount in EUR, at the rate of its currency on its UTC day."""
     amount = raw["amount"].to_numpy(dtype=np.float64)
     currency = raw["currency"].astype(str).to_numpy()
     if fx_rates is None:
         foreign = sorted(set(currency) - {BASE_CURRENCY})
         if foreign:
-            raise ValueError(f"amounts in {foreign} need an FX table to be compared in {BASE_CURRENCY}")
+            raise ValueError(
+                f"amounts in {foreign} need an FX table to be compared in {BASE_CURRENCY}"
+            )
         return amount
     rate = Rates(fx_rates).eur_per_unit(currency, ts_us)
     if np.isnan(rate).any():
@@ -531,12 +561,16 @@ def write_feature_tables(raw_path: Path, out_dir: Path, progress: bool = False) 
     raw = pd.read_parquet(raw_path, columns=list(INPUT_COLUMNS))
     fx_path = raw_path.parent / FX_FILE
     if not fx_path.is_file():
-        raise FileNotFoundError(f"{fx_path} is missing: the world ships its FX table beside its transactions")
+        raise FileNotFoundError(
+            f"{fx_path} is missing: the world ships its FX table beside its transactions"
+        )
     fx = read_fx_table(fx_path)
     tables = compute_feature_tables(raw, progress=progress, fx_rates=fx)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = {name: pa.Table.from_pandas(frame, schema=_table_schema(name), preserve_index=False)
-               for name, frame in tables.items()}
+    written = {
+        name: pa.Table.from_pandas(frame, schema=_table_schema(name), preserve_index=False)
+        for name, frame in tables.items()
+    }
     # The FX table is served as it is (the fx_rates view): a row per currency and day.
     written[FX_VIEW] = pa.Table.from_pandas(fx, schema=FX_SCHEMA, preserve_index=False)
     paths: dict[str, Path] = {}

@@ -41,13 +41,17 @@ def free_cluster_port(taken: set[int] | frozenset[int] = frozenset()) -> int:
 class LocalRedisCluster:
     """Start with :meth:`start`, stop with :meth:`stop` (or use as a context manager)."""
 
-    def __init__(self, folder: Path, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000):
+    def __init__(
+        self, folder: Path, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000
+    ):
         self.folder = folder
         self.masters, self.replicas = masters, replicas
         self.node_timeout_ms = node_timeout_ms
         self.ports: list[int] = []
         for _ in range(masters * (1 + replicas)):
-            self.ports.append(free_cluster_port({q + d for q in self.ports for d in (0, BUS_OFFSET)}))
+            self.ports.append(
+                free_cluster_port({q + d for q in self.ports for d in (0, BUS_OFFSET)})
+            )
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         self.binary = find_redis_server()
         self.cli = shutil.which("redis-cli") or str(Path(self.binary).with_name("redis-cli"))
@@ -60,22 +64,43 @@ class LocalRedisCluster:
     @property
     def connection_string(self) -> str:
         """Feast's form (``VIGIL_REDIS_CONNECTION_STRING`` with ``VIGIL_REDIS_TYPE=redis_cluster``)."""
-        return ",".join(f"127.0.0.1:{port}" for port in self.ports[:self.masters])
+        return ",".join(f"127.0.0.1:{port}" for port in self.ports[: self.masters])
 
     def start_node(self, port: int, timeout: float = 10.0) -> None:
         node_dir = self.folder / str(port)
         node_dir.mkdir(parents=True, exist_ok=True)
         with open(node_dir / "redis.log", "ab") as log:  # the child keeps its own descriptor
             self.processes[port] = subprocess.Popen(
-                [self.binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--protected-mode", "no", "--dir", str(node_dir),
-                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                 "--cluster-node-timeout", str(self.node_timeout_ms)],
-                stdout=log, stderr=subprocess.STDOUT)
+                [
+                    self.binary,
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--protected-mode",
+                    "no",
+                    "--dir",
+                    str(node_dir),
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    str(self.node_timeout_ms),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + timeout
         while not _ping(port):
             if self.processes[port].poll() is not None or time.monotonic() > deadline:
-                raise RedisUnavailable(f"cluster node {port} did not start (log: {node_dir}/redis.log)")
+                raise RedisUnavailable(
+                    f"cluster node {port} did not start (log: {node_dir}/redis.log)"
+                )
             time.sleep(0.05)
 
     def start(self, timeout: float = 30.0) -> Self:
@@ -83,11 +108,24 @@ class LocalRedisCluster:
             for port in self.ports:
                 self.start_node(port)
             proc = subprocess.run(
-                [self.cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
-                 "--cluster-replicas", str(self.replicas), "--cluster-yes"],
-                capture_output=True, text=True, timeout=timeout, check=False)
+                [
+                    self.cli,
+                    "--cluster",
+                    "create",
+                    *(f"127.0.0.1:{p}" for p in self.ports),
+                    "--cluster-replicas",
+                    str(self.replicas),
+                    "--cluster-yes",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
             if proc.returncode != 0:
-                raise RedisUnavailable(f"redis-cli --cluster create failed:\n{proc.stdout}\n{proc.stderr}")
+                raise RedisUnavailable(
+                    f"redis-cli --cluster create failed:\n{proc.stdout}\n{proc.stderr}"
+                )
             self.wait_healthy(timeout)
         except BaseException:
             self.stop()
@@ -95,8 +133,13 @@ class LocalRedisCluster:
         return self
 
     def command(self, port: int, *args: str) -> str:
-        proc = subprocess.run([self.cli, "-p", str(port), *args], capture_output=True, text=True, timeout=5,
-                              check=False)
+        proc = subprocess.run(
+            [self.cli, "-p", str(port), *args],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
         return proc.stdout
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
@@ -104,8 +147,10 @@ class LocalRedisCluster:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             live = [p for p, proc in self.processes.items() if proc.poll() is None]
-            if all("cluster_state:ok" in self.command(p, "cluster", "info") for p in live) and \
-                    len(self.master_ports()) == self.masters:
+            if (
+                all("cluster_state:ok" in self.command(p, "cluster", "info") for p in live)
+                and len(self.master_ports()) == self.masters
+            ):
                 return
             time.sleep(0.1)
         raise RedisUnavailable(f"the cluster was not healthy after {timeout}s")

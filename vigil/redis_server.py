@@ -37,7 +37,9 @@ def find_redis_server(install: bool = False) -> str:
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, capture_output=True)
         subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "redis-server"], check=False, env=env,
+            ["apt-get", "install", "-y", "-qq", "redis-server"],
+            check=False,
+            env=env,
             capture_output=True,
         )
         found = shutil.which("redis-server")
@@ -58,7 +60,9 @@ def _ping(port: int, timeout: float = 0.2) -> bool:
 class RedisServer:
     """Start with :meth:`start`, stop with :meth:`stop` (or use as a context manager)."""
 
-    def __init__(self, port: int | None = None, binary: str | None = None, log_path: Path | None = None):
+    def __init__(
+        self, port: int | None = None, binary: str | None = None, log_path: Path | None = None
+    ):
         self.port = port or free_port()
         self.binary = binary or find_redis_server()
         self.log_path = log_path
@@ -74,12 +78,27 @@ class RedisServer:
 
     def start(self, timeout: float = 10.0) -> Self:
         with contextlib.ExitStack() as stack:  # the log closed here; the child keeps its own
-            out = (stack.enter_context(open(self.log_path, "ab")) if self.log_path
-                   else subprocess.DEVNULL)
+            out = (
+                stack.enter_context(open(self.log_path, "ab"))
+                if self.log_path
+                else subprocess.DEVNULL
+            )
             self.process = subprocess.Popen(
-                [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--protected-mode", "no"],
-                stdout=out, stderr=subprocess.STDOUT,
+                [
+                    self.binary,
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--protected-mode",
+                    "no",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

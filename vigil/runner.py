@@ -44,13 +44,29 @@ class ServiceSpec:
         """What follows ``python -m``: uvicorn's CLI with the collector paused during start-up
         (``vigil_servicekit.serve``); the services log their own access lines; the protocol
         writes each response once."""
-        return ["vigil_servicekit.serve", "--factory", self.factory, "--host", host,
-                "--port", str(port), "--no-access-log", "--http", HTTP_PROTOCOL]
+        return [
+            "vigil_servicekit.serve",
+            "--factory",
+            self.factory,
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--http",
+            HTTP_PROTOCOL,
+        ]
 
 
-def service_specs(redis_url: str, urls: dict[str, str], models_dir: str, spec_path: str,
-                  samples_path: str | None = None, secrets: dict[str, str] | None = None,
-                  tls: tuple[str, str] | None = None) -> list[ServiceSpec]:
+def service_specs(
+    redis_url: str,
+    urls: dict[str, str],
+    models_dir: str,
+    spec_path: str,
+    samples_path: str | None = None,
+    secrets: dict[str, str] | None = None,
+    tls: tuple[str, str] | None = None,
+) -> list[ServiceSpec]:
     """The stack, in start order. Compose's environment for each service must have these keys.
 
     ``samples_path`` (the web page's sample transactions) defaults to ``samples.json`` beside
@@ -62,25 +78,40 @@ def service_specs(redis_url: str, urls: dict[str, str], models_dir: str, spec_pa
     secrets = {**new_secrets(), **(secrets or {})}
     gateway_tls = {"GATEWAY_TLS_CERTFILE": tls[0], "GATEWAY_TLS_KEYFILE": tls[1]} if tls else {}
     return [
-        ServiceSpec("encoder", "vigil_encoder.app:create_app", 8001, {
-            "ENCODER_REDIS_URL": redis_url,
-            "ENCODER_SPEC_PATH": spec_path,
-            "ENCODER_INTERNAL_TOKEN": secrets["internal_token"],
-        }),
-        ServiceSpec("predictor", "vigil_predictor.app:create_app", 8002, {
-            "PREDICTOR_MODELS_DIR": models_dir,
-            "PREDICTOR_INTERNAL_TOKEN": secrets["internal_token"],
-        }),
-        ServiceSpec("gateway", "vigil_gateway.app:create_app", 8000, {
-            "GATEWAY_ENCODER_URL": urls["encoder"],
-            "GATEWAY_PREDICTOR_URL": urls["predictor"],
-            "GATEWAY_REDIS_URL": redis_url,
-            "GATEWAY_MODEL_NAME": "fraud_detector",
-            "GATEWAY_SAMPLES_PATH": samples_path,
-            "GATEWAY_INTERNAL_TOKEN": secrets["internal_token"],
-            "GATEWAY_AUTH_SECRET": secrets["auth_secret"],
-            **gateway_tls,
-        }),
+        ServiceSpec(
+            "encoder",
+            "vigil_encoder.app:create_app",
+            8001,
+            {
+                "ENCODER_REDIS_URL": redis_url,
+                "ENCODER_SPEC_PATH": spec_path,
+                "ENCODER_INTERNAL_TOKEN": secrets["internal_token"],
+            },
+        ),
+        ServiceSpec(
+            "predictor",
+            "vigil_predictor.app:create_app",
+            8002,
+            {
+                "PREDICTOR_MODELS_DIR": models_dir,
+                "PREDICTOR_INTERNAL_TOKEN": secrets["internal_token"],
+            },
+        ),
+        ServiceSpec(
+            "gateway",
+            "vigil_gateway.app:create_app",
+            8000,
+            {
+                "GATEWAY_ENCODER_URL": urls["encoder"],
+                "GATEWAY_PREDICTOR_URL": urls["predictor"],
+                "GATEWAY_REDIS_URL": redis_url,
+                "GATEWAY_MODEL_NAME": "fraud_detector",
+                "GATEWAY_SAMPLES_PATH": samples_path,
+                "GATEWAY_INTERNAL_TOKEN": secrets["internal_token"],
+                "GATEWAY_AUTH_SECRET": secrets["auth_secret"],
+                **gateway_tls,
+            },
+        ),
     ]
 
 
@@ -92,8 +123,13 @@ def new_secrets() -> dict[str, str]:
     return {"internal_token": secrets_module.token_urlsafe(24), "auth_secret": auth_secret()}
 
 
-def create_api_key(redis_url: str, auth_secret: str, client: str, scopes: tuple[str, ...] = ("score",),
-                   limits: dict[str, float | None] | None = None) -> str:
+def create_api_key(
+    redis_url: str,
+    auth_secret: str,
+    client: str,
+    scopes: tuple[str, ...] = ("score",),
+    limits: dict[str, float | None] | None = None,
+) -> str:
     """A new API key in the stack's Redis (the gateway's ``KeyAdmin``); its token."""
     import asyncio
 
@@ -103,7 +139,9 @@ def create_api_key(redis_url: str, auth_secret: str, client: str, scopes: tuple[
     async def create() -> str:
         redis_client = key_store_client(redis_url)
         try:
-            token, _ = await KeyAdmin(redis_client, auth_secret).create(client, scopes, limits=limits)
+            token, _ = await KeyAdmin(redis_client, auth_secret).create(
+                client, scopes, limits=limits
+            )
         finally:
             await redis_client.aclose()
         return token
@@ -129,11 +167,18 @@ class RunningService:
 class LocalStack:
     """Start with :meth:`start`, stop with :meth:`stop` (or use as a context manager)."""
 
-    def __init__(self, repo: Path, models_dir: Path, log_dir: Path, redis_url: str | None = None,
-                 ports: dict[str, int] | None = None, fixed_ports: bool = False,
-                 extra_env: dict[str, dict[str, str]] | None = None,
-                 key_limits: dict[str, float | None] | None = None,
-                 tls: tuple[str, str] | None = None):
+    def __init__(
+        self,
+        repo: Path,
+        models_dir: Path,
+        log_dir: Path,
+        redis_url: str | None = None,
+        ports: dict[str, int] | None = None,
+        fixed_ports: bool = False,
+        extra_env: dict[str, dict[str, str]] | None = None,
+        key_limits: dict[str, float | None] | None = None,
+        tls: tuple[str, str] | None = None,
+    ):
         self.repo, self.models_dir, self.log_dir = repo, models_dir.resolve(), log_dir
         self.redis_url = redis_url
         self.redis: RedisServer | None = None
@@ -152,15 +197,24 @@ class LocalStack:
         if self.redis_url is None:
             self.redis = RedisServer(log_path=self.log_dir / "redis.log").start()
             self.redis_url = self.redis.url
-        planned = {name: free_port() if not self.fixed_ports else default
-                   for name, default in (("encoder", 8001), ("predictor", 8002), ("gateway", 8000))}
+        planned = {
+            name: free_port() if not self.fixed_ports else default
+            for name, default in (("encoder", 8001), ("predictor", 8002), ("gateway", 8000))
+        }
         planned.update(self.ports)
         urls = {name: f"http://127.0.0.1:{port}" for name, port in planned.items()}
-        specs = service_specs(self.redis_url, urls, str(self.models_dir),
-                              str(self.repo / "data" / "serving_spec.json"),
-                              str(self.repo / "data" / "samples.json"), secrets=self.secrets, tls=self.tls)
-        self.api_key = create_api_key(self.redis_url, self.secrets["auth_secret"], "local-stack",
-                                      limits=self.key_limits)
+        specs = service_specs(
+            self.redis_url,
+            urls,
+            str(self.models_dir),
+            str(self.repo / "data" / "serving_spec.json"),
+            str(self.repo / "data" / "samples.json"),
+            secrets=self.secrets,
+            tls=self.tls,
+        )
+        self.api_key = create_api_key(
+            self.redis_url, self.secrets["auth_secret"], "local-stack", limits=self.key_limits
+        )
         try:
             for spec in specs:
                 self._start_one(spec, planned[spec.name])
@@ -180,10 +234,13 @@ class LocalStack:
         log_path = self.log_dir / f"{spec.name}.log"
         cmd = [sys.executable, "-m", *spec.module_args("127.0.0.1", port)]
         with open(log_path, "ab") as log:  # the child keeps its own descriptor
-            process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
+            process = subprocess.Popen(
+                cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         scheme = "https" if spec.name == "gateway" and self.tls else "http"
-        self.services[spec.name] = RunningService(spec, f"{scheme}://127.0.0.1:{port}", process, log_path)
+        self.services[spec.name] = RunningService(
+            spec, f"{scheme}://127.0.0.1:{port}", process, log_path
+        )
 
     def wait_ready(self, name: str, timeout: float = 60.0) -> None:
         svc = self.services[name]
@@ -192,7 +249,9 @@ class LocalStack:
         with httpx.Client(timeout=1.0, verify=verify) as client:
             while time.monotonic() < deadline:
                 if svc.process.poll() is not None:
-                    raise StackError(f"{name} exited with {svc.process.returncode}:\n{self.log_tail(name)}")
+                    raise StackError(
+                        f"{name} exited with {svc.process.returncode}:\n{self.log_tail(name)}"
+                    )
                 try:
                     if client.get(svc.url + READY_PATH[name]).status_code == 200:
                         return
@@ -203,7 +262,11 @@ class LocalStack:
 
     def log_tail(self, name: str, lines: int = 20) -> str:
         path = self.services[name].log_path
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+        return (
+            "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+            if path.exists()
+            else ""
+        )
 
     def stop_service(self, name: str) -> None:
         svc = self.services[name]
@@ -235,6 +298,8 @@ class LocalStack:
         self.stop()
 
     def describe(self) -> str:
-        rows = [f"  {name:<10} {svc.url}  (pid {svc.process.pid}, log {svc.log_path})"
-                for name, svc in self.services.items()]
+        rows = [
+            f"  {name:<10} {svc.url}  (pid {svc.process.pid}, log {svc.log_path})"
+            for name, svc in self.services.items()
+        ]
         return "\n".join([f"  {'redis':<10} {self.redis_url}", *rows])

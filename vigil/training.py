@@ -72,17 +72,19 @@ class TrainConfig:
     num_boost_round: int = 400
     early_stopping_rounds: int = 40
     nthread: int = 2
-    params: dict[str, Any] = field(default_factory=lambda: {
-        "objective": "binary:logistic",
-        "eval_metric": "aucpr",
-        "tree_method": "hist",
-        "max_depth": 5,
-        "eta": 0.08,
-        "subsample": 0.8,
-        "colsample_bytree": 0.8,
-        "min_child_weight": 2,
-        "lambda": 1.0,
-    })
+    params: dict[str, Any] = field(
+        default_factory=lambda: {
+            "objective": "binary:logistic",
+            "eval_metric": "aucpr",
+            "tree_method": "hist",
+            "max_depth": 5,
+            "eta": 0.08,
+            "subsample": 0.8,
+            "colsample_bytree": 0.8,
+            "min_child_weight": 2,
+            "lambda": 1.0,
+        }
+    )
     costs: CostMatrix = field(default_factory=CostMatrix)
     segment_column: str = "channel"
     """Thresholds per value of this column where the validation evidence supports it."""
@@ -93,10 +95,12 @@ class TrainConfig:
     """Keep the constraints unless they cost more than this in validation PR AUC."""
     on_missing_mechanism: str = "warn"
     """A fraud type with no known fraud in a split: "warn" (card, metadata, CLI) or "fail"."""
-    serving_policy: dict[str, Any] = field(default_factory=lambda: {
-        "max_missing_stored_fraction": 0.6,
-        "stale_is_uncertain": True,
-    })
+    serving_policy: dict[str, Any] = field(
+        default_factory=lambda: {
+            "max_missing_stored_fraction": 0.6,
+            "stale_is_uncertain": True,
+        }
+    )
 
 
 class TrainingError(Exception):
@@ -105,19 +109,23 @@ class TrainingError(Exception):
 
 def rules_baseline(matrix: pd.DataFrame) -> np.ndarray:
     """A simple hand-written rule set a fraud team would start from; score = share of rules fired."""
+
     def col(name: str) -> pd.Series:
         return matrix[name].fillna(0.0)
 
     rules = [
         col("request_features__amount_to_card_avg_30d") > 5.0,
         col("card_stats__card_txn_count_1h") >= 5,
-        (col("request_features__is_new_device") > 0) & (col("request_features__country_mismatch") > 0),
+        (col("request_features__is_new_device") > 0)
+        & (col("request_features__country_mismatch") > 0),
         (col("request_features__is_night") > 0) & (col("request_features__txn_amount") > 500),
     ]
     return np.mean(np.column_stack([r.to_numpy() for r in rules]), axis=1)
 
 
-def _label_metrics(y: np.ndarray, score: np.ndarray, thresholds: dict[str, float]) -> dict[str, Any]:
+def _label_metrics(
+    y: np.ndarray, score: np.ndarray, thresholds: dict[str, float]
+) -> dict[str, Any]:
     return {
         "suspicious_or_above": rates(y, score >= thresholds["suspicious"]),
         "highly_suspicious": rates(y, score >= thresholds["highly_suspicious"]),
@@ -133,8 +141,12 @@ def reference_stats(matrix: pd.DataFrame) -> dict[str, dict[str, float | None]]:
         present = col.dropna()
         entry: dict[str, float | None] = {"missing_rate": float(col.isna().mean())}
         if len(present):
-            entry.update(mean=float(present.mean()), std=float(present.std(ddof=0)),
-                         min=float(present.min()), max=float(present.max()))
+            entry.update(
+                mean=float(present.mean()),
+                std=float(present.std(ddof=0)),
+                min=float(present.min()),
+                max=float(present.max()),
+            )
             entry.update({f"p{int(q * 100)}": float(v) for q, v in present.quantile(qs).items()})
         stats[name] = entry
     return stats
@@ -145,15 +157,25 @@ def _next_version(models_dir: Path, name: str) -> str:
     return str(max(numeric, default=0) + 1)
 
 
-def _booster(config: TrainConfig, spec: FeatureServiceSpec, dtrain: xgb.DMatrix,
-             dvalid: xgb.DMatrix, monotone: tuple[str, ...]) -> tuple[xgb.Booster, dict[str, Any]]:
+def _booster(
+    config: TrainConfig,
+    spec: FeatureServiceSpec,
+    dtrain: xgb.DMatrix,
+    dvalid: xgb.DMatrix,
+    monotone: tuple[str, ...],
+) -> tuple[xgb.Booster, dict[str, Any]]:
     params = dict(config.params, seed=config.seed, nthread=config.nthread)
     if monotone:
-        params["monotone_constraints"] = "(" + ",".join(
-            "1" if name in monotone else "0" for name in spec.feature_names) + ")"
+        params["monotone_constraints"] = (
+            "(" + ",".join("1" if name in monotone else "0" for name in spec.feature_names) + ")"
+        )
     booster = xgb.train(
-        params, dtrain, num_boost_round=config.num_boost_round, evals=[(dvalid, "valid")],
-        early_stopping_rounds=config.early_stopping_rounds, verbose_eval=False,
+        params,
+        dtrain,
+        num_boost_round=config.num_boost_round,
+        evals=[(dvalid, "valid")],
+        early_stopping_rounds=config.early_stopping_rounds,
+        verbose_eval=False,
     )
     # Keep exactly the best iteration so the saved booster is what was validated.
     return booster[: booster.best_iteration + 1], params
@@ -165,23 +187,28 @@ def _segment_thresholds(
     """Thresholds per segment where its validation data holds enough known frauds."""
     own: dict[str, dict[str, float]] = {}
     evidence: dict[str, dict[str, Any]] = {}
-    for key, part in sorted(valid.groupby(config.segment_column, observed=True), key=lambda kv: str(kv[0])):
+    for key, part in sorted(
+        valid.groupby(config.segment_column, observed=True), key=lambda kv: str(kv[0])
+    ):
         y = part["label"].to_numpy()
         entry: dict[str, Any] = {"validation_rows": len(part), "known_frauds": int(y.sum())}
         if y.sum() >= config.min_segment_frauds:
-            th, _ = choose_cost_thresholds(y, part["amount"].to_numpy(dtype=np.float64),
-                                           part["score"].to_numpy(), config.costs)
+            th, _ = choose_cost_thresholds(
+                y, part["amount"].to_numpy(dtype=np.float64), part["score"].to_numpy(), config.costs
+            )
             own[str(key)] = th
             entry["thresholds"] = "own"
         else:
-            entry["thresholds"] = (f"global (fewer than {config.min_segment_frauds} known "
-                                   "frauds in validation)")
+            entry["thresholds"] = (
+                f"global (fewer than {config.min_segment_frauds} known frauds in validation)"
+            )
         evidence[str(key)] = entry
     return own, evidence
 
 
-def _segmented_actions(frame: pd.DataFrame, column: str, own: dict[str, dict[str, float]],
-                       global_th: dict[str, float]) -> np.ndarray:
+def _segmented_actions(
+    frame: pd.DataFrame, column: str, own: dict[str, dict[str, float]], global_th: dict[str, float]
+) -> np.ndarray:
     action = decide(frame["score"].to_numpy(), global_th)
     for key, th in own.items():
         sel = (frame[column].astype(str) == key).to_numpy()
@@ -201,21 +228,29 @@ def train(
     if spec is None:
         raise TrainingError(f"feature service {config.feature_service!r} is not in the registry")
     if config.on_missing_mechanism not in ("warn", "fail"):
-        raise TrainingError(f"on_missing_mechanism must be 'warn' or 'fail', got {config.on_missing_mechanism!r}")
+        raise TrainingError(
+            f"on_missing_mechanism must be 'warn' or 'fail', got {config.on_missing_mechanism!r}"
+        )
     raw = pd.read_parquet(raw_path)
     if raw.empty:
         raise TrainingError(f"{raw_path} holds no transactions")
     start, end = raw["event_timestamp"].min(), raw["event_timestamp"].max()
     label_cutoff = end
-    wait = label_wait(raw, label_cutoff, config.chargeback_window_days,
-                      config.label_wait_quantile, config.label_maturity_days)
+    wait = label_wait(
+        raw,
+        label_cutoff,
+        config.chargeback_window_days,
+        config.label_wait_quantile,
+        config.label_maturity_days,
+    )
     progress(f"label wait {wait['days']:g} days: {wait['method']}")
     lo = start + pd.Timedelta(days=config.warmup_days)
     hi = end - pd.Timedelta(days=wait["days"])
     if hi <= lo:
         raise TrainingError(
             f"the data window ({(end - start).days} days) is too short for the warm-up "
-            f"({config.warmup_days:g} days) and the label wait ({wait['days']:g} days)")
+            f"({config.warmup_days:g} days) and the label wait ({wait['days']:g} days)"
+        )
     frame = raw[(raw["event_timestamp"] >= lo) & (raw["event_timestamp"] < hi)].copy()
     # One label for every split and every figure: what was known at the cutoff. The simulator's
     # truth (is_fraud) is never used; fraud_mechanism only names the type of a known fraud.
@@ -224,15 +259,26 @@ def train(
     b1 = lo + (hi - lo) * config.split[0]
     b2 = lo + (hi - lo) * (config.split[0] + config.split[1])
     ts = frame["event_timestamp"]
-    parts = {name: mask.to_numpy() for name, mask in
-             (("train", ts < b1), ("valid", (ts >= b1) & (ts < b2)), ("test", ts >= b2))}
+    parts = {
+        name: mask.to_numpy()
+        for name, mask in (
+            ("train", ts < b1),
+            ("valid", (ts >= b1) & (ts < b2)),
+            ("test", ts >= b2),
+        )
+    }
     period = {"train": "training", "valid": "validation", "test": "test"}
     mechanisms = {name: coverage(frame[mask], MECHANISMS) for name, mask in parts.items()}
     warnings = [
         f"the {period[name]} period holds no known {m} fraud: "
-        + ("the model never saw it" if name == "train" else
-           "no figure on this card says how the model does on it")
-        for name, counts in mechanisms.items() for m, k in counts.items() if k == 0
+        + (
+            "the model never saw it"
+            if name == "train"
+            else "no figure on this card says how the model does on it"
+        )
+        for name, counts in mechanisms.items()
+        for m, k in counts.items()
+        if k == 0
     ]
     for w in warnings:
         progress(f"WARNING: {w}")
@@ -242,11 +288,14 @@ def train(
         if frame.loc[mask, "label"].nunique() < 2:
             raise TrainingError(f"the {name} period holds a single class; generate more data")
 
-    progress(f"point-in-time features for {len(frame):,} transactions (Feast get_historical_features)")
+    progress(
+        f"point-in-time features for {len(frame):,} transactions (Feast get_historical_features)"
+    )
     store = feast_repo.open_store(repo)
     entities = entity_frame(frame)
-    matrix = historical_matrix(store, spec, entities, progress=lambda done, total: progress(
-        f"  {done:,}/{total:,} rows"))
+    matrix = historical_matrix(
+        store, spec, entities, progress=lambda done, total: progress(f"  {done:,}/{total:,} rows")
+    )
     frame = frame.set_index(frame["transaction_id"].astype(str))
     # Money on the card (costs, amounts stopped, bands) is in EUR, as the features compare it:
     # the amount in EUR is the model's own input (the amount as paid is in its currency).
@@ -254,8 +303,13 @@ def train(
     frame["amount"] = matrix[AMOUNT_IN_EUR].reindex(frame.index).to_numpy(dtype=np.float64)
 
     def dmatrix(mask: np.ndarray) -> xgb.DMatrix:
-        return xgb.DMatrix(to_float32(matrix[mask]), label=frame.loc[mask, "label"].to_numpy(),
-                           missing=np.nan, feature_names=spec.feature_names, nthread=config.nthread)
+        return xgb.DMatrix(
+            to_float32(matrix[mask]),
+            label=frame.loc[mask, "label"].to_numpy(),
+            missing=np.nan,
+            feature_names=spec.feature_names,
+            nthread=config.nthread,
+        )
 
     dtrain, dvalid, dtest = dmatrix(parts["train"]), dmatrix(parts["valid"]), dmatrix(parts["test"])
     valid = frame[parts["valid"]].copy()
@@ -272,18 +326,28 @@ def train(
     for variant, constraint in (("unconstrained", ()), ("monotone", monotone)):
         if variant == "monotone" and not monotone:
             continue
-        progress(f"training XGBoost ({variant}) on {dtrain.num_row():,} rows, {dtrain.num_col()} features")
+        progress(
+            f"training XGBoost ({variant}) on {dtrain.num_row():,} rows, {dtrain.num_col()} features"
+        )
         booster, params = _booster(config, spec, dtrain, dvalid, constraint)
         sv, st = booster.predict(dvalid), booster.predict(dtest)
         th, _ = choose_cost_thresholds(y_valid, amt_valid, sv, costs)
         candidates[variant] = {
-            "booster": booster, "params": params, "s_valid": sv, "s_test": st, "thresholds": th,
+            "booster": booster,
+            "params": params,
+            "s_valid": sv,
+            "s_test": st,
+            "thresholds": th,
             "report": {
                 "trees": int(booster.num_boosted_rounds()),
-                "validation": {**aucs(y_valid, sv), "cost": cost_breakdown(
-                    y_valid, amt_valid, decide(sv, th), costs)["total"]},
-                "test": {**aucs(y_test, st), "cost": cost_breakdown(
-                    y_test, amt_test, decide(st, th), costs)["total"]},
+                "validation": {
+                    **aucs(y_valid, sv),
+                    "cost": cost_breakdown(y_valid, amt_valid, decide(sv, th), costs)["total"],
+                },
+                "test": {
+                    **aucs(y_test, st),
+                    "cost": cost_breakdown(y_test, amt_test, decide(st, th), costs)["total"],
+                },
             },
         }
     chosen = "unconstrained"
@@ -294,13 +358,22 @@ def train(
     monotone_report = {
         "features": list(monotone),
         "kept": chosen == "monotone",
-        "rule": (f"kept unless validation PR AUC drops by more than {config.monotone_tolerance} "
-                 "against the unconstrained model"),
+        "rule": (
+            f"kept unless validation PR AUC drops by more than {config.monotone_tolerance} "
+            "against the unconstrained model"
+        ),
         "comparison": {k: c["report"] for k, c in candidates.items()},
     }
-    progress(f"monotone constraints on {list(monotone)}: {'kept' if chosen == 'monotone' else 'dropped'}")
+    progress(
+        f"monotone constraints on {list(monotone)}: {'kept' if chosen == 'monotone' else 'dropped'}"
+    )
     best = candidates[chosen]
-    booster, params, s_valid, s_test = best["booster"], best["params"], best["s_valid"], best["s_test"]
+    booster, params, s_valid, s_test = (
+        best["booster"],
+        best["params"],
+        best["s_valid"],
+        best["s_test"],
+    )
     thresholds = best["thresholds"]
     valid["score"], test["score"] = s_valid, s_test
     own, evidence = _segment_thresholds(valid, config)
@@ -310,17 +383,30 @@ def train(
     base_th, _ = choose_cost_thresholds(y_valid, amt_valid, base_valid, costs)
     policies = {
         "model_global_thresholds": decide(s_test, thresholds),
-        "model_segment_thresholds": _segmented_actions(test, config.segment_column, own, thresholds),
+        "model_segment_thresholds": _segmented_actions(
+            test, config.segment_column, own, thresholds
+        ),
         "rules_baseline": decide(base, base_th),
         "approve_everything": np.zeros(len(y_test), dtype=np.int64),
     }
     metrics = {
-        "test": {**aucs(y_test, s_test), **_label_metrics(y_test, s_test, thresholds),
-                 "n": len(y_test), "fraud": int(y_test.sum())},
-        "validation": {**aucs(y_valid, s_valid), **_label_metrics(y_valid, s_valid, thresholds),
-                       "n": len(y_valid), "fraud": int(y_valid.sum())},
-        "baseline_rules_test": {**aucs(y_test, base), **rates(y_test, base > 0),
-                                "thresholds": base_th},
+        "test": {
+            **aucs(y_test, s_test),
+            **_label_metrics(y_test, s_test, thresholds),
+            "n": len(y_test),
+            "fraud": int(y_test.sum()),
+        },
+        "validation": {
+            **aucs(y_valid, s_valid),
+            **_label_metrics(y_valid, s_valid, thresholds),
+            "n": len(y_valid),
+            "fraud": int(y_valid.sum()),
+        },
+        "baseline_rules_test": {
+            **aucs(y_test, base),
+            **rates(y_test, base > 0),
+            "thresholds": base_th,
+        },
         "value_test": {k: value_figures(y_test, amt_test, a, costs) for k, a in policies.items()},
         "slices_test": slices(test, thresholds, costs, MECHANISMS),
         "label_distribution_test": {
@@ -359,13 +445,20 @@ def train(
             "seed": config.seed,
             "params": params,
             "best_iteration": int(booster.num_boosted_rounds()),
-            "data_window": {"start": start.strftime(fmt), "end": end.strftime(fmt),
-                            "label_cutoff": label_cutoff.strftime(fmt)},
-            "labels": {"train": "known at label_cutoff (chargeback arrived)",
-                       "valid_test": "known at label_cutoff (chargeback arrived)"},
-            "splits": {"train": [lo.strftime(fmt), b1.strftime(fmt)],
-                       "valid": [b1.strftime(fmt), b2.strftime(fmt)],
-                       "test": [b2.strftime(fmt), hi.strftime(fmt)]},
+            "data_window": {
+                "start": start.strftime(fmt),
+                "end": end.strftime(fmt),
+                "label_cutoff": label_cutoff.strftime(fmt),
+            },
+            "labels": {
+                "train": "known at label_cutoff (chargeback arrived)",
+                "valid_test": "known at label_cutoff (chargeback arrived)",
+            },
+            "splits": {
+                "train": [lo.strftime(fmt), b1.strftime(fmt)],
+                "valid": [b1.strftime(fmt), b2.strftime(fmt)],
+                "test": [b2.strftime(fmt), hi.strftime(fmt)],
+            },
             "rows": {p: int(m.sum()) for p, m in parts.items()},
             "source": str(raw_path),
         },
@@ -411,32 +504,58 @@ def headline(metadata: dict[str, Any]) -> str:
     ]
     for col, segs in metadata["segment_evidence"].items():
         own = metadata["segment_thresholds"][col]
-        lines.append(f"  per {col}: " + "; ".join(
-            f"{k} " + (f"{own[k]['suspicious']:.4f}/{own[k]['highly_suspicious']:.4f}" if k in own
-                       else "global") + f" ({e['known_frauds']} known validation frauds)"
-            for k, e in segs.items()))
-    lines.append("expected cost on the test period, per 1,000 transactions: " + ", ".join(
-        f"{name.replace('_', ' ')} {v['cost']['per_1000_transactions']:,.0f}" for name, v in value.items()))
+        lines.append(
+            f"  per {col}: "
+            + "; ".join(
+                f"{k} "
+                + (
+                    f"{own[k]['suspicious']:.4f}/{own[k]['highly_suspicious']:.4f}"
+                    if k in own
+                    else "global"
+                )
+                + f" ({e['known_frauds']} known validation frauds)"
+                for k, e in segs.items()
+            )
+        )
+    lines.append(
+        "expected cost on the test period, per 1,000 transactions: "
+        + ", ".join(
+            f"{name.replace('_', ' ')} {v['cost']['per_1000_transactions']:,.0f}"
+            for name, v in value.items()
+        )
+    )
     lines.append(
         f"money: {_share(g['fraud_amount_stopped_share'])} of the known fraud amount "
         f"({g['fraud_amount']:,.0f}) stopped, {_share(g['fraud_amount_declined_share'])} declined; "
         f"{g['good_declined']} good customers declined ({g['good_declined_amount']:,.0f}, "
-        f"{_share(g['good_share_of_declines'])} of {g['declines']} declines); {g['reviews']} reviews")
+        f"{_share(g['good_share_of_declines'])} of {g['declines']} declines); {g['reviews']} reviews"
+    )
     sl = m["slices_test"]
-    lines.append("by fraud type (known frauds, share of their amount stopped): " + "; ".join(
-        f"{k.split('=', 1)[1]} {s['fraud']} ({_share(s['value']['fraud_amount_stopped_share'])})"
-        for k, s in sl.items() if k.startswith("fraud_type=")))
-    lines.append("by channel (known frauds, amount stopped, good customers declined): " + "; ".join(
-        f"{k.split('=', 1)[1]} {s['fraud']} ({_share(s['value']['fraud_amount_stopped_share'])}, "
-        f"{s['value']['good_declined']})"
-        for k, s in sl.items() if k.startswith("channel=")))
+    lines.append(
+        "by fraud type (known frauds, share of their amount stopped): "
+        + "; ".join(
+            f"{k.split('=', 1)[1]} {s['fraud']} ({_share(s['value']['fraud_amount_stopped_share'])})"
+            for k, s in sl.items()
+            if k.startswith("fraud_type=")
+        )
+    )
+    lines.append(
+        "by channel (known frauds, amount stopped, good customers declined): "
+        + "; ".join(
+            f"{k.split('=', 1)[1]} {s['fraud']} ({_share(s['value']['fraud_amount_stopped_share'])}, "
+            f"{s['value']['good_declined']})"
+            for k, s in sl.items()
+            if k.startswith("channel=")
+        )
+    )
     mono = ev["monotone_constraints"]
     if mono["features"]:
         cmp = mono["comparison"]
         lines.append(
             f"monotone constraints ({', '.join(f.split('__')[-1] for f in mono['features'])}): "
             f"{'kept' if mono['kept'] else 'dropped'}; validation PR AUC "
-            + " vs ".join(f"{k} {auc(c['validation']['pr_auc'])}" for k, c in cmp.items()))
+            + " vs ".join(f"{k} {auc(c['validation']['pr_auc'])}" for k, c in cmp.items())
+        )
     lines += [f"WARNING: {w}" for w in ev["warnings"]]
     return "\n".join(lines)
 

@@ -18,7 +18,10 @@ import warnings
 #: Warnings from any module but ours (``vigil``, ``vigil_*``; ``__main__`` under ``python -m``).
 THIRD_PARTY = r"(?!vigil|__main__)"
 CATEGORIES: tuple[type[Warning], ...] = (
-    DeprecationWarning, PendingDeprecationWarning, FutureWarning, UserWarning,
+    DeprecationWarning,
+    PendingDeprecationWarning,
+    FutureWarning,
+    UserWarning,
 )
 
 _installed = False

@@ -53,30 +53,43 @@ __all__ = [
 _TS = pa.timestamp("us", tz="UTC")
 
 #: The columns of the transactions file, in order.
-TRANSACTION_SCHEMA = pa.schema([
-    pa.field("transaction_id", pa.string(), nullable=False),
-    pa.field("event_timestamp", _TS, nullable=False),
-    pa.field("card_id", pa.string(), nullable=False),
-    pa.field("merchant_id", pa.string(), nullable=False),
-    pa.field("device_id", pa.string()),
-    pa.field("ip_address", pa.string()),
-    pa.field("country", pa.string(), nullable=False),
-    pa.field("currency", pa.string(), nullable=False),
-    pa.field("channel", pa.string(), nullable=False),
-    pa.field("amount", pa.float64(), nullable=False),
-    pa.field("is_fraud", pa.int8(), nullable=False),
-    pa.field("fraud_mechanism", pa.string(), nullable=False),
-    pa.field("chargeback_timestamp", _TS),
-])
+TRANSACTION_SCHEMA = pa.schema(
+    [
+        pa.field("transaction_id", pa.string(), nullable=False),
+        pa.field("event_timestamp", _TS, nullable=False),
+        pa.field("card_id", pa.string(), nullable=False),
+        pa.field("merchant_id", pa.string(), nullable=False),
+        pa.field("device_id", pa.string()),
+        pa.field("ip_address", pa.string()),
+        pa.field("country", pa.string(), nullable=False),
+        pa.field("currency", pa.string(), nullable=False),
+        pa.field("channel", pa.string(), nullable=False),
+        pa.field("amount", pa.float64(), nullable=False),
+        pa.field("is_fraud", pa.int8(), nullable=False),
+        pa.field("fraud_mechanism", pa.string(), nullable=False),
+        pa.field("chargeback_timestamp", _TS),
+    ]
+)
 
 COUNTRIES: tuple[str, ...] = ("FR", "DE", "ES", "IT", "NL", "IE", "GB", "US", "CA", "CH")
 CURRENCY_BY_COUNTRY: dict[str, str] = {
-    "FR": "EUR", "DE": "EUR", "ES": "EUR", "IT": "EUR", "NL": "EUR", "IE": "EUR",
-    "GB": "GBP", "US": "USD", "CA": "CAD", "CH": "CHF",
+    "FR": "EUR",
+    "DE": "EUR",
+    "ES": "EUR",
+    "IT": "EUR",
+    "NL": "EUR",
+    "IE": "EUR",
+    "GB": "GBP",
+    "US": "USD",
+    "CA": "CAD",
+    "CH": "CHF",
 }
 CHANNELS: tuple[str, ...] = ("pos", "ecom", "mobile")
 MECHANISMS: tuple[str, ...] = (
-    "card_testing", "account_takeover", "compromised_merchant", "odd_hours",
+    "card_testing",
+    "account_takeover",
+    "compromised_merchant",
+    "odd_hours",
 )
 
 # Where cards live, where cardholders travel to, and where fraudsters (or their proxies) appear
@@ -94,10 +107,62 @@ _IP_OCTETS = (11 + 7 * np.arange(_N_COUNTRIES)[:, None] + np.arange(6)[None, :])
 # Hourly activity weights by local hour (see the module docstring). Most cardholders
 # sleep; "night owls" (night workers, insomniacs) give legit traffic at the hours odd-hours fraud
 # uses, which is what keeps the hour of day from being a giveaway.
-_PROFILE_NORMAL = np.array([0.9, 0.5, 0.3, 0.25, 0.3, 0.6, 1.5, 3.0, 4.5, 5.5, 6.0, 6.5,
-                            7.5, 7.0, 6.3, 6.0, 6.3, 7.0, 7.5, 7.0, 6.0, 4.5, 3.0, 1.8])
-_PROFILE_OWL = np.array([4.0, 3.5, 3.0, 2.5, 2.0, 1.5, 1.0, 1.0, 1.5, 2.0, 2.5, 3.0,
-                         3.5, 3.5, 3.5, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 6.0, 5.5, 5.0])
+_PROFILE_NORMAL = np.array(
+    [
+        0.9,
+        0.5,
+        0.3,
+        0.25,
+        0.3,
+        0.6,
+        1.5,
+        3.0,
+        4.5,
+        5.5,
+        6.0,
+        6.5,
+        7.5,
+        7.0,
+        6.3,
+        6.0,
+        6.3,
+        7.0,
+        7.5,
+        7.0,
+        6.0,
+        4.5,
+        3.0,
+        1.8,
+    ]
+)
+_PROFILE_OWL = np.array(
+    [
+        4.0,
+        3.5,
+        3.0,
+        2.5,
+        2.0,
+        1.5,
+        1.0,
+        1.0,
+        1.5,
+        2.0,
+        2.5,
+        3.0,
+        3.5,
+        3.5,
+        3.5,
+        3.5,
+        4.0,
+        4.5,
+        5.0,
+        5.5,
+        6.0,
+        6.0,
+        5.5,
+        5.0,
+    ]
+)
 # Monday..Sunday volume multipliers.
 _WEEKDAY_FACTOR = np.array([0.97, 0.97, 1.0, 1.02, 1.10, 1.15, 0.80])
 
@@ -112,13 +177,13 @@ _NULL_DEVICE = -1
 
 # Legit behaviour knobs that are not worth a config field. Several exist only to overlap with a
 # fraud mechanism (named in the comment), so that no single column separates fraud from legit.
-_P_FAV_POS = 0.65            # pos purchase at one of the card's 3 usual shops
-_P_FAV_ONLINE = 0.55         # online purchase at one of the card's 2 usual sites
-_P_ONE_OFF_DEVICE = 0.015    # legit purchase from a borrowed/new browser: overlaps ATO, testing
-_P_SMALL = 0.04              # coffee, parking, app store: overlaps card testing
-_P_LARGE = 0.01              # the occasional big purchase: overlaps ATO and compromised merchants
-_P_ROAM_ONLINE = 0.85        # online purchase abroad geolocates abroad (else home VPN / roaming)
-_TXN_SIGMA = 0.55            # spread of one card's amounts around its typical amount
+_P_FAV_POS = 0.65  # pos purchase at one of the card's 3 usual shops
+_P_FAV_ONLINE = 0.55  # online purchase at one of the card's 2 usual sites
+_P_ONE_OFF_DEVICE = 0.015  # legit purchase from a borrowed/new browser: overlaps ATO, testing
+_P_SMALL = 0.04  # coffee, parking, app store: overlaps card testing
+_P_LARGE = 0.01  # the occasional big purchase: overlaps ATO and compromised merchants
+_P_ROAM_ONLINE = 0.85  # online purchase abroad geolocates abroad (else home VPN / roaming)
+_TXN_SIGMA = 0.55  # spread of one card's amounts around its typical amount
 _COMPROMISE_ROWS_PER_WINDOW = 120
 
 
@@ -259,20 +324,21 @@ class _Rows:
     """Transactions of one chunk as integer codes, before they become strings."""
 
     card: np.ndarray
-    t: np.ndarray          # microseconds since the start of the day
+    t: np.ndarray  # microseconds since the start of the day
     merchant: np.ndarray
-    device: np.ndarray     # device counter, _NULL_DEVICE for pos
-    ip: np.ndarray         # uint32, meaningless where device is null
+    device: np.ndarray  # device counter, _NULL_DEVICE for pos
+    ip: np.ndarray  # uint32, meaningless where device is null
     country: np.ndarray
     channel: np.ndarray
     amount: np.ndarray
     mechanism: np.ndarray  # 0 legit, 1 + index in MECHANISMS
-    event: np.ndarray      # fraud event id within the day, -1 for legit
+    event: np.ndarray  # fraud event id within the day, -1 for legit
 
     @staticmethod
     def concat(parts: list[_Rows]) -> _Rows:
-        return _Rows(*(np.concatenate([getattr(p, f) for p in parts])
-                       for f in _Rows.__dataclass_fields__))
+        return _Rows(
+            *(np.concatenate([getattr(p, f) for p in parts]) for f in _Rows.__dataclass_fields__)
+        )
 
     def take(self, idx: np.ndarray) -> _Rows:
         return _Rows(*(getattr(self, f)[idx] for f in _Rows.__dataclass_fields__))
@@ -357,8 +423,9 @@ class _World:
         pos_ok = m_kind != _KIND_ONLINE
         online_ok = m_kind != _KIND_POS
         self.pos_pools = [
-            _Pool(np.flatnonzero(pos_ok & (m_country == c)),
-                  self.m_weight[pos_ok & (m_country == c)])
+            _Pool(
+                np.flatnonzero(pos_ok & (m_country == c)), self.m_weight[pos_ok & (m_country == c)]
+            )
             for c in range(_N_COUNTRIES)
         ]
         self.online_pool = _Pool(np.flatnonzero(online_ok), self.m_weight[online_ok])
@@ -475,14 +542,16 @@ class _World:
             taken[merchant] = True
             ring_country = int(np.searchsorted(_cumulative(_FRAUD_W), rng.random(), side="right"))
             ring = self._new_devices(int(rng.integers(2, 7)))
-            windows.append(_Window(
-                merchant=merchant,
-                first_day=first,
-                rows_per_day=rng.multinomial(rows_w, np.full(length, 1 / length)),
-                ring_devices=ring,
-                ring_ips=self._random_ips(rng, np.full(len(ring), ring_country)),
-                ring_country=ring_country,
-            ))
+            windows.append(
+                _Window(
+                    merchant=merchant,
+                    first_day=first,
+                    rows_per_day=rng.multinomial(rows_w, np.full(length, 1 / length)),
+                    ring_devices=ring,
+                    ring_ips=self._random_ips(rng, np.full(len(ring), ring_country)),
+                    ring_country=ring_country,
+                )
+            )
         return windows
 
     # ----------------------------------------------------------------------------- daily state
@@ -565,8 +634,18 @@ class _World:
         large = kind > 1 - _P_LARGE
         amount[large] = typical[large] * _log_uniform(rng, 3.0, 12.0, int(large.sum()))
 
-        return _Rows(card, t, merchant, device, ip, country, channel, amount,
-                     np.zeros(n, dtype=np.int8), np.full(n, -1, dtype=np.int64))
+        return _Rows(
+            card,
+            t,
+            merchant,
+            device,
+            ip,
+            country,
+            channel,
+            amount,
+            np.zeros(n, dtype=np.int8),
+            np.full(n, -1, dtype=np.int64),
+        )
 
     # ----------------------------------------------------------------------------- fraud rows
     def fraud(self, rng: np.random.Generator, d: int) -> _Rows:
@@ -586,15 +665,33 @@ class _World:
             offset = int(p.event.max()) + 1
         return _Rows.concat(parts)
 
-    def _rows(self, mech: str, card: np.ndarray, t: np.ndarray, merchant: np.ndarray,
-              device: np.ndarray, ip: np.ndarray, country: np.ndarray, channel: np.ndarray,
-              amount: np.ndarray, event: np.ndarray) -> _Rows:
+    def _rows(
+        self,
+        mech: str,
+        card: np.ndarray,
+        t: np.ndarray,
+        merchant: np.ndarray,
+        device: np.ndarray,
+        ip: np.ndarray,
+        country: np.ndarray,
+        channel: np.ndarray,
+        amount: np.ndarray,
+        event: np.ndarray,
+    ) -> _Rows:
         n = len(card)
         code = MECHANISMS.index(mech) + 1
-        return _Rows(card.astype(np.int64), t.astype(np.int64), merchant.astype(np.int64),
-                     device.astype(np.int64), ip.astype(np.uint32), country.astype(np.int64),
-                     channel.astype(np.int8), amount.astype(np.float64),
-                     np.full(n, code, dtype=np.int8), event.astype(np.int64))
+        return _Rows(
+            card.astype(np.int64),
+            t.astype(np.int64),
+            merchant.astype(np.int64),
+            device.astype(np.int64),
+            ip.astype(np.uint32),
+            country.astype(np.int64),
+            channel.astype(np.int8),
+            amount.astype(np.float64),
+            np.full(n, code, dtype=np.int8),
+            event.astype(np.int64),
+        )
 
     def _card_testing(self, rng: np.random.Generator, sl: slice) -> _Rows:
         size, follow = self.plan_testing.size[sl], self.plan_testing.extra[sl]
@@ -604,8 +701,11 @@ class _World:
         card = rng.integers(0, self.cfg.cards, k)
         device = self._new_devices(k)
         # Many testers go through a proxy in the card's own country.
-        country = np.where(rng.random(k) < 0.4, self.home[card],
-                           np.searchsorted(_cumulative(_FRAUD_W), rng.random(k), side="right"))
+        country = np.where(
+            rng.random(k) < 0.4,
+            self.home[card],
+            np.searchsorted(_cumulative(_FRAUD_W), rng.random(k), side="right"),
+        )
         ip = self._random_ips(rng, country)
         channel = np.where(rng.random(k) < 0.85, _CH_ECOM, _CH_MOBILE)
         n_merch = rng.integers(1, 4, k)
@@ -634,8 +734,18 @@ class _World:
         nf = int(is_follow.sum())
         merchant[is_follow] = self.online_pool.sample(rng, nf)
         amount[is_follow] = self.typical[card[ev[is_follow]]] * _log_uniform(rng, 3.0, 12.0, nf)
-        return self._rows("card_testing", card[ev], t, merchant, device[ev], ip[ev],
-                          country[ev], channel[ev], amount, ev)
+        return self._rows(
+            "card_testing",
+            card[ev],
+            t,
+            merchant,
+            device[ev],
+            ip[ev],
+            country[ev],
+            channel[ev],
+            amount,
+            ev,
+        )
 
     def _account_takeover(self, rng: np.random.Generator, sl: slice) -> _Rows:
         size = self.plan_ato.size[sl]
@@ -649,8 +759,9 @@ class _World:
         ip = self._random_ips(rng, country)
         channel = np.where(rng.random(k) < 0.5, _CH_ECOM, _CH_MOBILE)
         night = rng.random(k) < 0.55
-        start = np.where(night, rng.integers(0, 6 * _US_PER_HOUR, k),
-                         rng.integers(0, _US_PER_DAY, k))
+        start = np.where(
+            night, rng.integers(0, 6 * _US_PER_HOUR, k), rng.integers(0, _US_PER_DAY, k)
+        )
 
         ev = np.repeat(np.arange(k), size)
         n = len(ev)
@@ -660,8 +771,18 @@ class _World:
         t = start[ev] + _grouped_cumsum(gap, first, size)
         merchant = self.online_pool.sample(rng, n)
         amount = self.typical[card[ev]] * _log_uniform(rng, 3.0, 20.0, n)
-        return self._rows("account_takeover", card[ev], t, merchant, device[ev], ip[ev],
-                          country[ev], channel[ev], amount, ev)
+        return self._rows(
+            "account_takeover",
+            card[ev],
+            t,
+            merchant,
+            device[ev],
+            ip[ev],
+            country[ev],
+            channel[ev],
+            amount,
+            ev,
+        )
 
     def _compromised(self, rng: np.random.Generator, d: int) -> _Rows:
         parts = []
@@ -691,8 +812,20 @@ class _World:
                 device = w.ring_devices[ring]
                 ip = w.ring_ips[ring]
                 country = np.full(n, w.ring_country)
-            parts.append(self._rows("compromised_merchant", card, t, np.full(n, m), device, ip,
-                                    country, channel, amount, np.arange(n)))
+            parts.append(
+                self._rows(
+                    "compromised_merchant",
+                    card,
+                    t,
+                    np.full(n, m),
+                    device,
+                    ip,
+                    country,
+                    channel,
+                    amount,
+                    np.arange(n),
+                )
+            )
         if not parts:
             return _empty_rows()
         offset = 0
@@ -730,14 +863,34 @@ class _World:
         merchant = self.online_pool.sample(rng, n)
         merchant[fav] = self.fav_online[c[fav], rng.integers(0, 2, int(fav.sum()))]
         amount = self.typical[c] * _log_uniform(rng, 1.5, 4.0, n)
-        return self._rows("odd_hours", c, t, merchant, self.dev[card, slot][ev],
-                          self.dev_ip[card, slot][ev], self.home[c], channel[ev], amount, ev)
+        return self._rows(
+            "odd_hours",
+            c,
+            t,
+            merchant,
+            self.dev[card, slot][ev],
+            self.dev_ip[card, slot][ev],
+            self.home[c],
+            channel[ev],
+            amount,
+            ev,
+        )
 
 
 def _empty_rows() -> _Rows:
     e = np.empty(0, dtype=np.int64)
-    return _Rows(e, e, e, e, np.empty(0, dtype=np.uint32), e, np.empty(0, dtype=np.int8),
-                 np.empty(0), np.empty(0, dtype=np.int8), e)
+    return _Rows(
+        e,
+        e,
+        e,
+        e,
+        np.empty(0, dtype=np.uint32),
+        e,
+        np.empty(0, dtype=np.int8),
+        np.empty(0),
+        np.empty(0, dtype=np.int8),
+        e,
+    )
 
 
 def _grouped_cumsum(values: np.ndarray, first: np.ndarray, size: np.ndarray) -> np.ndarray:
@@ -770,8 +923,7 @@ def _fit_events(t: np.ndarray, event: np.ndarray, bounds: np.ndarray) -> np.ndar
 
 def _ids(prefix: str, numbers: np.ndarray, width: int, null: np.ndarray | None = None) -> pa.Array:
     arr = pc.cast(pa.array(numbers, mask=null), pa.string())
-    return pc.utf8_replace_slice(pc.utf8_lpad(arr, width, "0"), start=0, stop=0,
-                                 replacement=prefix)
+    return pc.utf8_replace_slice(pc.utf8_lpad(arr, width, "0"), start=0, stop=0, replacement=prefix)
 
 
 def _device_ids(device: np.ndarray) -> pa.Array:
@@ -779,7 +931,8 @@ def _device_ids(device: np.ndarray) -> pa.Array:
     # reveal when the device first appeared.
     null = device == _NULL_DEVICE
     scrambled = (device.astype(np.uint64) * np.uint64(2654435761) + np.uint64(40503)) & np.uint64(
-        0xFFFFFFFF)
+        0xFFFFFFFF
+    )
     return _ids("d", scrambled, 10, null)
 
 
@@ -799,7 +952,8 @@ class _Encoder:
         self.rates = rates
         self.country_currency = np.array([CURRENCY_BY_COUNTRY[c] for c in COUNTRIES], dtype=object)
         self.country_scale = np.array(
-            [10.0 ** (minor_units(CURRENCY_BY_COUNTRY[c]) or 0) for c in COUNTRIES])
+            [10.0 ** (minor_units(CURRENCY_BY_COUNTRY[c]) or 0) for c in COUNTRIES]
+        )
         self.channels = pa.array(CHANNELS)
         self.mechanisms = pa.array(("",) + MECHANISMS)
         self.next_id = 0
@@ -883,9 +1037,10 @@ def generate_world(config: WorldConfig, out_path: Path, progress: bool = False) 
         for code, count in zip(*np.unique(fraud_rows, return_counts=True), strict=True):
             by_mechanism[MECHANISMS[code - 1]] += int(count)
 
-    with pq.ParquetWriter(out_path, schema) as writer, tqdm(
-        total=config.n_days * slices, disable=not progress, unit="chunk", desc="world"
-    ) as bar:
+    with (
+        pq.ParquetWriter(out_path, schema) as writer,
+        tqdm(total=config.n_days * slices, disable=not progress, unit="chunk", desc="world") as bar,
+    ):
         for d in range(config.n_days):
             rng = np.random.default_rng(world.day_seeds[d])
             world.advance(rng, d)
@@ -895,8 +1050,12 @@ def generate_world(config: WorldConfig, out_path: Path, progress: bool = False) 
             fraud_chunk = np.searchsorted(bounds, fraud.t, side="right") - 1
             day_start_us = start_us + d * _US_PER_DAY
             for s in range(slices):
-                rows = _Rows.concat([world.legit(rng, d, int(bounds[s]), int(bounds[s + 1])),
-                                     fraud.take(np.flatnonzero(fraud_chunk == s))])
+                rows = _Rows.concat(
+                    [
+                        world.legit(rng, d, int(bounds[s]), int(bounds[s + 1])),
+                        fraud.take(np.flatnonzero(fraud_chunk == s)),
+                    ]
+                )
                 # Shuffle before the stable sort so equal timestamps are not ordered by label.
                 order = rng.permutation(len(rows))
                 order = order[np.argsort(rows.t[order], kind="stable")]
@@ -941,8 +1100,11 @@ def _local_to_utc_us(local_us: np.ndarray, country: np.ndarray) -> np.ndarray:
     for code in np.unique(country):
         rows = np.flatnonzero(country == code)
         naive = pd.DatetimeIndex(local_us[rows].astype("datetime64[us]"))
-        aware = naive.tz_localize(_ZONES[int(code)], ambiguous=np.zeros(len(rows), dtype=bool),
-                                  nonexistent="shift_forward")
+        aware = naive.tz_localize(
+            _ZONES[int(code)],
+            ambiguous=np.zeros(len(rows), dtype=bool),
+            nonexistent="shift_forward",
+        )
         out[rows] = aware.tz_convert("UTC").as_unit("us").asi8
     return out
 
@@ -961,8 +1123,11 @@ class _Pending:
 
     @staticmethod
     def concat(a: _Pending, b: _Pending) -> _Pending:
-        return _Pending(_Rows.concat([a.rows, b.rows]), np.concatenate([a.ts, b.ts]),
-                        np.concatenate([a.delay, b.delay]))
+        return _Pending(
+            _Rows.concat([a.rows, b.rows]),
+            np.concatenate([a.ts, b.ts]),
+            np.concatenate([a.delay, b.delay]),
+        )
 
     def take(self, idx: np.ndarray) -> _Pending:
         return _Pending(self.rows.take(idx), self.ts[idx], self.delay[idx])

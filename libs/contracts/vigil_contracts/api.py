@@ -80,8 +80,12 @@ Timestamp = Annotated[
     datetime,
     BeforeValidator(_parse_rfc3339),
     # Keep the payer's own offset when the transaction is echoed or hashed.
-    PlainSerializer(lambda dt: dt.isoformat().replace("+00:00", "Z"), return_type=str, when_used="json"),
+    PlainSerializer(
+        lambda dt: dt.isoformat().replace("+00:00", "Z"), return_type=str, when_used="json"
+    ),
 ]
+
+
 def _ipv4_as_int(value: Any) -> Any:
     """A dotted-quad IPv4 address as its integer, read by the C library (``inet_pton``, which
     accepts exactly the forms ``ipaddress`` does: four decimal octets, no leading zeros, nothing
@@ -96,12 +100,20 @@ def _ipv4_as_int(value: Any) -> Any:
 
 
 IpAddress = Annotated[
-    IPvAnyAddress, BeforeValidator(_ipv4_as_int),
+    IPvAnyAddress,
+    BeforeValidator(_ipv4_as_int),
     # What is accepted, in JSON Schema's own formats (pydantic's "ipvanyaddress" is not one).
-    WithJsonSchema({"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}],
-                    "examples": ["192.0.2.10", "2001:db8::1"]}),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}],
+            "examples": ["192.0.2.10", "2001:db8::1"],
+        }
+    ),
 ]
-TransactionId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-:.]{1,64}$", examples=["tx-2024-000123"])]
+TransactionId = Annotated[
+    str, Field(pattern=r"^[A-Za-z0-9_\-:.]{1,64}$", examples=["tx-2024-000123"])
+]
 EntityId = Annotated[str, Field(min_length=1, max_length=128)]
 
 
@@ -112,8 +124,11 @@ def _iso_4217(value: str) -> str:
 
 
 # The schema lists the codes (what is accepted, exactly); validation checks the same table.
-Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", json_schema_extra={"enum": sorted(MINOR_UNITS)}),
-                     AfterValidator(_iso_4217)]
+Currency = Annotated[
+    str,
+    Field(pattern=r"^[A-Z]{3}$", json_schema_extra={"enum": sorted(MINOR_UNITS)}),
+    AfterValidator(_iso_4217),
+]
 
 
 def _amount_fits_its_currency() -> dict[str, Any]:
@@ -122,17 +137,23 @@ def _amount_fits_its_currency() -> dict[str, Any]:
     by_digits: dict[int, list[str]] = {}
     for code, digits in sorted(MINOR_UNITS.items()):
         by_digits.setdefault(digits, []).append(code)
-    return {"allOf": [
-        {"if": {"properties": {"currency": {"enum": codes}}, "required": ["currency"]},
-         "then": {"properties": {"amount": {"multipleOf": 10.0 ** -digits if digits else 1}}}}
-        for digits, codes in sorted(by_digits.items())]}
+    return {
+        "allOf": [
+            {
+                "if": {"properties": {"currency": {"enum": codes}}, "required": ["currency"]},
+                "then": {"properties": {"amount": {"multipleOf": 10.0**-digits if digits else 1}}},
+            }
+            for digits, codes in sorted(by_digits.items())
+        ]
+    }
 
 
 class Transaction(BaseModel):
     """One payment to score."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False,
-                              json_schema_extra=_amount_fits_its_currency())
+    model_config = ConfigDict(
+        extra="forbid", str_strip_whitespace=False, json_schema_extra=_amount_fits_its_currency()
+    )
 
     transaction_id: TransactionId = Field(
         description="The client's id of the transaction; also the idempotency key (1-64 of A-Za-z0-9_-:.)."
@@ -140,11 +161,17 @@ class Transaction(BaseModel):
     card_id: EntityId = Field(description="Token of the paying card.")
     merchant_id: EntityId = Field(description="Id of the acquiring merchant.")
     # The currency comes before the amount: the amount's decimals are checked against it.
-    currency: Currency = Field(description=(
-        "ISO 4217 code of the amount's currency, e.g. EUR. Features compare amounts in EUR, "
-        "converted at the rate of the transaction's day."))
+    currency: Currency = Field(
+        description=(
+            "ISO 4217 code of the amount's currency, e.g. EUR. Features compare amounts in EUR, "
+            "converted at the rate of the transaction's day."
+        )
+    )
     amount: float = Field(
-        gt=0, le=1e9, allow_inf_nan=False, strict=True,
+        gt=0,
+        le=1e9,
+        allow_inf_nan=False,
+        strict=True,
         description="Amount in the currency's major unit, with no more decimals than the "
         "currency has (2 for EUR, 0 for JPY, 3 for KWD); > 0 and at most 1e9.",
     )
@@ -155,9 +182,13 @@ class Transaction(BaseModel):
     )
     channel: Channel = Field(description="pos (card present), ecom (web) or mobile (app).")
     ip_address: IpAddress | None = Field(default=None, description="Payer's IP address, if known.")
-    device_id: EntityId | None = Field(default=None, description="Payer's device fingerprint, if known.")
+    device_id: EntityId | None = Field(
+        default=None, description="Payer's device fingerprint, if known."
+    )
     country: str | None = Field(
-        default=None, pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2 country of the transaction."
+        default=None,
+        pattern=r"^[A-Z]{2}$",
+        description="ISO 3166-1 alpha-2 country of the transaction.",
     )
 
     @field_validator("amount")
@@ -176,7 +207,9 @@ class Reason(BaseModel):
     code: str = Field(description="Stable machine-readable code, e.g. AMOUNT_HIGH_FOR_CARD.")
     text: str = Field(description="Human-readable explanation.")
     feature: str | None = Field(default=None, description="The model feature behind the reason.")
-    value: float | None = Field(default=None, description="That feature's value for this transaction.")
+    value: float | None = Field(
+        default=None, description="That feature's value for this transaction."
+    )
     contribution: float | None = Field(
         default=None, description="The feature's contribution to the score, in log-odds."
     )
@@ -203,13 +236,20 @@ class ScoreResponse(BaseModel):
     score: float | None = Field(description="Probability of fraud in [0, 1]; null when uncertain.")
     reasons: list[Reason]
     model: ModelRef
-    degraded: bool = Field(description=(
-        "True only when one of Vigil's own dependencies (feature encoder, model, the time budget) "
-        "failed and the answer fell back to `uncertain`: alert on this. An entity with too little "
-        "history is `uncertain` with reason `FEATURES_MISSING` and `degraded: false`."))
-    safeguards: SafeguardsRef | None = Field(default=None, description=(
-        "The rules beside the model: they can only raise a label's caution (`not_fraud` -> "
-        "`suspicious` or more). Null when the transaction could not be checked (no features)."))
+    degraded: bool = Field(
+        description=(
+            "True only when one of Vigil's own dependencies (feature encoder, model, the time budget) "
+            "failed and the answer fell back to `uncertain`: alert on this. An entity with too little "
+            "history is `uncertain` with reason `FEATURES_MISSING` and `degraded: false`."
+        )
+    )
+    safeguards: SafeguardsRef | None = Field(
+        default=None,
+        description=(
+            "The rules beside the model: they can only raise a label's caution (`not_fraud` -> "
+            "`suspicious` or more). Null when the transaction could not be checked (no features)."
+        ),
+    )
     request_id: str
     cached: bool = Field(
         default=False, description="True when this is the stored decision of an earlier request."
@@ -227,10 +267,13 @@ class BatchRequest(BaseModel):
             "Transactions, each meant to be an object of the single-score `Transaction` schema; "
             "the server caps the count. Any JSON value is accepted as an item: an item that is "
             "not a valid transaction (a missing or malformed field) is answered in its own slot "
-            "of `results` with `status: 422` and the problem, and the other items are scored."),
-        json_schema_extra={"items": {
-            "description": "A `Transaction`; an invalid one is answered 422 in its own result slot.",
-        }},
+            "of `results` with `status: 422` and the problem, and the other items are scored."
+        ),
+        json_schema_extra={
+            "items": {
+                "description": "A `Transaction`; an invalid one is answered 422 in its own result slot.",
+            }
+        },
     )
 
 

@@ -32,9 +32,11 @@ class EncodeColumns(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     entities: dict[str, list[str]] = Field(
-        description="join key -> one value per row, e.g. {'card_id': ['c12', 'c7']}")
+        description="join key -> one value per row, e.g. {'card_id': ['c12', 'c7']}"
+    )
     request: dict[str, list[float | int | str | None]] = Field(
-        description="Request-time field -> one value per row (see request_features.REQUEST_FIELDS).")
+        description="Request-time field -> one value per row (see request_features.REQUEST_FIELDS)."
+    )
 
     @model_validator(mode="after")
     def _one_length(self) -> EncodeColumns:
@@ -65,10 +67,16 @@ class EncodeColumnsRequest(BaseModel):
 
 
 class EncodedRow(BaseModel):
-    values: list[float | None] = Field(description="In model order; None = missing (NaN to XGBoost).")
+    values: list[float | None] = Field(
+        description="In model order; None = missing (NaN to XGBoost)."
+    )
     missing: list[bool]
-    stale: list[bool] = Field(description="True where a stored value was older than its view's TTL (then also missing).")
-    age_seconds: list[float | None] = Field(description="Age of each stored value; 0 for on-demand; None when missing.")
+    stale: list[bool] = Field(
+        description="True where a stored value was older than its view's TTL (then also missing)."
+    )
+    age_seconds: list[float | None] = Field(
+        description="Age of each stored value; 0 for on-demand; None when missing."
+    )
 
 
 class EncodeResponse(BaseModel):
@@ -90,8 +98,12 @@ class EncodeResponse(BaseModel):
 
 BINARY_MEDIA_TYPE = "application/octet-stream"
 BINARY_HEADER_LENGTH = "Encode-Header-Content-Length"
-BINARY_TENSORS = (("values", "FP64", 8), ("age_seconds", "FP64", 8), ("missing", "BOOL", 1),
-                  ("stale", "BOOL", 1))
+BINARY_TENSORS = (
+    ("values", "FP64", 8),
+    ("age_seconds", "FP64", 8),
+    ("missing", "BOOL", 1),
+    ("stale", "BOOL", 1),
+)
 _BOOL_BYTES = b"\x00\x01"
 _SWAP = sys.byteorder != "little"
 
@@ -108,18 +120,26 @@ def _fp64(values: Iterable[float | None]) -> bytes:
     return packed.tobytes()
 
 
-def _header(feature_service: str, feature_names: list[str], feature_contract: str,
-            n_rows: int, sizes: Iterable[int]) -> bytes:
+def _header(
+    feature_service: str,
+    feature_names: list[str],
+    feature_contract: str,
+    n_rows: int,
+    sizes: Iterable[int],
+) -> bytes:
     shape = [n_rows, len(feature_names)]
-    return json.dumps({
-        "feature_service": feature_service,
-        "feature_names": feature_names,
-        "feature_contract": feature_contract,
-        "tensors": [
-            {"name": name, "datatype": datatype, "shape": shape, "binary_data_size": size}
-            for (name, datatype, _), size in zip(BINARY_TENSORS, sizes, strict=True)
-        ],
-    }, separators=(",", ":")).encode()
+    return json.dumps(
+        {
+            "feature_service": feature_service,
+            "feature_names": feature_names,
+            "feature_contract": feature_contract,
+            "tensors": [
+                {"name": name, "datatype": datatype, "shape": shape, "binary_data_size": size}
+                for (name, datatype, _), size in zip(BINARY_TENSORS, sizes, strict=True)
+            ],
+        },
+        separators=(",", ":"),
+    ).encode()
 
 
 def encode_binary(body: dict[str, Any]) -> tuple[bytes, int]:
@@ -132,28 +152,42 @@ def encode_binary(body: dict[str, Any]) -> tuple[bytes, int]:
         bytes(chain.from_iterable(row["missing"] for row in rows)),
         bytes(chain.from_iterable(row["stale"] for row in rows)),
     ]
-    header = _header(body["feature_service"], names, body["feature_contract"], len(rows),
-                     map(len, parts))
+    header = _header(
+        body["feature_service"], names, body["feature_contract"], len(rows), map(len, parts)
+    )
     return header + b"".join(parts), len(header)
 
 
-def binary_header(feature_service: str, feature_names: list[str], feature_contract: str,
-                  n_rows: int) -> bytes:
+def binary_header(
+    feature_service: str, feature_names: list[str], feature_contract: str, n_rows: int
+) -> bytes:
     """The JSON header of the binary answer to ``n_rows`` rows: the same for every answer of
     that many rows of one feature service, so a caller may keep it."""
     size = n_rows * len(feature_names)
-    return _header(feature_service, feature_names, feature_contract, n_rows,
-                   [size * itemsize for _, _, itemsize in BINARY_TENSORS])
+    return _header(
+        feature_service,
+        feature_names,
+        feature_contract,
+        n_rows,
+        [size * itemsize for _, _, itemsize in BINARY_TENSORS],
+    )
 
 
-def encode_binary_flat(header: bytes, values: list[float], age_seconds: list[float],
-                       missing: list[bool] | bytes, stale: list[bool] | bytes) -> tuple[bytes, int]:
+def encode_binary_flat(
+    header: bytes,
+    values: list[float],
+    age_seconds: list[float],
+    missing: list[bool] | bytes,
+    stale: list[bool] | bytes,
+) -> tuple[bytes, int]:
     """(binary body, header length) of an answer given as flat row-major lists (``n_rows`` x
     ``width``, NaN where missing; the flags may also come as their bytes, one per flag) and its
     :func:`binary_header`: the bytes :func:`encode_binary` makes of the same answer as rows of
     dicts."""
-    return (b"".join((header, _fp64(values), _fp64(age_seconds), bytes(missing), bytes(stale))),
-            len(header))
+    return (
+        b"".join((header, _fp64(values), _fp64(age_seconds), bytes(missing), bytes(stale))),
+        len(header),
+    )
 
 
 @dataclass(frozen=True)
@@ -182,9 +216,17 @@ def decode_binary(content: bytes, header_length: str | None, n_rows: int) -> Bin
         raise ValueError(f"{BINARY_HEADER_LENGTH} {length} is beyond the body")
     view = memoryview(content)
     header = json.loads(bytes(view[:length]))
-    service, names, contract = header["feature_service"], header["feature_names"], header["feature_contract"]
-    if not (isinstance(service, str) and isinstance(contract, str) and isinstance(names, list)
-            and all(isinstance(n, str) for n in names)):
+    service, names, contract = (
+        header["feature_service"],
+        header["feature_names"],
+        header["feature_contract"],
+    )
+    if not (
+        isinstance(service, str)
+        and isinstance(contract, str)
+        and isinstance(names, list)
+        and all(isinstance(n, str) for n in names)
+    ):
         raise TypeError("feature_service, feature_names or feature_contract is malformed")
     width = len(names)
     tensors = header["tensors"]
@@ -194,11 +236,17 @@ def decode_binary(content: bytes, header_length: str | None, n_rows: int) -> Bin
     offset = length
     for tensor, (name, datatype, itemsize) in zip(tensors, BINARY_TENSORS, strict=True):
         size = n_rows * width * itemsize
-        if (tensor.get("name"), tensor.get("datatype"), tensor.get("shape"),
-                tensor.get("binary_data_size")) != (name, datatype, [n_rows, width], size):
-            raise ValueError(f"tensor {tensor.get('name')!r} is not {name} {datatype} "
-                             f"[{n_rows}, {width}] of {size} bytes")
-        parts.append(view[offset:offset + size])
+        if (
+            tensor.get("name"),
+            tensor.get("datatype"),
+            tensor.get("shape"),
+            tensor.get("binary_data_size"),
+        ) != (name, datatype, [n_rows, width], size):
+            raise ValueError(
+                f"tensor {tensor.get('name')!r} is not {name} {datatype} "
+                f"[{n_rows}, {width}] of {size} bytes"
+            )
+        parts.append(view[offset : offset + size])
         offset += size
     if offset != len(content):
         raise ValueError(f"the body is {len(content)} bytes, the tensors end at {offset}")

@@ -39,18 +39,26 @@ class ViewMarker:
     """When the load finished."""
 
     def to_fields(self) -> dict[str, str]:
-        return {"rows": str(self.rows), "start": _iso(self.start), "end": _iso(self.end),
-                "written_at": _iso(self.written_at)}
+        return {
+            "rows": str(self.rows),
+            "start": _iso(self.start),
+            "end": _iso(self.end),
+            "written_at": _iso(self.written_at),
+        }
 
     @classmethod
     def from_fields(cls, fields: Mapping[Any, Any]) -> ViewMarker:
         """From a ``HGETALL`` reply (bytes or str); ``ValueError`` if a field is missing or bad."""
-        text = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-                for k, v in fields.items()}
+        text = {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in fields.items()
+        }
         try:
-            return cls(rows=int(text["rows"]),
-                       start=datetime.fromisoformat(text["start"]),
-                       end=datetime.fromisoformat(text["end"]),
-                       written_at=datetime.fromisoformat(text["written_at"]))
+            return cls(
+                rows=int(text["rows"]),
+                start=datetime.fromisoformat(text["start"]),
+                end=datetime.fromisoformat(text["end"]),
+                written_at=datetime.fromisoformat(text["written_at"]),
+            )
         except KeyError as exc:
             raise ValueError(f"marker field {exc.args[0]!r} is missing") from None

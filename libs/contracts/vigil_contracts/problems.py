@@ -11,7 +11,9 @@ PROBLEM_BASE = "https://vigil.dev/problems/"
 
 
 class InvalidParam(BaseModel):
-    name: str = Field(description="Dotted path of the offending field, e.g. 'amount' or 'items.3.currency'.")
+    name: str = Field(
+        description="Dotted path of the offending field, e.g. 'amount' or 'items.3.currency'."
+    )
     reason: str
 
 

@@ -134,8 +134,10 @@ _INT_OR_NONE = frozenset({int, type(None)})
 def _vector(outputs: Mapping[str, float | None]) -> list[float]:
     # A finite number as a float; None, NaN and inf are missing: NaN (NaN - NaN and inf - inf
     # are NaN, which is not 0).
-    return [_NAN if value is None or value - value != 0.0 else float(value)
-            for value in map(outputs.__getitem__, OUTPUT_FEATURES)]
+    return [
+        _NAN if value is None or value - value != 0.0 else float(value)
+        for value in map(outputs.__getitem__, OUTPUT_FEATURES)
+    ]
 
 
 def transform_row_vector(row: Mapping[str, Any]) -> list[float]:
@@ -163,13 +165,22 @@ def transform_row_vector(row: Mapping[str, Any]) -> list[float]:
     device_present = get("device_present")
     country = get("country")
     channel = get("channel")
-    if not (type(paid) is float and paid - paid == 0.0 and type(rate) in _FLOAT_OR_NONE
-            and type(epoch) is float and epoch - epoch == 0.0
-            and type(hour) is int and type(channel) is str
-            and type(device_present) in _INT_OR_NONE
-            and type(avg) in _FLOAT_OR_NONE and type(std) in _FLOAT_OR_NONE
-            and type(last) in _FLOAT_OR_NONE and type(first_seen) in _FLOAT_OR_NONE
-            and type(home) in _TEXT_OR_NONE and type(country) in _TEXT_OR_NONE):
+    if not (
+        type(paid) is float
+        and paid - paid == 0.0
+        and type(rate) in _FLOAT_OR_NONE
+        and type(epoch) is float
+        and epoch - epoch == 0.0
+        and type(hour) is int
+        and type(channel) is str
+        and type(device_present) in _INT_OR_NONE
+        and type(avg) in _FLOAT_OR_NONE
+        and type(std) in _FLOAT_OR_NONE
+        and type(last) in _FLOAT_OR_NONE
+        and type(first_seen) in _FLOAT_OR_NONE
+        and type(home) in _TEXT_OR_NONE
+        and type(country) in _TEXT_OR_NONE
+    ):
         return _vector(transform_row(row))
 
     # From here every input is a float or None (None or NaN = missing), an int, or text or None.
@@ -225,15 +236,20 @@ def transform_vector_columns(columns: Mapping[str, Sequence[Any]]) -> list[list[
         first_seen = columns["device_first_seen_epoch"]
     except KeyError:
         return None
-    if not (set(map(type, paid)) <= _FLOAT and set(map(type, epoch)) <= _FLOAT
-            and set(map(type, rate)) <= _FLOAT_OR_NONE
-            and set(map(type, hour)) <= _INT and set(map(type, channel)) <= _TEXT
-            and set(map(type, device_present)) <= _INT_OR_NONE
-            and set(map(type, avg)) <= _FLOAT_OR_NONE and set(map(type, std)) <= _FLOAT_OR_NONE
-            and set(map(type, last)) <= _FLOAT_OR_NONE
-            and set(map(type, first_seen)) <= _FLOAT_OR_NONE
-            and set(map(type, home)) <= _TEXT_OR_NONE
-            and set(map(type, country)) <= _TEXT_OR_NONE):
+    if not (
+        set(map(type, paid)) <= _FLOAT
+        and set(map(type, epoch)) <= _FLOAT
+        and set(map(type, rate)) <= _FLOAT_OR_NONE
+        and set(map(type, hour)) <= _INT
+        and set(map(type, channel)) <= _TEXT
+        and set(map(type, device_present)) <= _INT_OR_NONE
+        and set(map(type, avg)) <= _FLOAT_OR_NONE
+        and set(map(type, std)) <= _FLOAT_OR_NONE
+        and set(map(type, last)) <= _FLOAT_OR_NONE
+        and set(map(type, first_seen)) <= _FLOAT_OR_NONE
+        and set(map(type, home)) <= _TEXT_OR_NONE
+        and set(map(type, country)) <= _TEXT_OR_NONE
+    ):
         return None
     # Every amount and epoch finite: then so are their sums, unless a sum overflows (that batch
     # goes row by row).
@@ -242,21 +258,33 @@ def transform_vector_columns(columns: Mapping[str, Sequence[Any]]) -> list[list[
 
     nan = _NAN
     # None and NaN rates give NaN amounts (``x * nan``); an overflow to inf is NaN too.
-    amount = [nan if r is None else (a if (a := x * r) - a == 0.0 else nan)
-              for x, r in zip(paid, rate, strict=True)]
+    amount = [
+        nan if r is None else (a if (a := x * r) - a == 0.0 else nan)
+        for x, r in zip(paid, rate, strict=True)
+    ]
     # None, NaN and values <= 0 fail "a > 0.0"; a finite float or an inf is what remains.
-    ratio = [nan if a is None or not a > 0.0 or x != x else (r if (r := x / a) - r == 0.0 else nan)
-             for x, a in zip(amount, avg, strict=True)]
-    zscore = [nan if a is None or a != a or s is None or not s > 0.0 or x != x
-              else (z if (z := (x - a) / s) - z == 0.0 else nan)
-              for x, a, s in zip(amount, avg, std, strict=True)]
-    since_last = [nan if t is None or t != t
-                  else ((d if d - d == 0.0 else nan) if (d := e - t) > 0.0 else 0.0)
-                  for e, t in zip(epoch, last, strict=True)]
-    device_age = [nan if not p or f is None or f != f
-                  else ((g if (g := d / 86400.0) - g == 0.0 else nan) if (d := e - f) > 0.0
-                        else 0.0)
-                  for e, f, p in zip(epoch, first_seen, device_present, strict=True)]
+    ratio = [
+        nan if a is None or not a > 0.0 or x != x else (r if (r := x / a) - r == 0.0 else nan)
+        for x, a in zip(amount, avg, strict=True)
+    ]
+    zscore = [
+        nan
+        if a is None or a != a or s is None or not s > 0.0 or x != x
+        else (z if (z := (x - a) / s) - z == 0.0 else nan)
+        for x, a, s in zip(amount, avg, std, strict=True)
+    ]
+    since_last = [
+        nan
+        if t is None or t != t
+        else ((d if d - d == 0.0 else nan) if (d := e - t) > 0.0 else 0.0)
+        for e, t in zip(epoch, last, strict=True)
+    ]
+    device_age = [
+        nan
+        if not p or f is None or f != f
+        else ((g if (g := d / 86400.0) - g == 0.0 else nan) if (d := e - f) > 0.0 else 0.0)
+        for e, f, p in zip(epoch, first_seen, device_present, strict=True)
+    ]
     code = CHANNEL_CODES.get
     return [
         amount,
@@ -267,8 +295,14 @@ def transform_vector_columns(columns: Mapping[str, Sequence[Any]]) -> list[list[
         [code(c, -1.0) for c in channel],
         since_last,
         device_age,
-        [1.0 if p and (f is None or f != f) else 0.0 for f, p in zip(first_seen, device_present, strict=True)],
-        [nan if not h or not c else (0.0 if c == h else 1.0) for h, c in zip(home, country, strict=True)],
+        [
+            1.0 if p and (f is None or f != f) else 0.0
+            for f, p in zip(first_seen, device_present, strict=True)
+        ],
+        [
+            nan if not h or not c else (0.0 if c == h else 1.0)
+            for h, c in zip(home, country, strict=True)
+        ],
     ]
 
 
@@ -306,7 +340,10 @@ def request_columns(
     return {
         "amount": [float(amount) for amount in amounts],
         "txn_epoch": [timestamp.timestamp() for timestamp in timestamps],
-        "txn_hour": [local_hour(timestamp, country) for timestamp, country in zip(timestamps, countries, strict=True)],
+        "txn_hour": [
+            local_hour(timestamp, country)
+            for timestamp, country in zip(timestamps, countries, strict=True)
+        ],
         "channel": list(channels),
         "country": list(countries),
         "device_present": [1 if present else 0 for present in device_present],

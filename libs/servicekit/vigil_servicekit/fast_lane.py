@@ -106,8 +106,9 @@ class FastLaneMiddleware:
         ]
         limited = [fast.route.path for fast in routes if _body_limit(owner, fast.route)]
         if limited:
-            raise RuntimeError(f"the fast lane cannot take a route with a body-size limit: "
-                               f"{', '.join(limited)}")
+            raise RuntimeError(
+                f"the fast lane cannot take a route with a body-size limit: {', '.join(limited)}"
+            )
         # As ExceptionMiddleware splits them: the generic 500 (Exception, 500) is the outer
         # error middleware's, status handlers are for HTTP exceptions only.
         self.status_handlers: dict[int, _ExceptionHandler] = {}
@@ -137,8 +138,9 @@ class FastLaneMiddleware:
                             for key, value in match.groupdict().items()
                         }
                         if defers:
-                            await self._answer_or_defer(scope, receive, send, route, handler,
-                                                        params)
+                            await self._answer_or_defer(
+                                scope, receive, send, route, handler, params
+                            )
                         else:
                             await self._answer(scope, receive, send, route, handler, params)
                         return
@@ -229,14 +231,15 @@ def _body_limit(app: FastAPI, route: APIRoute) -> bool:
     return any(
         getattr(candidate, "max_body_size", None) is not None
         for candidate in (route, *app.routes)
-        if candidate is route or (isinstance(candidate, APIRoute)
-                                  and candidate.endpoint is route.endpoint)
+        if candidate is route
+        or (isinstance(candidate, APIRoute) and candidate.endpoint is route.endpoint)
     )
 
 
 def install_fast_lane(app: FastAPI, routes: Sequence[FastRoute]) -> None:
     """Answer ``routes`` in the lane; call it before ``wiring.wire``."""
     if any(m.cls is RequestContextMiddleware for m in app.user_middleware):
-        raise RuntimeError("install the fast lane before wire(): it must sit inside the "
-                           "request-context middleware")
+        raise RuntimeError(
+            "install the fast lane before wire(): it must sit inside the request-context middleware"
+        )
     app.add_middleware(FastLaneMiddleware, owner=app, routes=list(routes))

@@ -33,8 +33,12 @@ def problem_response(request: Request, error: ServiceError) -> JSONResponse:
     request_id = request_id_of(request.scope)
     body = error.problem_body(instance=request.url.path, request_id=request_id)
     # Also set here: the unexpected-error answer is sent outside the request-id middleware.
-    headers = {**error.headers, REQUEST_ID_HEADER: request_id} if request_id else error.headers or None
-    return JSONResponse(body, status_code=error.status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+    headers = (
+        {**error.headers, REQUEST_ID_HEADER: request_id} if request_id else error.headers or None
+    )
+    return JSONResponse(
+        body, status_code=error.status, media_type=PROBLEM_MEDIA_TYPE, headers=headers
+    )
 
 
 def _param_name(loc: tuple[int | str, ...]) -> str:
@@ -74,8 +78,13 @@ def install_problem_handlers(
     def default_validation_error(_request: Request, exc: RequestValidationError) -> ServiceError:
         params = invalid_params(list(exc.errors()))
         names = ", ".join(p.name for p in params) or "the request"
-        return root(f"invalid: {names}", status=422, title="Validation failed",
-                    slug="validation-failed", invalid_params=params)
+        return root(
+            f"invalid: {names}",
+            status=422,
+            title="Validation failed",
+            slug="validation-failed",
+            invalid_params=params,
+        )
 
     def default_http_error(_request: Request, exc: StarletteHTTPException) -> ServiceError:
         title, slug = _HTTP_TITLES.get(exc.status_code, ("HTTP error", "http-error"))

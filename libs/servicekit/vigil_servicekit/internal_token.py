@@ -25,8 +25,14 @@ class InternalTokenMiddleware:
     """Refuses requests without the token (401) except on ``open_paths``; sits inside the
     request-context middleware so the refusal is logged and counted like any answer."""
 
-    def __init__(self, app: ASGIApp, *, token: str, error_root: type[ServiceError],
-                 open_paths: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        token: str,
+        error_root: type[ServiceError],
+        open_paths: tuple[str, ...] = (),
+    ) -> None:
         self.app = app
         self.token = token.encode()
         self.error_root = error_root
@@ -44,9 +50,17 @@ class InternalTokenMiddleware:
         if hmac.compare_digest(sent, self.token):
             await self.app(scope, receive, send)
             return
-        error = self.error_root("this service answers only the stack's own services",
-                                status=401, title="Unauthenticated", slug="internal-token-required")
+        error = self.error_root(
+            "this service answers only the stack's own services",
+            status=401,
+            title="Unauthenticated",
+            slug="internal-token-required",
+        )
         body = error.problem_body(instance=scope.get("path"), request_id=request_id_of(scope))
-        response = JSONResponse(body, status_code=401, media_type=PROBLEM_MEDIA_TYPE,
-                                headers={"WWW-Authenticate": 'Vigil-Internal realm="vigil"'})
+        response = JSONResponse(
+            body,
+            status_code=401,
+            media_type=PROBLEM_MEDIA_TYPE,
+            headers={"WWW-Authenticate": 'Vigil-Internal realm="vigil"'},
+        )
         await response(scope, receive, send)

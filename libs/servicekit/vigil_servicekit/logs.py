@@ -35,8 +35,9 @@ class JsonFormatter(logging.Formatter):
     """``ts``, ``level``, ``logger``, ``msg``, every ``extra=`` field, and ``exc`` if any."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = _entry(record.created, record.levelname, record.name, record.getMessage(),
-                       vars(record))
+        entry = _entry(
+            record.created, record.levelname, record.name, record.getMessage(), vars(record)
+        )
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
@@ -70,8 +71,9 @@ class _StderrHandler(logging.StreamHandler):
             except RecursionError:
                 raise
             except Exception:  # noqa: BLE001 - what Handler.emit does: report, never raise
-                record = logger.makeRecord(logger.name, level, __file__, 0, msg, (), None,
-                                           extra=fields)
+                record = logger.makeRecord(
+                    logger.name, level, __file__, 0, msg, (), None, extra=fields
+                )
                 record.created = created
                 self.handleError(record)
         finally:
@@ -97,8 +99,12 @@ def sole_json_handler(logger: logging.Logger, level: int) -> _StderrHandler | No
         for handler in current.handlers:
             if level < handler.level:
                 continue
-            if (found is not None or type(handler) is not _StderrHandler or handler.filters
-                    or type(handler.formatter) is not JsonFormatter):
+            if (
+                found is not None
+                or type(handler) is not _StderrHandler
+                or handler.filters
+                or type(handler.formatter) is not JsonFormatter
+            ):
                 return None
             found = handler
         current = current.parent if current.propagate else None

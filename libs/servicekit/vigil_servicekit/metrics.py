@@ -78,7 +78,9 @@ class ServiceMetrics:
         children = self._children.get((route, method, status))
         if children is None:
             values = {
-                "route": route, "method": method, "status": str(status),
+                "route": route,
+                "method": method,
+                "status": str(status),
                 "outcome": outcome(status),
             }
             children = (

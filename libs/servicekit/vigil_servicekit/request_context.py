@@ -110,7 +110,16 @@ class RequestContextMiddleware:
                 else:
                     # What ``logger.info("request", extra=extra)`` does, less its walk up the
                     # stack to find the caller, which is always this line.
-                    logger.handle(logger.makeRecord(
-                        logger.name, logging.INFO, __file__, sys._getframe().f_lineno, "request",
-                        (), None, "__call__", extra,
-                    ))
+                    logger.handle(
+                        logger.makeRecord(
+                            logger.name,
+                            logging.INFO,
+                            __file__,
+                            sys._getframe().f_lineno,
+                            "request",
+                            (),
+                            None,
+                            "__call__",
+                            extra,
+                        )
+                    )

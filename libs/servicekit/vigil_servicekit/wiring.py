@@ -31,7 +31,11 @@ def wire(
     """
     app.state.metrics = metrics
     install_problem_handlers(
-        app, error_root, service=service, logger=log.getChild("handlers"),
-        validation_error=validation_error, http_error=http_error,
+        app,
+        error_root,
+        service=service,
+        logger=log.getChild("handlers"),
+        validation_error=validation_error,
+        http_error=http_error,
     )
     app.add_middleware(RequestContextMiddleware, metrics=metrics, logger=log.getChild("access"))

@@ -75,8 +75,12 @@ def create_app(settings: EncoderSettings | None = None) -> FastAPI:
     # Inside the request-context middleware (request id, access line, metrics), so before wire().
     install_fast_lane(app, fast_routes())
     if settings.internal_token is not None:  # outside the lane: it holds both ways
-        app.add_middleware(InternalTokenMiddleware, token=settings.internal_token.get_secret_value(),
-                           error_root=EncoderError, open_paths=("/healthz", "/readyz", "/metrics"))
+        app.add_middleware(
+            InternalTokenMiddleware,
+            token=settings.internal_token.get_secret_value(),
+            error_root=EncoderError,
+            open_paths=("/healthz", "/readyz", "/metrics"),
+        )
     wire(app, service="encoder", error_root=EncoderError, metrics=metrics, log=service_log)
     app.include_router(service_router)
     app.include_router(encoder_router)

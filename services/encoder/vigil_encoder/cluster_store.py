@@ -41,7 +41,7 @@ def command_key(command: bytes) -> bytes:
     """The key of a packed ``HMGET`` (:class:`vigil_encoder.store.HmgetPacker`)."""
     start = command.index(_HMGET) + len(_HMGET)
     end = command.index(b"\r\n", start)
-    return command[end + 2:end + 2 + int(command[start:end])]
+    return command[end + 2 : end + 2 + int(command[start:end])]
 
 
 class _StaleMap(Exception):
@@ -109,7 +109,8 @@ class ClusterOnlineStore:
         except _StaleMap as exc:
             self.metrics.redis_errors.labels("connection").inc()
             raise FeatureStoreUnavailable(
-                f"the online store did not answer (cluster: {exc.__cause__!r})") from exc
+                f"the online store did not answer (cluster: {exc.__cause__!r})"
+            ) from exc
         except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             kind = _error_kind(exc)
             self.metrics.redis_errors.labels(kind).inc()
@@ -123,7 +124,9 @@ class ClusterOnlineStore:
         # Read the slot map again from any node that answers.
         await client.nodes_manager.initialize()
 
-    async def _read(self, client: RedisCluster, commands: Sequence[bytes]) -> list[list[bytes | None]]:
+    async def _read(
+        self, client: RedisCluster, commands: Sequence[bytes]
+    ) -> list[list[bytes | None]]:
         if client._initialize:
             await client.initialize()
         nodes = client.nodes_manager
@@ -135,9 +138,12 @@ class ClusterOnlineStore:
         except RedisClusterException as exc:  # a slot no node serves (yet)
             raise _StaleMap() from exc
         results = await asyncio.gather(
-            *(self._round_trip(node, [commands[i] for i in indexes])
-              for node, indexes in groups.values()),
-            return_exceptions=True)
+            *(
+                self._round_trip(node, [commands[i] for i in indexes])
+                for node, indexes in groups.values()
+            ),
+            return_exceptions=True,
+        )
         replies: list[Any] = [None] * len(commands)
         for (_, indexes), result in zip(groups.values(), results, strict=True):
             if isinstance(result, BaseException):

@@ -121,8 +121,10 @@ def _vector_transform(od: OnDemandPlan) -> tuple[VectorTransform, frozenset[str]
         outputs = transform(row)
         # A finite number as a float; None, NaN and inf are missing: NaN (NaN - NaN and
         # inf - inf are NaN, which is not 0).
-        return [_NAN if value is None or value - value != 0.0 else float(value)
-                for value in map(outputs.get, names)]
+        return [
+            _NAN if value is None or value - value != 0.0 else float(value)
+            for value in map(outputs.get, names)
+        ]
 
     return plain, None
 
@@ -145,21 +147,28 @@ class _Layout:
         # od_pairs[v][j]: (position, short name) of what on-demand view j reads from view v.
         # An input the transform never reads is not copied into every row's inputs.
         self.od_pairs = tuple(
-            tuple(tuple(pair for pair in od.view_inputs(v) if reads is None or pair[1] in reads)
-                  for od, (_, reads) in zip(plan.on_demand, vectors, strict=True))
+            tuple(
+                tuple(pair for pair in od.view_inputs(v) if reads is None or pair[1] in reads)
+                for od, (_, reads) in zip(plan.on_demand, vectors, strict=True)
+            )
             for v in range(len(plan.views))
         )
-        self.od_views = tuple(tuple(v for v in od.input_views if self.od_pairs[v][j])
-                              for j, od in enumerate(plan.on_demand))
+        self.od_views = tuple(
+            tuple(v for v in od.input_views if self.od_pairs[v][j])
+            for j, od in enumerate(plan.on_demand)
+        )
         # Per view: its vector features' values, and the values each on-demand view reads from
         # it (None: it feeds none), each taken from the decoded values in one C call; their
         # names are od_names[v][j].
         self.vector_getters = tuple(_getter(view.vector_positions) for view in plan.views)
-        self.od_names = tuple(tuple(tuple(name for _, name in pairs) for pairs in view_pairs)
-                              for view_pairs in self.od_pairs)
+        self.od_names = tuple(
+            tuple(tuple(name for _, name in pairs) for pairs in view_pairs)
+            for view_pairs in self.od_pairs
+        )
         self.od_getters = tuple(
             tuple(_getter([p for p, _ in pairs]) for pairs in view_pairs)
-            if any(view_pairs) else None
+            if any(view_pairs)
+            else None
             for view_pairs in self.od_pairs
         )
         self.ttls = tuple(view.ttl_seconds for view in plan.views)
@@ -198,8 +207,9 @@ def _getter(positions: Sequence[int]) -> Callable[[Sequence[Any]], Sequence[Any]
     return itemgetter(*positions)  # two or more, so a tuple
 
 
-def _read(layout: _Layout, v: int, reply: list[bytes | None], now: float,
-          memo: dict[bytes, Any]) -> tuple[ViewRead, str]:
+def _read(
+    layout: _Layout, v: int, reply: list[bytes | None], now: float, memo: dict[bytes, Any]
+) -> tuple[ViewRead, str]:
     ts = decode_timestamp(reply[-1])
     raws = reply[:-1]
     if ts is None and not any(raws):
@@ -270,8 +280,15 @@ class EncodedBatch:
         width = self.layout.width
         values, missing, stale, ages = self.values, self.missing, self.stale, self.age_seconds
         starts = range(0, self.n_rows * width, width) if width else repeat(0, self.n_rows)
-        return [{"values": values[i:i + width], "missing": missing[i:i + width],
-                 "stale": stale[i:i + width], "age_seconds": ages[i:i + width]} for i in starts]
+        return [
+            {
+                "values": values[i : i + width],
+                "missing": missing[i : i + width],
+                "stale": stale[i : i + width],
+                "age_seconds": ages[i : i + width],
+            }
+            for i in starts
+        ]
 
     def response(self) -> dict[str, Any]:
         """The JSON answer of ``/v1/encode`` as plain data (``EncodeResponse``)."""
@@ -288,14 +305,19 @@ class EncodedBatch:
         :meth:`response` would make it."""
         values, stale = self.values, self.stale
         # The flags go to bytes straight from the comparisons, without a list between.
-        return encode_binary_flat(self.layout.binary_header(self.n_rows), values,
-                                  self.age_seconds, bytes(map(ne, values, values)),
-                                  stale if self.any_stale else bytes(len(stale)))
+        return encode_binary_flat(
+            self.layout.binary_header(self.n_rows),
+            values,
+            self.age_seconds,
+            bytes(map(ne, values, values)),
+            stale if self.any_stale else bytes(len(stale)),
+        )
 
 
 class Encoder:
-    def __init__(self, spec_path: Path, store: OnlineStore, metrics: EncoderMetrics,
-                 max_rows: int) -> None:
+    def __init__(
+        self, spec_path: Path, store: OnlineStore, metrics: EncoderMetrics, max_rows: int
+    ) -> None:
         self.spec_path = spec_path
         self.store = store
         self.metrics = metrics
@@ -391,8 +413,9 @@ class Encoder:
         where missing) for rows shaped as ``EncodeRow``; see :meth:`encode_batch`."""
         return (await self.encode_batch(feature_service, rows)).response()
 
-    async def encode_batch(self, feature_service: str,
-                           batch: list[dict[str, Any]] | BatchColumns) -> EncodedBatch:
+    async def encode_batch(
+        self, feature_service: str, batch: list[dict[str, Any]] | BatchColumns
+    ) -> EncodedBatch:
         """The answer to a batch of ``feature_service``: rows shaped as ``EncodeRow``
         (``{"entities": {...}, "request": {...}}``), or their columns (answered exactly as the
         same rows would be)."""
@@ -410,8 +433,13 @@ class Encoder:
             entities = _entity_columns(plan, batch)
         return await self._encode(plan, entities, request_columns, n)
 
-    async def _encode(self, plan: ServicePlan, entities: Mapping[str, Sequence[str]],
-                      request_columns: Mapping[str, Sequence[Any]], n: int) -> EncodedBatch:
+    async def _encode(
+        self,
+        plan: ServicePlan,
+        entities: Mapping[str, Sequence[str]],
+        request_columns: Mapping[str, Sequence[Any]],
+        n: int,
+    ) -> EncodedBatch:
         """The answer to ``n`` checked rows as columns: join key -> each row's value (the
         plan's join keys all there), request field -> each row's converted value."""
         layout = self._layout(plan)
@@ -424,9 +452,13 @@ class Encoder:
             for v, view in enumerate(plan.views):
                 codec = view.codec
                 single = codec.single_key
-                commands.append(view.hmget.pack(
-                    codec.single_redis_key(entities[single][0]) if single is not None
-                    else codec.redis_key({key: entities[key][0] for key in codec.join_keys})))
+                commands.append(
+                    view.hmget.pack(
+                        codec.single_redis_key(entities[single][0])
+                        if single is not None
+                        else codec.redis_key({key: entities[key][0] for key in codec.join_keys})
+                    )
+                )
                 command_views.append(v)
                 row_reads.append([v])
         else:
@@ -435,16 +467,21 @@ class Encoder:
                 single = codec.single_key
                 # Keyed by the entity value itself where there is one join key (a repeated card or
                 # merchant is then not even serialised again), else by its values in key order.
-                idents: Sequence[Any] = (entities[single] if single is not None
-                                         else list(zip(*[entities[k] for k in codec.join_keys], strict=True)))
+                idents: Sequence[Any] = (
+                    entities[single]
+                    if single is not None
+                    else list(zip(*[entities[k] for k in codec.join_keys], strict=True))
+                )
                 start = len(commands)
                 distinct = dict.fromkeys(idents)  # in order of first appearance
                 index = dict(zip(distinct, range(start, start + len(distinct)), strict=True))
                 if single is not None:
                     commands += map(pack, map(codec.single_redis_key, distinct))
                 else:
-                    commands += [pack(codec.redis_key(dict(zip(codec.join_keys, ident, strict=True))))
-                                 for ident in distinct]
+                    commands += [
+                        pack(codec.redis_key(dict(zip(codec.join_keys, ident, strict=True))))
+                        for ident in distinct
+                    ]
                 command_views += repeat(v, len(distinct))
                 row_reads.append(list(map(index.__getitem__, idents)))
 
@@ -492,8 +529,13 @@ def _entity_columns(plan: ServicePlan, rows: Sequence[dict[str, Any]]) -> dict[s
     return {key: list(map(itemgetter(key), entities)) for key in plan.join_keys}
 
 
-def _assemble(layout: _Layout, requests: Mapping[str, Sequence[Any]], n: int,
-              reads: list[ViewRead], row_reads: list[list[int]]) -> EncodedBatch:
+def _assemble(
+    layout: _Layout,
+    requests: Mapping[str, Sequence[Any]],
+    n: int,
+    reads: list[ViewRead],
+    row_reads: list[list[int]],
+) -> EncodedBatch:
     """The rows' vectors from their view reads and request fields (as columns: field -> each
     row's value), in the service's order.
 
@@ -514,8 +556,9 @@ def _assemble(layout: _Layout, requests: Mapping[str, Sequence[Any]], n: int,
     return EncodedBatch(layout, n, values, ages, stale, any(read.stale for read in reads))
 
 
-def _one_row(layout: _Layout, request: dict[str, Any],
-             views: list[ViewRead]) -> tuple[list[float], list[float], list[bool]]:
+def _one_row(
+    layout: _Layout, request: dict[str, Any], views: list[ViewRead]
+) -> tuple[list[float], list[float], list[bool]]:
     """(values, ages, stale) of one row in assembly order: a single transaction's request
     does without the setup :func:`_many_rows` pays once per batch."""
     values: list[float] = []
@@ -543,9 +586,13 @@ def _one_row(layout: _Layout, request: dict[str, Any],
     return values, ages, stale
 
 
-def _many_rows(layout: _Layout, requests: Mapping[str, Sequence[Any]], n: int,
-               reads: list[ViewRead], row_reads: list[list[int]],
-               ) -> tuple[list[float], list[float], list[bool]]:
+def _many_rows(
+    layout: _Layout,
+    requests: Mapping[str, Sequence[Any]],
+    n: int,
+    reads: list[ViewRead],
+    row_reads: list[list[int]],
+) -> tuple[list[float], list[float], list[bool]]:
     """(values, ages, stale) of the rows in assembly order, flat and row-major: joined by
     ``map``, ``zip`` and ``chain`` over the rows, without a Python loop per row. An on-demand
     view with a column form is computed over the batch's columns; one without (or a batch its
@@ -569,23 +616,42 @@ def _many_rows(layout: _Layout, requests: Mapping[str, Sequence[Any]], n: int,
             inputs_by_name: dict[str, Sequence[Any]] = dict(requests)
             for v in layout.od_views[j]:
                 # Each row's values from view v, turned into one column per input.
-                inputs_by_name.update(zip(layout.od_names[v][j],
-                                          zip(*map(found.__getitem__, row_reads[v]), strict=True), strict=True))
+                inputs_by_name.update(
+                    zip(
+                        layout.od_names[v][j],
+                        zip(*map(found.__getitem__, row_reads[v]), strict=True),
+                        strict=True,
+                    )
+                )
             outputs = columns_form(inputs_by_name)
         if outputs is not None:
             values_parts.append(list(zip(*outputs, strict=True)))
             # 0.0 for a value (x - x), NaN for a missing one; a column whose sum is finite
             # has no missing value.
             zeros = [0.0] * n
-            ages_parts.append(list(zip(*[
-                zeros if (total := sum(column)) - total == 0.0 else [*map(sub, column, column)]
-                for column in outputs], strict=True)))
+            ages_parts.append(
+                list(
+                    zip(
+                        *[
+                            zeros
+                            if (total := sum(column)) - total == 0.0
+                            else [*map(sub, column, column)]
+                            for column in outputs
+                        ],
+                        strict=True,
+                    )
+                )
+            )
         else:
             if request_rows is None:
                 request_rows = _request_rows(requests, n)
-            sources = [map(dict, map(zip, repeat(layout.od_names[v][j]),
-                                     map(found.__getitem__, row_reads[v])))
-                       for v in layout.od_views[j]]
+            sources = [
+                map(
+                    dict,
+                    map(zip, repeat(layout.od_names[v][j]), map(found.__getitem__, row_reads[v])),
+                )
+                for v in layout.od_views[j]
+            ]
             inputs = request_rows  # transforms read their inputs, never write them
             for source in sources:
                 inputs = [{**request, **a} for request, a in zip(inputs, source, strict=True)]
@@ -609,9 +675,11 @@ def _request_rows(requests: Mapping[str, Sequence[Any]], n: int) -> list[dict[st
     if not requests:
         return [{} for _ in range(n)]
     names = list(requests)
-    return [dict(zip(names, values, strict=True)) for values in zip(*requests.values(), strict=True)]
+    return [
+        dict(zip(names, values, strict=True)) for values in zip(*requests.values(), strict=True)
+    ]
 
 
 def _reordered(flat: list[Any], reorder: itemgetter, width: int) -> list[Any]:
-    rows = [flat[i:i + width] for i in range(0, len(flat), width)]
+    rows = [flat[i : i + width] for i in range(0, len(flat), width)]
     return list(chain.from_iterable(map(reorder, rows)))

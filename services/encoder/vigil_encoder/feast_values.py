@@ -61,8 +61,12 @@ def _value_file() -> descriptor_pb2.FileDescriptorProto:
             name=name, number=number, type=type_, label=_F.LABEL_OPTIONAL, oneof_index=0
         )
     value.field.add(
-        name=_NULL_FIELD[0], number=_NULL_FIELD[1], type=_F.TYPE_ENUM,
-        type_name=".feast.types.Null", label=_F.LABEL_OPTIONAL, oneof_index=0,
+        name=_NULL_FIELD[0],
+        number=_NULL_FIELD[1],
+        type=_F.TYPE_ENUM,
+        type_name=".feast.types.Null",
+        label=_F.LABEL_OPTIONAL,
+        oneof_index=0,
     )
     return file
 
@@ -80,7 +84,9 @@ _INT64_TAG = 0x20
 _unpack_double = struct.Struct("<d").unpack_from
 
 
-def decode_values(raws: list[bytes | None], memo: dict[bytes, object] | None = None) -> list[object]:
+def decode_values(
+    raws: list[bytes | None], memo: dict[bytes, object] | None = None
+) -> list[object]:
     """Python values of serialized ``feast.types.Value`` messages; None where a value is absent.
 
     Absent means: no such field in the hash, an empty message (Feast writes one for a null), an

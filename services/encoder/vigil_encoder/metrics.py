@@ -9,7 +9,19 @@ from vigil_servicekit.metrics import ServiceMetrics
 
 # An encode is a fraction of a millisecond to a few milliseconds; resolve that range finely.
 LATENCY_BUCKETS = (
-    0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    0.00025,
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
 )
 
 

@@ -61,11 +61,16 @@ class OnDemandImpl:
 #: On-demand views by name -> the shared implementation their Feast definition calls.
 ON_DEMAND_IMPLS: dict[str, OnDemandImpl] = {
     "request_features": OnDemandImpl(
-        request_features.transform_row, request_features.OUTPUT_FEATURES,
+        request_features.transform_row,
+        request_features.OUTPUT_FEATURES,
         vector=request_features.transform_row_vector,
         columns=request_features.transform_vector_columns,
-        reads=frozenset(chain(request_features.REQUEST_FIELDS,
-                              chain.from_iterable(request_features.STORED_INPUTS.values()))),
+        reads=frozenset(
+            chain(
+                request_features.REQUEST_FIELDS,
+                chain.from_iterable(request_features.STORED_INPUTS.values()),
+            )
+        ),
     ),
 }
 
@@ -165,8 +170,7 @@ class ServicePlan:
                     codec=EntityKeyCodec(view.join_keys, spec.project),
                     features=tuple(features),
                     hmget=HmgetPacker(
-                        [field_name(view_name, f) for f in features]
-                        + [timestamp_field(view_name)]
+                        [field_name(view_name, f) for f in features] + [timestamp_field(view_name)]
                     ),
                     ttl_seconds=float(view.ttl_seconds) if view.ttl_seconds else None,
                     vector_positions=tuple(
@@ -247,8 +251,10 @@ def load_plans(path: Path) -> dict[str, ServicePlan]:
     try:
         spec = ServingSpec.model_validate_json(text)
     except ValidationError as exc:
-        raise SpecError(f"{path} is not a serving spec: {exc.error_count()} errors, "
-                        f"first: {json.dumps(exc.errors()[0], default=str)}") from exc
+        raise SpecError(
+            f"{path} is not a serving spec: {exc.error_count()} errors, "
+            f"first: {json.dumps(exc.errors()[0], default=str)}"
+        ) from exc
     if not spec.feature_services:
         raise SpecError(f"{path} describes no feature service")
     return {name: ServicePlan(service) for name, service in spec.feature_services.items()}

@@ -78,17 +78,22 @@ def _plain_rows(body: Any) -> bool:
         if type(row) is not dict:
             return False
         entities, request = row.get("entities"), row.get("request")
-        return (type(entities) is dict and type(request) is dict
-                and set(map(type, entities.values())) <= _STRING
-                and set(map(type, request.values())) <= _REQUEST_VALUE)
+        return (
+            type(entities) is dict
+            and type(request) is dict
+            and set(map(type, entities.values())) <= _STRING
+            and set(map(type, request.values())) <= _REQUEST_VALUE
+        )
     if set(map(type, rows)) != _DICT:
         return False
     entity_maps: list[Any] = list(map(dict.get, rows, repeat("entities")))
     request_maps: list[Any] = list(map(dict.get, rows, repeat("request")))
-    return (set(map(type, entity_maps)) == _DICT and set(map(type, request_maps)) == _DICT
-            and set(map(type, chain.from_iterable(map(dict.values, entity_maps)))) <= _STRING
-            and set(map(type, chain.from_iterable(map(dict.values, request_maps))))
-            <= _REQUEST_VALUE)
+    return (
+        set(map(type, entity_maps)) == _DICT
+        and set(map(type, request_maps)) == _DICT
+        and set(map(type, chain.from_iterable(map(dict.values, entity_maps)))) <= _STRING
+        and set(map(type, chain.from_iterable(map(dict.values, request_maps)))) <= _REQUEST_VALUE
+    )
 
 
 def _plain_columns(body: dict[str, Any]) -> int:
@@ -97,8 +102,12 @@ def _plain_columns(body: dict[str, Any]) -> int:
     loop per level (the set of the types met there), as :func:`_plain_rows` decides."""
     columns = body.get("columns")
     # Exactly the model's fields (it forbids others) ...
-    if (len(body) != 2 or type(body.get("feature_service")) is not str
-            or type(columns) is not dict or len(columns) != 2):
+    if (
+        len(body) != 2
+        or type(body.get("feature_service")) is not str
+        or type(columns) is not dict
+        or len(columns) != 2
+    ):
         return 0
     entities, request = columns.get("entities"), columns.get("request")
     if type(entities) is not dict or type(request) is not dict:
@@ -111,8 +120,10 @@ def _plain_columns(body: dict[str, Any]) -> int:
     if len(lengths) != 1 or 0 in lengths:
         return 0
     # ... of values of the model's types.
-    if not (set(map(type, chain.from_iterable(entities.values()))) <= _STRING
-            and set(map(type, chain.from_iterable(request.values()))) <= _REQUEST_VALUE):
+    if not (
+        set(map(type, chain.from_iterable(entities.values()))) <= _STRING
+        and set(map(type, chain.from_iterable(request.values()))) <= _REQUEST_VALUE
+    ):
         return 0
     return lengths.pop()
 
@@ -141,8 +152,9 @@ def parse_encode_request(body: Any) -> tuple[str, list[dict[str, Any]] | BatchCo
         n_rows = _plain_columns(body)
         if n_rows:
             columns = body["columns"]
-            return body["feature_service"], BatchColumns(columns["entities"], columns["request"],
-                                                         n_rows)
+            return body["feature_service"], BatchColumns(
+                columns["entities"], columns["request"], n_rows
+            )
         parsed: EncodeColumnsRequest = _validated(EncodeColumnsRequest, body)
         given = parsed.columns
         return parsed.feature_service, BatchColumns(given.entities, given.request, given.n_rows)
@@ -175,22 +187,41 @@ _ENCODE_BODY_DOC: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "description": "The rows to encode, as rows or as columns (row `i` is the `i`-th value "
-                       "of every column); both forms get the same answer.",
-        "content": {"application/json": {"schema": {"oneOf": [
-            _inline_refs(EncodeRequest.model_json_schema()),
-            _inline_refs(EncodeColumnsRequest.model_json_schema()),
-        ]}}},
+        "of every column); both forms get the same answer.",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        _inline_refs(EncodeRequest.model_json_schema()),
+                        _inline_refs(EncodeColumnsRequest.model_json_schema()),
+                    ]
+                }
+            }
+        },
     }
 }
 
 
 @encoder_router.post(
-    "/v1/encode", response_model=EncodeResponse, openapi_extra=_ENCODE_BODY_DOC,
-    responses={**_PROBLEMS, 200: {"content": {BINARY_MEDIA_TYPE: {"schema": {
-        "type": "string", "format": "binary",
-        "description": "With `Accept: application/octet-stream`: the same answer as a JSON header "
-                       f"(its length in `{BINARY_HEADER_LENGTH}`) followed by the tensors' bytes; "
-                       "see vigil_contracts.encoding."}}}}},
+    "/v1/encode",
+    response_model=EncodeResponse,
+    openapi_extra=_ENCODE_BODY_DOC,
+    responses={
+        **_PROBLEMS,
+        200: {
+            "content": {
+                BINARY_MEDIA_TYPE: {
+                    "schema": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "With `Accept: application/octet-stream`: the same answer as a JSON header "
+                        f"(its length in `{BINARY_HEADER_LENGTH}`) followed by the tensors' bytes; "
+                        "see vigil_contracts.encoding.",
+                    }
+                }
+            }
+        },
+    },
 )
 async def encode(body: Annotated[Any, Body()], request: Request, encoder: EncoderDep) -> Response:
     return await _encode(body, request, encoder)
@@ -203,8 +234,9 @@ async def _encode(body: Any, request: Request, encoder: Encoder) -> Response:
     if wants_binary(request.headers.get("accept")):
         # The data plane's flat lists are packed as they are, without rows of dicts between.
         body, header_length = batch.binary()
-        return Response(body, media_type=BINARY_MEDIA_TYPE,
-                        headers={BINARY_HEADER_LENGTH: str(header_length)})
+        return Response(
+            body, media_type=BINARY_MEDIA_TYPE, headers={BINARY_HEADER_LENGTH: str(header_length)}
+        )
     # Built as plain lists by the data plane and serialised directly: validating thousands of
     # floats back through EncodeResponse would cost more than the Redis round trip.
     return Response(orjson.dumps(batch.response()), media_type="application/json")

@@ -71,12 +71,16 @@ async def _read_replies(connection: Any, count: int) -> list[Any]:
     usual). Tested equal on real Redis, and a connection lost mid-batch still fails."""
     parser = connection._parser
     reader = getattr(parser, "_reader", None)
-    if (_AsyncHiredisParser is None or type(parser) is not _AsyncHiredisParser or reader is None
-            or not getattr(parser, "_connected", False)
-            # read_response would note a health check (the ignore: mypy types getattr's default by
-            # the `or` chain's bool context)
-            or getattr(connection, "health_check_interval", 0)  # type: ignore[arg-type]
-            or getattr(connection, "protocol", 2) in (3, "3")):  # RESP3 may interleave pushes
+    if (
+        _AsyncHiredisParser is None
+        or type(parser) is not _AsyncHiredisParser
+        or reader is None
+        or not getattr(parser, "_connected", False)
+        # read_response would note a health check (the ignore: mypy types getattr's default by
+        # the `or` chain's bool context)
+        or getattr(connection, "health_check_interval", 0)  # type: ignore[arg-type]
+        or getattr(connection, "protocol", 2) in (3, "3")
+    ):  # RESP3 may interleave pushes
         return [await connection.read_response() for _ in range(count)]
     gets = reader.gets
     replies: list[Any] = []

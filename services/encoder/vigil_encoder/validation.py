@@ -72,7 +72,9 @@ def _request_value(dtype: str, value: Any) -> tuple[Any, str | None]:
 
 
 def _fast_row(
-    request: dict[str, Any], entities: dict[str, Any], join_keys: Sequence[str],
+    request: dict[str, Any],
+    entities: dict[str, Any],
+    join_keys: Sequence[str],
     fields: Sequence[tuple[str, tuple[type, ...], bool]],
 ) -> dict[str, Any] | None:
     """The row's converted request fields when every value already has its type, else None."""
@@ -102,7 +104,9 @@ def _refuse(form: str, plan: ServicePlan, problems: list[InvalidParam]) -> NoRet
 
 def check_rows(plan: ServicePlan, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each row's request fields converted to their dtypes; raise naming every bad field."""
-    fields = [(name, _AS_IS[dtype], dtype in _FLOATS) for name, dtype in plan.request_fields.items()]
+    fields = [
+        (name, _AS_IS[dtype], dtype in _FLOATS) for name, dtype in plan.request_fields.items()
+    ]
     join_keys = plan.join_keys
     converted: list[dict[str, Any]] = []
     problems: list[InvalidParam] = []
@@ -114,18 +118,23 @@ def check_rows(plan: ServicePlan, rows: Sequence[dict[str, Any]]) -> list[dict[s
             continue
         for key in join_keys:
             if key not in entities:
-                problems.append(InvalidParam(name=f"rows.{i}.entities.{key}",
-                                             reason="missing join key"))
+                problems.append(
+                    InvalidParam(name=f"rows.{i}.entities.{key}", reason="missing join key")
+                )
         out: dict[str, Any] = {}
         for name, dtype in plan.request_fields.items():
             if name not in request:
-                problems.append(InvalidParam(name=f"rows.{i}.request.{name}",
-                                             reason=f"missing request field ({dtype})"))
+                problems.append(
+                    InvalidParam(
+                        name=f"rows.{i}.request.{name}", reason=f"missing request field ({dtype})"
+                    )
+                )
                 continue
             value, reason = _request_value(dtype, request[name])
             if reason is not None:
-                problems.append(InvalidParam(name=f"rows.{i}.request.{name}",
-                                             reason=f"{reason} ({dtype})"))
+                problems.append(
+                    InvalidParam(name=f"rows.{i}.request.{name}", reason=f"{reason} ({dtype})")
+                )
             out[name] = value
         converted.append(out)
         if len(problems) >= MAX_REPORTED:
@@ -176,8 +185,9 @@ def check_columns(plan: ServicePlan, rows: Sequence[dict[str, Any]]) -> dict[str
     return columns
 
 
-def check_request_columns(plan: ServicePlan, entities: Mapping[str, Sequence[Any]],
-                          request: Mapping[str, Sequence[Any]]) -> dict[str, Sequence[Any]]:
+def check_request_columns(
+    plan: ServicePlan, entities: Mapping[str, Sequence[Any]], request: Mapping[str, Sequence[Any]]
+) -> dict[str, Sequence[Any]]:
     """:func:`check_columns` of a batch sent as columns (join key -> each row's value, request
     field -> each row's value, all of one length): request field -> each row's converted value,
     in the plan's order of fields; raises naming every bad column or value
@@ -185,14 +195,16 @@ def check_request_columns(plan: ServicePlan, entities: Mapping[str, Sequence[Any
     problems: list[InvalidParam] = []
     for key in plan.join_keys:
         if key not in entities:
-            problems.append(InvalidParam(name=f"columns.entities.{key}",
-                                         reason="missing join key"))
+            problems.append(InvalidParam(name=f"columns.entities.{key}", reason="missing join key"))
     columns: dict[str, Sequence[Any]] = {}
     for name, dtype in plan.request_fields.items():
         column = request.get(name)
         if column is None:
-            problems.append(InvalidParam(name=f"columns.request.{name}",
-                                         reason=f"missing request field ({dtype})"))
+            problems.append(
+                InvalidParam(
+                    name=f"columns.request.{name}", reason=f"missing request field ({dtype})"
+                )
+            )
             continue
         if len(column) == 1:  # a single transaction: one type test, as in _fast_row
             value = column[0]
@@ -202,15 +214,17 @@ def check_request_columns(plan: ServicePlan, entities: Mapping[str, Sequence[Any
         # As in _fast_columns: all finite exactly when their sum is, but for a sum that
         # overflows, which is then decided value by value.
         elif set(map(type, column)) <= _AS_IS_SETS[dtype] and (
-                dtype not in _FLOATS or (total := sum(column)) - total == 0.0):
+            dtype not in _FLOATS or (total := sum(column)) - total == 0.0
+        ):
             columns[name] = column
             continue
         converted: list[Any] = []
         for i, value in enumerate(column):
             value, reason = _request_value(dtype, value)
             if reason is not None:
-                problems.append(InvalidParam(name=f"columns.request.{name}.{i}",
-                                             reason=f"{reason} ({dtype})"))
+                problems.append(
+                    InvalidParam(name=f"columns.request.{name}.{i}", reason=f"{reason} ({dtype})")
+                )
                 if len(problems) >= MAX_REPORTED:
                     break
             converted.append(value)

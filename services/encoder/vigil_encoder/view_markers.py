@@ -45,7 +45,9 @@ class ViewMarkers:
             try:
                 marker = ViewMarker.from_fields(fields) if fields else None
             except ValueError as exc:
-                logger.warning("unreadable materialization marker", extra={"view": view, "reason": str(exc)})
+                logger.warning(
+                    "unreadable materialization marker", extra={"view": view, "reason": str(exc)}
+                )
                 marker = None
             if marker is None:
                 missing.append(view)
@@ -54,9 +56,11 @@ class ViewMarkers:
         self.ends = ends
         self._set_gauges()
         if missing:
-            return {"ready": False,
-                    "detail": f"online store holds no features for {', '.join(missing)}: "
-                              "run `vigil materialize --full`"}
+            return {
+                "ready": False,
+                "detail": f"online store holds no features for {', '.join(missing)}: "
+                "run `vigil materialize --full`",
+            }
         ages = {view: round(time.time() - end) for view, end in ends.items()}
         return {"ready": True, "detail": "loaded", "age_seconds": ages}
 

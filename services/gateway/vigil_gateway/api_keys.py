@@ -50,7 +50,7 @@ def split_token(token: str) -> tuple[str, str] | None:
     """``(key id, secret part)`` of a well-formed token, else None."""
     if not token.startswith(PREFIX):
         return None
-    key_id, sep, rest = token[len(PREFIX):].partition("_")
+    key_id, sep, rest = token[len(PREFIX) :].partition("_")
     if not sep or not key_id or not rest or len(token) > 200:
         return None
     return key_id, rest
@@ -85,7 +85,9 @@ class KeyRecord:
 
     def public(self) -> dict[str, Any]:
         """What ``vigil keys list`` shows: everything but the hash."""
-        return {k: v for k, v in {**self.__dict__, "scopes": list(self.scopes)}.items() if k != "hash"}
+        return {
+            k: v for k, v in {**self.__dict__, "scopes": list(self.scopes)}.items() if k != "hash"
+        }
 
     def active(self, now: float) -> bool:
         return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
@@ -96,7 +98,9 @@ class KeyRing:
 
     ``lookup`` is pure CPU: a dict look-up and one HMAC, compared in constant time."""
 
-    def __init__(self, client: aioredis.Redis | aioredis.RedisCluster, secret: str, *, refresh_s: float) -> None:
+    def __init__(
+        self, client: aioredis.Redis | aioredis.RedisCluster, secret: str, *, refresh_s: float
+    ) -> None:
         self.client = client
         self.secret = secret
         self.refresh_s = refresh_s
@@ -134,7 +138,10 @@ class KeyRing:
                 try:
                     records[key_id.decode()] = KeyRecord.from_json(value)
                 except (ValueError, TypeError, KeyError):
-                    logger.warning("unreadable API key record", extra={"key_id": key_id.decode(errors="replace")})
+                    logger.warning(
+                        "unreadable API key record",
+                        extra={"key_id": key_id.decode(errors="replace")},
+                    )
             self.records, self.version = records, version
         self.loaded_at = time.monotonic()
 
@@ -149,8 +156,10 @@ class KeyRing:
                 failing = False
             except (RedisError, OSError) as exc:
                 if not failing:
-                    logger.warning("API key table unreadable; keeping the last one read",
-                                   extra={"error": repr(exc)})
+                    logger.warning(
+                        "API key table unreadable; keeping the last one read",
+                        extra={"error": repr(exc)},
+                    )
                 failing = True
             await asyncio.sleep(self.refresh_s)
 
@@ -163,8 +172,12 @@ class KeyAdmin:
         self.secret = secret
 
     async def create(
-        self, client_name: str, scopes: tuple[str, ...] = ("score",), *,
-        expires_at: float | None = None, limits: dict[str, float | None] | None = None,
+        self,
+        client_name: str,
+        scopes: tuple[str, ...] = ("score",),
+        *,
+        expires_at: float | None = None,
+        limits: dict[str, float | None] | None = None,
     ) -> tuple[str, KeyRecord]:
         """A new key: the token (shown once, never stored) and its record."""
         unknown = set(scopes) - set(SCOPES)
@@ -173,8 +186,12 @@ class KeyAdmin:
         key_id = secrets.token_hex(6)
         token = f"{PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
         record = KeyRecord(
-            key_id=key_id, client=client_name, scopes=tuple(scopes),
-            hash=key_hash(self.secret, token), created_at=time.time(), expires_at=expires_at,
+            key_id=key_id,
+            client=client_name,
+            scopes=tuple(scopes),
+            hash=key_hash(self.secret, token),
+            created_at=time.time(),
+            expires_at=expires_at,
             **(limits or {}),
         )
         await self._write(record)
@@ -200,10 +217,18 @@ class KeyAdmin:
         """A new key for the same client, scopes and limits; the old one expires after
         ``grace_s`` (0: at once), so a client can switch without an outage."""
         old = await self.get(key_id)
-        limits = {name: getattr(old, name) for name in
-                  ("requests_per_s", "request_burst", "transactions_per_s", "transaction_burst")}
-        token, record = await self.create(old.client, old.scopes, expires_at=old.expires_at,
-                                          limits=limits)
+        limits = {
+            name: getattr(old, name)
+            for name in (
+                "requests_per_s",
+                "request_burst",
+                "transactions_per_s",
+                "transaction_burst",
+            )
+        }
+        token, record = await self.create(
+            old.client, old.scopes, expires_at=old.expires_at, limits=limits
+        )
         until = time.time() + grace_s
         if old.expires_at is None or old.expires_at > until:
             await self._write(KeyRecord(**{**old.__dict__, "expires_at": until}))

@@ -69,8 +69,10 @@ def create_app(
     metrics = GatewayMetrics()
     rules = load_rules(settings.safeguards_path)  # a broken rule file fails the start, loudly
     if not settings.auth_enabled:
-        logger.warning("authentication is OFF (GATEWAY_AUTH_ENABLED=false): anyone who can reach "
-                       "this gateway can score transactions")
+        logger.warning(
+            "authentication is OFF (GATEWAY_AUTH_ENABLED=false): anyone who can reach "
+            "this gateway can score transactions"
+        )
     internal = settings.internal_token.get_secret_value() if settings.internal_token else None
 
     @asynccontextmanager
@@ -79,8 +81,10 @@ def create_app(
             clients = {
                 name: await stack.enter_async_context(
                     build_http_client(
-                        url, connect_timeout_s=settings.connect_timeout_s,
-                        max_connections=settings.max_connections, transport=transport,
+                        url,
+                        connect_timeout_s=settings.connect_timeout_s,
+                        max_connections=settings.max_connections,
+                        transport=transport,
                         internal_token=internal,
                     )
                 )
@@ -90,14 +94,16 @@ def create_app(
                 )
             }
             redis = connect(
-                settings.redis_url, timeout_s=settings.decision_store_timeout_s,
+                settings.redis_url,
+                timeout_s=settings.decision_store_timeout_s,
                 max_connections=settings.max_connections,
             )
             stack.push_async_callback(redis.aclose)
             encoder = EncoderClient(clients["encoder"], metrics, settings.connect_timeout_s)
             predictor = PredictorClient(clients["predictor"], metrics, settings.connect_timeout_s)
             catalog = ModelCatalog(
-                predictor, metrics,
+                predictor,
+                metrics,
                 name=settings.model_name,
                 pinned_version=settings.model_version,
                 refresh_s=settings.metadata_refresh_s,
@@ -108,21 +114,35 @@ def create_app(
             stack.push_async_callback(store.drain)  # decisions written behind answers, first
             ring = None
             if settings.auth_enabled:
-                ring = KeyRing(redis, settings.auth_secret.get_secret_value(),
-                               refresh_s=settings.auth_refresh_s)
+                ring = KeyRing(
+                    redis,
+                    settings.auth_secret.get_secret_value(),
+                    refresh_s=settings.auth_refresh_s,
+                )
                 with contextlib.suppress(Exception):  # unreadable now: the refresher retries
                     await ring.refresh()
             scoring = ScoringPipeline(
-                admit=Admission(metrics, max_in_flight=settings.max_in_flight,
-                                max_in_flight_per_key=settings.max_in_flight_per_key,
-                                min_budget_s=settings.min_budget_s),
+                admit=Admission(
+                    metrics,
+                    max_in_flight=settings.max_in_flight,
+                    max_in_flight_per_key=settings.max_in_flight_per_key,
+                    min_budget_s=settings.min_budget_s,
+                ),
                 rate_limit=RateLimiter(
                     redis if settings.rate_limit_enabled else None,
-                    Rates(settings.rate_requests_per_s, settings.rate_request_burst,
-                          settings.rate_transactions_per_s, settings.rate_transaction_burst),
-                    metrics),
-                idempotency=Idempotency(store, metrics, longest_budgets=[
-                    single_limits(settings).budget, batch_limits(settings).budget]),
+                    Rates(
+                        settings.rate_requests_per_s,
+                        settings.rate_request_burst,
+                        settings.rate_transactions_per_s,
+                        settings.rate_transaction_burst,
+                    ),
+                    metrics,
+                ),
+                idempotency=Idempotency(
+                    store,
+                    metrics,
+                    longest_budgets=[single_limits(settings).budget, batch_limits(settings).budget],
+                ),
                 encode=Encode(encoder, catalog, feature_service=settings.feature_service),
                 safeguards=Safeguards(rules),
                 predict=Predict(predictor, catalog),
@@ -132,11 +152,19 @@ def create_app(
                 settings=settings,
             )
             refresher = asyncio.create_task(catalog.run(), name="model-metadata-refresh")
-            keys_refresher = (asyncio.create_task(ring.run(), name="api-key-refresh")
-                              if ring is not None else None)
-            app.state.services = Services(scoring=scoring, catalog=catalog, encoder=encoder,
-                                          store=store, authenticate=Authenticate(ring),
-                                          metrics=metrics)
+            keys_refresher = (
+                asyncio.create_task(ring.run(), name="api-key-refresh")
+                if ring is not None
+                else None
+            )
+            app.state.services = Services(
+                scoring=scoring,
+                catalog=catalog,
+                encoder=encoder,
+                store=store,
+                authenticate=Authenticate(ring),
+                metrics=metrics,
+            )
             logger.info(
                 "gateway started",
                 extra={
@@ -174,8 +202,13 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     # After the body limit: the request-context middleware is outermost and sees its 413 too.
     wire(
-        app, service="gateway", error_root=GatewayError, metrics=metrics, log=service_log,
-        validation_error=from_validation_error, http_error=from_http_error,
+        app,
+        service="gateway",
+        error_root=GatewayError,
+        metrics=metrics,
+        log=service_log,
+        validation_error=from_validation_error,
+        http_error=from_http_error,
     )
     app.include_router(transactions_router)
     app.include_router(service_router)

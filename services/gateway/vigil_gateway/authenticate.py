@@ -48,7 +48,9 @@ class Forbidden(GatewayError):
     def __init__(self, scope: str) -> None:
         super().__init__(
             f"this API key lacks the {scope!r} scope",
-            headers={"WWW-Authenticate": f'Bearer realm="vigil", error="insufficient_scope", scope="{scope}"'},
+            headers={
+                "WWW-Authenticate": f'Bearer realm="vigil", error="insufficient_scope", scope="{scope}"'
+            },
         )
 
 
@@ -62,11 +64,14 @@ class Authenticate:
         if ring is None:
             return ANONYMOUS
         if not authorization:
-            raise Unauthenticated("an API key is required: send `Authorization: Bearer <key>`", error="")
+            raise Unauthenticated(
+                "an API key is required: send `Authorization: Bearer <key>`", error=""
+            )
         kind, _, token = authorization.partition(" ")
         if kind.lower() != "bearer" or not token.strip():
-            raise Unauthenticated("send the API key as `Authorization: Bearer <key>`",
-                                  error="invalid_request")
+            raise Unauthenticated(
+                "send the API key as `Authorization: Bearer <key>`", error="invalid_request"
+            )
         if ring.loaded_at is None:
             raise NotReady("the API key table has not been read yet", headers={"Retry-After": "1"})
         record = ring.lookup(token.strip())

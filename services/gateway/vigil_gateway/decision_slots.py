@@ -41,18 +41,23 @@ class ClusterCommands:
     async def run(self, script: _Script, keys: Sequence[bytes], args: Sequence[bytes]) -> list[Any]:
         """``script`` over ``keys`` as if in one call: ``args`` are the script's shared
         arguments, then one per key."""
-        shared, per_key = list(args[:script.shared]), args[script.shared:]
+        shared, per_key = list(args[: script.shared]), args[script.shared :]
         groups: dict[int, list[int]] = {}
         for i, key in enumerate(keys):
             groups.setdefault(key_slot(key), []).append(i)
-        calls = [([keys[i] for i in indexes], [*shared, *(per_key[i] for i in indexes)])
-                 for indexes in groups.values()]
-        results = await self._pipeline(
-            [("EVALSHA", script.sha, len(k), *k, *a) for k, a in calls])
+        calls = [
+            ([keys[i] for i in indexes], [*shared, *(per_key[i] for i in indexes)])
+            for indexes in groups.values()
+        ]
+        results = await self._pipeline([("EVALSHA", script.sha, len(k), *k, *a) for k, a in calls])
         unseen = [j for j, result in enumerate(results) if isinstance(result, NoScriptError)]
         if unseen:  # a node that has not seen the script yet (new, restarted, promoted)
             again = await self._pipeline(
-                [("EVAL", script.source, len(calls[j][0]), *calls[j][0], *calls[j][1]) for j in unseen])
+                [
+                    ("EVAL", script.source, len(calls[j][0]), *calls[j][0], *calls[j][1])
+                    for j in unseen
+                ]
+            )
             for j, result in zip(unseen, again, strict=True):
                 results[j] = result
         out: list[Any] = [None] * len(keys)

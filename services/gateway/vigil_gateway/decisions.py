@@ -67,7 +67,8 @@ class _Script:
 
 # Reserve every KEYS[i] that holds nothing with its pending marker ARGV[i + 1], for ARGV[1]
 # milliseconds; the value each key held (false where it was reserved).
-_RESERVE = _Script("""
+_RESERVE = _Script(
+    """
 local held = {}
 for i = 1, #KEYS do
   local value = redis.call('GET', KEYS[i])
@@ -77,11 +78,14 @@ for i = 1, #KEYS do
   held[i] = value
 end
 return held
-""", shared=1)
+""",
+    shared=1,
+)
 
 # SET KEYS[i] to ARGV[i + 2] for ARGV[2] seconds, where it holds nothing (ARGV[1] = '1': NX) or
 # whatever it holds; 1 where it was written, else 0.
-_PUT = _Script("""
+_PUT = _Script(
+    """
 local nx = ARGV[1] == '1'
 local ttl = ARGV[2]
 local written = {}
@@ -95,13 +99,16 @@ for i = 1, #KEYS do
   written[i] = ok and 1 or 0
 end
 return written
-""", shared=2)
+""",
+    shared=2,
+)
 
 # Settle every KEYS[i] with ARGV[i + 3] for ARGV[2] seconds, where it holds the marker of the
 # request whose token is ARGV[1], or nothing (the reservation was not made); with ARGV[3] = '1'
 # (a rescore) whatever it holds. An empty value deletes the request's own marker. 1 where the
 # decision was written, else 0.
-_SETTLE = _Script("""
+_SETTLE = _Script(
+    """
 local token, ttl, overwrite = ARGV[1], ARGV[2], ARGV[3] == '1'
 local written = {}
 for i = 1, #KEYS do
@@ -119,7 +126,9 @@ for i = 1, #KEYS do
   end
 end
 return written
-""", shared=3)
+""",
+    shared=3,
+)
 
 _CANONICAL = orjson.OPT_SORT_KEYS | orjson.OPT_UTC_Z
 # A stored decision is the answer without what belongs to the request that reads it.
@@ -155,7 +164,7 @@ class Pending:
 
     @classmethod
     def decode(cls, raw: bytes) -> Pending:
-        return cls(payload_hash=raw[len(PENDING):].split(b" ", 1)[0].decode())
+        return cls(payload_hash=raw[len(PENDING) :].split(b" ", 1)[0].decode())
 
 
 def pending_marker(payload: str, token: bytes) -> bytes:
@@ -178,16 +187,22 @@ class StoredDecision:
 
     def encode(self) -> bytes:
         return orjson.dumps(
-            {"payload_hash": self.payload_hash, "decision": self.decision,
-             "request_id": self.request_id, "stored_at": self.stored_at}
+            {
+                "payload_hash": self.payload_hash,
+                "decision": self.decision,
+                "request_id": self.request_id,
+                "stored_at": self.stored_at,
+            }
         )
 
     @classmethod
     def decode(cls, raw: bytes) -> StoredDecision:
         data = orjson.loads(raw)
         stored = cls(
-            payload_hash=data["payload_hash"], decision=data["decision"],
-            request_id=data.get("request_id", ""), stored_at=data.get("stored_at", 0.0),
+            payload_hash=data["payload_hash"],
+            decision=data["decision"],
+            request_id=data.get("request_id", ""),
+            stored_at=data.get("stored_at", 0.0),
         )
         stored.replay("")  # an entry an older release wrote must still make an answer
         return stored
@@ -205,8 +220,16 @@ class StoredDecision:
 # decisions_json writes the fields in this order; the stored part of an answer is all of it but
 # its last two fields, which answer_json relies on.
 assert list(ScoreResponse.model_fields) == [
-    "transaction_id", "label", "score", "reasons", "model", "degraded", "safeguards", "request_id",
-    "cached"]
+    "transaction_id",
+    "label",
+    "score",
+    "reasons",
+    "model",
+    "degraded",
+    "safeguards",
+    "request_id",
+    "cached",
+]
 assert _NOT_STORED == {"request_id", "cached"}
 
 
@@ -253,18 +276,26 @@ def decisions_json(responses: Sequence[ScoreResponse]) -> list[bytes]:
     if not responses:
         return []
     # As the model writes a float field: NaN and infinities as null.
-    scores = pydantic_core.to_json([r.score for r in responses], inf_nan_mode="null")[1:-1].split(b",")
+    scores = pydantic_core.to_json([r.score for r in responses], inf_nan_mode="null")[1:-1].split(
+        b","
+    )
     out = []
     for response, score in zip(responses, scores, strict=True):
         reasons = response.reasons
         safeguards = response.safeguards
-        out.append(b'{"transaction_id":%s,"label":%s,"score":%s,"reasons":%s,"model":%s,"degraded":%s,'
-                   b'"safeguards":%s}' % (
-            orjson.dumps(response.transaction_id), _LABEL_JSON[response.label], score,
-            _shared_reasons(reasons[0]) if len(reasons) == 1 else _dump_reasons(reasons),
-            _shared_models(response.model), _BOOL_JSON[response.degraded],
-            b"null" if safeguards is None else _shared_safeguards(safeguards),
-        ))
+        out.append(
+            b'{"transaction_id":%s,"label":%s,"score":%s,"reasons":%s,"model":%s,"degraded":%s,'
+            b'"safeguards":%s}'
+            % (
+                orjson.dumps(response.transaction_id),
+                _LABEL_JSON[response.label],
+                score,
+                _shared_reasons(reasons[0]) if len(reasons) == 1 else _dump_reasons(reasons),
+                _shared_models(response.model),
+                _BOOL_JSON[response.degraded],
+                b"null" if safeguards is None else _shared_safeguards(safeguards),
+            )
+        )
     return out
 
 
@@ -281,20 +312,29 @@ def answer_json(decision: bytes, request_id: str, cached: bool) -> bytes:
     return b"".join((decision[:-1], b',"request_id":', orjson.dumps(request_id), tail))
 
 
-def encode_entries(decisions: Sequence[bytes], payloads: Sequence[str], request_id: str) -> list[bytes]:
+def encode_entries(
+    decisions: Sequence[bytes], payloads: Sequence[str], request_id: str
+) -> list[bytes]:
     """What :meth:`StoredDecision.of` followed by :meth:`StoredDecision.encode` writes for each
     answer made by the request ``request_id``, from the answers' :func:`decisions_json` and
     their payload hashes (no intermediate dicts; one ``stored_at`` for them all)."""
-    tail = b',"request_id":%s,"stored_at":%s}' % (orjson.dumps(request_id), orjson.dumps(time.time()))
-    return [b'{"payload_hash":%s,"decision":%s%s' % (orjson.dumps(payload), decision, tail)
-            for decision, payload in zip(decisions, payloads, strict=True)]
+    tail = b',"request_id":%s,"stored_at":%s}' % (
+        orjson.dumps(request_id),
+        orjson.dumps(time.time()),
+    )
+    return [
+        b'{"payload_hash":%s,"decision":%s%s' % (orjson.dumps(payload), decision, tail)
+        for decision, payload in zip(decisions, payloads, strict=True)
+    ]
 
 
 def encode_entry(response: ScoreResponse, payload: str, decision: bytes | None = None) -> bytes:
     """One answer's stored entry (see :func:`encode_entries`); ``decision`` is its
     :func:`decision_json` when it was already made."""
     return encode_entries(
-        [decision if decision is not None else decision_json(response)], [payload], response.request_id
+        [decision if decision is not None else decision_json(response)],
+        [payload],
+        response.request_id,
     )[0]
 
 
@@ -315,8 +355,12 @@ def connect(url: str, *, timeout_s: float, max_connections: int) -> aioredis.Red
     """
     if is_cluster(url):
         return RedisCluster.from_url(
-            cluster_url(url), max_connections=max_connections, socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0))
+            cluster_url(url),
+            max_connections=max_connections,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
@@ -333,7 +377,9 @@ Held = dict[str, "StoredDecision | Pending"]
 
 
 class DecisionStore:
-    def __init__(self, client: aioredis.Redis | RedisCluster, metrics: GatewayMetrics, *, ttl_s: int) -> None:
+    def __init__(
+        self, client: aioredis.Redis | RedisCluster, metrics: GatewayMetrics, *, ttl_s: int
+    ) -> None:
         self.client = client
         self._cluster = ClusterCommands(client) if isinstance(client, RedisCluster) else None
         self.metrics = metrics
@@ -379,7 +425,9 @@ class DecisionStore:
             # A restarted (or another) Redis has not seen the script yet; EVAL caches it.
             return await self._call(pack_command(b"EVAL", script.source, count, *keys, *args))
 
-    def _decoded(self, transaction_ids: Sequence[str], raws: Sequence[bytes | None]) -> tuple[Held, list[str]]:
+    def _decoded(
+        self, transaction_ids: Sequence[str], raws: Sequence[bytes | None]
+    ) -> tuple[Held, list[str]]:
         found: Held = {}
         unreadable: list[str] = []
         for transaction_id, raw in zip(transaction_ids, raws, strict=True):
@@ -387,10 +435,18 @@ class DecisionStore:
                 continue
             try:
                 found[transaction_id] = _held(raw)
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValidationError, UnicodeDecodeError):
+            except (
+                orjson.JSONDecodeError,
+                KeyError,
+                TypeError,
+                ValidationError,
+                UnicodeDecodeError,
+            ):
                 unreadable.append(transaction_id)
         if unreadable:
-            logger.warning("unreadable stored decisions dropped", extra={"transaction_ids": unreadable[:10]})
+            logger.warning(
+                "unreadable stored decisions dropped", extra={"transaction_ids": unreadable[:10]}
+            )
         return found, unreadable
 
     async def get_many(self, transaction_ids: Sequence[str]) -> Held:
@@ -400,8 +456,11 @@ class DecisionStore:
             return {}
         try:
             keys = self._keys(transaction_ids)
-            raws = await (self._cluster.mget(keys) if self._cluster is not None
-                          else self._call(pack_command(b"MGET", *keys)))
+            raws = await (
+                self._cluster.mget(keys)
+                if self._cluster is not None
+                else self._call(pack_command(b"MGET", *keys))
+            )
         except (RedisError, OSError) as exc:
             self._failed("get", exc)
             return {}
@@ -418,7 +477,12 @@ class DecisionStore:
         return found
 
     async def reserve_many(
-        self, transaction_ids: Sequence[str], payloads: Sequence[str], token: bytes, *, pending_ms: int
+        self,
+        transaction_ids: Sequence[str],
+        payloads: Sequence[str],
+        token: bytes,
+        *,
+        pending_ms: int,
     ) -> Held:
         """Reserve, for ``pending_ms``, each id the store holds nothing for (with the marker of
         the request whose ``token`` it is); what it held for the others. Empty (never an error)
@@ -428,8 +492,11 @@ class DecisionStore:
             return {}
         keys = self._keys(transaction_ids)
         try:
-            raws = await self._run(_RESERVE, keys, [b"%d" % pending_ms, *(
-                pending_marker(payload, token) for payload in payloads)])
+            raws = await self._run(
+                _RESERVE,
+                keys,
+                [b"%d" % pending_ms, *(pending_marker(payload, token) for payload in payloads)],
+            )
         except (RedisError, OSError) as exc:
             self._failed("reserve", exc)
             return {}
@@ -443,8 +510,15 @@ class DecisionStore:
                     if self._cluster is not None:
                         await self._cluster.set_px(keys[index[transaction_id]], marker, pending_ms)
                     else:
-                        await self._call(pack_command(
-                            b"SET", keys[index[transaction_id]], marker, b"PX", b"%d" % pending_ms))
+                        await self._call(
+                            pack_command(
+                                b"SET",
+                                keys[index[transaction_id]],
+                                marker,
+                                b"PX",
+                                b"%d" % pending_ms,
+                            )
+                        )
             except (RedisError, OSError) as exc:
                 self._failed("reserve", exc)
         return found
@@ -457,18 +531,25 @@ class DecisionStore:
         request's marker (a degraded answer is not kept). 1 where a decision was written."""
         if not entries:
             return []
-        written = await self._write(_SETTLE, [t for t, _ in entries], [
-            token, b"%d" % self.ttl_s, b"1" if overwrite else b"0", *(e for _, e in entries)])
+        written = await self._write(
+            _SETTLE,
+            [t for t, _ in entries],
+            [token, b"%d" % self.ttl_s, b"1" if overwrite else b"0", *(e for _, e in entries)],
+        )
         # ``written`` is empty when the store was unavailable: nothing to say then.
         overtaken = [t for (t, entry), w in zip(entries, written, strict=False) if entry and not w]
         if overtaken:
             # Only when a marker outlived its reservation, or a rescore wrote first.
             self.metrics.decision_store.labels("overtaken").inc(len(overtaken))
-            logger.warning("decisions not stored: another request's value was there",
-                           extra={"transaction_ids": overtaken[:10]})
+            logger.warning(
+                "decisions not stored: another request's value was there",
+                extra={"transaction_ids": overtaken[:10]},
+            )
         return written
 
-    async def put_first(self, entries: Sequence[tuple[str, bytes]], *, overwrite: bool) -> list[str]:
+    async def put_first(
+        self, entries: Sequence[tuple[str, bytes]], *, overwrite: bool
+    ) -> list[str]:
         """Write each encoded decision where the store holds nothing (the first writer wins;
         with ``overwrite``, over whatever is there), before answering: the batch path, whose
         reservations would cost Redis more than the round trip costs the batch. The ids not
@@ -476,11 +557,18 @@ class DecisionStore:
         is unavailable."""
         if not entries:
             return []
-        written = await self._write(_PUT, [t for t, _ in entries], [
-            b"0" if overwrite else b"1", b"%d" % self.ttl_s, *(e for _, e in entries)])
-        return [t for (t, _), w in zip(entries, written, strict=False) if not w]  # [] if unavailable
+        written = await self._write(
+            _PUT,
+            [t for t, _ in entries],
+            [b"0" if overwrite else b"1", b"%d" % self.ttl_s, *(e for _, e in entries)],
+        )
+        return [
+            t for (t, _), w in zip(entries, written, strict=False) if not w
+        ]  # [] if unavailable
 
-    async def _write(self, script: _Script, transaction_ids: Sequence[str], args: Sequence[bytes]) -> list[int]:
+    async def _write(
+        self, script: _Script, transaction_ids: Sequence[str], args: Sequence[bytes]
+    ) -> list[int]:
         """Run a writing script over the ids' keys: 1 where it stored a decision (counted),
         else 0; nothing (logged, counted) when the store is unavailable."""
         try:

@@ -33,8 +33,14 @@ Response: TypeAlias = httpx.Response | http_transport.Reply
 class DownstreamClient(httpx.AsyncClient):
     """The shared client of one dependency, keeping its transport at hand for :func:`send`."""
 
-    def __init__(self, base_url: str, *, transport: httpx.AsyncBaseTransport, connect_timeout_s: float,
-                 internal_token: str | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        transport: httpx.AsyncBaseTransport,
+        connect_timeout_s: float,
+        internal_token: str | None = None,
+    ) -> None:
         super().__init__(
             base_url=base_url,
             transport=transport,
@@ -83,8 +89,12 @@ def build_http_client(
     (tests pass ``httpx.ASGITransport``)."""
     if transport is None:
         transport = http_transport.transport(base_url, max_connections=max_connections)
-    return DownstreamClient(base_url, transport=transport, connect_timeout_s=connect_timeout_s,
-                            internal_token=internal_token)
+    return DownstreamClient(
+        base_url,
+        transport=transport,
+        connect_timeout_s=connect_timeout_s,
+        internal_token=internal_token,
+    )
 
 
 def call_timeout(seconds: float | None, connect_timeout_s: float) -> httpx.Timeout:
@@ -122,7 +132,10 @@ async def send(
                 )
             else:
                 response = await client.request(
-                    method, url, content=content, headers=all_headers,
+                    method,
+                    url,
+                    content=content,
+                    headers=all_headers,
                     timeout=call_timeout(timeout, connect_timeout_s),
                 )
     except (TimeoutError, httpx.TimeoutException) as exc:
@@ -135,15 +148,22 @@ async def send(
         metrics.downstream_latency.labels(downstream).observe(time.perf_counter() - started)
     if response.status_code >= 500:
         raise _failed(
-            metrics, downstream, "server_error",
+            metrics,
+            downstream,
+            "server_error",
             f"answered {response.status_code}: {problem_detail(response)}",
         )
     return response
 
 
 async def _send_direct(
-    client: DownstreamClient, method: str, path: str, content: bytes | None,
-    headers: dict[str, str], seconds: float | None, connect_timeout_s: float,
+    client: DownstreamClient,
+    method: str,
+    path: str,
+    content: bytes | None,
+    headers: dict[str, str],
+    seconds: float | None,
+    connect_timeout_s: float,
 ) -> Response:
     """``client.request(...)`` as the transport sees it: the same request (the transport adds
     Host and Content-Length), the timeouts of :func:`call_timeout`, the body read whole. Over
@@ -153,13 +173,21 @@ async def _send_direct(
     transport = client.transport
     if isinstance(transport, http_transport.HttpTransport):
         return await transport.fetch(
-            method, client.target_for(path), headers, content,
-            connect_timeout=connect_timeout_s if seconds is None else min(connect_timeout_s, seconds),
+            method,
+            client.target_for(path),
+            headers,
+            content,
+            connect_timeout=connect_timeout_s
+            if seconds is None
+            else min(connect_timeout_s, seconds),
             read_timeout=seconds,
         )
     timeout = call_timeout(seconds, connect_timeout_s)
     request = httpx.Request(
-        method, client.url_for(path), headers=headers, content=content,
+        method,
+        client.url_for(path),
+        headers=headers,
+        content=content,
         extensions={"timeout": timeout.as_dict()},
     )
     response = await transport.handle_async_request(request)
@@ -177,12 +205,16 @@ def _failed(metrics: GatewayMetrics, downstream: str, kind: str, detail: str) ->
 
 
 def rejected(
-    metrics: GatewayMetrics, downstream: str, response: Response,
+    metrics: GatewayMetrics,
+    downstream: str,
+    response: Response,
     cls: type[DownstreamError] = DownstreamError,
 ) -> DownstreamError:
     """A 4xx from a dependency: our request did not fit its contract."""
     metrics.downstream_errors.labels(downstream, "rejected").inc()
-    return cls(downstream, "rejected", f"answered {response.status_code}: {problem_detail(response)}")
+    return cls(
+        downstream, "rejected", f"answered {response.status_code}: {problem_detail(response)}"
+    )
 
 
 def invalid_response(metrics: GatewayMetrics, downstream: str, detail: str) -> DownstreamError:
@@ -213,14 +245,24 @@ def problem_slug(response: Response) -> str | None:
 
 
 async def probe(
-    http: httpx.AsyncClient, downstream: str, path: str, *, metrics: GatewayMetrics,
-    timeout: float, connect_timeout_s: float,
+    http: httpx.AsyncClient,
+    downstream: str,
+    path: str,
+    *,
+    metrics: GatewayMetrics,
+    timeout: float,
+    connect_timeout_s: float,
 ) -> tuple[bool, str]:
     """A dependency's readiness, for ``/readyz``: (ready, why not)."""
     try:
         response = await send(
-            http, downstream, "GET", path, metrics=metrics,
-            timeout=timeout, connect_timeout_s=connect_timeout_s,
+            http,
+            downstream,
+            "GET",
+            path,
+            metrics=metrics,
+            timeout=timeout,
+            connect_timeout_s=connect_timeout_s,
         )
     except DownstreamError as exc:
         return False, exc.detail

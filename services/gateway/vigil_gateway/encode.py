@@ -15,7 +15,9 @@ from vigil_gateway.uncertain import FEATURES_UNAVAILABLE, MODEL_UNAVAILABLE, Uns
 
 
 class Encode:
-    def __init__(self, encoder: EncoderClient, catalog: ModelCatalog, *, feature_service: str | None) -> None:
+    def __init__(
+        self, encoder: EncoderClient, catalog: ModelCatalog, *, feature_service: str | None
+    ) -> None:
         self.encoder = encoder
         self.catalog = catalog
         self.feature_service = feature_service
@@ -32,8 +34,11 @@ class Encode:
             raise Unscorable(MODEL_UNAVAILABLE, exc) from exc
         try:
             encoded = await self.encoder.encode(
-                self.feature_service or meta.feature_service, columns, n_rows,
-                request_id=request.request_id, timeout=request.limits.encoder,
+                self.feature_service or meta.feature_service,
+                columns,
+                n_rows,
+                request_id=request.request_id,
+                timeout=request.limits.encoder,
             )
         except DownstreamError as exc:
             raise Unscorable(FEATURES_UNAVAILABLE, exc) from exc

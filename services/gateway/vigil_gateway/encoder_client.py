@@ -36,8 +36,10 @@ logger = logging.getLogger(__name__)
 
 NAME = "encoder"
 # The binary answer is asked first; JSON is read too (an older encoder answers only that).
-REQUEST_HEADERS = {"content-type": "application/json",
-                   "accept": f"{BINARY_MEDIA_TYPE}, application/json"}
+REQUEST_HEADERS = {
+    "content-type": "application/json",
+    "accept": f"{BINARY_MEDIA_TYPE}, application/json",
+}
 
 _NUMBER = frozenset({float, int, type(None)})
 _FLAGS = frozenset({True, False})
@@ -66,19 +68,19 @@ class BinaryRow:
 
     @property
     def missing(self) -> bytes:
-        return self._batch.missing[self._start:self._end]
+        return self._batch.missing[self._start : self._end]
 
     @property
     def stale(self) -> bytes:
-        return self._batch.stale[self._start:self._end]
+        return self._batch.stale[self._start : self._end]
 
     @property
     def values(self) -> list[float | None]:
-        return [None if v != v else v for v in self._batch.values[self._start:self._end]]
+        return [None if v != v else v for v in self._batch.values[self._start : self._end]]
 
     @property
     def age_seconds(self) -> list[float | None]:
-        return [None if v != v else v for v in self._batch.age_seconds[self._start:self._end]]
+        return [None if v != v else v for v in self._batch.age_seconds[self._start : self._end]]
 
 
 class EncodedVectors(NamedTuple):
@@ -102,12 +104,17 @@ class EncodedVectors(NamedTuple):
         return everything.take(rows)
 
 
-def parse_binary_encode_response(content: bytes, header_length: str | None, n_rows: int) -> EncodedVectors:
+def parse_binary_encode_response(
+    content: bytes, header_length: str | None, n_rows: int
+) -> EncodedVectors:
     """The encoder's binary answer (``vigil_contracts.encoding.decode_binary``) to ``n_rows`` rows."""
     binary = decode_binary(content, header_length, n_rows)
     return EncodedVectors(
-        binary.feature_service, binary.feature_names, binary.feature_contract,
-        [BinaryRow(binary, i) for i in range(n_rows)], binary,
+        binary.feature_service,
+        binary.feature_names,
+        binary.feature_contract,
+        [BinaryRow(binary, i) for i in range(n_rows)],
+        binary,
     )
 
 
@@ -124,16 +131,26 @@ def parse_encode_response(content: bytes, n_rows: int) -> EncodedVectors:
     row and per value in Python they would cost as much as the parse.
     """
     body = orjson.loads(content)
-    service, names, contract = body["feature_service"], body["feature_names"], body["feature_contract"]
-    if not (isinstance(service, str) and isinstance(contract, str) and isinstance(names, list)
-            and all(isinstance(n, str) for n in names)):
+    service, names, contract = (
+        body["feature_service"],
+        body["feature_names"],
+        body["feature_contract"],
+    )
+    if not (
+        isinstance(service, str)
+        and isinstance(contract, str)
+        and isinstance(names, list)
+        and all(isinstance(n, str) for n in names)
+    ):
         raise TypeError("feature_service, feature_names or feature_contract is malformed")
     raw_rows = body["rows"]
     if not isinstance(raw_rows, list) or len(raw_rows) != n_rows:
         raise ValueError(f"{len(raw_rows)} rows for {n_rows} asked")
     rows = list(map(EncodedVector._make, map(_row_fields, raw_rows)))
     lists = list(chain.from_iterable(rows))
-    if set(map(type, lists)) != {list} or {len(v) for v in lists if isinstance(v, list)} != {len(names)}:
+    if set(map(type, lists)) != {list} or {len(v) for v in lists if isinstance(v, list)} != {
+        len(names)
+    }:
         raise ValueError(f"rows that are not lists of {len(names)} values")
     numbers = chain.from_iterable(chain.from_iterable((r.values, r.age_seconds) for r in rows))
     flags = chain.from_iterable(chain.from_iterable((r.missing, r.stale) for r in rows))
@@ -144,8 +161,13 @@ def parse_encode_response(content: bytes, n_rows: int) -> EncodedVectors:
 
 def columns_to_rows(columns: dict[str, dict[str, list[Any]]], n_rows: int) -> list[dict[str, Any]]:
     """The rows of an ``EncodeColumnsRequest``'s columns (``EncodeRow`` shaped)."""
-    return [{part: {name: values[i] for name, values in fields.items()}
-             for part, fields in columns.items()} for i in range(n_rows)]
+    return [
+        {
+            part: {name: values[i] for name, values in fields.items()}
+            for part, fields in columns.items()
+        }
+        for i in range(n_rows)
+    ]
 
 
 def _columns_unknown(response: downstream.Response) -> bool:
@@ -158,7 +180,9 @@ def _columns_unknown(response: downstream.Response) -> bool:
         named = [p.get("name") for p in body.get("invalid_params") or [] if isinstance(p, dict)]
         detail = body.get("detail")
         if isinstance(detail, list):
-            named += [".".join(map(str, e.get("loc", ())[1:])) for e in detail if isinstance(e, dict)]
+            named += [
+                ".".join(map(str, e.get("loc", ())[1:])) for e in detail if isinstance(e, dict)
+            ]
     except (ValueError, AttributeError, TypeError):
         return False
     return "rows" in named
@@ -171,7 +195,9 @@ class EncoderClient:
 
     ROWS_FOR_S = 60.0
 
-    def __init__(self, http: httpx.AsyncClient, metrics: GatewayMetrics, connect_timeout_s: float) -> None:
+    def __init__(
+        self, http: httpx.AsyncClient, metrics: GatewayMetrics, connect_timeout_s: float
+    ) -> None:
         self.http = http
         self.metrics = metrics
         self.connect_timeout_s = connect_timeout_s
@@ -192,11 +218,17 @@ class EncoderClient:
         as_rows = started < self._rows_until
         response = await self._post(feature_service, columns, n_rows, as_rows, request_id, timeout)
         if not as_rows and _columns_unknown(response):
-            logger.warning("the encoder does not read the columns form; sending rows",
-                           extra={"request_id": request_id, "for_s": self.ROWS_FOR_S})
+            logger.warning(
+                "the encoder does not read the columns form; sending rows",
+                extra={"request_id": request_id, "for_s": self.ROWS_FOR_S},
+            )
             self._rows_until = started + self.ROWS_FOR_S
-            remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
-            response = await self._post(feature_service, columns, n_rows, True, request_id, remaining)
+            remaining = (
+                None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+            )
+            response = await self._post(
+                feature_service, columns, n_rows, True, request_id, remaining
+            )
         if response.status_code != 200:
             raise downstream.rejected(self.metrics, NAME, response)
         try:
@@ -211,19 +243,38 @@ class EncoderClient:
             ) from exc
 
     async def _post(
-        self, feature_service: str, columns: dict[str, dict[str, list[Any]]], n_rows: int,
-        as_rows: bool, request_id: str, timeout: float | None,
+        self,
+        feature_service: str,
+        columns: dict[str, dict[str, list[Any]]],
+        n_rows: int,
+        as_rows: bool,
+        request_id: str,
+        timeout: float | None,
     ) -> downstream.Response:
-        body = ({"feature_service": feature_service, "rows": columns_to_rows(columns, n_rows)}
-                if as_rows else {"feature_service": feature_service, "columns": columns})
+        body = (
+            {"feature_service": feature_service, "rows": columns_to_rows(columns, n_rows)}
+            if as_rows
+            else {"feature_service": feature_service, "columns": columns}
+        )
         return await downstream.send(
-            self.http, NAME, "POST", "/v1/encode",
-            metrics=self.metrics, timeout=timeout, connect_timeout_s=self.connect_timeout_s,
-            request_id=request_id, content=orjson.dumps(body), headers=REQUEST_HEADERS,
+            self.http,
+            NAME,
+            "POST",
+            "/v1/encode",
+            metrics=self.metrics,
+            timeout=timeout,
+            connect_timeout_s=self.connect_timeout_s,
+            request_id=request_id,
+            content=orjson.dumps(body),
+            headers=REQUEST_HEADERS,
         )
 
     async def ready(self, timeout: float) -> tuple[bool, str]:
         return await downstream.probe(
-            self.http, NAME, "/readyz", metrics=self.metrics,
-            timeout=timeout, connect_timeout_s=self.connect_timeout_s,
+            self.http,
+            NAME,
+            "/readyz",
+            metrics=self.metrics,
+            timeout=timeout,
+            connect_timeout_s=self.connect_timeout_s,
         )

@@ -46,7 +46,9 @@ class DownstreamError(GatewayError):
     def __init__(self, downstream: str, kind: str, detail: str) -> None:
         super().__init__(f"{downstream}: {detail}")
         self.downstream = downstream
-        self.kind = kind  # "timeout" | "unavailable" | "server_error" | "rejected" | "invalid_response"
+        self.kind = (
+            kind  # "timeout" | "unavailable" | "server_error" | "rejected" | "invalid_response"
+        )
 
 
 class FeatureContractMismatch(DownstreamError):

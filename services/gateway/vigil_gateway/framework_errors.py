@@ -38,7 +38,9 @@ def from_validation_error(request: Request, exc: RequestValidationError) -> Serv
     ):
         return GatewayError(
             "send the body as JSON with Content-Type: application/json",
-            status=415, title="Unsupported media type", slug="unsupported-media-type",
+            status=415,
+            title="Unsupported media type",
+            slug="unsupported-media-type",
         )
     params = invalid_params(errors, strip_body=True)
     return InvalidTransaction(summary(params), invalid_params=params)
@@ -52,4 +54,3 @@ def from_http_error(request: Request, exc: StarletteHTTPException) -> ServiceErr
     elif exc.status_code == 405:
         detail = f"{request.method} is not allowed on {request.url.path}"
     return GatewayError(detail, status=exc.status_code, title=title, slug=slug)
-

@@ -121,7 +121,11 @@ class _Connection(asyncio.Protocol):
         if exc is None and self.headers_done and not self.framed:
             self.on_message_complete()  # an answer delimited by the end of the connection
         elif exc is None:
-            self._fail(httpx.RemoteProtocolError("the server closed the connection before a complete answer"))
+            self._fail(
+                httpx.RemoteProtocolError(
+                    "the server closed the connection before a complete answer"
+                )
+            )
         else:
             self._fail(httpx.ReadError(f"{type(exc).__name__}: {exc}"))
 
@@ -133,8 +137,14 @@ class _Connection(asyncio.Protocol):
         self.headers_done = True
         status = self.parser.get_status_code()
         # Framed: the parser knows where the answer ends (else it ends with the connection).
-        self.framed = status < 200 or status in (204, 304) or any(
-            name.lower() in (b"content-length", b"transfer-encoding") for name, _ in self.headers)
+        self.framed = (
+            status < 200
+            or status in (204, 304)
+            or any(
+                name.lower() in (b"content-length", b"transfer-encoding")
+                for name, _ in self.headers
+            )
+        )
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
@@ -204,9 +214,13 @@ class HttpTransport(httpx.AsyncBaseTransport):
     def target(self, url: httpx.URL) -> bytes:
         """The request target (path and query) of ``url``, which must be this origin's."""
         if (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80)) != (
-                self.scheme, self.host, self.port):
+            self.scheme,
+            self.host,
+            self.port,
+        ):
             raise httpx.UnsupportedProtocol(
-                f"this transport carries requests to {self.origin} only, not {url}")
+                f"this transport carries requests to {self.origin} only, not {url}"
+            )
         return url.raw_path
 
     async def fetch(
@@ -241,8 +255,12 @@ class HttpTransport(httpx.AsyncBaseTransport):
         finally:
             self._slots.release()
 
-    def _request(self, method: str, target: bytes, headers: Mapping[str, str], content: bytes | None) -> bytes:
-        parts = [b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (method.encode("ascii"), target, self.host_header)]
+    def _request(
+        self, method: str, target: bytes, headers: Mapping[str, str], content: bytes | None
+    ) -> bytes:
+        parts = [
+            b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (method.encode("ascii"), target, self.host_header)
+        ]
         for name, value in headers.items():
             if "\n" in value or "\r" in value or "\n" in name or "\r" in name or ":" in name:
                 raise httpx.LocalProtocolError(f"invalid header {name!r}")
@@ -274,8 +292,11 @@ class HttpTransport(httpx.AsyncBaseTransport):
         try:
             async with asyncio.timeout(timeout):
                 _, connection = await loop.create_connection(
-                    lambda: _Connection(self), self.host, self.port,
-                    ssl=self._ssl, server_hostname=self.host if self._ssl else None,
+                    lambda: _Connection(self),
+                    self.host,
+                    self.port,
+                    ssl=self._ssl,
+                    server_hostname=self.host if self._ssl else None,
                 )
         except TimeoutError as exc:
             raise httpx.ConnectTimeout(f"no connection to {self.origin} within {timeout}s") from exc
@@ -293,11 +314,19 @@ class HttpTransport(httpx.AsyncBaseTransport):
         timeout = request.extensions.get("timeout", {})
         headers = {k: v for k, v in request.headers.items() if k not in ("host", "content-length")}
         reply = await self.fetch(
-            request.method, self.target(request.url), headers, await request.aread() or None,
-            connect_timeout=timeout.get("connect"), read_timeout=timeout.get("read"),
+            request.method,
+            self.target(request.url),
+            headers,
+            await request.aread() or None,
+            connect_timeout=timeout.get("connect"),
+            read_timeout=timeout.get("read"),
         )
-        return httpx.Response(reply.status_code, headers=list(reply.headers.items()),
-                              content=reply.content, request=request)
+        return httpx.Response(
+            reply.status_code,
+            headers=list(reply.headers.items()),
+            content=reply.content,
+            request=request,
+        )
 
     async def aclose(self) -> None:
         for connection in list(self._open):

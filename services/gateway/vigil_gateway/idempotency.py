@@ -46,7 +46,10 @@ class Outcomes(list[Outcome]):
     response."""
 
     def __init__(
-        self, outcomes: Sequence[Outcome], decisions: dict[int, bytes], fresh: Sequence[ScoreResponse] = ()
+        self,
+        outcomes: Sequence[Outcome],
+        decisions: dict[int, bytes],
+        fresh: Sequence[ScoreResponse] = (),
     ) -> None:
         super().__init__(outcomes)
         self.decisions = decisions
@@ -68,13 +71,24 @@ def _in_progress(transaction_id: str) -> DecisionInProgress:
 
 
 class Idempotency:
-    def __init__(self, store: DecisionStore, metrics: GatewayMetrics, *, longest_budgets: Sequence[float | None]) -> None:
+    def __init__(
+        self,
+        store: DecisionStore,
+        metrics: GatewayMetrics,
+        *,
+        longest_budgets: Sequence[float | None],
+    ) -> None:
         self.store = store
         self.metrics = metrics
         budgets = [b for b in longest_budgets if b is not None]
-        self.pending_ms = int(1000 * (
-            max(budgets) + _PENDING_MARGIN_S if budgets and len(budgets) == len(longest_budgets)
-            else _PENDING_UNBUDGETED_S))
+        self.pending_ms = int(
+            1000
+            * (
+                max(budgets) + _PENDING_MARGIN_S
+                if budgets and len(budgets) == len(longest_budgets)
+                else _PENDING_UNBUDGETED_S
+            )
+        )
 
     def begin(self, items: Sequence[Transaction | GatewayError], request: ScoringRequest) -> Claim:
         """A claim on ``items`` (an item that failed validation keeps its error). A transaction
@@ -86,7 +100,12 @@ class Idempotency:
 class Claim:
     """The idempotency of one request's transactions, from the look-up to the stored decision."""
 
-    def __init__(self, owner: Idempotency, items: Sequence[Transaction | GatewayError], request: ScoringRequest) -> None:
+    def __init__(
+        self,
+        owner: Idempotency,
+        items: Sequence[Transaction | GatewayError],
+        request: ScoringRequest,
+    ) -> None:
         self._owner = owner
         self._store = owner.store
         self._metrics = owner.metrics
@@ -151,7 +170,8 @@ class Claim:
                     held = await self._store.get_many(self._ids)
                 else:
                     held = await self._store.reserve_many(
-                        self._ids, hashes, token, pending_ms=self._owner.pending_ms)
+                        self._ids, hashes, token, pending_ms=self._owner.pending_ms
+                    )
         except TimeoutError:
             pass  # the pipeline finds the budget spent and answers TIMEOUT
         tally = {"miss": 0, "conflict": 0, "hit": 0, "pending": 0}
@@ -217,9 +237,17 @@ class Claim:
             settled = [i for i in todo if i in kept or (i in owned and not request.rescore)]
 
             def entries() -> list[tuple[str, bytes]]:
-                made = dict(zip(kept, encode_entries(
-                    decisions_json([outcomes[i] for i in kept]),  # type: ignore[misc]
-                    [hashes[i] for i in kept], request.request_id), strict=True))
+                made = dict(
+                    zip(
+                        kept,
+                        encode_entries(
+                            decisions_json([outcomes[i] for i in kept]),  # type: ignore[misc]
+                            [hashes[i] for i in kept],
+                            request.request_id,
+                        ),
+                        strict=True,
+                    )
+                )
                 return [(ids[i], made.get(i, b"")) for i in settled]
 
             if settled:
@@ -228,9 +256,16 @@ class Claim:
         serialised = decisions_json([outcomes[i] for i in kept])  # type: ignore[misc]
         for i, decision in zip(kept, serialised, strict=True):
             decisions[id(outcomes[i])] = decision
-        encoded = dict(zip(kept, encode_entries(serialised, [hashes[i] for i in kept], request.request_id),
-                           strict=True))
-        lost = await self._store.put_first([(ids[i], encoded[i]) for i in kept], overwrite=request.rescore)
+        encoded = dict(
+            zip(
+                kept,
+                encode_entries(serialised, [hashes[i] for i in kept], request.request_id),
+                strict=True,
+            )
+        )
+        lost = await self._store.put_first(
+            [(ids[i], encoded[i]) for i in kept], overwrite=request.rescore
+        )
         if lost:
             # Another request decided (or reserved) first: answered with its decision.
             index = {ids[i]: i for i in kept}

@@ -68,7 +68,8 @@ class Rates:
 # Both buckets refilled by Redis's own clock; taken only when both have enough. Returns the
 # seconds to wait (as text: Lua numbers become integers in replies), "0" when taken, "-1" when
 # the request can never pass (more transactions than the burst).
-_TAKE = _Script("""
+_TAKE = _Script(
+    """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local rrate, rburst = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -93,12 +94,18 @@ end
 redis.call('HSET', KEYS[1], 'r', tostring(r), 'x', tostring(x), 'ts', tostring(now))
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 return tostring(wait)
-""", shared=0)
+""",
+    shared=0,
+)
 
 
 class RateLimiter:
-    def __init__(self, client: aioredis.Redis | aioredis.RedisCluster | None, defaults: Rates,
-                 metrics: GatewayMetrics) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis | aioredis.RedisCluster | None,
+        defaults: Rates,
+        metrics: GatewayMetrics,
+    ) -> None:
         self.client = client  # None: rate limiting is off
         self.defaults = defaults
         self.metrics = metrics
@@ -109,7 +116,8 @@ class RateLimiter:
         if record is None:
             return d
         return Rates(
-            record.requests_per_s or d.requests_per_s, record.request_burst or d.request_burst,
+            record.requests_per_s or d.requests_per_s,
+            record.request_burst or d.request_burst,
             record.transactions_per_s or d.transactions_per_s,
             record.transaction_burst or d.transaction_burst,
         )
@@ -121,17 +129,32 @@ class RateLimiter:
             return
         rates = self.rates_of(caller)
         # The buckets' state lives until both would be full again (then it is the default).
-        ttl_ms = 1000 * max(rates.request_burst / rates.requests_per_s,
-                            rates.transaction_burst / rates.transactions_per_s) + 1000
-        args = [b"%r" % float(v) for v in (rates.requests_per_s, rates.request_burst,
-                                           rates.transactions_per_s, rates.transaction_burst)]
+        ttl_ms = (
+            1000
+            * max(
+                rates.request_burst / rates.requests_per_s,
+                rates.transaction_burst / rates.transactions_per_s,
+            )
+            + 1000
+        )
+        args = [
+            b"%r" % float(v)
+            for v in (
+                rates.requests_per_s,
+                rates.request_burst,
+                rates.transactions_per_s,
+                rates.transaction_burst,
+            )
+        ]
         args += [b"%d" % transactions, b"%d" % int(ttl_ms)]
         try:
             wait = float(await self._run((KEY_PREFIX + caller.key_id).encode(), args))
         except (RedisError, OSError, ValueError) as exc:
             self.metrics.rate_limit_errors.inc()
             if not self._failing:
-                logger.warning("rate limits not enforced: Redis unavailable", extra={"error": repr(exc)})
+                logger.warning(
+                    "rate limits not enforced: Redis unavailable", extra={"error": repr(exc)}
+                )
             self._failing = True
             return
         self._failing = False
@@ -139,10 +162,16 @@ class RateLimiter:
             return
         self.metrics.refused.labels("rate_limited", caller.key_id).inc()
         if wait < 0:
-            raise RateLimited(f"a batch of {transactions} transactions is more than this key's "
-                              f"burst of {rates.transaction_burst:g}; send smaller batches", 1.0)
-        raise RateLimited(f"over this key's rate limit ({rates.requests_per_s:g} requests/s, "
-                          f"{rates.transactions_per_s:g} transactions/s)", wait)
+            raise RateLimited(
+                f"a batch of {transactions} transactions is more than this key's "
+                f"burst of {rates.transaction_burst:g}; send smaller batches",
+                1.0,
+            )
+        raise RateLimited(
+            f"over this key's rate limit ({rates.requests_per_s:g} requests/s, "
+            f"{rates.transactions_per_s:g} transactions/s)",
+            wait,
+        )
 
     async def _run(self, key: bytes, args: list[bytes]) -> bytes:
         if isinstance(self.client, aioredis.RedisCluster):
@@ -155,10 +184,14 @@ class RateLimiter:
         connection = await pool.get_connection()
         try:
             try:
-                await connection.send_packed_command(pack_command(b"EVALSHA", _TAKE.sha, b"1", key, *args))
+                await connection.send_packed_command(
+                    pack_command(b"EVALSHA", _TAKE.sha, b"1", key, *args)
+                )
                 return await connection.read_response()
             except NoScriptError:
-                await connection.send_packed_command(pack_command(b"EVAL", _TAKE.source, b"1", key, *args))
+                await connection.send_packed_command(
+                    pack_command(b"EVAL", _TAKE.source, b"1", key, *args)
+                )
                 return await connection.read_response()
         except ResponseError:
             raise
@@ -172,8 +205,14 @@ class RateLimiter:
 class Admission:
     """Counts the requests in flight, in all and per key; refuses beyond the bounds."""
 
-    def __init__(self, metrics: GatewayMetrics, *, max_in_flight: int, max_in_flight_per_key: int,
-                 min_budget_s: float) -> None:
+    def __init__(
+        self,
+        metrics: GatewayMetrics,
+        *,
+        max_in_flight: int,
+        max_in_flight_per_key: int,
+        min_budget_s: float,
+    ) -> None:
         self.metrics = metrics
         self.max_in_flight = max_in_flight
         self.max_in_flight_per_key = max_in_flight_per_key
@@ -187,10 +226,14 @@ class Admission:
         key_id = caller.key_id
         mine = self.per_key.get(key_id, 0)
         if self.in_flight >= self.max_in_flight:
-            self._refuse(caller, f"more than {self.max_in_flight} requests in flight; retry shortly")
+            self._refuse(
+                caller, f"more than {self.max_in_flight} requests in flight; retry shortly"
+            )
         if mine >= self.max_in_flight_per_key:
-            self._refuse(caller, f"this key has {self.max_in_flight_per_key} requests in flight; "
-                                 "retry shortly")
+            self._refuse(
+                caller,
+                f"this key has {self.max_in_flight_per_key} requests in flight; retry shortly",
+            )
         if remaining_s is not None and remaining_s < self.min_budget_s:
             self._refuse(caller, "the request waited too long to be taken on to be scored in time")
         self.in_flight += 1

@@ -66,13 +66,17 @@ class ModelCatalog:
             return self._current
         return self._versions.get(version)
 
-    async def refresh(self, timeout: float | None = None, request_id: str | None = None) -> ModelMetadata:
+    async def refresh(
+        self, timeout: float | None = None, request_id: str | None = None
+    ) -> ModelMetadata:
         """Re-read the metadata of the version requests are sent to (pinned, or the default)."""
         meta = await self._fetch(self.pinned_version, timeout, request_id)
         self._set_current(meta)
         return meta
 
-    async def ensure_current(self, timeout: float | None, request_id: str | None = None) -> ModelMetadata:
+    async def ensure_current(
+        self, timeout: float | None, request_id: str | None = None
+    ) -> ModelMetadata:
         """The current metadata, read now if it never was; raises DownstreamError."""
         return self._current or await self.refresh(timeout, request_id)
 
@@ -98,7 +102,11 @@ class ModelCatalog:
         while True:
             await self._refresh_logged()
             if self._current is None:
-                await asyncio.sleep(_RETRY_UNLOADED_S if self.refresh_s <= 0 else min(self.refresh_s, _RETRY_UNLOADED_S))
+                await asyncio.sleep(
+                    _RETRY_UNLOADED_S
+                    if self.refresh_s <= 0
+                    else min(self.refresh_s, _RETRY_UNLOADED_S)
+                )
             elif self.refresh_s > 0:
                 await asyncio.sleep(self.refresh_s)
             else:
@@ -115,7 +123,9 @@ class ModelCatalog:
         except DownstreamError as exc:
             self.last_error = exc.detail
             self.metrics.metadata_refresh_errors.inc()
-            logger.warning("model metadata refresh failed", extra={"model": self.name, "error": exc.detail})
+            logger.warning(
+                "model metadata refresh failed", extra={"model": self.name, "error": exc.detail}
+            )
 
     async def _fetch(
         self, version: str | None, timeout: float | None, request_id: str | None = None
@@ -126,7 +136,10 @@ class ModelCatalog:
         if task is None:
             task = asyncio.create_task(
                 self.predictor.metadata(
-                    self.name, version, timeout=timeout or self.fetch_timeout_s, request_id=request_id
+                    self.name,
+                    version,
+                    timeout=timeout or self.fetch_timeout_s,
+                    request_id=request_id,
                 )
             )
             self._inflight[version] = task

@@ -57,16 +57,18 @@ class ModelMetadata(BaseModel):
     @classmethod
     def from_v2(cls, body: dict[str, Any]) -> ModelMetadata:
         params = body.get("parameters") or {}
-        return cls.model_validate({
-            "name": body["name"],
-            "version": str(params["version"]),
-            "feature_service": params["feature_service"],
-            "feature_names": params["feature_names"],
-            "feature_contract": params["feature_contract"],
-            "thresholds": params["thresholds"],
-            "serving_policy": params.get("serving_policy") or {},
-            "training_range": params.get("training_range") or {},
-        })
+        return cls.model_validate(
+            {
+                "name": body["name"],
+                "version": str(params["version"]),
+                "feature_service": params["feature_service"],
+                "feature_names": params["feature_names"],
+                "feature_contract": params["feature_contract"],
+                "thresholds": params["thresholds"],
+                "serving_policy": params.get("serving_policy") or {},
+                "training_range": params.get("training_range") or {},
+            }
+        )
 
 
 def is_stored(feature: str) -> bool:

@@ -23,8 +23,9 @@ _AUTH_STATUSES = ("401", "403")
 def exact_openapi(app: FastAPI, settings: GatewaySettings) -> dict[str, Any]:
     if app.openapi_schema:
         return app.openapi_schema
-    schema = get_openapi(title=app.title, version=app.version, description=app.description,
-                         routes=app.routes)
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
     paths = schema["paths"]
     for path in SCORING:
         operation = paths[path]["post"]

@@ -82,15 +82,27 @@ class ScoringPipeline:
         self.batch_limits = batch_limits(settings)
 
     async def score_one(
-        self, transaction: Transaction, *, caller: Caller, request_id: str, rescore: bool,
-        arrival: float | None = None, timeout_s: float | None = None,
+        self,
+        transaction: Transaction,
+        *,
+        caller: Caller,
+        request_id: str,
+        rescore: bool,
+        arrival: float | None = None,
+        timeout_s: float | None = None,
     ) -> ScoreResponse:
         """The answer to one (validated) transaction, or the ``GatewayError`` it gets.
 
         ``arrival``: when the request arrived (``time.monotonic()``; None: now); ``timeout_s``:
         the caller's own time limit, which the budget never exceeds."""
-        request = self._request(request_id, rescore, self.single_limits, write_behind=True,
-                                arrival=arrival, timeout_s=timeout_s)
+        request = self._request(
+            request_id,
+            rescore,
+            self.single_limits,
+            write_behind=True,
+            arrival=arrival,
+            timeout_s=timeout_s,
+        )
         with self.admit(caller, self._remaining(request)):
             await self.rate_limit(caller, 1)
             self.metrics.key_transactions.labels(caller.key_id).inc()
@@ -100,12 +112,24 @@ class ScoringPipeline:
         return outcome
 
     async def score_batch(
-        self, items: Sequence[Any], *, caller: Caller, request_id: str, rescore: bool,
-        arrival: float | None = None, timeout_s: float | None = None,
+        self,
+        items: Sequence[Any],
+        *,
+        caller: Caller,
+        request_id: str,
+        rescore: bool,
+        arrival: float | None = None,
+        timeout_s: float | None = None,
     ) -> Outcomes:
         """One outcome per item, in order: its answer, or the error it alone would have had."""
-        request = self._request(request_id, rescore, self.batch_limits, write_behind=False,
-                                arrival=arrival, timeout_s=timeout_s)
+        request = self._request(
+            request_id,
+            rescore,
+            self.batch_limits,
+            write_behind=False,
+            arrival=arrival,
+            timeout_s=timeout_s,
+        )
         with self.admit(caller, self._remaining(request)):
             if len(items) > self.max_batch:  # refused before it costs the caller's rate
                 validation.validate_batch(items, self.max_batch)
@@ -115,15 +139,23 @@ class ScoringPipeline:
             self.metrics.batch_size.observe(len(items))
             return await self._decide(checked, request)
 
-    async def _decide(self, items: Sequence[Transaction | GatewayError], request: ScoringRequest) -> Outcomes:
+    async def _decide(
+        self, items: Sequence[Transaction | GatewayError], request: ScoringRequest
+    ) -> Outcomes:
         claim = self.idempotency.begin(items, request)
-        answers = await self._answers(claim.transactions, request, claim.wanted) if claim.transactions else []
+        answers = (
+            await self._answers(claim.transactions, request, claim.wanted)
+            if claim.transactions
+            else []
+        )
         outcomes = await claim.settle(answers)
         self.record(outcomes.fresh)
         return outcomes
 
     async def _answers(
-        self, transactions: Sequence[Transaction], request: ScoringRequest,
+        self,
+        transactions: Sequence[Transaction],
+        request: ScoringRequest,
         wanted: Callable[[], Awaitable[Sequence[int]]],
     ) -> Answers:
         """preprocess -> encode -> policy -> safeguards -> predict -> postprocess, within the time budget: one
@@ -134,13 +166,20 @@ class ScoringPipeline:
         except TimeoutError:
             logger.warning(
                 "scoring budget exceeded",
-                extra={"request_id": request.request_id, "transactions": len(transactions),
-                       "budget_s": request.limits.budget},
+                extra={
+                    "request_id": request.request_id,
+                    "transactions": len(transactions),
+                    "budget_s": request.limits.budget,
+                },
             )
-            return [self.postprocess.uncertain(t, TIMEOUT, request.request_id) for t in transactions]
+            return [
+                self.postprocess.uncertain(t, TIMEOUT, request.request_id) for t in transactions
+            ]
 
     async def _infer(
-        self, transactions: Sequence[Transaction], request: ScoringRequest,
+        self,
+        transactions: Sequence[Transaction],
+        request: ScoringRequest,
         wanted: Callable[[], Awaitable[Sequence[int]]],
     ) -> Answers:
         answers: Answers = [None] * len(transactions)
@@ -168,30 +207,52 @@ class ScoringPipeline:
             try:
                 meta, encoded = await encoding
             except Unscorable as exc:
-                for i, answer in zip(rows, self.postprocess.failed(
-                        [transactions[i] for i in rows], exc.code, request.request_id, exc.error), strict=True):
+                for i, answer in zip(
+                    rows,
+                    self.postprocess.failed(
+                        [transactions[i] for i in rows], exc.code, request.request_id, exc.error
+                    ),
+                    strict=True,
+                ):
                     answers[i] = answer
                 return answers
             finally:
                 if not encoding.done():
                     encoding.cancel()
-            scorable, held = screen(encoded, rows, meta.serving_policy, epochs=columns["request"]["txn_epoch"],
-                                    not_before=None if self.horizon_s is None else time.time() - self.horizon_s)
+            scorable, held = screen(
+                encoded,
+                rows,
+                meta.serving_policy,
+                epochs=columns["request"]["txn_epoch"],
+                not_before=None if self.horizon_s is None else time.time() - self.horizon_s,
+            )
             checked = self.safeguards(encoded, rows, meta)
             for i, code in held.items():
                 verdict = checked.verdicts.get(i)
                 answers[i] = self.postprocess.uncertain(
-                    transactions[i], code, request.request_id, checked.ref(i),
-                    verdict.reasons if verdict is not None else ())
+                    transactions[i],
+                    code,
+                    request.request_id,
+                    checked.ref(i),
+                    verdict.reasons if verdict is not None else (),
+                )
             if scorable:
                 try:
                     inference, scored_by = await self.predict(encoded, scorable, request)
                 except Unscorable as exc:
                     scored = self.postprocess.failed(
-                        [transactions[i] for i in scorable], exc.code, request.request_id, exc.error)
+                        [transactions[i] for i in scorable], exc.code, request.request_id, exc.error
+                    )
                 else:
                     scored = self.postprocess.answers(
-                        transactions, encoded, scorable, inference, scored_by, checked, request.request_id)
+                        transactions,
+                        encoded,
+                        scorable,
+                        inference,
+                        scored_by,
+                        checked,
+                        request.request_id,
+                    )
                 for i, answer in zip(scorable, scored, strict=True):
                     answers[i] = answer
             if ahead:
@@ -205,8 +266,15 @@ class ScoringPipeline:
         return answers
 
     @staticmethod
-    def _request(request_id: str, rescore: bool, limits: Limits, *, write_behind: bool,
-                 arrival: float | None, timeout_s: float | None) -> ScoringRequest:
+    def _request(
+        request_id: str,
+        rescore: bool,
+        limits: Limits,
+        *,
+        write_behind: bool,
+        arrival: float | None,
+        timeout_s: float | None,
+    ) -> ScoringRequest:
         budget = limits.budget
         if timeout_s is not None:
             budget = timeout_s if budget is None else min(budget, timeout_s)
@@ -214,8 +282,13 @@ class ScoringPipeline:
         if budget is not None:
             waited = 0.0 if arrival is None else max(0.0, time.monotonic() - arrival)
             deadline = asyncio.get_running_loop().time() + budget - waited
-        return ScoringRequest(request_id=request_id, rescore=rescore, limits=limits,
-                              deadline=deadline, write_behind=write_behind)
+        return ScoringRequest(
+            request_id=request_id,
+            rescore=rescore,
+            limits=limits,
+            deadline=deadline,
+            write_behind=write_behind,
+        )
 
     @staticmethod
     def _remaining(request: ScoringRequest) -> float | None:

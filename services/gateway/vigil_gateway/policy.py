@@ -76,8 +76,12 @@ class EncodedBatch(Protocol):
 
 
 def screen(
-    encoded: EncodedBatch, rows: Sequence[int], policy: ServingPolicy, *,
-    epochs: Sequence[float] = (), not_before: float | None = None,
+    encoded: EncodedBatch,
+    rows: Sequence[int],
+    policy: ServingPolicy,
+    *,
+    epochs: Sequence[float] = (),
+    not_before: float | None = None,
 ) -> tuple[list[int], dict[int, str]]:
     """The rows that may be scored, and the reason code of each row that may not. A row whose
     transaction (``epochs[i]``, UTC seconds) happened before ``not_before`` is too old for the

@@ -48,10 +48,22 @@ class Postprocess:
         answers = []
         for k, (i, score) in enumerate(zip(rows, inference.scores, strict=True)):
             if score < suspicious and i not in verdicts:
-                answers.append(not_fraud(transactions[i].transaction_id, round(score, 6),
-                                         NO_RISK_REASON, model, clear, request_id))
+                answers.append(
+                    not_fraud(
+                        transactions[i].transaction_id,
+                        round(score, 6),
+                        NO_RISK_REASON,
+                        model,
+                        clear,
+                        request_id,
+                    )
+                )
             else:
-                answers.append(self.answer(transactions[i], encoded, i, inference, k, meta, checked, request_id))
+                answers.append(
+                    self.answer(
+                        transactions[i], encoded, i, inference, k, meta, checked, request_id
+                    )
+                )
         return answers
 
     def answer(
@@ -70,11 +82,13 @@ class Postprocess:
         score = inference.scores[k]
         label = label_for_score(score, meta.thresholds.as_mapping())
         reasons = explain(
-            label, encoded.feature_names,
+            label,
+            encoded.feature_names,
             # A not_fraud answer names no feature: its values are not even read.
             () if label == "not_fraud" else encoded.rows[row].values,
             inference.contributions[k],
-            currency=transaction.currency, paid=transaction.amount,
+            currency=transaction.currency,
+            paid=transaction.amount,
             device_present=transaction.device_id is not None,
             max_reasons=self.max_reasons,
         )
@@ -97,7 +111,11 @@ class Postprocess:
         )
 
     def uncertain(
-        self, transaction: Transaction, code: str, request_id: str, safeguards: SafeguardsRef | None = None,
+        self,
+        transaction: Transaction,
+        code: str,
+        request_id: str,
+        safeguards: SafeguardsRef | None = None,
         rule_reasons: Sequence[Reason] = (),
     ) -> ScoreResponse:
         """The answer of a transaction that was not scored, for the reason ``code`` (with what

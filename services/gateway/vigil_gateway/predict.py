@@ -37,13 +37,17 @@ class Predict:
         current = self.catalog.current
         try:
             inference = await self.predictor.infer(
-                self.catalog.name, self.catalog.pinned_version, vectors,
+                self.catalog.name,
+                self.catalog.pinned_version,
+                vectors,
                 feature_contract=encoded.feature_contract,
-                request_id=request.request_id, timeout=request.limits.predictor,
+                request_id=request.request_id,
+                timeout=request.limits.predictor,
                 contributions_min_score=current.thresholds.suspicious if current else None,
             )
             scored_by = await self.catalog.for_version(
-                inference.model_version, request.limits.predictor, request.request_id)
+                inference.model_version, request.limits.predictor, request.request_id
+            )
         except FeatureContractMismatch as exc:
             self.catalog.refresh_soon()  # most likely the model changed under us
             raise Unscorable(FEATURE_CONTRACT_MISMATCH, exc) from exc
@@ -51,8 +55,10 @@ class Predict:
             raise Unscorable(MODEL_UNAVAILABLE, exc) from exc
         threshold = scored_by.thresholds.suspicious
         unexplained = [
-            k for k, (score, contributions) in enumerate(
-                zip(inference.scores, inference.contributions, strict=True))
+            k
+            for k, (score, contributions) in enumerate(
+                zip(inference.scores, inference.contributions, strict=True)
+            )
             if contributions is None and score >= threshold
         ]
         if unexplained:
@@ -76,15 +82,22 @@ class Predict:
         """
         try:
             extra = await self.predictor.infer(
-                self.catalog.name, inference.model_version, vectors.take(unexplained),
+                self.catalog.name,
+                inference.model_version,
+                vectors.take(unexplained),
                 feature_contract=encoded.feature_contract,
-                request_id=request.request_id, timeout=request.limits.predictor,
+                request_id=request.request_id,
+                timeout=request.limits.predictor,
             )
         except DownstreamError as exc:
             logger.warning(
                 "contributions of flagged transactions not fetched",
-                extra={"request_id": request.request_id, "transactions": len(unexplained),
-                       "error": exc.detail, "kind": exc.kind},
+                extra={
+                    "request_id": request.request_id,
+                    "transactions": len(unexplained),
+                    "error": exc.detail,
+                    "kind": exc.kind,
+                },
             )
             return inference
         contributions = list(inference.contributions)

@@ -101,7 +101,9 @@ class Features(NamedTuple):
         """The given rows, in that order."""
         step = self.width * _FP32
         raw = self.raw
-        return Features(b"".join([raw[i * step:(i + 1) * step] for i in rows]), len(rows), self.width)
+        return Features(
+            b"".join([raw[i * step : (i + 1) * step] for i in rows]), len(rows), self.width
+        )
 
 
 def encode_request(
@@ -117,17 +119,21 @@ def encode_request(
     parameters: dict[str, Any] = {"feature_contract": feature_contract}
     if contributions_min_score is not None:
         parameters["contributions_min_score"] = contributions_min_score
-    header = orjson.dumps({
-        "id": request_id,
-        "parameters": parameters,
-        "inputs": [{
-            "name": INPUT_NAME,
-            "datatype": "FP32",
-            "shape": [features.n_rows, features.width],
-            "parameters": {"binary_data_size": len(raw)},
-        }],
-        "outputs": _BINARY_OUTPUTS,
-    })
+    header = orjson.dumps(
+        {
+            "id": request_id,
+            "parameters": parameters,
+            "inputs": [
+                {
+                    "name": INPUT_NAME,
+                    "datatype": "FP32",
+                    "shape": [features.n_rows, features.width],
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ],
+            "outputs": _BINARY_OUTPUTS,
+        }
+    )
     return header + raw, {**BINARY_HEADERS, HEADER_LENGTH: str(len(header))}
 
 
@@ -160,13 +166,15 @@ def decode_outputs(
     for output in body["outputs"]:
         size = (output.get("parameters") or {}).get("binary_data_size")
         if size is None:
-            values[output["name"]] = [_NAN if v is None else float(v) for v in _flatten(output["data"])]
+            values[output["name"]] = [
+                _NAN if v is None else float(v) for v in _flatten(output["data"])
+            ]
             continue
         if output["datatype"] != "FP32" or not isinstance(size, int) or size % _FP32:
             raise ValueError(f"output {output['name']!r} is not FP32 binary data")
         if offset + size > len(binary):
             raise ValueError(f"output {output['name']!r} runs past the end of the body")
-        values[output["name"]] = _fp32(binary[offset:offset + size])
+        values[output["name"]] = _fp32(binary[offset : offset + size])
         offset += size
     if offset != len(binary):
         raise ValueError(f"{len(binary) - offset} bytes after the outputs")
@@ -178,22 +186,35 @@ def split_rows(flat: Sequence[float], n: int, step: int) -> list[list[float] | N
     out: list[list[float] | None] = []
     for end in range(step, n * step + 1, step):
         bias = flat[end - 1]
-        out.append(None if bias != bias else list(flat[end - step:end]))
+        out.append(None if bias != bias else list(flat[end - step : end]))
     return out
 
 
 class PredictorClient:
-    def __init__(self, http: httpx.AsyncClient, metrics: GatewayMetrics, connect_timeout_s: float) -> None:
+    def __init__(
+        self, http: httpx.AsyncClient, metrics: GatewayMetrics, connect_timeout_s: float
+    ) -> None:
         self.http = http
         self.metrics = metrics
         self.connect_timeout_s = connect_timeout_s
 
     async def metadata(
-        self, name: str, version: str | None, *, timeout: float | None, request_id: str | None = None
+        self,
+        name: str,
+        version: str | None,
+        *,
+        timeout: float | None,
+        request_id: str | None = None,
     ) -> ModelMetadata:
         response = await downstream.send(
-            self.http, NAME, "GET", model_path(name, version), metrics=self.metrics,
-            timeout=timeout, connect_timeout_s=self.connect_timeout_s, request_id=request_id,
+            self.http,
+            NAME,
+            "GET",
+            model_path(name, version),
+            metrics=self.metrics,
+            timeout=timeout,
+            connect_timeout_s=self.connect_timeout_s,
+            request_id=request_id,
         )
         if response.status_code != 200:
             raise downstream.rejected(self.metrics, NAME, response)
@@ -218,13 +239,22 @@ class PredictorClient:
         """Scores for every row; contributions for the rows scoring ``>= contributions_min_score``
         (every row when it is None)."""
         content, headers = encode_request(
-            rows, request_id=request_id, feature_contract=feature_contract,
+            rows,
+            request_id=request_id,
+            feature_contract=feature_contract,
             contributions_min_score=contributions_min_score,
         )
         response = await downstream.send(
-            self.http, NAME, "POST", model_path(name, version) + "/infer", metrics=self.metrics,
-            timeout=timeout, connect_timeout_s=self.connect_timeout_s, request_id=request_id,
-            content=content, headers=headers,
+            self.http,
+            NAME,
+            "POST",
+            model_path(name, version) + "/infer",
+            metrics=self.metrics,
+            timeout=timeout,
+            connect_timeout_s=self.connect_timeout_s,
+            request_id=request_id,
+            content=content,
+            headers=headers,
         )
         if response.status_code != 200:
             if downstream.problem_slug(response) == "feature-contract-mismatch":
@@ -260,6 +290,10 @@ class PredictorClient:
 
     async def ready(self, timeout: float) -> tuple[bool, str]:
         return await downstream.probe(
-            self.http, NAME, "/v2/health/ready", metrics=self.metrics,
-            timeout=timeout, connect_timeout_s=self.connect_timeout_s,
+            self.http,
+            NAME,
+            "/v2/health/ready",
+            metrics=self.metrics,
+            timeout=timeout,
+            connect_timeout_s=self.connect_timeout_s,
         )

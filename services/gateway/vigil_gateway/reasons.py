@@ -22,7 +22,11 @@ from vigil_contracts.thresholds import Label
 # Contributions (log-odds) smaller than this are noise, not reasons.
 MIN_CONTRIBUTION = 1e-3
 _CHANNEL_NAMES = {code: name for name, code in CHANNEL_CODES.items()}
-_CHANNEL_WORDS = {"pos": "card-present (POS)", "ecom": "online (e-commerce)", "mobile": "mobile-app"}
+_CHANNEL_WORDS = {
+    "pos": "card-present (POS)",
+    "ecom": "online (e-commerce)",
+    "mobile": "mobile-app",
+}
 
 
 @dataclass(frozen=True)
@@ -113,10 +117,16 @@ def _amount_zscore(value: float | None, ctx: Context) -> tuple[str, str]:
 
 def _txn_amount(value: float | None, ctx: Context) -> tuple[str, str]:
     if value is None:
-        return "CURRENCY_UNSUPPORTED", f"no exchange rate to {BASE_CURRENCY} is known for {ctx.currency}"
+        return (
+            "CURRENCY_UNSUPPORTED",
+            f"no exchange rate to {BASE_CURRENCY} is known for {ctx.currency}",
+        )
     if ctx.currency == BASE_CURRENCY:
         return "TRANSACTION_AMOUNT", f"amount of {_money(value)}"
-    return "TRANSACTION_AMOUNT", f"amount of {_money(value)} ({ctx.paid:,.2f} {ctx.currency} as paid)"
+    return (
+        "TRANSACTION_AMOUNT",
+        f"amount of {_money(value)} ({ctx.paid:,.2f} {ctx.currency} as paid)",
+    )
 
 
 def _hour(value: float | None, ctx: Context) -> tuple[str, str]:
@@ -202,43 +212,72 @@ TEMPLATES: dict[str, Template] = {
     # Stored windows end at the entity's previous transaction (the state the online store holds
     # when this one is scored), and the sentences say so: "the last hour" would be untrue for a
     # card last used three weeks ago.
-    "card_txn_count_1h": _counted("CARD_VELOCITY_1H", "transaction", f"on this card in the hour {_UP_TO_CARD}"),
-    "card_txn_count_24h": _counted("CARD_VELOCITY_24H", "transaction", f"on this card in the 24 hours {_UP_TO_CARD}"),
-    "card_txn_count_7d": _counted("CARD_VELOCITY_7D", "transaction", f"on this card in the 7 days {_UP_TO_CARD}"),
-    "card_amount_sum_24h": _money_fact("CARD_SPEND_24H", f"{{}} spent on this card in the 24 hours {_UP_TO_CARD}"),
+    "card_txn_count_1h": _counted(
+        "CARD_VELOCITY_1H", "transaction", f"on this card in the hour {_UP_TO_CARD}"
+    ),
+    "card_txn_count_24h": _counted(
+        "CARD_VELOCITY_24H", "transaction", f"on this card in the 24 hours {_UP_TO_CARD}"
+    ),
+    "card_txn_count_7d": _counted(
+        "CARD_VELOCITY_7D", "transaction", f"on this card in the 7 days {_UP_TO_CARD}"
+    ),
+    "card_amount_sum_24h": _money_fact(
+        "CARD_SPEND_24H", f"{{}} spent on this card in the 24 hours {_UP_TO_CARD}"
+    ),
     "card_amount_avg_30d": _money_fact(
-        "CARD_AVERAGE_AMOUNT", f"this card's average amount in the 30 days {_UP_TO_CARD} is {{}}"),
+        "CARD_AVERAGE_AMOUNT", f"this card's average amount in the 30 days {_UP_TO_CARD} is {{}}"
+    ),
     "card_amount_std_30d": _money_fact(
-        "CARD_AMOUNT_SPREAD", f"this card's amounts varied by {{}} (standard deviation, 30 days {_UP_TO_CARD})"),
+        "CARD_AMOUNT_SPREAD",
+        f"this card's amounts varied by {{}} (standard deviation, 30 days {_UP_TO_CARD})",
+    ),
     "card_amount_max_30d": _money_fact(
-        "CARD_MAX_AMOUNT", f"this card's largest amount in the 30 days {_UP_TO_CARD} is {{}}"),
+        "CARD_MAX_AMOUNT", f"this card's largest amount in the 30 days {_UP_TO_CARD} is {{}}"
+    ),
     "card_distinct_merchants_24h": _counted(
-        "CARD_MANY_MERCHANTS", "merchant", f"used by this card in the 24 hours {_UP_TO_CARD}"),
+        "CARD_MANY_MERCHANTS", "merchant", f"used by this card in the 24 hours {_UP_TO_CARD}"
+    ),
     "card_distinct_devices_30d": _counted(
-        "CARD_MANY_DEVICES", "device", f"used with this card in the 30 days {_UP_TO_CARD}"),
+        "CARD_MANY_DEVICES", "device", f"used with this card in the 30 days {_UP_TO_CARD}"
+    ),
     "card_distinct_countries_30d": _counted(
-        "CARD_MANY_COUNTRIES", "country", f"where this card was used in the 30 days {_UP_TO_CARD}"),
+        "CARD_MANY_COUNTRIES", "country", f"where this card was used in the 30 days {_UP_TO_CARD}"
+    ),
     "merchant_txn_count_24h": _counted(
-        "MERCHANT_VOLUME_24H", "transaction", f"at this merchant in the 24 hours {_UP_TO_MERCHANT}"),
+        "MERCHANT_VOLUME_24H", "transaction", f"at this merchant in the 24 hours {_UP_TO_MERCHANT}"
+    ),
     "merchant_txn_count_7d": _counted(
-        "MERCHANT_VOLUME_7D", "transaction", f"at this merchant in the 7 days {_UP_TO_MERCHANT}"),
+        "MERCHANT_VOLUME_7D", "transaction", f"at this merchant in the 7 days {_UP_TO_MERCHANT}"
+    ),
     "merchant_amount_avg_7d": _money_fact(
-        "MERCHANT_AVERAGE_AMOUNT", f"this merchant's average amount in the 7 days {_UP_TO_MERCHANT} is {{}}"),
+        "MERCHANT_AVERAGE_AMOUNT",
+        f"this merchant's average amount in the 7 days {_UP_TO_MERCHANT} is {{}}",
+    ),
     "merchant_distinct_cards_24h": _counted(
-        "MERCHANT_MANY_CARDS", "different card", f"used at this merchant in the 24 hours {_UP_TO_MERCHANT}"),
+        "MERCHANT_MANY_CARDS",
+        "different card",
+        f"used at this merchant in the 24 hours {_UP_TO_MERCHANT}",
+    ),
     "merchant_night_share_7d": _share(
         "MERCHANT_NIGHT_SHARE",
-        f"{{}} of this merchant's transactions in the 7 days {_UP_TO_MERCHANT} were at night (local time)"),
+        f"{{}} of this merchant's transactions in the 7 days {_UP_TO_MERCHANT} were at night (local time)",
+    ),
     "merchant_small_amount_share_24h": _share(
         "MERCHANT_SMALL_AMOUNTS",
         f"{{}} of this merchant's transactions in the 24 hours {_UP_TO_MERCHANT} were small amounts "
-        f"(under 5 {BASE_CURRENCY}, a card-testing pattern)"),
+        f"(under 5 {BASE_CURRENCY}, a card-testing pattern)",
+    ),
     "device_txn_count_24h": _counted(
-        "DEVICE_VELOCITY_24H", "transaction", f"from this device in the 24 hours {_UP_TO_DEVICE}"),
+        "DEVICE_VELOCITY_24H", "transaction", f"from this device in the 24 hours {_UP_TO_DEVICE}"
+    ),
     "device_distinct_cards_7d": _counted(
-        "DEVICE_MANY_CARDS", "card", f"used on this device in the 7 days {_UP_TO_DEVICE}"),
+        "DEVICE_MANY_CARDS", "card", f"used on this device in the 7 days {_UP_TO_DEVICE}"
+    ),
     "device_distinct_countries_7d": _counted(
-        "DEVICE_MANY_COUNTRIES", "country", f"where this device was used in the 7 days {_UP_TO_DEVICE}"),
+        "DEVICE_MANY_COUNTRIES",
+        "country",
+        f"where this device was used in the 7 days {_UP_TO_DEVICE}",
+    ),
 }
 # Where device features describe "no device", say so once rather than "no device history".
 _DEVICE_VIEW = "device_stats"
@@ -293,15 +332,22 @@ def explain(
         for i in ranked:
             if len(reasons) >= max_reasons:
                 break
-            ctx = Context(currency=currency, paid=paid, device_present=device_present,
-                          raising=contributions[i] > 0)
+            ctx = Context(
+                currency=currency,
+                paid=paid,
+                device_present=device_present,
+                raising=contributions[i] > 0,
+            )
             code, text = describe(feature_names[i], values[i], ctx)
             if code in seen:
                 continue
             seen.add(code)
             reasons.append(
                 Reason(
-                    code=code, text=text, feature=feature_names[i], value=values[i],
+                    code=code,
+                    text=text,
+                    feature=feature_names[i],
+                    value=values[i],
                     contribution=round(float(contributions[i]), 4),
                 )
             )

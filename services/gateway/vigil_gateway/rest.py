@@ -54,16 +54,16 @@ _problem_json = Problem.__pydantic_serializer__.to_json
 
 
 def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {
-        status: {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}}
-        for status in statuses
-    }
+    return {status: {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}} for status in statuses}
 
 
 # Declared for the OpenAPI document (the bearer scheme); the key itself is read by
 # ``caller_of``, the one function both lanes authenticate with.
-_bearer = HTTPBearer(auto_error=False, scheme_name="apiKey",
-                     description="An API key (`vigil keys create`), as `Authorization: Bearer <key>`.")
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="apiKey",
+    description="An API key (`vigil keys create`), as `Authorization: Bearer <key>`.",
+)
 _Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
 TIMEOUT_HEADER = "x-request-timeout-ms"
 
@@ -78,11 +78,13 @@ def caller_of(request: Request, scope: str) -> Caller:
         key_id = "none"
         if isinstance(exc, Forbidden) or "revoked" in exc.detail:
             record = services.authenticate.ring.lookup(  # type: ignore[union-attr]
-                request.headers.get("authorization", "").partition(" ")[2].strip())
+                request.headers.get("authorization", "").partition(" ")[2].strip()
+            )
             key_id = record.key_id if record is not None else "none"
         log_fields(request.scope)["key_id"] = key_id
         services.metrics.refused.labels(
-            "forbidden" if isinstance(exc, Forbidden) else "unauthenticated", key_id).inc()
+            "forbidden" if isinstance(exc, Forbidden) else "unauthenticated", key_id
+        ).inc()
         raise
     log_fields(request.scope)["key_id"] = caller.key_id
     return caller
@@ -105,10 +107,16 @@ async def _score_caller(request: Request, _credentials: _Credentials) -> Caller:
 
 ScoreCallerDep = Annotated[Caller, Depends(_score_caller)]
 # ``int`` (not ``int | None``): the document must not offer `null` as a header value.
-TimeoutHeader = Annotated[int, Header(
-    alias=TIMEOUT_HEADER, ge=1, le=60_000,
-    description="The caller's own time limit in milliseconds: the answer comes within it (an "
-                "`uncertain` `TIMEOUT` answer at worst); the gateway's budget is never longer.")]
+TimeoutHeader = Annotated[
+    int,
+    Header(
+        alias=TIMEOUT_HEADER,
+        ge=1,
+        le=60_000,
+        description="The caller's own time limit in milliseconds: the answer comes within it (an "
+        "`uncertain` `TIMEOUT` answer at worst); the gateway's budget is never longer.",
+    ),
+]
 
 
 RescoreQuery = Annotated[
@@ -152,12 +160,21 @@ async def score_transaction(
 
 
 async def _score_one(
-    transaction: Transaction, request: Request, scoring: ScoringPipeline, request_id: str,
-    rescore: bool, caller: Caller,
+    transaction: Transaction,
+    request: Request,
+    scoring: ScoringPipeline,
+    request_id: str,
+    rescore: bool,
+    caller: Caller,
 ) -> Response:
     answer = await scoring.score_one(
-        transaction, caller=caller, request_id=request_id, rescore=rescore,
-        arrival=arrival_of(request.scope), timeout_s=timeout_of(request))
+        transaction,
+        caller=caller,
+        request_id=request_id,
+        rescore=rescore,
+        arrival=arrival_of(request.scope),
+        timeout_s=timeout_of(request),
+    )
     log_fields(request.scope).update(
         label=answer.label,
         degraded=answer.degraded,
@@ -174,11 +191,11 @@ async def _score_one(
     responses=_problems(400, 401, 403, 413, 415, 422, 429, 503),
     summary="Score many transactions; one result per item, in order",
     description="Each item is validated on its own: an item that is not a valid transaction "
-                "(a missing or malformed field) does not fail the request; its slot in "
-                "`results` carries `status: 422` and the problem, and the other items are "
-                "scored. The request as a whole is refused only when it is not a batch (422), "
-                "too large (413), unauthenticated (401/403), over its key's rate (429; every "
-                "item counts as a transaction) or the gateway is overloaded (503).",
+    "(a missing or malformed field) does not fail the request; its slot in "
+    "`results` carries `status: 422` and the problem, and the other items are "
+    "scored. The request as a whole is refused only when it is not a batch (422), "
+    "too large (413), unauthenticated (401/403), over its key's rate (429; every "
+    "item counts as a transaction) or the gateway is overloaded (503).",
 )
 async def score_batch(
     caller: ScoreCallerDep,
@@ -193,12 +210,21 @@ async def score_batch(
 
 
 async def _score_batch(
-    items: Sequence[Any], request: Request, scoring: ScoringPipeline, request_id: str,
-    rescore: bool, caller: Caller,
+    items: Sequence[Any],
+    request: Request,
+    scoring: ScoringPipeline,
+    request_id: str,
+    rescore: bool,
+    caller: Caller,
 ) -> Response:
     outcomes = await scoring.score_batch(
-        items, caller=caller, request_id=request_id, rescore=rescore,
-        arrival=arrival_of(request.scope), timeout_s=timeout_of(request))
+        items,
+        caller=caller,
+        request_id=request_id,
+        rescore=rescore,
+        arrival=arrival_of(request.scope),
+        timeout_s=timeout_of(request),
+    )
     log_fields(request.scope).update(
         items=len(outcomes),
         item_errors=sum(1 for o in outcomes if isinstance(o, GatewayError)),
@@ -221,12 +247,17 @@ def batch_response_body(
     for i, outcome in enumerate(outcomes):
         if isinstance(outcome, GatewayError):
             problem = outcome.problem(instance=instance, request_id=request_id)
-            results.append(b'{"index":%d,"status":%d,"result":null,"error":%s}'
-                           % (i, outcome.status, _problem_json(problem)))
+            results.append(
+                b'{"index":%d,"status":%d,"result":null,"error":%s}'
+                % (i, outcome.status, _problem_json(problem))
+            )
             continue
         decision = decisions.get(id(outcome))
-        body = (_score_json(outcome) if decision is None
-                else answer_json(decision, outcome.request_id, outcome.cached))
+        body = (
+            _score_json(outcome)
+            if decision is None
+            else answer_json(decision, outcome.request_id, outcome.cached)
+        )
         results.append(b'{"index":%d,"status":200,"result":%s,"error":null}' % (i, body))
     return b'{"request_id":%s,"results":[%s]}' % (orjson.dumps(request_id), b",".join(results))
 
@@ -278,8 +309,14 @@ async def _fast_score(request: Request) -> Response:
     transaction = await _valid_body_or_defer(request, Transaction)
     log_fields(request.scope)["key_id"] = caller.key_id
     scoring = services_of(request).scoring
-    return await _score_one(transaction, request, scoring, request_id_of(request.scope) or "",
-                            _rescore_of(request), caller)
+    return await _score_one(
+        transaction,
+        request,
+        scoring,
+        request_id_of(request.scope) or "",
+        _rescore_of(request),
+        caller,
+    )
 
 
 async def _fast_score_batch(request: Request) -> Response:
@@ -289,28 +326,52 @@ async def _fast_score_batch(request: Request) -> Response:
     scoring = services_of(request).scoring
     # Validated items: the pipeline takes them as they are (pydantic does not validate
     # a model instance again).
-    return await _score_batch(batch.transactions, request, scoring,
-                              request_id_of(request.scope) or "", _rescore_of(request), caller)
+    return await _score_batch(
+        batch.transactions,
+        request,
+        scoring,
+        request_id_of(request.scope) or "",
+        _rescore_of(request),
+        caller,
+    )
 
 
 def fast_routes() -> list[FastRoute]:
     """The scoring routes for ``vigil_servicekit.fast_lane``: FastAPI's routing, dependency
     solving and body handling cost ~0.3 ms of CPU per request, and validating a body from its
     bytes is cheaper than parsing it to Python objects first."""
-    return [FastRoute(declared_route(transactions_router, score_transaction), _fast_score, defers=True),
-            FastRoute(declared_route(transactions_router, score_batch), _fast_score_batch, defers=True)]
+    return [
+        FastRoute(declared_route(transactions_router, score_transaction), _fast_score, defers=True),
+        FastRoute(declared_route(transactions_router, score_batch), _fast_score_batch, defers=True),
+    ]
 
 
-@service_router.get("/healthz", summary="Liveness", responses={200: {
-    "content": {"application/json": {"schema": {
-        "type": "object", "properties": {"status": {"type": "string", "enum": ["alive"]}},
-        "required": ["status"]}}}}})
+@service_router.get(
+    "/healthz",
+    summary="Liveness",
+    responses={
+        200: {
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"status": {"type": "string", "enum": ["alive"]}},
+                        "required": ["status"],
+                    }
+                }
+            }
+        }
+    },
+)
 async def healthz() -> dict[str, str]:
     return {"status": "alive"}
 
 
-@service_router.get("/readyz", summary="Readiness: model metadata, encoder and decision store",
-                    responses=_problems(503))
+@service_router.get(
+    "/readyz",
+    summary="Readiness: model metadata, encoder and decision store",
+    responses=_problems(503),
+)
 async def readyz(request: Request, services: ServicesDep, settings: SettingsDep) -> Any:
     report = await readiness(
         services.catalog, services.encoder, services.store, timeout=settings.readiness_timeout_s
@@ -325,15 +386,22 @@ async def readyz(request: Request, services: ServicesDep, settings: SettingsDep)
 
 
 @service_router.get(
-    "/metrics", summary="Prometheus metrics", response_class=Response,
-    responses={200: {"description": "Prometheus text exposition format 0.0.4",
-                     "content": {"text/plain; version=0.0.4; charset=utf-8": {
-                         "schema": {"type": "string"}}}},
-               **_problems(401, 403)},
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Prometheus text exposition format 0.0.4",
+            "content": {"text/plain; version=0.0.4; charset=utf-8": {"schema": {"type": "string"}}},
+        },
+        **_problems(401, 403),
+    },
     description="Open unless the gateway runs with `GATEWAY_METRICS_AUTH=true`; then it needs "
-                "a key with the `admin` scope.",
+    "a key with the `admin` scope.",
 )
-async def prometheus_metrics(request: Request, metrics: MetricsDep, settings: SettingsDep) -> Response:
+async def prometheus_metrics(
+    request: Request, metrics: MetricsDep, settings: SettingsDep
+) -> Response:
     if settings.metrics_auth:
         caller_of(request, "admin")
     return Response(metrics.render(), media_type=metrics.content_type)

@@ -72,8 +72,11 @@ class RuleSet(BaseModel):
 
 def load_rules(path: str | Path | None = None) -> RuleSet:
     """The rule set at ``path``, or the one shipped with the gateway."""
-    text = Path(path).read_text(encoding="utf-8") if path else (
-        files("vigil_gateway").joinpath("safeguards.toml").read_text(encoding="utf-8"))
+    text = (
+        Path(path).read_text(encoding="utf-8")
+        if path
+        else (files("vigil_gateway").joinpath("safeguards.toml").read_text(encoding="utf-8"))
+    )
     return RuleSet.model_validate(tomllib.loads(text))
 
 
@@ -104,7 +107,9 @@ class Safeguards:
         self.rules = rules
         self.clear = SafeguardsRef(version=rules.version)
 
-    def __call__(self, encoded: EncodedVectors, rows: Sequence[int], meta: ModelMetadata) -> Checked:
+    def __call__(
+        self, encoded: EncodedVectors, rows: Sequence[int], meta: ModelMetadata
+    ) -> Checked:
         """Every rule over ``rows`` of the vectors, with ``meta``'s training range."""
         position = {short_name(name): j for j, name in enumerate(encoded.feature_names)}
         fired: dict[int, list[tuple[Rule, float]]] = {}
@@ -122,8 +127,15 @@ class Safeguards:
         return Verdict(
             ref=SafeguardsRef(version=self.rules.version, fired=[rule.code for rule, _ in hits]),
             at_least=max((rule.at_least for rule, _ in hits), key=CAUTION.__getitem__),
-            reasons=[Reason(code=rule.code, text=rule.text.format(value=value),
-                            feature=rule.feature, value=value) for rule, value in hits],
+            reasons=[
+                Reason(
+                    code=rule.code,
+                    text=rule.text.format(value=value),
+                    feature=rule.feature,
+                    value=value,
+                )
+                for rule, value in hits
+            ],
         )
 
 
@@ -139,6 +151,6 @@ def _column(encoded: EncodedVectors, j: int, rows: Sequence[int]) -> list[float 
     """Feature ``j`` of each of ``rows`` (None or NaN where missing)."""
     binary = encoded.binary
     if binary is not None:
-        column = binary.values[j::binary.width]
+        column = binary.values[j :: binary.width]
         return [column[i] for i in rows]
     return [encoded.rows[i].values[j] for i in rows]

@@ -43,18 +43,27 @@ def read_samples(path: Path | None) -> list[dict[str, Any]]:
         if not isinstance(entries, list):
             raise TypeError("'samples' is not a list")
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        logger.warning("sample transactions not readable",
-                       extra={"path": str(path), "reason": f"{type(exc).__name__}: {exc}"})
+        logger.warning(
+            "sample transactions not readable",
+            extra={"path": str(path), "reason": f"{type(exc).__name__}: {exc}"},
+        )
         return []
     samples = []
     for entry in entries:
         try:
             Transaction.model_validate(entry["transaction"])
-            samples.append({"name": str(entry["name"]), "expect_fraud": bool(entry["expect_fraud"]),
-                            "transaction": dict(entry["transaction"])})
+            samples.append(
+                {
+                    "name": str(entry["name"]),
+                    "expect_fraud": bool(entry["expect_fraud"]),
+                    "transaction": dict(entry["transaction"]),
+                }
+            )
         except (KeyError, TypeError, ValidationError) as exc:
-            logger.warning("sample transaction skipped",
-                           extra={"path": str(path), "reason": f"{type(exc).__name__}: {exc}"})
+            logger.warning(
+                "sample transaction skipped",
+                extra={"path": str(path), "reason": f"{type(exc).__name__}: {exc}"},
+            )
     return samples
 
 

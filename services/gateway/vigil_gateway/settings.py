@@ -182,9 +182,16 @@ class GatewaySettings(BaseSettings):
         if self.environment != "production":
             return self
         problems: list[str] = []
-        for name in ("total_budget_s", "batch_total_budget_s", "encoder_timeout_s",
-                     "predictor_timeout_s", "batch_hop_timeout_s", "connect_timeout_s",
-                     "metadata_refresh_s", "max_transaction_age_s"):
+        for name in (
+            "total_budget_s",
+            "batch_total_budget_s",
+            "encoder_timeout_s",
+            "predictor_timeout_s",
+            "batch_hop_timeout_s",
+            "connect_timeout_s",
+            "metadata_refresh_s",
+            "max_transaction_age_s",
+        ):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be > 0")
         for name in ("encoder_timeout_s", "predictor_timeout_s"):

@@ -21,7 +21,9 @@ def validate_batch(items: Sequence[Any], max_batch: int) -> list[Transaction | I
     """Each item as a Transaction, or the problem with it; :class:`BatchTooLarge` beyond
     ``max_batch`` items."""
     if len(items) > max_batch:
-        raise BatchTooLarge(f"{len(items)} transactions is more than the {max_batch} allowed per batch")
+        raise BatchTooLarge(
+            f"{len(items)} transactions is more than the {max_batch} allowed per batch"
+        )
     return validate_items(items)
 
 
@@ -46,6 +48,7 @@ def validate_items(items: Sequence[Any]) -> list[Transaction | InvalidTransactio
             out.append(InvalidTransaction(summary(params), invalid_params=params))
     return out
 
+
 _PREFIXES = ("Value error, ", "Assertion failed, ")
 
 
@@ -59,12 +62,15 @@ def _reason(error: Mapping[str, Any]) -> str:
     message = str(error.get("msg", "is invalid"))
     for prefix in _PREFIXES:
         if message.startswith(prefix):
-            return message[len(prefix):]
+            return message[len(prefix) :]
     return message
 
 
 def invalid_params(
-    errors: Iterable[Mapping[str, Any]], prefix: Sequence[str | int] = (), *, strip_body: bool = False
+    errors: Iterable[Mapping[str, Any]],
+    prefix: Sequence[str | int] = (),
+    *,
+    strip_body: bool = False,
 ) -> list[InvalidParam]:
     """One entry per error; ``strip_body`` drops FastAPI's leading ``body`` location."""
     params: list[InvalidParam] = []

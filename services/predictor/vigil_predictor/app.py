@@ -71,9 +71,12 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     # Inside the request-context middleware (request id, access line, metrics), so before wire().
     install_fast_lane(app, fast_routes())
     if settings.internal_token is not None:  # outside the lane: it holds both ways
-        app.add_middleware(InternalTokenMiddleware, token=settings.internal_token.get_secret_value(),
-                           error_root=PredictorError, open_paths=("/healthz", "/readyz", "/metrics", "/v2/health/live",
-                                       "/v2/health/ready"))
+        app.add_middleware(
+            InternalTokenMiddleware,
+            token=settings.internal_token.get_secret_value(),
+            error_root=PredictorError,
+            open_paths=("/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"),
+        )
     wire(app, service="predictor", error_root=PredictorError, metrics=metrics, log=service_log)
     # Routes are matched in order, one regex at a time: inference, the hot path, goes first.
     app.include_router(models_router)

@@ -56,7 +56,11 @@ class Coalescer:
         loop = asyncio.get_running_loop()
         key = (id(runtime), contributions, contributions_min_score)
         batch = self._open.get(key)
-        if batch is None or batch.runtime is not runtime or batch.rows + len(features) > self.max_rows:
+        if (
+            batch is None
+            or batch.runtime is not runtime
+            or batch.rows + len(features) > self.max_rows
+        ):
             batch = _Batch(runtime, contributions, contributions_min_score)
             self._open[key] = batch
             loop.call_soon(self._run, key, batch)
@@ -69,15 +73,19 @@ class Coalescer:
     def _run(self, key: Hashable, batch: _Batch) -> None:
         if self._open.get(key) is batch:
             del self._open[key]
-        live = [(part, waiter) for part, waiter in zip(batch.parts, batch.waiters, strict=True)
-                if not waiter.done()]  # a cancelled request needs no score
+        live = [
+            (part, waiter)
+            for part, waiter in zip(batch.parts, batch.waiters, strict=True)
+            if not waiter.done()
+        ]  # a cancelled request needs no score
         if not live:
             return
         parts = [part for part, _ in live]
         try:
             stacked = parts[0] if len(parts) == 1 else np.concatenate(parts)
             arrays = batch.runtime.predict(
-                stacked, contributions=batch.contributions,
+                stacked,
+                contributions=batch.contributions,
                 contributions_min_score=batch.min_score,
             )
         except Exception as exc:  # noqa: BLE001 - every request of the batch gets the error

@@ -80,7 +80,8 @@ class DataPlane:
         self._metric_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.coalescer = (
             Coalescer(settings.inline_max_rows, on_batch=self._observe_batch)
-            if settings.coalesce_requests else None
+            if settings.coalesce_requests
+            else None
         )
 
     def _observe_batch(self, requests: int, rows: int) -> None:
@@ -158,7 +159,9 @@ class DataPlane:
         elif self.coalescer is not None:
             features = self._features(plan)
             arrays = await self.coalescer.predict(
-                plan.runtime, features, contributions=self._wants_contributions(plan),
+                plan.runtime,
+                features,
+                contributions=self._wants_contributions(plan),
                 contributions_min_score=plan.contributions_min_score,
             )
             encoded = self._encode(plan, arrays)
@@ -174,8 +177,10 @@ class DataPlane:
         and builds its key on every call, a few per cent of a one-row request's CPU."""
         children = self._metric_children.get((name, version))
         if children is None:
-            children = (self.metrics.inference_rows.labels(name, version),
-                        self.metrics.inference_latency.labels(name, version))
+            children = (
+                self.metrics.inference_rows.labels(name, version),
+                self.metrics.inference_latency.labels(name, version),
+            )
             if len(self._metric_children) < 1024:  # names and versions come from the repository
                 self._metric_children[(name, version)] = children
         return children

@@ -44,4 +44,3 @@ class PredictorMetrics(ServiceMetrics):
             ["model", "version"],
             registry=self.registry,
         )
-

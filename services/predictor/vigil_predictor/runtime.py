@@ -158,8 +158,13 @@ class XGBoostRuntime:
                     f"booster has {booster.num_features()} features, "
                     f"metadata names {info.num_features}"
                 )
-            if booster.feature_names is not None and list(booster.feature_names) != info.feature_names:
-                raise ArtifactError("the booster's feature names differ from metadata feature_names")
+            if (
+                booster.feature_names is not None
+                and list(booster.feature_names) != info.feature_names
+            ):
+                raise ArtifactError(
+                    "the booster's feature names differ from metadata feature_names"
+                )
             objective = json.loads(booster.save_config())["learner"]["objective"]["name"]
             if objective not in PROBABILITY_OBJECTIVES:
                 raise ArtifactError(f"objective {objective!r} does not predict a probability")

@@ -33,13 +33,20 @@ try:  # XGBoost's own loaded library and helpers (stable since 1.4; checked at i
     _PREDICT = _LIB.XGBoosterPredictFromDense
     # Exactly what inplace_predict(data, missing=np.nan) sends for a numpy matrix.
     _ARGS = make_jcargs(
-        type=0, training=False, iteration_begin=0, iteration_end=0, missing=np.nan,
-        strict_shape=False, cache_id=0,
+        type=0,
+        training=False,
+        iteration_begin=0,
+        iteration_end=0,
+        missing=np.nan,
+        strict_shape=False,
+        cache_id=0,
     )
 except (ImportError, AttributeError, TypeError) as exc:  # pragma: no cover - other XGBoost
     _PREDICT = None
-    logger.warning("XGBoost's C prediction call is not reachable; using inplace_predict",
-                   extra={"reason": f"{type(exc).__name__}: {exc}"})
+    logger.warning(
+        "XGBoost's C prediction call is not reachable; using inplace_predict",
+        extra={"reason": f"{type(exc).__name__}: {exc}"},
+    )
 
 _FP32 = np.dtype(np.float32)
 
@@ -56,13 +63,24 @@ def predict_dense(booster: xgb.Booster, features: np.ndarray) -> np.ndarray:
     data = np.ascontiguousarray(features, dtype=_FP32)  # the same array when it already is
     rows, width = data.shape
     interface = b'{"data":[%d,true],"shape":[%d,%d],"strides":null,"typestr":"<f4","version":3}' % (
-        data.ctypes.data, rows, width,
+        data.ctypes.data,
+        rows,
+        width,
     )
     shape = ctypes.POINTER(c_bst_ulong)()
     dims = c_bst_ulong()
     preds = ctypes.POINTER(ctypes.c_float)()
-    _check_call(_PREDICT(booster.handle, interface, _ARGS, None, ctypes.byref(shape),
-                         ctypes.byref(dims), ctypes.byref(preds)))
+    _check_call(
+        _PREDICT(
+            booster.handle,
+            interface,
+            _ARGS,
+            None,
+            ctypes.byref(shape),
+            ctypes.byref(dims),
+            ctypes.byref(preds),
+        )
+    )
     out_shape = tuple(shape[i] for i in range(dims.value))
     # The buffer is XGBoost's (per booster and thread, reused by the next call): copied out.
     return np.ctypeslib.as_array(preds, shape=out_shape).copy()
