@@ -28,6 +28,8 @@ from vigil_gateway.downstream import build_http_client
 from vigil_gateway.encode import Encode
 from vigil_gateway.encoder_client import EncoderClient
 from vigil_gateway.errors import GatewayError
+from vigil_gateway.events import EventSpool
+from vigil_gateway.events import stop as stop_events
 from vigil_gateway.framework_errors import from_http_error, from_validation_error
 from vigil_gateway.idempotency import Idempotency
 from vigil_gateway.limits import Admission, RateLimiter, Rates
@@ -105,6 +107,20 @@ def create_app(
             )
             stack.push_async_callback(catalog.close)
             store = DecisionStore(redis, metrics, ttl_s=settings.decision_ttl_s)
+            events: EventSpool | None = None
+            if settings.events_enabled:
+                # Its own connections, with room for a batch's round trip: never the decision
+                # store's fail-fast pool, which the request path waits on.
+                events_redis = connect(settings.redis_url, timeout_s=1.0, max_connections=2)
+                stack.push_async_callback(events_redis.aclose)
+                events = EventSpool(
+                    events_redis, metrics, stream=settings.events_stream,
+                    spool_max=settings.events_spool_max, batch_max=settings.events_batch_max,
+                    maxlen=settings.events_stream_maxlen, dedupe_ttl_s=settings.events_dedupe_ttl_s)
+                sender = asyncio.create_task(events.run(), name="decision-events")
+                # Drained at shutdown after the decision store's writes (the stack unwinds last
+                # first), before these connections close.
+                stack.push_async_callback(stop_events, sender, events, settings.events_drain_timeout_s)
             stack.push_async_callback(store.drain)  # decisions written behind answers, first
             ring = None
             if settings.auth_enabled:
@@ -127,7 +143,7 @@ def create_app(
                 safeguards=Safeguards(rules),
                 predict=Predict(predictor, catalog),
                 postprocess=Postprocess(catalog, max_reasons=settings.max_reasons),
-                record=Record(metrics),
+                record=Record(metrics, events),
                 metrics=metrics,
                 settings=settings,
             )
