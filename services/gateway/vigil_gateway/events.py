@@ -29,9 +29,6 @@ from redis.exceptions import RedisError
 
 from vigil_contracts.api import ScoreResponse, Transaction
 from vigil_contracts.decision_events import (
-    FIELD_EVENT,
-    FIELD_ID,
-    FIELD_VERSION,
     SCHEMA_VERSION,
     event_id,
 )
@@ -40,7 +37,8 @@ from vigil_gateway.metrics import GatewayMetrics
 
 logger = logging.getLogger(__name__)
 
-# KEYS[1] the stream; ARGV: maxlen, dedupe ttl (ms), then (id, version, event) per event.
+# KEYS[1] the stream; ARGV: maxlen, dedupe ttl (ms), then (id, version, event) per event; the
+# entry fields are the contract's FIELD_ID, FIELD_VERSION, FIELD_EVENT.
 # Returns how many were added (the others were already there).
 _APPEND = """
 local added = 0

@@ -251,8 +251,12 @@ class Consumer:
             for _, event in events:
                 pipe.exists(SEEN_PREFIX + event.event_id)
             seen = await pipe.execute()
-            duplicates = sum(1 for x in seen if x)
-            events = [e for e, x in zip(events, seen, strict=True) if not x]
+            fresh: dict[str, tuple[Any, DecisionEvent]] = {}
+            for item, done in zip(events, seen, strict=True):
+                if not done and item[1].event_id not in fresh:  # also once within a batch
+                    fresh[item[1].event_id] = item
+            duplicates = len(events) - len(fresh)
+            events = list(fresh.values())
             if duplicates:
                 self.metrics.events.labels("duplicate").inc(duplicates)
         records: list[tuple[DecisionEvent, HistoryRecord]] = []
