@@ -16,6 +16,7 @@ finds them; the wait is reported). At the end, once the streamer has caught up:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -252,9 +253,11 @@ def replay(
     limit: int | None = None,
     model_version: str | None = None,
     progress: Any = None,
+    fault: Any = None,
 ) -> ReplayReport:
     """Replay the last ``days`` before ``end`` (default: the world's last transaction) of the
-    world at ``raw_path`` on a private stack; see the module."""
+    world at ``raw_path`` on a private stack; see the module. ``fault(i, stack, redis_server)``,
+    if given, is called after the ``i``-th answer (the fault tests kill or hang things there)."""
     from vigil.batch import resolve_version
     from vigil.materialization import redis_client
 
@@ -269,6 +272,7 @@ def replay(
     period = period.sort_values("event_timestamp", kind="stable")
     if limit is not None:
         period = period.head(limit)
+        stop = period["event_timestamp"].max() + pd.Timedelta(microseconds=1)
     if period.empty:
         raise ValueError("no transactions in the replay period")
     report = ReplayReport(start.to_pydatetime(), stop.to_pydatetime())
@@ -308,7 +312,14 @@ def replay(
             say(
                 f"replaying {len(period):,} transactions through {stack.services['gateway'].url} ..."
             )
-            online = _send(stack, client, project, period, report)
+            online = _send(
+                stack,
+                client,
+                project,
+                period,
+                report,
+                None if fault is None else lambda i: fault(i, stack, server),
+            )
             report.catch_up_s = wait_caught_up(client, "vigil:decisions", "streamer")
             touched = sorted(
                 {
@@ -360,7 +371,12 @@ def replay(
 
 
 def _send(
-    stack: LocalStack, client: Any, project: str, period: pd.DataFrame, report: ReplayReport
+    stack: LocalStack,
+    client: Any,
+    project: str,
+    period: pd.DataFrame,
+    report: ReplayReport,
+    fault: Any = None,
 ) -> dict[str, str]:
     labels: dict[str, str] = {}
     pending: dict[tuple[str, str], int] = {}  # entity -> stamp its row must reach
@@ -382,7 +398,10 @@ def _send(
             ]
             if any(k in pending for k in keys):
                 report.waits += 1
-                report.wait_ms.append(_wait_visible(client, project, pending, keys, timeout_s=10.0))
+                with contextlib.suppress(Exception):  # a hung Redis: go on after the timeout
+                    report.wait_ms.append(
+                        _wait_visible(client, project, pending, keys, timeout_s=10.0)
+                    )
             answer = http.post("/v1/transactions/score", json=_body(row))
             answer.raise_for_status()
             body = answer.json()
@@ -394,6 +413,8 @@ def _send(
             stamp = int(row.event_timestamp.value // 1000) + 1
             for key in keys:
                 pending[key] = max(pending.get(key, 0), stamp)
+            if fault is not None:
+                fault(len(labels))
     report.transactions = len(labels)
     report.elapsed_s = time.perf_counter() - started
     return labels
