@@ -380,3 +380,28 @@ def test_rows_are_written_byte_for_byte_as_feast_materialized_them(feature_env, 
     assert checked >= 60
     feast.close()
     ours.close()
+
+
+def test_every_streamer_setting_is_documented():
+    from settings_docs import undocumented_fields
+
+    assert undocumented_fields(StreamerSettings) == []
+
+
+async def test_the_streamer_app_answers_health_and_readiness(server):
+    """Not ready until the histories are seeded; then consuming, with its metrics."""
+    import httpx
+    from httpx import ASGITransport
+
+    from vigil_streamer.app import create_app
+
+    app = create_app(_settings(server.url))
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=ASGITransport(app), base_url="http://s") as client:
+            assert (await client.get("/healthz")).status_code == 200
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503
+            redis.Redis.from_url(server.url).hset("vigil:stream:seeded", "end", "x")
+            await _until(lambda: app.state.consumer.running)
+            assert (await client.get("/readyz")).status_code == 200
+            assert "vigil_streamer_events" in (await client.get("/metrics")).text

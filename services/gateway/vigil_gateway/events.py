@@ -131,6 +131,7 @@ class EventSpool:
         self._ready = asyncio.Event()
         self._append = client.register_script(_APPEND)
         self._full_since: float | None = None
+        self._closed = False
 
     def __len__(self) -> int:
         return len(self._spool)
@@ -166,17 +167,28 @@ class EventSpool:
         self._ready.set()
 
     async def run(self) -> None:
-        """Send what is spooled, for ever (cancelled at shutdown, then :meth:`drain`)."""
+        """Send what is spooled until :meth:`close` (then :meth:`drain` sends the rest).
+
+        It stops on a flag rather than on cancellation: a cancellation landing inside the Redis
+        client's call can be absorbed by it, and the loop would then wait for ever."""
         pause = _RETRY_FIRST_S
-        while True:
+        while not self._closed:
             if not self._spool:
                 self._ready.clear()
                 await self._ready.wait()
+                continue
             if await self._send_some():
                 pause = _RETRY_FIRST_S
             else:
-                await asyncio.sleep(pause)
+                self._ready.clear()
+                with contextlib.suppress(TimeoutError):  # woken early by close()
+                    await asyncio.wait_for(self._ready.wait(), pause)
                 pause = min(pause * 2, _RETRY_MAX_S)
+
+    def close(self) -> None:
+        """Ask :meth:`run` to return after the send in progress, if any."""
+        self._closed = True
+        self._ready.set()
 
     async def _send_some(self) -> bool:
         """Send up to ``batch_max`` spooled events; False when Redis could not take them (they
@@ -184,7 +196,15 @@ class EventSpool:
         batch = [self._spool[i] for i in range(min(self.batch_max, len(self._spool)))]
         args: list[Any] = [self.maxlen, self.dedupe_ms]
         for item in batch:
-            eid, body = build_event(item)
+            try:
+                eid, body = build_event(item)
+            except Exception:  # a bug, never Redis: this event is lost, the others go on
+                self.metrics.events.labels("dropped").inc()
+                logger.exception(
+                    "decision event could not be built; dropped",
+                    extra={"transaction_id": item[0].transaction_id},
+                )
+                continue
             args += [eid, SCHEMA_VERSION, body]
         try:
             added = int(await self._append(keys=[self.stream], args=args))
@@ -222,8 +242,10 @@ class EventSpool:
 
 
 async def stop(task: asyncio.Task[None], spool: EventSpool, timeout_s: float) -> None:
-    """Cancel the sender and drain the spool (the app's shutdown)."""
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    """Stop the sender and drain the spool (the app's shutdown)."""
+    spool.close()
+    try:
+        await asyncio.wait_for(asyncio.shield(task), timeout=max(timeout_s, 1.0))
+    except TimeoutError:  # a send that hangs beyond its socket timeout
+        task.cancel()
     await spool.drain(timeout_s)
