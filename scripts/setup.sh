@@ -35,7 +35,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log=$(mktemp)
   if ! { .venv/bin/python -m pip install -q --upgrade pip &&
          .venv/bin/python -m pip install -q -c requirements/constraints.txt \
-           -e libs/contracts -e libs/servicekit -e services/encoder -e services/predictor -e services/gateway -e ".[dev]"; } >"$log" 2>&1; then
+           -e libs/contracts -e libs/servicekit -e services/encoder -e services/predictor -e services/gateway -e services/streamer -e ".[dev]"; } >"$log" 2>&1; then
     tail -n 40 "$log" >&2
     echo "[setup] pip install failed (full log: $log)" >&2
     exit 1

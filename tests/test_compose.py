@@ -33,12 +33,15 @@ DOCKERFILES = {
     "encoder": ROOT / "services/encoder/Dockerfile",
     "predictor": ROOT / "services/predictor/Dockerfile",
     "gateway": ROOT / "services/gateway/Dockerfile",
+    "streamer": ROOT / "services/streamer/Dockerfile",
 }
 PYTHON_DEFAULT = "python:3.11-slim"
 
 
 def test_compose_declares_the_stack():
-    assert {"redis", "features", "train", "encoder", "predictor", "gateway"} <= set(SERVICES)
+    assert {"redis", "features", "train", "encoder", "predictor", "gateway", "streamer"} <= set(
+        SERVICES
+    )
     assert "healthcheck" in SERVICES["redis"]
     published = {name for name, svc in SERVICES.items() if svc.get("ports")}
     assert published == {"gateway"}, "only the gateway is public"
@@ -63,7 +66,7 @@ def test_dockerfile_builds_only_its_service(name):
     assert "HEALTHCHECK" in text
     assert f"services/{name}" in text
     assert set(re.findall(r"\blibs/(\w+)", text)) == {"contracts", "servicekit"}
-    others = {"encoder", "predictor", "gateway"} - {name}
+    others = {"encoder", "predictor", "gateway", "streamer"} - {name}
     for other in others:
         assert f"services/{other}" not in text
     assert "constraints.txt" in text
@@ -87,9 +90,11 @@ def test_service_images_install_only_what_they_need():
     assert "feast" not in encoder and "xgboost" not in encoder
     predictor = _deps(ROOT / "services/predictor/pyproject.toml")
     assert "feast" not in predictor and "xgboost-cpu" in predictor
+    streamer = _deps(ROOT / "services/streamer/pyproject.toml")
+    assert "feast" not in streamer and "xgboost" not in streamer
     kit = _deps(ROOT / "libs/servicekit/pyproject.toml")
     assert "feast" not in kit and "xgboost" not in kit
-    for service in ("gateway", "encoder", "predictor"):
+    for service in ("gateway", "encoder", "predictor", "streamer"):
         assert "vigil-servicekit" in _deps(ROOT / f"services/{service}/pyproject.toml")
     contracts = _deps(ROOT / "libs/contracts/pyproject.toml")
     # pydantic, and the zone data zoneinfo reads for local time (slim images have none).

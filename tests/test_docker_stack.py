@@ -43,7 +43,7 @@ from vigil.redis_server import free_port
 pytestmark = pytest.mark.docker
 
 ROOT = Path(__file__).resolve().parent.parent
-BUILT = ("redis", "features", "train", "encoder", "predictor", "gateway")
+BUILT = ("redis", "features", "train", "encoder", "predictor", "streamer", "gateway")
 FLAGGED = {"suspicious", "highly_suspicious"}
 # Small enough to keep features + train near a minute on 2 cores; big enough that the model still
 # tells the samples apart (measured: legit scores < 0.001, frauds > 0.8 at 50,000).

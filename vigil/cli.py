@@ -7,7 +7,9 @@ vigil apply         feast apply + export of the serving spec
 vigil materialize   feast materialize-incremental up to now (--full: the whole window)
 vigil train         Feast point-in-time features -> XGBoost -> models/<name>/<version>/
 vigil batch-score   score a parquet file of transactions with a model version
-vigil serve         the stack (redis, encoder, predictor, gateway) as local processes
+vigil stream-seed   the streamer's entity histories from the raw transactions (its "materialize")
+vigil serve         the stack (redis, encoder, predictor, streamer, gateway) as local processes
+vigil replay        replay the world's last days through the API; compare with the batch side
 vigil keys          create, list, revoke or rotate the gateway's API keys (in its Redis)
 vigil certs dev     a self-signed certificate and key for the gateway's HTTPS, locally
 vigil demo          all of the above end to end, with a private redis-server
@@ -118,6 +120,48 @@ def cmd_materialize(args: argparse.Namespace) -> None:
         )
 
 
+def cmd_stream_seed(args: argparse.Namespace) -> None:
+    from vigil import feast_repo, materialization
+    from vigil.stream_seed import seed_from_files
+
+    repo = feast_repo.repo_dir(args.repo)
+    online = feast_repo.online_store_config(repo)
+    if online.get("type", "redis") != "redis":
+        raise CliError("the streamer needs a Redis online store")
+    client = materialization.redis_client(online.get("connection_string", "localhost:6379"))
+    try:
+        report = seed_from_files(client, _raw_path(args), args.end, args.lateness_s)
+    finally:
+        client.close()
+    kinds = ", ".join(f"{n:,} {k.removesuffix('_id')}s" for k, n in report.entities.items())
+    _say(
+        f"seeded the streamer's histories up to {report.end:%Y-%m-%dT%H:%M:%S}Z: "
+        f"{report.records:,} records of {report.transactions:,} transactions ({kinds}), "
+        f"{report.fx_rates:,} dated FX rates"
+    )
+
+
+def cmd_replay(args: argparse.Namespace) -> None:
+    from vigil import feast_repo
+    from vigil.replay import replay
+
+    report = replay(
+        feast_repo.repo_dir(args.repo),
+        _raw_path(args),
+        Path(args.models_dir),
+        Path(args.data_dir) / "replay",
+        days=args.days,
+        limit=args.limit,
+        model_version=args.version,
+        progress=_say,
+    )
+    for line in report.lines():
+        print(line)
+    if report.feature_mismatches:
+        for line in report.feature_mismatches[:10]:
+            print(f"  differs: {line}")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from vigil import feast_repo
     from vigil.training import TrainConfig, headline, train
@@ -176,6 +220,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         Path(args.data_dir) / "logs",
         redis_url=args.redis_url,
         fixed_ports=not args.free_ports,
+        with_streamer=not args.no_streamer,
     )
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
@@ -296,6 +341,45 @@ def build_parser() -> argparse.ArgumentParser:
         help="load the whole freshness window (for an empty or new online store)",
     )
 
+    p = add(
+        "stream-seed",
+        cmd_stream_seed,
+        "seed the streamer's entity histories (and dated FX rates) from the raw transactions",
+    )
+    p.add_argument(
+        "--raw", help="raw transactions parquet (default: DATA_DIR/raw/transactions.parquet)"
+    )
+    p.add_argument(
+        "--end",
+        type=_parse_time,
+        default=None,
+        help="histories of the transactions before this time (default: now)",
+    )
+    p.add_argument(
+        "--lateness-s",
+        type=float,
+        default=3600.0,
+        help="the streamer's STREAMER_ALLOWED_LATENESS_S (default %(default)s)",
+    )
+
+    p = add(
+        "replay",
+        cmd_replay,
+        "replay the world's last days through the business API on a "
+        "private stack with the streamer; compare with the batch side",
+    )
+    p.add_argument(
+        "--raw", help="raw transactions parquet (default: DATA_DIR/raw/transactions.parquet)"
+    )
+    p.add_argument(
+        "--days",
+        type=float,
+        default=1.0,
+        help="replay from midnight UTC this many days before the world's end",
+    )
+    p.add_argument("--limit", type=int, default=None, help="at most this many transactions")
+    p.add_argument("--version", default=None, help="model version (default: latest)")
+
     p = add("train", cmd_train, "train a model version from Feast point-in-time features")
     p.add_argument("--raw", help="labelled raw transactions parquet")
     p.add_argument("--seed", type=int, default=7)
@@ -324,7 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="use this Redis (default: start a private redis-server; it then holds "
         "no features until `vigil materialize` runs against it)",
     )
-    p.add_argument("--free-ports", action="store_true", help="pick free ports instead of 8000-8002")
+    p.add_argument("--free-ports", action="store_true", help="pick free ports instead of 8000-8003")
+    p.add_argument(
+        "--no-streamer",
+        action="store_true",
+        help="do not start the streamer (online features then change only by materialize)",
+    )
 
     p = add(
         "keys",

@@ -11,12 +11,14 @@ import argparse
 import os
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pandas as pd
 
-from vigil import feast_repo
+from vigil import feast_repo, materialization
+from vigil.fx import FX_FILE, read_fx_table
 from vigil.redis_server import RedisServer, RedisUnavailable, find_redis_server
 
 
@@ -84,6 +86,23 @@ def run_demo(args: argparse.Namespace) -> None:
         report = feast_repo.materialize(repo, full=True)
         for load in report.views:
             print(f"{load.view}: {load.rows:,} rows written", file=sys.stderr)
+        if redis is not None:
+            from vigil.stream_seed import seed_histories
+
+            _step(
+                "seeding the streamer's entity histories (its windows see the world's last 30 days)"
+            )
+            client = materialization.redis_client(redis.connection_string)
+            try:
+                seeded = seed_histories(
+                    client, frame, read_fx_table(raw.parent / FX_FILE), datetime.now(UTC)
+                )
+            finally:
+                client.close()
+            print(
+                f"{seeded.records:,} history records of {sum(seeded.entities.values()):,} entities",
+                file=sys.stderr,
+            )
 
         _step("training from Feast point-in-time features")
         model_dir = train(
@@ -134,8 +153,12 @@ def _score_online(
     from vigil.runner import LocalStack
     from vigil.scenarios import build_scenarios
 
-    _step("starting the stack: encoder, predictor, gateway (same commands as docker compose)")
-    with LocalStack(repo, models_dir, Path(args.data_dir) / "logs", redis_url=redis.url) as stack:
+    _step(
+        "starting the stack: encoder, predictor, streamer, gateway (same commands as docker compose)"
+    )
+    with LocalStack(
+        repo, models_dir, Path(args.data_dir) / "logs", redis_url=redis.url, with_streamer=True
+    ) as stack:
         print(stack.describe(), file=sys.stderr)
         scenarios = build_scenarios(frame)
         gateway = stack.services["gateway"].url

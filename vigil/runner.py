@@ -1,4 +1,4 @@
-"""The local runner: Redis and the three services as plain processes, as docker compose runs them.
+"""The local runner: Redis and the services as plain processes, as docker compose runs them.
 
 The stack gets a fresh token for the internal hops, the key secret ``vigil keys`` uses, and one API key
 with the ``score`` scope, ``LocalStack.api_key``, which its clients send.
@@ -98,6 +98,16 @@ def service_specs(
             },
         ),
         ServiceSpec(
+            "streamer",
+            "vigil_streamer.app:create_app",
+            8003,
+            {
+                "STREAMER_REDIS_URL": redis_url,
+                # Stable across restarts: what it read and had not acknowledged is read again.
+                "STREAMER_CONSUMER": "streamer-1",
+            },
+        ),
+        ServiceSpec(
             "gateway",
             "vigil_gateway.app:create_app",
             8000,
@@ -149,7 +159,12 @@ def create_api_key(
     return asyncio.run(create())
 
 
-READY_PATH = {"encoder": "/readyz", "predictor": "/v2/health/ready", "gateway": "/readyz"}
+READY_PATH = {
+    "encoder": "/readyz",
+    "predictor": "/v2/health/ready",
+    "gateway": "/readyz",
+    "streamer": "/readyz",
+}
 
 
 class StackError(Exception):
@@ -178,6 +193,7 @@ class LocalStack:
         extra_env: dict[str, dict[str, str]] | None = None,
         key_limits: dict[str, float | None] | None = None,
         tls: tuple[str, str] | None = None,
+        with_streamer: bool = False,
     ):
         self.repo, self.models_dir, self.log_dir = repo, models_dir.resolve(), log_dir
         self.redis_url = redis_url
@@ -189,6 +205,8 @@ class LocalStack:
         self.secrets = new_secrets()
         self.key_limits = key_limits
         self.tls = tls
+        self.with_streamer = with_streamer
+        """Start the streamer too (it needs the entity histories seeded: ``vigil stream-seed``)."""
         self.api_key: str | None = None
         """A key with the ``score`` scope made for this stack's clients (``start`` makes it)."""
 
@@ -199,7 +217,12 @@ class LocalStack:
             self.redis_url = self.redis.url
         planned = {
             name: free_port() if not self.fixed_ports else default
-            for name, default in (("encoder", 8001), ("predictor", 8002), ("gateway", 8000))
+            for name, default in (
+                ("encoder", 8001),
+                ("predictor", 8002),
+                ("streamer", 8003),
+                ("gateway", 8000),
+            )
         }
         planned.update(self.ports)
         urls = {name: f"http://127.0.0.1:{port}" for name, port in planned.items()}
@@ -215,6 +238,8 @@ class LocalStack:
         self.api_key = create_api_key(
             self.redis_url, self.secrets["auth_secret"], "local-stack", limits=self.key_limits
         )
+        if not self.with_streamer:
+            specs = [spec for spec in specs if spec.name != "streamer"]
         try:
             for spec in specs:
                 self._start_one(spec, planned[spec.name])

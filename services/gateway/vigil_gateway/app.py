@@ -28,6 +28,8 @@ from vigil_gateway.downstream import build_http_client
 from vigil_gateway.encode import Encode
 from vigil_gateway.encoder_client import EncoderClient
 from vigil_gateway.errors import GatewayError
+from vigil_gateway.events import EventSpool
+from vigil_gateway.events import stop as stop_events
 from vigil_gateway.framework_errors import from_http_error, from_validation_error
 from vigil_gateway.idempotency import Idempotency
 from vigil_gateway.limits import Admission, RateLimiter, Rates
@@ -46,6 +48,7 @@ from vigil_gateway.settings import GatewaySettings
 from vigil_servicekit.fast_lane import install_fast_lane
 from vigil_servicekit.gc_tuning import frozen_startup_heap
 from vigil_servicekit.logs import configure_logging
+from vigil_servicekit.redis_url import is_cluster
 from vigil_servicekit.wiring import wire
 
 logger = logging.getLogger(__name__)
@@ -111,6 +114,31 @@ def create_app(
             )
             stack.push_async_callback(catalog.close)
             store = DecisionStore(redis, metrics, ttl_s=settings.decision_ttl_s)
+            events: EventSpool | None = None
+            if settings.events_enabled and is_cluster(settings.redis_url):
+                # The event script reads and writes keys of several slots: one Redis only, for
+                # now (partitioned streams on a cluster are still to come).
+                logger.warning("decision events are off: the gateway's Redis is a cluster")
+            elif settings.events_enabled:
+                # Its own connections, with room for a batch's round trip: never the decision
+                # store's fail-fast pool, which the request path waits on.
+                events_redis = connect(settings.redis_url, timeout_s=1.0, max_connections=2)
+                stack.push_async_callback(events_redis.aclose)
+                events = EventSpool(
+                    events_redis,  # type: ignore[arg-type]  # a single Redis here (see above)
+                    metrics,
+                    stream=settings.events_stream,
+                    spool_max=settings.events_spool_max,
+                    batch_max=settings.events_batch_max,
+                    maxlen=settings.events_stream_maxlen,
+                    dedupe_ttl_s=settings.events_dedupe_ttl_s,
+                )
+                sender = asyncio.create_task(events.run(), name="decision-events")
+                # Drained at shutdown after the decision store's writes (the stack unwinds last
+                # first), before these connections close.
+                stack.push_async_callback(
+                    stop_events, sender, events, settings.events_drain_timeout_s
+                )
             stack.push_async_callback(store.drain)  # decisions written behind answers, first
             ring = None
             if settings.auth_enabled:
@@ -147,7 +175,7 @@ def create_app(
                 safeguards=Safeguards(rules),
                 predict=Predict(predictor, catalog),
                 postprocess=Postprocess(catalog, max_reasons=settings.max_reasons),
-                record=Record(metrics),
+                record=Record(metrics, events),
                 metrics=metrics,
                 settings=settings,
             )

@@ -4,6 +4,7 @@ how its decisions are kept. Made once per request by the pipeline; never changed
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -27,3 +28,19 @@ class ScoringRequest:
     """When the budget runs out, on the event loop's clock (None: no budget)."""
     write_behind: bool
     """The decisions are written after the answer (a single transaction), not before it (a batch)."""
+
+
+@dataclass
+class DecisionTrace:
+    """What the pipeline saw on the way to a request's answers, for the record stage: the
+    vectors the encoder gave (row ``i`` is the claim's transaction ``i``) and the time spent.
+    Filled by the pipeline, never by a stage."""
+
+    started: float
+    """``time.perf_counter()`` when scoring began."""
+    encoded: Any = None
+    """The encoder's ``EncodedVectors``, when it answered."""
+    encode_ms: float | None = None
+    predict_ms: float | None = None
+    finished: float | None = None
+    """``time.perf_counter()`` when the answers were settled."""

@@ -117,3 +117,21 @@ class GatewayMetrics(ServiceMetrics):
             "Rate-limit checks that could not reach Redis (the request was let through).",
             registry=self.registry,
         )
+        self.events = Counter(
+            "vigil_gateway_decision_events",
+            "Decision events by outcome: spooled (taken into the local spool), sent (on the "
+            "stream), duplicate (already on the stream: a retry after a lost reply), dropped (the "
+            "spool was full), lost_at_shutdown (still spooled when the drain timed out).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.events_spooled = Gauge(
+            "vigil_gateway_decision_events_spooled",
+            "Decision events waiting in this process's spool for the stream.",
+            registry=self.registry,
+        )
+        self.events_send_errors = Counter(
+            "vigil_gateway_decision_events_send_errors",
+            "Failed attempts to send spooled events to the stream (Redis away; they are retried).",
+            registry=self.registry,
+        )

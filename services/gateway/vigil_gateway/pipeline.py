@@ -33,7 +33,7 @@ from typing import Any
 from vigil_contracts.api import ScoreResponse, Transaction
 from vigil_gateway import preprocess, validation
 from vigil_gateway.authenticate import Caller
-from vigil_gateway.context import Limits, ScoringRequest
+from vigil_gateway.context import DecisionTrace, Limits, ScoringRequest
 from vigil_gateway.encode import Encode
 from vigil_gateway.errors import GatewayError
 from vigil_gateway.idempotency import Idempotency, Outcomes
@@ -143,13 +143,15 @@ class ScoringPipeline:
         self, items: Sequence[Transaction | GatewayError], request: ScoringRequest
     ) -> Outcomes:
         claim = self.idempotency.begin(items, request)
+        trace = DecisionTrace(started=time.perf_counter())
         answers = (
-            await self._answers(claim.transactions, request, claim.wanted)
+            await self._answers(claim.transactions, request, claim.wanted, trace)
             if claim.transactions
             else []
         )
         outcomes = await claim.settle(answers)
-        self.record(outcomes.fresh)
+        trace.finished = time.perf_counter()
+        self.record(outcomes.fresh, claim.transactions, trace, request.request_id)
         return outcomes
 
     async def _answers(
@@ -157,12 +159,13 @@ class ScoringPipeline:
         transactions: Sequence[Transaction],
         request: ScoringRequest,
         wanted: Callable[[], Awaitable[Sequence[int]]],
+        trace: DecisionTrace,
     ) -> Answers:
         """preprocess -> encode -> policy -> safeguards -> predict -> postprocess, within the time budget: one
         answer per transaction the claim wants (None for the others)."""
         try:
             async with asyncio.timeout_at(request.deadline):
-                return await self._infer(transactions, request, wanted)
+                return await self._infer(transactions, request, wanted, trace)
         except TimeoutError:
             logger.warning(
                 "scoring budget exceeded",
@@ -181,6 +184,7 @@ class ScoringPipeline:
         transactions: Sequence[Transaction],
         request: ScoringRequest,
         wanted: Callable[[], Awaitable[Sequence[int]]],
+        trace: DecisionTrace,
     ) -> Answers:
         answers: Answers = [None] * len(transactions)
         columns = preprocess.to_encode_columns(transactions)
@@ -206,6 +210,8 @@ class ScoringPipeline:
                 return answers
             try:
                 meta, encoded = await encoding
+                trace.encoded = encoded
+                trace.encode_ms = round(1000 * (time.perf_counter() - trace.started), 3)
             except Unscorable as exc:
                 for i, answer in zip(
                     rows,
@@ -237,8 +243,10 @@ class ScoringPipeline:
                     verdict.reasons if verdict is not None else (),
                 )
             if scorable:
+                predicting = time.perf_counter()
                 try:
                     inference, scored_by = await self.predict(encoded, scorable, request)
+                    trace.predict_ms = round(1000 * (time.perf_counter() - predicting), 3)
                 except Unscorable as exc:
                     scored = self.postprocess.failed(
                         [transactions[i] for i in scorable], exc.code, request.request_id, exc.error

@@ -177,6 +177,32 @@ class GatewaySettings(BaseSettings):
     tls_keyfile: str | None = None
     """PEM private key of ``tls_certfile``."""
 
+    events_enabled: bool = True
+    """Append one decision event per fresh decision to the Redis Stream ``events_stream`` (what
+    the streamer, and the decision log, shadow scoring and monitoring after it, consume)."""
+
+    events_stream: str = "vigil:decisions"
+    """Redis Stream of decision events (on ``redis_url``)."""
+
+    events_spool_max: int = Field(default=20_000, ge=1)
+    """Most events held in this process's spool while they wait for the stream (Redis away,
+    slow). Beyond it a new event is dropped and counted; a crash (not a graceful stop) loses
+    what the spool holds, at most this many."""
+
+    events_batch_max: int = Field(default=500, ge=1)
+    """Most events sent in one round trip to Redis."""
+
+    events_stream_maxlen: int = Field(default=5_000_000, ge=1000)
+    """Approximate cap on the stream's length (``XADD MAXLEN ~``): the backlog a consumer may
+    fall behind by before the oldest entries are trimmed."""
+
+    events_dedupe_ttl_s: int = Field(default=600, ge=1)
+    """How long an event id is remembered on the Redis side, so that resending a batch whose
+    reply was lost (a hung Redis, a timeout) never adds an event twice."""
+
+    events_drain_timeout_s: float = Field(default=10.0, ge=0)
+    """At a graceful stop, how long the gateway keeps trying to send its spooled events."""
+
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> GatewaySettings:
         if self.environment != "production":

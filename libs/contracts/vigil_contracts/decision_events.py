@@ -1,0 +1,87 @@
+"""The decision event: one per fresh decision the gateway makes, on a Redis Stream.
+
+Every consumer of the stream (the streamer today; the decision log, shadow scoring and monitoring
+next) reads this one shape. An entry of the stream has three fields: ``id`` (the event id),
+``v`` (the schema version) and ``event`` (the JSON of :class:`DecisionEvent`). The event id is
+the transaction id and the request id that decided it (a batch decides many transactions under
+one request id; a rescore is a new request): a consumer that has seen an id has seen the event.
+
+Version 1. A consumer refuses (dead-letters) an entry of a version it does not know.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+#: Default stream key (``GATEWAY_EVENTS_STREAM`` / ``STREAMER_STREAM``).
+STREAM_KEY = "vigil:decisions"
+#: Default dead-letter stream of the streamer (``STREAMER_DEAD_LETTER_STREAM``).
+DEAD_LETTER_KEY = "vigil:decisions:dead"
+#: Fields of one stream entry.
+FIELD_ID, FIELD_VERSION, FIELD_EVENT = "id", "v", "event"
+
+
+def event_id(transaction_id: str, request_id: str) -> str:
+    """The id of the event of ``transaction_id`` decided by request ``request_id``."""
+    return f"{transaction_id}\x1f{request_id}"
+
+
+class EventTransaction(BaseModel):
+    """The transaction as the client sent it (validated), in the API's field names."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    transaction_id: str
+    card_id: str
+    merchant_id: str
+    amount: float
+    currency: str
+    timestamp: datetime = Field(description="Aware; the instant of the payment.")
+    channel: str
+    device_id: str | None = None
+    ip_address: str | None = None
+    country: str | None = None
+
+
+class EventFeatures(BaseModel):
+    """The vector the model saw (or would have): names in model order, values (None =
+    missing), missing and stale flags. Absent when the encoder gave no vector."""
+
+    feature_service: str
+    feature_contract: str
+    names: list[str]
+    values: list[float | None]
+    missing: list[bool]
+    stale: list[bool]
+
+
+class EventTimings(BaseModel):
+    """Milliseconds spent, and when the answer was made (epoch seconds)."""
+
+    encode_ms: float | None = None
+    predict_ms: float | None = None
+    total_ms: float
+    decided_at: float
+
+
+class DecisionEvent(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    schema_version: int = SCHEMA_VERSION
+    event_id: str
+    request_id: str
+    transaction: EventTransaction
+    entities: dict[str, str | None] = Field(
+        description="card_id, merchant_id, device_id (None without a device)."
+    )
+    model_name: str | None
+    model_version: str | None
+    score: float | None
+    label: str
+    reasons: list[str] = Field(description="Reason codes, in the answer's order.")
+    degraded: bool
+    features: EventFeatures | None
+    timings: EventTimings

@@ -1,0 +1,1 @@
+"""Vigil streamer: decision events in, online features (Feast layout) out."""

@@ -1,0 +1,417 @@
+"""The streamer's consumer loop: decision events in, each touched entity's online row out.
+
+For a batch read from the group (``XREADGROUP``): parse each entry (a malformed one, or one of
+an unknown schema version, goes to the dead-letter stream with the reason); skip event ids
+already processed; add each event's transaction to its card's, merchant's and device's history
+(one Lua call each: idempotent, since a transaction is one member; an event older than the
+entity's newest by more than the allowed lateness is left out and counted); snapshot the touched
+histories (one ``MULTI``); recompute each touched entity's newest row with the batch pipeline's
+function (``aggregates``); write the rows newer-wins in Feast's layout (``feast_layout``); move
+the views' markers; remember the event ids; acknowledge. A crash anywhere before the
+acknowledgement leaves the entries pending: they are read again at restart (or taken over by
+another replica after ``claim_idle_s``) and change nothing twice.
+
+Replicas share the group; two may touch one entity at once. Every change of an entity's history
+moves its version, rows are recomputed from a snapshot taken with that version, and a row of the
+same instant is written only by a snapshot at least as new as the stored one's: the last write
+is always the newest history's row, whichever replica makes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from vigil_contracts.decision_events import (
+    FIELD_EVENT,
+    FIELD_VERSION,
+    SCHEMA_VERSION,
+    DecisionEvent,
+)
+from vigil_contracts.entity_history import (
+    FX_KEY,
+    KINDS,
+    SEEDED_KEY,
+    HistoryRecord,
+    fx_field,
+    history_key,
+    version_key,
+    written_key,
+)
+from vigil_contracts.online_markers import marker_key
+from vigil_streamer import aggregates, feast_layout
+from vigil_streamer.metrics import StreamerMetrics
+from vigil_streamer.settings import StreamerSettings
+
+logger = logging.getLogger(__name__)
+
+_US_PER_DAY = 86_400_000_000
+_EUR_FEATURE = "request_features__txn_amount"
+SEEN_PREFIX = "vigil:stream:seen:"
+
+# KEYS[1] history, KEYS[2] version; ARGV: member, t_us, kept span (µs), lateness (µs), ttl (ms).
+# Returns {1, version} added, {0, version} already there, {-1, version} too late.
+_ADD = """
+local t = tonumber(ARGV[2])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  return {0, tonumber(redis.call('GET', KEYS[2]) or '0')}
+end
+local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+local top = t
+if newest[2] then
+  local n = tonumber(newest[2])
+  if t < n - tonumber(ARGV[4]) then
+    return {-1, tonumber(redis.call('GET', KEYS[2]) or '0')}
+  end
+  if n > top then top = n end
+end
+redis.call('ZADD', KEYS[1], t, ARGV[1])
+local v = redis.call('INCR', KEYS[2])
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local cutoff = top - tonumber(ARGV[3])
+if tonumber(first[2]) < cutoff then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '(' .. first[2], '(' .. string.format('%.0f', cutoff))
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+return {1, v}
+"""
+# KEYS[1] a view's marker; ARGV: end (ISO, UTC), written_at. Only an existing marker moves, and
+# only forward: a store never loaded stays not ready.
+_MARK = """
+local e = redis.call('HGET', KEYS[1], 'end')
+if e and ARGV[1] > e then
+  redis.call('HSET', KEYS[1], 'end', ARGV[1], 'written_at', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+class _NotYet(Exception):
+    """The streamer cannot consume yet (the histories are not seeded)."""
+
+
+class Malformed(ValueError):
+    """An entry that cannot be processed; its reason goes to the dead-letter stream."""
+
+
+def parse(fields: dict[bytes, bytes]) -> DecisionEvent:
+    version = fields.get(FIELD_VERSION.encode())
+    if version is None or FIELD_EVENT.encode() not in fields:
+        raise Malformed(
+            f"not a decision event: fields {sorted(k.decode(errors='replace') for k in fields)}"
+        )
+    if version != str(SCHEMA_VERSION).encode():
+        raise Malformed(f"unknown schema version {version.decode(errors='replace')!r}")
+    try:
+        event = DecisionEvent.model_validate_json(fields[FIELD_EVENT.encode()])
+    except ValidationError as exc:
+        raise Malformed(
+            f"invalid event: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
+        ) from None
+    if event.transaction.timestamp.tzinfo is None:
+        raise Malformed("transaction.timestamp has no UTC offset")
+    return event
+
+
+def t_us(ts: datetime) -> int:
+    delta = ts - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _iso(t: int) -> str:
+    return (
+        datetime.fromtimestamp(t // 1_000_000, UTC).replace(microsecond=t % 1_000_000).isoformat()
+    )
+
+
+class Consumer:
+    def __init__(self, client: Redis, settings: StreamerSettings, metrics: StreamerMetrics) -> None:
+        self.client = client
+        self.settings = settings
+        self.metrics = metrics
+        self._add = client.register_script(_ADD)
+        self._write = client.register_script(feast_layout.WRITE_NEWER)
+        self._mark = client.register_script(_MARK)
+        self._rates: dict[str, float] = {}
+        self.lateness_us = int(settings.allowed_lateness_s * 1_000_000)
+        self.ttl_ms = settings.history_ttl_s * 1000
+        self.running = False
+        """True once the group exists and the histories are seeded (readiness)."""
+        self.problem = "starting"
+        self._last_claim = 0.0
+
+    # --- the loop ------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Consume for ever (cancelled at shutdown). Redis trouble is logged and retried."""
+        pause = 0.1
+        while True:
+            try:
+                await self._prepare()
+                await self._consume()
+                pause = 0.1
+            except asyncio.CancelledError:
+                raise
+            except _NotYet:
+                await asyncio.sleep(1.0)
+            except (RedisError, OSError) as exc:
+                self.running = False
+                self.problem = f"redis: {type(exc).__name__}: {exc}"
+                self.metrics.errors.inc()
+                logger.warning("streamer waiting for Redis", extra={"error": self.problem})
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, 2.0)
+            except Exception:
+                self.metrics.errors.inc()
+                logger.exception("streamer batch failed; its events will be read again")
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, 2.0)
+
+    async def _prepare(self) -> None:
+        if self.running:
+            return
+        s = self.settings
+        with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
+            await self.client.xgroup_create(s.stream, s.group, id="0", mkstream=True)
+        if s.require_seed and not await self.client.exists(SEEDED_KEY):
+            self.problem = "entity histories not seeded: run `vigil stream-seed`"
+            raise _NotYet
+        # What this consumer read and did not acknowledge before it stopped, first.
+        while True:
+            reply = await self.client.xreadgroup(
+                s.group, s.consumer, {s.stream: "0"}, count=s.batch_max
+            )
+            entries = reply[0][1] if reply else []
+            if not entries:
+                break
+            await self.process(entries)
+        self.running = True
+        self.problem = ""
+        logger.info(
+            "streamer consuming",
+            extra={"stream": s.stream, "group": s.group, "consumer": s.consumer},
+        )
+
+    async def _consume(self) -> None:
+        s = self.settings
+        now = time.monotonic()
+        if now - self._last_claim >= s.claim_idle_s:
+            self._last_claim = now
+            claimed = await self.client.xautoclaim(
+                s.stream,
+                s.group,
+                s.consumer,
+                min_idle_time=int(s.claim_idle_s * 1000),
+                start_id="0-0",
+                count=s.batch_max,
+            )
+            if claimed and claimed[1]:
+                logger.info(
+                    "took over events of a stopped replica", extra={"events": len(claimed[1])}
+                )
+                await self.process(claimed[1])
+            await self._gauge_lag()
+        reply = await self.client.xreadgroup(
+            s.group, s.consumer, {s.stream: ">"}, count=s.batch_max, block=s.block_ms
+        )
+        if reply and reply[0][1]:
+            await self.process(reply[0][1])
+
+    async def _gauge_lag(self) -> None:
+        for group in await self.client.xinfo_groups(self.settings.stream):
+            if group.get("name") in (self.settings.group, self.settings.group.encode()):
+                lag = group.get("lag")
+                self.metrics.lag.set(float(lag) if lag is not None else 0.0)
+                self.metrics.pending.set(float(group.get("pending") or 0))
+
+    # --- one batch -----------------------------------------------------------------------
+    async def process(self, entries: Sequence[tuple[Any, dict[bytes, bytes]]]) -> None:
+        started = time.perf_counter()
+        s = self.settings
+        ids = [entry_id for entry_id, _ in entries]
+        events: list[tuple[Any, DecisionEvent]] = []
+        dead: list[tuple[Any, dict[bytes, bytes], str]] = []
+        for entry_id, fields in entries:
+            try:
+                events.append((entry_id, parse(fields)))
+            except Malformed as exc:
+                dead.append((entry_id, fields, str(exc)))
+        if events:
+            pipe = self.client.pipeline(transaction=False)
+            for _, event in events:
+                pipe.exists(SEEN_PREFIX + event.event_id)
+            seen = await pipe.execute()
+            fresh: dict[str, tuple[Any, DecisionEvent]] = {}
+            for item, done in zip(events, seen, strict=True):
+                if not done and item[1].event_id not in fresh:  # also once within a batch
+                    fresh[item[1].event_id] = item
+            duplicates = len(events) - len(fresh)
+            events = list(fresh.values())
+            if duplicates:
+                self.metrics.events.labels("duplicate").inc(duplicates)
+        records: list[tuple[DecisionEvent, HistoryRecord]] = []
+        for entry_id, event in events:
+            try:
+                records.append((event, await self._record(event)))
+            except Malformed as exc:
+                dead.append((entry_id, {b"id": event.event_id.encode()}, str(exc)))
+        applied = {event.event_id for event, _ in records}
+        latest = await self._apply(records)
+        pipe = self.client.pipeline(transaction=False)
+        for event_id in applied:
+            pipe.set(SEEN_PREFIX + event_id, b"1", ex=s.seen_ttl_s)
+        for entry_id, fields, reason in dead:
+            source = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+            entry: dict[Any, Any] = {**fields, b"source_id": source, b"reason": reason}
+            pipe.xadd(s.dead_letter_stream, entry)
+        if ids:
+            pipe.xack(s.stream, s.group, *ids)
+        await pipe.execute()
+        if dead:
+            self.metrics.events.labels("dead_letter").inc(len(dead))
+            for entry_id, _, reason in dead:
+                logger.warning(
+                    "decision event dead-lettered", extra={"entry": str(entry_id), "reason": reason}
+                )
+        if applied:
+            self.metrics.events.labels("applied").inc(len(applied))
+        now = time.time()
+        for event, _ in records:
+            if event.event_id in latest:
+                self.metrics.freshness.observe(max(0.0, now - event.timings.decided_at))
+        self.metrics.batch_size.observe(len(entries))
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    async def _record(self, event: DecisionEvent) -> HistoryRecord:
+        txn = event.transaction
+        when = t_us(txn.timestamp)
+        return HistoryRecord(
+            txn.transaction_id,
+            when,
+            txn.card_id,
+            txn.merchant_id,
+            txn.device_id,
+            txn.country,
+            await self._in_eur(event, when),
+        )
+
+    async def _in_eur(self, event: DecisionEvent, when: int) -> float:
+        """The amount in EUR at the rate of its currency on its UTC day (as the batch pipeline
+        converts it); the event's own EUR amount when no dated rate is known."""
+        txn = event.transaction
+        day = datetime.fromtimestamp(when // _US_PER_DAY * 86_400, UTC).date().isoformat()
+        field = fx_field(txn.currency, day)
+        rate = self._rates.get(field)
+        if rate is None:
+            stored = await self.client.hget(FX_KEY, field)  # type: ignore[misc]
+            if stored is not None:
+                rate = self._rates[field] = float(stored)
+        if rate is not None:
+            return txn.amount * rate
+        features = event.features
+        if features is not None and _EUR_FEATURE in features.names:
+            value = features.values[features.names.index(_EUR_FEATURE)]
+            if value is not None:
+                self.metrics.fx_from_event.inc()
+                return float(value)
+        raise Malformed(f"no EUR rate for {txn.currency} on {day}")
+
+    async def _apply(
+        self, records: Sequence[tuple[DecisionEvent, HistoryRecord]]
+    ) -> dict[str, int]:
+        """Histories, rows, markers of ``records``; the events whose rows were written."""
+        if not records:
+            return {}
+        s = self.settings
+        pipe = self.client.pipeline(transaction=False)
+        touched: list[tuple[DecisionEvent, str, str]] = []
+        for event, record in records:
+            member = record.encode()
+            for join_key in KINDS:
+                value = getattr(record, join_key)
+                if value is None:
+                    continue
+                kept = aggregates.WINDOW_US[join_key] + self.lateness_us
+                await self._add(
+                    keys=[history_key(join_key, value), version_key(join_key, value)],
+                    args=[member, record.t_us, kept, self.lateness_us, self.ttl_ms],
+                    client=pipe,
+                )
+                touched.append((event, join_key, value))
+        results = await pipe.execute()
+        targets: set[tuple[str, str]] = set()
+        late: set[str] = set()
+        for (event, join_key, value), (status, _) in zip(touched, results, strict=True):
+            if status == -1:
+                late.add(event.event_id)
+                self.metrics.events.labels("late").inc()
+                logger.warning(
+                    "decision event too late for an entity: left out of its features",
+                    extra={
+                        "event_id": event.event_id,
+                        "entity": join_key,
+                        "allowed_lateness_s": s.allowed_lateness_s,
+                    },
+                )
+            else:
+                targets.add((join_key, value))
+        if not targets:
+            return {}
+        ordered = sorted(targets)
+        snap = self.client.pipeline(transaction=True)  # one MULTI: histories and versions agree
+        for join_key, value in ordered:
+            snap.zrange(history_key(join_key, value), 0, -1)
+            snap.get(version_key(join_key, value))
+        replies = await snap.execute()
+        union: dict[bytes, HistoryRecord] = {}
+        versions: dict[tuple[str, str], int] = {}
+        for i, target in enumerate(ordered):
+            for member in replies[2 * i]:
+                if member not in union:
+                    union[member] = HistoryRecord.decode(member)
+            versions[target] = int(replies[2 * i + 1] or 0)
+        rows = await asyncio.to_thread(aggregates.newest_rows, list(union.values()), ordered)
+        write = self.client.pipeline(transaction=False)
+        order: list[tuple[str, str]] = []
+        for (join_key, value), (stamp, features) in rows.items():
+            view = KINDS[join_key]
+            await self._write(
+                keys=[
+                    feast_layout.redis_key(join_key, value, s.project),
+                    written_key(join_key, value),
+                ],
+                args=feast_layout.row_args(
+                    view,
+                    features,
+                    aggregates.DTYPES,
+                    stamp,
+                    versions[(join_key, value)],
+                    self.ttl_ms,
+                ),
+                client=write,
+            )
+            order.append((join_key, value))
+        outcomes = await write.execute()
+        newest: dict[str, int] = {}
+        for (join_key, _), (stamp, _), written in zip(order, rows.values(), outcomes, strict=True):
+            view = KINDS[join_key]
+            self.metrics.rows.labels(view, "written" if written else "older").inc()
+            newest[view] = max(newest.get(view, 0), stamp)
+        now = datetime.now(UTC).isoformat()
+        marks = self.client.pipeline(transaction=False)
+        for view, stamp in newest.items():
+            await self._mark(
+                keys=[marker_key(s.project, view)], args=[_iso(stamp), now], client=marks
+            )
+        await marks.execute()
+        return {event.event_id: 1 for event, _ in records if event.event_id not in late}

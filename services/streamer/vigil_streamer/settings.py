@@ -1,0 +1,68 @@
+"""The streamer's configuration, read from ``STREAMER_*`` environment variables."""
+
+from __future__ import annotations
+
+import socket
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from vigil_contracts.decision_events import DEAD_LETTER_KEY, STREAM_KEY
+
+
+class StreamerSettings(BaseSettings):
+    """Everything the streamer can be told; every field has a safe default for the local stack."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMER_", extra="ignore")
+
+    redis_url: str = "redis://localhost:6379/0"
+    """The Redis holding the decision stream, Feast's online store and the streamer's state."""
+
+    project: str = "vigil"
+    """Feast project name (the suffix of Feast's hash keys)."""
+
+    stream: str = STREAM_KEY
+    """The decision stream (the gateway's ``GATEWAY_EVENTS_STREAM``)."""
+
+    group: str = "streamer"
+    """Consumer group of the streamer; replicas share its work."""
+
+    consumer: str = Field(default_factory=socket.gethostname)
+    """This replica's consumer name, stable across its restarts (what it had read but not
+    acknowledged before a crash is read again at start)."""
+
+    dead_letter_stream: str = DEAD_LETTER_KEY
+    """Where an event that cannot be processed goes, with the reason."""
+
+    batch_max: int = Field(default=200, ge=1)
+    """Most events read and processed together."""
+
+    block_ms: int = Field(default=1000, ge=1)
+    """How long one read waits for new events."""
+
+    claim_idle_s: float = Field(default=5.0, gt=0)
+    """Events another replica read and has not acknowledged for this long are taken over (the
+    replica died)."""
+
+    allowed_lateness_s: float = Field(default=3600.0, ge=0)
+    """An event older than its entity's newest event by more than this is too late: counted,
+    logged and left out of the features. Within it, an event is placed where it belongs."""
+
+    seen_ttl_s: int = Field(default=24 * 3600, ge=1)
+    """How long processed event ids are remembered (a redelivered event is skipped)."""
+
+    history_ttl_s: int = Field(default=90 * 24 * 3600, ge=1)
+    """Expiry of an entity's history after its last event (its first sighting is kept while
+    the entity is active within this time)."""
+
+    require_seed: bool = True
+    """Do not consume until ``vigil stream-seed`` has written the entities' histories: without
+    them the first streamed rows would count only streamed events and overwrite the
+    materialized ones."""
+
+    redis_timeout_s: float = Field(default=5.0, gt=0)
+    """Socket timeout of the streamer's Redis calls."""
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Level of the streamer's JSON log lines."""

@@ -1,0 +1,407 @@
+"""The decision stream's two ends on real redis-servers: the gateway's event spool (batches,
+Redis away and back, a resent batch, the bound, the drain) and the streamer's consumer (rows
+equal to the batch pipeline's, out of order within the lateness, duplicates, too-late and
+malformed events, newer-wins against a newer stored row), and the Feast layout it writes held
+byte for byte to what Feast's own materialization wrote."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from vigil.pipeline import ENTITY_KEYS, FEATURE_TABLES, FEATURE_TYPES
+from vigil.redis_server import RedisServer
+from vigil.replay import compare_rows, expected_rows, online_rows
+from vigil.stream_seed import seed_histories
+from vigil_contracts.api import ScoreResponse, Transaction
+from vigil_contracts.decision_events import STREAM_KEY, DecisionEvent
+from vigil_gateway.context import DecisionTrace
+from vigil_gateway.encoder_client import EncodedVector, EncodedVectors
+from vigil_gateway.events import EventSpool, build_event
+from vigil_gateway.metrics import GatewayMetrics
+from vigil_streamer import feast_layout
+from vigil_streamer.consumer import Consumer
+from vigil_streamer.metrics import StreamerMetrics
+from vigil_streamer.settings import StreamerSettings
+
+
+@pytest.fixture()
+def server():
+    own = RedisServer().start()
+    yield own
+    own.stop()
+
+
+def _transaction(
+    i: int,
+    when: datetime,
+    card: str = "c1",
+    merchant: str = "m1",
+    device: str | None = "d1",
+    amount: float = 10.0,
+) -> Transaction:
+    body = {
+        "transaction_id": f"t{i}",
+        "card_id": card,
+        "merchant_id": merchant,
+        "amount": amount,
+        "currency": "EUR",
+        "timestamp": when.isoformat(),
+        "channel": "ecom",
+        "country": "FR",
+    }
+    if device is not None:
+        body["device_id"] = device
+    return Transaction.model_validate(body)
+
+
+def _answer(t: Transaction, request_id: str = "r1") -> ScoreResponse:
+    return ScoreResponse.model_validate(
+        {
+            "transaction_id": t.transaction_id,
+            "label": "not_fraud",
+            "score": 0.01,
+            "reasons": [{"code": "NO_RISK_SIGNAL", "text": "none"}],
+            "model": {"name": "fraud_detector", "version": "1"},
+            "degraded": False,
+            "request_id": request_id,
+        }
+    )
+
+
+def _trace(transactions: list[Transaction]) -> DecisionTrace:
+    names = ["card_stats__card_txn_count_1h", "request_features__txn_amount"]
+    rows = [
+        EncodedVector([1.0, t.amount], [False, False], [False, False], [3.0, 0.0])
+        for t in transactions
+    ]
+    trace = DecisionTrace(
+        started=time.perf_counter(),
+        encoded=EncodedVectors("svc", names, "h", rows),
+        encode_ms=1.0,
+        predict_ms=1.0,
+    )
+    trace.finished = time.perf_counter()
+    return trace
+
+
+def _spool(url: str, metrics: GatewayMetrics, **kw) -> EventSpool:
+    client = aioredis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    return EventSpool(
+        client,
+        metrics,
+        stream=STREAM_KEY,
+        spool_max=kw.get("spool_max", 100),
+        batch_max=kw.get("batch_max", 10),
+        maxlen=10_000,
+        dedupe_ttl_s=60,
+    )
+
+
+def _count(metrics: GatewayMetrics, outcome: str) -> float:
+    return metrics.events.labels(outcome)._value.get()
+
+
+def _entries(url: str) -> list[DecisionEvent]:
+    client = redis.Redis.from_url(url)
+    try:
+        return [
+            DecisionEvent.model_validate_json(f[b"event"]) for _, f in client.xrange(STREAM_KEY)
+        ]
+    finally:
+        client.close()
+
+
+async def _until(check, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+async def test_events_reach_the_stream_once_across_an_outage(server):
+    metrics = GatewayMetrics()
+    spool = _spool(server.url, metrics)
+    task = asyncio.create_task(spool.run())
+    now = datetime.now(UTC) - timedelta(minutes=5)
+    txns = [_transaction(i, now + timedelta(seconds=i)) for i in range(3)]
+    spool.put([_answer(t) for t in txns], txns, _trace(txns), "r1")
+    await _until(lambda: len(_entries(server.url)) == 3)
+    event = _entries(server.url)[0]
+    assert event.schema_version == 1 and event.event_id == "t0\x1fr1" and event.request_id == "r1"
+    assert event.entities == {"card_id": "c1", "merchant_id": "m1", "device_id": "d1"}
+    assert event.features is not None and event.features.values == [1.0, 10.0]
+    assert event.features.missing == [False, False] and event.label == "not_fraud"
+
+    server.stop()  # Redis away: events wait in the spool
+    more = [_transaction(10 + i, now + timedelta(seconds=10 + i)) for i in range(5)]
+    spool.put([_answer(t, "r2") for t in more], more, _trace(more), "r2")
+    await _until(lambda: metrics.events_send_errors._value.get() >= 1)
+    assert len(spool) == 5
+    server.start()  # same port, empty
+    await _until(lambda: len(spool) == 0)
+    assert sorted(e.transaction.transaction_id for e in _entries(server.url)) == [
+        f"t1{i}" for i in range(5)
+    ]
+
+    # A batch whose reply was lost is sent again: nothing is added twice.
+    spool.put([_answer(t, "r2") for t in more], more, _trace(more), "r2")
+    await _until(lambda: len(spool) == 0)
+    assert len(_entries(server.url)) == 5 and _count(metrics, "duplicate") == 5
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def test_a_full_spool_drops_and_counts_and_a_drain_sends_what_it_holds(server):
+    metrics = GatewayMetrics()
+    spool = _spool(server.url, metrics, spool_max=4)
+    now = datetime.now(UTC) - timedelta(minutes=5)
+    txns = [_transaction(i, now + timedelta(seconds=i)) for i in range(6)]
+    spool.put([_answer(t) for t in txns], txns, _trace(txns), "r1")
+    assert len(spool) == 4 and _count(metrics, "dropped") == 2
+    await spool.drain(5.0)  # a graceful stop sends what is spooled
+    assert len(spool) == 0 and len(_entries(server.url)) == 4
+    server.stop()
+    spool.put([_answer(t, "r9") for t in txns[:2]], txns[:2], _trace(txns[:2]), "r9")
+    await spool.drain(0.3)
+    assert _count(metrics, "lost_at_shutdown") == 2
+
+
+# --- the streamer ---------------------------------------------------------------------------
+def _settings(url: str, **kw) -> StreamerSettings:
+    return StreamerSettings(redis_url=url, consumer="test-1", block_ms=50, claim_idle_s=0.2, **kw)
+
+
+def _raw(rows: list[tuple]) -> pd.DataFrame:
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "transaction_id",
+            "event_timestamp",
+            "card_id",
+            "merchant_id",
+            "device_id",
+            "country",
+            "amount",
+            "currency",
+        ],
+    ).assign(event_timestamp=lambda f: pd.to_datetime(f["event_timestamp"], utc=True))
+
+
+def _publish(url: str, transactions: list[Transaction], request_id: str) -> None:
+    client = redis.Redis.from_url(url)
+    try:
+        for t in transactions:
+            eid, body = build_event(
+                (_answer(t, request_id), t, 0, request_id, _trace([t]), time.time())
+            )
+            client.xadd(STREAM_KEY, {"id": eid, "v": 1, "event": body})
+    finally:
+        client.close()
+
+
+def _as_raw(transactions: list[Transaction]) -> list[tuple]:
+    return [
+        (
+            t.transaction_id,
+            t.timestamp,
+            t.card_id,
+            t.merchant_id,
+            t.device_id,
+            t.country,
+            t.amount,
+            t.currency,
+        )
+        for t in transactions
+    ]
+
+
+async def _consumed(url: str, settings: StreamerSettings, metrics: StreamerMetrics):
+    client = aioredis.Redis.from_url(url)
+    consumer = Consumer(client, settings, metrics)
+    task = asyncio.create_task(consumer.run())
+    sync = redis.Redis.from_url(url)
+
+    def done() -> bool:
+        if not sync.exists(STREAM_KEY):
+            return False
+        groups = sync.xinfo_groups(STREAM_KEY)
+        return bool(groups) and groups[0]["lag"] == 0 and groups[0]["pending"] == 0
+
+    try:
+        await _until(done)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await client.aclose()
+        sync.close()
+
+
+def _check_rows(url: str, raw: pd.DataFrame, targets: list[tuple[str, str]]) -> None:
+    client = redis.Redis.from_url(url)
+    try:
+        got = online_rows(client, "vigil", targets)
+    finally:
+        client.close()
+    want = expected_rows(raw, None, datetime.now(UTC) + timedelta(days=1), targets)
+    for target in targets:
+        assert compare_rows(want[target], got[target]) == [], target
+
+
+async def test_the_streamer_keeps_rows_equal_to_the_batch_pipeline(server):
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
+    history = [
+        _transaction(
+            100 + i,
+            base - timedelta(days=40 - i),
+            card="c1",
+            merchant=f"m{i % 3}",
+            device="d1" if i % 2 else "d2",
+            amount=5.0 + i,
+        )
+        for i in range(40)
+    ]
+    client = redis.Redis.from_url(server.url)
+    seed_histories(client, _raw(_as_raw(history)), None, base)
+    live = [
+        _transaction(
+            i,
+            base + timedelta(minutes=4 * i),
+            card="c1" if i % 3 else "c2",
+            merchant=f"m{i % 3}",
+            device=None if i == 4 else "d1",
+            amount=3.0 + i,
+        )
+        for i in range(12)
+    ]
+    # Out of order within the lateness: the second half first.
+    _publish(server.url, live[6:] + live[:6], "r1")
+    _publish(server.url, live[:3], "r1")  # redelivered event ids
+    _publish(server.url, live[3:5], "r2")  # the same transactions decided again (a rescore)
+    client.xadd(STREAM_KEY, {"id": "junk", "v": 1, "event": b"{not json"})
+    client.xadd(STREAM_KEY, {"id": "future", "v": 99, "event": b"{}"})
+    metrics = StreamerMetrics()
+    await _consumed(server.url, _settings(server.url, allowed_lateness_s=3600), metrics)
+    targets = [
+        ("card_id", "c1"),
+        ("card_id", "c2"),
+        ("merchant_id", "m0"),
+        ("merchant_id", "m1"),
+        ("merchant_id", "m2"),
+        ("device_id", "d1"),
+    ]
+    _check_rows(server.url, _raw(_as_raw(history + live)), targets)
+    assert metrics.events.labels("duplicate")._value.get() == 3
+    dead = client.xrange("vigil:decisions:dead")
+    reasons = sorted(f[b"reason"].decode() for _, f in dead)
+    assert len(reasons) == 2 and "unknown schema version '99'" in reasons
+    assert any(r.startswith("invalid event") for r in reasons)
+
+    # Too late (older than the card's newest by more than the lateness): counted, left out.
+    late = _transaction(999, base - timedelta(hours=3), card="c1", merchant="m9", device=None)
+    _publish(server.url, [late], "r3")
+    metrics = StreamerMetrics()
+    await _consumed(server.url, _settings(server.url, allowed_lateness_s=3600), metrics)
+    assert metrics.events.labels("late")._value.get() >= 1
+    _check_rows(server.url, _raw(_as_raw(history + live)), [("card_id", "c1")])
+    client.close()
+
+
+async def test_a_newer_stored_row_is_never_overwritten(server):
+    client = redis.Redis.from_url(server.url)
+    write = client.register_script(feast_layout.WRITE_NEWER)
+    key = feast_layout.redis_key("card_id", "c1", "vigil")
+    features = {"card_txn_count_1h": 1}
+    dtypes = {"card_txn_count_1h": "Int64"}
+    assert (
+        write(
+            keys=[key, "w"],
+            args=feast_layout.row_args("card_stats", features, dtypes, 2_000_000, 1, 60_000),
+        )
+        == 1
+    )
+    older = feast_layout.row_args(
+        "card_stats", {"card_txn_count_1h": 7}, dtypes, 1_999_999, 5, 60_000
+    )
+    assert write(keys=[key, "w"], args=older) == 0
+    same_older_snapshot = feast_layout.row_args(
+        "card_stats", {"card_txn_count_1h": 7}, dtypes, 2_000_000, 0, 60_000
+    )
+    assert write(keys=[key, "w"], args=same_older_snapshot) == 0
+    same_newer_snapshot = feast_layout.row_args(
+        "card_stats", {"card_txn_count_1h": 2}, dtypes, 2_000_000, 2, 60_000
+    )
+    assert write(keys=[key, "w"], args=same_newer_snapshot) == 1
+    assert (
+        online_rows(client, "vigil", [("card_id", "c1")])[("card_id", "c1")]["card_txn_count_1h"]
+        == 2
+    )
+    client.close()
+
+
+def test_rows_are_written_byte_for_byte_as_feast_materialized_them(feature_env, server):
+    """The latest offline row of entities of every view, written by the streamer's layout into
+    an empty Redis, is the very hash Feast's materialization left in the session's store."""
+    from vigil import feast_repo
+
+    feast = redis.Redis.from_url(feature_env.redis.url)
+    ours = redis.Redis.from_url(server.url)
+    write = ours.register_script(feast_layout.WRITE_NEWER)
+    checked = 0
+    for view, join_key in ENTITY_KEYS.items():
+        table = pd.read_parquet(feast_repo.offline_dir(feature_env.repo) / f"{view}.parquet")
+        last = table.drop_duplicates(subset=[join_key], keep="last").tail(40)
+        for record in last.to_dict("records"):
+            key = feast_layout.redis_key(join_key, record[join_key], "vigil")
+            stored = feast.hgetall(key)
+            if not stored:
+                continue  # outside the materialized window
+            stamp = int(pd.Timestamp(record["event_timestamp"]).value // 1000)
+            features = {
+                n: (None if isinstance(v, float) and v != v else v)
+                for n, v in ((n, record[n]) for n in FEATURE_TABLES[view])
+            }
+            write(
+                keys=[key, "w"],
+                args=feast_layout.row_args(view, features, FEATURE_TYPES, stamp, 1, 60_000),
+            )
+            assert ours.hgetall(key) == stored, (view, record[join_key])
+            checked += 1
+    assert checked >= 60
+    feast.close()
+    ours.close()
+
+
+def test_every_streamer_setting_is_documented():
+    from settings_docs import undocumented_fields
+
+    assert undocumented_fields(StreamerSettings) == []
+
+
+async def test_the_streamer_app_answers_health_and_readiness(server):
+    """Not ready until the histories are seeded; then consuming, with its metrics."""
+    import httpx
+    from httpx import ASGITransport
+
+    from vigil_streamer.app import create_app
+
+    app = create_app(_settings(server.url))
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=ASGITransport(app), base_url="http://s") as client:
+            assert (await client.get("/healthz")).status_code == 200
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503
+            redis.Redis.from_url(server.url).hset("vigil:stream:seeded", "end", "x")
+            await _until(lambda: app.state.consumer.running)
+            assert (await client.get("/readyz")).status_code == 200
+            assert "vigil_streamer_events" in (await client.get("/metrics")).text

@@ -1,0 +1,147 @@
+"""Seed the streamer's state from the offline data: what ``vigil materialize`` is to the online
+rows, this is to the entity histories the streamer recomputes them from.
+
+For every card, merchant and device of the raw transactions before ``end``: its first
+transaction (a device's first sighting is a feature) and every transaction the windows of a row
+at ``end`` can still see (the longest window of its view, plus the streamer's allowed lateness),
+amounts converted to EUR exactly as the batch pipeline converts them; and the dated FX table
+(the streamer converts a streamed amount at the rate of its day, as the pipeline does). Keys and
+record format: ``vigil_contracts.entity_history``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from vigil.fx import FX_FILE, read_fx_table
+from vigil.pipeline import INPUT_COLUMNS, in_base_currency
+from vigil_contracts.entity_history import (
+    FX_KEY,
+    KINDS,
+    SEEDED_KEY,
+    HistoryRecord,
+    fx_field,
+    history_key,
+    version_key,
+)
+
+#: The longest window of each kind's view (days), as the streamer keeps them.
+WINDOW_DAYS: dict[str, int] = {"card_id": 30, "merchant_id": 7, "device_id": 7}
+DEFAULT_LATENESS_S = 3600.0
+DEFAULT_TTL_S = 90 * 24 * 3600
+_CHUNK = 20_000
+
+
+@dataclass(frozen=True)
+class SeedReport:
+    end: datetime
+    transactions: int
+    entities: dict[str, int]
+    records: int
+    fx_rates: int
+
+
+def seed_histories(
+    client: Any,
+    raw: pd.DataFrame,
+    fx: pd.DataFrame | None,
+    end: datetime,
+    lateness_s: float = DEFAULT_LATENESS_S,
+    ttl_s: int = DEFAULT_TTL_S,
+) -> SeedReport:
+    """Write the histories of ``raw``'s transactions before ``end`` (and ``fx``) with the
+    redis-py ``client``; replaces any history already there."""
+    ts = pd.to_datetime(raw["event_timestamp"], utc=True).dt.as_unit("us")
+    before = (ts < pd.Timestamp(end)).to_numpy()
+    raw = raw.loc[before, [*INPUT_COLUMNS, "transaction_id"]].reset_index(drop=True)
+    t_us = np.asarray(ts[before].array.asi8, dtype=np.int64)
+    amount = in_base_currency(raw, t_us, fx)
+    end_us = int(pd.Timestamp(end).value // 1000)
+    members = [
+        HistoryRecord(
+            str(tid),
+            int(t),
+            str(card),
+            str(merchant),
+            None if not isinstance(device, str) else device,
+            None if not isinstance(country, str) else country,
+            float(a),
+        ).encode()
+        for tid, t, card, merchant, device, country, a in zip(
+            raw["transaction_id"],
+            t_us,
+            raw["card_id"],
+            raw["merchant_id"],
+            raw["device_id"],
+            raw["country"],
+            amount,
+            strict=True,
+        )
+    ]
+    entities: dict[str, int] = {}
+    written = 0
+    pipe = client.pipeline(transaction=False)
+    queued = 0
+    for join_key in KINDS:
+        keys = raw[join_key]
+        valid = keys.notna().to_numpy()
+        cutoff = end_us - WINDOW_DAYS[join_key] * 86_400_000_000 - int(lateness_s * 1_000_000)
+        order = np.lexsort((t_us, pd.factorize(keys)[0]))
+        order = order[valid[order]]
+        first = np.ones(len(order), dtype=bool)
+        codes = pd.factorize(keys)[0][order]
+        first[1:] = codes[1:] != codes[:-1]
+        keep = first | (t_us[order] > cutoff)
+        seen: set[str] = set()
+        for i in order[keep]:
+            value = str(keys.iat[i])
+            if value not in seen:
+                seen.add(value)
+                pipe.delete(history_key(join_key, value))
+                pipe.set(version_key(join_key, value), 1, px=ttl_s * 1000)
+            pipe.zadd(history_key(join_key, value), {members[i]: int(t_us[i])})
+            pipe.pexpire(history_key(join_key, value), ttl_s * 1000)
+            queued += 1
+            written += 1
+            if queued >= _CHUNK:
+                pipe.execute()
+                queued = 0
+        entities[join_key] = len(seen)
+    pipe.execute()
+    rates = 0
+    if fx is not None:
+        days = pd.to_datetime(fx["event_timestamp"], utc=True).dt.strftime("%Y-%m-%d")
+        mapping = {
+            fx_field(c, d): repr(float(r))
+            for c, d, r in zip(fx["currency"], days, fx["eur_per_unit"], strict=True)
+        }
+        if mapping:
+            client.hset(FX_KEY, mapping=mapping)
+        rates = len(mapping)
+    client.hset(
+        SEEDED_KEY,
+        mapping={
+            "end": end.astimezone(UTC).isoformat(),
+            "transactions": str(len(raw)),
+            "records": str(written),
+            "written_at": datetime.now(UTC).isoformat(),
+        },
+    )
+    return SeedReport(end, len(raw), entities, written, rates)
+
+
+def seed_from_files(
+    client: Any, raw_path: Path, end: datetime | None = None, lateness_s: float = DEFAULT_LATENESS_S
+) -> SeedReport:
+    """:func:`seed_histories` of the raw parquet and the FX table beside it, up to ``end``
+    (default: now)."""
+    raw = pd.read_parquet(raw_path, columns=[*INPUT_COLUMNS, "transaction_id"])
+    fx_path = raw_path.parent / FX_FILE
+    fx = read_fx_table(fx_path) if fx_path.is_file() else None
+    return seed_histories(client, raw, fx, end or datetime.now(UTC), lateness_s)
