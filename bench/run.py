@@ -718,15 +718,20 @@ def measure_cold_starts(
     from vigil.runner import READY_PATH, service_specs
 
     urls = {name: svc.url for name, svc in stack.services.items()}
+    # The running stack's secrets: a cold gateway asks the running encoder and predictor, which
+    # answer only their internal token.
     specs = service_specs(
         world.redis.url,
         urls,
         str(world.models_dir.resolve()),
         str(world.repo / "data" / "serving_spec.json"),
+        secrets=stack.secrets,
     )
     out: dict[str, list[float]] = {}
     base_python = str(Path(sys.base_prefix) / "bin" / "python3")
     for spec in specs:
+        if spec.name not in ("encoder", "predictor", "gateway"):
+            continue  # the cold-start targets are the request path's services
         # The project's venv holds what every service, training and the tests need (scikit-learn,
         # which `import xgboost` loads whenever it is installed, feast, ...); the service's image
         # holds only what its Dockerfile installs. Both are measured: the image's set is what a
