@@ -19,7 +19,7 @@ from vigil.runner import READY_PATH, service_specs
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
-SERVICES = ("encoder", "predictor", "gateway")
+SERVICES = ("encoder", "predictor", "streamer", "gateway")
 ONE_SHOT = ("features", "train")
 # The oldest Kubernetes release still supported upstream when this was written, and the newest
 # the validator knows.
@@ -344,7 +344,7 @@ def test_the_gateway_reaches_the_services_by_their_service_names():
 
 def test_every_pod_runs_unprivileged_with_a_read_only_root_and_bounded_resources():
     workloads = [m for m in MANIFESTS if m["kind"] in {"Deployment", "Job", "CronJob"}]
-    assert len(workloads) == 7
+    assert len(workloads) == 8  # redis, encoder, predictor, streamer, gateway; features, train; the CronJob
     for workload in workloads:
         pod = pod_spec(workload)
         assert pod["securityContext"]["runAsNonRoot"] is True, workload["metadata"]["name"]
