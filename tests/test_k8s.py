@@ -344,7 +344,9 @@ def test_the_gateway_reaches_the_services_by_their_service_names():
 
 def test_every_pod_runs_unprivileged_with_a_read_only_root_and_bounded_resources():
     workloads = [m for m in MANIFESTS if m["kind"] in {"Deployment", "Job", "CronJob"}]
-    assert len(workloads) == 8  # redis, encoder, predictor, streamer, gateway; features, train; the CronJob
+    assert (
+        len(workloads) == 8
+    )  # redis, encoder, predictor, streamer, gateway; features, train; the CronJob
     for workload in workloads:
         pod = pod_spec(workload)
         assert pod["securityContext"]["runAsNonRoot"] is True, workload["metadata"]["name"]
