@@ -19,7 +19,7 @@ from vigil_contracts.api import BatchItemResult, Transaction
 from vigil_contracts.encoding import EncodedRow
 from vigil_contracts.problems import Problem
 from vigil_contracts.request_features import OUTPUT_FEATURES
-from vigil_gateway.decisions import pack_command, payload_hash
+from vigil_gateway.decisions import payload_hash
 from vigil_gateway.errors import DownstreamError
 from vigil_gateway.metrics import GatewayMetrics
 from vigil_gateway.model_metadata import ServingPolicy, is_stored
@@ -31,6 +31,7 @@ from vigil_gateway.predictor_client import (
     split_rows,
 )
 from vigil_gateway.reasons import TEMPLATES, Context, describe, explain
+from vigil_gateway.redis_wire import pack_command
 from vigil_gateway.settings import GatewaySettings
 
 

@@ -25,12 +25,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError
 
 from vigil_gateway.authenticate import Caller
-from vigil_gateway.decisions import _Script, pack_command
+from vigil_gateway.decisions import _Script
 from vigil_gateway.errors import GatewayError
 from vigil_gateway.metrics import GatewayMetrics
+from vigil_gateway.redis_wire import call_packed, pack_command
 
 logger = logging.getLogger(__name__)
 
@@ -180,26 +181,14 @@ class RateLimiter:
                 return await self.client.evalsha(_TAKE.sha.decode(), 1, key, *args)  # type: ignore[misc]  # redis-py types sync and async alike
             except NoScriptError:
                 return await self.client.eval(_TAKE.source.decode(), 1, key, *args)  # type: ignore[misc]  # redis-py types sync and async alike
-        pool = self.client.connection_pool  # type: ignore[union-attr]
-        connection = await pool.get_connection()
         try:
-            try:
-                await connection.send_packed_command(
-                    pack_command(b"EVALSHA", _TAKE.sha, b"1", key, *args)
-                )
-                return await connection.read_response()
-            except NoScriptError:
-                await connection.send_packed_command(
-                    pack_command(b"EVAL", _TAKE.source, b"1", key, *args)
-                )
-                return await connection.read_response()
-        except ResponseError:
-            raise
-        except BaseException:
-            await connection.disconnect(nowait=True)
-            raise
-        finally:
-            await pool.release(connection)
+            return await call_packed(
+                self.client, pack_command(b"EVALSHA", _TAKE.sha, b"1", key, *args)
+            )
+        except NoScriptError:  # a restarted (or another) Redis: EVAL caches the script
+            return await call_packed(
+                self.client, pack_command(b"EVAL", _TAKE.source, b"1", key, *args)
+            )
 
 
 class Admission:

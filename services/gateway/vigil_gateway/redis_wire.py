@@ -1,0 +1,39 @@
+"""The gateway's own Redis wire, shared by the decision store and the rate limiter.
+
+Saves: redis-py's per-argument packing (2.7 ms for a 1000-decision batch against ~0.5 ms) and its
+command dispatch per call; held equal: the decision store's and the limiter's tests run on real
+Redis, and tests/test_gateway_units.py holds the packing byte-equal to redis-py's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+
+def pack_command(*args: bytes) -> bytes:
+    """One Redis command in the protocol (RESP), from arguments that are already bytes.
+
+    redis-py's own packing encodes and measures every argument in Python on each call (2.7 ms
+    for a batch's MGET and script call of 1000 decisions, against ~0.5 ms here)."""
+    return b"".join([b"*%d\r\n" % len(args), *[b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in args]])
+
+
+async def call_packed(client: Any, command: bytes) -> Any:
+    """Send one packed command (:func:`pack_command`) on a connection of ``client``'s pool (one
+    Redis, not a cluster) and read its reply, under the pool's socket timeouts. An error reply
+    (``ResponseError``) leaves the connection in step and reusable; any other failure may leave a
+    reply on the wire, so the connection is closed."""
+    pool = client.connection_pool
+    connection = await pool.get_connection()
+    try:
+        await connection.send_packed_command(command)
+        return await connection.read_response()
+    except ResponseError:
+        raise
+    except BaseException:
+        await connection.disconnect(nowait=True)
+        raise
+    finally:
+        await pool.release(connection)
