@@ -5,7 +5,9 @@ certificate verified by the client), plus in-process checks of admission and dea
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -314,3 +316,23 @@ async def test_a_table_lost_from_redis_keeps_the_last_one_read(redis_url: str) -
             await client.aclose()
         await stack.app.state.services.authenticate.ring.refresh()
         assert (await stack.score(txn())).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "settings_class",
+    [
+        "vigil_encoder.settings:EncoderSettings",
+        "vigil_predictor.settings:PredictorSettings",
+        "vigil_gateway.settings:GatewaySettings",
+    ],
+)
+def test_a_service_refuses_the_templates_placeholder_or_a_short_internal_token(settings_class):
+    module, name = settings_class.split(":")
+    settings = getattr(importlib.import_module(module), name)
+    with pytest.raises(ValueError, match="placeholder"):
+        settings(internal_token="REPLACE-ME-with-a-random-token")
+    with pytest.raises(ValueError, match="shorter than 16"):
+        settings(internal_token="secret")
+    token = secrets.token_urlsafe(24)
+    assert settings(internal_token=token).internal_token.get_secret_value() == token
+    assert settings(internal_token="").internal_token.get_secret_value() == ""  # check off

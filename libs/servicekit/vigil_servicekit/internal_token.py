@@ -9,7 +9,9 @@ and metrics routes stay open for the orchestrator's probes and the scraper. A mi
 from __future__ import annotations
 
 import hmac
+from typing import Annotated
 
+from pydantic import AfterValidator, SecretStr
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -19,6 +21,28 @@ from vigil_servicekit.request_context import request_id_of
 
 INTERNAL_TOKEN_HEADER = "x-vigil-internal-token"
 _HEADER = INTERNAL_TOKEN_HEADER.encode()
+
+#: Fewest characters of a token (``secrets.token_urlsafe(24)`` gives 32).
+MIN_TOKEN_LENGTH = 16
+#: How the deployment templates' placeholders begin (``deploy/k8s/secrets.yaml``).
+PLACEHOLDER_PREFIX = "REPLACE-ME"
+
+
+def _checked(token: SecretStr) -> SecretStr:
+    value = token.get_secret_value()
+    if value.upper().startswith(PLACEHOLDER_PREFIX):
+        raise ValueError(
+            "the internal token is still the template's placeholder: set a random one "
+            "(python -c 'import secrets; print(secrets.token_urlsafe(24))')"
+        )
+    if value and len(value) < MIN_TOKEN_LENGTH:
+        raise ValueError(f"the internal token is shorter than {MIN_TOKEN_LENGTH} characters")
+    return token
+
+
+#: A setting holding the internal token: a service refuses to start with the deployment
+#: template's placeholder or a short token (an empty one still switches the check off).
+InternalToken = Annotated[SecretStr, AfterValidator(_checked)]
 
 
 class InternalTokenMiddleware:

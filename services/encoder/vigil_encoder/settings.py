@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from vigil_servicekit.internal_token import InternalToken
 
 
 class EncoderSettings(BaseSettings):
@@ -31,7 +33,7 @@ class EncoderSettings(BaseSettings):
     max_rows: int = Field(default=2000, ge=1)
     """Most rows one encode request may carry; more is answered 413 before any Redis work."""
 
-    internal_token: SecretStr | None = None
+    internal_token: InternalToken | None = None
     """When set, every request but the health probes must carry it as
     ``x-vigil-internal-token`` (401 otherwise): the gateway sends ``GATEWAY_INTERNAL_TOKEN``."""
 

@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from vigil_gateway.api_keys import DEVELOPMENT_SECRET
+from vigil_servicekit.internal_token import InternalToken
 
 
 class UnsafeSettings(ValueError):
@@ -166,7 +167,7 @@ class GatewaySettings(BaseSettings):
     """A request with less than this left of its time budget when it is taken on (it waited in
     front of the gateway, or its caller's deadline is that close) is answered 503 at once."""
 
-    internal_token: SecretStr | None = None
+    internal_token: InternalToken | None = None
     """Shared token sent to the encoder and the predictor (``x-vigil-internal-token``); set it
     to the same value as their ``*_INTERNAL_TOKEN`` when they require it."""
 

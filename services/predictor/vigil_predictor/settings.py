@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from vigil_servicekit.internal_token import InternalToken
 
 
 class PredictorSettings(BaseSettings):
@@ -54,7 +56,7 @@ class PredictorSettings(BaseSettings):
     port: int = 8002
     """Port uvicorn listens on (documentation only: uvicorn's ``--port`` decides)."""
 
-    internal_token: SecretStr | None = None
+    internal_token: InternalToken | None = None
     """When set, every request but the health probes must carry it as
     ``x-vigil-internal-token`` (401 otherwise): the gateway sends ``GATEWAY_INTERNAL_TOKEN``."""
 
