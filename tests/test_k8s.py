@@ -291,7 +291,8 @@ def test_every_env_name_is_a_setting_of_its_service():
 def test_the_secrets_are_placeholders_a_production_gateway_refuses():
     """No real credential is committed: every Secret value is empty, an obvious REPLACE-ME or a
     password-less address of the in-namespace Redis; and the gateway, as shipped, does not start
-    (no key secret), so nobody runs it on a published one by mistake."""
+    (placeholder internal token, no key secret), so nobody runs it on a published one by
+    mistake."""
     from vigil_gateway.settings import GatewaySettings
 
     secrets = by_kind(MANIFESTS, "Secret")
@@ -309,8 +310,12 @@ def test_the_secrets_are_placeholders_a_production_gateway_refuses():
     for e in container["env"]:
         ref = e["valueFrom"]["secretKeyRef"]
         shipped[e["name"]] = secrets[ref["name"]]["stringData"][ref["key"]]
+    as_settings = {k.removeprefix("GATEWAY_").lower(): v for k, v in shipped.items()}
+    with pytest.raises(ValueError, match="placeholder"):
+        GatewaySettings(**as_settings)
+    as_settings["internal_token"] = "a-real-token-of-32-characters-00"
     with pytest.raises(ValueError, match="auth_secret must be set"):
-        GatewaySettings(**{k.removeprefix("GATEWAY_").lower(): v for k, v in shipped.items()})
+        GatewaySettings(**as_settings)
 
 
 def test_the_gateway_serves_https_with_the_tls_secrets_pair():
