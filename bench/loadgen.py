@@ -9,7 +9,12 @@ Two modes:
   late generator shows up in the tail instead of silently lowering the load (no coordinated
   omission).
 - ``closed``: ``concurrency`` workers each send the next request as soon as the previous answer
-  arrived: the maximum throughput at that concurrency.
+  arrived: the maximum throughput at that concurrency. With ``honour_retry_after`` a worker
+  whose answer was a 503 with ``Retry-After`` waits at least that long before its next request,
+  as the gateway's documented client contract asks (README, *Admission control*), with jitter
+  as clients are told to add (a random extra wait of up to as much again), so that the shed
+  workers do not come back as one herd; the wait is the client's own and is in no latency (each
+  attempt is measured from its own send).
 
 Bodies are templates; every occurrence of ``placeholder`` is replaced by a unique id, so that the
 gateway's idempotency store never replays a stored decision. A 2xx answer that contains
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import resource
 import time
 from dataclasses import dataclass
@@ -67,6 +73,7 @@ class Sample:
     start: float  # intended send time (open loop) or actual send time (closed loop)
     end: float
     error: str | None
+    retry_after_s: float | None = None  # a 503's Retry-After, when it had one
 
 
 class Client:
@@ -81,6 +88,7 @@ class Client:
 
     async def send(self, body: bytes, start: float) -> Sample:
         error: str | None = None
+        retry_after: float | None = None
         try:
             async with self.session.request(
                 self.method, self.url, data=body, headers=self.headers, timeout=self.timeout
@@ -88,6 +96,8 @@ class Client:
                 payload = await resp.read()
                 if not 200 <= resp.status < 300:
                     error = f"http_{resp.status}"
+                    if resp.status == 503 and resp.headers.get("retry-after", "").isdigit():
+                        retry_after = float(resp.headers["retry-after"])
                 elif self.check_degraded and DEGRADED in payload:
                     error = "degraded"
         except TimeoutError:
@@ -95,7 +105,7 @@ class Client:
         except aiohttp.ClientError as exc:
             error = type(exc).__name__
         self.completed += 1
-        return Sample(start, time.perf_counter(), error)
+        return Sample(start, time.perf_counter(), error, retry_after)
 
 
 async def open_loop(
@@ -135,11 +145,17 @@ async def open_loop(
 
 
 async def closed_loop(
-    client: Client, bodies: Bodies, concurrency: int, warmup: float, duration: float
+    client: Client,
+    bodies: Bodies,
+    concurrency: int,
+    warmup: float,
+    duration: float,
+    honour_retry_after: bool = False,
 ) -> tuple[list[Sample], float, float, float]:
     t0 = time.perf_counter()
     measure_from, stop = t0 + warmup, t0 + warmup + duration
     samples: list[Sample] = []
+    jitter = random.Random(7)
 
     async def worker() -> None:
         while True:
@@ -149,6 +165,9 @@ async def closed_loop(
             sample = await client.send(bodies.next(), start)
             if start >= measure_from and sample.end <= stop + 5.0:
                 samples.append(sample)
+            if honour_retry_after and sample.retry_after_s:
+                wait = sample.retry_after_s * (1.0 + jitter.random())
+                await asyncio.sleep(min(wait, max(0.0, stop - sample.end)))
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return samples, measure_from, stop, 0.0
@@ -249,6 +268,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
                 int(spec["concurrency"]),
                 float(spec["warmup_s"]),
                 float(spec["duration_s"]),
+                bool(spec.get("honour_retry_after")),
             )
         else:
             raise SystemExit(f"unknown mode {mode!r}")

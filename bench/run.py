@@ -127,6 +127,9 @@ class Case:
     headers: dict[str, str] = field(default_factory=dict)
     """Sent with every request (the gateway's API key, the internal hops' token)."""
     timeout_s: float = 10.0
+    honour_retry_after: bool = False
+    """Closed loop: a worker answered 503 with ``Retry-After`` waits that long (the gateway's
+    client contract) before its next request (see bench/loadgen.py)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -433,21 +436,7 @@ def define_cases(
             r,
             c[:1],
         ),
-        Case(
-            "e2e_overload",
-            f"Vigil end to end, overloaded: gateway /score, closed loop at "
-            f"{OVERLOAD_CONCURRENCY} connections, {OVERLOAD_TIMEOUT_S:g} s client time-out "
-            "(admission control answers 503 beyond its bound)",
-            "vigil",
-            f"{gw}/v1/transactions/score",
-            p["gateway_1"],
-            1,
-            (),
-            (OVERLOAD_CONCURRENCY,),
-            PLACEHOLDER,
-            True,
-            timeout_s=OVERLOAD_TIMEOUT_S,
-        ),
+        *overload_cases(f"{gw}/v1/transactions/score", p["gateway_1"]),
     ]
     if "gateway (no auth)" in urls:
         cases.append(
@@ -471,6 +460,44 @@ def define_cases(
         elif case.key.startswith(("encoder_", "predictor_")):
             case.headers = headers.get("internal", {})
     return cases
+
+
+def overload_cases(url: str, bodies: list[str]) -> list[Case]:
+    """The overload cases: a closed loop of ``OVERLOAD_CONCURRENCY`` connections, far beyond the
+    stack's maximum, with the issue's 2 s client time-out. ``e2e_overload`` (judged) is clients
+    that keep the gateway's documented contract, waiting ``Retry-After`` after a 503;
+    ``e2e_overload_ignoring`` (reported, not judged) is clients that retry at once, what a
+    misbehaving client makes of the same gateway."""
+    what = (
+        f"Vigil end to end, overloaded: gateway /score, closed loop at {OVERLOAD_CONCURRENCY} "
+        f"connections, {OVERLOAD_TIMEOUT_S:g} s client time-out (admission control answers 503 "
+        "beyond its bound)"
+    )
+
+    def case(key: str, clients: str, honour: bool) -> Case:
+        return Case(
+            key,
+            f"{what}, {clients}",
+            "vigil",
+            url,
+            bodies,
+            1,
+            (),
+            (OVERLOAD_CONCURRENCY,),
+            PLACEHOLDER,
+            True,
+            timeout_s=OVERLOAD_TIMEOUT_S,
+            honour_retry_after=honour,
+        )
+
+    return [
+        case("e2e_overload", "clients wait Retry-After after a 503 (the client contract)", True),
+        case(
+            "e2e_overload_ignoring",
+            "clients retry at once, ignoring Retry-After (not judged)",
+            False,
+        ),
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -537,6 +564,7 @@ def run_loadgen(
         "check_degraded": case.check_degraded,
         "timeout_s": case.timeout_s,
         "drain_s": 10.0,
+        "honour_retry_after": case.honour_retry_after,
         "headers": {"content-type": "application/json", **case.headers},
     }
     spec["rate" if mode == "open" else "concurrency"] = param
@@ -1359,6 +1387,20 @@ def security_verdicts(cases: dict[str, Case]) -> dict[str, Any]:
             f"{light['p99_ms'] if light else float('nan'):.1f} ms), shed {run.get('shed', 0)} (max "
             f"{run.get('shed_max_ms', 0):.1f} ms), errors {kinds}: "
             + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in checks.items())
+        )
+    ignoring = cases.get("e2e_overload_ignoring")
+    if ignoring and ignoring.runs:  # reported, not judged: clients that break the contract
+        run = ignoring.runs[-1]
+        out["overload_ignoring_retry_after"] = {
+            key: run.get(key)
+            for key in ("admitted", "admitted_p99_ms", "shed", "shed_max_ms", "error_kinds")
+        }
+        log(
+            f"overload c={OVERLOAD_CONCURRENCY}, clients ignoring Retry-After (not judged): "
+            f"admitted {run.get('admitted', run.get('ok'))} (p99 "
+            f"{run.get('admitted_p99_ms') or run.get('p99_ms', 0):.1f} ms), shed "
+            f"{run.get('shed', 0)} (max {run.get('shed_max_ms', 0):.1f} ms), errors "
+            f"{run.get('error_kinds', {})}"
         )
     return out
 

@@ -153,6 +153,7 @@ def create_app(
                 admit=Admission(
                     metrics,
                     max_in_flight=settings.max_in_flight,
+                    max_in_flight_overloaded=settings.max_in_flight_overloaded,
                     max_in_flight_per_key=settings.max_in_flight_per_key,
                     min_budget_s=settings.min_budget_s,
                 ),

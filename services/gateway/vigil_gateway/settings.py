@@ -160,6 +160,12 @@ class GatewaySettings(BaseSettings):
     """Admission control: most scoring requests this process works on at once; beyond it a
     request is answered at once with 503 ``overloaded`` and ``Retry-After``."""
 
+    max_in_flight_overloaded: int = Field(default=6, ge=1)
+    """The bound that replaces ``max_in_flight`` while this process is overloaded: from a
+    request refused for the bound until none has been for a second. Beyond what it can serve,
+    the admitted requests' wait is what matters: fewer in flight keep it short at nearly the same
+    throughput (docs/benchmarks-analysis.md, *Overload*)."""
+
     max_in_flight_per_key: int = Field(default=32, ge=1)
     """Most scoring requests of one key this process works on at once (503 beyond it)."""
 
