@@ -223,6 +223,11 @@ def streamer_counters(metrics_url: str | None) -> dict[str, float]:
     return out
 
 
+_BATCHES = "vigil_streamer_batch_duration_seconds_count"
+_BATCH_S = "vigil_streamer_batch_duration_seconds_sum"
+_BATCH_N = "vigil_streamer_batch_size_sum"
+
+
 class StreamWatch:
     """The decision stream's consumer-group backlog, sampled during a run, then drained."""
 
@@ -300,9 +305,16 @@ class StreamWatch:
                 drain_rate_eps=during_drain / drain_s if drain_s > 0.5 else None,
                 streamer_errors=after.get("vigil_streamer_errors_total", 0.0)
                 - before.get("vigil_streamer_errors_total", 0.0),
-                batches=after.get("vigil_streamer_batch_duration_seconds_count", 0.0)
-                - before.get("vigil_streamer_batch_duration_seconds_count", 0.0),
             )
+            batches = after.get(_BATCHES, 0.0) - before.get(_BATCHES, 0.0)
+            if batches:
+                spent = after.get(_BATCH_S, 0.0) - before.get(_BATCH_S, 0.0)
+                sizes = after.get(_BATCH_N, 0.0) - before.get(_BATCH_N, 0.0)
+                summary.update(
+                    batches=batches,
+                    batch_ms_mean=1000.0 * spent / batches,
+                    batch_events_mean=sizes / batches,
+                )
 
     def close(self) -> None:
         self.client.close()

@@ -474,7 +474,7 @@ def stream_verdicts(results: dict[str, Any]) -> list[Verdict]:
                     f"{fresh.get('stream', {}).get('max_lag', '?')}, max pending "
                     f"{fresh.get('stream', {}).get('max_pending', '?')}; streamer CPU "
                     f"{_f(fresh.get('server_cpu_ms_per_request', {}).get('streamer'))} ms per "
-                    "event."
+                    "event" + _batches(fresh.get("stream", {})) + "."
                 ),
             )
         )
@@ -502,6 +502,15 @@ def stream_verdicts(results: dict[str, Any]) -> list[Verdict]:
             )
         )
     return out
+
+
+def _batches(stream: dict[str, Any]) -> str:
+    if not stream.get("batches"):
+        return ""
+    return (
+        f"; its batches: {stream['batches']:.0f} of {stream['batch_events_mean']:.1f} events and "
+        f"{stream['batch_ms_mean']:.1f} ms each on average (read to acknowledged)"
+    )
 
 
 def stream_runs(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

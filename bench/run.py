@@ -835,7 +835,9 @@ def measure_freshness(
         f"{result['p99_ms'] or float('nan'):.1f}, max {result['max_ms'] or float('nan'):.1f} ms; "
         f"{result['visible_at_first_read']} at the first read), not visible "
         f"{result['not_visible']}, errors {result['errors']}; stream max lag "
-        f"{backlog['max_lag']}, max pending {backlog['max_pending']}"
+        f"{backlog['max_lag']}, max pending {backlog['max_pending']}; streamer batches "
+        f"{backlog.get('batches', 0):.0f}, {backlog.get('batch_events_mean', 0):.1f} events and "
+        f"{backlog.get('batch_ms_mean', 0):.1f} ms each on average"
     )
     return result
 
