@@ -492,7 +492,8 @@ def stream_verdicts(results: dict[str, Any]) -> list[Verdict]:
                 + (
                     f"back to 0 {on['drain_s']:.1f} s later"
                     if on.get("drained")
-                    else f"NOT drained {on['drain_s']:.0f} s later"
+                    else f"NOT drained {on['drain_s']:.0f} s later ({on.get('skipped', 0)} "
+                    "events then skipped)"
                 ),
                 drain,
                 STREAM_DRAIN_LIMIT_S,
@@ -639,7 +640,7 @@ def stream_section(results: dict[str, Any]) -> str:
                         (
                             _f(run["stream"]["drain_s"], ".1f")
                             if run["stream"]["drained"]
-                            else "**not drained**"
+                            else f"**not drained** ({run['stream'].get('skipped', 0):,} skipped)"
                         ),
                         f"{run['stream']['applied']:,.0f}",
                     ]

@@ -745,7 +745,7 @@ def run_case(
         + (
             f"drained in {backlog['drain_s']:.1f}s"
             if backlog["drained"]
-            else f"NOT drained after {backlog['drain_s']:.0f}s"
+            else f"NOT drained after {backlog['drain_s']:.0f}s: {backlog['skipped']} skipped"
         )
         + (
             f" ({backlog['drain_rate_eps']:.0f} events/s while draining)"
@@ -767,6 +767,7 @@ def pool_stream(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "drained": all(r["drained"] for r in rounds),
         "drain_s": max(r["drain_s"] for r in rounds),
         "applied": sum(r["applied"] for r in rounds),
+        "skipped": sum(r.get("skipped", 0) for r in rounds),
         "streamer_errors": sum(r.get("streamer_errors", 0.0) for r in rounds),
     }
 
