@@ -432,7 +432,248 @@ def verdicts(results: dict[str, Any]) -> list[Verdict]:
                     "dominate; see bench/README.md for how to break it down.",
                 )
             )
+    out += stream_verdicts(results)
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# the decision stream: freshness and the streamer's backlog
+
+#: After the max-throughput run, the streamer's backlog must be back to 0 within this (s).
+STREAM_DRAIN_LIMIT_S = 5.0
+
+
+def stream_verdicts(results: dict[str, Any]) -> list[Verdict]:
+    """Freshness (answer -> the card's row reflects the transaction) and whether the streamer
+    keeps up with the gateway's maximum throughput."""
+    out: list[Verdict] = []
+    fresh = results.get("freshness")
+    if fresh and fresh.get("answered"):
+        target = fresh.get("target_ms", 50.0)
+        unseen = fresh.get("not_visible", 0)
+        # An answer whose row never showed counts as infinitely stale: more than 1 % of them
+        # and the p99 is not met whatever the others measured.
+        p99 = fresh.get("p99_ms")
+        ratio = (
+            float("inf")
+            if unseen > 0.01 * fresh["answered"]
+            else (p99 if p99 is not None else _nan())
+        )
+        out.append(
+            Verdict(
+                f"freshness p99 (answer received -> the card's online row reflects the "
+                f"transaction) <= {target:g} ms at {fresh['rate']:g} req/s",
+                f"p50 {_f(fresh.get('p50_ms'), '.1f')}, p99 {_f(p99, '.1f')}, max "
+                f"{_f(fresh.get('max_ms'), '.1f')} ms over {fresh['visible']:,} of "
+                f"{fresh['answered']:,} answers ({unseen} never visible)",
+                ratio,
+                target,
+                True,
+                why=(
+                    f"the stream's backlog during the case: max lag "
+                    f"{fresh.get('stream', {}).get('max_lag', '?')}, max pending "
+                    f"{fresh.get('stream', {}).get('max_pending', '?')}; streamer CPU "
+                    f"{_f(fresh.get('server_cpu_ms_per_request', {}).get('streamer'))} ms per "
+                    "event" + _batches(fresh.get("stream", {})) + "."
+                ),
+            )
+        )
+    for key, on in _stream_on(results).items():
+        drain = on["drain_s"] if on.get("drained") else float("inf")
+        what = "requests" if key == "e2e_1" else "transactions"
+        out.append(
+            Verdict(
+                f"the streamer keeps up with the gateway's maximum throughput in {what}/s "
+                f"({key}'s best closed-loop run): its backlog back to 0 within "
+                f"{STREAM_DRAIN_LIMIT_S:g} s of the run's end",
+                f"{on['rows_per_s']:.0f} {what}/s (c={on['concurrency']}): max lag "
+                f"{on['max_lag']}, max pending {on['max_pending']}, backlog at the end "
+                f"{on['backlog_at_end']}, "
+                + (
+                    f"back to 0 {on['drain_s']:.1f} s later"
+                    if on.get("drained")
+                    else f"NOT drained {on['drain_s']:.0f} s later ({on.get('skipped', 0)} "
+                    "events then skipped)"
+                ),
+                drain,
+                STREAM_DRAIN_LIMIT_S,
+                True,
+                why=(
+                    f"streamer CPU {_f(on.get('streamer_cpu_ms_per_request'))} ms per request "
+                    "during the run"
+                    + (
+                        f"; it worked the backlog off at {on['drain_rate_eps']:.0f} events/s"
+                        if on.get("drain_rate_eps")
+                        else ""
+                    )
+                    + _batches(on)
+                    + "; the backlog table under *The decision stream* has every e2e run."
+                ),
+            )
+        )
+    return out
+
+
+def _stream_on(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``results["stream_on"]`` by case key (a run of 2026-12-06 had e2e_1's alone)."""
+    on = results.get("stream_on") or {}
+    if "max_lag" in on:
+        return {"e2e_1": {"rows_per_s": on["rate_rps"], **on}}
+    return dict(on)
+
+
+def _batches(stream: dict[str, Any]) -> str:
+    if not stream.get("batches"):
+        return ""
+    return (
+        f"; its batches: {stream['batches']:.0f} of {stream['batch_events_mean']:.1f} events and "
+        f"{stream['batch_ms_mean']:.1f} ms each on average (read to acknowledged)"
+    )
+
+
+def stream_runs(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(case key, run) of every run with the stream's backlog recorded."""
+    return [
+        (key, run)
+        for key, case in results.get("cases", {}).items()
+        for run in case["runs"]
+        if "stream" in run
+    ]
+
+
+def streamer_alone_eps(results: dict[str, Any]) -> float | None:
+    """The streamer's own rate (events/s) while it worked off a backlog after a run, the gateway
+    idle: the best drain of at least 500 events over 0.5 s or more."""
+    rates = [
+        run["stream"]["drain_rate_eps"]
+        for _, run in stream_runs(results)
+        if run["stream"].get("drain_rate_eps")
+        and run["stream"].get("applied_while_draining", 0) >= 500
+    ]
+    return max(rates) if rates else None
+
+
+def stream_section(results: dict[str, Any]) -> str:
+    fresh, rows = results.get("freshness"), stream_runs(results)
+    if not fresh and not rows:
+        return ""
+    out = ["## The decision stream (streamer on)\n"]
+    out.append(
+        "Vigil's stack runs with the streamer, its entity histories seeded from the world's raw "
+        "transactions as `vigil stream-seed` does: every end-to-end figure in this report is "
+        "measured with the gateway emitting one decision event per fresh decision and the "
+        "streamer applying them to the online rows. After every end-to-end run the bench waits "
+        "for the consumer group's backlog (Redis `XINFO GROUPS`: `lag`, not yet read, plus "
+        "`pending`, read and not acknowledged) to drain, so that no run starts with the streamer "
+        "still working off the previous one's events.\n"
+    )
+    if fresh:
+        out.append(
+            f"**Freshness** (`bench/freshness.py`): an open loop at {fresh['rate']:g} req/s "
+            f"through the gateway for {fresh['duration_s']:g} s, every transaction new (a unique "
+            "id, stamped at its send time, so it is its card's newest); for every answer, the "
+            "time from its arrival at the client to the card's row in Redis (Feast's key, "
+            "`_ts:card_stats`) being stamped after the transaction, observed by a poller every "
+            f"{fresh.get('poll_ms', 1.0):g} ms (one pipelined read of every row still awaited).\n"
+        )
+        s = fresh.get("stream", {})
+        out.append(
+            table(
+                [
+                    "answers",
+                    "visible",
+                    "at the first read",
+                    "never (10 s)",
+                    "p50 ms",
+                    "p95 ms",
+                    "p99 ms",
+                    "max ms",
+                    "e2e p50 / p99 ms",
+                    "stream max lag / pending",
+                ],
+                [
+                    [
+                        f"{fresh['answered']:,}",
+                        f"{fresh['visible']:,}",
+                        f"{fresh.get('visible_at_first_read', 0):,}",
+                        str(fresh.get("not_visible", 0)),
+                        _f(fresh.get("p50_ms"), ".1f"),
+                        _f(fresh.get("p95_ms"), ".1f"),
+                        _f(fresh.get("p99_ms"), ".1f"),
+                        _f(fresh.get("max_ms"), ".1f"),
+                        f"{_f(fresh.get('e2e_p50_ms'))} / {_f(fresh.get('e2e_p99_ms'))}",
+                        f"{s.get('max_lag', '–')} / {s.get('max_pending', '–')}",
+                    ]
+                ],
+            )
+            + "\n"
+        )
+    if rows:
+        out.append(
+            "**Backlog per end-to-end run** (sampled every 0.1 s; the worst of a pooled case's "
+            "rounds):\n"
+        )
+        out.append(
+            table(
+                [
+                    "case",
+                    "load",
+                    "req/s",
+                    "max lag",
+                    "max pending",
+                    "at the end",
+                    "drained after s",
+                    "events applied",
+                ],
+                [
+                    [
+                        key,
+                        (
+                            f"{run['rate']:g}/s open"
+                            if run.get("mode") == "open"
+                            else f"c={run.get('concurrency')}"
+                        ),
+                        _f(run.get("rate_rps"), ".0f"),
+                        str(run["stream"]["max_lag"]),
+                        str(run["stream"]["max_pending"]),
+                        str(run["stream"]["backlog_at_end"]),
+                        (
+                            _f(run["stream"]["drain_s"], ".1f")
+                            if run["stream"]["drained"]
+                            else f"**not drained** ({run['stream'].get('skipped', 0):,} skipped)"
+                        ),
+                        f"{run['stream']['applied']:,.0f}",
+                    ]
+                    for key, run in rows
+                ],
+            )
+            + "\n"
+        )
+    eps = streamer_alone_eps(results)
+    if eps:
+        out.append(
+            f"The streamer alone (working off a backlog after a run, the gateway idle): "
+            f"{eps:,.0f} events/s at best.\n"
+        )
+    return "\n".join(out)
+
+
+def stream_lines(results: dict[str, Any]) -> list[str]:
+    """The stream's figures for the console (a ``--only`` run)."""
+    lines = []
+    for key, run in stream_runs(results):
+        s = run["stream"]
+        lines.append(
+            f"stream during {key} ({run.get('rate_rps', 0):.0f} req/s): max lag {s['max_lag']}, "
+            f"max pending {s['max_pending']}, at the end {s['backlog_at_end']}, "
+            + (f"drained in {s['drain_s']:.1f}s" if s["drained"] else "NOT drained")
+        )
+    eps = streamer_alone_eps(results)
+    if eps:
+        lines.append(f"streamer alone (draining): {eps:,.0f} events/s")
+    for v in stream_verdicts(results):
+        lines.append(f"[{'met' if v.met else 'MISSED'}] {v.target}: {v.measured}")
+    return lines
 
 
 # --------------------------------------------------------------------------------------------
@@ -509,6 +750,7 @@ def cpu_table(results: dict[str, Any]) -> str:
         "encoder",
         "predictor",
         "redis",
+        "streamer",
         *feast_names(results),
         "mlserver",
         "floor",
@@ -633,6 +875,7 @@ def render(results: dict[str, Any], img_path: Path, md_path: Path) -> str:
             out.append(f"- *{v.target}*: {v.why}")
         out.append("")
     out.append(feast_section(results))
+    out.append(stream_section(results))
 
     out.append("## Latency and throughput\n")
     out.append(

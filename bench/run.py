@@ -608,7 +608,7 @@ def run_loadgen(
     return result
 
 
-def measure_cases(cases: list[Case], plan: Plan, pids: dict[str, int]) -> None:
+def measure_cases(cases: list[Case], plan: Plan, pids: dict[str, int], stream: Any = None) -> None:
     """Open loops first, rate by rate: every case at that rate in ``plan.open_rounds``
     interleaved rounds (the order rotating), each case's rounds pooled into one run. A light
     load's p99 is a handful of samples: interleaving puts the contenders of a ratio in the same
@@ -623,8 +623,15 @@ def measure_cases(cases: list[Case], plan: Plan, pids: dict[str, int]) -> None:
             shift = k % len(at_rate)
             for case in at_rate[shift:] + at_rate[:shift]:
                 done[case.key].append(
-                    run_loadgen(
-                        case, "open", rate, per_round, pids, tag=f"r{k}", keep_latencies=rounds > 1
+                    run_case(
+                        stream,
+                        case,
+                        "open",
+                        rate,
+                        per_round,
+                        pids,
+                        tag=f"r{k}",
+                        keep_latencies=rounds > 1,
                     )
                 )
         for case in at_rate:
@@ -638,7 +645,7 @@ def measure_cases(cases: list[Case], plan: Plan, pids: dict[str, int]) -> None:
                 )
     for case in cases:
         for conc in case.concurrency:
-            case.runs.append(run_loadgen(case, "closed", conc, plan, pids))
+            case.runs.append(run_case(stream, case, "closed", conc, plan, pids))
 
 
 def pool_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -705,7 +712,185 @@ def pool_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         rounds=len(rounds),
         round_p99_ms=[r.get("p99_ms", float("nan")) for r in rounds],
     )
+    if any("stream" in r for r in rounds):
+        pooled["stream"] = pool_stream([r["stream"] for r in rounds if "stream" in r])
     return pooled
+
+
+# --------------------------------------------------------------------------------------------
+# the decision stream: the streamer on, its backlog, freshness
+
+#: The freshness case (``--only freshness``): an open loop at the issue's 100 req/s through the
+#: gateway, every transaction new; p99 of answer -> row visible judged against 50 ms.
+FRESHNESS_KEY = "freshness"
+FRESHNESS_RATE = 100.0
+FRESHNESS_S = {"full": 45.0, "quick": 10.0}
+FRESHNESS_TARGET_MS = 50.0
+
+
+def seed_stream(world: World) -> dict[str, Any]:
+    """The streamer's entity histories from the world's raw transactions, up to now: what
+    ``vigil stream-seed`` (and ``vigil demo``) do before the streamer starts. Without them the
+    streamer does not consume (its rows would count only streamed events)."""
+    from vigil import materialization
+    from vigil.stream_seed import seed_from_files
+
+    started = time.monotonic()
+    client = materialization.redis_client(world.redis.connection_string)
+    try:
+        report = seed_from_files(client, world.raw_path)
+    finally:
+        client.close()
+    took = time.monotonic() - started
+    log(
+        f"seeded the streamer's histories: {report.records:,} records of "
+        f"{report.transactions:,} transactions in {took:.1f}s"
+    )
+    return {"records": report.records, "entities": report.entities, "seconds": took}
+
+
+def stream_watch(world: World, stack: Any) -> Any:
+    """The decision stream's backlog watcher for the e2e runs (``bench.freshness.StreamWatch``)."""
+    from bench.freshness import StreamWatch
+
+    return StreamWatch(world.redis.url, metrics_url=f"{stack.services['streamer'].url}/metrics")
+
+
+def run_case(
+    stream: Any, case: Case, mode: str, param: float, *args: Any, **kw: Any
+) -> dict[str, Any]:
+    """:func:`run_loadgen`; for an end-to-end case with the streamer on, the consumer group's
+    backlog sampled during the run and drained after it (``result["stream"]``), so that the next
+    run never starts with the streamer still working off this one's events."""
+    if stream is None or not case.key.startswith("e2e_"):
+        return run_loadgen(case, mode, param, *args, **kw)
+    with stream.sampling() as backlog:
+        result = run_loadgen(case, mode, param, *args, **kw)
+    result["stream"] = backlog
+    log(
+        f"{case.key:<24} stream: max lag {backlog['max_lag']}, max pending "
+        f"{backlog['max_pending']}, at the end {backlog['backlog_at_end']}; "
+        + (
+            f"drained in {backlog['drain_s']:.1f}s"
+            if backlog["drained"]
+            else f"NOT drained after {backlog['drain_s']:.0f}s: {backlog['skipped']} skipped"
+        )
+        + (
+            f" ({backlog['drain_rate_eps']:.0f} events/s while draining)"
+            if backlog.get("drain_rate_eps")
+            else ""
+        )
+    )
+    return result
+
+
+def pool_stream(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The backlog of several rounds of one case: the worst of each figure."""
+    return {
+        "rounds": len(rounds),
+        "max_lag": max(r["max_lag"] for r in rounds),
+        "max_pending": max(r["max_pending"] for r in rounds),
+        "max_backlog": max(r["max_backlog"] for r in rounds),
+        "backlog_at_end": max(r["backlog_at_end"] for r in rounds),
+        "drained": all(r["drained"] for r in rounds),
+        "drain_s": max(r["drain_s"] for r in rounds),
+        "applied": sum(r["applied"] for r in rounds),
+        "skipped": sum(r.get("skipped", 0) for r in rounds),
+        "streamer_errors": sum(r.get("streamer_errors", 0.0) for r in rounds),
+    }
+
+
+def measure_freshness(
+    world: World,
+    stack: Any,
+    txs: list[dict[str, Any]],
+    plan: Plan,
+    pids: dict[str, int],
+    stream: Any,
+) -> dict[str, Any]:
+    """The freshness case (``bench.freshness``): answer received -> the card's online row
+    reflects the transaction, every request of an open loop at :data:`FRESHNESS_RATE`; the
+    stream's backlog sampled meanwhile. The rows' keys are Feast's own (``_redis_key``)."""
+    from feast.infra.online_stores.helpers import _redis_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    def key(card: str) -> str:
+        entity = EntityKey(join_keys=["card_id"], entity_values=[Value(string_val=card)])
+        return _redis_key("vigil", entity, 3).hex()
+
+    duration = FRESHNESS_S.get(plan.name, FRESHNESS_S["full"])
+    spec = {
+        "url": f"{stack.services['gateway'].url}/v1/transactions/score",
+        "headers": {"content-type": "application/json", "authorization": f"Bearer {stack.api_key}"},
+        "transactions": [
+            {k: v for k, v in tx.items() if k not in ("transaction_id", "timestamp")} for tx in txs
+        ],
+        "row_keys": {tx["card_id"]: key(tx["card_id"]) for tx in txs},
+        "view": "card_stats",
+        "redis_url": world.redis.url,
+        "rate": FRESHNESS_RATE,
+        "warmup_s": plan.warmup_s,
+        "duration_s": duration,
+        "poll_s": 0.001,
+        "id_prefix": f"fresh{int(time.time())}-",
+    }
+    spec_path, out_path = WORK / "freshness.json", WORK / "freshness.result.json"
+    spec_path.write_text(json.dumps(spec))
+    out_path.unlink(missing_ok=True)
+    cpu0 = {n: procs.cpu_seconds(pid) for n, pid in pids.items()}
+    with stream.sampling() as backlog:
+        proc = subprocess.run(
+            [PROJECT_PY, "-m", "bench.freshness", "--spec", str(spec_path), "--out", str(out_path)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=plan.warmup_s + duration + 90,
+        )
+    if proc.returncode != 0:
+        raise RuntimeError(f"the freshness case failed:\n{proc.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(out_path.read_text())
+    used = {n: procs.cpu_seconds(pid) - cpu0[n] for n, pid in pids.items()}
+    answered = max(result["answered"], 1)
+    result["server_cpu_ms_per_request"] = {
+        n: 1000.0 * s / answered for n, s in used.items() if s > 0.05
+    }
+    result["stream"] = backlog
+    result["target_ms"] = FRESHNESS_TARGET_MS
+    log(
+        f"freshness at {FRESHNESS_RATE:g}/s for {duration:g}s: {result['visible']} of "
+        f"{result['answered']} answers visible (p50 {result['p50_ms'] or float('nan'):.1f}, p99 "
+        f"{result['p99_ms'] or float('nan'):.1f}, max {result['max_ms'] or float('nan'):.1f} ms; "
+        f"{result['visible_at_first_read']} at the first read), not visible "
+        f"{result['not_visible']}, errors {result['errors']}; stream max lag "
+        f"{backlog['max_lag']}, max pending {backlog['max_pending']}; streamer batches "
+        f"{backlog.get('batches', 0):.0f}, {backlog.get('batch_events_mean', 0):.1f} events and "
+        f"{backlog.get('batch_ms_mean', 0):.1f} ms each on average"
+    )
+    return result
+
+
+def stream_on_summary(cases: list[Case]) -> dict[str, Any]:
+    """The streamer at the gateway's maximum throughputs: the backlog of the best closed-loop
+    run of ``e2e_1`` (requests/s, the one the max-throughput target is judged on) and of the
+    batch cases (transactions/s), by case key."""
+    out: dict[str, Any] = {}
+    for case in cases:
+        closed = [r for r in case.runs if r.get("mode") == "closed" and "stream" in r]
+        if case.key not in ("e2e_1", "e2e_100", "e2e_1000") or not closed:
+            continue
+        best = max(closed, key=lambda r: r["rows_per_s"])
+        out[case.key] = {
+            "rate_rps": best["rate_rps"],
+            "rows_per_s": best["rows_per_s"],
+            "concurrency": best["concurrency"],
+            **best["stream"],
+            "streamer_cpu_ms_per_request": best.get("server_cpu_ms_per_request", {}).get(
+                "streamer"
+            ),
+        }
+    return out
 
 
 def measure_inprocess(world: World, payloads: dict[str, Any], plan: Plan) -> dict[str, Any]:
@@ -1111,6 +1296,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         cleanup.callback(world.redis.stop)
         results["world"] = {"transactions": world.n_transactions, "timings_s": world.timings}
+        results["stream_seed"] = seed_stream(world)
 
         log("starting Vigil's stack (LocalStack), feast serve, MLServer and the floors")
         # The services' logs (an access line per request) are of this run only: appended to run
@@ -1123,6 +1309,7 @@ def main(argv: list[str] | None = None) -> int:
             WORK / "logs" / "stack",
             redis_url=world.redis.url,
             key_limits=BENCH_KEY_LIMITS,
+            with_streamer=True,  # every e2e figure is measured with the stream on
         )
         cleanup.callback(stack.stop)
         stack.start(timeout=90)
@@ -1198,7 +1385,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         only = [k for k in args.only.split(",") if k]
         if only:
-            unknown = sorted(set(only) - {c.key for c in cases})
+            unknown = sorted(set(only) - {c.key for c in cases} - {FRESHNESS_KEY})
             if unknown:
                 raise SystemExit(
                     f"--only: unknown case(s) {unknown}; known: {[c.key for c in cases]}"
@@ -1207,7 +1394,14 @@ def main(argv: list[str] | None = None) -> int:
         _check_answers(cases)
         if only:
             _redis_command(world.redis.url, "CONFIG", "RESETSTAT")
-        measure_cases(cases, plan, pids)
+        stream = stream_watch(world, stack)
+        cleanup.callback(stream.close)
+        if not only or FRESHNESS_KEY in only:
+            # First: on the histories seeded from the world, before the e2e cases' replays of
+            # the same transactions have grown them (see bench/README.md).
+            results["freshness"] = measure_freshness(world, stack, txs, plan, pids, stream)
+        measure_cases(cases, plan, pids, stream)
+        results["stream_on"] = stream_on_summary(cases)
         if only:
             results["redis_commandstats"] = _redis_command(world.redis.url, "INFO", "commandstats")
         results["security"] = security_verdicts({c.key: c for c in cases})
@@ -1283,6 +1477,10 @@ def _print_partial(results: dict[str, Any]) -> None:
                 f"{case['label'][:60]:<60} {what:<12} p50 {run['p50_ms']:6.2f} p99 "
                 f"{run['p99_ms']:6.2f} ms {run['rate_rps']:7.0f} req/s  CPU ms/req: {cpu}"
             )
+    from bench import report
+
+    for line in report.stream_lines(results):
+        print(line)
     for key, prof in results.get("profile", {}).items():
         for svc, summary in prof.items():
             if svc == "run" or "self" not in summary:

@@ -10,7 +10,16 @@ row stamped ``t`` summarises the entity's transactions strictly before ``t``.
 from datetime import timedelta
 from pathlib import Path
 
-from feast import Entity, FeatureService, FeatureView, Field, FileSource, RequestSource
+from feast import (
+    Entity,
+    FeatureService,
+    FeatureView,
+    Field,
+    FileSource,
+    PushSource,
+    RequestSource,
+)
+from feast.data_source import DataSource
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64, String
 from feast.value_type import ValueType
@@ -46,12 +55,20 @@ currency = Entity(
 )
 
 
-def _source(name: str) -> FileSource:
-    return FileSource(
+def _source(name: str) -> DataSource:
+    """The view's offline table; for the views the streamer keeps fresh, a push source backed by
+    it. The push source declares the stream path the Feast way (``FeatureStore.push``); training
+    (``get_historical_features``) and ``feast materialize`` still read the offline table, its
+    ``batch_source``. The streamer writes the same rows in Feast's layout directly
+    (``vigil_streamer.feast_layout``; tests/test_push_source.py holds the two equal)."""
+    table = FileSource(
         name=f"{name}_source",
         path=str(OFFLINE_DIR / f"{name}.parquet"),
         timestamp_field="event_timestamp",
     )
+    if name not in ("card_stats", "merchant_stats", "device_stats"):
+        return table  # fx_rates: a daily table, not streamed
+    return PushSource(name=f"{name}_push", batch_source=table)
 
 
 card_stats = FeatureView(

@@ -1,4 +1,5 @@
-"""The benchmark report judges each target against feast serve at its better worker count.
+"""The benchmark report judges each target against feast serve at its better worker count, and
+renders the decision stream's figures (freshness, the streamer's backlog).
 
 feast serve runs once per gunicorn worker count (``feast1w_1``, ``feast2w_1``, ...); every target
 that compares with it takes the better figure of them (the lower p99, the higher throughput) and
@@ -207,3 +208,106 @@ def test_an_older_results_json_with_one_feast_serve_still_renders(tmp_path: Path
     assert peak.measured.endswith("; against feast serve")
     md = report.render(old, img_path=tmp_path / "p.png", md_path=tmp_path / "b.md")
     assert "one worker count only (`-w 1`)" in md
+
+
+def _stream(max_lag: int, at_end: int, drain_s: float, drained: bool = True) -> dict[str, Any]:
+    return {
+        "max_lag": max_lag,
+        "max_pending": 2 * max_lag,
+        "max_backlog": 3 * max_lag,
+        "backlog_at_end": at_end,
+        "drained": drained,
+        "drain_s": drain_s,
+        "applied": 8000.0,
+        "applied_while_draining": 900.0 if at_end else 0.0,
+        "drain_rate_eps": 1000.0 if at_end else None,
+    }
+
+
+def _with_stream(p99_ms: float = 30.0, not_visible: int = 0) -> dict[str, Any]:
+    results = copy.deepcopy(_results())
+    closed = results["cases"]["e2e_1"]["runs"][-1]
+    closed["stream"] = _stream(800, 900, 0.9)
+    closed["server_cpu_ms_per_request"] = {**VIGIL_CPU, "streamer": 0.74}
+    results["stream_on"] = {
+        "e2e_1": {
+            "rate_rps": 1100.0,
+            "rows_per_s": 1100.0,
+            "concurrency": 16,
+            **closed["stream"],
+            "streamer_cpu_ms_per_request": 0.74,
+        },
+        "e2e_1000": {
+            "rate_rps": 30.0,
+            "rows_per_s": 30_000.0,
+            "concurrency": 2,
+            **_stream(60_000, 240_000, 180.0, drained=False),
+            "streamer_cpu_ms_per_request": 20.0,
+        },
+    }
+    results["freshness"] = {
+        "rate": 100.0,
+        "duration_s": 45.0,
+        "poll_ms": 1.0,
+        "requests": 4500,
+        "answered": 4500,
+        "errors": {},
+        "visible": 4500 - not_visible,
+        "not_visible": not_visible,
+        "visible_at_first_read": 3,
+        "p50_ms": p99_ms / 3,
+        "p95_ms": p99_ms / 1.5,
+        "p99_ms": p99_ms,
+        "max_ms": p99_ms * 1.2,
+        "e2e_p50_ms": 4.4,
+        "e2e_p99_ms": 19.4,
+        "server_cpu_ms_per_request": {"streamer": 5.2},
+        "stream": _stream(46, 0, 0.0),
+        "target_ms": 50.0,
+    }
+    return results
+
+
+def test_the_stream_section_renders_freshness_and_the_backlog_of_each_e2e_run(
+    tmp_path: Path,
+) -> None:
+    md = report.render(_with_stream(), img_path=tmp_path / "p.png", md_path=tmp_path / "b.md")
+    assert "## The decision stream (streamer on)" in md
+    # freshness: answers, visible, at the first read, never, p50, p95, p99, max, e2e, backlog
+    assert "| 4,500 | 4,500 | 3 | 0 | 10.0 | 20.0 | 30.0 | 36.0 | 4.40 / 19.40 | 46 / 92 |" in md
+    assert "| e2e_1 | c=16 | 1100 | 800 | 1600 | 900 | 0.9 | 8,000 |" in md
+    assert "The streamer alone (working off a backlog after a run, the gateway idle): 1,000" in md
+    assert "| gateway | encoder | predictor | redis | streamer |" in md  # the CPU table's
+
+
+def test_the_stream_verdicts_judge_freshness_and_keeping_up() -> None:
+    v = _by_target(_with_stream())
+    fresh = next(x for t, x in v.items() if t.startswith("freshness p99"))
+    assert fresh.met and fresh.ratio == pytest.approx(30.0)
+    up = v[
+        "the streamer keeps up with the gateway's maximum throughput in requests/s (e2e_1's "
+        "best closed-loop run): its backlog back to 0 within 5 s of the run's end"
+    ]
+    assert up.met and up.ratio == pytest.approx(0.9)
+    assert "max lag 800" in up.measured
+    batch = next(x for t, x in v.items() if "in transactions/s (e2e_1000's" in t)
+    assert not batch.met and math.isinf(batch.ratio)
+    assert "30000 transactions/s (c=2)" in batch.measured and "NOT drained 180 s" in batch.measured
+
+    slow = _by_target(_with_stream(p99_ms=676.0))
+    assert not next(x for t, x in slow.items() if t.startswith("freshness p99")).met
+    # More than 1 % of the answers never visible: not met, whatever the others measured.
+    unseen = _by_target(_with_stream(p99_ms=10.0, not_visible=100))
+    assert math.isinf(next(x for t, x in unseen.items() if t.startswith("freshness p99")).ratio)
+
+    # The first shape of stream_on (e2e_1's figures alone) still renders and judges.
+    older = _with_stream()
+    older["stream_on"] = {k: v for k, v in older["stream_on"]["e2e_1"].items() if k != "rows_per_s"}
+    old_up = [x for t, x in _by_target(older).items() if t.startswith("the streamer")]
+    assert len(old_up) == 1 and old_up[0].met
+
+
+def test_a_results_json_without_the_stream_renders_no_stream_section(tmp_path: Path) -> None:
+    md = report.render(_results(), img_path=tmp_path / "p.png", md_path=tmp_path / "b.md")
+    assert "## The decision stream" not in md
+    assert not report.stream_verdicts(_results())
