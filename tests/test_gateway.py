@@ -1268,7 +1268,9 @@ async def test_the_decision_is_written_behind_the_answer(
     assert 'outcome="pending"} 1.0' in (await stack.client.get("/metrics")).text
 
 
-async def test_concurrent_requests_for_one_transaction_get_one_decision(stack: Stack) -> None:
+async def test_concurrent_requests_for_one_transaction_get_one_decision(
+    stack: Stack, redis_url: str
+) -> None:
     stack.predictor.delay_s = 0.05  # both are in flight when the store is asked
     body = suspicious_txn()
     answers = [
@@ -1283,6 +1285,28 @@ async def test_concurrent_requests_for_one_transaction_get_one_decision(stack: S
         await stack.client.post("/v1/transactions/score-batch", json={"transactions": [body]})
     ).json()
     assert batch["results"][0]["result"]["cached"] is True
+    # One decision, so one decision event: the requests that waited for it and answered with
+    # it (replays) record nothing, though each scored the transaction too.
+    assert await _events_of(stack, redis_url, body["transaction_id"]) == 1
+
+
+async def _events_of(stack: Stack, redis_url: str, transaction_id: str) -> int:
+    """How many decision events of ``transaction_id`` are on the stream, once the gateway's
+    spool has sent what it holds."""
+    spool = stack.app.state.services.scoring.record.events
+    deadline = time.monotonic() + 5.0
+    while len(spool) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # the batch in flight, if any
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        entries = await client.xrange(stack.settings.events_stream)
+    finally:
+        await client.aclose()
+    return sum(
+        json.loads(fields[b"event"])["transaction"]["transaction_id"] == transaction_id
+        for _, fields in entries
+    )
 
 
 async def test_a_retry_while_the_first_attempt_is_stuck_is_told_in_progress(
@@ -1328,7 +1352,7 @@ async def test_a_batch_stores_its_decisions_before_answering(stack: Stack, redis
 
 
 async def test_a_batch_that_finds_a_reservation_at_its_write_answers_with_that_decision(
-    stack: Stack,
+    stack: Stack, redis_url: str
 ) -> None:
     """The batch looks first (nothing there), a single request for one of its transactions
     then reserves it; the batch's write finds the reservation and waits for that decision."""
@@ -1344,6 +1368,10 @@ async def test_a_batch_that_finds_a_reservation_at_its_write_answers_with_that_d
     assert single["cached"] is False and first["cached"] is True
     assert first["score"] == single["score"] and first["label"] == single["label"]
     assert batch["results"][1]["result"]["cached"] is False
+    # The single request's decision is the one event of that transaction; the batch's own
+    # answer for it, replaced by that decision, is not recorded.
+    assert await _events_of(stack, redis_url, body["transaction_id"]) == 1
+    assert await _events_of(stack, redis_url, batch["results"][1]["result"]["transaction_id"]) == 1
 
 
 async def test_a_reservation_for_another_payload_is_a_conflict_at_once(

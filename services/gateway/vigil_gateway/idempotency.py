@@ -221,9 +221,9 @@ class Claim:
         todo = [i for i, outcome in enumerate(outcomes) if outcome is None]
         if not todo:
             return Outcomes(outcomes, decisions)  # type: ignore[arg-type]
-        fresh: list[ScoreResponse] = [answers[i] for i in todo]  # type: ignore[misc]
-        assert all(a is not None for a in fresh), "a transaction to score has no answer"
-        for i, answer in zip(todo, fresh, strict=True):
+        mine: list[ScoreResponse] = [answers[i] for i in todo]  # type: ignore[misc]
+        assert all(a is not None for a in mine), "a transaction to score has no answer"
+        for i, answer in zip(todo, mine, strict=True):
             outcomes[i] = answer
         if waiting:
             await self._answer_as_owners(waiting)
@@ -252,7 +252,7 @@ class Claim:
 
             if settled:
                 self._store.settle_behind(entries, token, overwrite=request.rescore)
-            return Outcomes(outcomes, decisions, fresh)  # type: ignore[arg-type]
+            return Outcomes(outcomes, decisions, _fresh(todo, outcomes, answers))  # type: ignore[arg-type]
         serialised = decisions_json([outcomes[i] for i in kept])  # type: ignore[misc]
         for i, decision in zip(kept, serialised, strict=True):
             decisions[id(outcomes[i])] = decision
@@ -273,7 +273,7 @@ class Claim:
             for i in late:
                 decisions.pop(id(outcomes[i]), None)
             await self._answer_as_owners(late)
-        return Outcomes(outcomes, decisions, fresh)  # type: ignore[arg-type]
+        return Outcomes(outcomes, decisions, _fresh(todo, outcomes, answers))  # type: ignore[arg-type]
 
     async def _answer_as_owners(self, waiting: list[int]) -> None:
         """Answer the transactions another request reserved with the decision it stores: a
@@ -317,3 +317,14 @@ class Claim:
             outcomes[i] = _in_progress(ids[i])
         if in_progress:
             self._metrics.decision_store.labels("in_progress").inc(len(in_progress))
+
+
+def _fresh(
+    todo: Sequence[int],
+    outcomes: Sequence[Outcome | None],
+    answers: Sequence[ScoreResponse | None],
+) -> list[ScoreResponse]:
+    """The answers this request made that are its outcomes: not those replaced, once its owner
+    decided, by another request's decision (a replay), a conflict or "in progress". Each decision
+    is thereby recorded (counted, sent as an event) by the one request that made it."""
+    return [answers[i] for i in todo if outcomes[i] is answers[i]]  # type: ignore[misc]
