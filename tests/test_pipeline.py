@@ -20,6 +20,7 @@ import pytest
 from vigil import pipeline
 from vigil.fx import FX_FILE, fx_table, write_fx_table
 from vigil.pipeline import FEATURE_TABLES, compute_feature_tables, write_feature_tables
+from vigil_contracts import windows
 from vigil_contracts.local_time import local_hour
 
 REPO = Path(__file__).resolve().parents[1]
@@ -453,6 +454,11 @@ def test_written_parquet_schema_matches_feature_views(tmp_path: Path) -> None:
                 pa.field(key, pa.string()),
                 pa.field("event_timestamp", pa.timestamp("us", tz="UTC")),
                 *(pa.field(f.name, arrow_of[f.dtype]) for f in view.features),
+                # Each entity's recent events, from which request-time windows are finished.
+                *(
+                    pa.field(event, pa.list_(pipeline.ARROW_TYPES[dtype]))
+                    for event, (_, dtype) in windows.EVENT_FIELDS.get(name, {}).items()
+                ),
             ]
         )
         assert schema.remove_metadata().equals(expected), (name, schema)
@@ -466,7 +472,12 @@ def test_in_memory_dtypes_and_empty_input() -> None:
     empty = raw_frame([txn(T0, "c1")]).iloc[0:0]
     for frame in (compute_feature_tables(empty), compute_feature_tables(random_world(seed=4))):
         for name, table in frame.items():
-            assert list(table.columns) == [KEYS[name], "event_timestamp", *FEATURE_TABLES[name]]
+            assert list(table.columns) == [
+                KEYS[name],
+                "event_timestamp",
+                *FEATURE_TABLES[name],
+                *windows.EVENT_FIELDS[name],
+            ]
             assert str(table["event_timestamp"].dtype) == "datetime64[us, UTC]"
             for feature in FEATURE_TABLES[name]:
                 want = {"Int64": "int64", "Float64": "float64", "String": "object"}[

@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 from vigil.fx import FX_FILE, Rates, read_fx_table
 from vigil.fx import SCHEMA as FX_SCHEMA
 from vigil.local_hours import local_hours
-from vigil_contracts import request_features
+from vigil_contracts import request_features, windows
 from vigil_contracts.money import BASE_CURRENCY
 
 #: Feature columns of each offline table, in the order of the feature views in features.py.
@@ -174,6 +174,10 @@ def _table_schema(table: str) -> pa.Schema:
             pa.field(ENTITY_KEYS[table], pa.string()),
             pa.field("event_timestamp", pa.timestamp("us", tz="UTC")),
             *(pa.field(f, ARROW_TYPES[FEATURE_TYPES[f]]) for f in FEATURE_TABLES[table]),
+            *(
+                pa.field(name, pa.list_(ARROW_TYPES[dtype]))
+                for name, (_, dtype) in windows.EVENT_FIELDS[table].items()
+            ),
         ]
     )
 
@@ -393,6 +397,31 @@ def _mode_in_window(
     return result
 
 
+def _event_lists(tl: _Timeline, view: str, fields: dict[str, np.ndarray]) -> dict[str, pa.Array]:
+    """Each output row's recent events (``vigil_contracts.windows``): the entity's events with
+    time in ``(t_i - w, t_i]`` for the view's longest window ``w``, at most ``EVENT_CAP`` (the
+    newest), oldest first, as one arrow list array per event list. ``fields`` holds each event
+    field (``amount``, ``card``, ...) in the input frame's row order."""
+    end = tl.end
+    start = np.maximum(tl.start(windows.longest_window_us(view))[tl.last], end - windows.EVENT_CAP)
+    lengths = end - start
+    offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+    rows = np.repeat(start - offsets[:-1], lengths) + np.arange(int(offsets[-1]), dtype=np.int64)
+    out: dict[str, pa.Array] = {}
+    for name, (of, dtype) in windows.EVENT_FIELDS[view].items():
+        values = tl.t[rows] if of == "us" else tl.take(fields[of])[rows]
+        out[name] = pa.LargeListArray.from_arrays(
+            pa.array(offsets, pa.int64()), pa.array(values, ARROW_TYPES[dtype])
+        ).cast(pa.list_(ARROW_TYPES[dtype]))
+    return out
+
+
+def _with_events(frame: pd.DataFrame, events: dict[str, pa.Array]) -> pd.DataFrame:
+    for name, values in events.items():
+        frame[name] = pd.Series(pd.arrays.ArrowExtensionArray(values), index=frame.index)
+    return frame
+
+
 def _prepare(transactions: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in INPUT_COLUMNS if c not in transactions.columns]
     if missing:
@@ -482,7 +511,17 @@ def compute_feature_tables(
         home_country[known] = np.asarray(countries, dtype=object)[home[known]]
         f["card_home_country"] = home_country
         step("card: home country")
-        tables["card_stats"] = card.frame("card_stats", f)
+        # Event fields: text ids as "" where missing (the windows skip "").
+        text = {
+            "merchant": np.asarray(raw["merchant_id"].fillna(""), dtype=object).astype(str),
+            "device": np.asarray(raw["device_id"].fillna(""), dtype=object).astype(str),
+            "card": np.asarray(raw["card_id"].fillna(""), dtype=object).astype(str),
+            "country": np.asarray(raw["country"].fillna(""), dtype=object).astype(str),
+        }
+        tables["card_stats"] = _with_events(
+            card.frame("card_stats", f),
+            _event_lists(card, "card_stats", {"amount": amount, **text}),
+        )
 
         # --- merchant_stats -------------------------------------------------------------
         merchant = _Timeline(merchants, clock)
@@ -504,7 +543,11 @@ def compute_feature_tables(
             merchant.take(amount) < SMALL_AMOUNT, w24h
         )
         step("merchant: shares")
-        tables["merchant_stats"] = merchant.frame("merchant_stats", f)
+        is_night = ((hour >= NIGHT_HOURS.start) & (hour < NIGHT_HOURS.stop)).astype(np.int64)
+        tables["merchant_stats"] = _with_events(
+            merchant.frame("merchant_stats", f),
+            _event_lists(merchant, "merchant_stats", {"amount": amount, "night": is_night, **text}),
+        )
 
         # --- device_stats (transactions without a device have no row here) -----------------
         device = _Timeline(devices, clock)
@@ -521,7 +564,9 @@ def compute_feature_tables(
         step("device: distinct countries")
         f["device_first_seen_epoch"] = device.epoch_seconds(device.group_first())
         step("device: first seen")
-        tables["device_stats"] = device.frame("device_stats", f)
+        tables["device_stats"] = _with_events(
+            device.frame("device_stats", f), _event_lists(device, "device_stats", text)
+        )
 
     return tables
 
@@ -567,8 +612,12 @@ def write_feature_tables(raw_path: Path, out_dir: Path, progress: bool = False) 
     fx = read_fx_table(fx_path)
     tables = compute_feature_tables(raw, progress=progress, fx_rates=fx)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Without pandas' metadata: it would name the event lists' arrow-backed dtype, which pandas
+    # then fails to read back; the arrow schema says everything.
     written = {
-        name: pa.Table.from_pandas(frame, schema=_table_schema(name), preserve_index=False)
+        name: pa.Table.from_pandas(
+            frame, schema=_table_schema(name), preserve_index=False
+        ).replace_schema_metadata(None)
         for name, frame in tables.items()
     }
     # The FX table is served as it is (the fx_rates view): a row per currency and day.

@@ -1,0 +1,295 @@
+"""Request-time windows: every windowed feature declared once, and its one implementation.
+
+"In the last hour" means the hour before the transaction being scored: the events of the entity
+with time in ``(t - w, t)``, strictly before ``t`` (an event at the same instant is not counted).
+The stored state that makes this possible is each entity's recent events (:data:`EVENT_FIELDS`:
+their times in µs and what the features read of them), kept as Feast arrays, oldest first, over
+the view's longest window and at most :data:`EVENT_CAP` of them; the window is finished at
+request time ``t`` from those events (Tecton's "continuous" sliding windows). A very
+high-volume entity would keep time-bucketed partial aggregates (tiles) instead.
+
+:data:`WINDOWED` declares each feature (name, view, window, aggregate, the event field it
+reads, Feast type); :func:`window_row` computes one entity's features at one instant (the
+encoder's form) and :func:`window_columns` many at once, vectorised (offline frames). A test
+holds the two equal bit for bit on many rows: both add in event order, so sums, means and
+standard deviations are the same floats.
+
+An entity with no stored state (unknown) gives missing features (None), as a missing stored
+value does today. A known entity whose window holds no event gives 0 for counts, sums and
+distinct counts, and None for a mean, std, max, share or mode (there is none).
+
+Imports only the standard library and numpy (for the vectorised form, imported when used).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from math import sqrt
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+#: At most this many of an entity's most recent events are kept per list (pipeline and streamer
+#: alike); a window holding more is computed over the newest EVENT_CAP.
+EVENT_CAP = 1000
+
+#: Amounts below this (EUR) are "small": card-testing probes are tiny.
+SMALL_AMOUNT = 5.0
+
+_US_PER_HOUR = 3_600 * 1_000_000
+WINDOWS_US: dict[str, int] = {
+    "1h": _US_PER_HOUR,
+    "24h": 24 * _US_PER_HOUR,
+    "7d": 7 * 24 * _US_PER_HOUR,
+    "30d": 30 * 24 * _US_PER_HOUR,
+}
+
+#: Per view: its event lists (short name -> (what it holds, Feast element type)). ``us`` is
+#: the event time (µs since the epoch); ids and countries are "" when the event has none.
+EVENT_FIELDS: dict[str, dict[str, tuple[str, str]]] = {
+    "card_stats": {
+        "card_event_us": ("us", "Int64"),
+        "card_event_amounts": ("amount", "Float64"),
+        "card_event_merchants": ("merchant", "String"),
+        "card_event_devices": ("device", "String"),
+        "card_event_countries": ("country", "String"),
+    },
+    "merchant_stats": {
+        "merchant_event_us": ("us", "Int64"),
+        "merchant_event_amounts": ("amount", "Float64"),
+        "merchant_event_cards": ("card", "String"),
+        "merchant_event_nights": ("night", "Int64"),
+    },
+    "device_stats": {
+        "device_event_us": ("us", "Int64"),
+        "device_event_cards": ("card", "String"),
+        "device_event_countries": ("country", "String"),
+    },
+}
+
+
+@dataclass(frozen=True)
+class Windowed:
+    """One windowed feature: ``how`` of event field ``of`` over the last ``window``."""
+
+    name: str
+    view: str
+    window: str
+    how: str  # count | sum | mean | std | max | distinct | mode | share | share_small
+    of: str | None
+    dtype: str  # Feast type of the output
+
+    @property
+    def window_us(self) -> int:
+        return WINDOWS_US[self.window]
+
+
+_DTYPE = {
+    "count": "Int64",
+    "distinct": "Int64",
+    "sum": "Float64",
+    "mean": "Float64",
+    "std": "Float64",
+    "max": "Float64",
+    "share": "Float64",
+    "share_small": "Float64",
+    "mode": "String",
+}
+
+
+def _w(name: str, view: str, window: str, how: str, of: str | None = None) -> Windowed:
+    return Windowed(name, view, window, how, of, _DTYPE[how])
+
+
+#: Every windowed feature, in the order the views list them.
+WINDOWED: tuple[Windowed, ...] = (
+    _w("card_txn_count_1h", "card_stats", "1h", "count"),
+    _w("card_txn_count_24h", "card_stats", "24h", "count"),
+    _w("card_txn_count_7d", "card_stats", "7d", "count"),
+    _w("card_amount_sum_24h", "card_stats", "24h", "sum", "amount"),
+    _w("card_amount_avg_30d", "card_stats", "30d", "mean", "amount"),
+    _w("card_amount_std_30d", "card_stats", "30d", "std", "amount"),
+    _w("card_amount_max_30d", "card_stats", "30d", "max", "amount"),
+    _w("card_distinct_merchants_24h", "card_stats", "24h", "distinct", "merchant"),
+    _w("card_distinct_devices_30d", "card_stats", "30d", "distinct", "device"),
+    _w("card_distinct_countries_30d", "card_stats", "30d", "distinct", "country"),
+    _w("card_home_country", "card_stats", "30d", "mode", "country"),
+    _w("merchant_txn_count_24h", "merchant_stats", "24h", "count"),
+    _w("merchant_txn_count_7d", "merchant_stats", "7d", "count"),
+    _w("merchant_amount_avg_7d", "merchant_stats", "7d", "mean", "amount"),
+    _w("merchant_distinct_cards_24h", "merchant_stats", "24h", "distinct", "card"),
+    _w("merchant_night_share_7d", "merchant_stats", "7d", "share", "night"),
+    _w("merchant_small_amount_share_24h", "merchant_stats", "24h", "share_small", "amount"),
+    _w("device_txn_count_24h", "device_stats", "24h", "count"),
+    _w("device_distinct_cards_7d", "device_stats", "7d", "distinct", "card"),
+    _w("device_distinct_countries_7d", "device_stats", "7d", "distinct", "country"),
+)
+
+
+def view_features(view: str) -> tuple[Windowed, ...]:
+    return tuple(f for f in WINDOWED if f.view == view)
+
+
+def longest_window_us(view: str) -> int:
+    """How far back a view's events must reach: its longest window."""
+    return max(f.window_us for f in view_features(view))
+
+
+def _field_lists(view: str) -> dict[str, str]:
+    """Event field (``us``, ``amount``, ...) -> the view's list of it."""
+    return {of: name for name, (of, _) in EVENT_FIELDS[view].items()}
+
+
+def _aggregate(how: str, values: Sequence[Any], n: int) -> Any:
+    """``how`` of the ``n`` events of a window (``values`` their field, in time order)."""
+    if how == "count":
+        return n
+    if how == "sum":
+        total = 0.0
+        for x in values:
+            total += x
+        return total
+    if how == "distinct":
+        return len({v for v in values if v})
+    if n == 0:
+        return None
+    if how == "mean" or how == "std":
+        total = 0.0
+        for x in values:
+            total += x
+        mean = total / n
+        if how == "mean":
+            return mean
+        if max(values) == min(values):
+            return 0.0  # exactly: a rounded mean must not make equal amounts look spread
+        squares = 0.0
+        for x in values:
+            squares += (x - mean) * (x - mean)
+        return sqrt(squares / n)  # population std (ddof=0)
+    if how == "max":
+        return max(values)
+    if how == "share":
+        hits = 0
+        for x in values:
+            hits += x
+        return hits / n
+    if how == "share_small":
+        return sum(1 for x in values if x < SMALL_AMOUNT) / n
+    if how == "mode":  # most frequent non-empty value; ties -> lexicographically smallest
+        counts = Counter(v for v in values if v)
+        if not counts:
+            return None
+        return min(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+    raise ValueError(f"unknown aggregate {how!r}")
+
+
+def window_row(view: str, events: Mapping[str, Any], t_us: int) -> dict[str, Any]:
+    """The view's windowed features at instant ``t_us`` from one entity's stored events
+    (list name -> list, oldest first); all None when the entity has no state (``us`` list
+    None)."""
+    fields = _field_lists(view)
+    times = events.get(fields["us"])
+    features = view_features(view)
+    if times is None:
+        return {f.name: None for f in features}
+    hi = bisect_left(times, t_us)  # events strictly before t
+    out: dict[str, Any] = {}
+    for f in features:
+        lo = bisect_right(times, t_us - f.window_us, 0, hi)  # events after t - w
+        values: Sequence[Any] = () if f.of is None else events[fields[f.of]][lo:hi]
+        out[f.name] = _aggregate(f.how, values, hi - lo)
+    return out
+
+
+def window_columns(
+    view: str, offsets: np.ndarray, events: Mapping[str, np.ndarray], t_us: np.ndarray
+) -> dict[str, np.ndarray]:
+    """:func:`window_row` of many entities at once, vectorised.
+
+    Row ``i``'s events are ``events[name][offsets[i]:offsets[i + 1]]`` (the lists flattened,
+    each oldest first; ``offsets`` has one more entry than there are rows, int64); ``offsets[i]
+    == offsets[i + 1]`` is a row with no events; a row without state must be masked by the
+    caller. Returns feature -> array: int64 for counts, float64 (NaN for None) for numbers,
+    object (None for none) for modes.
+    """
+    import numpy as np
+
+    fields = _field_lists(view)
+    n = len(offsets) - 1
+    lengths = np.diff(offsets)
+    row = np.repeat(np.arange(n, dtype=np.int64), lengths)
+    times = np.asarray(events[fields["us"]], dtype=np.int64)
+    t_row = np.repeat(np.asarray(t_us, dtype=np.int64), lengths)
+    before = times < t_row
+    out: dict[str, np.ndarray] = {}
+    codes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for f in view_features(view):
+        inside = before & (times > t_row - f.window_us)
+        count = np.bincount(row[inside], minlength=n).astype(np.int64)
+        if f.how == "count":
+            out[f.name] = count
+            continue
+        assert f.of is not None
+        values = events[fields[f.of]]
+        if f.how in ("distinct", "mode"):
+            if f.of not in codes:
+                codes[f.of] = _factorize(values)
+            code, uniques = codes[f.of]
+            keep = inside & (code > 0)  # code 0 is "" (no value)
+            n_codes = np.int64(len(uniques))
+            pair, pair_count = np.unique(row[keep] * n_codes + code[keep], return_counts=True)
+            pair_row = pair // n_codes
+            if f.how == "distinct":
+                out[f.name] = np.bincount(pair_row, minlength=n).astype(np.int64)
+                continue
+            # Per row: highest count, then smallest code (codes follow sorted values).
+            order = np.lexsort((pair % n_codes, -pair_count, pair_row))
+            first = np.ones(len(order), dtype=bool)
+            first[1:] = pair_row[order][1:] != pair_row[order][:-1]
+            best = order[first]
+            mode = np.full(n, None, dtype=object)
+            mode[pair_row[best]] = uniques[pair[best] % n_codes]
+            out[f.name] = mode
+            continue
+        x = np.asarray(values, dtype=np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if f.how == "sum":
+                out[f.name] = np.bincount(row[inside], weights=x[inside], minlength=n)
+            elif f.how in ("mean", "std"):
+                mean = np.bincount(row[inside], weights=x[inside], minlength=n) / count
+                if f.how == "mean":
+                    out[f.name] = mean
+                else:
+                    d = x[inside] - mean[row[inside]]
+                    std = np.sqrt(np.bincount(row[inside], weights=d * d, minlength=n) / count)
+                    top, bottom = np.full(n, -np.inf), np.full(n, np.inf)
+                    np.maximum.at(top, row[inside], x[inside])
+                    np.minimum.at(bottom, row[inside], x[inside])
+                    out[f.name] = np.where(top == bottom, 0.0, std)
+            elif f.how == "max":
+                top = np.full(n, -np.inf)
+                np.maximum.at(top, row[inside], x[inside])
+                out[f.name] = np.where(count > 0, top, np.nan)
+            elif f.how == "share":
+                out[f.name] = np.bincount(row[inside], weights=x[inside], minlength=n) / count
+            elif f.how == "share_small":
+                small = inside & (x < SMALL_AMOUNT)
+                out[f.name] = np.bincount(row[small], minlength=n) / count
+            else:
+                raise ValueError(f"unknown aggregate {f.how!r}")
+    return out
+
+
+def _factorize(values: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Codes of text values in sorted order, "" always code 0 (no value)."""
+    import numpy as np
+
+    uniques, code = np.unique(np.asarray(values, dtype=object).astype(str), return_inverse=True)
+    if len(uniques) == 0 or uniques[0] != "":
+        uniques = np.concatenate(([""], uniques))
+        code = code + 1
+    return code.reshape(-1).astype(np.int64), uniques.astype(object)
