@@ -72,6 +72,23 @@ EVENT_FIELDS: dict[str, dict[str, tuple[str, str]]] = {
 }
 
 
+#: Per view: its stored features that are not windows (name -> Feast type), after the events.
+STORED_SCALARS: dict[str, dict[str, str]] = {
+    "card_stats": {"card_last_txn_epoch": "Float64"},
+    "merchant_stats": {},
+    "device_stats": {"device_first_seen_epoch": "Float64"},
+}
+
+
+def stored_features(view: str) -> dict[str, str]:
+    """Everything a view stores, in order (name -> Feast type): its event lists, then its
+    scalars. Feast's schema, the offline table and the streamer's rows are this."""
+    return {
+        **{name: f"Array({dtype})" for name, (_, dtype) in EVENT_FIELDS[view].items()},
+        **STORED_SCALARS[view],
+    }
+
+
 @dataclass(frozen=True)
 class Windowed:
     """One windowed feature: ``how`` of event field ``of`` over the last ``window``."""
@@ -293,3 +310,134 @@ def _factorize(values: Any) -> tuple[np.ndarray, np.ndarray]:
         uniques = np.concatenate(([""], uniques))
         code = code + 1
     return code.reshape(-1).astype(np.int64), uniques.astype(object)
+
+
+# --- request time: the forms Feast's on-demand views and the encoder call -----------------------
+
+
+def request_us(txn_epoch: float) -> int:
+    """The request's instant in integer µs (``txn_epoch`` is seconds, as the gateway sends it)."""
+    return round(txn_epoch * 1_000_000)
+
+
+def events_of(value: Any) -> list[Any] | None:
+    """A stored event list as a list; None when the entity has no state (None, NaN)."""
+    if value is None:
+        return None
+    if type(value) is list:
+        return value
+    if isinstance(value, float) or type(value).__name__ == "NAType":
+        return None  # NaN / pandas' NA: offline, a transaction whose entity has no row yet
+    tolist = getattr(value, "tolist", None)  # numpy / arrow arrays from offline frames
+    return list(tolist() if tolist is not None else value)
+
+
+def aggregate(name: str, events: Mapping[str, Any], t_us: int) -> Any:
+    """One windowed feature (by name) at ``t_us`` from one entity's events; None when the
+    entity has no state."""
+    f = _BY_NAME[name]
+    fields = _field_lists(f.view)
+    times = events_of(events.get(fields["us"]))
+    if times is None:
+        return None
+    hi = bisect_left(times, t_us)
+    lo = bisect_right(times, t_us - f.window_us, 0, hi)
+    values: Sequence[Any] = () if f.of is None else events_of(events[fields[f.of]])[lo:hi]  # type: ignore[index]
+    return _aggregate(f.how, values, hi - lo)
+
+
+_BY_NAME = {f.name: f for f in WINDOWED}
+
+#: Request field the windows read (beside the view's event lists).
+REQUEST_FIELD = "txn_epoch"
+
+
+def view_outputs(view: str) -> tuple[str, ...]:
+    """The numeric windowed features of a view: the outputs of its on-demand view."""
+    return tuple(f.name for f in view_features(view) if f.dtype != "String")
+
+
+def transform_row(view: str, row: Mapping[str, Any]) -> dict[str, Any]:
+    """The on-demand view of ``view``'s windows for one row (stored lists + ``txn_epoch``)."""
+    events = {name: events_of(row.get(name)) for name in EVENT_FIELDS[view]}
+    out = window_row(view, events, request_us(float(row[REQUEST_FIELD])))
+    return {name: out[name] for name in view_outputs(view)}
+
+
+def transform_vector(view: str) -> Any:
+    """:func:`transform_row`'s outputs as vector entries (float; NaN for missing): the
+    encoder's form."""
+    names = view_outputs(view)
+    nan = float("nan")
+
+    def vector(row: Mapping[str, Any]) -> list[float]:
+        out = transform_row(view, row)
+        return [nan if (v := out[name]) is None else float(v) for name in names]
+
+    return vector
+
+
+def transform_columns(
+    view: str, columns: Mapping[str, Sequence[Any]], names: Sequence[str] | None = None
+) -> dict[str, list[Any]]:
+    """Column-wise :func:`transform_row` (Feast's python-mode batch): vectorised over many
+    rows (training frames), the same values as row by row (a test holds them equal). ``names``:
+    the features wanted (default: the view's outputs)."""
+    import numpy as np
+
+    names = view_outputs(view) if names is None else tuple(names)
+    t = columns[REQUEST_FIELD]
+    n = len(t)
+    lists = {name: [events_of(v) for v in columns[name]] for name in EVENT_FIELDS[view]}
+    first = next(iter(EVENT_FIELDS[view]))
+    known = [i for i in range(n) if lists[first][i] is not None]
+    out: dict[str, list[Any]] = {name: [None] * n for name in names}
+    if not known:
+        return out
+    lengths = np.array([len(lists[first][i]) for i in known], dtype=np.int64)
+    offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+    flat: dict[str, np.ndarray] = {}
+    for name, (_, dtype) in EVENT_FIELDS[view].items():
+        kind = {"Int64": np.int64, "Float64": np.float64, "String": object}[dtype]
+        values = [v for i in known for v in lists[name][i]]
+        flat[name] = np.array(values, dtype=kind) if values else np.zeros(0, dtype=kind)
+    t_us = np.array([request_us(float(t[i])) for i in known], dtype=np.int64)
+    computed = window_columns(view, offsets, flat, t_us)
+    for name in names:
+        f = _BY_NAME[name]
+        values = computed[name].tolist()
+        column = out[name]
+        for j, i in enumerate(known):
+            v = values[j]
+            column[i] = int(v) if f.dtype == "Int64" else (None if v is None or v != v else v)
+    return out
+
+
+#: Batches smaller than this are computed row by row (numpy's fixed cost is not worth it).
+COLUMNS_MIN_ROWS = 16
+
+
+def transform_vector_columns(
+    view: str, columns: Mapping[str, Sequence[Any]]
+) -> list[list[float]] | None:
+    """:func:`transform_vector` of many rows given as columns, vectorised: the outputs as
+    columns (float; NaN for missing); None for a batch better done row by row."""
+    if len(columns[REQUEST_FIELD]) < COLUMNS_MIN_ROWS:
+        return None
+    nan = float("nan")
+    out = transform_columns(view, columns)
+    return [[nan if v is None else float(v) for v in out[name]] for name in view_outputs(view)]
+
+
+def feast_columns(view: str, inputs: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
+    """:func:`transform_columns` as Feast's on-demand view hands it out: a missing float is NaN
+    (``feast apply`` infers each output's type from a sample row, where None is no type); a
+    missing count stays None."""
+    nan = float("nan")
+    out = transform_columns(view, inputs)
+    return {
+        name: values
+        if _BY_NAME[name].dtype == "Int64"
+        else [nan if v is None else v for v in values]
+        for name, values in out.items()
+    }
