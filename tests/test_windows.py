@@ -110,9 +110,11 @@ def test_the_feast_form_is_the_row_form_with_missing_floats_as_nan() -> None:
         table = tables[view]
         columns = {name: table[name].tolist() for name in windows.EVENT_FIELDS[view]}
         t = table["event_timestamp"].array.asi8 + 7_200_000_000
-        columns["txn_epoch"] = [None] * 0 + list(t / 1e6)
-        for name in columns:  # one unknown entity
-            columns[name] = [None, *columns[name]] if name != "txn_epoch" else [1e9, *columns[name]]
+        columns["txn_epoch"] = list(t / 1e6)
+        # One unknown entity first.
+        columns = {
+            name: [1e9 if name == "txn_epoch" else None, *values] for name, values in columns.items()
+        }
         feast = windows.feast_columns(view, columns)
         assert all(
             v is None for name, v in ((n, c[0]) for n, c in feast.items()) if "count" in name
