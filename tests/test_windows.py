@@ -113,7 +113,8 @@ def test_the_feast_form_is_the_row_form_with_missing_floats_as_nan() -> None:
         columns["txn_epoch"] = list(t / 1e6)
         # One unknown entity first.
         columns = {
-            name: [1e9 if name == "txn_epoch" else None, *values] for name, values in columns.items()
+            name: [1e9 if name == "txn_epoch" else None, *values]
+            for name, values in columns.items()
         }
         feast = windows.feast_columns(view, columns)
         assert all(
