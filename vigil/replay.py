@@ -125,8 +125,12 @@ def online_rows(
             value = Value()
             value.ParseFromString(raw or b"")
             kind = value.WhichOneof("val")
-            member = None if kind in (None, "null_val") else getattr(value, kind)
-            row[name] = list(member.val) if kind and kind.endswith("_list_val") else member
+            if kind is None or kind == "null_val":
+                row[name] = None
+            elif kind.endswith("_list_val"):
+                row[name] = list(getattr(value, kind).val)
+            else:
+                row[name] = getattr(value, kind)
         out[target] = row
     return out
 
@@ -140,9 +144,11 @@ def compare_rows(expected: dict[str, Any], online: dict[str, Any], rel: float = 
             if not math.isclose(want, got, rel_tol=rel, abs_tol=rel):
                 bad.append(f"{name}: {got!r} != {want!r}")
         elif isinstance(want, list) and isinstance(got, list):  # an entity's event list
-            if len(want) != len(got) or compare_rows(
-                dict(enumerate(want)), dict(enumerate(got)), rel
-            ):
+            pairs = (
+                [(str(i), x) for i, x in enumerate(want)],
+                [(str(i), x) for i, x in enumerate(got)],
+            )
+            if len(want) != len(got) or compare_rows(dict(pairs[0]), dict(pairs[1]), rel):
                 bad.append(f"{name}: {got!r} != {want!r}")
         elif want != got and not (want is None and got is None):
             bad.append(f"{name}: {got!r} != {want!r}")

@@ -253,9 +253,10 @@ def transform_vector_columns(columns: Mapping[str, Sequence[Any]]) -> list[list[
     """
     try:
         if HISTORY_EVENTS in columns:
-            columns = _with_card_history_columns(columns)
-            if columns is None:
+            with_history = _with_card_history_columns(columns)
+            if with_history is None:
                 return None
+            columns = with_history
         paid, epoch, hour = columns["amount"], columns["txn_epoch"], columns["txn_hour"]
         rate = columns["eur_per_unit"]
         channel, country = columns["channel"], columns["country"]

@@ -161,6 +161,27 @@ def _field_lists(view: str) -> dict[str, str]:
     return {of: name for name, (of, _) in EVENT_FIELDS[view].items()}
 
 
+# Per view, computed once (the encoder calls these per row): its time list, its features'
+# names, and (name, aggregate, list read, window) of each.
+_TIMES = {view: _field_lists(view)["us"] for view in EVENT_FIELDS}
+_NAMES = {view: tuple(f.name for f in view_features(view)) for view in EVENT_FIELDS}
+_PLANS = {
+    view: tuple(
+        (f.name, f.how, None if f.of is None else _field_lists(view)[f.of], f.window_us)
+        for f in view_features(view)
+    )
+    for view in EVENT_FIELDS
+}
+_OUTPUT_PLANS = {
+    view: tuple(
+        plan
+        for plan, f in zip(_PLANS[view], view_features(view), strict=True)
+        if f.dtype != "String"
+    )
+    for view in EVENT_FIELDS
+}
+
+
 def _aggregate(how: str, values: Sequence[Any], n: int) -> Any:
     """``how`` of the ``n`` events of a window (``values`` their field, in time order)."""
     if how == "count":
@@ -204,21 +225,25 @@ def _aggregate(how: str, values: Sequence[Any], n: int) -> Any:
     raise ValueError(f"unknown aggregate {how!r}")
 
 
-def window_row(view: str, events: Mapping[str, Any], t_us: int) -> dict[str, Any]:
+def window_row(
+    view: str, events: Mapping[str, Any], t_us: int, outputs_only: bool = False
+) -> dict[str, Any]:
     """The view's windowed features at instant ``t_us`` from one entity's stored events
     (list name -> list, oldest first); all None when the entity has no state (``us`` list
-    None)."""
-    fields = _field_lists(view)
-    times = events.get(fields["us"])
-    features = view_features(view)
+    None). ``outputs_only``: only its on-demand view's outputs (:func:`view_outputs`)."""
+    times = events.get(_TIMES[view])
+    plans = _OUTPUT_PLANS[view] if outputs_only else _PLANS[view]
     if times is None:
-        return {f.name: None for f in features}
+        return {name: None for name, _, _, _ in plans}
     hi = bisect_left(times, t_us)  # events strictly before t
     out: dict[str, Any] = {}
-    for f in features:
-        lo = bisect_right(times, t_us - f.window_us, 0, hi)  # events after t - w
-        values: Sequence[Any] = () if f.of is None else events[fields[f.of]][lo:hi]
-        out[f.name] = _aggregate(f.how, values, hi - lo)
+    starts: dict[int, int] = {}
+    for name, how, values_list, w_us in plans:
+        lo = starts.get(w_us)
+        if lo is None:
+            lo = starts[w_us] = bisect_right(times, t_us - w_us, 0, hi)  # events after t - w
+        values: Sequence[Any] = () if values_list is None else events[values_list][lo:hi]
+        out[name] = _aggregate(how, values, hi - lo)
     return out
 
 
@@ -335,18 +360,23 @@ def events_of(value: Any) -> list[Any] | None:
 def aggregate(name: str, events: Mapping[str, Any], t_us: int) -> Any:
     """One windowed feature (by name) at ``t_us`` from one entity's events; None when the
     entity has no state."""
-    f = _BY_NAME[name]
-    fields = _field_lists(f.view)
-    times = events_of(events.get(fields["us"]))
+    view, how, values_list, w_us = _ONE[name]
+    times = events_of(events.get(_TIMES[view]))
     if times is None:
         return None
     hi = bisect_left(times, t_us)
-    lo = bisect_right(times, t_us - f.window_us, 0, hi)
-    values: Sequence[Any] = () if f.of is None else events_of(events[fields[f.of]])[lo:hi]  # type: ignore[index]
-    return _aggregate(f.how, values, hi - lo)
+    lo = bisect_right(times, t_us - w_us, 0, hi)
+    values: Sequence[Any] = ()
+    if values_list is not None:
+        values = events_of(events[values_list]) or []
+    return _aggregate(how, values[lo:hi], hi - lo)
 
 
 _BY_NAME = {f.name: f for f in WINDOWED}
+_ONE = {
+    f.name: (f.view, f.how, None if f.of is None else _field_lists(f.view)[f.of], f.window_us)
+    for f in WINDOWED
+}
 
 #: Request field the windows read (beside the view's event lists).
 REQUEST_FIELD = "txn_epoch"
@@ -354,24 +384,30 @@ REQUEST_FIELD = "txn_epoch"
 
 def view_outputs(view: str) -> tuple[str, ...]:
     """The numeric windowed features of a view: the outputs of its on-demand view."""
-    return tuple(f.name for f in view_features(view) if f.dtype != "String")
+    return _OUTPUTS[view]
+
+
+_OUTPUTS = {
+    view: tuple(f.name for f in view_features(view) if f.dtype != "String") for view in EVENT_FIELDS
+}
 
 
 def transform_row(view: str, row: Mapping[str, Any]) -> dict[str, Any]:
     """The on-demand view of ``view``'s windows for one row (stored lists + ``txn_epoch``)."""
     events = {name: events_of(row.get(name)) for name in EVENT_FIELDS[view]}
-    out = window_row(view, events, request_us(float(row[REQUEST_FIELD])))
-    return {name: out[name] for name in view_outputs(view)}
+    return window_row(view, events, request_us(float(row[REQUEST_FIELD])), outputs_only=True)
 
 
 def transform_vector(view: str) -> Any:
     """:func:`transform_row`'s outputs as vector entries (float; NaN for missing): the
     encoder's form."""
     names = view_outputs(view)
+    lists = tuple(EVENT_FIELDS[view])
     nan = float("nan")
 
     def vector(row: Mapping[str, Any]) -> list[float]:
-        out = transform_row(view, row)
+        events = {name: events_of(row.get(name)) for name in lists}
+        out = window_row(view, events, request_us(float(row[REQUEST_FIELD])), outputs_only=True)
         return [nan if (v := out[name]) is None else float(v) for name in names]
 
     return vector
@@ -388,7 +424,9 @@ def transform_columns(
     names = view_outputs(view) if names is None else tuple(names)
     t = columns[REQUEST_FIELD]
     n = len(t)
-    lists = {name: [events_of(v) for v in columns[name]] for name in EVENT_FIELDS[view]}
+    lists: dict[str, list[Any]] = {
+        name: [events_of(v) for v in columns[name]] for name in EVENT_FIELDS[view]
+    }
     first = next(iter(EVENT_FIELDS[view]))
     known = [i for i in range(n) if lists[first][i] is not None]
     out: dict[str, list[Any]] = {name: [None] * n for name in names}
