@@ -617,10 +617,7 @@ async def test_fraud_is_highly_suspicious_with_business_reasons(stack: Stack) ->
     assert reasons[0]["feature"] == "request_features__amount_to_card_avg_30d"
     assert reasons[0]["value"] == pytest.approx(8.0)
     assert reasons[0]["contribution"] == pytest.approx(4.0)
-    assert (
-        reasons[1]["text"]
-        == "5 transactions on this card in the hour up to its previous transaction"
-    )
+    assert reasons[1]["text"] == "5 transactions on this card in the hour before this transaction"
     assert reasons[2]["text"] == "transaction country differs from the card's home country"
     contributions = [r["contribution"] for r in reasons]
     assert contributions == sorted(contributions, reverse=True)
@@ -633,7 +630,7 @@ async def test_more_reasons_are_in_business_words(redis_url: str) -> None:
     assert texts["NEW_DEVICE"] == "first transaction from this device"
     assert texts["NIGHT_TIME"] == "night-time transaction"
     assert texts["MERCHANT_MANY_CARDS"] == (
-        "3 different cards used at this merchant in the 24 hours up to its previous transaction"
+        "3 different cards used at this merchant in the 24 hours before this transaction"
     )
     assert len(answer["reasons"]) == 6  # six features pushed the score up
 
@@ -1954,7 +1951,7 @@ def test_a_money_reason_names_eur_and_the_amount_as_paid() -> None:
     )
     assert describe("card_stats__card_amount_avg_30d", 33.1, paid_in_usd) == (
         "CARD_AVERAGE_AMOUNT",
-        "this card's average amount in the 30 days up to its previous transaction is 33.10 EUR",
+        "this card's average amount in the 30 days before this transaction is 33.10 EUR",
     )
     in_eur = Context(currency="EUR", paid=810.0, device_present=True, raising=True)
     assert describe("request_features__txn_amount", 810.0, in_eur)[1] == "amount of 810.00 EUR"

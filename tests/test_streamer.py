@@ -321,8 +321,8 @@ async def test_a_newer_stored_row_is_never_overwritten(server):
     client = redis.Redis.from_url(server.url)
     write = client.register_script(feast_layout.WRITE_NEWER)
     key = feast_layout.redis_key("card_id", "c1", "vigil")
-    features = {"card_txn_count_1h": 1}
-    dtypes = {"card_txn_count_1h": "Int64"}
+    features = {"card_event_us": [1]}
+    dtypes = {"card_event_us": "Array(Int64)"}
     assert (
         write(
             keys=[key, "w"],
@@ -331,21 +331,20 @@ async def test_a_newer_stored_row_is_never_overwritten(server):
         == 1
     )
     older = feast_layout.row_args(
-        "card_stats", {"card_txn_count_1h": 7}, dtypes, 1_999_999, 5, 60_000
+        "card_stats", {"card_event_us": [7]}, dtypes, 1_999_999, 5, 60_000
     )
     assert write(keys=[key, "w"], args=older) == 0
     same_older_snapshot = feast_layout.row_args(
-        "card_stats", {"card_txn_count_1h": 7}, dtypes, 2_000_000, 0, 60_000
+        "card_stats", {"card_event_us": [7]}, dtypes, 2_000_000, 0, 60_000
     )
     assert write(keys=[key, "w"], args=same_older_snapshot) == 0
     same_newer_snapshot = feast_layout.row_args(
-        "card_stats", {"card_txn_count_1h": 2}, dtypes, 2_000_000, 2, 60_000
+        "card_stats", {"card_event_us": [2]}, dtypes, 2_000_000, 2, 60_000
     )
     assert write(keys=[key, "w"], args=same_newer_snapshot) == 1
-    assert (
-        online_rows(client, "vigil", [("card_id", "c1")])[("card_id", "c1")]["card_txn_count_1h"]
-        == 2
-    )
+    assert online_rows(client, "vigil", [("card_id", "c1")])[("card_id", "c1")][
+        "card_event_us"
+    ] == [2]
     client.close()
 
 

@@ -173,6 +173,11 @@ class _Layout:
         )
         self.ttls = tuple(view.ttl_seconds for view in plan.views)
         self.od_fresh = tuple([False] * len(od.vector_outputs) for od in plan.on_demand)
+        self.od_stale = tuple([True] * len(od.vector_outputs) for od in plan.on_demand)
+        # Per on-demand view: the views whose staleness its outputs share (none for most).
+        self.od_stale_views = tuple(
+            od.input_views if od.impl.stale_with_inputs else () for od in plan.on_demand
+        )
         self.miss: list[ViewRead] = []
         self.stale: list[ViewRead] = []
         for v, view in enumerate(plan.views):
@@ -581,8 +586,9 @@ def _one_row(
     stale: list[bool] = []
     for read in views:
         stale += read.chunk_stale
-    for fresh in layout.od_fresh:
-        stale += fresh
+    for j, fresh in enumerate(layout.od_fresh):
+        shared = any(views[v].stale for v in layout.od_stale_views[j])
+        stale += layout.od_stale[j] if shared else fresh
     return values, ages, stale
 
 
@@ -608,6 +614,7 @@ def _many_rows(
         ages_parts.append(map(read_ages.__getitem__, indices))
         stale_parts.append(map(read_stale.__getitem__, indices))
     request_rows: list[dict[str, Any]] | None = None
+    any_stale = any(read.stale for read in reads)
     for j, vector in enumerate(layout.od_vectors):
         found = [read.od_values[j] for read in reads]
         columns_form = layout.od_columns[j]
@@ -659,11 +666,21 @@ def _many_rows(
             values_parts.append(vectors)
             # 0.0 for a value (x - x), NaN for a missing one.
             ages_parts.append([[*map(sub, entries, entries)] for entries in vectors])
-        stale_parts.append(repeat(layout.od_fresh[j], n))
+        stale_views = layout.od_stale_views[j]
+        if stale_views and any_stale:
+            fresh, stale_flags = layout.od_fresh[j], layout.od_stale[j]
+            stale_parts.append(
+                [
+                    stale_flags if any(reads[row_reads[v][i]].stale for v in stale_views) else fresh
+                    for i in range(n)
+                ]
+            )
+        else:
+            stale_parts.append(repeat(layout.od_fresh[j], n))
 
     values = list(chain.from_iterable(chain.from_iterable(zip(*values_parts, strict=True))))
     ages = list(chain.from_iterable(chain.from_iterable(zip(*ages_parts, strict=True))))
-    if any(read.stale for read in reads):
+    if any_stale:
         stale = list(chain.from_iterable(chain.from_iterable(zip(*stale_parts, strict=True))))
     else:
         stale = [False] * (n * layout.width)

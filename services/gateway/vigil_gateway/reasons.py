@@ -56,9 +56,9 @@ def _count(value: float, noun: str) -> str:
     return f"{n} {noun[:-1]}ies" if noun.endswith("y") else f"{n} {noun}s"
 
 
-_UP_TO_CARD = "up to its previous transaction"
-_UP_TO_MERCHANT = "up to its previous transaction"
-_UP_TO_DEVICE = "up to its previous transaction"
+_UP_TO_CARD = "before this transaction"
+_UP_TO_MERCHANT = "before this transaction"
+_UP_TO_DEVICE = "before this transaction"
 
 
 def _money(value: float) -> str:
@@ -209,9 +209,8 @@ TEMPLATES: dict[str, Template] = {
     "device_age_days": _device_age,
     "is_new_device": _is_new_device,
     "country_mismatch": _country_mismatch,
-    # Stored windows end at the entity's previous transaction (the state the online store holds
-    # when this one is scored), and the sentences say so: "the last hour" would be untrue for a
-    # card last used three weeks ago.
+    # Windows end at this transaction (finished at its instant from the entity's stored events),
+    # and the sentences say so: a card last used three weeks ago has none in the last hour.
     "card_txn_count_1h": _counted(
         "CARD_VELOCITY_1H", "transaction", f"on this card in the hour {_UP_TO_CARD}"
     ),

@@ -18,15 +18,12 @@ import numpy as np
 import pandas as pd
 
 from vigil.pipeline import ENTITY_KEYS, FEATURE_TABLES, FEATURE_TYPES, compute_feature_tables
+from vigil_contracts import windows
 from vigil_contracts.entity_history import KINDS, HistoryRecord
 
 #: The longest window each kind's row reads (µs): its history is kept that long (plus the
 #: allowed lateness), beside its first sighting.
-WINDOW_US: dict[str, int] = {
-    "card_id": 30 * 86_400_000_000,
-    "merchant_id": 7 * 86_400_000_000,
-    "device_id": 7 * 86_400_000_000,
-}
+WINDOW_US: dict[str, int] = {key: windows.longest_window_us(view) for key, view in KINDS.items()}
 DTYPES: dict[str, str] = FEATURE_TYPES
 
 Row = tuple[int, dict[str, Any]]  # (stamp in µs, feature -> value)

@@ -89,7 +89,34 @@ def value_bytes(value: Any, dtype: str) -> bytes:
     if dtype == "String":
         text = str(value).encode()
         return b"\x12" + _varint(len(text)) + text
+    if dtype in _LISTS:
+        # A list member (StringList / Int64List / DoubleList): its field 1 repeated, numbers
+        # packed (proto3's default), each string its own field.
+        tag, kind = _LISTS[dtype]
+        items = list(value)
+        if not items:
+            inner = b""
+        elif kind == "String":
+            inner = b"".join(
+                b"\x0a" + _varint(len(text)) + text for text in (str(x).encode() for x in items)
+            )
+        else:
+            packed = (
+                struct.pack(f"<{len(items)}d", *map(float, items))
+                if kind == "Float64"
+                else b"".join(_varint(int(x)) for x in items)
+            )
+            inner = b"\x0a" + _varint(len(packed)) + packed
+        return tag + _varint(len(inner)) + inner
     raise ValueError(f"no encoding for dtype {dtype}")
+
+
+# Value's list members: (tag of field 12 / 14 / 15, length-delimited; element type).
+_LISTS: dict[str, tuple[bytes, str]] = {
+    "Array(String)": (b"\x62", "String"),
+    "Array(Int64)": (b"\x72", "Int64"),
+    "Array(Float64)": (b"\x7a", "Float64"),
+}
 
 
 # KEYS[1] Feast's hash, KEYS[2] the history version that wrote it; ARGV: ts field, seconds,
