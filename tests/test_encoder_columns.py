@@ -189,10 +189,11 @@ def _reference_rows(client: redis.Redis, plan, rows: list[dict], now: float) -> 
                 inputs[feature] = value
                 stored[(view.name, feature)] = (value, age, stale)
         computed = transform_row(inputs)
-        view_stale = {}
+        view_stale, view_age = {}, {}
         for view in windows.EVENT_FIELDS:
             computed |= windows.transform_row(view, inputs)
             view_stale[view] = any(s for (v, _), (_, _, s) in stored.items() if v == view)
+            view_age[view] = next((a for (v, _), (_, a, _) in stored.items() if v == view), None)
         answer = {"values": [], "missing": [], "stale": [], "age_seconds": []}
         for ref in plan.spec.features:
             if ref.kind == "stored":
@@ -200,10 +201,13 @@ def _reference_rows(client: redis.Redis, plan, rows: list[dict], now: float) -> 
                 value = entry(value)
                 age = NAN if value != value or age is None else age
             else:
-                # A view's windows are as stale as the view they are finished from.
+                # A view's windows are as stale, and as old, as the view they are finished from.
                 source = ref.view.replace("_windows", "_stats")
                 value, stale = entry(computed[ref.feature]), view_stale.get(source, False)
                 age = 0.0 if value == value else NAN
+                if source in view_age:
+                    row_age = view_age[source]
+                    age = NAN if value != value or row_age is None or stale else age + row_age
             answer["values"].append(value)
             answer["missing"].append(value != value)
             answer["stale"].append(stale)

@@ -425,8 +425,10 @@ async def gateway(
             "total_budget_s": BUDGET_S,
             "batch_hop_timeout_s": 0.5,
             "batch_total_budget_s": 1.0,
-            # The stand-ins' transactions are from 2024: no scoring horizon here (tested on its own).
+            # The stand-ins' transactions are from 2024 and their rows a minute old: no scoring
+            # horizon and no check of the features' lead here (each tested on its own).
             "max_transaction_age_s": 0,
+            "max_features_lead_s": 0,
             "max_batch": 20,
             **settings_kw,
         }
@@ -1654,6 +1656,7 @@ async def test_with_the_real_predictor(redis_url: str, tmp_path) -> None:
         predictor_url="http://p.test",
         encoder_url="http://e.test",
         max_transaction_age_s=0,
+        max_features_lead_s=0,
     )  # 2024's transactions
     app = create_app(
         settings,
@@ -1961,7 +1964,7 @@ def test_a_money_reason_names_eur_and_the_amount_as_paid() -> None:
 
 
 async def test_a_transaction_older_than_the_horizon_is_uncertain_not_scored(redis_url) -> None:
-    async with gateway(redis_url, max_transaction_age_s=3 * 86400) as stack:
+    async with gateway(redis_url, max_transaction_age_s=3 * 86400, max_features_lead_s=0) as stack:
         await stack.wait_for_metadata()
         now = datetime.now(UTC)
         recent = txn(timestamp=(now - timedelta(days=2)).isoformat())
@@ -1983,3 +1986,38 @@ async def test_a_transaction_older_than_the_horizon_is_uncertain_not_scored(redi
         )
         labels = [r["result"]["label"] for r in response.json()["results"]]
         assert labels == ["not_fraud", "uncertain"]
+
+
+async def test_a_transaction_older_than_its_features_is_uncertain_not_scored(redis_url) -> None:
+    """The stand-in's stored rows are a minute old: a transaction stamped more than the allowed
+    lateness before them came after them in the store (TRANSACTION_BEFORE_FEATURES, not
+    degraded, never sent to the model); within the lateness it is scored; an entity with no
+    row has no lead; the horizon is checked first."""
+    async with gateway(
+        redis_url, max_transaction_age_s=3 * 86400, max_features_lead_s=3600
+    ) as stack:
+        await stack.wait_for_metadata()
+        now = datetime.now(UTC)
+        within = txn(timestamp=(now - timedelta(minutes=50)).isoformat())
+        behind = txn(timestamp=(now - timedelta(hours=3)).isoformat())
+        ancient = txn(timestamp="2019-03-01T10:00:00+01:00")
+        assert (await stack.score(within)).json()["label"] == "not_fraud"
+        answer = (await stack.score(behind)).json()
+        assert answer["label"] == "uncertain" and answer["degraded"] is False
+        assert codes(answer) == ["TRANSACTION_BEFORE_FEATURES"] and answer["score"] is None
+        assert codes((await stack.score(ancient)).json()) == ["TRANSACTION_TOO_OLD"]
+        assert len(stack.predictor.calls) == 1  # only the one within the lateness was scored
+        unknown = behind | {
+            "transaction_id": "unknown-entities",
+            "card_id": "c_never_seen",
+            "merchant_id": "m_never_seen",
+            "device_id": None,
+        }
+        assert codes((await stack.score(unknown)).json()) != ["TRANSACTION_BEFORE_FEATURES"]
+        response = await stack.client.post(
+            "/v1/transactions/score-batch",
+            json={"transactions": [within, behind | {"transaction_id": "behind-in-batch"}]},
+        )
+        results = [r["result"] for r in response.json()["results"]]
+        assert [r["label"] for r in results] == ["not_fraud", "uncertain"]
+        assert codes(results[1]) == ["TRANSACTION_BEFORE_FEATURES"]

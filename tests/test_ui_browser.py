@@ -140,6 +140,7 @@ def live_gateway(redis_server, tmp_path_factory) -> Iterator[LiveGateway]:
         predictor_timeout_s=1.0,
         total_budget_s=2.5,
         max_transaction_age_s=0,  # the stand-ins' transactions are from 2024
+        max_features_lead_s=0,
         log_level="WARNING",
     )
     app = create_app(

@@ -77,6 +77,7 @@ class ScoringPipeline:
         self.record = record
         self.metrics = metrics
         self.horizon_s = seconds_or_none(settings.max_transaction_age_s)
+        self.lead_s = seconds_or_none(settings.max_features_lead_s)
         self.max_batch = settings.max_batch
         self.single_limits = single_limits(settings)
         self.batch_limits = batch_limits(settings)
@@ -225,12 +226,15 @@ class ScoringPipeline:
             finally:
                 if not encoding.done():
                     encoding.cancel()
+            now = time.time()
             scorable, held = screen(
                 encoded,
                 rows,
                 meta.serving_policy,
                 epochs=columns["request"]["txn_epoch"],
-                not_before=None if self.horizon_s is None else time.time() - self.horizon_s,
+                not_before=None if self.horizon_s is None else now - self.horizon_s,
+                now=now,
+                max_lead_s=self.lead_s,
             )
             checked = self.safeguards(encoded, rows, meta)
             for i, code in held.items():

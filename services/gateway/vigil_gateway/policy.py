@@ -17,6 +17,7 @@ from vigil_gateway.uncertain import (
     CURRENCY_UNSUPPORTED,
     FEATURES_MISSING,
     FEATURES_STALE,
+    TRANSACTION_BEFORE_FEATURES,
     TRANSACTION_TOO_OLD,
 )
 
@@ -35,6 +36,9 @@ class EncodedRow(Protocol):
 
     @property
     def stale(self) -> Sequence[bool] | bytes: ...
+
+    @property
+    def age_seconds(self) -> Sequence[float | None]: ...
 
 
 def stored_mask(feature_names: Sequence[str]) -> list[bool]:
@@ -67,6 +71,13 @@ def policy_verdict(row: EncodedRow, stored: Sequence[bool], policy: ServingPolic
     return None
 
 
+def _newest_row(row: EncodedRow, stored: Sequence[bool], now: float) -> float:
+    """When the newest stored row behind ``row`` was stamped (UTC seconds; -inf: none)."""
+    ages = [age for age, kept in zip(row.age_seconds, stored, strict=True) if kept]
+    known = [age for age in ages if age is not None and age == age]  # None and NaN: no row
+    return now - min(known) if known else float("-inf")
+
+
 class EncodedBatch(Protocol):
     @property
     def feature_names(self) -> Sequence[str]: ...
@@ -82,10 +93,14 @@ def screen(
     *,
     epochs: Sequence[float] = (),
     not_before: float | None = None,
+    now: float = 0.0,
+    max_lead_s: float | None = None,
 ) -> tuple[list[int], dict[int, str]]:
     """The rows that may be scored, and the reason code of each row that may not. A row whose
     transaction (``epochs[i]``, UTC seconds) happened before ``not_before`` is too old for the
-    features the store holds now."""
+    features the store holds now; one that happened more than ``max_lead_s`` before the newest
+    of its stored rows (``now`` minus the youngest age of its stored features) came after
+    them."""
     names = tuple(encoded.feature_names)
     stored = _stored_mask_of(names)
     amount = _position(names, AMOUNT_IN_BASE_CURRENCY)
@@ -95,6 +110,14 @@ def screen(
         row = encoded.rows[i]
         if not_before is not None and epochs[i] < not_before:
             verdict: str | None = TRANSACTION_TOO_OLD
+        elif (
+            max_lead_s is not None
+            # Only a transaction older than the lead can be that far behind its features: a
+            # live one (stamped about now) is settled by this one comparison.
+            and epochs[i] < now - max_lead_s
+            and _newest_row(row, stored, now) > epochs[i] + max_lead_s
+        ):
+            verdict = TRANSACTION_BEFORE_FEATURES
         elif amount is not None and row.missing[amount]:
             verdict = CURRENCY_UNSUPPORTED
         else:

@@ -18,6 +18,7 @@ FEATURE_CONTRACT_MISMATCH = "FEATURE_CONTRACT_MISMATCH"
 TIMEOUT = "TIMEOUT"
 CURRENCY_UNSUPPORTED = "CURRENCY_UNSUPPORTED"
 TRANSACTION_TOO_OLD = "TRANSACTION_TOO_OLD"
+TRANSACTION_BEFORE_FEATURES = "TRANSACTION_BEFORE_FEATURES"
 
 TEXT = {
     FEATURES_UNAVAILABLE: "the transaction's features could not be fetched, so it was not scored",
@@ -29,12 +30,17 @@ TEXT = {
     CURRENCY_UNSUPPORTED: "no exchange rate to EUR is known for this currency, so the amount cannot be judged",
     TRANSACTION_TOO_OLD: "the transaction is older than the scoring horizon: the card, merchant and device "
     "history held now is not what was known when it happened",
+    TRANSACTION_BEFORE_FEATURES: "the transaction happened before the newest card, merchant or "
+    "device history held now, by more than the allowed lateness: that history describes a later moment",
 }
 
 # Uncertain for what the data says (too little history, a currency Vigil has no rate for, a
-# transaction from before the horizon), not for a failure of Vigil: not degraded. (Stale features
+# transaction from before the horizon or before its features), not for a failure of Vigil: not
+# degraded. (Stale features
 # are degraded: keeping them fresh is Vigil's own job, and a late materialization is its failure.)
-NOT_DEGRADED = frozenset({FEATURES_MISSING, CURRENCY_UNSUPPORTED, TRANSACTION_TOO_OLD})
+NOT_DEGRADED = frozenset(
+    {FEATURES_MISSING, CURRENCY_UNSUPPORTED, TRANSACTION_TOO_OLD, TRANSACTION_BEFORE_FEATURES}
+)
 
 
 def is_degraded(code: str) -> bool:
