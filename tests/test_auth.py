@@ -236,6 +236,43 @@ def test_the_internal_hops_require_the_token(tls_stack):
             )
 
 
+def test_a_replayed_past_transaction_is_older_than_its_features(tls_stack, certs, feature_env):
+    """The stack as deployed (default settings, today's store): a transaction of the world's
+    last days, sent with its own timestamp, happened hours before its entities' newest rows, so
+    it is uncertain with TRANSACTION_BEFORE_FEATURES, not scored; the same sent as of now is
+    scored."""
+    import pandas as pd
+
+    raw = pd.read_parquet(feature_env.raw_path)
+    end = raw["event_timestamp"].max()
+    # Two days before the world's end: within the horizon, long before its merchant's newest row.
+    past = raw[(raw["event_timestamp"] < end - pd.Timedelta(days=2)) & raw["device_id"].isna()]
+    row = past.iloc[-1]
+    body = {
+        "transaction_id": f"past-{time.time_ns()}",
+        "card_id": row.card_id,
+        "merchant_id": row.merchant_id,
+        "amount": float(row.amount),
+        "currency": row.currency,
+        "timestamp": row.event_timestamp.isoformat(),
+        "channel": row.channel,
+        "country": row.country,
+    }
+    with _client(tls_stack, certs, tls_stack.api_key) as client:
+        answer = client.post("/v1/transactions/score", json=body).json()
+        assert answer["label"] == "uncertain" and answer["degraded"] is False, answer
+        assert answer["reasons"][0]["code"] == "TRANSACTION_BEFORE_FEATURES"
+        assert answer["score"] is None
+        now = body | {"transaction_id": f"now-{time.time_ns()}", "timestamp": _now_iso()}
+        assert client.post("/v1/transactions/score", json=now).json()["score"] is not None
+
+
+def _now_iso() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat()
+
+
 # --- in process: admission, deadlines, the lane ----------------------------------------------
 
 
