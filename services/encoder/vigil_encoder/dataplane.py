@@ -681,9 +681,12 @@ def _many_rows(
             if row_ages is None:
                 ages_parts.append([[*map(sub, entries, entries)] for entries in vectors])
             else:
+                width = len(layout.od_fresh[j])
                 ages_parts.append(
                     [
-                        [*map(add, map(sub, entries, entries), repeat(a))]
+                        [a] * width  # every entry a finite value (their sum is finite)
+                        if (total := sum(entries)) - total == 0.0
+                        else [*map(add, map(sub, entries, entries), repeat(a))]
                         for entries, a in zip(vectors, row_ages, strict=True)
                     ]
                 )

@@ -61,12 +61,14 @@ class OnDemandImpl:
 
 
 def _windows_impl(view: str) -> OnDemandImpl:
-    """A view's request-time windows (``vigil_contracts.windows``)."""
+    """A view's request-time windows (``vigil_contracts.windows``), row by row: no column
+    form, since the numpy one costs more than the rows on an encoder's batches (measured on
+    1,000 rows: a card's 12 events 49 ms vs 8 ms, a merchant's 25 events 17 ms vs 5 ms, 200
+    events 80 ms vs 13 ms; numpy's fixed costs and sorting text dominate)."""
     return OnDemandImpl(
         lambda row: windows.transform_row(view, row),
         windows.view_outputs(view),
         vector=windows.transform_vector(view),
-        columns=lambda columns: windows.transform_vector_columns(view, columns),
         reads=frozenset((*windows.EVENT_FIELDS[view], windows.REQUEST_FIELD)),
         stale_with_inputs=True,
     )
