@@ -18,6 +18,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as UvicornProtocol
 
 from vigil.redis_server import free_port
+from vigil_servicekit import uvicorn_http
 from vigil_servicekit.uvicorn_http import HttpToolsProtocol
 
 _DATE = re.compile(rb"date: [^\r]*\r\n")
@@ -191,3 +192,28 @@ async def test_a_streamed_answer_shows_its_head_before_its_first_part(
             ), name
         finally:
             writer.close()
+
+
+async def test_an_early_answer_is_sent_and_a_failing_hook_leaves_the_request_to_the_app(
+    servers: dict[str, int],
+) -> None:
+    def refuse(scope: dict[str, Any]) -> Any:
+        if scope["path"] == "/refused":
+            return 503, [(b"content-length", b"2"), (b"retry-after", b"1")], b"{}"
+        raise RuntimeError("a broken hook")
+
+    uvicorn_http.answer_early(refuse)
+    try:
+        refused = await _exchange(
+            servers["ours"],
+            _request("POST", "/refused", b'{"x":1}', close=False),
+            _request("GET", "/"),
+        )
+        other = await _exchange(servers["ours"], *CASES["post"])
+    finally:
+        uvicorn_http.stop_answering_early(refuse)
+    assert refused == (
+        b"HTTP/1.1 503 Service Unavailable\r\nserver: uvicorn\r\ncontent-length: 2\r\n"
+        b"retry-after: 1\r\n\r\n{}" + await _exchange(servers["uvicorn"], _request("GET", "/"))
+    )
+    assert other == await _exchange(servers["uvicorn"], *CASES["post"])

@@ -62,12 +62,7 @@ class RequestContextMiddleware:
             scope["extensions"] = {"vigil.arrival": time.monotonic()}
         elif "vigil.arrival" not in extensions:
             extensions["vigil.arrival"] = time.monotonic()
-        incoming = None
-        for key, value in scope["headers"]:
-            if key == _HEADER:
-                incoming = value.decode("latin-1")
-                break
-        request_id = incoming if incoming and _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request_id = request_id_from(scope["headers"])
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         fields: dict[str, Any] = {}
@@ -104,22 +99,37 @@ class RequestContextMiddleware:
                     "latency_ms": round(elapsed * 1000, 3),
                     **fields,
                 }
-                handler = sole_json_handler(logger, logging.INFO)
-                if handler is not None and not (fields and fields.keys() & RESERVED_LOG_KEYS):
-                    handler.emit_line(logger, logging.INFO, "request", extra)
-                else:
-                    # What ``logger.info("request", extra=extra)`` does, less its walk up the
-                    # stack to find the caller, which is always this line.
-                    logger.handle(
-                        logger.makeRecord(
-                            logger.name,
-                            logging.INFO,
-                            __file__,
-                            sys._getframe().f_lineno,
-                            "request",
-                            (),
-                            None,
-                            "__call__",
-                            extra,
-                        )
-                    )
+                log_request(logger, extra, fields)
+
+
+def request_id_from(headers: Any) -> str:
+    """The request's id: the caller's ``X-Request-Id`` when it is plainly an id, else a new one."""
+    incoming = None
+    for key, value in headers:
+        if key == _HEADER:
+            incoming = value.decode("latin-1")
+            break
+    return incoming if incoming and _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+
+
+def log_request(logger: logging.Logger, extra: dict[str, Any], fields: dict[str, Any]) -> None:
+    """Write one request's access line (``extra``: the line's fields, ``fields`` among them)."""
+    handler = sole_json_handler(logger, logging.INFO)
+    if handler is not None and not (fields and fields.keys() & RESERVED_LOG_KEYS):
+        handler.emit_line(logger, logging.INFO, "request", extra)
+    else:
+        # What ``logger.info("request", extra=extra)`` does, less its walk up the
+        # stack to find the caller, which is always this line.
+        logger.handle(
+            logger.makeRecord(
+                logger.name,
+                logging.INFO,
+                __file__,
+                sys._getframe().f_lineno,
+                "request",
+                (),
+                None,
+                "log_request",
+                extra,
+            )
+        )

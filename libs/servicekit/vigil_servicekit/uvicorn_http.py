@@ -20,15 +20,53 @@ It also stamps each request's arrival (``time.monotonic()`` when its first bytes
 in the scope (``request_context.arrival_of``), so that a time budget can count the time the
 request waited for the event loop.
 
+It also lets the app answer a request at the door (:func:`answer_early`): a hook called when a
+request's head is parsed, before any task or ASGI call is made for it, may give the whole answer,
+which is sent at once through the request's own uvicorn response cycle (so its bytes are those
+uvicorn writes for the same ASGI messages). Saves: the wait for the event loop's current pass and
+the request's task (measured: a gateway's overload 503s, p99 10 ms at the app, see
+docs/benchmarks-analysis.md); held equal: the hook's answer is tested byte-equal to the app's
+(tests/test_gateway_early_shed.py); fallback: where uvicorn's internals differ (no
+``_start_asgi_task``), every request goes to the app, which gives the same answer later.
+
 Use it with ``uvicorn --http vigil_servicekit.uvicorn_http:HttpToolsProtocol``.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http import httptools_impl
+
+logger = logging.getLogger(__name__)
+
+#: An early answer: status, headers and body, as the app would send them.
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+#: Called with a request's scope (its head parsed, its body maybe not yet read); returns the
+#: answer to send now, or None to hand the request to the app as ever. It must not block.
+EarlyAnswer = Callable[[dict[str, Any]], Answer | None]
+
+_early: EarlyAnswer | None = None
+#: uvicorn starts a request's ASGI task in one method we can intercept (0.54): else no hook.
+EARLY_ANSWERS = callable(getattr(httptools_impl.HttpToolsProtocol, "_start_asgi_task", None))
+
+
+def answer_early(hook: EarlyAnswer) -> None:
+    """Install this process's early-answer hook (see the module)."""
+    global _early
+    if not EARLY_ANSWERS:
+        logger.warning("this uvicorn has no hook for early answers: the app answers every request")
+    _early = hook
+
+
+def stop_answering_early(hook: EarlyAnswer) -> None:
+    """Remove ``hook`` if it is still the one installed (an app's lifespan ends)."""
+    global _early
+    if _early is hook:
+        _early = None
 
 
 class _OneWrite:
@@ -94,7 +132,50 @@ class HttpToolsProtocol(httptools_impl.HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
-        cycle = getattr(self, "cycle", None)
-        if type(cycle) is httptools_impl.RequestResponseCycle:
-            cycle.transport = _OneWrite(cycle.transport)  # type: ignore[assignment]
-            cycle.__class__ = _Cycle
+        _one_write(getattr(self, "cycle", None))
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        hook = _early
+        if (
+            hook is not None
+            and app is self.app  # not uvicorn's own 503 (``limit_concurrency``)
+            # the client waits for a 100 before it sends the body
+            and not getattr(cycle, "waiting_for_100_continue", True)
+            and not getattr(cycle.flow, "write_paused", True)  # the answer would wait
+        ):
+            try:
+                answer = hook(cycle.scope)
+            except Exception:  # never the request's fault: the app answers it
+                logger.exception("the early-answer hook failed")
+                answer = None
+            if answer is not None:
+                _one_write(cycle)
+                _send_now(cycle, answer)
+                return
+        super()._start_asgi_task(cycle, app)
+
+
+def _one_write(cycle: Any) -> None:
+    if type(cycle) is httptools_impl.RequestResponseCycle:
+        cycle.transport = _OneWrite(cycle.transport)  # type: ignore[assignment]
+        cycle.__class__ = _Cycle
+
+
+def _send_now(cycle: Any, answer: Answer) -> None:
+    """Send ``answer`` through the cycle's own ``send``, now: it awaits nothing while the
+    transport takes writes (checked by the caller), so each message runs to its end at once. The
+    body not read yet is read and dropped by uvicorn, as for any app that answers first."""
+    status, headers, body = answer
+    for message in (
+        {"type": "http.response.start", "status": status, "headers": headers},
+        {"type": "http.response.body", "body": body},
+    ):
+        step = cycle.send(message)
+        try:
+            step.send(None)
+        except StopIteration:
+            continue
+        step.close()  # it waited after all: the connection cannot be answered in order
+        logger.warning("an early answer could not be written at once; connection closed")
+        cycle.transport.close()
+        return

@@ -45,10 +45,12 @@ from vigil_gateway.rest import fast_routes, service_router, transactions_router,
 from vigil_gateway.safeguards import Safeguards, load_rules
 from vigil_gateway.samples import samples_router
 from vigil_gateway.settings import GatewaySettings
+from vigil_gateway.shed import DoorShed
 from vigil_servicekit.fast_lane import install_fast_lane
 from vigil_servicekit.gc_tuning import frozen_startup_heap
 from vigil_servicekit.logs import configure_logging
 from vigil_servicekit.redis_url import is_cluster
+from vigil_servicekit.uvicorn_http import answer_early, stop_answering_early
 from vigil_servicekit.wiring import wire
 
 logger = logging.getLogger(__name__)
@@ -149,14 +151,15 @@ def create_app(
                 )
                 with contextlib.suppress(Exception):  # unreadable now: the refresher retries
                     await ring.refresh()
+            admit = Admission(
+                metrics,
+                max_in_flight=settings.max_in_flight,
+                max_in_flight_overloaded=settings.max_in_flight_overloaded,
+                max_in_flight_per_key=settings.max_in_flight_per_key,
+                min_budget_s=settings.min_budget_s,
+            )
             scoring = ScoringPipeline(
-                admit=Admission(
-                    metrics,
-                    max_in_flight=settings.max_in_flight,
-                    max_in_flight_overloaded=settings.max_in_flight_overloaded,
-                    max_in_flight_per_key=settings.max_in_flight_per_key,
-                    min_budget_s=settings.min_budget_s,
-                ),
+                admit=admit,
                 rate_limit=RateLimiter(
                     redis if settings.rate_limit_enabled else None,
                     Rates(
@@ -186,14 +189,19 @@ def create_app(
                 if ring is not None
                 else None
             )
+            authenticate = Authenticate(ring)
             app.state.services = Services(
                 scoring=scoring,
                 catalog=catalog,
                 encoder=encoder,
                 store=store,
-                authenticate=Authenticate(ring),
+                authenticate=authenticate,
                 metrics=metrics,
             )
+            # Under uvicorn with the servicekit's protocol, over-bound requests are refused at
+            # the door (see ``shed``); elsewhere (ASGI transports in tests) by the app.
+            door = DoorShed(admit, authenticate, metrics, service_log.getChild("access"))
+            answer_early(door)
             logger.info(
                 "gateway started",
                 extra={
@@ -211,6 +219,7 @@ def create_app(
                 with frozen_startup_heap():  # start-up objects: out of every later GC pass
                     yield
             finally:
+                stop_answering_early(door)
                 app.state.services = None
                 for task in (refresher, keys_refresher):
                     if task is not None:

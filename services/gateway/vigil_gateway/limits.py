@@ -294,14 +294,9 @@ class Admission:
         """Hold a place while the request is scored, or raise :class:`Overloaded` at once."""
         key_id = caller.key_id
         mine = self.per_key.get(key_id, 0)
-        if self.in_flight >= self.max_in_flight_overloaded:
-            now = time.monotonic()
-            bound = (
-                self.max_in_flight_overloaded if now < self.overloaded_until else self.max_in_flight
-            )
-            if self.in_flight >= bound:
-                self.overloaded_until = now + OVERLOAD_HOLD_S
-                self._refuse(caller, f"more than {bound} requests in flight; retry shortly")
+        refusal = self.over_bound(caller)
+        if refusal is not None:
+            raise refusal
         if mine >= self.max_in_flight_per_key:
             self._refuse(
                 caller,
@@ -322,6 +317,19 @@ class Admission:
             else:
                 del self.per_key[key_id]
             self.metrics.in_flight.set(self.in_flight)
+
+    def over_bound(self, caller: Caller) -> Overloaded | None:
+        """The refusal (counted) of a request beyond the process's bound, or None: it may be
+        taken on as far as the process is concerned. Also asked at the server's door (``shed``)."""
+        if self.in_flight < self.max_in_flight_overloaded:
+            return None
+        now = time.monotonic()
+        bound = self.max_in_flight_overloaded if now < self.overloaded_until else self.max_in_flight
+        if self.in_flight < bound:
+            return None
+        self.overloaded_until = now + OVERLOAD_HOLD_S
+        self.metrics.refused.labels("overloaded", caller.key_id).inc()
+        return Overloaded(f"more than {bound} requests in flight; retry shortly")
 
     def _refuse(self, caller: Caller, detail: str) -> None:
         self.metrics.refused.labels("overloaded", caller.key_id).inc()
