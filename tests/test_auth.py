@@ -243,21 +243,14 @@ def test_a_replayed_past_transaction_is_older_than_its_features(tls_stack, certs
     scored."""
     import pandas as pd
 
+    from vigil.replay import transaction_body
+
     raw = pd.read_parquet(feature_env.raw_path)
     end = raw["event_timestamp"].max()
     # Two days before the world's end: within the horizon, long before its merchant's newest row.
     past = raw[(raw["event_timestamp"] < end - pd.Timedelta(days=2)) & raw["device_id"].isna()]
     row = past.iloc[-1]
-    body = {
-        "transaction_id": f"past-{time.time_ns()}",
-        "card_id": row.card_id,
-        "merchant_id": row.merchant_id,
-        "amount": float(row.amount),
-        "currency": row.currency,
-        "timestamp": row.event_timestamp.isoformat(),
-        "channel": row.channel,
-        "country": row.country,
-    }
+    body = transaction_body(row) | {"transaction_id": f"past-{time.time_ns()}"}
     with _client(tls_stack, certs, tls_stack.api_key) as client:
         answer = client.post("/v1/transactions/score", json=body).json()
         assert answer["label"] == "uncertain" and answer["degraded"] is False, answer

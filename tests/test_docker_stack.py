@@ -277,7 +277,7 @@ def test_a_stopped_predictor_gives_uncertain_then_recovers(stack: Stack, samples
     try:
         answer = stack.score(legit)
         assert answer["label"] == "uncertain" and answer["score"] is None, answer
-        assert answer["degraded"] is True
+        assert answer["degraded"] is True, answer
     finally:
         stack.compose("start", "predictor")
     recovered = stack.wait_until(

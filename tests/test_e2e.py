@@ -17,6 +17,7 @@ import redis
 
 from vigil.batch import score_frame
 from vigil.redis_server import RedisServer
+from vigil.replay import transaction_body
 from vigil.runner import LocalStack
 from vigil.scenarios import SAMPLE_KINDS, build_scenarios
 
@@ -290,19 +291,8 @@ def test_every_flagged_transaction_of_a_replayed_period_has_reasons_toward_risk(
     legit = recent[recent["is_fraud"] == 0].head(300)
     transactions = []
     for row in pd.concat([frauds, legit]).itertuples():
-        body = {
-            "transaction_id": f"replay-{row.transaction_id}-{time.time_ns()}",
-            "card_id": row.card_id,
-            "merchant_id": row.merchant_id,
-            "amount": float(row.amount),
-            "currency": row.currency,
-            "timestamp": row.event_timestamp.isoformat(),
-            "channel": row.channel,
-            "country": row.country,
-        }
-        if isinstance(row.device_id, str):
-            body["device_id"] = row.device_id
-        transactions.append(body)
+        unique = f"replay-{row.transaction_id}-{time.time_ns()}"
+        transactions.append(transaction_body(row) | {"transaction_id": unique})
     results = gateway.post(
         "/v1/transactions/score-batch", json={"transactions": transactions}
     ).json()["results"]

@@ -77,7 +77,8 @@ class ReplayReport:
         ]
 
 
-def _body(row: Any) -> dict[str, Any]:
+def transaction_body(row: Any) -> dict[str, Any]:
+    """A raw world transaction (a row with attribute access) as the business API's request body."""
     body = {
         "transaction_id": str(row.transaction_id),
         "card_id": row.card_id,
@@ -418,7 +419,7 @@ def _send(
                     report.wait_ms.append(
                         _wait_visible(client, project, pending, keys, timeout_s=10.0)
                     )
-            answer = http.post("/v1/transactions/score", json=_body(row))
+            answer = http.post("/v1/transactions/score", json=transaction_body(row))
             answer.raise_for_status()
             body = answer.json()
             label = body["label"]

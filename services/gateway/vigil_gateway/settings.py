@@ -109,13 +109,14 @@ class GatewaySettings(BaseSettings):
     ``uncertain`` with ``TRANSACTION_TOO_OLD`` (not degraded), since the history the online store
     holds now is not what was known when it happened. <= 0 disables it (development only)."""
 
-    max_features_lead_s: float = 3600.0
-    """How much newer than the transaction its card's, merchant's or device's stored row may be
-    (the allowed lateness, as the streamer's ``STREAMER_ALLOWED_LATENESS_S``). A transaction
+    max_features_lead_s: float = 86400.0
+    """How much newer than the transaction its card's, merchant's or device's stored row may be:
+    a day, so that transactions sent out of order within a day (the web page's samples are each
+    stamped at the most recent same time of day, and share merchants) are scored. A transaction
     stamped earlier than that is answered ``uncertain`` with ``TRANSACTION_BEFORE_FEATURES`` (not
-    degraded): its windows are still finished at its own instant, but the stored events reach
-    back only one window from the newest row, and the row's last-seen and first-seen times are
-    a later moment's. <= 0 disables it (development only)."""
+    degraded): its windows are still finished at its own instant, but the stored history reaches
+    back only one window from the newest row, and the row's last-seen and first-seen times are a
+    later moment's. <= 0 disables it (development only)."""
 
     safeguards_path: str | None = None
     """A TOML file of safeguard rules (see the gateway's own ``safeguards.toml``, the default):
