@@ -7,7 +7,8 @@ What a row means (the contract that keeps training leak-free): for every transac
 entity the pipeline emits one row stamped ``t_i + 1 µs`` describing the entity *after* ``i``: its
 events with time in ``(t_i - w, t_i]`` for the view's longest window ``w`` (at most
 ``vigil_contracts.windows.EVENT_CAP``, the newest), oldest first, and its scalars (last
-transaction, first sighting). Feast's point-in-time join picks the latest row with stamp
+transaction, first sighting); for the tiled merchant view, its tiles instead (per level, the
+sums of its events up to ``i`` in each tile from ``U(t_i) - units`` to ``U(t_i)``). Feast's point-in-time join picks the latest row with stamp
 ``<= t``, so a transaction at ``t`` only ever sees transactions strictly before ``t``; the
 windows ("in the last hour") are then finished at ``t`` itself, over ``(t - w, t)``, by the
 on-demand views (``vigil_contracts.windows``), in training and serving alike. Transactions of one
@@ -50,7 +51,7 @@ from vigil_contracts.money import BASE_CURRENCY
 #: Columns of each offline table after its key and stamp: the view's stored features (each
 #: entity's recent events, then its scalars), as ``vigil_contracts.windows`` declares them.
 FEATURE_TABLES: dict[str, tuple[str, ...]] = {
-    view: tuple(windows.stored_features(view)) for view in windows.EVENT_FIELDS
+    view: tuple(windows.stored_features(view)) for view in windows.VIEWS
 }
 
 #: The feature view (and offline table) of the FX table, keyed by currency.
@@ -66,7 +67,7 @@ ENTITY_KEYS: dict[str, str] = {
 #: Feast type name of every stored feature; the parquet type follows from it (see ARROW_TYPES).
 FEATURE_TYPES: dict[str, str] = {
     name: dtype
-    for view in windows.EVENT_FIELDS
+    for view in windows.VIEWS
     for name, dtype in windows.stored_features(view).items()
 }
 
@@ -212,9 +213,70 @@ def _event_lists(tl: _Timeline, view: str, fields: dict[str, np.ndarray]) -> dic
     out: dict[str, pa.Array] = {}
     for name, (of, dtype) in windows.EVENT_FIELDS[view].items():
         values = tl.t[rows] if of == "us" else tl.take(fields[of])[rows]
-        out[name] = pa.LargeListArray.from_arrays(
-            pa.array(offsets, pa.int64()), pa.array(values, ARROW_TYPES[dtype])
-        ).cast(pa.list_(ARROW_TYPES[dtype]))
+        out[name] = _list_array(offsets, values, dtype)
+    return out
+
+
+def _list_array(offsets: np.ndarray, values: np.ndarray, dtype: str) -> pa.Array:
+    return pa.LargeListArray.from_arrays(
+        pa.array(offsets, pa.int64()), pa.array(values, ARROW_TYPES[dtype])
+    ).cast(pa.list_(ARROW_TYPES[dtype]))
+
+
+def _tile_lists(tl: _Timeline, view: str, fields: dict[str, np.ndarray]) -> dict[str, pa.Array]:
+    """Each output row's tiles (``vigil_contracts.windows.TILES``), per level: the entity's
+    tiles with index in ``[U(t_i) - units, U(t_i)]`` holding its events up to row ``i`` (ties
+    included), oldest first, as one arrow list array per tile list."""
+    n = len(tl)
+    amount = tl.take(fields["amount"])
+    per_event = {
+        "count": np.ones(n, dtype=np.int64),
+        "small": (amount < windows.SMALL_AMOUNT).astype(np.int64),
+        "amount": amount,
+        "night": tl.take(fields["night"]).astype(np.int64),
+    }
+    out: dict[str, pa.Array] = {}
+    for level in windows.TILES[view]:
+        index = tl.t // level.unit_us
+        # Runs of one (entity, tile) in the (entity, time) order: the tiles.
+        new = np.ones(n, dtype=bool)
+        new[1:] = (tl.g[1:] != tl.g[:-1]) | (index[1:] != index[:-1])
+        run_start = np.flatnonzero(new)
+        run = np.cumsum(new) - 1
+        run_last = np.append(run_start[1:], n) - 1
+        rel = index - index.min() + level.units  # >= units, so a query's rel - units >= 0
+        stride = np.int64(rel.max() + 1)
+        run_key = tl.g[run_start] * stride + rel[run_start]
+        r = tl.last  # the output rows (each the last of its ties)
+        first = np.searchsorted(run_key, tl.g[r] * stride + rel[r] - level.units, side="left")
+        lengths = run[r] - first + 1
+        offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+        tile = np.repeat(first - offsets[:-1], lengths) + np.arange(int(offsets[-1]))
+        own = np.repeat(r, lengths)
+        # A row's own tile holds its events up to the row; an older tile is complete.
+        at = np.where(tile == run[own], own, run_last[tile])
+        for name, (what, dtype) in level.lists.items():
+            if what == "index":
+                values = index[at]
+            else:
+                values = _running_sums(per_event[what], run_start, run)[at]
+            out[name] = _list_array(offsets, values, dtype)
+    return out
+
+
+def _running_sums(x: np.ndarray, run_start: np.ndarray, run: np.ndarray) -> np.ndarray:
+    """Each element's inclusive cumulative sum within its run, added one element after the
+    other (the order a streamer adds them in, so float sums are the same floats)."""
+    if x.dtype.kind == "i":  # integers: exact either way
+        total = np.cumsum(x)
+        return total - (total[run_start] - x[run_start])[run]
+    out = x.astype(np.float64, copy=True)
+    position = np.arange(len(x)) - run_start[run]
+    order = np.argsort(position, kind="stable")
+    bounds = np.searchsorted(position[order], np.arange(1, int(position.max(initial=0)) + 2))
+    for k in range(1, len(bounds)):
+        at = order[bounds[k - 1] : bounds[k]]
+        out[at] = out[at - 1] + x[at]
     return out
 
 
@@ -290,7 +352,8 @@ def compute_feature_tables(
                 scalars["card_last_txn_epoch"] = tl.epoch_seconds(tl.last)
             if "device_first_seen_epoch" in windows.STORED_SCALARS[view]:
                 scalars["device_first_seen_epoch"] = tl.epoch_seconds(tl.group_first())
-            tables[view] = tl.frame(view, scalars, _event_lists(tl, view, fields))
+            lists = _tile_lists if view in windows.TILES else _event_lists
+            tables[view] = tl.frame(view, scalars, lists(tl, view, fields))
             step(f"{view}: events")
 
     return tables

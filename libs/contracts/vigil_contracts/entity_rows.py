@@ -6,8 +6,11 @@ entity's own events: at its newest time ``T``, the events with time in ``(T - w,
 view's longest window ``w``, oldest first, ties in the order given (the pipeline's: its input
 order; the streamer's: its history's, time then transaction), at most ``EVENT_CAP`` (the newest),
 plus the scalars (``T`` and the first sighting, in epoch seconds) and the stamp ``T + 1 µs``.
+A tiled view (merchants, ``vigil_contracts.windows.TILES``) stores instead, per level, the sums
+of its events' tiles from ``U(T) - units`` to ``U(T)`` (every event, no cap; tiles are sums, so
+the order events arrive in changes nothing but a float sum's last bits).
 ``tests/test_entity_rows.py`` holds it equal to the pipeline's rows on a generated world (ties,
-the cap, the first sighting).
+the cap, the first sighting, a merchant with more events than the cap).
 
 Standard library only.
 """
@@ -22,7 +25,15 @@ from typing import Any
 
 from vigil_contracts.local_time import local_hour
 from vigil_contracts.request_features import NIGHT_HOURS
-from vigil_contracts.windows import EVENT_CAP, EVENT_FIELDS, STORED_SCALARS, longest_window_us
+from vigil_contracts.windows import (
+    EVENT_CAP,
+    EVENT_FIELDS,
+    SMALL_AMOUNT,
+    STORED_SCALARS,
+    TILES,
+    TileLevel,
+    longest_window_us,
+)
 
 #: A row describes the state after its newest transaction, so it is stamped just after it.
 ROW_DELAY_US = 1
@@ -76,6 +87,11 @@ def newest_row(
     event's time). ``events`` must not be empty.
     """
     newest = events[-1].us
+    if view in TILES:
+        features = {}
+        for level in TILES[view]:
+            features.update(tiles(level, events, newest))
+        return newest + ROW_DELAY_US, features
     times = [e.us for e in events]
     start = max(bisect_right(times, newest - _WINDOW_US[view]), len(events) - EVENT_CAP)
     kept = events[start:]
@@ -89,3 +105,28 @@ def newest_row(
         first = events[0].us if first_seen_us is None else first_seen_us
         features["device_first_seen_epoch"] = first / 1e6
     return newest + ROW_DELAY_US, features
+
+
+def tiles(level: TileLevel, events: Sequence[Event], newest_us: int) -> dict[str, list[Any]]:
+    """One tile level's lists at newest time ``newest_us`` from ``events`` (any order; a float
+    sum adds in the order given): its tiles with index in ``[U - units, U]``, oldest first."""
+    unit = level.unit_us
+    oldest = newest_us // unit - level.units
+    sums: dict[int, list[Any]] = {}  # index -> [count, small, amount, night]
+    for e in events:
+        index = e.us // unit
+        if index < oldest:
+            continue
+        tile = sums.get(index)
+        if tile is None:
+            tile = sums[index] = [0, 0, 0.0, 0]
+        tile[0] += 1
+        tile[1] += e.amount < SMALL_AMOUNT
+        tile[2] += e.amount
+        tile[3] += e.night
+    order = sorted(sums)
+    what = {"count": 0, "small": 1, "amount": 2, "night": 3}
+    out: dict[str, list[Any]] = {}
+    for name, (of, _) in level.lists.items():
+        out[name] = order if of == "index" else [sums[i][what[of]] for i in order]
+    return out

@@ -2,16 +2,26 @@
 
 "In the last hour" means the hour before the transaction being scored: the events of the entity
 with time in ``(t - w, t)``, strictly before ``t`` (an event at the same instant is not counted).
-The stored state that makes this possible is each entity's recent events (:data:`EVENT_FIELDS`:
+Cards and devices make this possible by storing their recent events (:data:`EVENT_FIELDS`:
 their times in µs and what the features read of them), kept as Feast arrays, oldest first, over
 the view's longest window and at most :data:`EVENT_CAP` of them; the window is finished at
-request time ``t`` from those events (Tecton's "continuous" sliding windows). A very
-high-volume entity would keep time-bucketed partial aggregates (tiles) instead.
+request time ``t`` from those events (Tecton's "continuous" sliding windows).
 
-:data:`WINDOWED` declares each feature (name, view, window, aggregate, the event field it
-reads, Feast type); :func:`window_row` computes one entity's features at one instant (the
+Merchants are Zipf-popular: per-row event lists of theirs grow with the square of the traffic.
+The merchant view is **tiled** instead (:data:`TILES`): it stores time-bucketed partial
+aggregates at two granularities, hour tiles over the last 25 UTC hours (count, small-amount
+count) and day tiles over the last 8 UTC days (count, EUR amount sum, local-night count), each
+level as Feast arrays, oldest first, keyed by the tile's index (``us // unit``). A tiled window
+of ``k`` units at ``t`` is the tiles with index in ``[U(t) - k, U(t)]``: the 24h window runs
+from the start of the UTC hour 24 hours before ``t``, the 7d window from the start of the UTC
+day 7 days before; the stored row is the merchant's newest strictly before ``t`` (stamped
+``T + 1 µs <= t``), so its tiles hold only events before ``t``. Tiles are sums, so a distinct
+count does not tile: the merchant has none.
+
+:data:`WINDOWED` declares each feature (name, view, window, aggregate, the event field or tile
+sum it reads, Feast type); :func:`window_row` computes one entity's features at one instant (the
 encoder's form) and :func:`window_columns` many at once, vectorised (offline frames). A test
-holds the two equal bit for bit on many rows: both add in event order, so sums, means and
+holds the two equal bit for bit on many rows: both add in stored order, so sums, means and
 standard deviations are the same floats.
 
 An entity with no stored state (unknown) gives missing features (None), as a missing stored
@@ -48,8 +58,8 @@ WINDOWS_US: dict[str, int] = {
     "30d": 30 * 24 * _US_PER_HOUR,
 }
 
-#: Per view: its event lists (short name -> (what it holds, Feast element type)). ``us`` is
-#: the event time (µs since the epoch); ids and countries are "" when the event has none.
+#: Per event view: its event lists (short name -> (what it holds, Feast element type)). ``us``
+#: is the event time (µs since the epoch); ids and countries are "" when the event has none.
 EVENT_FIELDS: dict[str, dict[str, tuple[str, str]]] = {
     "card_stats": {
         "card_event_us": ("us", "Int64"),
@@ -58,18 +68,80 @@ EVENT_FIELDS: dict[str, dict[str, tuple[str, str]]] = {
         "card_event_devices": ("device", "String"),
         "card_event_countries": ("country", "String"),
     },
-    "merchant_stats": {
-        "merchant_event_us": ("us", "Int64"),
-        "merchant_event_amounts": ("amount", "Float64"),
-        "merchant_event_cards": ("card", "String"),
-        "merchant_event_nights": ("night", "Int64"),
-    },
     "device_stats": {
         "device_event_us": ("us", "Int64"),
         "device_event_cards": ("card", "String"),
         "device_event_countries": ("country", "String"),
     },
 }
+
+
+@dataclass(frozen=True)
+class TileLevel:
+    """One granularity of a tiled view: tiles of ``unit_us`` (index ``us // unit_us``) serving
+    the ``window`` (``k`` units: tiles ``[U(t) - k, U(t)]``, so ``k + 1`` are kept), each tile
+    its list of sums (list name -> (what it sums, Feast element type)); ``index`` is the tile's
+    index, ``count`` its events, ``small`` those with an EUR amount below :data:`SMALL_AMOUNT`,
+    ``amount`` their EUR amounts, ``night`` those at local night."""
+
+    unit_us: int
+    window: str
+    lists: dict[str, tuple[str, str]]
+
+    @property
+    def units(self) -> int:
+        """``k``: how many whole units before the current one the window reaches back."""
+        return WINDOWS_US[self.window] // self.unit_us
+
+    @property
+    def index_list(self) -> str:
+        return next(name for name, (what, _) in self.lists.items() if what == "index")
+
+
+#: Per tiled view: its tile levels, finest first.
+TILES: dict[str, tuple[TileLevel, ...]] = {
+    "merchant_stats": (
+        TileLevel(
+            _US_PER_HOUR,
+            "24h",
+            {
+                "merchant_hour_index": ("index", "Int64"),
+                "merchant_hour_count": ("count", "Int64"),
+                "merchant_hour_small": ("small", "Int64"),
+            },
+        ),
+        TileLevel(
+            24 * _US_PER_HOUR,
+            "7d",
+            {
+                "merchant_day_index": ("index", "Int64"),
+                "merchant_day_count": ("count", "Int64"),
+                "merchant_day_amount": ("amount", "Float64"),
+                "merchant_day_night": ("night", "Int64"),
+            },
+        ),
+    ),
+}
+
+#: Every view, in order (card, merchant, device).
+VIEWS: tuple[str, ...] = ("card_stats", "merchant_stats", "device_stats")
+
+
+def stored_lists(view: str) -> dict[str, tuple[str, str]]:
+    """A view's stored lists (name -> (what it holds, Feast element type)): its event lists, or
+    its tile levels' lists one level after the other."""
+    if view in TILES:
+        return {name: spec for level in TILES[view] for name, spec in level.lists.items()}
+    return EVENT_FIELDS[view]
+
+
+def list_groups(view: str) -> dict[str, tuple[str, ...]]:
+    """A view's stored lists grouped by the lists of one length (key list -> its group): the
+    event lists under the time list, or each tile level's lists under its index list."""
+    if view in TILES:
+        return {level.index_list: tuple(level.lists) for level in TILES[view]}
+    times = next(name for name, (of, _) in EVENT_FIELDS[view].items() if of == "us")
+    return {times: tuple(EVENT_FIELDS[view])}
 
 
 #: Per view: its stored features that are not windows (name -> Feast type), after the events.
@@ -81,17 +153,19 @@ STORED_SCALARS: dict[str, dict[str, str]] = {
 
 
 def stored_features(view: str) -> dict[str, str]:
-    """Everything a view stores, in order (name -> Feast type): its event lists, then its
+    """Everything a view stores, in order (name -> Feast type): its event or tile lists, then its
     scalars. Feast's schema, the offline table and the streamer's rows are this."""
     return {
-        **{name: f"Array({dtype})" for name, (_, dtype) in EVENT_FIELDS[view].items()},
+        **{name: f"Array({dtype})" for name, (_, dtype) in stored_lists(view).items()},
         **STORED_SCALARS[view],
     }
 
 
 @dataclass(frozen=True)
 class Windowed:
-    """One windowed feature: ``how`` of event field ``of`` over the last ``window``."""
+    """One windowed feature: ``how`` of event field ``of`` over the last ``window``; in a tiled
+    view, of tile sum ``of`` over the tiles of the level serving ``window`` (count: the events'
+    count; mean and share: the sum of ``of`` over that count)."""
 
     name: str
     view: str
@@ -135,12 +209,12 @@ WINDOWED: tuple[Windowed, ...] = (
     _w("card_distinct_devices_30d", "card_stats", "30d", "distinct", "device"),
     _w("card_distinct_countries_30d", "card_stats", "30d", "distinct", "country"),
     _w("card_home_country", "card_stats", "30d", "mode", "country"),
+    # merchant_stats is tiled (TILES): 24h windows read its hour tiles, 7d its day tiles.
     _w("merchant_txn_count_24h", "merchant_stats", "24h", "count"),
     _w("merchant_txn_count_7d", "merchant_stats", "7d", "count"),
     _w("merchant_amount_avg_7d", "merchant_stats", "7d", "mean", "amount"),
-    _w("merchant_distinct_cards_24h", "merchant_stats", "24h", "distinct", "card"),
     _w("merchant_night_share_7d", "merchant_stats", "7d", "share", "night"),
-    _w("merchant_small_amount_share_24h", "merchant_stats", "24h", "share_small", "amount"),
+    _w("merchant_small_amount_share_24h", "merchant_stats", "24h", "share", "small"),
     _w("device_txn_count_24h", "device_stats", "24h", "count"),
     _w("device_distinct_cards_7d", "device_stats", "7d", "distinct", "card"),
     _w("device_distinct_countries_7d", "device_stats", "7d", "distinct", "country"),
@@ -152,8 +226,38 @@ def view_features(view: str) -> tuple[Windowed, ...]:
 
 
 def longest_window_us(view: str) -> int:
-    """How far back a view's events must reach: its longest window."""
+    """A view's longest window (µs)."""
     return max(f.window_us for f in view_features(view))
+
+
+def history_us(view: str) -> int:
+    """How far before its newest event an entity's newest row reads events (µs): an event
+    view's longest window; a tiled view's coarsest tiles, from the start of the oldest kept."""
+    if view in TILES:
+        return max((level.units + 1) * level.unit_us for level in TILES[view])
+    return longest_window_us(view)
+
+
+def tile_level(f: Windowed) -> TileLevel:
+    """The tile level a tiled view's feature reads: the one serving its window."""
+    return next(level for level in TILES[f.view] if level.window == f.window)
+
+
+def _tile_list(level: TileLevel, what: str) -> str:
+    return next(name for name, (w, _) in level.lists.items() if w == what)
+
+
+def _check_tiled() -> None:
+    for f in WINDOWED:
+        if f.view not in TILES:
+            continue
+        level = tile_level(f)  # StopIteration: a window no level serves
+        sums = {w for w, _ in level.lists.values()}
+        if f.how not in ("count", "sum", "mean", "share") or (f.of is not None and f.of not in sums):
+            raise ValueError(f"{f.name}: {f.how} of {f.of!r} does not tile")
+
+
+_check_tiled()
 
 
 def _field_lists(view: str) -> dict[str, str]:
@@ -162,9 +266,10 @@ def _field_lists(view: str) -> dict[str, str]:
 
 
 # Per view, computed once (the encoder calls these per row): its time list, its features'
-# names, and (name, aggregate, list read, window) of each.
+# names, and (name, aggregate, list read, window) of each; for a tiled view (name, aggregate,
+# index list, count list, sum list read, units back, unit).
 _TIMES = {view: _field_lists(view)["us"] for view in EVENT_FIELDS}
-_NAMES = {view: tuple(f.name for f in view_features(view)) for view in EVENT_FIELDS}
+_NAMES = {view: tuple(f.name for f in view_features(view)) for view in VIEWS}
 _PLANS = {
     view: tuple(
         (f.name, f.how, None if f.of is None else _field_lists(view)[f.of], f.window_us)
@@ -179,6 +284,21 @@ _OUTPUT_PLANS = {
         if f.dtype != "String"
     )
     for view in EVENT_FIELDS
+}
+_TILE_PLANS = {
+    view: tuple(
+        (
+            f.name,
+            f.how,
+            (level := tile_level(f)).index_list,
+            _tile_list(level, "count"),
+            None if f.of is None else _tile_list(level, f.of),
+            level.units,
+            level.unit_us,
+        )
+        for f in view_features(view)
+    )
+    for view in TILES
 }
 
 
@@ -230,7 +350,10 @@ def window_row(
 ) -> dict[str, Any]:
     """The view's windowed features at instant ``t_us`` from one entity's stored events
     (list name -> list, oldest first); all None when the entity has no state (``us`` list
-    None). ``outputs_only``: only its on-demand view's outputs (:func:`view_outputs`)."""
+    None). ``outputs_only``: only its on-demand view's outputs (:func:`view_outputs`). A tiled
+    view's ``events`` are its tile lists (its outputs are all numeric)."""
+    if view in TILES:
+        return _tile_row(view, events, t_us)
     times = events.get(_TIMES[view])
     plans = _OUTPUT_PLANS[view] if outputs_only else _PLANS[view]
     if times is None:
@@ -247,22 +370,57 @@ def window_row(
     return out
 
 
+def _tile_row(view: str, tiles: Mapping[str, Any], t_us: int) -> dict[str, Any]:
+    """:func:`window_row` of a tiled view: each feature over its level's tiles with index in
+    ``[U(t) - units, U(t)]`` (a tiled view has only numeric outputs)."""
+    plans = _TILE_PLANS[view]
+    if tiles.get(plans[0][2]) is None:
+        return {plan[0]: None for plan in plans}
+    out: dict[str, Any] = {}
+    spans: dict[str, tuple[int, int]] = {}
+    for name, how, index_list, count_list, sum_list, units, unit_us in plans:
+        span = spans.get(index_list)
+        if span is None:
+            index = tiles[index_list]
+            u = t_us // unit_us
+            span = spans[index_list] = (bisect_left(index, u - units), bisect_right(index, u))
+        lo, hi = span
+        n = 0
+        for c in tiles[count_list][lo:hi]:
+            n += c
+        if how == "count":
+            out[name] = n
+            continue
+        total: Any = 0.0 if how == "sum" else 0  # int sums (night, small) stay exact
+        for x in tiles[sum_list][lo:hi]:
+            total += x
+        out[name] = float(total) if how == "sum" else (None if n == 0 else total / n)
+    return out
+
+
 def window_columns(
-    view: str, offsets: np.ndarray, events: Mapping[str, np.ndarray], t_us: np.ndarray
+    view: str,
+    offsets: Mapping[str, np.ndarray],
+    events: Mapping[str, np.ndarray],
+    t_us: np.ndarray,
 ) -> dict[str, np.ndarray]:
     """:func:`window_row` of many entities at once, vectorised.
 
-    Row ``i``'s events are ``events[name][offsets[i]:offsets[i + 1]]`` (the lists flattened,
-    each oldest first; ``offsets`` has one more entry than there are rows, int64); ``offsets[i]
-    == offsets[i + 1]`` is a row with no events; a row without state must be masked by the
-    caller. Returns feature -> array: int64 for counts, float64 (NaN for None) for numbers,
-    object (None for none) for modes.
+    Row ``i``'s lists of one group (:func:`list_groups`, keyed by its key list) are
+    ``events[name][offsets[key][i]:offsets[key][i + 1]]`` (the lists flattened, each oldest
+    first; each ``offsets[key]`` has one more entry than there are rows, int64); an empty slice
+    is a row with no events (tiles); a row without state must be masked by the caller. Returns
+    feature -> array: int64 for counts, float64 (NaN for None) for numbers, object (None for
+    none) for modes.
     """
     import numpy as np
 
+    if view in TILES:
+        return _tile_columns(view, offsets, events, t_us)
     fields = _field_lists(view)
-    n = len(offsets) - 1
-    lengths = np.diff(offsets)
+    times_offsets = offsets[fields["us"]]
+    n = len(times_offsets) - 1
+    lengths = np.diff(times_offsets)
     row = np.repeat(np.arange(n, dtype=np.int64), lengths)
     times = np.asarray(events[fields["us"]], dtype=np.int64)
     t_row = np.repeat(np.asarray(t_us, dtype=np.int64), lengths)
@@ -326,6 +484,39 @@ def window_columns(
     return out
 
 
+def _tile_columns(
+    view: str,
+    offsets: Mapping[str, np.ndarray],
+    tiles: Mapping[str, np.ndarray],
+    t_us: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """:func:`window_columns` of a tiled view (:func:`_tile_row`, vectorised; bincount adds
+    in stored order, as the row form)."""
+    import numpy as np
+
+    t = np.asarray(t_us, dtype=np.int64)
+    out: dict[str, np.ndarray] = {}
+    for name, how, index_list, count_list, sum_list, units, unit_us in _TILE_PLANS[view]:
+        group = np.asarray(offsets[index_list], dtype=np.int64)
+        n = len(group) - 1
+        lengths = np.diff(group)
+        row = np.repeat(np.arange(n, dtype=np.int64), lengths)
+        index = np.asarray(tiles[index_list], dtype=np.int64)
+        u = np.repeat(t // unit_us, lengths)
+        inside = (index >= u - units) & (index <= u)
+        counts = np.asarray(tiles[count_list], dtype=np.int64)[inside]
+        count = np.bincount(row[inside], weights=counts, minlength=n).astype(np.int64)
+        if how == "count":
+            out[name] = count
+            continue
+        assert sum_list is not None
+        x = np.asarray(tiles[sum_list], dtype=np.float64)[inside]
+        total = np.bincount(row[inside], weights=x, minlength=n)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[name] = total if how == "sum" else np.where(count > 0, total / count, np.nan)
+    return out
+
+
 def _factorize(values: Any) -> tuple[np.ndarray, np.ndarray]:
     """Codes of text values in sorted order, "" always code 0 (no value)."""
     import numpy as np
@@ -358,8 +549,13 @@ def events_of(value: Any) -> list[Any] | None:
 
 
 def aggregate(name: str, events: Mapping[str, Any], t_us: int) -> Any:
-    """One windowed feature (by name) at ``t_us`` from one entity's events; None when the
-    entity has no state."""
+    """One windowed feature (by name) at ``t_us`` from one entity's events (or tiles); None
+    when the entity has no state."""
+    if _BY_NAME[name].view in TILES:
+        view = _BY_NAME[name].view
+        return window_row(view, {k: events_of(events.get(k)) for k in stored_lists(view)}, t_us)[
+            name
+        ]
     view, how, values_list, w_us = _ONE[name]
     times = events_of(events.get(_TIMES[view]))
     if times is None:
@@ -376,6 +572,7 @@ _BY_NAME = {f.name: f for f in WINDOWED}
 _ONE = {
     f.name: (f.view, f.how, None if f.of is None else _field_lists(f.view)[f.of], f.window_us)
     for f in WINDOWED
+    if f.view in EVENT_FIELDS
 }
 
 #: Request field the windows read (beside the view's event lists).
@@ -388,13 +585,13 @@ def view_outputs(view: str) -> tuple[str, ...]:
 
 
 _OUTPUTS = {
-    view: tuple(f.name for f in view_features(view) if f.dtype != "String") for view in EVENT_FIELDS
+    view: tuple(f.name for f in view_features(view) if f.dtype != "String") for view in VIEWS
 }
 
 
 def transform_row(view: str, row: Mapping[str, Any]) -> dict[str, Any]:
     """The on-demand view of ``view``'s windows for one row (stored lists + ``txn_epoch``)."""
-    events = {name: events_of(row.get(name)) for name in EVENT_FIELDS[view]}
+    events = {name: events_of(row.get(name)) for name in stored_lists(view)}
     return window_row(view, events, request_us(float(row[REQUEST_FIELD])), outputs_only=True)
 
 
@@ -402,7 +599,7 @@ def transform_vector(view: str) -> Any:
     """:func:`transform_row`'s outputs as vector entries (float; NaN for missing): the
     encoder's form."""
     names = view_outputs(view)
-    lists = tuple(EVENT_FIELDS[view])
+    lists = tuple(stored_lists(view))
     nan = float("nan")
 
     def vector(row: Mapping[str, Any]) -> list[float]:
@@ -424,18 +621,19 @@ def transform_columns(
     names = view_outputs(view) if names is None else tuple(names)
     t = columns[REQUEST_FIELD]
     n = len(t)
-    lists: dict[str, list[Any]] = {
-        name: [events_of(v) for v in columns[name]] for name in EVENT_FIELDS[view]
-    }
-    first = next(iter(EVENT_FIELDS[view]))
+    specs = stored_lists(view)
+    lists: dict[str, list[Any]] = {name: [events_of(v) for v in columns[name]] for name in specs}
+    first = next(iter(specs))
     known = [i for i in range(n) if lists[first][i] is not None]
     out: dict[str, list[Any]] = {name: [None] * n for name in names}
     if not known:
         return out
-    lengths = np.array([len(lists[first][i]) for i in known], dtype=np.int64)
-    offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+    offsets: dict[str, np.ndarray] = {}
+    for key in list_groups(view):
+        lengths = np.array([len(lists[key][i]) for i in known], dtype=np.int64)
+        offsets[key] = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
     flat: dict[str, np.ndarray] = {}
-    for name, (_, dtype) in EVENT_FIELDS[view].items():
+    for name, (_, dtype) in specs.items():
         kind = {"Int64": np.int64, "Float64": np.float64, "String": object}[dtype]
         values = [v for i in known for v in lists[name][i]]
         flat[name] = np.array(values, dtype=kind) if values else np.zeros(0, dtype=kind)
