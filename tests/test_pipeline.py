@@ -73,7 +73,7 @@ VIEWS = {key: view for view, key in KEYS.items()}
 def at_instants(table: pd.DataFrame, view: str, t_us: np.ndarray) -> pd.DataFrame:
     """Every windowed feature of ``view`` finished at ``t_us`` (one instant per row of
     ``table``) from the row's stored events, as the on-demand views compute them."""
-    columns = {name: table[name].tolist() for name in windows.EVENT_FIELDS[view]}
+    columns = {name: table[name].tolist() for name in windows.stored_lists(view)}
     columns[windows.REQUEST_FIELD] = list(np.asarray(t_us, dtype=np.int64) / 1e6)
     names = [f.name for f in windows.view_features(view)]
     out = windows.transform_columns(view, columns, names)
@@ -177,7 +177,7 @@ def test_point_in_time_lookup_sees_only_strictly_earlier_transactions() -> None:
     # m1 at T0+10min: two transactions at that instant (c1's and c2's); both see only T0's.
     assert merchant.loc[tx["c1", 30.0], "merchant_txn_count_24h"] == 1
     assert merchant.loc[tx["c2", 999.0], "merchant_txn_count_24h"] == 1
-    assert merchant.loc[tx["c2", 999.0], "merchant_distinct_cards_24h"] == 1
+    assert merchant.loc[tx["c2", 999.0], "merchant_amount_avg_7d"] == 10.0
     device = seen_by(raw, compute_feature_tables(raw)["device_stats"], "device_id")
     assert device.loc[tx["c1", 40.0], "device_txn_count_24h"] == 1
     assert device.loc[tx["c1", 40.0], "device_first_seen_epoch"] == epoch(T0)
@@ -221,7 +221,7 @@ def boundary_world(offset: pd.Timedelta) -> pd.DataFrame:
 
     A: one card/merchant/device, the country and amount change (counts, sums, averages, shares).
     B: one card, merchant and device change (card's distinct merchants / devices).
-    C: one merchant and device, the card changes (merchant's / device's distinct cards).
+    C: one merchant and device, the card changes (device's distinct cards).
     """
     return raw_frame(
         [
@@ -248,18 +248,34 @@ BOUNDARY_EXPECTATIONS: dict[str, tuple[str, object, object]] = {
     "card_distinct_devices_30d": ("cB", 1, 2),
     "card_distinct_countries_30d": ("cA", 1, 2),
     "card_home_country": ("cA", "IE", "GB"),  # GB/IE tie -> lexicographically smallest
-    "merchant_txn_count_24h": ("mA", 1, 2),
-    "merchant_txn_count_7d": ("mA", 1, 2),
-    "merchant_amount_avg_7d": ("mA", 2.0, 51.0),
-    "merchant_distinct_cards_24h": ("mC", 1, 2),
+    # Tiled (whole UTC hours and days): T0 (06:00:00) is in the tile 24 hours (7 days) before
+    # the second transaction's either way; test_tiled_window_boundaries moves the edge.
+    "merchant_txn_count_24h": ("mA", 2, 2),
+    "merchant_txn_count_7d": ("mA", 2, 2),
+    "merchant_amount_avg_7d": ("mA", 51.0, 51.0),
     # Local time in GB and IE (UTC+0 in March): T0 is 06:00 (day); T0 + 7d - 1 or 2 µs is
     # 05:59:59.99999x (night).
-    "merchant_night_share_7d": ("mA", 1.0, 0.5),
-    "merchant_small_amount_share_24h": ("mA", 1.0, 0.5),
+    "merchant_night_share_7d": ("mA", 0.5, 0.5),
+    "merchant_small_amount_share_24h": ("mA", 0.5, 0.5),
     "device_txn_count_24h": ("dA", 1, 2),
     "device_distinct_cards_7d": ("dC", 1, 2),
     "device_distinct_countries_7d": ("dA", 1, 2),
 }
+
+
+@pytest.mark.parametrize("unit", ["h", "D"])
+@pytest.mark.parametrize("before", [False, True], ids=["at_tile_start", "one_us_before"])
+def test_tiled_window_boundaries(unit: str, before: bool) -> None:
+    # A merchant's 24h (7d) window at t holds the tiles from the start of the UTC hour (day) 24
+    # hours (7 days) before t's: an event at that start is in, one a microsecond before is out.
+    span, suffix = (24, "24h") if unit == "h" else (7, "7d")
+    edge = T0.floor(unit) - pd.Timedelta(microseconds=1 if before else 0)
+    t = T0.floor(unit) + span * pd.Timedelta(1, unit) + pd.Timedelta(minutes=59)
+    rows = [txn(edge, "c1", "mT", amount=2.0), txn(t - pd.Timedelta(minutes=1), "c2", "mT")]
+    merchant = compute_feature_tables(raw_frame(rows))["merchant_stats"]
+    t_us = np.full(len(merchant), int(t.value // 1000))
+    got = at_instants(merchant, "merchant_stats", t_us).iloc[-1]
+    assert got[f"merchant_txn_count_{suffix}"] == (1 if before else 2)
 
 
 def window_of(feature: str) -> str:
@@ -377,12 +393,14 @@ def reference_tables(raw: pd.DataFrame) -> dict[str, pd.DataFrame]:
                         "card_home_country": min(c for c, k in counts.items() if k == top),
                     }
                 elif name == "merchant_stats":
-                    w7, w24 = win("7d"), win("24h")
+                    # Tiled: from the start of the UTC hour 24 h (day 7 d) before now + 1 µs.
+                    hour, day = 3_600_000_000, 86_400_000_000
+                    w7 = ent[(ent["us"] // day >= (now + 1) // day - 7) & (ent["us"] <= now)]
+                    w24 = ent[(ent["us"] // hour >= (now + 1) // hour - 24) & (ent["us"] <= now)]
                     row |= {
                         "merchant_txn_count_24h": len(w24),
                         "merchant_txn_count_7d": len(w7),
                         "merchant_amount_avg_7d": float(np.mean(w7["amount"])),
-                        "merchant_distinct_cards_24h": len(set(w24["card_id"])),
                         # Night where each transaction happened (its country's local time).
                         "merchant_night_share_7d": float(
                             np.mean(

@@ -244,8 +244,8 @@ def _tile_lists(tl: _Timeline, view: str, fields: dict[str, np.ndarray]) -> dict
         run_start = np.flatnonzero(new)
         run = np.cumsum(new) - 1
         run_last = np.append(run_start[1:], n) - 1
-        rel = index - index.min() + level.units  # >= units, so a query's rel - units >= 0
-        stride = np.int64(rel.max() + 1)
+        rel = index - (index.min() if n else 0) + level.units  # a query's rel - units >= 0
+        stride = np.int64(rel.max(initial=0) + 1)
         run_key = tl.g[run_start] * stride + rel[run_start]
         r = tl.last  # the output rows (each the last of its ties)
         first = np.searchsorted(run_key, tl.g[r] * stride + rel[r] - level.units, side="left")

@@ -49,10 +49,9 @@ from vigil_contracts.entity_history import (
     written_key,
 )
 from vigil_contracts.online_markers import marker_key
-from vigil_contracts.windows import EVENT_CAP
 from vigil_streamer import feast_layout
 from vigil_streamer.metrics import StreamerMetrics
-from vigil_streamer.rows import DTYPES, WINDOW_US, Row, newest_row
+from vigil_streamer.rows import CAP, DTYPES, WINDOW_US, Row, newest_row
 from vigil_streamer.settings import StreamerSettings
 
 logger = logging.getLogger(__name__)
@@ -61,14 +60,14 @@ _US_PER_DAY = 86_400_000_000
 _EUR_FEATURE = "request_features__txn_amount"
 SEEN_PREFIX = "vigil:stream:seen:"
 
-# KEYS[1] history, KEYS[2] version; ARGV: kept span (µs), lateness (µs), ttl (ms), the view's
-# longest window (µs), the event cap, then (member, t_us) of each of the batch's transactions of
+# KEYS[1] history, KEYS[2] version; ARGV: kept span (µs), lateness (µs), ttl (ms), how far back
+# the view's row reads (µs), the event cap (-1: none), then (member, t_us) of each of the batch's transactions of
 # the entity, in batch order. Each is added as one call per transaction would: already there
 # (0; ZADD is idempotent anyway), too late (-1: older than the newest by more than the lateness),
 # added (1: the version moves, what no window can see any more is trimmed, the first sighting
 # kept). Returns {statuses, version} and, unless all were too late, what the newest row reads,
 # read in the same atomic call as the version: the first member and the window's members
-# ((T - window, T], newest first, at most the cap).
+# ((T - window, T], newest first, at most the cap; a merchant's, all: its tiles count them).
 _ADD_READ = """
 local span, late, w = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
 local statuses, changed, wanted = {}, false, false
@@ -375,7 +374,7 @@ class Consumer:
                 self.lateness_us,
                 self.ttl_ms,
                 WINDOW_US[join_key],
-                EVENT_CAP,
+                CAP[join_key],
             ]
             for _, member, when in items:
                 args += [member, when]

@@ -2,7 +2,8 @@
 
 The row is ``vigil_contracts.entity_rows.newest_row`` of the entity's events (the same function
 for every kind; a test holds it equal to the batch pipeline's rows). The history script returns
-only what that row reads (its window's members, newest ``EVENT_CAP``, and the first sighting), and
+only what that row reads (its window's members, newest ``EVENT_CAP``, and the first sighting; a
+merchant's: every member of its oldest kept day tile on, its tiles being uncapped sums), and
 a member's decoding (JSON, local time for ``night``) is cached: members never change, and a hot
 entity's window is read again by every batch that touches it.
 """
@@ -16,9 +17,13 @@ from typing import Any
 from vigil_contracts import entity_rows, windows
 from vigil_contracts.entity_history import KINDS, HistoryRecord
 
-#: The longest window each kind's row reads (µs): its history is kept that long (plus the
-#: allowed lateness), beside its first sighting.
-WINDOW_US: dict[str, int] = {key: windows.longest_window_us(view) for key, view in KINDS.items()}
+#: How far back each kind's row reads (µs; a merchant's from the start of its oldest day tile):
+#: its history is kept that long (plus the allowed lateness), beside its first sighting.
+WINDOW_US: dict[str, int] = {key: windows.history_us(view) for key, view in KINDS.items()}
+#: How many of the newest members each kind's row reads (-1: all, a tiled view's).
+CAP: dict[str, int] = {
+    key: -1 if view in windows.TILES else windows.EVENT_CAP for key, view in KINDS.items()
+}
 #: Feast type of every stored feature.
 DTYPES: dict[str, str] = {
     name: dtype for view in KINDS.values() for name, dtype in windows.stored_features(view).items()
