@@ -87,8 +87,9 @@ _FEAST_TYPES = {
 
 
 def _stored_view(name: str, entity: Entity, description: str) -> FeatureView:
-    """A view of an entity's recent events and scalars, its schema generated from
-    ``vigil_contracts.windows`` (the one declaration the pipeline and the streamer write)."""
+    """A view of an entity's recent events (a merchant's: its hour and day tiles) and scalars,
+    its schema generated from ``vigil_contracts.windows`` (the one declaration the pipeline and
+    the streamer write)."""
     return FeatureView(
         name=name,
         entities=[entity],
@@ -108,7 +109,9 @@ card_stats = _stored_view(
     "A card's transactions of the last 30 days (amounts in EUR) and its last one.",
 )
 merchant_stats = _stored_view(
-    "merchant_stats", merchant, "A merchant's transactions of the last 7 days (amounts in EUR)."
+    "merchant_stats",
+    merchant,
+    "A merchant's hour tiles (25 UTC hours) and day tiles (8 UTC days): counts, EUR sums.",
 )
 device_stats = _stored_view(
     "device_stats", device, "A device's transactions of the last 7 days and its first sighting."
@@ -180,7 +183,7 @@ def card_windows(inputs: dict) -> dict:
     sources=[merchant_stats, transaction_request],
     schema=_window_schema("merchant_stats"),
     mode="python",
-    description="A merchant's windows (1 to 7 days) ending at this transaction.",
+    description="A merchant's windows (24 h, 7 days; whole UTC hours and days) up to this transaction.",
 )
 def merchant_windows(inputs: dict) -> dict:
     from vigil_contracts import windows as windows_impl

@@ -140,9 +140,9 @@ def test_the_repo_also_runs_on_the_embedded_sqlite_online_store(feature_env, tmp
     online = (
         feast_repo.open_store(repo)
         .get_online_features(
-            features=["merchant_stats:merchant_event_us"],
+            features=["merchant_stats:merchant_day_amount"],
             entity_rows=[{"merchant_id": latest["merchant_id"]}],
         )
         .to_dict()
     )
-    assert online["merchant_event_us"] == [latest["merchant_event_us"].tolist()]
+    assert online["merchant_day_amount"] == [latest["merchant_day_amount"].tolist()]

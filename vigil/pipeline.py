@@ -66,9 +66,7 @@ ENTITY_KEYS: dict[str, str] = {
 
 #: Feast type name of every stored feature; the parquet type follows from it (see ARROW_TYPES).
 FEATURE_TYPES: dict[str, str] = {
-    name: dtype
-    for view in windows.VIEWS
-    for name, dtype in windows.stored_features(view).items()
+    name: dtype for view in windows.VIEWS for name, dtype in windows.stored_features(view).items()
 }
 
 ARROW_TYPES: dict[str, pa.DataType] = {

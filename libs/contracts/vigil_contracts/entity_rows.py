@@ -88,10 +88,10 @@ def newest_row(
     """
     newest = events[-1].us
     if view in TILES:
-        features = {}
+        tiled: dict[str, Any] = {}
         for level in TILES[view]:
-            features.update(tiles(level, events, newest))
-        return newest + ROW_DELAY_US, features
+            tiled.update(tiles(level, events, newest))
+        return newest + ROW_DELAY_US, tiled
     times = [e.us for e in events]
     start = max(bisect_right(times, newest - _WINDOW_US[view]), len(events) - EVENT_CAP)
     kept = events[start:]

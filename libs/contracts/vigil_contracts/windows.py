@@ -253,7 +253,9 @@ def _check_tiled() -> None:
             continue
         level = tile_level(f)  # StopIteration: a window no level serves
         sums = {w for w, _ in level.lists.values()}
-        if f.how not in ("count", "sum", "mean", "share") or (f.of is not None and f.of not in sums):
+        if f.how not in ("count", "sum", "mean", "share") or (
+            f.of is not None and f.of not in sums
+        ):
             raise ValueError(f"{f.name}: {f.how} of {f.of!r} does not tile")
 
 
@@ -391,6 +393,7 @@ def _tile_row(view: str, tiles: Mapping[str, Any], t_us: int) -> dict[str, Any]:
         if how == "count":
             out[name] = n
             continue
+        assert sum_list is not None
         total: Any = 0.0 if how == "sum" else 0  # int sums (night, small) stay exact
         for x in tiles[sum_list][lo:hi]:
             total += x

@@ -57,7 +57,9 @@ def _count(value: float, noun: str) -> str:
 
 
 _UP_TO_CARD = "before this transaction"
-_UP_TO_MERCHANT = "before this transaction"
+# A merchant's windows are whole UTC hours / days (tiles, vigil_contracts.windows), up to t.
+_MERCHANT_24H = "in this transaction's UTC hour (before it) and the 24 hours before"
+_MERCHANT_7D = "in this transaction's UTC day (before it) and the 7 days before"
 _UP_TO_DEVICE = "before this transaction"
 
 
@@ -243,27 +245,21 @@ TEMPLATES: dict[str, Template] = {
         "CARD_MANY_COUNTRIES", "country", f"where this card was used in the 30 days {_UP_TO_CARD}"
     ),
     "merchant_txn_count_24h": _counted(
-        "MERCHANT_VOLUME_24H", "transaction", f"at this merchant in the 24 hours {_UP_TO_MERCHANT}"
+        "MERCHANT_VOLUME_24H", "transaction", f"at this merchant {_MERCHANT_24H}"
     ),
     "merchant_txn_count_7d": _counted(
-        "MERCHANT_VOLUME_7D", "transaction", f"at this merchant in the 7 days {_UP_TO_MERCHANT}"
+        "MERCHANT_VOLUME_7D", "transaction", f"at this merchant {_MERCHANT_7D}"
     ),
     "merchant_amount_avg_7d": _money_fact(
-        "MERCHANT_AVERAGE_AMOUNT",
-        f"this merchant's average amount in the 7 days {_UP_TO_MERCHANT} is {{}}",
-    ),
-    "merchant_distinct_cards_24h": _counted(
-        "MERCHANT_MANY_CARDS",
-        "different card",
-        f"used at this merchant in the 24 hours {_UP_TO_MERCHANT}",
+        "MERCHANT_AVERAGE_AMOUNT", f"this merchant's average amount {_MERCHANT_7D} is {{}}"
     ),
     "merchant_night_share_7d": _share(
         "MERCHANT_NIGHT_SHARE",
-        f"{{}} of this merchant's transactions in the 7 days {_UP_TO_MERCHANT} were at night (local time)",
+        f"{{}} of this merchant's transactions {_MERCHANT_7D} were at night (local time)",
     ),
     "merchant_small_amount_share_24h": _share(
         "MERCHANT_SMALL_AMOUNTS",
-        f"{{}} of this merchant's transactions in the 24 hours {_UP_TO_MERCHANT} were small amounts "
+        f"{{}} of this merchant's transactions {_MERCHANT_24H} were small amounts "
         f"(under 5 {BASE_CURRENCY}, a card-testing pattern)",
     ),
     "device_txn_count_24h": _counted(
