@@ -190,7 +190,7 @@ def _reference_rows(client: redis.Redis, plan, rows: list[dict], now: float) -> 
                 stored[(view.name, feature)] = (value, age, stale)
         computed = transform_row(inputs)
         view_stale, view_age = {}, {}
-        for view in windows.EVENT_FIELDS:
+        for view in windows.VIEWS:
             computed |= windows.transform_row(view, inputs)
             view_stale[view] = any(s for (v, _), (_, _, s) in stored.items() if v == view)
             view_age[view] = next((a for (v, _), (_, a, _) in stored.items() if v == view), None)
