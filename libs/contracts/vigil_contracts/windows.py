@@ -15,8 +15,9 @@ level as Feast arrays, oldest first, keyed by the tile's index (``us // unit``).
 of ``k`` units at ``t`` is the tiles with index in ``[U(t) - k, U(t)]``: the 24h window runs
 from the start of the UTC hour 24 hours before ``t``, the 7d window from the start of the UTC
 day 7 days before; the stored row is the merchant's newest strictly before ``t`` (stamped
-``T + 1 µs <= t``), so its tiles hold only events before ``t``. Tiles are sums, so a distinct
-count does not tile: the merchant has none.
+``T + 1 µs <= t``), so its tiles hold only events before ``t`` (a transaction scored after
+later ones of its merchant were stored sees those in its own hour or day tile: tiles hold sums,
+not times). Tiles are sums, so a distinct count does not tile: the merchant has none.
 
 :data:`WINDOWED` declares each feature (name, view, window, aggregate, the event field or tile
 sum it reads, Feast type); :func:`window_row` computes one entity's features at one instant (the
