@@ -4,7 +4,10 @@ Training (``get_historical_features``) and serving (``get_online_features`` and 
 both name a FeatureService defined here, so the model sees the same features in both.
 
 The offline tables are written by ``vigil features`` into ``data/offline/`` beside this file; a
-row stamped ``t`` summarises the entity's transactions strictly before ``t``.
+row stamped ``t`` holds the entity's recent transactions strictly before ``t``. Windowed features
+("in the last hour") are on-demand views finishing each window at the transaction's own instant;
+every stored and windowed feature is declared once, in ``vigil_contracts.windows``, and the
+schemas here are generated from it (see docs/architecture.md, "How to add a feature").
 """
 
 from datetime import timedelta
@@ -21,10 +24,11 @@ from feast import (
 )
 from feast.data_source import DataSource
 from feast.on_demand_feature_view import on_demand_feature_view
-from feast.types import Float64, Int64, String
+from feast.types import Array, Float64, Int64, String
 from feast.value_type import ValueType
 
 from vigil_contracts import request_features as rf
+from vigil_contracts import windows
 
 OFFLINE_DIR = Path(__file__).resolve().parent / "data" / "offline"
 FRESHNESS = timedelta(days=30)
@@ -71,59 +75,46 @@ def _source(name: str) -> DataSource:
     return PushSource(name=f"{name}_push", batch_source=table)
 
 
-card_stats = FeatureView(
-    name="card_stats",
-    entities=[card],
-    ttl=FRESHNESS,
-    schema=[
-        Field(name="card_txn_count_1h", dtype=Int64),
-        Field(name="card_txn_count_24h", dtype=Int64),
-        Field(name="card_txn_count_7d", dtype=Int64),
-        Field(name="card_amount_sum_24h", dtype=Float64),
-        Field(name="card_amount_avg_30d", dtype=Float64),
-        Field(name="card_amount_std_30d", dtype=Float64),
-        Field(name="card_amount_max_30d", dtype=Float64),
-        Field(name="card_distinct_merchants_24h", dtype=Int64),
-        Field(name="card_distinct_devices_30d", dtype=Int64),
-        Field(name="card_distinct_countries_30d", dtype=Int64),
-        Field(name="card_last_txn_epoch", dtype=Float64),
-        Field(name="card_home_country", dtype=String),
-    ],
-    source=_source("card_stats"),
-    online=True,
-    description="Rolling behaviour of a card over 1 h to 30 days (amounts in EUR).",
-)
+_FEAST_TYPES = {
+    "Float64": Float64,
+    "Int64": Int64,
+    "String": String,
+    **{
+        f"Array({t})": Array(f)
+        for t, f in (("Float64", Float64), ("Int64", Int64), ("String", String))
+    },
+}
 
-merchant_stats = FeatureView(
-    name="merchant_stats",
-    entities=[merchant],
-    ttl=FRESHNESS,
-    schema=[
-        Field(name="merchant_txn_count_24h", dtype=Int64),
-        Field(name="merchant_txn_count_7d", dtype=Int64),
-        Field(name="merchant_amount_avg_7d", dtype=Float64),
-        Field(name="merchant_distinct_cards_24h", dtype=Int64),
-        Field(name="merchant_night_share_7d", dtype=Float64),
-        Field(name="merchant_small_amount_share_24h", dtype=Float64),
-    ],
-    source=_source("merchant_stats"),
-    online=True,
-    description="Rolling traffic of a merchant over 1 to 7 days.",
-)
 
-device_stats = FeatureView(
-    name="device_stats",
-    entities=[device],
-    ttl=FRESHNESS,
-    schema=[
-        Field(name="device_txn_count_24h", dtype=Int64),
-        Field(name="device_distinct_cards_7d", dtype=Int64),
-        Field(name="device_distinct_countries_7d", dtype=Int64),
-        Field(name="device_first_seen_epoch", dtype=Float64),
-    ],
-    source=_source("device_stats"),
-    online=True,
-    description="Rolling use of a device over 1 to 7 days.",
+def _stored_view(name: str, entity: Entity, description: str) -> FeatureView:
+    """A view of an entity's recent events (a merchant's: its hour and day tiles) and scalars,
+    its schema generated from ``vigil_contracts.windows`` (the one declaration the pipeline and
+    the streamer write)."""
+    return FeatureView(
+        name=name,
+        entities=[entity],
+        ttl=FRESHNESS,
+        schema=[
+            Field(name=n, dtype=_FEAST_TYPES[t]) for n, t in windows.stored_features(name).items()
+        ],
+        source=_source(name),
+        online=True,
+        description=description,
+    )
+
+
+card_stats = _stored_view(
+    "card_stats",
+    card,
+    "A card's transactions of the last 30 days (amounts in EUR) and its last one.",
+)
+merchant_stats = _stored_view(
+    "merchant_stats",
+    merchant,
+    "A merchant's hour tiles (25 UTC hours) and day tiles (8 UTC days): counts, EUR sums.",
+)
+device_stats = _stored_view(
+    "device_stats", device, "A device's transactions of the last 7 days and its first sighting."
 )
 
 fx_rates = FeatureView(
@@ -136,8 +127,6 @@ fx_rates = FeatureView(
     online=True,
     description="The dated FX table: EUR (the base currency) per unit of a currency, one rate a day.",
 )
-
-_FEAST_TYPES = {"Float64": Float64, "Int64": Int64, "String": String}
 
 transaction_request = RequestSource(
     name="transaction_request",
@@ -159,32 +148,63 @@ def request_features(inputs: dict) -> dict:
 
     # Short output names: Feast 0.67's online python path only finds outputs under the names it
     # was asked for, so Vigil retrieves with full_feature_names=False and keeps every feature
-    # name unique across views instead.
-    return rf_impl.transform_columns(inputs)
+    # name unique across views instead. Missing floats are NaN here (the same "missing" to every
+    # reader): `feast apply` infers each output's type from a sample row, and a None (a z-score
+    # of the sample's single amount) is no type.
+    out = rf_impl.transform_columns(inputs)
+    return {k: [float("nan") if v is None else v for v in vs] for k, vs in out.items()}
+
+
+def _window_schema(view: str) -> list[Field]:
+    return [
+        Field(name=f.name, dtype=_FEAST_TYPES[f.dtype])
+        for f in windows.view_features(view)
+        if f.name in windows.view_outputs(view)
+    ]
+
+
+# One on-demand view per entity view finishes its windows at the transaction's own instant. Each
+# UDF names its view literally: Feast rebuilds a UDF from its source text, without its closure.
+
+
+@on_demand_feature_view(
+    sources=[card_stats, transaction_request],
+    schema=_window_schema("card_stats"),
+    mode="python",
+    description="A card's windows (1 h to 30 days) ending at this transaction.",
+)
+def card_windows(inputs: dict) -> dict:
+    from vigil_contracts import windows as windows_impl
+
+    return windows_impl.feast_columns("card_stats", inputs)
+
+
+@on_demand_feature_view(
+    sources=[merchant_stats, transaction_request],
+    schema=_window_schema("merchant_stats"),
+    mode="python",
+    description="A merchant's windows (24 h, 7 days; whole UTC hours and days) up to this transaction.",
+)
+def merchant_windows(inputs: dict) -> dict:
+    from vigil_contracts import windows as windows_impl
+
+    return windows_impl.feast_columns("merchant_stats", inputs)
+
+
+@on_demand_feature_view(
+    sources=[device_stats, transaction_request],
+    schema=_window_schema("device_stats"),
+    mode="python",
+    description="A device's windows (1 to 7 days) ending at this transaction.",
+)
+def device_windows(inputs: dict) -> dict:
+    from vigil_contracts import windows as windows_impl
+
+    return windows_impl.feast_columns("device_stats", inputs)
 
 
 fraud_model_v1 = FeatureService(
     name="fraud_model_v1",
-    features=[
-        card_stats[
-            [
-                "card_txn_count_1h",
-                "card_txn_count_24h",
-                "card_txn_count_7d",
-                "card_amount_sum_24h",
-                "card_amount_avg_30d",
-                "card_amount_std_30d",
-                "card_amount_max_30d",
-                "card_distinct_merchants_24h",
-                "card_distinct_devices_30d",
-                "card_distinct_countries_30d",
-            ]
-        ],
-        merchant_stats,
-        device_stats[
-            ["device_txn_count_24h", "device_distinct_cards_7d", "device_distinct_countries_7d"]
-        ],
-        request_features,
-    ],
+    features=[card_windows, merchant_windows, device_windows, request_features],
     description="Features of the fraud model, version 1 of the contract.",
 )

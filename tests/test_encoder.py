@@ -166,7 +166,9 @@ async def test_vectors_equal_feast_get_online_features(client, store, spec, feat
                 assert value is not None and isinstance(value, float), where
                 assert math.isclose(value, float(theirs), rel_tol=1e-9, abs_tol=1e-12), where
                 age = got["age_seconds"][j]
-                if ref.kind == "on_demand":
+                if ref.view.endswith("_windows"):  # finished from the entity's stored row
+                    assert age is not None and age >= 0, where
+                elif ref.kind == "on_demand":
                     assert age == 0.0, where
                 else:
                     assert age is not None and 0 <= age <= spec.views[ref.view].ttl_seconds, where
@@ -211,21 +213,17 @@ async def test_unknown_entities_are_missing_and_transform_sees_none(client, spec
 
 
 def _card_stats_row(card_id: str, stamp: datetime) -> dict:
+    """A card_stats row: its recent events (10 min, 2 h and 3 days before ``stamp``)."""
+    us = int(stamp.timestamp() * 1_000_000)
     return {
         "card_id": card_id,
         "event_timestamp": stamp,
-        "card_txn_count_1h": 1,
-        "card_txn_count_24h": 3,
-        "card_txn_count_7d": 9,
-        "card_amount_sum_24h": 120.5,
-        "card_amount_avg_30d": 40.0,
-        "card_amount_std_30d": 12.0,
-        "card_amount_max_30d": 99.0,
-        "card_distinct_merchants_24h": 2,
-        "card_distinct_devices_30d": 1,
-        "card_distinct_countries_30d": 1,
+        "card_event_us": [us - 3 * 86_400_000_000, us - 7_200_000_000, us - 600_000_000],
+        "card_event_amounts": [99.0, 21.0, 40.0],
+        "card_event_merchants": ["m1", "m2", "m2"],
+        "card_event_devices": ["d1", "", "d1"],
+        "card_event_countries": ["FR", "FR", "DE"],
         "card_last_txn_epoch": stamp.timestamp() - 600.0,
-        "card_home_country": "FR",
     }
 
 
@@ -261,11 +259,13 @@ async def test_rows_older_than_ttl_are_missing_and_stale(client, store, spec):
     # Feast itself still serves the expired row: that is what the encoder must not do.
     theirs = feast_vectors(store, spec, [row(old)])[0]
     names = [f.name for f in spec.features]
-    assert theirs[names.index("card_stats__card_txn_count_7d")] == 9
+    # (its events are all over 30 days old now, but its last transaction is still read)
+    assert theirs[names.index("request_features__seconds_since_card_last_txn")] > 40 * 86400
 
     body = (await encode(client, [row(old), row(fresh)])).json()
     expired, current = body["rows"]
-    card_positions = [j for j, f in enumerate(spec.features) if f.view == "card_stats"]
+    # The card's windows are finished from its stored row: as stale as that row.
+    card_positions = [j for j, f in enumerate(spec.features) if f.view == "card_windows"]
     assert len(card_positions) == 10
     for j in card_positions:
         assert expired["values"][j] is None
@@ -283,16 +283,18 @@ async def test_rows_older_than_ttl_are_missing_and_stale(client, store, spec):
     ):
         assert got[f"request_features__{name}"] is None
     assert got["request_features__txn_amount"] == 80.0
-    od = [j for j, f in enumerate(spec.features) if f.kind == "on_demand"]
+    od = [j for j, f in enumerate(spec.features) if f.view == "request_features"]
     assert not any(expired["stale"][j] for j in od)
 
     fresh_got = dict(zip(names, current["values"], strict=True))
-    assert fresh_got["card_stats__card_txn_count_7d"] == 9.0
-    assert fresh_got["request_features__amount_to_card_avg_30d"] == pytest.approx(2.0)
-    assert fresh_got["request_features__country_mismatch"] == 1.0
+    assert fresh_got["card_windows__card_txn_count_7d"] == 3.0
+    assert fresh_got["card_windows__card_txn_count_1h"] == 0.0  # the last one was 2 h 10 min ago
+    assert fresh_got["request_features__amount_to_card_avg_30d"] == pytest.approx(1.5)
+    assert fresh_got["request_features__country_mismatch"] == 1.0  # home FR (2 of 3), here DE
     for j in card_positions:
         assert current["stale"][j] is False
-        assert current["age_seconds"][j] == pytest.approx(7200.0, abs=60.0)
+        # Finished at request time from the card's row: as old as that row (stamped 2 h ago).
+        assert current["age_seconds"][j] == pytest.approx(2 * 3600, abs=120)
     assert len(OUTPUT_FEATURES) == len(od)
 
 

@@ -11,6 +11,7 @@ are checked against what they replace on many values.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -26,7 +27,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from test_encoder import _card_stats_row
 from vigil import feast_repo
-from vigil_contracts import request_features
+from vigil_contracts import request_features, windows
 from vigil_contracts.encoding import encode_binary
 from vigil_contracts.request_features import NO_DEVICE_ID, OUTPUT_FEATURES, transform_row
 from vigil_encoder import dataplane
@@ -48,6 +49,8 @@ def _parsed(raw: bytes | None) -> object:
         return None
     message = ValueProto.FromString(raw)
     which = message.WhichOneof("val")
+    if which is not None and which.endswith("_list_val"):
+        return list(getattr(message, which).val)
     return None if which is None or which == "null_val" else getattr(message, which)
 
 
@@ -186,6 +189,11 @@ def _reference_rows(client: redis.Redis, plan, rows: list[dict], now: float) -> 
                 inputs[feature] = value
                 stored[(view.name, feature)] = (value, age, stale)
         computed = transform_row(inputs)
+        view_stale, view_age = {}, {}
+        for view in windows.VIEWS:
+            computed |= windows.transform_row(view, inputs)
+            view_stale[view] = any(s for (v, _), (_, _, s) in stored.items() if v == view)
+            view_age[view] = next((a for (v, _), (_, a, _) in stored.items() if v == view), None)
         answer = {"values": [], "missing": [], "stale": [], "age_seconds": []}
         for ref in plan.spec.features:
             if ref.kind == "stored":
@@ -193,8 +201,13 @@ def _reference_rows(client: redis.Redis, plan, rows: list[dict], now: float) -> 
                 value = entry(value)
                 age = NAN if value != value or age is None else age
             else:
-                value, stale = entry(computed[ref.feature]), False
+                # A view's windows are as stale, and as old, as the view they are finished from.
+                source = ref.view.replace("_windows", "_stats")
+                value, stale = entry(computed[ref.feature]), view_stale.get(source, False)
                 age = 0.0 if value == value else NAN
+                if source in view_age:
+                    row_age = view_age[source]
+                    age = NAN if value != value or row_age is None or stale else age + row_age
             answer["values"].append(value)
             answer["missing"].append(value != value)
             answer["stale"].append(stale)
@@ -377,8 +390,12 @@ async def test_no_rows_is_an_empty_answer(make_encoder):
 def test_the_vector_form_serves_the_plans_outputs(feature_env):
     plan = dataplane.load_plans(feast_repo.spec_path(feature_env.repo))[SERVICE]
     layout = dataplane._Layout(plan)
-    assert plan.on_demand[0].vector_outputs == OUTPUT_FEATURES
-    assert layout.od_vectors == (request_features.transform_row_vector,)
+    names = [od.name for od in plan.on_demand]
+    assert names == ["card_windows", "merchant_windows", "device_windows", "request_features"]
+    assert plan.on_demand[3].vector_outputs == OUTPUT_FEATURES
+    assert layout.od_vectors[3] is request_features.transform_row_vector
+    for od in plan.on_demand[:3]:
+        assert od.impl.stale_with_inputs and od.vector_outputs == od.impl.outputs
 
 
 def _spy_columns(monkeypatch) -> list[int]:
@@ -426,15 +443,13 @@ async def test_the_column_form_gives_what_the_rows_give(
     assert len(typed) > 200
     from vigil_encoder import plan
 
-    shared = plan.ON_DEMAND_IMPLS["request_features"]
-    monkeypatch.setitem(
-        plan.ON_DEMAND_IMPLS,
-        "request_features",
-        plan.OnDemandImpl(shared.transform, shared.outputs, shared.vector, shared.reads),
-    )
+    originals = dict(plan.ON_DEMAND_IMPLS)
+    for name, impl in originals.items():  # every on-demand view without its column form
+        monkeypatch.setitem(plan.ON_DEMAND_IMPLS, name, dataclasses.replace(impl, columns=None))
     per_row = make_encoder(spec_file)
-    assert per_row._layout(per_row.plan(SERVICE)).od_columns == (None,)
-    monkeypatch.setitem(plan.ON_DEMAND_IMPLS, "request_features", shared)
+    assert per_row._layout(per_row.plan(SERVICE)).od_columns == (None,) * 4
+    for name, impl in originals.items():
+        monkeypatch.setitem(plan.ON_DEMAND_IMPLS, name, impl)
     computed = _spy_columns(monkeypatch)
     columns = make_encoder(spec_file)
     assert (columns.plan(SERVICE).order is not None) == interleaved

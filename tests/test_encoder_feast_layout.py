@@ -200,7 +200,7 @@ def test_decoding_of_materialized_bytes_equals_feast(feature_env):
                 checked += 1
                 if checked > 3000:
                     break
-        assert {"Int64", "Float64", "String"} <= seen_dtypes
+        assert {"Float64", "Array(Int64)", "Array(Float64)", "Array(String)"} <= seen_dtypes
         assert checked > 500
     finally:
         client.close()

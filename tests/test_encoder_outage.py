@@ -105,7 +105,7 @@ async def test_unreachable_redis_is_fast_503_then_recovers(outage_client, featur
         # the other request-time features still there.
         body = response.json()
         values = dict(zip(body["feature_names"], body["rows"][0]["values"], strict=True))
-        assert values["card_stats__card_txn_count_7d"] is None
+        assert values["card_windows__card_txn_count_7d"] is None
         assert values["request_features__txn_amount"] is None
         assert values["request_features__hour_of_day"] == 9.0
 

@@ -49,7 +49,7 @@ SERVICE = "fraud_model_v1"
 FEATURES = [
     "card_stats__card_txn_count_1h",
     "card_stats__card_amount_avg_30d",
-    "merchant_stats__merchant_distinct_cards_24h",
+    "merchant_stats__merchant_txn_count_24h",
     "device_stats__device_distinct_cards_7d",
     "request_features__txn_amount",
     "request_features__amount_to_card_avg_30d",
@@ -85,7 +85,7 @@ CARDS = {
         "card_home_country": "DE",
     },
 }
-MERCHANTS = {"m_good": {"merchant_distinct_cards_24h": 3}}
+MERCHANTS = {"m_good": {"merchant_txn_count_24h": 3}}
 # EUR per unit (the fx_rates view): amounts are compared in EUR.
 FX_RATES = {"EUR": 1.0, "USD": 0.9, "JPY": 0.006}
 DEVICES = {"dev_known": {"device_distinct_cards_7d": 1, "device_first_seen_epoch": 1_704_067_200.0}}
@@ -558,7 +558,7 @@ async def test_scores_a_legitimate_transaction(stack: Stack) -> None:
     answer = response.json()
     expected = expected_score(
         {
-            "merchant_stats__merchant_distinct_cards_24h": 3,
+            "merchant_stats__merchant_txn_count_24h": 3,
             "device_stats__device_distinct_cards_7d": 1,
             "request_features__txn_amount": 50.0,
             "request_features__amount_to_card_avg_30d": 0.5,
@@ -619,10 +619,7 @@ async def test_fraud_is_highly_suspicious_with_business_reasons(stack: Stack) ->
     assert reasons[0]["feature"] == "request_features__amount_to_card_avg_30d"
     assert reasons[0]["value"] == pytest.approx(8.0)
     assert reasons[0]["contribution"] == pytest.approx(4.0)
-    assert (
-        reasons[1]["text"]
-        == "5 transactions on this card in the hour up to its previous transaction"
-    )
+    assert reasons[1]["text"] == "5 transactions on this card in the hour before this transaction"
     assert reasons[2]["text"] == "transaction country differs from the card's home country"
     contributions = [r["contribution"] for r in reasons]
     assert contributions == sorted(contributions, reverse=True)
@@ -634,8 +631,9 @@ async def test_more_reasons_are_in_business_words(redis_url: str) -> None:
     texts = {r["code"]: r["text"] for r in answer["reasons"]}
     assert texts["NEW_DEVICE"] == "first transaction from this device"
     assert texts["NIGHT_TIME"] == "night-time transaction"
-    assert texts["MERCHANT_MANY_CARDS"] == (
-        "3 different cards used at this merchant in the 24 hours up to its previous transaction"
+    assert texts["MERCHANT_VOLUME_24H"] == (
+        "3 transactions at this merchant in this transaction's UTC hour (before it) and the 24"
+        " hours before"
     )
     assert len(answer["reasons"]) == 6  # six features pushed the score up
 
@@ -1867,7 +1865,7 @@ async def test_a_safeguard_raises_a_not_fraud_answer_and_says_so(guarded: Stack)
             {
                 "card_stats__card_amount_avg_30d": 100.0,
                 "request_features__txn_amount": 120.0,
-                "merchant_stats__merchant_distinct_cards_24h": 3,
+                "merchant_stats__merchant_txn_count_24h": 3,
                 "device_stats__device_distinct_cards_7d": 1,
                 "request_features__amount_to_card_avg_30d": 1.2,
             }
@@ -1985,7 +1983,7 @@ def test_a_money_reason_names_eur_and_the_amount_as_paid() -> None:
     )
     assert describe("card_stats__card_amount_avg_30d", 33.1, paid_in_usd) == (
         "CARD_AVERAGE_AMOUNT",
-        "this card's average amount in the 30 days up to its previous transaction is 33.10 EUR",
+        "this card's average amount in the 30 days before this transaction is 33.10 EUR",
     )
     in_eur = Context(currency="EUR", paid=810.0, device_present=True, raising=True)
     assert describe("request_features__txn_amount", 810.0, in_eur)[1] == "amount of 810.00 EUR"

@@ -246,18 +246,18 @@ def test_sentences() -> None:
     assert describe("request_features__amount_to_card_avg_30d", 2.46, CTX)[1] == (
         "amount is 2.5× this card's 30-day average"
     )
-    # Stored windows end at the entity's previous transaction, and the sentence says so.
+    # Windows end at this transaction, and the sentence says so.
     assert describe("card_stats__card_txn_count_1h", 1.0, CTX)[1] == (
-        "1 transaction on this card in the hour up to its previous transaction"
+        "1 transaction on this card in the hour before this transaction"
     )
     assert describe("device_stats__device_distinct_cards_7d", 4.0, CTX)[1] == (
-        "4 cards used on this device in the 7 days up to its previous transaction"
+        "4 cards used on this device in the 7 days before this transaction"
     )
     assert describe("card_stats__card_distinct_countries_30d", 2.0, CTX)[1] == (
-        "2 countries where this card was used in the 30 days up to its previous transaction"
+        "2 countries where this card was used in the 30 days before this transaction"
     )
     assert describe("card_stats__card_amount_avg_30d", 33.1, CTX)[1] == (
-        "this card's average amount in the 30 days up to its previous transaction is 33.10 EUR"
+        "this card's average amount in the 30 days before this transaction is 33.10 EUR"
     )
     assert describe("request_features__seconds_since_card_last_txn", 90.0, CTX) == (
         "RAPID_SUCCESSION",

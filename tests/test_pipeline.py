@@ -20,6 +20,7 @@ import pytest
 from vigil import pipeline
 from vigil.fx import FX_FILE, fx_table, write_fx_table
 from vigil.pipeline import FEATURE_TABLES, compute_feature_tables, write_feature_tables
+from vigil_contracts import windows
 from vigil_contracts.local_time import local_hour
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,8 +67,29 @@ def raw_frame(rows: list[dict]) -> pd.DataFrame:
     return df
 
 
+VIEWS = {key: view for view, key in KEYS.items()}
+
+
+def at_instants(table: pd.DataFrame, view: str, t_us: np.ndarray) -> pd.DataFrame:
+    """Every windowed feature of ``view`` finished at ``t_us`` (one instant per row of
+    ``table``) from the row's stored events, as the on-demand views compute them."""
+    columns = {name: table[name].tolist() for name in windows.stored_lists(view)}
+    columns[windows.REQUEST_FIELD] = list(np.asarray(t_us, dtype=np.int64) / 1e6)
+    names = [f.name for f in windows.view_features(view)]
+    out = windows.transform_columns(view, columns, names)
+    return pd.DataFrame(
+        {
+            n: pd.Series(
+                out[n], index=table.index, dtype=object if n.endswith("country") else float
+            )
+            for n in names
+        }
+    )
+
+
 def seen_by(raw: pd.DataFrame, table: pd.DataFrame, key: str) -> pd.DataFrame:
-    """What each transaction sees: the latest row with stamp <= its time (Feast's PIT join)."""
+    """What each transaction sees: the latest row with stamp <= its time (Feast's PIT join),
+    and the windows finished at its own time from that row's events."""
     left = raw[["transaction_id", key, "event_timestamp"]].dropna(subset=[key])
     joined = pd.merge_asof(
         left.sort_values("event_timestamp"),
@@ -77,7 +99,22 @@ def seen_by(raw: pd.DataFrame, table: pd.DataFrame, key: str) -> pd.DataFrame:
         allow_exact_matches=True,
         direction="backward",
     )
+    t_us = joined["event_timestamp"].astype("int64").to_numpy()
+    if str(joined["event_timestamp"].dtype).startswith("datetime64[ns"):
+        t_us = t_us // 1000
+    joined = pd.concat([joined, at_instants(joined, VIEWS[key], t_us)], axis=1)
     return joined.set_index("transaction_id")
+
+
+def latest_windows(tables: dict[str, pd.DataFrame], name: str, after_us: int = 1) -> pd.DataFrame:
+    """Each entity's latest row with its windows finished ``after_us`` after its stamp's
+    transaction (the stamp is that transaction + 1 µs)."""
+    latest = tables[name].sort_values("event_timestamp").groupby(KEYS[name]).tail(1)
+    t_us = latest["event_timestamp"].astype("int64").to_numpy() - 1 + after_us
+    if str(latest["event_timestamp"].dtype).startswith("datetime64[ns"):
+        t_us = (latest["event_timestamp"].astype("int64").to_numpy() // 1000) - 1 + after_us
+    out = pd.concat([latest, at_instants(latest, name, t_us)], axis=1)
+    return out.set_index(KEYS[name])
 
 
 def epoch(ts: pd.Timestamp) -> float:
@@ -122,7 +159,7 @@ def test_point_in_time_lookup_sees_only_strictly_earlier_transactions() -> None:
         assert row["card_home_country"] == "DE"
     # At T0+2h the card sees the state after the tied pair (all three earlier, none of itself).
     row = seen.loc[tx["c1", 40.0]]
-    assert row["card_txn_count_1h"] == 3  # windows are anchored at the last earlier transaction
+    assert row["card_txn_count_1h"] == 0  # windows end at this transaction: all over an hour old
     assert row["card_txn_count_24h"] == 3
     assert row["card_amount_sum_24h"] == 60.0
     assert row["card_amount_max_30d"] == 30.0
@@ -140,7 +177,7 @@ def test_point_in_time_lookup_sees_only_strictly_earlier_transactions() -> None:
     # m1 at T0+10min: two transactions at that instant (c1's and c2's); both see only T0's.
     assert merchant.loc[tx["c1", 30.0], "merchant_txn_count_24h"] == 1
     assert merchant.loc[tx["c2", 999.0], "merchant_txn_count_24h"] == 1
-    assert merchant.loc[tx["c2", 999.0], "merchant_distinct_cards_24h"] == 1
+    assert merchant.loc[tx["c2", 999.0], "merchant_amount_avg_7d"] == 10.0
     device = seen_by(raw, compute_feature_tables(raw)["device_stats"], "device_id")
     assert device.loc[tx["c1", 40.0], "device_txn_count_24h"] == 1
     assert device.loc[tx["c1", 40.0], "device_first_seen_epoch"] == epoch(T0)
@@ -171,7 +208,7 @@ def test_random_world_pit_join_sees_exactly_the_latest_strictly_earlier_transact
             assert np.isnan(got)
         else:
             assert got == earlier.max() / 1e6
-            lo = earlier.max() - 24 * 3_600_000_000
+            lo = us[i] - 24 * 3_600_000_000  # the window ends at this transaction
             assert seen.loc[tx["transaction_id"], "card_txn_count_24h"] == (earlier > lo).sum()
 
 
@@ -184,7 +221,7 @@ def boundary_world(offset: pd.Timedelta) -> pd.DataFrame:
 
     A: one card/merchant/device, the country and amount change (counts, sums, averages, shares).
     B: one card, merchant and device change (card's distinct merchants / devices).
-    C: one merchant and device, the card changes (merchant's / device's distinct cards).
+    C: one merchant and device, the card changes (device's distinct cards).
     """
     return raw_frame(
         [
@@ -211,18 +248,34 @@ BOUNDARY_EXPECTATIONS: dict[str, tuple[str, object, object]] = {
     "card_distinct_devices_30d": ("cB", 1, 2),
     "card_distinct_countries_30d": ("cA", 1, 2),
     "card_home_country": ("cA", "IE", "GB"),  # GB/IE tie -> lexicographically smallest
-    "merchant_txn_count_24h": ("mA", 1, 2),
-    "merchant_txn_count_7d": ("mA", 1, 2),
-    "merchant_amount_avg_7d": ("mA", 2.0, 51.0),
-    "merchant_distinct_cards_24h": ("mC", 1, 2),
-    # Local time in GB and IE (UTC+0 in March): T0 is 06:00 (day); T0 + 7d - 1 µs is
-    # 05:59:59.999999 (night), T0 + 7d is 06:00 (day).
-    "merchant_night_share_7d": ("mA", 0.0, 0.5),
-    "merchant_small_amount_share_24h": ("mA", 1.0, 0.5),
+    # Tiled (whole UTC hours and days): T0 (06:00:00) is in the tile 24 hours (7 days) before
+    # the second transaction's either way; test_tiled_window_boundaries moves the edge.
+    "merchant_txn_count_24h": ("mA", 2, 2),
+    "merchant_txn_count_7d": ("mA", 2, 2),
+    "merchant_amount_avg_7d": ("mA", 51.0, 51.0),
+    # Local time in GB and IE (UTC+0 in March): T0 is 06:00 (day); T0 + 7d - 1 or 2 µs is
+    # 05:59:59.99999x (night).
+    "merchant_night_share_7d": ("mA", 0.5, 0.5),
+    "merchant_small_amount_share_24h": ("mA", 0.5, 0.5),
     "device_txn_count_24h": ("dA", 1, 2),
     "device_distinct_cards_7d": ("dC", 1, 2),
     "device_distinct_countries_7d": ("dA", 1, 2),
 }
+
+
+@pytest.mark.parametrize("unit", ["h", "D"])
+@pytest.mark.parametrize("before", [False, True], ids=["at_tile_start", "one_us_before"])
+def test_tiled_window_boundaries(unit: str, before: bool) -> None:
+    # A merchant's 24h (7d) window at t holds the tiles from the start of the UTC hour (day) 24
+    # hours (7 days) before t's: an event at that start is in, one a microsecond before is out.
+    span, suffix = (24, "24h") if unit == "h" else (7, "7d")
+    edge = T0.floor(unit) - pd.Timedelta(microseconds=1 if before else 0)
+    t = T0.floor(unit) + span * pd.Timedelta(1, unit) + pd.Timedelta(minutes=59)
+    rows = [txn(edge, "c1", "mT", amount=2.0), txn(t - pd.Timedelta(minutes=1), "c2", "mT")]
+    merchant = compute_feature_tables(raw_frame(rows))["merchant_stats"]
+    t_us = np.full(len(merchant), int(t.value // 1000))
+    got = at_instants(merchant, "merchant_stats", t_us).iloc[-1]
+    assert got[f"merchant_txn_count_{suffix}"] == (1 if before else 2)
 
 
 def window_of(feature: str) -> str:
@@ -234,14 +287,14 @@ def window_of(feature: str) -> str:
     "inside", [False, True], ids=["exactly_w_ago_excluded", "just_inside_included"]
 )
 def test_window_boundaries(window: str, inside: bool) -> None:
-    offset = WINDOWS[window] - US if inside else WINDOWS[window]
+    # The windows are finished at the instant just after the second transaction (t2 + 1 µs): the
+    # first one is then exactly w before it, or 1 µs less.
+    offset = WINDOWS[window] - 2 * US if inside else WINDOWS[window] - US
     tables = compute_feature_tables(boundary_world(offset))
     checked = 0
-    for name, features in FEATURE_TABLES.items():
-        key = KEYS[name]
-        # The entity's state after its second transaction is its latest row.
-        latest = tables[name].sort_values("event_timestamp").groupby(key).last()
-        for feature in features:
+    for name in FEATURE_TABLES:
+        latest = latest_windows(tables, name)
+        for feature in (f.name for f in windows.view_features(name)):
             if feature not in BOUNDARY_EXPECTATIONS:
                 continue
             entity, out_value, in_value = BOUNDARY_EXPECTATIONS[feature]
@@ -313,9 +366,9 @@ def reference_tables(raw: pd.DataFrame) -> dict[str, pd.DataFrame]:
             mask = (raw[key] == entity).to_numpy()
             ent = raw[mask].assign(us=us[mask])
             for now in sorted(set(ent["us"])):
-
+                # Finished just after the transaction at ``now``: (now + 1 µs - w, now + 1 µs).
                 def win(size: str, ent: pd.DataFrame = ent, now: int = now) -> pd.DataFrame:
-                    return ent[(ent["us"] > now - w[size]) & (ent["us"] <= now)]
+                    return ent[(ent["us"] > now + 1 - w[size]) & (ent["us"] <= now)]
 
                 row: dict = {
                     key: entity,
@@ -340,12 +393,14 @@ def reference_tables(raw: pd.DataFrame) -> dict[str, pd.DataFrame]:
                         "card_home_country": min(c for c, k in counts.items() if k == top),
                     }
                 elif name == "merchant_stats":
-                    w7, w24 = win("7d"), win("24h")
+                    # Tiled: from the start of the UTC hour 24 h (day 7 d) before now + 1 µs.
+                    hour, day = 3_600_000_000, 86_400_000_000
+                    w7 = ent[(ent["us"] // day >= (now + 1) // day - 7) & (ent["us"] <= now)]
+                    w24 = ent[(ent["us"] // hour >= (now + 1) // hour - 24) & (ent["us"] <= now)]
                     row |= {
                         "merchant_txn_count_24h": len(w24),
                         "merchant_txn_count_7d": len(w7),
                         "merchant_amount_avg_7d": float(np.mean(w7["amount"])),
-                        "merchant_distinct_cards_24h": len(set(w24["card_id"])),
                         # Night where each transaction happened (its country's local time).
                         "merchant_night_share_7d": float(
                             np.mean(
@@ -379,12 +434,14 @@ def test_every_feature_matches_brute_force_reference(seed: int) -> None:
     want = reference_tables(raw)
     for name, key in KEYS.items():
         g = got[name].sort_values([key, "event_timestamp"], ignore_index=True)
+        g = pd.concat([g, at_instants(g, name, g["event_timestamp"].astype("int64"))], axis=1)
         r = want[name].sort_values([key, "event_timestamp"], ignore_index=True)
         assert len(g) == len(r), name
         assert (g[key] == r[key]).all()
         assert (g["event_timestamp"] == r["event_timestamp"]).all()
-        for feature in FEATURE_TABLES[name]:
-            kind = pipeline.FEATURE_TYPES[feature]
+        features = [*windows.STORED_SCALARS[name], *(f.name for f in windows.view_features(name))]
+        for feature in features:
+            kind = pipeline.FEATURE_TYPES.get(feature) or windows._BY_NAME[feature].dtype
             if kind == "Float64":
                 np.testing.assert_allclose(
                     g[feature], r[feature].astype(float), rtol=1e-9, atol=1e-9, err_msg=feature
@@ -399,8 +456,9 @@ def test_identical_amounts_have_exactly_zero_std() -> None:
     rows = [txn(T0 + i * HOUR, "c1", amount=a) for i, a in enumerate([1e6, 3.3, 3.3, 3.3])]
     rows += [txn(T0 + 31 * pd.Timedelta(days=1) + i * HOUR, "c1", amount=19.99) for i in range(5)]
     card = compute_feature_tables(raw_frame(rows))["card_stats"]
-    assert card["card_amount_std_30d"].iloc[0] == 0.0
-    assert (card["card_amount_std_30d"].iloc[-5:] == 0.0).all()
+    std = at_instants(card, "card_stats", card["event_timestamp"].astype("int64"))
+    assert std["card_amount_std_30d"].iloc[0] == 0.0
+    assert (std["card_amount_std_30d"].iloc[-5:] == 0.0).all()
 
 
 # --- schema -----------------------------------------------------------------------------------
@@ -416,9 +474,10 @@ def load_feature_views() -> dict:
 
 
 def test_feature_tables_match_feature_views() -> None:
-    from feast.types import Float64, Int64, String
+    from feast.types import Array, Float64, Int64, String
 
     type_name = {Int64: "Int64", Float64: "Float64", String: "String"}
+    type_name |= {Array(t): f"Array({n})" for t, n in list(type_name.items())}
     views = load_feature_views()
     assert tuple(f.name for f in views.pop("fx_rates").features) == ("eur_per_unit",)
     for name, view in views.items():
@@ -430,9 +489,10 @@ def test_feature_tables_match_feature_views() -> None:
 
 
 def test_written_parquet_schema_matches_feature_views(tmp_path: Path) -> None:
-    from feast.types import Float64, Int64, String
+    from feast.types import Array, Float64, Int64, String
 
     arrow_of = {Int64: pa.int64(), Float64: pa.float64(), String: pa.string()}
+    arrow_of |= {Array(t): pa.list_(a) for t, a in list(arrow_of.items())}
     raw_path = tmp_path / "raw.parquet"
     world = random_world(seed=5)
     world.to_parquet(raw_path)
@@ -469,9 +529,12 @@ def test_in_memory_dtypes_and_empty_input() -> None:
             assert list(table.columns) == [KEYS[name], "event_timestamp", *FEATURE_TABLES[name]]
             assert str(table["event_timestamp"].dtype) == "datetime64[us, UTC]"
             for feature in FEATURE_TABLES[name]:
-                want = {"Int64": "int64", "Float64": "float64", "String": "object"}[
-                    pipeline.FEATURE_TYPES[feature]
-                ]
+                want = {
+                    "Float64": "float64",
+                    "Array(Float64)": "list<item: double>[pyarrow]",
+                    "Array(Int64)": "list<item: int64>[pyarrow]",
+                    "Array(String)": "list<item: string>[pyarrow]",
+                }[pipeline.FEATURE_TYPES[feature]]
                 assert str(table[feature].dtype) == want, feature
 
 
@@ -515,7 +578,10 @@ def test_amounts_are_compared_in_eur_at_the_rate_of_their_day() -> None:
             "eur_per_unit": [1.0, 0.90, 1.0, 0.95],
         }
     )
-    card = compute_feature_tables(raw, fx_rates=fx)["card_stats"].set_index("event_timestamp")
+    card = compute_feature_tables(raw, fx_rates=fx)["card_stats"]
+    card = pd.concat(
+        [card, at_instants(card, "card_stats", card["event_timestamp"].astype("int64"))], axis=1
+    )
     last = card.iloc[-1]
     assert last["card_amount_avg_30d"] == pytest.approx((100.0 + 90.0 + 95.0) / 3)
     assert last["card_amount_max_30d"] == pytest.approx(100.0)

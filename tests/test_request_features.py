@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from vigil_contracts.request_features import (
+    CARD_HISTORY,
+    HISTORY_EVENTS,
     OUTPUT_FEATURES,
     REQUEST_FIELDS,
     STORED_INPUTS,
@@ -46,6 +48,38 @@ def test_known_entity_features():
     assert math.isclose(out["device_age_days"], 2.0)
     assert out["is_new_device"] == 0.0
     assert out["country_mismatch"] == 1.0
+
+
+def _events_row(**overrides):
+    """The card's history as Feast stores it: its events (here 15 and 25 EUR in France, an hour
+    and a day before, and one 31 days before, out of the 30-day window)."""
+    us = int(NOW.timestamp() * 1_000_000)
+    events = {
+        "card_event_us": [us - 31 * 86_400_000_000, us - 86_400_000_000, us - 3_600_000_000],
+        "card_event_amounts": [1000.0, 15.0, 25.0],
+        "card_event_countries": ["DE", "FR", "FR"],
+    }
+    row = {**_row(), **events, **overrides}
+    for name in CARD_HISTORY:
+        row.pop(name, None)
+    return row
+
+
+def test_the_cards_history_is_finished_from_its_events_at_request_time():
+    out = transform_row(_events_row())
+    assert out["amount_to_card_avg_30d"] == 8.0 and out["amount_zscore_card_30d"] == 28.0
+    assert out["country_mismatch"] == 1.0
+    assert transform_row_vector(_events_row()) == _as_vector(out)
+    columns = transform_vector_columns({k: [v] * 3 for k, v in _events_row().items()})
+    assert [c[0] for c in columns] == _as_vector(out)
+    # An unknown card (no events: None online, NaN offline) has no history.
+    for gone in (None, NAN):
+        unknown = _events_row(card_event_us=gone, card_event_amounts=gone)
+        assert transform_row(unknown)["amount_to_card_avg_30d"] is None
+        assert _identical(transform_row_vector(unknown), _as_vector(transform_row(unknown)))
+    # Events at the request's own instant or later are not history.
+    later = _events_row(card_event_us=[int(NOW.timestamp() * 1_000_000)] * 3)
+    assert transform_row(later)["amount_to_card_avg_30d"] is None
 
 
 def test_amounts_are_compared_in_eur():
@@ -280,7 +314,13 @@ def test_vector_form_of_known_and_unknown_entities():
     assert _identical(gone, [160.0, NAN, NAN, 4.0, 1.0, 1.0, NAN, NAN, 1.0, NAN])
 
 
-INPUTS = [*REQUEST_FIELDS, *(name for names in STORED_INPUTS.values() for name in names)]
+# The card's history as scalars (rows without its events carry it themselves).
+INPUTS = [
+    *REQUEST_FIELDS,
+    *CARD_HISTORY,
+    *(name for names in STORED_INPUTS.values() for name in names if name != HISTORY_EVENTS),
+]
+INPUTS = [n for n in INPUTS if not n.startswith("card_event_")]
 
 
 def _typical_rows(n: int, seed: int):

@@ -317,12 +317,66 @@ async def test_the_streamer_keeps_rows_equal_to_the_batch_pipeline(server):
     client.close()
 
 
+async def test_ties_the_cap_late_arrivals_and_a_first_sighting_match_the_batch_pipeline(server):
+    """Rows built from the history script's window: two transactions of one card at one instant
+    (ordered by transaction id, as the batch frame here), a merchant whose 7 days hold more than
+    the event cap (its tiles count them all), arrivals out of order within the lateness, a device first seen live."""
+    from vigil_contracts.windows import EVENT_CAP
+
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    history = [
+        _transaction(
+            1000 + i,
+            base - timedelta(days=6) + timedelta(seconds=30 * i),
+            card=f"c{i % 5}",
+            merchant="mcap",
+            device=None if i % 3 == 0 else f"d{i % 4}",
+            amount=1.0 + (i % 17) / 4,
+        )
+        for i in range(EVENT_CAP + 20)
+    ]
+    client = redis.Redis.from_url(server.url)
+    seed_histories(client, _raw(_as_raw(history)), None, base)
+    tie = base + timedelta(minutes=10)
+    live = [
+        _transaction(2001, tie, card="c1", merchant="mcap", device="d1", amount=7.0),
+        _transaction(2002, tie, card="c1", merchant="mcap", device="dnew", amount=2.0),
+        _transaction(2003, tie + timedelta(minutes=5), card="c2", merchant="mcap", amount=3.5),
+        _transaction(2004, tie - timedelta(minutes=20), card="c1", merchant="m2", device="dnew"),
+        _transaction(2005, tie + timedelta(minutes=1), card="c3", merchant="mcap", device=None),
+    ]
+    # The newest first, then the older ones (within the lateness), the tie split across batches.
+    _publish(server.url, [live[2], live[1], live[4]], "r1")
+    _publish(server.url, [live[3], live[0]], "r1")
+    metrics = StreamerMetrics()
+    await _consumed(
+        server.url, _settings(server.url, allowed_lateness_s=3600, batch_max=3), metrics
+    )
+    assert metrics.events.labels("late")._value.get() == 0
+    raw = _raw(_as_raw(history + live)).sort_values(["event_timestamp", "transaction_id"])
+    targets = [
+        ("card_id", "c1"),
+        ("card_id", "c2"),
+        ("card_id", "c3"),
+        ("merchant_id", "mcap"),
+        ("merchant_id", "m2"),
+        ("device_id", "d1"),
+        ("device_id", "dnew"),
+    ]
+    _check_rows(server.url, raw.reset_index(drop=True), targets)
+    rows = online_rows(client, "vigil", [("merchant_id", "mcap"), ("device_id", "dnew")])
+    assert sum(rows[("merchant_id", "mcap")]["merchant_day_count"]) == EVENT_CAP + 24  # no cap
+    first = rows[("device_id", "dnew")]["device_first_seen_epoch"]
+    assert first == (tie - timedelta(minutes=20)).timestamp()
+    client.close()
+
+
 async def test_a_newer_stored_row_is_never_overwritten(server):
     client = redis.Redis.from_url(server.url)
     write = client.register_script(feast_layout.WRITE_NEWER)
     key = feast_layout.redis_key("card_id", "c1", "vigil")
-    features = {"card_txn_count_1h": 1}
-    dtypes = {"card_txn_count_1h": "Int64"}
+    features = {"card_event_us": [1]}
+    dtypes = {"card_event_us": "Array(Int64)"}
     assert (
         write(
             keys=[key, "w"],
@@ -331,21 +385,20 @@ async def test_a_newer_stored_row_is_never_overwritten(server):
         == 1
     )
     older = feast_layout.row_args(
-        "card_stats", {"card_txn_count_1h": 7}, dtypes, 1_999_999, 5, 60_000
+        "card_stats", {"card_event_us": [7]}, dtypes, 1_999_999, 5, 60_000
     )
     assert write(keys=[key, "w"], args=older) == 0
     same_older_snapshot = feast_layout.row_args(
-        "card_stats", {"card_txn_count_1h": 7}, dtypes, 2_000_000, 0, 60_000
+        "card_stats", {"card_event_us": [7]}, dtypes, 2_000_000, 0, 60_000
     )
     assert write(keys=[key, "w"], args=same_older_snapshot) == 0
     same_newer_snapshot = feast_layout.row_args(
-        "card_stats", {"card_txn_count_1h": 2}, dtypes, 2_000_000, 2, 60_000
+        "card_stats", {"card_event_us": [2]}, dtypes, 2_000_000, 2, 60_000
     )
     assert write(keys=[key, "w"], args=same_newer_snapshot) == 1
-    assert (
-        online_rows(client, "vigil", [("card_id", "c1")])[("card_id", "c1")]["card_txn_count_1h"]
-        == 2
-    )
+    assert online_rows(client, "vigil", [("card_id", "c1")])[("card_id", "c1")][
+        "card_event_us"
+    ] == [2]
     client.close()
 
 

@@ -4,31 +4,28 @@
 ``device_stats``) whose ``FileSource`` is a parquet file per view. This module writes those files.
 
 What a row means (the contract that keeps training leak-free): for every transaction ``i`` of an
-entity the pipeline emits one row stamped ``t_i + 1 µs`` describing the entity *after* ``i``, i.e.
-aggregates over the entity's transactions with timestamp in ``(t_i - w, t_i]``. Feast's
-point-in-time join picks the latest row with stamp ``<= t``, so a transaction at ``t`` only ever
-sees rows built from transactions strictly before ``t`` -- never itself, never a transaction at
-the same instant. Transactions of one entity that share a timestamp give a single row (the state
-after all of them), so ``(entity, event_timestamp)`` is unique.
+entity the pipeline emits one row stamped ``t_i + 1 µs`` describing the entity *after* ``i``: its
+events with time in ``(t_i - w, t_i]`` for the view's longest window ``w`` (at most
+``vigil_contracts.windows.EVENT_CAP``, the newest), oldest first, and its scalars (last
+transaction, first sighting); for the tiled merchant view, its tiles instead (per level, the
+sums of its events up to ``i`` in each tile from ``U(t_i) - units`` to ``U(t_i)``). Feast's point-in-time join picks the latest row with stamp
+``<= t``, so a transaction at ``t`` only ever sees transactions strictly before ``t``; the
+windows ("in the last hour") are then finished at ``t`` itself, over ``(t - w, t)``, by the
+on-demand views (``vigil_contracts.windows``), in training and serving alike. Transactions of one
+entity that share a timestamp give a single row (the state after all of them), so ``(entity,
+event_timestamp)`` is unique.
 
 Money is one currency: every amount is converted to EUR at the rate of its day (the world's FX
-table, ``vigil.fx``) before it is summed, averaged or compared; the FX table itself is written
-beside the tables as the ``fx_rates`` view's source. Hours are local time
-(``vigil_contracts.local_time``).
+table, ``vigil.fx``) before it is stored; the FX table itself is written beside the tables as the
+``fx_rates`` view's source. Night is local time (``vigil_contracts.local_time``).
 
 Labels (``is_fraud``, ``fraud_mechanism``, ``chargeback_timestamp``) are never read.
 
-How it scales: everything is vectorised numpy/pandas, roughly ``O(n log n)`` in total (a handful
-of sorts and binary searches), with no Python loop over entities or rows:
-
-* rows of a table are sorted by ``(entity, time)``; each timestamp is replaced by its rank among
-  all distinct timestamps, so ``entity * (n_times + 1) + rank`` is one sorted int64 key, and the
-  start of every row's window is a single ``searchsorted`` on that key;
-* counts are differences of row indices, shares differences of integer prefix sums;
-* sums / means / std / max run through pandas' rolling kernels with those explicit bounds;
-* sliding distinct counts use the "coverage interval" trick of :func:`_distinct_in_window`;
-* the sliding mode (``card_home_country``) is only computed where the window holds two or more
-  countries, by scoring the card's few countries with binary searches.
+How it scales: everything is vectorised numpy/pandas/arrow, roughly ``O(n log n)`` plus the size
+of the lists, with no Python loop over entities or rows: rows of a table are sorted by
+``(entity, time)``; each timestamp is replaced by its rank among all distinct timestamps, so
+``entity * (n_times + 1) + rank`` is one sorted int64 key, and the start of every row's event
+list is a single ``searchsorted`` on that key; the lists are gathered with one index array.
 
 Entry points: :func:`compute_feature_tables` (DataFrames in memory) and
 :func:`write_feature_tables` (raw parquet in, one parquet per feature view out).
@@ -43,45 +40,18 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pandas.api.indexers import BaseIndexer
 from tqdm.auto import tqdm
 
 from vigil.fx import FX_FILE, Rates, read_fx_table
 from vigil.fx import SCHEMA as FX_SCHEMA
 from vigil.local_hours import local_hours
-from vigil_contracts import request_features
+from vigil_contracts import request_features, windows
 from vigil_contracts.money import BASE_CURRENCY
 
-#: Feature columns of each offline table, in the order of the feature views in features.py.
+#: Columns of each offline table after its key and stamp: the view's stored features (each
+#: entity's recent events, then its scalars), as ``vigil_contracts.windows`` declares them.
 FEATURE_TABLES: dict[str, tuple[str, ...]] = {
-    "card_stats": (
-        "card_txn_count_1h",
-        "card_txn_count_24h",
-        "card_txn_count_7d",
-        "card_amount_sum_24h",
-        "card_amount_avg_30d",
-        "card_amount_std_30d",
-        "card_amount_max_30d",
-        "card_distinct_merchants_24h",
-        "card_distinct_devices_30d",
-        "card_distinct_countries_30d",
-        "card_last_txn_epoch",
-        "card_home_country",
-    ),
-    "merchant_stats": (
-        "merchant_txn_count_24h",
-        "merchant_txn_count_7d",
-        "merchant_amount_avg_7d",
-        "merchant_distinct_cards_24h",
-        "merchant_night_share_7d",
-        "merchant_small_amount_share_24h",
-    ),
-    "device_stats": (
-        "device_txn_count_24h",
-        "device_distinct_cards_7d",
-        "device_distinct_countries_7d",
-        "device_first_seen_epoch",
-    ),
+    view: tuple(windows.stored_features(view)) for view in windows.VIEWS
 }
 
 #: The feature view (and offline table) of the FX table, keyed by currency.
@@ -94,46 +64,18 @@ ENTITY_KEYS: dict[str, str] = {
     "device_stats": "device_id",
 }
 
-#: Feast type name of every feature; the parquet type follows from it (see ARROW_TYPES).
+#: Feast type name of every stored feature; the parquet type follows from it (see ARROW_TYPES).
 FEATURE_TYPES: dict[str, str] = {
-    **{
-        name: "Int64"
-        for name in (
-            "card_txn_count_1h",
-            "card_txn_count_24h",
-            "card_txn_count_7d",
-            "card_distinct_merchants_24h",
-            "card_distinct_devices_30d",
-            "card_distinct_countries_30d",
-            "merchant_txn_count_24h",
-            "merchant_txn_count_7d",
-            "merchant_distinct_cards_24h",
-            "device_txn_count_24h",
-            "device_distinct_cards_7d",
-            "device_distinct_countries_7d",
-        )
-    },
-    **{
-        name: "Float64"
-        for name in (
-            "card_amount_sum_24h",
-            "card_amount_avg_30d",
-            "card_amount_std_30d",
-            "card_amount_max_30d",
-            "card_last_txn_epoch",
-            "merchant_amount_avg_7d",
-            "merchant_night_share_7d",
-            "merchant_small_amount_share_24h",
-            "device_first_seen_epoch",
-        )
-    },
-    "card_home_country": "String",
+    name: dtype for view in windows.VIEWS for name, dtype in windows.stored_features(view).items()
 }
 
 ARROW_TYPES: dict[str, pa.DataType] = {
     "Int64": pa.int64(),
     "Float64": pa.float64(),
     "String": pa.string(),
+    "Array(Int64)": pa.list_(pa.int64()),
+    "Array(Float64)": pa.list_(pa.float64()),
+    "Array(String)": pa.list_(pa.string()),
 }
 
 #: Raw columns the features are built from. Nothing else (in particular no label) is read.
@@ -147,25 +89,10 @@ INPUT_COLUMNS: tuple[str, ...] = (
     "currency",
 )
 
-_US_PER_HOUR = 3_600 * 1_000_000
-WINDOWS_US: dict[str, int] = {
-    "1h": _US_PER_HOUR,
-    "24h": 24 * _US_PER_HOUR,
-    "7d": 7 * 24 * _US_PER_HOUR,
-    "30d": 30 * 24 * _US_PER_HOUR,
-}
-# Night is 00:00-05:59 local time (``vigil_contracts.local_time``), as in the request feature
-# ``is_night``.
-NIGHT_HOURS = request_features.NIGHT_HOURS
-SMALL_AMOUNT = 5.0  # EUR: card-testing probes are tiny amounts
 ROW_DELAY_US = 1  # a row describes the state after t_i, so it becomes visible just after t_i
+NIGHT_HOURS = request_features.NIGHT_HOURS  # local time, as the request feature ``is_night``
 
-_NUMPY_DTYPES: dict[str, type] = {"Int64": np.int64, "Float64": np.float64, "String": object}
-
-_N_STEPS = 20  # calls to step() in compute_feature_tables, for the progress bar
-
-# Upper bound on (query, candidate country) pairs held at once by the sliding mode.
-_MODE_CHUNK = 2_000_000
+_N_STEPS = 7  # calls to step() in compute_feature_tables, for the progress bar
 
 
 def _table_schema(table: str) -> pa.Schema:
@@ -176,29 +103,6 @@ def _table_schema(table: str) -> pa.Schema:
             *(pa.field(f, ARROW_TYPES[FEATURE_TYPES[f]]) for f in FEATURE_TABLES[table]),
         ]
     )
-
-
-class _ExplicitBounds(BaseIndexer):
-    """Rolling-window bounds given as arrays (pandas then runs its usual C kernels over them).
-
-    The bounds are non-decreasing over the whole (entity, time)-sorted array and never cross an
-    entity boundary, which is what pandas' incremental sum/var/max kernels need.
-    """
-
-    def __init__(self, start: np.ndarray, end: np.ndarray) -> None:
-        super().__init__()
-        self._start = start
-        self._end = end
-
-    def get_window_bounds(
-        self,
-        num_values: int = 0,
-        min_periods: int | None = None,
-        center: bool | None = None,
-        closed: str | None = None,
-        step: int | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        return self._start, self._end
 
 
 class _Clock:
@@ -267,22 +171,6 @@ class _Timeline:
             self._starts[w_us] = np.searchsorted(self.key, self.g * self.stride + q, side="right")
         return self._starts[w_us]
 
-    def count(self, w_us: int) -> np.ndarray:
-        return (self.end - self.start(w_us)[self.last]).astype(np.int64)
-
-    def share(self, flags: np.ndarray, w_us: int) -> np.ndarray:
-        """Share of rows in the window whose flag is set (exact: integer prefix sums)."""
-        prefix = np.concatenate(([0], np.cumsum(flags, dtype=np.int64)))
-        lo = self.start(w_us)[self.last]
-        return (prefix[self.end] - prefix[lo]) / (self.end - lo)
-
-    def rolling(self, values: np.ndarray, w_us: int, how: str) -> np.ndarray:
-        """pandas rolling ``how`` ("sum", "mean", "std", "max") over each output row's window."""
-        bounds = _ExplicitBounds(self.start(w_us), np.arange(1, len(self) + 1, dtype=np.int64))
-        roll = pd.Series(values, dtype=np.float64).rolling(bounds, min_periods=1)
-        out = roll.std(ddof=0) if how == "std" else getattr(roll, how)()  # population std
-        return out.to_numpy(dtype=np.float64)[self.last]
-
     def epoch_seconds(self, rows: np.ndarray) -> np.ndarray:
         return self.t[rows] / 1e6
 
@@ -290,107 +178,104 @@ class _Timeline:
         """Index of the first row of each output row's entity."""
         return np.searchsorted(self.g, self.g[self.last], side="left")
 
-    def frame(self, table: str, features: dict[str, np.ndarray]) -> pd.DataFrame:
-        """The output table: key, stamp, then the view's features in order, with their dtypes."""
+    def frame(
+        self, table: str, scalars: dict[str, np.ndarray], events: dict[str, pa.Array]
+    ) -> pd.DataFrame:
+        """The output table: key, stamp, then the view's stored features in order (event lists
+        as arrow-backed list columns, scalars as float64)."""
         stamps = (self.t[self.last] + ROW_DELAY_US).astype("datetime64[us]")
         columns: dict[str, object] = {
             ENTITY_KEYS[table]: np.asarray(self.uniques, dtype=object)[self.g[self.last]],
             "event_timestamp": pd.DatetimeIndex(stamps).tz_localize("UTC"),
         }
         for name in FEATURE_TABLES[table]:
-            columns[name] = np.asarray(features[name], dtype=_NUMPY_DTYPES[FEATURE_TYPES[name]])
+            if name in events:
+                columns[name] = pd.arrays.ArrowExtensionArray(events[name])
+            else:
+                columns[name] = np.asarray(scalars[name], dtype=np.float64)
         # copy=False also skips consolidating the columns into 2-D blocks, which at millions of
         # rows costs seconds and buys nothing here.
         return pd.DataFrame(columns, copy=False)
 
 
-def _distinct_in_window(tl: _Timeline, codes: np.ndarray, w_us: int) -> np.ndarray:
-    """Distinct non-null values of ``codes`` (sorted row order, -1 = null) in each window.
+def _event_lists(tl: _Timeline, view: str, fields: dict[str, np.ndarray]) -> dict[str, pa.Array]:
+    """Each output row's recent events (``vigil_contracts.windows``): the entity's events with
+    time in ``(t_i - w, t_i]`` for the view's longest window ``w``, at most ``EVENT_CAP`` (the
+    newest), oldest first, as one arrow list array per event list. ``fields`` holds each event
+    field (``amount``, ``card``, ...) in the input frame's row order."""
+    end = tl.end
+    start = np.maximum(tl.start(windows.longest_window_us(view))[tl.last], end - windows.EVENT_CAP)
+    lengths = end - start
+    offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+    rows = np.repeat(start - offsets[:-1], lengths) + np.arange(int(offsets[-1]), dtype=np.int64)
+    out: dict[str, pa.Array] = {}
+    for name, (of, dtype) in windows.EVENT_FIELDS[view].items():
+        values = tl.t[rows] if of == "us" else tl.take(fields[of])[rows]
+        out[name] = _list_array(offsets, values, dtype)
+    return out
 
-    An occurrence at time s keeps its value "in the window" of times T in [s, s + w). Merging the
-    occurrences of one (entity, value) pair whose gaps are < w gives disjoint intervals
-    [first, last + w); the distinct count at T is then (#intervals started at or before T) -
-    (#intervals ended at or before T). An interval starts at its first row, and has ended by T
-    exactly when its last row has time <= T - w, i.e. lies before the window start. Both are
-    prefix sums of per-row flags; every entity's starts and ends balance, so global prefix sums
-    need no per-entity reset.
-    """
+
+def _list_array(offsets: np.ndarray, values: np.ndarray, dtype: str) -> pa.Array:
+    return pa.LargeListArray.from_arrays(
+        pa.array(offsets, pa.int64()), pa.array(values, ARROW_TYPES[dtype])
+    ).cast(pa.list_(ARROW_TYPES[dtype]))
+
+
+def _tile_lists(tl: _Timeline, view: str, fields: dict[str, np.ndarray]) -> dict[str, pa.Array]:
+    """Each output row's tiles (``vigil_contracts.windows.TILES``), per level: the entity's
+    tiles with index in ``[U(t_i) - units, U(t_i)]`` holding its events up to row ``i`` (ties
+    included), oldest first, as one arrow list array per tile list."""
     n = len(tl)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    valid = np.flatnonzero(codes >= 0)
-    n_codes = np.int64(codes.max() + 1) if valid.size else np.int64(1)
-    pair = tl.g[valid] * n_codes + codes[valid]
-    by_pair = np.argsort(pair, kind="stable")  # stable: keeps time order inside a pair
-    order = valid[by_pair]
-    pair = pair[by_pair]
-    t = tl.t[order]
-    starts_sorted = np.ones(len(order), dtype=bool)
-    if len(order) > 1:
-        starts_sorted[1:] = (pair[1:] != pair[:-1]) | (t[1:] - t[:-1] >= w_us)
-    ends_sorted = np.ones(len(order), dtype=bool)  # an interval ends right before the next starts
-    ends_sorted[:-1] = starts_sorted[1:]
-    starts = np.zeros(n, dtype=np.int64)
-    ends = np.zeros(n, dtype=np.int64)
-    starts[order] = starts_sorted
-    ends[order] = ends_sorted
-    started = np.concatenate(([0], np.cumsum(starts)))
-    ended = np.concatenate(([0], np.cumsum(ends)))
-    return started[tl.end] - ended[tl.start(w_us)[tl.last]]
+    amount = tl.take(fields["amount"])
+    per_event = {
+        "count": np.ones(n, dtype=np.int64),
+        "small": (amount < windows.SMALL_AMOUNT).astype(np.int64),
+        "amount": amount,
+        "night": tl.take(fields["night"]).astype(np.int64),
+    }
+    out: dict[str, pa.Array] = {}
+    for level in windows.TILES[view]:
+        index = tl.t // level.unit_us
+        # Runs of one (entity, tile) in the (entity, time) order: the tiles.
+        new = np.ones(n, dtype=bool)
+        new[1:] = (tl.g[1:] != tl.g[:-1]) | (index[1:] != index[:-1])
+        run_start = np.flatnonzero(new)
+        run = np.cumsum(new) - 1
+        run_last = np.append(run_start[1:], n) - 1
+        rel = index - (index.min() if n else 0) + level.units  # a query's rel - units >= 0
+        stride = np.int64(rel.max(initial=0) + 1)
+        run_key = tl.g[run_start] * stride + rel[run_start]
+        r = tl.last  # the output rows (each the last of its ties)
+        first = np.searchsorted(run_key, tl.g[r] * stride + rel[r] - level.units, side="left")
+        lengths = run[r] - first + 1
+        offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+        tile = np.repeat(first - offsets[:-1], lengths) + np.arange(int(offsets[-1]))
+        own = np.repeat(r, lengths)
+        # A row's own tile holds its events up to the row; an older tile is complete.
+        at = np.where(tile == run[own], own, run_last[tile])
+        for name, (what, dtype) in level.lists.items():
+            if what == "index":
+                values = index[at]
+            else:
+                values = _running_sums(per_event[what], run_start, run)[at]
+            out[name] = _list_array(offsets, values, dtype)
+    return out
 
 
-def _mode_in_window(
-    tl: _Timeline, codes: np.ndarray, w_us: int, distinct: np.ndarray
-) -> np.ndarray:
-    """Most frequent code in each output row's window, ties -> smallest code (-1 if none).
-
-    ``codes`` must be ordered like the values (factorized with ``sort=True``) so that "smallest
-    code" means "lexicographically smallest value". ``distinct`` is the distinct count of the same
-    codes over the same window.
-    """
-    result = np.full(len(tl.last), -1, dtype=np.int64)
-    own = codes[tl.last]
-    # With one distinct value in the window, it is the value of the row itself (always included).
-    simple = (distinct == 1) & (own >= 0)
-    result[simple] = own[simple]
-    hard = np.flatnonzero(~simple & (distinct > 0))
-    if hard.size == 0:
-        return result
-
-    # Candidates of a row are the (entity, code) pairs its entity ever used: few per card (at
-    # most the ~250 country codes), and their windowed counts are binary searches over the
-    # pair's occurrences keyed like the timeline (pair * stride + rank).
-    valid = np.flatnonzero(codes >= 0)
-    n_codes = np.int64(codes.max() + 1)
-    pair = tl.g[valid] * n_codes + codes[valid]
-    pairs = np.unique(pair)
-    pair_entity = pairs // n_codes
-    pair_code = pairs % n_codes
-    occurrences = np.sort(np.searchsorted(pairs, pair) * tl.stride + tl.rank[valid])
-
-    rows = tl.last[hard]
-    first = np.searchsorted(pair_entity, tl.g[rows], side="left")
-    k = np.searchsorted(pair_entity, tl.g[rows], side="right") - first
-    hi = tl.rank[rows]  # times <= t
-    lo = tl.clock.at_or_before(w_us)[tl.rank[rows] - 1]  # times <= t - w
-    # Higher count wins; among equal counts the smaller code wins.
-    scale = n_codes + 1
-
-    k_cum = np.cumsum(k)
-    s = 0
-    while s < len(rows):  # chunks bound the memory of the (row, candidate) expansion
-        done = k_cum[s - 1] if s else 0
-        e = max(s + 1, int(np.searchsorted(k_cum, done + _MODE_CHUNK, side="right")))
-        kk = k[s:e]
-        offsets = np.cumsum(kk) - kk
-        cand = np.repeat(first[s:e] - offsets, kk) + np.arange(int(kk.sum()), dtype=np.int64)
-        base = cand * tl.stride
-        n_in = np.searchsorted(occurrences, base + np.repeat(hi[s:e], kk), side="right")
-        n_in -= np.searchsorted(occurrences, base + np.repeat(lo[s:e], kk), side="right")
-        best = np.maximum.reduceat(n_in * scale + (n_codes - pair_code[cand]), offsets)
-        result[hard[s:e]] = np.where(best >= scale, n_codes - best % scale, -1)
-        s = e
-    return result
+def _running_sums(x: np.ndarray, run_start: np.ndarray, run: np.ndarray) -> np.ndarray:
+    """Each element's inclusive cumulative sum within its run, added one element after the
+    other (the order a streamer adds them in, so float sums are the same floats)."""
+    if x.dtype.kind == "i":  # integers: exact either way
+        total = np.cumsum(x)
+        return total - (total[run_start] - x[run_start])[run]
+    out = x.astype(np.float64, copy=True)
+    position = np.arange(len(x)) - run_start[run]
+    order = np.argsort(position, kind="stable")
+    bounds = np.searchsorted(position[order], np.arange(1, int(position.max(initial=0)) + 2))
+    for k in range(1, len(bounds)):
+        at = order[bounds[k - 1] : bounds[k]]
+        out[at] = out[at - 1] + x[at]
+    return out
 
 
 def _prepare(transactions: pd.DataFrame) -> pd.DataFrame:
@@ -415,8 +300,8 @@ def compute_feature_tables(
     summed or compared; without a table every amount must already be in EUR.
 
     Returns ``{table name: DataFrame}`` with columns ``[entity key, event_timestamp,
-    *FEATURE_TABLES[name]]``; ``event_timestamp`` is ``datetime64[us, UTC]``, Int64 features are
-    int64, Float64 features float64 and String features object (``None`` when missing). Rows are
+    *FEATURE_TABLES[name]]``; ``event_timestamp`` is ``datetime64[us, UTC]``, event lists are
+    arrow-backed list columns, scalars float64. Rows are
     grouped by entity (in order of first appearance), each entity's rows by event_timestamp.
     ``progress`` shows a tqdm bar over the steps.
     """
@@ -435,93 +320,39 @@ def compute_feature_tables(
         clock = _Clock(np.asarray(ts.array.asi8, dtype=np.int64))
         amount = in_base_currency(raw, np.asarray(ts.array.asi8, dtype=np.int64), fx_rates)
         hour = local_hours(ts, raw["country"])
-        # Country codes follow sorted order, so "smallest code" is "lexicographically smallest".
-        country_codes, countries = pd.factorize(raw["country"], sort=True)
-        # Null ids get code -1: no row in their table, not counted by distinct counts.
+        # Null ids get code -1: no row in their table.
         cards = pd.factorize(raw["card_id"])
         merchants = pd.factorize(raw["merchant_id"])
         devices = pd.factorize(raw["device_id"])
-        card_codes, merchant_codes, device_codes = cards[0], merchants[0], devices[0]
+
+        # Event fields in the input's row order; text ids are "" where missing.
+        fields: dict[str, np.ndarray] = {
+            "amount": amount,
+            "night": ((hour >= NIGHT_HOURS.start) & (hour < NIGHT_HOURS.stop)).astype(np.int64),
+            **{
+                of: np.asarray(raw[column].fillna(""), dtype=object).astype(str)
+                for of, column in (
+                    ("merchant", "merchant_id"),
+                    ("device", "device_id"),
+                    ("card", "card_id"),
+                    ("country", "country"),
+                )
+            },
+        }
         step("prepare")
-
-        w1h, w24h, w7d, w30d = (WINDOWS_US[k] for k in ("1h", "24h", "7d", "30d"))
         tables: dict[str, pd.DataFrame] = {}
-
-        # --- card_stats -----------------------------------------------------------------
-        card = _Timeline(cards, clock)
-        step("card: sort")
-        c_amount = card.take(amount)
-        c_country = card.take(country_codes).astype(np.int64)
-        f: dict[str, np.ndarray] = {}
-        f["card_txn_count_1h"] = card.count(w1h)
-        f["card_txn_count_24h"] = card.count(w24h)
-        f["card_txn_count_7d"] = card.count(w7d)
-        step("card: counts")
-        f["card_amount_sum_24h"] = card.rolling(c_amount, w24h, "sum")
-        step("card: sum 24h")
-        f["card_amount_avg_30d"] = card.rolling(c_amount, w30d, "mean")
-        step("card: avg 30d")
-        f["card_amount_std_30d"] = card.rolling(c_amount, w30d, "std")
-        step("card: std 30d")
-        f["card_amount_max_30d"] = card.rolling(c_amount, w30d, "max")
-        step("card: max 30d")
-        f["card_distinct_merchants_24h"] = _distinct_in_window(
-            card, card.take(merchant_codes).astype(np.int64), w24h
-        )
-        step("card: distinct merchants")
-        f["card_distinct_devices_30d"] = _distinct_in_window(
-            card, card.take(device_codes).astype(np.int64), w30d
-        )
-        step("card: distinct devices")
-        f["card_distinct_countries_30d"] = _distinct_in_window(card, c_country, w30d)
-        step("card: distinct countries")
-        f["card_last_txn_epoch"] = card.epoch_seconds(card.last)
-        home = _mode_in_window(card, c_country, w30d, f["card_distinct_countries_30d"])
-        home_country = np.full(len(home), None, dtype=object)
-        known = home >= 0
-        home_country[known] = np.asarray(countries, dtype=object)[home[known]]
-        f["card_home_country"] = home_country
-        step("card: home country")
-        tables["card_stats"] = card.frame("card_stats", f)
-
-        # --- merchant_stats -------------------------------------------------------------
-        merchant = _Timeline(merchants, clock)
-        step("merchant: sort")
-        f = {}
-        f["merchant_txn_count_24h"] = merchant.count(w24h)
-        f["merchant_txn_count_7d"] = merchant.count(w7d)
-        step("merchant: counts")
-        f["merchant_amount_avg_7d"] = merchant.rolling(merchant.take(amount), w7d, "mean")
-        step("merchant: avg 7d")
-        f["merchant_distinct_cards_24h"] = _distinct_in_window(
-            merchant, merchant.take(card_codes).astype(np.int64), w24h
-        )
-        step("merchant: distinct cards")
-        m_hour = merchant.take(hour)
-        night = (m_hour >= NIGHT_HOURS.start) & (m_hour < NIGHT_HOURS.stop)
-        f["merchant_night_share_7d"] = merchant.share(night, w7d)
-        f["merchant_small_amount_share_24h"] = merchant.share(
-            merchant.take(amount) < SMALL_AMOUNT, w24h
-        )
-        step("merchant: shares")
-        tables["merchant_stats"] = merchant.frame("merchant_stats", f)
-
-        # --- device_stats (transactions without a device have no row here) -----------------
-        device = _Timeline(devices, clock)
-        step("device: sort")
-        f = {}
-        f["device_txn_count_24h"] = device.count(w24h)
-        f["device_distinct_cards_7d"] = _distinct_in_window(
-            device, device.take(card_codes).astype(np.int64), w7d
-        )
-        step("device: distinct cards")
-        f["device_distinct_countries_7d"] = _distinct_in_window(
-            device, device.take(country_codes).astype(np.int64), w7d
-        )
-        step("device: distinct countries")
-        f["device_first_seen_epoch"] = device.epoch_seconds(device.group_first())
-        step("device: first seen")
-        tables["device_stats"] = device.frame("device_stats", f)
+        views = (("card_stats", cards), ("merchant_stats", merchants), ("device_stats", devices))
+        for view, ids in views:  # a transaction without a device has no device_stats row
+            tl = _Timeline(ids, clock)
+            step(f"{view}: sort")
+            scalars: dict[str, np.ndarray] = {}
+            if "card_last_txn_epoch" in windows.STORED_SCALARS[view]:
+                scalars["card_last_txn_epoch"] = tl.epoch_seconds(tl.last)
+            if "device_first_seen_epoch" in windows.STORED_SCALARS[view]:
+                scalars["device_first_seen_epoch"] = tl.epoch_seconds(tl.group_first())
+            lists = _tile_lists if view in windows.TILES else _event_lists
+            tables[view] = tl.frame(view, scalars, lists(tl, view, fields))
+            step(f"{view}: events")
 
     return tables
 
@@ -567,8 +398,12 @@ def write_feature_tables(raw_path: Path, out_dir: Path, progress: bool = False) 
     fx = read_fx_table(fx_path)
     tables = compute_feature_tables(raw, progress=progress, fx_rates=fx)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Without pandas' metadata: it would name the event lists' arrow-backed dtype, which pandas
+    # then fails to read back; the arrow schema says everything.
     written = {
-        name: pa.Table.from_pandas(frame, schema=_table_schema(name), preserve_index=False)
+        name: pa.Table.from_pandas(
+            frame, schema=_table_schema(name), preserve_index=False
+        ).replace_schema_metadata(None)
         for name, frame in tables.items()
     }
     # The FX table is served as it is (the fx_rates view): a row per currency and day.

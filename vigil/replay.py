@@ -36,6 +36,8 @@ from vigil.pipeline import ENTITY_KEYS, FEATURE_TABLES, compute_feature_tables
 from vigil.redis_server import RedisServer
 from vigil.runner import LocalStack
 from vigil.stream_seed import seed_histories
+from vigil_contracts.feature_contract import short_name
+from vigil_contracts.request_features import OUTPUT_FEATURES
 
 
 @dataclass
@@ -124,7 +126,12 @@ def online_rows(
             value = Value()
             value.ParseFromString(raw or b"")
             kind = value.WhichOneof("val")
-            row[name] = None if kind in (None, "null_val") else getattr(value, kind)
+            if kind is None or kind == "null_val":
+                row[name] = None
+            elif kind.endswith("_list_val"):
+                row[name] = list(getattr(value, kind).val)
+            else:
+                row[name] = getattr(value, kind)
         out[target] = row
     return out
 
@@ -136,6 +143,13 @@ def compare_rows(expected: dict[str, Any], online: dict[str, Any], rel: float = 
         got = online.get(name)
         if isinstance(want, float) and isinstance(got, float):
             if not math.isclose(want, got, rel_tol=rel, abs_tol=rel):
+                bad.append(f"{name}: {got!r} != {want!r}")
+        elif isinstance(want, list) and isinstance(got, list):  # an entity's event list
+            pairs = (
+                [(str(i), x) for i, x in enumerate(want)],
+                [(str(i), x) for i, x in enumerate(got)],
+            )
+            if len(want) != len(got) or compare_rows(dict(pairs[0]), dict(pairs[1]), rel):
                 bad.append(f"{name}: {got!r} != {want!r}")
         elif want != got and not (want is None and got is None):
             bad.append(f"{name}: {got!r} != {want!r}")
@@ -217,7 +231,9 @@ def offline_labels(transactions: pd.DataFrame, repo: Path, model_dir: Path) -> d
     _, meta = load_model(model_dir)
     scored = score_frame(transactions, repo, model_dir, with_features=True)
     spec = feast_repo.load_serving_spec(repo).feature_services[meta["feature_service"]]
-    stored = [f.name for f in spec.features if f.kind == "stored"]
+    # The gateway's rule (model_metadata.is_stored): every feature of an entity, stored or
+    # finished at request time from its stored events, but not the request-time transform's.
+    stored = [f.name for f in spec.features if short_name(f.name) not in OUTPUT_FEATURES]
     allowed = float(meta["serving_policy"]["max_missing_stored_fraction"])
     missing = scored[stored].isna().mean(axis=1) > allowed
     labels = scored["label"].where(~missing, "uncertain")

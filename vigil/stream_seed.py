@@ -2,8 +2,9 @@
 rows, this is to the entity histories the streamer recomputes them from.
 
 For every card, merchant and device of the raw transactions before ``end``: its first
-transaction (a device's first sighting is a feature) and every transaction the windows of a row
-at ``end`` can still see (the longest window of its view, plus the streamer's allowed lateness),
+transaction (a device's first sighting is a feature) and every transaction a row at ``end`` can
+still read (the longest window of its view, a merchant's 8 days of day tiles, plus the
+streamer's allowed lateness),
 amounts converted to EUR exactly as the batch pipeline converts them; and the dated FX table
 (the streamer converts a streamed amount at the rate of its day, as the pipeline does). Keys and
 record format: ``vigil_contracts.entity_history``.
@@ -21,6 +22,7 @@ import pandas as pd
 
 from vigil.fx import FX_FILE, read_fx_table
 from vigil.pipeline import INPUT_COLUMNS, in_base_currency
+from vigil_contracts import windows
 from vigil_contracts.entity_history import (
     FX_KEY,
     KINDS,
@@ -31,8 +33,8 @@ from vigil_contracts.entity_history import (
     version_key,
 )
 
-#: The longest window of each kind's view (days), as the streamer keeps them.
-WINDOW_DAYS: dict[str, int] = {"card_id": 30, "merchant_id": 7, "device_id": 7}
+#: How far back each kind's row reads (µs), as the streamer keeps its history.
+HISTORY_US: dict[str, int] = {key: windows.history_us(view) for key, view in KINDS.items()}
 DEFAULT_LATENESS_S = 3600.0
 DEFAULT_TTL_S = 90 * 24 * 3600
 _CHUNK = 20_000
@@ -91,7 +93,7 @@ def seed_histories(
     for join_key in KINDS:
         keys = raw[join_key]
         valid = keys.notna().to_numpy()
-        cutoff = end_us - WINDOW_DAYS[join_key] * 86_400_000_000 - int(lateness_s * 1_000_000)
+        cutoff = end_us - HISTORY_US[join_key] - int(lateness_s * 1_000_000)
         order = np.lexsort((t_us, pd.factorize(keys)[0]))
         order = order[valid[order]]
         first = np.ones(len(order), dtype=bool)

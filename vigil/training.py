@@ -115,7 +115,7 @@ def rules_baseline(matrix: pd.DataFrame) -> np.ndarray:
 
     rules = [
         col("request_features__amount_to_card_avg_30d") > 5.0,
-        col("card_stats__card_txn_count_1h") >= 5,
+        col("card_windows__card_txn_count_1h") >= 5,
         (col("request_features__is_new_device") > 0)
         & (col("request_features__country_mismatch") > 0),
         (col("request_features__is_night") > 0) & (col("request_features__txn_amount") > 500),

@@ -25,7 +25,13 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from vigil_contracts import windows
 from vigil_contracts.local_time import local_hour
+
+#: The card's history the amount is compared with: its windows at request time
+#: (``vigil_contracts.windows``), from the card's stored events.
+CARD_HISTORY: tuple[str, ...] = ("card_amount_avg_30d", "card_amount_std_30d", "card_home_country")
+HISTORY_EVENTS = "card_event_us"
 
 #: Request fields the gateway sends with every row, and their Feast types.
 REQUEST_FIELDS: dict[str, str] = {
@@ -40,10 +46,10 @@ REQUEST_FIELDS: dict[str, str] = {
 #: Stored features (short names) the transform reads, by feature view.
 STORED_INPUTS: dict[str, tuple[str, ...]] = {
     "card_stats": (
-        "card_amount_avg_30d",
-        "card_amount_std_30d",
+        "card_event_us",
+        "card_event_amounts",
+        "card_event_countries",
         "card_last_txn_epoch",
-        "card_home_country",
     ),
     "device_stats": ("device_first_seen_epoch",),
     "fx_rates": ("eur_per_unit",),
@@ -83,8 +89,23 @@ def _missing(value: Any) -> bool:
         return False
 
 
+def with_card_history(row: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``row`` with the card's 30-day average, std and home country at the request's instant
+    (:data:`CARD_HISTORY`), finished from its stored events (None for an unknown card). A row
+    without the events (no ``card_event_us`` key) is taken to carry the history itself."""
+    if HISTORY_EVENTS not in row:
+        return row
+    t_us = windows.request_us(float(row["txn_epoch"]))
+    return {**row, **{name: windows.aggregate(name, row, t_us) for name in CARD_HISTORY}}
+
+
 def transform_row(row: Mapping[str, Any]) -> dict[str, float | None]:
     """Compute the on-demand features of one row from request fields and stored inputs."""
+    row = with_card_history(row)
+    return _transform_row(row)
+
+
+def _transform_row(row: Mapping[str, Any]) -> dict[str, float | None]:
     paid = float(row["amount"])
     rate: Any = row.get("eur_per_unit")
     amount = None if _missing(rate) else paid * float(rate)
@@ -149,6 +170,10 @@ def transform_row_vector(row: Mapping[str, Any]) -> list[float]:
     and the per-input type dispatch; any other row is handed to :func:`transform_row` itself.
     A test holds the two equal on many rows, missing, NaN, empty and odd inputs included.
     """
+    if HISTORY_EVENTS in row:
+        if type(row.get("txn_epoch")) is not float:
+            return _vector(transform_row(row))
+        row = with_card_history(row)
     get = row.get
     # An absent required field is not a float or an int either: transform_row then raises.
     paid = get("amount")
@@ -181,7 +206,7 @@ def transform_row_vector(row: Mapping[str, Any]) -> list[float]:
         and type(home) in _TEXT_OR_NONE
         and type(country) in _TEXT_OR_NONE
     ):
-        return _vector(transform_row(row))
+        return _vector(_transform_row(row))
 
     # From here every input is a float or None (None or NaN = missing), an int, or text or None.
     nan = _NAN
@@ -227,6 +252,11 @@ def transform_vector_columns(columns: Mapping[str, Sequence[Any]]) -> list[list[
     the same value for every float). A test holds it equal to it row for row.
     """
     try:
+        if HISTORY_EVENTS in columns:
+            with_history = _with_card_history_columns(columns)
+            if with_history is None:
+                return None
+            columns = with_history
         paid, epoch, hour = columns["amount"], columns["txn_epoch"], columns["txn_hour"]
         rate = columns["eur_per_unit"]
         channel, country = columns["channel"], columns["country"]
@@ -306,9 +336,28 @@ def transform_vector_columns(columns: Mapping[str, Sequence[Any]]) -> list[list[
     ]
 
 
+def _with_card_history_columns(
+    columns: Mapping[str, Sequence[Any]],
+) -> Mapping[str, Sequence[Any]] | None:
+    """:func:`with_card_history` of many rows as columns (None: epochs that are not floats)."""
+    epoch = columns["txn_epoch"]
+    if not set(map(type, epoch)) <= _FLOAT:
+        return None
+    names = STORED_INPUTS["card_stats"][:3]  # the events the history reads
+    history: dict[str, list[Any]] = {name: [] for name in CARD_HISTORY}
+    for e, *lists in zip(epoch, *(columns[name] for name in names), strict=True):
+        t_us = windows.request_us(e)
+        row = dict(zip(names, lists, strict=True))
+        for name, values in history.items():
+            values.append(windows.aggregate(name, row, t_us))
+    return {**columns, **history}
+
+
 def transform_columns(columns: Mapping[str, list[Any]]) -> dict[str, list[float | None]]:
     """Column-wise form of :func:`transform_row` (Feast's python-mode batch shape)."""
     needed = list(REQUEST_FIELDS) + [f for fs in STORED_INPUTS.values() for f in fs]
+    if HISTORY_EVENTS not in columns:  # the card's history given as it is (see with_card_history)
+        needed = [f for f in needed if not f.startswith("card_event_")] + list(CARD_HISTORY)
     n = len(columns["amount"])
     out: dict[str, list[float | None]] = {name: [] for name in OUTPUT_FEATURES}
     for i in range(n):

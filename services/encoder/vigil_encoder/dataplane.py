@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, repeat
-from operator import itemgetter, ne, sub
+from operator import add, itemgetter, ne, sub
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,9 @@ class ViewRead:
     chunk_ages: list[float]  # NaN where the value is missing
     chunk_stale: list[bool]
     stale: bool
+    age: float = _NAN
+    """The row's age in seconds (NaN: no row, or no stamp): the age of what an on-demand view
+    finishes from it (the windows)."""
 
 
 def _columns_transform(od: OnDemandPlan) -> ColumnsTransform | None:
@@ -173,6 +176,11 @@ class _Layout:
         )
         self.ttls = tuple(view.ttl_seconds for view in plan.views)
         self.od_fresh = tuple([False] * len(od.vector_outputs) for od in plan.on_demand)
+        self.od_stale = tuple([True] * len(od.vector_outputs) for od in plan.on_demand)
+        # Per on-demand view: the views whose staleness its outputs share (none for most).
+        self.od_stale_views = tuple(
+            od.input_views if od.impl.stale_with_inputs else () for od in plan.on_demand
+        )
         self.miss: list[ViewRead] = []
         self.stale: list[ViewRead] = []
         for v, view in enumerate(plan.views):
@@ -244,6 +252,7 @@ def _read(
         ages,
         layout.fresh_chunks[v],
         False,
+        _NAN if age is None else age,
     ), HIT
 
 
@@ -575,14 +584,21 @@ def _one_row(
             inputs.update(zip(od_names[v][j], views[v].od_values[j], strict=True))
         entries = vector(inputs)
         values += entries
-        ages += map(sub, entries, entries)  # 0.0 for a value (x - x), NaN for a missing one
+        # 0.0 for a value (x - x), NaN for a missing one; plus the source row's age for the
+        # outputs finished from a stored row (the windows).
+        if layout.od_stale_views[j]:
+            row_age = min(views[v].age for v in layout.od_stale_views[j])
+            ages += map(add, map(sub, entries, entries), repeat(row_age))
+        else:
+            ages += map(sub, entries, entries)
     if not stale_any:
         return values, ages, [False] * layout.width
     stale: list[bool] = []
     for read in views:
         stale += read.chunk_stale
-    for fresh in layout.od_fresh:
-        stale += fresh
+    for j, fresh in enumerate(layout.od_fresh):
+        shared = any(views[v].stale for v in layout.od_stale_views[j])
+        stale += layout.od_stale[j] if shared else fresh
     return values, ages, stale
 
 
@@ -608,6 +624,7 @@ def _many_rows(
         ages_parts.append(map(read_ages.__getitem__, indices))
         stale_parts.append(map(read_stale.__getitem__, indices))
     request_rows: list[dict[str, Any]] | None = None
+    any_stale = any(read.stale for read in reads)
     for j, vector in enumerate(layout.od_vectors):
         found = [read.od_values[j] for read in reads]
         columns_form = layout.od_columns[j]
@@ -624,11 +641,12 @@ def _many_rows(
                     )
                 )
             outputs = columns_form(inputs_by_name)
+        row_ages = _source_ages(reads, row_reads, layout.od_stale_views[j], n)
         if outputs is not None:
             values_parts.append(list(zip(*outputs, strict=True)))
-            # 0.0 for a value (x - x), NaN for a missing one; a column whose sum is finite
-            # has no missing value.
-            zeros = [0.0] * n
+            # 0.0 for a value (x - x), NaN for a missing one (a column whose sum is finite
+            # has no missing value); plus the source row's age for the windows.
+            zeros = [0.0] * n if row_ages is None else row_ages
             ages_parts.append(
                 list(
                     zip(
@@ -636,6 +654,8 @@ def _many_rows(
                             zeros
                             if (total := sum(column)) - total == 0.0
                             else [*map(sub, column, column)]
+                            if row_ages is None
+                            else [*map(add, map(sub, column, column), row_ages)]
                             for column in outputs
                         ],
                         strict=True,
@@ -657,17 +677,51 @@ def _many_rows(
                 inputs = [{**request, **a} for request, a in zip(inputs, source, strict=True)]
             vectors = list(map(vector, inputs))
             values_parts.append(vectors)
-            # 0.0 for a value (x - x), NaN for a missing one.
-            ages_parts.append([[*map(sub, entries, entries)] for entries in vectors])
-        stale_parts.append(repeat(layout.od_fresh[j], n))
+            # 0.0 for a value (x - x), NaN for a missing one; plus the source row's age.
+            if row_ages is None:
+                ages_parts.append([[*map(sub, entries, entries)] for entries in vectors])
+            else:
+                width = len(layout.od_fresh[j])
+                ages_parts.append(
+                    [
+                        [a] * width  # every entry a finite value (their sum is finite)
+                        if (total := sum(entries)) - total == 0.0
+                        else [*map(add, map(sub, entries, entries), repeat(a))]
+                        for entries, a in zip(vectors, row_ages, strict=True)
+                    ]
+                )
+        stale_views = layout.od_stale_views[j]
+        if stale_views and any_stale:
+            fresh, stale_flags = layout.od_fresh[j], layout.od_stale[j]
+            stale_parts.append(
+                [
+                    stale_flags if any(reads[row_reads[v][i]].stale for v in stale_views) else fresh
+                    for i in range(n)
+                ]
+            )
+        else:
+            stale_parts.append(repeat(layout.od_fresh[j], n))
 
     values = list(chain.from_iterable(chain.from_iterable(zip(*values_parts, strict=True))))
     ages = list(chain.from_iterable(chain.from_iterable(zip(*ages_parts, strict=True))))
-    if any(read.stale for read in reads):
+    if any_stale:
         stale = list(chain.from_iterable(chain.from_iterable(zip(*stale_parts, strict=True))))
     else:
         stale = [False] * (n * layout.width)
     return values, ages, stale
+
+
+def _source_ages(
+    reads: list[ViewRead], row_reads: list[list[int]], views: Sequence[int], n: int
+) -> list[float] | None:
+    """Per row, the age of the stored row(s) an on-demand view finishes (the oldest is not
+    needed: the youngest of its sources); None for a view that finishes none."""
+    if not views:
+        return None
+    ages = [reads[row_reads[v][i]].age for v in views for i in range(n)]
+    if len(views) == 1:
+        return ages
+    return [min(ages[k * n + i] for k in range(len(views))) for i in range(n)]
 
 
 def _request_rows(requests: Mapping[str, Sequence[Any]], n: int) -> list[dict[str, Any]]:

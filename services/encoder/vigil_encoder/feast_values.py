@@ -7,9 +7,10 @@ form.
 The encoder image does not install Feast (its import alone takes seconds), so the one message it
 needs is declared here as a descriptor and built by the ``protobuf`` library in a private
 descriptor pool (no clash with Feast's own classes when both live in one process, as in tests).
-Field numbers and types are Feast 0.67's ``feast/types/Value.proto``; the list, set, map and
-other composite members of the ``val`` oneof are left out because no served dtype uses them (the
-serving plan refuses such dtypes), and protobuf keeps any it meets as unknown fields.
+Field numbers and types are Feast 0.67's ``feast/types/Value.proto``; of its composite members
+only the string, int64 and double lists are declared (the entities' event lists); sets, maps and
+the other lists are left out because no served dtype uses them (the serving plan refuses such
+dtypes), and protobuf keeps any it meets as unknown fields.
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ _SCALAR_FIELDS: tuple[tuple[str, int, int], ...] = (
     ("unix_timestamp_val", 8, _F.TYPE_INT64),
 )
 _NULL_FIELD = ("null_val", 19)  # enum feast.types.Null { NULL = 0; }
+# (member name, number, list message, element type) of the list members served (event lists).
+_LIST_FIELDS: tuple[tuple[str, int, str, int], ...] = (
+    ("string_list_val", 12, "StringList", _F.TYPE_STRING),
+    ("int64_list_val", 14, "Int64List", _F.TYPE_INT64),
+    ("double_list_val", 15, "DoubleList", _F.TYPE_DOUBLE),
+)
 
 #: Feast dtypes (as the serving spec spells them) this module decodes to the very Python value
 #: Feast's SDK would hand out, and the Value member each is stored in. UnixTimestamp is left
@@ -46,6 +53,14 @@ SCALAR_DTYPES: dict[str, str] = {
     "Float32": "float_val",
     "Bool": "bool_val",
 }
+#: Feast array dtypes decoded to a Python list (of str, int or float), as Feast's SDK hands them
+#: to an on-demand transform.
+LIST_DTYPES: dict[str, str] = {
+    "Array(String)": "string_list_val",
+    "Array(Int64)": "int64_list_val",
+    "Array(Float64)": "double_list_val",
+}
+DECODED_DTYPES: frozenset[str] = frozenset(SCALAR_DTYPES) | frozenset(LIST_DTYPES)
 
 
 def _value_file() -> descriptor_pb2.FileDescriptorProto:
@@ -54,11 +69,23 @@ def _value_file() -> descriptor_pb2.FileDescriptorProto:
     )
     null = file.enum_type.add(name="Null")
     null.value.add(name="NULL", number=0)
+    for _, _, message, element in _LIST_FIELDS:
+        lst = file.message_type.add(name=message)
+        lst.field.add(name="val", number=1, type=element, label=_F.LABEL_REPEATED)
     value = file.message_type.add(name="Value")
     value.oneof_decl.add(name="val")
     for name, number, type_ in _SCALAR_FIELDS:
         value.field.add(
             name=name, number=number, type=type_, label=_F.LABEL_OPTIONAL, oneof_index=0
+        )
+    for name, number, message, _ in _LIST_FIELDS:
+        value.field.add(
+            name=name,
+            number=number,
+            type=_F.TYPE_MESSAGE,
+            type_name=f".feast.types.{message}",
+            label=_F.LABEL_OPTIONAL,
+            oneof_index=0,
         )
     value.field.add(
         name=_NULL_FIELD[0],
@@ -82,6 +109,7 @@ ValueProto = message_factory.GetMessageClass(_POOL.FindMessageTypeByName("feast.
 _DOUBLE_TAG = 0x29
 _INT64_TAG = 0x20
 _unpack_double = struct.Struct("<d").unpack_from
+_LIST_MEMBERS = frozenset(name for name, _, _, _ in _LIST_FIELDS)
 
 
 def decode_values(
@@ -117,7 +145,12 @@ def decode_values(
                     message = ValueProto()
                 message.ParseFromString(raw)
                 which = message.WhichOneof("val")
-                value = None if which is None or which == "null_val" else getattr(message, which)
+                if which is None or which == "null_val":
+                    value = None
+                elif which in _LIST_MEMBERS:
+                    value = list(getattr(message, which).val)  # shared read-only via the memo
+                else:
+                    value = getattr(message, which)
             memo[raw] = value
         out.append(value)
     return out

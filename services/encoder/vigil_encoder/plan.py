@@ -20,11 +20,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from vigil_contracts import request_features
+from vigil_contracts import request_features, windows
 from vigil_contracts.serving_spec import FeatureServiceSpec, ServingSpec
 from vigil_encoder.errors import SpecError
 from vigil_encoder.feast_keys import EntityKeyCodec, field_name, timestamp_field
-from vigil_encoder.feast_values import SCALAR_DTYPES
+from vigil_encoder.feast_values import DECODED_DTYPES
 from vigil_encoder.store import HmgetPacker
 
 #: Dtypes a served vector may hold: all become Python floats.
@@ -56,6 +56,22 @@ class OnDemandImpl:
     vector: VectorTransform | None = None
     reads: frozenset[str] | None = None
     columns: ColumnsTransform | None = None
+    stale_with_inputs: bool = False
+    """Its outputs are stale where a view it reads is (an entity's windows are its history)."""
+
+
+def _windows_impl(view: str) -> OnDemandImpl:
+    """A view's request-time windows (``vigil_contracts.windows``), row by row: no column
+    form, since the numpy one costs more than the rows on an encoder's batches (measured on
+    1,000 rows: a card's 12 events 49 ms vs 8 ms, a merchant's 25 events 17 ms vs 5 ms, 200
+    events 80 ms vs 13 ms; numpy's fixed costs and sorting text dominate)."""
+    return OnDemandImpl(
+        lambda row: windows.transform_row(view, row),
+        windows.view_outputs(view),
+        vector=windows.transform_vector(view),
+        reads=frozenset((*windows.stored_lists(view), windows.REQUEST_FIELD)),
+        stale_with_inputs=True,
+    )
 
 
 #: On-demand views by name -> the shared implementation their Feast definition calls.
@@ -72,6 +88,9 @@ ON_DEMAND_IMPLS: dict[str, OnDemandImpl] = {
             )
         ),
     ),
+    "card_windows": _windows_impl("card_stats"),
+    "merchant_windows": _windows_impl("merchant_stats"),
+    "device_windows": _windows_impl("device_stats"),
 }
 
 
@@ -157,10 +176,10 @@ class ServicePlan:
                 raise SpecError(f"{spec.name}: view {view_name!r} is not described in the spec")
             for feature in features:
                 stored_dtype = view.features.get(feature)
-                if stored_dtype not in SCALAR_DTYPES:
+                if stored_dtype not in DECODED_DTYPES:
                     raise SpecError(
                         f"{spec.name}: {view_name}.{feature} has dtype {stored_dtype!r}; the encoder "
-                        f"decodes {sorted(SCALAR_DTYPES)}"
+                        f"decodes {sorted(DECODED_DTYPES)}"
                     )
             view_index[view_name] = len(views)
             views.append(

@@ -72,9 +72,12 @@ class ModelMetadata(BaseModel):
 
 
 def is_stored(feature: str) -> bool:
-    """Stored features come from the online store; on-demand ones are computed per request.
+    """Stored features describe an entity (card, merchant, device): read from the online store,
+    or finished at request time from its stored events (the windows); the request-time
+    transform's outputs describe the transaction itself. An unknown entity leaves the former
+    missing.
 
     Feature names are unique across views (see feature_repo/features.py), so the short name
-    against the shared on-demand output list decides.
+    against the request-time transform's output list decides.
     """
     return short_name(feature) not in _ON_DEMAND

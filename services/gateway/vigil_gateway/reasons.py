@@ -56,9 +56,11 @@ def _count(value: float, noun: str) -> str:
     return f"{n} {noun[:-1]}ies" if noun.endswith("y") else f"{n} {noun}s"
 
 
-_UP_TO_CARD = "up to its previous transaction"
-_UP_TO_MERCHANT = "up to its previous transaction"
-_UP_TO_DEVICE = "up to its previous transaction"
+_UP_TO_CARD = "before this transaction"
+# A merchant's windows are whole UTC hours / days (tiles, vigil_contracts.windows), up to t.
+_MERCHANT_24H = "in this transaction's UTC hour (before it) and the 24 hours before"
+_MERCHANT_7D = "in this transaction's UTC day (before it) and the 7 days before"
+_UP_TO_DEVICE = "before this transaction"
 
 
 def _money(value: float) -> str:
@@ -209,9 +211,8 @@ TEMPLATES: dict[str, Template] = {
     "device_age_days": _device_age,
     "is_new_device": _is_new_device,
     "country_mismatch": _country_mismatch,
-    # Stored windows end at the entity's previous transaction (the state the online store holds
-    # when this one is scored), and the sentences say so: "the last hour" would be untrue for a
-    # card last used three weeks ago.
+    # Windows end at this transaction (finished at its instant from the entity's stored events),
+    # and the sentences say so: a card last used three weeks ago has none in the last hour.
     "card_txn_count_1h": _counted(
         "CARD_VELOCITY_1H", "transaction", f"on this card in the hour {_UP_TO_CARD}"
     ),
@@ -244,27 +245,21 @@ TEMPLATES: dict[str, Template] = {
         "CARD_MANY_COUNTRIES", "country", f"where this card was used in the 30 days {_UP_TO_CARD}"
     ),
     "merchant_txn_count_24h": _counted(
-        "MERCHANT_VOLUME_24H", "transaction", f"at this merchant in the 24 hours {_UP_TO_MERCHANT}"
+        "MERCHANT_VOLUME_24H", "transaction", f"at this merchant {_MERCHANT_24H}"
     ),
     "merchant_txn_count_7d": _counted(
-        "MERCHANT_VOLUME_7D", "transaction", f"at this merchant in the 7 days {_UP_TO_MERCHANT}"
+        "MERCHANT_VOLUME_7D", "transaction", f"at this merchant {_MERCHANT_7D}"
     ),
     "merchant_amount_avg_7d": _money_fact(
-        "MERCHANT_AVERAGE_AMOUNT",
-        f"this merchant's average amount in the 7 days {_UP_TO_MERCHANT} is {{}}",
-    ),
-    "merchant_distinct_cards_24h": _counted(
-        "MERCHANT_MANY_CARDS",
-        "different card",
-        f"used at this merchant in the 24 hours {_UP_TO_MERCHANT}",
+        "MERCHANT_AVERAGE_AMOUNT", f"this merchant's average amount {_MERCHANT_7D} is {{}}"
     ),
     "merchant_night_share_7d": _share(
         "MERCHANT_NIGHT_SHARE",
-        f"{{}} of this merchant's transactions in the 7 days {_UP_TO_MERCHANT} were at night (local time)",
+        f"{{}} of this merchant's transactions {_MERCHANT_7D} were at night (local time)",
     ),
     "merchant_small_amount_share_24h": _share(
         "MERCHANT_SMALL_AMOUNTS",
-        f"{{}} of this merchant's transactions in the 24 hours {_UP_TO_MERCHANT} were small amounts "
+        f"{{}} of this merchant's transactions {_MERCHANT_24H} were small amounts "
         f"(under 5 {BASE_CURRENCY}, a card-testing pattern)",
     ),
     "device_txn_count_24h": _counted(

@@ -114,7 +114,8 @@ class GatewaySettings(BaseSettings):
     a day, so that transactions sent out of order within a day (the web page's samples are each
     stamped at the most recent same time of day, and share merchants) are scored. A transaction
     stamped earlier than that is answered ``uncertain`` with ``TRANSACTION_BEFORE_FEATURES`` (not
-    degraded): that row already counts later events, so its windows and last-seen times are a
+    degraded): its windows are still finished at its own instant, but the stored history reaches
+    back only one window from the newest row, and the row's last-seen and first-seen times are a
     later moment's. <= 0 disables it (development only)."""
 
     safeguards_path: str | None = None

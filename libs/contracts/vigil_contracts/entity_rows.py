@@ -1,0 +1,132 @@
+"""An entity's newest online row, built directly from its events: the streamer's rows.
+
+The batch pipeline (``vigil.pipeline``) emits, vectorised, one row per transaction of every
+entity; the streamer needs only each touched entity's newest, which is a selection from the
+entity's own events: at its newest time ``T``, the events with time in ``(T - w, T]`` for the
+view's longest window ``w``, oldest first, ties in the order given (the pipeline's: its input
+order; the streamer's: its history's, time then transaction), at most ``EVENT_CAP`` (the newest),
+plus the scalars (``T`` and the first sighting, in epoch seconds) and the stamp ``T + 1 µs``.
+A tiled view (merchants, ``vigil_contracts.windows.TILES``) stores instead, per level, the sums
+of its events' tiles from ``U(T) - units`` to ``U(T)`` (every event, no cap; tiles are sums, so
+the order events arrive in changes nothing but a float sum's last bits).
+``tests/test_entity_rows.py`` holds it equal to the pipeline's rows on a generated world (ties,
+the cap, the first sighting, a merchant with more events than the cap).
+
+Standard library only.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from vigil_contracts.local_time import local_hour
+from vigil_contracts.request_features import NIGHT_HOURS
+from vigil_contracts.windows import (
+    EVENT_CAP,
+    EVENT_FIELDS,
+    SMALL_AMOUNT,
+    STORED_SCALARS,
+    TILES,
+    TileLevel,
+    longest_window_us,
+)
+
+#: A row describes the state after its newest transaction, so it is stamped just after it.
+ROW_DELAY_US = 1
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_WINDOW_US = {view: longest_window_us(view) for view in EVENT_FIELDS}
+_FIELDS = {view: tuple(EVENT_FIELDS[view].items()) for view in EVENT_FIELDS}
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One transaction as the views' event lists hold it (attribute = event field name)."""
+
+    us: int
+    amount: float  # EUR
+    card: str
+    merchant: str
+    device: str  # "" without one
+    country: str  # "" without one
+    night: int  # 1 when local time is in NIGHT_HOURS
+
+
+def event(
+    t_us: int,
+    amount_eur: float,
+    card_id: str,
+    merchant_id: str,
+    device_id: str | None,
+    country: str | None,
+) -> Event:
+    """The :class:`Event` of a transaction (night by its country's local time, as the pipeline)."""
+    hour = local_hour(_EPOCH + timedelta(microseconds=t_us), country)
+    return Event(
+        t_us,
+        amount_eur,
+        card_id,
+        merchant_id,
+        device_id or "",
+        country or "",
+        1 if hour in NIGHT_HOURS else 0,
+    )
+
+
+def newest_row(
+    view: str, events: Sequence[Event], first_seen_us: int | None = None
+) -> tuple[int, dict[str, Any]]:
+    """``(stamp µs, stored features in the view's order)`` of the entity's newest row.
+
+    ``events``: the entity's events ordered by time (ties in their order), at least every one
+    in its newest row's window; ``first_seen_us``: its first sighting (default: the first
+    event's time). ``events`` must not be empty.
+    """
+    newest = events[-1].us
+    if view in TILES:
+        tiled: dict[str, Any] = {}
+        for level in TILES[view]:
+            tiled.update(tiles(level, events, newest))
+        return newest + ROW_DELAY_US, tiled
+    times = [e.us for e in events]
+    start = max(bisect_right(times, newest - _WINDOW_US[view]), len(events) - EVENT_CAP)
+    kept = events[start:]
+    features: dict[str, Any] = {
+        name: [getattr(e, of) for e in kept] for name, (of, _) in _FIELDS[view]
+    }
+    scalars = STORED_SCALARS[view]
+    if "card_last_txn_epoch" in scalars:
+        features["card_last_txn_epoch"] = newest / 1e6
+    if "device_first_seen_epoch" in scalars:
+        first = events[0].us if first_seen_us is None else first_seen_us
+        features["device_first_seen_epoch"] = first / 1e6
+    return newest + ROW_DELAY_US, features
+
+
+def tiles(level: TileLevel, events: Sequence[Event], newest_us: int) -> dict[str, list[Any]]:
+    """One tile level's lists at newest time ``newest_us`` from ``events`` (any order; a float
+    sum adds in the order given): its tiles with index in ``[U - units, U]``, oldest first."""
+    unit = level.unit_us
+    oldest = newest_us // unit - level.units
+    sums: dict[int, list[Any]] = {}  # index -> [count, small, amount, night]
+    for e in events:
+        index = e.us // unit
+        if index < oldest:
+            continue
+        tile = sums.get(index)
+        if tile is None:
+            tile = sums[index] = [0, 0, 0.0, 0]
+        tile[0] += 1
+        tile[1] += e.amount < SMALL_AMOUNT
+        tile[2] += e.amount
+        tile[3] += e.night
+    order = sorted(sums)
+    what = {"count": 0, "small": 1, "amount": 2, "night": 3}
+    out: dict[str, list[Any]] = {}
+    for name, (of, _) in level.lists.items():
+        out[name] = order if of == "index" else [sums[i][what[of]] for i in order]
+    return out

@@ -1,0 +1,683 @@
+"""Request-time windows: every windowed feature declared once, and its one implementation.
+
+"In the last hour" means the hour before the transaction being scored: the events of the entity
+with time in ``(t - w, t)``, strictly before ``t`` (an event at the same instant is not counted).
+Cards and devices make this possible by storing their recent events (:data:`EVENT_FIELDS`:
+their times in µs and what the features read of them), kept as Feast arrays, oldest first, over
+the view's longest window and at most :data:`EVENT_CAP` of them; the window is finished at
+request time ``t`` from those events (Tecton's "continuous" sliding windows).
+
+Merchants are Zipf-popular: per-row event lists of theirs grow with the square of the traffic.
+The merchant view is **tiled** instead (:data:`TILES`): it stores time-bucketed partial
+aggregates at two granularities, hour tiles over the last 25 UTC hours (count, small-amount
+count) and day tiles over the last 8 UTC days (count, EUR amount sum, local-night count), each
+level as Feast arrays, oldest first, keyed by the tile's index (``us // unit``). A tiled window
+of ``k`` units at ``t`` is the tiles with index in ``[U(t) - k, U(t)]``: the 24h window runs
+from the start of the UTC hour 24 hours before ``t``, the 7d window from the start of the UTC
+day 7 days before; the stored row is the merchant's newest strictly before ``t`` (stamped
+``T + 1 µs <= t``), so its tiles hold only events before ``t`` (a transaction scored after
+later ones of its merchant were stored sees those in its own hour or day tile: tiles hold sums,
+not times). Tiles are sums, so a distinct count does not tile: the merchant has none.
+
+:data:`WINDOWED` declares each feature (name, view, window, aggregate, the event field or tile
+sum it reads, Feast type); :func:`window_row` computes one entity's features at one instant (the
+encoder's form) and :func:`window_columns` many at once, vectorised (offline frames). A test
+holds the two equal bit for bit on many rows: both add in stored order, so sums, means and
+standard deviations are the same floats.
+
+An entity with no stored state (unknown) gives missing features (None), as a missing stored
+value does today. A known entity whose window holds no event gives 0 for counts, sums and
+distinct counts, and None for a mean, std, max, share or mode (there is none).
+
+Imports only the standard library and numpy (for the vectorised form, imported when used).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from math import sqrt
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+#: At most this many of an entity's most recent events are kept per list (pipeline and streamer
+#: alike); a window holding more is computed over the newest EVENT_CAP.
+EVENT_CAP = 1000
+
+#: Amounts below this (EUR) are "small": card-testing probes are tiny.
+SMALL_AMOUNT = 5.0
+
+_US_PER_HOUR = 3_600 * 1_000_000
+WINDOWS_US: dict[str, int] = {
+    "1h": _US_PER_HOUR,
+    "24h": 24 * _US_PER_HOUR,
+    "7d": 7 * 24 * _US_PER_HOUR,
+    "30d": 30 * 24 * _US_PER_HOUR,
+}
+
+#: Per event view: its event lists (short name -> (what it holds, Feast element type)). ``us``
+#: is the event time (µs since the epoch); ids and countries are "" when the event has none.
+EVENT_FIELDS: dict[str, dict[str, tuple[str, str]]] = {
+    "card_stats": {
+        "card_event_us": ("us", "Int64"),
+        "card_event_amounts": ("amount", "Float64"),
+        "card_event_merchants": ("merchant", "String"),
+        "card_event_devices": ("device", "String"),
+        "card_event_countries": ("country", "String"),
+    },
+    "device_stats": {
+        "device_event_us": ("us", "Int64"),
+        "device_event_cards": ("card", "String"),
+        "device_event_countries": ("country", "String"),
+    },
+}
+
+
+@dataclass(frozen=True)
+class TileLevel:
+    """One granularity of a tiled view: tiles of ``unit_us`` (index ``us // unit_us``) serving
+    the ``window`` (``k`` units: tiles ``[U(t) - k, U(t)]``, so ``k + 1`` are kept), each tile
+    its list of sums (list name -> (what it sums, Feast element type)); ``index`` is the tile's
+    index, ``count`` its events, ``small`` those with an EUR amount below :data:`SMALL_AMOUNT`,
+    ``amount`` their EUR amounts, ``night`` those at local night."""
+
+    unit_us: int
+    window: str
+    lists: dict[str, tuple[str, str]]
+
+    @property
+    def units(self) -> int:
+        """``k``: how many whole units before the current one the window reaches back."""
+        return WINDOWS_US[self.window] // self.unit_us
+
+    @property
+    def index_list(self) -> str:
+        return next(name for name, (what, _) in self.lists.items() if what == "index")
+
+
+#: Per tiled view: its tile levels, finest first.
+TILES: dict[str, tuple[TileLevel, ...]] = {
+    "merchant_stats": (
+        TileLevel(
+            _US_PER_HOUR,
+            "24h",
+            {
+                "merchant_hour_index": ("index", "Int64"),
+                "merchant_hour_count": ("count", "Int64"),
+                "merchant_hour_small": ("small", "Int64"),
+            },
+        ),
+        TileLevel(
+            24 * _US_PER_HOUR,
+            "7d",
+            {
+                "merchant_day_index": ("index", "Int64"),
+                "merchant_day_count": ("count", "Int64"),
+                "merchant_day_amount": ("amount", "Float64"),
+                "merchant_day_night": ("night", "Int64"),
+            },
+        ),
+    ),
+}
+
+#: Every view, in order (card, merchant, device).
+VIEWS: tuple[str, ...] = ("card_stats", "merchant_stats", "device_stats")
+
+
+def stored_lists(view: str) -> dict[str, tuple[str, str]]:
+    """A view's stored lists (name -> (what it holds, Feast element type)): its event lists, or
+    its tile levels' lists one level after the other."""
+    if view in TILES:
+        return {name: spec for level in TILES[view] for name, spec in level.lists.items()}
+    return EVENT_FIELDS[view]
+
+
+def list_groups(view: str) -> dict[str, tuple[str, ...]]:
+    """A view's stored lists grouped by the lists of one length (key list -> its group): the
+    event lists under the time list, or each tile level's lists under its index list."""
+    if view in TILES:
+        return {level.index_list: tuple(level.lists) for level in TILES[view]}
+    times = next(name for name, (of, _) in EVENT_FIELDS[view].items() if of == "us")
+    return {times: tuple(EVENT_FIELDS[view])}
+
+
+#: Per view: its stored features that are not windows (name -> Feast type), after the events.
+STORED_SCALARS: dict[str, dict[str, str]] = {
+    "card_stats": {"card_last_txn_epoch": "Float64"},
+    "merchant_stats": {},
+    "device_stats": {"device_first_seen_epoch": "Float64"},
+}
+
+
+def stored_features(view: str) -> dict[str, str]:
+    """Everything a view stores, in order (name -> Feast type): its event or tile lists, then its
+    scalars. Feast's schema, the offline table and the streamer's rows are this."""
+    return {
+        **{name: f"Array({dtype})" for name, (_, dtype) in stored_lists(view).items()},
+        **STORED_SCALARS[view],
+    }
+
+
+@dataclass(frozen=True)
+class Windowed:
+    """One windowed feature: ``how`` of event field ``of`` over the last ``window``; in a tiled
+    view, of tile sum ``of`` over the tiles of the level serving ``window`` (count: the events'
+    count; mean and share: the sum of ``of`` over that count)."""
+
+    name: str
+    view: str
+    window: str
+    how: str  # count | sum | mean | std | max | distinct | mode | share | share_small
+    of: str | None
+    dtype: str  # Feast type of the output
+
+    @property
+    def window_us(self) -> int:
+        return WINDOWS_US[self.window]
+
+
+_DTYPE = {
+    "count": "Int64",
+    "distinct": "Int64",
+    "sum": "Float64",
+    "mean": "Float64",
+    "std": "Float64",
+    "max": "Float64",
+    "share": "Float64",
+    "share_small": "Float64",
+    "mode": "String",
+}
+
+
+def _w(name: str, view: str, window: str, how: str, of: str | None = None) -> Windowed:
+    return Windowed(name, view, window, how, of, _DTYPE[how])
+
+
+#: Every windowed feature, in the order the views list them.
+WINDOWED: tuple[Windowed, ...] = (
+    _w("card_txn_count_1h", "card_stats", "1h", "count"),
+    _w("card_txn_count_24h", "card_stats", "24h", "count"),
+    _w("card_txn_count_7d", "card_stats", "7d", "count"),
+    _w("card_amount_sum_24h", "card_stats", "24h", "sum", "amount"),
+    _w("card_amount_avg_30d", "card_stats", "30d", "mean", "amount"),
+    _w("card_amount_std_30d", "card_stats", "30d", "std", "amount"),
+    _w("card_amount_max_30d", "card_stats", "30d", "max", "amount"),
+    _w("card_distinct_merchants_24h", "card_stats", "24h", "distinct", "merchant"),
+    _w("card_distinct_devices_30d", "card_stats", "30d", "distinct", "device"),
+    _w("card_distinct_countries_30d", "card_stats", "30d", "distinct", "country"),
+    _w("card_home_country", "card_stats", "30d", "mode", "country"),
+    # merchant_stats is tiled (TILES): 24h windows read its hour tiles, 7d its day tiles.
+    _w("merchant_txn_count_24h", "merchant_stats", "24h", "count"),
+    _w("merchant_txn_count_7d", "merchant_stats", "7d", "count"),
+    _w("merchant_amount_avg_7d", "merchant_stats", "7d", "mean", "amount"),
+    _w("merchant_night_share_7d", "merchant_stats", "7d", "share", "night"),
+    _w("merchant_small_amount_share_24h", "merchant_stats", "24h", "share", "small"),
+    _w("device_txn_count_24h", "device_stats", "24h", "count"),
+    _w("device_distinct_cards_7d", "device_stats", "7d", "distinct", "card"),
+    _w("device_distinct_countries_7d", "device_stats", "7d", "distinct", "country"),
+)
+
+
+def view_features(view: str) -> tuple[Windowed, ...]:
+    return tuple(f for f in WINDOWED if f.view == view)
+
+
+def longest_window_us(view: str) -> int:
+    """A view's longest window (µs)."""
+    return max(f.window_us for f in view_features(view))
+
+
+def history_us(view: str) -> int:
+    """How far before its newest event an entity's newest row reads events (µs): an event
+    view's longest window; a tiled view's coarsest tiles, from the start of the oldest kept."""
+    if view in TILES:
+        return max((level.units + 1) * level.unit_us for level in TILES[view])
+    return longest_window_us(view)
+
+
+def tile_level(f: Windowed) -> TileLevel:
+    """The tile level a tiled view's feature reads: the one serving its window."""
+    return next(level for level in TILES[f.view] if level.window == f.window)
+
+
+def _tile_list(level: TileLevel, what: str) -> str:
+    return next(name for name, (w, _) in level.lists.items() if w == what)
+
+
+def _check_tiled() -> None:
+    for f in WINDOWED:
+        if f.view not in TILES:
+            continue
+        level = tile_level(f)  # StopIteration: a window no level serves
+        sums = {w for w, _ in level.lists.values()}
+        if f.how not in ("count", "sum", "mean", "share") or (
+            f.of is not None and f.of not in sums
+        ):
+            raise ValueError(f"{f.name}: {f.how} of {f.of!r} does not tile")
+
+
+_check_tiled()
+
+
+def _field_lists(view: str) -> dict[str, str]:
+    """Event field (``us``, ``amount``, ...) -> the view's list of it."""
+    return {of: name for name, (of, _) in EVENT_FIELDS[view].items()}
+
+
+# Per view, computed once (the encoder calls these per row): its time list, its features'
+# names, and (name, aggregate, list read, window) of each; for a tiled view (name, aggregate,
+# index list, count list, sum list read, units back, unit).
+_TIMES = {view: _field_lists(view)["us"] for view in EVENT_FIELDS}
+_NAMES = {view: tuple(f.name for f in view_features(view)) for view in VIEWS}
+_PLANS = {
+    view: tuple(
+        (f.name, f.how, None if f.of is None else _field_lists(view)[f.of], f.window_us)
+        for f in view_features(view)
+    )
+    for view in EVENT_FIELDS
+}
+_OUTPUT_PLANS = {
+    view: tuple(
+        plan
+        for plan, f in zip(_PLANS[view], view_features(view), strict=True)
+        if f.dtype != "String"
+    )
+    for view in EVENT_FIELDS
+}
+_TILE_PLANS = {
+    view: tuple(
+        (
+            f.name,
+            f.how,
+            (level := tile_level(f)).index_list,
+            _tile_list(level, "count"),
+            None if f.of is None else _tile_list(level, f.of),
+            level.units,
+            level.unit_us,
+        )
+        for f in view_features(view)
+    )
+    for view in TILES
+}
+
+
+def _aggregate(how: str, values: Sequence[Any], n: int) -> Any:
+    """``how`` of the ``n`` events of a window (``values`` their field, in time order)."""
+    if how == "count":
+        return n
+    if how == "sum":
+        total = 0.0
+        for x in values:
+            total += x
+        return total
+    if how == "distinct":
+        return len({v for v in values if v})
+    if n == 0:
+        return None
+    if how == "mean" or how == "std":
+        total = 0.0
+        for x in values:
+            total += x
+        mean = total / n
+        if how == "mean":
+            return mean
+        if max(values) == min(values):
+            return 0.0  # exactly: a rounded mean must not make equal amounts look spread
+        squares = 0.0
+        for x in values:
+            squares += (x - mean) * (x - mean)
+        return sqrt(squares / n)  # population std (ddof=0)
+    if how == "max":
+        return max(values)
+    if how == "share":
+        hits = 0
+        for x in values:
+            hits += x
+        return hits / n
+    if how == "share_small":
+        return sum(1 for x in values if x < SMALL_AMOUNT) / n
+    if how == "mode":  # most frequent non-empty value; ties -> lexicographically smallest
+        counts = Counter(v for v in values if v)
+        if not counts:
+            return None
+        return min(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+    raise ValueError(f"unknown aggregate {how!r}")
+
+
+def window_row(
+    view: str, events: Mapping[str, Any], t_us: int, outputs_only: bool = False
+) -> dict[str, Any]:
+    """The view's windowed features at instant ``t_us`` from one entity's stored events
+    (list name -> list, oldest first); all None when the entity has no state (``us`` list
+    None). ``outputs_only``: only its on-demand view's outputs (:func:`view_outputs`). A tiled
+    view's ``events`` are its tile lists (its outputs are all numeric)."""
+    if view in TILES:
+        return _tile_row(view, events, t_us)
+    times = events.get(_TIMES[view])
+    plans = _OUTPUT_PLANS[view] if outputs_only else _PLANS[view]
+    if times is None:
+        return {name: None for name, _, _, _ in plans}
+    hi = bisect_left(times, t_us)  # events strictly before t
+    out: dict[str, Any] = {}
+    starts: dict[int, int] = {}
+    for name, how, values_list, w_us in plans:
+        lo = starts.get(w_us)
+        if lo is None:
+            lo = starts[w_us] = bisect_right(times, t_us - w_us, 0, hi)  # events after t - w
+        values: Sequence[Any] = () if values_list is None else events[values_list][lo:hi]
+        out[name] = _aggregate(how, values, hi - lo)
+    return out
+
+
+def _tile_row(view: str, tiles: Mapping[str, Any], t_us: int) -> dict[str, Any]:
+    """:func:`window_row` of a tiled view: each feature over its level's tiles with index in
+    ``[U(t) - units, U(t)]`` (a tiled view has only numeric outputs)."""
+    plans = _TILE_PLANS[view]
+    if tiles.get(plans[0][2]) is None:
+        return {plan[0]: None for plan in plans}
+    out: dict[str, Any] = {}
+    spans: dict[str, tuple[int, int]] = {}
+    for name, how, index_list, count_list, sum_list, units, unit_us in plans:
+        span = spans.get(index_list)
+        if span is None:
+            index = tiles[index_list]
+            u = t_us // unit_us
+            span = spans[index_list] = (bisect_left(index, u - units), bisect_right(index, u))
+        lo, hi = span
+        n = 0
+        for c in tiles[count_list][lo:hi]:
+            n += c
+        if how == "count":
+            out[name] = n
+            continue
+        assert sum_list is not None
+        total: Any = 0.0 if how == "sum" else 0  # int sums (night, small) stay exact
+        for x in tiles[sum_list][lo:hi]:
+            total += x
+        out[name] = float(total) if how == "sum" else (None if n == 0 else total / n)
+    return out
+
+
+def window_columns(
+    view: str,
+    offsets: Mapping[str, np.ndarray],
+    events: Mapping[str, np.ndarray],
+    t_us: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """:func:`window_row` of many entities at once, vectorised.
+
+    Row ``i``'s lists of one group (:func:`list_groups`, keyed by its key list) are
+    ``events[name][offsets[key][i]:offsets[key][i + 1]]`` (the lists flattened, each oldest
+    first; each ``offsets[key]`` has one more entry than there are rows, int64); an empty slice
+    is a row with no events (tiles); a row without state must be masked by the caller. Returns
+    feature -> array: int64 for counts, float64 (NaN for None) for numbers, object (None for
+    none) for modes.
+    """
+    import numpy as np
+
+    if view in TILES:
+        return _tile_columns(view, offsets, events, t_us)
+    fields = _field_lists(view)
+    times_offsets = offsets[fields["us"]]
+    n = len(times_offsets) - 1
+    lengths = np.diff(times_offsets)
+    row = np.repeat(np.arange(n, dtype=np.int64), lengths)
+    times = np.asarray(events[fields["us"]], dtype=np.int64)
+    t_row = np.repeat(np.asarray(t_us, dtype=np.int64), lengths)
+    before = times < t_row
+    out: dict[str, np.ndarray] = {}
+    codes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for f in view_features(view):
+        inside = before & (times > t_row - f.window_us)
+        count = np.bincount(row[inside], minlength=n).astype(np.int64)
+        if f.how == "count":
+            out[f.name] = count
+            continue
+        assert f.of is not None
+        values = events[fields[f.of]]
+        if f.how in ("distinct", "mode"):
+            if f.of not in codes:
+                codes[f.of] = _factorize(values)
+            code, uniques = codes[f.of]
+            keep = inside & (code > 0)  # code 0 is "" (no value)
+            n_codes = np.int64(len(uniques))
+            pair, pair_count = np.unique(row[keep] * n_codes + code[keep], return_counts=True)
+            pair_row = pair // n_codes
+            if f.how == "distinct":
+                out[f.name] = np.bincount(pair_row, minlength=n).astype(np.int64)
+                continue
+            # Per row: highest count, then smallest code (codes follow sorted values).
+            order = np.lexsort((pair % n_codes, -pair_count, pair_row))
+            first = np.ones(len(order), dtype=bool)
+            first[1:] = pair_row[order][1:] != pair_row[order][:-1]
+            best = order[first]
+            mode = np.full(n, None, dtype=object)
+            mode[pair_row[best]] = uniques[pair[best] % n_codes]
+            out[f.name] = mode
+            continue
+        x = np.asarray(values, dtype=np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if f.how == "sum":
+                out[f.name] = np.bincount(row[inside], weights=x[inside], minlength=n)
+            elif f.how in ("mean", "std"):
+                mean = np.bincount(row[inside], weights=x[inside], minlength=n) / count
+                if f.how == "mean":
+                    out[f.name] = mean
+                else:
+                    d = x[inside] - mean[row[inside]]
+                    std = np.sqrt(np.bincount(row[inside], weights=d * d, minlength=n) / count)
+                    top, bottom = np.full(n, -np.inf), np.full(n, np.inf)
+                    np.maximum.at(top, row[inside], x[inside])
+                    np.minimum.at(bottom, row[inside], x[inside])
+                    out[f.name] = np.where(top == bottom, 0.0, std)
+            elif f.how == "max":
+                top = np.full(n, -np.inf)
+                np.maximum.at(top, row[inside], x[inside])
+                out[f.name] = np.where(count > 0, top, np.nan)
+            elif f.how == "share":
+                out[f.name] = np.bincount(row[inside], weights=x[inside], minlength=n) / count
+            elif f.how == "share_small":
+                small = inside & (x < SMALL_AMOUNT)
+                out[f.name] = np.bincount(row[small], minlength=n) / count
+            else:
+                raise ValueError(f"unknown aggregate {f.how!r}")
+    return out
+
+
+def _tile_columns(
+    view: str,
+    offsets: Mapping[str, np.ndarray],
+    tiles: Mapping[str, np.ndarray],
+    t_us: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """:func:`window_columns` of a tiled view (:func:`_tile_row`, vectorised; bincount adds
+    in stored order, as the row form)."""
+    import numpy as np
+
+    t = np.asarray(t_us, dtype=np.int64)
+    out: dict[str, np.ndarray] = {}
+    for name, how, index_list, count_list, sum_list, units, unit_us in _TILE_PLANS[view]:
+        group = np.asarray(offsets[index_list], dtype=np.int64)
+        n = len(group) - 1
+        lengths = np.diff(group)
+        row = np.repeat(np.arange(n, dtype=np.int64), lengths)
+        index = np.asarray(tiles[index_list], dtype=np.int64)
+        u = np.repeat(t // unit_us, lengths)
+        inside = (index >= u - units) & (index <= u)
+        counts = np.asarray(tiles[count_list], dtype=np.int64)[inside]
+        count = np.bincount(row[inside], weights=counts, minlength=n).astype(np.int64)
+        if how == "count":
+            out[name] = count
+            continue
+        assert sum_list is not None
+        x = np.asarray(tiles[sum_list], dtype=np.float64)[inside]
+        total = np.bincount(row[inside], weights=x, minlength=n)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[name] = total if how == "sum" else np.where(count > 0, total / count, np.nan)
+    return out
+
+
+def _factorize(values: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Codes of text values in sorted order, "" always code 0 (no value)."""
+    import numpy as np
+
+    uniques, code = np.unique(np.asarray(values, dtype=object).astype(str), return_inverse=True)
+    if len(uniques) == 0 or uniques[0] != "":
+        uniques = np.concatenate(([""], uniques))
+        code = code + 1
+    return code.reshape(-1).astype(np.int64), uniques.astype(object)
+
+
+# --- request time: the forms Feast's on-demand views and the encoder call -----------------------
+
+
+def request_us(txn_epoch: float) -> int:
+    """The request's instant in integer µs (``txn_epoch`` is seconds, as the gateway sends it)."""
+    return round(txn_epoch * 1_000_000)
+
+
+def events_of(value: Any) -> list[Any] | None:
+    """A stored event list as a list; None when the entity has no state (None, NaN)."""
+    if value is None:
+        return None
+    if type(value) is list:
+        return value
+    if isinstance(value, float) or type(value).__name__ == "NAType":
+        return None  # NaN / pandas' NA: offline, a transaction whose entity has no row yet
+    tolist = getattr(value, "tolist", None)  # numpy / arrow arrays from offline frames
+    return list(tolist() if tolist is not None else value)
+
+
+def aggregate(name: str, events: Mapping[str, Any], t_us: int) -> Any:
+    """One windowed feature (by name) at ``t_us`` from one entity's events (or tiles); None
+    when the entity has no state."""
+    if _BY_NAME[name].view in TILES:
+        view = _BY_NAME[name].view
+        return window_row(view, {k: events_of(events.get(k)) for k in stored_lists(view)}, t_us)[
+            name
+        ]
+    view, how, values_list, w_us = _ONE[name]
+    times = events_of(events.get(_TIMES[view]))
+    if times is None:
+        return None
+    hi = bisect_left(times, t_us)
+    lo = bisect_right(times, t_us - w_us, 0, hi)
+    values: Sequence[Any] = ()
+    if values_list is not None:
+        values = events_of(events[values_list]) or []
+    return _aggregate(how, values[lo:hi], hi - lo)
+
+
+_BY_NAME = {f.name: f for f in WINDOWED}
+_ONE = {
+    f.name: (f.view, f.how, None if f.of is None else _field_lists(f.view)[f.of], f.window_us)
+    for f in WINDOWED
+    if f.view in EVENT_FIELDS
+}
+
+#: Request field the windows read (beside the view's event lists).
+REQUEST_FIELD = "txn_epoch"
+
+
+def view_outputs(view: str) -> tuple[str, ...]:
+    """The numeric windowed features of a view: the outputs of its on-demand view."""
+    return _OUTPUTS[view]
+
+
+_OUTPUTS = {
+    view: tuple(f.name for f in view_features(view) if f.dtype != "String") for view in VIEWS
+}
+
+
+def transform_row(view: str, row: Mapping[str, Any]) -> dict[str, Any]:
+    """The on-demand view of ``view``'s windows for one row (stored lists + ``txn_epoch``)."""
+    events = {name: events_of(row.get(name)) for name in stored_lists(view)}
+    return window_row(view, events, request_us(float(row[REQUEST_FIELD])), outputs_only=True)
+
+
+def transform_vector(view: str) -> Any:
+    """:func:`transform_row`'s outputs as vector entries (float; NaN for missing): the
+    encoder's form."""
+    names = view_outputs(view)
+    lists = tuple(stored_lists(view))
+    nan = float("nan")
+
+    def vector(row: Mapping[str, Any]) -> list[float]:
+        events = {name: events_of(row.get(name)) for name in lists}
+        out = window_row(view, events, request_us(float(row[REQUEST_FIELD])), outputs_only=True)
+        return [nan if (v := out[name]) is None else float(v) for name in names]
+
+    return vector
+
+
+def transform_columns(
+    view: str, columns: Mapping[str, Sequence[Any]], names: Sequence[str] | None = None
+) -> dict[str, list[Any]]:
+    """Column-wise :func:`transform_row` (Feast's python-mode batch): vectorised over many
+    rows (training frames), the same values as row by row (a test holds them equal). ``names``:
+    the features wanted (default: the view's outputs)."""
+    import numpy as np
+
+    names = view_outputs(view) if names is None else tuple(names)
+    t = columns[REQUEST_FIELD]
+    n = len(t)
+    specs = stored_lists(view)
+    lists: dict[str, list[Any]] = {name: [events_of(v) for v in columns[name]] for name in specs}
+    first = next(iter(specs))
+    known = [i for i in range(n) if lists[first][i] is not None]
+    out: dict[str, list[Any]] = {name: [None] * n for name in names}
+    if not known:
+        return out
+    offsets: dict[str, np.ndarray] = {}
+    for key in list_groups(view):
+        lengths = np.array([len(lists[key][i]) for i in known], dtype=np.int64)
+        offsets[key] = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+    flat: dict[str, np.ndarray] = {}
+    for name, (_, dtype) in specs.items():
+        kind = {"Int64": np.int64, "Float64": np.float64, "String": object}[dtype]
+        values = [v for i in known for v in lists[name][i]]
+        flat[name] = np.array(values, dtype=kind) if values else np.zeros(0, dtype=kind)
+    t_us = np.array([request_us(float(t[i])) for i in known], dtype=np.int64)
+    computed = window_columns(view, offsets, flat, t_us)
+    for name in names:
+        f = _BY_NAME[name]
+        values = computed[name].tolist()
+        column = out[name]
+        for j, i in enumerate(known):
+            v = values[j]
+            column[i] = int(v) if f.dtype == "Int64" else (None if v is None or v != v else v)
+    return out
+
+
+#: Batches smaller than this are computed row by row (numpy's fixed cost is not worth it).
+COLUMNS_MIN_ROWS = 16
+
+
+def transform_vector_columns(
+    view: str, columns: Mapping[str, Sequence[Any]]
+) -> list[list[float]] | None:
+    """:func:`transform_vector` of many rows given as columns, vectorised: the outputs as
+    columns (float; NaN for missing); None for a batch better done row by row."""
+    if len(columns[REQUEST_FIELD]) < COLUMNS_MIN_ROWS:
+        return None
+    nan = float("nan")
+    out = transform_columns(view, columns)
+    return [[nan if v is None else float(v) for v in out[name]] for name in view_outputs(view)]
+
+
+def feast_columns(view: str, inputs: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
+    """:func:`transform_columns` as Feast's on-demand view hands it out: a missing float is NaN
+    (``feast apply`` infers each output's type from a sample row, where None is no type); a
+    missing count stays None."""
+    nan = float("nan")
+    out = transform_columns(view, inputs)
+    return {
+        name: values
+        if _BY_NAME[name].dtype == "Int64"
+        else [nan if v is None else v for v in values]
+        for name, values in out.items()
+    }
