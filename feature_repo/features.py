@@ -7,7 +7,9 @@ The offline tables are written by ``vigil features`` into ``data/offline/`` besi
 row stamped ``t`` holds the entity's recent transactions strictly before ``t``. Windowed features
 ("in the last hour") are on-demand views finishing each window at the transaction's own instant;
 every stored and windowed feature is declared once, in ``vigil_contracts.windows``, and the
-schemas here are generated from it (see docs/architecture.md, "How to add a feature").
+schemas here are generated from it; every request-time feature in
+``vigil_contracts.request_features``, which generates the on-demand view ``request_features``
+(see docs/adding-a-feature.md).
 """
 
 from datetime import timedelta
