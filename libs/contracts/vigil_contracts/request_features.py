@@ -89,7 +89,8 @@ _DECLARED: list[RequestFeature] = []
 
 def feature(dtype: str) -> Callable[[_F], _F]:
     """Declare the decorated function a request-time feature of Feast type ``dtype``, after
-    those declared before it."""
+    those declared before it (in this module; elsewhere, a test builds a
+    :class:`RequestFeature` with :meth:`RequestFeature.of`)."""
 
     def declare(compute: _F) -> _F:
         _DECLARED.append(RequestFeature.of(compute, dtype))
@@ -108,7 +109,9 @@ def txn_amount(amount: float, eur_per_unit: float | None) -> float | None:
 
 
 @feature("Float64")
-def amount_to_card_avg_30d(txn_amount: float | None, card_amount_avg_30d: float | None) -> Any:
+def amount_to_card_avg_30d(
+    txn_amount: float | None, card_amount_avg_30d: float | None
+) -> float | None:
     """The amount against the card's 30-day average (both EUR)."""
     if txn_amount is None or card_amount_avg_30d is None or card_amount_avg_30d <= 0:
         return None
@@ -135,16 +138,21 @@ def hour_of_day(txn_hour: int) -> float:
 
 @feature("Float64")
 def is_night(txn_hour: int) -> float:
+    """Local time is in :data:`NIGHT_HOURS`."""
     return 1.0 if txn_hour in NIGHT_HOURS else 0.0
 
 
 @feature("Float64")
 def channel_code(channel: str) -> float:
+    """The channel as a number (:data:`CHANNEL_CODES`; -1 for any other)."""
     return CHANNEL_CODES.get(channel, -1.0)
 
 
 @feature("Float64")
-def seconds_since_card_last_txn(txn_epoch: float, card_last_txn_epoch: float | None) -> Any:
+def seconds_since_card_last_txn(
+    txn_epoch: float, card_last_txn_epoch: float | None
+) -> float | None:
+    """Seconds since the card's previous transaction (0 if the clocks disagree)."""
     return None if card_last_txn_epoch is None else max(0.0, txn_epoch - card_last_txn_epoch)
 
 
