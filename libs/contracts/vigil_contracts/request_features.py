@@ -380,12 +380,12 @@ class Declared:
             append(compute(get(values)) if single else compute(*get(values)))
         return values[len(self._names) :]
 
-    def _evaluate_columns(self, columns: list[Sequence[Any]]) -> list[list[Any]]:
+    def _evaluate_columns(self, inputs: Sequence[Sequence[Any]]) -> list[list[Any]]:
         """:meth:`_evaluate` of many rows, one feature at a time over their columns."""
-        columns = list(columns)
+        columns: list[Any] = [*inputs]
         for compute, slots in self._calls:
             columns.append(list(map(compute, *[columns[k] for k in slots])))
-        return columns[len(self._names) :]  # type: ignore[return-value]
+        return columns[len(self._names) :]
 
     # -- the forms
 
