@@ -7,7 +7,9 @@ The offline tables are written by ``vigil features`` into ``data/offline/`` besi
 row stamped ``t`` holds the entity's recent transactions strictly before ``t``. Windowed features
 ("in the last hour") are on-demand views finishing each window at the transaction's own instant;
 every stored and windowed feature is declared once, in ``vigil_contracts.windows``, and the
-schemas here are generated from it (see docs/architecture.md, "How to add a feature").
+schemas here are generated from it; every request-time feature in
+``vigil_contracts.request_features``, which generates the on-demand view ``request_features``
+(see docs/adding-a-feature.md).
 """
 
 from datetime import timedelta
@@ -135,9 +137,14 @@ transaction_request = RequestSource(
 )
 
 
+_VIEWS = {view.name: view for view in (card_stats, merchant_stats, device_stats, fx_rates)}
+
+
+# Its sources and schema are generated from the features' declarations in
+# vigil_contracts.request_features: the views they read, and each feature's name and type.
 @on_demand_feature_view(
-    sources=[card_stats, device_stats, fx_rates, transaction_request],
-    schema=[Field(name=n, dtype=Float64) for n in rf.OUTPUT_FEATURES],
+    sources=[*(_VIEWS[view] for view in rf.STORED_INPUTS), transaction_request],
+    schema=[Field(name=f.name, dtype=_FEAST_TYPES[f.dtype]) for f in rf.FEATURES],
     mode="python",
     description="Request-time features: the amount in EUR against the card's history, local hour, device age.",
 )
@@ -151,8 +158,7 @@ def request_features(inputs: dict) -> dict:
     # name unique across views instead. Missing floats are NaN here (the same "missing" to every
     # reader): `feast apply` infers each output's type from a sample row, and a None (a z-score
     # of the sample's single amount) is no type.
-    out = rf_impl.transform_columns(inputs)
-    return {k: [float("nan") if v is None else v for v in vs] for k, vs in out.items()}
+    return rf_impl.feast_columns(inputs)
 
 
 def _window_schema(view: str) -> list[Field]:

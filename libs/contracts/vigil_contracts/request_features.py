@@ -1,16 +1,27 @@
-"""Request-time (on-demand) features, as pure functions.
+"""Request-time (on-demand) features: each declared once, with its one implementation.
 
-Feast's on-demand feature view ``request_features`` (``feature_repo/features.py``) calls
-:func:`transform_columns` for training and for the SDK's online path; the encoder calls
-:func:`transform_row` directly so that it never has to import Feast. Both run this one body of
-code, which is what keeps training and serving from drifting apart. The encoder's batch path
-uses :func:`transform_row_vector`, the same expressions without the output dict and the
-per-input type dispatch, and its column form :func:`transform_vector_columns`; rows they do not
-expect go to :func:`transform_row`, and tests hold the three equal on tens of thousands of rows,
-so a change to one that is not made to the others fails the suite.
+A feature is a small function of one row's values, declared with :func:`feature` in "The
+features" below: its name is the function's, its parameters name the inputs it reads, the
+decorator gives its Feast type, and its place there is its place in the vector. Everything else
+is generated from those declarations (:class:`Declared`): :data:`OUTPUT_FEATURES`, the stored
+inputs by view (:data:`STORED_INPUTS`), the on-demand view's schema and sources in
+``feature_repo/features.py``, and the forms callers use, each a loop of the same functions:
+:func:`transform_row` (a dict per row), :func:`transform_columns` (Feast's python-mode batch:
+training and the SDK), :func:`transform_row_vector` and :func:`transform_vector_columns` (the
+encoder's row and batch). So training and serving cannot drift apart, and a feature is added in
+one place (docs/adding-a-feature.md).
 
-Missing inputs (an entity that is not in the store arrives as ``None``; offline it may arrive as
-NaN) give missing outputs (``None``), never an exception.
+A parameter names one of:
+
+- a request field (:data:`REQUEST_FIELDS`);
+- a stored feature: a view's scalar (``windows.STORED_SCALARS``) or a rate (:data:`FX_RATES`);
+- a windowed feature (``windows.WINDOWED``), finished at the request's instant from the view's
+  stored events (a row without the view's events carries the value itself);
+- an earlier feature, as it returned it (computed once per row, whoever reads it).
+
+A function sees a missing input (an entity not in the store arrives as ``None``; offline it may
+arrive as NaN; text may be "") as ``None``, never NaN, and returns a float, or None for missing;
+never an exception for a missing input.
 
 Money is compared in EUR (``vigil_contracts.money.BASE_CURRENCY``): the request's ``amount`` is
 in the transaction's currency, ``eur_per_unit`` (the ``fx_rates`` view, keyed by that currency)
@@ -20,18 +31,16 @@ without a rate gives them missing.
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from operator import itemgetter
+from typing import Any, TypeVar
 
 from vigil_contracts import windows
 from vigil_contracts.local_time import local_hour
-
-#: The card's history the amount is compared with: its windows at request time
-#: (``vigil_contracts.windows``), from the card's stored events.
-CARD_HISTORY: tuple[str, ...] = ("card_amount_avg_30d", "card_amount_std_30d", "card_home_country")
-HISTORY_EVENTS = "card_event_us"
 
 #: Request fields the gateway sends with every row, and their Feast types.
 REQUEST_FIELDS: dict[str, str] = {
@@ -42,40 +51,150 @@ REQUEST_FIELDS: dict[str, str] = {
     "country": "String",
     "device_present": "Int64",
 }
+#: Request fields that may be missing: a transaction without a known country or a device. The
+#: others are required (a row without one is an error, as Feast's request source makes it).
+OPTIONAL_REQUEST_FIELDS = frozenset({"country", "device_present"})
 
-#: Stored features (short names) the transform reads, by feature view.
-STORED_INPUTS: dict[str, tuple[str, ...]] = {
-    "card_stats": (
-        "card_event_us",
-        "card_event_amounts",
-        "card_event_countries",
-        "card_last_txn_epoch",
-    ),
-    "device_stats": ("device_first_seen_epoch",),
-    "fx_rates": ("eur_per_unit",),
-}
+#: Stored features outside ``vigil_contracts.windows``, by view: the dated FX table.
+FX_RATES: dict[str, dict[str, str]] = {"fx_rates": {"eur_per_unit": "Float64"}}
 
-#: Output features, in order. All are Float64.
-OUTPUT_FEATURES: tuple[str, ...] = (
-    "txn_amount",
-    "amount_to_card_avg_30d",
-    "amount_zscore_card_30d",
-    "hour_of_day",
-    "is_night",
-    "channel_code",
-    "seconds_since_card_last_txn",
-    "device_age_days",
-    "is_new_device",
-    "country_mismatch",
-)
+#: Feast types a request-time feature may have (the encoder's vectors hold numbers).
+OUTPUT_DTYPES = frozenset({"Float64", "Int64"})
 
 CHANNEL_CODES: dict[str, float] = {"pos": 0.0, "ecom": 1.0, "mobile": 2.0}
 NIGHT_HOURS = range(6)
 
 
+@dataclass(frozen=True)
+class RequestFeature:
+    """One request-time feature: ``compute`` of the inputs ``reads`` names, for one row."""
+
+    name: str
+    dtype: str
+    reads: tuple[str, ...]
+    compute: Callable[..., Any]
+
+    @classmethod
+    def of(cls, compute: Callable[..., Any], dtype: str = "Float64") -> RequestFeature:
+        """The feature a function declares: its name, and its parameters' names as inputs."""
+        if dtype not in OUTPUT_DTYPES:
+            raise ValueError(f"{compute.__name__}: dtype {dtype!r} is not one of {OUTPUT_DTYPES}")
+        reads = tuple(inspect.signature(compute).parameters)
+        return cls(compute.__name__, dtype, reads, compute)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+_DECLARED: list[RequestFeature] = []
+
+
+def feature(dtype: str) -> Callable[[_F], _F]:
+    """Declare the decorated function a request-time feature of Feast type ``dtype``, after
+    those declared before it (in this module; elsewhere, a test builds a
+    :class:`RequestFeature` with :meth:`RequestFeature.of`)."""
+
+    def declare(compute: _F) -> _F:
+        _DECLARED.append(RequestFeature.of(compute, dtype))
+        return compute
+
+    return declare
+
+
+# --- The features ------------------------------------------------------------------------------
+
+
+@feature("Float64")
+def txn_amount(amount: float, eur_per_unit: float | None) -> float | None:
+    """The amount in EUR; missing for a currency without a rate (never taken as EUR)."""
+    return None if eur_per_unit is None else amount * eur_per_unit
+
+
+@feature("Float64")
+def amount_to_card_avg_30d(
+    txn_amount: float | None, card_amount_avg_30d: float | None
+) -> float | None:
+    """The amount against the card's 30-day average (both EUR)."""
+    if txn_amount is None or card_amount_avg_30d is None or card_amount_avg_30d <= 0:
+        return None
+    return txn_amount / card_amount_avg_30d
+
+
+@feature("Float64")
+def amount_zscore_card_30d(
+    txn_amount: float | None, card_amount_avg_30d: float | None, card_amount_std_30d: float | None
+) -> float | None:
+    """How many of the card's 30-day standard deviations the amount is above its average."""
+    if txn_amount is None or card_amount_avg_30d is None or card_amount_std_30d is None:
+        return None
+    if not card_amount_std_30d > 0:
+        return None
+    return (txn_amount - card_amount_avg_30d) / card_amount_std_30d
+
+
+@feature("Float64")
+def hour_of_day(txn_hour: int) -> float:
+    """The local hour (``vigil_contracts.local_time``)."""
+    return float(txn_hour)
+
+
+@feature("Float64")
+def is_night(txn_hour: int) -> float:
+    """Local time is in :data:`NIGHT_HOURS`."""
+    return 1.0 if txn_hour in NIGHT_HOURS else 0.0
+
+
+@feature("Float64")
+def channel_code(channel: str) -> float:
+    """The channel as a number (:data:`CHANNEL_CODES`; -1 for any other)."""
+    return CHANNEL_CODES.get(channel, -1.0)
+
+
+@feature("Float64")
+def seconds_since_card_last_txn(
+    txn_epoch: float, card_last_txn_epoch: float | None
+) -> float | None:
+    """Seconds since the card's previous transaction (0 if the clocks disagree)."""
+    return None if card_last_txn_epoch is None else max(0.0, txn_epoch - card_last_txn_epoch)
+
+
+@feature("Float64")
+def device_age_days(
+    txn_epoch: float, device_present: int | None, device_first_seen_epoch: float | None
+) -> float | None:
+    """Days since the store first saw the device; missing without a device or a sighting."""
+    if not device_present or device_first_seen_epoch is None:
+        return None
+    return max(0.0, txn_epoch - device_first_seen_epoch) / 86400.0
+
+
+@feature("Float64")
+def is_new_device(device_present: int | None, device_first_seen_epoch: float | None) -> float:
+    """A device was sent and the store never saw it."""
+    return 1.0 if device_present and device_first_seen_epoch is None else 0.0
+
+
+@feature("Float64")
+def country_mismatch(country: str | None, card_home_country: str | None) -> float | None:
+    """The transaction's country is not the card's home country; unknown when either side is
+    unknown, never a guess."""
+    if country is None or card_home_country is None:
+        return None
+    return 0.0 if country == card_home_country else 1.0
+
+
+#: Every request-time feature, in vector order.
+FEATURES: tuple[RequestFeature, ...] = tuple(_DECLARED)
+
+
+# --- What the declarations generate -----------------------------------------------------------
+
+_NAN = math.nan
+_NONE = type(None)
+_TYPES: dict[str, type] = {"Float64": float, "Int64": int, "String": str}
+
+
 def _missing(value: Any) -> bool:
     """None or NaN. Plain floats and text are settled without ``math.isnan`` raising and
-    catching a TypeError (text is most of what the encoder checks, once per row and field)."""
+    catching a TypeError."""
     if value is None:
         return True
     kind = type(value)
@@ -89,282 +208,291 @@ def _missing(value: Any) -> bool:
         return False
 
 
-def with_card_history(row: Mapping[str, Any]) -> Mapping[str, Any]:
-    """``row`` with the card's 30-day average, std and home country at the request's instant
-    (:data:`CARD_HISTORY`), finished from its stored events (None for an unknown card). A row
-    without the events (no ``card_event_us`` key) is taken to carry the history itself."""
-    if HISTORY_EVENTS not in row:
-        return row
-    t_us = windows.request_us(float(row["txn_epoch"]))
-    return {**row, **{name: windows.aggregate(name, row, t_us) for name in CARD_HISTORY}}
+def _event_list(view: str, holding: str) -> str:
+    """The view's event list holding ``holding`` (``us``, ``amount``, ...)."""
+    return next(name for name, (of, _) in windows.EVENT_FIELDS[view].items() if of == holding)
 
 
-def transform_row(row: Mapping[str, Any]) -> dict[str, float | None]:
-    """Compute the on-demand features of one row from request fields and stored inputs."""
-    row = with_card_history(row)
-    return _transform_row(row)
+def _reader(name: str, dtype: str, required: bool) -> Callable[[Mapping[str, Any]], Any]:
+    """How any row's value of an input becomes what the functions see: a required one converted
+    (absent: KeyError), an optional one None when missing (None, NaN or "")."""
+    convert = _TYPES[dtype]
+    if required:
+        return lambda row: convert(row[name])
+    return lambda row: None if _missing(v := row.get(name)) or v == "" else convert(v)
 
 
-def _transform_row(row: Mapping[str, Any]) -> dict[str, float | None]:
-    paid = float(row["amount"])
-    rate: Any = row.get("eur_per_unit")
-    amount = None if _missing(rate) else paid * float(rate)
-    epoch = float(row["txn_epoch"])
-    hour = int(row["txn_hour"])
-    # Any, not Any | None: _missing() has ruled None out wherever these meet arithmetic.
-    avg: Any = row.get("card_amount_avg_30d")
-    std: Any = row.get("card_amount_std_30d")
-    last: Any = row.get("card_last_txn_epoch")
-    home = row.get("card_home_country")
-    first_seen: Any = row.get("device_first_seen_epoch")
-    device_present = int(row.get("device_present") or 0)
+@dataclass(frozen=True)
+class _Input:
+    name: str
+    dtype: str
+    required: bool
+    view: str | None  # None: a request field
+    windowed: bool  # finished from the view's events
 
-    ratio = None if amount is None or _missing(avg) or float(avg) <= 0 else amount / float(avg)
-    zscore = None
-    if amount is not None and not (_missing(avg) or _missing(std)) and float(std) > 0:
-        zscore = (amount - float(avg)) / float(std)
-    since_last = None if _missing(last) else max(0.0, epoch - float(last))
-    device_age = None
-    if device_present and not _missing(first_seen):
-        device_age = max(0.0, epoch - float(first_seen)) / 86400.0
-    is_new_device = 1.0 if device_present and _missing(first_seen) else 0.0
-    country = row.get("country")
-    mismatch = None  # unknown when either side is unknown, never a guess
-    if not (_missing(home) or home == "" or _missing(country) or country == ""):
-        mismatch = 0.0 if str(country) == str(home) else 1.0
-    return {
-        "txn_amount": amount,
-        "amount_to_card_avg_30d": ratio,
-        "amount_zscore_card_30d": zscore,
-        "hour_of_day": float(hour),
-        "is_night": 1.0 if hour in NIGHT_HOURS else 0.0,
-        "channel_code": CHANNEL_CODES.get(str(row.get("channel")), -1.0),
-        "seconds_since_card_last_txn": since_last,
-        "device_age_days": device_age,
-        "is_new_device": is_new_device,
-        "country_mismatch": mismatch,
+
+def _inputs(features: Sequence[RequestFeature]) -> dict[str, _Input]:
+    """Every input the features read, in the order first read, found where it is declared."""
+    stored = {
+        name: (view, dtype)
+        for view, scalars in {**windows.STORED_SCALARS, **FX_RATES}.items()
+        for name, dtype in scalars.items()
     }
+    windowed = {w.name: w for w in windows.WINDOWED}
+    inputs: dict[str, _Input] = {}
+    earlier: set[str] = set()
+    for f in features:
+        if f.name in earlier or f.name in REQUEST_FIELDS or f.name in stored:
+            raise ValueError(f"{f.name} is declared twice (a feature or an input)")
+        if f.name in windowed:
+            raise ValueError(f"{f.name} is a windowed feature (vigil_contracts.windows)")
+        if not f.reads:
+            raise ValueError(f"{f.name} reads no input")
+        for name in f.reads:
+            if name in inputs or name in earlier:
+                continue
+            if name in REQUEST_FIELDS:
+                required = name not in OPTIONAL_REQUEST_FIELDS
+                inputs[name] = _Input(name, REQUEST_FIELDS[name], required, None, False)
+            elif name in stored:
+                view, dtype = stored[name]
+                inputs[name] = _Input(name, dtype, False, view, False)
+            elif name in windowed:
+                w = windowed[name]
+                inputs[name] = _Input(name, w.dtype, False, w.view, True)
+            else:
+                raise ValueError(
+                    f"{f.name} reads {name!r}: no request field, stored or windowed feature, "
+                    "nor a feature declared before it"
+                )
+        earlier.add(f.name)
+    return inputs
 
 
-_NAN = math.nan
-_FLOAT_OR_NONE = frozenset({float, type(None)})
-_TEXT_OR_NONE = frozenset({str, type(None)})
-_INT_OR_NONE = frozenset({int, type(None)})
+class Declared:
+    """Everything generated from declarations of request-time features (:data:`FEATURES`; a
+    test builds one with an extra feature): their names, inputs and the four forms.
 
-
-def _vector(outputs: Mapping[str, float | None]) -> list[float]:
-    # A finite number as a float; None, NaN and inf are missing: NaN (NaN - NaN and inf - inf
-    # are NaN, which is not 0).
-    return [
-        _NAN if value is None or value - value != 0.0 else float(value)
-        for value in map(outputs.__getitem__, OUTPUT_FEATURES)
-    ]
-
-
-def transform_row_vector(row: Mapping[str, Any]) -> list[float]:
-    """:func:`transform_row`'s outputs as vector entries, in ``OUTPUT_FEATURES`` order: a finite
-    float, or NaN where :func:`transform_row` gives None, NaN or inf.
-
-    The encoder's form. Rows as it builds them (request fields of their dtypes, stored inputs a
-    float, text or None) are computed here with the same expressions, without the output dict
-    and the per-input type dispatch; any other row is handed to :func:`transform_row` itself.
-    A test holds the two equal on many rows, missing, NaN, empty and odd inputs included.
+    Each form reads a row's inputs (any row: :meth:`row`, :meth:`columns`; the encoder's rows,
+    of their types, faster: :meth:`row_vector`, :meth:`vector_columns`), finishes the windows
+    read from the views' events once per row, then calls each feature's function once per row
+    in declaration order, keeping its value for the features after it that read it.
     """
-    if HISTORY_EVENTS in row:
-        if type(row.get("txn_epoch")) is not float:
-            return _vector(transform_row(row))
-        row = with_card_history(row)
-    get = row.get
-    # An absent required field is not a float or an int either: transform_row then raises.
-    paid = get("amount")
-    rate = get("eur_per_unit")
-    epoch = get("txn_epoch")
-    hour = get("txn_hour")
-    # Any, not Any | None: the type tests below and the None tests further down rule None out
-    # wherever these meet arithmetic (mypy does not follow `type(x) in ...` or avg_missing).
-    avg: Any = get("card_amount_avg_30d")
-    std: Any = get("card_amount_std_30d")
-    last: Any = get("card_last_txn_epoch")
-    home = get("card_home_country")
-    first_seen: Any = get("device_first_seen_epoch")
-    device_present = get("device_present")
-    country = get("country")
-    channel = get("channel")
-    if not (
-        type(paid) is float
-        and paid - paid == 0.0
-        and type(rate) in _FLOAT_OR_NONE
-        and type(epoch) is float
-        and epoch - epoch == 0.0
-        and type(hour) is int
-        and type(channel) is str
-        and type(device_present) in _INT_OR_NONE
-        and type(avg) in _FLOAT_OR_NONE
-        and type(std) in _FLOAT_OR_NONE
-        and type(last) in _FLOAT_OR_NONE
-        and type(first_seen) in _FLOAT_OR_NONE
-        and type(home) in _TEXT_OR_NONE
-        and type(country) in _TEXT_OR_NONE
-    ):
-        return _vector(_transform_row(row))
 
-    # From here every input is a float or None (None or NaN = missing), an int, or text or None.
-    nan = _NAN
-    amount = nan if rate is None or rate != rate else paid * rate
-    avg_missing = avg is None or avg != avg or amount != amount
-    ratio = nan if avg_missing or avg <= 0 else amount / avg
-    zscore = nan
-    if not (avg_missing or std is None or std != std) and std > 0:
-        zscore = (amount - avg) / std
-    since_last = nan if last is None or last != last else max(0.0, epoch - last)
-    first_seen_missing = first_seen is None or first_seen != first_seen
-    device_age = nan
-    if device_present and not first_seen_missing:
-        device_age = max(0.0, epoch - first_seen) / 86400.0
-    return [
-        amount if amount - amount == 0.0 else nan,
-        ratio if ratio - ratio == 0.0 else nan,
-        zscore if zscore - zscore == 0.0 else nan,
-        float(hour),
-        1.0 if hour in NIGHT_HOURS else 0.0,
-        CHANNEL_CODES.get(channel, -1.0),
-        since_last if since_last - since_last == 0.0 else nan,
-        device_age if device_age - device_age == 0.0 else nan,
-        1.0 if device_present and first_seen_missing else 0.0,
-        nan if not home or not country else (0.0 if country == home else 1.0),
-    ]
+    def __init__(self, features: Sequence[RequestFeature]) -> None:
+        self.features = tuple(features)
+        self.outputs: tuple[str, ...] = tuple(f.name for f in self.features)
+        self.inputs: tuple[_Input, ...] = tuple(_inputs(self.features).values())
+        self._names = tuple(i.name for i in self.inputs)
+        # A row's values: its inputs, then each feature's as it is computed.
+        slots = {name: k for k, name in enumerate([*self._names, *self.outputs])}
+        self._calls = tuple(
+            (f.compute, tuple(map(slots.__getitem__, f.reads))) for f in self.features
+        )
+        self._getters = tuple((compute, itemgetter(*k), len(k) == 1) for compute, k in self._calls)
+        self._readers = tuple(_reader(i.name, i.dtype, i.required) for i in self.inputs)
+        # The encoder's types: a float, int or str (None too where the input may be missing);
+        # of those, NaN numbers and "" texts are read as missing, and its required numbers are
+        # finite.
+        self._gates = tuple(
+            frozenset({_TYPES[i.dtype]} if i.required else {_TYPES[i.dtype], _NONE})
+            for i in self.inputs
+        )
+        optional = [(k, i.dtype) for k, i in enumerate(self.inputs) if not i.required]
+        self._nan_slots = tuple(k for k, dtype in optional if dtype == "Float64")
+        self._text_slots = tuple(k for k, dtype in optional if dtype == "String")
+        self._finite_slots = tuple(
+            k for k, i in enumerate(self.inputs) if i.required and i.dtype == "Float64"
+        )
 
+        #: Windowed inputs by view, and the view's event lists they are finished from.
+        self.windowed: dict[str, tuple[str, ...]] = {}
+        lists: dict[str, set[str]] = {}
+        for w in windows.WINDOWED:
+            if w.name in self._names:
+                self.windowed[w.view] = (*self.windowed.get(w.view, ()), w.name)
+                read = lists.setdefault(w.view, {_event_list(w.view, "us")})
+                if w.of is not None:
+                    read.add(_event_list(w.view, w.of))
+        self._event_lists = {
+            view: tuple(name for name in windows.EVENT_FIELDS[view] if name in read)
+            for view, read in lists.items()
+        }
+        self._times = {view: _event_list(view, "us") for view in self.windowed}
+        self._windowed_slots = {
+            view: tuple((slots[name], name) for name in windowed)
+            for view, windowed in self.windowed.items()
+        }
 
-_FLOAT = frozenset({float})
-_INT = frozenset({int})
-_TEXT = frozenset({str})
+        #: Stored features read (short names), by feature view, in the views' own order.
+        self.stored_inputs: dict[str, tuple[str, ...]] = {}
+        stored = {*self._names, *(name for read in lists.values() for name in read)}
+        for view in [*windows.EVENT_FIELDS, *FX_RATES]:
+            order = FX_RATES[view] if view in FX_RATES else windows.stored_features(view)
+            if names := tuple(name for name in order if name in stored):
+                self.stored_inputs[view] = names
 
+    # -- reading inputs
 
-def transform_vector_columns(columns: Mapping[str, Sequence[Any]]) -> list[list[float]] | None:
-    """:func:`transform_row_vector` of many rows at once, given as columns (input name -> one
-    value per row): the outputs as columns, in ``OUTPUT_FEATURES`` order; None when a column is
-    absent or not of the shape :func:`transform_row_vector` computes itself (then compute the
-    rows one by one).
+    def _with_windows(self, row: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``row`` with its windowed inputs finished at its instant from the views' events
+        (None for an entity without state); a view whose events it lacks is taken as given."""
+        views = [view for view, times in self._times.items() if times in row]
+        if not views:
+            return row
+        t_us = windows.request_us(float(row[windows.REQUEST_FIELD]))
+        finished = {
+            name: windows.aggregate(name, row, t_us)
+            for view in views
+            for name in self.windowed[view]
+        }
+        return {**row, **finished}
 
-    The encoder's batch form: one type test per column instead of eleven per row, and each
-    output a comprehension over its inputs, with the very expressions of
-    :func:`transform_row_vector` (``max(0.0, d)`` spelled ``d if d > 0.0 else 0.0``, which is
-    the same value for every float). A test holds it equal to it row for row.
-    """
-    try:
-        if HISTORY_EVENTS in columns:
-            with_history = _with_card_history_columns(columns)
-            if with_history is None:
+    def _with_windows_columns(
+        self, columns: Mapping[str, Sequence[Any]]
+    ) -> Mapping[str, Sequence[Any]] | None:
+        """:meth:`_with_windows` of many rows as columns (None: request times not floats)."""
+        views = [view for view, times in self._times.items() if times in columns]
+        if not views:
+            return columns
+        epoch = columns[windows.REQUEST_FIELD]
+        if not set(map(type, epoch)) <= {float}:
+            return None
+        t_us = [windows.request_us(e) for e in epoch]
+        out = dict(columns)
+        for view in views:
+            lists = self._event_lists[view]
+            rows = [
+                dict(zip(lists, row, strict=True))
+                for row in zip(*map(columns.__getitem__, lists), strict=True)
+            ]
+            for name in self.windowed[view]:
+                out[name] = [windows.aggregate(name, r, t) for r, t in zip(rows, t_us, strict=True)]
+        return out
+
+    # -- computing
+
+    def _evaluate(self, values: list[Any]) -> list[Any]:
+        """One row's features from its inputs (in ``inputs`` order; each feature's value is
+        appended to them, for the features after it)."""
+        append = values.append
+        for compute, get, single in self._getters:
+            append(compute(get(values)) if single else compute(*get(values)))
+        return values[len(self._names) :]
+
+    def _evaluate_columns(self, inputs: Sequence[Sequence[Any]]) -> list[list[Any]]:
+        """:meth:`_evaluate` of many rows, one feature at a time over their columns."""
+        columns: list[Any] = [*inputs]
+        for compute, slots in self._calls:
+            columns.append(list(map(compute, *[columns[k] for k in slots])))
+        return columns[len(self._names) :]
+
+    # -- the forms
+
+    def row(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """The features of one row of any types (request fields and stored inputs by short
+        name): a value, or None (or NaN) for missing."""
+        row = self._with_windows(row)
+        return dict(
+            zip(self.outputs, self._evaluate([read(row) for read in self._readers]), strict=True)
+        )
+
+    def columns(self, columns: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
+        """:meth:`row` of many rows given as columns (Feast's python-mode batch shape); an
+        absent column is None in every row."""
+        names = [*self._names]
+        for view, times in self._times.items():
+            if times in columns:  # finished from its events, not given
+                names = [n for n in names if n not in self.windowed[view]] + [
+                    *self._event_lists[view]
+                ]
+        if windows.REQUEST_FIELD not in names and self.windowed:
+            names.append(windows.REQUEST_FIELD)
+        n = len(next(iter(columns.values()), ()))
+        out: dict[str, list[Any]] = {name: [] for name in self.outputs}
+        appends = [out[name].append for name in self.outputs]
+        for i in range(n):
+            row = {name: (columns[name][i] if name in columns else None) for name in names}
+            for append, value in zip(appends, self.row(row).values(), strict=True):
+                append(value)
+        return out
+
+    def feast_columns(self, inputs: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
+        """:meth:`columns` as Feast's on-demand view hands it out: a missing float is NaN
+        (``feast apply`` infers each output's type from a sample row, where None is no type)."""
+        nan = _NAN
+        dtypes = {f.name: f.dtype for f in self.features}
+        return {
+            name: values if dtypes[name] != "Float64" else [nan if v is None else v for v in values]
+            for name, values in self.columns(inputs).items()
+        }
+
+    def row_vector(self, row: Mapping[str, Any]) -> list[float]:
+        """:meth:`row`'s outputs as vector entries: a finite float, or NaN where :meth:`row`
+        gives None, NaN or inf. A row of the encoder's types (each input a float, int or str as
+        its Feast type says, or None where it may be missing) is read without converting."""
+        values = [*map(row.get, self._names)]
+        for view, times in self._times.items():
+            if times in row:
+                t_us = windows.request_us(float(row[windows.REQUEST_FIELD]))
+                for k, name in self._windowed_slots[view]:
+                    values[k] = windows.aggregate(name, row, t_us)
+        if all(map(frozenset.__contains__, self._gates, map(type, values))):
+            for k in self._nan_slots:
+                if values[k] != values[k]:
+                    values[k] = None
+            for k in self._text_slots:
+                if not values[k]:
+                    values[k] = None
+        else:
+            row = self._with_windows(row)
+            values = [read(row) for read in self._readers]
+        # NaN - NaN and inf - inf are NaN, which is not 0.
+        return [_NAN if v is None or v - v != 0.0 else float(v) for v in self._evaluate(values)]
+
+    def vector_columns(self, columns: Mapping[str, Sequence[Any]]) -> list[list[float]] | None:
+        """:meth:`row_vector` of many rows given as columns (input -> one value per row): the
+        outputs as columns; None when a column is absent or not of the encoder's types (then
+        compute the rows one by one). Its required numbers are finite (their sum is, which a
+        batch whose sum overflows also leaves to the rows)."""
+        try:
+            with_windows = self._with_windows_columns(columns)
+            if with_windows is None:
                 return None
-            columns = with_history
-        paid, epoch, hour = columns["amount"], columns["txn_epoch"], columns["txn_hour"]
-        rate = columns["eur_per_unit"]
-        channel, country = columns["channel"], columns["country"]
-        device_present = columns["device_present"]
-        avg, std = columns["card_amount_avg_30d"], columns["card_amount_std_30d"]
-        last, home = columns["card_last_txn_epoch"], columns["card_home_country"]
-        first_seen = columns["device_first_seen_epoch"]
-    except KeyError:
-        return None
-    if not (
-        set(map(type, paid)) <= _FLOAT
-        and set(map(type, epoch)) <= _FLOAT
-        and set(map(type, rate)) <= _FLOAT_OR_NONE
-        and set(map(type, hour)) <= _INT
-        and set(map(type, channel)) <= _TEXT
-        and set(map(type, device_present)) <= _INT_OR_NONE
-        and set(map(type, avg)) <= _FLOAT_OR_NONE
-        and set(map(type, std)) <= _FLOAT_OR_NONE
-        and set(map(type, last)) <= _FLOAT_OR_NONE
-        and set(map(type, first_seen)) <= _FLOAT_OR_NONE
-        and set(map(type, home)) <= _TEXT_OR_NONE
-        and set(map(type, country)) <= _TEXT_OR_NONE
-    ):
-        return None
-    # Every amount and epoch finite: then so are their sums, unless a sum overflows (that batch
-    # goes row by row).
-    if not ((total := sum(paid)) - total == 0.0 and (total := sum(epoch)) - total == 0.0):
-        return None
-
-    nan = _NAN
-    # None and NaN rates give NaN amounts (``x * nan``); an overflow to inf is NaN too.
-    amount = [
-        nan if r is None else (a if (a := x * r) - a == 0.0 else nan)
-        for x, r in zip(paid, rate, strict=True)
-    ]
-    # None, NaN and values <= 0 fail "a > 0.0"; a finite float or an inf is what remains.
-    ratio = [
-        nan if a is None or not a > 0.0 or x != x else (r if (r := x / a) - r == 0.0 else nan)
-        for x, a in zip(amount, avg, strict=True)
-    ]
-    zscore = [
-        nan
-        if a is None or a != a or s is None or not s > 0.0 or x != x
-        else (z if (z := (x - a) / s) - z == 0.0 else nan)
-        for x, a, s in zip(amount, avg, std, strict=True)
-    ]
-    since_last = [
-        nan
-        if t is None or t != t
-        else ((d if d - d == 0.0 else nan) if (d := e - t) > 0.0 else 0.0)
-        for e, t in zip(epoch, last, strict=True)
-    ]
-    device_age = [
-        nan
-        if not p or f is None or f != f
-        else ((g if (g := d / 86400.0) - g == 0.0 else nan) if (d := e - f) > 0.0 else 0.0)
-        for e, f, p in zip(epoch, first_seen, device_present, strict=True)
-    ]
-    code = CHANNEL_CODES.get
-    return [
-        amount,
-        ratio,
-        zscore,
-        list(map(float, hour)),
-        [1.0 if h in NIGHT_HOURS else 0.0 for h in hour],
-        [code(c, -1.0) for c in channel],
-        since_last,
-        device_age,
-        [
-            1.0 if p and (f is None or f != f) else 0.0
-            for f, p in zip(first_seen, device_present, strict=True)
-        ],
-        [
-            nan if not h or not c else (0.0 if c == h else 1.0)
-            for h, c in zip(home, country, strict=True)
-        ],
-    ]
+            given = [*map(with_windows.__getitem__, self._names)]
+        except KeyError:
+            return None
+        if not all(set(map(type, c)) <= gate for c, gate in zip(given, self._gates, strict=True)):
+            return None
+        for k in self._finite_slots:
+            if (total := sum(given[k])) - total != 0.0:
+                return None
+        for k in self._nan_slots:
+            given[k] = [v if v == v else None for v in given[k]]
+        for k in self._text_slots:
+            given[k] = [v or None for v in given[k]]
+        nan = _NAN
+        return [
+            [nan if v is None or v - v != 0.0 else float(v) for v in column]
+            for column in self._evaluate_columns(given)
+        ]
 
 
-def _with_card_history_columns(
-    columns: Mapping[str, Sequence[Any]],
-) -> Mapping[str, Sequence[Any]] | None:
-    """:func:`with_card_history` of many rows as columns (None: epochs that are not floats)."""
-    epoch = columns["txn_epoch"]
-    if not set(map(type, epoch)) <= _FLOAT:
-        return None
-    names = STORED_INPUTS["card_stats"][:3]  # the events the history reads
-    history: dict[str, list[Any]] = {name: [] for name in CARD_HISTORY}
-    for e, *lists in zip(epoch, *(columns[name] for name in names), strict=True):
-        t_us = windows.request_us(e)
-        row = dict(zip(names, lists, strict=True))
-        for name, values in history.items():
-            values.append(windows.aggregate(name, row, t_us))
-    return {**columns, **history}
+#: The forms of :data:`FEATURES`.
+DECLARED = Declared(FEATURES)
+#: Output features, in vector order.
+OUTPUT_FEATURES: tuple[str, ...] = DECLARED.outputs
+#: Stored features (short names) the features read, by feature view.
+STORED_INPUTS: dict[str, tuple[str, ...]] = DECLARED.stored_inputs
+#: The card's history the amount is compared with: its windows at request time, from its events.
+CARD_HISTORY: tuple[str, ...] = DECLARED.windowed["card_stats"]
+HISTORY_EVENTS = _event_list("card_stats", "us")
 
-
-def transform_columns(columns: Mapping[str, list[Any]]) -> dict[str, list[float | None]]:
-    """Column-wise form of :func:`transform_row` (Feast's python-mode batch shape)."""
-    needed = list(REQUEST_FIELDS) + [f for fs in STORED_INPUTS.values() for f in fs]
-    if HISTORY_EVENTS not in columns:  # the card's history given as it is (see with_card_history)
-        needed = [f for f in needed if not f.startswith("card_event_")] + list(CARD_HISTORY)
-    n = len(columns["amount"])
-    out: dict[str, list[float | None]] = {name: [] for name in OUTPUT_FEATURES}
-    for i in range(n):
-        row = {name: (columns[name][i] if name in columns else None) for name in needed}
-        for name, value in transform_row(row).items():
-            out[name].append(value)
-    return out
+transform_row = DECLARED.row
+transform_columns = DECLARED.columns
+feast_columns = DECLARED.feast_columns
+transform_row_vector = DECLARED.row_vector
+transform_vector_columns = DECLARED.vector_columns
 
 
 #: Entity value used when a transaction has no device: it is never in the store, so the device
