@@ -17,6 +17,16 @@ ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 11, 20, 3, 30, tzinfo=UTC)
 US = int(NOW.timestamp() * 1_000_000)
 DAY_US = 86_400_000_000
+HOUR_US = 3_600_000_000
+MERCHANT_TILES = (
+    "merchant_hour_index",
+    "merchant_hour_count",
+    "merchant_hour_small",
+    "merchant_day_index",
+    "merchant_day_count",
+    "merchant_day_amount",
+    "merchant_day_night",
+)
 EXTRA = "amount_to_merchant_avg_7d"
 
 calls: list[tuple[float | None, float | None]] = []
@@ -37,16 +47,21 @@ def _extended() -> rf.Declared:
 
 
 def _row(**overrides) -> dict:
-    """A row as Feast hands it over: request fields, the views' events and scalars, a rate.
-    The merchant's events: 40 and 60 EUR in its last 7 days (one of 1,000 before them)."""
+    """A row as Feast hands it over: request fields, the views' events, tiles and scalars, a
+    rate. The merchant's tiles: 40 EUR three days ago, 60 EUR an hour ago (today)."""
     return {
         **rf.request_fields(160.0, NOW, "ecom", "DE", True),
         "card_event_us": [US - 2 * DAY_US, US - DAY_US],
         "card_event_amounts": [15.0, 25.0],
         "card_event_countries": ["FR", "FR"],
         "card_last_txn_epoch": NOW.timestamp() - 120,
-        "merchant_event_us": [US - 8 * DAY_US, US - 3 * DAY_US, US - 3_600_000_000],
-        "merchant_event_amounts": [1000.0, 40.0, 60.0],
+        "merchant_hour_index": [US // HOUR_US - 1],
+        "merchant_hour_count": [1],
+        "merchant_hour_small": [0],
+        "merchant_day_index": [US // DAY_US - 3, US // DAY_US],
+        "merchant_day_count": [1, 1],
+        "merchant_day_amount": [40.0, 60.0],
+        "merchant_day_night": [0, 1],
         "device_first_seen_epoch": NOW.timestamp() - 2 * 86400,
         "eur_per_unit": 0.5,  # 160 in the amount's currency is 80 EUR
         **overrides,
@@ -62,11 +77,8 @@ def _vector(outputs: dict, names) -> list[float]:
 def test_an_added_feature_is_in_every_generated_form_computed_by_its_function():
     extended = _extended()
     assert extended.outputs == (*rf.OUTPUT_FEATURES, EXTRA)
-    # Its inputs: the merchant's events (its 7-day average is finished from them).
-    assert extended.stored_inputs == {
-        **rf.STORED_INPUTS,
-        "merchant_stats": ("merchant_event_us", "merchant_event_amounts"),
-    }
+    # Its inputs: the merchant's tiles (its 7-day average is finished from them).
+    assert extended.stored_inputs == {**rf.STORED_INPUTS, "merchant_stats": MERCHANT_TILES}
     assert list(extended.stored_inputs) == [
         "card_stats",
         "merchant_stats",
@@ -93,12 +105,12 @@ def test_an_added_feature_is_in_every_generated_form_computed_by_its_function():
     assert len(calls) == 1 + 3 + 1 + 1  # each form calls the one function once per row
 
     # A merchant unknown to the store: missing (NaN in vectors and in Feast's form).
-    unknown = _row(merchant_event_us=None, merchant_event_amounts=None)
+    unknown = _row(**dict.fromkeys(MERCHANT_TILES))
     assert extended.row(unknown)[EXTRA] is None
     assert math.isnan(extended.row_vector(unknown)[-1])
     assert math.isnan(extended.feast_columns({k: [v] for k, v in unknown.items()})[EXTRA][0])
-    # A row without the merchant's events carries the window itself.
-    given = {k: v for k, v in _row().items() if not k.startswith("merchant_event_")}
+    # A row without the merchant's tiles carries the window itself.
+    given = {k: v for k, v in _row().items() if k not in MERCHANT_TILES}
     assert extended.row({**given, "merchant_amount_avg_7d": 20.0})[EXTRA] == 4.0
     assert extended.row_vector({**given, "merchant_amount_avg_7d": 20.0})[-1] == 4.0
 

@@ -213,6 +213,21 @@ def _event_list(view: str, holding: str) -> str:
     return next(name for name, (of, _) in windows.EVENT_FIELDS[view].items() if of == holding)
 
 
+def _marker(view: str) -> str:
+    """The list whose presence in a row says the view's state is given (its events' times, or
+    a tiled view's first tile index)."""
+    if view in windows.TILES:
+        return next(iter(windows.list_groups(view)))
+    return _event_list(view, "us")
+
+
+def _lists_read(w: windows.Windowed) -> set[str]:
+    """The view's stored lists a windowed feature is finished from (a tiled view's: all)."""
+    if w.view in windows.TILES:
+        return set(windows.stored_lists(w.view))
+    return {_event_list(w.view, "us"), *(() if w.of is None else (_event_list(w.view, w.of),))}
+
+
 def _reader(name: str, dtype: str, required: bool) -> Callable[[Mapping[str, Any]], Any]:
     """How any row's value of an input becomes what the functions see: a required one converted
     (absent: KeyError), an optional one None when missing (None, NaN or "")."""
@@ -311,14 +326,12 @@ class Declared:
         for w in windows.WINDOWED:
             if w.name in self._names:
                 self.windowed[w.view] = (*self.windowed.get(w.view, ()), w.name)
-                read = lists.setdefault(w.view, {_event_list(w.view, "us")})
-                if w.of is not None:
-                    read.add(_event_list(w.view, w.of))
+                lists.setdefault(w.view, set()).update(_lists_read(w))
         self._event_lists = {
-            view: tuple(name for name in windows.EVENT_FIELDS[view] if name in read)
+            view: tuple(name for name in windows.stored_lists(view) if name in read)
             for view, read in lists.items()
         }
-        self._times = {view: _event_list(view, "us") for view in self.windowed}
+        self._times = {view: _marker(view) for view in self.windowed}
         self._windowed_slots = {
             view: tuple((slots[name], name) for name in windowed)
             for view, windowed in self.windowed.items()
@@ -327,7 +340,7 @@ class Declared:
         #: Stored features read (short names), by feature view, in the views' own order.
         self.stored_inputs: dict[str, tuple[str, ...]] = {}
         stored = {*self._names, *(name for read in lists.values() for name in read)}
-        for view in [*windows.EVENT_FIELDS, *FX_RATES]:
+        for view in [*windows.VIEWS, *FX_RATES]:
             order = FX_RATES[view] if view in FX_RATES else windows.stored_features(view)
             if names := tuple(name for name in order if name in stored):
                 self.stored_inputs[view] = names
