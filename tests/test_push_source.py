@@ -16,7 +16,8 @@ from feast.data_source import PushMode
 from vigil import feast_repo
 from vigil.pipeline import FEATURE_TABLES
 from vigil_contracts.entity_history import HistoryRecord, written_key
-from vigil_streamer import aggregates, feast_layout
+from vigil_streamer import feast_layout
+from vigil_streamer import rows as streamer_rows
 
 STREAMED = {"card_id": "card_stats", "merchant_id": "merchant_stats", "device_id": "device_stats"}
 
@@ -39,9 +40,9 @@ def test_feast_apply_declares_a_push_source_backed_by_the_offline_table(feature_
     assert store.get_feature_view("fx_rates").stream_source is None
 
 
-def _rows(tag: str) -> dict[tuple[str, str], aggregates.Row]:
-    """The streamer's own rows (``aggregates.newest_rows``) of a card, a merchant and a device
-    of a few made-up transactions, the newest a minute ago."""
+def _rows(tag: str) -> dict[tuple[str, str], streamer_rows.Row]:
+    """The streamer's own rows (``rows.newest_row`` of each entity's history members) of a
+    card, a merchant and a device of a few made-up transactions, the newest a minute ago."""
     now = int(datetime.now(UTC).timestamp() * 1_000_000)
     records = [
         HistoryRecord(
@@ -55,22 +56,33 @@ def _rows(tag: str) -> dict[tuple[str, str], aggregates.Row]:
         )
         for k in range(4)
     ]
-    targets = [("card_id", f"{tag}-card"), ("merchant_id", f"{tag}-merchant")]
-    return aggregates.newest_rows(records, [*targets, ("device_id", f"{tag}-device")])
+    targets = [
+        ("card_id", f"{tag}-card"),
+        ("merchant_id", f"{tag}-merchant"),
+        ("device_id", f"{tag}-device"),
+    ]
+    out = {}
+    for join_key, value in targets:
+        history = sorted(
+            (r for r in records if getattr(r, join_key) == value), key=lambda r: r.t_us
+        )
+        members = [r.encode().encode() for r in history]
+        out[(join_key, value)] = streamer_rows.newest_row(join_key, members, members[0])
+    return out
 
 
-def _write_directly(client: redis.Redis, rows: dict[tuple[str, str], aggregates.Row]) -> None:
+def _write_directly(client: redis.Redis, rows: dict[tuple[str, str], streamer_rows.Row]) -> None:
     write = client.register_script(feast_layout.WRITE_NEWER)
     for (join_key, value), (stamp, features) in rows.items():
         assert write(
             keys=[feast_layout.redis_key(join_key, value, "vigil"), written_key(join_key, value)],
             args=feast_layout.row_args(
-                STREAMED[join_key], features, aggregates.DTYPES, stamp, 1, 60_000
+                STREAMED[join_key], features, streamer_rows.DTYPES, stamp, 1, 60_000
             ),
         )
 
 
-def _push(store, rows: dict[tuple[str, str], aggregates.Row], rename: str) -> None:
+def _push(store, rows: dict[tuple[str, str], streamer_rows.Row], rename: str) -> None:
     for (join_key, value), (stamp, features) in rows.items():
         view = STREAMED[join_key]
         frame = pd.DataFrame(
