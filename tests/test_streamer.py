@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -458,3 +460,23 @@ async def test_the_streamer_app_answers_health_and_readiness(server):
             await _until(lambda: app.state.consumer.running)
             assert (await client.get("/readyz")).status_code == 200
             assert "vigil_streamer_events" in (await client.get("/metrics")).text
+
+
+def test_the_streamer_needs_neither_the_pipeline_nor_pandas_nor_feast():
+    """Its image installs the contracts, the service kit and itself only: building every kind
+    of row and starting the app import nothing of the batch pipeline's stack."""
+    code = (
+        "import sys\n"
+        "from vigil_contracts.entity_history import HistoryRecord\n"
+        "from vigil_streamer import rows\n"
+        "from vigil_streamer.app import create_app\n"
+        "from vigil_streamer.settings import StreamerSettings\n"
+        "create_app(StreamerSettings())\n"
+        "m = [HistoryRecord('t1', 1_700_000_000_000_000, 'c', 'm', 'd', 'FR', 12.5).encode()]\n"
+        "for key in ('card_id', 'merchant_id', 'device_id'):\n"
+        "    stamp, features = rows.newest_row(key, m, m[0])\n"
+        "    assert stamp == 1_700_000_000_000_001 and features, key\n"
+        "heavy = {'vigil', 'pandas', 'numpy', 'pyarrow', 'feast', 'google.protobuf'}\n"
+        "assert not heavy & set(sys.modules), heavy & set(sys.modules)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
