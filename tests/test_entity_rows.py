@@ -179,9 +179,7 @@ def test_every_row_of_the_pipeline_is_newest_row_of_the_events_up_to_it(seed):
     assert raw["currency"].nunique() > 1
 
 
-def _newest_from_history(
-    view: str, events: list[entity_rows.Event]
-) -> tuple[int, dict[str, Any]]:
+def _newest_from_history(view: str, events: list[entity_rows.Event]) -> tuple[int, dict[str, Any]]:
     """As the streamer reads it: the longest window's events and the first sighting only."""
     newest = events[-1].t_us
     window = [e for e in events if e.t_us > newest - entity_rows.LONGEST_WINDOW_US[view]]
@@ -191,9 +189,7 @@ def _newest_from_history(
 def test_newest_rows_from_the_streamers_reads_on_a_generated_world(tmp_path):
     path = tmp_path / "transactions.parquet"
     generate_world(
-        WorldConfig(
-            seed=5, n_transactions=6_000, n_days=40, end=datetime(2024, 6, 1, tzinfo=UTC)
-        ),
+        WorldConfig(seed=5, n_transactions=6_000, n_days=40, end=datetime(2024, 6, 1, tzinfo=UTC)),
         path,
     )
     raw = pd.read_parquet(path)

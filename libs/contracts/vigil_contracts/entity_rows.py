@@ -82,13 +82,16 @@ FEATURES: dict[str, dict[str, Feature]] = {
 _DTYPE_OF_OP = {"count": "Int64", "distinct": "Int64", "mode": "String"}
 #: Feast type name of every feature.
 FEATURE_TYPES: dict[str, str] = {
-    name: _DTYPE_OF_OP.get(f.op, "Float64") for view in FEATURES.values() for name, f in view.items()
+    name: _DTYPE_OF_OP.get(f.op, "Float64")
+    for view in FEATURES.values()
+    for name, f in view.items()
 }
 #: Feature names of each view, in order.
 FEATURE_TABLES: dict[str, tuple[str, ...]] = {view: tuple(fs) for view, fs in FEATURES.items()}
 #: The longest window each view's row reads (µs).
 LONGEST_WINDOW_US: dict[str, int] = {
-    view: max(WINDOWS_US[f.window] for f in fs.values() if f.window) for view, fs in FEATURES.items()
+    view: max(WINDOWS_US[f.window] for f in fs.values() if f.window)
+    for view, fs in FEATURES.items()
 }
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
