@@ -211,3 +211,11 @@ def test_newest_rows_from_the_streamers_reads_on_a_generated_world(tmp_path):
         stamp, want = newest[(view, value)]
         assert rows[(key, value)][0] == stamp
         assert _differences(want, rows[(key, value)][1]) == []
+
+
+def test_identical_amounts_have_exactly_zero_std():
+    """Three equal amounts whose mean is not exactly the amount in floating point."""
+    amount = 0.1 * 0.923457
+    events = [entity_rows.event(i * 1_000_000, amount, "c", "m", None, "DE") for i in range(3)]
+    _, row = entity_rows.newest_row("card_stats", events)
+    assert row["card_amount_std_30d"] == 0.0

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter, mul
 from typing import Any, NamedTuple
 
 from vigil_contracts.local_time import local_hour
@@ -124,19 +126,30 @@ def event(
     return Event(t_us, amount_eur, card_id, merchant_id, device_id, country, hour in NIGHT_HOURS)
 
 
+# The per-element work below is C-level (map, attrgetter, Counter, fsum): a hot entity's window
+# holds thousands of events and is read again by every batch that touches it.
+_T_US = attrgetter("t_us")
+_AMOUNT = attrgetter("amount_eur")
+_NIGHT = attrgetter("night")
+_SMALL = SMALL_AMOUNT.__gt__  # SMALL_AMOUNT > a, i.e. a < SMALL_AMOUNT
+
+
 def _std(amounts: list[float]) -> float:
-    mean = math.fsum(amounts) / len(amounts)
-    return math.sqrt(math.fsum((a - mean) ** 2 for a in amounts) / len(amounts))
+    """Population standard deviation (two passes, exactly rounded sums); exactly 0 when every
+    amount is the same (as the pipeline's rolling kernel gives it)."""
+    if min(amounts) == max(amounts):
+        return 0.0
+    deviations = list(map((math.fsum(amounts) / len(amounts)).__rsub__, amounts))
+    return math.sqrt(math.fsum(map(mul, deviations, deviations)) / len(amounts))
 
 
-def _mode(values: list[str | None]) -> str | None:
-    counts: dict[str, int] = {}
-    for v in values:
-        if v is not None:
-            counts[v] = counts.get(v, 0) + 1
+def _mode(values: Iterable[str | None]) -> str | None:
+    """The most frequent non-null value, ties -> the smallest; None without one."""
+    counts = Counter(values)
+    counts.pop(None, None)
     if not counts:
         return None
-    return min(counts, key=lambda v: (-counts[v], v))  # most frequent, then smallest
+    return min(counts, key=lambda v: (-counts[v], v))
 
 
 def newest_row(
@@ -149,7 +162,7 @@ def newest_row(
     event's time).
     """
     newest = events[-1].t_us
-    times = [e.t_us for e in events]
+    times = list(map(_T_US, events))
     windows: dict[str, Sequence[Event]] = {}
     amounts: dict[str, list[float]] = {}
     features: dict[str, Any] = {}
@@ -163,7 +176,7 @@ def newest_row(
         assert f.window is not None
         if f.window not in windows:
             windows[f.window] = events[bisect_right(times, newest - WINDOWS_US[f.window]) :]
-            amounts[f.window] = [e.amount_eur for e in windows[f.window]]
+            amounts[f.window] = list(map(_AMOUNT, windows[f.window]))
         kept, money = windows[f.window], amounts[f.window]
         if f.op == "count":
             features[name] = len(kept)
@@ -177,14 +190,15 @@ def newest_row(
             features[name] = max(money)
         elif f.op == "distinct":
             assert f.of is not None
-            features[name] = len({getattr(e, f.of) for e in kept} - {None})
+            values = set(map(attrgetter(f.of), kept))
+            features[name] = len(values) - (None in values)
         elif f.op == "mode":
             assert f.of is not None
-            features[name] = _mode([getattr(e, f.of) for e in kept])
+            features[name] = _mode(map(attrgetter(f.of), kept))
         elif f.op == "night_share":
-            features[name] = sum(e.night for e in kept) / len(kept)
+            features[name] = sum(map(_NIGHT, kept)) / len(kept)
         elif f.op == "small_share":
-            features[name] = sum(a < SMALL_AMOUNT for a in money) / len(money)
+            features[name] = sum(map(_SMALL, money)) / len(money)
         else:
             raise ValueError(f"unknown op {f.op!r} of {name}")
     return newest + ROW_DELAY_US, features
