@@ -17,7 +17,6 @@ import math
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter, mul
 from typing import Any, NamedTuple
@@ -99,18 +98,36 @@ LONGEST_WINDOW_US: dict[str, int] = {
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-@dataclass(frozen=True, slots=True)
 class Event:
-    """One transaction as the rows read it (amount in EUR; ``night``: local time in
-    NIGHT_HOURS, by the one local-time rule)."""
+    """One transaction as the rows read it (amount in EUR). ``night`` (local time in
+    NIGHT_HOURS, by the one local-time rule) is worked out on first use: only merchants' rows
+    read it, and it costs more than the rest of an event."""
 
-    t_us: int
-    amount_eur: float
-    card_id: str
-    merchant_id: str
-    device_id: str | None
-    country: str | None
-    night: bool
+    __slots__ = ("_night", "amount_eur", "card_id", "country", "device_id", "merchant_id", "t_us")
+
+    def __init__(
+        self,
+        t_us: int,
+        amount_eur: float,
+        card_id: str,
+        merchant_id: str,
+        device_id: str | None,
+        country: str | None,
+    ) -> None:
+        self.t_us = t_us
+        self.amount_eur = amount_eur
+        self.card_id = card_id
+        self.merchant_id = merchant_id
+        self.device_id = device_id
+        self.country = country
+        self._night: bool | None = None
+
+    @property
+    def night(self) -> bool:
+        if self._night is None:
+            hour = local_hour(_EPOCH + timedelta(microseconds=self.t_us), self.country)
+            self._night = hour in NIGHT_HOURS
+        return self._night
 
 
 def event(
@@ -122,8 +139,7 @@ def event(
     country: str | None,
 ) -> Event:
     """The :class:`Event` of a transaction."""
-    hour = local_hour(_EPOCH + timedelta(microseconds=t_us), country)
-    return Event(t_us, amount_eur, card_id, merchant_id, device_id, country, hour in NIGHT_HOURS)
+    return Event(t_us, amount_eur, card_id, merchant_id, device_id, country)
 
 
 # The per-element work below is C-level (map, attrgetter, Counter, fsum): a hot entity's window
