@@ -317,6 +317,67 @@ async def test_the_streamer_keeps_rows_equal_to_the_batch_pipeline(server):
     client.close()
 
 
+async def test_ties_late_arrivals_a_busy_merchant_and_a_first_sighting_match_the_batch_pipeline(
+    server,
+):
+    """Rows built from the history script's window alone: two transactions of one card at one
+    instant split across batches, a merchant with hundreds of transactions in its 7 days,
+    arrivals out of order within the lateness, a device first seen live, a device whose first
+    sighting is older than its windows."""
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    history = [
+        _transaction(
+            1000 + i,
+            base - timedelta(days=6) + timedelta(seconds=30 * i),
+            card=f"c{i % 5}",
+            merchant="mbusy",
+            device=None if i % 3 == 0 else f"d{i % 4}",
+            amount=1.0 + (i % 17) / 4,
+        )
+        for i in range(300)
+    ]
+    history.append(_transaction(999, base - timedelta(days=20), card="c1", device="dold"))
+    client = redis.Redis.from_url(server.url)
+    seed_histories(client, _raw(_as_raw(history)), None, base)
+    tie = base + timedelta(minutes=10)
+    live = [
+        _transaction(2001, tie, card="c1", merchant="mbusy", device="d1", amount=7.0),
+        _transaction(2002, tie, card="c1", merchant="mbusy", device="dnew", amount=2.0),
+        _transaction(2003, tie + timedelta(minutes=5), card="c2", merchant="mbusy", amount=3.5),
+        _transaction(2004, tie - timedelta(minutes=20), card="c1", merchant="m2", device="dnew"),
+        _transaction(2005, tie + timedelta(minutes=1), card="c3", merchant="mbusy", device=None),
+        _transaction(2006, tie + timedelta(minutes=2), card="c4", device="dold", amount=4.0),
+    ]
+    # The newest first, then the older ones (within the lateness), the tie split across batches.
+    _publish(server.url, [live[2], live[1], live[4]], "r1")
+    _publish(server.url, [live[3], live[0], live[5]], "r1")
+    metrics = StreamerMetrics()
+    await _consumed(
+        server.url, _settings(server.url, allowed_lateness_s=3600, batch_max=3), metrics
+    )
+    assert metrics.events.labels("late")._value.get() == 0
+    targets = [
+        ("card_id", "c1"),
+        ("card_id", "c2"),
+        ("card_id", "c3"),
+        ("card_id", "c4"),
+        ("merchant_id", "mbusy"),
+        ("merchant_id", "m2"),
+        ("device_id", "d1"),
+        ("device_id", "dnew"),
+        ("device_id", "dold"),
+    ]
+    _check_rows(server.url, _raw(_as_raw(history + live)), targets)
+    rows = online_rows(client, "vigil", [("device_id", "dnew"), ("device_id", "dold")])
+    first = rows[("device_id", "dnew")]["device_first_seen_epoch"]
+    assert first == (tie - timedelta(minutes=20)).timestamp()
+    assert (
+        rows[("device_id", "dold")]["device_first_seen_epoch"]
+        == (base - timedelta(days=20)).timestamp()
+    )
+    client.close()
+
+
 async def test_a_newer_stored_row_is_never_overwritten(server):
     client = redis.Redis.from_url(server.url)
     write = client.register_script(feast_layout.WRITE_NEWER)

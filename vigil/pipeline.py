@@ -49,40 +49,14 @@ from tqdm.auto import tqdm
 from vigil.fx import FX_FILE, Rates, read_fx_table
 from vigil.fx import SCHEMA as FX_SCHEMA
 from vigil.local_hours import local_hours
-from vigil_contracts import request_features
+from vigil_contracts import entity_rows, request_features
 from vigil_contracts.money import BASE_CURRENCY
 
-#: Feature columns of each offline table, in the order of the feature views in features.py.
-FEATURE_TABLES: dict[str, tuple[str, ...]] = {
-    "card_stats": (
-        "card_txn_count_1h",
-        "card_txn_count_24h",
-        "card_txn_count_7d",
-        "card_amount_sum_24h",
-        "card_amount_avg_30d",
-        "card_amount_std_30d",
-        "card_amount_max_30d",
-        "card_distinct_merchants_24h",
-        "card_distinct_devices_30d",
-        "card_distinct_countries_30d",
-        "card_last_txn_epoch",
-        "card_home_country",
-    ),
-    "merchant_stats": (
-        "merchant_txn_count_24h",
-        "merchant_txn_count_7d",
-        "merchant_amount_avg_7d",
-        "merchant_distinct_cards_24h",
-        "merchant_night_share_7d",
-        "merchant_small_amount_share_24h",
-    ),
-    "device_stats": (
-        "device_txn_count_24h",
-        "device_distinct_cards_7d",
-        "device_distinct_countries_7d",
-        "device_first_seen_epoch",
-    ),
-}
+#: Feature columns of each offline table, in the order of the feature views in features.py, and
+#: the Feast type of every feature (the parquet type follows from it, see ARROW_TYPES): declared
+#: once in ``vigil_contracts.entity_rows``, which the streamer's rows are built from too.
+FEATURE_TABLES: dict[str, tuple[str, ...]] = entity_rows.FEATURE_TABLES
+FEATURE_TYPES: dict[str, str] = entity_rows.FEATURE_TYPES
 
 #: The feature view (and offline table) of the FX table, keyed by currency.
 FX_VIEW = "fx_rates"
@@ -92,42 +66,6 @@ ENTITY_KEYS: dict[str, str] = {
     "card_stats": "card_id",
     "merchant_stats": "merchant_id",
     "device_stats": "device_id",
-}
-
-#: Feast type name of every feature; the parquet type follows from it (see ARROW_TYPES).
-FEATURE_TYPES: dict[str, str] = {
-    **{
-        name: "Int64"
-        for name in (
-            "card_txn_count_1h",
-            "card_txn_count_24h",
-            "card_txn_count_7d",
-            "card_distinct_merchants_24h",
-            "card_distinct_devices_30d",
-            "card_distinct_countries_30d",
-            "merchant_txn_count_24h",
-            "merchant_txn_count_7d",
-            "merchant_distinct_cards_24h",
-            "device_txn_count_24h",
-            "device_distinct_cards_7d",
-            "device_distinct_countries_7d",
-        )
-    },
-    **{
-        name: "Float64"
-        for name in (
-            "card_amount_sum_24h",
-            "card_amount_avg_30d",
-            "card_amount_std_30d",
-            "card_amount_max_30d",
-            "card_last_txn_epoch",
-            "merchant_amount_avg_7d",
-            "merchant_night_share_7d",
-            "merchant_small_amount_share_24h",
-            "device_first_seen_epoch",
-        )
-    },
-    "card_home_country": "String",
 }
 
 ARROW_TYPES: dict[str, pa.DataType] = {
@@ -147,18 +85,12 @@ INPUT_COLUMNS: tuple[str, ...] = (
     "currency",
 )
 
-_US_PER_HOUR = 3_600 * 1_000_000
-WINDOWS_US: dict[str, int] = {
-    "1h": _US_PER_HOUR,
-    "24h": 24 * _US_PER_HOUR,
-    "7d": 7 * 24 * _US_PER_HOUR,
-    "30d": 30 * 24 * _US_PER_HOUR,
-}
+WINDOWS_US: dict[str, int] = entity_rows.WINDOWS_US
 # Night is 00:00-05:59 local time (``vigil_contracts.local_time``), as in the request feature
 # ``is_night``.
 NIGHT_HOURS = request_features.NIGHT_HOURS
-SMALL_AMOUNT = 5.0  # EUR: card-testing probes are tiny amounts
-ROW_DELAY_US = 1  # a row describes the state after t_i, so it becomes visible just after t_i
+SMALL_AMOUNT = entity_rows.SMALL_AMOUNT
+ROW_DELAY_US = entity_rows.ROW_DELAY_US
 
 _NUMPY_DTYPES: dict[str, type] = {"Int64": np.int64, "Float64": np.float64, "String": object}
 

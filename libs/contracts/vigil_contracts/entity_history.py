@@ -74,5 +74,7 @@ class HistoryRecord:
 
     @classmethod
     def decode(cls, member: bytes | str) -> HistoryRecord:
-        tid, t_us, card, merchant, device, country, amount = json.loads(member)
+        # A str skips json's detection of a bytes' encoding (members are UTF-8).
+        text = member.decode() if isinstance(member, bytes) else member
+        tid, t_us, card, merchant, device, country, amount = json.loads(text)
         return cls(tid, int(t_us), card, merchant, device, country, float(amount))

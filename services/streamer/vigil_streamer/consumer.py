@@ -2,19 +2,20 @@
 
 For a batch read from the group (``XREADGROUP``): parse each entry (a malformed one, or one of
 an unknown schema version, goes to the dead-letter stream with the reason); skip event ids
-already processed; add each event's transaction to its card's, merchant's and device's history
-(one Lua call each: idempotent, since a transaction is one member; an event older than the
-entity's newest by more than the allowed lateness is left out and counted); snapshot the touched
-histories (one ``MULTI``); recompute each touched entity's newest row with the batch pipeline's
-function (``aggregates``); write the rows newer-wins in Feast's layout (``feast_layout``); move
-the views' markers; remember the event ids; acknowledge. A crash anywhere before the
-acknowledgement leaves the entries pending: they are read again at restart (or taken over by
-another replica after ``claim_idle_s``) and change nothing twice.
+already processed; add the batch's transactions to each touched card's, merchant's and device's
+history and read back what the entity's newest row needs, with the history's version (one Lua
+call per entity, all in one pipeline: idempotent, since a transaction is one member; an event
+older than the entity's newest by more than the allowed lateness is left out and counted);
+build each touched entity's newest row from its events (``aggregates``: the declarations and the
+function the batch pipeline's rows are held equal to); write the rows newer-wins in Feast's
+layout (``feast_layout``); move the views' markers; remember the event ids; acknowledge. A crash
+anywhere before the acknowledgement leaves the entries pending: they are read again at restart
+(or taken over by another replica after ``claim_idle_s``) and change nothing twice.
 
 Replicas share the group; two may touch one entity at once. Every change of an entity's history
-moves its version, rows are recomputed from a snapshot taken with that version, and a row of the
-same instant is written only by a snapshot at least as new as the stored one's: the last write
-is always the newest history's row, whichever replica makes it.
+moves its version, a row is built from a snapshot read atomically with that version, and a row
+of the same instant is written only by a snapshot at least as new as the stored one's: the last
+write is always the newest history's row, whichever replica makes it.
 """
 
 from __future__ import annotations
@@ -58,32 +59,55 @@ _US_PER_DAY = 86_400_000_000
 _EUR_FEATURE = "request_features__txn_amount"
 SEEN_PREFIX = "vigil:stream:seen:"
 
-# KEYS[1] history, KEYS[2] version; ARGV: member, t_us, kept span (µs), lateness (µs), ttl (ms).
-# Returns {1, version} added, {0, version} already there, {-1, version} too late.
-_ADD = """
-local t = tonumber(ARGV[2])
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  return {0, tonumber(redis.call('GET', KEYS[2]) or '0')}
-end
-local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-local top = t
-if newest[2] then
-  local n = tonumber(newest[2])
-  if t < n - tonumber(ARGV[4]) then
-    return {-1, tonumber(redis.call('GET', KEYS[2]) or '0')}
+# KEYS[1] history, KEYS[2] version; ARGV: kept span (µs), lateness (µs), ttl (ms), the kind's
+# longest window (µs), then (member, t_us) of each of the batch's transactions of the entity, in
+# batch order. Each is added as one call per transaction would: already there (0; ZADD is
+# idempotent anyway), too late (-1: older than the newest by more than the lateness), added (1:
+# the version moves, what no window can see any more is trimmed, the first sighting kept).
+# Returns {statuses, version} and, unless all were too late, what the newest row reads, read in
+# the same atomic call as the version: the first member and the longest window's members
+# ((T - window, T], oldest first).
+_ADD_READ = """
+local span, late, w = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
+local statuses, changed, wanted = {}, false, false
+for i = 5, #ARGV, 2 do
+  local member, t = ARGV[i], tonumber(ARGV[i + 1])
+  local status = 1
+  if redis.call('ZSCORE', KEYS[1], member) then
+    status = 0
+  else
+    local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+    local top = t
+    if newest[2] then
+      local n = tonumber(newest[2])
+      if t < n - late then status = -1 elseif n > top then top = n end
+    end
+    if status == 1 then
+      redis.call('ZADD', KEYS[1], t, member)
+      redis.call('INCR', KEYS[2])
+      local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+      local cutoff = top - span
+      if tonumber(first[2]) < cutoff then
+        redis.call('ZREMRANGEBYSCORE', KEYS[1], '(' .. first[2],
+          '(' .. string.format('%.0f', cutoff))
+      end
+      changed = true
+    end
   end
-  if n > top then top = n end
+  if status ~= -1 then wanted = true end
+  statuses[#statuses + 1] = status
 end
-redis.call('ZADD', KEYS[1], t, ARGV[1])
-local v = redis.call('INCR', KEYS[2])
-local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-local cutoff = top - tonumber(ARGV[3])
-if tonumber(first[2]) < cutoff then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '(' .. first[2], '(' .. string.format('%.0f', cutoff))
+if changed then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-redis.call('PEXPIRE', KEYS[2], ARGV[5])
-return {1, v}
+local version = tonumber(redis.call('GET', KEYS[2]) or '0')
+if not wanted then return {statuses, version} end
+local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+local first = redis.call('ZRANGE', KEYS[1], 0, 0)
+local window = redis.call('ZRANGEBYSCORE', KEYS[1],
+  '(' .. string.format('%.0f', tonumber(newest[2]) - w), '+inf')
+return {statuses, version, first[1], window}
 """
 # KEYS[1] a view's marker; ARGV: end (ISO, UTC), written_at. Only an existing marker moves, and
 # only forward: a store never loaded stays not ready.
@@ -140,7 +164,7 @@ class Consumer:
         self.client = client
         self.settings = settings
         self.metrics = metrics
-        self._add = client.register_script(_ADD)
+        self._add = client.register_script(_ADD_READ)
         self._write = client.register_script(feast_layout.WRITE_NEWER)
         self._mark = client.register_script(_MARK)
         self._rates: dict[str, float] = {}
@@ -333,54 +357,48 @@ class Consumer:
         if not records:
             return {}
         s = self.settings
-        pipe = self.client.pipeline(transaction=False)
-        touched: list[tuple[DecisionEvent, str, str]] = []
+        # Per entity, its transactions in batch order: one script call adds them and reads
+        # what the entity's newest row needs, all in one pipeline (one round trip).
+        touched: dict[tuple[str, str], list[tuple[DecisionEvent, bytes, int]]] = {}
         for event, record in records:
-            member = record.encode()
+            member = record.encode().encode()
             for join_key in KINDS:
                 value = getattr(record, join_key)
-                if value is None:
-                    continue
-                kept = aggregates.WINDOW_US[join_key] + self.lateness_us
-                await self._add(
-                    keys=[history_key(join_key, value), version_key(join_key, value)],
-                    args=[member, record.t_us, kept, self.lateness_us, self.ttl_ms],
-                    client=pipe,
-                )
-                touched.append((event, join_key, value))
-        results = await pipe.execute()
-        targets: set[tuple[str, str]] = set()
-        late: set[str] = set()
-        for (event, join_key, value), (status, _) in zip(touched, results, strict=True):
-            if status == -1:
-                late.add(event.event_id)
-                self.metrics.events.labels("late").inc()
-                logger.warning(
-                    "decision event too late for an entity: left out of its features",
-                    extra={
-                        "event_id": event.event_id,
-                        "entity": join_key,
-                        "allowed_lateness_s": s.allowed_lateness_s,
-                    },
-                )
-            else:
-                targets.add((join_key, value))
-        if not targets:
-            return {}
-        ordered = sorted(targets)
-        snap = self.client.pipeline(transaction=True)  # one MULTI: histories and versions agree
-        for join_key, value in ordered:
-            snap.zrange(history_key(join_key, value), 0, -1)
-            snap.get(version_key(join_key, value))
-        replies = await snap.execute()
-        union: dict[bytes, HistoryRecord] = {}
+                if value is not None:
+                    touched.setdefault((join_key, value), []).append((event, member, record.t_us))
+        pipe = self.client.pipeline(transaction=False)
+        for (join_key, value), items in touched.items():
+            window = aggregates.WINDOW_US[join_key]
+            args: list[Any] = [window + self.lateness_us, self.lateness_us, self.ttl_ms, window]
+            for _, member, when in items:
+                args += [member, when]
+            await self._add(
+                keys=[history_key(join_key, value), version_key(join_key, value)],
+                args=args,
+                client=pipe,
+            )
+        replies = await pipe.execute()
+        rows: dict[tuple[str, str], aggregates.Row] = {}
         versions: dict[tuple[str, str], int] = {}
-        for i, target in enumerate(ordered):
-            for member in replies[2 * i]:
-                if member not in union:
-                    union[member] = HistoryRecord.decode(member)
-            versions[target] = int(replies[2 * i + 1] or 0)
-        rows = await asyncio.to_thread(aggregates.newest_rows, list(union.values()), ordered)
+        late: set[str] = set()
+        for ((join_key, value), items), reply in zip(touched.items(), replies, strict=True):
+            for (event, _, _), status in zip(items, reply[0], strict=True):
+                if status == -1:
+                    late.add(event.event_id)
+                    self.metrics.events.labels("late").inc()
+                    logger.warning(
+                        "decision event too late for an entity: left out of its features",
+                        extra={
+                            "event_id": event.event_id,
+                            "entity": join_key,
+                            "allowed_lateness_s": s.allowed_lateness_s,
+                        },
+                    )
+            if len(reply) > 2:
+                rows[(join_key, value)] = aggregates.newest_row(join_key, reply[3], reply[2])
+                versions[(join_key, value)] = int(reply[1])
+        if not rows:
+            return {}
         write = self.client.pipeline(transaction=False)
         order: list[tuple[str, str]] = []
         for (join_key, value), (stamp, features) in rows.items():

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 import mmh3
@@ -59,6 +60,7 @@ def redis_key(join_key: str, value: str, project: str) -> bytes:
     )
 
 
+@lru_cache(maxsize=256)
 def field_name(view: str, feature: str) -> bytes:
     return _U32.pack(mmh3.hash(f"{view}:{feature}", signed=False))
 
