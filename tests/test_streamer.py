@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -466,3 +468,24 @@ async def test_the_streamer_app_answers_health_and_readiness(server):
             await _until(lambda: app.state.consumer.running)
             assert (await client.get("/readyz")).status_code == 200
             assert "vigil_streamer_events" in (await client.get("/metrics")).text
+
+
+def test_the_streamer_needs_neither_the_pipeline_nor_pandas_nor_feast():
+    """Its image installs the contracts, the service kit and itself only: building every kind
+    of row and starting the app import nothing of the batch pipeline's stack."""
+    code = (
+        "import sys\n"
+        "from vigil_contracts.entity_history import HistoryRecord\n"
+        "from vigil_streamer import aggregates\n"
+        "from vigil_streamer.app import create_app\n"
+        "from vigil_streamer.settings import StreamerSettings\n"
+        "create_app(StreamerSettings())\n"
+        "r = HistoryRecord('t1', 1_700_000_000_000_000, 'c', 'm', 'd', 'FR', 12.5)\n"
+        "targets = [('card_id', 'c'), ('merchant_id', 'm'), ('device_id', 'd')]\n"
+        "rows = aggregates.newest_rows([r], targets)\n"
+        "assert sorted(rows) == sorted(targets), rows\n"
+        "assert all(stamp == 1_700_000_000_000_001 for stamp, _ in rows.values()), rows\n"
+        "heavy = {'vigil', 'pandas', 'numpy', 'pyarrow', 'feast', 'google.protobuf'}\n"
+        "assert not heavy & set(sys.modules), heavy & set(sys.modules)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
