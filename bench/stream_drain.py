@@ -45,19 +45,9 @@ def _cpu_s(pid: int) -> float:
 
 
 def _event(row: Any, i: int) -> tuple[str, bytes]:
-    txn = {
-        "transaction_id": str(row.transaction_id),
-        "card_id": row.card_id,
-        "merchant_id": row.merchant_id,
-        "amount": float(row.amount),
-        "currency": row.currency,
-        "timestamp": row.event_timestamp.isoformat(),
-        "channel": row.channel,
-    }
-    if isinstance(row.country, str):
-        txn["country"] = row.country
-    if isinstance(row.device_id, str):
-        txn["device_id"] = row.device_id
+    from vigil.replay import transaction_body  # the business API's body of a world row
+
+    txn = transaction_body(row)
     eid = f"{row.transaction_id}\x1fdrain{i}"
     event = {
         "schema_version": 1,
