@@ -144,7 +144,7 @@ def _pipeline_rows(
 def _by_entity(records: list[HistoryRecord]) -> dict[tuple[str, str], list[entity_rows.Event]]:
     out: dict[tuple[str, str], list[entity_rows.Event]] = {}
     for r in sorted(records, key=lambda r: r.t_us):
-        event = entity_rows.event(
+        event = entity_rows.Event(
             r.t_us, r.amount_eur, r.card_id, r.merchant_id, r.device_id, r.country
         )
         for view, key in ENTITY_KEYS.items():
@@ -216,6 +216,6 @@ def test_newest_rows_from_the_streamers_reads_on_a_generated_world(tmp_path):
 def test_identical_amounts_have_exactly_zero_std():
     """Three equal amounts whose mean is not exactly the amount in floating point."""
     amount = 0.1 * 0.923457
-    events = [entity_rows.event(i * 1_000_000, amount, "c", "m", None, "DE") for i in range(3)]
+    events = [entity_rows.Event(i * 1_000_000, amount, "c", "m", None, "DE") for i in range(3)]
     _, row = entity_rows.newest_row("card_stats", events)
     assert row["card_amount_std_30d"] == 0.0

@@ -130,18 +130,6 @@ class Event:
         return self._night
 
 
-def event(
-    t_us: int,
-    amount_eur: float,
-    card_id: str,
-    merchant_id: str,
-    device_id: str | None,
-    country: str | None,
-) -> Event:
-    """The :class:`Event` of a transaction."""
-    return Event(t_us, amount_eur, card_id, merchant_id, device_id, country)
-
-
 # The per-element work below is C-level (map, attrgetter, Counter, fsum): a hot entity's window
 # holds thousands of events and is read again by every batch that touches it.
 _T_US = attrgetter("t_us")

@@ -30,7 +30,7 @@ Row = tuple[int, dict[str, Any]]  # (stamp in µs, feature -> value)
 
 
 def _event(r: HistoryRecord) -> entity_rows.Event:
-    return entity_rows.event(r.t_us, r.amount_eur, r.card_id, r.merchant_id, r.device_id, r.country)
+    return entity_rows.Event(r.t_us, r.amount_eur, r.card_id, r.merchant_id, r.device_id, r.country)
 
 
 @lru_cache(maxsize=100_000)
