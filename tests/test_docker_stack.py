@@ -152,7 +152,11 @@ class Stack:
             "redis://redis:6379/0",
             timeout=300,
         )
-        return out.rsplit("key (shown once, store it now): ", 1)[1].split()[0]
+        key = out.rsplit("key (shown once, store it now): ", 1)[1].split()[0]
+        # A new key, like a revocation, holds on every gateway process within a second (each
+        # re-reads the key table every GATEWAY_AUTH_REFRESH_S, 0.5 s): as documented, wait it.
+        time.sleep(1.0)
+        return key
 
     def score(
         self, transaction: dict[str, Any], transaction_id: str | None = None

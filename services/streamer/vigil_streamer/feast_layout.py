@@ -71,6 +71,7 @@ def redis_key(join_key: str, value: str, project: str) -> bytes:
     )
 
 
+@lru_cache(maxsize=256)
 def field_name(view: str, feature: str) -> bytes:
     return _U32.pack(mmh3.hash(f"{view}:{feature}", signed=False))
 
