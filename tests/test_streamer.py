@@ -373,6 +373,46 @@ async def test_ties_the_cap_late_arrivals_and_a_first_sighting_match_the_batch_p
     client.close()
 
 
+async def test_a_merchants_tiles_are_running_sums_kept_to_what_a_row_reads(server):
+    """A merchant streamed live over ten days (its 8 days of day tiles roll over, hour tiles too)
+    with nothing seeded: the streamer adds each transaction to its tiles and never reads its
+    events back, its row equals the batch pipeline's at every step, and the kept sums never
+    outgrow what a row reads (25 hour tiles and 8 day tiles at most, 4 sums each), whatever its
+    traffic."""
+    from vigil_contracts.entity_history import tiles_key
+
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(days=11)
+    client = redis.Redis.from_url(server.url)
+    seed_histories(client, _raw([]), None, base)
+    sent: list[Transaction] = []
+    for day in range(10):
+        batch = [
+            _transaction(
+                10_000 * day + i,
+                base + timedelta(days=day, minutes=37 * i),
+                card=f"c{i % 7}",
+                merchant="mbusy",
+                device=None,
+                amount=[2.5, 40.0, 0.1, 999.99][i % 4] + day,
+            )
+            for i in range(30)
+        ]
+        _publish(server.url, batch[::-1], f"r{day}")  # newest first: within the lateness
+        sent += batch
+        await _consumed(
+            server.url,
+            _settings(server.url, allowed_lateness_s=86_400, batch_max=7),
+            StreamerMetrics(),
+        )
+        _check_rows(server.url, _raw(_as_raw(sent)), [("merchant_id", "mbusy")])
+        fields = client.hkeys(tiles_key("merchant_id", "mbusy"))
+        hours = {f for f in fields if f.startswith(b"0:")}
+        days = {f for f in fields if f.startswith(b"1:")}
+        assert len(hours) <= 25 * 4 and len(days) <= 8 * 4, (day, len(hours), len(days))
+    assert len(days) == 8 * 4  # ten days streamed, the oldest dropped
+    client.close()
+
+
 async def test_a_newer_stored_row_is_never_overwritten(server):
     client = redis.Redis.from_url(server.url)
     write = client.register_script(feast_layout.WRITE_NEWER)

@@ -4,7 +4,7 @@ rows, this is to the entity histories the streamer recomputes them from.
 For every card, merchant and device of the raw transactions before ``end``: its first
 transaction (a device's first sighting is a feature) and every transaction a row at ``end`` can
 still read (the longest window of its view, a merchant's 8 days of day tiles, plus the
-streamer's allowed lateness),
+streamer's allowed lateness) and a merchant's tile sums,
 amounts converted to EUR exactly as the batch pipeline converts them; and the dated FX table
 (the streamer converts a streamed amount at the rate of its day, as the pipeline does). Keys and
 record format: ``vigil_contracts.entity_history``.
@@ -22,7 +22,7 @@ import pandas as pd
 
 from vigil.fx import FX_FILE, read_fx_table
 from vigil.pipeline import INPUT_COLUMNS, in_base_currency
-from vigil_contracts import windows
+from vigil_contracts import entity_rows, windows
 from vigil_contracts.entity_history import (
     FX_KEY,
     KINDS,
@@ -30,6 +30,8 @@ from vigil_contracts.entity_history import (
     HistoryRecord,
     fx_field,
     history_key,
+    tile_field,
+    tiles_key,
     version_key,
 )
 
@@ -101,6 +103,7 @@ def seed_histories(
         first[1:] = codes[1:] != codes[:-1]
         keep = first | (t_us[order] > cutoff)
         seen: set[str] = set()
+        tiled: dict[str, list[entity_rows.Event]] = {}
         for i in order[keep]:
             value = str(keys.iat[i])
             if value not in seen:
@@ -109,11 +112,17 @@ def seed_histories(
                 pipe.set(version_key(join_key, value), 1, px=ttl_s * 1000)
             pipe.zadd(history_key(join_key, value), {members[i]: int(t_us[i])})
             pipe.pexpire(history_key(join_key, value), ttl_s * 1000)
+            if KINDS[join_key] in windows.TILES:
+                tiled.setdefault(value, []).append(_event(members[i]))
             queued += 1
             written += 1
             if queued >= _CHUNK:
                 pipe.execute()
                 queued = 0
+        for value, events in tiled.items():
+            pipe.delete(tiles_key(join_key, value))
+            pipe.hset(tiles_key(join_key, value), mapping=tile_fields(KINDS[join_key], events))
+            pipe.pexpire(tiles_key(join_key, value), ttl_s * 1000)
         entities[join_key] = len(seen)
     pipe.execute()
     rates = 0
@@ -136,6 +145,25 @@ def seed_histories(
         },
     )
     return SeedReport(end, len(raw), entities, written, rates)
+
+
+def _event(member: str) -> entity_rows.Event:
+    r = HistoryRecord.decode(member)
+    return entity_rows.event(r.t_us, r.amount_eur, r.card_id, r.merchant_id, r.device_id, r.country)
+
+
+def tile_fields(view: str, events: list[entity_rows.Event]) -> dict[str, str]:
+    """A tiled entity's tile sums as the streamer keeps them (``tile_field`` -> value): its
+    tiles a row at its newest event reads, at every level, from ``events`` (oldest first)."""
+    newest = events[-1].us
+    fields: dict[str, str] = {}
+    for n, level in enumerate(windows.TILES[view]):
+        oldest = newest // level.unit_us - level.units
+        for index, sums in entity_rows.tile_sums(level, events).items():
+            if index >= oldest:
+                for what, value in enumerate(sums):
+                    fields[tile_field(n, index, what)] = repr(value)
+    return fields
 
 
 def seed_from_files(

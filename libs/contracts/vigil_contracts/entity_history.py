@@ -3,7 +3,8 @@
 The streamer recomputes an entity's online row from the entity's own recent transactions with
 the batch pipeline's functions, so it keeps them in Redis (shared by its replicas, surviving a
 restart): one sorted set per entity, scored by event time (µs), whose members are
-:func:`record` strings. ``vigil stream-seed`` writes the same keys from the offline data, so
+:func:`record` strings (a merchant's, for idempotency and lateness only: its row is its tiles,
+kept as running sums in a hash, :func:`tiles_key`). ``vigil stream-seed`` writes the same keys from the offline data, so
 the windows of the first streamed events are complete. Defined here because both the streamer
 and the offline tooling write them.
 """
@@ -39,6 +40,17 @@ def version_key(join_key: str, value: str) -> str:
 def written_key(join_key: str, value: str) -> str:
     """The history version of the entity's row last written to the online store."""
     return f"{KEY_PREFIX}hw:{join_key}:{value}"
+
+
+def tiles_key(join_key: str, value: str) -> str:
+    """The hash of a tiled entity's (a merchant's) tile sums: field :func:`tile_field`."""
+    return f"{KEY_PREFIX}t:{join_key}:{value}"
+
+
+def tile_field(level: int, index: int, what: int) -> str:
+    """The field of one sum of one tile: its level's position in ``windows.TILES[view]``, the
+    tile's index, the sum's position in ``entity_rows.TILE_SUMS``."""
+    return f"{level}:{index}:{what}"
 
 
 def fx_field(currency: str, day: str) -> str:

@@ -18,7 +18,7 @@ Standard library only.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -107,16 +107,17 @@ def newest_row(
     return newest + ROW_DELAY_US, features
 
 
-def tiles(level: TileLevel, events: Sequence[Event], newest_us: int) -> dict[str, list[Any]]:
-    """One tile level's lists at newest time ``newest_us`` from ``events`` (any order; a float
-    sum adds in the order given): its tiles with index in ``[U - units, U]``, oldest first."""
+#: What each tile sums, in the order a tile's sums are kept (:func:`tile_sums`).
+TILE_SUMS: tuple[str, ...] = ("count", "small", "amount", "night")
+
+
+def tile_sums(level: TileLevel, events: Iterable[Event]) -> dict[int, list[Any]]:
+    """Each tile's sums (:data:`TILE_SUMS`) of ``events`` at one level, by tile index (a float
+    sum adds in the order given)."""
     unit = level.unit_us
-    oldest = newest_us // unit - level.units
-    sums: dict[int, list[Any]] = {}  # index -> [count, small, amount, night]
+    sums: dict[int, list[Any]] = {}
     for e in events:
         index = e.us // unit
-        if index < oldest:
-            continue
         tile = sums.get(index)
         if tile is None:
             tile = sums[index] = [0, 0, 0.0, 0]
@@ -124,9 +125,28 @@ def tiles(level: TileLevel, events: Sequence[Event], newest_us: int) -> dict[str
         tile[1] += e.amount < SMALL_AMOUNT
         tile[2] += e.amount
         tile[3] += e.night
-    order = sorted(sums)
-    what = {"count": 0, "small": 1, "amount": 2, "night": 3}
+    return sums
+
+
+def tile_lists(
+    level: TileLevel, sums: Mapping[int, Sequence[Any]], newest_us: int
+) -> dict[str, list[Any]]:
+    """One tile level's stored lists at newest time ``newest_us`` from its tiles' sums (index ->
+    sums in :data:`TILE_SUMS` order): the tiles with index in ``[U - units, U]``, oldest first."""
+    newest = newest_us // level.unit_us
+    order = sorted(i for i in sums if newest - level.units <= i <= newest)
     out: dict[str, list[Any]] = {}
     for name, (of, _) in level.lists.items():
-        out[name] = order if of == "index" else [sums[i][what[of]] for i in order]
+        if of == "index":
+            out[name] = order
+        else:
+            at = TILE_SUMS.index(of)
+            out[name] = [sums[i][at] for i in order]
     return out
+
+
+def tiles(level: TileLevel, events: Sequence[Event], newest_us: int) -> dict[str, list[Any]]:
+    """One tile level's lists at newest time ``newest_us`` from ``events`` (any order; a float
+    sum adds in the order given): its tiles with index in ``[U - units, U]``, oldest first."""
+    oldest = (newest_us // level.unit_us - level.units) * level.unit_us
+    return tile_lists(level, tile_sums(level, (e for e in events if e.us >= oldest)), newest_us)

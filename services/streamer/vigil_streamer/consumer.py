@@ -45,13 +45,23 @@ from vigil_contracts.entity_history import (
     HistoryRecord,
     fx_field,
     history_key,
+    tiles_key,
     version_key,
     written_key,
 )
 from vigil_contracts.online_markers import marker_key
 from vigil_streamer import feast_layout
 from vigil_streamer.metrics import StreamerMetrics
-from vigil_streamer.rows import CAP, DTYPES, WINDOW_US, Row, newest_row
+from vigil_streamer.rows import (
+    CAP,
+    DTYPES,
+    TILED,
+    WINDOW_US,
+    Row,
+    newest_row,
+    tile_args,
+    tiled_row,
+)
 from vigil_streamer.settings import StreamerSettings
 
 logger = logging.getLogger(__name__)
@@ -60,41 +70,48 @@ _US_PER_DAY = 86_400_000_000
 _EUR_FEATURE = "request_features__txn_amount"
 SEEN_PREFIX = "vigil:stream:seen:"
 
-# KEYS[1] history, KEYS[2] version; ARGV: kept span (µs), lateness (µs), ttl (ms), how far back
-# the view's row reads (µs), the event cap (-1: none), then (member, t_us) of each of the batch's transactions of
-# the entity, in batch order. Each is added as one call per transaction would: already there
-# (0; ZADD is idempotent anyway), too late (-1: older than the newest by more than the lateness),
-# added (1: the version moves, what no window can see any more is trimmed, the first sighting
-# kept). Returns {statuses, version} and, unless all were too late, what the newest row reads,
-# read in the same atomic call as the version: the first member and the window's members
-# ((T - window, T], newest first, at most the cap; a merchant's, all: its tiles count them).
-_ADD_READ = """
+# Adds one transaction (member, t) to KEYS[1], the entity's history (scored by time), as one
+# call per transaction would, and says what became of it: already there (0; ZADD is idempotent
+# anyway), too late (-1: older than the newest by more than the lateness `late`), added (1: the
+# version KEYS[2] moves, what no row can read any more (older than the newest by the kept `span`)
+# is trimmed, the first sighting kept). Shared by both scripts below.
+_ADD_ONE = """
+local function add(member, t)
+  if redis.call('ZSCORE', KEYS[1], member) then return 0 end
+  local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+  local top = t
+  if newest[2] then
+    local n = tonumber(newest[2])
+    if t < n - late then return -1 end
+    if n > top then top = n end
+  end
+  redis.call('ZADD', KEYS[1], t, member)
+  redis.call('INCR', KEYS[2])
+  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  local cutoff = top - span
+  if tonumber(first[2]) < cutoff then
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '(' .. first[2],
+      '(' .. string.format('%.0f', cutoff))
+  end
+  return 1
+end
+"""
+# An event view's entity (card, device). KEYS[1] history, KEYS[2] version; ARGV: kept span
+# (µs), lateness (µs), ttl (ms), how far back the view's row reads (µs), the event cap, then
+# (member, t_us) of each of the batch's transactions of the entity, in batch order. Returns
+# {statuses, version} and, unless all were too late, what the newest row reads, read in the same
+# atomic call as the version: the first member and the window's members ((T - window, T],
+# newest first, at most the cap).
+_ADD_READ = (
+    """
 local span, late, w = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
+"""
+    + _ADD_ONE
+    + """
 local statuses, changed, wanted = {}, false, false
 for i = 6, #ARGV, 2 do
-  local member, t = ARGV[i], tonumber(ARGV[i + 1])
-  local status = 1
-  if redis.call('ZSCORE', KEYS[1], member) then
-    status = 0
-  else
-    local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-    local top = t
-    if newest[2] then
-      local n = tonumber(newest[2])
-      if t < n - late then status = -1 elseif n > top then top = n end
-    end
-    if status == 1 then
-      redis.call('ZADD', KEYS[1], t, member)
-      redis.call('INCR', KEYS[2])
-      local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-      local cutoff = top - span
-      if tonumber(first[2]) < cutoff then
-        redis.call('ZREMRANGEBYSCORE', KEYS[1], '(' .. first[2],
-          '(' .. string.format('%.0f', cutoff))
-      end
-      changed = true
-    end
-  end
+  local status = add(ARGV[i], tonumber(ARGV[i + 1]))
+  if status == 1 then changed = true end
   if status ~= -1 then wanted = true end
   statuses[#statuses + 1] = status
 end
@@ -110,6 +127,66 @@ local window = redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf',
   '(' .. string.format('%.0f', tonumber(newest[2]) - w), 'LIMIT', 0, ARGV[5])
 return {statuses, version, first[1], window}
 """
+)
+# A tiled view's entity (merchant): its row is its tiles, kept as running sums in KEYS[3] (field
+# "<level>:<tile index>:<sum>", sums in entity_rows.TILE_SUMS order), so no event is read back;
+# the history only makes the adds idempotent and finds the too-late. ARGV: kept span (µs),
+# lateness (µs), ttl (ms), the number of tile levels L, each level's units (how many tiles
+# before the newest's its window reaches), then for each transaction in batch order: member,
+# t_us, its tile index at each level, small (0/1), EUR amount, night (0/1). An added
+# transaction adds to its tile at every level; tiles older than every row can read (below the
+# newest tile's index minus the units) are dropped. Returns {statuses, version} and, unless all
+# were too late, the newest time and the kept sums (field, value, ...).
+_ADD_TILES = (
+    """
+local span, late, levels = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
+"""
+    + _ADD_ONE
+    + """
+local statuses, changed, wanted = {}, false, false
+for i = 5 + levels, #ARGV, 5 + levels do
+  local status = add(ARGV[i], tonumber(ARGV[i + 1]))
+  if status == 1 then
+    changed = true
+    for j = 1, levels do
+      local tile = (j - 1) .. ':' .. ARGV[i + 1 + j] .. ':'
+      redis.call('HINCRBY', KEYS[3], tile .. '0', 1)
+      redis.call('HINCRBY', KEYS[3], tile .. '1', ARGV[i + 2 + levels])
+      redis.call('HINCRBYFLOAT', KEYS[3], tile .. '2', ARGV[i + 3 + levels])
+      redis.call('HINCRBY', KEYS[3], tile .. '3', ARGV[i + 4 + levels])
+    end
+  end
+  if status ~= -1 then wanted = true end
+  statuses[#statuses + 1] = status
+end
+if changed then
+  for k = 1, 3 do redis.call('PEXPIRE', KEYS[k], ARGV[3]) end
+end
+local version = tonumber(redis.call('GET', KEYS[2]) or '0')
+if not wanted then return {statuses, version} end
+local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+local sums = redis.call('HGETALL', KEYS[3])
+local top = {}
+for n = 1, #sums, 2 do
+  local j, index = string.match(sums[n], '^(%d+):(%d+):')
+  j, index = tonumber(j), tonumber(index)
+  if top[j] == nil or index > top[j] then top[j] = index end
+end
+local kept, stale = {}, {}
+for n = 1, #sums, 2 do
+  local j, index = string.match(sums[n], '^(%d+):(%d+):')
+  j, index = tonumber(j), tonumber(index)
+  if index < top[j] - tonumber(ARGV[5 + j]) then
+    stale[#stale + 1] = sums[n]
+  else
+    kept[#kept + 1] = sums[n]
+    kept[#kept + 1] = sums[n + 1]
+  end
+end
+if #stale > 0 then redis.call('HDEL', KEYS[3], unpack(stale)) end
+return {statuses, version, string.format('%.0f', tonumber(newest[2])), kept}
+"""
+)
 # KEYS[1] a view's marker; ARGV: end (ISO, UTC), written_at. Only an existing marker moves, and
 # only forward: a store never loaded stays not ready.
 _MARK = """
@@ -166,6 +243,7 @@ class Consumer:
         self.settings = settings
         self.metrics = metrics
         self._add = client.register_script(_ADD_READ)
+        self._add_tiles = client.register_script(_ADD_TILES)
         self._write = client.register_script(feast_layout.WRITE_NEWER)
         self._mark = client.register_script(_MARK)
         self._rates: dict[str, float] = {}
@@ -369,20 +447,21 @@ class Consumer:
                     touched.setdefault((join_key, value), []).append((event, member, record.t_us))
         pipe = self.client.pipeline(transaction=False)
         for (join_key, value), items in touched.items():
-            args: list[Any] = [
-                WINDOW_US[join_key] + self.lateness_us,
-                self.lateness_us,
-                self.ttl_ms,
-                WINDOW_US[join_key],
-                CAP[join_key],
-            ]
+            keys = [history_key(join_key, value), version_key(join_key, value)]
+            span = WINDOW_US[join_key] + self.lateness_us
+            if join_key in TILED:
+                levels = TILED[join_key]
+                args: list[Any] = [span, self.lateness_us, self.ttl_ms, len(levels)]
+                args += [level.units for level in levels]
+                for _, member, when in items:
+                    args += [member, when, *tile_args(join_key, member, when)]
+                keys.append(tiles_key(join_key, value))
+                await self._add_tiles(keys=keys, args=args, client=pipe)
+                continue
+            args = [span, self.lateness_us, self.ttl_ms, WINDOW_US[join_key], CAP[join_key]]
             for _, member, when in items:
                 args += [member, when]
-            await self._add(
-                keys=[history_key(join_key, value), version_key(join_key, value)],
-                args=args,
-                client=pipe,
-            )
+            await self._add(keys=keys, args=args, client=pipe)
         replies = await pipe.execute()
         rows: dict[tuple[str, str], Row] = {}
         versions: dict[tuple[str, str], int] = {}
@@ -400,7 +479,10 @@ class Consumer:
                             "allowed_lateness_s": s.allowed_lateness_s,
                         },
                     )
-            if len(reply) > 2:
+            if len(reply) > 2 and join_key in TILED:
+                rows[(join_key, value)] = tiled_row(join_key, int(reply[2]), reply[3])
+                versions[(join_key, value)] = int(reply[1])
+            elif len(reply) > 2:
                 window: list[bytes] = reply[3]
                 rows[(join_key, value)] = newest_row(join_key, window[::-1], reply[2])
                 versions[(join_key, value)] = int(reply[1])
