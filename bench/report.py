@@ -658,6 +658,30 @@ def stream_section(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def store_line(results: dict[str, Any]) -> str:
+    """Whether each case started from the store as set up (``bench/store_snapshot.py``)."""
+    store = results.get("store")
+    if not store or not store.get("restored"):
+        why = "`--no-restore`" if store else "a run from before the restore"
+        return (
+            f"not restored between cases ({why}): each case measured on the histories and rows "
+            "the cases before it left"
+        )
+    snap = store["snapshot"]
+    out = (
+        "each case starts from the restored store: the "
+        f"{snap['keys']:,} keys ({snap['bytes'] / 1e6:.1f} MB) the world's materialization and "
+        f"the streamer's seeded histories left (streams not), taken in {snap['seconds']:.2f} s "
+        "and put back before every run that follows one through the gateway"
+    )
+    if store.get("restores"):
+        out += (
+            f" ({store['restores']} restores, {store['restore_s_mean']:.2f} s on average, "
+            f"{store['restore_s_max']:.2f} s at most)"
+        )
+    return out
+
+
 def stream_lines(results: dict[str, Any]) -> list[str]:
     """The stream's figures for the console (a ``--only`` run)."""
     lines = []
@@ -819,6 +843,7 @@ def render(results: dict[str, Any], img_path: Path, md_path: Path) -> str:
                     f"{results['world']['transactions']:,} transactions (seed 7), model trained on "
                     "them with Feast point-in-time features",
                 ],
+                ["online store", store_line(results)],
                 ["run time", f"{results['elapsed_s'] / 60:.1f} min"],
             ],
         )

@@ -29,6 +29,7 @@ import httpx
 import psutil
 
 from bench import peers, procs, sizes
+from bench.store_snapshot import FreshStore, Snapshot, take
 from bench.workspace import FEATURE_SERVICE, MODEL_NAME, World, build_world, sample_transactions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -608,12 +609,18 @@ def run_loadgen(
     return result
 
 
-def measure_cases(cases: list[Case], plan: Plan, pids: dict[str, int], stream: Any = None) -> None:
+def measure_cases(
+    cases: list[Case],
+    plan: Plan,
+    pids: dict[str, int],
+    stream: Any = None,
+    store: FreshStore | None = None,
+) -> None:
     """Open loops first, rate by rate: every case at that rate in ``plan.open_rounds``
     interleaved rounds (the order rotating), each case's rounds pooled into one run. A light
     load's p99 is a handful of samples: interleaving puts the contenders of a ratio in the same
     minutes, and pooling gives each p99 several times the samples of one short run. Then the
-    closed loops, case by case."""
+    closed loops, case by case. Each run starts from the restored store (``store``)."""
     rounds = max(plan.open_rounds, 1)
     per_round = Plan(**{**plan.__dict__, "open_s": plan.open_s / rounds})
     for rate in sorted({r for case in cases for r in case.rates}):
@@ -632,6 +639,7 @@ def measure_cases(cases: list[Case], plan: Plan, pids: dict[str, int], stream: A
                         pids,
                         tag=f"r{k}",
                         keep_latencies=rounds > 1,
+                        store=store,
                     )
                 )
         for case in at_rate:
@@ -645,7 +653,7 @@ def measure_cases(cases: list[Case], plan: Plan, pids: dict[str, int], stream: A
                 )
     for case in cases:
         for conc in case.concurrency:
-            case.runs.append(run_case(stream, case, "closed", conc, plan, pids))
+            case.runs.append(run_case(stream, case, "closed", conc, plan, pids, store=store))
 
 
 def pool_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -714,6 +722,8 @@ def pool_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     )
     if any("stream" in r for r in rounds):
         pooled["stream"] = pool_stream([r["stream"] for r in rounds if "stream" in r])
+    if any("store_restore_s" in r for r in rounds):
+        pooled["store_restore_s"] = [r.get("store_restore_s") for r in rounds]
     return pooled
 
 
@@ -749,6 +759,34 @@ def seed_stream(world: World) -> dict[str, Any]:
     return {"records": report.records, "entities": report.entities, "seconds": took}
 
 
+def snapshot_store(world: World) -> Snapshot:
+    """Every key of the world's Redis but its streams (``bench.store_snapshot.take``)."""
+    import redis
+
+    client = redis.Redis.from_url(world.redis.url)
+    try:
+        snapshot = take(client)
+    finally:
+        client.close()
+    log(
+        f"store snapshot: {snapshot.keys:,} keys, {snapshot.bytes / 1e6:.1f} MB of DUMP payloads "
+        f"({snapshot.streams} stream(s) left out) in {snapshot.seconds:.2f}s"
+    )
+    return snapshot
+
+
+def fresh_store(world: World, snapshot: Snapshot, stream: Any) -> FreshStore:
+    """Restores ``snapshot`` before the cases, once ``stream``'s backlog is 0."""
+    import redis
+
+    return FreshStore(
+        redis.Redis.from_url(world.redis.url),
+        snapshot,
+        backlog=lambda: sum(stream.backlog()),
+        log=log,
+    )
+
+
 def stream_watch(world: World, stack: Any) -> Any:
     """The decision stream's backlog watcher for the e2e runs (``bench.freshness.StreamWatch``)."""
     from bench.freshness import StreamWatch
@@ -757,18 +795,39 @@ def stream_watch(world: World, stack: Any) -> Any:
 
 
 def run_case(
-    stream: Any, case: Case, mode: str, param: float, *args: Any, **kw: Any
+    stream: Any,
+    case: Case,
+    mode: str,
+    param: float,
+    *args: Any,
+    store: FreshStore | None = None,
+    **kw: Any,
 ) -> dict[str, Any]:
     """:func:`run_loadgen`; for an end-to-end case with the streamer on, the consumer group's
     backlog sampled during the run and drained after it (``result["stream"]``), so that the next
-    run never starts with the streamer still working off this one's events."""
-    if stream is None or not case.key.startswith("e2e_"):
-        return run_loadgen(case, mode, param, *args, **kw)
-    with stream.sampling() as backlog:
+    run never starts with the streamer still working off this one's events. With ``store``, the
+    run starts from the store as set up (restored if a run since the last restore went through
+    the gateway: ``result["store_restore_s"]``)."""
+    restored = store.before(f"{case.key} {mode} {param:g}") if store is not None else None
+    through_gateway = case.key.startswith("e2e_")
+    if stream is None or not through_gateway:
         result = run_loadgen(case, mode, param, *args, **kw)
-    result["stream"] = backlog
+    else:
+        with stream.sampling() as backlog:
+            result = run_loadgen(case, mode, param, *args, **kw)
+        result["stream"] = backlog
+        _log_backlog(case.key, backlog)
+    if store is not None:
+        if restored is not None:
+            result["store_restore_s"] = restored["seconds"]
+        if through_gateway:
+            store.touched()
+    return result
+
+
+def _log_backlog(key: str, backlog: dict[str, Any]) -> None:
     log(
-        f"{case.key:<24} stream: max lag {backlog['max_lag']}, max pending "
+        f"{key:<24} stream: max lag {backlog['max_lag']}, max pending "
         f"{backlog['max_pending']}, at the end {backlog['backlog_at_end']}; "
         + (
             f"drained in {backlog['drain_s']:.1f}s"
@@ -781,7 +840,6 @@ def run_case(
             else ""
         )
     )
-    return result
 
 
 def pool_stream(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -1242,6 +1300,12 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated closed-loop concurrencies of the batch cases "
         "instead of the plan's (e.g. 2,4,8)",
     )
+    parser.add_argument(
+        "--no-restore",
+        action="store_true",
+        help="measure each case on the store the previous ones left, instead of putting the "
+        "store as set up back before each (the old behaviour, for comparison)",
+    )
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     parser.add_argument("--img", default=str(ROOT / "docs" / "img" / "latency_percentiles.png"))
     args = parser.parse_args(argv)
@@ -1297,6 +1361,9 @@ def main(argv: list[str] | None = None) -> int:
         cleanup.callback(world.redis.stop)
         results["world"] = {"transactions": world.n_transactions, "timings_s": world.timings}
         results["stream_seed"] = seed_stream(world)
+        # The store as set up, before anything has gone through the gateway: every case starts
+        # from it (bench/store_snapshot.py).
+        snapshot = None if args.no_restore else snapshot_store(world)
 
         log("starting Vigil's stack (LocalStack), feast serve, MLServer and the floors")
         # The services' logs (an access line per request) are of this run only: appended to run
@@ -1396,11 +1463,20 @@ def main(argv: list[str] | None = None) -> int:
             _redis_command(world.redis.url, "CONFIG", "RESETSTAT")
         stream = stream_watch(world, stack)
         cleanup.callback(stream.close)
+        store = None
+        if snapshot is not None:
+            store = fresh_store(world, snapshot, stream)
+            cleanup.callback(store.client.close)
         if not only or FRESHNESS_KEY in only:
-            # First: on the histories seeded from the world, before the e2e cases' replays of
-            # the same transactions have grown them (see bench/README.md).
+            # First: without the restore (--no-restore), the only case measured on the histories
+            # seeded from the world, before the e2e cases' replays have grown them.
+            restored = store.before(FRESHNESS_KEY) if store is not None else None
             results["freshness"] = measure_freshness(world, stack, txs, plan, pids, stream)
-        measure_cases(cases, plan, pids, stream)
+            if store is not None:
+                store.touched()
+            if restored is not None:
+                results["freshness"]["store_restore_s"] = restored["seconds"]
+        measure_cases(cases, plan, pids, stream, store)
         results["stream_on"] = stream_on_summary(cases)
         if only:
             results["redis_commandstats"] = _redis_command(world.redis.url, "INFO", "commandstats")
@@ -1410,9 +1486,12 @@ def main(argv: list[str] | None = None) -> int:
             for c in cases
         }
         if args.profile:
+            if store is not None:  # the profiled runs follow each other without a restore
+                store.before("profile")
             results["profile"] = profile(
                 {c.key: c for c in cases}, plan, pids, venv, args.profile_open_rate
             )
+        results["store"] = store.summary() if store is not None else {"restored": False}
         if only:
             (WORK / "partial.json").write_text(json.dumps(results, indent=1, default=str))
             _print_partial(results)
@@ -1479,6 +1558,7 @@ def _print_partial(results: dict[str, Any]) -> None:
             )
     from bench import report
 
+    print(report.store_line(results))
     for line in report.stream_lines(results):
         print(line)
     for key, prof in results.get("profile", {}).items():

@@ -311,3 +311,25 @@ def test_a_results_json_without_the_stream_renders_no_stream_section(tmp_path: P
     md = report.render(_results(), img_path=tmp_path / "p.png", md_path=tmp_path / "b.md")
     assert "## The decision stream" not in md
     assert not report.stream_verdicts(_results())
+
+
+def test_the_setup_says_whether_each_case_started_from_the_restored_store(tmp_path: Path) -> None:
+    restored = copy.deepcopy(_results())
+    restored["store"] = {
+        "restored": True,
+        "snapshot": {"keys": 41_000, "bytes": 23_400_000, "streams_left_out": 0, "seconds": 0.8},
+        "restores": 30,
+        "restore_s_mean": 0.41,
+        "restore_s_max": 0.62,
+    }
+    md = report.render(restored, img_path=tmp_path / "p.png", md_path=tmp_path / "b.md")
+    assert (
+        "| online store | each case starts from the restored store: the 41,000 keys (23.4 MB) "
+        "the world's materialization and the streamer's seeded histories left (streams not), "
+        "taken in 0.80 s and put back before every run that follows one through the gateway "
+        "(30 restores, 0.41 s on average, 0.62 s at most) |"
+    ) in md
+    no_restore = copy.deepcopy(_results())
+    no_restore["store"] = {"restored": False}
+    assert "not restored between cases (`--no-restore`)" in report.store_line(no_restore)
+    assert "not restored between cases (a run from before" in report.store_line(_results())
