@@ -110,9 +110,23 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         "p99_ms": after["p99_ms"] / before["p99_ms"],
         "cpu_ms_per_request": cpu_ratio,
     }
+    # Each round's own after/before (its two stacks ran minutes apart at most): a second view
+    # of the same rounds, less moved by a slow stretch that hit both commits of one round.
+    pairs = list(zip(runs["before"], runs["after"], strict=True))
+    paired = {
+        key: statistics.median(a[key] / b[key] for b, a in pairs) for key in ("max_rps", "p99_ms")
+    }
+    gateway = [
+        a["cpu_ms_per_request"]["gateway"] / b["cpu_ms_per_request"]["gateway"]
+        for b, a in pairs
+        if b["cpu_ms_per_request"].get("gateway") and a["cpu_ms_per_request"].get("gateway")
+    ]
+    if gateway:
+        paired["gateway_cpu_ms_per_request"] = statistics.median(gateway)
     return {
         "medians": medians,
         "ratios": ratios,
+        "paired_ratio_medians": paired,
         # The issue's bar: no more than 10 % less throughput, no more than 10 % longer p99.
         "within_10pct": {
             "max_rps": ratios["max_rps"] >= 0.9,
@@ -456,6 +470,16 @@ def print_summary(result: dict[str, Any]) -> None:
             f"  CPU per request at c=16, {p}: {med['before']['cpu_ms_per_request'][p]:.3f} -> "
             f"{med['after']['cpu_ms_per_request'][p]:.3f} ms: x{v:.3f}"
         )
+    paired = result["paired_ratio_medians"]
+    print(
+        "  median of the rounds' own after/before: max throughput "
+        f"x{paired['max_rps']:.3f}, p99 x{paired['p99_ms']:.3f}"
+        + (
+            f", gateway CPU per request x{paired['gateway_cpu_ms_per_request']:.3f}"
+            if "gateway_cpu_ms_per_request" in paired
+            else ""
+        )
+    )
     print(f"  the same (label, score) for the check bodies: {result['same_answers']}")
 
 

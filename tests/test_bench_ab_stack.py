@@ -60,6 +60,11 @@ def test_summary_is_medians_and_after_over_before() -> None:
     assert out["ratios"]["p99_ms"] == pytest.approx(1.0)
     assert out["ratios"]["cpu_ms_per_request"]["gateway"] == pytest.approx(1.1)
     assert out["within_10pct"] == {"max_rps": False, "p99_ms": True}
+    # Round by round: 0.9, 0.875, 0.4545 (throughput); 1.1667, 0.7222, 4.2857 (p99).
+    paired = out["paired_ratio_medians"]
+    assert paired["max_rps"] == pytest.approx(0.875)
+    assert paired["p99_ms"] == pytest.approx(7.0 / 6.0)
+    assert paired["gateway_cpu_ms_per_request"] == pytest.approx(1.1)
 
 
 def test_within_ten_percent_at_the_edges() -> None:
