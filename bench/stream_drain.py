@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 
 from vigil.fx import FX_FILE, read_fx_table
 from vigil.redis_server import RedisServer
-from vigil.replay import compare_rows, expected_rows, online_rows
+from vigil.replay import compare_rows, expected_rows, online_rows, transaction_body
 from vigil.stream_seed import seed_histories
 from vigil.world import WorldConfig, generate_world
 from vigil_contracts.decision_events import STREAM_KEY
@@ -41,19 +41,7 @@ def _cpu_s(pid: int) -> float:
 
 
 def _event(row: pd.Series, i: int) -> tuple[str, bytes]:
-    txn = {
-        "transaction_id": str(row.transaction_id),
-        "card_id": row.card_id,
-        "merchant_id": row.merchant_id,
-        "amount": float(row.amount),
-        "currency": row.currency,
-        "timestamp": row.event_timestamp.isoformat(),
-        "channel": row.channel,
-    }
-    if isinstance(row.country, str):
-        txn["country"] = row.country
-    if isinstance(row.device_id, str):
-        txn["device_id"] = row.device_id
+    txn = transaction_body(row)
     eid = f"{row.transaction_id}\x1fdrain{i}"
     event = {
         "schema_version": 1,
