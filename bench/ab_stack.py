@@ -295,6 +295,16 @@ def check_answers(url: str, bodies: list[str], tag: str) -> list[list[Any]]:
     return out
 
 
+def with_ids(body: str, prefix: str) -> str:
+    """Each placeholder of ``body`` its own id, ``prefix0``, ``prefix1``, ... (as the load
+    generator fills a batch body: one transaction id used twice is a 409)."""
+    parts = body.split(PLACEHOLDER)
+    out = [parts[0]]
+    for k, part in enumerate(parts[1:]):
+        out += [f"{prefix}{k}", part]
+    return "".join(out)
+
+
 def check_batch_answers(url: str, body: str, tag: str) -> list[list[Any]]:
     """The first batch body scored once: a 200, every item a 200 and none degraded; every
     item's (label, score) in order, for the comparison of the variants' answers."""
@@ -303,7 +313,7 @@ def check_batch_answers(url: str, body: str, tag: str) -> list[list[Any]]:
     with httpx.Client(timeout=60.0) as client:
         resp = client.post(
             url + BATCH_PATH,
-            content=body.replace(PLACEHOLDER, f"check-{tag}-b"),
+            content=with_ids(body, f"check-{tag}-b"),
             headers={"content-type": "application/json"},
         )
     if resp.status_code != 200:

@@ -55,6 +55,10 @@ def _round(
 
 def test_batch_bodies_cycle_like_the_full_benchmarks() -> None:
     assert ab_stack.chunks([1, 2, 3], 2, 3) == [[1, 2], [3, 1], [2, 3]]
+    body = '{"transactions": [{"transaction_id": "__TXID__"}, {"transaction_id": "__TXID__"}]}'
+    assert ab_stack.with_ids(body, "c-") == (
+        '{"transactions": [{"transaction_id": "c-0"}, {"transaction_id": "c-1"}]}'
+    )
 
 
 def test_summary_is_medians_and_after_over_before() -> None:
