@@ -7,7 +7,8 @@ gateway's bodies from it as that tree's benchmark does. Then, round after round 
 alternating (A B, B A, A B, ...), it starts one commit's stack as that commit's ``vigil.runner``
 does (encoder, predictor, gateway, one uvicorn process each, its code first on PYTHONPATH),
 measures bench.run's ``e2e_1`` case with this tree's load generator (an open loop at 50 req/s
-for the p99, a closed loop at c=16 for the maximum throughput) and stops it. A full run's
+for the p99, a closed loop at c=16 for the maximum throughput) and its ``e2e_1000`` case's closed
+loop (``/score-batch`` with 1000-transaction bodies at c=4: transactions/s) and stops it. A full run's
 absolute figures move with whatever else the shared machine does; rounds of both commits in the
 same minutes share that, so the after/before ratios of the medians are the figure. Results go
 to ``.bench/ab_stack/<time>.json``.
@@ -39,6 +40,8 @@ ROOTS = (
 )
 PLACEHOLDER = "__TXID__"
 SCORE_PATH = "/v1/transactions/score"
+BATCH_PATH = "/v1/transactions/score-batch"
+BATCH_ROWS = 1000  # bench.run's gateway_1000 bodies: 4 of 1000 transactions
 SERVICES = ("gateway", "encoder", "predictor", "redis")
 
 
@@ -61,6 +64,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=16, help="the closed loop's")
     parser.add_argument("--closed-s", type=float, default=8.0, help="measured closed-loop seconds")
     parser.add_argument("--warmup-s", type=float, default=2.0, help="before each measured run")
+    parser.add_argument(
+        "--batch-concurrency", type=int, default=4, help="the batch closed loop's (0: none)"
+    )
+    parser.add_argument(
+        "--batch-s", type=float, default=8.0, help="measured batch closed-loop seconds"
+    )
     # The children this script starts in a variant's tree (its code first on PYTHONPATH).
     parser.add_argument("--build-world", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--hold-stack", type=Path, help=argparse.SUPPRESS)
@@ -69,6 +78,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     return args
+
+
+def chunks(items: list[Any], size: int, count: int) -> list[list[Any]]:
+    """``count`` lists of ``size`` items, cycling through ``items`` (bench.run's ``_chunks``)."""
+    return [[items[(k * size + i) % len(items)] for i in range(size)] for k in range(count)]
 
 
 def schedule(rounds: int) -> list[tuple[int, str]]:
@@ -84,8 +98,10 @@ def schedule(rounds: int) -> list[tuple[int, str]]:
 def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Medians per variant of each round's figures, and after/before of the medians.
 
-    A round is ``{"max_rps": .., "p99_ms": .., "cpu_ms_per_request": {process: ms}}``; a
-    ratio above 1 is more throughput, a longer p99 or more CPU for ``after``."""
+    A round is ``{"max_rps": .., "p99_ms": .., "cpu_ms_per_request": {process: ms}}`` and,
+    when the batch case ran, ``"batch_tx_per_s"`` (transactions/s of ``/score-batch``); a ratio
+    above 1 is more throughput, a longer p99 or more CPU for ``after``."""
+    batch = all("batch_tx_per_s" in r for rounds in runs.values() for r in rounds)
     medians: dict[str, dict[str, Any]] = {}
     for name, rounds in runs.items():
         cpu_names = sorted({p for r in rounds for p in r.get("cpu_ms_per_request", {})})
@@ -99,6 +115,8 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                 for p in cpu_names
             },
         }
+        if batch:
+            medians[name]["batch_tx_per_s"] = statistics.median(r["batch_tx_per_s"] for r in rounds)
     before, after = medians["before"], medians["after"]
     cpu_ratio = {
         p: after["cpu_ms_per_request"][p] / v
@@ -110,12 +128,13 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         "p99_ms": after["p99_ms"] / before["p99_ms"],
         "cpu_ms_per_request": cpu_ratio,
     }
+    if batch:
+        ratios["batch_tx_per_s"] = after["batch_tx_per_s"] / before["batch_tx_per_s"]
     # Each round's own after/before (its two stacks ran minutes apart at most): a second view
     # of the same rounds, less moved by a slow stretch that hit both commits of one round.
     pairs = list(zip(runs["before"], runs["after"], strict=True))
-    paired = {
-        key: statistics.median(a[key] / b[key] for b, a in pairs) for key in ("max_rps", "p99_ms")
-    }
+    keys = ("max_rps", "p99_ms", "batch_tx_per_s") if batch else ("max_rps", "p99_ms")
+    paired = {key: statistics.median(a[key] / b[key] for b, a in pairs) for key in keys}
     gateway = [
         a["cpu_ms_per_request"]["gateway"] / b["cpu_ms_per_request"]["gateway"]
         for b, a in pairs
@@ -123,15 +142,15 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     ]
     if gateway:
         paired["gateway_cpu_ms_per_request"] = statistics.median(gateway)
+    # The issue's bar: no more than 10 % less throughput, no more than 10 % longer p99.
+    within = {"max_rps": ratios["max_rps"] >= 0.9, "p99_ms": ratios["p99_ms"] <= 1.1}
+    if batch:
+        within["batch_tx_per_s"] = ratios["batch_tx_per_s"] >= 0.9
     return {
         "medians": medians,
         "ratios": ratios,
         "paired_ratio_medians": paired,
-        # The issue's bar: no more than 10 % less throughput, no more than 10 % longer p99.
-        "within_10pct": {
-            "max_rps": ratios["max_rps"] >= 0.9,
-            "p99_ms": ratios["p99_ms"] <= 1.1,
-        },
+        "within_10pct": within,
     }
 
 
@@ -168,7 +187,10 @@ def build_world(root: Path, redis_conn: str, args: argparse.Namespace) -> None:
     timings["to_trained"] = time.monotonic() - started
     txs = sample_transactions(SimpleNamespace(raw_path=raw), 2000, seed=args.seed)  # type: ignore[arg-type]
     bodies = [json.dumps(tx) for tx in txs[:500]]  # bench.run's gateway_1
-    (root / "bodies.json").write_text(json.dumps({"bodies": bodies, "timings_s": timings}))
+    batch = [json.dumps({"transactions": c}) for c in chunks(txs, BATCH_ROWS, 4)]  # gateway_1000
+    (root / "bodies.json").write_text(
+        json.dumps({"bodies": bodies, "batch_bodies": batch, "timings_s": timings})
+    )
 
 
 def hold_stack(root: Path, redis_url: str) -> None:
@@ -273,6 +295,42 @@ def check_answers(url: str, bodies: list[str], tag: str) -> list[list[Any]]:
     return out
 
 
+def with_ids(body: str, prefix: str) -> str:
+    """Each placeholder of ``body`` its own id, ``prefix0``, ``prefix1``, ... (as the load
+    generator fills a batch body: one transaction id used twice is a 409)."""
+    parts = body.split(PLACEHOLDER)
+    out = [parts[0]]
+    for k, part in enumerate(parts[1:]):
+        out += [f"{prefix}{k}", part]
+    return "".join(out)
+
+
+def check_batch_answers(url: str, body: str, tag: str) -> list[list[Any]]:
+    """The first batch body scored once: a 200, every item a 200 and none degraded; every
+    item's (label, score) in order, for the comparison of the variants' answers."""
+    import httpx
+
+    with httpx.Client(timeout=60.0) as client:
+        resp = client.post(
+            url + BATCH_PATH,
+            content=with_ids(body, f"check-{tag}-b"),
+            headers={"content-type": "application/json"},
+        )
+    if resp.status_code != 200:
+        raise RuntimeError(f"{tag}: the batch body answered {resp.status_code}: {resp.text[:2000]}")
+    results = resp.json()["results"]
+    bad = [r for r in results if r["status"] != 200 or r["result"].get("degraded")]
+    if bad or len(results) != BATCH_ROWS:
+        raise RuntimeError(f"{tag}: {len(results)} batch items, {len(bad)} bad: {bad[:3]}")
+    return [[r["result"]["label"], r["result"]["score"]] for r in results]
+
+
+def answers_digest(answers: list[list[Any]]) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(answers).encode()).hexdigest()
+
+
 def run_loadgen(
     spec: dict[str, Any], pids: dict[str, int], work: Path, name: str
 ) -> dict[str, Any]:
@@ -301,9 +359,16 @@ def run_loadgen(
 
 
 def measure(
-    stack: Stack, redis_pid: int, bodies: list[str], args: argparse.Namespace, work: Path, tag: str
+    stack: Stack,
+    redis_pid: int,
+    bodies: list[str],
+    batch_bodies: list[str],
+    args: argparse.Namespace,
+    work: Path,
+    tag: str,
 ) -> dict[str, Any]:
-    """bench.run's e2e_1 case on one stack: the open loop, then the closed loop."""
+    """bench.run's e2e_1 case on one stack: the open loop, then the closed loop; then the
+    closed loop of its e2e_1000 case (``/score-batch``, 1000 transactions a body)."""
     pids = {**{n: stack.pids[n] for n in ("gateway", "encoder", "predictor")}, "redis": redis_pid}
     base = {
         "url": stack.urls["gateway"] + SCORE_PATH,
@@ -318,6 +383,11 @@ def measure(
     }
     load = os.getloadavg()[0]
     answers = check_answers(stack.urls["gateway"], bodies, tag)
+    batch_answers = (
+        check_batch_answers(stack.urls["gateway"], batch_bodies[0], tag)
+        if args.batch_concurrency
+        else []
+    )
     open_ = run_loadgen(
         {
             **base,
@@ -343,7 +413,7 @@ def measure(
         work,
         f"{tag}-closed",
     )
-    return {
+    out: dict[str, Any] = {
         "max_rps": closed["rate_rps"],
         "p99_ms": open_["p99_ms"],
         "p50_ms": open_["p50_ms"],
@@ -357,6 +427,37 @@ def measure(
         "answers": answers,
         "loadavg_before": load,
     }
+    if args.batch_concurrency:
+        batch = run_loadgen(
+            {
+                **base,
+                "url": stack.urls["gateway"] + BATCH_PATH,
+                "bodies": batch_bodies,
+                "rows": BATCH_ROWS,
+                "mode": "closed",
+                "concurrency": args.batch_concurrency,
+                "duration_s": args.batch_s,
+                "timeout_s": 60.0,
+                "id_prefix": f"{tag}b-",
+            },
+            pids,
+            work,
+            f"{tag}-batch",
+        )
+        out.update(
+            batch_tx_per_s=batch["rows_per_s"],
+            batch_rps=batch["rate_rps"],
+            batch_requests=batch["requests"],
+            batch_errors=batch["errors"],
+            batch_p50_ms=batch.get("p50_ms"),
+            batch_p99_ms=batch.get("p99_ms"),
+            batch_cpu_ms_per_tx={
+                n: v / BATCH_ROWS for n, v in batch["server_cpu_ms_per_request"].items()
+            },
+            batch_answers_sha256=answers_digest(batch_answers),
+            _batch_answers=batch_answers,
+        )
+    return out
 
 
 def pooled_p99(rounds: list[dict[str, Any]]) -> float:
@@ -400,14 +501,20 @@ def main(argv: list[str] | None = None) -> int:
             )
             built = json.loads((world / "bodies.json").read_text())
             bodies: list[str] = built["bodies"]
-            log(f"world built in {built['timings_s']['to_trained']:.0f} s; {len(bodies)} bodies")
+            batch_bodies: list[str] = built["batch_bodies"]
+            log(
+                f"world built in {built['timings_s']['to_trained']:.0f} s; {len(bodies)} bodies, "
+                f"{len(batch_bodies)} of {BATCH_ROWS} transactions"
+            )
             assert redis.process is not None
             runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
             for k, name in schedule(args.rounds):
                 tag = f"r{k}{name[0]}"
                 stack = Stack(trees[name], world, redis.url, out_dir / "logs" / tag)
                 try:
-                    r = measure(stack, redis.process.pid, bodies, args, out_dir / "cases", tag)
+                    r = measure(
+                        stack, redis.process.pid, bodies, batch_bodies, args, out_dir / "cases", tag
+                    )
                 finally:
                     stack.stop()
                 r["round"] = k
@@ -417,6 +524,13 @@ def main(argv: list[str] | None = None) -> int:
                     f"round {k + 1} {name:<6} ({commits[name]}): max {r['max_rps']:6.0f} req/s, "
                     f"p99 at {args.rate:g}/s {r['p99_ms']:6.2f} ms (p50 {r['p50_ms']:.2f}), "
                     f"errors {r['open_errors']}/{r['closed_errors']}; CPU ms/request: {cpu}"
+                    + (
+                        f"; batch c={args.batch_concurrency}: {r['batch_tx_per_s']:6.0f} tx/s "
+                        f"({r['batch_rps']:.2f} req/s, p50 {r['batch_p50_ms']:.0f} ms, "
+                        f"errors {r['batch_errors']})"
+                        if "batch_tx_per_s" in r
+                        else ""
+                    )
                 )
         finally:
             redis.stop()
@@ -425,9 +539,15 @@ def main(argv: list[str] | None = None) -> int:
     summary["same_answers"] = all(
         r["answers"] == runs["before"][0]["answers"] for rs in runs.values() for r in rs
     )
+    if args.batch_concurrency:
+        first = runs["before"][0]["_batch_answers"]
+        summary["same_batch_answers"] = all(
+            r["_batch_answers"] == first for rs in runs.values() for r in rs
+        )
     for rs in runs.values():
         for r in rs:
             del r["latencies_ms"]
+            r.pop("_batch_answers", None)
     result = {
         "when": stamp,
         "commits": commits,
@@ -435,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             k: getattr(args, k)
             for k in ("rounds", "transactions", "seed", "boost_rounds", "rate", "open_s")
-            + ("concurrency", "closed_s", "warmup_s")
+            + ("concurrency", "closed_s", "warmup_s", "batch_concurrency", "batch_s")
         },
         "cpus": os.cpu_count(),
         "elapsed_s": time.monotonic() - started,
@@ -470,6 +590,14 @@ def print_summary(result: dict[str, Any]) -> None:
             f"  CPU per request at c=16, {p}: {med['before']['cpu_ms_per_request'][p]:.3f} -> "
             f"{med['after']['cpu_ms_per_request'][p]:.3f} ms: x{v:.3f}"
         )
+    if "batch_tx_per_s" in ratios:
+        print(
+            f"  batch throughput (/score-batch, {BATCH_ROWS} transactions a body, "
+            f"c={result['settings']['batch_concurrency']}): "
+            f"{med['before']['batch_tx_per_s']:.0f} -> {med['after']['batch_tx_per_s']:.0f} "
+            f"transactions/s: x{ratios['batch_tx_per_s']:.3f} "
+            f"({'within' if ok['batch_tx_per_s'] else 'NOT within'} 10 %)"
+        )
     paired = result["paired_ratio_medians"]
     print(
         "  median of the rounds' own after/before: max throughput "
@@ -479,8 +607,11 @@ def print_summary(result: dict[str, Any]) -> None:
             if "gateway_cpu_ms_per_request" in paired
             else ""
         )
+        + (f", batch x{paired['batch_tx_per_s']:.3f}" if "batch_tx_per_s" in paired else "")
     )
     print(f"  the same (label, score) for the check bodies: {result['same_answers']}")
+    if "same_batch_answers" in result:
+        print(f"  ... and for every item of a batch body: {result['same_batch_answers']}")
 
 
 if __name__ == "__main__":
