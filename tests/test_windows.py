@@ -216,3 +216,49 @@ def test_the_mode_is_the_most_frequent_value_and_the_smallest_of_ties() -> None:
         ([f"c{i}" for i in range(20)] + ["c7"], "c7"),
     ]:
         assert windows._aggregate("mode", values, len(values)) == want, values
+
+
+def test_kept_aggregates_are_those_of_their_own_list_and_window(monkeypatch) -> None:
+    """A card's mean and spread are kept by the list they were computed from and the window's
+    bounds: the same lists at other instants, equal lists that are other objects, the request
+    features' call after the view's and a full store of kept values give fresh values."""
+    tables = compute_feature_tables(random_world(5))
+    card = tables["card_stats"]
+    events = max(_events(card, "card_stats"), key=lambda e: len(e["card_event_us"]))
+    assert len(events["card_event_us"]) > 3
+    times = events["card_event_us"]
+    instants = [times[0], times[1], times[-1], times[-1] + 1, times[-1] + 30 * DAY_US, times[2]]
+    names = ("card_amount_avg_30d", "card_amount_std_30d", "card_home_country")
+    copy = {k: list(v) for k, v in events.items()}
+    copy["card_event_amounts"] = [x * 2 for x in copy["card_event_amounts"]]  # other values
+    # Windows of one end and other starts: on days 35 and 41 the 30 days hold 3 and 2 events.
+    days = [0, 10, 20, 35]
+    spaced = {
+        "card_event_us": [d * DAY_US for d in days],
+        "card_event_amounts": [1.0, 10.0, 20.0, 41.0],
+        "card_event_merchants": ["m"] * 4,
+        "card_event_devices": [""] * 4,
+        "card_event_countries": ["FR", "DE", "DE", "FR"],
+    }
+    at = [35 * DAY_US + 1, 36 * DAY_US, 41 * DAY_US, 30 * DAY_US + 1]
+
+    def fresh(lists: dict, t: int) -> list:
+        windows._kept.clear()
+        return windows.aggregate_many(names, lists, t)
+
+    for kept in (windows.AGGREGATES_KEPT, 1):
+        monkeypatch.setattr(windows, "AGGREGATES_KEPT", kept)
+        windows._kept.clear()
+        vector = windows.transform_vector("card_stats")
+        for t in [*instants, *reversed(instants)]:
+            row = {**events, windows.REQUEST_FIELD: t / 1e6}
+            vector(row)  # the view first, as the encoder runs them
+            got = windows.aggregate_many(names, events, t)
+            other = windows.aggregate_many(names, copy, t)
+            assert all(map(_same, got, fresh(events, t))), t
+            assert all(map(_same, other, fresh(copy, t))), t
+        windows._kept.clear()
+        for t in [*at, *reversed(at)]:
+            vector({**spaced, windows.REQUEST_FIELD: t / 1e6})
+            got = windows.aggregate_many(names, spaced, t)
+            assert all(map(_same, got, fresh(spaced, t))), t
