@@ -48,6 +48,11 @@ FEAST_VALUES = [
     FeastValue(bool_val=False),
     FeastValue(bytes_val=b"\x00\xff"),
     FeastValue(),  # how Feast stores a null of any dtype
+    # The event lists (decoded through a slice of the parsed list: a list of the same values).
+    FeastValue(int64_list_val={"val": [1_733_500_000_123_456, 0, -3, 2**62]}),
+    FeastValue(int64_list_val={"val": []}),
+    FeastValue(double_list_val={"val": [12.5, 0.0, -1e-300, math.inf]}),
+    FeastValue(string_list_val={"val": ["m1", "", "zürich ✓"]}),
 ]
 
 

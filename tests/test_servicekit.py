@@ -213,6 +213,27 @@ def test_json_formatter_keeps_extras_and_exceptions():
     assert "args" not in entry and "lineno" not in entry
 
 
+def test_the_collector_is_paused_for_the_block_and_resumed_as_it_was():
+    import gc
+
+    from vigil_servicekit.gc_tuning import collector_paused
+
+    assert gc.isenabled()
+    try:
+        with collector_paused():
+            assert not gc.isenabled()
+        assert gc.isenabled()
+        with pytest.raises(ValueError), collector_paused():
+            raise ValueError("resumed all the same")
+        assert gc.isenabled()
+        gc.disable()  # paused by someone else (serve's start-up): left paused
+        with collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_the_startup_heap_is_frozen_for_the_life_of_the_block():
     import gc
 

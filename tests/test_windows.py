@@ -160,3 +160,105 @@ def test_the_feast_form_is_the_row_form_with_missing_floats_as_nan() -> None:
             row = windows.transform_row(view, {n: c[i] for n, c in columns.items()})
             for name, value in row.items():
                 assert _same(value, feast[name][i]), (view, name, i)
+
+
+def test_a_merchants_rows_either_side_of_an_hour_share_no_result_in_one_batch(monkeypatch) -> None:
+    """The tiled vector form keeps a result per merchant and hour (:data:`windows.TILED_KEPT`):
+    rows of one merchant's lists in one batch either side of an hour or day boundary, or of
+    equal lists that are other objects, give the values of separate calls, also once the kept
+    results have been dropped."""
+    tables = compute_feature_tables(random_world(4))
+    merchant = tables["merchant_stats"]
+    lists = _events(merchant, "merchant_stats")[-1]
+    assert lists["merchant_hour_index"]
+    hour = lists["merchant_hour_index"][-1]
+    instants = [
+        (hour + 1) * HOUR_US - 1,  # the last µs of its newest hour
+        (hour + 1) * HOUR_US,  # the next hour: the oldest hour tile may leave the 24h window
+        (hour + 1) * HOUR_US + 1,
+        (hour + 24) * HOUR_US,
+        (hour + 25) * HOUR_US,
+        (lists["merchant_day_index"][-1] + 8) * DAY_US,  # the next day's tile, a week on
+        (lists["merchant_day_index"][-1] + 8) * DAY_US - 1,
+    ]
+    rows = [{**lists, windows.REQUEST_FIELD: t / 1e6} for t in [*instants, *reversed(instants)]]
+    # Equal lists in other objects, and an unknown merchant, in the same batch.
+    rows.append(
+        {**{k: list(v) for k, v in lists.items()}, windows.REQUEST_FIELD: instants[0] / 1e6}
+    )
+    rows.append({windows.REQUEST_FIELD: instants[0] / 1e6})
+
+    def separate(row: dict) -> list[float]:
+        return windows.transform_vector("merchant_stats")(row)  # a fresh form: nothing kept
+
+    for kept in (windows.TILED_KEPT, 2):
+        monkeypatch.setattr(windows, "TILED_KEPT", kept)
+        batch = windows.transform_vector("merchant_stats")
+        got = [batch(row) for row in rows]
+        want = [separate(row) for row in rows]
+        for g, w in zip(got, want, strict=True):
+            assert len(g) == len(w) and all(map(_same, g, w)), (g, w)
+        assert len({repr(g) for g in got}) > 3  # the boundaries are met: the windows differ
+    # A row's result is a list of its own: changing it changes no later row's.
+    batch = windows.transform_vector("merchant_stats")
+    first = batch(rows[0])
+    first[0] = -1.0
+    assert batch(rows[0])[0] != -1.0
+
+
+def test_the_mode_is_the_most_frequent_value_and_the_smallest_of_ties() -> None:
+    for values, want in [
+        ([], None),
+        (["", ""], None),
+        (["FR", "DE", "", "DE", "FR"], "DE"),
+        (["FR", "DE", "FR"], "FR"),
+        ([f"c{i % 12}" for i in range(30)], "c0"),  # many candidates (counted otherwise)
+        ([f"c{i}" for i in range(20)] + ["c7"], "c7"),
+    ]:
+        assert windows._aggregate("mode", values, len(values)) == want, values
+
+
+def test_kept_aggregates_are_those_of_their_own_list_and_window(monkeypatch) -> None:
+    """A card's mean and spread are kept by the list they were computed from and the window's
+    bounds: the same lists at other instants, equal lists that are other objects, the request
+    features' call after the view's and a full store of kept values give fresh values."""
+    tables = compute_feature_tables(random_world(5))
+    card = tables["card_stats"]
+    events = max(_events(card, "card_stats"), key=lambda e: len(e["card_event_us"]))
+    assert len(events["card_event_us"]) > 3
+    times = events["card_event_us"]
+    instants = [times[0], times[1], times[-1], times[-1] + 1, times[-1] + 30 * DAY_US, times[2]]
+    names = ("card_amount_avg_30d", "card_amount_std_30d", "card_home_country")
+    copy = {k: list(v) for k, v in events.items()}
+    copy["card_event_amounts"] = [x * 2 for x in copy["card_event_amounts"]]  # other values
+    # Windows of one end and other starts: on days 35 and 41 the 30 days hold 3 and 2 events.
+    days = [0, 10, 20, 35]
+    spaced = {
+        "card_event_us": [d * DAY_US for d in days],
+        "card_event_amounts": [1.0, 10.0, 20.0, 41.0],
+        "card_event_merchants": ["m"] * 4,
+        "card_event_devices": [""] * 4,
+        "card_event_countries": ["FR", "DE", "DE", "FR"],
+    }
+    at = [35 * DAY_US + 1, 36 * DAY_US, 41 * DAY_US, 30 * DAY_US + 1]
+
+    def fresh(lists: dict, t: int) -> list:
+        windows._kept.clear()
+        return windows.aggregate_many(names, lists, t)
+
+    for kept in (windows.AGGREGATES_KEPT, 1):
+        monkeypatch.setattr(windows, "AGGREGATES_KEPT", kept)
+        windows._kept.clear()
+        vector = windows.transform_vector("card_stats")
+        for t in [*instants, *reversed(instants)]:
+            row = {**events, windows.REQUEST_FIELD: t / 1e6}
+            vector(row)  # the view first, as the encoder runs them
+            got = windows.aggregate_many(names, events, t)
+            other = windows.aggregate_many(names, copy, t)
+            assert all(map(_same, got, fresh(events, t))), t
+            assert all(map(_same, other, fresh(copy, t))), t
+        windows._kept.clear()
+        for t in [*at, *reversed(at)]:
+            vector({**spaced, windows.REQUEST_FIELD: t / 1e6})
+            got = windows.aggregate_many(names, spaced, t)
+            assert all(map(_same, got, fresh(spaced, t))), t

@@ -354,12 +354,11 @@ class Declared:
         if not views:
             return row
         t_us = windows.request_us(float(row[windows.REQUEST_FIELD]))
-        finished = {
-            name: windows.aggregate(name, row, t_us)
-            for view in views
-            for name in self.windowed[view]
-        }
-        return {**row, **finished}
+        finished = dict(row)
+        for view in views:
+            names = self.windowed[view]
+            finished.update(zip(names, windows.aggregate_many(names, row, t_us), strict=True))
+        return finished
 
     def _with_windows_columns(
         self, columns: Mapping[str, Sequence[Any]]
@@ -379,8 +378,12 @@ class Declared:
                 dict(zip(lists, row, strict=True))
                 for row in zip(*map(columns.__getitem__, lists), strict=True)
             ]
-            for name in self.windowed[view]:
-                out[name] = [windows.aggregate(name, r, t) for r, t in zip(rows, t_us, strict=True)]
+            names = self.windowed[view]
+            finished = [
+                windows.aggregate_many(names, r, t) for r, t in zip(rows, t_us, strict=True)
+            ]
+            for k, name in enumerate(names):
+                out[name] = [values[k] for values in finished]
         return out
 
     # -- computing
@@ -448,8 +451,9 @@ class Declared:
         for view, times in self._times.items():
             if times in row:
                 t_us = windows.request_us(float(row[windows.REQUEST_FIELD]))
-                for k, name in self._windowed_slots[view]:
-                    values[k] = windows.aggregate(name, row, t_us)
+                finished = windows.aggregate_many(self.windowed[view], row, t_us)
+                for (k, _), value in zip(self._windowed_slots[view], finished, strict=True):
+                    values[k] = value
         if all(map(frozenset.__contains__, self._gates, map(type, values))):
             for k in self._nan_slots:
                 if values[k] != values[k]:

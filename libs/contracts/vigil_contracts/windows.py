@@ -38,7 +38,9 @@ from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import reduce
 from math import sqrt
+from operator import add, mul
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -269,25 +271,11 @@ def _field_lists(view: str) -> dict[str, str]:
 
 
 # Per view, computed once (the encoder calls these per row): its time list, its features'
-# names, and (name, aggregate, list read, window) of each; for a tiled view (name, aggregate,
-# index list, count list, sum list read, units back, unit).
+# names; for a tiled view (name, aggregate, index list, count list, sum list read, units back,
+# unit) of each feature.
 _TIMES = {view: _field_lists(view)["us"] for view in EVENT_FIELDS}
 _NAMES = {view: tuple(f.name for f in view_features(view)) for view in VIEWS}
-_PLANS = {
-    view: tuple(
-        (f.name, f.how, None if f.of is None else _field_lists(view)[f.of], f.window_us)
-        for f in view_features(view)
-    )
-    for view in EVENT_FIELDS
-}
-_OUTPUT_PLANS = {
-    view: tuple(
-        plan
-        for plan, f in zip(_PLANS[view], view_features(view), strict=True)
-        if f.dtype != "String"
-    )
-    for view in EVENT_FIELDS
-}
+_BY_NAME = {f.name: f for f in WINDOWED}
 _TILE_PLANS = {
     view: tuple(
         (
@@ -306,46 +294,120 @@ _TILE_PLANS = {
 
 
 def _aggregate(how: str, values: Sequence[Any], n: int) -> Any:
-    """``how`` of the ``n`` events of a window (``values`` their field, in time order)."""
+    """``how`` of the ``n`` events of a window (``values`` their field, in time order). Sums
+    add in stored order, one after the other (``reduce(add)``, not ``sum``, whose float
+    summation Python may change), as :func:`window_columns` does."""
     if how == "count":
         return n
     if how == "sum":
-        total = 0.0
-        for x in values:
-            total += x
-        return total
+        return reduce(add, values, 0.0)
     if how == "distinct":
-        return len({v for v in values if v})
+        return len(set(filter(None, values)))
     if n == 0:
         return None
     if how == "mean" or how == "std":
-        total = 0.0
-        for x in values:
-            total += x
-        mean = total / n
+        mean = reduce(add, values, 0.0) / n
         if how == "mean":
             return mean
         if max(values) == min(values):
             return 0.0  # exactly: a rounded mean must not make equal amounts look spread
-        squares = 0.0
-        for x in values:
-            squares += (x - mean) * (x - mean)
-        return sqrt(squares / n)  # population std (ddof=0)
+        deviations = [x - mean for x in values]
+        return sqrt(reduce(add, map(mul, deviations, deviations), 0.0) / n)  # ddof=0
     if how == "max":
         return max(values)
     if how == "share":
-        hits = 0
-        for x in values:
-            hits += x
-        return hits / n
+        return reduce(add, values, 0) / n
     if how == "share_small":
         return sum(1 for x in values if x < SMALL_AMOUNT) / n
     if how == "mode":  # most frequent non-empty value; ties -> lexicographically smallest
-        counts = Counter(v for v in values if v)
-        if not counts:
-            return None
+        candidates = sorted(set(filter(None, values)))
+        if len(candidates) <= 8:  # few (a card's countries): one C count each is cheapest
+            # max keeps the first of equal counts: the smallest, as the candidates are sorted.
+            return max(candidates, key=values.count, default=None)
+        counts = Counter(filter(None, values))
         return min(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0]
     raise ValueError(f"unknown aggregate {how!r}")
+
+
+@dataclass(frozen=True)
+class _EventPlan:
+    """Some features of an event view, computed together: each feature's aggregate, the list it
+    reads (None: a count) and the slots of its window's start and of its slice of that list,
+    so one row bisects each window once and slices each list once per window."""
+
+    times: str
+    features: tuple[tuple[str, str | None, int, int, int], ...]  # how, list, w_us, slots
+    windows: int
+    slices: int
+    longest_us: int
+    empty: tuple[Any, ...]  # the values of a known entity with no event in any window
+
+    @classmethod
+    def of(cls, view: str, names: Sequence[str]) -> _EventPlan:
+        fields = _field_lists(view)
+        by_window: dict[int, int] = {}
+        by_slice: dict[tuple[str, int], int] = {}
+        features = []
+        for name in names:
+            f = _BY_NAME[name]
+            values_list = None if f.of is None or f.how == "count" else fields[f.of]
+            w = by_window.setdefault(f.window_us, len(by_window))
+            k = -1 if values_list is None else by_slice.setdefault((values_list, w), len(by_slice))
+            features.append((f.how, values_list, f.window_us, w, k))
+        empty = tuple(_aggregate(f.how, (), 0) for f in map(_BY_NAME.__getitem__, names))
+        longest = max(w_us for _, _, w_us, _, _ in features)
+        return cls(fields["us"], tuple(features), len(by_window), len(by_slice), longest, empty)
+
+    def values(self, events: Mapping[str, Any], times: list[Any], t_us: int) -> list[Any]:
+        """The features at ``t_us`` of a known entity (``times`` its event times, ``events``
+        its lists by name: lists, or anything :func:`events_of` reads)."""
+        hi = bisect_left(times, t_us)  # events strictly before t
+        if hi == 0 or times[hi - 1] <= t_us - self.longest_us:
+            return [*self.empty]  # no event in the longest window, so in none
+        starts: list[int] = [-1] * self.windows
+        sources: list[Any] = [None] * self.slices
+        slices: list[Any] = [None] * self.slices
+        out: list[Any] = []
+        for how, values_list, w_us, w, k in self.features:
+            lo = starts[w]
+            if lo < 0:
+                lo = starts[w] = bisect_right(times, t_us - w_us, 0, hi)  # events after t - w
+            if values_list is None:
+                out.append(hi - lo)
+                continue
+            stored = sources[k]
+            if stored is None:
+                stored = events[values_list]
+                if type(stored) is not list:
+                    stored = events_of(stored) or []
+                sources[k] = stored
+            if how in _KEPT_AGGREGATES:
+                key = (id(stored), lo, hi, how)
+                hit = _kept.get(key)
+                if hit is not None:
+                    out.append(hit[1])
+                    continue
+            values = slices[k]
+            if values is None:
+                values = slices[k] = stored[lo:hi]
+            value = _aggregate(how, values, hi - lo)
+            if how in _KEPT_AGGREGATES:
+                if len(_kept) >= AGGREGATES_KEPT:
+                    _kept.clear()
+                _kept[key] = (stored, value)
+            out.append(value)
+        return out
+
+
+#: The costly aggregates (per event) kept once computed: a card's mean and spread of amounts
+#: are read by its windows' view and again by the request features, from the same lists.
+_KEPT_AGGREGATES = frozenset({"mean", "std"})
+#: How many are kept (about two per row of a batch).
+AGGREGATES_KEPT = 16384
+# (list's id, window start, end, aggregate) -> (the list, the value). Keyed by the list's
+# identity (the encoder decodes equal bytes to one list, never changed); an entry keeps its list
+# alive, so no other list can take its id while the entry is there.
+_kept: dict[tuple[int, int, int, str], tuple[list[Any], Any]] = {}
 
 
 def window_row(
@@ -357,20 +419,11 @@ def window_row(
     view's ``events`` are its tile lists (its outputs are all numeric)."""
     if view in TILES:
         return _tile_row(view, events, t_us)
+    names = _OUTPUTS[view] if outputs_only else _NAMES[view]
     times = events.get(_TIMES[view])
-    plans = _OUTPUT_PLANS[view] if outputs_only else _PLANS[view]
     if times is None:
-        return {name: None for name, _, _, _ in plans}
-    hi = bisect_left(times, t_us)  # events strictly before t
-    out: dict[str, Any] = {}
-    starts: dict[int, int] = {}
-    for name, how, values_list, w_us in plans:
-        lo = starts.get(w_us)
-        if lo is None:
-            lo = starts[w_us] = bisect_right(times, t_us - w_us, 0, hi)  # events after t - w
-        values: Sequence[Any] = () if values_list is None else events[values_list][lo:hi]
-        out[name] = _aggregate(how, values, hi - lo)
-    return out
+        return dict.fromkeys(names)
+    return dict(zip(names, _event_plan(view, names).values(events, times, t_us), strict=True))
 
 
 def _tile_row(view: str, tiles: Mapping[str, Any], t_us: int) -> dict[str, Any]:
@@ -555,29 +608,31 @@ def events_of(value: Any) -> list[Any] | None:
 def aggregate(name: str, events: Mapping[str, Any], t_us: int) -> Any:
     """One windowed feature (by name) at ``t_us`` from one entity's events (or tiles); None
     when the entity has no state."""
-    if _BY_NAME[name].view in TILES:
-        view = _BY_NAME[name].view
-        return window_row(view, {k: events_of(events.get(k)) for k in stored_lists(view)}, t_us)[
-            name
-        ]
-    view, how, values_list, w_us = _ONE[name]
+    return aggregate_many((name,), events, t_us)[0]
+
+
+def aggregate_many(names: tuple[str, ...], events: Mapping[str, Any], t_us: int) -> list[Any]:
+    """Windowed features of one view (by name) at ``t_us`` from one entity's events (or
+    tiles), computed together (:func:`aggregate` of each); all None when it has no state."""
+    view = _BY_NAME[names[0]].view
+    if view in TILES:
+        row = window_row(view, {k: events_of(events.get(k)) for k in stored_lists(view)}, t_us)
+        return [row[name] for name in names]
     times = events_of(events.get(_TIMES[view]))
     if times is None:
-        return None
-    hi = bisect_left(times, t_us)
-    lo = bisect_right(times, t_us - w_us, 0, hi)
-    values: Sequence[Any] = ()
-    if values_list is not None:
-        values = events_of(events[values_list]) or []
-    return _aggregate(how, values[lo:hi], hi - lo)
+        return [None] * len(names)
+    return _event_plan(view, names).values(events, times, t_us)
 
 
-_BY_NAME = {f.name: f for f in WINDOWED}
-_ONE = {
-    f.name: (f.view, f.how, None if f.of is None else _field_lists(f.view)[f.of], f.window_us)
-    for f in WINDOWED
-    if f.view in EVENT_FIELDS
-}
+_EVENT_PLANS: dict[tuple[str, ...], _EventPlan] = {}
+
+
+def _event_plan(view: str, names: tuple[str, ...]) -> _EventPlan:
+    plan = _EVENT_PLANS.get(names)
+    if plan is None:
+        plan = _EVENT_PLANS[names] = _EventPlan.of(view, names)
+    return plan
+
 
 #: Request field the windows read (beside the view's event lists).
 REQUEST_FIELD = "txn_epoch"
@@ -599,17 +654,53 @@ def transform_row(view: str, row: Mapping[str, Any]) -> dict[str, Any]:
     return window_row(view, events, request_us(float(row[REQUEST_FIELD])), outputs_only=True)
 
 
+#: Results of a tiled view kept by :func:`transform_vector` (one per merchant and hour met).
+TILED_KEPT = 4096
+
+
 def transform_vector(view: str) -> Any:
     """:func:`transform_row`'s outputs as vector entries (float; NaN for missing): the
-    encoder's form."""
+    encoder's form. An event view reads each list as it comes (a list, or anything
+    :func:`events_of` reads) without first gathering them into a mapping."""
     names = view_outputs(view)
-    lists = tuple(stored_lists(view))
     nan = float("nan")
+    if view in TILES:
+        lists = tuple(stored_lists(view))
+        units = tuple(level.unit_us for level in TILES[view])
+        # A tiled row's outputs depend only on its tile lists and its tiles' indices at t, and
+        # a batch holds many rows of a popular merchant in one hour: those share one result.
+        # Keyed by the lists' identity (the encoder decodes equal bytes to one list); an entry
+        # keeps its lists alive, so no other list can take their ids while it is there.
+        done: dict[tuple[int, ...], tuple[tuple[Any, ...], list[float]]] = {}
+
+        def tiled(row: Mapping[str, Any]) -> list[float]:
+            stored = tuple(map(row.get, lists))
+            t_us = request_us(float(row[REQUEST_FIELD]))
+            key = (*map(id, stored), *[t_us // unit for unit in units])
+            hit = done.get(key)
+            if hit is not None:
+                return [*hit[1]]
+            events = dict(zip(lists, map(events_of, stored), strict=True))
+            out = window_row(view, events, t_us, True)
+            vector = [nan if (v := out[name]) is None else float(v) for name in names]
+            if len(done) >= TILED_KEPT:
+                done.clear()
+            done[key] = (stored, vector)
+            return [*vector]
+
+        return tiled
+    plan = _event_plan(view, names)
+    times_list = plan.times
+    missing = [nan] * len(names)
 
     def vector(row: Mapping[str, Any]) -> list[float]:
-        events = {name: events_of(row.get(name)) for name in lists}
-        out = window_row(view, events, request_us(float(row[REQUEST_FIELD])), outputs_only=True)
-        return [nan if (v := out[name]) is None else float(v) for name in names]
+        times = row.get(times_list)
+        if type(times) is not list:
+            times = events_of(times)
+            if times is None:
+                return [*missing]
+        values = plan.values(row, times, request_us(float(row[REQUEST_FIELD])))
+        return [nan if v is None else float(v) for v in values]
 
     return vector
 

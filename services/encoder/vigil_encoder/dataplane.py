@@ -48,6 +48,7 @@ from vigil_encoder.plan import (
 from vigil_encoder.store import OnlineStore
 from vigil_encoder.validation import check_columns, check_request_columns
 from vigil_encoder.view_markers import ViewMarkers
+from vigil_servicekit.gc_tuning import collector_paused
 
 logger = logging.getLogger(__name__)
 
@@ -499,12 +500,13 @@ class Encoder:
         reads: list[ViewRead] = []
         tally: dict[tuple[int, str], int] = {}
         memo: dict[bytes, Any] = {}
-        for v, reply in zip(command_views, replies, strict=True):
-            read, result = _read(layout, v, reply, now, memo)
-            reads.append(read)
-            tally[(v, result)] = tally.get((v, result), 0) + 1
+        with collector_paused():  # objects freed by reference counting, not cycles
+            for v, reply in zip(command_views, replies, strict=True):
+                read, result = _read(layout, v, reply, now, memo)
+                reads.append(read)
+                tally[(v, result)] = tally.get((v, result), 0) + 1
 
-        batch = _assemble(layout, request_columns, n, reads, row_reads)
+            batch = _assemble(layout, request_columns, n, reads, row_reads)
 
         for (v, result), count in tally.items():
             self._counter(self.metrics.view_reads, plan.views[v].name, result).inc(count)
