@@ -218,10 +218,10 @@ def test_the_mode_is_the_most_frequent_value_and_the_smallest_of_ties() -> None:
         assert windows._aggregate("mode", values, len(values)) == want, values
 
 
-def test_kept_aggregates_are_those_of_their_own_list_and_window(monkeypatch) -> None:
-    """A card's mean and spread are kept by the list they were computed from and the window's
-    bounds: the same lists at other instants, equal lists that are other objects, the request
-    features' call after the view's and a full store of kept values give fresh values."""
+def test_a_views_windowed_inputs_are_those_of_their_own_list_and_window() -> None:
+    """The request features' windowed inputs of a card (``aggregate_many``, after the view's own
+    windows at that instant) equal each feature computed alone: the same lists at other
+    instants, equal lists that are other objects, one window end with other starts."""
     tables = compute_feature_tables(random_world(5))
     card = tables["card_stats"]
     events = max(_events(card, "card_stats"), key=lambda e: len(e["card_event_us"]))
@@ -243,22 +243,17 @@ def test_kept_aggregates_are_those_of_their_own_list_and_window(monkeypatch) -> 
     at = [35 * DAY_US + 1, 36 * DAY_US, 41 * DAY_US, 30 * DAY_US + 1]
 
     def fresh(lists: dict, t: int) -> list:
-        windows._kept.clear()
-        return windows.aggregate_many(names, lists, t)
+        return [windows.aggregate(name, lists, t) for name in names]
 
-    for kept in (windows.AGGREGATES_KEPT, 1):
-        monkeypatch.setattr(windows, "AGGREGATES_KEPT", kept)
-        windows._kept.clear()
-        vector = windows.transform_vector("card_stats")
-        for t in [*instants, *reversed(instants)]:
-            row = {**events, windows.REQUEST_FIELD: t / 1e6}
-            vector(row)  # the view first, as the encoder runs them
-            got = windows.aggregate_many(names, events, t)
-            other = windows.aggregate_many(names, copy, t)
-            assert all(map(_same, got, fresh(events, t))), t
-            assert all(map(_same, other, fresh(copy, t))), t
-        windows._kept.clear()
-        for t in [*at, *reversed(at)]:
-            vector({**spaced, windows.REQUEST_FIELD: t / 1e6})
-            got = windows.aggregate_many(names, spaced, t)
-            assert all(map(_same, got, fresh(spaced, t))), t
+    vector = windows.transform_vector("card_stats")
+    for t in [*instants, *reversed(instants)]:
+        row = {**events, windows.REQUEST_FIELD: t / 1e6}
+        vector(row)  # the view first, as the encoder runs them
+        got = windows.aggregate_many(names, events, t)
+        other = windows.aggregate_many(names, copy, t)
+        assert all(map(_same, got, fresh(events, t))), t
+        assert all(map(_same, other, fresh(copy, t))), t
+    for t in [*at, *reversed(at)]:
+        vector({**spaced, windows.REQUEST_FIELD: t / 1e6})
+        got = windows.aggregate_many(names, spaced, t)
+        assert all(map(_same, got, fresh(spaced, t))), t

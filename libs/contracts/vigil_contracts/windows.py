@@ -365,7 +365,6 @@ class _EventPlan:
         if hi == 0 or times[hi - 1] <= t_us - self.longest_us:
             return [*self.empty]  # no event in the longest window, so in none
         starts: list[int] = [-1] * self.windows
-        sources: list[Any] = [None] * self.slices
         slices: list[Any] = [None] * self.slices
         out: list[Any] = []
         for how, values_list, w_us, w, k in self.features:
@@ -375,39 +374,14 @@ class _EventPlan:
             if values_list is None:
                 out.append(hi - lo)
                 continue
-            stored = sources[k]
-            if stored is None:
+            values = slices[k]
+            if values is None:
                 stored = events[values_list]
                 if type(stored) is not list:
                     stored = events_of(stored) or []
-                sources[k] = stored
-            if how in _KEPT_AGGREGATES:
-                key = (id(stored), lo, hi, how)
-                hit = _kept.get(key)
-                if hit is not None:
-                    out.append(hit[1])
-                    continue
-            values = slices[k]
-            if values is None:
                 values = slices[k] = stored[lo:hi]
-            value = _aggregate(how, values, hi - lo)
-            if how in _KEPT_AGGREGATES:
-                if len(_kept) >= AGGREGATES_KEPT:
-                    _kept.clear()
-                _kept[key] = (stored, value)
-            out.append(value)
+            out.append(_aggregate(how, values, hi - lo))
         return out
-
-
-#: The costly aggregates (per event) kept once computed: a card's mean and spread of amounts
-#: are read by its windows' view and again by the request features, from the same lists.
-_KEPT_AGGREGATES = frozenset({"mean", "std"})
-#: How many are kept (about two per row of a batch).
-AGGREGATES_KEPT = 16384
-# (list's id, window start, end, aggregate) -> (the list, the value). Keyed by the list's
-# identity (the encoder decodes equal bytes to one list, never changed); an entry keeps its list
-# alive, so no other list can take its id while the entry is there.
-_kept: dict[tuple[int, int, int, str], tuple[list[Any], Any]] = {}
 
 
 def window_row(
