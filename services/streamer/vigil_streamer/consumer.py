@@ -2,13 +2,14 @@
 
 For a batch read from the group (``XREADGROUP``): parse each entry (a malformed one, or one of
 an unknown schema version, goes to the dead-letter stream with the reason); skip event ids
-already processed; add the batch's transactions to each touched card's, merchant's and
+read twice in the batch; add the batch's transactions to each touched card's, merchant's and
 device's history and read back what the entity's newest row needs, with the history's version
-(one Lua call per entity, all in one pipeline: idempotent, since a transaction is one member; an
-event older than the entity's newest by more than the allowed lateness is left out and counted);
+(one Lua call per entity, all in one pipeline: idempotent, since a transaction is one member, so
+an event delivered again or a transaction decided again changes nothing and is counted as a
+duplicate; an event older than the entity's newest by more than the allowed lateness is left out and counted);
 build each touched entity's newest row from its events (``rows``, the function the batch
 pipeline's rows are held equal to); write the rows newer-wins in Feast's layout
-(``feast_layout``); move the views' markers; remember the event ids; acknowledge. A crash anywhere before the
+(``feast_layout``); move the views' markers; acknowledge. A crash anywhere before the
 acknowledgement leaves the entries pending: they are read again at restart (or taken over by
 another replica after ``claim_idle_s``) and change nothing twice.
 
@@ -68,7 +69,6 @@ logger = logging.getLogger(__name__)
 
 _US_PER_DAY = 86_400_000_000
 _EUR_FEATURE = "request_features__txn_amount"
-SEEN_PREFIX = "vigil:stream:seen:"
 
 # Adds one transaction (member, t) to KEYS[1], the entity's history (scored by time), as one
 # call per transaction would, and says what became of it: already there (0; ZADD is idempotent
@@ -349,30 +349,21 @@ class Consumer:
                 events.append((entry_id, parse(fields)))
             except Malformed as exc:
                 dead.append((entry_id, fields, str(exc)))
-        if events:
-            pipe = self.client.pipeline(transaction=False)
-            for _, event in events:
-                pipe.exists(SEEN_PREFIX + event.event_id)
-            seen = await pipe.execute()
-            fresh: dict[str, tuple[Any, DecisionEvent]] = {}
-            for item, done in zip(events, seen, strict=True):
-                if not done and item[1].event_id not in fresh:  # also once within a batch
-                    fresh[item[1].event_id] = item
-            duplicates = len(events) - len(fresh)
-            events = list(fresh.values())
-            if duplicates:
-                self.metrics.events.labels("duplicate").inc(duplicates)
+        # An event id read twice in one batch is one event; read again in a later batch (a
+        # redelivery) or decided again (a rescore), its transaction is already in its
+        # entities' histories, which the history scripts find (and count as a duplicate).
+        once = {event.event_id: (entry_id, event) for entry_id, event in reversed(events)}
+        if repeated := len(events) - len(once):
+            self.metrics.events.labels("duplicate").inc(repeated)
+        events = list(once.values())[::-1]
         records: list[tuple[DecisionEvent, HistoryRecord]] = []
         for entry_id, event in events:
             try:
                 records.append((event, await self._record(event)))
             except Malformed as exc:
                 dead.append((entry_id, {b"id": event.event_id.encode()}, str(exc)))
-        applied = {event.event_id for event, _ in records}
-        latest = await self._apply(records)
+        latest, added = await self._apply(records)
         pipe = self.client.pipeline(transaction=False)
-        for event_id in applied:
-            pipe.set(SEEN_PREFIX + event_id, b"1", ex=s.seen_ttl_s)
         for entry_id, fields, reason in dead:
             source = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
             entry: dict[Any, Any] = {**fields, b"source_id": source, b"reason": reason}
@@ -386,8 +377,10 @@ class Consumer:
                 logger.warning(
                     "decision event dead-lettered", extra={"entry": str(entry_id), "reason": reason}
                 )
-        if applied:
-            self.metrics.events.labels("applied").inc(len(applied))
+        if added:
+            self.metrics.events.labels("applied").inc(len(added))
+        if duplicates := len(latest.keys() - added):
+            self.metrics.events.labels("duplicate").inc(duplicates)
         now = time.time()
         for event, _ in records:
             if event.event_id in latest:
@@ -431,10 +424,12 @@ class Consumer:
 
     async def _apply(
         self, records: Sequence[tuple[DecisionEvent, HistoryRecord]]
-    ) -> dict[str, int]:
-        """Histories, rows, markers of ``records``; the events whose rows were written."""
+    ) -> tuple[dict[str, int], set[str]]:
+        """Histories, rows, markers of ``records``: the events not too late for any of their
+        entities (their rows were written), and those that added their transaction to some
+        entity's history (the others' were there already: duplicates)."""
         if not records:
-            return {}
+            return {}, set()
         s = self.settings
         # Per entity, its transactions in batch order: one script call adds them and reads
         # what the entity's newest row needs, all in one pipeline (one round trip).
@@ -466,9 +461,12 @@ class Consumer:
         rows: dict[tuple[str, str], Row] = {}
         versions: dict[tuple[str, str], int] = {}
         late: set[str] = set()
+        added: set[str] = set()
         for ((join_key, value), items), reply in zip(touched.items(), replies, strict=True):
             for (event, _, _), status in zip(items, reply[0], strict=True):
-                if status == -1:
+                if status == 1:
+                    added.add(event.event_id)
+                elif status == -1:
                     late.add(event.event_id)
                     self.metrics.events.labels("late").inc()
                     logger.warning(
@@ -487,7 +485,7 @@ class Consumer:
                 rows[(join_key, value)] = newest_row(join_key, window[::-1], reply[2])
                 versions[(join_key, value)] = int(reply[1])
         if not rows:
-            return {}
+            return {}, added
         write = self.client.pipeline(transaction=False)
         order: list[tuple[str, str]] = []
         for (join_key, value), (stamp, features) in rows.items():
@@ -521,4 +519,4 @@ class Consumer:
                 keys=[marker_key(s.project, view)], args=[_iso(stamp), now], client=marks
             )
         await marks.execute()
-        return {event.event_id: 1 for event, _ in records if event.event_id not in late}
+        return {event.event_id: 1 for event, _ in records if event.event_id not in late}, added

@@ -14,7 +14,8 @@ class StreamerMetrics(ServiceMetrics):
         super().__init__("vigil_streamer", buckets=_BUCKETS)
         self.events = Counter(
             "vigil_streamer_events",
-            "Decision events by outcome: applied, duplicate (an event id already processed), "
+            "Decision events by outcome: applied, duplicate (its transaction was already counted: an "
+            "event delivered again, or a transaction decided again), "
             "late (beyond the allowed lateness for an entity: left out), dead_letter.",
             ["outcome"],
             registry=self.registry,

@@ -49,9 +49,6 @@ class StreamerSettings(BaseSettings):
     """An event older than its entity's newest event by more than this is too late: counted,
     logged and left out of the features. Within it, an event is placed where it belongs."""
 
-    seen_ttl_s: int = Field(default=24 * 3600, ge=1)
-    """How long processed event ids are remembered (a redelivered event is skipped)."""
-
     history_ttl_s: int = Field(default=90 * 24 * 3600, ge=1)
     """Expiry of an entity's history after its last event (its first sighting is kept while
     the entity is active within this time)."""
