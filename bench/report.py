@@ -39,6 +39,19 @@ def common_rates(results: dict[str, Any], *keys: str) -> list[float]:
     return sorted(set.intersection(*sets)) if sets else []
 
 
+def _streamer_share(run: dict[str, Any]) -> str:
+    """What the streamer took of the same cores during a run (its events applied meanwhile)."""
+    cpu = run.get("server_cpu_ms_per_request", {}).get("streamer")
+    if not cpu:
+        return ""
+    backlog = run.get("stream", {}).get("backlog_at_end", 0)
+    return (
+        f" Beside them, the streamer applying these transactions' events took "
+        f"{cpu * 1000 / run['rows']:.2f} ms of CPU per 1000 transactions of the same 2 cores "
+        "during the run" + (f", {backlog:,} events behind at its end." if backlog else ".")
+    )
+
+
 def cpu_breakdown(run: dict[str, Any] | None, names: tuple[str, ...], per: int = 1) -> str:
     """``gateway 1.20 + encoder 0.50 ... = 2.1 ms CPU per request`` (per ``per`` rows)."""
     if not run:
@@ -372,7 +385,7 @@ def verdicts(results: dict[str, Any]) -> list[Verdict]:
                     f"CPU per 1000 transactions: {cpu_breakdown(b, VIGIL, per=1000)}; on 2 cores "
                     f"that bounds the rate near "
                     f"{2_000_000 / max(cpu_total(b, VIGIL) * 1000 / b['rows'], 1e-9):.0f} "
-                    "transactions/s even with no load generator."
+                    "transactions/s even with no load generator." + _streamer_share(b)
                 ),
             )
         )
