@@ -78,6 +78,7 @@ async def measure(spec: dict[str, Any]) -> dict[str, Any]:
     import redis
 
     from vigil_contracts.encoding import EncodeRequest
+    from vigil_contracts.segments import Labelling
     from vigil_encoder.dataplane import Encoder
     from vigil_encoder.metrics import EncoderMetrics
     from vigil_encoder.store import OnlineStore
@@ -98,7 +99,10 @@ async def measure(spec: dict[str, Any]) -> dict[str, Any]:
         Path(spec["model_dir"]), name=spec["model_name"], version=spec["model_version"], nthread=1
     )
     assert runtime.load(), runtime.error
-    suspicious = runtime.info.thresholds["suspicious"]  # as the gateway asks: explain flagged rows
+    # As the gateway asks: explain the rows the lowest pair (global or a channel's) can flag.
+    suspicious = Labelling(
+        runtime.info.thresholds, runtime.info.segment_thresholds
+    ).lowest_suspicious
     booster = runtime._booster  # the very booster the predictor serves
     client = redis.Redis.from_url(spec["redis_url"])
 

@@ -151,6 +151,7 @@ def build_payloads(
     """Every case's bodies from the same transactions: business, encoder, Feast and V2 forms."""
     from vigil_contracts.api import Transaction
     from vigil_contracts.request_features import REQUEST_FIELDS
+    from vigil_contracts.segments import Labelling
     from vigil_gateway.preprocess import to_encode_row
 
     rows = [
@@ -162,7 +163,10 @@ def build_payloads(
     with httpx.Client(timeout=30.0, headers=internal or {}) as client:
         meta = client.get(f"{predictor_url}/v2/models/fraud_detector")
         meta.raise_for_status()
-        suspicious = meta.json()["parameters"]["thresholds"]["suspicious"]
+        params = meta.json()["parameters"]
+        suspicious = Labelling(
+            params["thresholds"], params.get("segment_thresholds") or {}
+        ).lowest_suspicious
         for start in range(0, len(rows), 1000):
             resp = client.post(
                 f"{encoder_url}/v1/encode",

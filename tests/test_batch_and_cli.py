@@ -63,8 +63,12 @@ def test_batch_scores_equal_scoring_the_same_vectors_in_memory(
     vectors = scored[names].to_numpy(dtype=np.float32)
     expected = booster.predict(xgb.DMatrix(vectors, missing=np.nan, feature_names=names))
     np.testing.assert_allclose(scored["score"].to_numpy(), expected, rtol=1e-6, atol=1e-7)
+    # Each by its channel's pair where the model has one, else the global pair.
+    segments = meta.get("segment_thresholds") or {}
+    channels = pd.read_parquet(sample_path)["channel"].astype(str)
     assert list(scored["label"]) == [
-        label_for_score(float(s), meta["thresholds"]) for s in expected
+        label_for_score(float(s), segments.get("channel", {}).get(channel, meta["thresholds"]))
+        for s, channel in zip(expected, channels, strict=True)
     ]
     assert (scored["model_version"] == trained_model.name).all()
 

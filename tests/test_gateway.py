@@ -231,6 +231,9 @@ class PredictorStandIn:
     contract: str = CONTRACT
     answer_json: bool = False
     training_range: dict[str, list[float]] = field(default_factory=dict)
+    # Served as every version's ``segment_thresholds``; None: not served at all (a predictor
+    # or a model from before them).
+    segment_thresholds: dict[str, dict[str, dict[str, float]]] | None = None
     calls: list[dict[str, Any]] = field(default_factory=list)
     metadata_calls: list[str | None] = field(default_factory=list)
 
@@ -266,6 +269,11 @@ class PredictorStandIn:
                 "thresholds": THRESHOLDS[version],
                 "serving_policy": POLICY,
                 "training_range": self.training_range,
+                **(
+                    {}
+                    if self.segment_thresholds is None
+                    else {"segment_thresholds": self.segment_thresholds}
+                ),
             },
         }
 

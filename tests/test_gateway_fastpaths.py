@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from vigil_contracts.api import BatchResponse, ModelRef, Reason, ScoreResponse, Transaction
 from vigil_contracts.encoding import EncodeResponse
+from vigil_contracts.thresholds import label_for_score
 from vigil_gateway.decisions import StoredDecision, encode_entry, payload_hash
 from vigil_gateway.encoder_client import parse_encode_response
 from vigil_gateway.errors import DecisionConflict, InvalidTransaction
@@ -410,7 +411,23 @@ def test_stored_entries_of_a_batch_are_what_storing_each_decision_wrote() -> Non
             )
 
 
-def test_answers_of_a_batch_are_what_postprocessing_each_row_gives() -> None:
+@pytest.mark.parametrize(
+    "segments",
+    [
+        {},
+        # ecom flags lower than the global pair, pos higher; mobile has none.
+        {
+            "channel": {
+                "ecom": {"suspicious": 0.2, "highly_suspicious": 0.5},
+                "pos": {"suspicious": 0.5, "highly_suspicious": 0.9},
+            }
+        },
+    ],
+    ids=["global", "segments"],
+)
+def test_answers_of_a_batch_are_what_postprocessing_each_row_gives(
+    segments: dict[str, Any],
+) -> None:
     import random
 
     from vigil_contracts.api import SafeguardsRef
@@ -434,6 +451,7 @@ def test_answers_of_a_batch_are_what_postprocessing_each_row_gives() -> None:
         feature_names=names,
         feature_contract="sha256:x",
         thresholds={"suspicious": 0.3, "highly_suspicious": 0.7},
+        segment_thresholds=segments,
     )
     n = 300
     encoded = EncodedVectors(
@@ -452,7 +470,10 @@ def test_answers_of_a_batch_are_what_postprocessing_each_row_gives() -> None:
     )
     rows = sorted(rng.sample(range(n), 200))
     # Scores on and around the thresholds, and contributions missing for some flagged rows.
-    scores = [rng.choice([0.0, 0.2999999, 0.3, 0.5, 0.7, 0.9999, rng.random()]) for _ in rows]
+    scores = [
+        rng.choice([0.0, 0.1999999, 0.2, 0.2999999, 0.3, 0.4, 0.5, 0.7, 0.9, 0.9999, rng.random()])
+        for _ in rows
+    ]
     contributions = [
         None if rng.random() < 0.3 else [rng.uniform(-2, 2) for _ in range(5)] for _ in rows
     ]
@@ -463,6 +484,7 @@ def test_answers_of_a_batch_are_what_postprocessing_each_row_gives() -> None:
                 transaction_id=f"tx-{i}",
                 device_id=rng.choice([None, "d1"]),
                 currency=rng.choice(["EUR", "JPY"]),
+                channel=rng.choice(["pos", "ecom", "mobile"]),
             )
         )
         for i in range(n)
@@ -475,6 +497,11 @@ def test_answers_of_a_batch_are_what_postprocessing_each_row_gives() -> None:
         for k, i in enumerate(rows)
     ]
     assert many == one_by_one
+    for k, (i, answer) in enumerate(zip(rows, many, strict=True)):  # each by its own pair
+        pair = segments.get("channel", {}).get(
+            transactions[i].channel, meta.thresholds.as_mapping()
+        )
+        assert answer.label == label_for_score(scores[k], pair)
     assert {a.label for a in many} == {"not_fraud", "suspicious", "highly_suspicious"}
     for fast, slow in zip(many, one_by_one, strict=True):  # the same objects, not only equal ones
         assert type(fast) is ScoreResponse

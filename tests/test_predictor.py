@@ -33,6 +33,7 @@ N_FEATURES = 10
 FEATURE_NAMES = [f"view__f{i}" for i in range(N_FEATURES)]
 CONTRACT = feature_contract_hash(FEATURE_NAMES)
 THRESHOLDS = {"suspicious": 0.5, "highly_suspicious": 0.8}
+SEGMENT_THRESHOLDS = {"channel": {"ecom": {"suspicious": 0.3, "highly_suspicious": 0.6}}}
 SERVING_POLICY = {"on_missing_features": "score", "max_feature_age_seconds": 3600}
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -61,13 +62,15 @@ def metadata(version: str, feature_names: list[str] = FEATURE_NAMES) -> dict[str
         "metrics": {"auc": 0.9},
         "seed": 7,
         # Version 2 carries the training set's statistics (the first feature's range is served
-        # for the gateway's safeguards; a feature without finite min and max is left out).
+        # for the gateway's safeguards; a feature without finite min and max is left out) and
+        # per-channel thresholds; version 1 is from before both.
         **(
             {
+                "segment_thresholds": SEGMENT_THRESHOLDS,
                 "reference_stats": {
                     feature_names[0]: {"min": -3.5, "max": 3.25, "mean": 0.0},
                     feature_names[1]: {"missing_rate": 1.0},
-                }
+                },
             }
             if version == "2"
             else {}
@@ -260,6 +263,7 @@ def check_model_metadata(body: dict[str, Any], version: str) -> None:
         "feature_names": FEATURE_NAMES,
         "feature_contract": CONTRACT,
         "thresholds": THRESHOLDS,
+        "segment_thresholds": SEGMENT_THRESHOLDS if version == "2" else {},
         "serving_policy": SERVING_POLICY,
         "training_range": {FEATURE_NAMES[0]: [-3.5, 3.25]} if version == "2" else {},
     }
@@ -784,7 +788,17 @@ async def test_one_json_log_line_per_request_without_payload(client, caplog) -> 
 # artifact checks at load time
 @pytest.mark.parametrize(
     "damage",
-    ["feature_count", "contract", "name", "thresholds", "missing_booster", "objective"],
+    [
+        "feature_count",
+        "contract",
+        "name",
+        "thresholds",
+        "segment_order",
+        "segment_column",
+        "segment_value",
+        "missing_booster",
+        "objective",
+    ],
 )
 async def test_inconsistent_artifacts_are_refused(tmp_path: Path, damage: str) -> None:
     booster = train_booster(6)
@@ -803,6 +817,14 @@ async def test_inconsistent_artifacts_are_refused(tmp_path: Path, damage: str) -
         meta["name"] = "another-model"
     if damage == "thresholds":
         meta["thresholds"] = {"suspicious": 0.9, "highly_suspicious": 0.5}
+    if damage == "segment_order":
+        meta["segment_thresholds"] = {
+            "channel": {"pos": {"suspicious": 0.9, "highly_suspicious": 0.5}}
+        }
+    if damage == "segment_column":  # a field the gateway does not segment by
+        meta["segment_thresholds"] = {"country": {"DE": THRESHOLDS}}
+    if damage == "segment_value":  # a pair no transaction would ever be labelled by
+        meta["segment_thresholds"] = {"channel": {"POS": THRESHOLDS}}
     write_artifact(bad, booster, meta, "card")
     meta_path = bad / "metadata.json"
     if damage == "contract":

@@ -17,6 +17,7 @@ from vigil import feast_repo
 from vigil.training import TrainConfig, train
 from vigil_contracts.artifact import ArtifactError, sha256_file, verify_artifact
 from vigil_contracts.feature_contract import feature_contract_hash
+from vigil_contracts.segments import unservable
 
 
 @dataclass
@@ -212,9 +213,12 @@ def test_the_card_shows_label_wait_slices_money_and_the_cost_matrix(honest_model
         "## Monotone constraints",
     ):
         assert text.lower() in card.lower(), text
-    # The gateway reads `thresholds`; per-segment ones sit beside it with their evidence.
+    # The gateway labels by `thresholds`, and by a channel's own pair in `segment_thresholds`
+    # (served beside it, with their evidence) where training gave the channel one.
     assert set(meta["thresholds"]) == {"suspicious", "highly_suspicious"}
     assert set(meta["segment_thresholds"]) == {"channel"} == set(meta["segment_evidence"])
+    assert unservable(meta["segment_thresholds"]) is None  # the predictor serves them
+    assert "`segment_thresholds.channel` in the metadata" in card
     for key, pair in meta["segment_thresholds"]["channel"].items():
         assert set(pair) == {"suspicious", "highly_suspicious"}
         assert meta["segment_evidence"]["channel"][key]["known_frauds"] >= 30
@@ -297,3 +301,17 @@ def test_cost_thresholds_on_a_noisy_sample_beat_any_other_pair():
         other = decide(score, {"suspicious": s, "highly_suspicious": h})
         if (other == 1).mean() <= costs.max_review_rate:
             assert cost_breakdown(y, amount, other, costs)["total"] >= total - 1e-9
+
+
+def test_thresholds_are_segmented_only_by_a_field_the_gateway_serves(feature_env, tmp_path):
+    """Pairs per country would be written, promised by the card and applied by nobody."""
+    from vigil.training import TrainingError
+
+    with pytest.raises(TrainingError, match="segment_column must be one of channel"):
+        train(
+            feature_env.raw_path,
+            feature_env.repo,
+            tmp_path / "models",
+            TrainConfig(seed=TEST_SEED, segment_column="country"),
+        )
+    assert not (tmp_path / "models").exists()

@@ -2,8 +2,9 @@
 
 The batch serving pattern: the chosen model version's feature service is read point-in-time with
 Feast's ``get_historical_features`` (each transaction sees the features as of its own time), the
-booster scores the vectors, and the model's thresholds label them. It is also the reference the
-online path is checked against.
+booster scores the vectors, and the model's thresholds label them (the pair of the transaction's
+segment where the model has one, else the global pair: ``vigil_contracts.segments``, the rule
+the gateway applies). It is also the reference the online path is checked against.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import xgboost as xgb
 from vigil import feast_repo
 from vigil.dataset import DatasetError, entity_frame, historical_matrix, to_float32
 from vigil_contracts.artifact import BOOSTER_FILE, ArtifactError, list_versions, verify_artifact
-from vigil_contracts.thresholds import label_for_score
+from vigil_contracts.segments import Labelling
 
 
 class BatchError(Exception):
@@ -72,11 +73,22 @@ def score_frame(
         raise BatchError(str(exc)) from exc
     matrix = historical_matrix(feast_repo.open_store(repo), spec, entities)
     scores = booster.inplace_predict(to_float32(matrix), missing=np.nan)
+    # A model from before segment thresholds has none: its global pair labels everything.
+    try:
+        labelling = Labelling(meta["thresholds"], meta.get("segment_thresholds") or {})
+    except ValueError as exc:
+        raise BatchError(f"model {meta['name']} v{meta['version']}: {exc}") from exc
+    segments = list(labelling.segment_thresholds)
+    fields = (
+        transactions.reset_index(drop=True)[segments].to_dict("records")
+        if segments
+        else [{}] * len(scores)
+    )
     out = pd.DataFrame(
         {
             "transaction_id": entities["transaction_id"].to_numpy(),
             "score": scores.astype("float32"),
-            "label": [label_for_score(float(s), meta["thresholds"]) for s in scores],
+            "label": [labelling.label(float(s), f) for s, f in zip(scores, fields, strict=True)],
             "model_name": meta["name"],
             "model_version": meta["version"],
             "feature_contract": meta["feature_contract"],

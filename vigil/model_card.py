@@ -99,15 +99,18 @@ def render_model_card(meta: dict[str, Any]) -> str:
         f"{cm['false_decline_friction']:g} (friction: the call, the embarrassment). A review costs "
         f"{cm['review_cost']:g} (an analyst's minutes or a step-up's drop-off) and stops a fraud. "
         f"At most {cm['max_review_rate']:.0%} of transactions may go to review (analyst capacity).",
-        f"- Global thresholds (served as `thresholds`): `suspicious` at score >= "
+        f"- Global thresholds (`thresholds` in the metadata): `suspicious` at score >= "
         f"{th['suspicious']:.4f}, `highly_suspicious` at score >= {th['highly_suspicious']:.4f}: "
-        "the pair with the least total cost on the validation period.",
+        "the pair with the least total cost on the validation period. They label every "
+        "transaction whose segment has no pair of its own.",
     ]
     for col, segs in meta["segment_evidence"].items():
         own = meta["segment_thresholds"][col]
         lines.append(
-            f"- Per `{col}` (served as `segment_thresholds.{col}`, where the validation "
-            "period holds enough known frauds; otherwise the global pair):"
+            f"- Per `{col}` (`segment_thresholds.{col}` in the metadata): a `{col}` whose "
+            "validation period holds enough known frauds has its own least-cost pair, and the "
+            f"gateway and the batch scorer label each transaction of that `{col}` with it; "
+            f"a transaction of any other `{col}` is labelled with the global pair:"
         )
         for key, e in segs.items():
             pair = (
@@ -122,7 +125,10 @@ def render_model_card(meta: dict[str, Any]) -> str:
             )
     lines += [
         "",
-        "## Metrics (test period)",
+        "## Metrics (test period, global thresholds)",
+        "The label columns are at the global pair; what the served pairs (per segment where it "
+        "has one) cost is the *model segment thresholds* row of the money table below.",
+        "",
         "| | ROC AUC | PR AUC | precision @suspicious | recall @suspicious | precision @highly | recall @highly |",
         "|---|---|---|---|---|---|---|",
         f"| model | {_fmt(t['roc_auc'])} | {_fmt(t['pr_auc'])} | "

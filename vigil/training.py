@@ -38,6 +38,7 @@ from vigil.evaluation import (
 from vigil.model_card import render_model_card
 from vigil.world import MECHANISMS
 from vigil_contracts.artifact import list_versions
+from vigil_contracts.segments import SEGMENT_VALUES
 from vigil_contracts.serving_spec import FeatureServiceSpec
 from vigil_contracts.thresholds import label_for_score
 
@@ -87,7 +88,8 @@ class TrainConfig:
     )
     costs: CostMatrix = field(default_factory=CostMatrix)
     segment_column: str = "channel"
-    """Thresholds per value of this column where the validation evidence supports it."""
+    """Thresholds per value of this column where the validation evidence supports it; a
+    transaction field the gateway segments by (``vigil_contracts.segments.SEGMENT_VALUES``)."""
     min_segment_frauds: int = 30
     """A segment gets its own thresholds only with at least this many known validation frauds."""
     monotone_increasing: tuple[str, ...] = MONOTONE_INCREASING
@@ -227,6 +229,11 @@ def train(
     spec = feast_repo.load_serving_spec(repo).feature_services.get(config.feature_service)
     if spec is None:
         raise TrainingError(f"feature service {config.feature_service!r} is not in the registry")
+    if config.segment_column not in SEGMENT_VALUES:  # its pairs could not be served
+        raise TrainingError(
+            f"segment_column must be one of {', '.join(SEGMENT_VALUES)} (what the gateway can "
+            f"segment by), got {config.segment_column!r}"
+        )
     if config.on_missing_mechanism not in ("warn", "fail"):
         raise TrainingError(
             f"on_missing_mechanism must be 'warn' or 'fail', got {config.on_missing_mechanism!r}"

@@ -4,7 +4,9 @@ constructor makes; where it does not (another pydantic), the constructor is used
 
 Most answers are ``not_fraud``, and every field of one is valid by construction (the id of a
 validated transaction, a score from the predictor, the one baseline reason, a model reference).
-The shortcut fills the instance as pydantic's own constructor does, without validating.
+The shortcut fills the instance as pydantic's own constructor does, without validating. Whether
+an answer is ``not_fraud`` is the caller's to decide (postprocess: below the ``suspicious``
+threshold of the transaction's own pair, and no safeguard fired); nothing here knows thresholds.
 """
 
 from __future__ import annotations

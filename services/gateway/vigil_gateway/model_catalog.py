@@ -2,8 +2,9 @@
 
 Read at start-up, re-read every ``metadata_refresh_s`` and whenever an inference answer names a
 version the gateway has not seen (the predictor's default moved on). Each version's metadata is
-kept, so a score is always labelled with the thresholds of the version that produced it, even
-while replicas of the predictor disagree during a rollout.
+kept, so a score is always labelled with the thresholds of the version that produced it (the
+pair of the transaction's segment, or the global one), even while replicas of the predictor
+disagree during a rollout.
 """
 
 from __future__ import annotations
@@ -174,5 +175,9 @@ class ModelCatalog:
                     "feature_service": meta.feature_service,
                     "feature_contract": meta.feature_contract,
                     "thresholds": meta.thresholds.as_mapping(),
+                    "segment_thresholds": {
+                        column: {value: pair.as_mapping() for value, pair in pairs.items()}
+                        for column, pairs in meta.segment_thresholds.items()
+                    },
                 },
             )

@@ -1,5 +1,6 @@
 """Stage *postprocess*: prediction -> business answer. A score is labelled by the thresholds of
-the version that produced it, raised where a safeguard asks for more caution, and a flagged
+the version that produced it (the pair of the transaction's segment where that version has one,
+else its global pair), raised where a safeguard asks for more caution, and a flagged
 transaction's fired rules and largest contributions are worded as reasons; a transaction that
 could not be scored is answered ``uncertain`` with a reason code."""
 
@@ -9,7 +10,6 @@ import logging
 from collections.abc import Sequence
 
 from vigil_contracts.api import ModelRef, Reason, SafeguardsRef, ScoreResponse, Transaction
-from vigil_contracts.thresholds import label_for_score
 from vigil_gateway.encoder_client import EncodedVectors
 from vigil_gateway.errors import DownstreamError
 from vigil_gateway.fast_answers import not_fraud
@@ -40,14 +40,17 @@ class Postprocess:
         request_id: str,
     ) -> list[ScoreResponse]:
         """:meth:`answer` of each scored row (``rows[k]`` was scored ``k``-th). A ``not_fraud``
-        answer no rule questions, most of them, needs one comparison and always has the same
-        one reason."""
-        suspicious = meta.thresholds.suspicious  # highly_suspicious is never below it
+        answer no rule questions, most of them, needs one comparison (below every pair's
+        ``suspicious``; else below its own segment's) and always has the same one reason."""
+        labelling = meta.labelling
+        lowest = labelling.lowest_suspicious  # a highly_suspicious is never below its suspicious
         model = self._model_ref(inference.model_name, inference.model_version)
         verdicts, clear = checked.verdicts, checked.clear
         answers = []
         for k, (i, score) in enumerate(zip(rows, inference.scores, strict=True)):
-            if score < suspicious and i not in verdicts:
+            if i not in verdicts and (
+                score < lowest or score < labelling.pair_for(transactions[i].__dict__)["suspicious"]
+            ):
                 answers.append(
                     not_fraud(
                         transactions[i].transaction_id,
@@ -77,10 +80,11 @@ class Postprocess:
         checked: Checked,
         request_id: str,
     ) -> ScoreResponse:
-        """One answer: label by the scoring version's thresholds, raised to what the fired
-        safeguards ask for; their reasons first, then the model's (if it flagged it too)."""
+        """One answer: label by the scoring version's thresholds for the transaction's segment,
+        raised to what the fired safeguards ask for; their reasons first, then the model's (if it
+        flagged it too)."""
         score = inference.scores[k]
-        label = label_for_score(score, meta.thresholds.as_mapping())
+        label = meta.labelling.label(score, transaction.__dict__)
         reasons = explain(
             label,
             encoded.feature_names,

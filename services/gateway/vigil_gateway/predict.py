@@ -30,8 +30,9 @@ class Predict:
         version that scored them; :class:`Unscorable` when the predictor fails.
 
         Reasons are given for flagged transactions only, so the predictor explains (computes
-        contributions for) only the rows at or above the current version's ``suspicious``
-        threshold: most of its cost is in those contributions.
+        contributions for) only the rows at or above the current version's lowest ``suspicious``
+        threshold (of the global pair and the segments' own: the lowest that can flag one of
+        these rows): most of its cost is in those contributions.
         """
         vectors = encoded.features(rows)
         current = self.catalog.current
@@ -43,7 +44,7 @@ class Predict:
                 feature_contract=encoded.feature_contract,
                 request_id=request.request_id,
                 timeout=request.limits.predictor,
-                contributions_min_score=current.thresholds.suspicious if current else None,
+                contributions_min_score=current.labelling.lowest_suspicious if current else None,
             )
             scored_by = await self.catalog.for_version(
                 inference.model_version, request.limits.predictor, request.request_id
@@ -53,7 +54,7 @@ class Predict:
             raise Unscorable(FEATURE_CONTRACT_MISMATCH, exc) from exc
         except DownstreamError as exc:
             raise Unscorable(MODEL_UNAVAILABLE, exc) from exc
-        threshold = scored_by.thresholds.suspicious
+        threshold = scored_by.labelling.lowest_suspicious
         unexplained = [
             k
             for k, (score, contributions) in enumerate(

@@ -131,6 +131,7 @@ class DataPlane:
                 "feature_names": info.feature_names,
                 "feature_contract": info.feature_contract,
                 "thresholds": info.thresholds,
+                "segment_thresholds": info.segment_thresholds,
                 "serving_policy": info.serving_policy,
                 "training_range": info.training_range,
             },

@@ -18,6 +18,7 @@ import numpy as np
 import xgboost as xgb
 
 from vigil_contracts.artifact import ArtifactError, verify_artifact
+from vigil_contracts.segments import unservable
 from vigil_predictor.scoring_call import predict_dense
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,10 @@ class ModelInfo:
     feature_names: list[str]
     feature_contract: str
     thresholds: dict[str, float]
+    segment_thresholds: dict[str, dict[str, dict[str, float]]]
+    """Per segment column (the channel), the pairs training chose for the segments whose
+    validation evidence supported their own; the others are labelled by ``thresholds``. Empty
+    for an artifact from before them."""
     serving_policy: dict[str, Any]
     metrics: dict[str, Any]
     booster_file: str
@@ -69,6 +74,7 @@ class ModelInfo:
         if not isinstance(feature_service, str) or not feature_service:
             raise ArtifactError("feature_service must be a non-empty string")
         thresholds = _thresholds(meta.get("thresholds"))
+        segment_thresholds = _segment_thresholds(meta.get("segment_thresholds"))
         booster_file = meta.get("booster_file")
         if not isinstance(booster_file, str) or Path(booster_file).name != booster_file:
             raise ArtifactError(f"booster_file {booster_file!r} is not a plain file name")
@@ -86,6 +92,7 @@ class ModelInfo:
             feature_names=list(names),
             feature_contract=meta["feature_contract"],
             thresholds=thresholds,
+            segment_thresholds=segment_thresholds,
             serving_policy=serving_policy,
             metrics=metrics,
             booster_file=booster_file,
@@ -115,17 +122,37 @@ def _finite(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _thresholds(raw: Any) -> dict[str, float]:
+def _thresholds(raw: Any, where: str = "thresholds") -> dict[str, float]:
     if not isinstance(raw, dict):
-        raise ArtifactError("thresholds must be an object")
+        raise ArtifactError(f"{where} must be an object")
     out: dict[str, float] = {}
     for key in ("suspicious", "highly_suspicious"):
         value = raw.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-            raise ArtifactError(f"thresholds.{key} must be a number in [0, 1]")
+            raise ArtifactError(f"{where}.{key} must be a number in [0, 1]")
         out[key] = float(value)
     if out["suspicious"] > out["highly_suspicious"]:
-        raise ArtifactError("thresholds.suspicious is above thresholds.highly_suspicious")
+        raise ArtifactError(f"{where}.suspicious is above {where}.highly_suspicious")
+    return out
+
+
+def _segment_thresholds(raw: Any) -> dict[str, dict[str, dict[str, float]]]:
+    """Each segment's pair checked as ``thresholds`` is, and the segments servable (see
+    ``vigil_contracts.segments``); an artifact from before them has none."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise ArtifactError("segment_thresholds must map a column to an object of pairs")
+    out = {
+        str(column): {
+            str(value): _thresholds(pair, f"segment_thresholds.{column}.{value}")
+            for value, pair in pairs.items()
+        }
+        for column, pairs in raw.items()
+    }
+    problem = unservable(out)
+    if problem is not None:
+        raise ArtifactError(problem)
     return out
 
 
