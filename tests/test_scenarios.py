@@ -4,7 +4,7 @@ probe; the page's button (one transaction) sends that burst's first probe."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from itertools import pairwise
 
 import pandas as pd
@@ -20,6 +20,12 @@ def raw(feature_env) -> pd.DataFrame:
     return pd.read_parquet(feature_env.raw_path)
 
 
+def _present(raw: pd.DataFrame) -> datetime:
+    """A present half a day after the world's end (the demo's is the wall clock: a burst whose
+    span would reach back before the world's end starts after it instead)."""
+    return raw["event_timestamp"].max().to_pydatetime() + timedelta(hours=12)
+
+
 def _burst(scenarios):
     (burst,) = [s for s in scenarios if s.name == "card testing probe"]
     return burst
@@ -30,7 +36,7 @@ def _at(txn) -> datetime:
 
 
 def test_the_burst_is_probes_of_one_card_ascending_after_the_worlds_end(raw, feature_env):
-    now = datetime.now(UTC)
+    now = _present(raw)
     scenarios = build_scenarios(raw, now=now)
     burst = _burst(scenarios)
     probes = [*burst.earlier, burst.transaction]
@@ -53,7 +59,7 @@ def test_the_burst_is_probes_of_one_card_ascending_after_the_worlds_end(raw, fea
 
 
 def test_the_burst_is_the_worlds_last_one_as_the_mechanism_made_it(raw):
-    now = datetime.now(UTC)
+    now = _present(raw)
     probes = [*(b := _burst(build_scenarios(raw, now=now))).earlier, b.transaction]
     testing = raw[raw["fraud_mechanism"] == "card_testing"].sort_values("event_timestamp")
     last_device = testing["device_id"].iloc[-1]
@@ -83,7 +89,7 @@ def test_a_purchase_after_the_burst_is_no_probe(raw):
     cash_out["amount"] = 312.0
     cash_out["merchant_id"] = "m-ordinary-site"
     with_cash_out = pd.concat([raw, pd.DataFrame([cash_out.to_dict()])], ignore_index=True)
-    now = datetime.now(UTC)
+    now = _present(raw)
     before = _burst(build_scenarios(raw, now=now))
     after = _burst(build_scenarios(with_cash_out, now=now))
     assert after.transaction["amount"] == before.transaction["amount"]
@@ -91,7 +97,7 @@ def test_a_purchase_after_the_burst_is_no_probe(raw):
 
 
 def test_the_scenarios_are_the_same_at_any_present_but_for_the_time(raw):
-    now = datetime.now(UTC)
+    now = _present(raw)
     one, again = build_scenarios(raw, now=now), build_scenarios(raw, now=now)
     assert one == again
     later = build_scenarios(raw, now=now + timedelta(hours=5))
@@ -119,3 +125,15 @@ def test_the_page_button_sends_one_probe_not_before_the_worlds_end(raw):
         k: v for k, v in first.items() if k != "timestamp"
     }
     assert _at(probe.transaction) > raw["event_timestamp"].max().to_pydatetime()
+
+
+def test_just_after_the_worlds_end_the_burst_starts_after_it(raw):
+    """A present closer to the world's end than the burst's span: the burst is not moved before
+    the stored features, it starts after the world's last transaction, its spacing kept."""
+    end = raw["event_timestamp"].max().to_pydatetime()
+    at_noon = _burst(build_scenarios(raw, now=_present(raw)))
+    early = _burst(build_scenarios(raw, now=end + timedelta(seconds=2)))
+    stamps = [_at(p) for p in (*early.earlier, early.transaction)]
+    assert stamps[0] == end + timedelta(seconds=1)
+    noon = [_at(p) for p in (*at_noon.earlier, at_noon.transaction)]
+    assert [t - stamps[0] for t in stamps] == [t - noon[0] for t in noon]
