@@ -83,6 +83,22 @@ def feature_env(redis_server, tmp_path_factory):
         os.environ["VIGIL_REDIS_CONNECTION_STRING"] = previous
 
 
+def copy_online_store(src_url: str, dst_url: str) -> int:
+    """Copy the online store (Feast's rows and the materialization markers) from one Redis to
+    another with DUMP/RESTORE, as a materialization would reload it: never the API keys, rate
+    limits or decisions another test may have left there."""
+    import redis
+
+    src, dst = redis.Redis.from_url(src_url), redis.Redis.from_url(dst_url)
+    n = 0
+    for key in src.scan_iter(count=1000):
+        if key.startswith(b"vigil:") and not key.startswith(b"vigil:materialized:"):
+            continue
+        dst.restore(key, 0, src.dump(key), replace=True)
+        n += 1
+    return n
+
+
 TEST_TRAIN_KW = {"num_boost_round": 120}  # the label wait derived, as by default
 
 

@@ -1,8 +1,9 @@
 """``vigil demo``: the whole job end to end on one machine, with a private redis-server.
 
 generate -> features -> feast apply -> materialize -> train -> batch-score a sample -> start the
-stack (encoder, predictor, gateway) -> score sample transactions through the business API ->
-print the decisions -> stop everything.
+stack (encoder, predictor, streamer, gateway) -> score sample transactions through the business
+API (a card-testing burst played probe after probe, each once the streamer has written the one
+before into the online rows) -> print the decisions -> stop everything.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import argparse
 import os
 import sys
 import time
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pandas as pd
@@ -20,6 +23,9 @@ import pandas as pd
 from vigil import feast_repo, materialization
 from vigil.fx import FX_FILE, read_fx_table
 from vigil.redis_server import RedisServer, RedisUnavailable, find_redis_server
+from vigil.scenarios import Scenario
+from vigil_contracts.decision_events import FIELD_EVENT, STREAM_KEY, DecisionEvent
+from vigil_contracts.feature_contract import short_name
 
 
 def _step(msg: str) -> None:
@@ -162,21 +168,116 @@ def _score_online(
         print(stack.describe(), file=sys.stderr)
         scenarios = build_scenarios(frame)
         gateway = stack.services["gateway"].url
-        _step(f"scoring {len(scenarios)} sample transactions through the business API ({gateway})")
-        with httpx.Client(
-            timeout=5.0, headers={"authorization": f"Bearer {stack.api_key}"}
-        ) as client:
-            resp = client.post(
-                f"{gateway}/v1/transactions/score-batch",
-                json={"transactions": [s.transaction for s in scenarios]},
-            )
-            resp.raise_for_status()
-            results = resp.json()["results"]
-        print(decision_table(scenarios, results))
+        project = next(iter(feast_repo.load_serving_spec(repo).feature_services.values())).project
+        played = sum(len(s.earlier) for s in scenarios)
+        _step(
+            f"scoring {len(scenarios)} sample transactions through the business API ({gateway}), "
+            f"after {played} earlier ones played one by one"
+        )
+        store = materialization.redis_client(redis.connection_string)
+        try:
+            with httpx.Client(
+                base_url=gateway,
+                timeout=5.0,
+                headers={"authorization": f"Bearer {stack.api_key}"},
+            ) as client:
+                results = play(client, store, project, scenarios)
+            print(decision_table(scenarios, results))
+            for sc in scenarios:
+                if sc.earlier:
+                    print(played_summary(sc, decision_features(store, sc.transaction)))
+        finally:
+            store.close()
         print(f"\ntry it: the web page at {gateway}/ui works while the stack runs (`vigil serve`).")
 
 
-def decision_table(scenarios, results) -> str:
+#: How long a played transaction may take to reach its card's, merchant's and device's online
+#: rows before the next one is sent (the streamer's freshness is ~6 ms at p99).
+VISIBLE_WITHIN_S = 5.0
+
+
+def play(
+    client: httpx.Client, store: Any, project: str, scenarios: Sequence[Scenario]
+) -> list[dict[str, Any]]:
+    """Score ``scenarios`` through the business API (``client``: the gateway, with a key), as a
+    payment system would send them: each scenario's earlier transactions one after another, each
+    once the online store (``store``) holds the one before, as the streamer writes every
+    decision into its entities' rows; then the shown transactions in one batch, once the last
+    played one is held. The batch's results, one per scenario."""
+    for sc in scenarios:
+        for txn in sc.earlier:
+            client.post("/v1/transactions/score", json=txn).raise_for_status()
+            _wait_held(store, project, txn)
+    resp = client.post(
+        "/v1/transactions/score-batch", json={"transactions": [s.transaction for s in scenarios]}
+    )
+    resp.raise_for_status()
+    results: list[dict[str, Any]] = resp.json()["results"]
+    for sc in scenarios:
+        if sc.earlier:
+            _wait_held(store, project, sc.transaction)
+    return results
+
+
+def _wait_held(store: Any, project: str, txn: dict[str, Any]) -> None:
+    """Wait, at most :data:`VISIBLE_WITHIN_S`, until the rows of ``txn``'s card, merchant and
+    device are stamped after it (a row stamped ``T + 1 µs`` holds the events up to ``T``)."""
+    from vigil.replay import wait_visible
+
+    stamp = datetime.fromisoformat(txn["timestamp"])
+    us = (stamp - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) + 1
+    keys = [(k, txn[k]) for k in ("card_id", "merchant_id", "device_id") if txn.get(k)]
+    pending = dict.fromkeys(keys, us)
+    wait_visible(store, project, pending, keys, timeout_s=VISIBLE_WITHIN_S)
+    if pending:
+        raise TimeoutError(
+            f"{txn['transaction_id']} did not reach the online rows of {sorted(pending)} within "
+            f"{VISIBLE_WITHIN_S:.0f} s: is the streamer running?"
+        )
+
+
+def decision_features(
+    store: Any, txn: dict[str, Any], stream: str = STREAM_KEY, within: int = 1000
+) -> dict[str, float | None]:
+    """The vector (short feature names) the model saw for ``txn``, from its decision event among
+    the stream's last ``within`` entries; ``{}`` if there is none."""
+    for _, fields in store.xrevrange(stream, count=within):
+        event = DecisionEvent.model_validate_json(fields[FIELD_EVENT.encode()])
+        if event.transaction.transaction_id == txn["transaction_id"] and event.features:
+            f = event.features
+            return {short_name(n): v for n, v in zip(f.names, f.values, strict=True)}
+    return {}
+
+
+#: What the demo prints of a played scenario's last vector: a card-testing burst's signals.
+_BURST_SIGNALS = (
+    "card_txn_count_1h",
+    "card_txn_count_24h",
+    "card_distinct_merchants_24h",
+    "seconds_since_card_last_txn",
+    "amount_to_card_avg_30d",
+    "device_txn_count_24h",
+    "merchant_small_amount_share_24h",
+)
+
+
+def played_summary(sc: Scenario, features: dict[str, float | None]) -> str:
+    shown = ", ".join(
+        f"{name} {_number(features[name])}" for name in _BURST_SIGNALS if name in features
+    )
+    return (
+        f"{sc.transaction['transaction_id']} came after {len(sc.earlier)} probes played through "
+        f"the API on card {sc.transaction['card_id']}: {shown or 'no vector'}"
+    )
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "missing"
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.3g}"
+
+
+def decision_table(scenarios: Sequence[Scenario], results: Sequence[dict[str, Any]]) -> str:
     rows = [("transaction", "scenario", "amount", "label", "score", "model", "top reason")]
     for sc, res in zip(scenarios, results, strict=True):
         body = res.get("result") or {}
@@ -184,7 +285,7 @@ def decision_table(scenarios, results) -> str:
             rows.append(
                 (
                     sc.transaction["transaction_id"],
-                    sc.name,
+                    sc.title,
                     "",
                     "error",
                     "",
@@ -198,7 +299,7 @@ def decision_table(scenarios, results) -> str:
         rows.append(
             (
                 body["transaction_id"],
-                sc.name,
+                sc.title,
                 f"{sc.transaction['amount']:.2f}",
                 body["label"],
                 "" if score is None else f"{score:.3f}",

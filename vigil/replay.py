@@ -186,14 +186,15 @@ def expected_rows(
     return out
 
 
-def _wait_visible(
+def wait_visible(
     client: Any,
     project: str,
     pending: dict[tuple[str, str], int],
     keys: list[tuple[str, str]],
     timeout_s: float,
 ) -> float:
-    """Wait until each of ``keys`` with a pending stamp shows that stamp (or newer) online."""
+    """Wait (at most ``timeout_s``) until each of ``keys`` with a pending stamp shows that stamp
+    (or newer) online; those that do leave ``pending``. Milliseconds waited."""
     from google.protobuf.timestamp_pb2 import Timestamp
 
     from vigil_streamer.feast_layout import redis_key, timestamp_field
@@ -417,7 +418,7 @@ def _send(
                 report.waits += 1
                 with contextlib.suppress(Exception):  # a hung Redis: go on after the timeout
                     report.wait_ms.append(
-                        _wait_visible(client, project, pending, keys, timeout_s=10.0)
+                        wait_visible(client, project, pending, keys, timeout_s=10.0)
                     )
             answer = http.post("/v1/transactions/score", json=transaction_body(row))
             answer.raise_for_status()

@@ -3,14 +3,15 @@ buttons (``samples.json``) and end-to-end tests.
 
 Legitimate ones replay a regular card's habits (home country, usual device and merchant, usual
 amount, daytime); fraudulent ones follow the world's mechanisms (an account takeover from a new
-device abroad at night for many times the usual amount; a card-testing burst's next probe); a
-brand-new card is one the world has never seen (no history at all).
+device abroad at night for many times the usual amount; a card-testing burst on a known card,
+played probe after probe at the present); a brand-new card is one the world has never seen (no
+history at all).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,14 @@ class Scenario:
     name: str
     expect_fraud: bool
     transaction: dict[str, Any]
+    earlier: tuple[dict[str, Any], ...] = ()
+    """Transactions played before ``transaction``, one after another, each once the online store
+    holds the one before (a card-testing burst's earlier probes); only ``transaction`` is shown."""
+
+    @property
+    def title(self) -> str:
+        """The name as the demo's table shows it: with how many transactions were played first."""
+        return f"{self.name} ({len(self.earlier)} before)" if self.earlier else self.name
 
 
 def _iso(ts: datetime) -> str:
@@ -108,34 +117,67 @@ def build_scenarios(
                 },
             )
         )
-    probe = _card_testing_probe(recent, prefix)
-    if probe is not None:
-        out.append(probe)
+    testers = regular.iloc[n_legit + n_takeover :]
+    if len(testers):
+        burst = _card_testing_burst(raw, str(testers.index[0]), now, prefix)
+        if burst is not None:
+            out.append(burst)
     return out
 
 
-def _card_testing_probe(raw: pd.DataFrame, prefix: str) -> Scenario | None:
-    """The next probe of the last card-testing burst in ``raw``, 40 s after its last one."""
-    bursts = raw[raw["fraud_mechanism"] == "card_testing"]
-    if not len(bursts):
+#: A bot fires a probe every few seconds; a purchase that follows the burst comes 5 minutes to 3
+#: hours later (vigil.world's card-testing mechanism).
+_PROBE_RUN_GAP = pd.Timedelta(minutes=5)
+
+
+def _last_burst_probes(raw: pd.DataFrame) -> pd.DataFrame | None:
+    """The probes of the world's last card-testing burst, in time order: the rows of its device
+    (fresh for every burst) up to the larger purchase that may follow."""
+    testing = raw[raw["fraud_mechanism"] == "card_testing"]
+    if not len(testing):
         return None
-    last = bursts.sort_values("event_timestamp").iloc[-1]
-    ts = last["event_timestamp"].to_pydatetime() + timedelta(seconds=40)
-    return Scenario(
-        "card testing probe",
-        True,
-        {
-            "transaction_id": f"{prefix}-cardtest-0",
-            "card_id": last["card_id"],
-            "merchant_id": last["merchant_id"],
-            "amount": 1.0,
-            "currency": last["currency"],
-            "timestamp": _iso(ts),
-            "channel": last["channel"],
-            "device_id": last["device_id"] if pd.notna(last["device_id"]) else None,
-            "country": last["country"],
-        },
+    last = testing.loc[testing["event_timestamp"].idxmax()]
+    same = (
+        testing["device_id"] == last["device_id"]
+        if pd.notna(last["device_id"])
+        else testing["card_id"] == last["card_id"]
     )
+    burst = testing[same].sort_values(["event_timestamp", "transaction_id"])
+    # The run of probes is the rows before the first gap of minutes.
+    return burst[(burst["event_timestamp"].diff() >= _PROBE_RUN_GAP).cumsum() == 0]
+
+
+def _card_testing_burst(
+    raw: pd.DataFrame, card: str, now: datetime, prefix: str
+) -> Scenario | None:
+    """A card-testing burst on ``card`` (one the online store holds), played at the present: the
+    world's last burst (its probes' amounts, currency, merchants, channel, country, IP and
+    spacing, as the world's mechanism made them) from a device never seen, its last probe at
+    ``now`` (never before the world's end). The demo plays the earlier probes one after another,
+    each once the streamer has added the one before to the card's history, and shows the last."""
+    probes = _last_burst_probes(raw)
+    if probes is None or not len(probes):
+        return None
+    stamps = probes["event_timestamp"]
+    offsets = [(t - stamps.iloc[0]).to_pytimedelta() for t in stamps]
+    world_end = raw["event_timestamp"].max().to_pydatetime()
+    start = max(now - offsets[-1], world_end + timedelta(seconds=1))
+    txns = [
+        {
+            "transaction_id": f"{prefix}-cardtest-{i}",
+            "card_id": card,
+            "merchant_id": p.merchant_id,
+            "amount": float(p.amount),
+            "currency": p.currency,
+            "timestamp": _iso(start + offset),
+            "channel": p.channel,
+            "device_id": f"{prefix}-tester-device",
+            "ip_address": p.ip_address,
+            "country": p.country,
+        }
+        for i, (p, offset) in enumerate(zip(probes.itertuples(), offsets, strict=True))
+    ]
+    return Scenario("card testing probe", True, txns[-1], earlier=tuple(txns[:-1]))
 
 
 #: The web page's sample buttons, in order: one of each kind.
@@ -147,10 +189,11 @@ def build_samples(raw: pd.DataFrame, now: datetime | None = None) -> list[Scenar
     now = now or datetime.now(UTC)
     scenarios = build_scenarios(raw, now=now, n_legit=1, n_takeover=1, prefix="sample")
     by_kind = {s.name: s for s in scenarios}
-    if "card testing probe" not in by_kind:  # no burst in the last week: the world's last one
-        probe = _card_testing_probe(raw, "sample")
-        if probe is not None:
-            by_kind[probe.name] = probe
+    burst = by_kind.get("card testing probe")
+    if burst is not None and burst.earlier:
+        # A button sends one transaction, so it cannot play a burst: it sends the burst's first
+        # probe, what a lone click is (a card's first probe from a never-seen device).
+        by_kind[burst.name] = Scenario(burst.name, True, burst.earlier[0])
     regular = by_kind.get("regular purchase")
     if regular is not None:
         known = set(raw["card_id"].unique())
@@ -176,7 +219,12 @@ def write_samples(raw: pd.DataFrame, path: Path, now: datetime | None = None) ->
     ``GET /ui/samples`` (which moves each timestamp to the most recent same time of day)."""
     samples = build_samples(raw, now)
     path.parent.mkdir(parents=True, exist_ok=True)
-    document = {"samples": [asdict(s) for s in samples]}
+    document = {
+        "samples": [
+            {"name": s.name, "expect_fraud": s.expect_fraud, "transaction": s.transaction}
+            for s in samples
+        ]
+    }
     path.write_text(json.dumps(document, indent=2, default=_plain) + "\n")
     return samples
 
