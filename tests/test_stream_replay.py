@@ -33,7 +33,8 @@ def test_a_replayed_day_leaves_the_batch_pipelines_features_and_labels(
 def test_faults_mid_replay_lose_nothing(feature_env, trained_model, tmp_path):
     """kill -9 of the streamer a third of the way in (then restarted), Redis hung for 5 s two
     thirds in: the final online rows still equal the batch pipeline's (every answered decision
-    reached the stream and was counted once), and a malformed entry is dead-lettered."""
+    reached the stream and was counted once), and a malformed entry is dead-lettered. The
+    streamer runs at a lower CPU priority than the request path."""
     import os
     import signal
     import threading
@@ -42,9 +43,13 @@ def test_faults_mid_replay_lose_nothing(feature_env, trained_model, tmp_path):
     import redis
 
     done: list[str] = []
+    priorities: list[int] = []
 
     def fault(i, stack, server):
         if i == 60:
+            priorities.append(
+                os.getpriority(os.PRIO_PROCESS, stack.services["streamer"].process.pid)
+            )
             os.kill(stack.services["streamer"].process.pid, signal.SIGKILL)
             stack.services["streamer"].process.wait()
             redis.Redis.from_url(server.url).xadd(
@@ -71,6 +76,8 @@ def test_faults_mid_replay_lose_nothing(feature_env, trained_model, tmp_path):
     )
     print("\n".join(report.lines()))
     assert done == ["killed", "hung"]
+    # The streamer lowered its own CPU priority (STREAMER_NICE, 10 by default).
+    assert priorities == [min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)]
     assert report.feature_mismatches == []
     # The private Redis is gone with the replay; the streamer's log says what it dead-lettered.
     log = (tmp_path / "logs" / "streamer.log").read_text()

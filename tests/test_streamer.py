@@ -491,7 +491,7 @@ async def test_the_streamer_app_answers_health_and_readiness(server):
 
     from vigil_streamer.app import create_app
 
-    app = create_app(_settings(server.url))
+    app = create_app(_settings(server.url, nice=0))  # in process: the suite keeps its priority
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=ASGITransport(app), base_url="http://s") as client:
             assert (await client.get("/healthz")).status_code == 200

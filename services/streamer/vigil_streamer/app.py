@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -68,6 +69,8 @@ def create_app(settings: StreamerSettings | None = None) -> FastAPI:
             socket_timeout=settings.redis_timeout_s + settings.block_ms / 1000,
             socket_connect_timeout=settings.redis_timeout_s,
         )
+        if settings.nice:
+            os.nice(settings.nice)
         consumer = Consumer(client, settings, metrics)
         app.state.consumer = consumer
         task = asyncio.create_task(consumer.run(), name="streamer-consumer")

@@ -61,5 +61,12 @@ class StreamerSettings(BaseSettings):
     redis_timeout_s: float = Field(default=5.0, gt=0)
     """Socket timeout of the streamer's Redis calls."""
 
+    nice: int = Field(default=10, ge=0, le=19)
+    """How much the streamer lowers its own CPU priority at start (``os.nice``; 0 keeps it).
+    Where it shares a host's cores with the request path (the local runner, a small node), the
+    kernel then runs the gateway, encoder and predictor first when they all want the CPU, and
+    the streamer catches up when they do not. Within a container a priority counts only among
+    the container's own processes: compose gives the streamer fewer ``cpu_shares`` instead."""
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Level of the streamer's JSON log lines."""
