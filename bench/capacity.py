@@ -26,6 +26,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".bench" / "work"
 SERVICES = ("gateway", "encoder", "predictor")
+# The services sized by the model: the request path's, and the streamer (events, not requests).
+SIZED = (*SERVICES, "streamer")
 RATES = (1_000, 10_000, 100_000)
 ENTITY_COUNTS = (1_000_000, 10_000_000, 100_000_000)
 # Headroom: a service runs at 60 % of its CPU request in steady state (the HPAs' target), so a
@@ -38,8 +40,11 @@ POD_CPU = 1.0
 REDIS_MASTER_CPU = 0.5
 REDIS_MASTER_BYTES = 16e9
 DECISION_TTL_S = 24 * 3600  # GATEWAY_DECISION_TTL_S's default
-# What each transaction makes the streamer write (card, merchant, device), once it exists.
+# What each transaction makes the streamer write (card, merchant, device).
 ROWS_PER_TRANSACTION = 3
+# A decision event's sample size in the stream (bytes per entry from MEMORY USAGE of this many).
+EVENT_SAMPLE = 1000
+EVENTS_MAXLEN = 5_000_000  # GATEWAY_EVENTS_STREAM_MAXLEN's default
 SHAPES = {"single": ("e2e_1", 1), "batch of 100": ("e2e_100", 100)}
 
 
@@ -59,7 +64,9 @@ def _runs(results: dict[str, Any], key: str) -> list[dict[str, Any]]:
 def cpu_per_transaction(results: dict[str, Any]) -> dict[str, dict[str, float]]:
     """CPU ms per transaction of each server, by request shape: from the closed-loop runs (the
     servers saturated, the cost per request at its lowest and steadiest), else the open loop at
-    the highest rate."""
+    the highest rate. The streamer's is per event (one per transaction, whatever the request's
+    shape), from :func:`streamer_run`."""
+    streamer = streamer_run(results)["cpu_ms_per_event"]
     out: dict[str, dict[str, float]] = {}
     for shape, (key, rows) in SHAPES.items():
         runs = _runs(results, key)
@@ -71,6 +78,7 @@ def cpu_per_transaction(results: dict[str, Any]) -> dict[str, dict[str, float]]:
         )
         per_request = run["server_cpu_ms_per_request"]
         out[shape] = {name: per_request[name] / rows for name in (*SERVICES, "redis")}
+        out[shape]["streamer"] = streamer
         out[shape]["_run"] = f"{run['mode']} loop, " + (
             f"concurrency {run['concurrency']}"
             if run["mode"] == "closed"
@@ -79,8 +87,28 @@ def cpu_per_transaction(results: dict[str, Any]) -> dict[str, dict[str, float]]:
     return out
 
 
+def streamer_run(results: dict[str, Any]) -> dict[str, Any]:
+    """The streamer's CPU per event where it kept up with the gateway: the best closed-loop run
+    of single transactions (``e2e_1``), whose backlog the benchmark saw drained; the rates at
+    which it worked off the batch cases' backlogs alone, by case."""
+    stream = results.get("stream_on", {})
+    run = stream.get("e2e_1")
+    if not run or not run.get("streamer_cpu_ms_per_request"):
+        raise SystemExit("results.json has no streamer figures: run `python -m bench.run`")
+    return {
+        "cpu_ms_per_event": run["streamer_cpu_ms_per_request"],
+        "run": f"e2e_1's closed loop at concurrency {run['concurrency']}, {run['rate_rps']:,.0f} "
+        "requests/s",
+        "kept_up": bool(run["drained"]),
+        "batch_events_mean": run.get("batch_events_mean"),
+        "drain_rate_eps": {
+            key: r["drain_rate_eps"] for key, r in stream.items() if r.get("drain_rate_eps")
+        },
+    }
+
+
 def peak_rss_mb(results: dict[str, Any]) -> dict[str, float]:
-    peaks = {name: results["rss_idle_mb"].get(name, 0.0) for name in (*SERVICES, "redis")}
+    peaks = {name: results["rss_idle_mb"].get(name, 0.0) for name in (*SIZED, "redis")}
     for key in ("e2e_1", "e2e_100", "e2e_1000"):
         for run in results["cases"].get(key, {}).get("runs", []):
             for name, peak in peaks.items():
@@ -93,7 +121,7 @@ def resources(peaks_mb: dict[str, float]) -> dict[str, dict[str, dict[str, str]]
     the peak measured under load (rounded up to 32 MiB) and twice that as the limit, so that
     a leak is cut before it takes the node."""
     out = {}
-    for name in SERVICES:
+    for name in SIZED:
         request = 32 * math.ceil(peaks_mb[name] * 1e6 * 1.5 / 2**20 / 32)
         out[name] = {
             "requests": {"cpu": "1", "memory": f"{request}Mi"},
@@ -135,6 +163,7 @@ def measure_store(repo: Path) -> dict[str, Any]:
             entity = _entity_of(key)
             rows.setdefault(entity, []).append(client.memory_usage(key, samples=0))
         decision = _decision_bytes(client)
+        event_json, event_entry = _event_bytes(client, repo)
         used = client.info("memory")["used_memory"]
         written, write_s = _online_write_rate(repo)
         client.close()
@@ -155,6 +184,8 @@ def measure_store(repo: Path) -> dict[str, Any]:
         "bytes_per_row": {e: sum(v) / len(v) for e, v in sorted(rows.items())},
         "rows": {e: len(v) for e, v in sorted(rows.items())},
         "decision_bytes": decision,
+        "event_json_bytes": event_json,
+        "event_entry_bytes": event_entry,
         "used_memory": used,
     }
 
@@ -259,6 +290,72 @@ def _decision_bytes(client: Any) -> int:
     return client.memory_usage(key, samples=0)
 
 
+def _event_bytes(client: Any, repo: Path) -> tuple[int, int]:
+    """(JSON bytes, bytes per stream entry) of a decision event as the gateway appends it: a
+    flagged decision with three reasons and the served feature service's whole vector (its names
+    from the world's serving spec); the entry's size is ``MEMORY USAGE`` of a stream of
+    :data:`EVENT_SAMPLE` such entries, divided by their number."""
+    import orjson
+
+    from vigil_contracts.decision_events import FIELD_EVENT, FIELD_ID, FIELD_VERSION, SCHEMA_VERSION
+
+    spec = json.loads((repo / "data" / "serving_spec.json").read_text())
+    service = next(iter(spec["feature_services"].values()))
+    names = [f if isinstance(f, str) else f["name"] for f in service["features"]]
+    key = "vigil:capacity:events"
+    size = 0
+    for i in range(EVENT_SAMPLE):
+        eid = f"tx-2026-12-06-{i:012d}\x1f3f1c2d8e9a7b4c6d8e0f1a2b3c4d5e6f"
+        event = {
+            "schema_version": SCHEMA_VERSION,
+            "event_id": eid,
+            "request_id": "3f1c2d8e9a7b4c6d8e0f1a2b3c4d5e6f",
+            "transaction": {
+                "transaction_id": f"tx-2026-12-06-{i:012d}",
+                "card_id": f"card-{i:08d}",
+                "merchant_id": f"merchant-{i % 5000:06d}",
+                "amount": 1234.56,
+                "currency": "EUR",
+                "timestamp": "2026-12-06T10:11:12.345678+01:00",
+                "channel": "ecom",
+                "device_id": f"device-{i:08d}",
+                "ip_address": "203.0.113.77",
+                "country": "FR",
+            },
+            "entities": {
+                "card_id": f"card-{i:08d}",
+                "merchant_id": f"merchant-{i % 5000:06d}",
+                "device_id": f"device-{i:08d}",
+            },
+            "model_name": "fraud_detector",
+            "model_version": "12",
+            "score": 0.6412345678,
+            "label": "suspicious",
+            "reasons": ["AMOUNT_HIGH_FOR_CARD", "NEW_DEVICE", "NIGHT_TIME"],
+            "degraded": False,
+            "features": {
+                "feature_service": "fraud_model_v1",
+                "feature_contract": "sha256:" + "0" * 64,
+                "names": names,
+                "values": [1234.5678901 + k for k in range(len(names))],
+                "missing": [False] * len(names),
+                "stale": [False] * len(names),
+            },
+            "timings": {
+                "encode_ms": 1.234,
+                "predict_ms": 0.987,
+                "total_ms": 3.456,
+                "decided_at": 1765015872.123456,
+            },
+        }
+        body = orjson.dumps(event)
+        size += len(body)
+        client.xadd(key, {FIELD_ID: eid, FIELD_VERSION: SCHEMA_VERSION, FIELD_EVENT: body})
+    entry = client.memory_usage(key, samples=0) / EVENT_SAMPLE
+    client.delete(key)
+    return round(size / EVENT_SAMPLE), round(entry)
+
+
 def access_line_bytes(log_dir: Path) -> dict[str, float]:
     """Mean size of a service's JSON access line for a scoring call (a POST) in the benchmark's
     logs."""
@@ -285,6 +382,7 @@ def model(
 ) -> dict[str, Any]:
     cpu = cpu_per_transaction(results)
     peaks = peak_rss_mb(results)
+    streamer = streamer_run(results)
     return {
         "run": {k: results["machine"].get(k) for k in ("date", "code", "nproc", "cpu_model")}
         | {
@@ -293,6 +391,7 @@ def model(
             "world_transactions": results["world"]["transactions"],
         },
         "cpu_ms_per_transaction": cpu,
+        "streamer": streamer,
         "peak_rss_mb": peaks,
         "store": store,
         "access_line_bytes": lines,
@@ -308,7 +407,7 @@ def _fmt_bytes(n: float) -> str:
 
 
 def render(m: dict[str, Any]) -> str:
-    run, cpu, store = m["run"], m["cpu_ms_per_transaction"], m["store"]
+    run, cpu, store, streamer = m["run"], m["cpu_ms_per_transaction"], m["store"], m["streamer"]
     out = [
         "# Capacity model",
         "",
@@ -322,16 +421,25 @@ def render(m: dict[str, Any]) -> str:
         "## CPU per transaction",
         "",
         "Server CPU (user + system) per transaction, measured by the benchmark's process watcher "
-        "with the servers saturated:",
+        "with the servers saturated. The streamer's is per decision event, one per transaction "
+        f"whatever the request's shape, measured where it kept up with the gateway ({streamer['run']}"
+        + (
+            ", its backlog drained"
+            if streamer["kept_up"]
+            else ", **its backlog not drained**: a lower bound"
+        )
+        + "); the Redis column holds the stream's Redis work in the single shape's run (the "
+        "streamer kept up), not all of it in the batch shape's (the streamer fell behind that run; "
+        "see *Streaming* below).",
         "",
-        "| shape | run | gateway | encoder | predictor | redis | total |",
-        "|---|---|---|---|---|---|---|",
+        "| shape | run | gateway | encoder | predictor | streamer | redis | total |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for shape, c in cpu.items():
-        total = sum(c[s] for s in (*SERVICES, "redis"))
+        total = sum(c[s] for s in (*SIZED, "redis"))
         out.append(
             f"| {shape} | {c['_run']} | "
-            + " | ".join(f"{c[s]:.3f} ms" for s in (*SERVICES, "redis"))
+            + " | ".join(f"{c[s]:.3f} ms" for s in (*SIZED, "redis"))
             + f" | {total:.3f} ms |"
         )
     out += [
@@ -344,13 +452,13 @@ def render(m: dict[str, Any]) -> str:
         "(the PodDisruptionBudgets keep one up). Redis: command CPU only, a master planned at "
         f"{REDIS_MASTER_CPU:.1f} core of it.",
         "",
-        "| transactions/s | shape | gateway | encoder | predictor | service cores (busy) | Redis masters for CPU |",
-        "|---|---|---|---|---|---|---|",
+        "| transactions/s | shape | gateway | encoder | predictor | streamer | service cores (busy) | Redis masters for CPU |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for rate in RATES:
         for shape, c in cpu.items():
             cells, busy = [], 0.0
-            for s in SERVICES:
+            for s in SIZED:
                 cores, n = replicas(c[s], rate)
                 busy += cores
                 cells.append(f"{n} ({cores:.1f} cores)")
@@ -370,7 +478,7 @@ def render(m: dict[str, Any]) -> str:
         "| service | peak RSS | requests | limits |",
         "|---|---|---|---|",
     ]
-    for s in SERVICES:
+    for s in SIZED:
         r = res[s]
         out.append(
             f"| {s} | {m['peak_rss_mb'][s]:.0f} MB | {r['requests']['cpu']} CPU, "
@@ -448,21 +556,42 @@ def render(m: dict[str, Any]) -> str:
         hours = rows / rows_s / 3600
         took = f"{hours:,.1f} h" if hours >= 1 else f"{hours * 60:,.0f} min"
         out.append(f"| {n:,} | {rows:,} | {took} | {max(1, math.ceil(rows / rows_s / 3600))} |")
+    per_event = streamer["cpu_ms_per_event"]
+    drains = streamer["drain_rate_eps"]
     out += [
         "",
-        "The event stream and its streamer (DESIGN.md, planned) do not exist yet. When they do, "
-        f"each transaction updates {ROWS_PER_TRANSACTION} entity rows (card, merchant, device):",
+        "### Streaming",
         "",
-        "| transactions/s | online rows written/s | at the batch rate above, processes |",
-        "|---|---|---|",
+        "Every fresh decision is one event on the decision stream; the streamer adds it to its "
+        f"card's, merchant's and device's state and writes their {ROWS_PER_TRANSACTION} online "
+        f"rows. It spent **{per_event:.3f} ms of CPU per event** in {streamer['run']}"
+        + (
+            f", reading {streamer['batch_events_mean']:.0f} events per batch"
+            if streamer.get("batch_events_mean")
+            else ""
+        )
+        + f": one process applies about {1000 / per_event:,.0f} events/s with a whole core. "
+        + (
+            "Working off the batch runs' backlogs on the benchmark's 2 shared cores, it applied "
+            + ", ".join(f"{rate:,.0f} events/s ({key})" for key, rate in sorted(drains.items()))
+            + ". "
+            if drains
+            else ""
+        )
+        + "Replicas share the consumer group's entries (one consumer each); on the 2 cores of "
+        "the benchmark it shares the CPU with the request path, so it falls behind any load "
+        "that saturates them (`docs/benchmarks.md`, *The decision stream*) and catches up after. "
+        "Its Redis work (a Lua call per touched entity and one per row written) is in the single "
+        "shape's Redis column above.",
+        "",
+        f"| transactions/s | events/s | streamer processes at {TARGET_UTILISATION:.0%} | cores (busy) |",
+        "|---|---|---|---|",
     ]
     for rate in RATES:
-        out.append(
-            f"| {rate:,} | {ROWS_PER_TRANSACTION * rate:,} | "
-            f"{math.ceil(ROWS_PER_TRANSACTION * rate / rows_s)} |"
-        )
+        cores, n = replicas(per_event, rate)
+        out.append(f"| {rate:,} | {rate:,} | {n} | {cores:.1f} |")
     lines = m["access_line_bytes"]
-    event = decision + 29 * 10  # the stored decision + the vector (29 features, value + flags)
+    event, entry = store["event_json_bytes"], store["event_entry_bytes"]
     out += [
         "",
         "## Events and logs per day",
@@ -470,18 +599,25 @@ def render(m: dict[str, Any]) -> str:
         "Each service writes one JSON access line per request (mean size in the benchmark's logs: "
         + ", ".join(f"{s} {lines[s]:.0f} B" for s in SERVICES)
         + "). A batch of 100 is one request "
-        "to each service. The planned decision event is estimated as the stored decision plus "
-        f"the feature vector: ~{event:,} B.",
+        "to each service. A decision event (a flagged decision with three reasons and the whole "
+        f"feature vector, names included) is {event:,} B of JSON and takes {entry:,} B of Redis "
+        "memory in the stream (`MEMORY USAGE` of a stream of "
+        f"{EVENT_SAMPLE:,} of them). The gateway trims the stream to about "
+        f"`GATEWAY_EVENTS_STREAM_MAXLEN` entries (default {EVENTS_MAXLEN:,}: "
+        f"{_fmt_bytes(EVENTS_MAXLEN * entry)} of Redis memory when full); the consumers downstream "
+        "(the decision log) keep what must last.",
         "",
-        "| transactions/s | access logs/day, single | access logs/day, batches of 100 | decision events/day (planned) |",
-        "|---|---|---|---|",
+        "| transactions/s | access logs/day, single | access logs/day, batches of 100 | decision events/day (JSON) | stream full after |",
+        "|---|---|---|---|---|",
     ]
     per_request = sum(lines[s] for s in SERVICES)
     for rate in RATES:
         day = rate * 86400
+        full_s = EVENTS_MAXLEN / rate
+        full = f"{full_s / 3600:,.1f} h" if full_s >= 3600 else f"{full_s / 60:,.0f} min"
         out.append(
             f"| {rate:,} | {_fmt_bytes(day * per_request)} | "
-            f"{_fmt_bytes(day / 100 * per_request)} | {_fmt_bytes(day * event)} |"
+            f"{_fmt_bytes(day / 100 * per_request)} | {_fmt_bytes(day * event)} | {full} |"
         )
     out.append("")
     return "\n".join(out)

@@ -459,6 +459,37 @@ async def gateway(
             )
 
 
+@asynccontextmanager
+async def on_real_predictor(
+    settings: GatewaySettings, encoder_app: Any, predictor_app: FastAPI
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client holding a `score` key of a gateway on the real predictor app (and an encoder
+    app), both started, once the gateway says it is ready."""
+    app = create_app(
+        settings,
+        encoder_transport=httpx.ASGITransport(encoder_app),
+        predictor_transport=httpx.ASGITransport(predictor_app),
+    )
+    async with (
+        predictor_app.router.lifespan_context(predictor_app),
+        app.router.lifespan_context(app),
+    ):
+        key = await provision_key(app, settings.redis_url)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app),
+            base_url="http://g",
+            headers={"authorization": f"Bearer {key}"},
+        ) as client:
+            ready = await client.get("/readyz")
+            for _ in range(100):
+                if ready.status_code == 200:
+                    break
+                await asyncio.sleep(0.02)
+                ready = await client.get("/readyz")
+            assert ready.status_code == 200, ready.text
+            yield client
+
+
 async def provision_key(
     app: FastAPI, redis_url: str, scopes: tuple[str, ...] = ("score",), **create_kw: Any
 ) -> str:
@@ -1695,32 +1726,9 @@ async def test_with_the_real_predictor(redis_url: str, tmp_path) -> None:
         max_transaction_age_s=0,
         max_features_lead_s=0,
     )  # 2024's transactions
-    app = create_app(
-        settings,
-        encoder_transport=httpx.ASGITransport(encoder.app),
-        predictor_transport=httpx.ASGITransport(predictor_app),
-    )
-    async with (
-        predictor_app.router.lifespan_context(predictor_app),
-        app.router.lifespan_context(app),
-    ):
-        key = await provision_key(app, redis_url)
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app),
-            base_url="http://g",
-            headers={"authorization": f"Bearer {key}"},
-        ) as client:
-            ready = await client.get("/readyz")
-            for _ in range(100):
-                if ready.status_code == 200:
-                    break
-                await asyncio.sleep(0.02)
-                ready = await client.get("/readyz")
-            assert ready.status_code == 200, ready.text
-            items = [fraud_txn(), txn(), txn(device_id="dev_unknown")]
-            response = await client.post(
-                "/v1/transactions/score-batch", json={"transactions": items}
-            )
+    async with on_real_predictor(settings, encoder.app, predictor_app) as client:
+        items = [fraud_txn(), txn(), txn(device_id="dev_unknown")]
+        response = await client.post("/v1/transactions/score-batch", json={"transactions": items})
     assert response.status_code == 200, response.text
     answers = [r["result"] for r in response.json()["results"]]
     vectors = np.array(

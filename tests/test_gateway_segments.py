@@ -10,10 +10,8 @@ on an artifact written with segment thresholds.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-import httpx
 import pytest
 
 import test_gateway
@@ -29,13 +27,12 @@ from test_gateway import (
     fraud_txn,
     gap_txn,
     gateway,
-    provision_key,
+    on_real_predictor,
     suspicious_txn,
     txn,
 )
 from vigil_contracts.segments import Labelling, unservable
 from vigil_contracts.thresholds import label_for_score
-from vigil_gateway.app import create_app
 from vigil_gateway.model_metadata import ModelMetadata
 from vigil_gateway.settings import GatewaySettings
 
@@ -263,34 +260,16 @@ async def test_with_the_real_predictor_serving_segment_thresholds(redis_url: str
         max_transaction_age_s=0,
         max_features_lead_s=0,
     )
-    app = create_app(
-        settings,
-        encoder_transport=httpx.ASGITransport(EncoderStandIn().app),
-        predictor_transport=httpx.ASGITransport(predictor_app),
-    )
     bodies = [
         body(channel=channel)
         for channel in ("ecom", "pos", "mobile")
         for body in (txn, suspicious_txn, fraud_txn)
     ]
-    async with (
-        predictor_app.router.lifespan_context(predictor_app),
-        app.router.lifespan_context(app),
-    ):
-        key = await provision_key(app, redis_url)
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app),
-            base_url="http://g",
-            headers={"authorization": f"Bearer {key}"},
-        ) as client:
-            for _ in range(100):
-                if (await client.get("/readyz")).status_code == 200:
-                    break
-                await asyncio.sleep(0.02)
-            single = (await client.post("/v1/transactions/score", json=bodies[0])).json()
-            batch = (
-                await client.post("/v1/transactions/score-batch", json={"transactions": bodies[1:]})
-            ).json()
+    async with on_real_predictor(settings, EncoderStandIn().app, predictor_app) as client:
+        single = (await client.post("/v1/transactions/score", json=bodies[0])).json()
+        batch = (
+            await client.post("/v1/transactions/score-batch", json={"transactions": bodies[1:]})
+        ).json()
     answers = [single, *(r["result"] for r in batch["results"])]
     by_channel: dict[str, set[str]] = {}
     for body, answer in zip(bodies, answers, strict=True):
