@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -459,12 +460,60 @@ async def gateway(
             )
 
 
+def real_predictor_app(
+    tmp_path: Path, *, with_missing: bool = True, **metadata: Any
+) -> tuple[Any, FastAPI]:
+    """(booster, the real predictor app serving it): a tiny booster trained here on FEATURES,
+    written as version 1 of MODEL with ``metadata`` (thresholds, segment_thresholds, ...) beside
+    the feature service, its features and POLICY; ``with_missing``: a tenth of its training
+    values missing."""
+    np = pytest.importorskip("numpy")
+    xgb = pytest.importorskip("xgboost")
+    from vigil.artifacts import write_artifact
+    from vigil_predictor.app import create_app as create_predictor
+    from vigil_predictor.settings import PredictorSettings
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(600, len(FEATURES))).astype(np.float32)
+    y = (x[:, 5] + x[:, 7] + x[:, 8] + rng.normal(scale=0.3, size=600) > 1.0).astype(int)
+    if with_missing:
+        x[rng.random(x.shape) < 0.1] = np.nan
+    booster = xgb.train(
+        {"objective": "binary:logistic", "max_depth": 3, "eta": 0.3, "seed": 5},
+        xgb.DMatrix(x, label=y, missing=np.nan, feature_names=FEATURES),
+        num_boost_round=15,
+    )
+    write_artifact(
+        tmp_path / MODEL / "1",
+        booster,
+        {
+            "name": MODEL,
+            "version": "1",
+            "feature_service": SERVICE,
+            "feature_names": FEATURES,
+            **metadata,
+            "serving_policy": POLICY,
+        },
+        "# test model\n",
+    )
+    return booster, create_predictor(PredictorSettings(models_dir=tmp_path))
+
+
 @asynccontextmanager
 async def on_real_predictor(
-    settings: GatewaySettings, encoder_app: Any, predictor_app: FastAPI
+    redis_url: str, encoder_app: Any, predictor_app: FastAPI
 ) -> AsyncIterator[httpx.AsyncClient]:
     """A client holding a `score` key of a gateway on the real predictor app (and an encoder
-    app), both started, once the gateway says it is ready."""
+    app), both started, once the gateway says it is ready. No scoring horizon nor features'
+    lead: the test transactions are from 2024."""
+    settings = GatewaySettings(
+        environment="test",
+        redis_url=redis_url,
+        predictor_url="http://p.test",
+        encoder_url="http://e.test",
+        max_transaction_age_s=0,
+        max_features_lead_s=0,
+    )
     app = create_app(
         settings,
         encoder_transport=httpx.ASGITransport(encoder_app),
@@ -474,7 +523,7 @@ async def on_real_predictor(
         predictor_app.router.lifespan_context(predictor_app),
         app.router.lifespan_context(app),
     ):
-        key = await provision_key(app, settings.redis_url)
+        key = await provision_key(app, redis_url)
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app),
             base_url="http://g",
@@ -1690,43 +1739,11 @@ async def test_with_the_real_predictor(redis_url: str, tmp_path) -> None:
     """The gateway speaks V2 to the real predictor app (a tiny booster trained here)."""
     np = pytest.importorskip("numpy")
     xgb = pytest.importorskip("xgboost")
-    from vigil.artifacts import write_artifact
-    from vigil_predictor.app import create_app as create_predictor
-    from vigil_predictor.settings import PredictorSettings
-
-    rng = np.random.default_rng(5)
-    x = rng.normal(size=(600, len(FEATURES))).astype(np.float32)
-    y = (x[:, 5] + x[:, 7] + x[:, 8] + rng.normal(scale=0.3, size=600) > 1.0).astype(int)
-    x[rng.random(x.shape) < 0.1] = np.nan
-    booster = xgb.train(
-        {"objective": "binary:logistic", "max_depth": 3, "eta": 0.3, "seed": 5},
-        xgb.DMatrix(x, label=y, missing=np.nan, feature_names=FEATURES),
-        num_boost_round=15,
+    booster, predictor_app = real_predictor_app(
+        tmp_path, thresholds={"suspicious": 0.3, "highly_suspicious": 0.7}
     )
-    write_artifact(
-        tmp_path / MODEL / "1",
-        booster,
-        {
-            "name": MODEL,
-            "version": "1",
-            "feature_service": SERVICE,
-            "feature_names": FEATURES,
-            "thresholds": {"suspicious": 0.3, "highly_suspicious": 0.7},
-            "serving_policy": POLICY,
-        },
-        "# test model\n",
-    )
-    predictor_app = create_predictor(PredictorSettings(models_dir=tmp_path))
     encoder = EncoderStandIn()
-    settings = GatewaySettings(
-        environment="test",
-        redis_url=redis_url,
-        predictor_url="http://p.test",
-        encoder_url="http://e.test",
-        max_transaction_age_s=0,
-        max_features_lead_s=0,
-    )  # 2024's transactions
-    async with on_real_predictor(settings, encoder.app, predictor_app) as client:
+    async with on_real_predictor(redis_url, encoder.app, predictor_app) as client:
         items = [fraud_txn(), txn(), txn(device_id="dev_unknown")]
         response = await client.post("/v1/transactions/score-batch", json={"transactions": items})
     assert response.status_code == 200, response.text

@@ -18,7 +18,6 @@ import test_gateway
 from test_gateway import (
     FEATURES,
     MODEL,
-    POLICY,
     SERVICE,
     EncoderStandIn,
     PredictorStandIn,
@@ -28,13 +27,13 @@ from test_gateway import (
     gap_txn,
     gateway,
     on_real_predictor,
+    real_predictor_app,
     suspicious_txn,
     txn,
 )
 from vigil_contracts.segments import Labelling, unservable
 from vigil_contracts.thresholds import label_for_score
 from vigil_gateway.model_metadata import ModelMetadata
-from vigil_gateway.settings import GatewaySettings
 
 redis_url = test_gateway.redis_url  # the session fixture, shared
 
@@ -216,20 +215,6 @@ def test_the_labelling_rule() -> None:
 async def test_with_the_real_predictor_serving_segment_thresholds(redis_url: str, tmp_path) -> None:
     """An artifact written with ``segment_thresholds``: the real predictor app serves them in
     its V2 metadata and the gateway labels by them. ecom's pair flags every score, pos's none."""
-    np = pytest.importorskip("numpy")
-    xgb = pytest.importorskip("xgboost")
-    from vigil.artifacts import write_artifact
-    from vigil_predictor.app import create_app as create_predictor
-    from vigil_predictor.settings import PredictorSettings
-
-    rng = np.random.default_rng(5)
-    x = rng.normal(size=(600, len(FEATURES))).astype(np.float32)
-    y = (x[:, 5] + x[:, 7] + x[:, 8] + rng.normal(scale=0.3, size=600) > 1.0).astype(int)
-    booster = xgb.train(
-        {"objective": "binary:logistic", "max_depth": 3, "eta": 0.3, "seed": 5},
-        xgb.DMatrix(x, label=y, missing=np.nan, feature_names=FEATURES),
-        num_boost_round=15,
-    )
     thresholds = {"suspicious": 0.3, "highly_suspicious": 0.7}
     segments = {
         "channel": {
@@ -237,35 +222,15 @@ async def test_with_the_real_predictor_serving_segment_thresholds(redis_url: str
             "pos": {"suspicious": 1.0, "highly_suspicious": 1.0},
         }
     }
-    write_artifact(
-        tmp_path / MODEL / "1",
-        booster,
-        {
-            "name": MODEL,
-            "version": "1",
-            "feature_service": SERVICE,
-            "feature_names": FEATURES,
-            "thresholds": thresholds,
-            "segment_thresholds": segments,
-            "serving_policy": POLICY,
-        },
-        "# test model\n",
-    )
-    predictor_app = create_predictor(PredictorSettings(models_dir=tmp_path))
-    settings = GatewaySettings(
-        environment="test",
-        redis_url=redis_url,
-        predictor_url="http://p.test",
-        encoder_url="http://e.test",
-        max_transaction_age_s=0,
-        max_features_lead_s=0,
+    _, predictor_app = real_predictor_app(
+        tmp_path, with_missing=False, thresholds=thresholds, segment_thresholds=segments
     )
     bodies = [
         body(channel=channel)
         for channel in ("ecom", "pos", "mobile")
         for body in (txn, suspicious_txn, fraud_txn)
     ]
-    async with on_real_predictor(settings, EncoderStandIn().app, predictor_app) as client:
+    async with on_real_predictor(redis_url, EncoderStandIn().app, predictor_app) as client:
         single = (await client.post("/v1/transactions/score", json=bodies[0])).json()
         batch = (
             await client.post("/v1/transactions/score-batch", json={"transactions": bodies[1:]})
