@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vigil.runner import service_specs
+from vigil.runner import GRACEFUL_STOP_S, service_specs
+from vigil_gateway.settings import GatewaySettings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
@@ -174,3 +175,13 @@ def test_docker_tests_run_only_on_request():
     assert "-m 'not docker'" in options["addopts"]
     assert "pytest -m docker" in (ROOT / "scripts/docker-ci.sh").read_text()
     assert "scripts/docker-ci.sh" in (ROOT / ".ci/run").read_text()
+
+
+def test_the_gateway_is_given_the_time_its_stop_takes():
+    """A stop waits for the requests in flight (at most the runner's ``GRACEFUL_STOP_S``), then
+    the gateway sends its spooled decision events (``events_drain_timeout_s``): compose must not
+    kill it before (its default is 10 s)."""
+    grace = SERVICES["gateway"]["stop_grace_period"]
+    assert re.fullmatch(r"\d+s", grace), grace
+    needed = GRACEFUL_STOP_S + GatewaySettings.model_fields["events_drain_timeout_s"].default
+    assert int(grace[:-1]) > needed

@@ -15,7 +15,8 @@ import pytest
 import yaml
 from kubernetes_validate import utils as k8s_validate
 
-from vigil.runner import READY_PATH, service_specs
+from vigil.runner import GRACEFUL_STOP_S, READY_PATH, service_specs
+from vigil_gateway.settings import GatewaySettings
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
@@ -265,7 +266,6 @@ def test_the_drift_check_fails_when_a_manifest_changes():
 
 def test_every_env_name_is_a_setting_of_its_service():
     from vigil_encoder.settings import EncoderSettings
-    from vigil_gateway.settings import GatewaySettings
     from vigil_predictor.settings import PredictorSettings
 
     settings = {
@@ -293,8 +293,6 @@ def test_the_secrets_are_placeholders_a_production_gateway_refuses():
     password-less address of the in-namespace Redis; and the gateway, as shipped, does not start
     (placeholder internal token, no key secret), so nobody runs it on a published one by
     mistake."""
-    from vigil_gateway.settings import GatewaySettings
-
     secrets = by_kind(MANIFESTS, "Secret")
     for secret in secrets.values():
         for key, value in secret["stringData"].items():
@@ -409,3 +407,11 @@ def test_incremental_materialization_is_scheduled_one_at_a_time():
     (container,) = pod_spec(cron)["containers"]
     assert container["command"] == ["vigil", "materialize"]
     assert json.dumps(container["image"]) == json.dumps(COMPOSE["x-tools"]["image"])
+
+
+def test_the_gateway_pod_is_given_the_time_its_stop_takes():
+    """Requests in flight (at most ``GRACEFUL_STOP_S``), then the spooled decision events
+    (``events_drain_timeout_s``), before the kubelet's SIGKILL."""
+    pod = pod_spec(by_kind(MANIFESTS, "Deployment")["gateway"])
+    needed = GRACEFUL_STOP_S + GatewaySettings.model_fields["events_drain_timeout_s"].default
+    assert pod["terminationGracePeriodSeconds"] > needed

@@ -26,7 +26,7 @@ import uvicorn
 
 from test_gateway import MODEL, THRESHOLDS, EncoderStandIn, PredictorStandIn
 from vigil.redis_server import free_port
-from vigil.runner import create_api_key
+from vigil.runner import GRACEFUL_STOP_S, create_api_key
 from vigil_contracts.thresholds import LABELS
 from vigil_gateway.app import create_app
 from vigil_gateway.settings import GatewaySettings
@@ -152,7 +152,13 @@ def live_gateway(redis_server, tmp_path_factory) -> Iterator[LiveGateway]:
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
-            app, host="127.0.0.1", port=port, lifespan="on", log_level="warning", access_log=False
+            app,
+            host="127.0.0.1",
+            port=port,
+            lifespan="on",
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=GRACEFUL_STOP_S,  # as the services' command line
         )
     )
     thread = threading.Thread(target=server.run, name="uvicorn-ui-test", daemon=True)
@@ -171,7 +177,7 @@ def live_gateway(redis_server, tmp_path_factory) -> Iterator[LiveGateway]:
         yield LiveGateway(base_url=base_url, api_key=api_key, encoder=encoder, predictor=predictor)
     finally:
         server.should_exit = True
-        thread.join(timeout=10)
+        thread.join(timeout=GRACEFUL_STOP_S + 10)  # then the app's own shutdown
         assert not thread.is_alive(), "uvicorn did not stop"
 
 
@@ -183,8 +189,11 @@ def _refuse_selenium_manager(*_: Any, **__: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory) -> Iterator[WebDriver]:
-    """Headless Debian Chromium driven by its chromedriver; a failure, not a skip, when missing."""
+def browser(live_gateway, tmp_path_factory) -> Iterator[WebDriver]:
+    """Headless Debian Chromium driven by its chromedriver; a failure, not a skip, when missing.
+
+    Started after the gateway and so quit before it: the gateway's stop does not wait on the
+    browser's open sockets (it once took more than the 10 s the teardown allows)."""
     if SELENIUM_ERROR:
         pytest.fail(SELENIUM_ERROR, pytrace=False)
     for path in (CHROMIUM, CHROMEDRIVER):

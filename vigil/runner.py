@@ -28,6 +28,13 @@ from vigil.redis_server import RedisServer, free_port
 #: uvicorn's httptools protocol with one write per response (``vigil_servicekit.uvicorn_http``).
 HTTP_PROTOCOL = "vigil_servicekit.uvicorn_http:HttpToolsProtocol"
 
+#: At a stop (SIGTERM), how long uvicorn waits for open connections and requests in flight before
+#: it cancels them and runs the app's own shutdown (the gateway then sends its spooled decision
+#: events, ``GATEWAY_EVENTS_DRAIN_TIMEOUT_S``). Unbounded, one client that never finishes its
+#: request (or a browser's idle socket opened as the server closed) holds the stop until the
+#: orchestrator kills the process, and the spool is lost.
+GRACEFUL_STOP_S = 5
+
 
 @dataclass(frozen=True)
 class ServiceSpec:
@@ -42,8 +49,9 @@ class ServiceSpec:
 
     def module_args(self, host: str, port: int) -> list[str]:
         """What follows ``python -m``: uvicorn's CLI with the collector paused during start-up
-        (``vigil_servicekit.serve``); the services log their own access lines; the protocol
-        writes each response once."""
+        (``vigil_servicekit.serve``); the services log their own access lines; a stop waits
+        at most ``GRACEFUL_STOP_S`` for the requests in flight; the protocol writes each
+        response once."""
         return [
             "vigil_servicekit.serve",
             "--factory",
@@ -53,6 +61,8 @@ class ServiceSpec:
             "--port",
             str(port),
             "--no-access-log",
+            "--timeout-graceful-shutdown",
+            str(GRACEFUL_STOP_S),
             "--http",
             HTTP_PROTOCOL,
         ]
