@@ -17,7 +17,8 @@ from vigil import feast_repo
 from vigil.training import TrainConfig, train
 from vigil_contracts.artifact import ArtifactError, sha256_file, verify_artifact
 from vigil_contracts.feature_contract import feature_contract_hash
-from vigil_contracts.segments import unservable
+from vigil_contracts.segments import Labelling, unservable
+from vigil_contracts.thresholds import label_for_score
 
 
 @dataclass
@@ -48,10 +49,15 @@ def honest_env(feature_env, tmp_path_factory):
     return HonestEnv(repo=repo, raw_path=raw)
 
 
+SEGMENT_FRAUDS = 10  # known frauds in validation a channel needs for its own thresholds
+
+
 @pytest.fixture(scope="module")
 def honest_model(honest_env, tmp_path_factory):
-    """Trained with every default that matters here: the derived label wait, the cost matrix."""
-    config = TrainConfig(seed=TEST_SEED, num_boost_round=120)
+    """Trained with every default that matters here: the derived label wait, the cost matrix;
+    channels get their own thresholds from fewer known frauds than by default (this small world
+    has too few for 30), so that the labels as served differ from the global pair's."""
+    config = TrainConfig(seed=TEST_SEED, num_boost_round=120, min_segment_frauds=SEGMENT_FRAUDS)
     return train(
         honest_env.raw_path, honest_env.repo, tmp_path_factory.mktemp("honest_models"), config
     )
@@ -190,6 +196,29 @@ def test_the_headline_metric_is_reproducible_from_the_recorded_label_rule(honest
     stopped = amount[fraud & (score >= th["suspicious"])].sum() / amount[fraud].sum()
     g = meta["metrics"]["value_test"]["model_global_thresholds"]
     assert stopped == pytest.approx(g["fraud_amount_stopped_share"], abs=1e-9)
+    # The labels as served: each channel's own pair where it has one (the gateway's rule).
+    labelling = Labelling(th, meta["segment_thresholds"])
+    labels = np.array(
+        [
+            labelling.label(float(s), {"channel": c})
+            for s, c in zip(score, test["channel"], strict=True)
+        ]
+    )
+    assert meta["segment_thresholds"]["channel"], "no channel has its own pair: nothing to check"
+    assert (labels != np.array([label_for_score(float(s), th) for s in score])).any()
+    served = meta["metrics"]["test"]["served"]
+    for key, flagged in (
+        ("suspicious_or_above", labels != "not_fraud"),
+        ("highly_suspicious", labels == "highly_suspicious"),
+    ):
+        assert served[key]["recall"] == pytest.approx((flagged & fraud).sum() / fraud.sum())
+        assert served[key]["precision"] == pytest.approx((flagged & fraud).sum() / flagged.sum())
+    assert meta["metrics"]["label_distribution_test"] == {
+        lbl: int((labels == lbl).sum()) for lbl in ("not_fraud", "suspicious", "highly_suspicious")
+    }
+    card = (honest_model / "MODEL_CARD.md").read_text()
+    row = next(line for line in card.splitlines() if line.startswith("| model, as served |"))
+    assert f"{served['suspicious_or_above']['recall']:.3f}" in row
 
 
 def test_the_card_shows_label_wait_slices_money_and_the_cost_matrix(honest_model):
@@ -221,7 +250,7 @@ def test_the_card_shows_label_wait_slices_money_and_the_cost_matrix(honest_model
     assert "`segment_thresholds.channel` in the metadata" in card
     for key, pair in meta["segment_thresholds"]["channel"].items():
         assert set(pair) == {"suspicious", "highly_suspicious"}
-        assert meta["segment_evidence"]["channel"][key]["known_frauds"] >= 30
+        assert meta["segment_evidence"]["channel"][key]["known_frauds"] >= SEGMENT_FRAUDS
     assert set(meta["cost_matrix"]) >= {
         "false_decline_margin",
         "false_decline_friction",

@@ -26,6 +26,19 @@ def _money(v: float | None) -> str:
     return "n/a" if v is None else f"{v:,.0f}"
 
 
+def _served_row(name: str, period: dict[str, Any]) -> list[str]:
+    """The metrics table's row of the labels as served (none for a model trained before they
+    were recorded); its AUCs are the model's, the same scores."""
+    served = period.get("served")
+    if served is None:
+        return []
+    s, h = served["suspicious_or_above"], served["highly_suspicious"]
+    return [
+        f"| {name} | | | {_fmt(s['precision'])} | {_fmt(s['recall'])} | "
+        f"{_fmt(h['precision'])} | {_fmt(h['recall'])} |"
+    ]
+
+
 def render_model_card(meta: dict[str, Any]) -> str:
     m = meta["metrics"]
     t, v, b = m["test"], m["validation"], m["baseline_rules_test"]
@@ -125,20 +138,23 @@ def render_model_card(meta: dict[str, Any]) -> str:
             )
     lines += [
         "",
-        "## Metrics (test period, global thresholds)",
-        "The label columns are at the global pair; what the served pairs (per segment where it "
-        "has one) cost is the *model segment thresholds* row of the money table below.",
+        "## Metrics (test period)",
+        "*model* is labelled at the global pair; *model, as served* as the gateway labels: each "
+        "transaction by its segment's own pair where it has one, else the global pair (what "
+        "that costs is the *model segment thresholds* row of the money table below).",
         "",
         "| | ROC AUC | PR AUC | precision @suspicious | recall @suspicious | precision @highly | recall @highly |",
         "|---|---|---|---|---|---|---|",
         f"| model | {_fmt(t['roc_auc'])} | {_fmt(t['pr_auc'])} | "
         f"{_fmt(t['suspicious_or_above']['precision'])} | {_fmt(t['suspicious_or_above']['recall'])} | "
         f"{_fmt(t['highly_suspicious']['precision'])} | {_fmt(t['highly_suspicious']['recall'])} |",
+        *_served_row("model, as served", t),
         f"| rules baseline (any rule fires) | {_fmt(b['roc_auc'])} | {_fmt(b['pr_auc'])} | "
         f"{_fmt(b['precision'])} | {_fmt(b['recall'])} | | |",
         f"| model, validation period | {_fmt(v['roc_auc'])} | {_fmt(v['pr_auc'])} | "
         f"{_fmt(v['suspicious_or_above']['precision'])} | {_fmt(v['suspicious_or_above']['recall'])} | "
         f"{_fmt(v['highly_suspicious']['precision'])} | {_fmt(v['highly_suspicious']['recall'])} |",
+        *_served_row("model, as served, validation period", v),
         "",
         f"Test period: {t['n']:,} transactions, {t['fraud']:,} known frauds.",
         "",

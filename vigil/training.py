@@ -38,9 +38,8 @@ from vigil.evaluation import (
 from vigil.model_card import render_model_card
 from vigil.world import MECHANISMS
 from vigil_contracts.artifact import list_versions
-from vigil_contracts.segments import SEGMENT_VALUES
+from vigil_contracts.segments import SEGMENT_VALUES, Labelling
 from vigil_contracts.serving_spec import FeatureServiceSpec
-from vigil_contracts.thresholds import label_for_score
 
 AMOUNT_IN_EUR = "request_features__txn_amount"
 DEFAULT_MODEL_NAME = "fraud_detector"
@@ -208,14 +207,32 @@ def _segment_thresholds(
     return own, evidence
 
 
-def _segmented_actions(
+_ACTION = {"not_fraud": 0, "suspicious": 1, "highly_suspicious": 2}  # decide()'s codes
+
+
+def served_actions(
     frame: pd.DataFrame, column: str, own: dict[str, dict[str, float]], global_th: dict[str, float]
 ) -> np.ndarray:
-    action = decide(frame["score"].to_numpy(), global_th)
-    for key, th in own.items():
-        sel = (frame[column].astype(str) == key).to_numpy()
-        action[sel] = decide(frame["score"].to_numpy()[sel], th)
-    return action
+    """Each row's action (``decide``'s codes) as the gateway and the batch scorer label it: by
+    its ``column`` value's own pair where it has one, else the global pair
+    (``vigil_contracts.segments.Labelling``, the one rule they all use)."""
+    labelling = Labelling(global_th, {column: own})
+    return np.fromiter(
+        (
+            _ACTION[labelling.label(float(score), {column: str(value)})]
+            for score, value in zip(frame["score"], frame[column], strict=True)
+        ),
+        dtype=np.int64,
+        count=len(frame),
+    )
+
+
+def _action_metrics(y: np.ndarray, action: np.ndarray) -> dict[str, Any]:
+    """:func:`_label_metrics` of actions already taken (``decide``'s codes)."""
+    return {
+        "suspicious_or_above": rates(y, action >= 1),
+        "highly_suspicious": rates(y, action == 2),
+    }
 
 
 def train(
@@ -388,11 +405,11 @@ def train(
     base_valid = rules_baseline(matrix[parts["valid"]])
     base = rules_baseline(matrix[parts["test"]])
     base_th, _ = choose_cost_thresholds(y_valid, amt_valid, base_valid, costs)
+    served_test = served_actions(test, config.segment_column, own, thresholds)
+    served_valid = served_actions(valid, config.segment_column, own, thresholds)
     policies = {
         "model_global_thresholds": decide(s_test, thresholds),
-        "model_segment_thresholds": _segmented_actions(
-            test, config.segment_column, own, thresholds
-        ),
+        "model_segment_thresholds": served_test,
         "rules_baseline": decide(base, base_th),
         "approve_everything": np.zeros(len(y_test), dtype=np.int64),
     }
@@ -400,12 +417,14 @@ def train(
         "test": {
             **aucs(y_test, s_test),
             **_label_metrics(y_test, s_test, thresholds),
+            "served": _action_metrics(y_test, served_test),
             "n": len(y_test),
             "fraud": int(y_test.sum()),
         },
         "validation": {
             **aucs(y_valid, s_valid),
             **_label_metrics(y_valid, s_valid, thresholds),
+            "served": _action_metrics(y_valid, served_valid),
             "n": len(y_valid),
             "fraud": int(y_valid.sum()),
         },
@@ -416,9 +435,9 @@ def train(
         },
         "value_test": {k: value_figures(y_test, amt_test, a, costs) for k, a in policies.items()},
         "slices_test": slices(test, thresholds, costs, MECHANISMS),
+        # The labels as served (each channel's own pair where it has one).
         "label_distribution_test": {
-            lbl: int(np.sum([label_for_score(float(s), thresholds) == lbl for s in s_test]))
-            for lbl in ("not_fraud", "suspicious", "highly_suspicious")
+            lbl: int(np.sum(served_test == code)) for lbl, code in _ACTION.items()
         },
     }
 
