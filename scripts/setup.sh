@@ -12,6 +12,8 @@ command -v redis-server >/dev/null 2>&1 || apt_packages+=(redis-server)
 if [ "${VIGIL_WITH_BROWSER:-0}" = 1 ]; then
   command -v chromium >/dev/null 2>&1 || apt_packages+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || apt_packages+=(chromium-driver)
+  # The alerting rules' tests: promtool, and a real Prometheus scraping the stack.
+  command -v promtool >/dev/null 2>&1 || apt_packages+=(prometheus)
 fi
 if [ ${#apt_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
