@@ -521,3 +521,13 @@ def test_the_streamer_needs_neither_the_pipeline_nor_pandas_nor_feast():
         "assert not heavy & set(sys.modules), heavy & set(sys.modules)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_redis_cluster_is_refused_with_the_reason():
+    """The stream and the streamer's state live in one Redis for now: a cluster URL stops the
+    streamer at start with why, not with redis-py's unknown-scheme error at its first read."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="the streamer needs one Redis"):
+        StreamerSettings(redis_url="redis+cluster://127.0.0.1:7000")
+    assert StreamerSettings(redis_url="rediss://127.0.0.1:6380/0").redis_url.startswith("rediss")

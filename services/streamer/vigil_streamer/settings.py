@@ -5,10 +5,11 @@ from __future__ import annotations
 import socket
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from vigil_contracts.decision_events import DEAD_LETTER_KEY, STREAM_KEY
+from vigil_servicekit.redis_url import is_cluster
 
 
 class StreamerSettings(BaseSettings):
@@ -17,7 +18,21 @@ class StreamerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STREAMER_", extra="ignore")
 
     redis_url: str = "redis://localhost:6379/0"
-    """The Redis holding the decision stream, Feast's online store and the streamer's state."""
+    """The Redis holding the decision stream, Feast's online store and the streamer's state: one
+    server. A Redis Cluster (``redis+cluster://``) is refused at start: the decision stream and
+    the streamer's per-entity state are not partitioned by slot yet (the gateway sends no events
+    to a cluster either; docs/architecture.md, *Redis Cluster*)."""
+
+    @field_validator("redis_url")
+    @classmethod
+    def _one_redis(cls, url: str) -> str:
+        if is_cluster(url):
+            raise ValueError(
+                "the streamer needs one Redis (redis:// or rediss://): on a Redis Cluster the "
+                "gateway sends no decision events and the streamer has none to apply "
+                "(docs/architecture.md, Redis Cluster)"
+            )
+        return url
 
     project: str = "vigil"
     """Feast project name (the suffix of Feast's hash keys)."""
