@@ -34,13 +34,14 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from vigil.redis_server import free_port
+from vigil_contracts.decision_events import DecisionEvent
 from vigil_contracts.encoding import EncodeColumnsRequest, EncodeRequest
 from vigil_contracts.feature_contract import feature_contract_hash
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE
 from vigil_contracts.request_features import NO_DEVICE_ID, transform_row
 from vigil_contracts.thresholds import label_for_score
 from vigil_gateway import deps
-from vigil_gateway.api_keys import KeyAdmin
+from vigil_gateway.api_keys import KeyAdmin, split_token
 from vigil_gateway.app import create_app
 from vigil_gateway.decisions import KEY_PREFIX
 from vigil_gateway.settings import GatewaySettings
@@ -1393,6 +1394,32 @@ async def _events_of(stack: Stack, redis_url: str, transaction_id: str) -> int:
         json.loads(fields[b"event"])["transaction"]["transaction_id"] == transaction_id
         for _, fields in entries
     )
+
+
+async def test_a_decision_event_names_the_key_that_asked_and_the_safeguards(
+    stack: Stack, redis_url: str
+) -> None:
+    """What audit needs of a decision beside the answer: who asked (the API key's id, never the
+    key) and which safeguards checked it, as the answer gave them."""
+    body = fraud_txn()
+    answer = (await stack.score(body)).json()
+    assert answer["safeguards"] is not None
+    await _events_of(stack, redis_url, body["transaction_id"])  # the spool sent it
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        entries = await client.xrange(stack.settings.events_stream)
+    finally:
+        await client.aclose()
+    [event] = [
+        e
+        for e in (DecisionEvent.model_validate_json(f[b"event"]) for _, f in entries)
+        if e.transaction.transaction_id == body["transaction_id"]
+    ]
+    token = stack.client.headers["authorization"].removeprefix("Bearer ")
+    assert event.key_id == split_token(token)[0]  # type: ignore[index]
+    assert token not in str(entries)
+    assert event.safeguards is not None
+    assert event.safeguards.model_dump() == answer["safeguards"]
 
 
 async def test_a_retry_while_the_first_attempt_is_stuck_is_told_in_progress(

@@ -135,7 +135,7 @@ async def test_events_reach_the_stream_once_across_an_outage(server):
     task = asyncio.create_task(spool.run())
     now = datetime.now(UTC) - timedelta(minutes=5)
     txns = [_transaction(i, now + timedelta(seconds=i)) for i in range(3)]
-    spool.put([_answer(t) for t in txns], txns, _trace(txns), "r1")
+    spool.put([_answer(t) for t in txns], txns, _trace(txns), "r1", "k1")
     await _until(lambda: len(_entries(server.url)) == 3)
     event = _entries(server.url)[0]
     assert event.schema_version == 1 and event.event_id == "t0\x1fr1" and event.request_id == "r1"
@@ -145,7 +145,7 @@ async def test_events_reach_the_stream_once_across_an_outage(server):
 
     server.stop()  # Redis away: events wait in the spool
     more = [_transaction(10 + i, now + timedelta(seconds=10 + i)) for i in range(5)]
-    spool.put([_answer(t, "r2") for t in more], more, _trace(more), "r2")
+    spool.put([_answer(t, "r2") for t in more], more, _trace(more), "r2", "k1")
     await _until(lambda: metrics.events_send_errors._value.get() >= 1)
     assert len(spool) == 5
     server.start()  # same port, empty
@@ -155,7 +155,7 @@ async def test_events_reach_the_stream_once_across_an_outage(server):
     ]
 
     # A batch whose reply was lost is sent again: nothing is added twice.
-    spool.put([_answer(t, "r2") for t in more], more, _trace(more), "r2")
+    spool.put([_answer(t, "r2") for t in more], more, _trace(more), "r2", "k1")
     await _until(lambda: len(spool) == 0)
     assert len(_entries(server.url)) == 5 and _count(metrics, "duplicate") == 5
     task.cancel()
@@ -168,12 +168,12 @@ async def test_a_full_spool_drops_and_counts_and_a_drain_sends_what_it_holds(ser
     spool = _spool(server.url, metrics, spool_max=4)
     now = datetime.now(UTC) - timedelta(minutes=5)
     txns = [_transaction(i, now + timedelta(seconds=i)) for i in range(6)]
-    spool.put([_answer(t) for t in txns], txns, _trace(txns), "r1")
+    spool.put([_answer(t) for t in txns], txns, _trace(txns), "r1", "k1")
     assert len(spool) == 4 and _count(metrics, "dropped") == 2
     await spool.drain(5.0)  # a graceful stop sends what is spooled
     assert len(spool) == 0 and len(_entries(server.url)) == 4
     server.stop()
-    spool.put([_answer(t, "r9") for t in txns[:2]], txns[:2], _trace(txns[:2]), "r9")
+    spool.put([_answer(t, "r9") for t in txns[:2]], txns[:2], _trace(txns[:2]), "r9", "k1")
     await spool.drain(0.3)
     assert _count(metrics, "lost_at_shutdown") == 2
 
@@ -204,7 +204,7 @@ def _publish(url: str, transactions: list[Transaction], request_id: str) -> None
     try:
         for t in transactions:
             eid, body = build_event(
-                (_answer(t, request_id), t, 0, request_id, _trace([t]), time.time())
+                (_answer(t, request_id), t, 0, request_id, _trace([t]), time.time(), "k1")
             )
             client.xadd(STREAM_KEY, {"id": eid, "v": 1, "event": body})
     finally:

@@ -6,7 +6,9 @@ next) reads this one shape. An entry of the stream has three fields: ``id`` (the
 the transaction id and the request id that decided it (a batch decides many transactions under
 one request id; a rescore is a new request): a consumer that has seen an id has seen the event.
 
-Version 1. A consumer refuses (dead-letters) an entry of a version it does not know.
+Version 1. A consumer refuses (dead-letters) an entry of a version it does not know. Fields
+added to version 1 later are optional (``key_id``, ``safeguards``), so consumers read events
+written before them alike.
 """
 
 from __future__ import annotations
@@ -67,12 +69,25 @@ class EventTimings(BaseModel):
     decided_at: float
 
 
+class EventSafeguards(BaseModel):
+    """The non-ML safeguards that checked the transaction: their rule set's version and the
+    codes of the rules that fired."""
+
+    version: str
+    fired: list[str]
+
+
 class DecisionEvent(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     schema_version: int = SCHEMA_VERSION
     event_id: str
     request_id: str
+    key_id: str | None = Field(
+        default=None,
+        description="The id of the API key that asked (never the key; 'anonymous' when the "
+        "gateway's authentication is off). None in events from before it was recorded.",
+    )
     transaction: EventTransaction
     entities: dict[str, str | None] = Field(
         description="card_id, merchant_id, device_id (None without a device)."
@@ -83,5 +98,8 @@ class DecisionEvent(BaseModel):
     label: str
     reasons: list[str] = Field(description="Reason codes, in the answer's order.")
     degraded: bool
+    safeguards: EventSafeguards | None = Field(
+        default=None, description="None when the transaction could not be checked (no features)."
+    )
     features: EventFeatures | None
     timings: EventTimings

@@ -28,6 +28,8 @@ class ScoringRequest:
     """When the budget runs out, on the event loop's clock (None: no budget)."""
     write_behind: bool
     """The decisions are written after the answer (a single transaction), not before it (a batch)."""
+    key_id: str = "anonymous"
+    """The caller's API key id (never the key), recorded with its decisions."""
 
 
 @dataclass

@@ -54,8 +54,8 @@ return added
 _RETRY_FIRST_S, _RETRY_MAX_S = 0.05, 1.0
 
 # One spooled decision: the answer, its transaction, the trace's vector row (or None), the
-# request id, the trace, and when it was decided (epoch seconds).
-_Item = tuple[ScoreResponse, Transaction, int | None, str, DecisionTrace, float]
+# request id, the trace, when it was decided (epoch seconds), and the caller's key id.
+_Item = tuple[ScoreResponse, Transaction, int | None, str, DecisionTrace, float, str]
 
 
 def _vector(trace: DecisionTrace, row: int | None) -> dict[str, Any] | None:
@@ -75,12 +75,14 @@ def _vector(trace: DecisionTrace, row: int | None) -> dict[str, Any] | None:
 
 def build_event(item: _Item) -> tuple[str, bytes]:
     """The id and the JSON of one spooled decision's event."""
-    answer, transaction, row, request_id, trace, decided_at = item
+    answer, transaction, row, request_id, trace, decided_at, key_id = item
     eid = event_id(answer.transaction_id, request_id)
+    safeguards = answer.safeguards
     event = {
         "schema_version": SCHEMA_VERSION,
         "event_id": eid,
         "request_id": request_id,
+        "key_id": key_id,
         "transaction": transaction.model_dump(mode="json"),
         "entities": {
             "card_id": transaction.card_id,
@@ -93,6 +95,9 @@ def build_event(item: _Item) -> tuple[str, bytes]:
         "label": answer.label,
         "reasons": [r.code for r in answer.reasons],
         "degraded": answer.degraded,
+        "safeguards": None
+        if safeguards is None
+        else {"version": safeguards.version, "fired": safeguards.fired},
         "features": _vector(trace, row),
         "timings": {
             "encode_ms": trace.encode_ms,
@@ -142,9 +147,11 @@ class EventSpool:
         transactions: Sequence[Transaction],
         trace: DecisionTrace,
         request_id: str,
+        key_id: str,
     ) -> None:
         """Spool the events of ``answers`` (fresh decisions; each one's transaction is among
-        ``transactions``, whose index is its row of the trace's vectors)."""
+        ``transactions``, whose index is its row of the trace's vectors), asked for by the API
+        key ``key_id``."""
         if not answers:
             return
         rows = {t.transaction_id: i for i, t in enumerate(transactions)}
@@ -152,7 +159,7 @@ class EventSpool:
         room = self._spool_max - len(self._spool)
         for answer in answers[: max(room, 0)]:
             row = rows[answer.transaction_id]
-            self._spool.append((answer, transactions[row], row, request_id, trace, now))
+            self._spool.append((answer, transactions[row], row, request_id, trace, now, key_id))
         taken = min(len(answers), max(room, 0))
         self.metrics.events.labels("spooled").inc(taken)
         if taken < len(answers):

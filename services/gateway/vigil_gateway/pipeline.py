@@ -103,6 +103,7 @@ class ScoringPipeline:
             write_behind=True,
             arrival=arrival,
             timeout_s=timeout_s,
+            key_id=caller.key_id,
         )
         with self.admit(caller, self._remaining(request)):
             await self.rate_limit(caller, 1)
@@ -130,6 +131,7 @@ class ScoringPipeline:
             write_behind=False,
             arrival=arrival,
             timeout_s=timeout_s,
+            key_id=caller.key_id,
         )
         with self.admit(caller, self._remaining(request)):
             if len(items) > self.max_batch:  # refused before it costs the caller's rate
@@ -152,7 +154,7 @@ class ScoringPipeline:
         )
         outcomes = await claim.settle(answers)
         trace.finished = time.perf_counter()
-        self.record(outcomes.fresh, claim.transactions, trace, request.request_id)
+        self.record(outcomes.fresh, claim.transactions, trace, request.request_id, request.key_id)
         return outcomes
 
     async def _answers(
@@ -286,6 +288,7 @@ class ScoringPipeline:
         write_behind: bool,
         arrival: float | None,
         timeout_s: float | None,
+        key_id: str,
     ) -> ScoringRequest:
         budget = limits.budget
         if timeout_s is not None:
@@ -300,6 +303,7 @@ class ScoringPipeline:
             limits=limits,
             deadline=deadline,
             write_behind=write_behind,
+            key_id=key_id,
         )
 
     @staticmethod

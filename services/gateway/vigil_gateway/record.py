@@ -24,6 +24,7 @@ class Record:
         transactions: Sequence[Transaction],
         trace: DecisionTrace,
         request_id: str,
+        key_id: str,
     ) -> None:
         """Count ``answers`` (this request's fresh decisions) and spool their events;
         ``transactions`` are the request's distinct transactions (row ``i`` of the trace's
@@ -47,4 +48,4 @@ class Record:
         for labels, count in fired.items():
             self.metrics.safeguards_fired.labels(*labels).inc(count)
         if self.events is not None:
-            self.events.put(answers, transactions, trace, request_id)
+            self.events.put(answers, transactions, trace, request_id, key_id)
