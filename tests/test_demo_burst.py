@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,13 +19,15 @@ import pytest
 import yaml
 
 from conftest import copy_online_store
-from vigil.demo import decision_features, decision_table, play
+from vigil.demo import decision_features, decision_table, play, wait_held
 from vigil.fx import FX_FILE, read_fx_table
 from vigil.materialization import redis_client
 from vigil.redis_server import RedisServer, free_port
 from vigil.runner import LocalStack
 from vigil.scenarios import build_scenarios
 from vigil.stream_seed import seed_histories
+from vigil_contracts.decision_events import FIELD_EVENT, STREAM_KEY, DecisionEvent
+from vigil_contracts.feature_contract import short_name
 
 pytestmark = pytest.mark.e2e
 PROMETHEUS = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
@@ -128,8 +131,8 @@ def test_a_real_prometheus_scrapes_the_stack_and_evaluates_every_alert(live, tmp
                 try:
                     up = query("up")
                     groups = api.get("/rules").json()["data"]["groups"]
-                except (httpx.TransportError, KeyError):
-                    return False
+                except (httpx.TransportError, KeyError, ValueError):  # ValueError: not JSON yet
+                    return False  # (a starting Prometheus answers 503 in plain text)
                 rules = [rule for group in groups for rule in group["rules"]]
                 return (
                     len(up) == len(config["scrape_configs"])
@@ -142,7 +145,8 @@ def test_a_real_prometheus_scrapes_the_stack_and_evaluates_every_alert(live, tmp
             while not settled():
                 assert process.poll() is None, (tmp_path / "prometheus.log").read_text()
                 assert time.monotonic() < deadline, (
-                    f"up: {query('up')}; rules: {api.get('/rules').text[:2000]}"
+                    f"up: {api.get('/query', params={'query': 'up'}).text[:2000]}; "
+                    f"rules: {api.get('/rules').text[:2000]}"
                 )
                 time.sleep(0.5)
             groups = api.get("/rules").json()["data"]["groups"]
@@ -162,3 +166,66 @@ def test_a_real_prometheus_scrapes_the_stack_and_evaluates_every_alert(live, tmp
 
 def _shipped_groups() -> list[dict]:
     return yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"]
+
+
+def test_a_rescore_after_the_streamer_applied_the_decision_sees_the_same_card_and_device(live, raw):
+    """Scored, then its decision applied to the card's and the device's online rows by the
+    streamer, then scored again (``?rescore=true``): the card's windows, its "previous
+    transaction" and whether the device was seen before are those of the first scoring, since
+    the rows' own copy of this transaction is not before it. Not held (documented): a device (or
+    card) first seen with this transaction is now a known entity with no event before it (its
+    windows 0, not missing), and a merchant's tiles hold sums, not times (they count it)."""
+    stack, store = live
+    regular = next(s for s in build_scenarios(raw, prefix="again") if s.name == "regular purchase")
+    tag = uuid.uuid4().hex[:8]
+    txn = {**regular.transaction, "transaction_id": f"again-{tag}", "device_id": f"dev-{tag}"}
+    _drained(store)  # every earlier test's decision is in the rows already
+    with httpx.Client(
+        base_url=stack.services["gateway"].url,
+        timeout=10.0,
+        headers={"authorization": f"Bearer {stack.api_key}"},
+    ) as client:
+        first = client.post("/v1/transactions/score", json=txn)
+        assert first.status_code == 200, first.text
+        wait_held(store, "vigil", txn)  # the card's and the device's rows now hold it
+        again = client.post("/v1/transactions/score", params={"rescore": "true"}, json=txn)
+        assert again.status_code == 200, again.text
+    assert again.json()["cached"] is False
+    before, after = _vectors(store, txn["transaction_id"], 2)
+    assert before["is_new_device"] == after["is_new_device"] == 1.0
+    assert before["device_age_days"] is None and after["device_age_days"] is None
+    assert before["seconds_since_card_last_txn"] is not None
+    same = [n for n in before if not n.startswith(("merchant_", "device_"))]
+    assert {n: after[n] for n in same} == {n: before[n] for n in same}
+
+
+def _drained(store, timeout_s: float = 30.0) -> None:
+    """Wait until the streamer's group has read and acknowledged every decision event."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        [group] = store.xinfo_groups(STREAM_KEY)
+        if not group["lag"] and not group["pending"]:
+            return
+        assert time.monotonic() < deadline, f"the streamer did not drain: {group}"
+        time.sleep(0.05)
+
+
+def _vectors(store, transaction_id: str, n: int) -> list[dict]:
+    """The vectors (short names) of the first ``n`` decision events of a transaction, oldest
+    first, once the gateway sent them all (at most 5 s)."""
+    deadline = time.monotonic() + 5
+    while True:
+        events = [
+            DecisionEvent.model_validate_json(fields[FIELD_EVENT.encode()])
+            for _, fields in store.xrange(STREAM_KEY)
+        ]
+        mine = [e for e in events if e.transaction.transaction_id == transaction_id]
+        if len(mine) >= n or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert len(mine) == n, f"{len(mine)} decision events of {transaction_id}, not {n}"
+    return [
+        {short_name(k): v for k, v in zip(e.features.names, e.features.values, strict=True)}
+        for e in mine
+        if e.features is not None
+    ]

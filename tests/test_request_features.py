@@ -82,6 +82,39 @@ def test_the_cards_history_is_finished_from_its_events_at_request_time():
     assert transform_row(later)["amount_to_card_avg_30d"] is None
 
 
+def test_a_rescore_sees_the_card_and_the_device_as_before_its_own_decision():
+    """Once the streamer stored a decided transaction, its card's row holds it (and its
+    device's row says "first seen" then). Scored again, "the previous transaction" and "seen
+    before" still mean before this one: the features equal those of the first scoring."""
+    us = int(NOW.timestamp() * 1_000_000)
+    first = _events_row(card_last_txn_epoch=NOW.timestamp() - 3600, device_first_seen_epoch=None)
+    stored = _events_row(
+        card_event_us=[*first["card_event_us"], us],
+        card_event_amounts=[*first["card_event_amounts"], 160.0],
+        card_event_countries=[*first["card_event_countries"], "DE"],
+        card_last_txn_epoch=NOW.timestamp(),
+        device_first_seen_epoch=NOW.timestamp(),
+    )
+    again = transform_row(stored)
+    assert again == transform_row(first)
+    assert again["seconds_since_card_last_txn"] == 3600.0
+    assert again["is_new_device"] == 1.0 and again["device_age_days"] is None
+    assert transform_row_vector(stored) == _as_vector(again)
+    columns = transform_vector_columns({k: [v] * 3 for k, v in stored.items()})
+    assert [c[0] for c in columns] == _as_vector(again)
+    # Stored events only at or after this instant, none in the 30 days before: no known gap.
+    only_later = _events_row(
+        card_event_us=[us, us + 5],
+        card_event_amounts=[1.0, 2.0],
+        card_event_countries=["DE", "DE"],
+        card_last_txn_epoch=(us + 5) / 1e6,
+    )
+    assert transform_row(only_later)["seconds_since_card_last_txn"] is None
+    # A device seen before this transaction has its age, whatever came after.
+    seen = transform_row(_row(device_first_seen_epoch=NOW.timestamp() - 86400))
+    assert seen["is_new_device"] == 0.0 and seen["device_age_days"] == pytest.approx(1.0)
+
+
 def test_amounts_are_compared_in_eur():
     # 160 USD at 0.90 EUR per USD is 144 EUR: 7.2x a card averaging 20 EUR.
     out = transform_row(_row(eur_per_unit=0.9))

@@ -207,7 +207,7 @@ def play(
     for sc in scenarios:
         for txn in sc.earlier:
             client.post("/v1/transactions/score", json=txn).raise_for_status()
-            _wait_held(store, project, txn)
+            wait_held(store, project, txn)
     resp = client.post(
         "/v1/transactions/score-batch", json={"transactions": [s.transaction for s in scenarios]}
     )
@@ -215,11 +215,11 @@ def play(
     results: list[dict[str, Any]] = resp.json()["results"]
     for sc in scenarios:
         if sc.earlier:
-            _wait_held(store, project, sc.transaction)
+            wait_held(store, project, sc.transaction)
     return results
 
 
-def _wait_held(store: Any, project: str, txn: dict[str, Any]) -> None:
+def wait_held(store: Any, project: str, txn: dict[str, Any]) -> None:
     """Wait, at most :data:`VISIBLE_WITHIN_S`, until the rows of ``txn``'s card, merchant and
     device are stamped after it (a row stamped ``T + 1 µs`` holds the events up to ``T``)."""
     from vigil.replay import wait_visible

@@ -150,26 +150,43 @@ def channel_code(channel: str) -> float:
 
 @feature("Float64")
 def seconds_since_card_last_txn(
-    txn_epoch: float, card_last_txn_epoch: float | None
+    txn_epoch: float, card_last_txn_epoch: float | None, card_prev_txn_epoch: float | None
 ) -> float | None:
-    """Seconds since the card's previous transaction (0 if the clocks disagree)."""
-    return None if card_last_txn_epoch is None else max(0.0, txn_epoch - card_last_txn_epoch)
+    """Seconds since the card's previous transaction: its newest one strictly before this one.
+    That is the stored newest, unless the store already holds this transaction (a rescore
+    after the streamer applied its decision) or later ones: then the newest of the card's
+    events of the 30 days before this one, missing when it has none there."""
+    if card_last_txn_epoch is None:
+        return None
+    if card_last_txn_epoch < txn_epoch:
+        return txn_epoch - card_last_txn_epoch
+    return None if card_prev_txn_epoch is None else txn_epoch - card_prev_txn_epoch
+
+
+def _seen_before(txn_epoch: float, device_first_seen_epoch: float | None) -> bool:
+    """The store saw the device strictly before this transaction (not only with it, or after)."""
+    return device_first_seen_epoch is not None and device_first_seen_epoch < txn_epoch
 
 
 @feature("Float64")
 def device_age_days(
     txn_epoch: float, device_present: int | None, device_first_seen_epoch: float | None
 ) -> float | None:
-    """Days since the store first saw the device; missing without a device or a sighting."""
+    """Days since the store first saw the device, before this transaction; missing without a
+    device or an earlier sighting."""
     if not device_present or device_first_seen_epoch is None:
         return None
-    return max(0.0, txn_epoch - device_first_seen_epoch) / 86400.0
+    if device_first_seen_epoch >= txn_epoch:  # first seen with this transaction, or after it
+        return None
+    return (txn_epoch - device_first_seen_epoch) / 86400.0
 
 
 @feature("Float64")
-def is_new_device(device_present: int | None, device_first_seen_epoch: float | None) -> float:
-    """A device was sent and the store never saw it."""
-    return 1.0 if device_present and device_first_seen_epoch is None else 0.0
+def is_new_device(
+    txn_epoch: float, device_present: int | None, device_first_seen_epoch: float | None
+) -> float:
+    """A device was sent and the store never saw it before this transaction."""
+    return 1.0 if device_present and not _seen_before(txn_epoch, device_first_seen_epoch) else 0.0
 
 
 @feature("Float64")

@@ -173,9 +173,12 @@ class Windowed:
     name: str
     view: str
     window: str
-    how: str  # count | sum | mean | std | max | distinct | mode | share | share_small
+    how: str  # count | sum | mean | std | max | distinct | mode | share | share_small | last
     of: str | None
     dtype: str  # Feast type of the output
+    output: bool = True
+    """A model input (an output of the view's on-demand view, if numeric); False: read only by
+    request-time features."""
 
     @property
     def window_us(self) -> int:
@@ -192,11 +195,14 @@ _DTYPE = {
     "share": "Float64",
     "share_small": "Float64",
     "mode": "String",
+    "last": "Float64",
 }
 
 
-def _w(name: str, view: str, window: str, how: str, of: str | None = None) -> Windowed:
-    return Windowed(name, view, window, how, of, _DTYPE[how])
+def _w(
+    name: str, view: str, window: str, how: str, of: str | None = None, output: bool = True
+) -> Windowed:
+    return Windowed(name, view, window, how, of, _DTYPE[how], output)
 
 
 #: Every windowed feature, in the order the views list them.
@@ -212,6 +218,9 @@ WINDOWED: tuple[Windowed, ...] = (
     _w("card_distinct_devices_30d", "card_stats", "30d", "distinct", "device"),
     _w("card_distinct_countries_30d", "card_stats", "30d", "distinct", "country"),
     _w("card_home_country", "card_stats", "30d", "mode", "country"),
+    # The card's newest transaction strictly before this one (epoch seconds), for the
+    # request-time gap to it when the stored row already holds this transaction or later ones.
+    _w("card_prev_txn_epoch", "card_stats", "30d", "last", "us", output=False),
     # merchant_stats is tiled (TILES): 24h windows read its hour tiles, 7d its day tiles.
     _w("merchant_txn_count_24h", "merchant_stats", "24h", "count"),
     _w("merchant_txn_count_7d", "merchant_stats", "7d", "count"),
@@ -319,6 +328,8 @@ def _aggregate(how: str, values: Sequence[Any], n: int) -> Any:
         return reduce(add, values, 0) / n
     if how == "share_small":
         return sum(1 for x in values if x < SMALL_AMOUNT) / n
+    if how == "last":  # the newest event time (µs), as epoch seconds
+        return values[-1] / 1_000_000
     if how == "mode":  # most frequent non-empty value; ties -> lexicographically smallest
         candidates = sorted(set(filter(None, values)))
         if len(candidates) <= 8:  # few (a card's countries): one C count each is cheapest
@@ -510,6 +521,10 @@ def window_columns(
             elif f.how == "share_small":
                 small = inside & (x < SMALL_AMOUNT)
                 out[f.name] = np.bincount(row[small], minlength=n) / count
+            elif f.how == "last":
+                top = np.full(n, -np.inf)
+                np.maximum.at(top, row[inside], x[inside])
+                out[f.name] = np.where(count > 0, top / 1_000_000, np.nan)
             else:
                 raise ValueError(f"unknown aggregate {f.how!r}")
     return out
@@ -618,7 +633,8 @@ def view_outputs(view: str) -> tuple[str, ...]:
 
 
 _OUTPUTS = {
-    view: tuple(f.name for f in view_features(view) if f.dtype != "String") for view in VIEWS
+    view: tuple(f.name for f in view_features(view) if f.output and f.dtype != "String")
+    for view in VIEWS
 }
 
 
