@@ -297,7 +297,13 @@ def _event_bytes(client: Any, repo: Path) -> tuple[int, int]:
     :data:`EVENT_SAMPLE` such entries, divided by their number."""
     import orjson
 
-    from vigil_contracts.decision_events import FIELD_EVENT, FIELD_ID, FIELD_VERSION, SCHEMA_VERSION
+    from vigil_contracts.decision_events import (
+        FIELD_EVENT,
+        FIELD_ID,
+        FIELD_VERSION,
+        SCHEMA_VERSION,
+        DecisionEvent,
+    )
 
     spec = json.loads((repo / "data" / "serving_spec.json").read_text())
     service = next(iter(spec["feature_services"].values()))
@@ -310,6 +316,7 @@ def _event_bytes(client: Any, repo: Path) -> tuple[int, int]:
             "schema_version": SCHEMA_VERSION,
             "event_id": eid,
             "request_id": "3f1c2d8e9a7b4c6d8e0f1a2b3c4d5e6f",
+            "key_id": "4f2a9c1e7b3d",
             "transaction": {
                 "transaction_id": f"tx-2026-12-06-{i:012d}",
                 "card_id": f"card-{i:08d}",
@@ -333,6 +340,7 @@ def _event_bytes(client: Any, repo: Path) -> tuple[int, int]:
             "label": "suspicious",
             "reasons": ["AMOUNT_HIGH_FOR_CARD", "NEW_DEVICE", "NIGHT_TIME"],
             "degraded": False,
+            "safeguards": {"version": "2026-11-01", "fired": []},
             "features": {
                 "feature_service": "fraud_model_v1",
                 "feature_contract": "sha256:" + "0" * 64,
@@ -348,6 +356,9 @@ def _event_bytes(client: Any, repo: Path) -> tuple[int, int]:
                 "decided_at": 1765015872.123456,
             },
         }
+        if i == 0:  # every field of the schema, and valid: the size is a real event's
+            assert set(event) == set(DecisionEvent.model_fields), set(DecisionEvent.model_fields)
+            DecisionEvent.model_validate(event)
         body = orjson.dumps(event)
         size += len(body)
         client.xadd(key, {FIELD_ID: eid, FIELD_VERSION: SCHEMA_VERSION, FIELD_EVENT: body})

@@ -227,6 +227,8 @@ class Verdict:
     def margin(self) -> str:
         if self.ratio != self.ratio:  # NaN
             return "not measured"
+        if self.limit == 0:  # a count that must stay at 0
+            return "met" if self.met else f"missed ({self.ratio:g})"
         if self.at_most:
             if self.met:
                 return f"met, {100 * (1 - self.ratio / self.limit):.0f} % under the limit"
@@ -446,6 +448,73 @@ def verdicts(results: dict[str, Any]) -> list[Verdict]:
                 )
             )
     out += stream_verdicts(results)
+    out += security_verdicts(results)
+    return out
+
+
+def security_verdicts(results: dict[str, Any]) -> list[Verdict]:
+    """Authentication's and rate limiting's cost, and admission control under overload, as the
+    run judged them (``bench.run.security_verdicts``)."""
+    sec = results.get("security") or {}
+    out: list[Verdict] = []
+    if "auth_cost_p50_ms" in sec:
+        added = sec["auth_cost_p50_ms"]
+        out.append(
+            Verdict(
+                "authentication + rate limiting cost on the end-to-end p50 <= 0.3 ms (single "
+                "transaction, light load)",
+                f"{added:+.2f} ms against a second gateway without them on the same encoder "
+                "and predictor",
+                added,
+                0.3,
+                True,
+            )
+        )
+    over = sec.get("overload")
+    if over:
+        light = over.get("light_p99_ms")
+        admitted = over.get("admitted_p99_ms")
+        if light and admitted is not None:
+            out.append(
+                Verdict(
+                    "overload (256 connections, clients waiting Retry-After): the admitted "
+                    "requests' p99 <= 3x the light-load p99",
+                    f"{admitted:.1f} ms against 3 x {light:.1f} ms ({over.get('admitted')} "
+                    "admitted)",
+                    admitted / light,
+                    3.0,
+                    True,
+                )
+            )
+        out.append(
+            Verdict(
+                "overload: every shed request answered within 5 ms (the slowest 503, as the "
+                "client measured it)",
+                f"slowest of {over.get('shed', 0)} 503s: {_f(over.get('shed_max_ms'), '.1f')} ms",
+                over.get("shed_max_ms") or 0.0,
+                5.0,
+                True,
+                why="the gateway writes the 503 as soon as it has read the request's head "
+                "(before its body); what the client waits beyond that is the gateway's event "
+                "loop finishing its current pass and the 2 cores shared by the load generator, "
+                "the gateway, the encoder, the predictor, Redis and the streamer",
+            )
+        )
+        kinds = over.get("error_kinds", {})
+        bad = {
+            k: n
+            for k, n in kinds.items()
+            if k == "timeout" or (k.startswith("http_5") and k != "http_503")
+        }
+        out.append(
+            Verdict(
+                "overload: no client time-out, no 5xx but the documented 503",
+                f"errors: {kinds or 'none'}",
+                float(sum(bad.values())),
+                0.0,
+                True,
+            )
+        )
     return out
 
 
