@@ -219,6 +219,19 @@ def test_the_headline_metric_is_reproducible_from_the_recorded_label_rule(honest
     card = (honest_model / "MODEL_CARD.md").read_text()
     row = next(line for line in card.splitlines() if line.startswith("| model, as served |"))
     assert f"{served['suspicious_or_above']['recall']:.3f}" in row
+    # The slices are as served too: a channel's slice is what its own pair does to it.
+    channels = test["channel"].to_numpy()
+    for key in meta["segment_thresholds"]["channel"]:
+        s = meta["metrics"]["slices_test"][f"channel={key}"]
+        sel = channels == key
+        flagged = (labels != "not_fraud") & sel
+        assert s["suspicious_or_above_recall"] == pytest.approx(
+            (flagged & fraud).sum() / (fraud & sel).sum()
+        )
+        assert s["suspicious_or_above_precision"] == pytest.approx(
+            (flagged & fraud).sum() / flagged.sum()
+        )
+    assert "## Metrics by slice (test period, as served)" in card
 
 
 def test_the_card_shows_label_wait_slices_money_and_the_cost_matrix(honest_model):

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from vigil.costs import CostMatrix, cost_breakdown, decide
+from vigil.costs import CostMatrix, cost_breakdown
 
 LABEL_RULE = "fraud = chargeback_timestamp is not null and chargeback_timestamp <= cutoff"
 """The label every split (train, validation, test) and every figure uses."""
@@ -152,24 +152,23 @@ def coverage(frame: pd.DataFrame, mechanisms: tuple[str, ...]) -> dict[str, int]
 
 def slices(
     frame: pd.DataFrame,
-    thresholds: dict[str, float],
+    action_all: np.ndarray,
     costs: CostMatrix,
     mechanisms: tuple[str, ...],
 ) -> dict[str, dict[str, Any]]:
-    """Figures per fraud type, channel and amount band; ``frame`` has label, score, amount.
+    """Figures per fraud type, channel and amount band; ``frame`` has label, score, amount;
+    ``action_all`` is each row's action as served (``decide``'s codes: 0 approve, 1 review,
+    2 decline), so a channel's slice shows what its own thresholds do.
 
     A fraud-type slice is that type's known frauds against every known-good row (which fraud
     type a good row "belongs to" means nothing); a slice without known fraud says so.
     """
     out: dict[str, dict[str, Any]] = {}
-    action_all = decide(frame["score"].to_numpy(), thresholds)
     y_all = frame["label"].to_numpy()
     good = y_all == 0
     for m in mechanisms:
         sel = good | ((y_all == 1) & (frame["fraud_mechanism"] == m).to_numpy())
-        out[f"fraud_type={m}"] = _slice(
-            frame[sel], action_all[sel], thresholds, costs, fraud_only_value=True
-        )
+        out[f"fraud_type={m}"] = _slice(frame[sel], action_all[sel], costs, fraud_only_value=True)
     bands = pd.cut(
         frame["amount"],
         [b[0] for b in AMOUNT_BANDS] + [np.inf],
@@ -179,25 +178,21 @@ def slices(
     for kind, keys in (("channel", frame["channel"]), ("amount", bands)):
         for key in sorted(keys.dropna().unique(), key=str):
             sel = (keys == key).to_numpy()
-            out[f"{kind}={key}"] = _slice(frame[sel], action_all[sel], thresholds, costs)
+            out[f"{kind}={key}"] = _slice(frame[sel], action_all[sel], costs)
     return out
 
 
 def _slice(
     part: pd.DataFrame,
     action: np.ndarray,
-    thresholds: dict[str, float],
     costs: CostMatrix,
     fraud_only_value: bool = False,
 ) -> dict[str, Any]:
     y, s = part["label"].to_numpy(), part["score"].to_numpy()
     amount = part["amount"].to_numpy(dtype=np.float64)
     entry: dict[str, Any] = {"n": len(part), "fraud": int(y.sum()), **aucs(y, s)}
-    for name, th in (
-        ("suspicious_or_above", thresholds["suspicious"]),
-        ("highly_suspicious", thresholds["highly_suspicious"]),
-    ):
-        entry.update({f"{name}_{k}": v for k, v in rates(y, s >= th).items()})
+    for name, flagged in (("suspicious_or_above", action >= 1), ("highly_suspicious", action == 2)):
+        entry.update({f"{name}_{k}": v for k, v in rates(y, flagged).items()})
     value = value_figures(y, amount, action, costs)
     if fraud_only_value:  # the good rows are shared by every fraud-type slice
         value = {

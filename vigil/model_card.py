@@ -176,8 +176,10 @@ def render_model_card(meta: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "## Metrics by slice (test period, global thresholds)",
-        "A fraud-type slice is that type's known frauds against every known-good row.",
+        "## Metrics by slice (test period, as served)",
+        "Labelled as the gateway labels: each transaction by its segment's own pair where it has "
+        "one, else the global pair. A fraud-type slice is that type's known frauds against every "
+        "known-good row.",
         "",
         "| slice | n | known fraud | ROC AUC | PR AUC | precision @suspicious | recall @suspicious "
         "| fraud amount stopped | good customers declined (amount) |",

@@ -434,7 +434,7 @@ def train(
             "thresholds": base_th,
         },
         "value_test": {k: value_figures(y_test, amt_test, a, costs) for k, a in policies.items()},
-        "slices_test": slices(test, thresholds, costs, MECHANISMS),
+        "slices_test": slices(test, served_test, costs, MECHANISMS),
         # The labels as served (each channel's own pair where it has one).
         "label_distribution_test": {
             lbl: int(np.sum(served_test == code)) for lbl, code in _ACTION.items()
@@ -509,7 +509,7 @@ def headline(metadata: dict[str, Any]) -> str:
     wait = ev["label_wait"]
     value = m["value_test"]
     cm = metadata["cost_matrix"]
-    g = value["model_global_thresholds"]
+    g = value["model_segment_thresholds"]  # as served: each channel's own pair where it has one
 
     def auc(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.3f}"
@@ -551,7 +551,7 @@ def headline(metadata: dict[str, Any]) -> str:
         )
     )
     lines.append(
-        f"money: {_share(g['fraud_amount_stopped_share'])} of the known fraud amount "
+        f"money, as served: {_share(g['fraud_amount_stopped_share'])} of the known fraud amount "
         f"({g['fraud_amount']:,.0f}) stopped, {_share(g['fraud_amount_declined_share'])} declined; "
         f"{g['good_declined']} good customers declined ({g['good_declined_amount']:,.0f}, "
         f"{_share(g['good_share_of_declines'])} of {g['declines']} declines); {g['reviews']} reviews"
