@@ -48,8 +48,13 @@ NEVER = 1.0
 """A threshold no score reaches in practice (XGBoost's logistic output stays below 1.0)."""
 
 
+#: The labels of ``label_for_score`` as the action codes :func:`decide` gives.
+ACTION_CODES = {"not_fraud": 0, "suspicious": 1, "highly_suspicious": 2}
+
+
 def decide(score: np.ndarray, thresholds: dict[str, float]) -> np.ndarray:
-    """0 approve, 1 review, 2 decline: the labels of ``label_for_score`` as codes."""
+    """0 approve, 1 review, 2 decline: the labels of ``label_for_score`` as codes
+    (:data:`ACTION_CODES`)."""
     return np.where(
         score >= thresholds["highly_suspicious"],
         2,

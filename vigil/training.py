@@ -23,7 +23,7 @@ import xgboost as xgb
 
 from vigil import feast_repo
 from vigil.artifacts import write_artifact
-from vigil.costs import CostMatrix, choose_cost_thresholds, cost_breakdown, decide
+from vigil.costs import ACTION_CODES, CostMatrix, choose_cost_thresholds, cost_breakdown, decide
 from vigil.dataset import entity_frame, historical_matrix, to_float32
 from vigil.evaluation import (
     LABEL_RULE,
@@ -207,9 +207,6 @@ def _segment_thresholds(
     return own, evidence
 
 
-_ACTION = {"not_fraud": 0, "suspicious": 1, "highly_suspicious": 2}  # decide()'s codes
-
-
 def served_actions(
     frame: pd.DataFrame, column: str, own: dict[str, dict[str, float]], global_th: dict[str, float]
 ) -> np.ndarray:
@@ -219,7 +216,7 @@ def served_actions(
     labelling = Labelling(global_th, {column: own})
     return np.fromiter(
         (
-            _ACTION[labelling.label(float(score), {column: str(value)})]
+            ACTION_CODES[labelling.label(float(score), {column: str(value)})]
             for score, value in zip(frame["score"], frame[column], strict=True)
         ),
         dtype=np.int64,
@@ -437,7 +434,7 @@ def train(
         "slices_test": slices(test, served_test, costs, MECHANISMS),
         # The labels as served (each channel's own pair where it has one).
         "label_distribution_test": {
-            lbl: int(np.sum(served_test == code)) for lbl, code in _ACTION.items()
+            lbl: int(np.sum(served_test == code)) for lbl, code in ACTION_CODES.items()
         },
     }
 
