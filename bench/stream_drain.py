@@ -84,6 +84,19 @@ async def _drain(url: str, settings: StreamerSettings) -> None:
         sync.close()
 
 
+def _print_commandstats(sync: redis.Redis, n: int) -> None:
+    """Where redis-server's time went while the streamer drained (``INFO commandstats``; a
+    script's inner commands are counted both in it and on their own)."""
+    stats = sync.info("commandstats")
+    rows = sorted(stats.items(), key=lambda kv: -kv[1]["usec"])
+    print("redis commands (µs per event, calls per event, µs per call):")
+    for name, stat in rows[:12]:
+        print(
+            f"  {name.removeprefix('cmdstat_'):<20} {stat['usec'] / n:8.1f} "
+            f"{stat['calls'] / n:8.2f} {stat['usec_per_call']:8.2f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--transactions", type=int, default=40_000)
@@ -119,6 +132,7 @@ def main() -> None:
                 batch_max=args.batch_max,
                 allowed_lateness_s=3600,
             )
+            sync.config_resetstat()
             cpu, redis_cpu = time.process_time(), _cpu_s(server.process.pid)
             started = time.perf_counter()
             asyncio.run(_drain(server.url, settings))
@@ -129,6 +143,7 @@ def main() -> None:
                 f"{n} events in {wall:.2f} s: {n / wall:.0f} events/s; consumer CPU "
                 f"{1000 * cpu / n:.2f} ms/event, redis-server CPU {1000 * redis_cpu / n:.2f} ms/event"
             )
+            _print_commandstats(sync, n)
             targets = sorted(
                 {("card_id", c) for c in live["card_id"]}
                 | {("merchant_id", m) for m in live["merchant_id"]}

@@ -320,10 +320,15 @@ async def test_the_streamer_keeps_rows_equal_to_the_batch_pipeline(server):
     client.close()
 
 
-async def test_ties_the_cap_late_arrivals_and_a_first_sighting_match_the_batch_pipeline(server):
+@pytest.mark.parametrize("held", [20_000, 0], ids=["windows-held", "windows-read-back"])
+async def test_ties_the_cap_late_arrivals_and_a_first_sighting_match_the_batch_pipeline(
+    server, held
+):
     """Rows built from the history script's window: two transactions of one card at one instant
     (ordered by transaction id, as the batch frame here), a merchant whose 7 days hold more than
-    the event cap (its tiles count them all), arrivals out of order within the lateness, a device first seen live."""
+    the event cap (its tiles count them all), arrivals out of order within the lateness, a
+    device first seen live. In batches of 3, so that a later batch builds rows from the windows
+    the streamer held (or, with none held, from windows read back): both the same rows."""
     from vigil_contracts.windows import EVENT_CAP
 
     base = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
@@ -353,9 +358,12 @@ async def test_ties_the_cap_late_arrivals_and_a_first_sighting_match_the_batch_p
     _publish(server.url, [live[3], live[0]], "r1")
     metrics = StreamerMetrics()
     await _consumed(
-        server.url, _settings(server.url, allowed_lateness_s=3600, batch_max=3), metrics
+        server.url,
+        _settings(server.url, allowed_lateness_s=3600, batch_max=3, window_cache_entities=held),
+        metrics,
     )
     assert metrics.events.labels("late")._value.get() == 0
+    assert (metrics.windows.labels("held")._value.get() > 0) == (held > 0)
     raw = _raw(_as_raw(history + live)).sort_values(["event_timestamp", "transaction_id"])
     targets = [
         ("card_id", "c1"),
@@ -372,6 +380,77 @@ async def test_ties_the_cap_late_arrivals_and_a_first_sighting_match_the_batch_p
     first = rows[("device_id", "dnew")]["device_first_seen_epoch"]
     assert first == (tie - timedelta(minutes=20)).timestamp()
     client.close()
+
+
+def _entry(t: Transaction, request_id: str) -> tuple[bytes, dict[bytes, bytes]]:
+    eid, body = build_event(
+        (_answer(t, request_id), t, 0, request_id, _trace([t]), time.time(), "k1")
+    )
+    return b"0-1", {b"id": eid.encode(), b"v": b"1", b"event": body}
+
+
+async def test_a_held_window_is_used_only_at_the_version_it_was_read_at(server):
+    """The streamer holds each card's and device's last window, so that a batch touching it
+    again need not read it back. Another replica's change in between, even after Redis was
+    rolled back to a snapshot (the history back at a version the window was not held for, then
+    moved on by another transaction), must not pass for the held one: each change moves the
+    version by a random step, so a version never names two states. Here replica A holds c1's
+    window, the history is rolled back, replica B adds another transaction, and A's next batch
+    reads the window back: the rows equal the batch pipeline's over what the history holds."""
+    from vigil_contracts.entity_history import history_key, version_key
+
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
+    history = [
+        _transaction(100 + i, base - timedelta(hours=30 - i), card="c1", device="d1", amount=5.0)
+        for i in range(6)
+    ]
+    client = redis.Redis.from_url(server.url)
+    seed_histories(client, _raw(_as_raw(history)), None, base)
+    keys = [
+        k(join_key, value)
+        for join_key, value in (("card_id", "c1"), ("device_id", "d1"))
+        for k in (history_key, version_key)
+    ]
+    snapshot = {k: client.dump(k) for k in keys}
+    a, b, c = (
+        _transaction(
+            200 + i,
+            base + timedelta(minutes=10 * (i + 1)),
+            card="c1",
+            device="d1",
+            amount=[700.0, 12.0, 40.0][i],
+        )
+        for i in range(3)
+    )
+    settings = _settings(server.url, allowed_lateness_s=3600)
+    conn_a, conn_b = aioredis.Redis.from_url(server.url), aioredis.Redis.from_url(server.url)
+    metrics_a = StreamerMetrics()
+    replica_a = Consumer(conn_a, settings, metrics_a)
+    replica_b = Consumer(
+        conn_b, settings.model_copy(update={"consumer": "test-2"}), StreamerMetrics()
+    )
+    try:
+        await replica_a.process([_entry(a, "ra")])  # A holds c1 and d1 with `a`
+        for k, dumped in snapshot.items():  # rolled back: `a` gone, the seeded versions back
+            client.restore(k, 0, dumped, replace=True)
+        await replica_b.process([_entry(b, "rb")])  # another replica moves them on with `b`
+        await replica_a.process([_entry(c, "rc")])
+        assert metrics_a.windows.labels("held")._value.get() == 0
+        assert metrics_a.windows.labels("read")._value.get() == 4  # c1 and d1, twice
+        _check_rows(
+            server.url, _raw(_as_raw([*history, b, c])), [("card_id", "c1"), ("device_id", "d1")]
+        )
+        # With the history moved only by A, the next batch builds from the held windows.
+        d = _transaction(300, base + timedelta(minutes=50), card="c1", device="d1", amount=3.0)
+        await replica_a.process([_entry(d, "rd")])
+        assert metrics_a.windows.labels("held")._value.get() == 2
+        _check_rows(
+            server.url, _raw(_as_raw([*history, b, c, d])), [("card_id", "c1"), ("device_id", "d1")]
+        )
+    finally:
+        await conn_a.aclose()
+        await conn_b.aclose()
+        client.close()
 
 
 async def test_a_merchants_tiles_are_running_sums_kept_to_what_a_row_reads(server):

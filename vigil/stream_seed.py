@@ -12,6 +12,7 @@ record format: ``vigil_contracts.entity_history``.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +28,7 @@ from vigil_contracts.entity_history import (
     FX_KEY,
     KINDS,
     SEEDED_KEY,
+    VERSION_STEP_MAX,
     HistoryRecord,
     fx_field,
     history_key,
@@ -109,7 +111,9 @@ def seed_histories(
             if value not in seen:
                 seen.add(value)
                 pipe.delete(history_key(join_key, value))
-                pipe.set(version_key(join_key, value), 1, px=ttl_s * 1000)
+                # Moved, not set: a streamer may hold the window of the version it had.
+                pipe.incrby(version_key(join_key, value), secrets.randbelow(VERSION_STEP_MAX) + 1)
+                pipe.pexpire(version_key(join_key, value), ttl_s * 1000)
             pipe.zadd(history_key(join_key, value), {members[i]: int(t_us[i])})
             pipe.pexpire(history_key(join_key, value), ttl_s * 1000)
             if KINDS[join_key] in windows.TILES:

@@ -33,8 +33,15 @@ def history_key(join_key: str, value: str) -> str:
 
 
 def version_key(join_key: str, value: str) -> str:
-    """A counter moved by every change to the entity's history (orders its snapshots)."""
+    """A counter moved by every change to the entity's history, by a random step of 1 to
+    :data:`VERSION_STEP_MAX` (orders its snapshots, and names one: a history rolled back and
+    changed anew does not come back to a version it had)."""
     return f"{KEY_PREFIX}hv:{join_key}:{value}"
+
+
+#: The largest step a history's version moves by (2**20: a version stays exact in Redis' Lua
+#: numbers, doubles, for billions of changes).
+VERSION_STEP_MAX = 1 << 20
 
 
 def written_key(join_key: str, value: str) -> str:

@@ -3,7 +3,8 @@
 For a batch read from the group (``XREADGROUP``): parse each entry (a malformed one, or one of
 an unknown schema version, goes to the dead-letter stream with the reason); skip event ids
 read twice in the batch; add the batch's transactions to each touched card's, merchant's and
-device's history and read back what the entity's newest row needs, with the history's version
+device's history and read back what the entity's newest row needs, with the history's version,
+unless the streamer holds the window of the version the history was at (``rows.Windows``)
 (one Lua call per entity, all in one pipeline: idempotent, since a transaction is one member, so
 an event delivered again or a transaction decided again changes nothing and is counted as a
 duplicate; an event older than the entity's newest by more than the allowed lateness is left out and counted);
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -43,6 +45,7 @@ from vigil_contracts.entity_history import (
     FX_KEY,
     KINDS,
     SEEDED_KEY,
+    VERSION_STEP_MAX,
     HistoryRecord,
     fx_field,
     history_key,
@@ -59,7 +62,7 @@ from vigil_streamer.rows import (
     TILED,
     WINDOW_US,
     Row,
-    newest_row,
+    Windows,
     tile_args,
     tiled_row,
 )
@@ -70,121 +73,116 @@ logger = logging.getLogger(__name__)
 _US_PER_DAY = 86_400_000_000
 _EUR_FEATURE = "request_features__txn_amount"
 
-# Adds one transaction (member, t) to KEYS[1], the entity's history (scored by time), as one
-# call per transaction would, and says what became of it: already there (0; ZADD is idempotent
-# anyway), too late (-1: older than the newest by more than the lateness `late`), added (1: the
-# version KEYS[2] moves, what no row can read any more (older than the newest by the kept `span`)
-# is trimmed, the first sighting kept). Shared by both scripts below.
-_ADD_ONE = """
-local function add(member, t)
-  if redis.call('ZSCORE', KEYS[1], member) then return 0 end
+# Adds each of a batch's transactions of one entity (member, t: ARGV from `first`, every
+# `stride`) to KEYS[1], the entity's history (scored by time), in batch order, and says what
+# became of each: already there (0; ZADD is idempotent anyway), too late (-1: older than the
+# newest, the batch's earlier ones included, by more than the lateness `late`), added (1). When
+# any was added, the version KEYS[2] moves by the caller's random `step` (so a version names one
+# state of the history, even after Redis is rolled back to a snapshot and the history moves on
+# anew) and what no row can read any more (older than the newest by the kept `span`) is trimmed,
+# the first sighting kept. Shared by both scripts below; each `redis.call` costs, so the newest
+# and the first are read once, not per transaction.
+_ADD_ALL = """
+local function add_all(first_arg, stride, step)
   local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-  local top = t
-  if newest[2] then
-    local n = tonumber(newest[2])
-    if t < n - late then return -1 end
-    if n > top then top = n end
+  local top = newest[2] and tonumber(newest[2])
+  local statuses, added = {}, {}
+  for i = first_arg, #ARGV, stride do
+    local member, t = ARGV[i], tonumber(ARGV[i + 1])
+    local status = 1
+    if redis.call('ZSCORE', KEYS[1], member) then
+      status = 0
+    elseif top and t < top - late then
+      status = -1
+    else
+      redis.call('ZADD', KEYS[1], t, member)
+      if not top or t > top then top = t end
+      added[#added + 1] = i
+    end
+    statuses[#statuses + 1] = status
   end
-  redis.call('ZADD', KEYS[1], t, member)
-  redis.call('INCR', KEYS[2])
-  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  local cutoff = top - span
-  if tonumber(first[2]) < cutoff then
-    redis.call('ZREMRANGEBYSCORE', KEYS[1], '(' .. first[2],
-      '(' .. string.format('%.0f', cutoff))
+  local version
+  if #added > 0 then
+    version = redis.call('INCRBY', KEYS[2], step)
+    local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    local cutoff = top - span
+    if tonumber(first[2]) < cutoff then
+      redis.call('ZREMRANGEBYSCORE', KEYS[1], '(' .. first[2],
+        '(' .. string.format('%.0f', cutoff))
+    end
+  else
+    version = tonumber(redis.call('GET', KEYS[2]) or '0')
   end
-  return 1
+  return statuses, added, version, top
 end
 """
 # An event view's entity (card, device). KEYS[1] history, KEYS[2] version; ARGV: kept span
-# (µs), lateness (µs), ttl (ms), how far back the view's row reads (µs), the event cap, then
-# (member, t_us) of each of the batch's transactions of the entity, in batch order. Returns
-# {statuses, version} and, unless all were too late, what the newest row reads, read in the same
-# atomic call as the version: the first member and the window's members ((T - window, T],
-# newest first, at most the cap).
+# (µs), lateness (µs), ttl (ms), how far back the view's row reads (µs), the event cap, the
+# version step, the version the caller holds the window of (-1: none), then (member, t_us) of
+# each of the batch's transactions of the entity, in batch order. Returns {statuses, version}
+# and, unless all were too late, either "=" (the history was at the caller's version before
+# these adds: its window and first sighting, with what was added, are the newest row's) or what
+# the newest row reads, read in the same atomic call as the version: the first member and the
+# window's members ((T - window, T], newest first, at most the cap).
 _ADD_READ = (
     """
 local span, late, w = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
+local step = tonumber(ARGV[6])
 """
-    + _ADD_ONE
+    + _ADD_ALL
     + """
-local statuses, changed, wanted = {}, false, false
-for i = 6, #ARGV, 2 do
-  local status = add(ARGV[i], tonumber(ARGV[i + 1]))
-  if status == 1 then changed = true end
-  if status ~= -1 then wanted = true end
-  statuses[#statuses + 1] = status
-end
-if changed then
+local statuses, added, version, top = add_all(8, 2, step)
+if #added > 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   redis.call('PEXPIRE', KEYS[2], ARGV[3])
 end
-local version = tonumber(redis.call('GET', KEYS[2]) or '0')
+local wanted = false
+for _, status in ipairs(statuses) do
+  if status ~= -1 then wanted = true end
+end
 if not wanted then return {statuses, version} end
-local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+local before = version
+if #added > 0 then before = version - step end
+if before == tonumber(ARGV[7]) then return {statuses, version, '='} end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0)
 local window = redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf',
-  '(' .. string.format('%.0f', tonumber(newest[2]) - w), 'LIMIT', 0, ARGV[5])
+  '(' .. string.format('%.0f', top - w), 'LIMIT', 0, ARGV[5])
 return {statuses, version, first[1], window}
 """
 )
 # A tiled view's entity (merchant): its row is its tiles, kept as running sums in KEYS[3] (field
 # "<level>:<tile index>:<sum>", sums in entity_rows.TILE_SUMS order), so no event is read back;
 # the history only makes the adds idempotent and finds the too-late. ARGV: kept span (µs),
-# lateness (µs), ttl (ms), the number of tile levels L, each level's units (how many tiles
-# before the newest's its window reaches), then for each transaction in batch order: member,
-# t_us, its tile index at each level, small (0/1), EUR amount, night (0/1). An added
-# transaction adds to its tile at every level; tiles older than every row can read (below the
-# newest tile's index minus the units) are dropped. Returns {statuses, version} and, unless all
-# were too late, the newest time and the kept sums (field, value, ...).
+# lateness (µs), ttl (ms), the number of tile levels L, the version step, then for each
+# transaction in batch order: member, t_us, its tile index at each level, small (0/1), EUR amount, night (0/1). An
+# added transaction adds to its tile at every level. Returns {statuses, version} and, unless all
+# were too late, the newest time and every kept sum (field, value, ...): the caller drops the
+# tiles older than every row can read (they are never read, so whenever they go changes nothing).
 _ADD_TILES = (
     """
 local span, late, levels = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
 """
-    + _ADD_ONE
+    + _ADD_ALL
     + """
-local statuses, changed, wanted = {}, false, false
-for i = 5 + levels, #ARGV, 5 + levels do
-  local status = add(ARGV[i], tonumber(ARGV[i + 1]))
-  if status == 1 then
-    changed = true
-    for j = 1, levels do
-      local tile = (j - 1) .. ':' .. ARGV[i + 1 + j] .. ':'
-      redis.call('HINCRBY', KEYS[3], tile .. '0', 1)
-      redis.call('HINCRBY', KEYS[3], tile .. '1', ARGV[i + 2 + levels])
-      redis.call('HINCRBYFLOAT', KEYS[3], tile .. '2', ARGV[i + 3 + levels])
-      redis.call('HINCRBY', KEYS[3], tile .. '3', ARGV[i + 4 + levels])
-    end
+local statuses, added, version, top = add_all(6, 5 + levels, tonumber(ARGV[5]))
+for _, i in ipairs(added) do
+  for j = 1, levels do
+    local tile = (j - 1) .. ':' .. ARGV[i + 1 + j] .. ':'
+    redis.call('HINCRBY', KEYS[3], tile .. '0', 1)
+    redis.call('HINCRBY', KEYS[3], tile .. '1', ARGV[i + 2 + levels])
+    redis.call('HINCRBYFLOAT', KEYS[3], tile .. '2', ARGV[i + 3 + levels])
+    redis.call('HINCRBY', KEYS[3], tile .. '3', ARGV[i + 4 + levels])
   end
-  if status ~= -1 then wanted = true end
-  statuses[#statuses + 1] = status
 end
-if changed then
+if #added > 0 then
   for k = 1, 3 do redis.call('PEXPIRE', KEYS[k], ARGV[3]) end
 end
-local version = tonumber(redis.call('GET', KEYS[2]) or '0')
+local wanted = false
+for _, status in ipairs(statuses) do
+  if status ~= -1 then wanted = true end
+end
 if not wanted then return {statuses, version} end
-local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-local sums = redis.call('HGETALL', KEYS[3])
-local top = {}
-for n = 1, #sums, 2 do
-  local j, index = string.match(sums[n], '^(%d+):(%d+):')
-  j, index = tonumber(j), tonumber(index)
-  if top[j] == nil or index > top[j] then top[j] = index end
-end
-local kept, stale = {}, {}
-for n = 1, #sums, 2 do
-  local j, index = string.match(sums[n], '^(%d+):(%d+):')
-  j, index = tonumber(j), tonumber(index)
-  if index < top[j] - tonumber(ARGV[5 + j]) then
-    stale[#stale + 1] = sums[n]
-  else
-    kept[#kept + 1] = sums[n]
-    kept[#kept + 1] = sums[n + 1]
-  end
-end
-if #stale > 0 then redis.call('HDEL', KEYS[3], unpack(stale)) end
-return {statuses, version, string.format('%.0f', tonumber(newest[2])), kept}
+return {statuses, version, string.format('%.0f', top), redis.call('HGETALL', KEYS[3])}
 """
 )
 # KEYS[1] a view's marker; ARGV: end (ISO, UTC), written_at. Only an existing marker moves, and
@@ -226,6 +224,14 @@ def parse(fields: dict[bytes, bytes]) -> DecisionEvent:
     return event
 
 
+def _step() -> int:
+    """How far one change moves a history's version (random: see ``rows.Windows``)."""
+    return _random.randrange(VERSION_STEP_MAX) + 1
+
+
+_random = random.Random()  # not a secret: only unlikely to repeat
+
+
 def t_us(ts: datetime) -> int:
     delta = ts - datetime(1970, 1, 1, tzinfo=UTC)
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
@@ -247,6 +253,7 @@ class Consumer:
         self._write = client.register_script(feast_layout.WRITE_NEWER)
         self._mark = client.register_script(_MARK)
         self._rates: dict[str, float] = {}
+        self.windows = Windows(settings.window_cache_entities)
         self.lateness_us = int(settings.allowed_lateness_s * 1_000_000)
         self.ttl_ms = settings.history_ttl_s * 1000
         self.running = False
@@ -446,20 +453,21 @@ class Consumer:
             span = WINDOW_US[join_key] + self.lateness_us
             if join_key in TILED:
                 levels = TILED[join_key]
-                args: list[Any] = [span, self.lateness_us, self.ttl_ms, len(levels)]
-                args += [level.units for level in levels]
+                args: list[Any] = [span, self.lateness_us, self.ttl_ms, len(levels), _step()]
                 for _, member, when in items:
                     args += [member, when, *tile_args(join_key, member, when)]
                 keys.append(tiles_key(join_key, value))
                 await self._add_tiles(keys=keys, args=args, client=pipe)
                 continue
             args = [span, self.lateness_us, self.ttl_ms, WINDOW_US[join_key], CAP[join_key]]
+            args += [_step(), self.windows.version((join_key, value))]
             for _, member, when in items:
                 args += [member, when]
             await self._add(keys=keys, args=args, client=pipe)
         replies = await pipe.execute()
         rows: dict[tuple[str, str], Row] = {}
         versions: dict[tuple[str, str], int] = {}
+        unread: dict[tuple[str, str], list[bytes]] = {}
         late: set[str] = set()
         added: set[str] = set()
         for ((join_key, value), items), reply in zip(touched.items(), replies, strict=True):
@@ -478,12 +486,23 @@ class Consumer:
                         },
                     )
             if len(reply) > 2 and join_key in TILED:
-                rows[(join_key, value)] = tiled_row(join_key, int(reply[2]), reply[3])
+                row, unread[(join_key, value)] = tiled_row(join_key, int(reply[2]), reply[3])
+                rows[(join_key, value)] = row
+                versions[(join_key, value)] = int(reply[1])
+            elif len(reply) == 3:  # "=": the window held, with what was added
+                new = [m for (_, m, _), status in zip(items, reply[0], strict=True) if status == 1]
+                rows[(join_key, value)] = self.windows.extend((join_key, value), int(reply[1]), new)
+                self.metrics.windows.labels("held").inc()
                 versions[(join_key, value)] = int(reply[1])
             elif len(reply) > 2:
-                window: list[bytes] = reply[3]
-                rows[(join_key, value)] = newest_row(join_key, window[::-1], reply[2])
+                rows[(join_key, value)] = self.windows.read(
+                    (join_key, value), int(reply[1]), reply[2], reply[3]
+                )
+                self.metrics.windows.labels("read").inc()
                 versions[(join_key, value)] = int(reply[1])
+            elif join_key not in TILED:
+                self.windows.still((join_key, value), int(reply[1]))
+        self.windows.settle()
         if not rows:
             return {}, added
         write = self.client.pipeline(transaction=False)
@@ -506,7 +525,10 @@ class Consumer:
                 client=write,
             )
             order.append((join_key, value))
-        outcomes = await write.execute()
+        for (join_key, value), fields in unread.items():
+            if fields:
+                write.hdel(tiles_key(join_key, value), *fields)  # type: ignore[arg-type]
+        outcomes = (await write.execute())[: len(order)]
         newest: dict[str, int] = {}
         for (join_key, _), (stamp, _), written in zip(order, rows.values(), outcomes, strict=True):
             view = KINDS[join_key]

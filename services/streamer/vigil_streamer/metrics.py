@@ -26,6 +26,14 @@ class StreamerMetrics(ServiceMetrics):
             ["view", "outcome"],
             registry=self.registry,
         )
+        self.windows = Counter(
+            "vigil_streamer_windows",
+            "Card and device windows a batch's rows were built from, by source: held (the "
+            "window this streamer held for the history's version, with the batch's additions) "
+            "or read (read back from Redis: not held, or the history moved elsewhere).",
+            ["source"],
+            registry=self.registry,
+        )
         self.batch_seconds = Histogram(
             "vigil_streamer_batch_duration_seconds",
             "Time to process one batch of events (read to acknowledged).",
