@@ -102,7 +102,8 @@ def main() -> None:
     parser.add_argument("--transactions", type=int, default=40_000)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--events", type=int, default=2_000)
-    parser.add_argument("--batch-max", type=int, default=100)
+    parser.add_argument("--batch-max", type=int, default=StreamerSettings().batch_max)
+    parser.add_argument("--read-count", type=int, default=StreamerSettings().read_count)
     args = parser.parse_args()
     end = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -130,6 +131,7 @@ def main() -> None:
                 consumer="drain-1",
                 block_ms=20,
                 batch_max=args.batch_max,
+                read_count=args.read_count,
                 allowed_lateness_s=3600,
             )
             sync.config_resetstat()

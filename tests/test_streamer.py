@@ -453,6 +453,35 @@ async def test_a_held_window_is_used_only_at_the_version_it_was_read_at(server):
         client.close()
 
 
+async def test_a_backlog_is_read_in_short_reads_and_applied_in_batches(server):
+    """Behind, the streamer reads on in reads of at most ``read_count`` entries until it holds
+    ``batch_max`` (Redis answers each read whole, other clients waiting), then applies them
+    together; rows equal the batch pipeline's."""
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    client = redis.Redis.from_url(server.url)
+    seed_histories(client, _raw([]), None, base)
+    live = [
+        _transaction(i, base + timedelta(minutes=i), card=f"c{i % 4}", merchant=f"m{i % 2}")
+        for i in range(25)
+    ]
+    _publish(server.url, live, "r1")
+    client.config_resetstat()
+    metrics = StreamerMetrics()
+    await _consumed(server.url, _settings(server.url, batch_max=10, read_count=3), metrics)
+    sizes = metrics.batch_size.collect()[0].samples
+    count = next(x.value for x in sizes if x.name.endswith("_count"))
+    total = next(x.value for x in sizes if x.name.endswith("_sum"))
+    assert (count, total) == (3, 25)  # 10 (3 + 3 + 3 + 1), 10, then 5 (3 + 2: a short read)
+    reads = client.info("commandstats")["cmdstat_xreadgroup"]["calls"]
+    assert reads >= 10  # no read of more than 3
+    targets = [("card_id", f"c{i}") for i in range(4)] + [
+        ("merchant_id", "m0"),
+        ("merchant_id", "m1"),
+    ]
+    _check_rows(server.url, _raw(_as_raw(live)), targets)
+    client.close()
+
+
 async def test_a_merchants_tiles_are_running_sums_kept_to_what_a_row_reads(server):
     """A merchant streamed live over ten days (its 8 days of day tiles roll over, hour tiles too)
     with nothing seeded: the streamer adds each transaction to its tiles and never reads its

@@ -299,7 +299,7 @@ class Consumer:
         # What this consumer read and did not acknowledge before it stopped, first.
         while True:
             reply = await self.client.xreadgroup(
-                s.group, s.consumer, {s.stream: "0"}, count=s.batch_max
+                s.group, s.consumer, {s.stream: "0"}, count=min(s.read_count, s.batch_max)
             )
             entries = reply[0][1] if reply else []
             if not entries:
@@ -323,7 +323,7 @@ class Consumer:
                 s.consumer,
                 min_idle_time=int(s.claim_idle_s * 1000),
                 start_id="0-0",
-                count=s.batch_max,
+                count=min(s.read_count, s.batch_max),
             )
             if claimed and claimed[1]:
                 logger.info(
@@ -331,11 +331,21 @@ class Consumer:
                 )
                 await self.process(claimed[1])
             await self._gauge_lag()
+        chunk = min(s.read_count, s.batch_max)
         reply = await self.client.xreadgroup(
-            s.group, s.consumer, {s.stream: ">"}, count=s.batch_max, block=s.block_ms
+            s.group, s.consumer, {s.stream: ">"}, count=chunk, block=s.block_ms
         )
-        if reply and reply[0][1]:
-            await self.process(reply[0][1])
+        entries = list(reply[0][1]) if reply else []
+        got = len(entries)
+        # A full read means a backlog: read on (without waiting) up to batch_max, in short reads.
+        while got == chunk and len(entries) < s.batch_max:
+            chunk = min(s.read_count, s.batch_max - len(entries))
+            reply = await self.client.xreadgroup(s.group, s.consumer, {s.stream: ">"}, count=chunk)
+            more = reply[0][1] if reply else []
+            entries += more
+            got = len(more)
+        if entries:
+            await self.process(entries)
 
     async def _gauge_lag(self) -> None:
         for group in await self.client.xinfo_groups(self.settings.stream):
