@@ -171,14 +171,16 @@ def _shipped_groups() -> list[dict]:
 def test_a_rescore_after_the_streamer_applied_the_decision_sees_the_same_card_and_device(live, raw):
     """Scored, then its decision applied to the card's and the device's online rows by the
     streamer, then scored again (``?rescore=true``): the card's windows, its "previous
-    transaction" and whether the device was seen before are those of the first scoring, since
-    the rows' own copy of this transaction is not before it. Not held (documented): a device (or
-    card) first seen with this transaction is now a known entity with no event before it (its
-    windows 0, not missing), and a merchant's tiles hold sums, not times (they count it)."""
+    transaction", whether the device was seen before and the device's windows are those of the
+    first scoring, since the rows' own copy of this transaction is not before it; a device or a
+    card first seen with this transaction is unknown at it again (windows missing, not 0), so a
+    new card's `uncertain` stays `uncertain`. Not held (documented): a merchant's tiles hold
+    sums, not times (they count it)."""
     stack, store = live
     regular = next(s for s in build_scenarios(raw, prefix="again") if s.name == "regular purchase")
     tag = uuid.uuid4().hex[:8]
     txn = {**regular.transaction, "transaction_id": f"again-{tag}", "device_id": f"dev-{tag}"}
+    new_card = {**txn, "transaction_id": f"again-card-{tag}", "card_id": f"card-{tag}"}
     _drained(store)  # every earlier test's decision is in the rows already
     with httpx.Client(
         base_url=stack.services["gateway"].url,
@@ -190,13 +192,25 @@ def test_a_rescore_after_the_streamer_applied_the_decision_sees_the_same_card_an
         wait_held(store, "vigil", txn)  # the card's and the device's rows now hold it
         again = client.post("/v1/transactions/score", params={"rescore": "true"}, json=txn)
         assert again.status_code == 200, again.text
-    assert again.json()["cached"] is False
+        assert again.json()["cached"] is False
+        card_first = client.post("/v1/transactions/score", json=new_card)
+        wait_held(store, "vigil", new_card)
+        card_again = client.post(
+            "/v1/transactions/score", params={"rescore": "true"}, json=new_card
+        )
     before, after = _vectors(store, txn["transaction_id"], 2)
     assert before["is_new_device"] == after["is_new_device"] == 1.0
     assert before["device_age_days"] is None and after["device_age_days"] is None
+    assert before["device_txn_count_24h"] is None  # unknown, not "no transaction"
     assert before["seconds_since_card_last_txn"] is not None
-    same = [n for n in before if not n.startswith(("merchant_", "device_"))]
+    same = [n for n in before if not n.startswith("merchant_")]
     assert {n: after[n] for n in same} == {n: before[n] for n in same}
+    before, after = _vectors(store, new_card["transaction_id"], 2)
+    assert before["card_txn_count_24h"] is None and before["card_amount_sum_24h"] is None
+    same = [n for n in before if not n.startswith("merchant_")]
+    assert {n: after[n] for n in same} == {n: before[n] for n in same}
+    assert card_again.json()["label"] == card_first.json()["label"]
+    assert card_again.json()["score"] == card_first.json()["score"]
 
 
 def _drained(store, timeout_s: float = 30.0) -> None:

@@ -224,6 +224,7 @@ def _card_stats_row(card_id: str, stamp: datetime) -> dict:
         "card_event_devices": ["d1", "", "d1"],
         "card_event_countries": ["FR", "FR", "DE"],
         "card_last_txn_epoch": stamp.timestamp() - 600.0,
+        "card_first_seen_epoch": stamp.timestamp() - 3 * 86_400.0,
     }
 
 

@@ -390,6 +390,7 @@ def reference_tables(raw: pd.DataFrame) -> dict[str, pd.DataFrame]:
                         "card_distinct_devices_30d": len(set(w30["device_id"].dropna())),
                         "card_distinct_countries_30d": len(set(w30["country"])),
                         "card_last_txn_epoch": now / 1e6,
+                        "card_first_seen_epoch": ent["us"].min() / 1e6,
                         "card_home_country": min(c for c, k in counts.items() if k == top),
                         # The newest before now + 1 µs within 30 days: now's itself.
                         "card_prev_txn_epoch": w30["us"].max() / 1e6,

@@ -101,6 +101,47 @@ def test_unknown_entity_is_missing_and_empty_windows_are_zero_or_none() -> None:
     assert windows.window_row("device_stats", empty, 10**15)["device_distinct_cards_7d"] == 0
 
 
+@pytest.mark.parametrize("view", sorted(windows.FIRST_SEEN))
+def test_an_entity_first_seen_with_this_transaction_is_unknown_at_it(view: str) -> None:
+    """Scored again once the streamer stored it, a transaction's card (device) row holds the
+    transaction itself and its first sighting then: at that instant the entity is unknown
+    (missing windows, as the first scoring saw: no row), in the row, vector and column forms.
+    Known stays known: first seen before (idle, its old events out of the row) gives 0s, and so
+    does a row stored before the first sighting was (no scalar)."""
+    us = 1_765_000_000_000_000
+    sample = {"us": us, "amount": 12.5, "night": 0}
+    lists = {name: [sample.get(of, "x")] for name, (of, _) in windows.stored_lists(view).items()}
+    outputs = windows.view_outputs(view)
+    count = next(name for name in outputs if "_count_" in name)
+
+    def forms(first_seen: float | None) -> tuple[dict, list, dict]:
+        row = {**lists, windows.REQUEST_FIELD: us / 1e6}
+        if first_seen is not None:
+            row[windows.FIRST_SEEN[view]] = first_seen
+        columns = windows.transform_columns(view, {k: [v] * 3 for k, v in row.items()})
+        return (
+            windows.transform_row(view, row),
+            windows.transform_vector(view)(row),
+            {name: values[1] for name, values in columns.items()},
+        )
+
+    row, vector, column = forms(us / 1e6)  # first seen with this transaction
+    assert all(v is None for v in row.values()) and column == row
+    assert all(math.isnan(v) for v in vector) and len(vector) == len(outputs)
+    for first_seen in ((us - 40 * DAY_US) / 1e6, None):  # seen 40 days before; not stored
+        row, vector, column = forms(first_seen)
+        assert row[count] == 0 and column == row
+        assert vector[outputs.index(count)] == 0.0
+    # An event before t is a sighting before it, whatever the scalar says.
+    earlier = {
+        name: [sample.get(of, "x")] * 2 for name, (of, _) in windows.stored_lists(view).items()
+    }
+    times = next(name for name, (of, _) in windows.stored_lists(view).items() if of == "us")
+    earlier[times] = [us - HOUR_US // 2, us]
+    known = {**earlier, windows.REQUEST_FIELD: us / 1e6, windows.FIRST_SEEN[view]: us / 1e6}
+    assert windows.transform_row(view, known)[count] == 1
+
+
 def test_merchant_windows_are_whole_tiles_from_the_hour_or_day_24h_or_7d_before() -> None:
     midnight = T0.floor("D")
     # 00:30 UTC (01:30 in Germany: night) on days 0..9, and 10:15 on day 9 (small).

@@ -348,8 +348,8 @@ def compute_feature_tables(
             scalars: dict[str, np.ndarray] = {}
             if "card_last_txn_epoch" in windows.STORED_SCALARS[view]:
                 scalars["card_last_txn_epoch"] = tl.epoch_seconds(tl.last)
-            if "device_first_seen_epoch" in windows.STORED_SCALARS[view]:
-                scalars["device_first_seen_epoch"] = tl.epoch_seconds(tl.group_first())
+            if view in windows.FIRST_SEEN:
+                scalars[windows.FIRST_SEEN[view]] = tl.epoch_seconds(tl.group_first())
             lists = _tile_lists if view in windows.TILES else _event_lists
             tables[view] = tl.frame(view, scalars, lists(tl, view, fields))
             step(f"{view}: events")

@@ -28,6 +28,7 @@ from vigil_contracts.request_features import NIGHT_HOURS
 from vigil_contracts.windows import (
     EVENT_CAP,
     EVENT_FIELDS,
+    FIRST_SEEN,
     SMALL_AMOUNT,
     STORED_SCALARS,
     TILES,
@@ -98,12 +99,11 @@ def newest_row(
     features: dict[str, Any] = {
         name: [getattr(e, of) for e in kept] for name, (of, _) in _FIELDS[view]
     }
-    scalars = STORED_SCALARS[view]
-    if "card_last_txn_epoch" in scalars:
+    if "card_last_txn_epoch" in STORED_SCALARS[view]:
         features["card_last_txn_epoch"] = newest / 1e6
-    if "device_first_seen_epoch" in scalars:
+    if view in FIRST_SEEN:
         first = events[0].us if first_seen_us is None else first_seen_us
-        features["device_first_seen_epoch"] = first / 1e6
+        features[FIRST_SEEN[view]] = first / 1e6
     return newest + ROW_DELAY_US, features
 
 

@@ -26,7 +26,10 @@ holds the two equal bit for bit on many rows: both add in stored order, so sums,
 standard deviations are the same floats.
 
 An entity with no stored state (unknown) gives missing features (None), as a missing stored
-value does today. A known entity whose window holds no event gives 0 for counts, sums and
+value does today, and so does a card or device with no stored event before ``t`` that was first
+seen at or after ``t`` (its stored first sighting, :data:`FIRST_SEEN`): at ``t`` it was
+unknown, as a transaction scored again once the streamer stored it must see (the row then holds
+the transaction itself). A known entity whose window holds no event gives 0 for counts, sums and
 distinct counts, and None for a mean, std, max, share or mode (there is none).
 
 Imports only the standard library and numpy (for the vectorised form, imported when used).
@@ -149,10 +152,28 @@ def list_groups(view: str) -> dict[str, tuple[str, ...]]:
 
 #: Per view: its stored features that are not windows (name -> Feast type), after the events.
 STORED_SCALARS: dict[str, dict[str, str]] = {
-    "card_stats": {"card_last_txn_epoch": "Float64"},
+    "card_stats": {"card_last_txn_epoch": "Float64", "card_first_seen_epoch": "Float64"},
     "merchant_stats": {},
     "device_stats": {"device_first_seen_epoch": "Float64"},
 }
+
+#: Per event view: its entity's first sighting (epoch seconds), a stored scalar. At a ``t``
+#: with no stored event before it and at or before the first sighting, the entity was unknown.
+#: (A merchant's tiles hold sums, not times: its row cannot tell, and has no such scalar.)
+FIRST_SEEN: dict[str, str] = {
+    "card_stats": "card_first_seen_epoch",
+    "device_stats": "device_first_seen_epoch",
+}
+
+
+def first_seen_us(stored: Any) -> int | None:
+    """A stored first sighting (epoch seconds) in µs, as :func:`request_us` reads an instant;
+    None when not stored (None, NaN, pandas' NA)."""
+    try:
+        seconds = float(stored)
+    except (TypeError, ValueError):
+        return None
+    return None if seconds != seconds else round(seconds * 1_000_000)
 
 
 def stored_features(view: str) -> dict[str, str]:
@@ -369,10 +390,15 @@ class _EventPlan:
         longest = max(w_us for _, _, w_us, _, _ in features)
         return cls(fields["us"], tuple(features), len(by_window), len(by_slice), longest, empty)
 
-    def values(self, events: Mapping[str, Any], times: list[Any], t_us: int) -> list[Any]:
-        """The features at ``t_us`` of a known entity (``times`` its event times, ``events``
-        its lists by name: lists, or anything :func:`events_of` reads)."""
+    def values(
+        self, events: Mapping[str, Any], times: list[Any], t_us: int, first_us: int | None = None
+    ) -> list[Any]:
+        """The features at ``t_us`` of an entity with stored state (``times`` its event times,
+        ``events`` its lists by name: lists, or anything :func:`events_of` reads; ``first_us``
+        its first sighting, when stored)."""
         hi = bisect_left(times, t_us)  # events strictly before t
+        if hi == 0 and first_us is not None and first_us >= t_us:
+            return [None] * len(self.features)  # first seen with or after t: unknown at t
         if hi == 0 or times[hi - 1] <= t_us - self.longest_us:
             return [*self.empty]  # no event in the longest window, so in none
         starts: list[int] = [-1] * self.windows
@@ -396,7 +422,11 @@ class _EventPlan:
 
 
 def window_row(
-    view: str, events: Mapping[str, Any], t_us: int, outputs_only: bool = False
+    view: str,
+    events: Mapping[str, Any],
+    t_us: int,
+    outputs_only: bool = False,
+    first_us: int | None = None,
 ) -> dict[str, Any]:
     """The view's windowed features at instant ``t_us`` from one entity's stored events
     (list name -> list, oldest first); all None when the entity has no state (``us`` list
@@ -408,7 +438,8 @@ def window_row(
     times = events.get(_TIMES[view])
     if times is None:
         return dict.fromkeys(names)
-    return dict(zip(names, _event_plan(view, names).values(events, times, t_us), strict=True))
+    values = _event_plan(view, names).values(events, times, t_us, first_us)
+    return dict(zip(names, values, strict=True))
 
 
 def _tile_row(view: str, tiles: Mapping[str, Any], t_us: int) -> dict[str, Any]:
@@ -639,9 +670,12 @@ _OUTPUTS = {
 
 
 def transform_row(view: str, row: Mapping[str, Any]) -> dict[str, Any]:
-    """The on-demand view of ``view``'s windows for one row (stored lists + ``txn_epoch``)."""
+    """The on-demand view of ``view``'s windows for one row (stored lists, first sighting,
+    ``txn_epoch``)."""
     events = {name: events_of(row.get(name)) for name in stored_lists(view)}
-    return window_row(view, events, request_us(float(row[REQUEST_FIELD])), outputs_only=True)
+    first_us = first_seen_us(row.get(FIRST_SEEN[view])) if view in FIRST_SEEN else None
+    t_us = request_us(float(row[REQUEST_FIELD]))
+    return window_row(view, events, t_us, outputs_only=True, first_us=first_us)
 
 
 #: Results of a tiled view kept by :func:`transform_vector` (one per merchant and hour met).
@@ -682,6 +716,7 @@ def transform_vector(view: str) -> Any:
     plan = _event_plan(view, names)
     times_list = plan.times
     missing = [nan] * len(names)
+    first_seen = FIRST_SEEN[view]
 
     def vector(row: Mapping[str, Any]) -> list[float]:
         times = row.get(times_list)
@@ -689,7 +724,8 @@ def transform_vector(view: str) -> Any:
             times = events_of(times)
             if times is None:
                 return [*missing]
-        values = plan.values(row, times, request_us(float(row[REQUEST_FIELD])))
+        t_us = request_us(float(row[REQUEST_FIELD]))
+        values = plan.values(row, times, t_us, first_seen_us(row.get(first_seen)))
         return [nan if v is None else float(v) for v in values]
 
     return vector
@@ -710,6 +746,19 @@ def transform_columns(
     lists: dict[str, list[Any]] = {name: [events_of(v) for v in columns[name]] for name in specs}
     first = next(iter(specs))
     known = [i for i in range(n) if lists[first][i] is not None]
+    if view in FIRST_SEEN and (seen := columns.get(FIRST_SEEN[view])) is not None:
+        # No stored event before t and first seen at or after it: unknown at t (missing).
+        times_name = next(name for name, (of, _) in specs.items() if of == "us")
+        t_of = {i: request_us(float(t[i])) for i in known}
+        known = [
+            i
+            for i in known
+            if not (
+                (not lists[times_name][i] or lists[times_name][i][0] >= t_of[i])
+                and (first_us := first_seen_us(seen[i])) is not None
+                and first_us >= t_of[i]
+            )
+        ]
     out: dict[str, list[Any]] = {name: [None] * n for name in names}
     if not known:
         return out
