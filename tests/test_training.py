@@ -10,6 +10,7 @@ from datetime import UTC
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import TEST_SEED, TEST_TRAIN_KW, copy_repo
@@ -57,7 +58,14 @@ def honest_model(honest_env, tmp_path_factory):
     """Trained with every default that matters here: the derived label wait, the cost matrix;
     channels get their own thresholds from fewer known frauds than by default (this small world
     has too few for 30), so that the labels as served differ from the global pair's."""
-    config = TrainConfig(seed=TEST_SEED, num_boost_round=120, min_segment_frauds=SEGMENT_FRAUDS)
+    # Every channel with enough frauds gets its own pair (no held-out check), so that the
+    # figures as served differ from the global pair's and can be checked.
+    config = TrainConfig(
+        seed=TEST_SEED,
+        num_boost_round=120,
+        min_segment_frauds=SEGMENT_FRAUDS,
+        segment_held_out_check=False,
+    )
     return train(
         honest_env.raw_path, honest_env.repo, tmp_path_factory.mktemp("honest_models"), config
     )
@@ -357,3 +365,66 @@ def test_thresholds_are_segmented_only_by_a_field_the_gateway_serves(feature_env
             TrainConfig(seed=TEST_SEED, segment_column="country"),
         )
     assert not (tmp_path / "models").exists()
+
+
+def _validation(seed: int) -> pd.DataFrame:
+    """A validation period of three channels over 20 days, each half with its own frauds:
+    ``ecom`` (frauds score 0.9, the global pair's), ``pos`` (frauds score 0.3 in both halves,
+    above its own legitimate scores but among ecom's: its own pair holds up) and ``mobile``
+    (frauds at 0.35 in the earlier half, at 0.05 in the later, where its legitimate scores rise
+    to 0.35-0.45: a pair fitted to the earlier half costs more there than the global one)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    start = pd.Timestamp("2026-01-01", tz="UTC")
+    for half in (0, 1):
+        for channel, legit, frauds, fraud_score in (
+            ("ecom", 3000, 40, lambda h: 0.9),
+            ("pos", 1500, 25, lambda h: 0.3),
+            ("mobile", 1500, 25, lambda h: 0.35 if h == 0 else 0.05),
+        ):
+            for i in range(legit + frauds):
+                fraud = i >= legit
+                if fraud:
+                    score = fraud_score(half)
+                elif channel == "ecom":
+                    score = rng.uniform(0.0, 0.6)
+                elif channel == "mobile" and half == 1:
+                    score = rng.uniform(0.35, 0.45) if i % 10 == 0 else rng.uniform(0.0, 0.3)
+                else:
+                    score = rng.uniform(0.0, 0.2)
+                rows.append(
+                    {
+                        "event_timestamp": start
+                        + pd.Timedelta(days=10 * half + rng.uniform(0, 10)),
+                        "channel": channel,
+                        "label": int(fraud),
+                        "amount": 150.0,
+                        "score": score,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def test_a_channel_gets_its_own_pair_only_if_it_holds_up_on_later_transactions():
+    """The held-out check: a channel's own pair is adopted only where one chosen on the earlier
+    half of the validation period costs less on the later half than the global pair; its
+    figures are recorded either way, and without the check every channel with enough frauds
+    gets its own pair."""
+    from vigil.training import _segment_thresholds
+
+    valid = _validation(TEST_SEED)
+    own, evidence = _segment_thresholds(valid, TrainConfig(min_segment_frauds=30))
+    assert set(own) == {"pos"}, evidence
+    pos, mobile = evidence["pos"]["held_out"], evidence["mobile"]["held_out"]
+    assert pos["own_per_1000"] < pos["global_per_1000"]
+    assert mobile["own_per_1000"] >= mobile["global_per_1000"]
+    assert evidence["mobile"]["thresholds"].startswith("global (a pair of its own")
+    assert evidence["pos"]["held_out"]["known_frauds"] == 25  # the later half's
+    # pos's own pair is then chosen on its whole validation period: it flags its frauds.
+    assert own["pos"]["suspicious"] <= 0.3
+    unchecked, _ = _segment_thresholds(
+        valid, TrainConfig(min_segment_frauds=30, segment_held_out_check=False)
+    )
+    assert set(unchecked) == {"ecom", "pos", "mobile"}

@@ -121,7 +121,10 @@ def render_model_card(meta: dict[str, Any]) -> str:
         own = meta["segment_thresholds"][col]
         lines.append(
             f"- Per `{col}` (`segment_thresholds.{col}` in the metadata): a `{col}` whose "
-            "validation period holds enough known frauds has its own least-cost pair, and the "
+            "validation period holds enough known frauds, and whose own pair chosen on the "
+            "earlier half of that period costs less on its later half than the global pair "
+            "chosen on the same earlier half (a held-out check: a pair fitted to a few dozen "
+            "frauds can cost more on new data), has its own least-cost pair, and the "
             f"gateway and the batch scorer label each transaction of that `{col}` with it; "
             f"a transaction of any other `{col}` is labelled with the global pair:"
         )
@@ -132,9 +135,17 @@ def render_model_card(meta: dict[str, Any]) -> str:
                 if key in own
                 else e["thresholds"]
             )
+            check = e.get("held_out")
+            held = (
+                f"; held out: {check['own_per_1000']:.0f} per 1,000 with its own pair against "
+                f"{check['global_per_1000']:.0f} with the global one, over its later "
+                f"{check['rows']:,} rows"
+                if check is not None and key in own
+                else ""
+            )
             lines.append(
                 f"  - `{key}`: {pair} ({e['known_frauds']} known frauds in "
-                f"{e['validation_rows']:,} validation rows)"
+                f"{e['validation_rows']:,} validation rows{held})"
             )
     lines += [
         "",
