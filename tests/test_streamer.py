@@ -359,7 +359,7 @@ async def test_ties_the_cap_late_arrivals_and_a_first_sighting_match_the_batch_p
     metrics = StreamerMetrics()
     await _consumed(
         server.url,
-        _settings(server.url, allowed_lateness_s=3600, batch_max=3, window_cache_entities=held),
+        _settings(server.url, allowed_lateness_s=3600, batch_max=3, window_cache_events=held),
         metrics,
     )
     assert metrics.events.labels("late")._value.get() == 0
@@ -639,3 +639,33 @@ def test_a_redis_cluster_is_refused_with_the_reason():
     with pytest.raises(ValidationError, match="the streamer needs one Redis"):
         StreamerSettings(redis_url="redis+cluster://127.0.0.1:7000")
     assert StreamerSettings(redis_url="rediss://127.0.0.1:6380/0").redis_url.startswith("rediss")
+
+
+def test_held_windows_are_bounded_by_their_events_least_recently_used_first():
+    """The windows the streamer holds are bounded by the events they hold in all (a memory
+    bound whatever the entities' traffic); the least recently used go first, after the batch."""
+    from vigil_contracts.entity_history import HistoryRecord
+    from vigil_streamer.rows import Windows
+
+    def members(card: str, n: int) -> list[bytes]:
+        return [
+            HistoryRecord(f"{card}-{i}", 1_765_000_000_000_000 + i, card, "m1", None, "FR", 9.0)
+            .encode()
+            .encode()
+            for i in range(n)
+        ]
+
+    windows = Windows(10)
+    for card, n in (("a", 4), ("b", 4), ("c", 4)):
+        held = members(card, n)
+        windows.read(("card_id", card), 1, held[0], held[::-1])
+    assert windows.events == 12  # within a batch nothing is dropped
+    windows.settle()
+    assert (windows.version(("card_id", "a")), windows.version(("card_id", "b"))) == (-1, 1)
+    assert windows.events == 8
+    windows.extend(("card_id", "b"), 2, members("b", 7)[4:])  # b used again: now 7 events
+    windows.settle()
+    assert windows.version(("card_id", "c")) == -1 and windows.version(("card_id", "b")) == 2
+    assert windows.events == 7
+    windows.still(("card_id", "b"), 3)  # its history moved elsewhere: dropped
+    assert windows.version(("card_id", "b")) == -1 and windows.events == 0

@@ -253,7 +253,7 @@ class Consumer:
         self._write = client.register_script(feast_layout.WRITE_NEWER)
         self._mark = client.register_script(_MARK)
         self._rates: dict[str, float] = {}
-        self.windows = Windows(settings.window_cache_entities)
+        self.windows = Windows(settings.window_cache_events)
         self.lateness_us = int(settings.allowed_lateness_s * 1_000_000)
         self.ttl_ms = settings.history_ttl_s * 1000
         self.running = False

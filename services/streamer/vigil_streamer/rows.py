@@ -66,8 +66,9 @@ class Window:
 
 
 class Windows:
-    """The windows this streamer last read or made, per entity, at most ``size`` (least
-    recently used dropped first; 0 keeps none).
+    """The windows this streamer last read or made, per entity, holding at most ``size`` events
+    in all (least recently used windows dropped first; 0 holds none): a bound on memory, whatever
+    the entities' traffic.
 
     The history script adds a batch's transactions and, when the history was at the version a
     window is held for, answers "=" instead of reading the window back: the held window with the
@@ -81,6 +82,8 @@ class Windows:
     def __init__(self, size: int) -> None:
         self.size = size
         self._held: OrderedDict[tuple[str, str], Window] = OrderedDict()
+        self.events = 0
+        """Events held in all."""
 
     def version(self, key: tuple[str, str]) -> int:
         """The version a window of ``key`` is held for; -1 when none is."""
@@ -102,6 +105,7 @@ class Windows:
         the call that moved it to ``version``), held from now on."""
         held = self._held[key]
         entries = held.entries
+        self.events -= len(entries)
         for member in added:
             e = event(member)
             insort(entries, (e.us, member, e))
@@ -121,18 +125,24 @@ class Windows:
         held = self._held.get(key)
         if held is not None and held.version != version:
             del self._held[key]
+            self.events -= len(held.entries)
 
     def settle(self) -> None:
         """Drop the least recently used windows beyond the bound: called after a batch, so
         that no window a batch's script calls were told of is dropped before its answer."""
-        while len(self._held) > self.size:
-            self._held.popitem(last=False)
+        while self.events > self.size:
+            _, held = self._held.popitem(last=False)
+            self.events -= len(held.entries)
 
     def _hold(self, key: tuple[str, str], held: Window) -> None:
         if self.size <= 0:
             return
+        previous = self._held.get(key)
+        if previous is not None and previous is not held:
+            self.events -= len(previous.entries)
         self._held[key] = held
         self._held.move_to_end(key)
+        self.events += len(held.entries)
 
 
 #: Sorts after every history member (JSON text: its first byte is "[").

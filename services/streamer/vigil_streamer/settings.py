@@ -80,10 +80,11 @@ class StreamerSettings(BaseSettings):
     them the first streamed rows would count only streamed events and overwrite the
     materialized ones."""
 
-    window_cache_entities: int = Field(default=20_000, ge=0)
-    """Most entities whose last window (a card's or device's recent events) the streamer holds,
-    so that a batch touching one again need not read its window back from Redis (0: none held).
-    Each holds at most the event cap; a card or device of a few events a day is a few kB."""
+    window_cache_events: int = Field(default=100_000, ge=0)
+    """Most events the streamer holds, in all, of the cards' and devices' last windows (their
+    recent events), so that a batch touching one again need not read its window back from Redis
+    (0: none held). Least recently used windows go first; an event held costs 0.3-0.6 kB (its
+    decoded form may be shared with the member cache), so the default is 30-60 MB at most."""
 
     redis_timeout_s: float = Field(default=5.0, gt=0)
     """Socket timeout of the streamer's Redis calls."""
