@@ -60,6 +60,30 @@ CASES: list[tuple[str, dict[str, str], str, dict[str, str] | None, str | None]] 
     # Down for less than its 2 minutes: pending, not firing.
     ("VigilTargetDown", {'up{job="vigil-encoder", instance="e:1"}': "1 1 0 0"}, "3m", None, None),
     (
+        "VigilServiceNotReady",
+        {
+            'vigil_encoder_ready{job="vigil-encoder", instance="encoder:8001"}': "1 1 0 0 0 0 0",
+            'vigil_gateway_ready{job="vigil-gateway", instance="gateway:8000"}': "1 1 1 1 1 1 1",
+        },
+        "5m",
+        {"job": "vigil-encoder", "instance": "encoder:8001"},
+        "vigil-encoder at encoder:8001 is not ready",
+    ),
+    (  # not ready for a minute (a Redis failover): pending, not firing
+        "VigilServiceNotReady",
+        {'vigil_gateway_ready{job="vigil-gateway", instance="g:1"}': "1 1 0 0 1 1 1"},
+        "5m",
+        None,
+        None,
+    ),
+    (
+        "VigilStreamerNotReady",
+        {'vigil_streamer_ready{job="vigil-streamer", instance="s:8003"}': "0 0 0 0 0 0 0 0"},
+        "7m",
+        {"job": "vigil-streamer", "instance": "s:8003"},
+        "streamer s:8003 is not consuming",
+    ),
+    (
         "VigilNoModelReady",
         {
             'vigil_predictor_model_version_ready{job="vigil-predictor", instance="p:8002", '

@@ -94,6 +94,8 @@ async def test_unreachable_redis_is_fast_503_then_recovers(outage_client, featur
     assert ready.status_code == 503
     assert ready.json()["checks"]["redis"]["ready"] is False
     assert ready.json()["checks"]["spec"]["ready"] is True
+    # A scrape says so too, with no /readyz in between (what an alert reads).
+    assert "vigil_encoder_ready 0.0" in (await client.get("/metrics")).text
 
     server = RedisServer(port=port).start()
     mark_loaded(feature_env, port)
@@ -118,6 +120,11 @@ async def test_unreachable_redis_is_fast_503_then_recovers(outage_client, featur
         response, _ = await timed_encode(client)
         assert response.status_code == 200, response.text
         assert (await client.get("/readyz")).status_code == 200
+        server.stop()
+        assert "vigil_encoder_ready 0.0" in (await client.get("/metrics")).text
+        server.start()
+        mark_loaded(feature_env, port)
+        assert "vigil_encoder_ready 1.0" in (await client.get("/metrics")).text
     finally:
         server.stop()
 

@@ -1701,8 +1701,11 @@ async def test_readyz(stack: Stack) -> None:
     assert all(c["ok"] for c in checks.values())
     assert set(checks) == {"model_metadata", "encoder", "decision_store"}
     assert (await stack.client.get("/healthz")).json() == {"status": "alive"}
+    assert "vigil_gateway_ready 1.0" in (await stack.client.get("/metrics")).text
 
     stack.encoder.ready = False
+    # A scrape alone sees it (what the VigilServiceNotReady alert reads).
+    assert "vigil_gateway_ready 0.0" in (await stack.client.get("/metrics")).text
     body = assert_problem(await stack.client.get("/readyz"), 503)
     assert body["checks"]["encoder"]["ok"] is False
     assert body["checks"]["model_metadata"]["ok"] is True

@@ -207,6 +207,7 @@ async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
     assert (await client.get("/healthz")).json() == {"status": "alive"}
     readyz = await client.get("/readyz")
     assert readyz.status_code == 200
+    assert "vigil_predictor_ready 1.0" in (await client.get("/metrics")).text
     assert readyz.json()["models"][MODEL] == {
         "default_version": "2",
         "ready_versions": ["1", "2"],
@@ -231,6 +232,7 @@ async def test_no_loadable_model_means_not_ready(tmp_path: Path) -> None:
     async for client in _client(create_app(PredictorSettings(models_dir=tmp_path))):
         assert_problem(await client.get("/v2/health/ready"), 503)
         assert_problem(await client.get("/readyz"), 503)
+        assert "vigil_predictor_ready 0.0" in (await client.get("/metrics")).text
         assert_problem(await client.get(f"/v2/models/{MODEL}/ready"), 503, "model-not-ready")
         assert_problem(await client.post(INFER, json=json_request(rows(1))), 503)
 

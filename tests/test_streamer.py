@@ -605,10 +605,12 @@ async def test_the_streamer_app_answers_health_and_readiness(server):
             assert (await client.get("/healthz")).status_code == 200
             ready = await client.get("/readyz")
             assert ready.status_code == 503
+            assert "vigil_streamer_ready 0.0" in (await client.get("/metrics")).text
             redis.Redis.from_url(server.url).hset("vigil:stream:seeded", "end", "x")
             await _until(lambda: app.state.consumer.running)
             assert (await client.get("/readyz")).status_code == 200
-            assert "vigil_streamer_events" in (await client.get("/metrics")).text
+            text = (await client.get("/metrics")).text
+            assert "vigil_streamer_events" in text and "vigil_streamer_ready 1.0" in text
 
 
 def test_the_streamer_needs_neither_the_pipeline_nor_pandas_nor_feast():

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 # The labels a request metric may carry, and how its help text names them.
@@ -35,7 +35,9 @@ def _phrase(labels: Sequence[str]) -> str:
 
 
 class ServiceMetrics:
-    """``<namespace>_requests`` (counter) and ``<namespace>_request_duration_seconds``
+    """``<namespace>_ready`` (gauge: what ``/readyz`` says, refreshed at every scrape of
+    ``/metrics``, so an alert sees a service that lost a dependency even with no traffic),
+    ``<namespace>_requests`` (counter) and ``<namespace>_request_duration_seconds``
     (histogram), labelled by a choice of ``route`` (the template, never the raw path, so labels
     stay bounded), ``method``, ``status`` and ``outcome``.
 
@@ -64,6 +66,12 @@ class ServiceMetrics:
             f"{namespace}_requests",
             f"HTTP requests by {_phrase(request_labels)}.",
             self._request_labels,
+            registry=self.registry,
+        )
+        self.ready = Gauge(
+            f"{namespace}_ready",
+            "1 when the service is ready (its /readyz answers 200), 0 when not; checked at "
+            "every scrape of /metrics and every /readyz.",
             registry=self.registry,
         )
         self.request_latency = Histogram(

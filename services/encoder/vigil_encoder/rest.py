@@ -25,6 +25,7 @@ from vigil_contracts.encoding import (
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE, Problem
 from vigil_encoder.dataplane import BatchColumns, Encoder
 from vigil_encoder.deps import EncoderDep, get_encoder
+from vigil_encoder.errors import EncoderNotReady
 from vigil_servicekit.deps import MetricsDep
 from vigil_servicekit.fast_lane import Defer, FastRoute, declared_route, json_body_or_defer
 from vigil_servicekit.json_body import OrjsonRoute
@@ -48,12 +49,23 @@ async def healthz() -> dict[str, str]:
 
 
 @service_router.get("/readyz", responses={503: _PROBLEMS[503]})
-async def readyz(encoder: EncoderDep) -> dict[str, Any]:
-    return await encoder.readiness()
+async def readyz(encoder: EncoderDep, metrics: MetricsDep) -> dict[str, Any]:
+    try:
+        report = await encoder.readiness()
+    except EncoderNotReady:
+        metrics.ready.set(0)
+        raise
+    metrics.ready.set(1)
+    return report
 
 
 @service_router.get("/metrics")
 async def prometheus_metrics(metrics: MetricsDep, encoder: EncoderDep) -> Response:
+    try:
+        await encoder.readiness()
+        metrics.ready.set(1)
+    except EncoderNotReady:
+        metrics.ready.set(0)
     await encoder.refresh_view_ages()
     return Response(metrics.render(), media_type=metrics.content_type)
 

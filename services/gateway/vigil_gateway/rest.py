@@ -376,6 +376,7 @@ async def readyz(request: Request, services: ServicesDep, settings: SettingsDep)
     report = await readiness(
         services.catalog, services.encoder, services.store, timeout=settings.readiness_timeout_s
     )
+    services.metrics.ready.set(1 if report["ready"] else 0)
     if not report["ready"]:
         failing = [name for name, check in report["checks"].items() if not check["ok"]]
         return problem_response(
@@ -400,10 +401,14 @@ async def readyz(request: Request, services: ServicesDep, settings: SettingsDep)
     "a key with the `admin` scope.",
 )
 async def prometheus_metrics(
-    request: Request, metrics: MetricsDep, settings: SettingsDep
+    request: Request, metrics: MetricsDep, settings: SettingsDep, services: ServicesDep
 ) -> Response:
     if settings.metrics_auth:
         caller_of(request, "admin")
+    report = await readiness(
+        services.catalog, services.encoder, services.store, timeout=settings.readiness_timeout_s
+    )
+    metrics.ready.set(1 if report["ready"] else 0)
     return Response(metrics.render(), media_type=metrics.content_type)
 
 

@@ -41,7 +41,8 @@ async def readyz(dataplane: DataPlaneDep) -> dict[str, Any]:
 
 
 @service_router.get("/metrics")
-async def prometheus_metrics(metrics: MetricsDep) -> Response:
+async def prometheus_metrics(metrics: MetricsDep, dataplane: DataPlaneDep) -> Response:
+    metrics.ready.set(1 if dataplane.ready() else 0)
     return Response(metrics.render(), media_type=metrics.content_type)
 
 

@@ -43,6 +43,8 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
     consumer: Consumer | None = request.app.state.consumer
+    ready = consumer is not None and consumer.running
+    request.app.state.metrics.ready.set(1 if ready else 0)
     if consumer is None or not consumer.running:
         detail = consumer.problem if consumer is not None else "starting"
         return JSONResponse({"ready": False, "detail": detail}, status_code=503)
@@ -52,6 +54,8 @@ async def readyz(request: Request) -> JSONResponse:
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
     m: StreamerMetrics = request.app.state.metrics
+    consumer: Consumer | None = request.app.state.consumer
+    m.ready.set(1 if consumer is not None and consumer.running else 0)
     return Response(m.render(), media_type=m.content_type)
 
 
