@@ -199,14 +199,19 @@ def _raw(rows: list[tuple]) -> pd.DataFrame:
     ).assign(event_timestamp=lambda f: pd.to_datetime(f["event_timestamp"], utc=True))
 
 
+def _fields(t: Transaction, request_id: str) -> dict[bytes, bytes]:
+    """The stream entry's fields of ``t``'s decision event, as the gateway writes them."""
+    eid, body = build_event(
+        (_answer(t, request_id), t, 0, request_id, _trace([t]), time.time(), "k1")
+    )
+    return {b"id": eid.encode(), b"v": b"1", b"event": body}
+
+
 def _publish(url: str, transactions: list[Transaction], request_id: str) -> None:
     client = redis.Redis.from_url(url)
     try:
         for t in transactions:
-            eid, body = build_event(
-                (_answer(t, request_id), t, 0, request_id, _trace([t]), time.time(), "k1")
-            )
-            client.xadd(STREAM_KEY, {"id": eid, "v": 1, "event": body})
+            client.xadd(STREAM_KEY, _fields(t, request_id))
     finally:
         client.close()
 
@@ -383,10 +388,8 @@ async def test_ties_the_cap_late_arrivals_and_a_first_sighting_match_the_batch_p
 
 
 def _entry(t: Transaction, request_id: str) -> tuple[bytes, dict[bytes, bytes]]:
-    eid, body = build_event(
-        (_answer(t, request_id), t, 0, request_id, _trace([t]), time.time(), "k1")
-    )
-    return b"0-1", {b"id": eid.encode(), b"v": b"1", b"event": body}
+    """A read entry of ``t``'s decision event, for ``Consumer.process``."""
+    return b"0-1", _fields(t, request_id)
 
 
 async def test_a_held_window_is_used_only_at_the_version_it_was_read_at(server):

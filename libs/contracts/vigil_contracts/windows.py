@@ -176,6 +176,11 @@ def first_seen_us(stored: Any) -> int | None:
     return None if seconds != seconds else round(seconds * 1_000_000)
 
 
+def _unknown_at(times: Sequence[int], t_us: int, first_us: int | None) -> bool:
+    """No stored event before ``t_us`` and first seen at or after it: unknown at ``t_us``."""
+    return first_us is not None and first_us >= t_us and (not times or times[0] >= t_us)
+
+
 def stored_features(view: str) -> dict[str, str]:
     """Everything a view stores, in order (name -> Feast type): its event or tile lists, then its
     scalars. Feast's schema, the offline table and the streamer's rows are this."""
@@ -397,8 +402,8 @@ class _EventPlan:
         ``events`` its lists by name: lists, or anything :func:`events_of` reads; ``first_us``
         its first sighting, when stored)."""
         hi = bisect_left(times, t_us)  # events strictly before t
-        if hi == 0 and first_us is not None and first_us >= t_us:
-            return [None] * len(self.features)  # first seen with or after t: unknown at t
+        if hi == 0 and _unknown_at(times, t_us, first_us):
+            return [None] * len(self.features)
         if hi == 0 or times[hi - 1] <= t_us - self.longest_us:
             return [*self.empty]  # no event in the longest window, so in none
         starts: list[int] = [-1] * self.windows
@@ -678,6 +683,13 @@ def transform_row(view: str, row: Mapping[str, Any]) -> dict[str, Any]:
     return window_row(view, events, t_us, outputs_only=True, first_us=first_us)
 
 
+def transform_reads(view: str) -> frozenset[str]:
+    """What the on-demand view of ``view``'s windows reads of a row: its stored lists, its first
+    sighting (an event view's) and the request's instant."""
+    first = (FIRST_SEEN[view],) if view in FIRST_SEEN else ()
+    return frozenset((*stored_lists(view), *first, REQUEST_FIELD))
+
+
 #: Results of a tiled view kept by :func:`transform_vector` (one per merchant and hour met).
 TILED_KEPT = 4096
 
@@ -748,16 +760,11 @@ def transform_columns(
     known = [i for i in range(n) if lists[first][i] is not None]
     if view in FIRST_SEEN and (seen := columns.get(FIRST_SEEN[view])) is not None:
         # No stored event before t and first seen at or after it: unknown at t (missing).
-        times_name = next(name for name, (of, _) in specs.items() if of == "us")
-        t_of = {i: request_us(float(t[i])) for i in known}
+        times = lists[_TIMES[view]]
         known = [
             i
             for i in known
-            if not (
-                (not lists[times_name][i] or lists[times_name][i][0] >= t_of[i])
-                and (first_us := first_seen_us(seen[i])) is not None
-                and first_us >= t_of[i]
-            )
+            if not _unknown_at(times[i], request_us(float(t[i])), first_seen_us(seen[i]))
         ]
     out: dict[str, list[Any]] = {name: [None] * n for name in names}
     if not known:

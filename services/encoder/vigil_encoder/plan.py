@@ -69,13 +69,7 @@ def _windows_impl(view: str) -> OnDemandImpl:
         lambda row: windows.transform_row(view, row),
         windows.view_outputs(view),
         vector=windows.transform_vector(view),
-        reads=frozenset(
-            (
-                *windows.stored_lists(view),
-                *([windows.FIRST_SEEN[view]] if view in windows.FIRST_SEEN else []),
-                windows.REQUEST_FIELD,
-            )
-        ),
+        reads=windows.transform_reads(view),
         stale_with_inputs=True,
     )
 

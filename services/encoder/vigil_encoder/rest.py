@@ -7,6 +7,7 @@ is plainly a JSON object; any other body is left to FastAPI, which decides as it
 
 from __future__ import annotations
 
+import contextlib
 from itertools import chain, repeat
 from typing import Annotated, Any
 
@@ -50,6 +51,19 @@ async def healthz() -> dict[str, str]:
 
 @service_router.get("/readyz", responses={503: _PROBLEMS[503]})
 async def readyz(encoder: EncoderDep, metrics: MetricsDep) -> dict[str, Any]:
+    return await _readiness(encoder, metrics)
+
+
+@service_router.get("/metrics")
+async def prometheus_metrics(metrics: MetricsDep, encoder: EncoderDep) -> Response:
+    with contextlib.suppress(EncoderNotReady):
+        await _readiness(encoder, metrics)
+    await encoder.refresh_view_ages()
+    return Response(metrics.render(), media_type=metrics.content_type)
+
+
+async def _readiness(encoder: Encoder, metrics: MetricsDep) -> dict[str, Any]:
+    """``encoder.readiness()``, its answer kept in the ``ready`` gauge."""
     try:
         report = await encoder.readiness()
     except EncoderNotReady:
@@ -57,17 +71,6 @@ async def readyz(encoder: EncoderDep, metrics: MetricsDep) -> dict[str, Any]:
         raise
     metrics.ready.set(1)
     return report
-
-
-@service_router.get("/metrics")
-async def prometheus_metrics(metrics: MetricsDep, encoder: EncoderDep) -> Response:
-    try:
-        await encoder.readiness()
-        metrics.ready.set(1)
-    except EncoderNotReady:
-        metrics.ready.set(0)
-    await encoder.refresh_view_ages()
-    return Response(metrics.render(), media_type=metrics.content_type)
 
 
 _STRING = frozenset({str})

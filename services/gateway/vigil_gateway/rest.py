@@ -31,10 +31,11 @@ from vigil_contracts.api import BatchRequest, BatchResponse, ScoreResponse, Tran
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE, Problem
 from vigil_gateway.authenticate import Caller, Forbidden, Unauthenticated
 from vigil_gateway.decisions import answer_json
-from vigil_gateway.deps import ScoringDep, ServicesDep, SettingsDep, services_of
+from vigil_gateway.deps import ScoringDep, Services, ServicesDep, SettingsDep, services_of
 from vigil_gateway.errors import GatewayError, NotReady
 from vigil_gateway.pipeline import ScoringPipeline
 from vigil_gateway.readiness import readiness
+from vigil_gateway.settings import GatewaySettings
 from vigil_servicekit.deps import MetricsDep, RequestIdDep
 from vigil_servicekit.fast_lane import Defer, FastRoute, declared_route, json_body_or_defer
 from vigil_servicekit.handlers import problem_response
@@ -373,10 +374,7 @@ async def healthz() -> dict[str, str]:
     responses=_problems(503),
 )
 async def readyz(request: Request, services: ServicesDep, settings: SettingsDep) -> Any:
-    report = await readiness(
-        services.catalog, services.encoder, services.store, timeout=settings.readiness_timeout_s
-    )
-    services.metrics.ready.set(1 if report["ready"] else 0)
+    report = await _readiness(services, settings)
     if not report["ready"]:
         failing = [name for name, check in report["checks"].items() if not check["ok"]]
         return problem_response(
@@ -405,11 +403,17 @@ async def prometheus_metrics(
 ) -> Response:
     if settings.metrics_auth:
         caller_of(request, "admin")
+    await _readiness(services, settings)
+    return Response(metrics.render(), media_type=metrics.content_type)
+
+
+async def _readiness(services: Services, settings: GatewaySettings) -> dict[str, Any]:
+    """The readiness report, its answer kept in the ``ready`` gauge."""
     report = await readiness(
         services.catalog, services.encoder, services.store, timeout=settings.readiness_timeout_s
     )
-    metrics.ready.set(1 if report["ready"] else 0)
-    return Response(metrics.render(), media_type=metrics.content_type)
+    services.metrics.ready.set(1 if report["ready"] else 0)
+    return report
 
 
 @lru_cache(maxsize=1)

@@ -43,9 +43,7 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
     consumer: Consumer | None = request.app.state.consumer
-    ready = consumer is not None and consumer.running
-    request.app.state.metrics.ready.set(1 if ready else 0)
-    if consumer is None or not consumer.running:
+    if not _consuming(request):
         detail = consumer.problem if consumer is not None else "starting"
         return JSONResponse({"ready": False, "detail": detail}, status_code=503)
     return JSONResponse({"ready": True})
@@ -54,9 +52,16 @@ async def readyz(request: Request) -> JSONResponse:
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
     m: StreamerMetrics = request.app.state.metrics
-    consumer: Consumer | None = request.app.state.consumer
-    m.ready.set(1 if consumer is not None and consumer.running else 0)
+    _consuming(request)
     return Response(m.render(), media_type=m.content_type)
+
+
+def _consuming(request: Request) -> bool:
+    """Whether the consumer runs (readiness), kept in the ``ready`` gauge."""
+    consumer: Consumer | None = request.app.state.consumer
+    ready = consumer is not None and consumer.running
+    request.app.state.metrics.ready.set(1 if ready else 0)
+    return ready
 
 
 def create_app(settings: StreamerSettings | None = None) -> FastAPI:

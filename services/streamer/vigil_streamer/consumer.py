@@ -80,13 +80,14 @@ _EUR_FEATURE = "request_features__txn_amount"
 # any was added, the version KEYS[2] moves by the caller's random `step` (so a version names one
 # state of the history, even after Redis is rolled back to a snapshot and the history moves on
 # anew) and what no row can read any more (older than the newest by the kept `span`) is trimmed,
-# the first sighting kept. Shared by both scripts below; each `redis.call` costs, so the newest
-# and the first are read once, not per transaction.
+# the first sighting kept, and both keys' expiry moves to `ttl` ms. `wanted`: some transaction
+# was not too late (the newest row is to be written). Shared by both scripts below; each
+# `redis.call` costs, so the newest and the first are read once, not per transaction.
 _ADD_ALL = """
-local function add_all(first_arg, stride, step)
+local function add_all(first_arg, stride, step, ttl)
   local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
   local top = newest[2] and tonumber(newest[2])
-  local statuses, added = {}, {}
+  local statuses, added, wanted = {}, {}, false
   for i = first_arg, #ARGV, stride do
     local member, t = ARGV[i], tonumber(ARGV[i + 1])
     local status = 1
@@ -99,6 +100,7 @@ local function add_all(first_arg, stride, step)
       if not top or t > top then top = t end
       added[#added + 1] = i
     end
+    if status ~= -1 then wanted = true end
     statuses[#statuses + 1] = status
   end
   local version
@@ -110,10 +112,12 @@ local function add_all(first_arg, stride, step)
       redis.call('ZREMRANGEBYSCORE', KEYS[1], '(' .. first[2],
         '(' .. string.format('%.0f', cutoff))
     end
+    redis.call('PEXPIRE', KEYS[1], ttl)
+    redis.call('PEXPIRE', KEYS[2], ttl)
   else
     version = tonumber(redis.call('GET', KEYS[2]) or '0')
   end
-  return statuses, added, version, top
+  return statuses, added, version, top, wanted
 end
 """
 # An event view's entity (card, device). KEYS[1] history, KEYS[2] version; ARGV: kept span
@@ -131,15 +135,7 @@ local step = tonumber(ARGV[6])
 """
     + _ADD_ALL
     + """
-local statuses, added, version, top = add_all(8, 2, step)
-if #added > 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  redis.call('PEXPIRE', KEYS[2], ARGV[3])
-end
-local wanted = false
-for _, status in ipairs(statuses) do
-  if status ~= -1 then wanted = true end
-end
+local statuses, added, version, top, wanted = add_all(8, 2, step, ARGV[3])
 if not wanted then return {statuses, version} end
 local before = version
 if #added > 0 then before = version - step end
@@ -164,7 +160,7 @@ local span, late, levels = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4
 """
     + _ADD_ALL
     + """
-local statuses, added, version, top = add_all(6, 5 + levels, tonumber(ARGV[5]))
+local statuses, added, version, top, wanted = add_all(6, 5 + levels, tonumber(ARGV[5]), ARGV[3])
 for _, i in ipairs(added) do
   for j = 1, levels do
     local tile = (j - 1) .. ':' .. ARGV[i + 1 + j] .. ':'
@@ -174,13 +170,7 @@ for _, i in ipairs(added) do
     redis.call('HINCRBY', KEYS[3], tile .. '3', ARGV[i + 4 + levels])
   end
 end
-if #added > 0 then
-  for k = 1, 3 do redis.call('PEXPIRE', KEYS[k], ARGV[3]) end
-end
-local wanted = false
-for _, status in ipairs(statuses) do
-  if status ~= -1 then wanted = true end
-end
+if #added > 0 then redis.call('PEXPIRE', KEYS[3], ARGV[3]) end
 if not wanted then return {statuses, version} end
 return {statuses, version, string.format('%.0f', top), redis.call('HGETALL', KEYS[3])}
 """
@@ -495,23 +485,21 @@ class Consumer:
                             "allowed_lateness_s": s.allowed_lateness_s,
                         },
                     )
-            if len(reply) > 2 and join_key in TILED:
-                row, unread[(join_key, value)] = tiled_row(join_key, int(reply[2]), reply[3])
-                rows[(join_key, value)] = row
-                versions[(join_key, value)] = int(reply[1])
+            key, version = (join_key, value), int(reply[1])
+            if len(reply) == 2:  # every transaction too late: no row to write
+                if join_key not in TILED:
+                    self.windows.still(key, version)
+                continue
+            versions[key] = version
+            if join_key in TILED:
+                rows[key], unread[key] = tiled_row(join_key, int(reply[2]), reply[3])
             elif len(reply) == 3:  # "=": the window held, with what was added
                 new = [m for (_, m, _), status in zip(items, reply[0], strict=True) if status == 1]
-                rows[(join_key, value)] = self.windows.extend((join_key, value), int(reply[1]), new)
+                rows[key] = self.windows.extend(key, version, new)
                 self.metrics.windows.labels("held").inc()
-                versions[(join_key, value)] = int(reply[1])
-            elif len(reply) > 2:
-                rows[(join_key, value)] = self.windows.read(
-                    (join_key, value), int(reply[1]), reply[2], reply[3]
-                )
+            else:
+                rows[key] = self.windows.read(key, version, reply[2], reply[3])
                 self.metrics.windows.labels("read").inc()
-                versions[(join_key, value)] = int(reply[1])
-            elif join_key not in TILED:
-                self.windows.still((join_key, value), int(reply[1]))
         self.windows.settle()
         if not rows:
             return {}, added
