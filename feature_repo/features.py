@@ -124,7 +124,7 @@ fx_rates = FeatureView(
     entities=[currency],
     # Rates are daily: a table not refreshed for a week makes amounts stale, not silently old.
     ttl=timedelta(days=7),
-    schema=[Field(name="eur_per_unit", dtype=Float64)],
+    schema=[Field(name=n, dtype=_FEAST_TYPES[t]) for n, t in rf.FX_RATES["fx_rates"].items()],
     source=_source("fx_rates"),
     online=True,
     description="The dated FX table: EUR (the base currency) per unit of a currency, one rate a day.",

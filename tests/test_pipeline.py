@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vigil import pipeline
+from vigil import fx, pipeline
 from vigil.fx import FX_FILE, fx_table, write_fx_table
 from vigil.pipeline import FEATURE_TABLES, compute_feature_tables, write_feature_tables
-from vigil_contracts import windows
+from vigil_contracts import request_features, windows
 from vigil_contracts.local_time import local_hour
 
 REPO = Path(__file__).resolve().parents[1]
@@ -482,7 +482,13 @@ def test_feature_tables_match_feature_views() -> None:
     type_name = {Int64: "Int64", Float64: "Float64", String: "String"}
     type_name |= {Array(t): f"Array({n})" for t, n in list(type_name.items())}
     views = load_feature_views()
-    assert tuple(f.name for f in views.pop("fx_rates").features) == ("eur_per_unit",)
+    # The FX table: Feast's schema is generated from its declaration, the file's checked here.
+    declared = request_features.FX_RATES["fx_rates"]
+    fx_view = views.pop("fx_rates")
+    assert {f.name: type_name[f.dtype] for f in fx_view.features} == declared
+    arrow_name = {pa.float64(): "Float64", pa.int64(): "Int64", pa.string(): "String"}
+    stored = {f.name: f.type for f in fx.SCHEMA if f.name not in ("currency", "event_timestamp")}
+    assert {n: arrow_name[t] for n, t in stored.items()} == declared
     for name, view in views.items():
         assert tuple(f.name for f in view.features) == FEATURE_TABLES[name]
         assert view.entities == [KEYS[name].removesuffix("_id")]

@@ -24,6 +24,7 @@ from vigil.replay import compare_rows, expected_rows, online_rows
 from vigil.stream_seed import seed_histories
 from vigil_contracts.api import ScoreResponse, Transaction
 from vigil_contracts.decision_events import STREAM_KEY, DecisionEvent
+from vigil_contracts.online_markers import marker_key
 from vigil_gateway.context import DecisionTrace
 from vigil_gateway.encoder_client import EncodedVector, EncodedVectors
 from vigil_gateway.events import EventSpool, build_event
@@ -553,6 +554,50 @@ async def test_a_newer_stored_row_is_never_overwritten(server):
     assert online_rows(client, "vigil", [("card_id", "c1")])[("card_id", "c1")][
         "card_event_us"
     ] == [2]
+    client.close()
+
+
+async def test_scripts_redis_lost_are_loaded_again_and_the_batch_applied(server):
+    """The consumer calls its scripts by SHA in its pipelines (no SCRIPT EXISTS round trip
+    before each): on its first batch, and after Redis lost them while it ran (SCRIPT FLUSH, as
+    a restart does), it loads them and applies the batch: rows equal to the batch pipeline's,
+    every event applied once, no error, and the views' markers moved with the rows."""
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    history = [
+        _transaction(100 + i, base - timedelta(hours=5 - i), merchant="m1") for i in range(4)
+    ]
+    client = redis.Redis.from_url(server.url)
+    seed_histories(client, _raw(_as_raw(history)), None, base)
+    marker = marker_key("vigil", "card_stats")
+    client.hset(marker, mapping={"end": (base - timedelta(days=1)).isoformat(), "rows": "1"})
+    client.script_flush()
+    first = [_transaction(i, base + timedelta(minutes=i), device="d2") for i in range(3)]
+    second = [_transaction(10 + i, base + timedelta(minutes=10 + i)) for i in range(3)]
+    metrics = StreamerMetrics()
+    aclient = aioredis.Redis.from_url(server.url)
+    consumer = Consumer(aclient, _settings(server.url), metrics)
+    task = asyncio.create_task(consumer.run())
+
+    def applied() -> float:
+        return metrics.events.labels("applied")._value.get()
+
+    try:
+        _publish(server.url, first, "r1")
+        await _until(lambda: applied() == 3)
+        client.script_flush()
+        _publish(server.url, second, "r1")
+        await _until(lambda: applied() == 6)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await aclient.aclose()
+    assert metrics.errors._value.get() == 0
+    assert metrics.events.labels("duplicate")._value.get() == 0
+    targets = [("card_id", "c1"), ("merchant_id", "m1"), ("device_id", "d1"), ("device_id", "d2")]
+    _check_rows(server.url, _raw(_as_raw(history + first + second)), targets)
+    end = datetime.fromisoformat(client.hget(marker, "end").decode())
+    assert end == second[-1].timestamp + timedelta(microseconds=1)
     client.close()
 
 

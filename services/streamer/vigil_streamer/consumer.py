@@ -33,7 +33,9 @@ from typing import Any
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.asyncio.client import Pipeline
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from vigil_contracts.decision_events import (
     FIELD_EVENT,
@@ -227,6 +229,14 @@ def t_us(ts: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+def _queue(pipe: Pipeline, script: AsyncScript, keys: list[Any], args: list[Any]) -> None:
+    """Queue ``script`` on ``pipe`` by its SHA. redis-py's pipeline asks Redis whether its
+    scripts exist (``SCRIPT EXISTS``, a round trip) before every execute that holds one: three
+    extra round trips a batch, most of a small batch's cost. The consumer loads its scripts when
+    Redis answers NOSCRIPT instead (``Consumer.process``)."""
+    pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+
 def _iso(t: int) -> str:
     return (
         datetime.fromtimestamp(t // 1_000_000, UTC).replace(microsecond=t % 1_000_000).isoformat()
@@ -242,6 +252,7 @@ class Consumer:
         self._add_tiles = client.register_script(_ADD_TILES)
         self._write = client.register_script(feast_layout.WRITE_NEWER)
         self._mark = client.register_script(_MARK)
+        self._scripts = (self._add, self._add_tiles, self._write, self._mark)
         self._rates: dict[str, float] = {}
         self.windows = Windows(settings.window_cache_events)
         self.lateness_us = int(settings.allowed_lateness_s * 1_000_000)
@@ -369,7 +380,15 @@ class Consumer:
                 records.append((event, await self._record(event)))
             except Malformed as exc:
                 dead.append((entry_id, {b"id": event.event_id.encode()}, str(exc)))
-        latest, added = await self._apply(records)
+        try:
+            latest, added = await self._apply(records)
+        except NoScriptError:
+            # Redis lost its scripts (a restart, SCRIPT FLUSH) or never had them (this
+            # consumer's first batch): load them and apply again. A history holds a transaction
+            # once and a row is written newer-wins, so what a first try did changes nothing.
+            for script in self._scripts:
+                await self.client.script_load(script.script)
+            latest, added = await self._apply(records)
         pipe = self.client.pipeline(transaction=False)
         for entry_id, fields, reason in dead:
             source = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
@@ -457,13 +476,13 @@ class Consumer:
                 for _, member, when in items:
                     args += [member, when, *tile_args(join_key, member, when)]
                 keys.append(tiles_key(join_key, value))
-                await self._add_tiles(keys=keys, args=args, client=pipe)
+                _queue(pipe, self._add_tiles, keys, args)
                 continue
             args = [span, self.lateness_us, self.ttl_ms, WINDOW_US[join_key], CAP[join_key]]
             args += [_step(), self.windows.version((join_key, value))]
             for _, member, when in items:
                 args += [member, when]
-            await self._add(keys=keys, args=args, client=pipe)
+            _queue(pipe, self._add, keys, args)
         replies = await pipe.execute()
         rows: dict[tuple[str, str], Row] = {}
         versions: dict[tuple[str, str], int] = {}
@@ -505,38 +524,28 @@ class Consumer:
             return {}, added
         write = self.client.pipeline(transaction=False)
         order: list[tuple[str, str]] = []
+        newest: dict[str, int] = {}
         for (join_key, value), (stamp, features) in rows.items():
             view = KINDS[join_key]
-            await self._write(
-                keys=[
-                    feast_layout.redis_key(join_key, value, s.project),
-                    written_key(join_key, value),
-                ],
-                args=feast_layout.row_args(
-                    view,
-                    features,
-                    DTYPES,
-                    stamp,
-                    versions[(join_key, value)],
-                    self.ttl_ms,
-                ),
-                client=write,
+            row_keys: list[Any] = [
+                feast_layout.redis_key(join_key, value, s.project),
+                written_key(join_key, value),
+            ]
+            args = feast_layout.row_args(
+                view, features, DTYPES, stamp, versions[(join_key, value)], self.ttl_ms
             )
+            _queue(write, self._write, row_keys, args)
             order.append((join_key, value))
+            newest[view] = max(newest.get(view, 0), stamp)
         for (join_key, value), fields in unread.items():
             if fields:
                 write.hdel(tiles_key(join_key, value), *fields)  # type: ignore[arg-type]
-        outcomes = (await write.execute())[: len(order)]
-        newest: dict[str, int] = {}
-        for (join_key, _), (stamp, _), written in zip(order, rows.values(), outcomes, strict=True):
-            view = KINDS[join_key]
-            self.metrics.rows.labels(view, "written" if written else "older").inc()
-            newest[view] = max(newest.get(view, 0), stamp)
+        # The views' markers move in the same pipeline, after the rows (Redis runs a pipeline's
+        # commands in order; a failed write fails the batch, which is applied again).
         now = datetime.now(UTC).isoformat()
-        marks = self.client.pipeline(transaction=False)
         for view, stamp in newest.items():
-            await self._mark(
-                keys=[marker_key(s.project, view)], args=[_iso(stamp), now], client=marks
-            )
-        await marks.execute()
+            _queue(write, self._mark, [marker_key(s.project, view)], [_iso(stamp), now])
+        outcomes = (await write.execute())[: len(order)]
+        for (join_key, _), written in zip(order, outcomes, strict=True):
+            self.metrics.rows.labels(KINDS[join_key], "written" if written else "older").inc()
         return {event.event_id: 1 for event, _ in records if event.event_id not in late}, added
