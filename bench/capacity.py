@@ -292,8 +292,9 @@ def _decision_bytes(client: Any) -> int:
 
 def _event_bytes(client: Any, repo: Path) -> tuple[int, int]:
     """(JSON bytes, bytes per stream entry) of a decision event as the gateway appends it: a
-    flagged decision with three reasons and the served feature service's whole vector (its names
-    from the world's serving spec); the entry's size is ``MEMORY USAGE`` of a stream of
+    flagged decision with three reasons and the served feature service's whole vector (as many
+    values as the world's serving spec has features; their names are the contract's, not in the
+    event); the entry's size is ``MEMORY USAGE`` of a stream of
     :data:`EVENT_SAMPLE` such entries, divided by their number."""
     import orjson
 
@@ -344,7 +345,6 @@ def _event_bytes(client: Any, repo: Path) -> tuple[int, int]:
             "features": {
                 "feature_service": "fraud_model_v1",
                 "feature_contract": "sha256:" + "0" * 64,
-                "names": names,
                 "values": [1234.5678901 + k for k in range(len(names))],
                 "missing": [False] * len(names),
                 "stale": [False] * len(names),
@@ -611,7 +611,8 @@ def render(m: dict[str, Any]) -> str:
         + ", ".join(f"{s} {lines[s]:.0f} B" for s in SERVICES)
         + "). A batch of 100 is one request "
         "to each service. A decision event (a flagged decision with three reasons and the whole "
-        f"feature vector, names included) is {event:,} B of JSON and takes {entry:,} B of Redis "
+        "feature vector, its names given by its feature contract, registered once beside the "
+        f"stream) is {event:,} B of JSON and takes {entry:,} B of Redis "
         "memory in the stream (`MEMORY USAGE` of a stream of "
         f"{EVENT_SAMPLE:,} of them). The gateway trims the stream to about "
         f"`GATEWAY_EVENTS_STREAM_MAXLEN` entries (default {EVENTS_MAXLEN:,}: "

@@ -29,7 +29,7 @@ from vigil.redis_server import RedisServer
 from vigil.replay import compare_rows, expected_rows, online_rows, transaction_body
 from vigil.stream_seed import seed_histories
 from vigil.world import WorldConfig, generate_world
-from vigil_contracts.decision_events import STREAM_KEY
+from vigil_contracts.decision_events import SCHEMA_VERSION, STREAM_KEY
 from vigil_streamer.consumer import Consumer
 from vigil_streamer.metrics import StreamerMetrics
 from vigil_streamer.settings import StreamerSettings
@@ -44,7 +44,7 @@ def _event(row: pd.Series, i: int) -> tuple[str, bytes]:
     txn = transaction_body(row)
     eid = f"{row.transaction_id}\x1fdrain{i}"
     event = {
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "event_id": eid,
         "request_id": f"drain{i}",
         "transaction": txn,
@@ -124,7 +124,7 @@ def main() -> None:
             pipe = sync.pipeline(transaction=False)
             for i, row in enumerate(live.itertuples(index=False)):
                 eid, body = _event(row, i)  # type: ignore[arg-type]
-                pipe.xadd(STREAM_KEY, {"id": eid, "v": 1, "event": body})
+                pipe.xadd(STREAM_KEY, {"id": eid, "v": SCHEMA_VERSION, "event": body})
             pipe.execute()
             settings = StreamerSettings(
                 redis_url=server.url,

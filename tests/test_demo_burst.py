@@ -26,7 +26,13 @@ from vigil.redis_server import RedisServer, free_port
 from vigil.runner import LocalStack
 from vigil.scenarios import build_scenarios
 from vigil.stream_seed import seed_histories
-from vigil_contracts.decision_events import FIELD_EVENT, STREAM_KEY, DecisionEvent
+from vigil_contracts.decision_events import (
+    CONTRACTS_KEY,
+    FIELD_EVENT,
+    STREAM_KEY,
+    DecisionEvent,
+    contract_names,
+)
 from vigil_contracts.feature_contract import short_name
 
 pytestmark = pytest.mark.e2e
@@ -239,7 +245,14 @@ def _vectors(store, transaction_id: str, n: int) -> list[dict]:
         time.sleep(0.05)
     assert len(mine) == n, f"{len(mine)} decision events of {transaction_id}, not {n}"
     return [
-        {short_name(k): v for k, v in zip(e.features.names, e.features.values, strict=True)}
+        {short_name(k): v for k, v in zip(_names(store, e), e.features.values, strict=True)}
         for e in mine
         if e.features is not None
     ]
+
+
+def _names(store, event: DecisionEvent) -> list[str]:
+    """The names of an event's features: its contract's, registered beside the stream."""
+    assert event.features is not None and event.features.names is None
+    contract = event.features.feature_contract
+    return contract_names(contract, store.hget(CONTRACTS_KEY, contract))

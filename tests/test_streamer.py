@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import subprocess
 import sys
 import time
@@ -23,7 +24,14 @@ from vigil.redis_server import RedisServer
 from vigil.replay import compare_rows, expected_rows, online_rows
 from vigil.stream_seed import seed_histories
 from vigil_contracts.api import ScoreResponse, Transaction
-from vigil_contracts.decision_events import STREAM_KEY, DecisionEvent
+from vigil_contracts.decision_events import (
+    CONTRACTS_KEY,
+    SCHEMA_VERSION,
+    STREAM_KEY,
+    DecisionEvent,
+    contract_names,
+)
+from vigil_contracts.feature_contract import feature_contract_hash
 from vigil_contracts.online_markers import marker_key
 from vigil_gateway.context import DecisionTrace
 from vigil_gateway.encoder_client import EncodedVector, EncodedVectors
@@ -79,15 +87,23 @@ def _answer(t: Transaction, request_id: str = "r1") -> ScoreResponse:
     )
 
 
+_NAMES = ["card_stats__card_txn_count_1h", "request_features__txn_amount"]
+
+
+def _register_names(client: redis.Redis) -> None:
+    """Register the test vectors' feature names beside the stream, as the gateway does."""
+    client.hset(CONTRACTS_KEY, feature_contract_hash(_NAMES), json.dumps(_NAMES))
+
+
 def _trace(transactions: list[Transaction]) -> DecisionTrace:
-    names = ["card_stats__card_txn_count_1h", "request_features__txn_amount"]
+    names = _NAMES
     rows = [
         EncodedVector([1.0, t.amount], [False, False], [False, False], [3.0, 0.0])
         for t in transactions
     ]
     trace = DecisionTrace(
         started=time.perf_counter(),
-        encoded=EncodedVectors("svc", names, "h", rows),
+        encoded=EncodedVectors("svc", names, feature_contract_hash(names), rows),
         encode_ms=1.0,
         predict_ms=1.0,
     )
@@ -110,6 +126,14 @@ def _spool(url: str, metrics: GatewayMetrics, **kw) -> EventSpool:
 
 def _count(metrics: GatewayMetrics, outcome: str) -> float:
     return metrics.events.labels(outcome)._value.get()
+
+
+def _registered(url: str, contract: str) -> list[str]:
+    client = redis.Redis.from_url(url)
+    try:
+        return contract_names(contract, client.hget(CONTRACTS_KEY, contract))
+    finally:
+        client.close()
 
 
 def _entries(url: str) -> list[DecisionEvent]:
@@ -139,9 +163,13 @@ async def test_events_reach_the_stream_once_across_an_outage(server):
     spool.put([_answer(t) for t in txns], txns, _trace(txns), "r1", "k1")
     await _until(lambda: len(_entries(server.url)) == 3)
     event = _entries(server.url)[0]
-    assert event.schema_version == 1 and event.event_id == "t0\x1fr1" and event.request_id == "r1"
+    assert event.schema_version == 2 and event.event_id == "t0\x1fr1" and event.request_id == "r1"
     assert event.entities == {"card_id": "c1", "merchant_id": "m1", "device_id": "d1"}
     assert event.features is not None and event.features.values == [1.0, 10.0]
+    # The names are not in the event but registered beside the stream, under the contract.
+    assert event.features.names is None
+    names = _NAMES
+    assert _registered(server.url, event.features.feature_contract) == names
     assert event.features.missing == [False, False] and event.label == "not_fraud"
 
     server.stop()  # Redis away: events wait in the spool
@@ -154,6 +182,8 @@ async def test_events_reach_the_stream_once_across_an_outage(server):
     assert sorted(e.transaction.transaction_id for e in _entries(server.url)) == [
         f"t1{i}" for i in range(5)
     ]
+    # Redis lost the contract's names with the rest: the spool found out and sent them again.
+    assert _registered(server.url, event.features.feature_contract) == names
 
     # A batch whose reply was lost is sent again: nothing is added twice.
     spool.put([_answer(t, "r2") for t in more], more, _trace(more), "r2", "k1")
@@ -205,14 +235,25 @@ def _fields(t: Transaction, request_id: str) -> dict[bytes, bytes]:
     eid, body = build_event(
         (_answer(t, request_id), t, 0, request_id, _trace([t]), time.time(), "k1")
     )
-    return {b"id": eid.encode(), b"v": b"1", b"event": body}
+    return {b"id": eid.encode(), b"v": str(SCHEMA_VERSION).encode(), b"event": body}
 
 
-def _publish(url: str, transactions: list[Transaction], request_id: str) -> None:
+def _publish(url: str, transactions: list[Transaction], request_id: str, version: int = 2) -> None:
+    """Append the decision events of ``transactions``, as the gateway writes them (version 2:
+    the feature names registered beside the stream), or as version 1 wrote them (names in each
+    event)."""
     client = redis.Redis.from_url(url)
     try:
         for t in transactions:
-            client.xadd(STREAM_KEY, _fields(t, request_id))
+            fields = _fields(t, request_id)
+            if version == 1:
+                event = json.loads(fields[b"event"])
+                event["schema_version"] = 1
+                event["features"]["names"] = _NAMES
+                fields = {**fields, b"v": b"1", b"event": json.dumps(event).encode()}
+            else:
+                _register_names(client)
+            client.xadd(STREAM_KEY, fields)
     finally:
         client.close()
 
@@ -292,8 +333,9 @@ async def test_the_streamer_keeps_rows_equal_to_the_batch_pipeline(server):
         )
         for i in range(12)
     ]
-    # Out of order within the lateness: the second half first.
-    _publish(server.url, live[6:] + live[:6], "r1")
+    # Out of order within the lateness: the second half first, written by a version-1 gateway.
+    _publish(server.url, live[6:], "r1", version=1)
+    _publish(server.url, live[:6], "r1")
     _publish(server.url, live[:3], "r1")  # redelivered event ids
     _publish(server.url, live[3:5], "r2")  # the same transactions decided again (a rescore)
     client.xadd(STREAM_KEY, {"id": "junk", "v": 1, "event": b"{not json"})
@@ -410,6 +452,7 @@ async def test_a_held_window_is_used_only_at_the_version_it_was_read_at(server):
     ]
     client = redis.Redis.from_url(server.url)
     seed_histories(client, _raw(_as_raw(history)), None, base)
+    _register_names(client)
     keys = [
         k(join_key, value)
         for join_key, value in (("card_id", "c1"), ("device_id", "d1"))

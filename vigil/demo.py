@@ -24,7 +24,13 @@ from vigil import feast_repo, materialization
 from vigil.fx import FX_FILE, read_fx_table
 from vigil.redis_server import RedisServer, RedisUnavailable, find_redis_server
 from vigil.scenarios import Scenario
-from vigil_contracts.decision_events import FIELD_EVENT, STREAM_KEY, DecisionEvent
+from vigil_contracts.decision_events import (
+    CONTRACTS_KEY,
+    FIELD_EVENT,
+    STREAM_KEY,
+    DecisionEvent,
+    contract_names,
+)
 from vigil_contracts.feature_contract import short_name
 
 
@@ -245,7 +251,10 @@ def decision_features(
         event = DecisionEvent.model_validate_json(fields[FIELD_EVENT.encode()])
         if event.transaction.transaction_id == txn["transaction_id"] and event.features:
             f = event.features
-            return {short_name(n): v for n, v in zip(f.names, f.values, strict=True)}
+            names = f.names or contract_names(
+                f.feature_contract, store.hget(CONTRACTS_KEY, f.feature_contract)
+            )
+            return {short_name(n): v for n, v in zip(names, f.values, strict=True)}
     return {}
 
 

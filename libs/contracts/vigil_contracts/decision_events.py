@@ -6,24 +6,47 @@ next) reads this one shape. An entry of the stream has three fields: ``id`` (the
 the transaction id and the request id that decided it (a batch decides many transactions under
 one request id; a rescore is a new request): a consumer that has seen an id has seen the event.
 
-Version 1. A consumer refuses (dead-letters) an entry of a version it does not know. Fields
-added to version 1 later are optional (``key_id``, ``safeguards``), so consumers read events
-written before them alike.
+Version 2: the vector's feature names are not in each event but in one hash beside the stream
+(:data:`CONTRACTS_KEY`: feature contract -> its names), written by the gateway in the same call
+that appends the first event of a contract (and again whenever Redis lost it), so a consumer that
+reads an event finds its names there (:func:`contract_names`). The names were a third of an
+event. Version 1 (events written before) carries them in the event; consumers read both
+(:data:`READABLE_VERSIONS`) and refuse (dead-letter) an entry of a version they do not know.
+Fields added to a version later are optional (``key_id``, ``safeguards``), so consumers read
+events written before them alike.
 """
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 1
+from vigil_contracts.feature_contract import feature_contract_hash
+
+SCHEMA_VERSION = 2
+#: The versions a consumer reads (what differs: :class:`EventFeatures`' ``names``).
+READABLE_VERSIONS = frozenset({1, 2})
+#: Feature contract (``sha256:...``) -> the JSON list of its feature names, in model order.
+CONTRACTS_KEY = "vigil:feature-contracts"
 #: Default stream key (``GATEWAY_EVENTS_STREAM`` / ``STREAMER_STREAM``).
 STREAM_KEY = "vigil:decisions"
 #: Default dead-letter stream of the streamer (``STREAMER_DEAD_LETTER_STREAM``).
 DEAD_LETTER_KEY = "vigil:decisions:dead"
 #: Fields of one stream entry.
 FIELD_ID, FIELD_VERSION, FIELD_EVENT = "id", "v", "event"
+
+
+def contract_names(contract: str, stored: bytes | str | None) -> list[str]:
+    """The feature names of ``contract`` from its entry in :data:`CONTRACTS_KEY` (``HGET``);
+    ``ValueError`` when it has none or the names are not the contract's (their hash differs)."""
+    if stored is None:
+        raise ValueError(f"feature contract {contract} is not registered in {CONTRACTS_KEY}")
+    names = json.loads(stored)
+    if feature_contract_hash(names) != contract:
+        raise ValueError(f"the names registered for feature contract {contract} are not its")
+    return [str(name) for name in names]
 
 
 def event_id(transaction_id: str, request_id: str) -> str:
@@ -49,12 +72,16 @@ class EventTransaction(BaseModel):
 
 
 class EventFeatures(BaseModel):
-    """The vector the model saw (or would have): names in model order, values (None =
-    missing), missing and stale flags. Absent when the encoder gave no vector."""
+    """The vector the model saw (or would have): values in the order of its feature contract's
+    names (None = missing), missing and stale flags. Absent when the encoder gave no vector."""
 
     feature_service: str
     feature_contract: str
-    names: list[str]
+    names: list[str] | None = Field(
+        default=None,
+        description="Version 1 only. Version 2 names the features by feature_contract: "
+        "see CONTRACTS_KEY and contract_names.",
+    )
     values: list[float | None]
     missing: list[bool]
     stale: list[bool]

@@ -4,7 +4,10 @@ The record stage hands each fresh decision to :meth:`EventSpool.put`, which only
 tuple to a bounded in-memory spool (no serialisation, no I/O on the request's path). One task,
 :meth:`EventSpool.run`, takes what is spooled, builds the events (``vigil_contracts.
 decision_events``) and sends them in batches, one Lua call per batch: for each event, ``SET
-NX`` of its id (kept ``events_dedupe_ttl_s``) and, if it was new, ``XADD``. A batch whose reply
+NX`` of its id (kept ``events_dedupe_ttl_s``) and, if it was new, ``XADD``. An event names its
+features by their contract; the same call registers a contract's names (``CONTRACTS_KEY``)
+the first time this process sends it, and otherwise checks that Redis still has them: if not
+(Redis lost them), it adds nothing and the batch is sent again with the names. A batch whose reply
 was lost (a hung Redis, a timeout) is sent again and adds nothing twice, so every decision
 reaches the stream once. While Redis is away the events wait in the spool and are retried with a
 growing pause (at most 1 s); a full spool drops the new event (counted, logged). At a graceful
@@ -29,6 +32,7 @@ from redis.exceptions import RedisError
 
 from vigil_contracts.api import ScoreResponse, Transaction
 from vigil_contracts.decision_events import (
+    CONTRACTS_KEY,
     SCHEMA_VERSION,
     event_id,
 )
@@ -37,12 +41,27 @@ from vigil_gateway.metrics import GatewayMetrics
 
 logger = logging.getLogger(__name__)
 
-# KEYS[1] the stream; ARGV: maxlen, dedupe ttl (ms), then (id, version, event) per event; the
-# entry fields are the contract's FIELD_ID, FIELD_VERSION, FIELD_EVENT.
-# Returns how many were added (the others were already there).
+# KEYS[1] the stream, KEYS[2] the feature contracts' names; ARGV: maxlen, dedupe ttl (ms), the
+# number n of the batch's feature contracts, n (contract, names JSON or "") pairs, then (id,
+# version, event) per event; the entry fields are the contract's FIELD_ID, FIELD_VERSION,
+# FIELD_EVENT. A contract sent with its names is registered; one sent without must be there.
+# Returns how many were added (the others were already there), or, adding nothing, the
+# contracts that were not registered.
 _APPEND = """
+local n = tonumber(ARGV[3])
+local unknown = {}
+for i = 4, 3 + 2 * n, 2 do
+  if ARGV[i + 1] ~= '' then
+    redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1])
+  elseif redis.call('HEXISTS', KEYS[2], ARGV[i]) == 0 then
+    unknown[#unknown + 1] = ARGV[i]
+  end
+end
+if #unknown > 0 then
+  return unknown
+end
 local added = 0
-for i = 3, #ARGV, 3 do
+for i = 4 + 2 * n, #ARGV, 3 do
   if redis.call('SET', 'vigil:decision-event:' .. ARGV[i], '1', 'NX', 'PX', ARGV[2]) then
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
                'id', ARGV[i], 'v', ARGV[i + 1], 'event', ARGV[i + 2])
@@ -66,7 +85,6 @@ def _vector(trace: DecisionTrace, row: int | None) -> dict[str, Any] | None:
     return {
         "feature_service": encoded.feature_service,
         "feature_contract": encoded.feature_contract,
-        "names": encoded.feature_names,
         "values": vector.values,
         "missing": [bool(m) for m in vector.missing],
         "stale": [bool(s) for s in vector.stale],
@@ -137,6 +155,8 @@ class EventSpool:
         self._append = client.register_script(_APPEND)
         self._full_since: float | None = None
         self._closed = False
+        self._registered: set[str] = set()
+        """Feature contracts this process registered (sent without their names after)."""
 
     def __len__(self) -> int:
         return len(self._spool)
@@ -201,7 +221,15 @@ class EventSpool:
         """Send up to ``batch_max`` spooled events; False when Redis could not take them (they
         stay spooled, in order)."""
         batch = [self._spool[i] for i in range(min(self.batch_max, len(self._spool)))]
-        args: list[Any] = [self.maxlen, self.dedupe_ms]
+        contracts: dict[str, list[str]] = {}
+        for item in batch:
+            encoded = item[4].encoded
+            if encoded is not None and item[2] is not None:
+                contracts[encoded.feature_contract] = encoded.feature_names
+        args: list[Any] = [self.maxlen, self.dedupe_ms, len(contracts)]
+        for contract, names in contracts.items():
+            known = contract in self._registered
+            args += [contract, b"" if known else orjson.dumps(names)]
         for item in batch:
             try:
                 eid, body = build_event(item)
@@ -214,7 +242,13 @@ class EventSpool:
                 continue
             args += [eid, SCHEMA_VERSION, body]
         try:
-            added = int(await self._append(keys=[self.stream], args=args))
+            reply = await self._append(keys=[self.stream, CONTRACTS_KEY], args=args)
+            if isinstance(reply, list):  # Redis lost them: send the names again
+                self._registered.difference_update(
+                    c.decode() if isinstance(c, bytes) else c for c in reply
+                )
+                return await self._send_some()
+            added = int(reply)
         except (RedisError, OSError) as exc:
             self.metrics.events_send_errors.inc()
             logger.warning(
@@ -222,6 +256,7 @@ class EventSpool:
                 extra={"spooled": len(self._spool), "error": f"{type(exc).__name__}: {exc}"},
             )
             return False
+        self._registered.update(contracts)
         for _ in batch:
             self._spool.popleft()
         self.metrics.events.labels("sent").inc(added)

@@ -38,10 +38,13 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from vigil_contracts.decision_events import (
+    CONTRACTS_KEY,
     FIELD_EVENT,
     FIELD_VERSION,
-    SCHEMA_VERSION,
+    READABLE_VERSIONS,
     DecisionEvent,
+    EventFeatures,
+    contract_names,
 )
 from vigil_contracts.entity_history import (
     FX_KEY,
@@ -203,7 +206,7 @@ def parse(fields: dict[bytes, bytes]) -> DecisionEvent:
         raise Malformed(
             f"not a decision event: fields {sorted(k.decode(errors='replace') for k in fields)}"
         )
-    if version != str(SCHEMA_VERSION).encode():
+    if version not in _READABLE:
         raise Malformed(f"unknown schema version {version.decode(errors='replace')!r}")
     try:
         event = DecisionEvent.model_validate_json(fields[FIELD_EVENT.encode()])
@@ -214,6 +217,9 @@ def parse(fields: dict[bytes, bytes]) -> DecisionEvent:
     if event.transaction.timestamp.tzinfo is None:
         raise Malformed("transaction.timestamp has no UTC offset")
     return event
+
+
+_READABLE = frozenset(str(v).encode() for v in READABLE_VERSIONS)
 
 
 def _step() -> int:
@@ -254,6 +260,7 @@ class Consumer:
         self._mark = client.register_script(_MARK)
         self._scripts = (self._add, self._add_tiles, self._write, self._mark)
         self._rates: dict[str, float] = {}
+        self._contracts: dict[str, list[str]] = {}
         self.windows = Windows(settings.window_cache_events)
         self.lateness_us = int(settings.allowed_lateness_s * 1_000_000)
         self.ttl_ms = settings.history_ttl_s * 1000
@@ -441,12 +448,28 @@ class Consumer:
         if rate is not None:
             return txn.amount * rate
         features = event.features
-        if features is not None and _EUR_FEATURE in features.names:
-            value = features.values[features.names.index(_EUR_FEATURE)]
+        names = None if features is None else await self._names(features)
+        if features is not None and names is not None and _EUR_FEATURE in names:
+            value = features.values[names.index(_EUR_FEATURE)]
             if value is not None:
                 self.metrics.fx_from_event.inc()
                 return float(value)
         raise Malformed(f"no EUR rate for {txn.currency} on {day}")
+
+    async def _names(self, features: EventFeatures) -> list[str] | None:
+        """The vector's feature names: the event's own (version 1) or its contract's, as
+        registered beside the stream (None if they are not)."""
+        if features.names is not None:
+            return features.names
+        contract = features.feature_contract
+        names = self._contracts.get(contract)
+        if names is None:
+            stored = await self.client.hget(CONTRACTS_KEY, contract)  # type: ignore[misc]
+            try:
+                names = self._contracts[contract] = contract_names(contract, stored)
+            except ValueError:
+                return None
+        return names
 
     async def _apply(
         self, records: Sequence[tuple[DecisionEvent, HistoryRecord]]
