@@ -600,6 +600,33 @@ async def test_a_newer_stored_row_is_never_overwritten(server):
     client.close()
 
 
+async def test_a_script_call_redis_answers_noscript_is_sent_again_alone(server):
+    """The streamer's pipelines call scripts by SHA; a call Redis answers NOSCRIPT is loaded
+    and sent again, in order, and the pipeline's other commands ran once (here: two script
+    calls around an INCR, both answered NOSCRIPT). An error that is not NOSCRIPT is raised."""
+    from redis.exceptions import ResponseError
+
+    from vigil_streamer.consumer import _Scripted
+
+    client = aioredis.Redis.from_url(server.url)
+    try:
+        await client.script_flush()
+        script = client.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+        pipe = _Scripted(client)
+        pipe.script(script, ["s"], [10])
+        pipe.pipe.incr("plain")
+        pipe.script(script, ["s"], [1])
+        assert await pipe.execute() == [10, 1, 11]
+        assert int(await client.get("plain")) == 1 and int(await client.get("s")) == 11
+        await client.set("text", "x")
+        failing = _Scripted(client)
+        failing.script(script, ["text"], [1])  # INCRBY of a string: an error, not NOSCRIPT
+        with pytest.raises(ResponseError):
+            await failing.execute()
+    finally:
+        await client.aclose()
+
+
 async def test_scripts_redis_lost_are_loaded_again_and_the_batch_applied(server):
     """The consumer calls its scripts by SHA in its pipelines (no SCRIPT EXISTS round trip
     before each): on its first batch, and after Redis lost them while it ran (SCRIPT FLUSH, as

@@ -251,9 +251,12 @@ def decision_features(
         event = DecisionEvent.model_validate_json(fields[FIELD_EVENT.encode()])
         if event.transaction.transaction_id == txn["transaction_id"] and event.features:
             f = event.features
-            names = f.names or contract_names(
-                f.feature_contract, store.hget(CONTRACTS_KEY, f.feature_contract)
-            )
+            try:
+                names = f.names or contract_names(
+                    f.feature_contract, store.hget(CONTRACTS_KEY, f.feature_contract)
+                )
+            except ValueError:  # not registered (any more): the vector cannot be named
+                return {}
             return {short_name(n): v for n, v in zip(names, f.values, strict=True)}
     return {}
 

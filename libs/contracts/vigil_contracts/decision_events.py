@@ -8,8 +8,10 @@ one request id; a rescore is a new request): a consumer that has seen an id has 
 
 Version 2: the vector's feature names are not in each event but in one hash beside the stream
 (:data:`CONTRACTS_KEY`: feature contract -> its names), written by the gateway in the same call
-that appends the first event of a contract (and again whenever Redis lost it), so a consumer that
-reads an event finds its names there (:func:`contract_names`). The names were a third of an
+that appends the first event of a contract it sends (and again when it finds Redis lost them),
+so a consumer that reads an event finds its names there (:func:`contract_names`) as long as the
+hash is not deleted while the stream still holds events of a contract no gateway sends any more
+(the names are also in every model artifact of that contract). The names were a third of an
 event. Version 1 (events written before) carries them in the event; consumers read both
 (:data:`READABLE_VERSIONS`) and refuse (dead-letter) an entry of a version they do not know.
 Fields added to a version later are optional (``key_id``, ``safeguards``), so consumers read
@@ -43,10 +45,14 @@ def contract_names(contract: str, stored: bytes | str | None) -> list[str]:
     ``ValueError`` when it has none or the names are not the contract's (their hash differs)."""
     if stored is None:
         raise ValueError(f"feature contract {contract} is not registered in {CONTRACTS_KEY}")
-    names = json.loads(stored)
-    if feature_contract_hash(names) != contract:
+    names = json.loads(stored)  # JSONDecodeError is a ValueError
+    if (
+        not isinstance(names, list)
+        or not all(isinstance(name, str) for name in names)
+        or feature_contract_hash(names) != contract
+    ):
         raise ValueError(f"the names registered for feature contract {contract} are not its")
-    return [str(name) for name in names]
+    return names
 
 
 def event_id(transaction_id: str, request_id: str) -> str:

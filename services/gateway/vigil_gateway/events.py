@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 # KEYS[1] the stream, KEYS[2] the feature contracts' names; ARGV: maxlen, dedupe ttl (ms), the
 # number n of the batch's feature contracts, n (contract, names JSON or "") pairs, then (id,
 # version, event) per event; the entry fields are the contract's FIELD_ID, FIELD_VERSION,
-# FIELD_EVENT. A contract sent with its names is registered; one sent without must be there.
+# FIELD_EVENT. A contract sent with its names is (re)registered; one sent without must be there.
 # Returns how many were added (the others were already there), or, adding nothing, the
 # contracts that were not registered.
 _APPEND = """
@@ -52,7 +52,7 @@ local n = tonumber(ARGV[3])
 local unknown = {}
 for i = 4, 3 + 2 * n, 2 do
   if ARGV[i + 1] ~= '' then
-    redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1])
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
   elseif redis.call('HEXISTS', KEYS[2], ARGV[i]) == 0 then
     unknown[#unknown + 1] = ARGV[i]
   end

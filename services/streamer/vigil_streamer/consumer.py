@@ -235,12 +235,40 @@ def t_us(ts: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def _queue(pipe: Pipeline, script: AsyncScript, keys: list[Any], args: list[Any]) -> None:
-    """Queue ``script`` on ``pipe`` by its SHA. redis-py's pipeline asks Redis whether its
-    scripts exist (``SCRIPT EXISTS``, a round trip) before every execute that holds one: three
-    extra round trips a batch, most of a small batch's cost. The consumer loads its scripts when
-    Redis answers NOSCRIPT instead (``Consumer.process``)."""
-    pipe.evalsha(script.sha, len(keys), *keys, *args)
+class _Scripted:
+    """A pipeline (no transaction) whose Lua scripts are called by their SHA.
+
+    redis-py's pipeline asks Redis whether its scripts exist (``SCRIPT EXISTS``, a round trip)
+    before every execute that holds one: two extra round trips a batch, a large part of a small
+    batch's cost. Here a call Redis answers NOSCRIPT (it lost its scripts: a restart, ``SCRIPT
+    FLUSH``; or never had them: this consumer's first batch) is loaded and sent again, alone:
+    the pipeline's other commands ran once, in order, and each script call is independent of
+    the others (one entity's). Any other error is raised, as redis-py's pipeline raises it."""
+
+    def __init__(self, client: Redis) -> None:
+        self.client = client
+        self.pipe: Pipeline = client.pipeline(transaction=False)
+        self._calls: list[tuple[int, AsyncScript, list[Any], list[Any]]] = []
+
+    def script(self, script: AsyncScript, keys: list[Any], args: list[Any]) -> None:
+        self._calls.append((len(self.pipe), script, keys, args))
+        self.pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+    async def execute(self) -> list[Any]:
+        replies = await self.pipe.execute(raise_on_error=False)
+        lost = [call for call in self._calls if isinstance(replies[call[0]], NoScriptError)]
+        if lost:
+            for script in {id(call[1]): call[1] for call in lost}.values():
+                await self.client.script_load(script.script)
+            again = self.client.pipeline(transaction=False)
+            for _, script, keys, args in lost:
+                again.evalsha(script.sha, len(keys), *keys, *args)
+            for (i, _, _, _), reply in zip(lost, await again.execute(False), strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
 
 
 def _iso(t: int) -> str:
@@ -258,7 +286,6 @@ class Consumer:
         self._add_tiles = client.register_script(_ADD_TILES)
         self._write = client.register_script(feast_layout.WRITE_NEWER)
         self._mark = client.register_script(_MARK)
-        self._scripts = (self._add, self._add_tiles, self._write, self._mark)
         self._rates: dict[str, float] = {}
         self._contracts: dict[str, list[str]] = {}
         self.windows = Windows(settings.window_cache_events)
@@ -387,23 +414,19 @@ class Consumer:
                 records.append((event, await self._record(event)))
             except Malformed as exc:
                 dead.append((entry_id, {b"id": event.event_id.encode()}, str(exc)))
-        try:
-            latest, added = await self._apply(records)
-        except NoScriptError:
-            # Redis lost its scripts (a restart, SCRIPT FLUSH) or never had them (this
-            # consumer's first batch): load them and apply again. A history holds a transaction
-            # once and a row is written newer-wins, so what a first try did changes nothing.
-            for script in self._scripts:
-                await self.client.script_load(script.script)
-            latest, added = await self._apply(records)
-        pipe = self.client.pipeline(transaction=False)
+        latest, added, newest = await self._apply(records)
+        # Once the rows are written: the views' markers move, then the batch is acknowledged.
+        done = _Scripted(self.client)
+        written_at = datetime.now(UTC).isoformat()
+        for view, stamp in newest.items():
+            done.script(self._mark, [marker_key(s.project, view)], [_iso(stamp), written_at])
         for entry_id, fields, reason in dead:
             source = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
             entry: dict[Any, Any] = {**fields, b"source_id": source, b"reason": reason}
-            pipe.xadd(s.dead_letter_stream, entry)
+            done.pipe.xadd(s.dead_letter_stream, entry)
         if ids:
-            pipe.xack(s.stream, s.group, *ids)
-        await pipe.execute()
+            done.pipe.xack(s.stream, s.group, *ids)
+        await done.execute()
         if dead:
             self.metrics.events.labels("dead_letter").inc(len(dead))
             for entry_id, _, reason in dead:
@@ -473,12 +496,13 @@ class Consumer:
 
     async def _apply(
         self, records: Sequence[tuple[DecisionEvent, HistoryRecord]]
-    ) -> tuple[dict[str, int], set[str]]:
-        """Histories, rows, markers of ``records``: the events not too late for any of their
-        entities (their rows were written), and those that added their transaction to some
-        entity's history (the others' were there already: duplicates)."""
+    ) -> tuple[dict[str, int], set[str], dict[str, int]]:
+        """Histories and rows of ``records``: the events not too late for any of their
+        entities (their rows were written), those that added their transaction to some
+        entity's history (the others' were there already: duplicates), and per view the newest
+        row written (for its marker)."""
         if not records:
-            return {}, set()
+            return {}, set(), {}
         s = self.settings
         # Per entity, its transactions in batch order: one script call adds them and reads
         # what the entity's newest row needs, all in one pipeline (one round trip).
@@ -489,7 +513,7 @@ class Consumer:
                 value = getattr(record, join_key)
                 if value is not None:
                     touched.setdefault((join_key, value), []).append((event, member, record.t_us))
-        pipe = self.client.pipeline(transaction=False)
+        pipe = _Scripted(self.client)
         for (join_key, value), items in touched.items():
             keys = [history_key(join_key, value), version_key(join_key, value)]
             span = WINDOW_US[join_key] + self.lateness_us
@@ -499,13 +523,13 @@ class Consumer:
                 for _, member, when in items:
                     args += [member, when, *tile_args(join_key, member, when)]
                 keys.append(tiles_key(join_key, value))
-                _queue(pipe, self._add_tiles, keys, args)
+                pipe.script(self._add_tiles, keys, args)
                 continue
             args = [span, self.lateness_us, self.ttl_ms, WINDOW_US[join_key], CAP[join_key]]
             args += [_step(), self.windows.version((join_key, value))]
             for _, member, when in items:
                 args += [member, when]
-            _queue(pipe, self._add, keys, args)
+            pipe.script(self._add, keys, args)
         replies = await pipe.execute()
         rows: dict[tuple[str, str], Row] = {}
         versions: dict[tuple[str, str], int] = {}
@@ -544,8 +568,8 @@ class Consumer:
                 self.metrics.windows.labels("read").inc()
         self.windows.settle()
         if not rows:
-            return {}, added
-        write = self.client.pipeline(transaction=False)
+            return {}, added, {}
+        write = _Scripted(self.client)
         order: list[tuple[str, str]] = []
         newest: dict[str, int] = {}
         for (join_key, value), (stamp, features) in rows.items():
@@ -557,18 +581,14 @@ class Consumer:
             args = feast_layout.row_args(
                 view, features, DTYPES, stamp, versions[(join_key, value)], self.ttl_ms
             )
-            _queue(write, self._write, row_keys, args)
+            write.script(self._write, row_keys, args)
             order.append((join_key, value))
             newest[view] = max(newest.get(view, 0), stamp)
         for (join_key, value), fields in unread.items():
             if fields:
-                write.hdel(tiles_key(join_key, value), *fields)  # type: ignore[arg-type]
-        # The views' markers move in the same pipeline, after the rows (Redis runs a pipeline's
-        # commands in order; a failed write fails the batch, which is applied again).
-        now = datetime.now(UTC).isoformat()
-        for view, stamp in newest.items():
-            _queue(write, self._mark, [marker_key(s.project, view)], [_iso(stamp), now])
+                write.pipe.hdel(tiles_key(join_key, value), *fields)  # type: ignore[arg-type]
         outcomes = (await write.execute())[: len(order)]
         for (join_key, _), written in zip(order, outcomes, strict=True):
             self.metrics.rows.labels(KINDS[join_key], "written" if written else "older").inc()
-        return {event.event_id: 1 for event, _ in records if event.event_id not in late}, added
+        latest = {event.event_id: 1 for event, _ in records if event.event_id not in late}
+        return latest, added, newest
