@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -597,6 +598,59 @@ async def test_a_newer_stored_row_is_never_overwritten(server):
     assert online_rows(client, "vigil", [("card_id", "c1")])[("card_id", "c1")][
         "card_event_us"
     ] == [2]
+    client.close()
+
+
+async def test_a_dead_letter_keeps_its_event_and_is_applied_once_requeued(server):
+    """An event the streamer cannot convert to EUR (a currency without a dated rate, no vector
+    to fall back on) goes to the dead-letter stream with the reason and its own fields; `vigil
+    dead-letters list` shows it, and once the rate is loaded `vigil dead-letters requeue --all`
+    sends it again: applied, the dead-letter stream empty. An entry without its event (as an
+    older streamer wrote them) is listed as such and left."""
+    from vigil.cli import main as vigil_main
+    from vigil_contracts.entity_history import FX_KEY, fx_field
+
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    client = redis.Redis.from_url(server.url)
+    seed_histories(
+        client, _raw(_as_raw([_transaction(100, base - timedelta(hours=2))])), None, base
+    )
+    swiss = Transaction.model_validate(
+        {**_transaction(1, base + timedelta(minutes=5)).model_dump(mode="json"), "currency": "CHF"}
+    )
+    eid, body = build_event((_answer(swiss), swiss, None, "r1", _trace([swiss]), time.time(), "k1"))
+    client.xadd(
+        STREAM_KEY, {b"id": eid.encode(), b"v": str(SCHEMA_VERSION).encode(), b"event": body}
+    )
+    client.xadd("vigil:decisions:dead", {"id": "old", "source_id": "1-0", "reason": "before"})
+    settings = _settings(server.url, allowed_lateness_s=3600)
+    metrics = StreamerMetrics()
+    await _consumed(server.url, settings, metrics)
+    assert metrics.events.labels("dead_letter")._value.get() == 1
+    (_, old), (_, letter) = client.xrange("vigil:decisions:dead")
+    assert letter[b"event"] == body and letter[b"id"] == eid.encode()
+    assert b"no EUR rate for CHF" in letter[b"reason"]
+    cli = ["dead-letters", "--redis-url", server.url]
+
+    def run(*argv: str) -> str:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            vigil_main([*cli[:1], *argv, *cli[1:]])
+        return out.getvalue()
+
+    listed = run("list")
+    assert "no EUR rate for CHF" in listed and "cannot be requeued" in listed
+    day = (base + timedelta(minutes=5)).date().isoformat()
+    client.hset(FX_KEY, fx_field("CHF", day), "1.05")  # the cause fixed: CHF's rate loaded
+    assert "sent 1 dead letters" in run("requeue", "--all")
+    assert [f[b"id"] for _, f in client.xrange("vigil:decisions:dead")] == [old[b"id"]]
+    metrics = StreamerMetrics()
+    await _consumed(server.url, settings, metrics)
+    assert metrics.events.labels("applied")._value.get() == 1
+    swiss_raw = _raw(_as_raw([_transaction(100, base - timedelta(hours=2)), swiss]))
+    swiss_raw["amount"] = swiss_raw["amount"].where(swiss_raw["currency"] == "EUR", 10.0 * 1.05)
+    swiss_raw["currency"] = "EUR"
+    _check_rows(server.url, swiss_raw, [("card_id", "c1")])
     client.close()
 
 

@@ -11,6 +11,7 @@ vigil stream-seed   the streamer's entity histories from the raw transactions (i
 vigil serve         the stack (redis, encoder, predictor, streamer, gateway) as local processes
 vigil replay        replay the world's last days through the API; compare with the batch side
 vigil keys          create, list, revoke or rotate the gateway's API keys (in its Redis)
+vigil dead-letters  list what the streamer could not apply, or send it again (requeue)
 vigil certs dev     a self-signed certificate and key for the gateway's HTTPS, locally
 vigil demo          all of the above end to end, with a private redis-server
 """
@@ -260,6 +261,37 @@ def cmd_keys(args: argparse.Namespace) -> None:
         print(line if isinstance(line, str) else json.dumps(line))
 
 
+def cmd_dead_letters(args: argparse.Namespace) -> None:
+    import redis
+
+    from vigil.dead_letters import list_dead_letters, requeue
+
+    client = redis.Redis.from_url(args.redis_url, socket_timeout=10, socket_connect_timeout=5)
+    try:
+        if args.action == "list":
+            if args.entry_ids:
+                raise CliError("dead-letters list takes no entry id (see --count)")
+            letters = list_dead_letters(client, args.dead_letter_stream, args.count)
+            for letter in letters:
+                print(letter.line())
+            _say(f"{len(letters):,} dead letters shown ({args.dead_letter_stream})")
+            return
+        if not args.entry_ids and not args.all:
+            raise CliError("dead-letters requeue needs entry ids or --all")
+        if args.entry_ids and args.all:
+            raise CliError("dead-letters requeue takes entry ids or --all, not both")
+        done = requeue(
+            client, args.dead_letter_stream, args.stream, None if args.all else args.entry_ids
+        )
+    except redis.RedisError as exc:
+        raise CliError(f"Redis at {args.redis_url}: {type(exc).__name__}: {exc}") from None
+    finally:
+        client.close()
+    _say(f"sent {len(done.sent):,} dead letters to {args.stream} again")
+    if done.kept:
+        _say(f"left {len(done.kept):,} (no event kept, or not found): {' '.join(done.kept)}")
+
+
 def cmd_certs(args: argparse.Namespace) -> None:
     from vigil.keys import KeysError, dev_certificate
 
@@ -445,6 +477,32 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="rotate: how long the old key stays valid (default: revoked at once)",
+    )
+
+    p = add(
+        "dead-letters",
+        cmd_dead_letters,
+        "list the decision events the streamer could not apply (with the reason), or send "
+        "them to the decision stream again once the cause is fixed",
+    )
+    p.add_argument("action", choices=["list", "requeue"])
+    p.add_argument("entry_ids", nargs="*", help="requeue: these dead-letter entry ids")
+    p.add_argument("--all", action="store_true", help="requeue: every dead letter")
+    p.add_argument("--count", type=int, default=None, help="list: at most this many (oldest)")
+    p.add_argument(
+        "--redis-url",
+        default=os.environ.get("STREAMER_REDIS_URL", "redis://localhost:6379/0"),
+        help="the streamer's Redis (default: $STREAMER_REDIS_URL or %(default)s)",
+    )
+    p.add_argument(
+        "--stream",
+        default=os.environ.get("STREAMER_STREAM", "vigil:decisions"),
+        help="the decision stream (default: $STREAMER_STREAM or %(default)s)",
+    )
+    p.add_argument(
+        "--dead-letter-stream",
+        default=os.environ.get("STREAMER_DEAD_LETTER_STREAM", "vigil:decisions:dead"),
+        help="the dead-letter stream (default: $STREAMER_DEAD_LETTER_STREAM or %(default)s)",
     )
 
     p = add("certs", cmd_certs, "make a self-signed certificate and key for local HTTPS")

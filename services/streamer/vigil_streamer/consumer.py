@@ -394,26 +394,27 @@ class Consumer:
         started = time.perf_counter()
         s = self.settings
         ids = [entry_id for entry_id, _ in entries]
-        events: list[tuple[Any, DecisionEvent]] = []
+        events: list[tuple[Any, dict[bytes, bytes], DecisionEvent]] = []
+        # A dead letter keeps the entry's own fields beside the reason: it can be sent again
+        # once its cause is fixed (`vigil dead-letters requeue`).
         dead: list[tuple[Any, dict[bytes, bytes], str]] = []
         for entry_id, fields in entries:
             try:
-                events.append((entry_id, parse(fields)))
+                events.append((entry_id, fields, parse(fields)))
             except Malformed as exc:
                 dead.append((entry_id, fields, str(exc)))
         # An event id read twice in one batch is one event; read again in a later batch (a
         # redelivery) or decided again (a rescore), its transaction is already in its
         # entities' histories, which the history scripts find (and count as a duplicate).
-        once = {event.event_id: (entry_id, event) for entry_id, event in reversed(events)}
+        once = {item[2].event_id: item for item in reversed(events)}
         if repeated := len(events) - len(once):
             self.metrics.events.labels("duplicate").inc(repeated)
-        events = list(once.values())[::-1]
         records: list[tuple[DecisionEvent, HistoryRecord]] = []
-        for entry_id, event in events:
+        for entry_id, fields, event in list(once.values())[::-1]:
             try:
                 records.append((event, await self._record(event)))
             except Malformed as exc:
-                dead.append((entry_id, {b"id": event.event_id.encode()}, str(exc)))
+                dead.append((entry_id, fields, str(exc)))
         latest, added, newest = await self._apply(records)
         # Once the rows are written: the views' markers move, then the batch is acknowledged.
         done = _Scripted(self.client)
