@@ -225,6 +225,28 @@ CASES: list[tuple[str, dict[str, str], str, dict[str, str] | None, str | None]] 
         None,
     ),
     (
+        "VigilDecisionStreamNearlyFull",
+        {
+            f"vigil_streamer_lag_events{{{S}}}": "0+100x12",
+            f"vigil_streamer_pending_events{{{S}}}": "1000x12",
+            f"vigil_gateway_decision_events_stream_maxlen{{{G}}}": "2000x12",
+        },
+        "10m",
+        {},
+        "the streamer is 2000 decision events behind, over half the stream's length",
+    ),
+    (  # behind, but by less than half of what the gateways keep
+        "VigilDecisionStreamNearlyFull",
+        {
+            f"vigil_streamer_lag_events{{{S}}}": "0+100x12",
+            f"vigil_streamer_pending_events{{{S}}}": "1000x12",
+            f"vigil_gateway_decision_events_stream_maxlen{{{G}}}": "5000x12",
+        },
+        "10m",
+        None,
+        None,
+    ),
+    (
         "VigilFeaturesLagBehindDecisions",
         {
             f'vigil_streamer_freshness_seconds_bucket{{{S}, le="1.0"}}': "0x30",

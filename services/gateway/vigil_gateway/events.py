@@ -148,6 +148,7 @@ class EventSpool:
         self.stream = stream
         self.batch_max = batch_max
         self.maxlen = maxlen
+        metrics.events_stream_maxlen.set(maxlen)
         self.dedupe_ms = dedupe_ttl_s * 1000
         self._spool: deque[_Item] = deque()
         self._spool_max = spool_max

@@ -130,6 +130,12 @@ class GatewayMetrics(ServiceMetrics):
             "Decision events waiting in this process's spool for the stream.",
             registry=self.registry,
         )
+        self.events_stream_maxlen = Gauge(
+            "vigil_gateway_decision_events_stream_maxlen",
+            "GATEWAY_EVENTS_STREAM_MAXLEN: about how many entries this process trims the "
+            "decision stream to (a consumer further behind loses events).",
+            registry=self.registry,
+        )
         self.events_send_errors = Counter(
             "vigil_gateway_decision_events_send_errors",
             "Failed attempts to send spooled events to the stream (Redis away; they are retried).",
