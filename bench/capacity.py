@@ -346,8 +346,8 @@ def _event_bytes(client: Any, repo: Path) -> tuple[int, int]:
                 "feature_service": "fraud_model_v1",
                 "feature_contract": "sha256:" + "0" * 64,
                 "values": [1234.5678901 + k for k in range(len(names))],
-                "missing": [False] * len(names),
-                "stale": [False] * len(names),
+                "missing_at": [],
+                "stale_at": [],
             },
             "timings": {
                 "encode_ms": 1.234,

@@ -30,6 +30,7 @@ from vigil_contracts.decision_events import (
     SCHEMA_VERSION,
     STREAM_KEY,
     DecisionEvent,
+    EventFeatures,
     contract_names,
 )
 from vigil_contracts.feature_contract import feature_contract_hash
@@ -112,6 +113,31 @@ def _trace(transactions: list[Transaction]) -> DecisionTrace:
     return trace
 
 
+def test_an_event_says_which_values_are_missing_or_stale_by_position() -> None:
+    """Version 2 lists the positions of the missing and stale values (most vectors have none:
+    two empty lists instead of two flags per value); version 1's flags read the same."""
+    t = _transaction(1, datetime.now(UTC))
+    trace = _trace([t])
+    assert trace.encoded is not None
+    trace.encoded.rows[0] = EncodedVector([None, 3.0], [True, False], [True, True], [None, 1.0])
+    _, body = build_event((_answer(t), t, 0, "r1", trace, time.time(), "k1"))
+    features = DecisionEvent.model_validate_json(body).features
+    assert features is not None and features.values == [None, 3.0]
+    assert (features.missing_at, features.stale_at) == ([0], [0, 1])
+    assert features.flags() == ([True, False], [True, True])
+    v1 = EventFeatures.model_validate(
+        {
+            "feature_service": "svc",
+            "feature_contract": "c",
+            "names": _NAMES,
+            "values": [None, 3.0],
+            "missing": [True, False],
+            "stale": [True, True],
+        }
+    )
+    assert v1.flags() == features.flags()
+
+
 def _spool(url: str, metrics: GatewayMetrics, **kw) -> EventSpool:
     client = aioredis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
     return EventSpool(
@@ -171,7 +197,9 @@ async def test_events_reach_the_stream_once_across_an_outage(server):
     assert event.features.names is None
     names = _NAMES
     assert _registered(server.url, event.features.feature_contract) == names
-    assert event.features.missing == [False, False] and event.label == "not_fraud"
+    assert event.features.missing_at == [] and event.features.stale_at == []
+    assert event.features.flags() == ([False, False], [False, False])
+    assert event.label == "not_fraud"
 
     server.stop()  # Redis away: events wait in the spool
     more = [_transaction(10 + i, now + timedelta(seconds=10 + i)) for i in range(5)]

@@ -79,7 +79,8 @@ class EventTransaction(BaseModel):
 
 class EventFeatures(BaseModel):
     """The vector the model saw (or would have): values in the order of its feature contract's
-    names (None = missing), missing and stale flags. Absent when the encoder gave no vector."""
+    names (None = missing), and which are missing or stale (:meth:`flags`). Absent when the
+    encoder gave no vector."""
 
     feature_service: str
     feature_contract: str
@@ -89,8 +90,28 @@ class EventFeatures(BaseModel):
         "see CONTRACTS_KEY and contract_names.",
     )
     values: list[float | None]
-    missing: list[bool]
-    stale: list[bool]
+    missing_at: list[int] | None = Field(
+        default=None, description="Version 2: the positions of the missing values (0-based)."
+    )
+    stale_at: list[int] | None = Field(
+        default=None, description="Version 2: the positions of the stale values (0-based)."
+    )
+    missing: list[bool] | None = Field(default=None, description="Version 1: a flag per value.")
+    stale: list[bool] | None = Field(default=None, description="Version 1: a flag per value.")
+
+    def flags(self) -> tuple[list[bool], list[bool]]:
+        """Missing and stale, one flag per value, from either version's form."""
+        n = len(self.values)
+
+        def flags(at: list[int] | None, per_value: list[bool] | None) -> list[bool]:
+            if per_value is not None:
+                return per_value
+            out = [False] * n
+            for i in at or ():
+                out[i] = True
+            return out
+
+        return flags(self.missing_at, self.missing), flags(self.stale_at, self.stale)
 
 
 class EventTimings(BaseModel):

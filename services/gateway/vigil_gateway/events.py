@@ -86,8 +86,8 @@ def _vector(trace: DecisionTrace, row: int | None) -> dict[str, Any] | None:
         "feature_service": encoded.feature_service,
         "feature_contract": encoded.feature_contract,
         "values": vector.values,
-        "missing": [bool(m) for m in vector.missing],
-        "stale": [bool(s) for s in vector.stale],
+        "missing_at": [i for i, m in enumerate(vector.missing) if m],
+        "stale_at": [i for i, s in enumerate(vector.stale) if s],
     }
 
 
