@@ -6,6 +6,7 @@ through ``httpx.ASGITransport``; Redis is the session's private server materiali
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import random
@@ -680,3 +681,45 @@ async def test_spec_the_encoder_cannot_serve_is_refused(feature_env, tmp_path):
     body = assert_problem(ready, 503, "encoder-not-ready")
     assert "card_home_country" in body["checks"]["spec"]["detail"]
     assert_problem(response, 503, "encoder-not-ready")
+
+
+# Keeps Redis busy (a script runs alone) for ARGV[1] µs.
+_BUSY = """
+local t0 = redis.call('TIME')
+local start = t0[1] * 1000000 + t0[2]
+repeat
+  local t = redis.call('TIME')
+until t[1] * 1000000 + t[2] - start >= tonumber(ARGV[1])
+return 1
+"""
+
+
+async def test_a_caller_that_waits_longer_gives_the_store_round_trip_longer(client, feature_env):
+    """The store's round trip has its own deadline (ENCODER_REDIS_TIMEOUT_S, 0.25 s): a batch
+    that finds Redis busy for 0.45 s is answered 503. A caller that says it waits 1 s
+    (x-vigil-timeout-ms, as the gateway does for a batch) gives the round trip 80 % of that:
+    the same batch is answered."""
+    import threading
+
+    import redis as sync_redis
+
+    rows = _valid_rows(50)
+    busy = sync_redis.Redis.from_url(feature_env.redis.url)
+    try:
+        for timeout_ms, status in ((None, 503), ("1000", 200)):
+            held = threading.Thread(target=busy.eval, args=(_BUSY, 0, 450_000))
+            held.start()
+            await asyncio.sleep(0.03)  # the script has started
+            headers = {} if timeout_ms is None else {"x-vigil-timeout-ms": timeout_ms}
+            started = time.perf_counter()
+            response = await encode(client, rows, headers=headers)
+            elapsed = time.perf_counter() - started
+            held.join()
+            assert response.status_code == status, (timeout_ms, response.text)
+            if status == 503:
+                assert_problem(response, 503, "feature-store-unavailable")
+                assert elapsed < 0.42  # the store's own deadline, not Redis' 0.45 s
+            else:
+                assert len(response.json()["rows"]) == 50
+    finally:
+        busy.close()

@@ -166,6 +166,7 @@ class EncoderStandIn:
     async def encode(self, body: EncodeRequest, request: Request) -> Any:
         call: dict[str, Any] = {
             "request_id": request.headers.get("x-request-id"),
+            "timeout_ms": request.headers.get("x-vigil-timeout-ms"),
             "rows": body.rows,
         }
         self.calls.append(call)
@@ -1683,6 +1684,16 @@ async def test_request_id_is_forwarded_and_echoed(stack: Stack) -> None:
     assert stack.encoder.calls[0]["request_id"] == "req-abc.123"
     assert stack.predictor.calls[0]["request_id"] == "req-abc.123"
     assert stack.predictor.calls[0]["body"]["id"] == "req-abc.123"
+
+
+async def test_the_encoder_is_told_how_long_the_gateway_waits(stack: Stack) -> None:
+    """x-vigil-timeout-ms: the hop's time left, at most the single hop's 150 ms for one
+    transaction and the batch hop's 1 s for a batch (the encoder may give its store most of it)."""
+    await stack.score(txn())
+    single = int(stack.encoder.calls[-1]["timeout_ms"])
+    await stack.client.post("/v1/transactions/score-batch", json={"transactions": [txn(), txn()]})
+    batch = int(stack.encoder.calls[-1]["timeout_ms"])
+    assert 0 < single <= 150 < batch <= 1000, (single, batch)
 
 
 async def test_request_id_is_generated_when_absent_or_unsafe(stack: Stack) -> None:

@@ -98,6 +98,23 @@ class EncodeResponse(BaseModel):
 
 BINARY_MEDIA_TYPE = "application/octet-stream"
 BINARY_HEADER_LENGTH = "Encode-Header-Content-Length"
+
+# --- the caller's time budget -------------------------------------------------------------------
+#
+# The gateway says how long it will wait for an encode answer, in whole milliseconds (as gRPC's
+# ``grpc-timeout``): the encoder's round trip to Redis may then use most of it (a large batch
+# on a loaded store takes longer than its default deadline, and the caller waits anyway).
+TIMEOUT_HEADER = "x-vigil-timeout-ms"
+
+
+def budget_s(header: str | None) -> float | None:
+    """The caller's budget in seconds from :data:`TIMEOUT_HEADER`; None when absent or not a
+    whole number of milliseconds (the callee's own deadline then holds)."""
+    if header is None or not header.isdigit():
+        return None
+    return int(header) / 1000
+
+
 BINARY_TENSORS = (
     ("values", "FP64", 8),
     ("age_seconds", "FP64", 8),

@@ -94,13 +94,15 @@ class ClusterOnlineStore:
                 f"the online store did not answer ({kind}: {type(exc).__name__})"
             ) from exc
 
-    async def hmget_many(self, commands: Sequence[bytes]) -> list[list[bytes | None]]:
+    async def hmget_many(
+        self, commands: Sequence[bytes], timeout_s: float | None = None
+    ) -> list[list[bytes | None]]:
         if not commands:
             return []
         started = time.perf_counter()
         client = self._require_client()
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout(timeout_s or self.timeout_s):
                 try:
                     return await self._read(client, commands)
                 except _StaleMap:

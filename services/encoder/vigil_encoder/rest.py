@@ -19,9 +19,11 @@ from pydantic import ValidationError
 from vigil_contracts.encoding import (
     BINARY_HEADER_LENGTH,
     BINARY_MEDIA_TYPE,
+    TIMEOUT_HEADER,
     EncodeColumnsRequest,
     EncodeRequest,
     EncodeResponse,
+    budget_s,
 )
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE, Problem
 from vigil_encoder.dataplane import BatchColumns, Encoder
@@ -245,7 +247,8 @@ async def encode(body: Annotated[Any, Body()], request: Request, encoder: Encode
 async def _encode(body: Any, request: Request, encoder: Encoder) -> Response:
     feature_service, given = parse_encode_request(body)
     log_fields(request.scope).update(feature_service=feature_service, rows=len(given))
-    batch = await encoder.encode_batch(feature_service, given)
+    budget = budget_s(request.headers.get(TIMEOUT_HEADER))
+    batch = await encoder.encode_batch(feature_service, given, budget)
     if wants_binary(request.headers.get("accept")):
         # The data plane's flat lists are packed as they are, without rows of dicts between.
         body, header_length = batch.binary()

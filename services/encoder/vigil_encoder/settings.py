@@ -28,7 +28,9 @@ class EncoderSettings(BaseSettings):
     redis_timeout_s: float = Field(default=0.25, gt=0, le=30)
     """Redis connect timeout, and the deadline of one whole batch round trip (and of a readiness
     PING), in seconds. A batch that takes longer is answered 503 ``feature-store-unavailable`` so
-    that the gateway can fall back instead of waiting."""
+    that the gateway can fall back instead of waiting. A caller that says it waits longer
+    (``x-vigil-timeout-ms``: the gateway's 1 s for a batch) gives the round trip up to 80 % of
+    that instead: a large batch on a loaded store is answered, not refused."""
 
     max_rows: int = Field(default=2000, ge=1)
     """Most rows one encode request may carry; more is answered 413 before any Redis work."""

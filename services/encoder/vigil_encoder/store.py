@@ -174,14 +174,17 @@ class OnlineStore:
                 # Unread replies may be left on the wire (or the store is closing): not reused.
                 await connection.disconnect(nowait=True)
 
-    async def hmget_many(self, commands: Sequence[bytes]) -> list[list[bytes | None]]:
-        """The reply of each packed HMGET (see :class:`HmgetPacker`), in order, in one trip."""
+    async def hmget_many(
+        self, commands: Sequence[bytes], timeout_s: float | None = None
+    ) -> list[list[bytes | None]]:
+        """The reply of each packed HMGET (see :class:`HmgetPacker`), in order, in one trip,
+        within ``timeout_s`` (default: the store's deadline)."""
         if not commands:
             return []
         payload = b"".join(commands)
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout(timeout_s or self.timeout_s):
                 try:
                     return await self._round_trip(payload, len(commands))
                 except RedisConnectionError:

@@ -25,6 +25,7 @@ import orjson
 from vigil_contracts.encoding import (
     BINARY_HEADER_LENGTH,
     BINARY_MEDIA_TYPE,
+    TIMEOUT_HEADER,
     BinaryEncoding,
     decode_binary,
 )
@@ -266,7 +267,9 @@ class EncoderClient:
             connect_timeout_s=self.connect_timeout_s,
             request_id=request_id,
             content=orjson.dumps(body),
-            headers=REQUEST_HEADERS,
+            headers=REQUEST_HEADERS
+            if timeout is None
+            else {**REQUEST_HEADERS, TIMEOUT_HEADER: str(int(timeout * 1000))},
         )
 
     async def ready(self, timeout: float) -> tuple[bool, str]:
