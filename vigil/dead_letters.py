@@ -86,10 +86,10 @@ def requeue(
     sent: list[str] = []
     kept: list[str] = []
     for entry_id, fields in entries:
-        if fields is None or not _dead_letter(entry_id, fields).requeueable:
+        text = {} if fields is None else {_text(k): v for k, v in fields.items()}
+        if not all(name in text for name in ENTRY_FIELDS):
             kept.append(_text(entry_id))
             continue
-        text = {_text(k): v for k, v in fields.items()}
         pipe = client.pipeline(transaction=True)
         pipe.xadd(stream, {name: text[name] for name in ENTRY_FIELDS})
         pipe.xdel(dead_stream, entry_id)

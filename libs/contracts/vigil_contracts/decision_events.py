@@ -103,7 +103,7 @@ class EventFeatures(BaseModel):
         """Missing and stale, one flag per value, from either version's form."""
         n = len(self.values)
 
-        def flags(at: list[int] | None, per_value: list[bool] | None) -> list[bool]:
+        def one(at: list[int] | None, per_value: list[bool] | None) -> list[bool]:
             if per_value is not None:
                 return per_value
             out = [False] * n
@@ -111,7 +111,7 @@ class EventFeatures(BaseModel):
                 out[i] = True
             return out
 
-        return flags(self.missing_at, self.missing), flags(self.stale_at, self.stale)
+        return one(self.missing_at, self.missing), one(self.stale_at, self.stale)
 
 
 class EventTimings(BaseModel):

@@ -451,8 +451,10 @@ class Encoder:
         else:
             request_columns = check_columns(plan, batch)
             entities = _entity_columns(plan, batch)
-        deadline = None if budget_s is None else STORE_SHARE * budget_s
-        return await self._encode(plan, entities, request_columns, n, deadline)
+        timeout_s = self.store.timeout_s
+        if budget_s is not None:
+            timeout_s = max(timeout_s, STORE_SHARE * budget_s)
+        return await self._encode(plan, entities, request_columns, n, timeout_s)
 
     async def _encode(
         self,
@@ -460,7 +462,7 @@ class Encoder:
         entities: Mapping[str, Sequence[str]],
         request_columns: Mapping[str, Sequence[Any]],
         n: int,
-        store_deadline_s: float | None = None,
+        store_timeout_s: float | None = None,
     ) -> EncodedBatch:
         """The answer to ``n`` checked rows as columns: join key -> each row's value (the
         plan's join keys all there), request field -> each row's converted value."""
@@ -507,10 +509,7 @@ class Encoder:
                 command_views += repeat(v, len(distinct))
                 row_reads.append(list(map(index.__getitem__, idents)))
 
-        timeout_s = self.store.timeout_s
-        if store_deadline_s is not None and store_deadline_s > timeout_s:
-            timeout_s = store_deadline_s
-        replies = await self.store.hmget_many(commands, timeout_s)
+        replies = await self.store.hmget_many(commands, store_timeout_s)
         now = time.time()
         reads: list[ViewRead] = []
         tally: dict[tuple[int, str], int] = {}

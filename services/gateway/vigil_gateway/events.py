@@ -227,10 +227,7 @@ class EventSpool:
             encoded = item[4].encoded
             if encoded is not None and item[2] is not None:
                 contracts[encoded.feature_contract] = encoded.feature_names
-        args: list[Any] = [self.maxlen, self.dedupe_ms, len(contracts)]
-        for contract, names in contracts.items():
-            known = contract in self._registered
-            args += [contract, b"" if known else orjson.dumps(names)]
+        events: list[Any] = []
         for item in batch:
             try:
                 eid, body = build_event(item)
@@ -241,14 +238,20 @@ class EventSpool:
                     extra={"transaction_id": item[0].transaction_id},
                 )
                 continue
-            args += [eid, SCHEMA_VERSION, body]
+            events += [eid, SCHEMA_VERSION, body]
         try:
-            reply = await self._append(keys=[self.stream, CONTRACTS_KEY], args=args)
-            if isinstance(reply, list):  # Redis lost them: send the names again
+            while True:
+                args: list[Any] = [self.maxlen, self.dedupe_ms, len(contracts)]
+                for contract, names in contracts.items():
+                    known = contract in self._registered
+                    args += [contract, b"" if known else orjson.dumps(names)]
+                reply = await self._append(keys=[self.stream, CONTRACTS_KEY], args=args + events)
+                if not isinstance(reply, list):
+                    break
+                # Redis lost these contracts' names (nothing was added): send them again.
                 self._registered.difference_update(
                     c.decode() if isinstance(c, bytes) else c for c in reply
                 )
-                return await self._send_some()
             added = int(reply)
         except (RedisError, OSError) as exc:
             self.metrics.events_send_errors.inc()
