@@ -119,3 +119,85 @@ def test_a_merchants_tiles_do_not_depend_on_the_order_events_arrive_in() -> None
     for name, values in want.items():
         assert len(values) == len(got[name]) and all(map(_same, values, got[name])), name
     assert len(want["merchant_hour_index"]) <= 25 and len(want["merchant_day_index"]) == 8
+
+
+def _merchant_events(seed: int, n: int, days: float) -> list[entity_rows.Event]:
+    rng = np.random.default_rng(seed)
+    t0 = int(T0.value // 1000)
+    times = [t0 + int(rng.integers(0, int(days * 86_400_000_000))) for _ in range(n)]
+    times += times[:5]  # ties
+    return sorted(
+        (
+            entity_rows.event(
+                t,
+                float(rng.integers(1, 4000)) / 100,
+                f"c{i % 13}",
+                "m1",
+                None,
+                "FR" if i % 3 else None,
+            )
+            for i, t in enumerate(times)
+        ),
+        key=lambda e: e.us,
+    )
+
+
+def _restricted(lists: dict, level: windows.TileLevel, low: int) -> dict:
+    """One level's lists restricted to the tiles with index >= ``low``."""
+    keep = [i for i, index in enumerate(lists[level.index_list]) if index >= low]
+    return {name: [lists[name][i] for i in keep] for name in level.lists}
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_tiles_recut_at_an_earlier_instant_are_the_row_before_it(seed: int) -> None:
+    """A merchant's newest row recut at an instant ``t`` it already counts events at or after
+    (``tiles_before``, from the events of ``t``'s day before it) holds, in every tile the newest
+    row keeps, what the merchant's row just before ``t`` holds: the transaction scored again
+    does not see itself nor later ones; and over ``t``'s own hour and day its windows are that
+    row's."""
+    view = "merchant_stats"
+    events = _merchant_events(seed, 600, 3)
+    newest = events[-1].us
+    stamp, stored = entity_rows.newest_row(view, events)
+    rng = np.random.default_rng(seed)
+    instants = [e.us for e in events[-60:]] + [
+        newest - int(rng.integers(0, 30 * 3_600_000_000)) for _ in range(60)
+    ]
+    instants += [newest - int(rng.integers(0, newest % 3_600_000_000 + 1)) for _ in range(20)]
+    outputs = windows.view_outputs(view)
+    counted_later = same_hour = 0
+    for t in instants:
+        assert stamp > t
+        start = entity_rows.recut_start_us(view, t)
+        assert start == t // 86_400_000_000 * 86_400_000_000  # t's UTC day
+        cut = entity_rows.tiles_before(view, stored, t, [e for e in events if e.us >= start])
+        before = entity_rows.newest_row(view, [e for e in events if e.us < t])[1]
+        for level in windows.TILES[view]:
+            low = newest // level.unit_us - level.units
+            want, got = _restricted(before, level, low), _restricted(cut, level, low)
+            for name in level.lists:
+                assert len(want[name]) == len(got[name]), (t, name)
+                assert all(map(_same, want[name], got[name])), (t, name)
+        counted_later += windows.window_row(view, stored, t) != windows.window_row(view, cut, t)
+        if t // 3_600_000_000 == newest // 3_600_000_000:
+            same_hour += 1
+            want_row = windows.window_row(view, before, t, outputs_only=True)
+            got_row = windows.window_row(view, cut, t, outputs_only=True)
+            assert all(_same(want_row[o], got_row[o]) for o in outputs), t
+    # The stored row counted this transaction or later ones for most instants.
+    assert counted_later > 60 and same_hour >= 20
+
+
+def test_tiles_recut_before_the_first_sighting_are_unknown() -> None:
+    """At or before its first sighting a merchant had no row: its windows are missing (None),
+    as offline, where a merchant's first transaction joins no row; after it, they are counts."""
+    view = "merchant_stats"
+    events = _merchant_events(3, 50, 1)
+    first = events[0].us
+    stored = entity_rows.newest_row(view, events)[1]
+    for t, unknown in ((first, True), (first - 1, True), (first + 1, False)):
+        start = entity_rows.recut_start_us(view, t)
+        cut = entity_rows.tiles_before(view, stored, t, [e for e in events if e.us >= start], first)
+        row = windows.window_row(view, cut, t, outputs_only=True)
+        assert all(v is None for v in row.values()) is unknown, (t, row)
+        assert all(v is None for v in cut.values()) is unknown

@@ -16,8 +16,9 @@ of ``k`` units at ``t`` is the tiles with index in ``[U(t) - k, U(t)]``: the 24h
 from the start of the UTC hour 24 hours before ``t``, the 7d window from the start of the UTC
 day 7 days before; the stored row is the merchant's newest strictly before ``t`` (stamped
 ``T + 1 µs <= t``), so its tiles hold only events before ``t`` (a transaction scored after
-later ones of its merchant were stored sees those in its own hour or day tile: tiles hold sums,
-not times). Tiles are sums, so a distinct count does not tile: the merchant has none.
+later ones of its merchant were stored would see those in its own hour or day tile: the encoder
+cuts that row's tiles again at ``t``, ``entity_rows.tiles_before``). Tiles are sums, so a
+distinct count does not tile: the merchant has none.
 
 :data:`WINDOWED` declares each feature (name, view, window, aggregate, the event field or tile
 sum it reads, Feast type); :func:`window_row` computes one entity's features at one instant (the
@@ -159,7 +160,8 @@ STORED_SCALARS: dict[str, dict[str, str]] = {
 
 #: Per event view: its entity's first sighting (epoch seconds), a stored scalar. At a ``t``
 #: with no stored event before it and at or before the first sighting, the entity was unknown.
-#: (A merchant's tiles hold sums, not times: its row cannot tell, and has no such scalar.)
+#: (A merchant's tiles hold sums, not times: its row cannot tell, and has no such scalar; the
+#: encoder reads its first sighting from its history, ``entity_rows.tiles_before``.)
 FIRST_SEEN: dict[str, str] = {
     "card_stats": "card_first_seen_epoch",
     "device_stats": "device_first_seen_epoch",

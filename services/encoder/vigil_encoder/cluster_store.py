@@ -31,7 +31,7 @@ from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from vigil_encoder.errors import FeatureStoreUnavailable
 from vigil_encoder.metrics import EncoderMetrics
-from vigil_encoder.store import _error_kind, _read_replies
+from vigil_encoder.store import _error_kind, _read_replies, pipelined
 from vigil_servicekit.redis_url import cluster_url
 
 _HMGET = b"HMGET\r\n$"
@@ -81,18 +81,17 @@ class ClusterOnlineStore:
         """``HGETALL`` of each key (the materialization markers: readiness and the metrics
         scrape, never the request path), through redis-py's cluster pipeline, which splits it
         by node."""
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                pipe = self._require_client().pipeline()
-                for key in keys:
-                    pipe.hgetall(key)
-                return await pipe.execute()
-        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
-            kind = _error_kind(exc)
-            self.metrics.redis_errors.labels(kind).inc()
-            raise FeatureStoreUnavailable(
-                f"the online store did not answer ({kind}: {type(exc).__name__})"
-            ) from exc
+        pipe = self._require_client().pipeline()
+        commands = [("HGETALL", key) for key in keys]
+        return await pipelined(pipe, commands, self.timeout_s, self.metrics)
+
+    async def read_many(
+        self, commands: Sequence[tuple[str, ...]], timeout_s: float | None = None
+    ) -> list[Any]:
+        """:meth:`vigil_encoder.store.OnlineStore.read_many`, through redis-py's cluster
+        pipeline."""
+        pipe = self._require_client().pipeline()
+        return await pipelined(pipe, commands, timeout_s or self.timeout_s, self.metrics)
 
     async def hmget_many(
         self, commands: Sequence[bytes], timeout_s: float | None = None

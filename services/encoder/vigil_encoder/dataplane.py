@@ -16,6 +16,7 @@ saw, since Feast's point-in-time join drops rows older than the TTL.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -28,7 +29,9 @@ from typing import Any
 
 from prometheus_client import Counter
 
+from vigil_contracts import entity_rows, windows
 from vigil_contracts.encoding import EncodeRequest, binary_header, encode_binary_flat
+from vigil_contracts.entity_history import KINDS, HistoryRecord, history_key
 from vigil_encoder.errors import (
     EncoderNotReady,
     FeatureServiceNotFound,
@@ -36,7 +39,7 @@ from vigil_encoder.errors import (
     SpecError,
     TooManyRows,
 )
-from vigil_encoder.feast_values import decode_timestamp, decode_values
+from vigil_encoder.feast_values import decode_timestamp, decode_timestamp_us, decode_values
 from vigil_encoder.metrics import EncoderMetrics
 from vigil_encoder.plan import (
     ColumnsTransform,
@@ -89,6 +92,8 @@ class ViewRead:
     age: float = _NAN
     """The row's age in seconds (NaN: no row, or no stamp): the age of what an on-demand view
     finishes from it (the windows)."""
+    stamp_us: int | None = None
+    """A tiled view's row: its stamp in µs (its newest event's time + 1 µs; see :func:`_recut`)."""
 
 
 def _columns_transform(od: OnDemandPlan) -> ColumnsTransform | None:
@@ -201,6 +206,18 @@ class _Layout:
         order = plan.order
         self.reorder = itemgetter(*order) if order is not None and len(order) > 1 else None
         self.headers: dict[int, bytes] = {}
+        # Per view: the join key of a tiled view's entity, whose history the streamer keeps
+        # (see _recut), else None.
+        self.tiled = tuple(
+            view.join_keys[0]
+            if view.name in windows.TILES
+            and len(view.join_keys) == 1
+            and KINDS.get(view.join_keys[0]) == view.name
+            and any(self.od_names[v])
+            else None
+            for v, view in enumerate(plan.views)
+        )
+        self.any_tiled = any(key is not None for key in self.tiled)
 
     def binary_header(self, n_rows: int) -> bytes:
         header = self.headers.get(n_rows)
@@ -259,6 +276,7 @@ def _read(
         layout.fresh_chunks[v],
         False,
         _NAN if age is None else age,
+        decode_timestamp_us(reply[-1]) if layout.tiled[v] is not None else None,
     ), HIT
 
 
@@ -519,13 +537,70 @@ class Encoder:
                 read, result = _read(layout, v, reply, now, memo)
                 reads.append(read)
                 tally[(v, result)] = tally.get((v, result), 0) + 1
-
-            batch = _assemble(layout, request_columns, n, reads, row_reads)
+            past = _past_rows(layout, request_columns, n, reads, row_reads)
+            if not past:
+                batch = _assemble(layout, request_columns, n, reads, row_reads)
+        if past:
+            await self._recut(layout, entities, past, reads, row_reads, store_timeout_s)
+            with collector_paused():
+                batch = _assemble(layout, request_columns, n, reads, row_reads)
 
         for (v, result), count in tally.items():
             self._counter(self.metrics.view_reads, plan.views[v].name, result).inc(count)
         self._counter(self.metrics.rows_encoded, plan.name).inc(n)
         return batch
+
+    async def _recut(
+        self,
+        layout: _Layout,
+        entities: Mapping[str, Sequence[str]],
+        past: list[tuple[int, int, int]],
+        reads: list[ViewRead],
+        row_reads: list[list[int]],
+        timeout_s: float | None,
+    ) -> None:
+        """Cut the tiles of each ``past`` row (view, row, its instant in µs) again at its
+        instant, from its entity's history (``entity_rows.tiles_before``): its stored row holds
+        this transaction or later ones (a transaction scored again once the streamer applied
+        it, or one that arrived after later ones of its merchant), whose tiles would count
+        them. One more round trip, for these rows only: per row, the history's events of the
+        transaction's own day tile before it, and its first sighting: none when the entity has
+        no history (a store loaded by ``feast materialize`` alone keeps none: its tiles are
+        served as stored); at or after ``t``, the merchant was unknown at ``t`` (its windows
+        are missing, as offline). Each row gets its own read (two rows of one merchant may be
+        at different instants)."""
+        plan = layout.plan
+        commands: list[tuple[str, ...]] = []
+        for v, i, t_us in past:
+            view, join_key = plan.views[v].name, layout.tiled[v]
+            assert join_key is not None  # _past_rows picks tiled views only
+            key = history_key(join_key, entities[join_key][i])
+            start = entity_rows.recut_start_us(view, t_us)
+            commands.append(("ZRANGEBYSCORE", key, str(start), f"({t_us}"))
+            commands.append(("ZRANGE", key, "0", "0", "WITHSCORES"))  # its first sighting
+        replies = await self.store.read_many(commands, timeout_s)
+        for k, (v, i, t_us) in enumerate(past):
+            view = plan.views[v].name
+            members, first = replies[2 * k], _first_score(replies[2 * k + 1])
+            self._counter(
+                self.metrics.tiles_recut, view, "no_history" if first is None else "history"
+            ).inc()
+            if first is None:
+                continue
+            read = reads[row_reads[v][i]]
+            events = [_history_event(m) for m in members]
+            od_values = list(read.od_values)
+            for j, names in enumerate(layout.od_names[v]):
+                if not names:
+                    continue
+                stored = dict(zip(names, read.od_values[j], strict=True))
+                lists = {name: stored.get(name) for name in windows.stored_lists(view)}
+                if any(value is None for value in lists.values()):
+                    continue  # not a served row's lists: nothing to cut
+                cut = entity_rows.tiles_before(view, lists, t_us, events, first)  # type: ignore[arg-type]
+                od_values[j] = tuple(cut.get(name, stored[name]) for name in names)
+            row_reads[v][i] = len(reads)
+            reads.append(dataclasses.replace(read, od_values=tuple(od_values)))
 
     def _counter(self, metric: Counter, *labels: str) -> Counter:
         """``metric.labels(*labels)``, kept: a call costs a few µs, and a one-row request
@@ -543,6 +618,51 @@ class Encoder:
 
 
 _ENTITIES = itemgetter("entities")
+
+
+def _history_event(member: bytes) -> entity_rows.Event:
+    """A history member (``HistoryRecord``) as the tiles sum it."""
+    r = HistoryRecord.decode(member)
+    return entity_rows.event(r.t_us, r.amount_eur, r.card_id, r.merchant_id, r.device_id, r.country)
+
+
+def _first_score(reply: Sequence[Any]) -> int | None:
+    """The score (µs) of ``ZRANGE key 0 0 WITHSCORES``'s one member (a flat [member, score],
+    or [(member, score)] where redis-py pairs them); None for an empty (absent) sorted set."""
+    if not reply:
+        return None
+    score = reply[0][1] if isinstance(reply[0], (tuple, list)) else reply[1]
+    return int(float(score))
+
+
+def _past_rows(
+    layout: _Layout,
+    requests: Mapping[str, Sequence[Any]],
+    n: int,
+    reads: list[ViewRead],
+    row_reads: list[list[int]],
+) -> list[tuple[int, int, int]]:
+    """(view, row, the row's instant in µs) of each row whose tiled view's stored row is
+    stamped after its instant (its newest event is at or after it): :meth:`Encoder._recut`.
+    A live transaction is newer than every stored row: one comparison of the newest stamp
+    with the oldest instant settles the batch."""
+    if not layout.any_tiled:
+        return []
+    instants = requests.get(windows.REQUEST_FIELD)
+    if not instants:
+        return []
+    past: list[tuple[int, int, int]] = []
+    for v, join_key in enumerate(layout.tiled):
+        if join_key is None:
+            continue
+        stamps = [read.stamp_us for read in reads if read.stamp_us is not None]
+        if not stamps or max(stamps) <= windows.request_us(float(min(instants))):
+            continue
+        for i, r in enumerate(row_reads[v]):
+            stamp = reads[r].stamp_us
+            if stamp is not None and stamp > (t_us := windows.request_us(float(instants[i]))):
+                past.append((v, i, t_us))
+    return past
 
 
 def _entity_columns(plan: ServicePlan, rows: Sequence[dict[str, Any]]) -> dict[str, list[str]]:

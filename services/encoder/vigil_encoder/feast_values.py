@@ -168,3 +168,11 @@ def decode_timestamp(raw: bytes | None) -> float | None:
         return None
     ts = Timestamp.FromString(raw)
     return ts.seconds + ts.nanos / 1e9
+
+
+def decode_timestamp_us(raw: bytes | None) -> int | None:
+    """:func:`decode_timestamp` in whole µs (exact, where a float of seconds is not always)."""
+    if not raw:
+        return None
+    ts = Timestamp.FromString(raw)
+    return ts.seconds * 1_000_000 + ts.nanos // 1_000

@@ -41,6 +41,15 @@ class EncoderMetrics(ServiceMetrics):
             ["view", "result"],
             registry=self.registry,
         )
+        self.tiles_recut = Counter(
+            "vigil_encoder_tiles_recut",
+            "Rows whose tiled windows (a merchant's) were cut again at the transaction's instant "
+            "from the entity's history, by view and what the history gave: its stored row held "
+            "this transaction or later ones (a transaction scored again, or out of order); "
+            "'history' (recut) or 'no_history' (none kept: the stored tiles were served).",
+            ["view", "source"],
+            registry=self.registry,
+        )
         self.redis_errors = Counter(
             "vigil_encoder_redis_errors",
             "Failed Redis round trips by kind: connection, timeout or response.",

@@ -35,7 +35,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.utils import HIREDIS_AVAILABLE
 
@@ -106,6 +106,26 @@ def _error_kind(exc: BaseException) -> str:
     if isinstance(exc, (RedisConnectionError, OSError)):
         return "connection"
     return "response"
+
+
+async def pipelined(
+    pipe: Any, commands: Sequence[tuple[str, ...]], timeout_s: float, metrics: EncoderMetrics
+) -> list[Any]:
+    """Each command (name, arguments) through redis-py's pipeline ``pipe`` (one server's or a
+    cluster's), within ``timeout_s``: the readiness probe's, the metrics scrape's and the rare
+    reads of a request (:meth:`OnlineStore.read_many`), not the batch's HMGETs. Redis failures
+    become :class:`FeatureStoreUnavailable`."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            for command in commands:
+                pipe.execute_command(*command)
+            return await pipe.execute()
+    except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+        kind = _error_kind(exc)
+        metrics.redis_errors.labels(kind).inc()
+        raise FeatureStoreUnavailable(
+            f"the online store did not answer ({kind}: {type(exc).__name__})"
+        ) from exc
 
 
 class OnlineStore:
@@ -204,18 +224,18 @@ class OnlineStore:
     async def hgetall_many(self, keys: Sequence[str]) -> list[dict[bytes, bytes]]:
         """``HGETALL`` of each key, in one pipelined round trip within the deadline (for the
         readiness probe and the metrics scrape; the request path never calls it)."""
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                pipe = self._require_client().pipeline(transaction=False)
-                for key in keys:
-                    pipe.hgetall(key)
-                return await pipe.execute()
-        except (RedisError, OSError, TimeoutError) as exc:
-            kind = _error_kind(exc)
-            self.metrics.redis_errors.labels(kind).inc()
-            raise FeatureStoreUnavailable(
-                f"the online store did not answer ({kind}: {type(exc).__name__})"
-            ) from exc
+        client = self._require_client()
+        commands = [("HGETALL", key) for key in keys]
+        return await pipelined(client.pipeline(False), commands, self.timeout_s, self.metrics)
+
+    async def read_many(
+        self, commands: Sequence[tuple[str, ...]], timeout_s: float | None = None
+    ) -> list[Any]:
+        """The reply of each command (name, arguments), in order, in one pipelined round trip
+        within ``timeout_s`` (default: the store's deadline): a request's rare reads beside
+        its HMGETs (``dataplane``), so through redis-py."""
+        pipe = self._require_client().pipeline(False)
+        return await pipelined(pipe, commands, timeout_s or self.timeout_s, self.metrics)
 
     async def ping(self) -> str | None:
         """None when Redis answers PING within the deadline, else why not."""
