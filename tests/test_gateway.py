@@ -1465,6 +1465,60 @@ async def test_a_batch_stores_its_decisions_before_answering(stack: Stack, redis
     assert all(value.startswith(b'{"payload_hash"') for value in held)
 
 
+# Keeps Redis busy (a script runs alone) for ARGV[1] µs.
+_BUSY = """
+local t0 = redis.call('TIME')
+local start = t0[1] * 1000000 + t0[2]
+repeat
+  local t = redis.call('TIME')
+until t[1] * 1000000 + t[2] - start >= tonumber(ARGV[1])
+return 1
+"""
+
+
+async def test_a_batch_waits_for_a_busy_store_within_its_budget(
+    stack: Stack, redis_url: str
+) -> None:
+    """A batch that finds the store busy for 0.5 s (a script running alone on the real Redis)
+    waits for its look-up and its write up to 80 % of the time its budget has left, not the
+    store's own 100 ms: its decisions are stored when it answers (with the store's own deadline
+    the write gave up while Redis was still busy, and a retry would have been scored again)."""
+    import threading
+
+    import redis as sync_redis
+
+    items = [txn(), fraud_txn()]
+    # Connections made and kept (a new one could not even be set up on a busy Redis).
+    await asyncio.gather(
+        *(
+            stack.client.post("/v1/transactions/score-batch", json={"transactions": [txn()]})
+            for _ in range(4)
+        )
+    )
+    busy = sync_redis.Redis.from_url(redis_url)
+    try:
+        held = threading.Thread(target=busy.eval, args=(_BUSY, 0, 500_000))
+        held.start()
+        await asyncio.sleep(0.03)  # the script has started
+        response = await stack.client.post(
+            "/v1/transactions/score-batch", json={"transactions": items}
+        )
+        held.join()
+    finally:
+        busy.close()
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == [200, 200]
+    assert not any(r["result"]["degraded"] for r in results)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        stored = await client.mget([KEY_PREFIX + t["transaction_id"] for t in items])
+    finally:
+        await client.aclose()
+    assert all(value is not None and value.startswith(b'{"payload_hash"') for value in stored)
+    again = (await stack.score(items[1])).json()
+    assert again["cached"] is True and again["score"] == results[1]["result"]["score"]
+
+
 async def test_a_batch_that_finds_a_reservation_at_its_write_answers_with_that_decision(
     stack: Stack, redis_url: str
 ) -> None:

@@ -115,7 +115,12 @@ def create_app(
                 fetch_timeout_s=settings.readiness_timeout_s,
             )
             stack.push_async_callback(catalog.close)
-            store = DecisionStore(redis, metrics, ttl_s=settings.decision_ttl_s)
+            store = DecisionStore(
+                redis,
+                metrics,
+                ttl_s=settings.decision_ttl_s,
+                timeout_s=settings.decision_store_timeout_s,
+            )
             events: EventSpool | None = None
             if settings.events_enabled and is_cluster(settings.redis_url):
                 # The event script reads and writes keys of several slots: one Redis only, for

@@ -371,12 +371,20 @@ Held = dict[str, "StoredDecision | Pending"]
 
 class DecisionStore:
     def __init__(
-        self, client: aioredis.Redis | RedisCluster, metrics: GatewayMetrics, *, ttl_s: int
+        self,
+        client: aioredis.Redis | RedisCluster,
+        metrics: GatewayMetrics,
+        *,
+        ttl_s: int,
+        timeout_s: float | None = None,
     ) -> None:
         self.client = client
         self._cluster = ClusterCommands(client) if isinstance(client, RedisCluster) else None
         self.metrics = metrics
         self.ttl_s = ttl_s
+        self.timeout_s = timeout_s
+        """The client's own deadline per operation (``decision_store_timeout_s``); a call may
+        be given a longer one (a batch's: ``timeout_s`` of :meth:`get_many`, :meth:`put_first`)."""
         self._behind: set[asyncio.Task[None]] = set()  # writes behind answers, until done
 
     @staticmethod
@@ -387,21 +395,31 @@ class DecisionStore:
     def _keys(transaction_ids: Sequence[str]) -> list[bytes]:
         return [(KEY_PREFIX + t).encode() for t in transaction_ids]
 
-    async def _call(self, command: bytes) -> Any:
-        return await call_packed(self.client, command)
+    async def _call(self, command: bytes, timeout_s: float | None = None) -> Any:
+        return await call_packed(self.client, command, timeout_s)
 
-    async def _run(self, script: _Script, keys: Sequence[bytes], args: Sequence[bytes]) -> Any:
+    async def _run(
+        self,
+        script: _Script,
+        keys: Sequence[bytes],
+        args: Sequence[bytes],
+        timeout_s: float | None = None,
+    ) -> Any:
         """One script call over every key: one command whatever the count (a pipeline of a
         thousand commands costs more in redis-py than the round trip). On a cluster, one call
-        per hash slot of the keys."""
+        per hash slot of the keys (under the client's own deadline)."""
         if self._cluster is not None:
             return await self._cluster.run(script, keys, args)
         count = b"%d" % len(keys)
         try:
-            return await self._call(pack_command(b"EVALSHA", script.sha, count, *keys, *args))
+            return await self._call(
+                pack_command(b"EVALSHA", script.sha, count, *keys, *args), timeout_s
+            )
         except NoScriptError:
             # A restarted (or another) Redis has not seen the script yet; EVAL caches it.
-            return await self._call(pack_command(b"EVAL", script.source, count, *keys, *args))
+            return await self._call(
+                pack_command(b"EVAL", script.source, count, *keys, *args), timeout_s
+            )
 
     def _decoded(
         self, transaction_ids: Sequence[str], raws: Sequence[bytes | None]
@@ -427,9 +445,12 @@ class DecisionStore:
             )
         return found, unreadable
 
-    async def get_many(self, transaction_ids: Sequence[str]) -> Held:
+    async def get_many(
+        self, transaction_ids: Sequence[str], timeout_s: float | None = None
+    ) -> Held:
         """What the store holds by id, decisions and other requests' reservations; empty
-        (never an error) when the store is unavailable."""
+        (never an error) when the store is unavailable (or did not answer within
+        ``timeout_s``; default: the client's deadline)."""
         if not transaction_ids:
             return {}
         try:
@@ -437,7 +458,7 @@ class DecisionStore:
             raws = await (
                 self._cluster.mget(keys)
                 if self._cluster is not None
-                else self._call(pack_command(b"MGET", *keys))
+                else self._call(pack_command(b"MGET", *keys), timeout_s)
             )
         except (RedisError, OSError) as exc:
             self._failed("get", exc)
@@ -526,31 +547,42 @@ class DecisionStore:
         return written
 
     async def put_first(
-        self, entries: Sequence[tuple[str, bytes]], *, overwrite: bool
+        self,
+        entries: Sequence[tuple[str, bytes]],
+        *,
+        overwrite: bool,
+        timeout_s: float | None = None,
     ) -> list[str]:
         """Write each encoded decision where the store holds nothing (the first writer wins;
         with ``overwrite``, over whatever is there), before answering: the batch path, whose
         reservations would cost Redis more than the round trip costs the batch. The ids not
         written (another request's decision or reservation was there); none when the store
-        is unavailable."""
+        is unavailable (or did not answer within ``timeout_s``; default: the client's
+        deadline)."""
         if not entries:
             return []
         written = await self._write(
             _PUT,
             [t for t, _ in entries],
             [b"0" if overwrite else b"1", b"%d" % self.ttl_s, *(e for _, e in entries)],
+            timeout_s,
         )
         return [
             t for (t, _), w in zip(entries, written, strict=False) if not w
         ]  # [] if unavailable
 
     async def _write(
-        self, script: _Script, transaction_ids: Sequence[str], args: Sequence[bytes]
+        self,
+        script: _Script,
+        transaction_ids: Sequence[str],
+        args: Sequence[bytes],
+        timeout_s: float | None = None,
     ) -> list[int]:
         """Run a writing script over the ids' keys: 1 where it stored a decision (counted),
         else 0; nothing (logged, counted) when the store is unavailable."""
         try:
-            written: list[int] = await self._run(script, self._keys(transaction_ids), args)
+            keys = self._keys(transaction_ids)
+            written: list[int] = await self._run(script, keys, args, timeout_s)
         except (RedisError, OSError) as exc:
             self._failed("put", exc)
             return []

@@ -33,6 +33,11 @@ Outcome: TypeAlias = ScoreResponse | GatewayError
 
 # How long a reservation outlives the longest budget (the decision is written just after it).
 _PENDING_MARGIN_S = 1.0
+#: The share of a batch's time left its decision-store calls may wait, when that is longer than
+#: the store's own deadline (``decision_store_timeout_s``, a lone transaction's): a 1,000-decision
+#: write on a saturated Redis outlasts 100 ms while the batch waits up to its budget, and a
+#: decision not stored is one a retry would make again.
+STORE_SHARE = 0.8
 # Reservations when no budget is set; and how often a duplicate looks for the decision it waits
 # for (doubling from the first wait to the last).
 _PENDING_UNBUDGETED_S = 30.0
@@ -156,6 +161,16 @@ class Claim:
             self._token = secrets.token_hex(8).encode()  # this request's reservations
         return self._hashes, self._token
 
+    def _store_wait(self) -> float | None:
+        """How long a batch's store call may wait (None: the store's own deadline): the longer
+        of that deadline and :data:`STORE_SHARE` of the time its budget has left. A lone
+        transaction (written behind its answer) keeps the store's own."""
+        request, own = self._request, self._store.timeout_s
+        if request.write_behind or request.deadline is None or own is None:
+            return None
+        left = request.deadline - asyncio.get_running_loop().time()
+        return max(own, STORE_SHARE * left)
+
     async def wanted(self) -> list[int]:
         """Which transactions need a fresh decision (the others are settled by the store: a
         replay or a conflict). Written behind, the ids the store holds nothing for are
@@ -167,7 +182,7 @@ class Claim:
         try:
             async with asyncio.timeout_at(request.deadline):
                 if request.rescore or not request.write_behind:
-                    held = await self._store.get_many(self._ids)
+                    held = await self._store.get_many(self._ids, self._store_wait())
                 else:
                     held = await self._store.reserve_many(
                         self._ids, hashes, token, pending_ms=self._owner.pending_ms
@@ -264,7 +279,9 @@ class Claim:
             )
         )
         lost = await self._store.put_first(
-            [(ids[i], encoded[i]) for i in kept], overwrite=request.rescore
+            [(ids[i], encoded[i]) for i in kept],
+            overwrite=request.rescore,
+            timeout_s=self._store_wait(),
         )
         if lost:
             # Another request decided (or reserved) first: answered with its decision.

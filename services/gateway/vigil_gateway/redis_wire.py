@@ -20,13 +20,19 @@ def pack_command(*args: bytes) -> bytes:
     return b"".join([b"*%d\r\n" % len(args), *[b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in args]])
 
 
-async def call_packed(client: Any, command: bytes) -> Any:
+async def call_packed(client: Any, command: bytes, timeout_s: float | None = None) -> Any:
     """Send one packed command (:func:`pack_command`) on a connection of ``client``'s pool (one
-    Redis, not a cluster) and read its reply, under the pool's socket timeouts. An error reply
-    (``ResponseError``) leaves the connection in step and reusable; any other failure may leave a
-    reply on the wire, so the connection is closed."""
+    Redis, not a cluster) and read its reply, under the pool's socket timeouts, or under
+    ``timeout_s`` for this call (a batch's, which waits longer than a lone transaction). An error
+    reply (``ResponseError``) leaves the connection in step and reusable; any other failure
+    (a timeout included) may leave a reply on the wire, so the connection is closed."""
     pool = client.connection_pool
     connection = await pool.get_connection()
+    own = connection.socket_timeout
+    if timeout_s is not None:
+        # The connection is this call's alone until released: its socket timeout is the
+        # deadline redis-py reads (and fails, closing the connection) under.
+        connection.socket_timeout = timeout_s
     try:
         await connection.send_packed_command(command)
         return await connection.read_response()
@@ -36,4 +42,5 @@ async def call_packed(client: Any, command: bytes) -> Any:
         await connection.disconnect(nowait=True)
         raise
     finally:
+        connection.socket_timeout = own
         await pool.release(connection)

@@ -80,8 +80,10 @@ class GatewaySettings(BaseSettings):
 
     decision_store_timeout_s: float = Field(default=0.1, gt=0)
     """Socket, connect and pool-wait timeout of decision-store operations: a slow or lost Redis
-    costs at most about this much per operation, and scoring goes on without it (uncached).
-    Keep it well below ``total_budget_s``: the look-up is part of the budget."""
+    costs a lone transaction at most about this much per operation, and scoring goes on without
+    it (uncached). A batch's look-up and write may wait up to 80 % of its budget's time left
+    when that is longer. Keep it well below ``total_budget_s``: the look-up is part of the
+    budget."""
 
     decision_ttl_s: int = Field(default=24 * 3600, ge=1)
     """How long a decision is kept for idempotent replay, in seconds."""
