@@ -152,41 +152,41 @@ def tiles(level: TileLevel, events: Sequence[Event], newest_us: int) -> dict[str
     return tile_lists(level, tile_sums(level, (e for e in events if e.us >= oldest)), newest_us)
 
 
-def recut_start_us(view: str, t_us: int) -> int:
-    """Where the events :func:`tiles_before` needs at ``t_us`` start: the start of ``t``'s own
-    tile at the coarsest level (a UTC day for merchants)."""
-    return min(t_us // level.unit_us * level.unit_us for level in TILES[view])
-
-
 def tiles_before(
     view: str,
     stored: Mapping[str, Sequence[Any]],
     t_us: int,
-    events: Iterable[Event],
+    later: Iterable[Event],
     first_us: int | None = None,
 ) -> dict[str, list[Any] | None]:
     """A tiled view's stored lists as its row just before ``t_us`` held them, from a newer row's
-    (``stored``: list name -> list) and the entity's ``events`` from :func:`recut_start_us` on
-    (any before ``t`` may be given; later ones are left out): at each level the tiles before
-    ``t``'s own as stored (they end before ``t``), that tile made again of the events before
-    ``t`` (a float sum adds in the order given), no later tile. What a transaction scored again
-    once its merchant's row holds it (or later ones) must see: that row's tiles count them.
+    (``stored``: list name -> list) and the events that row holds at or after ``t`` (``later``:
+    time in ``[t, T]`` for its newest ``T``; others are left out): at each level the tiles
+    before ``t``'s own as stored (they end before ``t``), ``t``'s own with ``later``'s sums
+    taken out (and dropped if it then holds none), no later tile. What a transaction scored
+    again once its merchant's row holds it (or later ones) must see: that row's tiles count
+    them. Counts are exact; an EUR sum differs from one added up to ``t`` in its last bits.
     An entity first seen (``first_us``) at or after ``t`` had no row before it: every list is
     None (unknown at ``t``, as a card or device then is; its windows are missing)."""
     if first_us is not None and first_us >= t_us:
         return {name: None for level in TILES[view] for name in level.lists}
-    before = [e for e in events if e.us < t_us]
+    after = [e for e in later if e.us >= t_us]
     out: dict[str, list[Any] | None] = {}
     for level in TILES[view]:
         unit = level.unit_us
         own = t_us // unit
-        index = list(stored[level.index_list])
+        index = stored[level.index_list]
         keep = bisect_left(index, own)
-        sums = tile_sums(level, (e for e in before if e.us // unit == own))
-        tile = sums.get(own)
-        for name, (of, _) in level.lists.items():
-            kept = list(stored[name][:keep])
-            if tile is not None:
-                kept.append(own if of == "index" else tile[TILE_SUMS.index(of)])
-            out[name] = kept
+        lists = {name: list(stored[name][:keep]) for name in level.lists}
+        if keep < len(index) and index[keep] == own:
+            taken = tile_sums(level, (e for e in after if e.us // unit == own))
+            minus = taken.get(own, [0] * len(TILE_SUMS))
+            left = {
+                name: stored[name][keep] - (0 if of == "index" else minus[TILE_SUMS.index(of)])
+                for name, (of, _) in level.lists.items()
+            }
+            if any(left[name] > 0 for name, (of, _) in level.lists.items() if of == "count"):
+                for name, value in left.items():
+                    lists[name].append(value)
+        out.update(lists)
     return out

@@ -563,8 +563,9 @@ class Encoder:
         instant, from its entity's history (``entity_rows.tiles_before``): its stored row holds
         this transaction or later ones (a transaction scored again once the streamer applied
         it, or one that arrived after later ones of its merchant), whose tiles would count
-        them. One more round trip, for these rows only: per row, the history's events of the
-        transaction's own day tile before it, and its first sighting: none when the entity has
+        them. One more round trip, for these rows only: per row, the history's events the row
+        holds at or after the instant (a few, for a transaction that arrived out of order), to
+        take out of its own tiles, and its first sighting: none when the entity has
         no history (a store loaded by ``feast materialize`` alone keeps none: its tiles are
         served as stored); at or after ``t``, the merchant was unknown at ``t`` (its windows
         are missing, as offline). Each row gets its own read (two rows of one merchant may be
@@ -575,8 +576,10 @@ class Encoder:
             view, join_key = plan.views[v].name, layout.tiled[v]
             assert join_key is not None  # _past_rows picks tiled views only
             key = history_key(join_key, entities[join_key][i])
-            start = entity_rows.recut_start_us(view, t_us)
-            commands.append(("ZRANGEBYSCORE", key, str(start), f"({t_us}"))
+            stamp = reads[row_reads[v][i]].stamp_us
+            assert stamp is not None  # _past_rows picks stamped rows only
+            newest = stamp - entity_rows.ROW_DELAY_US  # the newest event the row holds
+            commands.append(("ZRANGEBYSCORE", key, str(t_us), str(newest)))
             commands.append(("ZRANGE", key, "0", "0", "WITHSCORES"))  # its first sighting
         replies = await self.store.read_many(commands, timeout_s)
         for k, (v, i, t_us) in enumerate(past):
@@ -588,7 +591,7 @@ class Encoder:
             if first is None:
                 continue
             read = reads[row_reads[v][i]]
-            events = [_history_event(m) for m in members]
+            later = [_history_event(m) for m in members]
             od_values = list(read.od_values)
             for j, names in enumerate(layout.od_names[v]):
                 if not names:
@@ -597,7 +600,7 @@ class Encoder:
                 lists = {name: stored.get(name) for name in windows.stored_lists(view)}
                 if any(value is None for value in lists.values()):
                     continue  # not a served row's lists: nothing to cut
-                cut = entity_rows.tiles_before(view, lists, t_us, events, first)  # type: ignore[arg-type]
+                cut = entity_rows.tiles_before(view, lists, t_us, later, first)  # type: ignore[arg-type]
                 od_values[j] = tuple(cut.get(name, stored[name]) for name in names)
             row_reads[v][i] = len(reads)
             reads.append(dataclasses.replace(read, od_values=tuple(od_values)))
