@@ -117,3 +117,15 @@ def now_utc() -> datetime:
 
 def days_ago(n: float) -> datetime:
     return now_utc() - timedelta(days=n)
+
+
+#: A Lua script that keeps Redis busy (a script runs alone: every other client waits) for
+#: ARGV[1] µs: a store that is slow to answer, for real.
+BUSY_SCRIPT = """
+local t0 = redis.call('TIME')
+local start = t0[1] * 1000000 + t0[2]
+repeat
+  local t = redis.call('TIME')
+until t[1] * 1000000 + t[2] - start >= tonumber(ARGV[1])
+return 1
+"""

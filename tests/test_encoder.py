@@ -17,6 +17,7 @@ import httpx
 import pandas as pd
 import pytest
 
+from conftest import BUSY_SCRIPT
 from vigil import feast_repo
 from vigil_contracts.encoding import BINARY_HEADER_LENGTH, BINARY_MEDIA_TYPE, decode_binary
 from vigil_contracts.problems import PROBLEM_MEDIA_TYPE
@@ -683,17 +684,6 @@ async def test_spec_the_encoder_cannot_serve_is_refused(feature_env, tmp_path):
     assert_problem(response, 503, "encoder-not-ready")
 
 
-# Keeps Redis busy (a script runs alone) for ARGV[1] µs.
-_BUSY = """
-local t0 = redis.call('TIME')
-local start = t0[1] * 1000000 + t0[2]
-repeat
-  local t = redis.call('TIME')
-until t[1] * 1000000 + t[2] - start >= tonumber(ARGV[1])
-return 1
-"""
-
-
 async def test_a_caller_that_waits_longer_gives_the_store_round_trip_longer(client, feature_env):
     """The store's round trip has its own deadline (ENCODER_REDIS_TIMEOUT_S, 0.25 s): a batch
     that finds Redis busy for 0.45 s is answered 503. A caller that says it waits 1 s
@@ -707,7 +697,7 @@ async def test_a_caller_that_waits_longer_gives_the_store_round_trip_longer(clie
     busy = sync_redis.Redis.from_url(feature_env.redis.url)
     try:
         for timeout_ms, status in ((None, 503), ("1000", 200)):
-            held = threading.Thread(target=busy.eval, args=(_BUSY, 0, 450_000))
+            held = threading.Thread(target=busy.eval, args=(BUSY_SCRIPT, 0, 450_000))
             held.start()
             await asyncio.sleep(0.03)  # the script has started
             headers = {} if timeout_ms is None else {"x-vigil-timeout-ms": timeout_ms}

@@ -33,6 +33,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from conftest import BUSY_SCRIPT
 from vigil.redis_server import free_port
 from vigil_contracts.decision_events import DecisionEvent
 from vigil_contracts.encoding import EncodeColumnsRequest, EncodeRequest
@@ -1465,17 +1466,6 @@ async def test_a_batch_stores_its_decisions_before_answering(stack: Stack, redis
     assert all(value.startswith(b'{"payload_hash"') for value in held)
 
 
-# Keeps Redis busy (a script runs alone) for ARGV[1] µs.
-_BUSY = """
-local t0 = redis.call('TIME')
-local start = t0[1] * 1000000 + t0[2]
-repeat
-  local t = redis.call('TIME')
-until t[1] * 1000000 + t[2] - start >= tonumber(ARGV[1])
-return 1
-"""
-
-
 async def test_a_batch_waits_for_a_busy_store_within_its_budget(
     stack: Stack, redis_url: str
 ) -> None:
@@ -1497,7 +1487,7 @@ async def test_a_batch_waits_for_a_busy_store_within_its_budget(
     )
     busy = sync_redis.Redis.from_url(redis_url)
     try:
-        held = threading.Thread(target=busy.eval, args=(_BUSY, 0, 500_000))
+        held = threading.Thread(target=busy.eval, args=(BUSY_SCRIPT, 0, 500_000))
         held.start()
         await asyncio.sleep(0.03)  # the script has started
         response = await stack.client.post(

@@ -537,7 +537,7 @@ class Encoder:
                 read, result = _read(layout, v, reply, now, memo)
                 reads.append(read)
                 tally[(v, result)] = tally.get((v, result), 0) + 1
-            past = _past_rows(layout, request_columns, n, reads, row_reads)
+            past = _past_rows(layout, request_columns, reads, row_reads)
             if not past:
                 batch = _assemble(layout, request_columns, n, reads, row_reads)
         if past:
@@ -641,7 +641,6 @@ def _first_score(reply: Sequence[Any]) -> int | None:
 def _past_rows(
     layout: _Layout,
     requests: Mapping[str, Sequence[Any]],
-    n: int,
     reads: list[ViewRead],
     row_reads: list[list[int]],
 ) -> list[tuple[int, int, int]]:
@@ -654,12 +653,12 @@ def _past_rows(
     instants = requests.get(windows.REQUEST_FIELD)
     if not instants:
         return []
+    stamps = [read.stamp_us for read in reads if read.stamp_us is not None]
+    if not stamps or max(stamps) <= windows.request_us(float(min(instants))):
+        return []
     past: list[tuple[int, int, int]] = []
     for v, join_key in enumerate(layout.tiled):
         if join_key is None:
-            continue
-        stamps = [read.stamp_us for read in reads if read.stamp_us is not None]
-        if not stamps or max(stamps) <= windows.request_us(float(min(instants))):
             continue
         for i, r in enumerate(row_reads[v]):
             stamp = reads[r].stamp_us
