@@ -189,3 +189,33 @@ async def test_without_a_history_the_stored_tiles_are_served(client, seeded):
         assert await _recut_count(client, "no_history") - before == 1
     finally:
         store.restore(key, 0, kept, replace=True)
+
+
+async def test_a_history_that_cannot_say_serves_the_stored_tiles(client, seeded, monkeypatch):
+    """More events at or after the instant than the bound, or an unreadable one: the stored
+    tiles are served (as with no history kept), counted by why, never an error."""
+    from vigil_encoder import dataplane
+
+    _, store, raw, fx = seeded
+    merchant, times = _busy_merchant(raw)
+    stored = entity_rows.newest_row(VIEW, _events(raw, fx, merchant))[1]
+    row = _row(raw, merchant, times[0])  # the row holds times[0] and times[1] at or after it
+
+    monkeypatch.setattr(dataplane, "RECUT_MAX_EVENTS", 1)
+    before = await _recut_count(client, "over_cap")
+    [got] = await _merchant_windows(client, [row])
+    assert _close(got, _expected(stored, times[0]))
+    assert await _recut_count(client, "over_cap") - before == 1
+    monkeypatch.undo()
+
+    key = history_key("merchant_id", merchant)
+    store.zadd(key, {b"not a history record": times[-1]})
+    try:
+        before = await _recut_count(client, "error")
+        [got] = await _merchant_windows(client, [row])
+        assert _close(got, _expected(stored, times[0]))
+        assert await _recut_count(client, "error") - before == 1
+    finally:
+        store.zrem(key, b"not a history record")
+    [got] = await _merchant_windows(client, [row])  # readable again: cut
+    assert not _close(got, _expected(stored, times[0]))

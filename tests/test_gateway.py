@@ -1476,6 +1476,8 @@ async def test_a_batch_waits_for_a_busy_store_within_its_budget(
     import threading
 
     import redis as sync_redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
     items = [txn(), fraud_txn()]
     # Connections made and kept (a new one could not even be set up on a busy Redis).
@@ -1486,16 +1488,32 @@ async def test_a_batch_waits_for_a_busy_store_within_its_budget(
         )
     )
     busy = sync_redis.Redis.from_url(redis_url)
+    probe = sync_redis.Redis.from_url(redis_url, socket_timeout=0.02, retry=Retry(NoBackoff(), 0))
+    failed: list[BaseException] = []
+
+    def run_busy() -> None:
+        try:
+            busy.eval(BUSY_SCRIPT, 0, 500_000)
+        except sync_redis.RedisError as exc:  # re-raised below
+            failed.append(exc)
+
     try:
-        held = threading.Thread(target=busy.eval, args=(BUSY_SCRIPT, 0, 500_000))
+        held = threading.Thread(target=run_busy)
         held.start()
-        await asyncio.sleep(0.03)  # the script has started
+        while True:  # until Redis is busy for real: a PING then gets no answer in time
+            try:
+                probe.ping()
+            except sync_redis.TimeoutError:
+                break
+            await asyncio.sleep(0.005)
         response = await stack.client.post(
             "/v1/transactions/score-batch", json={"transactions": items}
         )
         held.join()
     finally:
         busy.close()
+        probe.close()
+    assert not failed, failed
     results = response.json()["results"]
     assert [r["status"] for r in results] == [200, 200]
     assert not any(r["result"]["degraded"] for r in results)

@@ -91,7 +91,11 @@ class ClusterOnlineStore:
         """:meth:`vigil_encoder.store.OnlineStore.read_many`, through redis-py's cluster
         pipeline."""
         pipe = self._require_client().pipeline()
-        return await pipelined(pipe, commands, timeout_s or self.timeout_s, self.metrics)
+        started = time.perf_counter()
+        try:
+            return await pipelined(pipe, commands, timeout_s or self.timeout_s, self.metrics)
+        finally:
+            self.metrics.redis_latency.observe(time.perf_counter() - started)
 
     async def hmget_many(
         self, commands: Sequence[bytes], timeout_s: float | None = None

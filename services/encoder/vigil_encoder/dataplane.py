@@ -16,12 +16,15 @@ saw, since Feast's point-in-time join drops rows older than the TTL.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import math
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from itertools import chain, repeat
 from operator import add, itemgetter, ne, sub
 from pathlib import Path
@@ -241,7 +244,12 @@ def _getter(positions: Sequence[int]) -> Callable[[Sequence[Any]], Sequence[Any]
 def _read(
     layout: _Layout, v: int, reply: list[bytes | None], now: float, memo: dict[bytes, Any]
 ) -> tuple[ViewRead, str]:
-    ts = decode_timestamp(reply[-1])
+    stamp_us = None
+    if layout.tiled[v] is None:
+        ts = decode_timestamp(reply[-1])
+    else:  # its stamp in whole µs too (_past_rows)
+        stamp_us = decode_timestamp_us(reply[-1])
+        ts = None if stamp_us is None else stamp_us / 1e6
     raws = reply[:-1]
     if ts is None and not any(raws):
         return layout.miss[v], MISS
@@ -276,7 +284,7 @@ def _read(
         layout.fresh_chunks[v],
         False,
         _NAN if age is None else age,
-        decode_timestamp_us(reply[-1]) if layout.tiled[v] is not None else None,
+        stamp_us,
     ), HIT
 
 
@@ -527,6 +535,8 @@ class Encoder:
                 command_views += repeat(v, len(distinct))
                 row_reads.append(list(map(index.__getitem__, idents)))
 
+        # One deadline for the store's round trips: the HMGETs, and the rare second (_recut).
+        deadline = asyncio.get_running_loop().time() + (store_timeout_s or self.store.timeout_s)
         replies = await self.store.hmget_many(commands, store_timeout_s)
         now = time.time()
         reads: list[ViewRead] = []
@@ -541,7 +551,7 @@ class Encoder:
             if not past:
                 batch = _assemble(layout, request_columns, n, reads, row_reads)
         if past:
-            await self._recut(layout, entities, past, reads, row_reads, store_timeout_s)
+            await self._recut(layout, entities, past, reads, row_reads, deadline)
             with collector_paused():
                 batch = _assemble(layout, request_columns, n, reads, row_reads)
 
@@ -557,53 +567,69 @@ class Encoder:
         past: list[tuple[int, int, int]],
         reads: list[ViewRead],
         row_reads: list[list[int]],
-        timeout_s: float | None,
+        deadline: float,
     ) -> None:
         """Cut the tiles of each ``past`` row (view, row, its instant in µs) again at its
         instant, from its entity's history (``entity_rows.tiles_before``): its stored row holds
         this transaction or later ones (a transaction scored again once the streamer applied
         it, or one that arrived after later ones of its merchant), whose tiles would count
-        them. One more round trip, for these rows only: per row, the history's events the row
-        holds at or after the instant (a few, for a transaction that arrived out of order), to
-        take out of its own tiles, and its first sighting: none when the entity has
-        no history (a store loaded by ``feast materialize`` alone keeps none: its tiles are
-        served as stored); at or after ``t``, the merchant was unknown at ``t`` (its windows
-        are missing, as offline). Each row gets its own read (two rows of one merchant may be
-        at different instants)."""
+        them. One more round trip, for these rows only, within the store's deadline (``deadline``,
+        on the loop's clock): per merchant, the history's events its row holds from the
+        earliest of its rows' instants on (a few, for a transaction that arrived out of order;
+        at most :data:`RECUT_MAX_EVENTS`), to take out of each row's own tiles, and its first
+        sighting: none when the merchant has no history (a store loaded by ``feast
+        materialize`` alone keeps none); at or after ``t``, the merchant was unknown at ``t``
+        (its windows are missing, as offline). Each row gets its own read (two rows of one
+        merchant may be at different instants). Where the history cannot say (none, more events
+        than the bound, a read that failed, an unreadable member), the stored tiles are served,
+        as before there was a history, and counted by why."""
         plan = layout.plan
-        commands: list[tuple[str, ...]] = []
+        # Rows of one merchant share its read: its newest time and one read of its history.
+        groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
         for v, i, t_us in past:
-            view, join_key = plan.views[v].name, layout.tiled[v]
-            assert join_key is not None  # _past_rows picks tiled views only
-            key = history_key(join_key, entities[join_key][i])
-            stamp = reads[row_reads[v][i]].stamp_us
-            assert stamp is not None  # _past_rows picks stamped rows only
-            newest = stamp - entity_rows.ROW_DELAY_US  # the newest event the row holds
-            commands.append(("ZRANGEBYSCORE", key, str(t_us), str(newest)))
+            groups.setdefault((v, row_reads[v][i]), []).append((i, t_us))
+        commands: list[tuple[str, ...]] = []
+        for (v, r), rows in groups.items():
+            join_key, stamp = layout.tiled[v], reads[r].stamp_us
+            assert join_key is not None and stamp is not None  # _past_rows picks these only
+            key = history_key(join_key, entities[join_key][rows[0][0]])
+            start, newest = min(t for _, t in rows), stamp - entity_rows.ROW_DELAY_US
+            limit = str(RECUT_MAX_EVENTS + 1)
+            commands.append(("ZRANGEBYSCORE", key, str(start), str(newest), "LIMIT", "0", limit))
             commands.append(("ZRANGE", key, "0", "0", "WITHSCORES"))  # its first sighting
-        replies = await self.store.read_many(commands, timeout_s)
-        for k, (v, i, t_us) in enumerate(past):
+        try:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise FeatureStoreUnavailable("the store's deadline passed")
+            replies = await self.store.read_many(commands, left)
+        except FeatureStoreUnavailable as exc:
+            logger.warning(
+                "merchant histories not read: stored tiles served", extra={"reason": exc.detail}
+            )
+            replies = [None] * len(commands)
+        for k, ((v, r), rows) in enumerate(groups.items()):
             view = plan.views[v].name
-            members, first = replies[2 * k], _first_score(replies[2 * k + 1])
-            self._counter(
-                self.metrics.tiles_recut, view, "no_history" if first is None else "history"
-            ).inc()
-            if first is None:
+            later, source = _later_events(replies[2 * k], replies[2 * k + 1])
+            self._counter(self.metrics.tiles_recut, view, source).inc(len(rows))
+            if later is None:
                 continue
-            read = reads[row_reads[v][i]]
-            later = [_history_event(m) for m in members]
-            od_values = list(read.od_values)
-            for j, names in enumerate(layout.od_names[v]):
-                if not names:
-                    continue
-                stored = dict(zip(names, read.od_values[j], strict=True))
-                lists = {name: stored.get(name) for name in windows.stored_lists(view)}
-                if any(value is None for value in lists.values()):
-                    continue  # not a served row's lists: nothing to cut
-                cut = entity_rows.tiles_before(view, lists, t_us, later, first)  # type: ignore[arg-type]
-                od_values[j] = tuple(cut.get(name, stored[name]) for name in names)
-            row_reads[v][i] = len(reads)
-            reads.append(dataclasses.replace(read, od_values=tuple(od_values)))
+            first, events = later
+            times = [e.us for e in events]
+            read = reads[r]
+            for i, t_us in rows:
+                after = events[bisect_left(times, t_us) :]
+                od_values = list(read.od_values)
+                for j, names in enumerate(layout.od_names[v]):
+                    if not names:
+                        continue
+                    stored = dict(zip(names, read.od_values[j], strict=True))
+                    lists = {name: stored.get(name) for name in windows.stored_lists(view)}
+                    if any(value is None for value in lists.values()):
+                        continue  # not a served row's lists: nothing to cut
+                    cut = entity_rows.tiles_before(view, lists, t_us, after, first)  # type: ignore[arg-type]
+                    od_values[j] = tuple(cut.get(name, stored[name]) for name in names)
+                row_reads[v][i] = len(reads)
+                reads.append(dataclasses.replace(read, od_values=tuple(od_values)))
 
     def _counter(self, metric: Counter, *labels: str) -> Counter:
         """``metric.labels(*labels)``, kept: a call costs a few µs, and a one-row request
@@ -622,20 +648,40 @@ class Encoder:
 
 _ENTITIES = itemgetter("entities")
 
+#: The most history events one merchant's rows are cut with (:meth:`Encoder._recut`): beyond it
+#: (a popular merchant's transaction scored again hours later) its stored tiles are served. A
+#: member costs ~4 µs to read the first time.
+RECUT_MAX_EVENTS = 2_000
 
+
+@lru_cache(maxsize=65_536)
 def _history_event(member: bytes) -> entity_rows.Event:
-    """A history member (``HistoryRecord``) as the tiles sum it."""
+    """A history member (``HistoryRecord``) as the tiles sum it (members never change)."""
     r = HistoryRecord.decode(member)
     return entity_rows.event(r.t_us, r.amount_eur, r.card_id, r.merchant_id, r.device_id, r.country)
 
 
-def _first_score(reply: Sequence[Any]) -> int | None:
-    """The score (µs) of ``ZRANGE key 0 0 WITHSCORES``'s one member (a flat [member, score],
-    or [(member, score)] where redis-py pairs them); None for an empty (absent) sorted set."""
-    if not reply:
-        return None
-    score = reply[0][1] if isinstance(reply[0], (tuple, list)) else reply[1]
-    return int(float(score))
+def _later_events(
+    members: list[bytes] | None, first: Sequence[Any] | None
+) -> tuple[tuple[int, list[entity_rows.Event]] | None, str]:
+    """((first sighting µs, events in time order), "history") from a merchant's history reads
+    (``ZRANGEBYSCORE ... LIMIT``, ``ZRANGE key 0 0 WITHSCORES``: a flat [member, score], or
+    [(member, score)] where redis-py pairs them); (None, why) where they cannot say:
+    ``error`` (not read, or a member or score unreadable), ``no_history``, ``over_cap``."""
+    if members is None or first is None:
+        return None, "error"
+    if not first:
+        return None, "no_history"
+    if len(members) > RECUT_MAX_EVENTS:
+        return None, "over_cap"
+    try:
+        score = first[0][1] if isinstance(first[0], (tuple, list)) else first[1]
+        return (int(float(score)), [_history_event(m) for m in members]), "history"
+    except (ValueError, TypeError, IndexError, KeyError) as exc:
+        logger.warning(
+            "merchant history unreadable: stored tiles served", extra={"error": repr(exc)}
+        )
+        return None, "error"
 
 
 def _past_rows(

@@ -235,7 +235,11 @@ class OnlineStore:
         within ``timeout_s`` (default: the store's deadline): a request's rare reads beside
         its HMGETs (``dataplane``), so through redis-py."""
         pipe = self._require_client().pipeline(False)
-        return await pipelined(pipe, commands, timeout_s or self.timeout_s, self.metrics)
+        started = time.perf_counter()
+        try:
+            return await pipelined(pipe, commands, timeout_s or self.timeout_s, self.metrics)
+        finally:
+            self.metrics.redis_latency.observe(time.perf_counter() - started)
 
     async def ping(self) -> str | None:
         """None when Redis answers PING within the deadline, else why not."""

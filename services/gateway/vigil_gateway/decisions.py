@@ -384,7 +384,8 @@ class DecisionStore:
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
         """The client's own deadline per operation (``decision_store_timeout_s``); a call may
-        be given a longer one (a batch's: ``timeout_s`` of :meth:`get_many`, :meth:`put_first`)."""
+        be given a longer one (a batch's: ``timeout_s`` of :meth:`get_many`, :meth:`put_first`;
+        one Redis: a cluster's calls keep the client's own)."""
         self._behind: set[asyncio.Task[None]] = set()  # writes behind answers, until done
 
     @staticmethod
@@ -455,11 +456,12 @@ class DecisionStore:
             return {}
         try:
             keys = self._keys(transaction_ids)
-            raws = await (
-                self._cluster.mget(keys)
-                if self._cluster is not None
-                else self._call(pack_command(b"MGET", *keys), timeout_s)
-            )
+            async with asyncio.timeout(timeout_s):  # the whole call (None: each read's own)
+                raws = await (
+                    self._cluster.mget(keys)
+                    if self._cluster is not None
+                    else self._call(pack_command(b"MGET", *keys), timeout_s)
+                )
         except (RedisError, OSError) as exc:
             self._failed("get", exc)
             return {}
@@ -582,7 +584,8 @@ class DecisionStore:
         else 0; nothing (logged, counted) when the store is unavailable."""
         try:
             keys = self._keys(transaction_ids)
-            written: list[int] = await self._run(script, keys, args, timeout_s)
+            async with asyncio.timeout(timeout_s):  # the whole call, a script loaded again too
+                written: list[int] = await self._run(script, keys, args, timeout_s)
         except (RedisError, OSError) as exc:
             self._failed("put", exc)
             return []
