@@ -196,15 +196,22 @@ def build_world(root: Path, redis_conn: str, args: argparse.Namespace) -> None:
 def hold_stack(root: Path, redis_url: str) -> None:
     """Start the tree's ``LocalStack`` on the world, print its URLs and pids as one JSON line,
     and stop it when stdin closes (the parent's signal, also when the parent dies)."""
+    from bench.run import BENCH_KEY_LIMITS
     from vigil.runner import LocalStack
 
     log_dir = Path(os.environ["AB_STACK_LOG_DIR"])
-    stack = LocalStack(root / "feature_repo", root / "models", log_dir, redis_url=redis_url)
+    stack = LocalStack(
+        root / "feature_repo",
+        root / "models",
+        log_dir,
+        redis_url=redis_url,
+        key_limits=BENCH_KEY_LIMITS,  # authentication on, as in bench.run: no rate limit hit
+    )
     stack.start(timeout=90)
     try:
         urls = {name: svc.url for name, svc in stack.services.items()}
         pids = {name: svc.process.pid for name, svc in stack.services.items()}
-        print(json.dumps({"urls": urls, "pids": pids}), flush=True)
+        print(json.dumps({"urls": urls, "pids": pids, "api_key": stack.api_key}), flush=True)
         sys.stdin.read()
     finally:
         stack.stop()
@@ -264,6 +271,10 @@ class Stack:
         started = json.loads(line)
         self.urls: dict[str, str] = started["urls"]
         self.pids: dict[str, int] = started["pids"]
+        self.headers = {
+            "content-type": "application/json",
+            "authorization": f"Bearer {started['api_key']}",
+        }
 
     def stop(self) -> None:
         if self.process.stdin and not self.process.stdin.closed:
@@ -275,7 +286,9 @@ class Stack:
             self.process.wait()
 
 
-def check_answers(url: str, bodies: list[str], tag: str) -> list[list[Any]]:
+def check_answers(
+    url: str, bodies: list[str], tag: str, headers: dict[str, str]
+) -> list[list[Any]]:
     """The first 20 bodies scored once each: every answer a 200, none degraded; their
     (label, score) for the comparison of the variants' answers."""
     import httpx
@@ -286,7 +299,7 @@ def check_answers(url: str, bodies: list[str], tag: str) -> list[list[Any]]:
             resp = client.post(
                 url + SCORE_PATH,
                 content=body.replace(PLACEHOLDER, f"check-{tag}-{i}"),
-                headers={"content-type": "application/json"},
+                headers=headers,
             )
             if resp.status_code != 200 or resp.json().get("degraded"):
                 raise RuntimeError(f"{tag}: body {i} answered {resp.status_code}: {resp.text}")
@@ -305,7 +318,7 @@ def with_ids(body: str, prefix: str) -> str:
     return "".join(out)
 
 
-def check_batch_answers(url: str, body: str, tag: str) -> list[list[Any]]:
+def check_batch_answers(url: str, body: str, tag: str, headers: dict[str, str]) -> list[list[Any]]:
     """The first batch body scored once: a 200, every item a 200 and none degraded; every
     item's (label, score) in order, for the comparison of the variants' answers."""
     import httpx
@@ -314,7 +327,7 @@ def check_batch_answers(url: str, body: str, tag: str) -> list[list[Any]]:
         resp = client.post(
             url + BATCH_PATH,
             content=with_ids(body, f"check-{tag}-b"),
-            headers={"content-type": "application/json"},
+            headers=headers,
         )
     if resp.status_code != 200:
         raise RuntimeError(f"{tag}: the batch body answered {resp.status_code}: {resp.text[:2000]}")
@@ -380,11 +393,12 @@ def measure(
         "check_degraded": True,
         "timeout_s": 10.0,
         "drain_s": 10.0,
+        "headers": stack.headers,
     }
     load = os.getloadavg()[0]
-    answers = check_answers(stack.urls["gateway"], bodies, tag)
+    answers = check_answers(stack.urls["gateway"], bodies, tag, stack.headers)
     batch_answers = (
-        check_batch_answers(stack.urls["gateway"], batch_bodies[0], tag)
+        check_batch_answers(stack.urls["gateway"], batch_bodies[0], tag, stack.headers)
         if args.batch_concurrency
         else []
     )
