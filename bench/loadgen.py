@@ -17,7 +17,11 @@ Two modes:
   attempt is measured from its own send).
 
 Bodies are templates; every occurrence of ``placeholder`` is replaced by a unique id, so that the
-gateway's idempotency store never replays a stored decision. A 2xx answer that contains
+gateway's idempotency store never replays a stored decision. With ``fresh_timestamps``, every
+transaction's ``timestamp`` is the time the body is sent (UTC, µs): a live payment, newer than
+every stored row of its entities, as in production (a template's own instant, sent again and
+again, would be a transaction older than the rows the earlier sends wrote, which the encoder
+scores by cutting its merchant's tiles again at it). A 2xx answer that contains
 ``"degraded":true`` counts as an error of kind ``degraded`` (the gateway answers a timed-out or
 failed dependency with 200 + ``uncertain``). The generator's own CPU time is reported.
 """
@@ -28,9 +32,11 @@ import argparse
 import asyncio
 import json
 import random
+import re
 import resource
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -46,12 +52,27 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-class Bodies:
-    """Request bodies, round robin over the templates, with unique ids filled in."""
+_TIMESTAMP = re.compile(rb'"timestamp": ?"[^"]*"')
+_NOW = b"\x00now\x00"  # where a fresh timestamp goes (never in a JSON text)
 
-    def __init__(self, templates: list[str], placeholder: str | None, prefix: str) -> None:
+
+class Bodies:
+    """Request bodies, round robin over the templates, with unique ids filled in (and, with
+    ``fresh_timestamps``, every ``timestamp`` the time of sending)."""
+
+    def __init__(
+        self,
+        templates: list[str],
+        placeholder: str | None,
+        prefix: str,
+        fresh_timestamps: bool = False,
+    ) -> None:
         ph = placeholder.encode() if placeholder else None
-        self.parts = [t.encode().split(ph) if ph else [t.encode()] for t in templates]
+        encoded = [t.encode() for t in templates]
+        if fresh_timestamps:
+            encoded = [_TIMESTAMP.sub(b'"timestamp":"' + _NOW + b'"', t) for t in encoded]
+        self.parts = [t.split(ph) if ph else [t] for t in encoded]
+        self.fresh = fresh_timestamps
         self.prefix = prefix
         self.count = 0
 
@@ -59,13 +80,18 @@ class Bodies:
         parts = self.parts[self.count % len(self.parts)]
         self.count += 1
         if len(parts) == 1:
-            return parts[0]
-        base = f"{self.prefix}{self.count}-"
-        out = [parts[0]]
-        for k, part in enumerate(parts[1:]):
-            out.append(f"{base}{k}".encode())
-            out.append(part)
-        return b"".join(out)
+            body = parts[0]
+        else:
+            base = f"{self.prefix}{self.count}-"
+            out = [parts[0]]
+            for k, part in enumerate(parts[1:]):
+                out.append(f"{base}{k}".encode())
+                out.append(part)
+            body = b"".join(out)
+        if self.fresh:
+            now = datetime.now(UTC).isoformat(timespec="microseconds")
+            body = body.replace(_NOW, now.replace("+00:00", "Z").encode())
+        return body
 
 
 @dataclass
@@ -238,7 +264,12 @@ def summarise(
 
 
 async def run(spec: dict[str, Any]) -> dict[str, Any]:
-    bodies = Bodies(spec["bodies"], spec.get("placeholder"), spec.get("id_prefix", "lg"))
+    bodies = Bodies(
+        spec["bodies"],
+        spec.get("placeholder"),
+        spec.get("id_prefix", "lg"),
+        bool(spec.get("fresh_timestamps")),
+    )
     mode = spec["mode"]
     max_conn = int(spec.get("max_connections", 512))
     connector = aiohttp.TCPConnector(limit=max_conn, force_close=False, ttl_dns_cache=None)

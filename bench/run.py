@@ -131,6 +131,9 @@ class Case:
     honour_retry_after: bool = False
     """Closed loop: a worker answered 503 with ``Retry-After`` waits that long (the gateway's
     client contract) before its next request (see bench/loadgen.py)."""
+    fresh_timestamps: bool = False
+    """Every transaction stamped the time its body is sent (the gateway's cases: live payments,
+    see bench/loadgen.py)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -460,6 +463,7 @@ def define_cases(
             )
         )
     for case in cases:
+        case.fresh_timestamps = case.key.startswith("e2e_")
         if case.key.startswith("e2e_") and case.key != "e2e_1_noauth":
             case.headers = headers.get("gateway", {})
         elif case.key.startswith(("encoder_", "predictor_")):
@@ -493,6 +497,7 @@ def overload_cases(url: str, bodies: list[str]) -> list[Case]:
             True,
             timeout_s=OVERLOAD_TIMEOUT_S,
             honour_retry_after=honour,
+            fresh_timestamps=True,
         )
 
     return [
@@ -571,6 +576,7 @@ def run_loadgen(
         "drain_s": 10.0,
         "honour_retry_after": case.honour_retry_after,
         "headers": {"content-type": "application/json", **case.headers},
+        "fresh_timestamps": case.fresh_timestamps,
     }
     spec["rate" if mode == "open" else "concurrency"] = param
     cases_dir = WORK / "cases"

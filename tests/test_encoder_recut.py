@@ -202,6 +202,7 @@ async def test_a_history_that_cannot_say_serves_the_stored_tiles(client, seeded,
     row = _row(raw, merchant, times[0])  # the row holds times[0] and times[1] at or after it
 
     monkeypatch.setattr(dataplane, "RECUT_MAX_EVENTS", 1)
+    monkeypatch.setattr(dataplane, "RECUT_MIN_EVENTS", 1)
     before = await _recut_count(client, "over_cap")
     [got] = await _merchant_windows(client, [row])
     assert _close(got, _expected(stored, times[0]))

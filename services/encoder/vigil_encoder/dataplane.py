@@ -576,7 +576,7 @@ class Encoder:
         them. One more round trip, for these rows only, within the store's deadline (``deadline``,
         on the loop's clock): per merchant, the history's events its row holds from the
         earliest of its rows' instants on (a few, for a transaction that arrived out of order;
-        at most :data:`RECUT_MAX_EVENTS`), to take out of each row's own tiles, and its first
+        at most its share of :data:`RECUT_MAX_EVENTS`), to take out of each row's own tiles, and its first
         sighting: none when the merchant has no history (a store loaded by ``feast
         materialize`` alone keeps none); at or after ``t``, the merchant was unknown at ``t``
         (its windows are missing, as offline). Each row gets its own read (two rows of one
@@ -589,12 +589,15 @@ class Encoder:
         for v, i, t_us in past:
             groups.setdefault((v, row_reads[v][i]), []).append((i, t_us))
         commands: list[tuple[str, ...]] = []
+        # A request's events, shared among its merchants: a bound on the CPU a batch of
+        # transactions far older than their merchants' rows can cost.
+        bound = max(RECUT_MIN_EVENTS, RECUT_MAX_EVENTS // len(groups))
         for (v, r), rows in groups.items():
             join_key, stamp = layout.tiled[v], reads[r].stamp_us
             assert join_key is not None and stamp is not None  # _past_rows picks these only
             key = history_key(join_key, entities[join_key][rows[0][0]])
             start, newest = min(t for _, t in rows), stamp - entity_rows.ROW_DELAY_US
-            limit = str(RECUT_MAX_EVENTS + 1)
+            limit = str(bound + 1)
             commands.append(("ZRANGEBYSCORE", key, str(start), str(newest), "LIMIT", "0", limit))
             commands.append(("ZRANGE", key, "0", "0", "WITHSCORES"))  # its first sighting
         try:
@@ -609,7 +612,7 @@ class Encoder:
             replies = [None] * len(commands)
         for k, ((v, r), rows) in enumerate(groups.items()):
             view = plan.views[v].name
-            later, source = _later_events(replies[2 * k], replies[2 * k + 1])
+            later, source = _later_events(replies[2 * k], replies[2 * k + 1], bound)
             self._counter(self.metrics.tiles_recut, view, source).inc(len(rows))
             if later is None:
                 continue
@@ -648,10 +651,13 @@ class Encoder:
 
 _ENTITIES = itemgetter("entities")
 
-#: The most history events one merchant's rows are cut with (:meth:`Encoder._recut`): beyond it
-#: (a popular merchant's transaction scored again hours later) its stored tiles are served. A
-#: member costs ~4 µs to read the first time.
+#: The most history events one request's rows are cut with (:meth:`Encoder._recut`), shared
+#: among its merchants (at least :data:`RECUT_MIN_EVENTS` each): beyond its share (a popular
+#: merchant's transaction scored again hours later) a merchant's stored tiles are served. A
+#: member costs ~4 µs to read the first time: at most ~8 ms of a request (~64 ms for a batch of
+#: 1,000 merchants, each at its floor).
 RECUT_MAX_EVENTS = 2_000
+RECUT_MIN_EVENTS = 16
 
 
 @lru_cache(maxsize=65_536)
@@ -662,17 +668,18 @@ def _history_event(member: bytes) -> entity_rows.Event:
 
 
 def _later_events(
-    members: list[bytes] | None, first: Sequence[Any] | None
+    members: list[bytes] | None, first: Sequence[Any] | None, bound: int
 ) -> tuple[tuple[int, list[entity_rows.Event]] | None, str]:
     """((first sighting µs, events in time order), "history") from a merchant's history reads
     (``ZRANGEBYSCORE ... LIMIT``, ``ZRANGE key 0 0 WITHSCORES``: a flat [member, score], or
     [(member, score)] where redis-py pairs them); (None, why) where they cannot say:
-    ``error`` (not read, or a member or score unreadable), ``no_history``, ``over_cap``."""
+    ``error`` (not read, or a member or score unreadable), ``no_history``, ``over_cap`` (more
+    than ``bound`` members)."""
     if members is None or first is None:
         return None, "error"
     if not first:
         return None, "no_history"
-    if len(members) > RECUT_MAX_EVENTS:
+    if len(members) > bound:
         return None, "over_cap"
     try:
         score = first[0][1] if isinstance(first[0], (tuple, list)) else first[1]
