@@ -488,10 +488,11 @@ class Encoder:
         entities: Mapping[str, Sequence[str]],
         request_columns: Mapping[str, Sequence[Any]],
         n: int,
-        store_timeout_s: float | None = None,
+        store_timeout_s: float,
     ) -> EncodedBatch:
         """The answer to ``n`` checked rows as columns: join key -> each row's value (the
-        plan's join keys all there), request field -> each row's converted value."""
+        plan's join keys all there), request field -> each row's converted value; the store's
+        round trips within ``store_timeout_s``."""
         layout = self._layout(plan)
 
         # One HMGET per distinct (entity, view); row_reads[v][i] = index of row i's read of view v.
@@ -536,7 +537,7 @@ class Encoder:
                 row_reads.append(list(map(index.__getitem__, idents)))
 
         # One deadline for the store's round trips: the HMGETs, and the rare second (_recut).
-        deadline = asyncio.get_running_loop().time() + (store_timeout_s or self.store.timeout_s)
+        deadline = asyncio.get_running_loop().time() + store_timeout_s
         replies = await self.store.hmget_many(commands, store_timeout_s)
         now = time.time()
         reads: list[ViewRead] = []
@@ -619,17 +620,19 @@ class Encoder:
             first, events = later
             times = [e.us for e in events]
             read = reads[r]
+            # The stored lists each on-demand view reads of the merchant's row (the same for
+            # all its rows); a view that reads none, or a row without them, has nothing to cut.
+            inputs: dict[int, tuple[tuple[str, ...], dict[str, Any], dict[str, Any]]] = {}
+            for j, names in enumerate(layout.od_names[v]):
+                stored = dict(zip(names, read.od_values[j], strict=True))
+                lists = {name: stored.get(name) for name in windows.stored_lists(view)}
+                if names and all(value is not None for value in lists.values()):
+                    inputs[j] = (names, stored, lists)
             for i, t_us in rows:
                 after = events[bisect_left(times, t_us) :]
                 od_values = list(read.od_values)
-                for j, names in enumerate(layout.od_names[v]):
-                    if not names:
-                        continue
-                    stored = dict(zip(names, read.od_values[j], strict=True))
-                    lists = {name: stored.get(name) for name in windows.stored_lists(view)}
-                    if any(value is None for value in lists.values()):
-                        continue  # not a served row's lists: nothing to cut
-                    cut = entity_rows.tiles_before(view, lists, t_us, after, first)  # type: ignore[arg-type]
+                for j, (names, stored, lists) in inputs.items():
+                    cut = entity_rows.tiles_before(view, lists, t_us, after, first)
                     od_values[j] = tuple(cut.get(name, stored[name]) for name in names)
                 row_reads[v][i] = len(reads)
                 reads.append(dataclasses.replace(read, od_values=tuple(od_values)))
