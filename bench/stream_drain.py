@@ -97,6 +97,22 @@ def _print_commandstats(sync: redis.Redis, n: int) -> None:
         )
 
 
+def _print_slowlog(sync: redis.Redis) -> None:
+    """The calls that held Redis for 1 ms or more (every other client waits for them)."""
+    slow = sync.slowlog_get(10_000)
+    worst = max((entry["duration"] for entry in slow), default=0)
+    print(f"redis calls of 1 ms or more: {len(slow)}, the longest {worst / 1000:.1f} ms")
+    kinds: dict[str, list[int]] = {}
+    for entry in slow:
+        words = entry["command"].split()
+        name = words[0].decode(errors="replace").upper()
+        if name == "EVALSHA" and len(words) > 1:
+            name += " " + words[1].decode(errors="replace")[:8]
+        kinds.setdefault(name, []).append(entry["duration"])
+    for name, durations in sorted(kinds.items(), key=lambda kv: -len(kv[1])):
+        print(f"  {name:<20} {len(durations):5d} calls, longest {max(durations) / 1000:.1f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--transactions", type=int, default=40_000)
@@ -135,6 +151,9 @@ def main() -> None:
                 allowed_lateness_s=3600,
             )
             sync.config_resetstat()
+            sync.config_set("slowlog-log-slower-than", 1000)
+            sync.config_set("slowlog-max-len", 10_000)
+            sync.slowlog_reset()
             cpu, redis_cpu = time.process_time(), _cpu_s(server.process.pid)
             started = time.perf_counter()
             asyncio.run(_drain(server.url, settings))
@@ -146,6 +165,7 @@ def main() -> None:
                 f"{1000 * cpu / n:.2f} ms/event, redis-server CPU {1000 * redis_cpu / n:.2f} ms/event"
             )
             _print_commandstats(sync, n)
+            _print_slowlog(sync)
             targets = sorted(
                 {("card_id", c) for c in live["card_id"]}
                 | {("merchant_id", m) for m in live["merchant_id"]}

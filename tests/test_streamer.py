@@ -598,6 +598,64 @@ async def test_a_merchants_tiles_are_running_sums_kept_to_what_a_row_reads(serve
     client.close()
 
 
+async def test_a_busy_merchants_share_of_a_batch_takes_several_short_calls(server, monkeypatch):
+    """One batch holding 40 transactions of one merchant: its adds go in calls of at most
+    ``_TILE_CALL_MAX`` (16) transactions, so that no call holds Redis long, and the row is the
+    same as one call's: the merchant's earlier transactions decided again are duplicates, and a
+    last call whose transactions are all too late (older than the newest by more than the
+    lateness) still answers the tiles the row is built from."""
+    from vigil_streamer import consumer as consumer_module
+
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    history = [
+        _transaction(i, base - timedelta(hours=30 - i), card=f"h{i}", merchant="mhot", device=None)
+        for i in range(6)
+    ]
+    client = redis.Redis.from_url(server.url)
+    seed_histories(client, _raw(_as_raw(history)), None, base)
+    fresh = [
+        _transaction(
+            100 + i,
+            base + timedelta(hours=6, minutes=-i),
+            card=f"c{i}",
+            merchant="mhot",
+            device=None,
+            amount=[2.5, 40.0, 0.1, 999.99][i % 4],
+        )
+        for i in range(27)
+    ]
+    late = [
+        _transaction(
+            200 + i, base + timedelta(minutes=i), card=f"l{i}", merchant="mhot", device=None
+        )
+        for i in range(13)
+    ]
+    _publish(server.url, fresh[:5], "first")
+    await _consumed(server.url, _settings(server.url), StreamerMetrics())
+    calls: list[int] = []
+    script = consumer_module._Scripted.script
+
+    def counted(self, which, keys, args):  # the merchant's tiles calls: transactions in each
+        if which.script is consumer_module._ADD_TILES:
+            calls.append((len(args) - 6) // 7)  # member, t, 2 tile indexes, 3 sums each
+        script(self, which, keys, args)
+
+    monkeypatch.setattr(consumer_module._Scripted, "script", counted)
+    # 27 fresh (the first 5 decided again), then 13 older than the newest by over an hour: the
+    # last call's transactions are all too late.
+    _publish(server.url, fresh[:5] + fresh[5:] + late, "again")
+    metrics = StreamerMetrics()
+    await _consumed(server.url, _settings(server.url, batch_max=200), metrics)
+    assert calls == [16, 16, 8], calls
+    assert metrics.events.labels("late")._value.get() == 13
+    assert metrics.events.labels("duplicate")._value.get() == 5
+    assert metrics.rows.labels("merchant_stats", "written")._value.get() == 1
+    merchant = _raw(_as_raw(history + fresh))
+    _check_rows(server.url, merchant, [("merchant_id", "mhot")])
+    _check_rows(server.url, _raw(_as_raw(late)), [("card_id", "l12")])
+    client.close()
+
+
 async def test_a_newer_stored_row_is_never_overwritten(server):
     client = redis.Redis.from_url(server.url)
     write = client.register_script(feast_layout.WRITE_NEWER)
