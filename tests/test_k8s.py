@@ -267,10 +267,12 @@ def test_the_drift_check_fails_when_a_manifest_changes():
 def test_every_env_name_is_a_setting_of_its_service():
     from vigil_encoder.settings import EncoderSettings
     from vigil_predictor.settings import PredictorSettings
+    from vigil_streamer.settings import StreamerSettings
 
     settings = {
         "encoder": EncoderSettings,
         "predictor": PredictorSettings,
+        "streamer": StreamerSettings,
         "gateway": GatewaySettings,
     }
     deployments = by_kind(MANIFESTS, "Deployment")
@@ -283,7 +285,8 @@ def test_every_env_name_is_a_setting_of_its_service():
         # placeholders (test_the_secrets_are_placeholders_a_production_gateway_refuses), and the
         # production gateway refuses to start on the empty key secret, so each Secret-sourced
         # setting gets a stand-in here.
-        values = dict(by_kind(MANIFESTS, "ConfigMap")[f"vigil-{name}"]["data"])
+        config = by_kind(MANIFESTS, "ConfigMap").get(f"vigil-{name}")  # the streamer has none
+        values = dict(config["data"]) if config else {}
         values |= {k: f"stand-in-{k.lower()}" for k in secret_env_names(container, MANIFESTS)}
         cls(**{k[len(prefix) :].lower(): v for k, v in values.items()})
 
@@ -394,6 +397,36 @@ def test_outside_traffic_reaches_only_the_gateway():
         if s["spec"].get("type", "ClusterIP") != "ClusterIP"
     }
     assert exposed == {"gateway"} == {n for n, s in COMPOSE["services"].items() if s.get("ports")}
+
+
+def test_every_pod_given_a_redis_url_is_let_into_redis():
+    """Ingress is denied by default: a pod that is given a Redis URL must be one the policies
+    let into the Redis pod (the streamer was not, and would never have consumed)."""
+    redis_labels = by_kind(MANIFESTS, "Deployment")["redis"]["spec"]["template"]["metadata"]
+    allowed = [
+        peer["podSelector"]["matchLabels"]
+        for policy in by_kind(MANIFESTS, "NetworkPolicy").values()
+        if policy["spec"]["podSelector"].get("matchLabels", {}).items()
+        <= redis_labels["labels"].items()
+        for rule in policy["spec"].get("ingress", [])
+        for peer in rule.get("from", [])
+    ]
+    readers = 0
+    for workload in (m for m in MANIFESTS if m["kind"] in {"Deployment", "Job", "CronJob"}):
+        spec = workload["spec"]
+        template = (spec["jobTemplate"]["spec"] if workload["kind"] == "CronJob" else spec)[
+            "template"
+        ]
+        pod = template["spec"]
+        names = set().union(
+            *(env_names(c, MANIFESTS) for c in pod.get("initContainers", []) + pod["containers"])
+        )
+        if not any("REDIS_URL" in n or n == "VIGIL_REDIS_CONNECTION_STRING" for n in names):
+            continue
+        readers += 1
+        labels = template["metadata"]["labels"]
+        assert any(peer.items() <= labels.items() for peer in allowed), workload["metadata"]
+    assert readers == 6  # encoder, streamer, gateway; the Jobs features and train, the CronJob
 
 
 def test_redis_urls_are_secrets_not_config():

@@ -2,7 +2,7 @@
 
 vigil generate      seeded synthetic transactions -> data/raw/transactions.parquet
 vigil features      raw transactions -> offline feature tables (parquet) in the Feast repo,
-                    and sample transactions from that world (data/samples.json)
+                    and sample transactions from that world (feature_repo/data/samples.json)
 vigil apply         feast apply + export of the serving spec
 vigil materialize   feast materialize-incremental up to now (--full: the whole window)
 vigil train         Feast point-in-time features -> XGBoost -> models/<name>/<version>/

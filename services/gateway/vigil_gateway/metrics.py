@@ -46,7 +46,8 @@ class GatewayMetrics(ServiceMetrics):
         )
         self.degraded = Counter(
             "vigil_gateway_degraded_answers",
-            "Answers that fell back to 'uncertain', by reason code and model version.",
+            "Answers that fell back to 'uncertain' with degraded: true (a dependency of Vigil's "
+            "failed), by reason code (the first) and model version.",
             ["reason", "model_version"],
             registry=self.registry,
         )
