@@ -87,6 +87,20 @@ def test_cli_fails_clearly_on_a_missing_repo(tmp_path, capsys):
     assert "is not a Feast repo" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "command", [["keys", "list"], ["dead-letters", "list"]], ids=["keys", "dead-letters"]
+)
+def test_cli_fails_clearly_when_redis_does_not_answer(command, capsys):
+    """A Redis that refuses the connection is one line naming it and exit code 2, not a
+    traceback (and a Redis that never answers fails within the clients' timeouts)."""
+    from vigil.redis_server import free_port
+
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    assert main([*command[:1], "--redis-url", url, *command[1:]]) == 2
+    err = capsys.readouterr().err
+    assert f"Redis at {url}" in err and "Traceback" not in err
+
+
 def test_cli_fails_clearly_on_an_unknown_model_version(
     feature_env, trained_model, sample_path, tmp_path, capsys
 ):

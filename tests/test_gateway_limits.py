@@ -102,6 +102,33 @@ async def test_a_batch_beyond_the_lease_asks_redis(redis_url: str) -> None:
         await client.aclose()
 
 
+async def test_a_redis_cluster_no_node_of_which_answers_fails_open_and_the_key_refresh_goes_on():
+    """redis-py's cluster client raises ``RedisClusterException`` (not a ``RedisError``) when it
+    reaches no node: the rate limiter fails open (counted), as for one Redis, instead of every
+    request answering 500; the API key table's refresh keeps trying instead of dying."""
+    import asyncio
+
+    from vigil.redis_server import free_port
+    from vigil_gateway.api_keys import KeyRing
+
+    url = f"redis://127.0.0.1:{free_port()}"
+    client = aioredis.RedisCluster.from_url(url, socket_connect_timeout=0.2)
+    metrics = GatewayMetrics()
+    limiter = RateLimiter(client, Rates(20.0, 20.0, 1e6, 1e6), metrics)
+    for _ in range(2):
+        await limiter(_caller(), 1)
+    assert metrics.rate_limit_errors._value.get() == 2
+    ring = KeyRing(
+        aioredis.RedisCluster.from_url(url, socket_connect_timeout=0.2), "s", refresh_s=0.05
+    )
+    task = asyncio.create_task(ring.run())
+    await asyncio.sleep(0.5)
+    assert not task.done() and ring.loaded_at is None  # still trying, nothing read
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def test_an_overloaded_process_admits_fewer_until_it_refuses_none_for_a_while() -> None:
     admit = Admission(
         GatewayMetrics(),

@@ -223,6 +223,30 @@ async def test_events_reach_the_stream_once_across_an_outage(server):
         await task
 
 
+async def test_the_event_sender_outlives_a_failure_that_is_not_redis(server, monkeypatch):
+    """A bug in a send (not a Redis error) is logged and counted, the events stay spooled and
+    go out on the next try: the sender never dies and leaves the spool to fill."""
+    metrics = GatewayMetrics()
+    spool = _spool(server.url, metrics)
+    real, failures = spool._append, [RuntimeError("a bug")]
+
+    async def append(**kw):
+        if failures:
+            raise failures.pop()
+        return await real(**kw)
+
+    monkeypatch.setattr(spool, "_append", append)
+    task = asyncio.create_task(spool.run())
+    now = datetime.now(UTC) - timedelta(minutes=5)
+    txns = [_transaction(i, now + timedelta(seconds=i)) for i in range(3)]
+    spool.put([_answer(t) for t in txns], txns, _trace(txns), "r1", "k1")
+    await _until(lambda: len(_entries(server.url)) == 3)
+    assert metrics.events_send_errors._value.get() == 1 and len(spool) == 0
+    assert not task.done()
+    spool.close()
+    await task
+
+
 async def test_a_full_spool_drops_and_counts_and_a_drain_sends_what_it_holds(server):
     metrics = GatewayMetrics()
     spool = _spool(server.url, metrics, spool_max=4)
@@ -737,6 +761,41 @@ async def test_a_dead_letter_keeps_its_event_and_is_applied_once_requeued(server
     swiss_raw["amount"] = swiss_raw["amount"].where(swiss_raw["currency"] == "EUR", 10.0 * 1.05)
     swiss_raw["currency"] = "EUR"
     _check_rows(server.url, swiss_raw, [("card_id", "c1")])
+    client.close()
+
+
+async def test_an_event_that_fails_for_a_reason_no_code_expected_is_dead_lettered_alone(server):
+    """A failure that is neither Redis's nor a malformed event (here a stored FX rate that is
+    not a number) fails the batch: its events are then applied one by one, the one that fails
+    alone goes to the dead-letter stream with the reason, the others are applied, everything is
+    acknowledged, and the streamer stays ready (before, the whole batch stayed pending and was
+    retried for ever)."""
+    from vigil_contracts.entity_history import FX_KEY, fx_field
+
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    client = redis.Redis.from_url(server.url)
+    seed_histories(
+        client, _raw(_as_raw([_transaction(100, base - timedelta(hours=2))])), None, base
+    )
+    fine = [_transaction(i, base + timedelta(minutes=i)) for i in range(1, 4)]
+    swiss = Transaction.model_validate(
+        {**_transaction(9, base + timedelta(minutes=5)).model_dump(mode="json"), "currency": "CHF"}
+    )
+    day = (base + timedelta(minutes=5)).date().isoformat()
+    client.hset(FX_KEY, fx_field("CHF", day), "not a rate")
+    _publish(server.url, [fine[0], swiss, *fine[1:]], "r1")
+    metrics = StreamerMetrics()
+    await _consumed(server.url, _settings(server.url, allowed_lateness_s=3600), metrics)
+    assert metrics.events.labels("dead_letter")._value.get() == 1
+    assert metrics.events.labels("applied")._value.get() == 3
+    assert metrics.errors._value.get() == 2  # the batch, then the event alone
+    ((_, letter),) = client.xrange("vigil:decisions:dead")
+    assert letter[b"id"].startswith(b"t9") and b"not applied: ValueError" in letter[b"reason"]
+    _check_rows(
+        server.url,
+        _raw(_as_raw([_transaction(100, base - timedelta(hours=2)), *fine])),
+        [("card_id", "c1")],
+    )
     client.close()
 
 

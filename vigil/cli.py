@@ -251,12 +251,16 @@ def cmd_keys(args: argparse.Namespace) -> None:
     import asyncio
     import json
 
+    from redis.exceptions import RedisClusterException, RedisError
+
     from vigil.keys import KeysError, run_keys_command
 
     try:
         lines = asyncio.run(run_keys_command(args))
     except KeysError as exc:
         raise CliError(str(exc)) from None
+    except (RedisError, RedisClusterException, OSError) as exc:
+        raise CliError(f"Redis at {args.redis_url}: {type(exc).__name__}: {exc}") from None
     for line in lines:
         print(line if isinstance(line, str) else json.dumps(line))
 

@@ -22,9 +22,12 @@ def key_store_client(redis_url: str) -> Any:
 
     from vigil_servicekit.redis_url import cluster_url, is_cluster
 
+    # A command, not a service: a Redis that does not answer fails it within seconds.
     if is_cluster(redis_url):
-        return aioredis.RedisCluster.from_url(cluster_url(redis_url))
-    return aioredis.Redis.from_url(redis_url)
+        return aioredis.RedisCluster.from_url(
+            cluster_url(redis_url), socket_connect_timeout=5.0, socket_timeout=10.0
+        )
+    return aioredis.Redis.from_url(redis_url, socket_connect_timeout=5.0, socket_timeout=10.0)
 
 
 def auth_secret() -> str:

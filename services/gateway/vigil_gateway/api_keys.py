@@ -25,7 +25,8 @@ from typing import Any, Literal
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+
+from vigil_gateway.redis_wire import REDIS_FAILURES
 
 logger = logging.getLogger(__name__)
 
@@ -154,12 +155,15 @@ class KeyRing:
                 if failing:
                     logger.info("API key table readable again")
                 failing = False
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 if not failing:
                     logger.warning(
                         "API key table unreadable; keeping the last one read",
                         extra={"error": repr(exc)},
                     )
+                failing = True
+            except Exception:  # a bug, never Redis's: logged, and the refresh goes on
+                logger.exception("API key table refresh failed; keeping the last one read")
                 failing = True
             await asyncio.sleep(self.refresh_s)
 

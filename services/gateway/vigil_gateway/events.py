@@ -28,7 +28,6 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from vigil_contracts.api import ScoreResponse, Transaction
 from vigil_contracts.decision_events import (
@@ -38,6 +37,7 @@ from vigil_contracts.decision_events import (
 )
 from vigil_gateway.context import DecisionTrace
 from vigil_gateway.metrics import GatewayMetrics
+from vigil_gateway.redis_wire import REDIS_FAILURES
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +205,13 @@ class EventSpool:
                 self._ready.clear()
                 await self._ready.wait()
                 continue
-            if await self._send_some():
+            try:
+                sent = await self._send_some()
+            except Exception:  # a bug, never Redis's (kept and retried below): the loop goes on
+                self.metrics.events_send_errors.inc()
+                logger.exception("decision events not sent: the sender failed; kept in the spool")
+                sent = False
+            if sent:
                 pause = _RETRY_FIRST_S
             else:
                 self._ready.clear()
@@ -253,7 +259,7 @@ class EventSpool:
                     c.decode() if isinstance(c, bytes) else c for c in reply
                 )
             added = int(reply)
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             self.metrics.events_send_errors.inc()
             logger.warning(
                 "decision events not sent yet; kept in the spool",

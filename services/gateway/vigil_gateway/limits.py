@@ -38,13 +38,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
 from vigil_gateway.authenticate import Caller
 from vigil_gateway.decisions import _Script
 from vigil_gateway.errors import GatewayError
 from vigil_gateway.metrics import GatewayMetrics
-from vigil_gateway.redis_wire import call_packed, pack_command
+from vigil_gateway.redis_wire import REDIS_FAILURES, call_packed, pack_command
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,10 @@ class Overloaded(GatewayError):
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail, headers={"Retry-After": "1"})
+
+
+#: What leaves a request unlimited (fail open, counted): Redis failing, or an unreadable reply.
+_FAILURES: tuple[type[Exception], ...] = (*REDIS_FAILURES, ValueError)
 
 
 class RateLimited(GatewayError):
@@ -190,7 +194,7 @@ class RateLimiter:
         try:
             reply = (await self._run((KEY_PREFIX + caller.key_id).encode(), args)).split()
             wait, leased_requests, leased_transactions = (float(v) for v in reply)
-        except (RedisError, OSError, ValueError) as exc:
+        except _FAILURES as exc:
             self.metrics.rate_limit_errors.inc()
             if not self._failing:
                 logger.warning(

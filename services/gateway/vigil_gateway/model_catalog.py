@@ -127,6 +127,10 @@ class ModelCatalog:
             logger.warning(
                 "model metadata refresh failed", extra={"model": self.name, "error": exc.detail}
             )
+        except Exception as exc:  # a bug, not the predictor's answer: the refresh goes on
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self.metrics.metadata_refresh_errors.inc()
+            logger.exception("model metadata refresh failed", extra={"model": self.name})
 
     async def _fetch(
         self, version: str | None, timeout: float | None, request_id: str | None = None

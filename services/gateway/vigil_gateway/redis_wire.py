@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
+
+#: What a Redis call raises when Redis fails it (down, slow, refusing): redis-py's cluster client
+#: raises ``RedisClusterException`` (not a ``RedisError``) when it can reach no node.
+REDIS_FAILURES: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
 
 
 def pack_command(*args: bytes) -> bytes:

@@ -407,12 +407,64 @@ class Consumer:
 
     # --- one batch -----------------------------------------------------------------------
     async def process(self, entries: Sequence[tuple[Any, dict[bytes, bytes]]]) -> None:
+        """Apply ``entries``, acknowledged once applied. Redis failing the batch raises (it is
+        read again once Redis answers). Any other failure (a bug, or state no code expected,
+        such as an unreadable stored rate) is narrowed down: the batch is applied entry by
+        entry, and an entry that fails alone goes to the dead-letter stream with the reason, so
+        that one event never holds the others back, nor the streamer's readiness up."""
+        try:
+            await self._process(entries)
+        except (RedisError, OSError):
+            raise
+        except Exception as exc:
+            self.metrics.errors.inc()
+            if len(entries) > 1:
+                logger.exception(
+                    "streamer batch failed; applying its events one by one",
+                    extra={"events": len(entries)},
+                )
+                for entry in entries:
+                    await self.process([entry])
+                return
+            ((entry_id, fields),) = entries
+            logger.exception(
+                "decision event failed alone; dead-lettered", extra={"entry": str(entry_id)}
+            )
+            await self._dead_letter(
+                [(entry_id, fields, f"not applied: {type(exc).__name__}: {exc}")]
+            )
+
+    async def _dead_letter(self, dead: Sequence[tuple[Any, dict[bytes, bytes], str]]) -> None:
+        """Move ``dead`` to the dead-letter stream and acknowledge them."""
+        pipe = self.client.pipeline(transaction=False)
+        self._add_dead_letters(pipe, dead)
+        pipe.xack(self.settings.stream, self.settings.group, *[entry_id for entry_id, _, _ in dead])
+        await pipe.execute()
+        self._count_dead_letters(dead)
+
+    def _add_dead_letters(
+        self, pipe: Pipeline, dead: Sequence[tuple[Any, dict[bytes, bytes], str]]
+    ) -> None:
+        # A dead letter keeps the entry's own fields beside the reason: it can be sent again
+        # once its cause is fixed (`vigil dead-letters requeue`).
+        for entry_id, fields, reason in dead:
+            source = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+            entry: dict[Any, Any] = {**fields, b"source_id": source, b"reason": reason}
+            pipe.xadd(self.settings.dead_letter_stream, entry)
+
+    def _count_dead_letters(self, dead: Sequence[tuple[Any, dict[bytes, bytes], str]]) -> None:
+        if dead:
+            self.metrics.events.labels("dead_letter").inc(len(dead))
+        for entry_id, _, reason in dead:
+            logger.warning(
+                "decision event dead-lettered", extra={"entry": str(entry_id), "reason": reason}
+            )
+
+    async def _process(self, entries: Sequence[tuple[Any, dict[bytes, bytes]]]) -> None:
         started = time.perf_counter()
         s = self.settings
         ids = [entry_id for entry_id, _ in entries]
         events: list[tuple[Any, dict[bytes, bytes], DecisionEvent]] = []
-        # A dead letter keeps the entry's own fields beside the reason: it can be sent again
-        # once its cause is fixed (`vigil dead-letters requeue`).
         dead: list[tuple[Any, dict[bytes, bytes], str]] = []
         for entry_id, fields in entries:
             try:
@@ -437,19 +489,11 @@ class Consumer:
         written_at = datetime.now(UTC).isoformat()
         for view, stamp in newest.items():
             done.script(self._mark, [marker_key(s.project, view)], [_iso(stamp), written_at])
-        for entry_id, fields, reason in dead:
-            source = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-            entry: dict[Any, Any] = {**fields, b"source_id": source, b"reason": reason}
-            done.pipe.xadd(s.dead_letter_stream, entry)
+        self._add_dead_letters(done.pipe, dead)
         for start in range(0, len(ids), s.read_count):  # as read: no call holds Redis long
             done.pipe.xack(s.stream, s.group, *ids[start : start + s.read_count])
         await done.execute()
-        if dead:
-            self.metrics.events.labels("dead_letter").inc(len(dead))
-            for entry_id, _, reason in dead:
-                logger.warning(
-                    "decision event dead-lettered", extra={"entry": str(entry_id), "reason": reason}
-                )
+        self._count_dead_letters(dead)
         if added:
             self.metrics.events.labels("applied").inc(len(added))
         if duplicates := len(latest.keys() - added):
