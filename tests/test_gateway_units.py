@@ -435,6 +435,18 @@ def _json_answer(scores: Any, contributions: Any) -> bytes:
 
 
 @pytest.mark.parametrize(
+    "body", [[], "fraud_detector", {"name": "fraud_detector"}, {"parameters": ["1"]}]
+)
+def test_model_metadata_that_is_not_an_object_with_parameters_is_a_type_error(body) -> None:
+    """The metadata client turns a TypeError into an invalid answer (a typed downstream error);
+    anything else (an AttributeError on a list) had been a 500."""
+    from vigil_gateway.model_metadata import ModelMetadata
+
+    with pytest.raises(TypeError, match="not an object"):
+        ModelMetadata.from_v2(body)
+
+
+@pytest.mark.parametrize(
     "content,length",
     [
         (b"not json", None),

@@ -86,7 +86,9 @@ class ModelMetadata(BaseModel):
 
     @classmethod
     def from_v2(cls, body: dict[str, Any]) -> ModelMetadata:
-        params = body.get("parameters") or {}
+        params = body.get("parameters") if isinstance(body, dict) else None
+        if not isinstance(params, dict):
+            raise TypeError("model metadata is not an object with `parameters`")
         return cls.model_validate(
             {
                 "name": body["name"],

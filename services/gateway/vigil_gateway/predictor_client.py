@@ -220,7 +220,7 @@ class PredictorClient:
             raise downstream.rejected(self.metrics, NAME, response)
         try:
             return ModelMetadata.from_v2(response.json())
-        except (ValueError, KeyError, TypeError, AttributeError, ValidationError) as exc:
+        except (ValueError, KeyError, TypeError, ValidationError) as exc:
             raise downstream.invalid_response(
                 self.metrics, NAME, f"model metadata lacks what the gateway needs ({exc!r:.200})"
             ) from exc
