@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -820,6 +821,7 @@ def run_case(
     the gateway: ``result["store_restore_s"]``)."""
     restored = store.before(f"{case.key} {mode} {param:g}") if store is not None else None
     through_gateway = case.key.startswith("e2e_")
+    labels_before = gateway_labels(case.url) if through_gateway else {}
     if stream is None or not through_gateway:
         result = run_loadgen(case, mode, param, *args, **kw)
     else:
@@ -827,12 +829,42 @@ def run_case(
             result = run_loadgen(case, mode, param, *args, **kw)
         result["stream"] = backlog
         _log_backlog(case.key, backlog)
+    if through_gateway:
+        after = gateway_labels(case.url)
+        result["labels"] = {k: v - labels_before.get(k, 0.0) for k, v in after.items()}
+        total = sum(result["labels"].values())
+        if total:
+            shares = ", ".join(
+                f"{k} {100 * v / total:.1f} %" for k, v in sorted(result["labels"].items()) if v
+            )
+            log(f"{case.key:<24} answers: {shares} of {total:,.0f} fresh decisions")
     if store is not None:
         if restored is not None:
             result["store_restore_s"] = restored["seconds"]
         if through_gateway:
             store.touched()
     return result
+
+
+def gateway_labels(score_url: str) -> dict[str, float]:
+    """The gateway's fresh decisions so far by label (its ``vigil_gateway_decisions_total``
+    counter, from ``/metrics`` beside ``score_url``); empty if it cannot be read. Under load
+    the benchmark's few thousand cards pay again and again, and once the streamer has applied
+    their events their velocity is an attack's: the label mix says how many answers were
+    flagged (and so explained: SHAP is most of a flagged row's cost)."""
+    base = score_url.split("/v1/", 1)[0]
+    try:
+        with urllib.request.urlopen(f"{base}/metrics", timeout=2.0) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("vigil_gateway_decisions_total{"):
+            name, _, value = line.rpartition(" ")
+            label = name.split('label="', 1)[1].split('"', 1)[0]
+            out[label] = out.get(label, 0.0) + float(value)
+    return out
 
 
 def _log_backlog(key: str, backlog: dict[str, Any]) -> None:

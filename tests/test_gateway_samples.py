@@ -127,7 +127,14 @@ async def test_unset_path_and_invalid_entries(tmp_path, caplog):
             {"name": "no amount", "expect_fraud": False, "transaction": {"card_id": "c1"}},
         ]
     }
+    bad_ip = {**SAMPLES["samples"][0]["transaction"], "ip_address": "192.0.2.999"}
+    broken["samples"].append({"name": "bad ip", "expect_fraud": False, "transaction": bad_ip})
     path = tmp_path / "samples.json"
     path.write_text(json.dumps(broken))
-    body = (await get_samples(path)).json()
+    with caplog.at_level(logging.INFO, logger="vigil_gateway.samples"):
+        body = (await get_samples(path)).json()
     assert [s["name"] for s in body["samples"]] == ["regular purchase"]
+    # Why each was skipped, where in the sample, but none of its values (README, *Privacy*).
+    reasons = [r.reason for r in caplog.records if r.getMessage() == "sample transaction skipped"]
+    assert len(reasons) == 2 and any("ip_address" in r for r in reasons)
+    assert not any("192.0.2.999" in r or "'c1'" in r for r in reasons)

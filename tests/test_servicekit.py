@@ -147,9 +147,50 @@ async def test_unexpected_exception_is_a_generic_500_that_is_logged(client, caps
     assert "secret" not in response.text
     logged = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     failure = next(e for e in logged if e["msg"] == "unhandled exception")
-    assert failure["request_id"] == "boom-1" and "RuntimeError: secret internals" in failure["exc"]
+    assert failure["request_id"] == "boom-1" and "RuntimeError: <withheld>" in failure["exc"]
+    # The message withheld (the code line of the raise, in the frame, is code, not data).
+    assert failure["exc"].splitlines()[-1] == "RuntimeError: <withheld>"
+    assert "in boom" in failure["exc"]
     access = next(e for e in logged if e["msg"] == "request")
     assert access["status"] == 500 and access["route"] == "/boom"
+
+
+def test_a_logged_exception_keeps_its_traceback_and_withholds_what_may_be_data() -> None:
+    """No log line holds a card, device or IP (README, *Privacy*): an exception's message may
+    quote one (a KeyError of a card id, a validation error of its input), so only the
+    infrastructure's messages (OSError, redis-py's, httpx's) are logged; every type and frame is."""
+    import redis.exceptions
+
+    from vigil_servicekit.logs import exception_text
+
+    def text_of(raise_it) -> str:
+        try:
+            raise_it()
+        except Exception:  # noqa: BLE001 - any exception, as a handler logs it
+            return exception_text(sys.exc_info())
+        raise AssertionError("nothing raised")
+
+    card, ip = "c0042", "192.0.2.7"  # not on the lines the traceback shows
+
+    def chained() -> None:
+        try:
+            {}[card]
+        except KeyError as exc:
+            raise ValueError(f"card {card} at {ip}") from exc
+
+    text = text_of(chained)
+    assert "c0042" not in text and "192.0.2.7" not in text
+    assert "KeyError: <withheld>" in text and "ValueError: <withheld>" in text
+    assert "direct cause" in text and "in chained" in text
+    refused = text_of(lambda: (_ for _ in ()).throw(ConnectionRefusedError(111, "refused")))
+    assert "ConnectionRefusedError: [Errno 111] refused" in refused
+
+    def redis_down() -> None:
+        raise redis.exceptions.ConnectionError("Error 111 connecting to redis:6379")
+
+    assert "redis.exceptions.ConnectionError: Error 111 connecting to redis:6379" in text_of(
+        redis_down
+    )
 
 
 async def test_metrics_count_by_route_template_and_outcome(client):
@@ -209,7 +250,7 @@ def test_json_formatter_keeps_extras_and_exceptions():
         )
     entry = json.loads(JsonFormatter().format(record))
     assert entry["msg"] == "failed once" and entry["level"] == "ERROR"
-    assert entry["request_id"] == "r-1" and "ValueError: bad" in entry["exc"]
+    assert entry["request_id"] == "r-1" and "ValueError: <withheld>" in entry["exc"]
     assert "args" not in entry and "lineno" not in entry
 
 

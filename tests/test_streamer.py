@@ -790,7 +790,7 @@ async def test_an_event_that_fails_for_a_reason_no_code_expected_is_dead_lettere
     assert metrics.events.labels("applied")._value.get() == 3
     assert metrics.errors._value.get() == 2  # the batch, then the event alone
     ((_, letter),) = client.xrange("vigil:decisions:dead")
-    assert letter[b"id"].startswith(b"t9") and b"not applied: ValueError" in letter[b"reason"]
+    assert letter[b"id"].startswith(b"t9") and b"not applied: ValueError at " in letter[b"reason"]
     _check_rows(
         server.url,
         _raw(_as_raw([_transaction(100, base - timedelta(hours=2)), *fine])),

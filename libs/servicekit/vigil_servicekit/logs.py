@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import traceback
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,15 +32,61 @@ def _entry(
     return entry
 
 
+#: Exceptions whose text is about the infrastructure (a host, a port, a timeout, a Redis or HTTP
+#: error reply), never about a transaction: their messages are logged.
+_INFRASTRUCTURE_MODULES = ("redis.", "httpx", "httpcore", "h11", "anyio", "asyncio", "ssl")
+
+
+def _text_is_safe(exc: BaseException) -> bool:
+    module = type(exc).__module__ + "."
+    return isinstance(exc, OSError | TimeoutError) or module.startswith(_INFRASTRUCTURE_MODULES)
+
+
+def exception_text(exc_info: Any) -> str:
+    """An exception as a log line carries it: what Python prints for it (each exception of the
+    chain with its traceback: files, lines, code), but each message only when
+    :func:`_text_is_safe`. The message of any other exception (a ``KeyError`` of a card id, a
+    validation error quoting its input) may carry a transaction's data, which no log line holds
+    (README, *Privacy*): it is withheld."""
+    exc = exc_info[1]
+    chain: list[tuple[BaseException, str]] = []
+    link = ""
+    while exc is not None and all(exc is not seen for seen, _ in chain):
+        chain.append((exc, link))
+        if exc.__cause__ is not None:
+            exc, link = exc.__cause__, _CAUSE
+        elif exc.__context__ is not None and not exc.__suppress_context__:
+            exc, link = exc.__context__, _CONTEXT
+        else:
+            exc = None
+    parts: list[str] = []
+    for each, link in reversed(chain):  # the first raised first, as Python prints them
+        if each.__traceback__ is not None:
+            parts.append("Traceback (most recent call last):\n")
+            parts.extend(traceback.format_tb(each.__traceback__))
+        name = type(each).__qualname__
+        if type(each).__module__ not in ("builtins", "__main__"):
+            name = f"{type(each).__module__}.{name}"
+        text = str(each) if _text_is_safe(each) else "<withheld>"
+        parts.append(f"{name}: {text}\n" if text else f"{name}\n")
+        parts.append(link)
+    return "".join(parts).rstrip("\n")
+
+
+_CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"
+_CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
+
+
 class JsonFormatter(logging.Formatter):
-    """``ts``, ``level``, ``logger``, ``msg``, every ``extra=`` field, and ``exc`` if any."""
+    """``ts``, ``level``, ``logger``, ``msg``, every ``extra=`` field, and ``exc`` if any (its
+    messages withheld but for the infrastructure's: :func:`exception_text`)."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = _entry(
             record.created, record.levelname, record.name, record.getMessage(), vars(record)
         )
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+            entry["exc"] = exception_text(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
 
 

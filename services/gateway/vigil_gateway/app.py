@@ -70,7 +70,9 @@ def create_app(
     predictor_transport: httpx.AsyncBaseTransport | None = None,
 ) -> FastAPI:
     settings = settings or GatewaySettings()
-    service_log = configure_logging("vigil_gateway", settings.log_level)
+    service_log = configure_logging(
+        "vigil_gateway", settings.log_level, silence_uvicorn_access=True
+    )
     metrics = GatewayMetrics()
     rules = load_rules(settings.safeguards_path)  # a broken rule file fails the start, loudly
     if not settings.auth_enabled:

@@ -31,7 +31,9 @@ logger = logging.getLogger(__name__)
 
 def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     settings = settings or PredictorSettings()
-    service_log = configure_logging("vigil_predictor", settings.log_level)
+    service_log = configure_logging(
+        "vigil_predictor", settings.log_level, silence_uvicorn_access=True
+    )
     metrics = PredictorMetrics()
     repository = ModelRepository(
         settings.models_dir,

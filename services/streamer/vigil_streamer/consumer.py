@@ -27,8 +27,10 @@ import contextlib
 import logging
 import random
 import time
+import traceback
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -430,8 +432,12 @@ class Consumer:
             logger.exception(
                 "decision event failed alone; dead-lettered", extra={"entry": str(entry_id)}
             )
+            # The type and where, not the message (it may quote the event's card or device:
+            # the log holds none, README *Privacy*; the dead letter keeps the event itself).
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            where = f"{Path(frame.filename).name}:{frame.lineno}"
             await self._dead_letter(
-                [(entry_id, fields, f"not applied: {type(exc).__name__}: {exc}")]
+                [(entry_id, fields, f"not applied: {type(exc).__name__} at {where}")]
             )
 
     async def _dead_letter(self, dead: Sequence[tuple[Any, dict[bytes, bytes], str]]) -> None:
