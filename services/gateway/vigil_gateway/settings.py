@@ -141,7 +141,7 @@ class GatewaySettings(BaseSettings):
     """The explicit acknowledgement production needs to run with ``auth_enabled=false``."""
 
     auth_secret: SecretStr = SecretStr(DEVELOPMENT_SECRET)
-    """Server secret of the keys' stored hashes (HMAC-SHA256) and of the pseudonyms in logs.
+    """Server secret of the keys' stored hashes (HMAC-SHA256).
     ``vigil keys`` must be given the same one. Production refuses the development default."""
 
     auth_refresh_s: float = Field(default=0.5, gt=0, le=1.0)
