@@ -733,6 +733,12 @@ def pool_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     )
     if any("stream" in r for r in rounds):
         pooled["stream"] = pool_stream([r["stream"] for r in rounds if "stream" in r])
+    if any("labels" in r for r in rounds):
+        labels: dict[str, float] = {}
+        for r in rounds:
+            for label, n in r.get("labels", {}).items():
+                labels[label] = labels.get(label, 0.0) + n
+        pooled["labels"] = labels
     if any("store_restore_s" in r for r in rounds):
         pooled["store_restore_s"] = [r.get("store_restore_s") for r in rounds]
     return pooled

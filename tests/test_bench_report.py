@@ -333,3 +333,18 @@ def test_the_setup_says_whether_each_case_started_from_the_restored_store(tmp_pa
     no_restore["store"] = {"restored": False}
     assert "not restored between cases (`--no-restore`)" in report.store_line(no_restore)
     assert "not restored between cases (a run from before" in report.store_line(_results())
+
+
+def test_a_gateway_runs_flagged_share_is_its_suspicious_and_highly_suspicious_answers() -> None:
+    from bench.report import flagged_share
+
+    run = {
+        "labels": {
+            "not_fraud": 60.0,
+            "suspicious": 30.0,
+            "highly_suspicious": 6.0,
+            "uncertain": 4.0,
+        }
+    }
+    assert flagged_share(run) == "36 %"
+    assert flagged_share({}) == "–" and flagged_share({"labels": {}}) == "–"
