@@ -52,6 +52,18 @@ def _streamer_share(run: dict[str, Any]) -> str:
     )
 
 
+def _flagged_note(run: dict[str, Any]) -> str:
+    """How many of a run's answers were flagged, and so explained (SHAP) and worded."""
+    share = flagged_share(run)
+    if share == "–":
+        return ""
+    return (
+        f" {share} of its answers were flagged (suspicious or highly suspicious: the benchmark's "
+        "cards, paying again and again, take an attack's velocity), each explained with SHAP "
+        "by the predictor and worded into reasons by the gateway."
+    )
+
+
 def cpu_breakdown(run: dict[str, Any] | None, names: tuple[str, ...], per: int = 1) -> str:
     """``gateway 1.20 + encoder 0.50 ... = 2.1 ms CPU per request`` (per ``per`` rows)."""
     if not run:
@@ -387,7 +399,9 @@ def verdicts(results: dict[str, Any]) -> list[Verdict]:
                     f"CPU per 1000 transactions: {cpu_breakdown(b, VIGIL, per=1000)}; on 2 cores "
                     f"that bounds the rate near "
                     f"{2_000_000 / max(cpu_total(b, VIGIL) * 1000 / b['rows'], 1e-9):.0f} "
-                    "transactions/s even with no load generator." + _streamer_share(b)
+                    "transactions/s even with no load generator."
+                    + _streamer_share(b)
+                    + _flagged_note(b)
                 ),
             )
         )
