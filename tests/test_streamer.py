@@ -680,6 +680,32 @@ async def test_a_busy_merchants_share_of_a_batch_takes_several_short_calls(serve
     client.close()
 
 
+async def test_a_stopped_replicas_unacknowledged_events_are_taken_over_in_one_batch(server):
+    """A replica read 450 events and stopped before acknowledging them: once they have been
+    idle ``claim_idle_s``, another replica takes them all over in one claim cycle (claims of a
+    read's size, through the pending list) and applies them as one batch; nothing is left
+    pending, and the rows are the batch pipeline's."""
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    client = redis.Redis.from_url(server.url)
+    seed_histories(client, _raw([]), None, base)
+    live = [
+        _transaction(i, base + timedelta(seconds=20 * i), card=f"c{i % 9}", merchant=f"m{i % 4}")
+        for i in range(450)
+    ]
+    _publish(server.url, live, "r1")
+    client.xgroup_create(STREAM_KEY, "streamer", id="0")
+    read = client.xreadgroup("streamer", "stopped-1", {STREAM_KEY: ">"}, count=1000)
+    assert len(read[0][1]) == 450  # read, never acknowledged: the replica stopped
+    await asyncio.sleep(0.3)  # idle past claim_idle_s
+    metrics = StreamerMetrics()
+    await _consumed(server.url, _settings(server.url, read_count=200, batch_max=4000), metrics)
+    assert metrics.batch_size._sum.get() == 450
+    assert sum(b.get() for b in metrics.batch_size._buckets) == 1  # one batch
+    assert client.xpending(STREAM_KEY, "streamer")["pending"] == 0
+    _check_rows(server.url, _raw(_as_raw(live)), [("card_id", "c1"), ("merchant_id", "m2")])
+    client.close()
+
+
 async def test_a_newer_stored_row_is_never_overwritten(server):
     client = redis.Redis.from_url(server.url)
     write = client.register_script(feast_layout.WRITE_NEWER)

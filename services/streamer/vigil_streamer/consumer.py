@@ -370,19 +370,29 @@ class Consumer:
         now = time.monotonic()
         if now - self._last_claim >= s.claim_idle_s:
             self._last_claim = now
-            claimed = await self.client.xautoclaim(
-                s.stream,
-                s.group,
-                s.consumer,
-                min_idle_time=int(s.claim_idle_s * 1000),
-                start_id="0-0",
-                count=min(s.read_count, s.batch_max),
-            )
-            if claimed and claimed[1]:
-                logger.info(
-                    "took over events of a stopped replica", extra={"events": len(claimed[1])}
+            # What stopped replicas read and never acknowledged: up to a batch at once, in
+            # claims of a read's size (the cursor goes on through the pending list).
+            taken: list[Any] = []
+            start: Any = "0-0"
+            while len(taken) < s.batch_max:
+                chunk = min(s.read_count, s.batch_max - len(taken))
+                claimed = await self.client.xautoclaim(
+                    s.stream,
+                    s.group,
+                    s.consumer,
+                    min_idle_time=int(s.claim_idle_s * 1000),
+                    start_id=start,
+                    count=chunk,
                 )
-                await self.process(claimed[1])
+                if not claimed:
+                    break
+                taken += claimed[1]
+                start = claimed[0]
+                if start in (b"0-0", "0-0") or len(claimed[1]) < chunk:
+                    break  # the whole pending list seen
+            if taken:
+                logger.info("took over events of a stopped replica", extra={"events": len(taken)})
+                await self.process(taken)
             await self._gauge_lag()
         chunk = min(s.read_count, s.batch_max)
         reply = await self.client.xreadgroup(
