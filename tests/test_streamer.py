@@ -264,7 +264,8 @@ async def test_a_full_spool_drops_and_counts_and_a_drain_sends_what_it_holds(ser
 
 # --- the streamer ---------------------------------------------------------------------------
 def _settings(url: str, **kw) -> StreamerSettings:
-    return StreamerSettings(redis_url=url, consumer="test-1", block_ms=50, claim_idle_s=0.2, **kw)
+    kw.setdefault("claim_idle_s", 0.2)
+    return StreamerSettings(redis_url=url, consumer="test-1", block_ms=50, **kw)
 
 
 def _raw(rows: list[tuple]) -> pd.DataFrame:
@@ -703,6 +704,30 @@ async def test_a_stopped_replicas_unacknowledged_events_are_taken_over_in_one_ba
     assert sum(b.get() for b in metrics.batch_size._buckets) == 1  # one batch
     assert client.xpending(STREAM_KEY, "streamer")["pending"] == 0
     _check_rows(server.url, _raw(_as_raw(live)), [("card_id", "c1"), ("merchant_id", "m2")])
+    client.close()
+
+
+async def test_consumers_gone_from_the_group_are_removed_those_holding_events_kept(server):
+    """Each Kubernetes pod is a new consumer name: a consumer with nothing pending that has not
+    read for ``forget_consumers_after_s`` is removed from the group; one still holding events
+    is kept (until they are taken over), and so is this replica."""
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    client = redis.Redis.from_url(server.url)
+    seed_histories(client, _raw([]), None, base)
+    _publish(server.url, [_transaction(i, base + timedelta(minutes=i)) for i in range(3)], "r1")
+    client.xgroup_create(STREAM_KEY, "streamer", id="0")
+    (_, (done,)), *_ = client.xreadgroup("streamer", "gone-1", {STREAM_KEY: ">"}, count=1)
+    client.xack(STREAM_KEY, "streamer", done[0])  # gone-1: read, acknowledged, gone
+    client.xreadgroup("streamer", "holding-1", {STREAM_KEY: ">"}, count=1)  # never acknowledged
+    await asyncio.sleep(0.3)
+    settings = _settings(server.url, forget_consumers_after_s=0.2, claim_idle_s=60)
+    own = aioredis.Redis.from_url(server.url)
+    consumer = Consumer(own, settings, StreamerMetrics())
+    await consumer._prepare()
+    await consumer._consume()  # one pass: the claim cycle, then a read
+    names = {c["name"] for c in client.xinfo_consumers(STREAM_KEY, "streamer")}
+    assert names == {b"holding-1", b"test-1"}, names
+    await own.aclose()
     client.close()
 
 

@@ -210,6 +210,23 @@ def _joined(replies: Sequence[list[Any]]) -> list[Any]:
     return [statuses, *replies[-1][1:]]
 
 
+# KEYS[1] the stream; ARGV: the group, this consumer, idle (ms). Removes every other consumer of
+# the group with nothing pending that has been idle that long (in one atomic call: none can read
+# in between and lose its events); returns their names.
+_FORGET = """
+local gone = {}
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for i = 1, #c, 2 do info[c[i]] = c[i + 1] end
+  if info['name'] ~= ARGV[2] and info['pending'] == 0 and info['idle'] >= tonumber(ARGV[3]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    gone[#gone + 1] = info['name']
+  end
+end
+return gone
+"""
+
+
 class _NotYet(Exception):
     """The streamer cannot consume yet (the histories are not seeded)."""
 
@@ -304,6 +321,7 @@ class Consumer:
         self._add_tiles = client.register_script(_ADD_TILES)
         self._write = client.register_script(feast_layout.WRITE_NEWER)
         self._mark = client.register_script(_MARK)
+        self._forget = client.register_script(_FORGET)
         self._rates: dict[str, float] = {}
         self._contracts: dict[str, list[str]] = {}
         self.windows = Windows(settings.window_cache_events)
@@ -393,6 +411,15 @@ class Consumer:
             if taken:
                 logger.info("took over events of a stopped replica", extra={"events": len(taken)})
                 await self.process(taken)
+            gone = await self._forget(
+                keys=[s.stream],
+                args=[s.group, s.consumer, int(s.forget_consumers_after_s * 1000)],
+            )
+            if gone:
+                logger.info(
+                    "removed consumers gone from the group",
+                    extra={"consumers": [g.decode(errors="replace") for g in gone]},
+                )
             await self._gauge_lag()
         chunk = min(s.read_count, s.batch_max)
         reply = await self.client.xreadgroup(

@@ -70,6 +70,12 @@ class StreamerSettings(BaseSettings):
     """Events another replica read and has not acknowledged for this long are taken over (the
     replica died)."""
 
+    forget_consumers_after_s: float = Field(default=3600.0, gt=0)
+    """A consumer of the group that holds nothing pending and has not read for this long is
+    removed from the group (a replica that is gone: in Kubernetes each pod, so each replica's
+    consumer name, is new). Checked and removed in one atomic call, so a consumer that reads
+    meanwhile keeps its events; a live one removed while idle is made again by its next read."""
+
     allowed_lateness_s: float = Field(default=3600.0, ge=0)
     """An event older than its entity's newest event by more than this is too late: counted,
     logged and left out of the features. Within it, an event is placed where it belongs."""
