@@ -22,7 +22,7 @@ from vigil_contracts.request_features import OUTPUT_FEATURES
 from vigil_gateway.decisions import payload_hash
 from vigil_gateway.errors import DownstreamError
 from vigil_gateway.metrics import GatewayMetrics
-from vigil_gateway.model_metadata import ServingPolicy, is_stored
+from vigil_gateway.model_metadata import ModelMetadata, ServingPolicy, is_stored
 from vigil_gateway.policy import FEATURES_MISSING, FEATURES_STALE, policy_verdict, stored_mask
 from vigil_gateway.predictor_client import (
     PredictorClient,
@@ -531,3 +531,53 @@ def test_every_code_the_gateway_can_give_is_published() -> None:
                 ):
                     given.add(describe(f"{view}__{feature}", value, ctx)[0])
     assert given - published == set()
+
+
+async def test_the_model_metadata_refresh_outlives_a_failure_that_is_not_the_predictors() -> None:
+    """A refresh that fails for a reason no code expected (a bug) is logged and counted, and
+    the refresher goes on: the metadata is read on its next turn (before, the task died and the
+    metadata went stale for good while /readyz kept saying ready)."""
+    import asyncio
+
+    from vigil_gateway.model_catalog import ModelCatalog
+
+    metrics = GatewayMetrics()
+    catalog = ModelCatalog(
+        None,  # type: ignore[arg-type]  # no predictor: _fetch is replaced below
+        metrics,
+        name="fraud_detector",
+        pinned_version=None,
+        refresh_s=0.01,
+        fetch_timeout_s=1.0,
+    )
+    import test_gateway
+
+    meta = ModelMetadata.from_v2(
+        {
+            "name": test_gateway.MODEL,
+            "parameters": {
+                "version": "3",
+                "feature_service": test_gateway.SERVICE,
+                "feature_names": test_gateway.FEATURES,
+                "feature_contract": test_gateway.CONTRACT,
+                "thresholds": test_gateway.THRESHOLDS["3"],
+            },
+        }
+    )
+    answers: list[object] = [RuntimeError("a bug"), meta]
+
+    async def fetch(version, timeout, request_id=None):
+        answer = answers.pop(0) if len(answers) > 1 else answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    catalog._fetch = fetch  # type: ignore[method-assign]
+    task = asyncio.create_task(catalog.run())
+    for _ in range(300):
+        if catalog.current is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert catalog.current is meta and not task.done()
+    assert metrics.metadata_refresh_errors._value.get() == 1
+    task.cancel()
