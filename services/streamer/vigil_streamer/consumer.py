@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 import traceback
@@ -83,6 +84,12 @@ _US_PER_DAY = 86_400_000_000
 #: holds Redis long (about 10 µs per transaction; 1.4 ms and more for a merchant's 1,000-event
 #: batch share before, ``bench.stream_drain``'s slow calls).
 _TILE_CALL_MAX = 16
+#: Most transactions of one card or device in one script call (about 3 µs each, and the window
+#: read back at the end): a busy one's transactions of a batch take several calls.
+_EVENT_CALL_MAX = 64
+#: Most XAUTOCLAIM round trips of one takeover cycle (each looks at up to 10 pending entries
+#: per one asked).
+_CLAIMS_MAX = 50
 _EUR_FEATURE = "request_features__txn_amount"
 
 # Adds each of a batch's transactions of one entity (member, t: ARGV from `first`, every
@@ -134,24 +141,30 @@ end
 """
 # An event view's entity (card, device). KEYS[1] history, KEYS[2] version; ARGV: kept span
 # (µs), lateness (µs), ttl (ms), how far back the view's row reads (µs), the event cap, the
-# version step, the version the caller holds the window of (-1: none), then (member, t_us) of
-# each of the batch's transactions of the entity, in batch order. Returns {statuses, version}
-# and, unless all were too late, either "=" (the history was at the caller's version before
-# these adds: its window and first sighting, with what was added, are the newest row's) or what
-# the newest row reads, read in the same atomic call as the version: the first member and the
-# window's members ((T - window, T], newest first, at most the cap).
+# version step, the version the caller holds the window of (-1: none), the call's mode, then
+# (member, t_us) of each of the batch's transactions of the entity, in batch order. Returns
+# {statuses, version} and, in mode 1 (the entity's one call of the batch), unless all were too
+# late, either "=" (the history was at the caller's version before these adds: its window and
+# first sighting, with what was added, are the newest row's) or what the newest row reads, read
+# in the same atomic call as the version: the first member and the window's members ((T -
+# window, T], newest first, at most the cap). A busy entity's transactions go in several calls
+# of at most ``_EVENT_CALL_MAX``: mode 0 before the last (adds only), mode 2 the last (always
+# reads what the row reads).
 _ADD_READ = (
     """
 local span, late, w = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
-local step = tonumber(ARGV[6])
+local step, mode = tonumber(ARGV[6]), ARGV[8]
 """
     + _ADD_ALL
     + """
-local statuses, added, version, top, wanted = add_all(8, 2, step, ARGV[3])
-if not wanted then return {statuses, version} end
-local before = version
-if #added > 0 then before = version - step end
-if before == tonumber(ARGV[7]) then return {statuses, version, '='} end
+local statuses, added, version, top, wanted = add_all(9, 2, step, ARGV[3])
+if mode == '0' then return {statuses, version} end
+if mode == '1' then
+  if not wanted then return {statuses, version} end
+  local before = version
+  if #added > 0 then before = version - step end
+  if before == tonumber(ARGV[7]) then return {statuses, version, '='} end
+end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0)
 local window = redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf',
   '(' .. string.format('%.0f', top - w), 'LIMIT', 0, ARGV[5])
@@ -204,8 +217,9 @@ return 0
 
 
 def _joined(replies: Sequence[list[Any]]) -> list[Any]:
-    """One tiled entity's answer from its calls' (in order): every transaction's status, the
-    last call's version, and the last call's newest time and sums (which only it answers)."""
+    """One entity's answer from its calls' (in order): every transaction's status, then the
+    last call's version and what only it answers (a merchant's newest time and sums, a card's
+    or device's first member and window)."""
     statuses = [status for reply in replies for status in reply[0]]
     return [statuses, *replies[-1][1:]]
 
@@ -225,6 +239,11 @@ for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
 end
 return gone
 """
+
+
+def _stack(exc: BaseException) -> str:
+    """Where ``exc`` was raised (files, lines, code), without its message."""
+    return "".join(traceback.format_tb(exc.__traceback__))
 
 
 class _NotYet(Exception):
@@ -392,7 +411,12 @@ class Consumer:
             # claims of a read's size (the cursor goes on through the pending list).
             taken: list[Any] = []
             start: Any = "0-0"
-            while len(taken) < s.batch_max:
+            # Until the cursor has gone through the pending list (a claim may return fewer than
+            # asked before its end: deleted entries count, and it looks at 10 per one asked),
+            # a batch is taken, or a bound on the round trips.
+            for _ in range(_CLAIMS_MAX):
+                if len(taken) >= s.batch_max:
+                    break
                 chunk = min(s.read_count, s.batch_max - len(taken))
                 claimed = await self.client.xautoclaim(
                     s.stream,
@@ -406,7 +430,7 @@ class Consumer:
                     break
                 taken += claimed[1]
                 start = claimed[0]
-                if start in (b"0-0", "0-0") or len(claimed[1]) < chunk:
+                if start in (b"0-0", "0-0"):
                     break  # the whole pending list seen
             if taken:
                 logger.info("took over events of a stopped replica", extra={"events": len(taken)})
@@ -447,35 +471,36 @@ class Consumer:
     # --- one batch -----------------------------------------------------------------------
     async def process(self, entries: Sequence[tuple[Any, dict[bytes, bytes]]]) -> None:
         """Apply ``entries``, acknowledged once applied. Redis failing the batch raises (it is
-        read again once Redis answers). Any other failure (a bug, or state no code expected,
-        such as an unreadable stored rate) is narrowed down: the batch is applied entry by
-        entry, and an entry that fails alone goes to the dead-letter stream with the reason, so
-        that one event never holds the others back, nor the streamer's readiness up."""
+        read again once Redis answers). Any other failure (a bug, or state no code expected) is
+        narrowed down: the batch is applied again in halves, and halves of the failing half,
+        so that the entry that fails alone goes to the dead-letter stream with the reason and
+        one event never holds the others back, nor the streamer's readiness up. (A failing
+        batch's own counts, duplicates or late events seen before the failure, may be counted
+        again when its halves are applied; every event is idempotent.)"""
         try:
             await self._process(entries)
+            return
         except (RedisError, OSError):
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure but Redis's: narrowed down below
             self.metrics.errors.inc()
-            if len(entries) > 1:
-                logger.exception(
-                    "streamer batch failed; applying its events one by one",
-                    extra={"events": len(entries)},
-                )
-                for entry in entries:
-                    await self.process([entry])
-                return
-            ((entry_id, fields),) = entries
-            logger.exception(
-                "decision event failed alone; dead-lettered", extra={"entry": str(entry_id)}
-            )
-            # The type and where, not the message (it may quote the event's card or device:
+            # The type and where, not the message (it may quote an event's card or device:
             # the log holds none, README *Privacy*; the dead letter keeps the event itself).
             frame = traceback.extract_tb(exc.__traceback__)[-1]
-            where = f"{Path(frame.filename).name}:{frame.lineno}"
-            await self._dead_letter(
-                [(entry_id, fields, f"not applied: {type(exc).__name__} at {where}")]
+            where = f"{type(exc).__name__} at {Path(frame.filename).name}:{frame.lineno}"
+            logger.error(
+                "streamer batch failed; applying it again in halves"
+                if len(entries) > 1
+                else "decision event failed alone; dead-lettered",
+                extra={"events": len(entries), "error": where, "stack": _stack(exc)},
             )
+        if len(entries) > 1:  # out of the except block: no exception context carried along
+            half = len(entries) // 2
+            await self.process(entries[:half])
+            await self.process(entries[half:])
+            return
+        ((entry_id, fields),) = entries
+        await self._dead_letter([(entry_id, fields, f"not applied (or in part): {where}")])
 
     async def _dead_letter(self, dead: Sequence[tuple[Any, dict[bytes, bytes], str]]) -> None:
         """Move ``dead`` to the dead-letter stream and acknowledge them."""
@@ -571,14 +596,22 @@ class Consumer:
         if rate is None:
             stored = await self.client.hget(FX_KEY, field)  # type: ignore[misc]
             if stored is not None:
-                rate = self._rates[field] = float(stored)
+                try:
+                    rate = float(stored)
+                except ValueError:
+                    raise Malformed(
+                        f"the stored EUR rate of {txn.currency} on {day} is not a number"
+                    ) from None
+                if not math.isfinite(rate) or rate <= 0:
+                    raise Malformed(f"the stored EUR rate of {txn.currency} on {day} is {rate}")
+                self._rates[field] = rate
         if rate is not None:
             return txn.amount * rate
         features = event.features
         names = None if features is None else await self._names(features)
         if features is not None and names is not None and _EUR_FEATURE in names:
             value = features.values[names.index(_EUR_FEATURE)]
-            if value is not None:
+            if value is not None and math.isfinite(value):
                 self.metrics.fx_from_event.inc()
                 return float(value)
         raise Malformed(f"no EUR rate for {txn.currency} on {day}")
@@ -635,12 +668,22 @@ class Consumer:
                     pipe.script(self._add_tiles, keys, args)
                 calls.append(len(starts))
                 continue
-            args = [span, self.lateness_us, self.ttl_ms, WINDOW_US[join_key], CAP[join_key]]
-            args += [_step(), self.windows.version((join_key, value))]
-            for _, member, when in items:
-                args += [member, when]
-            pipe.script(self._add, keys, args)
-            calls.append(1)
+            head = [span, self.lateness_us, self.ttl_ms, WINDOW_US[join_key], CAP[join_key]]
+            if len(items) <= _EVENT_CALL_MAX:
+                args = [*head, _step(), self.windows.version((join_key, value)), 1]
+                for _, member, when in items:
+                    args += [member, when]
+                pipe.script(self._add, keys, args)
+                calls.append(1)
+                continue
+            starts = range(0, len(items), _EVENT_CALL_MAX)
+            for start in starts:
+                mode = 2 if start + _EVENT_CALL_MAX >= len(items) else 0
+                args = [*head, _step(), -1, mode]
+                for _, member, when in items[start : start + _EVENT_CALL_MAX]:
+                    args += [member, when]
+                pipe.script(self._add, keys, args)
+            calls.append(len(starts))
         answers = iter(await pipe.execute())
         rows: dict[tuple[str, str], Row] = {}
         versions: dict[tuple[str, str], int] = {}
