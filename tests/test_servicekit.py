@@ -155,6 +155,20 @@ async def test_unexpected_exception_is_a_generic_500_that_is_logged(client, caps
     assert access["status"] == 500 and access["route"] == "/boom"
 
 
+def test_uvicorns_own_lines_are_json_with_the_exceptions_message_withheld(capsys) -> None:
+    """Starlette re-raises an exception after the app's 500, and uvicorn logs its traceback on
+    ``uvicorn.error``: in the service's JSON, its message withheld as the service's own."""
+    configure_logging("vigil_kit_test", "INFO")
+    card = "c4111"
+    try:
+        raise KeyError(card)
+    except KeyError:
+        logging.getLogger("uvicorn.error").exception("Exception in ASGI application")
+    (line,) = [json.loads(x) for x in capsys.readouterr().err.splitlines() if "ASGI" in x]
+    assert line["logger"] == "uvicorn.error" and line["exc"].endswith("KeyError: <withheld>")
+    assert card not in json.dumps(line)
+
+
 def test_a_logged_exception_keeps_its_traceback_and_withholds_what_may_be_data() -> None:
     """No log line holds a card, device or IP (README, *Privacy*): an exception's message may
     quote one (a KeyError of a card id, a validation error of its input), so only the
@@ -184,6 +198,13 @@ def test_a_logged_exception_keeps_its_traceback_and_withholds_what_may_be_data()
     assert "direct cause" in text and "in chained" in text
     refused = text_of(lambda: (_ for _ in ()).throw(ConnectionRefusedError(111, "refused")))
     assert "ConnectionRefusedError: [Errno 111] refused" in refused
+
+    def grouped() -> None:
+        raise ExceptionGroup("two", [KeyError(card), ConnectionRefusedError(111, "refused")])
+
+    text = text_of(grouped)
+    assert "ExceptionGroup: <withheld>" in text and "  | KeyError: <withheld>" in text
+    assert "  | ConnectionRefusedError: [Errno 111] refused" in text and card not in text
 
     def redis_down() -> None:
         raise redis.exceptions.ConnectionError("Error 111 connecting to redis:6379")

@@ -34,6 +34,17 @@ class CliError(Exception):
     """A user-facing failure: printed as one clear line, exit code 2."""
 
 
+def shown_url(url: str) -> str:
+    """``url`` as a message may show it: without its password (a Redis URL may carry one)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
 def _say(msg: str) -> None:
     print(f"[vigil] {msg}", file=sys.stderr, flush=True)
 
@@ -260,7 +271,9 @@ def cmd_keys(args: argparse.Namespace) -> None:
     except KeysError as exc:
         raise CliError(str(exc)) from None
     except (RedisError, RedisClusterException, OSError) as exc:
-        raise CliError(f"Redis at {args.redis_url}: {type(exc).__name__}: {exc}") from None
+        raise CliError(
+            f"Redis at {shown_url(args.redis_url)}: {type(exc).__name__}: {exc}"
+        ) from None
     for line in lines:
         print(line if isinstance(line, str) else json.dumps(line))
 
@@ -288,7 +301,9 @@ def cmd_dead_letters(args: argparse.Namespace) -> None:
             client, args.dead_letter_stream, args.stream, None if args.all else args.entry_ids
         )
     except redis.RedisError as exc:
-        raise CliError(f"Redis at {args.redis_url}: {type(exc).__name__}: {exc}") from None
+        raise CliError(
+            f"Redis at {shown_url(args.redis_url)}: {type(exc).__name__}: {exc}"
+        ) from None
     finally:
         client.close()
     _say(f"sent {len(done.sent):,} dead letters to {args.stream} again")

@@ -69,6 +69,11 @@ def exception_text(exc_info: Any) -> str:
             name = f"{type(each).__module__}.{name}"
         text = str(each) if _text_is_safe(each) else "<withheld>"
         parts.append(f"{name}: {text}\n" if text else f"{name}\n")
+        if isinstance(each, BaseExceptionGroup):  # each of its exceptions, as Python shows them
+            for k, inner in enumerate(each.exceptions, 1):
+                shown = exception_text((type(inner), inner, inner.__traceback__))
+                parts.append(f"  +---------------- {k} ----------------\n")
+                parts.extend(f"  | {line}\n" for line in shown.splitlines())
         parts.append(link)
     return "".join(parts).rstrip("\n")
 
@@ -172,8 +177,13 @@ def configure_logging(
     logger = logging.getLogger(name)
     logger.setLevel(level)
     logger.propagate = False
-    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
-        handler = _StderrHandler()
-        handler.setFormatter(JsonFormatter())
-        logger.addHandler(handler)
+    # uvicorn's own lines too (its start-up, and the traceback of an exception an app re-raises
+    # once it has answered 500: Starlette always does), in the same JSON, their exceptions'
+    # messages withheld as the service's own are (README, *Privacy*).
+    for each in (logger, logging.getLogger("uvicorn.error")):
+        if not any(isinstance(h, _StderrHandler) for h in each.handlers):
+            handler = _StderrHandler()
+            handler.setFormatter(JsonFormatter())
+            each.addHandler(handler)
+        each.propagate = False
     return logger
