@@ -155,15 +155,23 @@ async def test_unexpected_exception_is_a_generic_500_that_is_logged(client, caps
     assert access["status"] == 500 and access["route"] == "/boom"
 
 
-def test_uvicorns_own_lines_are_json_with_the_exceptions_message_withheld(capsys) -> None:
+def test_uvicorns_own_lines_are_json_with_the_exceptions_message_withheld(
+    capsys, monkeypatch
+) -> None:
     """Starlette re-raises an exception after the app's 500, and uvicorn logs its traceback on
     ``uvicorn.error``: in the service's JSON, its message withheld as the service's own."""
     configure_logging("vigil_kit_test", "INFO")
+    server = logging.getLogger("uvicorn.error")
+    level = server.level  # in-process servers of other tests set their own
+    monkeypatch.setattr(server, "disabled", False)
+    server.setLevel(logging.INFO)
     card = "c4111"
     try:
         raise KeyError(card)
     except KeyError:
-        logging.getLogger("uvicorn.error").exception("Exception in ASGI application")
+        server.exception("Exception in ASGI application")
+    finally:
+        server.setLevel(level)
     (line,) = [json.loads(x) for x in capsys.readouterr().err.splitlines() if "ASGI" in x]
     assert line["logger"] == "uvicorn.error" and line["exc"].endswith("KeyError: <withheld>")
     assert card not in json.dumps(line)
