@@ -197,8 +197,9 @@ def _cpu_seconds() -> float:
 # the streamer's backlog (in the bench's process)
 
 
-def streamer_counters(metrics_url: str | None) -> dict[str, float]:
-    """The streamer's own counters from its ``/metrics`` (events by outcome, batches)."""
+def scrape(metrics_url: str | None, prefixes: tuple[str, ...]) -> dict[str, float]:
+    """The samples of a service's ``/metrics`` whose names (with their labels) start with one of
+    ``prefixes``; empty if it cannot be read."""
     if not metrics_url:
         return {}
     try:
@@ -211,17 +212,23 @@ def streamer_counters(metrics_url: str | None) -> dict[str, float]:
         if line.startswith("#") or " " not in line:
             continue
         name, _, value = line.rpartition(" ")
-        if name.startswith(
-            (
-                "vigil_streamer_events_total",
-                "vigil_streamer_batch_duration_seconds_sum",
-                "vigil_streamer_batch_duration_seconds_count",
-                "vigil_streamer_batch_size_sum",
-                "vigil_streamer_errors_total",
-            )
-        ):
+        if name.startswith(prefixes):
             out[name] = float(value)
     return out
+
+
+def streamer_counters(metrics_url: str | None) -> dict[str, float]:
+    """The streamer's own counters from its ``/metrics`` (events by outcome, batches)."""
+    return scrape(
+        metrics_url,
+        (
+            "vigil_streamer_events_total",
+            "vigil_streamer_batch_duration_seconds_sum",
+            "vigil_streamer_batch_duration_seconds_count",
+            "vigil_streamer_batch_size_sum",
+            "vigil_streamer_errors_total",
+        ),
+    )
 
 
 _BATCHES = "vigil_streamer_batch_duration_seconds_count"

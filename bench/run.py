@@ -19,7 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -858,18 +857,13 @@ def gateway_labels(score_url: str) -> dict[str, float]:
     the benchmark's few thousand cards pay again and again, and once the streamer has applied
     their events their velocity is an attack's: the label mix says how many answers were
     flagged (and so explained: SHAP is most of a flagged row's cost)."""
+    from bench.freshness import scrape
+
     base = score_url.split("/v1/", 1)[0]
-    try:
-        with urllib.request.urlopen(f"{base}/metrics", timeout=2.0) as resp:
-            text = resp.read().decode()
-    except OSError:
-        return {}
     out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("vigil_gateway_decisions_total{"):
-            name, _, value = line.rpartition(" ")
-            label = name.split('label="', 1)[1].split('"', 1)[0]
-            out[label] = out.get(label, 0.0) + float(value)
+    for name, value in scrape(f"{base}/metrics", ("vigil_gateway_decisions_total{",)).items():
+        label = name.split('label="', 1)[1].split('"', 1)[0]
+        out[label] = out.get(label, 0.0) + value
     return out
 
 

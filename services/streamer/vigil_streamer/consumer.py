@@ -216,6 +216,11 @@ return 0
 """
 
 
+def _calls(items: list[Any], size: int) -> list[tuple[list[Any], bool]]:
+    """``items`` in calls of at most ``size``, each with whether it is the last."""
+    return [(items[i : i + size], i + size >= len(items)) for i in range(0, len(items), size)]
+
+
 def _joined(replies: Sequence[list[Any]]) -> list[Any]:
     """One entity's answer from its calls' (in order): every transaction's status, then the
     last call's version and what only it answers (a merchant's newest time and sums, a card's
@@ -656,34 +661,27 @@ class Consumer:
             keys = [history_key(join_key, value), version_key(join_key, value)]
             span = WINDOW_US[join_key] + self.lateness_us
             if join_key in TILED:
-                levels = TILED[join_key]
                 keys.append(tiles_key(join_key, value))
-                starts = range(0, len(items), _TILE_CALL_MAX)
-                for start in starts:
-                    last = int(start + _TILE_CALL_MAX >= len(items))
-                    args: list[Any] = [span, self.lateness_us, self.ttl_ms, len(levels), _step()]
-                    args.append(last)
-                    for _, member, when in items[start : start + _TILE_CALL_MAX]:
+                head = [span, self.lateness_us, self.ttl_ms, len(TILED[join_key])]
+                chunks = _calls(items, _TILE_CALL_MAX)
+                for chunk, last in chunks:
+                    args: list[Any] = [*head, _step(), int(last)]
+                    for _, member, when in chunk:
                         args += [member, when, *tile_args(join_key, member, when)]
                     pipe.script(self._add_tiles, keys, args)
-                calls.append(len(starts))
+                calls.append(len(chunks))
                 continue
             head = [span, self.lateness_us, self.ttl_ms, WINDOW_US[join_key], CAP[join_key]]
-            if len(items) <= _EVENT_CALL_MAX:
-                args = [*head, _step(), self.windows.version((join_key, value)), 1]
-                for _, member, when in items:
+            chunks = _calls(items, _EVENT_CALL_MAX)
+            for chunk, last in chunks:
+                if len(chunks) == 1:  # the entity's one call: its held window may answer "="
+                    args = [*head, _step(), self.windows.version((join_key, value)), 1]
+                else:
+                    args = [*head, _step(), -1, 2 if last else 0]
+                for _, member, when in chunk:
                     args += [member, when]
                 pipe.script(self._add, keys, args)
-                calls.append(1)
-                continue
-            starts = range(0, len(items), _EVENT_CALL_MAX)
-            for start in starts:
-                mode = 2 if start + _EVENT_CALL_MAX >= len(items) else 0
-                args = [*head, _step(), -1, mode]
-                for _, member, when in items[start : start + _EVENT_CALL_MAX]:
-                    args += [member, when]
-                pipe.script(self._add, keys, args)
-            calls.append(len(starts))
+            calls.append(len(chunks))
         answers = iter(await pipe.execute())
         rows: dict[tuple[str, str], Row] = {}
         versions: dict[tuple[str, str], int] = {}
